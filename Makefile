@@ -1,0 +1,58 @@
+# Two commands for a new machine:  make run   and   make test
+# Both create .venv with everything they need on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+BUF_VERSION := 1.75.0
+BUF    := .tools/node_modules/.bin/buf
+
+.PHONY: run test lint typecheck proto proto-check buf-lint buf-breaking ci clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: install and start the service (embedded PostgreSQL unless METERING_DATABASE_URL is set)
+run: $(STAMP)
+	$(BIN)/metering serve
+
+## test: install and run every test (real PostgreSQL: METERING_TEST_DATABASE_URL, else embedded)
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## proto: regenerate src/metering/v1 from proto/
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+## proto-check: fail if the committed generated code differs from a fresh generation
+proto-check: proto
+	git diff --exit-code --stat -- src/metering/v1
+	@test -z "$$(git status --porcelain -- src/metering/v1)" || (git status --porcelain -- src/metering/v1; exit 1)
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+buf-lint: $(BUF)
+	$(BUF) lint
+
+## buf-breaking: compare the contract with BUF_AGAINST (default: the previous commit)
+BUF_AGAINST ?= .git\#ref=HEAD~1
+buf-breaking: $(BUF)
+	@if git cat-file -e HEAD~1:proto 2>/dev/null; then $(BUF) breaking --against '$(BUF_AGAINST)'; \
+	else echo "buf breaking: no earlier contract to compare with"; fi
+
+ci: proto-check buf-lint buf-breaking lint typecheck test
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

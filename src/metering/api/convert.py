@@ -1,0 +1,113 @@
+"""Domain objects to wire messages. Quantities leave as canonical decimal strings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from metering.catalog import Aggregation, Enforcement
+from metering.decimals import format_decimal
+from metering.engine import BalanceReport, MeterBalance, RecordResult
+from metering.ledger.store import CustomerRecord, StoredEvent
+from metering.periods import ResetPeriod
+from metering.v1 import customer_pb2, usage_pb2
+
+_AGGREGATIONS = {
+    Aggregation.SUM: usage_pb2.AGGREGATION_SUM,
+    Aggregation.COUNT: usage_pb2.AGGREGATION_COUNT,
+    Aggregation.MAX: usage_pb2.AGGREGATION_MAX,
+    Aggregation.UNIQUE_COUNT: usage_pb2.AGGREGATION_UNIQUE_COUNT,
+    Aggregation.LATEST: usage_pb2.AGGREGATION_LATEST,
+}
+_RESETS = {
+    ResetPeriod.DAY: usage_pb2.RESET_PERIOD_DAY,
+    ResetPeriod.WEEK: usage_pb2.RESET_PERIOD_WEEK,
+    ResetPeriod.MONTH: usage_pb2.RESET_PERIOD_MONTH,
+    ResetPeriod.NONE: usage_pb2.RESET_PERIOD_NONE,
+}
+_ENFORCEMENTS = {
+    Enforcement.HARD: usage_pb2.LIMIT_ENFORCEMENT_HARD,
+    Enforcement.SOFT: usage_pb2.LIMIT_ENFORCEMENT_SOFT,
+    Enforcement.UNLIMITED: usage_pb2.LIMIT_ENFORCEMENT_UNLIMITED,
+}
+
+
+def timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def usage_event(event: StoredEvent) -> usage_pb2.UsageEvent:
+    return usage_pb2.UsageEvent(
+        event_id=str(event.event_id),
+        customer_id=event.customer_id,
+        transaction_id=event.transaction_id,
+        meter_slug=event.meter_slug,
+        price_slug=event.price_slug,
+        quantity=format_decimal(event.quantity),
+        event_time=timestamp(event.event_time),
+        recorded_time=timestamp(event.recorded_at),
+        properties=event.properties,
+    )
+
+
+def balance(view: MeterBalance) -> usage_pb2.Balance:
+    figures = view.figures
+    message = usage_pb2.Balance(
+        meter_slug=view.meter.slug,
+        aggregation=_AGGREGATIONS[view.meter.aggregation],
+        unit=view.meter.unit,
+        used=format_decimal(figures.used),
+        granted=format_decimal(figures.granted),
+        reserved=format_decimal(figures.reserved),
+        approaching_threshold_percent=format_decimal(view.terms.approaching_threshold),
+        approaching_limit=figures.approaching_limit,
+        limit_reached=figures.limit_reached,
+        included_quantity=format_decimal(view.terms.included),
+        period_start_time=timestamp(view.period.start),
+        reset_period=_RESETS[view.terms.reset],
+        limit_enforcement=_ENFORCEMENTS[view.terms.enforcement],
+        price_slug=view.terms.price,
+    )
+    if figures.limit is not None:
+        message.limit = format_decimal(figures.limit)
+    if figures.available is not None:
+        message.available = format_decimal(figures.available)
+    if figures.percent_used is not None:
+        message.percent_used = f"{figures.percent_used:f}"  # always two decimals, e.g. "80.00"
+    if view.period.end is not None:
+        message.period_end_time.CopyFrom(timestamp(view.period.end))
+    return message
+
+
+def record_usage_response(result: RecordResult) -> usage_pb2.RecordUsageResponse:
+    return usage_pb2.RecordUsageResponse(
+        event=usage_event(result.event),
+        duplicate=result.duplicate,
+        balance=balance(result.balance),
+        overage_quantity=format_decimal(result.overage),
+    )
+
+
+def check_balance_response(report: BalanceReport) -> usage_pb2.CheckBalanceResponse:
+    message = usage_pb2.CheckBalanceResponse(
+        customer_id=report.customer_id,
+        plan_slug=report.plan_slug,
+        balances=[balance(view) for view in report.balances],
+        as_of_time=timestamp(report.as_of),
+    )
+    if report.requested_allowed is not None:
+        message.requested_allowed = report.requested_allowed
+    return message
+
+
+def customer(record: CustomerRecord) -> customer_pb2.Customer:
+    return customer_pb2.Customer(
+        customer_id=record.customer_id,
+        plan_slug=record.plan_slug,
+        billing_anchor_time=timestamp(record.billing_anchor),
+        create_time=timestamp(record.created_at),
+        update_time=timestamp(record.updated_at),
+    )

@@ -1,0 +1,143 @@
+"""Error mapping: the one place a failure becomes a gRPC status.
+
+Every refusal carries a google.rpc.Status in the `grpc-status-details-bin`
+trailer with an ErrorInfo (reason, domain, metadata) and the detail its code
+calls for (BadRequest, QuotaFailure, ResourceInfo, PreconditionFailure,
+RetryInfo). Unexpected exceptions become INTERNAL without internal detail;
+the traceback goes to the server log only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from metering.decimals import format_decimal
+from metering.errors import (
+    BillingAnchorImmutable,
+    DatabaseUnavailable,
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    TransactionConflict,
+    Unimplemented,
+)
+from metering.v1 import metering_service_pb2
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "metering.v1"
+_NOT_FOUND_REASONS = {
+    "customer": metering_service_pb2.ERROR_REASON_CUSTOMER_NOT_FOUND,
+    "meter": metering_service_pb2.ERROR_REASON_METER_NOT_FOUND,
+    "price": metering_service_pb2.ERROR_REASON_PRICE_NOT_FOUND,
+    "plan": metering_service_pb2.ERROR_REASON_PLAN_NOT_FOUND,
+}
+_RESOURCE_TYPES = {
+    "customer": "metering.v1.Customer",
+    "meter": "metering.v1.Meter",
+    "price": "metering.v1.Price",
+    "plan": "metering.v1.Plan",
+}
+
+
+def reason_name(reason: int) -> str:
+    """ErrorInfo.reason on the wire: the enum value name without its prefix."""
+    return metering_service_pb2.ErrorReason.Name(reason).removeprefix("ERROR_REASON_")
+
+
+def _info(reason: int, **metadata: str) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason_name(reason), domain=DOMAIN, metadata=metadata)
+
+
+def _status(code: grpc.StatusCode, message: str, *details: Message) -> grpc.Status:
+    packed = []
+    for detail in details:
+        holder = any_pb2.Any()
+        holder.Pack(detail)
+        packed.append(holder)
+    proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
+    return rpc_status.to_status(proto)
+
+
+def to_status(exc: BaseException) -> grpc.Status:
+    """The gRPC status (with details) that answers `exc`."""
+    if isinstance(exc, InvalidArgument):
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in exc.violations
+        ]
+        return _status(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"invalid request: {exc}",
+            error_details_pb2.BadRequest(field_violations=violations),
+            _info(metering_service_pb2.ERROR_REASON_INVALID_ARGUMENT),
+        )
+    if isinstance(exc, NotFound):
+        return _status(
+            grpc.StatusCode.NOT_FOUND,
+            str(exc),
+            _info(_NOT_FOUND_REASONS[exc.kind], **{exc.kind: exc.name}),
+            error_details_pb2.ResourceInfo(
+                resource_type=_RESOURCE_TYPES[exc.kind], resource_name=exc.name, description=str(exc)
+            ),
+        )
+    if isinstance(exc, TransactionConflict):
+        return _status(
+            grpc.StatusCode.ALREADY_EXISTS,
+            str(exc),
+            _info(
+                metering_service_pb2.ERROR_REASON_TRANSACTION_ID_CONFLICT,
+                transaction_id=exc.transaction_id,
+                conflicting_fields=",".join(exc.fields),
+                original_event_id=exc.original_event_id,
+            ),
+        )
+    if isinstance(exc, LimitExceeded):
+        return _status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            str(exc),
+            _info(
+                metering_service_pb2.ERROR_REASON_LIMIT_EXCEEDED,
+                meter=exc.meter,
+                plan=exc.plan,
+                limit=format_decimal(exc.limit),
+                available=format_decimal(exc.available),
+                requested=format_decimal(exc.requested),
+                period_end=exc.period_end,
+            ),
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(subject=f"meter:{exc.meter}", description=str(exc))
+                ]
+            ),
+        )
+    if isinstance(exc, BillingAnchorImmutable):
+        return _status(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            str(exc),
+            _info(metering_service_pb2.ERROR_REASON_BILLING_ANCHOR_IMMUTABLE, billing_anchor_time=exc.stored),
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type="BILLING_ANCHOR_IMMUTABLE", subject=f"customer:{exc.customer_id}", description=str(exc)
+                    )
+                ]
+            ),
+        )
+    if isinstance(exc, DatabaseUnavailable):
+        return _status(
+            grpc.StatusCode.UNAVAILABLE,
+            "the ledger database is unavailable; retry with the same transaction id",
+            _info(metering_service_pb2.ERROR_REASON_DATABASE_UNAVAILABLE),
+            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)),
+        )
+    if isinstance(exc, Unimplemented):
+        return _status(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+    log.error("unexpected error", exc_info=exc)
+    return _status(grpc.StatusCode.INTERNAL, "internal error", _info(metering_service_pb2.ERROR_REASON_INTERNAL))

@@ -1,0 +1,56 @@
+"""Standard gRPC health (grpc.health.v1), driven by a database probe.
+
+NOT_SERVING while the ledger database does not answer, SERVING again as soon
+as it does: the service itself never needs a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from grpc_health.v1 import health, health_pb2
+
+from metering.ledger.store import Ledger
+from metering.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+METERING_SERVICE = "metering.v1.MeteringService"
+
+
+class DatabaseHealth:
+    def __init__(self, ledger: Ledger, metrics: Metrics, *, interval: timedelta, timeout: timedelta) -> None:
+        self.servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # no stub for the aio module
+        self._ledger = ledger
+        self._metrics = metrics
+        self._interval = interval.total_seconds()
+        self._timeout = timeout.total_seconds()
+        self._serving: bool | None = None
+
+    async def probe(self) -> bool:
+        """Ping the database once and publish the result."""
+        try:
+            await asyncio.wait_for(self._ledger.ping(), self._timeout)
+            up = True
+        except Exception as exc:  # any failure to answer means not serving
+            up = False
+            if self._serving is not False:
+                log.warning("database unreachable, health NOT_SERVING: %s", exc)
+        if up and self._serving is False:
+            log.info("database reachable again, health SERVING")
+        self._serving = up
+        self._metrics.db_up.set(1 if up else 0)
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", METERING_SERVICE):
+            await self.servicer.set(service, status)
+        return up
+
+    async def run(self) -> None:
+        while True:
+            await self.probe()
+            await asyncio.sleep(self._interval)
+
+    async def shutting_down(self) -> None:
+        await self.servicer.enter_graceful_shutdown()

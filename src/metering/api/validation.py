@@ -1,0 +1,231 @@
+"""Request validation: the one place that decides whether input is acceptable.
+
+Each function turns a wire request into a domain command, or raises
+InvalidArgument listing every offending field at once (so a caller fixes all
+of them in one round), or NotFound for a well-formed reference to something
+the catalog does not have.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from metering.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catalog, Meter, Price
+from metering.decimals import ONE, DecimalFormatError, parse_decimal
+from metering.engine import BalanceQuery, UsageCommand
+from metering.errors import FieldViolation, InvalidArgument, NotFound
+from metering.v1 import customer_pb2, usage_pb2
+
+MAX_ID_LENGTH = 128
+MAX_PROPERTIES = 32
+MAX_PROPERTY_VALUE_LENGTH = 256
+FUTURE_TOLERANCE = timedelta(minutes=5)
+
+# Printable ASCII without space: safe in logs, URLs and every language's strings.
+_ID_RE = re.compile(r"^[\x21-\x7e]+$")
+# Timestamps PostgreSQL and every client language can hold: years 1 to 9999.
+_MIN_SECONDS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
+_MAX_SECONDS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
+
+
+@dataclass
+class _Violations:
+    items: list[FieldViolation] = field(default_factory=list)
+
+    def add(self, name: str, description: str) -> None:
+        self.items.append(FieldViolation(name, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+def _identifier(violations: _Violations, name: str, value: str) -> None:
+    if not value:
+        violations.add(name, "required")
+    elif len(value) > MAX_ID_LENGTH:
+        violations.add(name, f"at most {MAX_ID_LENGTH} characters (got {len(value)})")
+    elif not _ID_RE.match(value):
+        violations.add(name, "printable ASCII characters only, without spaces (0x21 to 0x7E)")
+
+
+def _slug(violations: _Violations, name: str, value: str) -> None:
+    if not SLUG_RE.match(value):
+        violations.add(name, "1 to 64 characters of [a-z0-9_]")
+
+
+def _timestamp(violations: _Violations, name: str, value: Timestamp) -> datetime | None:
+    if not _MIN_SECONDS <= value.seconds <= _MAX_SECONDS or not 0 <= value.nanos < 1_000_000_000:
+        violations.add(name, "not a valid timestamp (years 1 to 9999, nanos 0 to 999999999)")
+        return None
+    # Microsecond precision, as the ledger stores it: sub-microsecond nanos are dropped.
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def _quantity(violations: _Violations, name: str, value: str) -> Decimal | None:
+    try:
+        return parse_decimal(value)
+    except DecimalFormatError as exc:
+        violations.add(name, str(exc))
+        return None
+
+
+def _properties(violations: _Violations, properties: dict[str, str]) -> None:
+    if len(properties) > MAX_PROPERTIES:
+        violations.add("properties", f"at most {MAX_PROPERTIES} entries (got {len(properties)})")
+        return
+    for key, value in sorted(properties.items()):
+        if not PROPERTY_KEY_RE.match(key):
+            violations.add(f"properties[{key[:64]!r}]", "keys are 1 to 64 characters of [A-Za-z0-9_.-]")
+        elif len(value) > MAX_PROPERTY_VALUE_LENGTH:
+            violations.add(f"properties.{key}", f"at most {MAX_PROPERTY_VALUE_LENGTH} characters (got {len(value)})")
+        elif "\x00" in value:
+            violations.add(f"properties.{key}", "must not contain NUL characters")
+
+
+def _resolve_target(
+    violations: _Violations, catalog: Catalog, meter_slug: str, price_slug: str
+) -> tuple[Meter | None, Price | None]:
+    """The meter and (optionally) price that an event or query names."""
+    if meter_slug and price_slug:
+        violations.add("meter_slug", "set exactly one of meter_slug and price_slug, not both")
+        violations.add("price_slug", "set exactly one of meter_slug and price_slug, not both")
+        return None, None
+    if not meter_slug and not price_slug:
+        violations.add("meter_slug", "set exactly one of meter_slug and price_slug")
+        return None, None
+    if price_slug:
+        _slug(violations, "price_slug", price_slug)
+        if violations.items:
+            return None, None
+        price = catalog.prices.get(price_slug)
+        if price is None:
+            raise NotFound("price", price_slug)
+        return catalog.meters[price.meter], price
+    _slug(violations, "meter_slug", meter_slug)
+    if violations.items:
+        return None, None
+    meter = catalog.meters.get(meter_slug)
+    if meter is None:
+        raise NotFound("meter", meter_slug)
+    return meter, None
+
+
+def record_usage(
+    request: usage_pb2.RecordUsageRequest, catalog: Catalog, *, now: datetime, backfill_window: timedelta
+) -> UsageCommand:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    _identifier(violations, "transaction_id", request.transaction_id)
+    properties = dict(request.properties)
+    _properties(violations, properties)
+    event_time = None
+    if request.HasField("event_time"):
+        event_time = _timestamp(violations, "event_time", request.event_time)
+        if event_time is not None and event_time > now + FUTURE_TOLERANCE:
+            violations.add("event_time", f"more than {_minutes(FUTURE_TOLERANCE)} minutes in the future")
+        elif event_time is not None and event_time < now - backfill_window:
+            violations.add("event_time", f"older than the backfill window of {_days(backfill_window)} days")
+    if request.enforcement_mode not in usage_pb2.EnforcementMode.values():
+        violations.add("enforcement_mode", f"unknown value {request.enforcement_mode}")
+    # The syntax of every field is checked before any catalog lookup, so a
+    # NOT_FOUND is only ever about a well-formed reference.
+    quantity = _quantity(violations, "quantity", request.quantity) if request.quantity else None
+    meter, price = _resolve_target(violations, catalog, request.meter_slug, request.price_slug)
+    violations.raise_if_any()
+    assert meter is not None
+    quantity = _quantity_for(violations, meter, quantity)
+    unique_value = None
+    if meter.aggregation is Aggregation.UNIQUE_COUNT:
+        assert meter.unique_property is not None
+        unique_value = properties.get(meter.unique_property)
+        if not unique_value:
+            violations.add(
+                f"properties.{meter.unique_property}",
+                f"required: meter {meter.slug!r} counts distinct values of this property",
+            )
+    violations.raise_if_any()
+    assert quantity is not None
+    return UsageCommand(
+        customer_id=request.customer_id,
+        transaction_id=request.transaction_id,
+        meter=meter,
+        price=price,
+        quantity=quantity,
+        event_time=event_time,
+        properties=properties,
+        unique_value=unique_value,
+        allow_overage=request.enforcement_mode == usage_pb2.ENFORCEMENT_MODE_ALLOW_OVERAGE,
+    )
+
+
+def _quantity_for(violations: _Violations, meter: Meter, quantity: Decimal | None) -> Decimal | None:
+    """Counting meters take no quantity (or "1"); the others require one."""
+    if meter.aggregation in (Aggregation.COUNT, Aggregation.UNIQUE_COUNT):
+        if quantity is not None and quantity != ONE:
+            violations.add("quantity", f"meter {meter.slug!r} counts events: leave quantity empty or set it to 1")
+        return ONE
+    if quantity is None:
+        violations.add("quantity", f"required for {meter.aggregation.value} meter {meter.slug!r}")
+    return quantity
+
+
+def check_balance(request: usage_pb2.CheckBalanceRequest, catalog: Catalog) -> BalanceQuery:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    requested = None
+    if request.requested_quantity:
+        requested = _quantity(violations, "requested_quantity", request.requested_quantity)
+        if not request.meter_slug:
+            violations.add("meter_slug", "required when requested_quantity is set")
+    meter = None
+    if request.meter_slug:
+        _slug(violations, "meter_slug", request.meter_slug)
+        violations.raise_if_any()
+        meter = catalog.meters.get(request.meter_slug)
+        if meter is None:
+            raise NotFound("meter", request.meter_slug)
+    violations.raise_if_any()
+    return BalanceQuery(customer_id=request.customer_id, meter=meter, requested=requested)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerCommand:
+    customer_id: str
+    plan_slug: str
+    billing_anchor: datetime | None
+
+
+def upsert_customer(request: customer_pb2.UpsertCustomerRequest) -> CustomerCommand:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    if not request.plan_slug:
+        violations.add("plan_slug", "required")
+    else:
+        _slug(violations, "plan_slug", request.plan_slug)
+    anchor = None
+    if request.HasField("billing_anchor_time"):
+        anchor = _timestamp(violations, "billing_anchor_time", request.billing_anchor_time)
+    violations.raise_if_any()
+    return CustomerCommand(request.customer_id, request.plan_slug, anchor)
+
+
+def customer_id(value: str) -> str:
+    violations = _Violations()
+    _identifier(violations, "customer_id", value)
+    violations.raise_if_any()
+    return value
+
+
+def _minutes(delta: timedelta) -> int:
+    return int(delta.total_seconds() // 60)
+
+
+def _days(delta: timedelta) -> str:
+    days = delta.total_seconds() / 86400
+    return f"{days:g}"

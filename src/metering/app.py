@@ -1,0 +1,170 @@
+"""The service process: database, migrations, gRPC server, metrics, health.
+
+Start-up order matters: the catalog is checked first (a bad catalog must not
+touch the database), then the database is reached (waiting for it to come
+up), migrations are applied under their advisory lock, and only then does the
+server accept calls. SIGTERM or SIGINT drains in-flight calls within the
+grace period before the pool closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+from grpc_reflection.v1alpha import reflection
+
+from metering.api.health import METERING_SERVICE, DatabaseHealth
+from metering.api.interceptor import ObservedServiceInterceptor
+from metering.api.servicer import MeteringServicer
+from metering.catalog import Catalog, load_catalog
+from metering.config import Settings
+from metering.embedded import EmbeddedPostgres, start_embedded
+from metering.engine import MeteringEngine
+from metering.ledger.migrate import migrate
+from metering.ledger.pool import create_pool, is_unavailable
+from metering.ledger.store import Ledger
+from metering.metrics import Metrics
+from metering.v1 import metering_service_pb2, metering_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# How long start-up waits for the database before giving up.
+STARTUP_DATABASE_WAIT_SECONDS = 30.0
+
+
+@dataclass
+class Database:
+    url: str
+    embedded: EmbeddedPostgres | None
+
+    def close(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def open_database(settings: Settings) -> Database:
+    if settings.database_url:
+        return Database(settings.database_url, None)
+    embedded = start_embedded(settings.embedded_data_dir)
+    return Database(embedded.uri(), embedded)
+
+
+async def connect(settings: Settings, url: str) -> asyncpg.Pool:
+    """Create the pool, waiting up to STARTUP_DATABASE_WAIT_SECONDS for the database."""
+    deadline = time.monotonic() + STARTUP_DATABASE_WAIT_SECONDS
+    while True:
+        try:
+            return await create_pool(
+                url, min_size=settings.db_pool_min, max_size=settings.db_pool_max, db_timeout=settings.db_timeout
+            )
+        except Exception as exc:
+            if not is_unavailable(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("waiting for the database: %s", exc)
+            await asyncio.sleep(0.5)
+
+
+async def run_migrations(settings: Settings, url: str) -> list[str]:
+    pool = await connect(settings, url)
+    try:
+        async with pool.acquire() as conn:
+            return await migrate(conn)
+    finally:
+        await pool.close()
+
+
+def build_server(
+    settings: Settings, catalog: Catalog, ledger: Ledger, metrics: Metrics, health: DatabaseHealth
+) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        interceptors=[ObservedServiceInterceptor(metrics)],
+        options=[
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),  # two replicas must not silently share a port
+        ],
+    )
+    engine = MeteringEngine(catalog, ledger)
+    servicer = MeteringServicer(engine, metrics, backfill_window=settings.backfill_window)
+    metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
+    from grpc_health.v1 import health_pb2_grpc
+
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    service_names = (
+        metering_service_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name,
+        "grpc.health.v1.Health",
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(service_names, server)
+    return server
+
+
+async def serve(settings: Settings) -> None:
+    catalog = load_catalog(settings.catalog_path)
+    database = await asyncio.to_thread(open_database, settings)
+    try:
+        await _serve(settings, catalog, database)
+    finally:
+        await asyncio.to_thread(database.close)
+
+
+async def _serve(settings: Settings, catalog: Catalog, database: Database) -> None:
+    pool = await connect(settings, database.url)
+    try:
+        async with pool.acquire() as conn:
+            applied = await migrate(conn)
+        if applied:
+            log.info("migrations applied: %s", ", ".join(applied))
+        metrics = Metrics()
+        metrics.watch_pool(
+            in_use=lambda: pool.get_size() - pool.get_idle_size(),
+            size=pool.get_size,
+            maximum=pool.get_max_size,
+        )
+        ledger = Ledger(pool)
+        health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
+        await health.probe()
+        server = build_server(settings, catalog, ledger, metrics, health)
+        grpc_port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port) if settings.metrics_port else 0
+        await server.start()
+        # Announce on stdout: people read it, and so do the tests (port 0 picks a free port).
+        print(
+            f"metering: serving {METERING_SERVICE} on {settings.grpc_host}:{grpc_port}; "
+            f"metrics on http://{settings.metrics_host}:{metrics_port}/metrics; "
+            f"catalog {catalog.source}; database {'embedded' if database.embedded else 'external'}",
+            flush=True,
+        )
+        health_task = asyncio.create_task(health.run())
+        await _wait_for_stop_signal()
+        log.info("stopping: draining in-flight calls for up to %ss", settings.shutdown_grace.total_seconds())
+        await health.shutting_down()
+        await server.stop(settings.shutdown_grace.total_seconds())
+        health_task.cancel()
+    finally:
+        await pool.close()
+    log.info("stopped")
+
+
+async def _wait_for_stop_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,181 @@
+"""The `metering` command: serve, migrate, check-catalog, and a client for humans."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from collections.abc import Sequence
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from metering.catalog import CatalogError, load_catalog
+from metering.config import ConfigError, Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (ConfigError, CatalogError) as exc:
+        print(f"metering: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metering", description="Usage-metering gRPC service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gRPC service (settings from METERING_* variables)")
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    migrate.set_defaults(run=_migrate)
+
+    check = commands.add_parser("check-catalog", help="validate a catalog file and print what it defines")
+    check.add_argument("path", nargs="?", help="catalog TOML (default: METERING_CATALOG, else the sample)")
+    check.set_defaults(run=_check_catalog)
+
+    client = commands.add_parser("client", help="call a running service and print the answer as JSON")
+    client.add_argument("--target", default="127.0.0.1:50051", help="host:port of the service")
+    calls = client.add_subparsers(dest="call", required=True)
+
+    customer = calls.add_parser("upsert-customer", help="create a customer or change its plan")
+    customer.add_argument("customer_id")
+    customer.add_argument("plan_slug")
+    customer.set_defaults(run=_client_upsert_customer)
+
+    record = calls.add_parser("record", help="record one usage event")
+    record.add_argument("customer_id")
+    record.add_argument("meter_slug")
+    record.add_argument("quantity", nargs="?", default="", help="decimal string; empty for counting meters")
+    record.add_argument("--transaction-id", help="idempotency key (default: a new UUID)")
+    record.add_argument("--property", action="append", default=[], metavar="KEY=VALUE")
+    record.add_argument("--allow-overage", action="store_true", help="record past a hard limit")
+    record.set_defaults(run=_client_record)
+
+    balance = calls.add_parser("balance", help="show a customer's balances")
+    balance.add_argument("customer_id")
+    balance.add_argument("meter_slug", nargs="?", default="")
+    balance.add_argument("--requested", default="", help="quantity about to be used")
+    balance.set_defaults(run=_client_balance)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from metering.app import configure_logging, serve
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from metering.app import configure_logging, open_database, run_migrations
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    database = open_database(settings)
+    try:
+        applied = asyncio.run(run_migrations(settings, database.url))
+    finally:
+        database.close()
+    print("applied: " + ", ".join(applied) if applied else "the database is up to date")
+    return 0
+
+
+def _check_catalog(args: argparse.Namespace) -> int:
+    path = args.path or Settings.from_env().catalog_path
+    catalog = load_catalog(path)
+    print(f"catalog {catalog.source} is valid:")
+    print(f"  meters: {', '.join(catalog.meters)}")
+    print(f"  prices: {', '.join(catalog.prices)}")
+    for plan in catalog.plans.values():
+        terms = ", ".join(
+            f"{t.meter} ({'unlimited' if t.limit is None else f'{t.enforcement.value} limit {t.limit}'} "
+            f"per {t.reset.value})"
+            for t in plan.meters.values()
+        )
+        print(f"  plan {plan.slug}: {terms}")
+    return 0
+
+
+def _call(args: argparse.Namespace, method: str, request: Message) -> int:
+    from metering.v1 import metering_service_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+        try:
+            response = getattr(stub, method)(request, timeout=10)
+        except grpc.RpcError as error:
+            _print_error(error)
+            return 1
+    print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+    return 0
+
+
+def _print_error(error: grpc.RpcError) -> None:
+    assert isinstance(error, grpc.Call)
+    print(f"{error.code().name}: {error.details()}", file=sys.stderr)
+    status = rpc_status.from_call(error)
+    if status is None:
+        return
+    for detail in status.details:
+        for kind in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.QuotaFailure,
+            error_details_pb2.ResourceInfo,
+            error_details_pb2.PreconditionFailure,
+            error_details_pb2.RetryInfo,
+        ):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                body = json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
+                print(f"  {kind.DESCRIPTOR.name}: {body}", file=sys.stderr)
+
+
+def _client_upsert_customer(args: argparse.Namespace) -> int:
+    from metering.v1 import customer_pb2
+
+    return _call(
+        args,
+        "UpsertCustomer",
+        customer_pb2.UpsertCustomerRequest(customer_id=args.customer_id, plan_slug=args.plan_slug),
+    )
+
+
+def _client_record(args: argparse.Namespace) -> int:
+    from metering.v1 import usage_pb2
+
+    properties = dict(item.split("=", 1) for item in args.property)
+    request = usage_pb2.RecordUsageRequest(
+        customer_id=args.customer_id,
+        meter_slug=args.meter_slug,
+        quantity=args.quantity,
+        transaction_id=args.transaction_id or str(uuid.uuid4()),
+        properties=properties,
+        enforcement_mode=(
+            usage_pb2.ENFORCEMENT_MODE_ALLOW_OVERAGE if args.allow_overage else usage_pb2.ENFORCEMENT_MODE_ENFORCE_LIMIT
+        ),
+    )
+    return _call(args, "RecordUsage", request)
+
+
+def _client_balance(args: argparse.Namespace) -> int:
+    from metering.v1 import usage_pb2
+
+    request = usage_pb2.CheckBalanceRequest(
+        customer_id=args.customer_id, meter_slug=args.meter_slug, requested_quantity=args.requested
+    )
+    return _call(args, "CheckBalance", request)

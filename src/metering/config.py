@@ -1,0 +1,93 @@
+"""Settings from environment variables: the one place that reads them.
+
+Every variable is listed in the README's configuration table; `Settings.from_env`
+refuses a malformed value with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+_DURATION_RE = re.compile(r"^(?P<value>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None  # None: start an embedded PostgreSQL
+    grpc_host: str
+    grpc_port: int
+    metrics_host: str
+    metrics_port: int  # 0: no metrics endpoint
+    catalog_path: str | None  # None: the packaged sample catalog
+    db_pool_min: int
+    db_pool_max: int
+    db_timeout: timedelta  # connect, acquire and statement timeout
+    health_interval: timedelta
+    backfill_window: timedelta
+    shutdown_grace: timedelta
+    embedded_data_dir: str
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        settings = cls(
+            database_url=reader.text("METERING_DATABASE_URL") or None,
+            grpc_host=reader.text("METERING_GRPC_HOST", "0.0.0.0"),  # noqa: S104 - a network service
+            grpc_port=reader.port("METERING_GRPC_PORT", 50051),
+            metrics_host=reader.text("METERING_METRICS_HOST", "0.0.0.0"),  # noqa: S104
+            metrics_port=reader.port("METERING_METRICS_PORT", 9464),
+            catalog_path=reader.text("METERING_CATALOG") or None,
+            db_pool_min=reader.integer("METERING_DB_POOL_MIN", 2, minimum=0),
+            db_pool_max=reader.integer("METERING_DB_POOL_MAX", 10, minimum=1),
+            db_timeout=reader.duration("METERING_DB_TIMEOUT", "2s"),
+            health_interval=reader.duration("METERING_HEALTH_INTERVAL", "1s"),
+            backfill_window=reader.duration("METERING_BACKFILL_WINDOW", "35d"),
+            shutdown_grace=reader.duration("METERING_SHUTDOWN_GRACE", "10s"),
+            embedded_data_dir=reader.text("METERING_EMBEDDED_DATA_DIR", ".metering/pgdata"),
+            log_level=reader.text("METERING_LOG_LEVEL", "INFO").upper(),
+        )
+        if settings.db_pool_min > settings.db_pool_max:
+            raise ConfigError("METERING_DB_POOL_MIN must not exceed METERING_DB_POOL_MAX")
+        return settings
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    env: Mapping[str, str]
+
+    def text(self, name: str, default: str = "") -> str:
+        return self.env.get(name, default).strip()
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+        raw = self.text(name)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise ConfigError(f"{name}={raw!r}: must be at least {minimum}{upper}")
+        return value
+
+    def port(self, name: str, default: int) -> int:
+        return self.integer(name, default, minimum=0, maximum=65535)
+
+    def duration(self, name: str, default: str) -> timedelta:
+        raw = self.text(name) or default
+        match = _DURATION_RE.match(raw)
+        if match is None:
+            raise ConfigError(f"{name}={raw!r}: expected a duration such as 500ms, 2s, 5m, 12h or 35d")
+        return timedelta(seconds=float(match.group("value")) * _UNITS[match.group("unit")])

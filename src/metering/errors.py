@@ -1,0 +1,90 @@
+"""Domain errors: what went wrong, in domain terms.
+
+The API layer turns each into one gRPC status with rich details
+(metering.api.errors); nothing below the API layer knows about gRPC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+
+class MeteringError(Exception):
+    """Base of every refusal the service answers on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str  # the request field, dotted for nested ones (e.g. "properties.region")
+    description: str
+
+
+class InvalidArgument(MeteringError):
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = violations
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+
+
+class NotFound(MeteringError):
+    """An unknown customer, meter, price or plan."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind = kind  # "customer", "meter", "price" or "plan"
+        self.name = name
+        super().__init__(f"{kind} {name!r} not found")
+
+
+class TransactionConflict(MeteringError):
+    """The transaction id was already recorded with a different payload."""
+
+    def __init__(self, transaction_id: str, fields: list[str], original_event_id: str) -> None:
+        self.transaction_id = transaction_id
+        self.fields = fields
+        self.original_event_id = original_event_id
+        super().__init__(
+            f"transaction id {transaction_id!r} was already recorded with a different "
+            f"{', '.join(fields)} (event {original_event_id})"
+        )
+
+
+class LimitExceeded(MeteringError):
+    """The event would pass a hard limit; nothing was written."""
+
+    def __init__(
+        self,
+        *,
+        meter: str,
+        plan: str,
+        unit: str,
+        limit: Decimal,
+        available: Decimal,
+        requested: Decimal,
+        period_end: str,
+    ) -> None:
+        self.meter = meter
+        self.plan = plan
+        self.unit = unit
+        self.limit = limit
+        self.available = available
+        self.requested = requested
+        self.period_end = period_end  # RFC 3339; empty when the meter never resets
+        super().__init__(
+            f"meter {meter!r} has {available} {unit} available under plan {plan!r} (limit {limit}); "
+            f"the event needs {requested}"
+        )
+
+
+class BillingAnchorImmutable(MeteringError):
+    def __init__(self, customer_id: str, stored: str) -> None:
+        self.customer_id = customer_id
+        self.stored = stored
+        super().__init__(f"customer {customer_id!r} keeps its billing anchor {stored}; it cannot change")
+
+
+class DatabaseUnavailable(MeteringError):
+    """The ledger database cannot be reached or did not answer in time."""
+
+
+class Unimplemented(MeteringError):
+    """The RPC is part of the contract but not served yet."""

@@ -1,0 +1,67 @@
+"""The asyncpg connection pool and the mapping of database failures.
+
+Every way the database can be unreachable, slow or going away becomes one
+domain error, DatabaseUnavailable, which the API answers as UNAVAILABLE. The
+pool reconnects by itself when the database comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import asyncpg
+
+from metering.errors import DatabaseUnavailable
+
+# SQLSTATE classes that mean "the database is not usable right now":
+# 08 connection exception, 53 insufficient resources, 57 operator
+# intervention (shutdown, cancel on timeout), 58 system error.
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(url: str, *, min_size: int, max_size: int, db_timeout: timedelta) -> asyncpg.Pool:
+    seconds = db_timeout.total_seconds()
+    return await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=seconds,  # connect timeout
+        command_timeout=seconds,  # client-side bound on every statement
+        init=_init_connection,
+        server_settings={
+            "application_name": "metering",
+            # OK is answered only after a durable commit, whatever the server default.
+            "synchronous_commit": "on",
+            "statement_timeout": str(int(seconds * 1000)),
+            "idle_in_transaction_session_timeout": str(int(seconds * 1000) * 5),
+        },
+    )
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether an exception means the database cannot serve now (retryable)."""
+    if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, asyncpg.InterfaceError)):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        return sqlstate[:2] in _UNAVAILABLE_CLASSES
+    return False
+
+
+@asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    """Turn database unavailability into DatabaseUnavailable; let bugs through."""
+    try:
+        yield
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise DatabaseUnavailable(f"the ledger database is unavailable: {type(exc).__name__}") from exc
+        raise

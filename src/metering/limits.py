@@ -1,0 +1,191 @@
+"""Limit decisions and balance figures: pure functions, no I/O.
+
+This is the one place that knows how each aggregation consumes an allowance:
+
+* SUM, COUNT and UNIQUE_COUNT accumulate: an event costs its quantity, 1, or
+  1 for a distinct value not yet seen this period (0 for one already seen).
+  It fits when used + reserved + cost <= limit + granted.
+* MAX and LATEST are gauges: an event reports a value, which fits when it is
+  at most limit + granted; held reservations do not apply to gauges.
+
+An event that costs nothing (a repeated distinct value, a quantity of 0) is
+always accepted: it consumes nothing even on an exhausted meter.
+
+The ledger calls `decide` while it holds the counter row's lock, so the
+decision and the write are one atomic step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+from metering import decimals
+from metering.catalog import Aggregation, Enforcement
+from metering.decimals import HUNDRED, ONE, ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class CounterState:
+    """A meter's aggregate for one customer and period, as the counter row holds it."""
+
+    used: Decimal = ZERO
+    event_count: int = 0
+    latest_event_time: datetime | None = None  # LATEST: the event that set `used`
+    latest_event_id: UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """What the plan (and grants, and holds) allow for a meter in a period."""
+
+    aggregation: Aggregation
+    enforcement: Enforcement
+    limit: Decimal | None  # None: unlimited
+    granted: Decimal = ZERO
+    reserved: Decimal = ZERO
+
+    @property
+    def total(self) -> Decimal | None:
+        return None if self.limit is None else decimals.add(self.limit, self.granted)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    accepted: bool
+    state_after: CounterState
+    cost: Decimal  # what the event consumes (accumulating) or reports (gauges)
+    overage: Decimal  # how far past the allowance this event took the meter
+    available_before: Decimal | None  # None: unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceFigures:
+    used: Decimal
+    limit: Decimal | None
+    granted: Decimal
+    reserved: Decimal
+    available: Decimal | None
+    percent_used: Decimal | None
+    approaching_limit: bool
+    limit_reached: bool
+
+
+def event_cost(aggregation: Aggregation, quantity: Decimal, *, new_unique_value: bool) -> Decimal:
+    """What one event consumes (accumulating meters) or reports (gauges)."""
+    if aggregation is Aggregation.COUNT:
+        return ONE
+    if aggregation is Aggregation.UNIQUE_COUNT:
+        return ONE if new_unique_value else ZERO
+    return quantity
+
+
+def decide(
+    allowance: Allowance,
+    state: CounterState,
+    quantity: Decimal,
+    *,
+    event_time: datetime,
+    event_id: UUID,
+    new_unique_value: bool = False,
+    allow_overage: bool = False,
+) -> Decision:
+    """Decide one event against the allowance and return the counter after it.
+
+    Refused only under a hard limit without `allow_overage`; a soft limit, or
+    `allow_overage`, accepts and reports the overage instead.
+    """
+    aggregation = allowance.aggregation
+    cost = event_cost(aggregation, quantity, new_unique_value=new_unique_value)
+    total = allowance.total
+    available = available_quantity(allowance, state.used)
+    if aggregation.accumulates:
+        used_after = decimals.add(state.used, cost)
+        over_before = _excess(decimals.add(state.used, allowance.reserved), total)
+        over_after = _excess(decimals.add(used_after, allowance.reserved), total)
+        overage = decimals.sub(over_after, over_before)
+        fits = total is None or cost == 0 or overage == 0
+    else:
+        used_after = _gauge_after(aggregation, state, cost, event_time, event_id)
+        overage = _excess(cost, total)
+        fits = overage == 0
+    refuse = not fits and allowance.enforcement is Enforcement.HARD and not allow_overage
+    if refuse:
+        return Decision(False, state, cost, ZERO, available)
+    # The counter remembers the latest event (by event time, then id) for LATEST.
+    newest = state.latest_event_time is None or _is_newer(event_time, event_id, state)
+    after = CounterState(
+        used=used_after,
+        event_count=state.event_count + 1,
+        latest_event_time=event_time if newest else state.latest_event_time,
+        latest_event_id=event_id if newest else state.latest_event_id,
+    )
+    return Decision(True, after, cost, overage, available)
+
+
+def requested_fits(allowance: Allowance, used: Decimal, requested: Decimal) -> bool:
+    """Whether `requested` fits in the allowance now: the cost about to be used
+    (accumulating meters) or the value about to be reported (gauges)."""
+    total = allowance.total
+    if total is None or (allowance.aggregation.accumulates and requested == 0):
+        return True
+    if allowance.aggregation.accumulates:
+        return decimals.add(used, allowance.reserved, requested) <= total
+    return requested <= total
+
+
+def available_quantity(allowance: Allowance, used: Decimal) -> Decimal | None:
+    """limit + granted - used - reserved, floored at zero; None when unlimited.
+    For gauges the headroom above the current value (reservations do not apply)."""
+    total = allowance.total
+    if total is None:
+        return None
+    held = allowance.reserved if allowance.aggregation.accumulates else ZERO
+    return max(ZERO, decimals.sub(total, decimals.add(used, held)))
+
+
+def balance_figures(allowance: Allowance, used: Decimal, approaching_threshold: Decimal) -> BalanceFigures:
+    """The numbers CheckBalance reports for one meter."""
+    total = allowance.total
+    available = available_quantity(allowance, used)
+    if total is None:
+        percent_used = None
+    elif total == 0:
+        percent_used = HUNDRED  # nothing can ever be used: the meter is full
+    else:
+        percent_used = decimals.percent(used, total)
+    return BalanceFigures(
+        used=used,
+        limit=allowance.limit,
+        granted=allowance.granted,
+        reserved=allowance.reserved,
+        available=available,
+        percent_used=percent_used,
+        approaching_limit=percent_used is not None and percent_used >= approaching_threshold,
+        limit_reached=available is not None and available == 0,
+    )
+
+
+def _excess(value: Decimal, total: Decimal | None) -> Decimal:
+    if total is None:
+        return ZERO
+    return max(ZERO, decimals.sub(value, total))
+
+
+def _is_newer(event_time: datetime, event_id: UUID, state: CounterState) -> bool:
+    """Whether the event comes after the counter's latest one. Ids are
+    time-ordered, so among equal event times the later-recorded event wins."""
+    assert state.latest_event_time is not None and state.latest_event_id is not None
+    return (event_time, event_id) >= (state.latest_event_time, state.latest_event_id)
+
+
+def _gauge_after(
+    aggregation: Aggregation, state: CounterState, value: Decimal, event_time: datetime, event_id: UUID
+) -> Decimal:
+    if state.event_count == 0:
+        return value
+    if aggregation is Aggregation.MAX:
+        return max(state.used, value)
+    return value if _is_newer(event_time, event_id, state) else state.used

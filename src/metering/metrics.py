@@ -1,0 +1,69 @@
+"""Prometheus metrics, on their own registry and HTTP port.
+
+No customer id is ever a label value: label sets stay bounded by the catalog
+(meters, plans) and the API (methods, status codes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Outcomes of one RecordUsage event.
+RECORDED = "recorded"
+DUPLICATE = "duplicate"
+PAYLOAD_CONFLICT = "payload_conflict"
+REJECTED = "rejected"
+
+# RPC latency buckets: from a cached read (~0.5 ms) to a stalled database.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "metering_events", "RecordUsage events by meter and outcome.", ["meter", "outcome"], registry=r
+        )
+        self.quantity = Counter(
+            "metering_quantity_recorded", "Sum of recorded event quantities by meter.", ["meter"], registry=r
+        )
+        self.limit_rejections = Counter(
+            "metering_limit_rejections",
+            "Events refused by a hard limit, by meter and plan.",
+            ["meter", "plan"],
+            registry=r,
+        )
+        self.overage = Counter(
+            "metering_overage_quantity",
+            "Quantity recorded past a limit (soft limits, allowed overage), by meter and plan.",
+            ["meter", "plan"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "metering_grpc_requests", "gRPC requests by method and status code.", ["method", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "metering_grpc_request_duration_seconds",
+            "gRPC request latency by method.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.db_up = Gauge("metering_database_up", "1 when the last database health probe succeeded.", registry=r)
+        self.pool_in_use = Gauge("metering_db_pool_in_use", "Database connections checked out.", registry=r)
+        self.pool_size = Gauge("metering_db_pool_size", "Database connections open.", registry=r)
+        self.pool_max = Gauge("metering_db_pool_max", "Largest number of database connections allowed.", registry=r)
+
+    def watch_pool(self, in_use: Callable[[], float], size: Callable[[], float], maximum: Callable[[], float]) -> None:
+        """Read the pool's figures at each scrape rather than on every request."""
+        self.pool_in_use.set_function(in_use)
+        self.pool_size.set_function(size)
+        self.pool_max.set_function(maximum)
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP endpoint; returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_address[1])

@@ -1,0 +1,66 @@
+"""Usage periods anchored on a customer's billing anchor. Pure functions, UTC.
+
+A period is the half-open interval [start, end). Periods are derived from the
+anchor every time (never chained from the previous period), so a customer
+anchored on the 31st resets on Feb 28 (or 29) and again on Mar 31.
+"""
+
+from __future__ import annotations
+
+import calendar
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+# The start of the single period of meters that never reset.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class ResetPeriod(enum.Enum):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start: datetime
+    end: datetime | None  # None: never resets
+
+    def contains(self, instant: datetime) -> bool:
+        return self.start <= instant and (self.end is None or instant < self.end)
+
+
+def add_months(anchor: datetime, months: int) -> datetime:
+    """The anchor moved by whole months, its day clamped to the month's last day."""
+    index = anchor.year * 12 + (anchor.month - 1) + months
+    year, month0 = divmod(index, 12)
+    month = month0 + 1
+    day = min(anchor.day, calendar.monthrange(year, month)[1])
+    return anchor.replace(year=year, month=month, day=day)
+
+
+def period_containing(instant: datetime, anchor: datetime, reset: ResetPeriod) -> Period:
+    """The period of `reset` length, anchored on `anchor`, that contains `instant`."""
+    if instant.tzinfo is None or anchor.tzinfo is None:
+        raise ValueError("period math needs timezone-aware datetimes")
+    instant = instant.astimezone(UTC)
+    anchor = anchor.astimezone(UTC)
+    if reset is ResetPeriod.NONE:
+        return Period(EPOCH, None)
+    if reset in (ResetPeriod.DAY, ResetPeriod.WEEK):
+        length = timedelta(days=1 if reset is ResetPeriod.DAY else 7)
+        count = (instant - anchor) // length  # floor division: negative before the anchor
+        start = anchor + count * length
+        return Period(start, start + length)
+    # Months: estimate from the calendar, then step to the exact period.
+    months = (instant.year - anchor.year) * 12 + (instant.month - anchor.month)
+    start = add_months(anchor, months)
+    while start > instant:
+        months -= 1
+        start = add_months(anchor, months)
+    while (following := add_months(anchor, months + 1)) <= instant:
+        months += 1
+        start = following
+    return Period(start, add_months(anchor, months + 1))

@@ -1,0 +1,33 @@
+from metering.v1 import billing_pb2 as _billing_pb2
+from metering.v1 import customer_pb2 as _customer_pb2
+from metering.v1 import usage_pb2 as _usage_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    ERROR_REASON_INVALID_ARGUMENT: _ClassVar[ErrorReason]
+    ERROR_REASON_CUSTOMER_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_METER_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_PRICE_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_PLAN_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_TRANSACTION_ID_CONFLICT: _ClassVar[ErrorReason]
+    ERROR_REASON_LIMIT_EXCEEDED: _ClassVar[ErrorReason]
+    ERROR_REASON_BILLING_ANCHOR_IMMUTABLE: _ClassVar[ErrorReason]
+    ERROR_REASON_DATABASE_UNAVAILABLE: _ClassVar[ErrorReason]
+    ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
+ERROR_REASON_UNSPECIFIED: ErrorReason
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason
+ERROR_REASON_CUSTOMER_NOT_FOUND: ErrorReason
+ERROR_REASON_METER_NOT_FOUND: ErrorReason
+ERROR_REASON_PRICE_NOT_FOUND: ErrorReason
+ERROR_REASON_PLAN_NOT_FOUND: ErrorReason
+ERROR_REASON_TRANSACTION_ID_CONFLICT: ErrorReason
+ERROR_REASON_LIMIT_EXCEEDED: ErrorReason
+ERROR_REASON_BILLING_ANCHOR_IMMUTABLE: ErrorReason
+ERROR_REASON_DATABASE_UNAVAILABLE: ErrorReason
+ERROR_REASON_INTERNAL: ErrorReason
