@@ -132,7 +132,7 @@ async def _serve(settings: Settings, catalog: Catalog, database: Database) -> No
         await health.probe()
         server = build_server(settings, catalog, ledger, metrics, health)
         grpc_port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
-        metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port) if settings.metrics_port else 0
+        metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         await server.start()
         # Announce on stdout: people read it, and so do the tests (port 0 picks a free port).
         print(

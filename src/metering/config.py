@@ -24,9 +24,9 @@ class ConfigError(ValueError):
 class Settings:
     database_url: str | None  # None: start an embedded PostgreSQL
     grpc_host: str
-    grpc_port: int
+    grpc_port: int  # 0: any free port (printed at start-up)
     metrics_host: str
-    metrics_port: int  # 0: no metrics endpoint
+    metrics_port: int  # 0: any free port (printed at start-up)
     catalog_path: str | None  # None: the packaged sample catalog
     db_pool_min: int
     db_pool_max: int

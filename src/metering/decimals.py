@@ -25,6 +25,9 @@ ROUNDING = Context(prec=100, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, 
 ZERO = Decimal(0)
 ONE = Decimal(1)
 HUNDRED = Decimal(100)
+# Percentages are reported with two decimals ("80.00").
+PERCENT_STEP = Decimal("0.01")
+FULL_PERCENT = Decimal("100.00")
 
 
 class DecimalFormatError(ValueError):
@@ -76,4 +79,4 @@ def sub(a: Decimal, b: Decimal) -> Decimal:
 def percent(part: Decimal, whole: Decimal) -> Decimal:
     """part / whole * 100, rounded half-even to 2 decimals. whole must be > 0."""
     ratio = ROUNDING.multiply(ROUNDING.divide(part, whole), HUNDRED)
-    return ratio.quantize(Decimal("0.01"), context=ROUNDING)
+    return ratio.quantize(PERCENT_STEP, context=ROUNDING)

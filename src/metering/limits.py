@@ -24,7 +24,7 @@ from uuid import UUID
 
 from metering import decimals
 from metering.catalog import Aggregation, Enforcement
-from metering.decimals import HUNDRED, ONE, ZERO
+from metering.decimals import ONE, ZERO
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +153,7 @@ def balance_figures(allowance: Allowance, used: Decimal, approaching_threshold: 
     if total is None:
         percent_used = None
     elif total == 0:
-        percent_used = HUNDRED  # nothing can ever be used: the meter is full
+        percent_used = decimals.FULL_PERCENT  # nothing can ever be used: the meter is full
     else:
         percent_used = decimals.percent(used, total)
     return BalanceFigures(

@@ -160,11 +160,13 @@ class Ledger:
                 now,
             )
             assert row is not None
-            record = CustomerRecord(**{k: row[k] for k in row if k != "created"})
-            if billing_anchor is not None and not row["created"] and record.billing_anchor != billing_anchor:
+            fields = dict(row)
+            created = bool(fields.pop("created"))
+            record = CustomerRecord(**fields)
+            if billing_anchor is not None and not created and record.billing_anchor != billing_anchor:
                 # Raising inside the transaction rolls the plan change back too.
                 raise BillingAnchorImmutable(customer_id, record.billing_anchor.isoformat())
-            return record, bool(row["created"])
+            return record, created
 
     # -- usage ----------------------------------------------------------------
 

@@ -1,0 +1,293 @@
+"""RecordUsage against a real service and database: exactly once, limits, prices."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from metering.v1 import metering_service_pb2_grpc, usage_pb2
+from tests.support import error_details, run_sql
+
+Stub = metering_service_pb2_grpc.MeteringServiceStub
+
+
+def record(stub: Stub, customer: str, txn: str, quantity: str = "1", meter: str = "tokens", **fields: object):
+    request = usage_pb2.RecordUsageRequest(
+        customer_id=customer, meter_slug=meter, quantity=quantity, transaction_id=txn, **fields
+    )
+    return stub.RecordUsage(request, timeout=10)
+
+
+def stamp(moment: datetime) -> Timestamp:
+    value = Timestamp()
+    value.FromDatetime(moment)
+    return value
+
+
+def ledger_rows(database_url: str, customer: str) -> int:
+    return int(run_sql(database_url, "SELECT count(*) FROM usage_events WHERE customer_id = $1", customer)[0][0])
+
+
+# -- exactly once ---------------------------------------------------------------
+
+
+def test_replay_with_same_payload_returns_the_original_event(
+    stub: Stub, new_customer: Callable[..., str], database_url: str
+) -> None:
+    customer = new_customer()
+    at = stamp(datetime.now(UTC) - timedelta(minutes=1))
+    first = record(stub, customer, "txn-1", "7", event_time=at, properties={"region": "eu"})
+    again = record(stub, customer, "txn-1", "7", event_time=at, properties={"region": "eu"})
+    assert not first.duplicate
+    assert again.duplicate
+    assert again.event.event_id == first.event.event_id
+    assert again.event.recorded_time == first.event.recorded_time
+    assert again.overage_quantity == "0"
+    assert again.balance.used == "7"
+    assert ledger_rows(database_url, customer) == 1
+
+
+def test_replay_without_timestamp_is_still_the_same_event(
+    stub: Stub, new_customer: Callable[..., str], database_url: str
+) -> None:
+    customer = new_customer()
+    at = stamp(datetime.now(UTC) - timedelta(minutes=2))
+    first = record(stub, customer, "txn-explicit", "3", event_time=at)
+    replay = record(stub, customer, "txn-explicit", "3")  # the retry lost the timestamp
+    assert replay.duplicate
+    assert replay.event.event_id == first.event.event_id
+    assert replay.event.event_time == at
+
+    server_timed = record(stub, customer, "txn-server-time", "2")
+    later = record(stub, customer, "txn-server-time", "2")
+    assert later.duplicate
+    assert later.event.event_id == server_timed.event.event_id
+    assert later.event.event_time == server_timed.event.event_time
+    assert ledger_rows(database_url, customer) == 2
+
+
+def test_equal_decimals_are_the_same_payload(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer()
+    first = record(stub, customer, "txn-dec", "1.50")
+    assert first.event.quantity == "1.5"
+    assert record(stub, customer, "txn-dec", "1.5000").duplicate
+
+
+@pytest.mark.parametrize(
+    ("change", "conflicting"),
+    [
+        ({"quantity": "8"}, "quantity"),
+        ({"meter": "peak"}, "meter_slug"),
+        ({"properties": {"region": "us"}}, "properties"),
+        ({"properties": {}}, "properties"),
+        ({"event_time_shift": timedelta(seconds=1)}, "event_time"),
+    ],
+)
+def test_replay_with_a_different_payload_is_already_exists(
+    stub: Stub, new_customer: Callable[..., str], database_url: str, change: dict[str, object], conflicting: str
+) -> None:
+    customer = new_customer()
+    moment = datetime.now(UTC) - timedelta(minutes=1)
+    original = record(stub, customer, "txn-x", "7", event_time=stamp(moment), properties={"region": "eu"})
+    replay: dict[str, object] = {
+        "quantity": "7",
+        "meter": "tokens",
+        "event_time": stamp(moment + change.pop("event_time_shift", timedelta(0))),  # type: ignore[operator]
+        "properties": {"region": "eu"},
+    }
+    replay.update(change)
+    with pytest.raises(grpc.RpcError) as caught:
+        record(stub, customer, "txn-x", **replay)  # type: ignore[arg-type]
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    info = error_details(caught.value)["ErrorInfo"]
+    assert info.reason == "TRANSACTION_ID_CONFLICT"  # type: ignore[attr-defined]
+    assert info.domain == "metering.v1"  # type: ignore[attr-defined]
+    assert conflicting in info.metadata["conflicting_fields"].split(",")  # type: ignore[attr-defined]
+    assert info.metadata["original_event_id"] == original.event.event_id  # type: ignore[attr-defined]
+    assert ledger_rows(database_url, customer) == 1
+    used = run_sql(database_url, "SELECT sum(used) FROM meter_counters WHERE customer_id = $1", customer)[0][0]
+    assert used == 7
+
+
+def test_transaction_ids_are_scoped_to_the_customer(stub: Stub, new_customer: Callable[..., str]) -> None:
+    first, second = new_customer(), new_customer()
+    a = record(stub, first, "shared-txn", "1")
+    b = record(stub, second, "shared-txn", "1")
+    assert not a.duplicate and not b.duplicate
+    assert a.event.event_id != b.event.event_id
+
+
+def test_naming_a_price_is_part_of_the_payload(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer()
+    stub.RecordUsage(
+        usage_pb2.RecordUsageRequest(
+            customer_id=customer, price_slug="tokens_per_unit", quantity="1", transaction_id="p"
+        ),
+        timeout=10,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        record(stub, customer, "p", "1")  # same meter, but named by meter this time
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+# -- limits -----------------------------------------------------------------------
+
+
+def test_hard_limit_refuses_and_writes_nothing(stub: Stub, new_customer: Callable[..., str], database_url: str) -> None:
+    customer = new_customer()  # tokens: hard limit 100
+    ok = record(stub, customer, "a", "60")
+    assert ok.balance.available == "40"
+    with pytest.raises(grpc.RpcError) as caught:
+        record(stub, customer, "b", "41")
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = error_details(caught.value)
+    info = details["ErrorInfo"]
+    assert info.reason == "LIMIT_EXCEEDED"  # type: ignore[attr-defined]
+    assert dict(info.metadata) | {"period_end": ""} == {  # type: ignore[attr-defined]
+        "meter": "tokens",
+        "plan": "limited",
+        "limit": "100",
+        "available": "40",
+        "requested": "41",
+        "period_end": "",
+    }
+    assert info.metadata["period_end"].endswith("Z")  # type: ignore[attr-defined]
+    quota = details["QuotaFailure"]
+    assert quota.violations[0].subject == "meter:tokens"  # type: ignore[attr-defined]
+    assert ledger_rows(database_url, customer) == 1
+    # Exactly the rest still fits, and then nothing more.
+    assert record(stub, customer, "c", "40").balance.available == "0"
+    with pytest.raises(grpc.RpcError):
+        record(stub, customer, "d", "0.000000001")
+    assert record(stub, customer, "zero", "0").balance.used == "100"  # costs nothing: accepted
+
+
+def test_refused_event_can_be_retried_once_room_exists(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer(plan="zero")  # tokens: limit 0
+    with pytest.raises(grpc.RpcError):
+        record(stub, customer, "retry-me", "5")
+    # Nothing was written under that id, so another payload is not a conflict.
+    with pytest.raises(grpc.RpcError) as caught:
+        record(stub, customer, "retry-me", "6")
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_allow_overage_records_past_a_hard_limit_and_reports_it(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer()
+    record(stub, customer, "a", "90")
+    response = record(stub, customer, "b", "25", enforcement_mode=usage_pb2.ENFORCEMENT_MODE_ALLOW_OVERAGE)
+    assert response.overage_quantity == "15"
+    assert response.balance.used == "115"
+    assert response.balance.available == "0"
+    assert response.balance.percent_used == "115.00"
+    assert response.balance.limit_reached
+    # Further overage counts only this event's share.
+    again = record(stub, customer, "c", "5", enforcement_mode=usage_pb2.ENFORCEMENT_MODE_ALLOW_OVERAGE)
+    assert again.overage_quantity == "5"
+
+
+def test_soft_limit_accepts_and_reports_overage(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer(plan="soft")
+    assert record(stub, customer, "a", "80").overage_quantity == "0"
+    response = record(stub, customer, "b", "30")
+    assert response.overage_quantity == "10"
+    assert response.balance.limit_enforcement == usage_pb2.LIMIT_ENFORCEMENT_SOFT
+    assert response.balance.used == "110"
+
+
+def test_unlimited_meter_always_accepts(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer(plan="open")
+    response = record(stub, customer, "a", "99999999999999999999.999999999")
+    assert response.balance.limit_enforcement == usage_pb2.LIMIT_ENFORCEMENT_UNLIMITED
+    assert not response.balance.HasField("limit")
+    assert not response.balance.HasField("available")
+    assert not response.balance.HasField("percent_used")
+    assert response.overage_quantity == "0"
+    assert record(stub, customer, "b", "1").balance.used == "100000000000000000000.999999999"
+
+
+def test_count_meter_counts_events(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer()  # calls: hard limit 5 per day
+    for i in range(5):
+        response = record(stub, customer, f"call-{i}", "", meter="calls")
+    assert response.balance.used == "5"
+    assert response.balance.reset_period == usage_pb2.RESET_PERIOD_DAY
+    with pytest.raises(grpc.RpcError) as caught:
+        record(stub, customer, "call-6", "", meter="calls")
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_max_meter_compares_each_value_with_the_limit(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer()  # peak: hard limit 10
+    assert record(stub, customer, "a", "4", meter="peak").balance.used == "4"
+    assert record(stub, customer, "b", "9", meter="peak").balance.used == "9"
+    assert record(stub, customer, "c", "2", meter="peak").balance.used == "9"
+    assert record(stub, customer, "d", "10", meter="peak").balance.used == "10"
+    with pytest.raises(grpc.RpcError) as caught:
+        record(stub, customer, "e", "10.5", meter="peak")
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_latest_meter_follows_event_time_not_arrival(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer()  # storage: hard limit 50, never resets
+    now = datetime.now(UTC)
+    newer = record(stub, customer, "a", "30", meter="storage", event_time=stamp(now - timedelta(minutes=1)))
+    assert newer.balance.used == "30"
+    assert not newer.balance.HasField("period_end_time")
+    older = record(stub, customer, "b", "45", meter="storage", event_time=stamp(now - timedelta(minutes=5)))
+    assert older.balance.used == "30"  # an older report does not replace a newer one
+    assert record(stub, customer, "c", "12", meter="storage").balance.used == "12"
+    with pytest.raises(grpc.RpcError) as caught:
+        record(stub, customer, "d", "51", meter="storage")
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_unique_count_counts_a_value_once_per_period(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer()  # users: hard limit 3 distinct user_id, threshold 60%
+    for i, user in enumerate(["ann", "bob", "ann", "cy", "bob"]):
+        response = record(stub, customer, f"u{i}", "", meter="users", properties={"user_id": user})
+    assert response.balance.used == "3"
+    assert response.balance.approaching_limit
+    assert response.balance.limit_reached
+    # A value already seen costs nothing, even at the limit; a new one is refused.
+    assert record(stub, customer, "u5", "", meter="users", properties={"user_id": "cy"}).balance.used == "3"
+    with pytest.raises(grpc.RpcError) as caught:
+        record(stub, customer, "u6", "", meter="users", properties={"user_id": "dee"})
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_event_counts_in_the_period_of_its_event_time(stub: Stub, new_customer: Callable[..., str]) -> None:
+    anchor = datetime.now(UTC) - timedelta(days=1, hours=1)  # calls reset daily at the anchor's time
+    customer = new_customer(anchor=anchor.isoformat().replace("+00:00", "Z"))
+    yesterday = stamp(anchor + timedelta(minutes=30))
+    old = record(stub, customer, "old", "", meter="calls", event_time=yesterday)
+    new = record(stub, customer, "new", "", meter="calls")
+    assert old.balance.period_start_time != new.balance.period_start_time
+    assert old.balance.used == "1"
+    assert new.balance.used == "1"
+
+
+# -- prices -------------------------------------------------------------------------
+
+
+def test_price_resolution(stub: Stub, new_customer: Callable[..., str]) -> None:
+    limited, open_plan = new_customer(), new_customer(plan="open")
+    assert record(stub, limited, "plan-price", "1").event.price_slug == "tokens_premium"  # the plan's price
+    assert record(stub, open_plan, "default", "1").event.price_slug == "tokens_per_unit"  # the meter's default
+    # A meter with no plan terms and no default price bills nothing.
+    unplanned = record(stub, limited, "none", "1", meter="unplanned")
+    assert unplanned.event.price_slug == "unplanned_no_charge"
+    assert unplanned.balance.limit_enforcement == usage_pb2.LIMIT_ENFORCEMENT_UNLIMITED
+    named = stub.RecordUsage(
+        usage_pb2.RecordUsageRequest(
+            customer_id=limited, price_slug="tokens_no_charge", quantity="2", transaction_id="named"
+        ),
+        timeout=10,
+    )
+    assert named.event.meter_slug == "tokens"
+    assert named.event.price_slug == "tokens_no_charge"
+    assert named.balance.used == "3"  # a named price still counts against the meter's limit

@@ -1,0 +1,168 @@
+"""Test helpers: real service processes, real databases, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_CATALOG = ROOT / "tests" / "catalog.toml"
+_READY_RE = re.compile(r"serving \S+ on (?P<host>[^ ;]+):(?P<port>\d+); metrics on http://[^:]+:(?P<metrics>\d+)/")
+
+
+@dataclass
+class ServiceProcess:
+    """`python -m metering serve` in a child process, on free ports of 127.0.0.1."""
+
+    database_url: str
+    catalog: Path = TEST_CATALOG
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[str] | None = None
+    port: int = 0
+    metrics_port: int = 0
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ServiceProcess:
+        env = {
+            **os.environ,
+            "METERING_DATABASE_URL": self.database_url,
+            "METERING_GRPC_HOST": "127.0.0.1",
+            "METERING_GRPC_PORT": "0",
+            "METERING_METRICS_HOST": "127.0.0.1",
+            "METERING_METRICS_PORT": "0",
+            "METERING_CATALOG": str(self.catalog),
+            "METERING_LOG_LEVEL": "WARNING",
+            **self.extra_env,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "metering", "serve"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        ready = threading.Event()
+        threading.Thread(target=self._drain, args=(ready,), daemon=True).start()
+        if not ready.wait(timeout) or self.port == 0:
+            self.stop()
+            raise RuntimeError("service did not start:\n" + "".join(self.output))
+        return self
+
+    def _drain(self, ready: threading.Event) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            match = _READY_RE.search(line)
+            if match:
+                self.port = int(match["port"])
+                self.metrics_port = int(match["metrics"])
+                ready.set()
+        ready.set()  # the process ended
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process is None:
+            return 0
+        log = "".join(self.output)
+        if "Traceback" in log or " ERROR " in log:
+            # Unexpected server-side errors are shown with the test output.
+            print(f"--- service {self.target} log ---\n{log}", file=sys.stderr)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def scrape(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own loopback endpoint
+            return str(response.read().decode())
+
+
+def health_status(target: str, service: str = "") -> int:
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status)
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def error_details(error: grpc.RpcError) -> dict[str, Message]:
+    """The google.rpc details of a failed call, by type name."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "the error carries no google.rpc.Status"
+    found: dict[str, Message] = {}
+    for detail in status.details:
+        for kind in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.QuotaFailure,
+            error_details_pb2.ResourceInfo,
+            error_details_pb2.PreconditionFailure,
+            error_details_pb2.RetryInfo,
+        ):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found[kind.DESCRIPTOR.name] = message
+    assert isinstance(status, status_pb2.Status)
+    return found
+
+
+def run_sql(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one statement on a fresh connection (tests check the ledger directly)."""
+
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text exposition (0 if absent)."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        sample, _, value = line.rpartition(" ")
+        metric, _, label_text = sample.partition("{")
+        if metric != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', label_text))
+        if found == labels:
+            return float(value)
+    return 0.0
