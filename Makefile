@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
 
-.PHONY: run test lint typecheck proto proto-check buf-lint buf-breaking ci clean
+.PHONY: run test lint typecheck docker-lint proto proto-check buf-lint buf-breaking ci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+docker-lint: $(STAMP)
+	$(BIN)/hadolint Dockerfile
+
 ## proto: regenerate src/metering/v1 from proto/
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
@@ -52,7 +55,9 @@ buf-breaking: $(BUF)
 	@if git cat-file -e HEAD~1:proto 2>/dev/null; then $(BUF) breaking --against '$(BUF_AGAINST)'; \
 	else echo "buf breaking: no earlier contract to compare with"; fi
 
-ci: proto-check buf-lint buf-breaking lint typecheck test
+## ci: everything .ci/run checks
+ci:
+	bash .ci/run
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -107,14 +107,19 @@ def build_server(
 
 async def serve(settings: Settings) -> None:
     catalog = load_catalog(settings.catalog_path)
+    # Handlers go in first: a SIGTERM at any later instant drains instead of killing.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     database = await asyncio.to_thread(open_database, settings)
     try:
-        await _serve(settings, catalog, database)
+        await _serve(settings, catalog, database, stop)
     finally:
         await asyncio.to_thread(database.close)
 
 
-async def _serve(settings: Settings, catalog: Catalog, database: Database) -> None:
+async def _serve(settings: Settings, catalog: Catalog, database: Database, stop: asyncio.Event) -> None:
     pool = await connect(settings, database.url)
     try:
         async with pool.acquire() as conn:
@@ -142,7 +147,7 @@ async def _serve(settings: Settings, catalog: Catalog, database: Database) -> No
             flush=True,
         )
         health_task = asyncio.create_task(health.run())
-        await _wait_for_stop_signal()
+        await stop.wait()
         log.info("stopping: draining in-flight calls for up to %ss", settings.shutdown_grace.total_seconds())
         await health.shutting_down()
         await server.stop(settings.shutdown_grace.total_seconds())
@@ -152,14 +157,17 @@ async def _serve(settings: Settings, catalog: Catalog, database: Database) -> No
     log.info("stopped")
 
 
-async def _wait_for_stop_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
+class _OneLineConnectionErrors(logging.Filter):
+    """asyncpg's pool logs a full traceback at every reconnect attempt while the
+    database is down; one line with the cause says the same without the flood."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and is_unavailable(record.exc_info[1]):
+            record.msg = f"{record.getMessage()}: {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def configure_logging(level: str) -> None:
@@ -168,3 +176,4 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("asyncpg.pool").addFilter(_OneLineConnectionErrors())

@@ -335,7 +335,7 @@ class _CatalogParser:
             if term is not None:
                 terms[meter_slug] = term
         # One bill has one currency: every price the plan can bill with must agree.
-        currencies = {prices[t.price].currency for t in terms.values()}
+        currencies = {prices[t.price].currency for t in terms.values() if t.price in prices}
         currencies |= {
             prices[m.default_price].currency
             for m in meters.values()

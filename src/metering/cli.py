@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("path", nargs="?", help="catalog TOML (default: METERING_CATALOG, else the sample)")
     check.set_defaults(run=_check_catalog)
 
+    healthcheck = commands.add_parser(
+        "healthcheck", help="exit 0 if the local service answers SERVING to a gRPC health check (for HEALTHCHECK)"
+    )
+    healthcheck.add_argument("--target", help="host:port (default: 127.0.0.1 and METERING_GRPC_PORT)")
+    healthcheck.set_defaults(run=_healthcheck)
+
     client = commands.add_parser("client", help="call a running service and print the answer as JSON")
     client.add_argument("--target", default="127.0.0.1:50051", help="host:port of the service")
     calls = client.add_subparsers(dest="call", required=True)
@@ -107,6 +113,21 @@ def _check_catalog(args: argparse.Namespace) -> int:
         )
         print(f"  plan {plan.slug}: {terms}")
     return 0
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = args.target or f"127.0.0.1:{Settings.from_env().grpc_port}"
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+        except grpc.RpcError as error:
+            print(f"unhealthy: {error.code().name}", file=sys.stderr)
+            return 1
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(name)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def _call(args: argparse.Namespace, method: str, request: Message) -> int:

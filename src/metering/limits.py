@@ -115,7 +115,7 @@ def decide(
     if refuse:
         return Decision(False, state, cost, ZERO, available)
     # The counter remembers the latest event (by event time, then id) for LATEST.
-    newest = state.latest_event_time is None or _is_newer(event_time, event_id, state)
+    newest = _is_newer(event_time, event_id, state)
     after = CounterState(
         used=used_after,
         event_count=state.event_count + 1,
@@ -177,7 +177,8 @@ def _excess(value: Decimal, total: Decimal | None) -> Decimal:
 def _is_newer(event_time: datetime, event_id: UUID, state: CounterState) -> bool:
     """Whether the event comes after the counter's latest one. Ids are
     time-ordered, so among equal event times the later-recorded event wins."""
-    assert state.latest_event_time is not None and state.latest_event_id is not None
+    if state.latest_event_time is None or state.latest_event_id is None:
+        return True
     return (event_time, event_id) >= (state.latest_event_time, state.latest_event_id)
 
 

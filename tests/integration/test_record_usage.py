@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -15,7 +16,9 @@ from tests.support import error_details, run_sql
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
 
-def record(stub: Stub, customer: str, txn: str, quantity: str = "1", meter: str = "tokens", **fields: object):
+def record(
+    stub: Stub, customer: str, txn: str, quantity: str = "1", meter: str = "tokens", **fields: Any
+) -> usage_pb2.RecordUsageResponse:
     request = usage_pb2.RecordUsageRequest(
         customer_id=customer, meter_slug=meter, quantity=quantity, transaction_id=txn, **fields
     )

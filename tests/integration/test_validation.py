@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
@@ -108,11 +109,12 @@ def test_unknown_catalog_references_are_not_found(
 
 
 def test_unknown_customer_is_not_found(stub: Stub) -> None:
-    for call, request in (
+    calls: list[tuple[Callable[..., Any], Message]] = [
         (stub.RecordUsage, _request("nobody-here")),
         (stub.CheckBalance, usage_pb2.CheckBalanceRequest(customer_id="nobody-here")),
         (stub.GetCustomer, customer_pb2.GetCustomerRequest(customer_id="nobody-here")),
-    ):
+    ]
+    for call, request in calls:
         with pytest.raises(grpc.RpcError) as caught:
             call(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
@@ -147,10 +149,11 @@ def test_check_balance_validation(stub: Stub, new_customer: Callable[..., str]) 
 def test_unimplemented_rpcs_say_so(stub: Stub) -> None:
     from metering.v1 import billing_pb2
 
-    for call, request in (
+    calls: list[tuple[Callable[..., Any], Message]] = [
         (stub.GetUsage, usage_pb2.GetUsageRequest(customer_id="c")),
         (stub.EstimateBill, billing_pb2.EstimateBillRequest(customer_id="c")),
-    ):
+    ]
+    for call, request in calls:
         with pytest.raises(grpc.RpcError) as caught:
             call(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

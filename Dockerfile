@@ -1,0 +1,26 @@
+# Multi-stage: build a wheel, then install it alone into a slim runtime image.
+# The image expects METERING_DATABASE_URL (the embedded PostgreSQL is for
+# laptops and is not installed here).
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+ && pip wheel --no-cache-dir --wheel-dir /wheels /wheels/metering-*.whl
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin metering
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels /wheels/metering-*.whl \
+ && rm -rf /wheels
+USER 10001
+ENV METERING_GRPC_PORT=50051 \
+    METERING_METRICS_PORT=9464 \
+    PYTHONUNBUFFERED=1
+EXPOSE 50051 9464
+# Standard gRPC health check against the service itself (NOT_SERVING while
+# the database is unreachable).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["metering", "healthcheck"]
+ENTRYPOINT ["metering"]
+CMD ["serve"]

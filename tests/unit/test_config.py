@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from metering.config import ConfigError, Settings
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url is None
+    assert settings.grpc_port == 50051
+    assert settings.metrics_port == 9464
+    assert settings.catalog_path is None
+    assert settings.db_timeout == timedelta(seconds=2)
+    assert settings.backfill_window == timedelta(days=35)
+
+
+def test_values() -> None:
+    settings = Settings.from_env(
+        {
+            "METERING_DATABASE_URL": "postgresql://db/x",
+            "METERING_GRPC_PORT": "0",
+            "METERING_DB_TIMEOUT": "500ms",
+            "METERING_BACKFILL_WINDOW": "12h",
+            "METERING_LOG_LEVEL": "debug",
+        }
+    )
+    assert settings.database_url == "postgresql://db/x"
+    assert settings.grpc_port == 0
+    assert settings.db_timeout == timedelta(milliseconds=500)
+    assert settings.backfill_window == timedelta(hours=12)
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"METERING_GRPC_PORT": "http"}, "METERING_GRPC_PORT"),
+        ({"METERING_GRPC_PORT": "70000"}, "at most 65535"),
+        ({"METERING_DB_TIMEOUT": "2"}, "METERING_DB_TIMEOUT"),
+        ({"METERING_DB_POOL_MIN": "5", "METERING_DB_POOL_MAX": "2"}, "must not exceed"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
