@@ -132,7 +132,7 @@ async def _serve(settings: Settings, catalog: Catalog, database: Database, stop:
             size=pool.get_size,
             maximum=pool.get_max_size,
         )
-        ledger = Ledger(pool)
+        ledger = Ledger(pool, acquire_timeout=settings.db_timeout.total_seconds())
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
         server = build_server(settings, catalog, ledger, metrics, health)

@@ -120,17 +120,23 @@ _COUNTER_COLUMNS = "used, event_count, latest_event_time, latest_event_id"
 class Ledger:
     """SQL access to the ledger database through an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float) -> None:
         self._pool = pool
+        # Waiting for a free connection is bounded too: an overloaded or hung
+        # database answers UNAVAILABLE instead of queueing calls forever.
+        self._acquire_timeout = acquire_timeout
+
+    def _connection(self) -> Any:
+        return self._pool.acquire(timeout=self._acquire_timeout)
 
     async def ping(self) -> None:
-        async with translate_errors(), self._pool.acquire() as conn:
+        async with translate_errors(), self._connection() as conn:
             await conn.fetchval("SELECT 1")
 
     # -- customers ------------------------------------------------------------
 
     async def get_customer(self, customer_id: str) -> CustomerRecord | None:
-        async with translate_errors(), self._pool.acquire() as conn:
+        async with translate_errors(), self._connection() as conn:
             row = await conn.fetchrow(
                 "SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at "
                 "FROM customers WHERE customer_id = $1",
@@ -142,7 +148,7 @@ class Ledger:
         self, customer_id: str, plan_slug: str, billing_anchor: datetime | None, now: datetime
     ) -> tuple[CustomerRecord, bool]:
         """Create the customer or change its plan; the anchor is set once."""
-        async with translate_errors(), self._pool.acquire() as conn, conn.transaction():
+        async with translate_errors(), self._connection() as conn, conn.transaction():
             row = await conn.fetchrow(
                 """
                 INSERT INTO customers AS c (customer_id, plan_slug, billing_anchor, created_at, updated_at)
@@ -179,7 +185,7 @@ class Ledger:
         unique_value: str | None,
         allow_overage: bool,
     ) -> RecordOutcome:
-        async with translate_errors(), self._pool.acquire() as conn:
+        async with translate_errors(), self._connection() as conn:
             for _ in range(_RECORD_ATTEMPTS):
                 try:
                     async with conn.transaction():
@@ -297,7 +303,7 @@ class Ledger:
         self, customer_id: str, keys: Sequence[tuple[str, datetime]]
     ) -> dict[tuple[str, datetime], limits.CounterState]:
         """Counter rows by (meter, period start); missing rows are absent."""
-        async with translate_errors(), self._pool.acquire() as conn:
+        async with translate_errors(), self._connection() as conn:
             rows = await conn.fetch(
                 f"""
                 SELECT c.meter_slug, c.period_start, {_COUNTER_COLUMNS}
@@ -313,7 +319,7 @@ class Ledger:
 
     async def count_events(self, customer_id: str) -> int:
         """How many events the ledger holds for a customer (for audits and tests)."""
-        async with translate_errors(), self._pool.acquire() as conn:
+        async with translate_errors(), self._connection() as conn:
             count = await conn.fetchval("SELECT count(*) FROM usage_events WHERE customer_id = $1", customer_id)
         return int(count)
 
