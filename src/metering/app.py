@@ -29,8 +29,10 @@ from metering.embedded import EmbeddedPostgres, start_embedded
 from metering.engine import MeteringEngine
 from metering.ledger.migrate import migrate
 from metering.ledger.pool import create_pool, is_unavailable
+from metering.ledger.reports import UsageReports
 from metering.ledger.store import Ledger
 from metering.metrics import Metrics
+from metering.reporting import Reporting
 from metering.v1 import metering_service_pb2, metering_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,12 @@ async def run_migrations(settings: Settings, url: str) -> list[str]:
 
 
 def build_server(
-    settings: Settings, catalog: Catalog, ledger: Ledger, metrics: Metrics, health: DatabaseHealth
+    settings: Settings,
+    catalog: Catalog,
+    ledger: Ledger,
+    reports: UsageReports,
+    metrics: Metrics,
+    health: DatabaseHealth,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=[ObservedServiceInterceptor(metrics)],
@@ -91,7 +98,8 @@ def build_server(
         ],
     )
     engine = MeteringEngine(catalog, ledger)
-    servicer = MeteringServicer(engine, metrics, backfill_window=settings.backfill_window)
+    reporting = Reporting(catalog, ledger, reports)
+    servicer = MeteringServicer(engine, reporting, metrics, backfill_window=settings.backfill_window)
     metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
     from grpc_health.v1 import health_pb2_grpc
 
@@ -132,10 +140,12 @@ async def _serve(settings: Settings, catalog: Catalog, database: Database, stop:
             size=pool.get_size,
             maximum=pool.get_max_size,
         )
-        ledger = Ledger(pool, acquire_timeout=settings.db_timeout.total_seconds())
+        acquire_timeout = settings.db_timeout.total_seconds()
+        ledger = Ledger(pool, acquire_timeout=acquire_timeout)
+        reports = UsageReports(pool, acquire_timeout=acquire_timeout)
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
-        server = build_server(settings, catalog, ledger, metrics, health)
+        server = build_server(settings, catalog, ledger, reports, metrics, health)
         grpc_port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
         metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         await server.start()

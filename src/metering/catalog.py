@@ -126,7 +126,7 @@ class Plan:
     slug: str
     name: str
     meters: Mapping[str, PlanMeter]  # in file order
-    currency: str | None
+    currency: str | None  # None only while a catalog with problems is parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +324,7 @@ class _CatalogParser:
     def _plan(
         self, key: str, slug: str, table: dict[str, Any], meters: Mapping[str, Meter], prices: Mapping[str, Price]
     ) -> Plan | None:
-        self._keys(key, table, required=("meters",), optional=("name",))
+        self._keys(key, table, required=("meters",), optional=("name", "currency"))
         raw_meters = table.get("meters", {})
         if not isinstance(raw_meters, dict):
             self.problems.append(f"{key}.meters: must be a table of [{key}.meters.<meter>] tables")
@@ -342,14 +342,18 @@ class _CatalogParser:
             if m.slug not in terms and m.default_price is not None and m.default_price in prices
         }
         currencies.discard(None)
+        declared = table.get("currency")
+        if declared is not None and (not isinstance(declared, str) or not CURRENCY_RE.match(declared)):
+            self.problems.append(f"{key}.currency: must be an ISO 4217 code such as 'USD'")
+            declared = None
         if len(currencies) > 1:
             self.problems.append(f"{key}: its prices mix currencies {sorted(c or '' for c in currencies)}")
-        return Plan(
-            slug=slug,
-            name=str(table.get("name", slug)),
-            meters=terms,
-            currency=next(iter(currencies)) if len(currencies) == 1 else None,
-        )
+        elif declared is not None and currencies and declared not in currencies:
+            self.problems.append(f"{key}.currency: {declared} differs from its prices' {next(iter(currencies))}")
+        elif declared is None and not currencies:
+            self.problems.append(f"{key}.currency: required, since no priced meter gives the plan a currency")
+        currency = declared or (next(iter(currencies)) if len(currencies) == 1 else None)
+        return Plan(slug=slug, name=str(table.get("name", slug)), meters=terms, currency=currency)
 
     def _plan_meter(
         self, key: str, meter_slug: str, raw: Any, meters: Mapping[str, Meter], prices: Mapping[str, Price]

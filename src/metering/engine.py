@@ -15,13 +15,28 @@ from decimal import Decimal
 from metering import limits
 from metering.catalog import Catalog, Meter, Plan, PlanMeter, Price
 from metering.decimals import ZERO
-from metering.errors import LimitExceeded, NotFound
+from metering.errors import LimitExceeded, NotFound, PriceCurrencyMismatch
 from metering.ledger.store import CustomerRecord, Ledger, NewEvent, StoredEvent
 from metering.periods import Period, period_containing
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+async def require_customer(ledger: Ledger, customer_id: str) -> CustomerRecord:
+    customer = await ledger.get_customer(customer_id)
+    if customer is None:
+        raise NotFound("customer", customer_id)
+    return customer
+
+
+def plan_named(catalog: Catalog, plan_slug: str) -> Plan:
+    plan = catalog.plans.get(plan_slug)
+    if plan is None:
+        # The catalog lost a plan that customers are still on.
+        raise NotFound("plan", plan_slug)
+    return plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +100,9 @@ class MeteringEngine:
         customer = await self._customer(command.customer_id)
         plan = self._plan(customer)
         terms = self.catalog.plan_meter(plan, command.meter)
+        named = command.price
+        if named is not None and named.currency is not None and named.currency != plan.currency:
+            raise PriceCurrencyMismatch(named.slug, named.currency, plan.currency or "")
         event_time = command.event_time or self._clock()
         period = period_containing(event_time, customer.billing_anchor, terms.reset)
         allowance = self._allowance(command.meter, terms)
@@ -161,17 +179,10 @@ class MeteringEngine:
     # -- helpers ----------------------------------------------------------------
 
     async def _customer(self, customer_id: str) -> CustomerRecord:
-        customer = await self.ledger.get_customer(customer_id)
-        if customer is None:
-            raise NotFound("customer", customer_id)
-        return customer
+        return await require_customer(self.ledger, customer_id)
 
     def _plan(self, customer: CustomerRecord) -> Plan:
-        plan = self.catalog.plans.get(customer.plan_slug)
-        if plan is None:
-            # The catalog lost a plan that customers are still on.
-            raise NotFound("plan", customer.plan_slug)
-        return plan
+        return plan_named(self.catalog, customer.plan_slug)
 
     @staticmethod
     def _allowance(meter: Meter, terms: PlanMeter) -> limits.Allowance:

@@ -26,6 +26,11 @@ class InvalidArgument(MeteringError):
         super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
 
 
+class InvalidPageToken(InvalidArgument):
+    def __init__(self, description: str) -> None:
+        super().__init__([FieldViolation("page_token", description)])
+
+
 class NotFound(MeteringError):
     """An unknown customer, meter, price or plan."""
 
@@ -86,5 +91,11 @@ class DatabaseUnavailable(MeteringError):
     """The ledger database cannot be reached or did not answer in time."""
 
 
-class Unimplemented(MeteringError):
-    """The RPC is part of the contract but not served yet."""
+class PriceCurrencyMismatch(MeteringError):
+    """A price bills in another currency than the customer's plan."""
+
+    def __init__(self, price: str, price_currency: str, plan_currency: str) -> None:
+        self.price = price
+        self.price_currency = price_currency
+        self.plan_currency = plan_currency
+        super().__init__(f"price {price!r} bills in {price_currency}, the customer's plan in {plan_currency}")

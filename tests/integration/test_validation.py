@@ -144,16 +144,3 @@ def test_check_balance_validation(stub: Stub, new_customer: Callable[..., str]) 
         if field:
             violations = error_details(caught.value)["BadRequest"].field_violations  # type: ignore[attr-defined]
             assert field in [v.field for v in violations]
-
-
-def test_unimplemented_rpcs_say_so(stub: Stub) -> None:
-    from metering.v1 import billing_pb2
-
-    calls: list[tuple[Callable[..., Any], Message]] = [
-        (stub.GetUsage, usage_pb2.GetUsageRequest(customer_id="c")),
-        (stub.EstimateBill, billing_pb2.EstimateBillRequest(customer_id="c")),
-    ]
-    for call, request in calls:
-        with pytest.raises(grpc.RpcError) as caught:
-            call(request, timeout=10)
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

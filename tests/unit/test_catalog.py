@@ -20,6 +20,9 @@ BASE = """
 aggregation = "sum"
 unit = "token"
 
+[plans.p]
+currency = "USD"
+
 [plans.p.meters.tokens]
 limit = "100"
 """
@@ -135,6 +138,15 @@ def test_plans_cannot_mix_currencies() -> None:
         '[plans.mixed.meters.tokens]\nprice = "a"\n[plans.mixed.meters.calls]\nprice = "b"\n'
     )
     assert any("plans.mixed: its prices mix currencies" in p for p in problems(text))
+
+
+def test_plan_currency_is_declared_or_derived() -> None:
+    without = BASE.replace('currency = "USD"\n', "")
+    assert any("plans.p.currency: required" in p for p in problems(without))
+    priced = without + 'price = "t"\n[prices.t]\nmeter = "tokens"\nmodel = "per_unit"\ncurrency = "EUR"\nunit_amount = "1"\n'
+    assert parse_catalog(priced).plans["p"].currency == "EUR"
+    conflicting = priced.replace("[plans.p]\n", '[plans.p]\ncurrency = "USD"\n')
+    assert any("plans.p.currency: USD differs" in p for p in problems(conflicting))
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from metering.catalog import Aggregation, Enforcement
+from metering.catalog import Aggregation, Enforcement, PricingModel
 from metering.decimals import format_decimal
 from metering.engine import BalanceReport, MeterBalance, RecordResult
 from metering.ledger.store import CustomerRecord, StoredEvent
 from metering.periods import ResetPeriod
-from metering.v1 import customer_pb2, usage_pb2
+from metering.reporting import Bill, BillLine, PageCursor, UsageRow
+from metering.v1 import billing_pb2, customer_pb2, usage_pb2
 
 _AGGREGATIONS = {
     Aggregation.SUM: usage_pb2.AGGREGATION_SUM,
@@ -25,6 +28,12 @@ _RESETS = {
     ResetPeriod.WEEK: usage_pb2.RESET_PERIOD_WEEK,
     ResetPeriod.MONTH: usage_pb2.RESET_PERIOD_MONTH,
     ResetPeriod.NONE: usage_pb2.RESET_PERIOD_NONE,
+}
+_PRICING_MODELS = {
+    PricingModel.PER_UNIT: billing_pb2.PRICING_MODEL_PER_UNIT,
+    PricingModel.PACKAGE: billing_pb2.PRICING_MODEL_PACKAGE,
+    PricingModel.GRADUATED: billing_pb2.PRICING_MODEL_GRADUATED,
+    PricingModel.VOLUME: billing_pb2.PRICING_MODEL_VOLUME,
 }
 _ENFORCEMENTS = {
     Enforcement.HARD: usage_pb2.LIMIT_ENFORCEMENT_HARD,
@@ -111,3 +120,70 @@ def customer(record: CustomerRecord) -> customer_pb2.Customer:
         create_time=timestamp(record.created_at),
         update_time=timestamp(record.updated_at),
     )
+
+
+def usage_row(row: UsageRow) -> usage_pb2.UsageRow:
+    return usage_pb2.UsageRow(
+        meter_slug=row.meter.slug,
+        window_start_time=timestamp(row.window[0]),
+        window_end_time=timestamp(row.window[1]),
+        value=format_decimal(row.value),
+        event_count=row.event_count,
+        group_values=row.groups,
+    )
+
+
+def usage_cursor(cursor: PageCursor) -> dict[str, Any]:
+    return {"m": cursor.meter_index, "w": cursor.window_index, "g": list(cursor.groups), "now": cursor.now.isoformat()}
+
+
+def events_cursor(before: tuple[datetime, str]) -> dict[str, Any]:
+    return {"t": before[0].isoformat(), "id": before[1]}
+
+
+def money(amount: Decimal, currency: str) -> billing_pb2.Money:
+    # Amounts are already rounded to the minor unit: keep its digits ("0.00").
+    return billing_pb2.Money(currency_code=currency, amount=format(amount, "f"))
+
+
+def bill(value: Bill) -> billing_pb2.EstimateBillResponse:
+    assert value.period.end is not None
+    return billing_pb2.EstimateBillResponse(
+        customer_id=value.customer_id,
+        plan_slug=value.plan.slug,
+        period_start_time=timestamp(value.period.start),
+        period_end_time=timestamp(value.period.end),
+        lines=[bill_line(line, value.currency) for line in value.lines],
+        subtotal=money(value.subtotal, value.currency),
+        credits=money(value.credits, value.currency),
+        total=money(value.total, value.currency),
+    )
+
+
+def bill_line(line: BillLine, currency: str) -> billing_pb2.BillLine:
+    price, charge = line.price, line.charge
+    message = billing_pb2.BillLine(
+        meter_slug=line.meter.slug,
+        price_slug=price.slug,
+        pricing_model=_PRICING_MODELS[price.model],
+        quantity=format_decimal(charge.quantity),
+        included_quantity=format_decimal(charge.included),
+        billable_quantity=format_decimal(charge.billable),
+        tiers=[
+            billing_pb2.BillTier(
+                from_quantity=format_decimal(tier.from_quantity),
+                up_to_quantity=format_decimal(tier.up_to) if tier.up_to is not None else "",
+                quantity=format_decimal(tier.quantity),
+                unit_amount=format_decimal(tier.unit_amount),
+                flat_amount=format_decimal(tier.flat_amount),
+                amount=format_decimal(tier.amount),
+            )
+            for tier in charge.tiers
+        ],
+        amount=money(charge.amount, currency),
+    )
+    if price.model in (PricingModel.PER_UNIT, PricingModel.PACKAGE):
+        message.unit_amount = format_decimal(price.unit_amount)
+    if price.package_size is not None:
+        message.package_size = format_decimal(price.package_size)
+    return message

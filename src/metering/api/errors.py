@@ -22,10 +22,11 @@ from metering.errors import (
     BillingAnchorImmutable,
     DatabaseUnavailable,
     InvalidArgument,
+    InvalidPageToken,
     LimitExceeded,
     NotFound,
+    PriceCurrencyMismatch,
     TransactionConflict,
-    Unimplemented,
 )
 from metering.v1 import metering_service_pb2
 
@@ -68,6 +69,11 @@ def _status(code: grpc.StatusCode, message: str, *details: Message) -> grpc.Stat
 def to_status(exc: BaseException) -> grpc.Status:
     """The gRPC status (with details) that answers `exc`."""
     if isinstance(exc, InvalidArgument):
+        reason = (
+            metering_service_pb2.ERROR_REASON_INVALID_PAGE_TOKEN
+            if isinstance(exc, InvalidPageToken)
+            else metering_service_pb2.ERROR_REASON_INVALID_ARGUMENT
+        )
         violations = [
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
             for v in exc.violations
@@ -76,7 +82,7 @@ def to_status(exc: BaseException) -> grpc.Status:
             grpc.StatusCode.INVALID_ARGUMENT,
             f"invalid request: {exc}",
             error_details_pb2.BadRequest(field_violations=violations),
-            _info(metering_service_pb2.ERROR_REASON_INVALID_ARGUMENT),
+            _info(reason),
         )
     if isinstance(exc, NotFound):
         return _status(
@@ -130,6 +136,17 @@ def to_status(exc: BaseException) -> grpc.Status:
                 ]
             ),
         )
+    if isinstance(exc, PriceCurrencyMismatch):
+        return _status(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            str(exc),
+            _info(
+                metering_service_pb2.ERROR_REASON_PRICE_CURRENCY_MISMATCH,
+                price=exc.price,
+                price_currency=exc.price_currency,
+                plan_currency=exc.plan_currency,
+            ),
+        )
     if isinstance(exc, DatabaseUnavailable):
         return _status(
             grpc.StatusCode.UNAVAILABLE,
@@ -137,7 +154,5 @@ def to_status(exc: BaseException) -> grpc.Status:
             _info(metering_service_pb2.ERROR_REASON_DATABASE_UNAVAILABLE),
             error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)),
         )
-    if isinstance(exc, Unimplemented):
-        return _status(grpc.StatusCode.UNIMPLEMENTED, str(exc))
     log.error("unexpected error", exc_info=exc)
     return _status(grpc.StatusCode.INTERNAL, "internal error", _info(metering_service_pb2.ERROR_REASON_INTERNAL))

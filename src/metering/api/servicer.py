@@ -13,17 +13,22 @@ import grpc
 
 from metering import metrics as m
 from metering.api import convert, validation
+from metering.api.paging import encode_token
 from metering.decimals import ZERO
 from metering.engine import MeteringEngine, UsageCommand
-from metering.errors import LimitExceeded, TransactionConflict, Unimplemented
-from metering.v1 import billing_pb2, customer_pb2, metering_service_pb2_grpc, usage_pb2
+from metering.errors import LimitExceeded, TransactionConflict
+from metering.reporting import Reporting
+from metering.v1 import billing_pb2, customer_pb2, events_pb2, metering_service_pb2_grpc, usage_pb2
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
-    def __init__(self, engine: MeteringEngine, metrics: m.Metrics, *, backfill_window: timedelta) -> None:
+    def __init__(
+        self, engine: MeteringEngine, reporting: Reporting, metrics: m.Metrics, *, backfill_window: timedelta
+    ) -> None:
         self._engine = engine
+        self._reporting = reporting
         self._metrics = metrics
         self._backfill_window = backfill_window
 
@@ -60,12 +65,26 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def GetUsage(  # noqa: N802
         self, request: usage_pb2.GetUsageRequest, context: Context
     ) -> usage_pb2.GetUsageResponse:
-        raise Unimplemented("GetUsage is not implemented yet")
+        page = await self._reporting.get_usage(validation.get_usage(request, self._engine.catalog))
+        response = usage_pb2.GetUsageResponse(rows=[convert.usage_row(row) for row in page.rows])
+        if page.next_cursor is not None:
+            response.next_page_token = encode_token(request, convert.usage_cursor(page.next_cursor))
+        return response
+
+    async def ListUsageEvents(  # noqa: N802
+        self, request: events_pb2.ListUsageEventsRequest, context: Context
+    ) -> events_pb2.ListUsageEventsResponse:
+        page = await self._reporting.list_events(validation.list_usage_events(request, self._engine.catalog))
+        response = events_pb2.ListUsageEventsResponse(events=[convert.usage_event(e) for e in page.events])
+        if page.next_before is not None:
+            response.next_page_token = encode_token(request, convert.events_cursor(page.next_before))
+        return response
 
     async def EstimateBill(  # noqa: N802
         self, request: billing_pb2.EstimateBillRequest, context: Context
     ) -> billing_pb2.EstimateBillResponse:
-        raise Unimplemented("EstimateBill is not implemented yet")
+        customer_id, period_time = validation.estimate_bill(request)
+        return convert.bill(await self._reporting.estimate_bill(customer_id, period_time))
 
     async def UpsertCustomer(  # noqa: N802
         self, request: customer_pb2.UpsertCustomerRequest, context: Context

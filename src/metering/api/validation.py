@@ -9,22 +9,40 @@ the catalog does not have.
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from metering.api.paging import decode_token
 from metering.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catalog, Meter, Price
 from metering.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.engine import BalanceQuery, UsageCommand
-from metering.errors import FieldViolation, InvalidArgument, NotFound
-from metering.v1 import customer_pb2, usage_pb2
+from metering.errors import FieldViolation, InvalidArgument, InvalidPageToken, NotFound
+from metering.ledger.reports import PropertyFilter
+from metering.reporting import EventsQuery, PageCursor, UsageQuery
+from metering.v1 import billing_pb2, customer_pb2, events_pb2, usage_pb2
+from metering.windows import WindowSize
 
 MAX_ID_LENGTH = 128
 MAX_PROPERTIES = 32
 MAX_PROPERTY_VALUE_LENGTH = 256
 FUTURE_TOLERANCE = timedelta(minutes=5)
+MAX_USAGE_METERS = 20
+MAX_GROUP_BY = 5
+MAX_FILTERS = 10
+MAX_FILTER_VALUES = 100
+USAGE_PAGE_SIZE = (1000, 10_000)  # default, maximum
+EVENTS_PAGE_SIZE = (100, 1000)
+_WINDOW_SIZES = {
+    usage_pb2.WINDOW_SIZE_UNSPECIFIED: WindowSize.NONE,
+    usage_pb2.WINDOW_SIZE_HOUR: WindowSize.HOUR,
+    usage_pb2.WINDOW_SIZE_DAY: WindowSize.DAY,
+    usage_pb2.WINDOW_SIZE_MONTH: WindowSize.MONTH,
+}
 
 # Printable ASCII without space: safe in logs, URLs and every language's strings.
 _ID_RE = re.compile(r"^[\x21-\x7e]+$")
@@ -219,6 +237,152 @@ def customer_id(value: str) -> str:
     violations = _Violations()
     _identifier(violations, "customer_id", value)
     violations.raise_if_any()
+    return value
+
+
+def _range(
+    violations: _Violations, request: usage_pb2.GetUsageRequest | events_pb2.ListUsageEventsRequest
+) -> tuple[datetime | None, datetime | None]:
+    start = _timestamp(violations, "start_time", request.start_time) if request.HasField("start_time") else None
+    end = _timestamp(violations, "end_time", request.end_time) if request.HasField("end_time") else None
+    if start is not None and end is not None and end <= start:
+        violations.add("end_time", "must be after start_time")
+    return start, end
+
+
+def _page_size(violations: _Violations, value: int, limits: tuple[int, int]) -> int:
+    default, maximum = limits
+    if value == 0:
+        return default
+    if not 0 < value <= maximum:
+        violations.add("page_size", f"1 to {maximum}, or 0 for {default}")
+    return value
+
+
+def _meter(catalog: Catalog, slug: str) -> Meter:
+    meter = catalog.meters.get(slug)
+    if meter is None:
+        raise NotFound("meter", slug)
+    return meter
+
+
+def _property_value(violations: _Violations, name: str, value: str) -> None:
+    if len(value) > MAX_PROPERTY_VALUE_LENGTH:
+        violations.add(name, f"at most {MAX_PROPERTY_VALUE_LENGTH} characters")
+    elif "\x00" in value:
+        violations.add(name, "must not contain NUL characters")
+
+
+def get_usage(request: usage_pb2.GetUsageRequest, catalog: Catalog) -> UsageQuery:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    slugs = list(request.meter_slugs)
+    if not slugs:
+        violations.add("meter_slugs", "at least one meter")
+    elif len(slugs) > MAX_USAGE_METERS:
+        violations.add("meter_slugs", f"at most {MAX_USAGE_METERS} meters")
+    elif len(set(slugs)) != len(slugs):
+        violations.add("meter_slugs", "each meter at most once")
+    for index, slug in enumerate(slugs):
+        _slug(violations, f"meter_slugs[{index}]", slug)
+    start, end = _range(violations, request)
+    window_size = _WINDOW_SIZES.get(request.window_size)
+    if window_size is None:
+        violations.add("window_size", f"unknown value {request.window_size}")
+    zone = None
+    try:
+        zone = ZoneInfo(request.time_zone or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        violations.add("time_zone", f"not an IANA time zone: {request.time_zone[:64]!r}")
+    group_by = list(request.group_by)
+    if len(group_by) > MAX_GROUP_BY:
+        violations.add("group_by", f"at most {MAX_GROUP_BY} properties")
+    elif len(set(group_by)) != len(group_by):
+        violations.add("group_by", "each property at most once")
+    for index, key in enumerate(group_by):
+        if not PROPERTY_KEY_RE.match(key):
+            violations.add(f"group_by[{index}]", "1 to 64 characters of [A-Za-z0-9_.-]")
+    if len(request.filters) > MAX_FILTERS:
+        violations.add("filters", f"at most {MAX_FILTERS} filters")
+    filters = []
+    for index, item in enumerate(request.filters):
+        if not PROPERTY_KEY_RE.match(item.key):
+            violations.add(f"filters[{index}].key", "1 to 64 characters of [A-Za-z0-9_.-]")
+        if not 0 < len(item.values) <= MAX_FILTER_VALUES:
+            violations.add(f"filters[{index}].values", f"1 to {MAX_FILTER_VALUES} values")
+        for value_index, value in enumerate(item.values):
+            _property_value(violations, f"filters[{index}].values[{value_index}]", value)
+        filters.append(PropertyFilter(item.key, tuple(item.values)))
+    page_size = _page_size(violations, request.page_size, USAGE_PAGE_SIZE)
+    violations.raise_if_any()
+    cursor = None
+    if request.page_token:
+        raw = decode_token(request, request.page_token)
+        try:
+            cursor = PageCursor(
+                meter_index=int(raw["m"]),
+                window_index=int(raw["w"]),
+                groups=tuple(str(g) for g in raw["g"]),
+                now=_aware(raw["now"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise InvalidPageToken("not a page token issued by this service") from None
+        if not 0 <= cursor.meter_index < len(slugs) or len(cursor.groups) != len(group_by):
+            raise InvalidPageToken("not a page token issued by this service")
+    assert window_size is not None and zone is not None
+    return UsageQuery(
+        customer_id=request.customer_id,
+        meters=[_meter(catalog, slug) for slug in slugs],
+        start=start,
+        end=end,
+        window_size=window_size,
+        zone=zone,
+        group_by=tuple(group_by),
+        filters=tuple(filters),
+        page_size=page_size,
+        cursor=cursor,
+    )
+
+
+def list_usage_events(request: events_pb2.ListUsageEventsRequest, catalog: Catalog) -> EventsQuery:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    if request.meter_slug:
+        _slug(violations, "meter_slug", request.meter_slug)
+    start, end = _range(violations, request)
+    page_size = _page_size(violations, request.page_size, EVENTS_PAGE_SIZE)
+    violations.raise_if_any()
+    before = None
+    if request.page_token:
+        raw = decode_token(request, request.page_token)
+        try:
+            before = (_aware(raw["t"]), str(uuid.UUID(raw["id"])))
+        except (KeyError, TypeError, ValueError):
+            raise InvalidPageToken("not a page token issued by this service") from None
+    return EventsQuery(
+        customer_id=request.customer_id,
+        meter=_meter(catalog, request.meter_slug) if request.meter_slug else None,
+        start=start,
+        end=end,
+        page_size=page_size,
+        before=before,
+    )
+
+
+def estimate_bill(request: billing_pb2.EstimateBillRequest) -> tuple[str, datetime | None]:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    period_time = None
+    if request.HasField("period_time"):
+        period_time = _timestamp(violations, "period_time", request.period_time)
+    violations.raise_if_any()
+    return request.customer_id, period_time
+
+
+def _aware(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError("naive time in a page token")
     return value
 
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 
@@ -65,3 +66,16 @@ async def translate_errors() -> AsyncIterator[None]:
         if is_unavailable(exc):
             raise DatabaseUnavailable(f"the ledger database is unavailable: {type(exc).__name__}") from exc
         raise
+
+
+class PoolUser:
+    """Base of the ledger's query classes: bounded waits for a pooled connection."""
+
+    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float) -> None:
+        self._pool = pool
+        # Waiting for a free connection is bounded too: an overloaded or hung
+        # database answers UNAVAILABLE instead of queueing calls forever.
+        self._acquire_timeout = acquire_timeout
+
+    def _connection(self) -> Any:
+        return self._pool.acquire(timeout=self._acquire_timeout)

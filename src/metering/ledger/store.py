@@ -27,7 +27,7 @@ import asyncpg
 
 from metering import limits
 from metering.errors import BillingAnchorImmutable, TransactionConflict
-from metering.ledger.pool import translate_errors
+from metering.ledger.pool import PoolUser, translate_errors
 from metering.periods import Period
 
 # How often step 4 may find the id taken by a concurrent insert before giving
@@ -110,24 +110,15 @@ def payload_differences(stored: StoredEvent, new: NewEvent) -> list[str]:
     return differences
 
 
-_EVENT_COLUMNS = (
+EVENT_COLUMNS = (
     "event_id, customer_id, transaction_id, meter_slug, price_slug, requested_price_slug, "
     "quantity, event_time, period_start, recorded_at, properties"
 )
 _COUNTER_COLUMNS = "used, event_count, latest_event_time, latest_event_id"
 
 
-class Ledger:
-    """SQL access to the ledger database through an asyncpg pool."""
-
-    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float) -> None:
-        self._pool = pool
-        # Waiting for a free connection is bounded too: an overloaded or hung
-        # database answers UNAVAILABLE instead of queueing calls forever.
-        self._acquire_timeout = acquire_timeout
-
-    def _connection(self) -> Any:
-        return self._pool.acquire(timeout=self._acquire_timeout)
+class Ledger(PoolUser):
+    """The write path (events, counters, customers) and counter reads."""
 
     async def ping(self) -> None:
         async with translate_errors(), self._connection() as conn:
@@ -149,6 +140,9 @@ class Ledger:
     ) -> tuple[CustomerRecord, bool]:
         """Create the customer or change its plan; the anchor is set once."""
         async with translate_errors(), self._connection() as conn, conn.transaction():
+            previous_plan = await conn.fetchval(
+                "SELECT plan_slug FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
+            )
             row = await conn.fetchrow(
                 """
                 INSERT INTO customers AS c (customer_id, plan_slug, billing_anchor, created_at, updated_at)
@@ -172,6 +166,15 @@ class Ledger:
             if billing_anchor is not None and not created and record.billing_anchor != billing_anchor:
                 # Raising inside the transaction rolls the plan change back too.
                 raise BillingAnchorImmutable(customer_id, record.billing_anchor.isoformat())
+            if plan_slug != previous_plan:
+                # The history prices past periods with the plan they ran under.
+                await conn.execute(
+                    "INSERT INTO customer_plan_history (customer_id, effective_at, plan_slug) VALUES ($1, $2, $3) "
+                    "ON CONFLICT (customer_id, effective_at) DO UPDATE SET plan_slug = EXCLUDED.plan_slug",
+                    customer_id,
+                    now,
+                    plan_slug,
+                )
             return record, created
 
     # -- usage ----------------------------------------------------------------
@@ -252,10 +255,10 @@ class Ledger:
         # 4. Insert; the unique constraint guards against a concurrent twin.
         stored_row = await conn.fetchrow(
             f"""
-            INSERT INTO usage_events ({_EVENT_COLUMNS})
+            INSERT INTO usage_events ({EVENT_COLUMNS})
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), $10)
             ON CONFLICT (customer_id, transaction_id) DO NOTHING
-            RETURNING {_EVENT_COLUMNS}
+            RETURNING {EVENT_COLUMNS}
             """,
             event_id,
             new.customer_id,
@@ -297,7 +300,7 @@ class Ledger:
                 unique_value,
                 event_id,
             )
-        return RecordOutcome(_stored_event(stored_row), False, decision, after, period)
+        return RecordOutcome(stored_event(stored_row), False, decision, after, period)
 
     async def read_counters(
         self, customer_id: str, keys: Sequence[tuple[str, datetime]]
@@ -325,11 +328,11 @@ class Ledger:
 
     async def _find_event(self, conn: asyncpg.Connection, customer_id: str, transaction_id: str) -> StoredEvent | None:
         row = await conn.fetchrow(
-            f"SELECT {_EVENT_COLUMNS} FROM usage_events WHERE customer_id = $1 AND transaction_id = $2",
+            f"SELECT {EVENT_COLUMNS} FROM usage_events WHERE customer_id = $1 AND transaction_id = $2",
             customer_id,
             transaction_id,
         )
-        return None if row is None else _stored_event(row)
+        return None if row is None else stored_event(row)
 
     async def _counter(
         self, conn: asyncpg.Connection, customer_id: str, meter_slug: str, period_start: datetime
@@ -357,5 +360,6 @@ def _counter_state(row: Any) -> limits.CounterState:
     )
 
 
-def _stored_event(row: Any) -> StoredEvent:
+def stored_event(row: Any) -> StoredEvent:
+    """A usage_events row selected with EVENT_COLUMNS."""
     return StoredEvent(**dict(row))

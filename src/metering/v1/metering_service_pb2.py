@@ -24,18 +24,19 @@ _sym_db = _symbol_database.Default()
 
 from metering.v1 import billing_pb2 as metering_dot_v1_dot_billing__pb2
 from metering.v1 import customer_pb2 as metering_dot_v1_dot_customer__pb2
+from metering.v1 import events_pb2 as metering_dot_v1_dot_events__pb2
 from metering.v1 import usage_pb2 as metering_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"metering/v1/metering_service.proto\x12\x0bmetering.v1\x1a\x19metering/v1/billing.proto\x1a\x1ametering/v1/customer.proto\x1a\x17metering/v1/usage.proto*\x90\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12#\n\x1f\x45RROR_REASON_CUSTOMER_NOT_FOUND\x10\x02\x12 \n\x1c\x45RROR_REASON_METER_NOT_FOUND\x10\x03\x12 \n\x1c\x45RROR_REASON_PRICE_NOT_FOUND\x10\x04\x12\x1f\n\x1b\x45RROR_REASON_PLAN_NOT_FOUND\x10\x05\x12(\n$ERROR_REASON_TRANSACTION_ID_CONFLICT\x10\x06\x12\x1f\n\x1b\x45RROR_REASON_LIMIT_EXCEEDED\x10\x07\x12)\n%ERROR_REASON_BILLING_ANCHOR_IMMUTABLE\x10\x08\x12%\n!ERROR_REASON_DATABASE_UNAVAILABLE\x10\t\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\n2\x83\x04\n\x0fMeteringService\x12P\n\x0bRecordUsage\x12\x1f.metering.v1.RecordUsageRequest\x1a .metering.v1.RecordUsageResponse\x12S\n\x0c\x43heckBalance\x12 .metering.v1.CheckBalanceRequest\x1a!.metering.v1.CheckBalanceResponse\x12G\n\x08GetUsage\x12\x1c.metering.v1.GetUsageRequest\x1a\x1d.metering.v1.GetUsageResponse\x12S\n\x0c\x45stimateBill\x12 .metering.v1.EstimateBillRequest\x1a!.metering.v1.EstimateBillResponse\x12Y\n\x0eUpsertCustomer\x12\".metering.v1.UpsertCustomerRequest\x1a#.metering.v1.UpsertCustomerResponse\x12P\n\x0bGetCustomer\x12\x1f.metering.v1.GetCustomerRequest\x1a .metering.v1.GetCustomerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"metering/v1/metering_service.proto\x12\x0bmetering.v1\x1a\x19metering/v1/billing.proto\x1a\x1ametering/v1/customer.proto\x1a\x18metering/v1/events.proto\x1a\x17metering/v1/usage.proto*\xdf\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12#\n\x1f\x45RROR_REASON_CUSTOMER_NOT_FOUND\x10\x02\x12 \n\x1c\x45RROR_REASON_METER_NOT_FOUND\x10\x03\x12 \n\x1c\x45RROR_REASON_PRICE_NOT_FOUND\x10\x04\x12\x1f\n\x1b\x45RROR_REASON_PLAN_NOT_FOUND\x10\x05\x12(\n$ERROR_REASON_TRANSACTION_ID_CONFLICT\x10\x06\x12\x1f\n\x1b\x45RROR_REASON_LIMIT_EXCEEDED\x10\x07\x12)\n%ERROR_REASON_BILLING_ANCHOR_IMMUTABLE\x10\x08\x12%\n!ERROR_REASON_DATABASE_UNAVAILABLE\x10\t\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\n\x12(\n$ERROR_REASON_PRICE_CURRENCY_MISMATCH\x10\x0b\x12#\n\x1f\x45RROR_REASON_INVALID_PAGE_TOKEN\x10\x0c\x32\xe1\x04\n\x0fMeteringService\x12P\n\x0bRecordUsage\x12\x1f.metering.v1.RecordUsageRequest\x1a .metering.v1.RecordUsageResponse\x12S\n\x0c\x43heckBalance\x12 .metering.v1.CheckBalanceRequest\x1a!.metering.v1.CheckBalanceResponse\x12G\n\x08GetUsage\x12\x1c.metering.v1.GetUsageRequest\x1a\x1d.metering.v1.GetUsageResponse\x12\\\n\x0fListUsageEvents\x12#.metering.v1.ListUsageEventsRequest\x1a$.metering.v1.ListUsageEventsResponse\x12S\n\x0c\x45stimateBill\x12 .metering.v1.EstimateBillRequest\x1a!.metering.v1.EstimateBillResponse\x12Y\n\x0eUpsertCustomer\x12\".metering.v1.UpsertCustomerRequest\x1a#.metering.v1.UpsertCustomerResponse\x12P\n\x0bGetCustomer\x12\x1f.metering.v1.GetCustomerRequest\x1a .metering.v1.GetCustomerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'metering.v1.metering_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORREASON']._serialized_start=132
-  _globals['_ERRORREASON']._serialized_end=532
-  _globals['_METERINGSERVICE']._serialized_start=535
-  _globals['_METERINGSERVICE']._serialized_end=1050
+  _globals['_ERRORREASON']._serialized_start=158
+  _globals['_ERRORREASON']._serialized_end=637
+  _globals['_METERINGSERVICE']._serialized_start=640
+  _globals['_METERINGSERVICE']._serialized_end=1249
 # @@protoc_insertion_point(module_scope)

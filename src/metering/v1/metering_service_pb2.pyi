@@ -1,5 +1,6 @@
 from metering.v1 import billing_pb2 as _billing_pb2
 from metering.v1 import customer_pb2 as _customer_pb2
+from metering.v1 import events_pb2 as _events_pb2
 from metering.v1 import usage_pb2 as _usage_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -20,6 +21,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_BILLING_ANCHOR_IMMUTABLE: _ClassVar[ErrorReason]
     ERROR_REASON_DATABASE_UNAVAILABLE: _ClassVar[ErrorReason]
     ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
+    ERROR_REASON_PRICE_CURRENCY_MISMATCH: _ClassVar[ErrorReason]
+    ERROR_REASON_INVALID_PAGE_TOKEN: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_ARGUMENT: ErrorReason
 ERROR_REASON_CUSTOMER_NOT_FOUND: ErrorReason
@@ -31,3 +34,5 @@ ERROR_REASON_LIMIT_EXCEEDED: ErrorReason
 ERROR_REASON_BILLING_ANCHOR_IMMUTABLE: ErrorReason
 ERROR_REASON_DATABASE_UNAVAILABLE: ErrorReason
 ERROR_REASON_INTERNAL: ErrorReason
+ERROR_REASON_PRICE_CURRENCY_MISMATCH: ErrorReason
+ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason

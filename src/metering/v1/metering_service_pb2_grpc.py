@@ -5,6 +5,7 @@ import warnings
 
 from metering.v1 import billing_pb2 as metering_dot_v1_dot_billing__pb2
 from metering.v1 import customer_pb2 as metering_dot_v1_dot_customer__pb2
+from metering.v1 import events_pb2 as metering_dot_v1_dot_events__pb2
 from metering.v1 import usage_pb2 as metering_dot_v1_dot_usage__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -88,6 +89,11 @@ class MeteringServiceStub:
                 '/metering.v1.MeteringService/GetUsage',
                 request_serializer=metering_dot_v1_dot_usage__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=metering_dot_v1_dot_usage__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+        self.ListUsageEvents = channel.unary_unary(
+                '/metering.v1.MeteringService/ListUsageEvents',
+                request_serializer=metering_dot_v1_dot_events__pb2.ListUsageEventsRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_events__pb2.ListUsageEventsResponse.FromString,
                 _registered_method=True)
         self.EstimateBill = channel.unary_unary(
                 '/metering.v1.MeteringService/EstimateBill',
@@ -178,9 +184,17 @@ class MeteringServiceServicer:
 
     def GetUsage(self, request, context):
         """GetUsage aggregates a customer's usage over a time range, in windows,
-        grouped by event properties.
+        grouped by event properties, with each meter's own aggregation. Results
+        are paginated (AIP-158): follow next_page_token until it is empty. A
+        request whose windows would exceed 10,000 per meter is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
-        Not implemented yet: answers UNIMPLEMENTED.
+    def ListUsageEvents(self, request, context):
+        """ListUsageEvents lists the raw ledger events of a customer, newest first
+        (by event time, then event id), for audits and disputes. Paginated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,9 +202,12 @@ class MeteringServiceServicer:
 
     def EstimateBill(self, request, context):
         """EstimateBill prices a customer's usage for the current or a past billing
-        period: one line per priced meter, in exact decimal money.
+        period: one line per meter and price, in exact decimal money.
 
-        Not implemented yet: answers UNIMPLEMENTED.
+        Each event is billed at the price stored with it when it was recorded, so
+        a plan change mid-period splits a meter into one line per price. The
+        plan in effect at the end of the period (now, for the current period)
+        supplies the included units, which apply to the line of its own price.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -230,6 +247,11 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=metering_dot_v1_dot_usage__pb2.GetUsageRequest.FromString,
                     response_serializer=metering_dot_v1_dot_usage__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'ListUsageEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsageEvents,
+                    request_deserializer=metering_dot_v1_dot_events__pb2.ListUsageEventsRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_events__pb2.ListUsageEventsResponse.SerializeToString,
             ),
             'EstimateBill': grpc.unary_unary_rpc_method_handler(
                     servicer.EstimateBill,
@@ -366,6 +388,33 @@ class MeteringService:
             '/metering.v1.MeteringService/GetUsage',
             metering_dot_v1_dot_usage__pb2.GetUsageRequest.SerializeToString,
             metering_dot_v1_dot_usage__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsageEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/ListUsageEvents',
+            metering_dot_v1_dot_events__pb2.ListUsageEventsRequest.SerializeToString,
+            metering_dot_v1_dot_events__pb2.ListUsageEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from metering.v1 import billing_pb2 as _billing_pb2
 from metering.v1 import customer_pb2 as _customer_pb2
+from metering.v1 import events_pb2 as _events_pb2
 from metering.v1 import usage_pb2 as _usage_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -96,15 +97,22 @@ class MeteringServiceStub:
     """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetUsageRequest, _usage_pb2.GetUsageResponse]
     """GetUsage aggregates a customer's usage over a time range, in windows,
-    grouped by event properties.
-
-    Not implemented yet: answers UNIMPLEMENTED.
+    grouped by event properties, with each meter's own aggregation. Results
+    are paginated (AIP-158): follow next_page_token until it is empty. A
+    request whose windows would exceed 10,000 per meter is INVALID_ARGUMENT.
+    """
+    ListUsageEvents: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListUsageEventsRequest, _events_pb2.ListUsageEventsResponse]
+    """ListUsageEvents lists the raw ledger events of a customer, newest first
+    (by event time, then event id), for audits and disputes. Paginated.
     """
     EstimateBill: _grpc.UnaryUnaryMultiCallable[_billing_pb2.EstimateBillRequest, _billing_pb2.EstimateBillResponse]
     """EstimateBill prices a customer's usage for the current or a past billing
-    period: one line per priced meter, in exact decimal money.
+    period: one line per meter and price, in exact decimal money.
 
-    Not implemented yet: answers UNIMPLEMENTED.
+    Each event is billed at the price stored with it when it was recorded, so
+    a plan change mid-period splits a meter into one line per price. The
+    plan in effect at the end of the period (now, for the current period)
+    supplies the included units, which apply to the line of its own price.
     """
     UpsertCustomer: _grpc.UnaryUnaryMultiCallable[_customer_pb2.UpsertCustomerRequest, _customer_pb2.UpsertCustomerResponse]
     """UpsertCustomer creates a customer or changes its plan. A customer must
@@ -181,15 +189,22 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetUsageRequest, _usage_pb2.GetUsageResponse]  # type: ignore[assignment]
     """GetUsage aggregates a customer's usage over a time range, in windows,
-    grouped by event properties.
-
-    Not implemented yet: answers UNIMPLEMENTED.
+    grouped by event properties, with each meter's own aggregation. Results
+    are paginated (AIP-158): follow next_page_token until it is empty. A
+    request whose windows would exceed 10,000 per meter is INVALID_ARGUMENT.
+    """
+    ListUsageEvents: _aio.UnaryUnaryMultiCallable[_events_pb2.ListUsageEventsRequest, _events_pb2.ListUsageEventsResponse]  # type: ignore[assignment]
+    """ListUsageEvents lists the raw ledger events of a customer, newest first
+    (by event time, then event id), for audits and disputes. Paginated.
     """
     EstimateBill: _aio.UnaryUnaryMultiCallable[_billing_pb2.EstimateBillRequest, _billing_pb2.EstimateBillResponse]  # type: ignore[assignment]
     """EstimateBill prices a customer's usage for the current or a past billing
-    period: one line per priced meter, in exact decimal money.
+    period: one line per meter and price, in exact decimal money.
 
-    Not implemented yet: answers UNIMPLEMENTED.
+    Each event is billed at the price stored with it when it was recorded, so
+    a plan change mid-period splits a meter into one line per price. The
+    plan in effect at the end of the period (now, for the current period)
+    supplies the included units, which apply to the line of its own price.
     """
     UpsertCustomer: _aio.UnaryUnaryMultiCallable[_customer_pb2.UpsertCustomerRequest, _customer_pb2.UpsertCustomerResponse]  # type: ignore[assignment]
     """UpsertCustomer creates a customer or changes its plan. A customer must
@@ -281,9 +296,19 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_usage_pb2.GetUsageResponse, _abc.Awaitable[_usage_pb2.GetUsageResponse]]:
         """GetUsage aggregates a customer's usage over a time range, in windows,
-        grouped by event properties.
+        grouped by event properties, with each meter's own aggregation. Results
+        are paginated (AIP-158): follow next_page_token until it is empty. A
+        request whose windows would exceed 10,000 per meter is INVALID_ARGUMENT.
+        """
 
-        Not implemented yet: answers UNIMPLEMENTED.
+    @_abc_1.abstractmethod
+    def ListUsageEvents(
+        self,
+        request: _events_pb2.ListUsageEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.ListUsageEventsResponse, _abc.Awaitable[_events_pb2.ListUsageEventsResponse]]:
+        """ListUsageEvents lists the raw ledger events of a customer, newest first
+        (by event time, then event id), for audits and disputes. Paginated.
         """
 
     @_abc_1.abstractmethod
@@ -293,9 +318,12 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.EstimateBillResponse, _abc.Awaitable[_billing_pb2.EstimateBillResponse]]:
         """EstimateBill prices a customer's usage for the current or a past billing
-        period: one line per priced meter, in exact decimal money.
+        period: one line per meter and price, in exact decimal money.
 
-        Not implemented yet: answers UNIMPLEMENTED.
+        Each event is billed at the price stored with it when it was recorded, so
+        a plan change mid-period splits a meter into one line per price. The
+        plan in effect at the end of the period (now, for the current period)
+        supplies the included units, which apply to the line of its own price.
         """
 
     @_abc_1.abstractmethod

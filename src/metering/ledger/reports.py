@@ -1,0 +1,193 @@
+"""Read queries over the event history: GetUsage, ListUsageEvents, bills.
+
+Aggregations run in SQL with the meter's own aggregation, over windows that
+the caller computed (metering.windows), using the index
+(customer_id, meter_slug, event_time, event_id). Results come in a stable
+order and are paginated by keyset, never by offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from metering.catalog import Aggregation, Meter
+from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.store import EVENT_COLUMNS, StoredEvent, stored_event
+from metering.windows import Window
+
+# Value of one group of events, per aggregation. LATEST breaks ties on event
+# time by event id (time-ordered: the event recorded last wins), as the
+# counters do.
+_VALUE_SQL = {
+    Aggregation.SUM: "sum(e.quantity)",
+    Aggregation.COUNT: "count(e.event_id)::numeric",
+    Aggregation.MAX: "max(e.quantity)",
+    Aggregation.UNIQUE_COUNT: "count(DISTINCT e.properties ->> {unique})::numeric",
+    Aggregation.LATEST: "(array_agg(e.quantity ORDER BY e.event_time DESC, e.event_id DESC))[1]",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PropertyFilter:
+    key: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCursor:
+    """Where a page ended: the last row's window index and group values."""
+
+    window_index: int
+    groups: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateRow:
+    window_index: int  # 1-based position in the windows given
+    window: Window
+    groups: tuple[str, ...]  # group values ("" when the property is absent)
+    value: Decimal
+    event_count: int
+
+
+class Sql:
+    """Builds a statement with numbered parameters; values never enter the text."""
+
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+
+    def param(self, value: Any, cast: str = "") -> str:
+        self.args.append(value)
+        return f"${len(self.args)}{cast}"
+
+
+class UsageReports(PoolUser):
+    async def aggregate(
+        self,
+        customer_id: str,
+        meter: Meter,
+        windows: Sequence[Window],
+        *,
+        group_by: Sequence[str] = (),
+        group_by_price: bool = False,
+        filters: Sequence[PropertyFilter] = (),
+        after: UsageCursor | None = None,
+        limit: int | None = None,
+    ) -> list[AggregateRow]:
+        """The meter's aggregate per window and group, ordered by window then
+        group values (byte order). Every window is present: an empty one as a
+        single row with value 0, event count 0 and empty group values."""
+        sql = Sql()
+        customer = sql.param(customer_id)
+        starts = sql.param([w[0] for w in windows], "::timestamptz[]")
+        ends = sql.param([w[1] for w in windows], "::timestamptz[]")
+        meter_param = sql.param(meter.slug)
+        group_exprs = ['e.price_slug COLLATE "C"'] if group_by_price else []
+        group_exprs += [f"coalesce(e.properties ->> {sql.param(key)}, '') COLLATE \"C\"" for key in group_by]
+        value = _VALUE_SQL[meter.aggregation].format(
+            unique=sql.param(meter.unique_property) if meter.unique_property else "NULL"
+        )
+        conditions = [
+            f"e.customer_id = {customer}",
+            f"e.meter_slug = {meter_param}",
+            "e.event_time >= w.window_start",
+            "e.event_time < w.window_end",
+        ]
+        conditions += [
+            f"e.properties ->> {sql.param(f.key)} = ANY({sql.param(list(f.values), '::text[]')})" for f in filters
+        ]
+        groups = [f"g{i}" for i in range(len(group_exprs))]
+        select_groups = "".join(
+            f", coalesce({expr}, '') AS {name}" for expr, name in zip(group_exprs, groups, strict=True)
+        )
+        group_clause = "".join(f", {name}" for name in groups)
+        where = having = ""
+        if after is not None:
+            where = f"WHERE w.n >= {sql.param(after.window_index)}"
+            key = ", ".join(["w.n", *groups])
+            bound = ", ".join([sql.param(after.window_index), *(sql.param(g) for g in after.groups)])
+            having = f"HAVING ({key}) > ({bound})"
+        limit_clause = f"LIMIT {sql.param(limit)}" if limit is not None else ""
+        statement = f"""
+            SELECT w.n, w.window_start, w.window_end{select_groups},
+                   coalesce({value}, 0) AS value, count(e.event_id) AS event_count
+              FROM unnest({starts}, {ends}) WITH ORDINALITY AS w (window_start, window_end, n)
+              LEFT JOIN usage_events e ON {" AND ".join(conditions)}
+              {where}
+             GROUP BY w.n, w.window_start, w.window_end{group_clause}
+             {having}
+             ORDER BY w.n{group_clause}
+             {limit_clause}
+        """
+        async with translate_errors(), self._connection() as conn:
+            rows = await conn.fetch(statement, *sql.args)
+        return [
+            AggregateRow(
+                window_index=row["n"],
+                window=(row["window_start"], row["window_end"]),
+                groups=tuple(row[name] for name in groups),
+                value=row["value"],
+                event_count=row["event_count"],
+            )
+            for row in rows
+        ]
+
+    async def meters_with_usage(self, customer_id: str, start: datetime, end: datetime) -> list[str]:
+        async with translate_errors(), self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT DISTINCT meter_slug FROM usage_events "
+                "WHERE customer_id = $1 AND event_time >= $2 AND event_time < $3 ORDER BY meter_slug",
+                customer_id,
+                start,
+                end,
+            )
+        return [row["meter_slug"] for row in rows]
+
+    async def list_events(
+        self,
+        customer_id: str,
+        *,
+        meter_slug: str | None,
+        start: datetime | None,
+        end: datetime | None,
+        before: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[StoredEvent]:
+        """Events newest first by (event_time, event_id), strictly before `before`."""
+        sql = Sql()
+        conditions = [f"customer_id = {sql.param(customer_id)}"]
+        if meter_slug:
+            conditions.append(f"meter_slug = {sql.param(meter_slug)}")
+        if start is not None:
+            conditions.append(f"event_time >= {sql.param(start)}")
+        if end is not None:
+            conditions.append(f"event_time < {sql.param(end)}")
+        if before is not None:
+            conditions.append(f"(event_time, event_id) < ({sql.param(before[0])}, {sql.param(before[1], '::uuid')})")
+        statement = (
+            f"SELECT {EVENT_COLUMNS} FROM usage_events WHERE {' AND '.join(conditions)} "
+            f"ORDER BY event_time DESC, event_id DESC LIMIT {sql.param(limit)}"
+        )
+        async with translate_errors(), self._connection() as conn:
+            rows = await conn.fetch(statement, *sql.args)
+        return [stored_event(row) for row in rows]
+
+    async def plan_at(self, customer_id: str, instant: datetime) -> str | None:
+        """The plan the customer was on at `instant` (its first plan if earlier)."""
+        async with translate_errors(), self._connection() as conn:
+            return await conn.fetchval(  # type: ignore[no-any-return]
+                """
+                SELECT plan_slug FROM customer_plan_history
+                 WHERE customer_id = $1
+                 ORDER BY effective_at <= $2 DESC,
+                          CASE WHEN effective_at <= $2 THEN effective_at END DESC,
+                          effective_at ASC
+                 LIMIT 1
+                """,
+                customer_id,
+                instant,
+            )
