@@ -85,12 +85,12 @@ def channel(service: ServiceProcess) -> Iterator[grpc.Channel]:
         yield channel
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def stub(channel: grpc.Channel) -> metering_service_pb2_grpc.MeteringServiceStub:
     return metering_service_pb2_grpc.MeteringServiceStub(channel)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def new_customer(stub: metering_service_pb2_grpc.MeteringServiceStub) -> Callable[..., str]:
     """Creates a customer of this test's own on a plan; returns its id."""
 

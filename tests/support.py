@@ -33,7 +33,7 @@ class ServiceProcess:
     """`python -m metering serve` in a child process, on free ports of 127.0.0.1."""
 
     database_url: str
-    catalog: Path = TEST_CATALOG
+    catalog: Path | None = TEST_CATALOG  # None: the packaged sample catalog
     extra_env: Mapping[str, str] = field(default_factory=dict)
     process: subprocess.Popen[str] | None = None
     port: int = 0
@@ -52,10 +52,14 @@ class ServiceProcess:
             "METERING_GRPC_PORT": "0",
             "METERING_METRICS_HOST": "127.0.0.1",
             "METERING_METRICS_PORT": "0",
-            "METERING_CATALOG": str(self.catalog),
             "METERING_LOG_LEVEL": "WARNING",
+            # Fixed past dates (a DST change in 2025, say) must stay recordable.
+            "METERING_BACKFILL_WINDOW": "3650d",
             **self.extra_env,
         }
+        env.pop("METERING_CATALOG", None)
+        if self.catalog is not None:
+            env["METERING_CATALOG"] = str(self.catalog)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "metering", "serve"],
             env=env,

@@ -294,3 +294,16 @@ def test_price_resolution(stub: Stub, new_customer: Callable[..., str]) -> None:
     assert named.event.meter_slug == "tokens"
     assert named.event.price_slug == "tokens_no_charge"
     assert named.balance.used == "3"  # a named price still counts against the meter's limit
+
+
+def test_a_named_price_in_another_currency_is_refused(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer()  # a USD plan
+    request = usage_pb2.RecordUsageRequest(
+        customer_id=customer, price_slug="tokens_eur", quantity="1", transaction_id="e"
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.RecordUsage(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_details(caught.value)["ErrorInfo"]
+    assert info.reason == "PRICE_CURRENCY_MISMATCH"  # type: ignore[attr-defined]
+    assert dict(info.metadata) == {"price": "tokens_eur", "price_currency": "EUR", "plan_currency": "USD"}  # type: ignore[attr-defined]

@@ -57,7 +57,7 @@ INVALID = [
     ("neither meter nor price", {"meter_slug": ""}, "meter_slug"),
     ("malformed meter slug", {"meter_slug": "Tokens!"}, "meter_slug"),
     ("future timestamp", {"event_time": _at(timedelta(minutes=6))}, "event_time"),
-    ("timestamp older than the backfill window", {"event_time": _at(-timedelta(days=36))}, "event_time"),
+    ("timestamp older than the backfill window", {"event_time": _at(-timedelta(days=3651))}, "event_time"),
     ("invalid timestamp", {"event_time": Timestamp(seconds=-(10**12))}, "event_time"),
     ("too many properties", {"properties": {f"k{i}": "v" for i in range(33)}}, "properties"),
     ("oversized property value", {"properties": {"k": "v" * 257}}, "properties.k"),

@@ -143,7 +143,9 @@ def test_plans_cannot_mix_currencies() -> None:
 def test_plan_currency_is_declared_or_derived() -> None:
     without = BASE.replace('currency = "USD"\n', "")
     assert any("plans.p.currency: required" in p for p in problems(without))
-    priced = without + 'price = "t"\n[prices.t]\nmeter = "tokens"\nmodel = "per_unit"\ncurrency = "EUR"\nunit_amount = "1"\n'
+    priced = (
+        without + 'price = "t"\n[prices.t]\nmeter = "tokens"\nmodel = "per_unit"\ncurrency = "EUR"\nunit_amount = "1"\n'
+    )
     assert parse_catalog(priced).plans["p"].currency == "EUR"
     conflicting = priced.replace("[plans.p]\n", '[plans.p]\ncurrency = "USD"\n')
     assert any("plans.p.currency: USD differs" in p for p in problems(conflicting))

@@ -13,6 +13,7 @@ from metering.decimals import format_decimal
 from metering.engine import BalanceReport, MeterBalance, RecordResult
 from metering.ledger.store import CustomerRecord, StoredEvent
 from metering.periods import ResetPeriod
+from metering.pricing import round_money
 from metering.reporting import Bill, BillLine, PageCursor, UsageRow
 from metering.v1 import billing_pb2, customer_pb2, usage_pb2
 
@@ -142,8 +143,11 @@ def events_cursor(before: tuple[datetime, str]) -> dict[str, Any]:
 
 
 def money(amount: Decimal, currency: str) -> billing_pb2.Money:
-    # Amounts are already rounded to the minor unit: keep its digits ("0.00").
-    return billing_pb2.Money(currency_code=currency, amount=format(amount, "f"))
+    # Amounts are already rounded to the minor unit; this only fixes the digits
+    # shown ("0" is "0.00" in USD), it never changes a value.
+    shown = round_money(amount, currency)
+    assert shown == amount, "money reaches the wire rounded once, at the line total"
+    return billing_pb2.Money(currency_code=currency, amount=format(shown, "f"))
 
 
 def bill(value: Bill) -> billing_pb2.EstimateBillResponse:

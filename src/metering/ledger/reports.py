@@ -86,8 +86,10 @@ class UsageReports(PoolUser):
         starts = sql.param([w[0] for w in windows], "::timestamptz[]")
         ends = sql.param([w[1] for w in windows], "::timestamptz[]")
         meter_param = sql.param(meter.slug)
-        group_exprs = ['e.price_slug COLLATE "C"'] if group_by_price else []
-        group_exprs += [f"coalesce(e.properties ->> {sql.param(key)}, '') COLLATE \"C\"" for key in group_by]
+        # Group values compare in byte order ("C") whatever the database's locale.
+        group_exprs = ["e.price_slug"] if group_by_price else []
+        group_exprs += [f"e.properties ->> {sql.param(key)}" for key in group_by]
+        group_values = [f"coalesce({expr}, '') COLLATE \"C\"" for expr in group_exprs]
         value = _VALUE_SQL[meter.aggregation].format(
             unique=sql.param(meter.unique_property) if meter.unique_property else "NULL"
         )
@@ -100,15 +102,13 @@ class UsageReports(PoolUser):
         conditions += [
             f"e.properties ->> {sql.param(f.key)} = ANY({sql.param(list(f.values), '::text[]')})" for f in filters
         ]
-        groups = [f"g{i}" for i in range(len(group_exprs))]
-        select_groups = "".join(
-            f", coalesce({expr}, '') AS {name}" for expr, name in zip(group_exprs, groups, strict=True)
-        )
+        groups = [f"g{i}" for i in range(len(group_values))]
+        select_groups = "".join(f", {v} AS {name}" for v, name in zip(group_values, groups, strict=True))
         group_clause = "".join(f", {name}" for name in groups)
         where = having = ""
         if after is not None:
             where = f"WHERE w.n >= {sql.param(after.window_index)}"
-            key = ", ".join(["w.n", *groups])
+            key = ", ".join(["w.n", *group_values])  # HAVING cannot name output columns
             bound = ", ".join([sql.param(after.window_index), *(sql.param(g) for g in after.groups)])
             having = f"HAVING ({key}) > ({bound})"
         limit_clause = f"LIMIT {sql.param(limit)}" if limit is not None else ""
