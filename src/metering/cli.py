@@ -73,6 +73,27 @@ def _parser() -> argparse.ArgumentParser:
     balance.add_argument("meter_slug", nargs="?", default="")
     balance.add_argument("--requested", default="", help="quantity about to be used")
     balance.set_defaults(run=_client_balance)
+
+    usage = calls.add_parser("usage", help="aggregated usage of one or more meters (first page)")
+    usage.add_argument("customer_id")
+    usage.add_argument("meter_slugs", nargs="+")
+    usage.add_argument("--window", choices=["hour", "day", "month"], help="window size (default: the whole range)")
+    usage.add_argument("--time-zone", default="", help="IANA time zone for day and month windows")
+    usage.add_argument("--group-by", action="append", default=[], metavar="PROPERTY")
+    usage.add_argument("--start", help="RFC 3339 start (default: the current period)")
+    usage.add_argument("--end", help="RFC 3339 end (default: now)")
+    usage.set_defaults(run=_client_usage)
+
+    events = calls.add_parser("events", help="a customer's raw events, newest first (first page)")
+    events.add_argument("customer_id")
+    events.add_argument("meter_slug", nargs="?", default="")
+    events.add_argument("--page-size", type=int, default=20)
+    events.set_defaults(run=_client_events)
+
+    bill = calls.add_parser("bill", help="estimate the bill of the current (or a past) period")
+    bill.add_argument("customer_id")
+    bill.add_argument("--period-time", help="RFC 3339 instant inside the period (default: now)")
+    bill.set_defaults(run=_client_bill)
     return parser
 
 
@@ -191,6 +212,46 @@ def _client_record(args: argparse.Namespace) -> int:
         ),
     )
     return _call(args, "RecordUsage", request)
+
+
+def _client_usage(args: argparse.Namespace) -> int:
+    from metering.v1 import usage_pb2
+
+    windows = {
+        "hour": usage_pb2.WINDOW_SIZE_HOUR,
+        "day": usage_pb2.WINDOW_SIZE_DAY,
+        "month": usage_pb2.WINDOW_SIZE_MONTH,
+    }
+    request = usage_pb2.GetUsageRequest(
+        customer_id=args.customer_id,
+        meter_slugs=args.meter_slugs,
+        window_size=windows[args.window] if args.window else usage_pb2.WINDOW_SIZE_UNSPECIFIED,
+        time_zone=args.time_zone,
+        group_by=args.group_by,
+    )
+    if args.start:
+        request.start_time.FromJsonString(args.start)
+    if args.end:
+        request.end_time.FromJsonString(args.end)
+    return _call(args, "GetUsage", request)
+
+
+def _client_events(args: argparse.Namespace) -> int:
+    from metering.v1 import events_pb2
+
+    request = events_pb2.ListUsageEventsRequest(
+        customer_id=args.customer_id, meter_slug=args.meter_slug, page_size=args.page_size
+    )
+    return _call(args, "ListUsageEvents", request)
+
+
+def _client_bill(args: argparse.Namespace) -> int:
+    from metering.v1 import billing_pb2
+
+    request = billing_pb2.EstimateBillRequest(customer_id=args.customer_id)
+    if args.period_time:
+        request.period_time.FromJsonString(args.period_time)
+    return _call(args, "EstimateBill", request)
 
 
 def _client_balance(args: argparse.Namespace) -> int:

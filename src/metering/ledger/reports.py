@@ -65,6 +65,64 @@ class Sql:
         return f"${len(self.args)}{cast}"
 
 
+def aggregate_sql(
+    customer_id: str,
+    meter: Meter,
+    windows: Sequence[Window],
+    *,
+    group_by: Sequence[str] = (),
+    group_by_price: bool = False,
+    filters: Sequence[PropertyFilter] = (),
+    after: UsageCursor | None = None,
+    limit: int | None = None,
+) -> tuple[str, list[Any]]:
+    """The statement (and its arguments) that `UsageReports.aggregate` runs;
+    separate so that benchmarks can EXPLAIN exactly what the service runs."""
+    sql = Sql()
+    customer = sql.param(customer_id)
+    starts = sql.param([w[0] for w in windows], "::timestamptz[]")
+    ends = sql.param([w[1] for w in windows], "::timestamptz[]")
+    meter_param = sql.param(meter.slug)
+    # Group values compare in byte order ("C") whatever the database's locale.
+    group_exprs = ["e.price_slug"] if group_by_price else []
+    group_exprs += [f"e.properties ->> {sql.param(key)}" for key in group_by]
+    group_values = [f"coalesce({expr}, '') COLLATE \"C\"" for expr in group_exprs]
+    value = _VALUE_SQL[meter.aggregation].format(
+        unique=sql.param(meter.unique_property) if meter.unique_property else "NULL"
+    )
+    conditions = [
+        f"e.customer_id = {customer}",
+        f"e.meter_slug = {meter_param}",
+        "e.event_time >= w.window_start",
+        "e.event_time < w.window_end",
+    ]
+    conditions += [
+        f"e.properties ->> {sql.param(f.key)} = ANY({sql.param(list(f.values), '::text[]')})" for f in filters
+    ]
+    groups = [f"g{i}" for i in range(len(group_values))]
+    select_groups = "".join(f", {v} AS {name}" for v, name in zip(group_values, groups, strict=True))
+    group_clause = "".join(f", {name}" for name in groups)
+    where = having = ""
+    if after is not None:
+        where = f"WHERE w.n >= {sql.param(after.window_index)}"
+        key = ", ".join(["w.n", *group_values])  # HAVING cannot name output columns
+        bound = ", ".join([sql.param(after.window_index), *(sql.param(g) for g in after.groups)])
+        having = f"HAVING ({key}) > ({bound})"
+    limit_clause = f"LIMIT {sql.param(limit)}" if limit is not None else ""
+    statement = f"""
+        SELECT w.n, w.window_start, w.window_end{select_groups},
+               coalesce({value}, 0) AS value, count(e.event_id) AS event_count
+          FROM unnest({starts}, {ends}) WITH ORDINALITY AS w (window_start, window_end, n)
+          LEFT JOIN usage_events e ON {" AND ".join(conditions)}
+          {where}
+         GROUP BY w.n, w.window_start, w.window_end{group_clause}
+         {having}
+         ORDER BY w.n{group_clause}
+         {limit_clause}
+    """
+    return statement, sql.args
+
+
 class UsageReports(PoolUser):
     async def aggregate(
         self,
@@ -81,55 +139,24 @@ class UsageReports(PoolUser):
         """The meter's aggregate per window and group, ordered by window then
         group values (byte order). Every window is present: an empty one as a
         single row with value 0, event count 0 and empty group values."""
-        sql = Sql()
-        customer = sql.param(customer_id)
-        starts = sql.param([w[0] for w in windows], "::timestamptz[]")
-        ends = sql.param([w[1] for w in windows], "::timestamptz[]")
-        meter_param = sql.param(meter.slug)
-        # Group values compare in byte order ("C") whatever the database's locale.
-        group_exprs = ["e.price_slug"] if group_by_price else []
-        group_exprs += [f"e.properties ->> {sql.param(key)}" for key in group_by]
-        group_values = [f"coalesce({expr}, '') COLLATE \"C\"" for expr in group_exprs]
-        value = _VALUE_SQL[meter.aggregation].format(
-            unique=sql.param(meter.unique_property) if meter.unique_property else "NULL"
+        statement, args = aggregate_sql(
+            customer_id,
+            meter,
+            windows,
+            group_by=group_by,
+            group_by_price=group_by_price,
+            filters=filters,
+            after=after,
+            limit=limit,
         )
-        conditions = [
-            f"e.customer_id = {customer}",
-            f"e.meter_slug = {meter_param}",
-            "e.event_time >= w.window_start",
-            "e.event_time < w.window_end",
-        ]
-        conditions += [
-            f"e.properties ->> {sql.param(f.key)} = ANY({sql.param(list(f.values), '::text[]')})" for f in filters
-        ]
-        groups = [f"g{i}" for i in range(len(group_values))]
-        select_groups = "".join(f", {v} AS {name}" for v, name in zip(group_values, groups, strict=True))
-        group_clause = "".join(f", {name}" for name in groups)
-        where = having = ""
-        if after is not None:
-            where = f"WHERE w.n >= {sql.param(after.window_index)}"
-            key = ", ".join(["w.n", *group_values])  # HAVING cannot name output columns
-            bound = ", ".join([sql.param(after.window_index), *(sql.param(g) for g in after.groups)])
-            having = f"HAVING ({key}) > ({bound})"
-        limit_clause = f"LIMIT {sql.param(limit)}" if limit is not None else ""
-        statement = f"""
-            SELECT w.n, w.window_start, w.window_end{select_groups},
-                   coalesce({value}, 0) AS value, count(e.event_id) AS event_count
-              FROM unnest({starts}, {ends}) WITH ORDINALITY AS w (window_start, window_end, n)
-              LEFT JOIN usage_events e ON {" AND ".join(conditions)}
-              {where}
-             GROUP BY w.n, w.window_start, w.window_end{group_clause}
-             {having}
-             ORDER BY w.n{group_clause}
-             {limit_clause}
-        """
+        groups = len(group_by) + (1 if group_by_price else 0)
         async with translate_errors(), self._connection() as conn:
-            rows = await conn.fetch(statement, *sql.args)
+            rows = await conn.fetch(statement, *args)
         return [
             AggregateRow(
                 window_index=row["n"],
                 window=(row["window_start"], row["window_end"]),
-                groups=tuple(row[name] for name in groups),
+                groups=tuple(row[f"g{i}"] for i in range(groups)),
                 value=row["value"],
                 event_count=row["event_count"],
             )
