@@ -27,7 +27,7 @@ from metering.catalog import load_catalog
 from metering.embedded import start_embedded
 from metering.ledger.migrate import migrate
 from metering.ledger.pool import create_pool
-from metering.ledger.reports import UsageReports, aggregate_sql
+from metering.ledger.reports import AggregateQuery, UsageReports, aggregate_sql
 from metering.ledger.store import new_event_id
 from metering.windows import WindowSize, windows
 
@@ -122,9 +122,9 @@ async def main(url: str, count: int) -> None:
         meter = load_catalog(None).meters["ai_tokens"]
         month = (START, START + timedelta(days=30))
         days = windows(*month, WindowSize.DAY, ZoneInfo("Europe/Berlin"))
-        statement, args = aggregate_sql(CUSTOMER, meter, days, group_by=["region"], limit=1001)
+        statement, args = aggregate_sql(AggregateQuery(CUSTOMER, meter, days, group_by=["region"], limit=1001))
         await explain(conn, "GetUsage: ai_tokens, 31 DAY windows (Europe/Berlin), group by region", statement, args)
-        statement, args = aggregate_sql(CUSTOMER, meter, [month])
+        statement, args = aggregate_sql(AggregateQuery(CUSTOMER, meter, [month]))
         await explain(conn, "GetUsage: ai_tokens, whole month, no windows", statement, args)
     reports = UsageReports(pool, acquire_timeout=10)
     started = time.perf_counter()

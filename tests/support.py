@@ -19,9 +19,9 @@ from typing import Any
 import asyncpg
 import grpc
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
+
+from metering.api.errors import read_details
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_CATALOG = ROOT / "tests" / "catalog.toml"
@@ -124,23 +124,8 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
 
 def error_details(error: grpc.RpcError) -> dict[str, Message]:
     """The google.rpc details of a failed call, by type name."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "the error carries no google.rpc.Status"
-    found: dict[str, Message] = {}
-    for detail in status.details:
-        for kind in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.QuotaFailure,
-            error_details_pb2.ResourceInfo,
-            error_details_pb2.PreconditionFailure,
-            error_details_pb2.RetryInfo,
-        ):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                found[kind.DESCRIPTOR.name] = message
-    assert isinstance(status, status_pb2.Status)
+    found = read_details(error)
+    assert found is not None, "the error carries no google.rpc.Status"
     return found
 
 

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from metering.catalog import CatalogError, load_catalog
 from metering.config import ConfigError, Settings
@@ -168,23 +166,11 @@ def _call(args: argparse.Namespace, method: str, request: Message) -> int:
 def _print_error(error: grpc.RpcError) -> None:
     assert isinstance(error, grpc.Call)
     print(f"{error.code().name}: {error.details()}", file=sys.stderr)
-    status = rpc_status.from_call(error)
-    if status is None:
-        return
-    for detail in status.details:
-        for kind in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.QuotaFailure,
-            error_details_pb2.ResourceInfo,
-            error_details_pb2.PreconditionFailure,
-            error_details_pb2.RetryInfo,
-        ):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                body = json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
-                print(f"  {kind.DESCRIPTOR.name}: {body}", file=sys.stderr)
+    from metering.api.errors import read_details
+
+    for name, message in (read_details(error) or {}).items():
+        body = json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
+        print(f"  {name}: {body}", file=sys.stderr)
 
 
 def _client_upsert_customer(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from metering.catalog import Catalog, Meter, Plan, Price
 from metering.decimals import ZERO
 from metering.engine import plan_named, require_customer, utc_now
 from metering.errors import FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
-from metering.ledger.reports import PropertyFilter, UsageCursor, UsageReports
+from metering.ledger.reports import AggregateQuery, PropertyFilter, UsageCursor, UsageReports
 from metering.ledger.store import Ledger, StoredEvent
 from metering.periods import Period, ResetPeriod, period_containing
 from metering.pricing import LineCharge, price_line
@@ -137,13 +137,15 @@ class Reporting:
             if query.cursor is not None and index == query.cursor.meter_index:
                 after = UsageCursor(query.cursor.window_index, query.cursor.groups)
             rows = await self._reports.aggregate(
-                query.customer_id,
-                meter,
-                meter_windows[index],
-                group_by=query.group_by,
-                filters=query.filters,
-                after=after,
-                limit=wanted - len(collected),
+                AggregateQuery(
+                    query.customer_id,
+                    meter,
+                    meter_windows[index],
+                    group_by=query.group_by,
+                    filters=query.filters,
+                    after=after,
+                    limit=wanted - len(collected),
+                )
             )
             for row in rows:
                 group_values = dict(zip(query.group_by, row.groups, strict=True)) if row.event_count else {}
@@ -201,7 +203,9 @@ class Reporting:
         own price always has a line and is the one its included units go to."""
         assert period.end is not None and plan.currency is not None
         terms = self._catalog.plan_meter(plan, meter)
-        rows = await self._reports.aggregate(customer_id, meter, [(period.start, period.end)], group_by_price=True)
+        rows = await self._reports.aggregate(
+            AggregateQuery(customer_id, meter, [(period.start, period.end)], group_by_price=True)
+        )
         quantities = {row.groups[0]: row.value for row in rows if row.event_count}
         price_slugs = [terms.price, *sorted(slug for slug in quantities if slug != terms.price)]
         lines = []

@@ -47,6 +47,32 @@ _RESOURCE_TYPES = {
 }
 
 
+# The detail types this service attaches, for clients that read them back.
+DETAIL_TYPES: tuple[type[Message], ...] = (
+    error_details_pb2.ErrorInfo,
+    error_details_pb2.BadRequest,
+    error_details_pb2.QuotaFailure,
+    error_details_pb2.ResourceInfo,
+    error_details_pb2.PreconditionFailure,
+    error_details_pb2.RetryInfo,
+)
+
+
+def read_details(error: grpc.RpcError) -> dict[str, Message] | None:
+    """The google.rpc details of a failed call, by type name; None without a Status."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    found: dict[str, Message] = {}
+    for detail in status.details:
+        for kind in DETAIL_TYPES:
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found[kind.DESCRIPTOR.name] = message
+    return found
+
+
 def reason_name(reason: int) -> str:
     """ErrorInfo.reason on the wire: the enum value name without its prefix."""
     return metering_service_pb2.ErrorReason.Name(reason).removeprefix("ERROR_REASON_")

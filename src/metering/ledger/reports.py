@@ -65,26 +65,32 @@ class Sql:
         return f"${len(self.args)}{cast}"
 
 
-def aggregate_sql(
-    customer_id: str,
-    meter: Meter,
-    windows: Sequence[Window],
-    *,
-    group_by: Sequence[str] = (),
-    group_by_price: bool = False,
-    filters: Sequence[PropertyFilter] = (),
-    after: UsageCursor | None = None,
-    limit: int | None = None,
-) -> tuple[str, list[Any]]:
+@dataclass(frozen=True, slots=True)
+class AggregateQuery:
+    """One meter's aggregate per window (and group) for one customer."""
+
+    customer_id: str
+    meter: Meter
+    windows: Sequence[Window]
+    group_by: Sequence[str] = ()
+    group_by_price: bool = False  # a leading group on the price each event was recorded with
+    filters: Sequence[PropertyFilter] = ()
+    after: UsageCursor | None = None  # keyset: only rows after this one
+    limit: int | None = None
+
+
+def aggregate_sql(query: AggregateQuery) -> tuple[str, list[Any]]:
     """The statement (and its arguments) that `UsageReports.aggregate` runs;
     separate so that benchmarks can EXPLAIN exactly what the service runs."""
+    customer_id, meter, windows = query.customer_id, query.meter, query.windows
+    group_by, filters, after = query.group_by, query.filters, query.after
     sql = Sql()
     customer = sql.param(customer_id)
     starts = sql.param([w[0] for w in windows], "::timestamptz[]")
     ends = sql.param([w[1] for w in windows], "::timestamptz[]")
     meter_param = sql.param(meter.slug)
     # Group values compare in byte order ("C") whatever the database's locale.
-    group_exprs = ["e.price_slug"] if group_by_price else []
+    group_exprs = ["e.price_slug"] if query.group_by_price else []
     group_exprs += [f"e.properties ->> {sql.param(key)}" for key in group_by]
     group_values = [f"coalesce({expr}, '') COLLATE \"C\"" for expr in group_exprs]
     value = _VALUE_SQL[meter.aggregation].format(
@@ -108,7 +114,7 @@ def aggregate_sql(
         key = ", ".join(["w.n", *group_values])  # HAVING cannot name output columns
         bound = ", ".join([sql.param(after.window_index), *(sql.param(g) for g in after.groups)])
         having = f"HAVING ({key}) > ({bound})"
-    limit_clause = f"LIMIT {sql.param(limit)}" if limit is not None else ""
+    limit_clause = f"LIMIT {sql.param(query.limit)}" if query.limit is not None else ""
     statement = f"""
         SELECT w.n, w.window_start, w.window_end{select_groups},
                coalesce({value}, 0) AS value, count(e.event_id) AS event_count
@@ -124,32 +130,12 @@ def aggregate_sql(
 
 
 class UsageReports(PoolUser):
-    async def aggregate(
-        self,
-        customer_id: str,
-        meter: Meter,
-        windows: Sequence[Window],
-        *,
-        group_by: Sequence[str] = (),
-        group_by_price: bool = False,
-        filters: Sequence[PropertyFilter] = (),
-        after: UsageCursor | None = None,
-        limit: int | None = None,
-    ) -> list[AggregateRow]:
+    async def aggregate(self, query: AggregateQuery) -> list[AggregateRow]:
         """The meter's aggregate per window and group, ordered by window then
         group values (byte order). Every window is present: an empty one as a
         single row with value 0, event count 0 and empty group values."""
-        statement, args = aggregate_sql(
-            customer_id,
-            meter,
-            windows,
-            group_by=group_by,
-            group_by_price=group_by_price,
-            filters=filters,
-            after=after,
-            limit=limit,
-        )
-        groups = len(group_by) + (1 if group_by_price else 0)
+        statement, args = aggregate_sql(query)
+        groups = len(query.group_by) + (1 if query.group_by_price else 0)
         async with translate_errors(), self._connection() as conn:
             rows = await conn.fetch(statement, *args)
         return [
