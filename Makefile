@@ -40,8 +40,9 @@ proto: $(STAMP)
 
 ## proto-check: fail if the committed generated code differs from a fresh generation
 proto-check: proto
-	git diff --exit-code --stat -- src/metering/v1
-	@test -z "$$(git status --porcelain -- src/metering/v1)" || (git status --porcelain -- src/metering/v1; exit 1)
+	git diff --exit-code --stat -- src/metering/v1 third_party/proto
+	@test -z "$$(git status --porcelain -- src/metering/v1 third_party/proto)" || \
+		(git status --porcelain -- src/metering/v1 third_party/proto; exit 1)
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
@@ -49,11 +50,9 @@ $(BUF):
 buf-lint: $(BUF)
 	$(BUF) lint
 
-## buf-breaking: compare the contract with BUF_AGAINST (default: the previous commit)
-BUF_AGAINST ?= .git\#ref=HEAD~1
+## buf-breaking: compare proto/ with proto/ of BUF_AGAINST_REF (default: the previous commit)
 buf-breaking: $(BUF)
-	@if git cat-file -e HEAD~1:proto 2>/dev/null; then $(BUF) breaking --against '$(BUF_AGAINST)'; \
-	else echo "buf breaking: no earlier contract to compare with"; fi
+	bash scripts/buf_breaking.sh $(BUF)
 
 ## ci: everything .ci/run checks
 ci:

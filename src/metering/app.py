@@ -27,6 +27,8 @@ from metering.catalog import Catalog, load_catalog
 from metering.config import Settings
 from metering.embedded import EmbeddedPostgres, start_embedded
 from metering.engine import MeteringEngine
+from metering.entitlements import Entitlements
+from metering.ledger.holds import Holds
 from metering.ledger.migrate import migrate
 from metering.ledger.pool import create_pool, is_unavailable
 from metering.ledger.reports import UsageReports
@@ -87,6 +89,7 @@ def build_server(
     catalog: Catalog,
     ledger: Ledger,
     reports: UsageReports,
+    holds: Holds,
     metrics: Metrics,
     health: DatabaseHealth,
 ) -> grpc.aio.Server:
@@ -99,7 +102,8 @@ def build_server(
     )
     engine = MeteringEngine(catalog, ledger)
     reporting = Reporting(catalog, ledger, reports)
-    servicer = MeteringServicer(engine, reporting, metrics, backfill_window=settings.backfill_window)
+    entitlements = Entitlements(catalog, ledger, holds)
+    servicer = MeteringServicer(engine, reporting, entitlements, metrics, backfill_window=settings.backfill_window)
     metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
     from grpc_health.v1 import health_pb2_grpc
 
@@ -143,9 +147,10 @@ async def _serve(settings: Settings, catalog: Catalog, database: Database, stop:
         acquire_timeout = settings.db_timeout.total_seconds()
         ledger = Ledger(pool, acquire_timeout=acquire_timeout)
         reports = UsageReports(pool, acquire_timeout=acquire_timeout)
+        holds = Holds(pool, acquire_timeout=acquire_timeout)
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
-        server = build_server(settings, catalog, ledger, reports, metrics, health)
+        server = build_server(settings, catalog, ledger, reports, holds, metrics, health)
         grpc_port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
         metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         await server.start()

@@ -1,8 +1,9 @@
-"""The domain: applies a customer's plan to validated commands.
+"""The domain of writing and checking usage: applies a customer's plan.
 
 Flow of RecordUsage: customer -> plan -> the plan's terms for the meter ->
-the period containing the event -> one ledger transaction that decides and
-writes. No gRPC here (see metering.api) and no SQL (see metering.ledger).
+the period containing the event -> one ledger transaction that adds grants
+and holds to the plan's limit, decides and writes. No gRPC here (see
+metering.api) and no SQL (see metering.ledger).
 """
 
 from __future__ import annotations
@@ -15,13 +16,22 @@ from decimal import Decimal
 from metering import limits
 from metering.catalog import Catalog, Meter, Plan, PlanMeter, Price
 from metering.decimals import ZERO
-from metering.errors import LimitExceeded, NotFound, PriceCurrencyMismatch
-from metering.ledger.store import CustomerRecord, Ledger, NewEvent, StoredEvent
-from metering.periods import Period, period_containing
+from metering.errors import LimitExceeded, NotFound, PeriodClosed, PriceCurrencyMismatch
+from metering.ledger.records import CounterReading, CustomerRecord, NewEvent, StoredEvent
+from metering.ledger.store import Ledger
+from metering.periods import Period, ResetPeriod, period_containing
+
+# Bills, and with them the closing of a period for voids, are monthly from the
+# customer's billing anchor.
+BILLING_PERIOD = ResetPeriod.MONTH
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def rfc3339(instant: datetime) -> str:
+    return instant.isoformat().replace("+00:00", "Z")
 
 
 async def require_customer(ledger: Ledger, customer_id: str) -> CustomerRecord:
@@ -37,6 +47,11 @@ def plan_named(catalog: Catalog, plan_slug: str) -> Plan:
         # The catalog lost a plan that customers are still on.
         raise NotFound("plan", plan_slug)
     return plan
+
+
+def plan_allowance(meter: Meter, terms: PlanMeter) -> limits.Allowance:
+    """The plan's part of the allowance; the ledger adds grants and holds."""
+    return limits.Allowance(meter.aggregation, terms.enforcement, terms.limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +102,22 @@ class BalanceReport:
     as_of: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class VoidResult:
+    event: StoredEvent
+    duplicate: bool
+    balance: MeterBalance
+
+
+def meter_balance(meter: Meter, terms: PlanMeter, period: Period, reading: CounterReading) -> MeterBalance:
+    """The balance of one meter from its counter, grants and holds."""
+    allowance = limits.Allowance(
+        meter.aggregation, terms.enforcement, terms.limit, granted=reading.granted, reserved=reading.reserved
+    )
+    figures = limits.balance_figures(allowance, reading.state.used, terms.approaching_threshold)
+    return MeterBalance(meter, terms, period, figures)
+
+
 class MeteringEngine:
     def __init__(self, catalog: Catalog, ledger: Ledger, *, clock: Callable[[], datetime] = utc_now) -> None:
         self.catalog = catalog
@@ -97,28 +128,27 @@ class MeteringEngine:
         return self._clock()
 
     async def record_usage(self, command: UsageCommand) -> RecordResult:
-        customer = await self._customer(command.customer_id)
-        plan = self._plan(customer)
+        customer = await require_customer(self.ledger, command.customer_id)
+        plan = plan_named(self.catalog, customer.plan_slug)
         terms = self.catalog.plan_meter(plan, command.meter)
         named = command.price
         if named is not None and named.currency is not None and named.currency != plan.currency:
             raise PriceCurrencyMismatch(named.slug, named.currency, plan.currency or "")
         event_time = command.event_time or self._clock()
         period = period_containing(event_time, customer.billing_anchor, terms.reset)
-        allowance = self._allowance(command.meter, terms)
         outcome = await self.ledger.record_usage(
             NewEvent(
                 customer_id=command.customer_id,
                 transaction_id=command.transaction_id,
                 meter_slug=command.meter.slug,
-                price_slug=command.price.slug if command.price else terms.price,
-                requested_price_slug=command.price.slug if command.price else None,
+                price_slug=named.slug if named else terms.price,
+                requested_price_slug=named.slug if named else None,
                 quantity=command.quantity,
                 event_time=event_time,
                 event_time_given=command.event_time is not None,
                 properties=command.properties,
             ),
-            allowance,
+            plan_allowance(command.meter, terms),
             period,
             unique_value=command.unique_value,
             allow_overage=command.allow_overage,
@@ -133,38 +163,62 @@ class MeteringEngine:
                 limit=terms.limit,
                 available=decision.available_before or ZERO,
                 requested=decision.cost,
-                period_end=period.end.isoformat().replace("+00:00", "Z") if period.end else "",
+                period_end=rfc3339(period.end) if period.end else "",
             )
         if outcome.duplicate:
             # The original event counted in the period of its own event time.
             period = period_containing(outcome.event.event_time, customer.billing_anchor, terms.reset)
-        balance = self._meter_balance(command.meter, terms, period, outcome.counter.used)
+        balance = meter_balance(command.meter, terms, period, outcome.reading)
         overage = decision.overage if decision is not None else ZERO
         return RecordResult(plan.slug, outcome.event, outcome.duplicate, balance, overage)
 
     async def check_balance(self, query: BalanceQuery) -> BalanceReport:
-        customer = await self._customer(query.customer_id)
-        plan = self._plan(customer)
+        customer = await require_customer(self.ledger, query.customer_id)
+        plan = plan_named(self.catalog, customer.plan_slug)
         now = self._clock()
         meters = [query.meter] if query.meter else [self.catalog.meters[slug] for slug in plan.meters]
         wanted = []
         for meter in meters:
             terms = self.catalog.plan_meter(plan, meter)
             wanted.append((meter, terms, period_containing(now, customer.billing_anchor, terms.reset)))
-        counters = await self.ledger.read_counters(
-            customer.customer_id, [(meter.slug, period.start) for meter, _, period in wanted]
+        readings = await self.ledger.read_counters(
+            customer.customer_id, [(meter.slug, period.start) for meter, _, period in wanted], now
         )
-        balances = []
-        for meter, terms, period in wanted:
-            used = counters.get((meter.slug, period.start), limits.CounterState()).used
-            balances.append(self._meter_balance(meter, terms, period, used))
+        balances = [
+            meter_balance(meter, terms, period, readings[(meter.slug, period.start)]) for meter, terms, period in wanted
+        ]
         requested_allowed = None
         if query.requested is not None and query.meter is not None:
-            only = balances[0]
-            requested_allowed = limits.requested_fits(
-                self._allowance(only.meter, only.terms), only.figures.used, query.requested
+            only, reading = balances[0], readings[(balances[0].meter.slug, balances[0].period.start)]
+            allowance = limits.Allowance(
+                only.meter.aggregation,
+                only.terms.enforcement,
+                only.terms.limit,
+                granted=reading.granted,
+                reserved=reading.reserved,
             )
+            requested_allowed = limits.requested_fits(allowance, reading.state.used, query.requested)
         return BalanceReport(customer.customer_id, plan.slug, balances, requested_allowed, now)
+
+    async def void_usage(self, customer_id: str, transaction_id: str, reason: str) -> VoidResult:
+        customer = await require_customer(self.ledger, customer_id)
+        event = await self.ledger.find_event(customer_id, transaction_id)
+        if event is None:
+            raise NotFound("event", transaction_id)
+        billing = period_containing(event.event_time, customer.billing_anchor, BILLING_PERIOD)
+        assert billing.end is not None
+        if event.void_time is None and billing.end <= self._clock():
+            raise PeriodClosed(transaction_id, rfc3339(billing.end))
+        plan = plan_named(self.catalog, customer.plan_slug)
+        meter = self.catalog.meters.get(event.meter_slug)
+        if meter is None:
+            raise NotFound("meter", event.meter_slug)
+        terms = self.catalog.plan_meter(plan, meter)
+        period = period_containing(event.event_time, customer.billing_anchor, terms.reset)
+        voided, duplicate, reading = await self.ledger.void_event(
+            event, meter, plan_allowance(meter, terms), period, reason
+        )
+        return VoidResult(voided, duplicate, meter_balance(meter, terms, period, reading))
 
     async def upsert_customer(
         self, customer_id: str, plan_slug: str, billing_anchor: datetime | None
@@ -174,22 +228,4 @@ class MeteringEngine:
         return await self.ledger.upsert_customer(customer_id, plan_slug, billing_anchor, self._clock())
 
     async def get_customer(self, customer_id: str) -> CustomerRecord:
-        return await self._customer(customer_id)
-
-    # -- helpers ----------------------------------------------------------------
-
-    async def _customer(self, customer_id: str) -> CustomerRecord:
         return await require_customer(self.ledger, customer_id)
-
-    def _plan(self, customer: CustomerRecord) -> Plan:
-        return plan_named(self.catalog, customer.plan_slug)
-
-    @staticmethod
-    def _allowance(meter: Meter, terms: PlanMeter) -> limits.Allowance:
-        # Grants and reservations arrive with the entitlements work; until then
-        # the allowance is the plan's limit alone.
-        return limits.Allowance(meter.aggregation, terms.enforcement, terms.limit)
-
-    def _meter_balance(self, meter: Meter, terms: PlanMeter, period: Period, used: Decimal) -> MeterBalance:
-        figures = limits.balance_figures(self._allowance(meter, terms), used, terms.approaching_threshold)
-        return MeterBalance(meter, terms, period, figures)

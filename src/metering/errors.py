@@ -99,3 +99,37 @@ class PriceCurrencyMismatch(MeteringError):
         self.price_currency = price_currency
         self.plan_currency = plan_currency
         super().__init__(f"price {price!r} bills in {price_currency}, the customer's plan in {plan_currency}")
+
+
+class IdempotencyKeyConflict(MeteringError):
+    """A grant or reservation id was used before with another payload (or, for a
+    reservation, by a usage event)."""
+
+    def __init__(self, kind: str, key: str, fields: list[str], *, used_by_event: bool = False) -> None:
+        self.kind = kind  # "grant" or "reservation"
+        self.key = key
+        self.fields = fields
+        self.used_by_event = used_by_event
+        if used_by_event:
+            message = f"{kind} id {key!r} is already the transaction id of a usage event"
+        else:
+            message = f"{kind} id {key!r} was already used with a different {', '.join(fields)}"
+        super().__init__(message)
+
+
+class ReservationStateError(MeteringError):
+    """The reservation cannot take this transition (released, expired, committed)."""
+
+    def __init__(self, reservation_id: str, status: str) -> None:
+        self.reservation_id = reservation_id
+        self.status = status
+        super().__init__(f"reservation {reservation_id!r} is {status}")
+
+
+class PeriodClosed(MeteringError):
+    """The event's billing period has ended: its bill is final."""
+
+    def __init__(self, transaction_id: str, period_end: str) -> None:
+        self.transaction_id = transaction_id
+        self.period_end = period_end
+        super().__init__(f"the event {transaction_id!r} belongs to a billing period that ended at {period_end}")

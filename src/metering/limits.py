@@ -17,6 +17,7 @@ decision and the write are one atomic step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -190,3 +191,19 @@ def _gauge_after(
     if aggregation is Aggregation.MAX:
         return max(state.used, value)
     return value if _is_newer(event_time, event_id, state) else state.used
+
+
+def grants_remaining(allowance: Allowance, used: Decimal, grants: Sequence[tuple[str, Decimal]]) -> dict[str, Decimal]:
+    """What is left of each active grant this period. Usage (plus holds, for
+    accumulating meters) beyond the plan's limit draws on the grants in the
+    order given (soonest-expiring first); an unlimited meter draws on none."""
+    if allowance.limit is None:
+        return {key: quantity for key, quantity in grants}
+    held = allowance.reserved if allowance.aggregation.accumulates else ZERO
+    overflow = max(ZERO, decimals.sub(decimals.add(used, held), allowance.limit))
+    remaining = {}
+    for key, quantity in grants:
+        drawn = min(quantity, overflow)
+        remaining[key] = decimals.sub(quantity, drawn)
+        overflow = decimals.sub(overflow, drawn)
+    return remaining

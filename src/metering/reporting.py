@@ -15,11 +15,12 @@ from zoneinfo import ZoneInfo
 from metering import decimals
 from metering.catalog import Catalog, Meter, Plan, Price
 from metering.decimals import ZERO
-from metering.engine import plan_named, require_customer, utc_now
+from metering.engine import BILLING_PERIOD, plan_named, require_customer, utc_now
 from metering.errors import FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
+from metering.ledger.records import StoredEvent
 from metering.ledger.reports import AggregateQuery, PropertyFilter, UsageCursor, UsageReports
-from metering.ledger.store import Ledger, StoredEvent
-from metering.periods import Period, ResetPeriod, period_containing
+from metering.ledger.store import Ledger
+from metering.periods import Period, period_containing
 from metering.pricing import LineCharge, price_line
 from metering.windows import TooManyWindowsError, Window, WindowSize, windows
 
@@ -97,10 +98,6 @@ class Bill:
     subtotal: Decimal
     credits: Decimal
     total: Decimal
-
-
-# Billing periods are monthly from the customer's billing anchor.
-BILLING_PERIOD = ResetPeriod.MONTH
 
 
 class Reporting:

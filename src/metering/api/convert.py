@@ -11,11 +11,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from metering.catalog import Aggregation, Enforcement, PricingModel
 from metering.decimals import format_decimal
 from metering.engine import BalanceReport, MeterBalance, RecordResult
-from metering.ledger.store import CustomerRecord, StoredEvent
+from metering.entitlements import GrantView, ReservationResult
+from metering.ledger.records import COMMITTED, EXPIRED, HELD, RELEASED, CustomerRecord, StoredEvent
 from metering.periods import ResetPeriod
 from metering.pricing import round_money
 from metering.reporting import Bill, BillLine, PageCursor, UsageRow
-from metering.v1 import billing_pb2, customer_pb2, usage_pb2
+from metering.v1 import billing_pb2, customer_pb2, grants_pb2, reservations_pb2, usage_pb2
 
 _AGGREGATIONS = {
     Aggregation.SUM: usage_pb2.AGGREGATION_SUM,
@@ -50,7 +51,7 @@ def timestamp(value: datetime) -> Timestamp:
 
 
 def usage_event(event: StoredEvent) -> usage_pb2.UsageEvent:
-    return usage_pb2.UsageEvent(
+    message = usage_pb2.UsageEvent(
         event_id=str(event.event_id),
         customer_id=event.customer_id,
         transaction_id=event.transaction_id,
@@ -61,6 +62,10 @@ def usage_event(event: StoredEvent) -> usage_pb2.UsageEvent:
         recorded_time=timestamp(event.recorded_at),
         properties=event.properties,
     )
+    if event.void_time is not None:
+        message.void_time.CopyFrom(timestamp(event.void_time))
+        message.void_reason = event.void_reason or ""
+    return message
 
 
 def balance(view: MeterBalance) -> usage_pb2.Balance:
@@ -190,4 +195,48 @@ def bill_line(line: BillLine, currency: str) -> billing_pb2.BillLine:
         message.unit_amount = format_decimal(price.unit_amount)
     if price.package_size is not None:
         message.package_size = format_decimal(price.package_size)
+    return message
+
+
+_RESERVATION_STATUSES = {
+    HELD: reservations_pb2.RESERVATION_STATUS_HELD,
+    COMMITTED: reservations_pb2.RESERVATION_STATUS_COMMITTED,
+    RELEASED: reservations_pb2.RESERVATION_STATUS_RELEASED,
+    EXPIRED: reservations_pb2.RESERVATION_STATUS_EXPIRED,
+}
+
+
+def reservation(result: ReservationResult) -> reservations_pb2.Reservation:
+    record = result.reservation
+    message = reservations_pb2.Reservation(
+        reservation_id=record.reservation_id,
+        customer_id=record.customer_id,
+        meter_slug=record.meter_slug,
+        quantity=format_decimal(record.quantity),
+        status=_RESERVATION_STATUSES[result.status],
+        create_time=timestamp(record.created_at),
+        expire_time=timestamp(record.expires_at),
+    )
+    if record.committed_quantity is not None:
+        message.committed_quantity = format_decimal(record.committed_quantity)
+    if record.event_id is not None:
+        message.event_id = str(record.event_id)
+    return message
+
+
+def grant(view: GrantView) -> grants_pb2.Grant:
+    record = view.grant
+    message = grants_pb2.Grant(
+        grant_id=record.grant_id,
+        customer_id=record.customer_id,
+        meter_slug=record.meter_slug,
+        quantity=format_decimal(record.quantity),
+        remaining_quantity=format_decimal(view.remaining),
+        effective_time=timestamp(record.effective_at),
+        active=view.active,
+        reason=record.reason,
+        create_time=timestamp(record.created_at),
+    )
+    if record.expires_at is not None:
+        message.expire_time.CopyFrom(timestamp(record.expires_at))
     return message

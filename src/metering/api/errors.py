@@ -21,11 +21,14 @@ from metering.decimals import format_decimal
 from metering.errors import (
     BillingAnchorImmutable,
     DatabaseUnavailable,
+    IdempotencyKeyConflict,
     InvalidArgument,
     InvalidPageToken,
     LimitExceeded,
     NotFound,
+    PeriodClosed,
     PriceCurrencyMismatch,
+    ReservationStateError,
     TransactionConflict,
 )
 from metering.v1 import metering_service_pb2
@@ -38,12 +41,21 @@ _NOT_FOUND_REASONS = {
     "meter": metering_service_pb2.ERROR_REASON_METER_NOT_FOUND,
     "price": metering_service_pb2.ERROR_REASON_PRICE_NOT_FOUND,
     "plan": metering_service_pb2.ERROR_REASON_PLAN_NOT_FOUND,
+    "reservation": metering_service_pb2.ERROR_REASON_RESERVATION_NOT_FOUND,
+    "event": metering_service_pb2.ERROR_REASON_EVENT_NOT_FOUND,
 }
 _RESOURCE_TYPES = {
     "customer": "metering.v1.Customer",
     "meter": "metering.v1.Meter",
     "price": "metering.v1.Price",
     "plan": "metering.v1.Plan",
+    "reservation": "metering.v1.Reservation",
+    "event": "metering.v1.UsageEvent",
+}
+_RESERVATION_REASONS = {
+    "expired": metering_service_pb2.ERROR_REASON_RESERVATION_EXPIRED,
+    "released": metering_service_pb2.ERROR_REASON_RESERVATION_RELEASED,
+    "committed": metering_service_pb2.ERROR_REASON_RESERVATION_COMMITTED,
 }
 
 
@@ -82,18 +94,27 @@ def _info(reason: int, **metadata: str) -> error_details_pb2.ErrorInfo:
     return error_details_pb2.ErrorInfo(reason=reason_name(reason), domain=DOMAIN, metadata=metadata)
 
 
-def _status(code: grpc.StatusCode, message: str, *details: Message) -> grpc.Status:
+def _status(code: grpc.StatusCode, message: str, *details: Message) -> status_pb2.Status:
     packed = []
     for detail in details:
         holder = any_pb2.Any()
         holder.Pack(detail)
         packed.append(holder)
-    proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
-    return rpc_status.to_status(proto)
+    return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
 
 
 def to_status(exc: BaseException) -> grpc.Status:
-    """The gRPC status (with details) that answers `exc`."""
+    """The gRPC status (with details in the trailer) that answers `exc`."""
+    return rpc_status.to_status(to_rpc_status(exc))
+
+
+def ok_status() -> status_pb2.Status:
+    return status_pb2.Status(code=code_pb2.OK)
+
+
+def to_rpc_status(exc: BaseException) -> status_pb2.Status:
+    """The google.rpc.Status that answers `exc`: sent as a call's status, or
+    inside a batch or stream result."""
     if isinstance(exc, InvalidArgument):
         reason = (
             metering_service_pb2.ERROR_REASON_INVALID_PAGE_TOKEN
@@ -160,6 +181,31 @@ def to_status(exc: BaseException) -> grpc.Status:
                         type="BILLING_ANCHOR_IMMUTABLE", subject=f"customer:{exc.customer_id}", description=str(exc)
                     )
                 ]
+            ),
+        )
+    if isinstance(exc, IdempotencyKeyConflict):
+        return _status(
+            grpc.StatusCode.ALREADY_EXISTS,
+            str(exc),
+            _info(
+                metering_service_pb2.ERROR_REASON_IDEMPOTENCY_KEY_CONFLICT,
+                **{f"{exc.kind}_id": exc.key, "conflicting_fields": ",".join(exc.fields)},
+            ),
+        )
+    if isinstance(exc, ReservationStateError):
+        return _status(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            str(exc),
+            _info(_RESERVATION_REASONS[exc.status], reservation_id=exc.reservation_id, status=exc.status),
+        )
+    if isinstance(exc, PeriodClosed):
+        return _status(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            str(exc),
+            _info(
+                metering_service_pb2.ERROR_REASON_PERIOD_CLOSED,
+                transaction_id=exc.transaction_id,
+                period_end=exc.period_end,
             ),
         )
     if isinstance(exc, PriceCurrencyMismatch):

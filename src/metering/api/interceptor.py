@@ -31,19 +31,28 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
         handler = await continuation(handler_call_details)
-        # Streaming handlers (reflection, health Watch) pass through untouched.
-        if handler is None or handler.unary_unary is None:
-            return handler
         method = handler_call_details.method  # "/package.Service/Method": bounded by the API
-        return grpc.unary_unary_rpc_method_handler(
-            self._observe(method, cast(Behavior, handler.unary_unary)),  # async under grpc.aio
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        # Calls with one response are observed; server-streaming ones
+        # (reflection, health Watch) pass through untouched.
+        if handler is not None and handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._observe(method, cast(Behavior, handler.unary_unary)),  # async under grpc.aio
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler is not None and handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._observe(method, cast(Behavior, handler.stream_unary)),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
 
     def _observe(self, method: str, behavior: Behavior) -> Behavior:
         metrics = self._metrics
 
+        # `request` is the request message, or the request iterator of a
+        # client-streaming call.
         async def observed(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK

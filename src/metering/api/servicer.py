@@ -6,66 +6,160 @@ ledger; failures are mapped to statuses by the interceptor (api.errors).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any, TypeAlias
 
 import grpc
+from google.rpc import code_pb2
 
 from metering import metrics as m
 from metering.api import convert, validation
+from metering.api.errors import ok_status, to_rpc_status
 from metering.api.paging import encode_token
 from metering.decimals import ZERO
-from metering.engine import MeteringEngine, UsageCommand
+from metering.engine import MeteringEngine
+from metering.entitlements import Entitlements
 from metering.errors import LimitExceeded, TransactionConflict
 from metering.reporting import Reporting
-from metering.v1 import billing_pb2, customer_pb2, events_pb2, metering_service_pb2_grpc, usage_pb2
+from metering.v1 import (
+    billing_pb2,
+    customer_pb2,
+    events_pb2,
+    grants_pb2,
+    ingest_pb2,
+    metering_service_pb2_grpc,
+    reservations_pb2,
+    usage_pb2,
+)
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     def __init__(
-        self, engine: MeteringEngine, reporting: Reporting, metrics: m.Metrics, *, backfill_window: timedelta
+        self,
+        engine: MeteringEngine,
+        reporting: Reporting,
+        entitlements: Entitlements,
+        metrics: m.Metrics,
+        *,
+        backfill_window: timedelta,
     ) -> None:
         self._engine = engine
+        self._catalog = engine.catalog
         self._reporting = reporting
+        self._entitlements = entitlements
         self._metrics = metrics
         self._backfill_window = backfill_window
 
     async def RecordUsage(  # noqa: N802 - gRPC method name
         self, request: usage_pb2.RecordUsageRequest, context: Context
     ) -> usage_pb2.RecordUsageResponse:
-        command = validation.record_usage(
-            request, self._engine.catalog, now=self._engine.now(), backfill_window=self._backfill_window
+        return await self._record(request)
+
+    async def RecordUsageBatch(  # noqa: N802
+        self, request: ingest_pb2.RecordUsageBatchRequest, context: Context
+    ) -> ingest_pb2.RecordUsageBatchResponse:
+        validation.batch_size(len(request.events))
+        # In order, one after the other: a repeated transaction id in one batch
+        # behaves exactly as two RecordUsage calls.
+        results = [await self._result(index, event) for index, event in enumerate(request.events)]
+        return ingest_pb2.RecordUsageBatchResponse(results=results)
+
+    async def RecordUsageStream(  # noqa: N802
+        self, request_iterator: AsyncIterator[ingest_pb2.RecordUsageStreamRequest], context: Context
+    ) -> ingest_pb2.RecordUsageStreamResponse:
+        response = ingest_pb2.RecordUsageStreamResponse()
+        index = 0
+        async for message in request_iterator:
+            validation.batch_size(len(message.events))
+            for event in message.events:
+                result = await self._result(index, event)
+                index += 1
+                if result.status.code != code_pb2.OK:
+                    response.failed_count += 1
+                    response.failures.append(result)
+                elif result.response.duplicate:
+                    response.duplicate_count += 1
+                else:
+                    response.recorded_count += 1
+        return response
+
+    async def VoidUsage(  # noqa: N802
+        self, request: events_pb2.VoidUsageRequest, context: Context
+    ) -> events_pb2.VoidUsageResponse:
+        customer_id, transaction_id, reason = validation.void_usage(request)
+        result = await self._engine.void_usage(customer_id, transaction_id, reason)
+        return events_pb2.VoidUsageResponse(
+            event=convert.usage_event(result.event),
+            duplicate=result.duplicate,
+            balance=convert.balance(result.balance),
         )
+
+    async def GrantCredits(  # noqa: N802
+        self, request: grants_pb2.GrantCreditsRequest, context: Context
+    ) -> grants_pb2.GrantCreditsResponse:
+        view, duplicate = await self._entitlements.grant_credits(validation.grant_credits(request, self._catalog))
+        return grants_pb2.GrantCreditsResponse(grant=convert.grant(view), duplicate=duplicate)
+
+    async def ListGrants(  # noqa: N802
+        self, request: grants_pb2.ListGrantsRequest, context: Context
+    ) -> grants_pb2.ListGrantsResponse:
+        customer_id, meter, include_expired = validation.list_grants(request, self._catalog)
+        views = await self._entitlements.list_grants(customer_id, meter, include_expired=include_expired)
+        return grants_pb2.ListGrantsResponse(grants=[convert.grant(view) for view in views])
+
+    async def ReserveUsage(  # noqa: N802
+        self, request: reservations_pb2.ReserveUsageRequest, context: Context
+    ) -> reservations_pb2.ReserveUsageResponse:
+        command = validation.reserve_usage(request, self._catalog)
         try:
-            result = await self._engine.record_usage(command)
-        except TransactionConflict:
-            self._count_event(command, m.PAYLOAD_CONFLICT)
-            raise
+            result = await self._entitlements.reserve(command)
         except LimitExceeded as exc:
-            self._count_event(command, m.REJECTED)
             self._metrics.limit_rejections.labels(exc.meter, exc.plan).inc()
             raise
-        if result.duplicate:
-            self._count_event(command, m.DUPLICATE)
-        else:
-            self._count_event(command, m.RECORDED)
-            self._metrics.quantity.labels(command.meter.slug).inc(float(result.event.quantity))
-            if result.overage > ZERO:
-                self._metrics.overage.labels(command.meter.slug, result.plan_slug).inc(float(result.overage))
-        return convert.record_usage_response(result)
+        return reservations_pb2.ReserveUsageResponse(
+            reservation=convert.reservation(result),
+            duplicate=result.duplicate,
+            balance=convert.balance(result.balance),
+        )
+
+    async def CommitReservation(  # noqa: N802
+        self, request: reservations_pb2.CommitReservationRequest, context: Context
+    ) -> reservations_pb2.CommitReservationResponse:
+        result = await self._entitlements.commit(validation.commit_reservation(request))
+        assert result.event is not None
+        meter = result.reservation.meter_slug
+        self._metrics.events.labels(meter, m.DUPLICATE if result.duplicate else m.RECORDED).inc()
+        if not result.duplicate:
+            self._metrics.quantity.labels(meter).inc(float(result.event.quantity))
+        return reservations_pb2.CommitReservationResponse(
+            event=convert.usage_event(result.event),
+            reservation=convert.reservation(result),
+            duplicate=result.duplicate,
+            balance=convert.balance(result.balance),
+        )
+
+    async def ReleaseReservation(  # noqa: N802
+        self, request: reservations_pb2.ReleaseReservationRequest, context: Context
+    ) -> reservations_pb2.ReleaseReservationResponse:
+        customer_id, reservation_id = validation.release_reservation(request)
+        result = await self._entitlements.release(customer_id, reservation_id)
+        return reservations_pb2.ReleaseReservationResponse(
+            reservation=convert.reservation(result), balance=convert.balance(result.balance)
+        )
 
     async def CheckBalance(  # noqa: N802
         self, request: usage_pb2.CheckBalanceRequest, context: Context
     ) -> usage_pb2.CheckBalanceResponse:
-        query = validation.check_balance(request, self._engine.catalog)
+        query = validation.check_balance(request, self._catalog)
         return convert.check_balance_response(await self._engine.check_balance(query))
 
     async def GetUsage(  # noqa: N802
         self, request: usage_pb2.GetUsageRequest, context: Context
     ) -> usage_pb2.GetUsageResponse:
-        page = await self._reporting.get_usage(validation.get_usage(request, self._engine.catalog))
+        page = await self._reporting.get_usage(validation.get_usage(request, self._catalog))
         response = usage_pb2.GetUsageResponse(rows=[convert.usage_row(row) for row in page.rows])
         if page.next_cursor is not None:
             response.next_page_token = encode_token(request, convert.usage_cursor(page.next_cursor))
@@ -74,7 +168,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def ListUsageEvents(  # noqa: N802
         self, request: events_pb2.ListUsageEventsRequest, context: Context
     ) -> events_pb2.ListUsageEventsResponse:
-        page = await self._reporting.list_events(validation.list_usage_events(request, self._engine.catalog))
+        page = await self._reporting.list_events(validation.list_usage_events(request, self._catalog))
         response = events_pb2.ListUsageEventsResponse(events=[convert.usage_event(e) for e in page.events])
         if page.next_before is not None:
             response.next_page_token = encode_token(request, convert.events_cursor(page.next_before))
@@ -101,5 +195,35 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         record = await self._engine.get_customer(validation.customer_id(request.customer_id))
         return customer_pb2.GetCustomerResponse(customer=convert.customer(record))
 
-    def _count_event(self, command: UsageCommand, outcome: str) -> None:
-        self._metrics.events.labels(command.meter.slug, outcome).inc()
+    async def _record(self, request: usage_pb2.RecordUsageRequest) -> usage_pb2.RecordUsageResponse:
+        """One event, as RecordUsage answers it (raises the refusal)."""
+        command = validation.record_usage(
+            request, self._catalog, now=self._engine.now(), backfill_window=self._backfill_window
+        )
+        meter = command.meter.slug
+        try:
+            result = await self._engine.record_usage(command)
+        except TransactionConflict:
+            self._metrics.events.labels(meter, m.PAYLOAD_CONFLICT).inc()
+            raise
+        except LimitExceeded as exc:
+            self._metrics.events.labels(meter, m.REJECTED).inc()
+            self._metrics.limit_rejections.labels(exc.meter, exc.plan).inc()
+            raise
+        if result.duplicate:
+            self._metrics.events.labels(meter, m.DUPLICATE).inc()
+        else:
+            self._metrics.events.labels(meter, m.RECORDED).inc()
+            self._metrics.quantity.labels(meter).inc(float(result.event.quantity))
+            if result.overage > ZERO:
+                self._metrics.overage.labels(meter, result.plan_slug).inc(float(result.overage))
+        return convert.record_usage_response(result)
+
+    async def _result(self, index: int, request: usage_pb2.RecordUsageRequest) -> ingest_pb2.RecordUsageResult:
+        """One event of a batch or stream: its refusal becomes its own status,
+        never the call's, so one bad event does not fail the others."""
+        try:
+            response = await self._record(request)
+        except Exception as exc:
+            return ingest_pb2.RecordUsageResult(index=index, status=to_rpc_status(exc))
+        return ingest_pb2.RecordUsageResult(index=index, status=ok_status(), response=response)

@@ -21,10 +21,11 @@ from metering.api.paging import decode_token
 from metering.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catalog, Meter, Price
 from metering.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.engine import BalanceQuery, UsageCommand
+from metering.entitlements import CommitCommand, GrantCommand, ReserveCommand
 from metering.errors import FieldViolation, InvalidArgument, InvalidPageToken, NotFound
 from metering.ledger.reports import PropertyFilter
 from metering.reporting import EventsQuery, PageCursor, UsageQuery
-from metering.v1 import billing_pb2, customer_pb2, events_pb2, usage_pb2
+from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, reservations_pb2, usage_pb2
 from metering.windows import WindowSize
 
 MAX_ID_LENGTH = 128
@@ -37,6 +38,10 @@ MAX_FILTERS = 10
 MAX_FILTER_VALUES = 100
 USAGE_PAGE_SIZE = (1000, 10_000)  # default, maximum
 EVENTS_PAGE_SIZE = (100, 1000)
+MAX_BATCH_EVENTS = 1000
+MAX_REASON_LENGTH = 256
+DEFAULT_RESERVATION_TTL = timedelta(minutes=5)
+RESERVATION_TTL_RANGE = (timedelta(seconds=1), timedelta(hours=24))
 _WINDOW_SIZES = {
     usage_pb2.WINDOW_SIZE_UNSPECIFIED: WindowSize.NONE,
     usage_pb2.WINDOW_SIZE_HOUR: WindowSize.HOUR,
@@ -384,6 +389,122 @@ def _aware(text: str) -> datetime:
     if value.tzinfo is None:
         raise ValueError("naive time in a page token")
     return value
+
+
+def batch_size(count: int, field: str = "events") -> None:
+    """A batch (or one stream message) carries at most MAX_BATCH_EVENTS events."""
+    if count > MAX_BATCH_EVENTS:
+        raise InvalidArgument([FieldViolation(field, f"at most {MAX_BATCH_EVENTS} events per call (got {count})")])
+
+
+def _positive(violations: _Violations, name: str, value: str) -> Decimal | None:
+    if not value:
+        violations.add(name, "required")
+        return None
+    quantity = _quantity(violations, name, value)
+    if quantity is not None and quantity == 0:
+        violations.add(name, "must be greater than 0")
+    return quantity
+
+
+def _reason(violations: _Violations, name: str, value: str, *, required: bool) -> None:
+    if required and not value:
+        violations.add(name, "required")
+    elif len(value) > MAX_REASON_LENGTH:
+        violations.add(name, f"at most {MAX_REASON_LENGTH} characters")
+    elif "\x00" in value:
+        violations.add(name, "must not contain NUL characters")
+
+
+def grant_credits(request: grants_pb2.GrantCreditsRequest, catalog: Catalog) -> GrantCommand:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    _identifier(violations, "grant_id", request.grant_id)
+    _slug(violations, "meter_slug", request.meter_slug)
+    quantity = _positive(violations, "quantity", request.quantity)
+    effective = expires = None
+    if request.HasField("effective_time"):
+        effective = _timestamp(violations, "effective_time", request.effective_time)
+    if request.HasField("expire_time"):
+        expires = _timestamp(violations, "expire_time", request.expire_time)
+        if request.expire_at_period_end:
+            violations.add("expire_time", "set at most one of expire_time and expire_at_period_end")
+    _reason(violations, "reason", request.reason, required=False)
+    violations.raise_if_any()
+    assert quantity is not None
+    return GrantCommand(
+        customer_id=request.customer_id,
+        meter=_meter(catalog, request.meter_slug),
+        quantity=quantity,
+        grant_id=request.grant_id,
+        effective_time=effective,
+        expire_time=expires,
+        expire_at_period_end=request.expire_at_period_end,
+        reason=request.reason,
+    )
+
+
+def list_grants(request: grants_pb2.ListGrantsRequest, catalog: Catalog) -> tuple[str, Meter | None, bool]:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    if request.meter_slug:
+        _slug(violations, "meter_slug", request.meter_slug)
+    violations.raise_if_any()
+    meter = _meter(catalog, request.meter_slug) if request.meter_slug else None
+    return request.customer_id, meter, request.include_expired
+
+
+def reserve_usage(request: reservations_pb2.ReserveUsageRequest, catalog: Catalog) -> ReserveCommand:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    _identifier(violations, "reservation_id", request.reservation_id)
+    _slug(violations, "meter_slug", request.meter_slug)
+    quantity = _positive(violations, "quantity", request.quantity)
+    ttl = DEFAULT_RESERVATION_TTL
+    if request.HasField("ttl"):
+        shortest, longest = RESERVATION_TTL_RANGE
+        if not 0 <= request.ttl.nanos < 1_000_000_000:
+            violations.add("ttl", "not a valid duration")
+        else:
+            ttl = request.ttl.ToTimedelta()
+            if not shortest <= ttl <= longest:
+                violations.add("ttl", "from 1 second to 24 hours")
+    violations.raise_if_any()
+    meter = _meter(catalog, request.meter_slug)
+    if meter.aggregation is not Aggregation.SUM:
+        kind = meter.aggregation.value
+        violations.add("meter_slug", f"reservations hold quantities of sum meters; {meter.slug!r} is {kind}")
+    violations.raise_if_any()
+    assert quantity is not None
+    return ReserveCommand(request.customer_id, meter, quantity, request.reservation_id, ttl)
+
+
+def commit_reservation(request: reservations_pb2.CommitReservationRequest) -> CommitCommand:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    _identifier(violations, "reservation_id", request.reservation_id)
+    quantity = _quantity(violations, "quantity", request.quantity) if request.quantity else None
+    properties = dict(request.properties)
+    _properties(violations, properties)
+    violations.raise_if_any()
+    return CommitCommand(request.customer_id, request.reservation_id, quantity, properties)
+
+
+def release_reservation(request: reservations_pb2.ReleaseReservationRequest) -> tuple[str, str]:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    _identifier(violations, "reservation_id", request.reservation_id)
+    violations.raise_if_any()
+    return request.customer_id, request.reservation_id
+
+
+def void_usage(request: events_pb2.VoidUsageRequest) -> tuple[str, str, str]:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    _identifier(violations, "transaction_id", request.transaction_id)
+    _reason(violations, "reason", request.reason, required=True)
+    violations.raise_if_any()
+    return request.customer_id, request.transaction_id, request.reason
 
 
 def _minutes(delta: timedelta) -> int:

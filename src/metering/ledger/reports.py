@@ -14,21 +14,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from metering.catalog import Aggregation, Meter
+from metering.catalog import Meter
 from metering.ledger.pool import PoolUser, translate_errors
-from metering.ledger.store import EVENT_COLUMNS, StoredEvent, stored_event
+from metering.ledger.records import StoredEvent
+from metering.ledger.sql import EVENT_FROM, EVENT_SELECT, NOT_VOIDED, VALUE_SQL, Sql, stored_event
 from metering.windows import Window
-
-# Value of one group of events, per aggregation. LATEST breaks ties on event
-# time by event id (time-ordered: the event recorded last wins), as the
-# counters do.
-_VALUE_SQL = {
-    Aggregation.SUM: "sum(e.quantity)",
-    Aggregation.COUNT: "count(e.event_id)::numeric",
-    Aggregation.MAX: "max(e.quantity)",
-    Aggregation.UNIQUE_COUNT: "count(DISTINCT e.properties ->> {unique})::numeric",
-    Aggregation.LATEST: "(array_agg(e.quantity ORDER BY e.event_time DESC, e.event_id DESC))[1]",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +42,6 @@ class AggregateRow:
     groups: tuple[str, ...]  # group values ("" when the property is absent)
     value: Decimal
     event_count: int
-
-
-class Sql:
-    """Builds a statement with numbered parameters; values never enter the text."""
-
-    def __init__(self) -> None:
-        self.args: list[Any] = []
-
-    def param(self, value: Any, cast: str = "") -> str:
-        self.args.append(value)
-        return f"${len(self.args)}{cast}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +72,7 @@ def aggregate_sql(query: AggregateQuery) -> tuple[str, list[Any]]:
     group_exprs = ["e.price_slug"] if query.group_by_price else []
     group_exprs += [f"e.properties ->> {sql.param(key)}" for key in group_by]
     group_values = [f"coalesce({expr}, '') COLLATE \"C\"" for expr in group_exprs]
-    value = _VALUE_SQL[meter.aggregation].format(
+    value = VALUE_SQL[meter.aggregation].format(
         unique=sql.param(meter.unique_property) if meter.unique_property else "NULL"
     )
     conditions = [
@@ -105,6 +84,7 @@ def aggregate_sql(query: AggregateQuery) -> tuple[str, list[Any]]:
     conditions += [
         f"e.properties ->> {sql.param(f.key)} = ANY({sql.param(list(f.values), '::text[]')})" for f in filters
     ]
+    conditions.append(NOT_VOIDED)
     groups = [f"g{i}" for i in range(len(group_values))]
     select_groups = "".join(f", {v} AS {name}" for v, name in zip(group_values, groups, strict=True))
     group_clause = "".join(f", {name}" for name in groups)
@@ -119,7 +99,7 @@ def aggregate_sql(query: AggregateQuery) -> tuple[str, list[Any]]:
         SELECT w.n, w.window_start, w.window_end{select_groups},
                coalesce({value}, 0) AS value, count(e.event_id) AS event_count
           FROM unnest({starts}, {ends}) WITH ORDINALITY AS w (window_start, window_end, n)
-          LEFT JOIN usage_events e ON {" AND ".join(conditions)}
+          LEFT JOIN LATERAL (SELECT * FROM usage_events e WHERE {" AND ".join(conditions)}) e ON true
           {where}
          GROUP BY w.n, w.window_start, w.window_end{group_clause}
          {having}
@@ -152,8 +132,9 @@ class UsageReports(PoolUser):
     async def meters_with_usage(self, customer_id: str, start: datetime, end: datetime) -> list[str]:
         async with translate_errors(), self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT DISTINCT meter_slug FROM usage_events "
-                "WHERE customer_id = $1 AND event_time >= $2 AND event_time < $3 ORDER BY meter_slug",
+                "SELECT DISTINCT e.meter_slug FROM usage_events e "
+                f"WHERE e.customer_id = $1 AND e.event_time >= $2 AND e.event_time < $3 AND {NOT_VOIDED} "
+                "ORDER BY e.meter_slug",
                 customer_id,
                 start,
                 end,
@@ -172,18 +153,19 @@ class UsageReports(PoolUser):
     ) -> list[StoredEvent]:
         """Events newest first by (event_time, event_id), strictly before `before`."""
         sql = Sql()
-        conditions = [f"customer_id = {sql.param(customer_id)}"]
+        conditions = [f"e.customer_id = {sql.param(customer_id)}"]
         if meter_slug:
-            conditions.append(f"meter_slug = {sql.param(meter_slug)}")
+            conditions.append(f"e.meter_slug = {sql.param(meter_slug)}")
         if start is not None:
-            conditions.append(f"event_time >= {sql.param(start)}")
+            conditions.append(f"e.event_time >= {sql.param(start)}")
         if end is not None:
-            conditions.append(f"event_time < {sql.param(end)}")
+            conditions.append(f"e.event_time < {sql.param(end)}")
         if before is not None:
-            conditions.append(f"(event_time, event_id) < ({sql.param(before[0])}, {sql.param(before[1], '::uuid')})")
+            bound = f"({sql.param(before[0])}, {sql.param(before[1], '::uuid')})"
+            conditions.append(f"(e.event_time, e.event_id) < {bound}")
         statement = (
-            f"SELECT {EVENT_COLUMNS} FROM usage_events WHERE {' AND '.join(conditions)} "
-            f"ORDER BY event_time DESC, event_id DESC LIMIT {sql.param(limit)}"
+            f"SELECT {EVENT_SELECT} FROM {EVENT_FROM} WHERE {' AND '.join(conditions)} "
+            f"ORDER BY e.event_time DESC, e.event_id DESC LIMIT {sql.param(limit)}"
         )
         async with translate_errors(), self._connection() as conn:
             rows = await conn.fetch(statement, *sql.args)

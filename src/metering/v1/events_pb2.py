@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from metering.v1 import usage_pb2 as metering_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18metering/v1/events.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17metering/v1/usage.proto\"\xc6\x01\n\x16ListUsageEventsRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x12\n\nmeter_slug\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"[\n\x17ListUsageEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.metering.v1.UsageEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18metering/v1/events.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17metering/v1/usage.proto\"\xc6\x01\n\x16ListUsageEventsRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x12\n\nmeter_slug\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"[\n\x17ListUsageEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.metering.v1.UsageEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x10VoidUsageRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"u\n\x11VoidUsageResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.metering.v1.UsageEvent\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12%\n\x07\x62\x61lance\x18\x03 \x01(\x0b\x32\x14.metering.v1.Balanceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,4 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTUSAGEEVENTSREQUEST']._serialized_end=298
   _globals['_LISTUSAGEEVENTSRESPONSE']._serialized_start=300
   _globals['_LISTUSAGEEVENTSRESPONSE']._serialized_end=391
+  _globals['_VOIDUSAGEREQUEST']._serialized_start=393
+  _globals['_VOIDUSAGEREQUEST']._serialized_end=472
+  _globals['_VOIDUSAGERESPONSE']._serialized_start=474
+  _globals['_VOIDUSAGERESPONSE']._serialized_end=591
 # @@protoc_insertion_point(module_scope)

@@ -33,3 +33,23 @@ class ListUsageEventsResponse(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[_usage_pb2.UsageEvent]
     next_page_token: str
     def __init__(self, events: _Optional[_Iterable[_Union[_usage_pb2.UsageEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class VoidUsageRequest(_message.Message):
+    __slots__ = ("customer_id", "transaction_id", "reason")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    transaction_id: str
+    reason: str
+    def __init__(self, customer_id: _Optional[str] = ..., transaction_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class VoidUsageResponse(_message.Message):
+    __slots__ = ("event", "duplicate", "balance")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    event: _usage_pb2.UsageEvent
+    duplicate: bool
+    balance: _usage_pb2.Balance
+    def __init__(self, event: _Optional[_Union[_usage_pb2.UsageEvent, _Mapping]] = ..., duplicate: _Optional[bool] = ..., balance: _Optional[_Union[_usage_pb2.Balance, _Mapping]] = ...) -> None: ...

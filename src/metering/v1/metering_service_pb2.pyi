@@ -1,6 +1,9 @@
 from metering.v1 import billing_pb2 as _billing_pb2
 from metering.v1 import customer_pb2 as _customer_pb2
 from metering.v1 import events_pb2 as _events_pb2
+from metering.v1 import grants_pb2 as _grants_pb2
+from metering.v1 import ingest_pb2 as _ingest_pb2
+from metering.v1 import reservations_pb2 as _reservations_pb2
 from metering.v1 import usage_pb2 as _usage_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -23,6 +26,13 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
     ERROR_REASON_PRICE_CURRENCY_MISMATCH: _ClassVar[ErrorReason]
     ERROR_REASON_INVALID_PAGE_TOKEN: _ClassVar[ErrorReason]
+    ERROR_REASON_IDEMPOTENCY_KEY_CONFLICT: _ClassVar[ErrorReason]
+    ERROR_REASON_RESERVATION_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_RESERVATION_EXPIRED: _ClassVar[ErrorReason]
+    ERROR_REASON_RESERVATION_RELEASED: _ClassVar[ErrorReason]
+    ERROR_REASON_RESERVATION_COMMITTED: _ClassVar[ErrorReason]
+    ERROR_REASON_EVENT_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_PERIOD_CLOSED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_ARGUMENT: ErrorReason
 ERROR_REASON_CUSTOMER_NOT_FOUND: ErrorReason
@@ -36,3 +46,10 @@ ERROR_REASON_DATABASE_UNAVAILABLE: ErrorReason
 ERROR_REASON_INTERNAL: ErrorReason
 ERROR_REASON_PRICE_CURRENCY_MISMATCH: ErrorReason
 ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason
+ERROR_REASON_IDEMPOTENCY_KEY_CONFLICT: ErrorReason
+ERROR_REASON_RESERVATION_NOT_FOUND: ErrorReason
+ERROR_REASON_RESERVATION_EXPIRED: ErrorReason
+ERROR_REASON_RESERVATION_RELEASED: ErrorReason
+ERROR_REASON_RESERVATION_COMMITTED: ErrorReason
+ERROR_REASON_EVENT_NOT_FOUND: ErrorReason
+ERROR_REASON_PERIOD_CLOSED: ErrorReason

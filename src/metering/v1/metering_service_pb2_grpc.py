@@ -6,6 +6,9 @@ import warnings
 from metering.v1 import billing_pb2 as metering_dot_v1_dot_billing__pb2
 from metering.v1 import customer_pb2 as metering_dot_v1_dot_customer__pb2
 from metering.v1 import events_pb2 as metering_dot_v1_dot_events__pb2
+from metering.v1 import grants_pb2 as metering_dot_v1_dot_grants__pb2
+from metering.v1 import ingest_pb2 as metering_dot_v1_dot_ingest__pb2
+from metering.v1 import reservations_pb2 as metering_dot_v1_dot_reservations__pb2
 from metering.v1 import usage_pb2 as metering_dot_v1_dot_usage__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -79,6 +82,46 @@ class MeteringServiceStub:
                 '/metering.v1.MeteringService/RecordUsage',
                 request_serializer=metering_dot_v1_dot_usage__pb2.RecordUsageRequest.SerializeToString,
                 response_deserializer=metering_dot_v1_dot_usage__pb2.RecordUsageResponse.FromString,
+                _registered_method=True)
+        self.RecordUsageBatch = channel.unary_unary(
+                '/metering.v1.MeteringService/RecordUsageBatch',
+                request_serializer=metering_dot_v1_dot_ingest__pb2.RecordUsageBatchRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_ingest__pb2.RecordUsageBatchResponse.FromString,
+                _registered_method=True)
+        self.RecordUsageStream = channel.stream_unary(
+                '/metering.v1.MeteringService/RecordUsageStream',
+                request_serializer=metering_dot_v1_dot_ingest__pb2.RecordUsageStreamRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_ingest__pb2.RecordUsageStreamResponse.FromString,
+                _registered_method=True)
+        self.VoidUsage = channel.unary_unary(
+                '/metering.v1.MeteringService/VoidUsage',
+                request_serializer=metering_dot_v1_dot_events__pb2.VoidUsageRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_events__pb2.VoidUsageResponse.FromString,
+                _registered_method=True)
+        self.GrantCredits = channel.unary_unary(
+                '/metering.v1.MeteringService/GrantCredits',
+                request_serializer=metering_dot_v1_dot_grants__pb2.GrantCreditsRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_grants__pb2.GrantCreditsResponse.FromString,
+                _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/metering.v1.MeteringService/ListGrants',
+                request_serializer=metering_dot_v1_dot_grants__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_grants__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
+        self.ReserveUsage = channel.unary_unary(
+                '/metering.v1.MeteringService/ReserveUsage',
+                request_serializer=metering_dot_v1_dot_reservations__pb2.ReserveUsageRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_reservations__pb2.ReserveUsageResponse.FromString,
+                _registered_method=True)
+        self.CommitReservation = channel.unary_unary(
+                '/metering.v1.MeteringService/CommitReservation',
+                request_serializer=metering_dot_v1_dot_reservations__pb2.CommitReservationRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_reservations__pb2.CommitReservationResponse.FromString,
+                _registered_method=True)
+        self.ReleaseReservation = channel.unary_unary(
+                '/metering.v1.MeteringService/ReleaseReservation',
+                request_serializer=metering_dot_v1_dot_reservations__pb2.ReleaseReservationRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_reservations__pb2.ReleaseReservationResponse.FromString,
                 _registered_method=True)
         self.CheckBalance = channel.unary_unary(
                 '/metering.v1.MeteringService/CheckBalance',
@@ -172,6 +215,72 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordUsageBatch(self, request, context):
+        """RecordUsageBatch records up to 1000 events in one call (more is
+        INVALID_ARGUMENT), each with exactly the semantics of RecordUsage, and
+        answers one result per event: a bad event does not fail the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordUsageStream(self, request_iterator, context):
+        """RecordUsageStream ingests a stream of events (continuous ingestion),
+        each with exactly the semantics of RecordUsage, and answers once the
+        client closes the stream. An event is durable when the stream's answer
+        arrives; if the stream breaks, resend its events: transaction ids make
+        the resend safe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VoidUsage(self, request, context):
+        """VoidUsage cancels a recorded event with a compensating ledger entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantCredits(self, request, context):
+        """GrantCredits adds units to a customer's allowance on a meter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGrants(self, request, context):
+        """ListGrants lists a customer's grants with what is left of each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReserveUsage(self, request, context):
+        """ReserveUsage holds units of a SUM meter so that concurrent callers cannot
+        spend them: available = limit + granted - used - reserved. A hold that
+        does not fit a hard limit is RESOURCE_EXHAUSTED. Holds lapse at their
+        expire_time with no job needing to run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitReservation(self, request, context):
+        """CommitReservation records the actual usage of a hold (at most the held
+        quantity) as a usage event whose transaction id is the reservation id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseReservation(self, request, context):
+        """ReleaseReservation frees a hold without recording usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CheckBalance(self, request, context):
         """CheckBalance says what a customer may still use this period, for one
         meter or for every meter of the customer's plan. It reads the per-period
@@ -237,6 +346,46 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.RecordUsage,
                     request_deserializer=metering_dot_v1_dot_usage__pb2.RecordUsageRequest.FromString,
                     response_serializer=metering_dot_v1_dot_usage__pb2.RecordUsageResponse.SerializeToString,
+            ),
+            'RecordUsageBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordUsageBatch,
+                    request_deserializer=metering_dot_v1_dot_ingest__pb2.RecordUsageBatchRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_ingest__pb2.RecordUsageBatchResponse.SerializeToString,
+            ),
+            'RecordUsageStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.RecordUsageStream,
+                    request_deserializer=metering_dot_v1_dot_ingest__pb2.RecordUsageStreamRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_ingest__pb2.RecordUsageStreamResponse.SerializeToString,
+            ),
+            'VoidUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoidUsage,
+                    request_deserializer=metering_dot_v1_dot_events__pb2.VoidUsageRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_events__pb2.VoidUsageResponse.SerializeToString,
+            ),
+            'GrantCredits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantCredits,
+                    request_deserializer=metering_dot_v1_dot_grants__pb2.GrantCreditsRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_grants__pb2.GrantCreditsResponse.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=metering_dot_v1_dot_grants__pb2.ListGrantsRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_grants__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'ReserveUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveUsage,
+                    request_deserializer=metering_dot_v1_dot_reservations__pb2.ReserveUsageRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_reservations__pb2.ReserveUsageResponse.SerializeToString,
+            ),
+            'CommitReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitReservation,
+                    request_deserializer=metering_dot_v1_dot_reservations__pb2.CommitReservationRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_reservations__pb2.CommitReservationResponse.SerializeToString,
+            ),
+            'ReleaseReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseReservation,
+                    request_deserializer=metering_dot_v1_dot_reservations__pb2.ReleaseReservationRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_reservations__pb2.ReleaseReservationResponse.SerializeToString,
             ),
             'CheckBalance': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckBalance,
@@ -334,6 +483,222 @@ class MeteringService:
             '/metering.v1.MeteringService/RecordUsage',
             metering_dot_v1_dot_usage__pb2.RecordUsageRequest.SerializeToString,
             metering_dot_v1_dot_usage__pb2.RecordUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordUsageBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/RecordUsageBatch',
+            metering_dot_v1_dot_ingest__pb2.RecordUsageBatchRequest.SerializeToString,
+            metering_dot_v1_dot_ingest__pb2.RecordUsageBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordUsageStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/metering.v1.MeteringService/RecordUsageStream',
+            metering_dot_v1_dot_ingest__pb2.RecordUsageStreamRequest.SerializeToString,
+            metering_dot_v1_dot_ingest__pb2.RecordUsageStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VoidUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/VoidUsage',
+            metering_dot_v1_dot_events__pb2.VoidUsageRequest.SerializeToString,
+            metering_dot_v1_dot_events__pb2.VoidUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantCredits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/GrantCredits',
+            metering_dot_v1_dot_grants__pb2.GrantCreditsRequest.SerializeToString,
+            metering_dot_v1_dot_grants__pb2.GrantCreditsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/ListGrants',
+            metering_dot_v1_dot_grants__pb2.ListGrantsRequest.SerializeToString,
+            metering_dot_v1_dot_grants__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/ReserveUsage',
+            metering_dot_v1_dot_reservations__pb2.ReserveUsageRequest.SerializeToString,
+            metering_dot_v1_dot_reservations__pb2.ReserveUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/CommitReservation',
+            metering_dot_v1_dot_reservations__pb2.CommitReservationRequest.SerializeToString,
+            metering_dot_v1_dot_reservations__pb2.CommitReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/ReleaseReservation',
+            metering_dot_v1_dot_reservations__pb2.ReleaseReservationRequest.SerializeToString,
+            metering_dot_v1_dot_reservations__pb2.ReleaseReservationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,9 @@ from grpc import aio as _aio
 from metering.v1 import billing_pb2 as _billing_pb2
 from metering.v1 import customer_pb2 as _customer_pb2
 from metering.v1 import events_pb2 as _events_pb2
+from metering.v1 import grants_pb2 as _grants_pb2
+from metering.v1 import ingest_pb2 as _ingest_pb2
+from metering.v1 import reservations_pb2 as _reservations_pb2
 from metering.v1 import usage_pb2 as _usage_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -89,6 +92,36 @@ class MeteringServiceStub:
 
     OK is answered only after the transaction committed durably.
     """
+    RecordUsageBatch: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.RecordUsageBatchRequest, _ingest_pb2.RecordUsageBatchResponse]
+    """RecordUsageBatch records up to 1000 events in one call (more is
+    INVALID_ARGUMENT), each with exactly the semantics of RecordUsage, and
+    answers one result per event: a bad event does not fail the others.
+    """
+    RecordUsageStream: _grpc.StreamUnaryMultiCallable[_ingest_pb2.RecordUsageStreamRequest, _ingest_pb2.RecordUsageStreamResponse]
+    """RecordUsageStream ingests a stream of events (continuous ingestion),
+    each with exactly the semantics of RecordUsage, and answers once the
+    client closes the stream. An event is durable when the stream's answer
+    arrives; if the stream breaks, resend its events: transaction ids make
+    the resend safe.
+    """
+    VoidUsage: _grpc.UnaryUnaryMultiCallable[_events_pb2.VoidUsageRequest, _events_pb2.VoidUsageResponse]
+    """VoidUsage cancels a recorded event with a compensating ledger entry."""
+    GrantCredits: _grpc.UnaryUnaryMultiCallable[_grants_pb2.GrantCreditsRequest, _grants_pb2.GrantCreditsResponse]
+    """GrantCredits adds units to a customer's allowance on a meter."""
+    ListGrants: _grpc.UnaryUnaryMultiCallable[_grants_pb2.ListGrantsRequest, _grants_pb2.ListGrantsResponse]
+    """ListGrants lists a customer's grants with what is left of each."""
+    ReserveUsage: _grpc.UnaryUnaryMultiCallable[_reservations_pb2.ReserveUsageRequest, _reservations_pb2.ReserveUsageResponse]
+    """ReserveUsage holds units of a SUM meter so that concurrent callers cannot
+    spend them: available = limit + granted - used - reserved. A hold that
+    does not fit a hard limit is RESOURCE_EXHAUSTED. Holds lapse at their
+    expire_time with no job needing to run.
+    """
+    CommitReservation: _grpc.UnaryUnaryMultiCallable[_reservations_pb2.CommitReservationRequest, _reservations_pb2.CommitReservationResponse]
+    """CommitReservation records the actual usage of a hold (at most the held
+    quantity) as a usage event whose transaction id is the reservation id.
+    """
+    ReleaseReservation: _grpc.UnaryUnaryMultiCallable[_reservations_pb2.ReleaseReservationRequest, _reservations_pb2.ReleaseReservationResponse]
+    """ReleaseReservation frees a hold without recording usage."""
     CheckBalance: _grpc.UnaryUnaryMultiCallable[_usage_pb2.CheckBalanceRequest, _usage_pb2.CheckBalanceResponse]
     """CheckBalance says what a customer may still use this period, for one
     meter or for every meter of the customer's plan. It reads the per-period
@@ -181,6 +214,36 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
 
     OK is answered only after the transaction committed durably.
     """
+    RecordUsageBatch: _aio.UnaryUnaryMultiCallable[_ingest_pb2.RecordUsageBatchRequest, _ingest_pb2.RecordUsageBatchResponse]  # type: ignore[assignment]
+    """RecordUsageBatch records up to 1000 events in one call (more is
+    INVALID_ARGUMENT), each with exactly the semantics of RecordUsage, and
+    answers one result per event: a bad event does not fail the others.
+    """
+    RecordUsageStream: _aio.StreamUnaryMultiCallable[_ingest_pb2.RecordUsageStreamRequest, _ingest_pb2.RecordUsageStreamResponse]  # type: ignore[assignment]
+    """RecordUsageStream ingests a stream of events (continuous ingestion),
+    each with exactly the semantics of RecordUsage, and answers once the
+    client closes the stream. An event is durable when the stream's answer
+    arrives; if the stream breaks, resend its events: transaction ids make
+    the resend safe.
+    """
+    VoidUsage: _aio.UnaryUnaryMultiCallable[_events_pb2.VoidUsageRequest, _events_pb2.VoidUsageResponse]  # type: ignore[assignment]
+    """VoidUsage cancels a recorded event with a compensating ledger entry."""
+    GrantCredits: _aio.UnaryUnaryMultiCallable[_grants_pb2.GrantCreditsRequest, _grants_pb2.GrantCreditsResponse]  # type: ignore[assignment]
+    """GrantCredits adds units to a customer's allowance on a meter."""
+    ListGrants: _aio.UnaryUnaryMultiCallable[_grants_pb2.ListGrantsRequest, _grants_pb2.ListGrantsResponse]  # type: ignore[assignment]
+    """ListGrants lists a customer's grants with what is left of each."""
+    ReserveUsage: _aio.UnaryUnaryMultiCallable[_reservations_pb2.ReserveUsageRequest, _reservations_pb2.ReserveUsageResponse]  # type: ignore[assignment]
+    """ReserveUsage holds units of a SUM meter so that concurrent callers cannot
+    spend them: available = limit + granted - used - reserved. A hold that
+    does not fit a hard limit is RESOURCE_EXHAUSTED. Holds lapse at their
+    expire_time with no job needing to run.
+    """
+    CommitReservation: _aio.UnaryUnaryMultiCallable[_reservations_pb2.CommitReservationRequest, _reservations_pb2.CommitReservationResponse]  # type: ignore[assignment]
+    """CommitReservation records the actual usage of a hold (at most the held
+    quantity) as a usage event whose transaction id is the reservation id.
+    """
+    ReleaseReservation: _aio.UnaryUnaryMultiCallable[_reservations_pb2.ReleaseReservationRequest, _reservations_pb2.ReleaseReservationResponse]  # type: ignore[assignment]
+    """ReleaseReservation frees a hold without recording usage."""
     CheckBalance: _aio.UnaryUnaryMultiCallable[_usage_pb2.CheckBalanceRequest, _usage_pb2.CheckBalanceResponse]  # type: ignore[assignment]
     """CheckBalance says what a customer may still use this period, for one
     meter or for every meter of the customer's plan. It reads the per-period
@@ -276,6 +339,84 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
 
         OK is answered only after the transaction committed durably.
         """
+
+    @_abc_1.abstractmethod
+    def RecordUsageBatch(
+        self,
+        request: _ingest_pb2.RecordUsageBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.RecordUsageBatchResponse, _abc.Awaitable[_ingest_pb2.RecordUsageBatchResponse]]:
+        """RecordUsageBatch records up to 1000 events in one call (more is
+        INVALID_ARGUMENT), each with exactly the semantics of RecordUsage, and
+        answers one result per event: a bad event does not fail the others.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordUsageStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_ingest_pb2.RecordUsageStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.RecordUsageStreamResponse, _abc.Awaitable[_ingest_pb2.RecordUsageStreamResponse]]:
+        """RecordUsageStream ingests a stream of events (continuous ingestion),
+        each with exactly the semantics of RecordUsage, and answers once the
+        client closes the stream. An event is durable when the stream's answer
+        arrives; if the stream breaks, resend its events: transaction ids make
+        the resend safe.
+        """
+
+    @_abc_1.abstractmethod
+    def VoidUsage(
+        self,
+        request: _events_pb2.VoidUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.VoidUsageResponse, _abc.Awaitable[_events_pb2.VoidUsageResponse]]:
+        """VoidUsage cancels a recorded event with a compensating ledger entry."""
+
+    @_abc_1.abstractmethod
+    def GrantCredits(
+        self,
+        request: _grants_pb2.GrantCreditsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grants_pb2.GrantCreditsResponse, _abc.Awaitable[_grants_pb2.GrantCreditsResponse]]:
+        """GrantCredits adds units to a customer's allowance on a meter."""
+
+    @_abc_1.abstractmethod
+    def ListGrants(
+        self,
+        request: _grants_pb2.ListGrantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grants_pb2.ListGrantsResponse, _abc.Awaitable[_grants_pb2.ListGrantsResponse]]:
+        """ListGrants lists a customer's grants with what is left of each."""
+
+    @_abc_1.abstractmethod
+    def ReserveUsage(
+        self,
+        request: _reservations_pb2.ReserveUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reservations_pb2.ReserveUsageResponse, _abc.Awaitable[_reservations_pb2.ReserveUsageResponse]]:
+        """ReserveUsage holds units of a SUM meter so that concurrent callers cannot
+        spend them: available = limit + granted - used - reserved. A hold that
+        does not fit a hard limit is RESOURCE_EXHAUSTED. Holds lapse at their
+        expire_time with no job needing to run.
+        """
+
+    @_abc_1.abstractmethod
+    def CommitReservation(
+        self,
+        request: _reservations_pb2.CommitReservationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reservations_pb2.CommitReservationResponse, _abc.Awaitable[_reservations_pb2.CommitReservationResponse]]:
+        """CommitReservation records the actual usage of a hold (at most the held
+        quantity) as a usage event whose transaction id is the reservation id.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseReservation(
+        self,
+        request: _reservations_pb2.ReleaseReservationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reservations_pb2.ReleaseReservationResponse, _abc.Awaitable[_reservations_pb2.ReleaseReservationResponse]]:
+        """ReleaseReservation frees a hold without recording usage."""
 
     @_abc_1.abstractmethod
     def CheckBalance(

@@ -109,7 +109,7 @@ class RecordUsageResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[UsageEvent, _Mapping]] = ..., duplicate: _Optional[bool] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ..., overage_quantity: _Optional[str] = ...) -> None: ...
 
 class UsageEvent(_message.Message):
-    __slots__ = ("event_id", "customer_id", "transaction_id", "meter_slug", "price_slug", "quantity", "event_time", "recorded_time", "properties")
+    __slots__ = ("event_id", "customer_id", "transaction_id", "meter_slug", "price_slug", "quantity", "event_time", "recorded_time", "properties", "void_time", "void_reason")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,8 @@ class UsageEvent(_message.Message):
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     RECORDED_TIME_FIELD_NUMBER: _ClassVar[int]
     PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    VOID_TIME_FIELD_NUMBER: _ClassVar[int]
+    VOID_REASON_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     customer_id: str
     transaction_id: str
@@ -135,7 +137,9 @@ class UsageEvent(_message.Message):
     event_time: _timestamp_pb2.Timestamp
     recorded_time: _timestamp_pb2.Timestamp
     properties: _containers.ScalarMap[str, str]
-    def __init__(self, event_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., transaction_id: _Optional[str] = ..., meter_slug: _Optional[str] = ..., price_slug: _Optional[str] = ..., quantity: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., properties: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    void_time: _timestamp_pb2.Timestamp
+    void_reason: str
+    def __init__(self, event_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., transaction_id: _Optional[str] = ..., meter_slug: _Optional[str] = ..., price_slug: _Optional[str] = ..., quantity: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., properties: _Optional[_Mapping[str, str]] = ..., void_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., void_reason: _Optional[str] = ...) -> None: ...
 
 class CheckBalanceRequest(_message.Message):
     __slots__ = ("customer_id", "meter_slug", "requested_quantity")

@@ -1,0 +1,136 @@
+"""What the ledger stores and returns: plain records, no SQL."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+from metering import limits
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRecord:
+    customer_id: str
+    plan_slug: str
+    billing_anchor: datetime
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    customer_id: str
+    transaction_id: str
+    meter_slug: str
+    price_slug: str
+    requested_price_slug: str | None  # the price the caller named, if it named one
+    quantity: Decimal
+    event_time: datetime
+    event_time_given: bool  # False: a replay then matches any time
+    properties: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event_id: UUID
+    customer_id: str
+    transaction_id: str
+    meter_slug: str
+    price_slug: str
+    requested_price_slug: str | None
+    quantity: Decimal
+    event_time: datetime
+    period_start: datetime
+    recorded_at: datetime
+    properties: dict[str, str]
+    void_time: datetime | None = None
+    void_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CounterReading:
+    """A counter with what else shapes its allowance right now."""
+
+    state: limits.CounterState
+    granted: Decimal  # active grants
+    reserved: Decimal  # unexpired holds
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcome:
+    event: StoredEvent | None  # None when refused
+    duplicate: bool
+    decision: limits.Decision | None  # None for a duplicate
+    reading: CounterReading  # the counter after the call, in the event's period
+
+
+HELD, COMMITTED, RELEASED, EXPIRED = "held", "committed", "released", "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRecord:
+    reservation_id: str
+    customer_id: str
+    meter_slug: str
+    period_start: datetime
+    quantity: Decimal
+    status: str  # held, committed or released as stored
+    expires_at: datetime
+    created_at: datetime
+    settled_at: datetime | None
+    committed_quantity: Decimal | None
+    event_id: UUID | None
+
+    def status_at(self, instant: datetime) -> str:
+        """The status a caller sees: a held reservation past its expiry is expired."""
+        if self.status == HELD and instant >= self.expires_at:
+            return EXPIRED
+        return self.status
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRecord:
+    grant_id: str
+    customer_id: str
+    meter_slug: str
+    quantity: Decimal
+    effective_at: datetime
+    expires_at: datetime | None
+    reason: str
+    created_at: datetime
+
+    def active_at(self, instant: datetime) -> bool:
+        return self.effective_at <= instant and (self.expires_at is None or instant < self.expires_at)
+
+
+def new_event_id() -> UUID:
+    """A UUIDv7: time-ordered, so ledger inserts stay local in the primary key
+    index and ties on event time resolve in recording order."""
+    millis = time.time_ns() // 1_000_000
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    value = (millis & (2**48 - 1)) << 80
+    value |= 0x7 << 76  # version 7
+    value |= (random_bits >> 68) << 64  # 12 bits of rand_a
+    value |= 0b10 << 62  # RFC 4122 variant
+    value |= random_bits & (2**62 - 1)  # 62 bits of rand_b
+    return UUID(int=value)
+
+
+def payload_differences(stored: StoredEvent, new: NewEvent) -> list[str]:
+    """The request fields in which a replay differs from the recorded event."""
+    differences = []
+    if stored.meter_slug != new.meter_slug:
+        differences.append("meter_slug")
+    if stored.requested_price_slug != new.requested_price_slug:
+        differences.append("price_slug")
+    if stored.quantity != new.quantity:
+        differences.append("quantity")
+    if new.event_time_given and stored.event_time != new.event_time:
+        differences.append("event_time")
+    if stored.properties != new.properties:
+        differences.append("properties")
+    return differences

@@ -1,0 +1,219 @@
+"""Steps of the ledger's write transactions, shared by events, commits and voids.
+
+Every step runs on a connection inside a transaction that the caller opened,
+after `lock_counter` took the counter row's lock: that lock serialises every
+decision on one customer's meter in one period, on every replica.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from metering import limits
+from metering.catalog import Meter
+from metering.ledger.records import NewEvent, StoredEvent
+from metering.ledger.sql import (
+    COUNTER_COLUMNS,
+    EVENT_COLUMNS,
+    EVENT_FROM,
+    EVENT_SELECT,
+    NOT_VOIDED,
+    VALUE_SQL,
+    counter_state,
+    stored_event,
+)
+from metering.periods import Period
+
+
+async def lock_counter(
+    conn: asyncpg.Connection, customer_id: str, meter_slug: str, period: Period
+) -> limits.CounterState:
+    """Lock the counter row (created at zero if new) and return it. The no-op
+    update is what takes the row lock in the same statement."""
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO meter_counters AS c (customer_id, meter_slug, period_start, period_end)
+        VALUES ($1, $2, $3, $4)
+        ON CONFLICT (customer_id, meter_slug, period_start) DO UPDATE SET period_end = c.period_end
+        RETURNING {COUNTER_COLUMNS}
+        """,
+        customer_id,
+        meter_slug,
+        period.start,
+        period.end,
+    )
+    return counter_state(row)
+
+
+async def full_allowance(
+    conn: asyncpg.Connection,
+    plan: limits.Allowance,
+    customer_id: str,
+    meter_slug: str,
+    period_start: datetime,
+    grants_at: datetime | None,
+    *,
+    exclude_reservation: str | None = None,
+) -> tuple[limits.Allowance, datetime]:
+    """The plan's allowance plus the grants active at `grants_at` (the
+    database's clock when None) and the unexpired holds of the period; and
+    the database's clock, the one clock that decides expiry on every replica."""
+    row = await conn.fetchrow(
+        """
+        SELECT clock_timestamp() AS db_now,
+               (SELECT coalesce(sum(g.quantity), 0) FROM grants g
+                 WHERE g.customer_id = $1 AND g.meter_slug = $2
+                   AND g.effective_at <= coalesce($4, clock_timestamp())
+                   AND (g.expires_at IS NULL OR g.expires_at > coalesce($4, clock_timestamp()))) AS granted,
+               (SELECT coalesce(sum(r.quantity), 0) FROM reservations r
+                 WHERE r.customer_id = $1 AND r.meter_slug = $2 AND r.period_start = $3
+                   AND r.status = 'held' AND r.expires_at > clock_timestamp()
+                   AND r.reservation_id IS DISTINCT FROM $5) AS reserved
+        """,
+        customer_id,
+        meter_slug,
+        period_start,
+        grants_at,
+        exclude_reservation,
+    )
+    allowance = dataclasses.replace(plan, granted=row["granted"], reserved=row["reserved"])
+    return allowance, row["db_now"]
+
+
+async def find_event(conn: asyncpg.Connection, customer_id: str, transaction_id: str) -> StoredEvent | None:
+    row = await conn.fetchrow(
+        f"SELECT {EVENT_SELECT} FROM {EVENT_FROM} WHERE e.customer_id = $1 AND e.transaction_id = $2",
+        customer_id,
+        transaction_id,
+    )
+    return None if row is None else stored_event(row)
+
+
+async def is_new_unique_value(
+    conn: asyncpg.Connection, customer_id: str, meter_slug: str, period_start: datetime, value: str
+) -> bool:
+    seen = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM meter_unique_values "
+        "WHERE customer_id = $1 AND meter_slug = $2 AND period_start = $3 AND value = $4)",
+        customer_id,
+        meter_slug,
+        period_start,
+        value,
+    )
+    return not seen
+
+
+async def insert_event(
+    conn: asyncpg.Connection, new: NewEvent, event_id: UUID, period_start: datetime
+) -> StoredEvent | None:
+    """Insert the event; None when a concurrent insert took its transaction id
+    (the unique constraint is the final guard of exactly-once)."""
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO usage_events ({EVENT_COLUMNS})
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), $10)
+        ON CONFLICT (customer_id, transaction_id) DO NOTHING
+        RETURNING {EVENT_COLUMNS}
+        """,
+        event_id,
+        new.customer_id,
+        new.transaction_id,
+        new.meter_slug,
+        new.price_slug,
+        new.requested_price_slug,
+        new.quantity,
+        new.event_time,
+        period_start,
+        new.properties,
+    )
+    return None if row is None else stored_event(row)
+
+
+async def write_counter(
+    conn: asyncpg.Connection, customer_id: str, meter_slug: str, period_start: datetime, state: limits.CounterState
+) -> None:
+    await conn.execute(
+        """
+        UPDATE meter_counters
+           SET used = $4, event_count = $5, latest_event_time = $6, latest_event_id = $7, updated_at = now()
+         WHERE customer_id = $1 AND meter_slug = $2 AND period_start = $3
+        """,
+        customer_id,
+        meter_slug,
+        period_start,
+        state.used,
+        state.event_count,
+        state.latest_event_time,
+        state.latest_event_id,
+    )
+
+
+async def add_unique_value(
+    conn: asyncpg.Connection, customer_id: str, meter_slug: str, period_start: datetime, value: str, event_id: UUID
+) -> None:
+    await conn.execute(
+        "INSERT INTO meter_unique_values (customer_id, meter_slug, period_start, value, first_event_id) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        customer_id,
+        meter_slug,
+        period_start,
+        value,
+        event_id,
+    )
+
+
+async def read_counter(
+    conn: asyncpg.Connection, customer_id: str, meter_slug: str, period_start: datetime
+) -> limits.CounterState:
+    row = await conn.fetchrow(
+        f"SELECT {COUNTER_COLUMNS} FROM meter_counters "
+        "WHERE customer_id = $1 AND meter_slug = $2 AND period_start = $3",
+        customer_id,
+        meter_slug,
+        period_start,
+    )
+    return limits.CounterState() if row is None else counter_state(row)
+
+
+async def recompute_counter(
+    conn: asyncpg.Connection, customer_id: str, meter: Meter, period_start: datetime
+) -> limits.CounterState:
+    """Rebuild a counter from the events that still count in its period (after
+    a void), with the same aggregation SQL as usage queries and bills."""
+    args: list[object] = [customer_id, meter.slug, period_start]
+    if meter.unique_property is not None:
+        args.append(meter.unique_property)
+    value = VALUE_SQL[meter.aggregation].format(unique="$4")
+    row = await conn.fetchrow(
+        f"""
+        SELECT coalesce({value}, 0) AS used, count(e.event_id) AS event_count,
+               (array_agg(e.event_time ORDER BY e.event_time DESC, e.event_id DESC))[1] AS latest_event_time,
+               (array_agg(e.event_id ORDER BY e.event_time DESC, e.event_id DESC))[1] AS latest_event_id
+          FROM usage_events e
+         WHERE e.customer_id = $1 AND e.meter_slug = $2 AND e.period_start = $3 AND e.event_time >= $3
+           AND {NOT_VOIDED}
+        """,
+        *args,
+    )
+    state = counter_state(row)
+    await write_counter(conn, customer_id, meter.slug, period_start, state)
+    if meter.unique_property is not None:
+        # A distinct value no event counts any more stops being seen.
+        await conn.execute(
+            f"""
+            DELETE FROM meter_unique_values u
+             WHERE u.customer_id = $1 AND u.meter_slug = $2 AND u.period_start = $3
+               AND NOT EXISTS (SELECT 1 FROM usage_events e
+                                WHERE e.customer_id = $1 AND e.meter_slug = $2 AND e.period_start = $3
+                                  AND e.properties ->> $4 = u.value AND {NOT_VOIDED})
+            """,
+            customer_id,
+            meter.slug,
+            period_start,
+            meter.unique_property,
+        )
+    return state
