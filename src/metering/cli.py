@@ -88,6 +88,45 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--page-size", type=int, default=20)
     events.set_defaults(run=_client_events)
 
+    grant = calls.add_parser("grant", help="grant units of a meter (credits)")
+    grant.add_argument("customer_id")
+    grant.add_argument("meter_slug")
+    grant.add_argument("quantity")
+    grant.add_argument("--grant-id", help="idempotency key (default: a new UUID)")
+    grant.add_argument("--until-period-end", action="store_true", help="expire at the end of the current period")
+    grant.add_argument("--reason", default="")
+    grant.set_defaults(run=_client_grant)
+
+    grants = calls.add_parser("grants", help="a customer's grants and what is left of each")
+    grants.add_argument("customer_id")
+    grants.add_argument("--all", action="store_true", help="include expired grants")
+    grants.set_defaults(run=_client_grants)
+
+    reserve = calls.add_parser("reserve", help="hold units of a sum meter before expensive work")
+    reserve.add_argument("customer_id")
+    reserve.add_argument("meter_slug")
+    reserve.add_argument("quantity")
+    reserve.add_argument("reservation_id")
+    reserve.add_argument("--ttl", type=float, default=300.0, help="seconds to hold (default 300)")
+    reserve.set_defaults(run=_client_reserve)
+
+    commit = calls.add_parser("commit", help="record the actual usage of a reservation")
+    commit.add_argument("customer_id")
+    commit.add_argument("reservation_id")
+    commit.add_argument("quantity", nargs="?", default="", help="at most the reserved quantity (default: all)")
+    commit.set_defaults(run=_client_commit)
+
+    release = calls.add_parser("release", help="free a reservation without recording usage")
+    release.add_argument("customer_id")
+    release.add_argument("reservation_id")
+    release.set_defaults(run=_client_release)
+
+    void = calls.add_parser("void", help="void a recorded event (a compensating ledger entry)")
+    void.add_argument("customer_id")
+    void.add_argument("transaction_id")
+    void.add_argument("reason")
+    void.set_defaults(run=_client_void)
+
     bill = calls.add_parser("bill", help="estimate the bill of the current (or a past) period")
     bill.add_argument("customer_id")
     bill.add_argument("--period-time", help="RFC 3339 instant inside the period (default: now)")
@@ -238,6 +277,71 @@ def _client_bill(args: argparse.Namespace) -> int:
     if args.period_time:
         request.period_time.FromJsonString(args.period_time)
     return _call(args, "EstimateBill", request)
+
+
+def _client_grant(args: argparse.Namespace) -> int:
+    from metering.v1 import grants_pb2
+
+    request = grants_pb2.GrantCreditsRequest(
+        customer_id=args.customer_id,
+        meter_slug=args.meter_slug,
+        quantity=args.quantity,
+        grant_id=args.grant_id or str(uuid.uuid4()),
+        expire_at_period_end=args.until_period_end,
+        reason=args.reason,
+    )
+    return _call(args, "GrantCredits", request)
+
+
+def _client_grants(args: argparse.Namespace) -> int:
+    from metering.v1 import grants_pb2
+
+    request = grants_pb2.ListGrantsRequest(customer_id=args.customer_id, include_expired=args.all)
+    return _call(args, "ListGrants", request)
+
+
+def _client_reserve(args: argparse.Namespace) -> int:
+    from google.protobuf.duration_pb2 import Duration
+
+    from metering.v1 import reservations_pb2
+
+    ttl = Duration()
+    ttl.FromNanoseconds(int(args.ttl * 1_000_000_000))
+    request = reservations_pb2.ReserveUsageRequest(
+        customer_id=args.customer_id,
+        meter_slug=args.meter_slug,
+        quantity=args.quantity,
+        reservation_id=args.reservation_id,
+        ttl=ttl,
+    )
+    return _call(args, "ReserveUsage", request)
+
+
+def _client_commit(args: argparse.Namespace) -> int:
+    from metering.v1 import reservations_pb2
+
+    request = reservations_pb2.CommitReservationRequest(
+        customer_id=args.customer_id, reservation_id=args.reservation_id, quantity=args.quantity
+    )
+    return _call(args, "CommitReservation", request)
+
+
+def _client_release(args: argparse.Namespace) -> int:
+    from metering.v1 import reservations_pb2
+
+    request = reservations_pb2.ReleaseReservationRequest(
+        customer_id=args.customer_id, reservation_id=args.reservation_id
+    )
+    return _call(args, "ReleaseReservation", request)
+
+
+def _client_void(args: argparse.Namespace) -> int:
+    from metering.v1 import events_pb2
+
+    request = events_pb2.VoidUsageRequest(
+        customer_id=args.customer_id, transaction_id=args.transaction_id, reason=args.reason
+    )
+    return _call(args, "VoidUsage", request)
 
 
 def _client_balance(args: argparse.Namespace) -> int:
