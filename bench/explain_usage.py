@@ -17,6 +17,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -27,8 +28,8 @@ from metering.catalog import load_catalog
 from metering.embedded import start_embedded
 from metering.ledger.migrate import migrate
 from metering.ledger.pool import create_pool
+from metering.ledger.records import new_event_id
 from metering.ledger.reports import AggregateQuery, UsageReports, aggregate_sql
-from metering.ledger.store import new_event_id
 from metering.windows import WindowSize, windows
 
 CUSTOMER = "bench-customer"
@@ -46,7 +47,7 @@ async def load(conn: asyncpg.Connection, count: int) -> float:
     )
     step = timedelta(days=30) / count
 
-    def rows():  # type: ignore[no-untyped-def]
+    def rows() -> Iterator[tuple[object, ...]]:
         for i in range(count):
             meter = METERS[i % 3]
             yield (

@@ -20,6 +20,7 @@ import asyncpg
 import grpc
 from grpc_reflection.v1alpha import reflection
 
+from metering.api.bench import noop_handler
 from metering.api.health import METERING_SERVICE, DatabaseHealth
 from metering.api.interceptor import ObservedServiceInterceptor
 from metering.api.servicer import MeteringServicer
@@ -33,6 +34,7 @@ from metering.ledger.migrate import migrate
 from metering.ledger.pool import create_pool, is_unavailable
 from metering.ledger.reports import UsageReports
 from metering.ledger.store import Ledger
+from metering.ledger.writer import BatchWriter
 from metering.metrics import Metrics
 from metering.reporting import Reporting
 from metering.v1 import metering_service_pb2, metering_service_pb2_grpc
@@ -90,6 +92,7 @@ def build_server(
     ledger: Ledger,
     reports: UsageReports,
     holds: Holds,
+    writer: BatchWriter,
     metrics: Metrics,
     health: DatabaseHealth,
 ) -> grpc.aio.Server:
@@ -100,7 +103,7 @@ def build_server(
             ("grpc.so_reuseport", 0),  # two replicas must not silently share a port
         ],
     )
-    engine = MeteringEngine(catalog, ledger)
+    engine = MeteringEngine(catalog, ledger, writer)
     reporting = Reporting(catalog, ledger, reports)
     entitlements = Entitlements(catalog, ledger, holds)
     servicer = MeteringServicer(engine, reporting, entitlements, metrics, backfill_window=settings.backfill_window)
@@ -114,6 +117,8 @@ def build_server(
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(service_names, server)
+    if settings.bench_noop:
+        server.add_generic_rpc_handlers((noop_handler(),))
     return server
 
 
@@ -148,9 +153,16 @@ async def _serve(settings: Settings, catalog: Catalog, database: Database, stop:
         ledger = Ledger(pool, acquire_timeout=acquire_timeout)
         reports = UsageReports(pool, acquire_timeout=acquire_timeout)
         holds = Holds(pool, acquire_timeout=acquire_timeout)
+        writer = BatchWriter(
+            pool,
+            acquire_timeout=acquire_timeout,
+            workers=settings.writer_workers,
+            linger=settings.writer_linger.total_seconds(),
+            on_batch=metrics.write_batch_size.observe,
+        )
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
-        server = build_server(settings, catalog, ledger, reports, holds, metrics, health)
+        server = build_server(settings, catalog, ledger, reports, holds, writer, metrics, health)
         grpc_port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
         metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         await server.start()
@@ -167,6 +179,7 @@ async def _serve(settings: Settings, catalog: Catalog, database: Database, stop:
         await health.shutting_down()
         await server.stop(settings.shutdown_grace.total_seconds())
         health_task.cancel()
+        await writer.close()  # after the drain: in-flight calls have their answers
     finally:
         await pool.close()
     log.info("stopped")

@@ -36,6 +36,9 @@ class Settings:
     shutdown_grace: timedelta
     embedded_data_dir: str
     log_level: str
+    bench_noop: bool  # serve the benchmark-only no-op method
+    writer_workers: int  # concurrent write transactions of the batching writer
+    writer_linger: timedelta  # how long a writer waits for more calls to join a batch
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -56,6 +59,9 @@ class Settings:
             shutdown_grace=reader.duration("METERING_SHUTDOWN_GRACE", "10s"),
             embedded_data_dir=reader.text("METERING_EMBEDDED_DATA_DIR", ".metering/pgdata"),
             log_level=reader.text("METERING_LOG_LEVEL", "INFO").upper(),
+            bench_noop=reader.text("METERING_BENCH_NOOP") == "1",
+            writer_workers=reader.integer("METERING_WRITER_WORKERS", 2, minimum=1, maximum=32),
+            writer_linger=reader.duration("METERING_WRITER_LINGER", "0ms"),
         )
         if settings.db_pool_min > settings.db_pool_max:
             raise ConfigError("METERING_DB_POOL_MIN must not exceed METERING_DB_POOL_MAX")

@@ -1,14 +1,15 @@
 """The domain of writing and checking usage: applies a customer's plan.
 
-Flow of RecordUsage: customer -> plan -> the plan's terms for the meter ->
-the period containing the event -> one ledger transaction that adds grants
-and holds to the plan's limit, decides and writes. No gRPC here (see
+Flow of RecordUsage: the batching writer (metering.ledger.writer) reads the
+customer in its transaction and asks this module what the event means
+(plan -> the plan's terms for the meter -> the period containing the event ->
+price), then adds grants and holds to the plan's limit, decides and writes. No gRPC here (see
 metering.api) and no SQL (see metering.ledger).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,6 +20,7 @@ from metering.decimals import ZERO
 from metering.errors import LimitExceeded, NotFound, PeriodClosed, PriceCurrencyMismatch
 from metering.ledger.records import CounterReading, CustomerRecord, NewEvent, StoredEvent
 from metering.ledger.store import Ledger
+from metering.ledger.writer import BatchWriter, Resolution, Resolver, Written
 from metering.periods import Period, ResetPeriod, period_containing
 
 # Bills, and with them the closing of a period for voids, are monthly from the
@@ -119,25 +121,51 @@ def meter_balance(meter: Meter, terms: PlanMeter, period: Period, reading: Count
 
 
 class MeteringEngine:
-    def __init__(self, catalog: Catalog, ledger: Ledger, *, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self, catalog: Catalog, ledger: Ledger, writer: BatchWriter, *, clock: Callable[[], datetime] = utc_now
+    ) -> None:
         self.catalog = catalog
         self.ledger = ledger
+        self.writer = writer
         self._clock = clock
 
     def now(self) -> datetime:
         return self._clock()
 
     async def record_usage(self, command: UsageCommand) -> RecordResult:
-        customer = await require_customer(self.ledger, command.customer_id)
-        plan = plan_named(self.catalog, customer.plan_slug)
-        terms = self.catalog.plan_meter(plan, command.meter)
-        named = command.price
-        if named is not None and named.currency is not None and named.currency != plan.currency:
-            raise PriceCurrencyMismatch(named.slug, named.currency, plan.currency or "")
-        event_time = command.event_time or self._clock()
-        period = period_containing(event_time, customer.billing_anchor, terms.reset)
-        outcome = await self.ledger.record_usage(
-            NewEvent(
+        written = await self.writer.submit(command.customer_id, self._resolver(command, self._clock()))
+        return self._recorded(command, written)
+
+    async def record_many(self, commands: Sequence[UsageCommand]) -> list[RecordResult | BaseException]:
+        """Events decided in this order in one transaction (a batch, a stream
+        message); each result is the event's outcome or the error refusing it."""
+        now = self._clock()
+        written = await self.writer.submit_group([(c.customer_id, self._resolver(c, now)) for c in commands])
+        results: list[RecordResult | BaseException] = []
+        for command, item in zip(commands, written, strict=True):
+            if isinstance(item, BaseException):
+                results.append(item)
+                continue
+            try:
+                results.append(self._recorded(command, item))
+            except LimitExceeded as exc:
+                results.append(exc)
+        return results
+
+    def _resolver(self, command: UsageCommand, now: datetime) -> Resolver:
+        """What the event means under its customer's plan, decided inside the
+        writer's transaction with the customer row it read there."""
+
+        def resolve(customer: CustomerRecord | None) -> Resolution:
+            if customer is None:
+                raise NotFound("customer", command.customer_id)
+            plan = plan_named(self.catalog, customer.plan_slug)
+            terms = self.catalog.plan_meter(plan, command.meter)
+            named = command.price
+            if named is not None and named.currency is not None and named.currency != plan.currency:
+                raise PriceCurrencyMismatch(named.slug, named.currency, plan.currency or "")
+            event_time = command.event_time or now
+            event = NewEvent(
                 customer_id=command.customer_id,
                 transaction_id=command.transaction_id,
                 meter_slug=command.meter.slug,
@@ -147,12 +175,22 @@ class MeteringEngine:
                 event_time=event_time,
                 event_time_given=command.event_time is not None,
                 properties=command.properties,
-            ),
-            plan_allowance(command.meter, terms),
-            period,
-            unique_value=command.unique_value,
-            allow_overage=command.allow_overage,
-        )
+            )
+            period = period_containing(event_time, customer.billing_anchor, terms.reset)
+            return Resolution(
+                event,
+                plan_allowance(command.meter, terms),
+                period,
+                command.unique_value,
+                command.allow_overage,
+                context=(plan, terms, customer),
+            )
+
+        return resolve
+
+    def _recorded(self, command: UsageCommand, written: Written) -> RecordResult:
+        plan, terms, customer = written.resolution.context
+        outcome, period = written.outcome, written.resolution.period
         decision = outcome.decision
         if outcome.event is None:
             assert decision is not None and terms.limit is not None

@@ -11,7 +11,7 @@ import pytest
 
 from metering.ledger.migrate import load_migrations
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import ROOT, ServiceProcess, run_sql
+from tests.support import ROOT, ServiceProcess, metric_value, run_sql
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
@@ -57,6 +57,32 @@ def test_hard_limit_holds_across_two_processes(
     assert (rows[0][0], rows[0][1]) == (100, 100)
     counter = run_sql(database_url, "SELECT used, event_count FROM meter_counters WHERE customer_id = $1", customer)
     assert (counter[0]["used"], counter[0]["event_count"]) == (100, 100)
+
+
+def test_concurrent_calls_share_write_transactions(service: ServiceProcess, new_customer: Callable[..., str]) -> None:
+    customer = new_customer(plan="open")
+    before = service.scrape()
+    with grpc.insecure_channel(service.target) as channel:
+        stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+        futures = [
+            stub.RecordUsage.future(
+                usage_pb2.RecordUsageRequest(
+                    customer_id=customer, meter_slug="tokens", quantity="1", transaction_id=f"b{i}"
+                ),
+                timeout=60,
+            )
+            for i in range(300)
+        ]
+        assert all(not f.result().duplicate for f in futures)
+    after = service.scrape()
+    events = metric_value(after, "metering_write_batch_events_sum") - metric_value(
+        before, "metering_write_batch_events_sum"
+    )
+    batches = metric_value(after, "metering_write_batch_events_count") - metric_value(
+        before, "metering_write_batch_events_count"
+    )
+    assert events == 300
+    assert batches < 300  # calls in flight together were written together
 
 
 def test_concurrent_retries_of_one_transaction_id_record_once(

@@ -18,9 +18,9 @@ from metering.api import convert, validation
 from metering.api.errors import ok_status, to_rpc_status
 from metering.api.paging import encode_token
 from metering.decimals import ZERO
-from metering.engine import MeteringEngine
+from metering.engine import MeteringEngine, RecordResult, UsageCommand
 from metering.entitlements import Entitlements
-from metering.errors import LimitExceeded, TransactionConflict
+from metering.errors import LimitExceeded, MeteringError, TransactionConflict
 from metering.reporting import Reporting
 from metering.v1 import (
     billing_pb2,
@@ -56,16 +56,19 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def RecordUsage(  # noqa: N802 - gRPC method name
         self, request: usage_pb2.RecordUsageRequest, context: Context
     ) -> usage_pb2.RecordUsageResponse:
-        return await self._record(request)
+        [result] = await self._record_group([request])
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     async def RecordUsageBatch(  # noqa: N802
         self, request: ingest_pb2.RecordUsageBatchRequest, context: Context
     ) -> ingest_pb2.RecordUsageBatchResponse:
         validation.batch_size(len(request.events))
-        # In order, one after the other: a repeated transaction id in one batch
-        # behaves exactly as two RecordUsage calls.
-        results = [await self._result(index, event) for index, event in enumerate(request.events)]
-        return ingest_pb2.RecordUsageBatchResponse(results=results)
+        # One group, decided in order in one transaction: a repeated
+        # transaction id in a batch behaves exactly as two RecordUsage calls.
+        outcomes = await self._record_group(list(request.events))
+        return ingest_pb2.RecordUsageBatchResponse(results=[_result(i, o) for i, o in enumerate(outcomes)])
 
     async def RecordUsageStream(  # noqa: N802
         self, request_iterator: AsyncIterator[ingest_pb2.RecordUsageStreamRequest], context: Context
@@ -74,8 +77,8 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         index = 0
         async for message in request_iterator:
             validation.batch_size(len(message.events))
-            for event in message.events:
-                result = await self._result(index, event)
+            for outcome in await self._record_group(list(message.events)):
+                result = _result(index, outcome)
                 index += 1
                 if result.status.code != code_pb2.OK:
                     response.failed_count += 1
@@ -195,35 +198,52 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         record = await self._engine.get_customer(validation.customer_id(request.customer_id))
         return customer_pb2.GetCustomerResponse(customer=convert.customer(record))
 
-    async def _record(self, request: usage_pb2.RecordUsageRequest) -> usage_pb2.RecordUsageResponse:
-        """One event, as RecordUsage answers it (raises the refusal)."""
-        command = validation.record_usage(
-            request, self._catalog, now=self._engine.now(), backfill_window=self._backfill_window
-        )
-        meter = command.meter.slug
-        try:
-            result = await self._engine.record_usage(command)
-        except TransactionConflict:
-            self._metrics.events.labels(meter, m.PAYLOAD_CONFLICT).inc()
-            raise
-        except LimitExceeded as exc:
-            self._metrics.events.labels(meter, m.REJECTED).inc()
-            self._metrics.limit_rejections.labels(exc.meter, exc.plan).inc()
-            raise
-        if result.duplicate:
-            self._metrics.events.labels(meter, m.DUPLICATE).inc()
-        else:
-            self._metrics.events.labels(meter, m.RECORDED).inc()
-            self._metrics.quantity.labels(meter).inc(float(result.event.quantity))
-            if result.overage > ZERO:
-                self._metrics.overage.labels(meter, result.plan_slug).inc(float(result.overage))
-        return convert.record_usage_response(result)
+    async def _record_group(
+        self, requests: list[usage_pb2.RecordUsageRequest]
+    ) -> list[usage_pb2.RecordUsageResponse | BaseException]:
+        """Events validated one by one, then recorded together in order; each
+        answer is the response RecordUsage would give, or its refusal."""
+        now = self._engine.now()
+        commands: list[UsageCommand | BaseException] = []
+        for request in requests:
+            try:
+                commands.append(
+                    validation.record_usage(request, self._catalog, now=now, backfill_window=self._backfill_window)
+                )
+            except MeteringError as exc:
+                commands.append(exc)
+        valid = [c for c in commands if isinstance(c, UsageCommand)]
+        outcomes = iter(await self._engine.record_many(valid) if valid else [])
+        answers: list[usage_pb2.RecordUsageResponse | BaseException] = []
+        for command in commands:
+            if isinstance(command, BaseException):
+                answers.append(command)
+                continue
+            outcome = next(outcomes)
+            self._count(command, outcome)
+            answers.append(outcome if isinstance(outcome, BaseException) else convert.record_usage_response(outcome))
+        return answers
 
-    async def _result(self, index: int, request: usage_pb2.RecordUsageRequest) -> ingest_pb2.RecordUsageResult:
-        """One event of a batch or stream: its refusal becomes its own status,
-        never the call's, so one bad event does not fail the others."""
-        try:
-            response = await self._record(request)
-        except Exception as exc:
-            return ingest_pb2.RecordUsageResult(index=index, status=to_rpc_status(exc))
-        return ingest_pb2.RecordUsageResult(index=index, status=ok_status(), response=response)
+    def _count(self, command: UsageCommand, outcome: RecordResult | BaseException) -> None:
+        meter = command.meter.slug
+        if isinstance(outcome, TransactionConflict):
+            self._metrics.events.labels(meter, m.PAYLOAD_CONFLICT).inc()
+        elif isinstance(outcome, LimitExceeded):
+            self._metrics.events.labels(meter, m.REJECTED).inc()
+            self._metrics.limit_rejections.labels(outcome.meter, outcome.plan).inc()
+        elif isinstance(outcome, RecordResult):
+            if outcome.duplicate:
+                self._metrics.events.labels(meter, m.DUPLICATE).inc()
+            else:
+                self._metrics.events.labels(meter, m.RECORDED).inc()
+                self._metrics.quantity.labels(meter).inc(float(outcome.event.quantity))
+                if outcome.overage > ZERO:
+                    self._metrics.overage.labels(meter, outcome.plan_slug).inc(float(outcome.overage))
+
+
+def _result(index: int, outcome: usage_pb2.RecordUsageResponse | BaseException) -> ingest_pb2.RecordUsageResult:
+    """One event of a batch or stream: its refusal becomes its own status,
+    never the call's, so one bad event does not fail the others."""
+    if isinstance(outcome, BaseException):
+        return ingest_pb2.RecordUsageResult(index=index, status=to_rpc_status(outcome))
+    return ingest_pb2.RecordUsageResult(index=index, status=ok_status(), response=outcome)

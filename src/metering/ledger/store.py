@@ -1,16 +1,7 @@
-"""The ledger's write path: customers, events, voids, and counter reads.
+"""The ledger: customers, voids, event lookups and counter reads.
 
-Recording an event is one transaction on one customer:
-
-1. lock the counter row of (customer, meter, period), creating it if needed;
-2. look the transaction id up: an existing event makes this call a duplicate
-   (same payload) or a conflict (different payload), and nothing is written;
-3. add the active grants and unexpired holds to the plan's allowance and
-   decide (metering.limits) while the lock is held;
-4. insert the event; the unique (customer_id, transaction_id) constraint is
-   the final guard: if a concurrent call inserted the same id first, this
-   insert does nothing and the whole step runs again, now finding it;
-5. update the counter and commit. OK is answered after the commit.
+Events are written by the batching writer (metering.ledger.writer); grants
+and reservations by metering.ledger.holds.
 """
 
 from __future__ import annotations
@@ -18,36 +9,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-import asyncpg
-
 from metering import limits
 from metering.catalog import Meter
-from metering.errors import BillingAnchorImmutable, TransactionConflict
+from metering.errors import BillingAnchorImmutable
 from metering.ledger import steps
 from metering.ledger.pool import PoolUser, translate_errors
 from metering.ledger.records import (
     CounterReading,
     CustomerRecord,
-    NewEvent,
-    RecordOutcome,
     StoredEvent,
-    new_event_id,
-    payload_differences,
 )
 from metering.ledger.sql import counter_state
 from metering.periods import Period
 
-# How often step 4 may find the id taken by a concurrent insert before giving
-# up; the second attempt always sees the committed row, so 3 is generous.
-_RECORD_ATTEMPTS = 3
-
-
-class RetryTransaction(Exception):
-    """A concurrent insert took the transaction id: roll back and run again."""
-
 
 class Ledger(PoolUser):
-    """The write path (events, counters, customers) and counter reads."""
+    """Customers, voids, event lookups and counter reads."""
 
     async def ping(self) -> None:
         async with translate_errors(), self._connection() as conn:
@@ -107,73 +84,6 @@ class Ledger(PoolUser):
             return record, created
 
     # -- events -----------------------------------------------------------------
-
-    async def record_usage(
-        self,
-        new: NewEvent,
-        plan: limits.Allowance,
-        period: Period,
-        *,
-        unique_value: str | None,
-        allow_overage: bool,
-    ) -> RecordOutcome:
-        async with translate_errors(), self._connection() as conn:
-            for _ in range(_RECORD_ATTEMPTS):
-                try:
-                    async with conn.transaction():
-                        return await self._record_once(conn, new, plan, period, unique_value, allow_overage)
-                except RetryTransaction:
-                    continue
-        raise RuntimeError(f"transaction id {new.transaction_id!r} kept colliding with concurrent inserts")
-
-    async def _record_once(
-        self,
-        conn: asyncpg.Connection,
-        new: NewEvent,
-        plan: limits.Allowance,
-        period: Period,
-        unique_value: str | None,
-        allow_overage: bool,
-    ) -> RecordOutcome:
-        state = await steps.lock_counter(conn, new.customer_id, new.meter_slug, period)
-        existing = await steps.find_event(conn, new.customer_id, new.transaction_id)
-        if existing is not None:
-            differences = payload_differences(existing, new)
-            if differences:
-                raise TransactionConflict(new.transaction_id, differences, str(existing.event_id))
-            allowance, _ = await steps.full_allowance(
-                conn, plan, existing.customer_id, existing.meter_slug, existing.period_start, existing.event_time
-            )
-            if existing.period_start != period.start:
-                state = await steps.read_counter(conn, existing.customer_id, existing.meter_slug, existing.period_start)
-            return RecordOutcome(existing, True, None, CounterReading(state, allowance.granted, allowance.reserved))
-        allowance, _ = await steps.full_allowance(
-            conn, plan, new.customer_id, new.meter_slug, period.start, new.event_time
-        )
-        new_value = unique_value is not None and await steps.is_new_unique_value(
-            conn, new.customer_id, new.meter_slug, period.start, unique_value
-        )
-        event_id = new_event_id()
-        decision = limits.decide(
-            allowance,
-            state,
-            new.quantity,
-            event_time=new.event_time,
-            event_id=event_id,
-            new_unique_value=new_value,
-            allow_overage=allow_overage,
-        )
-        reading = CounterReading(decision.state_after, allowance.granted, allowance.reserved)
-        if not decision.accepted:
-            return RecordOutcome(None, False, decision, reading)
-        stored = await steps.insert_event(conn, new, event_id, period.start)
-        if stored is None:
-            raise RetryTransaction  # rolls back; the next attempt finds the event
-        await steps.write_counter(conn, new.customer_id, new.meter_slug, period.start, decision.state_after)
-        if new_value:
-            assert unique_value is not None
-            await steps.add_unique_value(conn, new.customer_id, new.meter_slug, period.start, unique_value, event_id)
-        return RecordOutcome(stored, False, decision, reading)
 
     async def find_event(self, customer_id: str, transaction_id: str) -> StoredEvent | None:
         async with translate_errors(), self._connection() as conn:

@@ -1,0 +1,404 @@
+"""The benchmark suite: every figure next to its ceiling, measured in one run.
+
+    .venv/bin/python bench/run.py                      # embedded PostgreSQL, full suite (~15 min)
+    .venv/bin/python bench/run.py --database-url URL   # a database it may fill (it writes millions of rows)
+    .venv/bin/python bench/run.py --smoke              # seconds: checks that the suite runs
+
+Ceilings: a no-op unary method on the same server process (METERING_BENCH_NOOP=1,
+through the same interceptor) for RPC cost, and raw COPY of the same rows into
+the same table for storage cost. Figures are medians of --runs runs with min
+and max. Ratios are what to compare across machines; absolute numbers are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.support` and `bench.loadgen`
+
+from bench.loadgen import (
+    BALANCE,
+    BATCH,
+    NOOP,
+    RECORD,
+    STREAM,
+    LoadResult,
+    Scenario,
+    cpu_seconds,
+    customer_id,
+    rss_mib,
+    run,
+)
+from metering.embedded import start_embedded
+from metering.ledger.records import new_event_id
+from metering.v1 import customer_pb2, metering_service_pb2_grpc
+from tests.support import ServiceProcess
+
+SPREAD = 100  # customers for the spread scenarios
+PLAN = "pro"  # ai_tokens: hard limit 20,000,000 a month: enforcement on, never reached
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    concurrency: int
+    per_second: list[float]  # events/s of each run
+    p50_ms: list[float]
+    p99_ms: list[float]
+    cpu_us_per_call: list[float]
+    errors: dict[str, int]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.per_second)
+
+    def line(self) -> str:
+        def span(values: list[float], fmt: str) -> str:
+            return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+        errors = f"  errors {self.errors}" if self.errors else ""
+        return (
+            f"{self.name:<28} c={self.concurrency:<3} {span(self.per_second, ',.0f'):>26} /s   "
+            f"p50 {span(self.p50_ms, '.2f'):>20} ms   p99 {span(self.p99_ms, '.2f'):>20} ms   "
+            f"cpu {statistics.median(self.cpu_us_per_call):,.0f} us/call{errors}"
+        )
+
+
+def machine_state() -> str:
+    with open("/proc/loadavg") as handle:
+        load = handle.read().split()[:3]
+
+    def idle() -> tuple[int, int]:
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+        return values[3] + values[4], sum(values)
+
+    idle_before, total_before = idle()
+    time.sleep(1)
+    idle_after, total_after = idle()
+    busy = 100 * (1 - (idle_after - idle_before) / max(1, total_after - total_before))
+    return f"{os.cpu_count()} cores; load average {' '.join(load)}; CPU busy {busy:.0f}% over the last second"
+
+
+def measure(
+    service: ServiceProcess, scenario: Scenario, concurrency: int, args: argparse.Namespace, tag: str
+) -> Figure:
+    per_second: list[float] = []
+    p50: list[float] = []
+    p99: list[float] = []
+    cpu: list[float] = []
+    errors: dict[str, int] = {}
+    assert service.process is not None
+    for index in range(args.runs):
+        before = cpu_seconds(service.process.pid)
+        result: LoadResult = run(
+            service.target,
+            scenario,
+            concurrency=concurrency,
+            seconds=args.seconds,
+            processes=args.processes,
+            run_tag=f"{tag}{index}-{uuid.uuid4().hex[:6]}",
+        )
+        used = cpu_seconds(service.process.pid) - before
+        per_second.append(result.events_per_second)
+        p50.append(result.p50_ms)
+        p99.append(result.p99_ms)
+        cpu.append(used / max(1, result.calls) * 1e6)
+        for code, count in result.errors.items():
+            errors[code] = errors.get(code, 0) + count
+    figure = Figure(scenario.name, concurrency, per_second, p50, p99, cpu, errors)
+    print(figure.line(), flush=True)
+    return figure
+
+
+async def copy_rows(url: str, rows: int, customers: int, tag: str) -> float:
+    """Raw COPY of RecordUsage-shaped rows into usage_events: rows/s."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.executemany(
+            "INSERT INTO customers (customer_id, plan_slug, billing_anchor) VALUES ($1, $2, now()) "
+            "ON CONFLICT DO NOTHING",
+            [(f"copy-{tag}-{i}", PLAN) for i in range(customers)],
+        )
+        now = datetime.now(UTC)
+        records = [
+            (
+                f"copy-{tag}-{i % customers}",
+                new_event_id(),
+                f"{tag}-{i}",
+                "ai_tokens",
+                "ai_tokens_graduated",
+                None,
+                Decimal(1),
+                now,
+                now,
+                now,
+                "{}",
+            )
+            for i in range(rows)
+        ]
+        started = time.perf_counter()
+        await conn.copy_records_to_table(
+            "usage_events",
+            records=records,
+            columns=[
+                "customer_id",
+                "event_id",
+                "transaction_id",
+                "meter_slug",
+                "price_slug",
+                "requested_price_slug",
+                "quantity",
+                "event_time",
+                "period_start",
+                "recorded_at",
+                "properties",
+            ],
+        )
+        return rows / (time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+def copy_ceiling(url: str, args: argparse.Namespace, tag: str) -> Figure:
+    rates = [asyncio.run(copy_rows(url, args.copy_rows, SPREAD, f"{tag}{i}")) for i in range(args.runs)]
+    figure = Figure("raw COPY (storage ceiling)", 1, rates, [0.0], [0.0], [0.0], {})
+    print(figure.line(), flush=True)
+    return figure
+
+
+async def load_history(url: str, events: int, chunk: int = 500_000) -> float:
+    """Fill the ledger with `events` past events of 1,000 other customers."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.executemany(
+            "INSERT INTO customers (customer_id, plan_slug, billing_anchor) VALUES ($1, $2, now()) "
+            "ON CONFLICT DO NOTHING",
+            [(f"history-{i}", PLAN) for i in range(1000)],
+        )
+        started = time.perf_counter()
+        start = datetime.now(UTC) - timedelta(days=30)
+        loaded = await conn.fetchval("SELECT count(*) FROM usage_events WHERE customer_id LIKE 'history-%'")
+        while loaded < events:
+            size = min(chunk, events - loaded)
+            step = timedelta(days=30) / events
+            records = (
+                (
+                    f"history-{i % 1000}",
+                    new_event_id(),
+                    f"history-{i}",
+                    "ai_tokens",
+                    "ai_tokens_graduated",
+                    None,
+                    Decimal(1),
+                    start + step * i,
+                    start,
+                    start,
+                    json.dumps({"region": "eu"}),
+                )
+                for i in range(loaded, loaded + size)
+            )
+            await conn.copy_records_to_table(
+                "usage_events",
+                records=records,
+                columns=[
+                    "customer_id",
+                    "event_id",
+                    "transaction_id",
+                    "meter_slug",
+                    "price_slug",
+                    "requested_price_slug",
+                    "quantity",
+                    "event_time",
+                    "period_start",
+                    "recorded_at",
+                    "properties",
+                ],
+            )
+            loaded += size
+            print(f"  ... {loaded:,} events loaded", flush=True)
+        await conn.execute("VACUUM ANALYZE usage_events")
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+def create_customers(target: str, tag: str) -> None:
+    with grpc.insecure_channel(target) as channel:
+        stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+        for index in range(SPREAD):
+            stub.UpsertCustomer(
+                customer_pb2.UpsertCustomerRequest(customer_id=customer_id(tag, index), plan_slug=PLAN), timeout=10
+            )
+
+
+def phase(service: ServiceProcess, url: str, args: argparse.Namespace, label: str) -> dict[str, Figure]:
+    print(f"\n== {label} ==", flush=True)
+    # Customers are named by the run tag the load generator derives them from;
+    # one tag per scenario keeps the spread customers of each scenario apart.
+    figures: dict[str, Figure] = {}
+
+    def scenario(key: str, make: Callable[[str], Scenario], concurrency: int) -> None:
+        """Fresh customers for each scenario, so no scenario inherits another's counters."""
+        tag = f"{label[:3]}{key}"
+        create_customers(service.target, tag)
+        figures[key] = measure(service, make(tag), concurrency, args, tag)
+
+    noop = Scenario("no-op unary (RPC ceiling)", NOOP)
+    for c in args.concurrency:
+        figures[f"noop{c}"] = measure(service, noop, c, args, "noop")
+    for c in args.concurrency:
+        scenario(
+            f"record{c}", lambda t: Scenario("RecordUsage, 100 customers", RECORD, customers=SPREAD, customer_tag=t), c
+        )
+    top = max(args.concurrency)
+    scenario("hot", lambda t: Scenario("RecordUsage, 1 customer", RECORD, customers=1, customer_tag=t), top)
+    scenario("balance", lambda t: Scenario("CheckBalance", BALANCE, customers=SPREAD, customer_tag=t), top)
+    scenario(
+        "batch100",
+        lambda t: Scenario("RecordUsageBatch x100", BATCH, customers=SPREAD, events_per_call=100, customer_tag=t),
+        8,
+    )
+    scenario(
+        "batch1000",
+        lambda t: Scenario("RecordUsageBatch x1000", BATCH, customers=SPREAD, events_per_call=1000, customer_tag=t),
+        2,
+    )
+    scenario(
+        "stream",
+        lambda t: Scenario(
+            "RecordUsageStream 10x100",
+            STREAM,
+            customers=SPREAD,
+            events_per_call=100,
+            stream_messages=10,
+            customer_tag=t,
+        ),
+        4,
+    )
+    figures["copy"] = copy_ceiling(url, args, label[:3])
+    return figures
+
+
+def ratios(f: dict[str, Figure], concurrency: list[int]) -> list[tuple[str, float, str]]:
+    top = max(concurrency)
+    rows = [
+        (f"RecordUsage / no-op, c={c}", f[f"record{c}"].median / f[f"noop{c}"].median, ">= 0.60 at c=64")
+        for c in concurrency
+    ]
+    rows += [
+        ("1 customer / 100 customers", f["hot"].median / f[f"record{top}"].median, ">= 0.50"),
+        ("Batch x100 / COPY", f["batch100"].median / f["copy"].median, ""),
+        ("Batch x1000 / COPY", f["batch1000"].median / f["copy"].median, ">= 0.50"),
+        ("Stream / COPY", f["stream"].median / f["copy"].median, ""),
+        (f"CheckBalance / no-op, c={top}", f["balance"].median / f[f"noop{top}"].median, ">= 0.80"),
+        (
+            f"CheckBalance p99 / no-op p99, c={top}",
+            statistics.median(f["balance"].p99_ms) / statistics.median(f[f"noop{top}"].p99_ms),
+            "<= 2.0",
+        ),
+        (
+            f"RecordUsage p99 / no-op p99, c={top}",
+            statistics.median(f[f"record{top}"].p99_ms) / statistics.median(f[f"noop{top}"].p99_ms),
+            "",
+        ),
+    ]
+    return rows
+
+
+def print_ratios(title: str, rows: list[tuple[str, float, str]]) -> None:
+    print(f"\n-- ratios: {title} --")
+    for name, value, target in rows:
+        print(f"{name:<40} {value:6.2f}   {('target ' + target) if target else ''}")
+
+
+def soak(service: ServiceProcess, args: argparse.Namespace) -> None:
+    assert service.process is not None
+    create_customers(service.target, "soak")
+    before = rss_mib(service.process.pid)
+    scenario = Scenario("soak", RECORD, customers=SPREAD, customer_tag="soak")
+    result = run(
+        service.target,
+        scenario,
+        concurrency=max(args.concurrency),
+        seconds=args.soak,
+        processes=args.processes,
+        run_tag="soak",
+    )
+    after = rss_mib(service.process.pid)
+    print(
+        f"\n-- memory: RecordUsage for {args.soak:.0f} s at c={max(args.concurrency)}, "
+        f"{result.events:,} events: server RSS {before:.0f} MiB before, {after:.0f} MiB after --"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: a temporary embedded server)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=2, help="load generator processes")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--copy-rows", type=int, default=200_000)
+    parser.add_argument("--history", type=int, default=10_000_000, help="events to load for the second phase")
+    parser.add_argument("--soak", type=float, default=60.0, help="seconds of the memory run (0: skip)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that the suite runs")
+    args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.runs, args.copy_rows, args.history, args.soak = 0.5, 1, 2_000, 5_000, 1.0
+        args.concurrency = [1, 4]
+    print(f"machine before the run: {machine_state()}")
+    print(
+        f"settings: {args.runs} runs of {args.seconds:g} s, {args.processes} load processes, "
+        f"python {sys.version.split()[0]}"
+    )
+    if args.database_url:
+        execute(args.database_url, args)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        embedded = start_embedded(f"{folder}/pg", delete_on_stop=True)
+        try:
+            execute(embedded.uri(), args)
+        finally:
+            embedded.stop()
+
+
+def execute(url: str, args: argparse.Namespace) -> None:
+    service = ServiceProcess(url, catalog=None, extra_env={"METERING_BENCH_NOOP": "1"}).start()
+    try:
+        empty = phase(service, url, args, "empty ledger")
+        print_ratios("empty ledger", ratios(empty, args.concurrency))
+        if args.history:
+            print(f"\nloading {args.history:,} events of history with COPY ...", flush=True)
+            seconds = asyncio.run(load_history(url, args.history))
+            print(f"loaded in {seconds:.0f} s")
+            full = phase(service, url, args, f"{args.history:,} events in the ledger")
+            print_ratios(f"{args.history:,} events", ratios(full, args.concurrency))
+            print(f"\n-- {args.history:,} events vs empty (target >= 0.80 each) --")
+            for key, figure in full.items():
+                print(f"{figure.name + ' c=' + str(figure.concurrency):<40} {figure.median / empty[key].median:6.2f}")
+        if args.soak:
+            soak(service, args)
+    finally:
+        code = service.stop()
+        print(f"\nserver stopped (exit {code})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,487 @@
+"""The batching writer: concurrent RecordUsage calls share one transaction.
+
+Calls queue as groups (one RecordUsage is a group of one; a batch RPC or a
+stream message is one group, never split, so its order holds). A worker takes
+everything queued, up to `max_batch` events, and in ONE transaction:
+
+1. reads the customers of the batch (plan and billing anchor) and resolves each
+   event (plan terms, period, price) through the engine's `resolve`;
+2. locks every counter row involved, in a stable order (no deadlocks between
+   workers or replicas), creating missing ones;
+3. finds the transaction ids that already exist;
+4. reads the grants active at each event's time and the unexpired holds;
+5. decides every event in arrival order (metering.limits): duplicates, payload
+   conflicts (also between two events of the same batch), limits;
+6. inserts the accepted events with one multi-row statement (the unique
+   constraint still guards: a concurrent twin makes the batch run again);
+7. writes each counter once, commits, and answers every caller.
+
+One bad event refuses only that event. A database failure answers every
+caller of the batch with the same error, and nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from metering import limits
+from metering.decimals import ZERO
+from metering.errors import MeteringError, TransactionConflict
+from metering.ledger import steps
+from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.records import (
+    CounterReading,
+    CustomerRecord,
+    NewEvent,
+    RecordOutcome,
+    StoredEvent,
+    new_event_id,
+    payload_differences,
+)
+from metering.ledger.sql import COUNTER_COLUMNS, EVENT_COLUMNS, EVENT_FROM, EVENT_SELECT, counter_state, stored_event
+from metering.periods import Period
+
+log = logging.getLogger(__name__)
+
+# Attempts of one batch when a concurrent insert takes a transaction id first.
+_BATCH_ATTEMPTS = 3
+
+CounterKey = tuple[str, str, datetime]  # customer, meter, period start
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What the engine decided an event means under its customer's plan."""
+
+    event: NewEvent
+    plan: limits.Allowance  # without grants and holds: the writer adds them
+    period: Period
+    unique_value: str | None
+    allow_overage: bool
+    context: Any = None  # the engine's own data, handed back with the outcome
+
+
+# Given the customer row (None when unknown), resolve an event or raise the
+# domain error that refuses it.
+Resolver = Callable[[CustomerRecord | None], Resolution]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """The outcome of one event and the resolution it was decided under."""
+
+    outcome: RecordOutcome
+    resolution: Resolution
+
+
+@dataclass(eq=False)
+class _Item:
+    customer_id: str
+    resolve: Resolver
+    future: asyncio.Future[Written] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class _RetryBatch(Exception):
+    """A concurrent insert took a transaction id: roll back and run the batch again."""
+
+
+class BatchWriter(PoolUser):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        acquire_timeout: float,
+        max_batch: int = 1000,
+        workers: int = 2,
+        linger: float = 0.0,
+        on_batch: Callable[[int], None] = lambda size: None,
+    ) -> None:
+        super().__init__(pool, acquire_timeout=acquire_timeout)
+        self._on_batch = on_batch  # observes the size of every batch written
+        self._max_batch = max_batch
+        self._linger = linger
+        self._pending: deque[list[_Item]] = deque()
+        self._wakeup = asyncio.Event()
+        self._workers = [asyncio.create_task(self._work()) for _ in range(workers)]
+
+    async def submit(self, customer_id: str, resolve: Resolver) -> Written:
+        """One event; raises the domain error that refuses it."""
+        [result] = await self.submit_group([(customer_id, resolve)])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def submit_group(self, events: Sequence[tuple[str, Resolver]]) -> list[Written | BaseException]:
+        """Several events decided in this order, in the same transaction; each
+        result is the outcome or the exception that refused that event."""
+        group = [_Item(customer_id, resolve) for customer_id, resolve in events]
+        self._pending.append(group)
+        self._wakeup.set()
+        return list(await asyncio.gather(*(item.future for item in group), return_exceptions=True))
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self._linger and sum(len(g) for g in self._pending) < self._max_batch:
+                await asyncio.sleep(self._linger)  # let more calls join (off by default)
+            batch: list[_Item] = []
+            while self._pending and (not batch or len(batch) + len(self._pending[0]) <= self._max_batch):
+                batch.extend(self._pending.popleft())
+            if not batch:
+                continue
+            self._on_batch(len(batch))
+            try:
+                await self._write(batch)
+            except asyncio.CancelledError:
+                _fail(batch, asyncio.CancelledError())
+                raise
+            except BaseException as exc:  # every caller learns why, nothing is half-written
+                if not isinstance(exc, MeteringError):
+                    log.exception("batch of %d events failed", len(batch))
+                _fail(batch, exc)
+
+    async def _write(self, batch: list[_Item]) -> None:
+        async with translate_errors(), self._connection() as conn:
+            for attempt in range(_BATCH_ATTEMPTS):
+                try:
+                    async with conn.transaction():
+                        results = await self._decide_and_write(conn, batch)
+                except _RetryBatch:
+                    if attempt == _BATCH_ATTEMPTS - 1:
+                        raise RuntimeError("a batch kept colliding with concurrent inserts") from None
+                    continue
+                for item, result in zip(batch, results, strict=True):
+                    if not item.future.done():
+                        if isinstance(result, BaseException):
+                            item.future.set_exception(result)
+                        else:
+                            item.future.set_result(result)
+                return
+
+    async def _decide_and_write(self, conn: asyncpg.Connection, batch: list[_Item]) -> list[Written | BaseException]:
+        customers = await _customers(conn, {item.customer_id for item in batch})
+        resolutions: list[Resolution | BaseException] = []
+        for item in batch:
+            try:
+                resolutions.append(item.resolve(customers.get(item.customer_id)))
+            except MeteringError as exc:
+                resolutions.append(exc)
+        valid = [(i, r) for i, r in enumerate(resolutions) if isinstance(r, Resolution)]
+        valid_of = dict(valid)
+        keys = sorted({_key(r) for _, r in valid})
+        states = await _lock_counters(conn, keys, {_key(r): r.period for _, r in valid})
+        existing = await _existing(conn, [r.event for _, r in valid])
+        allowances = await _allowances(conn, [r for _, r in valid])
+        seen_values = await _seen_unique_values(conn, [(_key(r), r.unique_value) for _, r in valid if r.unique_value])
+        # Per event: its outcome, the error refusing it, or (until the end) the
+        # earlier event of the batch it duplicates.
+        results: list[Written | BaseException | _DuplicateOf] = [
+            r if isinstance(r, BaseException) else Written(RecordOutcome(None, False, None, _EMPTY), r)
+            for r in resolutions
+        ]
+        in_batch: dict[tuple[str, str], tuple[int, NewEvent]] = {}  # accepted earlier in this batch
+        inserts: list[tuple[int, NewEvent, Any]] = []  # (index, event, event id)
+        new_values: list[tuple[CounterKey, str, Any]] = []
+        for (index, resolution), allowance in zip(valid, allowances, strict=True):
+            event, key = resolution.event, _key(resolution)
+            txn = (event.customer_id, event.transaction_id)
+            try:
+                earlier = existing.get(txn)
+                if earlier is not None:
+                    _same_payload(earlier, event)
+                    reading = await _reading_of(conn, earlier, key, states, allowance)
+                    results[index] = Written(RecordOutcome(earlier, True, None, reading), resolution)
+                    continue
+                if txn in in_batch:
+                    first_index, first = in_batch[txn]
+                    _same_payload_pending(first, event)
+                    results[index] = _DuplicateOf(first_index, resolution)
+                    continue
+            except MeteringError as exc:
+                results[index] = exc
+                continue
+            new_value = resolution.unique_value is not None and (key, resolution.unique_value) not in seen_values
+            event_id = new_event_id()
+            decision = limits.decide(
+                allowance,
+                states[key],
+                event.quantity,
+                event_time=event.event_time,
+                event_id=event_id,
+                new_unique_value=new_value,
+                allow_overage=resolution.allow_overage,
+            )
+            reading = CounterReading(decision.state_after, allowance.granted, allowance.reserved)
+            if not decision.accepted:
+                results[index] = Written(RecordOutcome(None, False, decision, reading), resolution)
+                continue
+            states[key] = decision.state_after
+            in_batch[txn] = (index, event)
+            inserts.append((index, event, event_id))
+            if new_value:
+                assert resolution.unique_value is not None
+                seen_values.add((key, resolution.unique_value))
+                new_values.append((key, resolution.unique_value, event_id))
+            results[index] = Written(RecordOutcome(None, False, decision, reading), resolution)
+        stored = await _insert_events(conn, [(event, event_id, _key(valid_of[i])) for i, event, event_id in inserts])
+        if len(stored) != len(inserts):
+            raise _RetryBatch
+        for (index, _, _), stored_event_ in zip(inserts, stored, strict=True):
+            written = results[index]
+            assert isinstance(written, Written)
+            outcome = written.outcome
+            results[index] = Written(
+                RecordOutcome(stored_event_, False, outcome.decision, outcome.reading), written.resolution
+            )
+        for index, result in enumerate(results):
+            if isinstance(result, _DuplicateOf):
+                original = results[result.first_index]
+                assert isinstance(original, Written) and original.outcome.event is not None
+                results[index] = Written(
+                    RecordOutcome(original.outcome.event, True, None, original.outcome.reading), result.resolution
+                )
+        touched = {_key(w.resolution) for w in results if isinstance(w, Written) and w.outcome.decision}
+        await _write_counters(conn, [(key, states[key]) for key in sorted(touched)])
+        await _add_unique_values(conn, new_values)
+        return [r for r in results if not isinstance(r, _DuplicateOf)]
+
+
+_EMPTY = CounterReading(limits.CounterState(), ZERO, ZERO)  # placeholder until decided
+
+
+@dataclass(frozen=True, slots=True)
+class _DuplicateOf:
+    """An event repeating the transaction id of an event accepted earlier in the batch."""
+
+    first_index: int
+    resolution: Resolution
+
+
+def _fail(batch: list[_Item], exc: BaseException) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(exc)
+
+
+def _key(resolution: Resolution) -> CounterKey:
+    return (resolution.event.customer_id, resolution.event.meter_slug, resolution.period.start)
+
+
+def _same_payload(stored: StoredEvent, new: NewEvent) -> None:
+    differences = payload_differences(stored, new)
+    if differences:
+        raise TransactionConflict(new.transaction_id, differences, str(stored.event_id))
+
+
+def _same_payload_pending(first: NewEvent, new: NewEvent) -> None:
+    as_stored = StoredEvent(
+        event_id=new_event_id(),
+        customer_id=first.customer_id,
+        transaction_id=first.transaction_id,
+        meter_slug=first.meter_slug,
+        price_slug=first.price_slug,
+        requested_price_slug=first.requested_price_slug,
+        quantity=first.quantity,
+        event_time=first.event_time,
+        period_start=first.event_time,
+        recorded_at=first.event_time,
+        properties=first.properties,
+    )
+    _same_payload(as_stored, new)
+
+
+async def _customers(conn: asyncpg.Connection, ids: set[str]) -> dict[str, CustomerRecord]:
+    rows = await conn.fetch(
+        "SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at FROM customers "
+        "WHERE customer_id = ANY($1::text[])",
+        list(ids),
+    )
+    return {row["customer_id"]: CustomerRecord(**dict(row)) for row in rows}
+
+
+async def _lock_counters(
+    conn: asyncpg.Connection, keys: list[CounterKey], periods: dict[CounterKey, Period]
+) -> dict[CounterKey, limits.CounterState]:
+    """Lock (creating at zero) every counter of the batch, in the sorted order of `keys`."""
+    rows = await conn.fetch(
+        f"""
+        INSERT INTO meter_counters AS c (customer_id, meter_slug, period_start, period_end)
+        SELECT k.customer_id, k.meter_slug, k.period_start, k.period_end
+          FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+               WITH ORDINALITY AS k (customer_id, meter_slug, period_start, period_end, n)
+         ORDER BY k.n
+        ON CONFLICT (customer_id, meter_slug, period_start) DO UPDATE SET period_end = c.period_end
+        RETURNING customer_id, meter_slug, period_start, {COUNTER_COLUMNS}
+        """,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [periods[k].end for k in keys],
+    )
+    return {(row["customer_id"], row["meter_slug"], row["period_start"]): counter_state(row) for row in rows}
+
+
+async def _existing(conn: asyncpg.Connection, events: list[NewEvent]) -> dict[tuple[str, str], StoredEvent]:
+    rows = await conn.fetch(
+        f"""
+        SELECT {EVENT_SELECT} FROM {EVENT_FROM}
+         WHERE (e.customer_id, e.transaction_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+        """,
+        [e.customer_id for e in events],
+        [e.transaction_id for e in events],
+    )
+    return {(row["customer_id"], row["transaction_id"]): stored_event(row) for row in rows}
+
+
+async def _allowances(conn: asyncpg.Connection, resolutions: list[Resolution]) -> list[limits.Allowance]:
+    """Each event's plan allowance plus the grants active at its event time and
+    the unexpired holds of its period (by the database's clock)."""
+    if not resolutions:
+        return []
+    rows = await conn.fetch(
+        """
+        SELECT k.n,
+               (SELECT coalesce(sum(g.quantity), 0) FROM grants g
+                 WHERE g.customer_id = k.customer_id AND g.meter_slug = k.meter_slug
+                   AND g.effective_at <= k.at AND (g.expires_at IS NULL OR g.expires_at > k.at)) AS granted,
+               (SELECT coalesce(sum(r.quantity), 0) FROM reservations r
+                 WHERE r.customer_id = k.customer_id AND r.meter_slug = k.meter_slug
+                   AND r.period_start = k.period_start AND r.status = 'held'
+                   AND r.expires_at > clock_timestamp()) AS reserved
+          FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+               WITH ORDINALITY AS k (customer_id, meter_slug, period_start, at, n)
+         ORDER BY k.n
+        """,
+        [r.event.customer_id for r in resolutions],
+        [r.event.meter_slug for r in resolutions],
+        [r.period.start for r in resolutions],
+        [r.event.event_time for r in resolutions],
+    )
+    return [
+        limits.Allowance(
+            r.plan.aggregation, r.plan.enforcement, r.plan.limit, granted=row["granted"], reserved=row["reserved"]
+        )
+        for r, row in zip(resolutions, rows, strict=True)
+    ]
+
+
+async def _seen_unique_values(
+    conn: asyncpg.Connection, wanted: list[tuple[CounterKey, str | None]]
+) -> set[tuple[CounterKey, str]]:
+    if not wanted:
+        return set()
+    rows = await conn.fetch(
+        """
+        SELECT u.customer_id, u.meter_slug, u.period_start, u.value FROM meter_unique_values u
+         WHERE (u.customer_id, u.meter_slug, u.period_start, u.value)
+               IN (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]))
+        """,
+        [k[0] for k, _ in wanted],
+        [k[1] for k, _ in wanted],
+        [k[2] for k, _ in wanted],
+        [v for _, v in wanted],
+    )
+    return {((row["customer_id"], row["meter_slug"], row["period_start"]), row["value"]) for row in rows}
+
+
+async def _reading_of(
+    conn: asyncpg.Connection,
+    earlier: StoredEvent,
+    key: CounterKey,
+    states: dict[CounterKey, limits.CounterState],
+    allowance: limits.Allowance,
+) -> CounterReading:
+    """The counter a duplicate reports: its original period's (rarely not locked here)."""
+    original = (earlier.customer_id, earlier.meter_slug, earlier.period_start)
+    state = states.get(original)
+    if state is None:
+        state = await steps.read_counter(conn, *original)
+    return CounterReading(state, allowance.granted, allowance.reserved)
+
+
+async def _insert_events(conn: asyncpg.Connection, rows: list[tuple[NewEvent, Any, CounterKey]]) -> list[StoredEvent]:
+    """One multi-row insert; returns the stored events in input order, or fewer
+    when a concurrent insert took a transaction id (the caller runs again)."""
+    if not rows:
+        return []
+    events = [event for event, _, _ in rows]
+    stored = await conn.fetch(
+        f"""
+        INSERT INTO usage_events ({EVENT_COLUMNS})
+        SELECT k.event_id, k.customer_id, k.transaction_id, k.meter_slug, k.price_slug, k.requested_price_slug,
+               k.quantity, k.event_time, k.period_start, now(), k.properties
+          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::numeric[],
+                      $8::timestamptz[], $9::timestamptz[], $10::jsonb[])
+               WITH ORDINALITY AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
+                                     requested_price_slug, quantity, event_time, period_start, properties, n)
+         ORDER BY k.n
+        ON CONFLICT (customer_id, transaction_id) DO NOTHING
+        RETURNING {EVENT_COLUMNS}
+        """,
+        [event_id for _, event_id, _ in rows],
+        [e.customer_id for e in events],
+        [e.transaction_id for e in events],
+        [e.meter_slug for e in events],
+        [e.price_slug for e in events],
+        [e.requested_price_slug for e in events],
+        [e.quantity for e in events],
+        [e.event_time for e in events],
+        [key[2] for _, _, key in rows],
+        [e.properties for e in events],
+    )
+    by_id = {row["event_id"]: stored_event(row) for row in stored}
+    return [by_id[event_id] for _, event_id, _ in rows if event_id in by_id]
+
+
+async def _write_counters(conn: asyncpg.Connection, counters: list[tuple[CounterKey, limits.CounterState]]) -> None:
+    if not counters:
+        return
+    await conn.execute(
+        """
+        UPDATE meter_counters c
+           SET used = u.used, event_count = u.event_count, latest_event_time = u.latest_event_time,
+               latest_event_id = u.latest_event_id, updated_at = now()
+          FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::numeric[], $5::bigint[], $6::timestamptz[],
+                      $7::uuid[]) AS u (customer_id, meter_slug, period_start, used, event_count, latest_event_time,
+                                       latest_event_id)
+         WHERE c.customer_id = u.customer_id AND c.meter_slug = u.meter_slug AND c.period_start = u.period_start
+        """,
+        [k[0] for k, _ in counters],
+        [k[1] for k, _ in counters],
+        [k[2] for k, _ in counters],
+        [s.used for _, s in counters],
+        [s.event_count for _, s in counters],
+        [s.latest_event_time for _, s in counters],
+        [s.latest_event_id for _, s in counters],
+    )
+
+
+async def _add_unique_values(conn: asyncpg.Connection, values: list[tuple[CounterKey, str, Any]]) -> None:
+    if not values:
+        return
+    await conn.execute(
+        """
+        INSERT INTO meter_unique_values (customer_id, meter_slug, period_start, value, first_event_id)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::uuid[])
+        """,
+        [k[0] for k, _, _ in values],
+        [k[1] for k, _, _ in values],
+        [k[2] for k, _, _ in values],
+        [v for _, v, _ in values],
+        [event_id for _, _, event_id in values],
+    )
