@@ -9,6 +9,7 @@ metering.api) and no SQL (see metering.ledger).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -111,6 +112,31 @@ class VoidResult:
     balance: MeterBalance
 
 
+class CustomerCache:
+    """Recently seen customers, bounded (least recently used go first). Only
+    safe for what never changes (the billing anchor) or is verified where it is
+    used (the plan: see MeteringEngine.check_balance)."""
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[str, CustomerRecord] = OrderedDict()
+
+    def get(self, customer_id: str) -> CustomerRecord | None:
+        record = self._entries.get(customer_id)
+        if record is not None:
+            self._entries.move_to_end(customer_id)
+        return record
+
+    def put(self, record: CustomerRecord) -> None:
+        self._entries[record.customer_id] = record
+        self._entries.move_to_end(record.customer_id)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def forget(self, customer_id: str) -> None:
+        self._entries.pop(customer_id, None)
+
+
 def meter_balance(meter: Meter, terms: PlanMeter, period: Period, reading: CounterReading) -> MeterBalance:
     """The balance of one meter from its counter, grants and holds."""
     allowance = limits.Allowance(
@@ -128,6 +154,7 @@ class MeteringEngine:
         self.ledger = ledger
         self.writer = writer
         self._clock = clock
+        self._customers = CustomerCache()
 
     def now(self) -> datetime:
         return self._clock()
@@ -211,17 +238,27 @@ class MeteringEngine:
         return RecordResult(plan.slug, outcome.event, outcome.duplicate, balance, overage)
 
     async def check_balance(self, query: BalanceQuery) -> BalanceReport:
-        customer = await require_customer(self.ledger, query.customer_id)
-        plan = plan_named(self.catalog, customer.plan_slug)
+        """One round trip in the common case: the billing anchor never changes,
+        so it may come from a cache; the plan may, so the statement that reads
+        the counters reads it too, and a changed plan is re-read at once."""
+        customer = self._customers.get(query.customer_id) or await self._load_customer(query.customer_id)
         now = self._clock()
-        meters = [query.meter] if query.meter else [self.catalog.meters[slug] for slug in plan.meters]
-        wanted = []
-        for meter in meters:
-            terms = self.catalog.plan_meter(plan, meter)
-            wanted.append((meter, terms, period_containing(now, customer.billing_anchor, terms.reset)))
-        readings = await self.ledger.read_counters(
-            customer.customer_id, [(meter.slug, period.start) for meter, _, period in wanted], now
-        )
+        for _ in range(2):
+            plan = plan_named(self.catalog, customer.plan_slug)
+            meters = [query.meter] if query.meter else [self.catalog.meters[slug] for slug in plan.meters]
+            wanted = []
+            for meter in meters:
+                terms = self.catalog.plan_meter(plan, meter)
+                wanted.append((meter, terms, period_containing(now, customer.billing_anchor, terms.reset)))
+            current_plan, readings = await self.ledger.read_counters(
+                customer.customer_id, [(meter.slug, period.start) for meter, _, period in wanted], now
+            )
+            if current_plan == customer.plan_slug:
+                break
+            if current_plan is None:
+                self._customers.forget(query.customer_id)
+                raise NotFound("customer", query.customer_id)
+            customer = await self._load_customer(query.customer_id)  # the plan changed since it was cached
         balances = [
             meter_balance(meter, terms, period, readings[(meter.slug, period.start)]) for meter, terms, period in wanted
         ]
@@ -237,6 +274,11 @@ class MeteringEngine:
             )
             requested_allowed = limits.requested_fits(allowance, reading.state.used, query.requested)
         return BalanceReport(customer.customer_id, plan.slug, balances, requested_allowed, now)
+
+    async def _load_customer(self, customer_id: str) -> CustomerRecord:
+        customer = await require_customer(self.ledger, customer_id)
+        self._customers.put(customer)
+        return customer
 
     async def void_usage(self, customer_id: str, transaction_id: str, reason: str) -> VoidResult:
         customer = await require_customer(self.ledger, customer_id)
@@ -263,7 +305,9 @@ class MeteringEngine:
     ) -> tuple[CustomerRecord, bool]:
         if plan_slug not in self.catalog.plans:
             raise NotFound("plan", plan_slug)
-        return await self.ledger.upsert_customer(customer_id, plan_slug, billing_anchor, self._clock())
+        record, created = await self.ledger.upsert_customer(customer_id, plan_slug, billing_anchor, self._clock())
+        self._customers.put(record)
+        return record, created
 
     async def get_customer(self, customer_id: str) -> CustomerRecord:
         return await require_customer(self.ledger, customer_id)

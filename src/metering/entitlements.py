@@ -127,7 +127,7 @@ class Entitlements:
         for slug in by_meter:
             terms = self._catalog.plan_meter(plan, self._catalog.meters[slug])
             keys.append((slug, period_containing(now, customer.billing_anchor, terms.reset).start))
-        readings = await self._ledger.read_counters(customer_id, keys, now)
+        _, readings = await self._ledger.read_counters(customer_id, keys, now)
         views = []
         for slug, start in keys:
             meter_ = self._catalog.meters[slug]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import uuid
 import sys
 from collections.abc import Callable, Iterator
 
@@ -163,3 +164,19 @@ def test_replicas_migrating_at_once_do_not_race(make_database: Callable[[], str]
     assert sum("up to date" in out for out in outputs) == 3, outputs
     versions = run_sql(url, "SELECT version FROM schema_migrations ORDER BY version")
     assert [row["version"] for row in versions] == [m.version for m in load_migrations()]
+
+
+def test_a_plan_change_on_one_replica_shows_at_once_on_another(
+    service: ServiceProcess, second_service: ServiceProcess
+) -> None:
+    customer = f"plan-switch-{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(service.target) as a, grpc.insecure_channel(second_service.target) as b:
+        writer, reader = (
+            metering_service_pb2_grpc.MeteringServiceStub(a),
+            metering_service_pb2_grpc.MeteringServiceStub(b),
+        )
+        for plan in ("open", "limited", "soft", "open"):
+            writer.UpsertCustomer(customer_pb2.UpsertCustomerRequest(customer_id=customer, plan_slug=plan), timeout=10)
+            # The reader has the customer cached from the previous round.
+            balance = reader.CheckBalance(usage_pb2.CheckBalanceRequest(customer_id=customer), timeout=10)
+            assert balance.plan_slug == plan

@@ -120,13 +120,14 @@ class Ledger(PoolUser):
 
     async def read_counters(
         self, customer_id: str, keys: Sequence[tuple[str, datetime]], at: datetime
-    ) -> dict[tuple[str, datetime], CounterReading]:
-        """Each (meter, period start) counter, with the grants active at `at`
-        and the unexpired holds of its period. One statement, no event history."""
+    ) -> tuple[str | None, dict[tuple[str, datetime], CounterReading]]:
+        """The customer's plan now (None: no such customer) and each (meter,
+        period start) counter, with the grants active at `at` and the
+        unexpired holds of its period: one statement, no event history."""
         async with translate_errors(), self._connection() as conn:
             rows = await conn.fetch(
                 """
-                SELECT k.meter_slug, k.period_start,
+                SELECT cu.plan_slug, k.meter_slug, k.period_start,
                        coalesce(c.used, 0) AS used, coalesce(c.event_count, 0) AS event_count,
                        c.latest_event_time, c.latest_event_id,
                        (SELECT coalesce(sum(g.quantity), 0) FROM grants g
@@ -136,21 +137,23 @@ class Ledger(PoolUser):
                          WHERE r.customer_id = $1 AND r.meter_slug = k.meter_slug
                            AND r.period_start = k.period_start AND r.status = 'held'
                            AND r.expires_at > clock_timestamp()) AS reserved
-                  FROM unnest($2::text[], $3::timestamptz[]) AS k (meter_slug, period_start)
+                  FROM customers cu
+                  LEFT JOIN unnest($2::text[], $3::timestamptz[]) AS k (meter_slug, period_start) ON true
                   LEFT JOIN meter_counters c
                     ON c.customer_id = $1 AND c.meter_slug = k.meter_slug AND c.period_start = k.period_start
+                 WHERE cu.customer_id = $1
                 """,
                 customer_id,
                 [meter for meter, _ in keys],
                 [start for _, start in keys],
                 at,
             )
-        return {
-            (row["meter_slug"], row["period_start"]): CounterReading(
-                counter_state(row), row["granted"], row["reserved"]
-            )
-            for row in rows
-        }
+        readings = {}
+        for row in rows:
+            if row["meter_slug"] is not None:
+                key = (row["meter_slug"], row["period_start"])
+                readings[key] = CounterReading(counter_state(row), row["granted"], row["reserved"])
+        return (rows[0]["plan_slug"] if rows else None), readings
 
     async def count_events(self, customer_id: str) -> int:
         """How many events the ledger holds for a customer (for audits and tests)."""
