@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-import uuid
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 
 import grpc
