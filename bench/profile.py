@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import BALANCE, NOOP, RECORD, Scenario, run
+from bench.loadgen import BALANCE, BATCH, NOOP, RECORD, Scenario, run
 from bench.run import SPREAD, create_customers
 from tests.support import ServiceProcess
 
-METHODS = {"noop": NOOP, "record": RECORD, "balance": BALANCE}
+METHODS = {"noop": NOOP, "record": RECORD, "balance": BALANCE, "batch": BATCH}
 
 
 def summarise(raw: Path, top: int) -> None:
@@ -80,7 +80,13 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            scenario = Scenario(args.method, METHODS[args.method], customers=SPREAD, customer_tag="profile")
+            scenario = Scenario(
+                args.method,
+                METHODS[args.method],
+                customers=SPREAD,
+                customer_tag="profile",
+                events_per_call=1000 if args.method == "batch" else 1,
+            )
             result = run(
                 service.target,
                 scenario,
