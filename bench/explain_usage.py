@@ -15,20 +15,24 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.loadgen` when run as a script
+
+from bench.loadgen import COPY_COLUMNS, copy_row
 from metering.catalog import load_catalog
 from metering.embedded import start_embedded
 from metering.ledger.migrate import migrate
 from metering.ledger.pool import create_pool
-from metering.ledger.records import new_event_id
 from metering.ledger.reports import AggregateQuery, UsageReports, aggregate_sql
 from metering.windows import WindowSize, windows
 
@@ -49,39 +53,14 @@ async def load(conn: asyncpg.Connection, count: int) -> float:
 
     def rows() -> Iterator[tuple[object, ...]]:
         for i in range(count):
-            meter = METERS[i % 3]
-            yield (
-                CUSTOMER,
-                new_event_id(),
-                f"txn-{i}",
-                meter,
-                f"{meter}_no_charge",
-                None,
-                Decimal(i % 1000 + 1),
-                START + step * i,
-                START,
-                START,
-                json.dumps({"region": REGIONS[i % 4], "model": MODELS[i % 3]}),
+            row = copy_row(
+                CUSTOMER, f"txn-{i}", START + step * i, json.dumps({"region": REGIONS[i % 4], "model": MODELS[i % 3]})
             )
+            meter = METERS[i % 3]  # three meters, each with the quantity pattern of the original load
+            yield (*row[:3], meter, f"{meter}_no_charge", None, Decimal(i % 1000 + 1), row[7], START, START, row[10])
 
     started = time.perf_counter()
-    await conn.copy_records_to_table(
-        "usage_events",
-        records=rows(),
-        columns=[
-            "customer_id",
-            "event_id",
-            "transaction_id",
-            "meter_slug",
-            "price_slug",
-            "requested_price_slug",
-            "quantity",
-            "event_time",
-            "period_start",
-            "recorded_at",
-            "properties",
-        ],
-    )
+    await conn.copy_records_to_table("usage_events", records=rows(), columns=COPY_COLUMNS)
     elapsed = time.perf_counter() - started
     await conn.execute("VACUUM ANALYZE usage_events")
     return elapsed

@@ -13,9 +13,12 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
 
 import grpc
 
+from metering.ledger.records import new_event_id
 from metering.v1 import ingest_pb2, usage_pb2
 
 RECORD = "/metering.v1.MeteringService/RecordUsage"
@@ -185,3 +188,36 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+# The usage_events columns that benchmarks fill with COPY, and one row of them.
+COPY_COLUMNS = [
+    "customer_id",
+    "event_id",
+    "transaction_id",
+    "meter_slug",
+    "price_slug",
+    "requested_price_slug",
+    "quantity",
+    "event_time",
+    "period_start",
+    "recorded_at",
+    "properties",
+]
+
+
+def copy_row(customer: str, transaction_id: str, event_time: datetime, properties: str = "{}") -> tuple[object, ...]:
+    """An ai_tokens event of quantity 1, shaped as RecordUsage would store it."""
+    return (
+        customer,
+        new_event_id(),
+        transaction_id,
+        "ai_tokens",
+        "ai_tokens_graduated",
+        None,
+        Decimal(1),
+        event_time,
+        event_time,
+        event_time,
+        properties,
+    )

@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -35,18 +34,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.suppor
 from bench.loadgen import (
     BALANCE,
     BATCH,
+    COPY_COLUMNS,
     NOOP,
     RECORD,
     STREAM,
     LoadResult,
     Scenario,
+    copy_row,
     cpu_seconds,
     customer_id,
     rss_mib,
     run,
 )
 from metering.embedded import start_embedded
-from metering.ledger.records import new_event_id
 from metering.v1 import customer_pb2, metering_service_pb2_grpc
 from tests.support import ServiceProcess
 
@@ -131,49 +131,21 @@ async def copy_rows(url: str, rows: int, customers: int, tag: str) -> float:
     """Raw COPY of RecordUsage-shaped rows into usage_events: rows/s."""
     conn = await asyncpg.connect(url)
     try:
-        await conn.executemany(
-            "INSERT INTO customers (customer_id, plan_slug, billing_anchor) VALUES ($1, $2, now()) "
-            "ON CONFLICT DO NOTHING",
-            [(f"copy-{tag}-{i}", PLAN) for i in range(customers)],
-        )
+        await add_customers(conn, [f"copy-{tag}-{i}" for i in range(customers)])
         now = datetime.now(UTC)
-        records = [
-            (
-                f"copy-{tag}-{i % customers}",
-                new_event_id(),
-                f"{tag}-{i}",
-                "ai_tokens",
-                "ai_tokens_graduated",
-                None,
-                Decimal(1),
-                now,
-                now,
-                now,
-                "{}",
-            )
-            for i in range(rows)
-        ]
+        records = [copy_row(f"copy-{tag}-{i % customers}", f"{tag}-{i}", now) for i in range(rows)]
         started = time.perf_counter()
-        await conn.copy_records_to_table(
-            "usage_events",
-            records=records,
-            columns=[
-                "customer_id",
-                "event_id",
-                "transaction_id",
-                "meter_slug",
-                "price_slug",
-                "requested_price_slug",
-                "quantity",
-                "event_time",
-                "period_start",
-                "recorded_at",
-                "properties",
-            ],
-        )
+        await conn.copy_records_to_table("usage_events", records=records, columns=COPY_COLUMNS)
         return rows / (time.perf_counter() - started)
     finally:
         await conn.close()
+
+
+async def add_customers(conn: asyncpg.Connection, ids: list[str]) -> None:
+    await conn.executemany(
+        "INSERT INTO customers (customer_id, plan_slug, billing_anchor) VALUES ($1, $2, now()) ON CONFLICT DO NOTHING",
+        [(customer, PLAN) for customer in ids],
+    )
 
 
 def copy_ceiling(url: str, args: argparse.Namespace, tag: str) -> Figure:
@@ -187,50 +159,18 @@ async def load_history(url: str, events: int, chunk: int = 500_000) -> float:
     """Fill the ledger with `events` past events of 1,000 other customers."""
     conn = await asyncpg.connect(url)
     try:
-        await conn.executemany(
-            "INSERT INTO customers (customer_id, plan_slug, billing_anchor) VALUES ($1, $2, now()) "
-            "ON CONFLICT DO NOTHING",
-            [(f"history-{i}", PLAN) for i in range(1000)],
-        )
+        await add_customers(conn, [f"history-{i}" for i in range(1000)])
         started = time.perf_counter()
         start = datetime.now(UTC) - timedelta(days=30)
+        step = timedelta(days=30) / events
         loaded = await conn.fetchval("SELECT count(*) FROM usage_events WHERE customer_id LIKE 'history-%'")
         while loaded < events:
             size = min(chunk, events - loaded)
-            step = timedelta(days=30) / events
             records = (
-                (
-                    f"history-{i % 1000}",
-                    new_event_id(),
-                    f"history-{i}",
-                    "ai_tokens",
-                    "ai_tokens_graduated",
-                    None,
-                    Decimal(1),
-                    start + step * i,
-                    start,
-                    start,
-                    json.dumps({"region": "eu"}),
-                )
+                copy_row(f"history-{i % 1000}", f"history-{i}", start + step * i, json.dumps({"region": "eu"}))
                 for i in range(loaded, loaded + size)
             )
-            await conn.copy_records_to_table(
-                "usage_events",
-                records=records,
-                columns=[
-                    "customer_id",
-                    "event_id",
-                    "transaction_id",
-                    "meter_slug",
-                    "price_slug",
-                    "requested_price_slug",
-                    "quantity",
-                    "event_time",
-                    "period_start",
-                    "recorded_at",
-                    "properties",
-                ],
-            )
+            await conn.copy_records_to_table("usage_events", records=records, columns=COPY_COLUMNS)
             loaded += size
             print(f"  ... {loaded:,} events loaded", flush=True)
         await conn.execute("VACUUM ANALYZE usage_events")

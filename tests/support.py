@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,3 +155,25 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if found == labels:
             return float(value)
     return 0.0
+
+
+def calls_across(services: Sequence[ServiceProcess], method: str, requests: Sequence[Message]) -> list[grpc.StatusCode]:
+    """Send every request at once, alternating between the services (replicas),
+    and return the status code of each, in request order."""
+    from metering.v1 import metering_service_pb2_grpc
+
+    channels = [grpc.insecure_channel(s.target) for s in services]
+    try:
+        stubs = [metering_service_pb2_grpc.MeteringServiceStub(c) for c in channels]
+        futures = [getattr(stubs[i % len(stubs)], method).future(r, timeout=60) for i, r in enumerate(requests)]
+        codes = []
+        for future in futures:
+            try:
+                future.result()
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as error:
+                codes.append(error.code())
+        return codes
+    finally:
+        for channel in channels:
+            channel.close()

@@ -137,6 +137,22 @@ class CustomerCache:
         self._entries.pop(customer_id, None)
 
 
+def limit_exceeded(
+    meter: Meter, plan: Plan, terms: PlanMeter, period: Period, *, available: Decimal, requested: Decimal
+) -> LimitExceeded:
+    """The refusal of a hard limit, with what a caller needs to act on it."""
+    assert terms.limit is not None
+    return LimitExceeded(
+        meter=meter.slug,
+        plan=plan.slug,
+        unit=meter.unit,
+        limit=terms.limit,
+        available=available,
+        requested=requested,
+        period_end=rfc3339(period.end) if period.end else "",
+    )
+
+
 def meter_balance(meter: Meter, terms: PlanMeter, period: Period, reading: CounterReading) -> MeterBalance:
     """The balance of one meter from its counter, grants and holds."""
     allowance = limits.Allowance(
@@ -220,15 +236,14 @@ class MeteringEngine:
         outcome, period = written.outcome, written.resolution.period
         decision = outcome.decision
         if outcome.event is None:
-            assert decision is not None and terms.limit is not None
-            raise LimitExceeded(
-                meter=command.meter.slug,
-                plan=plan.slug,
-                unit=command.meter.unit,
-                limit=terms.limit,
+            assert decision is not None
+            raise limit_exceeded(
+                command.meter,
+                plan,
+                terms,
+                period,
                 available=decision.available_before or ZERO,
                 requested=decision.cost,
-                period_end=rfc3339(period.end) if period.end else "",
             )
         if outcome.duplicate:
             # The original event counted in the period of its own event time.

@@ -17,14 +17,14 @@ from metering.catalog import Catalog, Meter, PlanMeter
 from metering.decimals import ZERO
 from metering.engine import (
     MeterBalance,
+    limit_exceeded,
     meter_balance,
     plan_allowance,
     plan_named,
     require_customer,
-    rfc3339,
     utc_now,
 )
-from metering.errors import FieldViolation, InvalidArgument, LimitExceeded, NotFound
+from metering.errors import FieldViolation, InvalidArgument, NotFound
 from metering.ledger.holds import Holds
 from metering.ledger.records import GrantRecord, ReservationRecord, StoredEvent
 from metering.ledger.store import Ledger
@@ -168,15 +168,13 @@ class Entitlements:
             command.ttl,
         )
         if not outcome.fits:
-            assert terms.limit is not None
-            raise LimitExceeded(
-                meter=command.meter.slug,
-                plan=plan.slug,
-                unit=command.meter.unit,
-                limit=terms.limit,
+            raise limit_exceeded(
+                command.meter,
+                plan,
+                terms,
+                period,
                 available=outcome.available_before or ZERO,
                 requested=command.quantity,
-                period_end=rfc3339(period.end) if period.end else "",
             )
         balance = meter_balance(command.meter, terms, period, outcome.reading)
         status = outcome.reservation.status_at(outcome.decided_at)

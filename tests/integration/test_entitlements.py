@@ -23,7 +23,7 @@ from metering.v1 import (
     usage_pb2,
 )
 from tests.integration.test_record_usage import record
-from tests.support import ServiceProcess, error_details, run_sql
+from tests.support import ServiceProcess, calls_across, error_details, run_sql
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
@@ -245,28 +245,13 @@ def test_64_concurrent_reservations_never_over_commit(
     service: ServiceProcess, replica: ServiceProcess, new_customer: Callable[..., str], database_url: str
 ) -> None:
     customer = new_customer()  # tokens: hard limit 100; 64 x 3 asked, 33 fit
-    channels = [grpc.insecure_channel(s.target) for s in (service, replica)]
-    stubs = [metering_service_pb2_grpc.MeteringServiceStub(c) for c in channels]
-    try:
-        futures = [
-            stubs[i % 2].ReserveUsage.future(
-                reservations_pb2.ReserveUsageRequest(
-                    customer_id=customer, meter_slug="tokens", quantity="3", reservation_id=f"r{i}"
-                ),
-                timeout=60,
-            )
-            for i in range(64)
-        ]
-        codes = []
-        for future in futures:
-            try:
-                future.result()
-                codes.append(grpc.StatusCode.OK)
-            except grpc.RpcError as error:
-                codes.append(error.code())
-    finally:
-        for channel in channels:
-            channel.close()
+    requests = [
+        reservations_pb2.ReserveUsageRequest(
+            customer_id=customer, meter_slug="tokens", quantity="3", reservation_id=f"r{i}"
+        )
+        for i in range(64)
+    ]
+    codes = calls_across([service, replica], "ReserveUsage", requests)
     assert codes.count(grpc.StatusCode.OK) == 33
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 31
     held = run_sql(database_url, "SELECT sum(quantity) FROM reservations WHERE customer_id = $1", customer)

@@ -12,7 +12,7 @@ import pytest
 
 from metering.ledger.migrate import load_migrations
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import ROOT, ServiceProcess, metric_value, run_sql
+from tests.support import ROOT, ServiceProcess, calls_across, metric_value, run_sql
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
@@ -29,29 +29,14 @@ def test_hard_limit_holds_across_two_processes(
     service: ServiceProcess, second_service: ServiceProcess, database_url: str, new_customer: Callable[..., str]
 ) -> None:
     customer = new_customer()  # tokens: hard limit 100
-    channels = [grpc.insecure_channel(s.target) for s in (service, second_service)]
-    stubs = [metering_service_pb2_grpc.MeteringServiceStub(c) for c in channels]
-    try:
-        # 200 calls in flight at once, alternating between the two replicas.
-        futures = [
-            stubs[i % 2].RecordUsage.future(
-                usage_pb2.RecordUsageRequest(
-                    customer_id=customer, meter_slug="tokens", quantity="1", transaction_id=f"race-{i}"
-                ),
-                timeout=60,
-            )
-            for i in range(200)
-        ]
-        codes = []
-        for future in futures:
-            try:
-                future.result()
-                codes.append(grpc.StatusCode.OK)
-            except grpc.RpcError as error:
-                codes.append(error.code())
-    finally:
-        for channel in channels:
-            channel.close()
+    # 200 calls in flight at once, alternating between the two replicas.
+    requests = [
+        usage_pb2.RecordUsageRequest(
+            customer_id=customer, meter_slug="tokens", quantity="1", transaction_id=f"race-{i}"
+        )
+        for i in range(200)
+    ]
+    codes = calls_across([service, second_service], "RecordUsage", requests)
     assert codes.count(grpc.StatusCode.OK) == 100
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 100
     rows = run_sql(database_url, "SELECT count(*), sum(quantity) FROM usage_events WHERE customer_id = $1", customer)
