@@ -56,8 +56,9 @@ INVALID = [
     ("both meter and price", {"price_slug": "tokens_per_unit"}, "price_slug"),
     ("neither meter nor price", {"meter_slug": ""}, "meter_slug"),
     ("malformed meter slug", {"meter_slug": "Tokens!"}, "meter_slug"),
-    ("future timestamp", {"event_time": _at(timedelta(minutes=6))}, "event_time"),
-    ("timestamp older than the backfill window", {"event_time": _at(-timedelta(days=3651))}, "event_time"),
+    # Offsets from now become timestamps when the test runs, not when it is collected.
+    ("future timestamp", {"event_time": timedelta(minutes=6)}, "event_time"),
+    ("timestamp older than the backfill window", {"event_time": -timedelta(days=3651)}, "event_time"),
     ("invalid timestamp", {"event_time": Timestamp(seconds=-(10**12))}, "event_time"),
     ("too many properties", {"properties": {f"k{i}": "v" for i in range(33)}}, "properties"),
     ("oversized property value", {"properties": {"k": "v" * 257}}, "properties.k"),
@@ -73,8 +74,9 @@ def test_invalid_record_usage(
     stub: Stub, new_customer: Callable[..., str], case: str, overrides: dict[str, Any], field: str
 ) -> None:
     customer = new_customer()
+    fields = {k: _at(v) if isinstance(v, timedelta) else v for k, v in overrides.items()}
     with pytest.raises(grpc.RpcError) as caught:
-        stub.RecordUsage(_request(customer, **overrides), timeout=10)
+        stub.RecordUsage(_request(customer, **fields), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
     details = error_details(caught.value)
     fields = [v.field for v in details["BadRequest"].field_violations]  # type: ignore[attr-defined]
