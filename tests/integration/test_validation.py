@@ -74,9 +74,9 @@ def test_invalid_record_usage(
     stub: Stub, new_customer: Callable[..., str], case: str, overrides: dict[str, Any], field: str
 ) -> None:
     customer = new_customer()
-    fields = {k: _at(v) if isinstance(v, timedelta) else v for k, v in overrides.items()}
+    resolved = {k: _at(v) if isinstance(v, timedelta) else v for k, v in overrides.items()}
     with pytest.raises(grpc.RpcError) as caught:
-        stub.RecordUsage(_request(customer, **fields), timeout=10)
+        stub.RecordUsage(_request(customer, **resolved), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
     details = error_details(caught.value)
     fields = [v.field for v in details["BadRequest"].field_violations]  # type: ignore[attr-defined]
