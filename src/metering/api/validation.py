@@ -42,6 +42,7 @@ MAX_BATCH_EVENTS = 1000
 MAX_REASON_LENGTH = 256
 DEFAULT_RESERVATION_TTL = timedelta(minutes=5)
 RESERVATION_TTL_RANGE = (timedelta(seconds=1), timedelta(hours=24))
+_ENFORCEMENT_MODES = frozenset(usage_pb2.EnforcementMode.values())  # built once, checked per event
 _WINDOW_SIZES = {
     usage_pb2.WINDOW_SIZE_UNSPECIFIED: WindowSize.NONE,
     usage_pb2.WINDOW_SIZE_HOUR: WindowSize.HOUR,
@@ -154,7 +155,7 @@ def record_usage(
             violations.add("event_time", f"more than {_minutes(FUTURE_TOLERANCE)} minutes in the future")
         elif event_time is not None and event_time < now - backfill_window:
             violations.add("event_time", f"older than the backfill window of {_days(backfill_window)} days")
-    if request.enforcement_mode not in usage_pb2.EnforcementMode.values():
+    if request.enforcement_mode not in _ENFORCEMENT_MODES:
         violations.add("enforcement_mode", f"unknown value {request.enforcement_mode}")
     # The syntax of every field is checked before any catalog lookup, so a
     # NOT_FOUND is only ever about a well-formed reference.
