@@ -154,9 +154,3 @@ class Ledger(PoolUser):
                 key = (row["meter_slug"], row["period_start"])
                 readings[key] = CounterReading(counter_state(row), row["granted"], row["reserved"])
         return (rows[0]["plan_slug"] if rows else None), readings
-
-    async def count_events(self, customer_id: str) -> int:
-        """How many events the ledger holds for a customer (for audits and tests)."""
-        async with translate_errors(), self._connection() as conn:
-            count = await conn.fetchval("SELECT count(*) FROM usage_events WHERE customer_id = $1", customer_id)
-        return int(count)
