@@ -349,6 +349,12 @@ def test_a_batch_answers_each_event_and_writes_only_the_valid_ones(
     [packed] = [d for d in results[2].status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
     packed.Unpack(limit_info)
     assert (limit_info.reason, limit_info.metadata["available"]) == ("LIMIT_EXCEEDED", "70")
+    # A conflict inside the batch names the event the batch recorded under that id.
+    conflict_info = error_details_pb2.ErrorInfo()
+    [packed] = [d for d in results[6].status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    packed.Unpack(conflict_info)
+    assert conflict_info.reason == "TRANSACTION_ID_CONFLICT"
+    assert conflict_info.metadata["original_event_id"] == results[0].response.event.event_id
     rows = run_sql(
         database_url, "SELECT transaction_id FROM usage_events WHERE customer_id = $1 ORDER BY transaction_id", customer
     )

@@ -120,8 +120,9 @@ def new_event_id() -> UUID:
     return UUID(int=value)
 
 
-def payload_differences(stored: StoredEvent, new: NewEvent) -> list[str]:
-    """The request fields in which a replay differs from the recorded event."""
+def payload_differences(stored: StoredEvent | NewEvent, new: NewEvent) -> list[str]:
+    """The request fields in which a replay differs from the recorded event (or
+    from an event accepted earlier in the same batch, not yet stored)."""
     differences = []
     if stored.meter_slug != new.meter_slug:
         differences.append("meter_slug")

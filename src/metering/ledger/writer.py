@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -194,7 +195,7 @@ class BatchWriter(PoolUser):
             r if isinstance(r, BaseException) else Written(RecordOutcome(None, False, None, _EMPTY), r)
             for r in resolutions
         ]
-        in_batch: dict[tuple[str, str], tuple[int, NewEvent]] = {}  # accepted earlier in this batch
+        in_batch: dict[tuple[str, str], tuple[int, NewEvent, UUID]] = {}  # accepted earlier in this batch
         inserts: list[tuple[int, NewEvent, Any]] = []  # (index, event, event id)
         new_values: list[tuple[CounterKey, str, Any]] = []
         for (index, resolution), allowance in zip(valid, allowances, strict=True):
@@ -203,13 +204,13 @@ class BatchWriter(PoolUser):
             try:
                 earlier = existing.get(txn)
                 if earlier is not None:
-                    _same_payload(earlier, event)
+                    _same_payload(earlier, str(earlier.event_id), event)
                     reading = await _reading_of(conn, earlier, key, states, allowance)
                     results[index] = Written(RecordOutcome(earlier, True, None, reading), resolution)
                     continue
                 if txn in in_batch:
-                    first_index, first = in_batch[txn]
-                    _same_payload_pending(first, event)
+                    first_index, first, first_id = in_batch[txn]
+                    _same_payload(first, str(first_id), event)
                     results[index] = _DuplicateOf(first_index, resolution)
                     continue
             except MeteringError as exc:
@@ -231,7 +232,7 @@ class BatchWriter(PoolUser):
                 results[index] = Written(RecordOutcome(None, False, decision, reading), resolution)
                 continue
             states[key] = decision.state_after
-            in_batch[txn] = (index, event)
+            in_batch[txn] = (index, event, event_id)
             inserts.append((index, event, event_id))
             if new_value:
                 assert resolution.unique_value is not None
@@ -282,27 +283,10 @@ def _key(resolution: Resolution) -> CounterKey:
     return (resolution.event.customer_id, resolution.event.meter_slug, resolution.period.start)
 
 
-def _same_payload(stored: StoredEvent, new: NewEvent) -> None:
-    differences = payload_differences(stored, new)
+def _same_payload(earlier: StoredEvent | NewEvent, earlier_id: str, new: NewEvent) -> None:
+    differences = payload_differences(earlier, new)
     if differences:
-        raise TransactionConflict(new.transaction_id, differences, str(stored.event_id))
-
-
-def _same_payload_pending(first: NewEvent, new: NewEvent) -> None:
-    as_stored = StoredEvent(
-        event_id=new_event_id(),
-        customer_id=first.customer_id,
-        transaction_id=first.transaction_id,
-        meter_slug=first.meter_slug,
-        price_slug=first.price_slug,
-        requested_price_slug=first.requested_price_slug,
-        quantity=first.quantity,
-        event_time=first.event_time,
-        period_start=first.event_time,
-        recorded_at=first.event_time,
-        properties=first.properties,
-    )
-    _same_payload(as_stored, new)
+        raise TransactionConflict(new.transaction_id, differences, earlier_id)
 
 
 async def _customers(conn: asyncpg.Connection, ids: set[str]) -> dict[str, CustomerRecord]:
