@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from metering.api.errors import read_details
+from metering.ledger.audit import AuditReport
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_CATALOG = ROOT / "tests" / "catalog.toml"
@@ -136,6 +137,21 @@ def run_sql(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(database_url)
         try:
             return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def audit(database_url: str, customer_ids: Sequence[str] | None = None) -> AuditReport:
+    """The ledger audit (`metering audit`) of some customers, against the test catalog."""
+    from metering.catalog import load_catalog
+    from metering.ledger.audit import audit_ledger
+
+    async def go() -> AuditReport:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await audit_ledger(conn, load_catalog(str(TEST_CATALOG)), customer_ids)
         finally:
             await conn.close()
 

@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -29,6 +30,7 @@ from metering.config import Settings
 from metering.embedded import EmbeddedPostgres, start_embedded
 from metering.engine import MeteringEngine
 from metering.entitlements import Entitlements
+from metering.ledger.audit import AuditReport, audit_ledger
 from metering.ledger.holds import Holds
 from metering.ledger.migrate import migrate
 from metering.ledger.pool import create_pool, is_unavailable
@@ -82,6 +84,17 @@ async def run_migrations(settings: Settings, url: str) -> list[str]:
     try:
         async with pool.acquire() as conn:
             return await migrate(conn)
+    finally:
+        await pool.close()
+
+
+async def audit(
+    settings: Settings, url: str, catalog: Catalog, customer_ids: Sequence[str] | None = None
+) -> AuditReport:
+    pool = await connect(settings, url)
+    try:
+        async with pool.acquire() as conn:
+            return await audit_ledger(conn, catalog, customer_ids)
     finally:
         await pool.close()
 

@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     migrate.set_defaults(run=_migrate)
 
+    audit = commands.add_parser(
+        "audit", help="recompute every counter from the ledger's events and report differences (exit 1 if any)"
+    )
+    audit.add_argument("--customer", action="append", default=None, metavar="ID", help="only these customers")
+    audit.set_defaults(run=_audit)
+
     check = commands.add_parser("check-catalog", help="validate a catalog file and print what it defines")
     check.add_argument("path", nargs="?", help="catalog TOML (default: METERING_CATALOG, else the sample)")
     check.set_defaults(run=_check_catalog)
@@ -155,6 +161,32 @@ def _migrate(args: argparse.Namespace) -> int:
         database.close()
     print("applied: " + ", ".join(applied) if applied else "the database is up to date")
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from metering.app import audit, configure_logging, open_database
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    catalog = load_catalog(settings.catalog_path)
+    database = open_database(settings)
+    try:
+        report = asyncio.run(audit(settings, database.url, catalog, args.customer))
+    finally:
+        database.close()
+    print(
+        f"customers {report.customers}, events {report.events} ({report.voided} voided), counters {report.counters}; "
+        f"duplicate transaction ids {report.duplicate_transaction_ids}, counter mismatches {len(report.mismatches)}, "
+        f"unique-value mismatches {report.unique_value_mismatches}, events of unknown meters "
+        f"{report.unknown_meter_events}, committed reservations without event {report.dangling_commits}"
+    )
+    for m in report.mismatches:
+        print(
+            f"  MISMATCH {m.customer_id} {m.meter_slug} period {m.period_start.isoformat()}: counter "
+            f"{m.stored_used} ({m.stored_events} events), events say {m.expected_used} ({m.expected_events} events)"
+        )
+    print("ledger consistent" if report.ok else "LEDGER INCONSISTENT")
+    return 0 if report.ok else 1
 
 
 def _check_catalog(args: argparse.Namespace) -> int:

@@ -1,0 +1,187 @@
+"""Ledger audit: recompute every counter from the events and compare.
+
+The counters are a cache of the events (the limit decision reads them, not
+the events), so the one invariant that proves "no double count, nothing lost
+between event and counter" is: each counter equals its events aggregated with
+the meter's own definition (sql.VALUE_SQL, the same one bills and voids use).
+Run by `metering audit`, by the fault tests and by the chaos script.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+import asyncpg
+
+from metering.catalog import Catalog, Meter
+from metering.ledger.sql import NOT_VOIDED, VALUE_SQL, Sql
+
+
+@dataclass(frozen=True, slots=True)
+class CounterMismatch:
+    customer_id: str
+    meter_slug: str
+    period_start: datetime
+    stored_used: Decimal | None  # None: no counter row although events count
+    stored_events: int | None
+    expected_used: Decimal
+    expected_events: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    customers: int
+    events: int  # rows in usage_events, voided ones included
+    voided: int
+    counters: int
+    duplicate_transaction_ids: int  # the unique constraint makes this 0; counted, not assumed
+    unknown_meter_events: int  # events of a meter the catalog no longer defines
+    unique_value_mismatches: int  # UNIQUE_COUNT bookkeeping rows without a counting event, or missing
+    dangling_commits: int  # committed reservations whose event does not exist
+    mismatches: list[CounterMismatch] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.mismatches
+            or self.duplicate_transaction_ids
+            or self.unknown_meter_events
+            or self.unique_value_mismatches
+            or self.dangling_commits
+        )
+
+
+class _Scope:
+    """An optional restriction to some customers, as a condition on an alias."""
+
+    def __init__(self, sql: Sql, customer_ids: Sequence[str] | None) -> None:
+        self._param = None if customer_ids is None else sql.param(list(customer_ids), "::text[]")
+
+    def on(self, alias: str) -> str:
+        return "TRUE" if self._param is None else f"{alias}.customer_id = ANY({self._param})"
+
+
+async def audit_ledger(
+    conn: asyncpg.Connection, catalog: Catalog, customer_ids: Sequence[str] | None = None
+) -> AuditReport:
+    """Check the ledger of `customer_ids` (every customer when None).
+
+    Run it on a quiet ledger or inside a REPEATABLE READ transaction: a
+    counter and its events are compared as of one snapshot.
+    """
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        sql = Sql()
+        scope = _Scope(sql, customer_ids)
+        meters = list(catalog.meters)
+        meters_param = sql.param(meters, "::text[]")
+        totals = await conn.fetchrow(
+            f"""
+            SELECT (SELECT count(*) FROM customers c WHERE {scope.on("c")}) AS customers,
+                   (SELECT count(*) FROM usage_events e WHERE {scope.on("e")}) AS events,
+                   (SELECT count(*) FROM usage_voids v WHERE {scope.on("v")}) AS voided,
+                   (SELECT count(*) FROM meter_counters c WHERE {scope.on("c")}) AS counters,
+                   (SELECT count(*) FROM (SELECT 1 FROM usage_events e WHERE {scope.on("e")}
+                                           GROUP BY e.customer_id, e.transaction_id HAVING count(*) > 1) d)
+                       AS duplicate_transaction_ids,
+                   (SELECT count(*) FROM usage_events e
+                     WHERE {scope.on("e")} AND NOT (e.meter_slug = ANY({meters_param}))) AS unknown_meter_events,
+                   (SELECT count(*) FROM reservations r
+                     WHERE {scope.on("r")} AND r.status = 'committed'
+                       AND NOT EXISTS (SELECT 1 FROM usage_events e
+                                        WHERE e.customer_id = r.customer_id AND e.event_id = r.event_id))
+                       AS dangling_commits
+            """,
+            *sql.args,
+        )
+        mismatches: list[CounterMismatch] = []
+        unique_value_mismatches = 0
+        for meter in catalog.meters.values():
+            mismatches += await _counter_mismatches(conn, meter, customer_ids)
+            if meter.unique_property is not None:
+                unique_value_mismatches += await _unique_value_mismatches(conn, meter, customer_ids)
+    return AuditReport(
+        customers=totals["customers"],
+        events=totals["events"],
+        voided=totals["voided"],
+        counters=totals["counters"],
+        duplicate_transaction_ids=totals["duplicate_transaction_ids"],
+        unknown_meter_events=totals["unknown_meter_events"],
+        unique_value_mismatches=unique_value_mismatches,
+        dangling_commits=totals["dangling_commits"],
+        mismatches=mismatches,
+    )
+
+
+async def _counter_mismatches(
+    conn: asyncpg.Connection, meter: Meter, customer_ids: Sequence[str] | None
+) -> list[CounterMismatch]:
+    sql = Sql()
+    meter_param = sql.param(meter.slug)
+    scope = _Scope(sql, customer_ids)
+    unique = sql.param(meter.unique_property) if meter.unique_property is not None else ""
+    value = VALUE_SQL[meter.aggregation].format(unique=unique)
+    # A counter row with nothing counted (a reservation's period, every event
+    # voided) is consistent with no events; an event without its counter is not.
+    rows = await conn.fetch(
+        f"""
+        WITH expected AS (
+            SELECT e.customer_id, e.period_start, {value} AS used, count(e.event_id) AS events
+              FROM usage_events e
+             WHERE e.meter_slug = {meter_param} AND {scope.on("e")} AND {NOT_VOIDED}
+             GROUP BY e.customer_id, e.period_start
+        ), stored AS (
+            SELECT c.customer_id, c.period_start, c.used, c.event_count AS events
+              FROM meter_counters c
+             WHERE c.meter_slug = {meter_param} AND {scope.on("c")}
+        )
+        SELECT coalesce(s.customer_id, x.customer_id) AS customer_id,
+               coalesce(s.period_start, x.period_start) AS period_start,
+               s.used AS stored_used, s.events AS stored_events,
+               coalesce(x.used, 0) AS expected_used, coalesce(x.events, 0) AS expected_events
+          FROM stored s FULL JOIN expected x ON x.customer_id = s.customer_id AND x.period_start = s.period_start
+         WHERE s.used IS DISTINCT FROM coalesce(x.used, 0) OR s.events IS DISTINCT FROM coalesce(x.events, 0)
+         ORDER BY 1, 2
+        """,
+        *sql.args,
+    )
+    return [
+        CounterMismatch(
+            customer_id=row["customer_id"],
+            meter_slug=meter.slug,
+            period_start=row["period_start"],
+            stored_used=row["stored_used"],
+            stored_events=row["stored_events"],
+            expected_used=row["expected_used"],
+            expected_events=row["expected_events"],
+        )
+        for row in rows
+    ]
+
+
+async def _unique_value_mismatches(conn: asyncpg.Connection, meter: Meter, customer_ids: Sequence[str] | None) -> int:
+    """Distinct values remembered for UNIQUE_COUNT limits must be exactly the
+    values of the events that still count."""
+    sql = Sql()
+    meter_param = sql.param(meter.slug)
+    prop = sql.param(meter.unique_property)
+    scope = _Scope(sql, customer_ids)
+    count = await conn.fetchval(
+        f"""
+        WITH expected AS (
+            SELECT DISTINCT e.customer_id, e.period_start, e.properties ->> {prop} AS value
+              FROM usage_events e
+             WHERE e.meter_slug = {meter_param} AND {scope.on("e")} AND {NOT_VOIDED}
+               AND e.properties ? {prop}
+        ), stored AS (
+            SELECT u.customer_id, u.period_start, u.value FROM meter_unique_values u
+             WHERE u.meter_slug = {meter_param} AND {scope.on("u")}
+        )
+        SELECT count(*) FROM stored s FULL JOIN expected x USING (customer_id, period_start, value)
+         WHERE s.value IS NULL OR x.value IS NULL
+        """,
+        *sql.args,
+    )
+    return int(count)
