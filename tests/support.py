@@ -58,6 +58,9 @@ class ServiceProcess:
             "METERING_BACKFILL_WINDOW": "3650d",
             **self.extra_env,
         }
+        if "METERING_AUTH_FILE" not in self.extra_env:
+            # Most tests exercise the ledger, not authentication (tests/integration/test_auth.py does).
+            env.setdefault("METERING_ALLOW_UNAUTHENTICATED", "1")
         env.pop("METERING_CATALOG", None)
         if self.catalog is not None:
             env["METERING_CATALOG"] = str(self.catalog)

@@ -21,12 +21,14 @@ import asyncpg
 import grpc
 from grpc_reflection.v1alpha import reflection
 
+from metering.access import AccessPolicy, load_access
+from metering.api.auth import Authenticator
 from metering.api.bench import noop_handler
 from metering.api.health import METERING_SERVICE, DatabaseHealth
 from metering.api.interceptor import ObservedServiceInterceptor
 from metering.api.servicer import MeteringServicer
 from metering.catalog import Catalog, load_catalog
-from metering.config import Settings
+from metering.config import ConfigError, Settings
 from metering.embedded import EmbeddedPostgres, start_embedded
 from metering.engine import MeteringEngine
 from metering.entitlements import Entitlements
@@ -108,11 +110,15 @@ def build_server(
     writer: BatchWriter,
     metrics: Metrics,
     health: DatabaseHealth,
+    policy: AccessPolicy | None,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
-        interceptors=[ObservedServiceInterceptor(metrics)],
+        interceptors=[ObservedServiceInterceptor(metrics, Authenticator(policy))],
         options=[
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            # A larger request is refused by gRPC itself with RESOURCE_EXHAUSTED
+            # before it is read into memory.
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),  # two replicas must not silently share a port
         ],
     )
@@ -135,8 +141,49 @@ def build_server(
     return server
 
 
+def access_policy(settings: Settings, catalog: Catalog) -> AccessPolicy | None:
+    """The callers allowed in, or None to run open: only for the embedded
+    database (local use) or when explicitly asked for, and then loudly."""
+    if settings.auth_file is not None:
+        return load_access(settings.auth_file, catalog.meters)
+    if settings.database_url is not None and not settings.allow_unauthenticated:
+        raise ConfigError(
+            "no callers configured: set METERING_AUTH_FILE (see `metering token new`), or "
+            "METERING_ALLOW_UNAUTHENTICATED=1 to let anyone who reaches the port record and read usage"
+        )
+    log.warning(
+        "AUTHENTICATION IS OFF: any client that reaches %s:%s may record, void and read usage. "
+        "Set METERING_AUTH_FILE before exposing this service.",
+        settings.grpc_host,
+        settings.grpc_port,
+    )
+    return None
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (and mTLS with METERING_TLS_CLIENT_CA) from PEM files, or None for plaintext."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+
+    def read(variable: str, path: str) -> bytes:
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError as exc:
+            raise ConfigError(f"{variable}={path!r}: cannot read it: {exc.strerror}") from None
+
+    client_ca = read("METERING_TLS_CLIENT_CA", settings.tls_client_ca) if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(read("METERING_TLS_KEY", settings.tls_key), read("METERING_TLS_CERT", settings.tls_cert))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 async def serve(settings: Settings) -> None:
     catalog = load_catalog(settings.catalog_path)
+    policy = access_policy(settings, catalog)
+    credentials = server_credentials(settings)
     # Handlers go in first: a SIGTERM at any later instant drains instead of killing.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -144,12 +191,19 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     database = await asyncio.to_thread(open_database, settings)
     try:
-        await _serve(settings, catalog, database, stop)
+        await _serve(settings, catalog, policy, credentials, database, stop)
     finally:
         await asyncio.to_thread(database.close)
 
 
-async def _serve(settings: Settings, catalog: Catalog, database: Database, stop: asyncio.Event) -> None:
+async def _serve(
+    settings: Settings,
+    catalog: Catalog,
+    policy: AccessPolicy | None,
+    credentials: grpc.ServerCredentials | None,
+    database: Database,
+    stop: asyncio.Event,
+) -> None:
     pool = await connect(settings, database.url)
     try:
         async with pool.acquire() as conn:
@@ -175,15 +229,20 @@ async def _serve(settings: Settings, catalog: Catalog, database: Database, stop:
         )
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
-        server = build_server(settings, catalog, ledger, reports, holds, writer, metrics, health)
-        grpc_port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        server = build_server(settings, catalog, ledger, reports, holds, writer, metrics, health, policy)
+        address = f"{settings.grpc_host}:{settings.grpc_port}"
+        if credentials is None:
+            grpc_port = server.add_insecure_port(address)
+        else:
+            grpc_port = server.add_secure_port(address, credentials)
         metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         await server.start()
         # Announce on stdout: people read it, and so do the tests (port 0 picks a free port).
         print(
             f"metering: serving {METERING_SERVICE} on {settings.grpc_host}:{grpc_port}; "
             f"metrics on http://{settings.metrics_host}:{metrics_port}/metrics; "
-            f"catalog {catalog.source}; database {'embedded' if database.embedded else 'external'}",
+            f"catalog {catalog.source}; database {'embedded' if database.embedded else 'external'}; "
+            f"{_security_summary(settings, policy)}",
             flush=True,
         )
         health_task = asyncio.create_task(health.run())
@@ -196,6 +255,12 @@ async def _serve(settings: Settings, catalog: Catalog, database: Database, stop:
     finally:
         await pool.close()
     log.info("stopped")
+
+
+def _security_summary(settings: Settings, policy: AccessPolicy | None) -> str:
+    transport = "plaintext" if settings.tls_cert is None else ("mTLS" if settings.tls_client_ca else "TLS")
+    callers = "auth OFF (open to anyone)" if policy is None else f"auth on ({len(policy.callers)} callers)"
+    return f"{transport}, {callers}"
 
 
 class _OneLineConnectionErrors(logging.Filter):

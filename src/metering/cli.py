@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import sys
 import uuid
 from collections.abc import Sequence
@@ -52,10 +54,24 @@ def _parser() -> argparse.ArgumentParser:
         "healthcheck", help="exit 0 if the local service answers SERVING to a gRPC health check (for HEALTHCHECK)"
     )
     healthcheck.add_argument("--target", help="host:port (default: 127.0.0.1 and METERING_GRPC_PORT)")
+    _connection_arguments(healthcheck)
     healthcheck.set_defaults(run=_healthcheck)
+
+    token = commands.add_parser("token", help="make caller tokens for METERING_AUTH_FILE")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    new_token = token_commands.add_parser(
+        "new", help="print a new random token (give it to the caller) and its METERING_AUTH_FILE entry"
+    )
+    new_token.add_argument("name", help="the caller's name (in metrics and errors)")
+    new_token.add_argument("--role", action="append", required=True, choices=["recorder", "reader", "admin"])
+    new_token.add_argument("--meter", action="append", default=[], help="restrict the token to these meters")
+    new_token.set_defaults(run=_token_new)
+    digest = token_commands.add_parser("digest", help="print the SHA-256 digest of the token read from stdin")
+    digest.set_defaults(run=_token_digest)
 
     client = commands.add_parser("client", help="call a running service and print the answer as JSON")
     client.add_argument("--target", default="127.0.0.1:50051", help="host:port of the service")
+    _connection_arguments(client)
     calls = client.add_subparsers(dest="call", required=True)
 
     customer = calls.add_parser("upsert-customer", help="create a customer or change its plan")
@@ -205,11 +221,69 @@ def _check_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connection_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument("--token", default=env("METERING_TOKEN"), help="bearer token (default: METERING_TOKEN)")
+    parser.add_argument(
+        "--tls-ca",
+        default=env("METERING_CLIENT_TLS_CA"),
+        help="PEM CA that signed the server's certificate; turns TLS on (default: METERING_CLIENT_TLS_CA)",
+    )
+    parser.add_argument("--tls-cert", default=env("METERING_CLIENT_TLS_CERT"), help="PEM client certificate for mTLS")
+    parser.add_argument("--tls-key", default=env("METERING_CLIENT_TLS_KEY"), help="PEM key of --tls-cert")
+    parser.add_argument(
+        "--tls-server-name", default=env("METERING_CLIENT_TLS_SERVER_NAME"), help="name the server certificate names"
+    )
+
+
+def _channel(args: argparse.Namespace, target: str) -> grpc.Channel:
+    """A channel with the connection arguments: plaintext unless a CA is given."""
+    if not args.tls_ca:
+        return grpc.insecure_channel(target)
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        with open(path, "rb") as file:
+            return file.read()
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(args.tls_ca), private_key=read(args.tls_key), certificate_chain=read(args.tls_cert)
+    )
+    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {args.token}"),) if args.token else ()
+
+
+def _token_new(args: argparse.Namespace) -> int:
+    from metering.access import new_token, token_digest
+
+    token = new_token()
+    print(f"token (give it to {args.name}; it is not stored anywhere): {token}", file=sys.stderr)
+    print(f"[callers.{args.name}]")
+    # JSON lists of strings are valid TOML.
+    print(f"roles = {json.dumps(sorted(set(args.role)))}")
+    print(f"token_sha256 = {json.dumps([token_digest(token)])}")
+    if args.meter:
+        print(f"meters = {json.dumps(args.meter)}")
+    return 0
+
+
+def _token_digest(args: argparse.Namespace) -> int:
+    from metering.access import token_digest
+
+    print(token_digest(sys.stdin.readline().strip()))
+    return 0
+
+
 def _healthcheck(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     target = args.target or f"127.0.0.1:{Settings.from_env().grpc_port}"
-    with grpc.insecure_channel(target) as channel:
+    with _channel(args, target) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
         except grpc.RpcError as error:
@@ -223,10 +297,10 @@ def _healthcheck(args: argparse.Namespace) -> int:
 def _call(args: argparse.Namespace, method: str, request: Message) -> int:
     from metering.v1 import metering_service_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    with _channel(args, args.target) as channel:
         stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
         try:
-            response = getattr(stub, method)(request, timeout=10)
+            response = getattr(stub, method)(request, timeout=10, metadata=_metadata(args))
         except grpc.RpcError as error:
             _print_error(error)
             return 1

@@ -39,6 +39,12 @@ class Settings:
     bench_noop: bool  # serve the benchmark-only no-op method
     writer_workers: int  # concurrent write transactions of the batching writer
     writer_linger: timedelta  # how long a writer waits for more calls to join a batch
+    auth_file: str | None  # callers, roles and token digests (metering.access); None: no authentication
+    allow_unauthenticated: bool  # run open against an external database (embedded runs open anyway)
+    tls_cert: str | None  # PEM server certificate chain; with tls_key: serve TLS
+    tls_key: str | None
+    tls_client_ca: str | None  # PEM CA bundle: require client certificates signed by it (mTLS)
+    max_message_bytes: int  # largest request or response message
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -62,9 +68,23 @@ class Settings:
             bench_noop=reader.text("METERING_BENCH_NOOP") == "1",
             writer_workers=reader.integer("METERING_WRITER_WORKERS", 2, minimum=1, maximum=32),
             writer_linger=reader.duration("METERING_WRITER_LINGER", "0ms"),
+            auth_file=reader.text("METERING_AUTH_FILE") or None,
+            allow_unauthenticated=reader.flag("METERING_ALLOW_UNAUTHENTICATED"),
+            tls_cert=reader.text("METERING_TLS_CERT") or None,
+            tls_key=reader.text("METERING_TLS_KEY") or None,
+            tls_client_ca=reader.text("METERING_TLS_CLIENT_CA") or None,
+            max_message_bytes=reader.integer(
+                "METERING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024
+            ),
         )
         if settings.db_pool_min > settings.db_pool_max:
             raise ConfigError("METERING_DB_POOL_MIN must not exceed METERING_DB_POOL_MAX")
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            raise ConfigError("METERING_TLS_CERT and METERING_TLS_KEY go together: set both or neither")
+        if settings.tls_client_ca is not None and settings.tls_cert is None:
+            raise ConfigError("METERING_TLS_CLIENT_CA needs METERING_TLS_CERT and METERING_TLS_KEY (mTLS is TLS)")
+        if settings.auth_file is not None and settings.allow_unauthenticated:
+            raise ConfigError("METERING_AUTH_FILE and METERING_ALLOW_UNAUTHENTICATED=1 contradict each other")
         return settings
 
 
@@ -87,6 +107,14 @@ class _Reader:
             upper = f" and at most {maximum}" if maximum is not None else ""
             raise ConfigError(f"{name}={raw!r}: must be at least {minimum}{upper}")
         return value
+
+    def flag(self, name: str) -> bool:
+        raw = self.text(name).lower()
+        if raw in ("", "0", "false", "no"):
+            return False
+        if raw in ("1", "true", "yes"):
+            return True
+        raise ConfigError(f"{name}={raw!r}: expected 1 or 0 (true or false)")
 
     def port(self, name: str, default: int) -> int:
         return self.integer(name, default, minimum=0, maximum=65535)

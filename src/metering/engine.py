@@ -28,6 +28,14 @@ from metering.periods import Period, ResetPeriod, period_containing
 # customer's billing anchor.
 BILLING_PERIOD = ResetPeriod.MONTH
 
+# Called with the meter of a stored event or hold before it is changed; raises
+# to refuse (the API layer passes the caller's meter restriction).
+MeterGuard = Callable[[str], None]
+
+
+def allow_any_meter(meter_slug: str) -> None:
+    return None
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -295,11 +303,14 @@ class MeteringEngine:
         self._customers.put(customer)
         return customer
 
-    async def void_usage(self, customer_id: str, transaction_id: str, reason: str) -> VoidResult:
+    async def void_usage(
+        self, customer_id: str, transaction_id: str, reason: str, *, allow_meter: MeterGuard = allow_any_meter
+    ) -> VoidResult:
         customer = await require_customer(self.ledger, customer_id)
         event = await self.ledger.find_event(customer_id, transaction_id)
         if event is None:
             raise NotFound("event", transaction_id)
+        allow_meter(event.meter_slug)
         billing = period_containing(event.event_time, customer.billing_anchor, BILLING_PERIOD)
         assert billing.end is not None
         if event.void_time is None and billing.end <= self._clock():

@@ -17,6 +17,8 @@ from metering.catalog import Catalog, Meter, PlanMeter
 from metering.decimals import ZERO
 from metering.engine import (
     MeterBalance,
+    MeterGuard,
+    allow_any_meter,
     limit_exceeded,
     meter_balance,
     plan_allowance,
@@ -180,8 +182,9 @@ class Entitlements:
         status = outcome.reservation.status_at(outcome.decided_at)
         return ReservationResult(outcome.reservation, status, outcome.duplicate, balance)
 
-    async def commit(self, command: CommitCommand) -> ReservationResult:
+    async def commit(self, command: CommitCommand, *, allow_meter: MeterGuard = allow_any_meter) -> ReservationResult:
         reservation, meter, terms, period = await self._reservation(command.customer_id, command.reservation_id)
+        allow_meter(meter.slug)
         outcome = await self._holds.commit(
             reservation, command.quantity, command.properties, terms.price, plan_allowance(meter, terms), period
         )
@@ -189,8 +192,11 @@ class Entitlements:
         status = outcome.reservation.status_at(outcome.decided_at)
         return ReservationResult(outcome.reservation, status, outcome.duplicate, balance, outcome.event)
 
-    async def release(self, customer_id: str, reservation_id: str) -> ReservationResult:
+    async def release(
+        self, customer_id: str, reservation_id: str, *, allow_meter: MeterGuard = allow_any_meter
+    ) -> ReservationResult:
         reservation, meter, terms, period = await self._reservation(customer_id, reservation_id)
+        allow_meter(meter.slug)
         released, reading, decided_at = await self._holds.release(reservation, plan_allowance(meter, terms), period)
         balance = meter_balance(meter, terms, period, reading)
         return ReservationResult(released, released.status_at(decided_at), False, balance)

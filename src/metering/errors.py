@@ -133,3 +133,38 @@ class PeriodClosed(MeteringError):
         self.transaction_id = transaction_id
         self.period_end = period_end
         super().__init__(f"the event {transaction_id!r} belongs to a billing period that ended at {period_end}")
+
+
+class Unauthenticated(MeteringError):
+    """The call carries no credentials the service recognises."""
+
+    def __init__(self, *, missing: bool) -> None:
+        self.missing = missing  # False: a token was sent but is malformed or unknown
+        super().__init__(
+            "this service requires credentials: send `authorization: Bearer <token>` metadata"
+            if missing
+            else "the bearer token is not valid for this service"
+        )
+
+
+class RoleRequired(MeteringError):
+    """The caller is known, but none of its roles allows the method."""
+
+    def __init__(self, caller: str, method: str, role: str) -> None:
+        self.caller = caller
+        self.method = method
+        self.role = role
+        super().__init__(f"caller {caller!r} may not call {method}: it needs the {role!r} role")
+
+
+class MeterNotAllowed(MeteringError):
+    """The caller's credentials are restricted to other meters."""
+
+    def __init__(self, caller: str, meter: str) -> None:
+        self.caller = caller
+        self.meter = meter  # empty: the request spans every meter
+        super().__init__(
+            f"caller {caller!r} may not use meter {meter!r}"
+            if meter
+            else f"caller {caller!r} is restricted to some meters: name a meter (this request spans every meter)"
+        )

@@ -43,7 +43,11 @@ class Metrics:
             registry=r,
         )
         self.requests = Counter(
-            "metering_grpc_requests", "gRPC requests by method and status code.", ["method", "code"], registry=r
+            "metering_grpc_requests",
+            "gRPC requests by method, status code and caller (a configured caller name, 'anonymous' when the "
+            "service runs open or the method needs no credentials, 'unauthenticated' when none was recognised).",
+            ["method", "code", "caller"],
+            registry=r,
         )
         self.latency = Histogram(
             "metering_grpc_request_duration_seconds",

@@ -25,11 +25,14 @@ from metering.errors import (
     InvalidArgument,
     InvalidPageToken,
     LimitExceeded,
+    MeterNotAllowed,
     NotFound,
     PeriodClosed,
     PriceCurrencyMismatch,
     ReservationStateError,
+    RoleRequired,
     TransactionConflict,
+    Unauthenticated,
 )
 from metering.v1 import metering_service_pb2
 
@@ -218,6 +221,30 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
                 price_currency=exc.price_currency,
                 plan_currency=exc.plan_currency,
             ),
+        )
+    if isinstance(exc, Unauthenticated):
+        reason = (
+            metering_service_pb2.ERROR_REASON_CREDENTIALS_MISSING
+            if exc.missing
+            else metering_service_pb2.ERROR_REASON_CREDENTIALS_INVALID
+        )
+        return _status(grpc.StatusCode.UNAUTHENTICATED, str(exc), _info(reason))
+    if isinstance(exc, RoleRequired):
+        return _status(
+            grpc.StatusCode.PERMISSION_DENIED,
+            str(exc),
+            _info(
+                metering_service_pb2.ERROR_REASON_ROLE_REQUIRED,
+                caller=exc.caller,
+                method=exc.method,
+                required_role=exc.role,
+            ),
+        )
+    if isinstance(exc, MeterNotAllowed):
+        return _status(
+            grpc.StatusCode.PERMISSION_DENIED,
+            str(exc),
+            _info(metering_service_pb2.ERROR_REASON_METER_NOT_ALLOWED, caller=exc.caller, meter=exc.meter),
         )
     if isinstance(exc, DatabaseUnavailable):
         return _status(

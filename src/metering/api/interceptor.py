@@ -1,4 +1,5 @@
-"""One interceptor for every RPC: status mapping, request counts and latency.
+"""One interceptor for every RPC: authentication, status mapping, request
+counts by caller, and latency.
 
 A servicer raises domain errors; here they become gRPC statuses with rich
 details (api.errors), so no RPC can answer UNKNOWN with a Python traceback.
@@ -13,6 +14,8 @@ from typing import Any, TypeAlias, cast
 
 import grpc
 
+from metering.access import ANONYMOUS
+from metering.api.auth import Authenticator, is_open
 from metering.api.errors import to_status
 from metering.metrics import Metrics
 
@@ -22,8 +25,9 @@ Behavior: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
 
 
 class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, authenticator: Authenticator) -> None:
         self._metrics = metrics
+        self._authenticator = authenticator
 
     async def intercept_service(
         self,
@@ -46,17 +50,27 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler is not None and not is_open(method):
+            # A server-streaming method of ours would skip authentication
+            # above: refuse it (UNIMPLEMENTED) rather than serve it unchecked.
+            return None  # type: ignore[return-value]
         return handler
 
     def _observe(self, method: str, behavior: Behavior) -> Behavior:
         metrics = self._metrics
+        authenticator = None if is_open(method) else self._authenticator
 
         # `request` is the request message, or the request iterator of a
         # client-streaming call.
         async def observed(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            caller = ANONYMOUS.name if authenticator is None else "unauthenticated"
             try:
+                if authenticator is not None:
+                    identified = authenticator.identify(context)
+                    caller = identified.name
+                    authenticator.authorize(identified, method)
                 return await behavior(request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -69,7 +83,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                 code = status.code
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
-                metrics.requests.labels(method, code.name).inc()
+                metrics.requests.labels(method, code.name, caller).inc()
                 metrics.latency.labels(method).observe(time.perf_counter() - started)
 
         return observed

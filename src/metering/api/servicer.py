@@ -15,6 +15,7 @@ from google.rpc import code_pb2
 
 from metering import metrics as m
 from metering.api import convert, validation
+from metering.api.auth import require_meter
 from metering.api.errors import ok_status, to_rpc_status
 from metering.api.paging import encode_token
 from metering.decimals import ZERO
@@ -93,7 +94,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self, request: events_pb2.VoidUsageRequest, context: Context
     ) -> events_pb2.VoidUsageResponse:
         customer_id, transaction_id, reason = validation.void_usage(request)
-        result = await self._engine.void_usage(customer_id, transaction_id, reason)
+        result = await self._engine.void_usage(customer_id, transaction_id, reason, allow_meter=require_meter)
         return events_pb2.VoidUsageResponse(
             event=convert.usage_event(result.event),
             duplicate=result.duplicate,
@@ -103,13 +104,16 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def GrantCredits(  # noqa: N802
         self, request: grants_pb2.GrantCreditsRequest, context: Context
     ) -> grants_pb2.GrantCreditsResponse:
-        view, duplicate = await self._entitlements.grant_credits(validation.grant_credits(request, self._catalog))
+        command = validation.grant_credits(request, self._catalog)
+        require_meter(command.meter.slug)
+        view, duplicate = await self._entitlements.grant_credits(command)
         return grants_pb2.GrantCreditsResponse(grant=convert.grant(view), duplicate=duplicate)
 
     async def ListGrants(  # noqa: N802
         self, request: grants_pb2.ListGrantsRequest, context: Context
     ) -> grants_pb2.ListGrantsResponse:
         customer_id, meter, include_expired = validation.list_grants(request, self._catalog)
+        require_meter(meter.slug if meter is not None else "")
         views = await self._entitlements.list_grants(customer_id, meter, include_expired=include_expired)
         return grants_pb2.ListGrantsResponse(grants=[convert.grant(view) for view in views])
 
@@ -117,6 +121,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self, request: reservations_pb2.ReserveUsageRequest, context: Context
     ) -> reservations_pb2.ReserveUsageResponse:
         command = validation.reserve_usage(request, self._catalog)
+        require_meter(command.meter.slug)
         try:
             result = await self._entitlements.reserve(command)
         except LimitExceeded as exc:
@@ -131,7 +136,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def CommitReservation(  # noqa: N802
         self, request: reservations_pb2.CommitReservationRequest, context: Context
     ) -> reservations_pb2.CommitReservationResponse:
-        result = await self._entitlements.commit(validation.commit_reservation(request))
+        result = await self._entitlements.commit(validation.commit_reservation(request), allow_meter=require_meter)
         assert result.event is not None
         meter = result.reservation.meter_slug
         self._metrics.events.labels(meter, m.DUPLICATE if result.duplicate else m.RECORDED).inc()
@@ -148,7 +153,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self, request: reservations_pb2.ReleaseReservationRequest, context: Context
     ) -> reservations_pb2.ReleaseReservationResponse:
         customer_id, reservation_id = validation.release_reservation(request)
-        result = await self._entitlements.release(customer_id, reservation_id)
+        result = await self._entitlements.release(customer_id, reservation_id, allow_meter=require_meter)
         return reservations_pb2.ReleaseReservationResponse(
             reservation=convert.reservation(result), balance=convert.balance(result.balance)
         )
@@ -157,12 +162,16 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self, request: usage_pb2.CheckBalanceRequest, context: Context
     ) -> usage_pb2.CheckBalanceResponse:
         query = validation.check_balance(request, self._catalog)
+        require_meter(query.meter.slug if query.meter is not None else "")
         return convert.check_balance_response(await self._engine.check_balance(query))
 
     async def GetUsage(  # noqa: N802
         self, request: usage_pb2.GetUsageRequest, context: Context
     ) -> usage_pb2.GetUsageResponse:
-        page = await self._reporting.get_usage(validation.get_usage(request, self._catalog))
+        query = validation.get_usage(request, self._catalog)
+        for meter in query.meters:
+            require_meter(meter.slug)
+        page = await self._reporting.get_usage(query)
         response = usage_pb2.GetUsageResponse(rows=[convert.usage_row(row) for row in page.rows])
         if page.next_cursor is not None:
             response.next_page_token = encode_token(request, convert.usage_cursor(page.next_cursor))
@@ -171,7 +180,9 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def ListUsageEvents(  # noqa: N802
         self, request: events_pb2.ListUsageEventsRequest, context: Context
     ) -> events_pb2.ListUsageEventsResponse:
-        page = await self._reporting.list_events(validation.list_usage_events(request, self._catalog))
+        query = validation.list_usage_events(request, self._catalog)
+        require_meter(query.meter.slug if query.meter is not None else "")
+        page = await self._reporting.list_events(query)
         response = events_pb2.ListUsageEventsResponse(events=[convert.usage_event(e) for e in page.events])
         if page.next_before is not None:
             response.next_page_token = encode_token(request, convert.events_cursor(page.next_before))
@@ -181,6 +192,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self, request: billing_pb2.EstimateBillRequest, context: Context
     ) -> billing_pb2.EstimateBillResponse:
         customer_id, period_time = validation.estimate_bill(request)
+        require_meter("")  # a bill spans every meter
         return convert.bill(await self._reporting.estimate_bill(customer_id, period_time))
 
     async def UpsertCustomer(  # noqa: N802
@@ -207,9 +219,11 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         commands: list[UsageCommand | BaseException] = []
         for request in requests:
             try:
-                commands.append(
-                    validation.record_usage(request, self._catalog, now=now, backfill_window=self._backfill_window)
+                valid_command = validation.record_usage(
+                    request, self._catalog, now=now, backfill_window=self._backfill_window
                 )
+                require_meter(valid_command.meter.slug)
+                commands.append(valid_command)
             except MeteringError as exc:
                 commands.append(exc)
         valid = [c for c in commands if isinstance(c, UsageCommand)]

@@ -66,7 +66,21 @@ class MeteringServiceStub:
     stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE).
     * UNAVAILABLE: the database cannot be reached or timed out. Safe to retry
     with the same transaction id: a retry converges on exactly one event.
+    * UNAUTHENTICATED: the service requires credentials (a bearer token in the
+    `authorization: Bearer <token>` metadata, or a known client certificate)
+    and the call has none it recognises; details: google.rpc.ErrorInfo
+    (reason CREDENTIALS_MISSING or CREDENTIALS_INVALID).
+    * PERMISSION_DENIED: the caller is known but its roles do not allow this RPC,
+    or its token is restricted to other meters; details: google.rpc.ErrorInfo
+    (reason ROLE_REQUIRED with metadata caller, method and required_role, or
+    METER_NOT_ALLOWED with metadata caller and meter).
     * INTERNAL: a bug; the message carries no internal detail.
+
+    Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
+    ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
+    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer and
+    ListGrants; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
+    server reflection need no credentials.
 
     The reason strings are the ErrorReason enum value names without their
     `ERROR_REASON_` prefix; the ErrorInfo domain is "metering.v1".
@@ -190,7 +204,21 @@ class MeteringServiceServicer:
     stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE).
     * UNAVAILABLE: the database cannot be reached or timed out. Safe to retry
     with the same transaction id: a retry converges on exactly one event.
+    * UNAUTHENTICATED: the service requires credentials (a bearer token in the
+    `authorization: Bearer <token>` metadata, or a known client certificate)
+    and the call has none it recognises; details: google.rpc.ErrorInfo
+    (reason CREDENTIALS_MISSING or CREDENTIALS_INVALID).
+    * PERMISSION_DENIED: the caller is known but its roles do not allow this RPC,
+    or its token is restricted to other meters; details: google.rpc.ErrorInfo
+    (reason ROLE_REQUIRED with metadata caller, method and required_role, or
+    METER_NOT_ALLOWED with metadata caller and meter).
     * INTERNAL: a bug; the message carries no internal detail.
+
+    Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
+    ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
+    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer and
+    ListGrants; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
+    server reflection need no credentials.
 
     The reason strings are the ErrorReason enum value names without their
     `ERROR_REASON_` prefix; the ErrorInfo domain is "metering.v1".
@@ -460,7 +488,21 @@ class MeteringService:
     stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE).
     * UNAVAILABLE: the database cannot be reached or timed out. Safe to retry
     with the same transaction id: a retry converges on exactly one event.
+    * UNAUTHENTICATED: the service requires credentials (a bearer token in the
+    `authorization: Bearer <token>` metadata, or a known client certificate)
+    and the call has none it recognises; details: google.rpc.ErrorInfo
+    (reason CREDENTIALS_MISSING or CREDENTIALS_INVALID).
+    * PERMISSION_DENIED: the caller is known but its roles do not allow this RPC,
+    or its token is restricted to other meters; details: google.rpc.ErrorInfo
+    (reason ROLE_REQUIRED with metadata caller, method and required_role, or
+    METER_NOT_ALLOWED with metadata caller and meter).
     * INTERNAL: a bug; the message carries no internal detail.
+
+    Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
+    ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
+    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer and
+    ListGrants; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
+    server reflection need no credentials.
 
     The reason strings are the ErrorReason enum value names without their
     `ERROR_REASON_` prefix; the ErrorInfo domain is "metering.v1".

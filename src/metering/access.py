@@ -1,0 +1,176 @@
+"""Who may call: callers, their roles, their credentials (METERING_AUTH_FILE).
+
+The file is TOML, one table per caller; the caller's name is the key:
+
+    [callers.api-gateway]
+    roles = ["recorder"]                 # recorder, reader, admin
+    token_sha256 = ["<64 hex digits>"]   # one or more (rotation): never the token itself
+    meters = ["api_calls"]               # optional: only these meters
+
+    [callers.billing-ui]
+    roles = ["reader"]
+    certificate_cn = "billing-ui.internal"   # a client certificate's common name (mTLS)
+
+Tokens are 256-bit random strings made by `metering token new`. Only their
+SHA-256 digest is configured: with that much entropy a fast hash is enough
+(there is nothing to guess, so no password stretching is needed), and the
+file can be read without revealing a usable credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import tomllib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from metering.config import ConfigError
+
+TOKEN_PREFIX = "mtr_"  # noqa: S105 - a marker that makes leaked tokens easy to scan for
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe as a metric label value
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_KNOWN_KEYS = {"roles", "token_sha256", "certificate_cn", "meters"}
+
+
+class Role(StrEnum):
+    RECORDER = "recorder"  # writes usage: record, reserve, commit, release, void
+    READER = "reader"  # reads balances, usage, events, bills, customers, grants
+    ADMIN = "admin"  # manages customers, plans and grants
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    name: str
+    roles: frozenset[Role]
+    meters: frozenset[str] | None = None  # None: every meter
+
+    def may_use(self, meter: str) -> bool:
+        return self.meters is None or meter in self.meters
+
+
+# The caller of a service that runs without authentication.
+ANONYMOUS = Caller("anonymous", frozenset(Role))
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    by_token_digest: Mapping[str, Caller]
+    by_certificate_cn: Mapping[str, Caller]
+
+    @property
+    def callers(self) -> list[Caller]:
+        unique = {c.name: c for c in [*self.by_token_digest.values(), *self.by_certificate_cn.values()]}
+        return sorted(unique.values(), key=lambda c: c.name)
+
+    def caller_for_token(self, token: str) -> Caller | None:
+        return self.by_token_digest.get(token_digest(token))
+
+    def caller_for_certificate(self, common_name: str) -> Caller | None:
+        return self.by_certificate_cn.get(common_name)
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def load_access(path: str | Path, meters: Collection[str]) -> AccessPolicy:
+    """Read and check an access file; every problem is reported at once, with its key."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"METERING_AUTH_FILE={str(path)!r}: cannot read it: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"METERING_AUTH_FILE={str(path)!r}: not valid TOML: {exc}") from None
+    problems: list[str] = []
+    tokens: dict[str, Caller] = {}
+    certificates: dict[str, Caller] = {}
+    callers = data.get("callers")
+    if not isinstance(callers, dict) or not callers:
+        problems.append("callers: define at least one [callers.<name>] table")
+        callers = {}
+    for unknown in sorted(set(data) - {"callers"}):
+        problems.append(f"{unknown}: unknown key")
+    for name, entry in callers.items():
+        caller = _caller(f"callers.{name}", name, entry, meters, problems)
+        if caller is None:
+            continue
+        for digest in _digests(f"callers.{name}.token_sha256", entry.get("token_sha256", []), problems):
+            if digest in tokens:
+                problems.append(f"callers.{name}.token_sha256: also the token of {tokens[digest].name!r}")
+            tokens[digest] = caller
+        common_name = entry.get("certificate_cn")
+        if common_name is not None:
+            if not isinstance(common_name, str) or not common_name:
+                problems.append(f"callers.{name}.certificate_cn: expected a non-empty string")
+            elif common_name in certificates:
+                problems.append(
+                    f"callers.{name}.certificate_cn: also the certificate of {certificates[common_name].name!r}"
+                )
+            else:
+                certificates[common_name] = caller
+        if "token_sha256" not in entry and common_name is None:
+            problems.append(f"callers.{name}: needs token_sha256 or certificate_cn")
+    if problems:
+        raise ConfigError(f"METERING_AUTH_FILE={str(path)!r}:\n  " + "\n  ".join(problems))
+    return AccessPolicy(by_token_digest=tokens, by_certificate_cn=certificates)
+
+
+def _caller(key: str, name: str, entry: Any, meters: Collection[str], problems: list[str]) -> Caller | None:
+    if not isinstance(entry, dict):
+        problems.append(f"{key}: expected a table")
+        return None
+    if not _NAME_RE.match(name):
+        problems.append(f"{key}: a caller name is 1 to 64 characters of letters, digits, '.', '_' and '-'")
+    for unknown in sorted(set(entry) - _KNOWN_KEYS):
+        problems.append(f"{key}.{unknown}: unknown key")
+    roles: set[Role] = set()
+    raw_roles = entry.get("roles")
+    if not isinstance(raw_roles, list) or not raw_roles:
+        problems.append(f"{key}.roles: expected a non-empty list of {', '.join(Role)}")
+    else:
+        for role in raw_roles:
+            if role in Role.__members__.values():
+                roles.add(Role(role))
+            else:
+                problems.append(f"{key}.roles: unknown role {role!r} (known: {', '.join(Role)})")
+    allowed: frozenset[str] | None = None
+    if "meters" in entry:
+        raw_meters = entry["meters"]
+        if not isinstance(raw_meters, list) or not raw_meters or not all(isinstance(m, str) for m in raw_meters):
+            problems.append(f"{key}.meters: expected a non-empty list of meter slugs")
+        else:
+            for meter in raw_meters:
+                if meter not in meters:
+                    problems.append(f"{key}.meters: no meter {meter!r} in the catalog")
+            allowed = frozenset(raw_meters)
+    return Caller(name=name, roles=frozenset(roles), meters=allowed)
+
+
+def _digests(key: str, raw: Any, problems: list[str]) -> list[str]:
+    values = [raw] if isinstance(raw, str) else raw
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        problems.append(f"{key}: expected a SHA-256 hex digest or a list of them")
+        return []
+    digests = []
+    for value in values:
+        digest = value.strip().lower()
+        if not _DIGEST_RE.match(digest):
+            # Someone pasted the token instead of its digest: say so without echoing it.
+            hint = (
+                " (this looks like a token: configure its digest, `metering token digest`)"
+                if value.startswith(TOKEN_PREFIX)
+                else ""
+            )
+            problems.append(f"{key}: expected 64 hexadecimal digits{hint}")
+        else:
+            digests.append(digest)
+    return digests
