@@ -15,6 +15,9 @@ def test_defaults() -> None:
     assert settings.catalog_path is None
     assert settings.db_timeout == timedelta(seconds=2)
     assert settings.backfill_window == timedelta(days=35)
+    assert settings.auth_file is None and not settings.allow_unauthenticated
+    assert settings.tls_cert is None and settings.tls_client_ca is None
+    assert settings.max_message_bytes == 4 * 1024 * 1024
 
 
 def test_values() -> None:
@@ -41,6 +44,10 @@ def test_values() -> None:
         ({"METERING_GRPC_PORT": "70000"}, "at most 65535"),
         ({"METERING_DB_TIMEOUT": "2"}, "METERING_DB_TIMEOUT"),
         ({"METERING_DB_POOL_MIN": "5", "METERING_DB_POOL_MAX": "2"}, "must not exceed"),
+        ({"METERING_ALLOW_UNAUTHENTICATED": "maybe"}, "expected 1 or 0"),
+        ({"METERING_AUTH_FILE": "a.toml", "METERING_ALLOW_UNAUTHENTICATED": "true"}, "contradict"),
+        ({"METERING_TLS_KEY": "k.pem"}, "go together"),
+        ({"METERING_MAX_MESSAGE_BYTES": "100"}, "at least 1024"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
