@@ -1,6 +1,7 @@
 # Multi-stage: build a wheel, then install it alone into a slim runtime image.
 # The image expects METERING_DATABASE_URL (the embedded PostgreSQL is for
-# laptops and is not installed here).
+# laptops and is not installed here) and METERING_AUTH_FILE (a mounted callers
+# file; without it the service refuses to start against a real database).
 
 FROM python:3.11-slim AS build
 WORKDIR /src
