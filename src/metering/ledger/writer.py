@@ -143,6 +143,10 @@ class BatchWriter(PoolUser):
             batch: list[_Item] = []
             while self._pending and (not batch or len(batch) + len(self._pending[0]) <= self._max_batch):
                 batch.extend(self._pending.popleft())
+            # A caller that went away while queued (deadline passed, client
+            # cancelled) gets no answer: skip its events, so the ledger is as if
+            # the call never happened and an overloaded writer sheds dead work.
+            batch = [item for item in batch if not item.future.cancelled()]
             if not batch:
                 continue
             self._on_batch(len(batch))
