@@ -143,10 +143,10 @@ def test_the_cli_connects_with_tls_options(mtls: MutualTls) -> None:
 
     health = run("healthcheck", "--target", mtls.service.target)
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING"), health.stderr
-    balance = run("client", "--target", mtls.service.target, "balance", "nobody")
+    balance = run("balance", "--target", mtls.service.target, "nobody")
     assert balance.returncode == 1
     assert "NOT_FOUND: customer 'nobody' not found" in balance.stderr
-    denied = run("client", "--target", mtls.service.target, "record", "nobody", "tokens", "1")
+    denied = run("record", "--target", mtls.service.target, "nobody", "tokens", "1")
     assert "PERMISSION_DENIED: caller 'billing-ui' may not call RecordUsage" in denied.stderr
 
 

@@ -1,0 +1,239 @@
+"""`metering import events.jsonl`: a long import that is safe to repeat.
+
+Each line is one RecordUsageRequest in the proto3 JSON mapping, with its own
+transaction id. Lines go out in RecordUsageBatch calls; a batch the service
+could not answer (UNAVAILABLE, deadline) is sent again as it is, which the
+transaction ids make harmless. After every answered batch the byte offset is
+saved to a checkpoint file, so an interrupted import resumes where it stopped;
+even a stale checkpoint only replays events the ledger answers as duplicates.
+Refused events (limits, bad fields) are written to a rejects file with their
+line number and status, and the import goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, TypeAlias
+
+import grpc
+from google.protobuf import json_format
+from google.rpc import code_pb2, error_details_pb2
+
+from metering.cli.connection import channel, connection_arguments, metadata, print_error
+from metering.v1 import ingest_pb2, metering_service_pb2_grpc, usage_pb2
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+# Answers after which the same batch is sent again.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+EXIT_DONE, EXIT_REJECTS, EXIT_ABORTED = 0, 1, 3
+
+
+def add_command(commands: Subparsers) -> None:
+    parser = commands.add_parser(
+        "import", help="record the events of a JSON-lines file in batches (idempotent, resumable)"
+    )
+    parser.add_argument("file", type=Path, help="one RecordUsageRequest per line (proto3 JSON)")
+    parser.add_argument("--batch-size", type=int, default=500, help="events per RecordUsageBatch call (1-1000)")
+    parser.add_argument("--checkpoint", type=Path, help="progress file (default: FILE.checkpoint)")
+    parser.add_argument("--rejects", type=Path, help="refused events, as JSON lines (default: FILE.rejects.jsonl)")
+    parser.add_argument("--restart", action="store_true", help="ignore the checkpoint and start at line 1")
+    parser.add_argument("--max-retries", type=int, default=8, help="resends of one batch before giving up")
+    parser.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    connection_arguments(parser)
+    parser.set_defaults(run=run_import)
+
+
+@dataclass
+class Progress:
+    """What the checkpoint file holds: where to resume and what was counted so far."""
+
+    file: str
+    offset: int = 0  # bytes of the file fully answered
+    line: int = 0  # lines fully answered
+    recorded: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    retries: int = 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    if not 1 <= args.batch_size <= 1000:
+        raise SystemExit("metering import: --batch-size must be 1 to 1000")
+    checkpoint_path = args.checkpoint or args.file.with_name(args.file.name + ".checkpoint")
+    rejects_path = args.rejects or args.file.with_name(args.file.name + ".rejects.jsonl")
+    progress = _load_checkpoint(checkpoint_path, args.file, restart=args.restart)
+    total_lines = _count_lines(args.file)
+    meter = _ProgressMeter(total_lines, progress.line)
+    if progress.line:
+        print(f"resuming {args.file} at line {progress.line + 1} (checkpoint {checkpoint_path})", file=sys.stderr)
+    with (
+        channel(args, args.target) as open_channel,
+        args.file.open("rb") as source,
+        rejects_path.open("a" if progress.line else "w", encoding="utf-8") as rejects,
+    ):
+        stub = metering_service_pb2_grpc.MeteringServiceStub(open_channel)
+        source.seek(progress.offset)
+        batch: list[tuple[int, usage_pb2.RecordUsageRequest]] = []
+        offset, line_number = progress.offset, progress.line
+        for raw in source:
+            offset += len(raw)
+            line_number += 1
+            if not raw.strip():
+                continue
+            try:
+                request = json_format.Parse(raw, usage_pb2.RecordUsageRequest())
+            except (json_format.ParseError, UnicodeDecodeError) as exc:
+                _reject(rejects, progress, line_number, "", "INVALID_ARGUMENT", f"not a RecordUsageRequest: {exc}")
+                continue
+            batch.append((line_number, request))
+            if len(batch) == args.batch_size:
+                if not _send(stub, args, batch, rejects, progress):
+                    return _stop(checkpoint_path, progress, meter)
+                _save_checkpoint(checkpoint_path, progress, offset, line_number)
+                meter.show(progress)
+                batch = []
+        if batch and not _send(stub, args, batch, rejects, progress):
+            return _stop(checkpoint_path, progress, meter)
+        _save_checkpoint(checkpoint_path, progress, offset, line_number)
+    meter.show(progress, final=True)
+    summary = {**asdict(progress), "rejects_file": str(rejects_path), "seconds": round(meter.elapsed(), 3)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"imported {args.file}: {progress.line} lines, {progress.recorded} recorded, "
+            f"{progress.duplicates} duplicates, {progress.rejected} rejected"
+            + (f" (see {rejects_path})" if progress.rejected else "")
+            + f", {progress.retries} batch retries, {meter.rate():.0f} events/s"
+        )
+    return EXIT_REJECTS if progress.rejected else EXIT_DONE
+
+
+def _send(
+    stub: metering_service_pb2_grpc.MeteringServiceStub,
+    args: argparse.Namespace,
+    batch: list[tuple[int, usage_pb2.RecordUsageRequest]],
+    rejects: IO[str],
+    progress: Progress,
+) -> bool:
+    """One batch until it is answered; False when the import must stop."""
+    request = ingest_pb2.RecordUsageBatchRequest(events=[r for _, r in batch])
+    for attempt in range(args.max_retries + 1):
+        try:
+            response = stub.RecordUsageBatch(request, timeout=60, metadata=metadata(args))
+            break
+        except grpc.RpcError as error:
+            if error.code() not in _RETRYABLE or attempt == args.max_retries:
+                print_error(error)
+                return False
+            progress.retries += 1
+            time.sleep(min(0.25 * 2**attempt, 10.0))
+    for result in response.results:
+        line_number, event = batch[result.index]
+        if result.status.code == code_pb2.OK:
+            if result.response.duplicate:
+                progress.duplicates += 1
+            else:
+                progress.recorded += 1
+        else:
+            _reject(
+                rejects,
+                progress,
+                line_number,
+                event.transaction_id,
+                code_pb2.Code.Name(result.status.code),
+                result.status.message,
+                _reason(result.status.details),
+            )
+    return True
+
+
+def _reason(details: Any) -> str:
+    for detail in details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
+
+
+def _reject(
+    rejects: IO[str], progress: Progress, line: int, transaction_id: str, code: str, message: str, reason: str = ""
+) -> None:
+    progress.rejected += 1
+    record = {"line": line, "transaction_id": transaction_id, "code": code, "reason": reason, "message": message}
+    rejects.write(json.dumps(record) + "\n")
+
+
+def _stop(checkpoint_path: Path, progress: Progress, meter: _ProgressMeter) -> int:
+    meter.show(progress, final=True)
+    print(
+        f"import stopped after line {progress.line}; run the same command again to resume (checkpoint "
+        f"{checkpoint_path})",
+        file=sys.stderr,
+    )
+    return EXIT_ABORTED
+
+
+def _load_checkpoint(path: Path, source: Path, *, restart: bool) -> Progress:
+    if restart or not path.exists():
+        return Progress(file=str(source.resolve()))
+    saved = Progress(**json.loads(path.read_text(encoding="utf-8")))
+    if saved.file != str(source.resolve()):
+        raise SystemExit(f"metering import: {path} belongs to {saved.file}; use --checkpoint or --restart")
+    if saved.offset > source.stat().st_size:
+        raise SystemExit(f"metering import: {source} is shorter than its checkpoint; use --restart")
+    return saved
+
+
+def _save_checkpoint(path: Path, progress: Progress, offset: int, line: int) -> None:
+    progress.offset, progress.line = offset, line
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(asdict(progress)), encoding="utf-8")
+    os.replace(temporary, path)  # atomic: a crash leaves the old or the new checkpoint, never half of one
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as file:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b""))
+
+
+class _ProgressMeter:
+    """A progress bar on a terminal; a line every few seconds otherwise (logs, CI)."""
+
+    def __init__(self, total_lines: int, start_line: int) -> None:
+        self._total = max(total_lines, 1)
+        self._start_line = start_line
+        self._line = start_line
+        self._started = time.monotonic()
+        self._last_print = 0.0
+        self._tty = sys.stderr.isatty()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def rate(self) -> float:
+        return (self._line - self._start_line) / max(self.elapsed(), 1e-9)
+
+    def show(self, progress: Progress, *, final: bool = False) -> None:
+        self._line = progress.line
+        now = time.monotonic()
+        if not final and now - self._last_print < (0.2 if self._tty else 5.0):
+            return
+        self._last_print = now
+        share = min(progress.line / self._total, 1.0)
+        bar = "#" * int(share * 30)
+        text = (
+            f"[{bar:<30}] {share:4.0%} {progress.line:,}/{self._total:,} lines  {self.rate():,.0f} events/s  "
+            f"recorded {progress.recorded:,}  duplicates {progress.duplicates:,}  rejected {progress.rejected:,}"
+        )
+        if self._tty:
+            print("\r" + text, end="\n" if final else "", file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)

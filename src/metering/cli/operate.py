@@ -1,0 +1,156 @@
+"""Commands that run or operate the service itself: serve, migrate, audit,
+check-catalog, token, healthcheck."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import TypeAlias
+
+import grpc
+
+from metering.catalog import load_catalog
+from metering.cli.connection import channel, connection_arguments
+from metering.config import Settings
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def add_commands(commands: Subparsers) -> None:
+    serve = commands.add_parser("serve", help="run the gRPC service (settings from METERING_* variables)")
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    migrate.set_defaults(run=_migrate)
+
+    audit = commands.add_parser(
+        "audit", help="recompute every counter from the ledger's events and report differences (exit 1 if any)"
+    )
+    audit.add_argument("--customer", action="append", default=None, metavar="ID", help="only these customers")
+    audit.set_defaults(run=_audit)
+
+    check = commands.add_parser("check-catalog", help="validate a catalog file and print what it defines")
+    check.add_argument("path", nargs="?", help="catalog TOML (default: METERING_CATALOG, else the sample)")
+    check.set_defaults(run=_check_catalog)
+
+    healthcheck = commands.add_parser(
+        "healthcheck", help="exit 0 if the local service answers SERVING to a gRPC health check (for HEALTHCHECK)"
+    )
+    healthcheck.add_argument("--target", help="host:port (default: 127.0.0.1 and METERING_GRPC_PORT)")
+    connection_arguments(healthcheck, target=False)
+    healthcheck.set_defaults(run=_healthcheck)
+
+    token = commands.add_parser("token", help="make caller tokens for METERING_AUTH_FILE")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    new_token = token_commands.add_parser(
+        "new", help="print a new random token (give it to the caller) and its METERING_AUTH_FILE entry"
+    )
+    new_token.add_argument("name", help="the caller's name (in metrics and errors)")
+    new_token.add_argument("--role", action="append", required=True, choices=["recorder", "reader", "admin"])
+    new_token.add_argument("--meter", action="append", default=[], help="restrict the token to these meters")
+    new_token.set_defaults(run=_token_new)
+    digest = token_commands.add_parser("digest", help="print the SHA-256 digest of the token read from stdin")
+    digest.set_defaults(run=_token_digest)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from metering.app import configure_logging, serve
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from metering.app import configure_logging, open_database, run_migrations
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    database = open_database(settings)
+    try:
+        applied = asyncio.run(run_migrations(settings, database.url))
+    finally:
+        database.close()
+    print("applied: " + ", ".join(applied) if applied else "the database is up to date")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from metering.app import audit, configure_logging, open_database
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    catalog = load_catalog(settings.catalog_path)
+    database = open_database(settings)
+    try:
+        report = asyncio.run(audit(settings, database.url, catalog, args.customer))
+    finally:
+        database.close()
+    print(
+        f"customers {report.customers}, events {report.events} ({report.voided} voided), counters {report.counters}; "
+        f"duplicate transaction ids {report.duplicate_transaction_ids}, counter mismatches {len(report.mismatches)}, "
+        f"unique-value mismatches {report.unique_value_mismatches}, events of unknown meters "
+        f"{report.unknown_meter_events}, committed reservations without event {report.dangling_commits}"
+    )
+    for m in report.mismatches:
+        print(
+            f"  MISMATCH {m.customer_id} {m.meter_slug} period {m.period_start.isoformat()}: counter "
+            f"{m.stored_used} ({m.stored_events} events), events say {m.expected_used} ({m.expected_events} events)"
+        )
+    print("ledger consistent" if report.ok else "LEDGER INCONSISTENT")
+    return 0 if report.ok else 1
+
+
+def _check_catalog(args: argparse.Namespace) -> int:
+    path = args.path or Settings.from_env().catalog_path
+    catalog = load_catalog(path)
+    print(f"catalog {catalog.source} is valid:")
+    print(f"  meters: {', '.join(catalog.meters)}")
+    print(f"  prices: {', '.join(catalog.prices)}")
+    for plan in catalog.plans.values():
+        terms = ", ".join(
+            f"{t.meter} ({'unlimited' if t.limit is None else f'{t.enforcement.value} limit {t.limit}'} "
+            f"per {t.reset.value})"
+            for t in plan.meters.values()
+        )
+        print(f"  plan {plan.slug}: {terms}")
+    return 0
+
+
+def _token_new(args: argparse.Namespace) -> int:
+    from metering.access import new_token, token_digest
+
+    token = new_token()
+    print(f"token (give it to {args.name}; it is not stored anywhere): {token}", file=sys.stderr)
+    print(f"[callers.{args.name}]")
+    # JSON lists of strings are valid TOML.
+    print(f"roles = {json.dumps(sorted(set(args.role)))}")
+    print(f"token_sha256 = {json.dumps([token_digest(token)])}")
+    if args.meter:
+        print(f"meters = {json.dumps(args.meter)}")
+    return 0
+
+
+def _token_digest(args: argparse.Namespace) -> int:
+    from metering.access import token_digest
+
+    print(token_digest(sys.stdin.readline().strip()))
+    return 0
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = args.target or f"127.0.0.1:{Settings.from_env().grpc_port}"
+    with channel(args, target) as open_channel:
+        try:
+            response = health_pb2_grpc.HealthStub(open_channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+        except grpc.RpcError as error:
+            print(f"unhealthy: {error.code().name}", file=sys.stderr)
+            return 1
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(name)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1

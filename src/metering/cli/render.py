@@ -1,0 +1,195 @@
+"""Answers as readable text: aligned tables and key-value lines.
+
+Numbers stay the exact decimal strings the service sent; they are only
+right-aligned, never reformatted, so what a person reads is what the ledger holds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, tzinfo
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, reservations_pb2, usage_pb2
+
+_NUMBER_RE = re.compile(r"^-?[0-9][0-9,]*(\.[0-9]+)?%?$")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell; numeric columns right-aligned."""
+    if not rows:
+        return "(none)"
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    numeric = [all(_NUMBER_RE.match(r[i]) or r[i] in ("", "-") for r in rows) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric, strict=True)]
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def when(stamp: Timestamp, zone: tzinfo = UTC) -> str:
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        return "-"
+    moment = stamp.ToDatetime(tzinfo=UTC).astimezone(zone)
+    offset = moment.utcoffset()
+    return moment.strftime("%Y-%m-%d %H:%M:%S") + ("Z" if not offset else moment.strftime("%z"))
+
+
+def _enum_suffix(name: str, prefix: str) -> str:
+    return name.removeprefix(prefix).lower()
+
+
+def balances(response: usage_pb2.CheckBalanceResponse) -> str:
+    rows = []
+    for b in response.balances:
+        flags = "limit reached" if b.limit_reached else ("approaching" if b.approaching_limit else "")
+        rows.append(
+            [
+                b.meter_slug,
+                b.used,
+                b.limit if b.HasField("limit") else "unlimited",
+                b.granted,
+                b.reserved,
+                b.available if b.HasField("available") else "unlimited",
+                f"{b.percent_used}%" if b.HasField("percent_used") else "-",
+                _enum_suffix(usage_pb2.LimitEnforcement.Name(b.limit_enforcement), "LIMIT_ENFORCEMENT_"),
+                when(b.period_end_time),
+                flags,
+            ]
+        )
+    head = f"customer {response.customer_id} on plan {response.plan_slug} (as of {when(response.as_of_time)})"
+    if response.HasField("requested_allowed"):
+        head += f"; the requested quantity {'fits' if response.requested_allowed else 'does NOT fit'}"
+    headers = ["meter", "used", "limit", "granted", "reserved", "available", "used %", "enforcement", "resets", ""]
+    return head + "\n" + table(headers, rows)
+
+
+def record(response: usage_pb2.RecordUsageResponse) -> str:
+    e = response.event
+    verb = "already recorded (duplicate)" if response.duplicate else "recorded"
+    lines = [
+        f"{verb}: {e.quantity} of {e.meter_slug} at price {e.price_slug}, transaction {e.transaction_id}, "
+        f"event {e.event_id} at {when(e.event_time)}"
+    ]
+    if response.overage_quantity not in ("", "0"):
+        lines.append(f"overage: {response.overage_quantity} past the limit")
+    lines.append(_balance_line(response.balance))
+    return "\n".join(lines)
+
+
+def _balance_line(b: usage_pb2.Balance) -> str:
+    limit = b.limit if b.HasField("limit") else "unlimited"
+    available = b.available if b.HasField("available") else "unlimited"
+    return f"{b.meter_slug}: used {b.used} of {limit} {b.unit}, available {available} until {when(b.period_end_time)}"
+
+
+def usage(response: usage_pb2.GetUsageResponse, zone: tzinfo) -> str:
+    group_keys = sorted({k for row in response.rows for k in row.group_values})
+    rows = [
+        [
+            r.meter_slug,
+            when(r.window_start_time, zone),
+            when(r.window_end_time, zone),
+            *(r.group_values.get(k, "") for k in group_keys),
+            r.value,
+        ]
+        for r in response.rows
+    ]
+    text = table(["meter", "from", "to", *group_keys, "value"], rows)
+    return text + (
+        "\n(more rows: use --page-token " + response.next_page_token + ")" if response.next_page_token else ""
+    )
+
+
+def events(response: events_pb2.ListUsageEventsResponse) -> str:
+    rows = [
+        [
+            when(e.event_time),
+            e.transaction_id,
+            e.meter_slug,
+            e.quantity,
+            e.price_slug,
+            " ".join(f"{k}={v}" for k, v in sorted(e.properties.items())),
+            f"voided: {e.void_reason}" if e.HasField("void_time") else "",
+        ]
+        for e in response.events
+    ]
+    return table(["time", "transaction", "meter", "quantity", "price", "properties", ""], rows)
+
+
+def bill(response: billing_pb2.EstimateBillResponse) -> str:
+    currency = response.total.currency_code
+    rows = [
+        [
+            line.meter_slug,
+            line.price_slug,
+            _enum_suffix(billing_pb2.PricingModel.Name(line.pricing_model), "PRICING_MODEL_"),
+            line.quantity,
+            line.included_quantity,
+            line.billable_quantity,
+            line.amount.amount,
+        ]
+        for line in response.lines
+    ]
+    width = max([len(response.subtotal.amount), len(response.credits.amount), len(response.total.amount)])
+    return "\n".join(
+        [
+            f"customer {response.customer_id} on plan {response.plan_slug}, period "
+            f"{when(response.period_start_time)} to {when(response.period_end_time)} ({currency})",
+            table(["meter", "price", "model", "quantity", "included", "billable", "amount"], rows),
+            f"subtotal  {response.subtotal.amount.rjust(width)}",
+            f"credits   {response.credits.amount.rjust(width)}",
+            f"total     {response.total.amount.rjust(width)} {currency}",
+        ]
+    )
+
+
+def customer(c: customer_pb2.Customer, *, created: bool | None = None) -> str:
+    state = "" if created is None else (" (created)" if created else " (updated)")
+    return f"customer {c.customer_id}{state}: plan {c.plan_slug}, billing anchor {when(c.billing_anchor_time)}"
+
+
+def grants(response: grants_pb2.ListGrantsResponse) -> str:
+    rows = [
+        [
+            g.grant_id,
+            g.meter_slug,
+            g.quantity,
+            g.remaining_quantity,
+            when(g.effective_time),
+            when(g.expire_time),
+            "active" if g.active else "inactive",
+            g.reason,
+        ]
+        for g in response.grants
+    ]
+    return table(["grant", "meter", "quantity", "remaining", "from", "until", "state", "reason"], rows)
+
+
+def grant(response: grants_pb2.GrantCreditsResponse) -> str:
+    g = response.grant
+    verb = "already granted (duplicate)" if response.duplicate else "granted"
+    span = f"from {when(g.effective_time)} until {when(g.expire_time)}"
+    return f"{verb}: {g.quantity} {g.meter_slug} as {g.grant_id}, {span}"
+
+
+def reservation(r: reservations_pb2.Reservation, balance: usage_pb2.Balance, *, duplicate: bool = False) -> str:
+    status = _enum_suffix(reservations_pb2.ReservationStatus.Name(r.status), "RESERVATION_STATUS_")
+    committed = f", committed {r.committed_quantity}" if r.committed_quantity else ""
+    again = " (duplicate)" if duplicate else ""
+    return (
+        f"reservation {r.reservation_id}{again}: {r.quantity} {r.meter_slug}, {status}{committed}, "
+        f"expires {when(r.expire_time)}\n{_balance_line(balance)}"
+    )
+
+
+def void(response: events_pb2.VoidUsageResponse) -> str:
+    e = response.event
+    verb = "already voided" if response.duplicate else "voided"
+    return f"{verb}: transaction {e.transaction_id} ({e.quantity} {e.meter_slug}): {e.void_reason}\n" + _balance_line(
+        response.balance
+    )
