@@ -7,8 +7,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
+NODE_EXAMPLE := examples/node
+# npm ci rewrites this file, so the example's packages are reinstalled only when its lock file changes.
+NODE_MODULES := $(NODE_EXAMPLE)/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck docker-lint proto proto-check buf-lint buf-breaking ci clean
+.PHONY: run test lint typecheck docker-lint proto proto-check buf-lint buf-breaking stubs ci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,9 +57,16 @@ buf-lint: $(BUF)
 buf-breaking: $(BUF)
 	bash scripts/buf_breaking.sh $(BUF)
 
+$(NODE_MODULES): $(NODE_EXAMPLE)/package.json $(NODE_EXAMPLE)/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix $(NODE_EXAMPLE)
+
+## stubs: client stubs from proto/ (buf.gen.yaml): TypeScript into examples/node/gen, Python into gen/python
+stubs: $(BUF) $(NODE_MODULES) | $(STAMP)
+	$(BUF) generate
+
 ## ci: everything .ci/run checks
 ci:
 	bash .ci/run
 
 clean:
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen
