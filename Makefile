@@ -11,7 +11,7 @@ NODE_EXAMPLE := examples/node
 # npm ci rewrites this file, so the example's packages are reinstalled only when its lock file changes.
 NODE_MODULES := $(NODE_EXAMPLE)/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck docker-lint proto proto-check buf-lint buf-breaking stubs ci clean
+.PHONY: run test lint typecheck docker-lint proto proto-check buf-lint buf-breaking stubs node-example ci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,9 +64,13 @@ $(NODE_MODULES): $(NODE_EXAMPLE)/package.json $(NODE_EXAMPLE)/package-lock.json
 stubs: $(BUF) $(NODE_MODULES) | $(STAMP)
 	$(BUF) generate
 
+## node-example: build the Node.js client (examples/node/dist) on freshly generated stubs
+node-example: stubs
+	npm run --silent --prefix $(NODE_EXAMPLE) build
+
 ## ci: everything .ci/run checks
 ci:
 	bash .ci/run
 
 clean:
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen $(NODE_EXAMPLE)/dist
