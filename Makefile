@@ -53,7 +53,7 @@ $(BUF):
 buf-lint: $(BUF)
 	$(BUF) lint
 
-## buf-breaking: compare proto/ with proto/ of BUF_AGAINST_REF (default: the previous commit)
+## buf-breaking: compare proto/ with main's (on main: the previous commit's; BUF_AGAINST_REF overrides)
 buf-breaking: $(BUF)
 	bash scripts/buf_breaking.sh $(BUF)
 
