@@ -7,8 +7,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
+NODE_EXAMPLE := examples/node
+# npm ci rewrites this file, so the example's packages are reinstalled only when its lock file changes.
+NODE_MODULES := $(NODE_EXAMPLE)/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck docker-lint proto proto-check buf-lint buf-breaking ci clean
+.PHONY: run test lint typecheck docker-lint proto proto-check buf-lint buf-breaking stubs node-example ci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,13 +53,24 @@ $(BUF):
 buf-lint: $(BUF)
 	$(BUF) lint
 
-## buf-breaking: compare proto/ with proto/ of BUF_AGAINST_REF (default: the previous commit)
+## buf-breaking: compare proto/ with main's (on main: the previous commit's; BUF_AGAINST_REF overrides)
 buf-breaking: $(BUF)
 	bash scripts/buf_breaking.sh $(BUF)
+
+$(NODE_MODULES): $(NODE_EXAMPLE)/package.json $(NODE_EXAMPLE)/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix $(NODE_EXAMPLE)
+
+## stubs: client stubs from proto/ (buf.gen.yaml): TypeScript into examples/node/gen, Python into gen/python
+stubs: $(BUF) $(NODE_MODULES) | $(STAMP)
+	$(BUF) generate
+
+## node-example: build the Node.js client (examples/node/dist) on freshly generated stubs
+node-example: stubs
+	npm run --silent --prefix $(NODE_EXAMPLE) build
 
 ## ci: everything .ci/run checks
 ci:
 	bash .ci/run
 
 clean:
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen $(NODE_EXAMPLE)/dist

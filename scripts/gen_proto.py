@@ -20,8 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 # google/rpc protos our contract imports, copied from the pinned
 # googleapis-common-protos wheel (committed, so buf can build any git revision).
+# error_details.proto is not imported by the contract, but the details it defines
+# (ErrorInfo, QuotaFailure, BadRequest) are what every refusal carries: clients in
+# other languages generate it with the rest (buf.gen.yaml) to decode them.
 THIRD_PARTY = ROOT / "third_party" / "proto"
-VENDORED = ("google/rpc/status.proto",)
+VENDORED = ("google/rpc/status.proto", "google/rpc/error_details.proto")
 OUT_ROOT = ROOT / "src"
 PACKAGE_DIR = OUT_ROOT / "metering" / "v1"
 

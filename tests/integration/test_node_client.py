@@ -1,0 +1,177 @@
+"""The Node.js example (examples/node) against a real server with tokens: the
+TypeScript stubs buf generates from proto/ work with @grpc/grpc-js, and a
+non-Python caller can read the google.rpc details of a refusal. Also: the
+Python stubs buf.gen.yaml makes are the committed ones.
+
+`make node-example` installs the npm packages (npm ci, only when the lock file
+changed), generates the stubs with buf.gen.yaml and compiles the client with tsc,
+exactly as a developer would. Without node or npm the test skips locally and
+fails in CI, where the example must not go unchecked.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from google.protobuf import descriptor_pb2
+
+from metering.access import new_token, token_digest
+from tests.support import ROOT, ServiceProcess
+
+CLIENT = ROOT / "examples" / "node" / "dist" / "src" / "client.js"
+COMMITTED_PYTHON = ROOT / "src" / "metering" / "v1"
+BUF_PYTHON = ROOT / "gen" / "python" / "metering" / "v1"
+ROLES = ("admin", "recorder", "reader")
+
+
+@dataclass
+class NodeClient:
+    node: str
+    service: ServiceProcess
+    tokens: dict[str, str]  # role -> token of a caller that has only that role
+
+    def run(self, **overrides: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "METERING_TARGET": self.service.target,
+            "METERING_ADMIN_TOKEN": self.tokens["admin"],
+            "METERING_RECORDER_TOKEN": self.tokens["recorder"],
+            "METERING_READER_TOKEN": self.tokens["reader"],
+            # The test catalog's plan `limited`: tokens limited to 100 (hard), 10 included, at 0.002 USD.
+            "METERING_PLAN": "limited",
+            "METERING_METER": "tokens",
+            "METERING_QUANTITY": "40",
+            **overrides,
+        }
+        env.pop("METERING_TOKEN", None)
+        env.pop("METERING_TLS_CA", None)
+        return subprocess.run([self.node, str(CLIENT)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        message = f"`{tool}` is not on PATH: the Node.js client example (examples/node) needs Node.js 20+ and npm"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(message + " (CI must run this test: install Node.js on the CI machine)")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    """The node executable, once `make node-example` has built the client (and `make stubs` run)."""
+    node = _require("node")
+    _require("npm")
+    build = subprocess.run(
+        ["make", "--no-print-directory", "node-example"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert build.returncode == 0, f"make node-example failed:\n{build.stdout}\n{build.stderr}"
+    assert CLIENT.is_file()
+    return node
+
+
+@pytest.fixture(scope="module")
+def node_client(node: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClient]:
+    tokens = {role: new_token() for role in ROLES}
+    lines: list[str] = []
+    for role in ROLES:
+        lines += [f"[callers.node-{role}]", f'roles = ["{role}"]', f'token_sha256 = ["{token_digest(tokens[role])}"]']
+    auth_file = tmp_path_factory.mktemp("node-auth") / "callers.toml"
+    auth_file.write_text("\n".join(lines) + "\n")
+    service = ServiceProcess(database_url, extra_env={"METERING_AUTH_FILE": str(auth_file)}).start()
+    try:
+        yield NodeClient(node, service, tokens)
+    finally:
+        service.stop()
+
+
+def _line(output: str, prefix: str) -> str:
+    found = [line for line in output.splitlines() if line.lstrip().startswith(prefix)]
+    assert found, f"no line starting with {prefix!r} in:\n{output}"
+    return found[0]
+
+
+def test_node_client_walks_through_the_api(node_client: NodeClient) -> None:
+    result = node_client.run()
+    output = result.stdout
+    print(output)  # shown with -rP: what a Node.js caller sees
+    assert result.returncode == 0, f"exit {result.returncode}\n{output}\n{result.stderr}"
+    assert "FAIL" not in output
+    assert re.search(r"^OK: all \d+ expectations held$", output, re.MULTILINE), output
+
+    assert "created=true" in _line(output, "1. UpsertCustomer (admin token)")
+    recorded = _line(output, "2. RecordUsage (recorder token): 40 tokens")
+    assert "duplicate=false" in recorded
+    assert "price tokens_premium" in recorded
+
+    # The refusal, read from the grpc-status-details-bin trailer by the Node client.
+    assert "-> RESOURCE_EXHAUSTED: " in _line(output, "3. RecordUsage of 61 (60 available)")
+    assert _line(output, "ErrorInfo reason=") == "   ErrorInfo reason=LIMIT_EXCEEDED domain=metering.v1"
+    metadata = _line(output, "ErrorInfo metadata:")
+    for pair in ("available=60", "limit=100", "meter=tokens", "plan=limited", "requested=61"):
+        assert pair in metadata.split(), metadata
+    assert "QuotaFailure subject=meter:tokens" in output
+
+    assert "duplicate=true" in _line(output, "4. RecordUsage replay")
+    assert "used=40 limit=100 available=60 percent_used=40" in _line(output, "5. CheckBalance (reader token)")
+
+    # 40 used, 10 included: 30 billable at 0.002 USD.
+    bill_line = _line(output, "line tokens (price tokens_premium, PER_UNIT)")
+    assert "quantity 40, included 10, billable 30, unit 0.002" in bill_line
+    assert bill_line.endswith("-> 0.06 USD")
+    assert _line(output, "subtotal").endswith("total 0.06 USD")
+
+    assert "UNAUTHENTICATED (reason CREDENTIALS_MISSING)" in _line(output, "7. CheckBalance without a token")
+
+
+def test_node_client_fails_when_an_expectation_does_not_hold(node_client: NodeClient) -> None:
+    # A reader's token where an admin's is needed: the service refuses, and the
+    # client must say so and exit non-zero rather than report success.
+    result = node_client.run(METERING_ADMIN_TOKEN=node_client.tokens["reader"])
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "PERMISSION_DENIED" in result.stdout
+    assert "reason ROLE_REQUIRED" in result.stdout
+    assert re.search(r"^FAILED: 1 of \d+ expectations$", result.stdout, re.MULTILINE), result.stdout
+
+
+def _embedded_descriptor(module: Path) -> descriptor_pb2.FileDescriptorProto:
+    """The FileDescriptorProto a *_pb2.py registers, without json_name (which
+    buf fills in and grpcio-tools' protoc leaves out; the wire format ignores it)."""
+    calls = [
+        node
+        for node in ast.walk(ast.parse(module.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "AddSerializedFile"
+    ]
+    assert len(calls) == 1 and isinstance(calls[0].args[0], ast.Constant), module
+    serialized = calls[0].args[0].value
+    assert isinstance(serialized, bytes), module
+    descriptor = descriptor_pb2.FileDescriptorProto.FromString(serialized)
+    pending = list(descriptor.message_type)
+    while pending:
+        message = pending.pop()
+        pending.extend(message.nested_type)
+        for field in message.field:
+            field.ClearField("json_name")
+    return descriptor
+
+
+def test_buf_generates_the_committed_python_stubs(node: str) -> None:
+    # `make stubs` (run by the node fixture) wrote gen/python with buf.gen.yaml;
+    # src/metering/v1 comes from scripts/gen_proto.py. Same code, so either is fine.
+    committed = sorted(p.name for p in COMMITTED_PYTHON.iterdir() if p.name.endswith((".py", ".pyi")))
+    generated = sorted(p.name for p in BUF_PYTHON.iterdir())
+    assert generated == [name for name in committed if name != "__init__.py"]
+    for name in generated:
+        if name.endswith("_pb2.py"):
+            assert _embedded_descriptor(BUF_PYTHON / name) == _embedded_descriptor(COMMITTED_PYTHON / name), name
+        else:
+            assert (BUF_PYTHON / name).read_text() == (COMMITTED_PYTHON / name).read_text(), name
