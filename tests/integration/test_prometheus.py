@@ -403,24 +403,9 @@ def test_every_alert_has_unit_tests_firing_and_not_firing() -> None:
     assert silent == alerts
 
 
-def test_alert_rules_evaluate_without_errors_on_live_series(prometheus: PrometheusServer) -> None:
-    """promtool checks syntax; only a live evaluation shows, for example, a
-    division whose two sides never match or a many-to-many join."""
-    never = "0001-01-01T00:00:00Z"
-    rules: list[dict[str, Any]] = []
+# -- PromQL against the real exposition -----------------------------------------
 
-    def evaluated() -> bool:
-        rules[:] = [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]
-        return bool(rules) and all(rule["lastEvaluation"] != never for rule in rules)
-
-    assert wait_for(evaluated, timeout=30, interval=0.5), rules
-    alerts = set(re.findall(r"^\s*- alert: (\w+)\s*$", RULES.read_text(), re.MULTILINE))
-    assert {rule["name"] for rule in rules} == alerts
-    assert [(rule["name"], rule["health"], rule.get("lastError", "")) for rule in rules if rule["health"] != "ok"] == []
-
-
-# -- the Grafana dashboard ------------------------------------------------------
-
+TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
 _PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless"}
 _PROMQL_KEYWORDS |= {"offset", "inf", "nan"}
 
@@ -441,27 +426,83 @@ def promql_metric_names(expr: str) -> set[str]:
     return names
 
 
-def test_promql_metric_names_finds_the_selected_metrics() -> None:
+def promql_label_names(expr: str) -> set[str]:
+    """The label names a PromQL expression matches on or groups by."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    names = set()
+    for matchers in re.findall(r"\{([^}]*)\}", text):
+        names |= set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+    for grouping in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", text):
+        names |= {label.strip() for label in grouping.split(",") if label.strip()}
+    return names - {"__name__"}
+
+
+def test_promql_names_finds_the_selected_metrics_and_labels() -> None:
     expr = (
         'histogram_quantile(0.99, sum by (method, le) (rate(m_bucket{method!~".*/S",a="rate(x)"}[$__rate_interval])))'
         " / ignoring(le) group_left sum without (code) (other_total offset 5m) > bool 1e3 and on(instance) up"
     )
     assert promql_metric_names(expr) == {"m_bucket", "other_total", "up"}
     assert promql_metric_names('{__name__="x"} or vector(0)') == set()
+    assert promql_label_names(expr) == {"method", "le", "a", "code", "instance"}
 
 
-def exposed_metric_names(exposition: str) -> set[str]:
+@dataclass(frozen=True)
+class Exposed:
+    metrics: set[str]
+    labels: set[str]
+
+
+def exposed_names(exposition: str) -> Exposed:
     """Every sample name a text exposition declares (histogram families
-    included, whether or not they have samples yet)."""
-    names = set()
+    included, whether or not they have samples yet) and every label name of
+    its samples."""
+    metrics, labels = set(), set()
     for line in exposition.splitlines():
         if line.startswith("# TYPE "):
             _, _, family, kind = line.split()
             suffixes = ("_bucket", "_sum", "_count") if kind == "histogram" else ("",)
-            names |= {family + suffix for suffix in suffixes}
+            metrics |= {family + suffix for suffix in suffixes}
         elif line and not line.startswith("#"):
-            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
-    return names
+            metrics.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+            labels |= set(re.findall(r'[{,](\w+)="', line))
+    return Exposed(metrics, labels)
+
+
+def exposed_after_traffic(service: ServiceProcess, stub: Stub) -> Exposed:
+    """The names the service exposes once its labelled metrics have samples
+    (a labelled family shows no label names until then)."""
+    _drive_limited_customer(stub)
+    return exposed_names(service.scrape())
+
+
+def test_alert_rules_evaluate_on_live_series_with_exposed_names(
+    prometheus: PrometheusServer, scraped_service: ServiceProcess, service_stub: Stub
+) -> None:
+    """promtool checks the rules against series written by hand; here they
+    meet the real ones: every metric and label they use must exist (a wrong
+    name would just never fire), and Prometheus evaluates them without error."""
+    never = "0001-01-01T00:00:00Z"
+    rules: list[dict[str, Any]] = []
+
+    def evaluated() -> bool:
+        rules[:] = [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]
+        return bool(rules) and all(rule["lastEvaluation"] != never for rule in rules)
+
+    assert wait_for(evaluated, timeout=30, interval=0.5), rules
+    alerts = set(re.findall(r"^\s*- alert: (\w+)\s*$", RULES.read_text(), re.MULTILINE))
+    assert {rule["name"] for rule in rules} == alerts
+    assert [(rule["name"], rule["health"], rule.get("lastError", "")) for rule in rules if rule["health"] != "ok"] == []
+
+    exposed = exposed_after_traffic(scraped_service, service_stub)
+    for rule in rules:
+        assert promql_metric_names(rule["query"]) - exposed.metrics <= {"up"}, rule["name"]
+        assert promql_label_names(rule["query"]) - exposed.labels <= TARGET_LABELS, rule["name"]
+    templated = set(re.findall(r"\$labels\.(\w+)", RULES.read_text()))
+    assert templated - exposed.labels <= TARGET_LABELS
+
+
+# -- the Grafana dashboard ------------------------------------------------------
 
 
 def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -473,7 +514,7 @@ def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_dashboard_queries_use_exposed_metrics_and_evaluate(
-    prometheus: PrometheusServer, scraped_service: ServiceProcess
+    prometheus: PrometheusServer, scraped_service: ServiceProcess, service_stub: Stub
 ) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert 36 <= dashboard["schemaVersion"] <= 41
@@ -497,8 +538,10 @@ def test_dashboard_queries_use_exposed_metrics_and_evaluate(
     assert variable_metric is not None, variable_query
 
     referenced = {name for expr in exprs.values() for name in promql_metric_names(expr)} | {variable_metric[1]}
-    exposed = exposed_metric_names(scraped_service.scrape())
-    assert referenced - exposed == set(), "the dashboard queries metrics the service does not expose"
+    exposed = exposed_after_traffic(scraped_service, service_stub)
+    assert referenced - exposed.metrics == set(), "the dashboard queries metrics the service does not expose"
+    labels = {name for expr in exprs.values() for name in promql_label_names(expr)}
+    assert labels - exposed.labels <= TARGET_LABELS, "the dashboard uses labels the service does not expose"
     # What the issue asks the dashboard to show.
     assert referenced >= {
         "metering_events_total",
