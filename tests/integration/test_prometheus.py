@@ -4,7 +4,8 @@ A real Prometheus (Debian's package) scrapes a real `metering serve` process
 every second; after known gRPC traffic its HTTP API must show exactly that
 traffic. promtool lints the /metrics exposition, checks the alerting rules and
 runs their unit tests; the live Prometheus evaluates the rules and every query
-of the Grafana dashboard, whose metric names must all be exposed by the service.
+of the Grafana dashboard, and both may use only metric and label names that the
+service really exposes.
 
 Prometheus and promtool come from Debian's `prometheus` package: missing, they
 are installed here with apt-get when running as root (as CI does), so that
@@ -289,6 +290,15 @@ def _drive_limited_customer(stub: Stub) -> None:
     assert codes == [ok] * 5 + [refused] * 2
 
 
+def _drive_every_family(stub: Stub) -> None:
+    """Traffic that gives every labelled metric samples: recorded, duplicate,
+    limit-refused and payload-conflicting events, and an overage."""
+    _drive_limited_customer(stub)
+    soft = _customer(stub, "soft")
+    assert _record(stub, soft, "tokens", "s1", "150") == grpc.StatusCode.OK  # 50 over a soft limit of 100
+    assert _record(stub, soft, "tokens", "s1", "9") == grpc.StatusCode.ALREADY_EXISTS
+
+
 def _delta(before: dict[Labels, float], after: dict[Labels, float]) -> dict[Labels, float]:
     """What each series grew by; a series absent before started at zero (a
     labelled counter appears at its first increment)."""
@@ -334,8 +344,8 @@ def test_prometheus_shows_exactly_the_traffic_sent(prometheus: PrometheusServer,
         (SERVICE + "RecordUsage", "RESOURCE_EXHAUSTED", "anonymous"): 5,
     }
     assert grew["latency_count"] == {(SERVICE + "UpsertCustomer",): 1, (SERVICE + "RecordUsage",): 17}
-    # The same increase as the dashboard and the alerts see it, computed by
-    # Prometheus itself (the @ modifier pins the earlier scrape).
+    # The same increase computed by Prometheus itself (the @ modifier pins the
+    # earlier scrape; the series did not exist before this module's traffic).
     recorded = f'metering_events_total{{job="{JOB}",outcome="recorded"}}'
     increase = f"sum({recorded}) - (sum({recorded} @ {start:.3f}) or vector(0))"
     assert prometheus.by_labels(increase, (), end) == {(): 9}
@@ -351,12 +361,7 @@ def test_prometheus_shows_exactly_the_traffic_sent(prometheus: PrometheusServer,
 def test_exposition_passes_promtool_check_metrics(
     prometheus_tools: PrometheusTools, scraped_service: ServiceProcess, service_stub: Stub
 ) -> None:
-    # Give every labelled family samples first, so the lint sees them all:
-    # recorded, duplicate, limit-refused and payload-conflicting events and an overage.
-    _drive_limited_customer(service_stub)
-    soft = _customer(service_stub, "soft")
-    assert _record(service_stub, soft, "tokens", "s1", "150") == grpc.StatusCode.OK  # 50 over a soft 100
-    assert _record(service_stub, soft, "tokens", "s1", "9") == grpc.StatusCode.ALREADY_EXISTS
+    _drive_every_family(service_stub)  # so that the lint sees every family with samples
     exposition = scraped_service.scrape()
     for family in (
         "metering_events_total{",
@@ -472,7 +477,7 @@ def exposed_names(exposition: str) -> Exposed:
 def exposed_after_traffic(service: ServiceProcess, stub: Stub) -> Exposed:
     """The names the service exposes once its labelled metrics have samples
     (a labelled family shows no label names until then)."""
-    _drive_limited_customer(stub)
+    _drive_every_family(stub)
     return exposed_names(service.scrape())
 
 
@@ -559,11 +564,15 @@ def test_dashboard_queries_use_exposed_metrics_and_evaluate(
     for grouping in ("by (meter, outcome)", "by (meter, plan)", "by (method, code)", "by (caller)"):
         assert grouping in all_exprs
 
+    # rate() needs two samples of a series: wait for two scrapes after the
+    # traffic above (its series may be new).
+    prometheus.scrape_after(prometheus.scrape_after(time.time()))
     # Grafana fills in its variables before sending a query; do the same, then
     # let Prometheus parse and evaluate each one (a PromQL error is HTTP 400).
+    # After traffic of every kind, every panel has something to show.
     for title, expr in exprs.items():
         concrete = expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
         assert "$" not in concrete, title
-        prometheus.query(concrete)
+        assert prometheus.query(concrete), f"{title}: no data for {concrete}"
     # The replica variable lists the scraped service.
     assert prometheus.query(f'count by (instance) ({variable_metric[1]}{{job="{JOB}"}})')
