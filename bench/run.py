@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import sys
@@ -236,26 +237,32 @@ def phase(service: ServiceProcess, url: str, args: argparse.Namespace, label: st
     return figures
 
 
+def ratio(numerator: float, denominator: float) -> float:
+    """NaN when the reference measured nothing (e.g. a smoke run on a machine too
+    busy to complete a call in its window): printed as n/a, not a crash."""
+    return numerator / denominator if denominator else math.nan
+
+
 def ratios(f: dict[str, Figure], concurrency: list[int]) -> list[tuple[str, float, str]]:
     top = max(concurrency)
     rows = [
-        (f"RecordUsage / no-op, c={c}", f[f"record{c}"].median / f[f"noop{c}"].median, ">= 0.60 at c=64")
+        (f"RecordUsage / no-op, c={c}", ratio(f[f"record{c}"].median, f[f"noop{c}"].median), ">= 0.60 at c=64")
         for c in concurrency
     ]
     rows += [
-        ("1 customer / 100 customers", f["hot"].median / f[f"record{top}"].median, ">= 0.50"),
-        ("Batch x100 / COPY", f["batch100"].median / f["copy"].median, ""),
-        ("Batch x1000 / COPY", f["batch1000"].median / f["copy"].median, ">= 0.50"),
-        ("Stream / COPY", f["stream"].median / f["copy"].median, ""),
-        (f"CheckBalance / no-op, c={top}", f["balance"].median / f[f"noop{top}"].median, ">= 0.80"),
+        ("1 customer / 100 customers", ratio(f["hot"].median, f[f"record{top}"].median), ">= 0.50"),
+        ("Batch x100 / COPY", ratio(f["batch100"].median, f["copy"].median), ""),
+        ("Batch x1000 / COPY", ratio(f["batch1000"].median, f["copy"].median), ">= 0.50"),
+        ("Stream / COPY", ratio(f["stream"].median, f["copy"].median), ""),
+        (f"CheckBalance / no-op, c={top}", ratio(f["balance"].median, f[f"noop{top}"].median), ">= 0.80"),
         (
             f"CheckBalance p99 / no-op p99, c={top}",
-            statistics.median(f["balance"].p99_ms) / statistics.median(f[f"noop{top}"].p99_ms),
+            ratio(statistics.median(f["balance"].p99_ms), statistics.median(f[f"noop{top}"].p99_ms)),
             "<= 2.0",
         ),
         (
             f"RecordUsage p99 / no-op p99, c={top}",
-            statistics.median(f[f"record{top}"].p99_ms) / statistics.median(f[f"noop{top}"].p99_ms),
+            ratio(statistics.median(f[f"record{top}"].p99_ms), statistics.median(f[f"noop{top}"].p99_ms)),
             "",
         ),
     ]
@@ -265,7 +272,8 @@ def ratios(f: dict[str, Figure], concurrency: list[int]) -> list[tuple[str, floa
 def print_ratios(title: str, rows: list[tuple[str, float, str]]) -> None:
     print(f"\n-- ratios: {title} --")
     for name, value, target in rows:
-        print(f"{name:<40} {value:6.2f}   {('target ' + target) if target else ''}")
+        shown = f"{value:6.2f}" if math.isfinite(value) else "   n/a (no successful calls to compare with)"
+        print(f"{name:<40} {shown}   {('target ' + target) if target else ''}")
 
 
 def soak(service: ServiceProcess, args: argparse.Namespace) -> None:

@@ -66,6 +66,12 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             caller = ANONYMOUS.name if authenticator is None else "unauthenticated"
+            counted = False
+
+            def count() -> None:
+                metrics.requests.labels(method, code.name, caller).inc()
+                metrics.latency.labels(method).observe(time.perf_counter() - started)
+
             try:
                 if authenticator is not None:
                     identified = authenticator.identify(context)
@@ -81,9 +87,13 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             except Exception as exc:
                 status = to_status(exc)
                 code = status.code
+                # Counted before the status leaves: abort sends it at once, and a
+                # scrape right after the client's answer must already see this call.
+                count()
+                counted = True
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
-                metrics.requests.labels(method, code.name, caller).inc()
-                metrics.latency.labels(method).observe(time.perf_counter() - started)
+                if not counted:
+                    count()
 
         return observed
