@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import grpc
 
@@ -74,11 +75,16 @@ def _request(scenario: Scenario, run_tag: str, worker: int, seq: int) -> bytes:
 
 
 async def _worker(
-    target: str, scenario: Scenario, run_tag: str, worker_base: int, tasks: int, deadline: float
+    target: str, scenario: Scenario, run_tag: str, worker_base: int, tasks: int, seconds: float, start: Any
 ) -> WorkerResult:
     result = WorkerResult()
     identity: Callable[[bytes], bytes] = lambda raw: raw  # noqa: E731 - responses stay undecoded
     async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=60)
+        # Every process starts its clock together, once all are connected: a
+        # slow spawn (a busy machine) must not eat into the measured window.
+        start.wait(timeout=120)
+        deadline = time.monotonic() + seconds
         if scenario.stream_messages:
             stream_call = channel.stream_unary(
                 scenario.method, request_serializer=identity, response_deserializer=identity
@@ -120,9 +126,9 @@ async def _messages(scenario: Scenario, run_tag: str, worker: int, seq: int) -> 
         yield ingest_pb2.RecordUsageStreamRequest(events=events).SerializeToString()
 
 
-def _process(args: tuple[str, Scenario, str, int, int, float]) -> WorkerResult:
-    target, scenario, run_tag, worker_base, tasks, deadline = args
-    return asyncio.run(_worker(target, scenario, run_tag, worker_base, tasks, deadline))
+def _process(job: tuple[str, Scenario, str, int, int, float], start: Any, results: Any) -> None:
+    target, scenario, run_tag, worker_base, tasks, seconds = job
+    results.put(asyncio.run(_worker(target, scenario, run_tag, worker_base, tasks, seconds, start)))
 
 
 @dataclass(frozen=True)
@@ -151,12 +157,20 @@ def run(
     """Drive `concurrency` calls in flight for `seconds`, from up to `processes` processes."""
     processes = max(1, min(processes, concurrency))
     shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
-    start_at = time.monotonic() + 0.3  # let the processes spawn before the clock runs
-    deadline = start_at + seconds
-    jobs = [(target, scenario, run_tag, i * 10_000, share, deadline) for i, share in enumerate(shares)]
+    jobs = [(target, scenario, run_tag, i * 10_000, share, seconds) for i, share in enumerate(shares)]
     context = multiprocessing.get_context("spawn")
-    with context.Pool(processes) as pool:
-        parts = pool.map(_process, jobs)
+    start = context.Barrier(processes)
+    results = context.Queue()
+    workers = [context.Process(target=_process, args=(job, start, results)) for job in jobs]
+    for worker in workers:
+        worker.start()
+    try:
+        parts: list[WorkerResult] = [results.get(timeout=seconds + 180) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
     latencies = sorted(value for part in parts for value in part.latencies)
     errors: dict[str, int] = {}
     for part in parts:
