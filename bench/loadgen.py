@@ -75,9 +75,17 @@ def _request(scenario: Scenario, run_tag: str, worker: int, seq: int) -> bytes:
 
 
 async def _worker(
-    target: str, scenario: Scenario, run_tag: str, worker_base: int, tasks: int, seconds: float, start: Any
+    target: str,
+    token: str,
+    scenario: Scenario,
+    run_tag: str,
+    worker_base: int,
+    tasks: int,
+    seconds: float,
+    start: Any,
 ) -> WorkerResult:
     result = WorkerResult()
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
     identity: Callable[[bytes], bytes] = lambda raw: raw  # noqa: E731 - responses stay undecoded
     async with grpc.aio.insecure_channel(target) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=60)
@@ -101,11 +109,11 @@ async def _worker(
                 started = time.perf_counter()
                 try:
                     if scenario.stream_messages:
-                        await stream_call(_messages(scenario, run_tag, worker, seq), timeout=60)
+                        await stream_call(_messages(scenario, run_tag, worker, seq), timeout=60, metadata=metadata)
                         seq += scenario.stream_messages
                         events = scenario.stream_messages * scenario.events_per_call
                     else:
-                        await unary_call(_request(scenario, run_tag, worker, seq), timeout=60)
+                        await unary_call(_request(scenario, run_tag, worker, seq), timeout=60, metadata=metadata)
                         seq += 1
                         events = scenario.events_per_call
                     result.events += events
@@ -126,9 +134,8 @@ async def _messages(scenario: Scenario, run_tag: str, worker: int, seq: int) -> 
         yield ingest_pb2.RecordUsageStreamRequest(events=events).SerializeToString()
 
 
-def _process(job: tuple[str, Scenario, str, int, int, float], start: Any, results: Any) -> None:
-    target, scenario, run_tag, worker_base, tasks, seconds = job
-    results.put(asyncio.run(_worker(target, scenario, run_tag, worker_base, tasks, seconds, start)))
+def _process(job: tuple[str, str, Scenario, str, int, int, float], start: Any, results: Any) -> None:
+    results.put(asyncio.run(_worker(*job, start)))
 
 
 @dataclass(frozen=True)
@@ -152,12 +159,20 @@ class LoadResult:
 
 
 def run(
-    target: str, scenario: Scenario, *, concurrency: int, seconds: float, processes: int, run_tag: str
+    target: str,
+    scenario: Scenario,
+    *,
+    concurrency: int,
+    seconds: float,
+    processes: int,
+    run_tag: str,
+    token: str = "",
 ) -> LoadResult:
-    """Drive `concurrency` calls in flight for `seconds`, from up to `processes` processes."""
+    """Drive `concurrency` calls in flight for `seconds`, from up to `processes`
+    processes, authenticated with `token` when given (as production callers are)."""
     processes = max(1, min(processes, concurrency))
     shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
-    jobs = [(target, scenario, run_tag, i * 10_000, share, seconds) for i, share in enumerate(shares)]
+    jobs = [(target, token, scenario, run_tag, i * 10_000, share, seconds) for i, share in enumerate(shares)]
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(processes)
     results = context.Queue()

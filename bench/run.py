@@ -17,6 +17,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -47,11 +48,13 @@ from bench.loadgen import (
     rss_mib,
     run,
 )
+from metering.access import new_token, token_digest
 from metering.embedded import start_embedded
 from metering.v1 import customer_pb2, metering_service_pb2_grpc
 from tests.support import ServiceProcess
 
 SPREAD = 100  # customers for the spread scenarios
+TOKEN = new_token()  # the benchmark caller's bearer token (all roles)
 PLAN = "pro"  # ai_tokens: hard limit 20,000,000 a month: enforcement on, never reached
 
 
@@ -111,6 +114,7 @@ def measure(
         result: LoadResult = run(
             service.target,
             scenario,
+            token=TOKEN,
             concurrency=concurrency,
             seconds=args.seconds,
             processes=args.processes,
@@ -185,7 +189,9 @@ def create_customers(target: str, tag: str) -> None:
         stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
         for index in range(SPREAD):
             stub.UpsertCustomer(
-                customer_pb2.UpsertCustomerRequest(customer_id=customer_id(tag, index), plan_slug=PLAN), timeout=10
+                customer_pb2.UpsertCustomerRequest(customer_id=customer_id(tag, index), plan_slug=PLAN),
+                timeout=10,
+                metadata=(("authorization", f"Bearer {TOKEN}"),),
             )
 
 
@@ -284,6 +290,7 @@ def soak(service: ServiceProcess, args: argparse.Namespace) -> None:
     result = run(
         service.target,
         scenario,
+        token=TOKEN,
         concurrency=max(args.concurrency),
         seconds=args.soak,
         processes=args.processes,
@@ -328,7 +335,13 @@ def main() -> None:
 
 
 def execute(url: str, args: argparse.Namespace) -> None:
-    service = ServiceProcess(url, catalog=None, extra_env={"METERING_BENCH_NOOP": "1"}).start()
+    # Authentication on, as in production: every call carries a bearer token.
+    folder = tempfile.mkdtemp(prefix="metering-bench-")
+    auth_file = Path(folder) / "callers.toml"
+    roles = '["recorder", "reader", "admin"]'
+    auth_file.write_text(f'[callers.bench]\nroles = {roles}\ntoken_sha256 = "{token_digest(TOKEN)}"\n')
+    env = {"METERING_BENCH_NOOP": "1", "METERING_AUTH_FILE": str(auth_file)}
+    service = ServiceProcess(url, catalog=None, extra_env=env).start()
     try:
         empty = phase(service, url, args, "empty ledger")
         print_ratios("empty ledger", ratios(empty, args.concurrency))
@@ -340,11 +353,13 @@ def execute(url: str, args: argparse.Namespace) -> None:
             print_ratios(f"{args.history:,} events", ratios(full, args.concurrency))
             print(f"\n-- {args.history:,} events vs empty (target >= 0.80 each) --")
             for key, figure in full.items():
-                print(f"{figure.name + ' c=' + str(figure.concurrency):<40} {figure.median / empty[key].median:6.2f}")
+                name = f"{figure.name} c={figure.concurrency}"
+                print(f"{name:<40} {ratio(figure.median, empty[key].median):6.2f}")
         if args.soak:
             soak(service, args)
     finally:
         code = service.stop()
+        shutil.rmtree(folder, ignore_errors=True)
         print(f"\nserver stopped (exit {code})")
 
 
