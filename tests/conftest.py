@@ -19,7 +19,7 @@ import asyncpg
 import grpc
 import pytest
 
-from metering.embedded import start_embedded
+from metering.embedded import EmbeddedPostgres, start_embedded
 from metering.v1 import customer_pb2, metering_service_pb2_grpc
 from tests.support import ServiceProcess
 
@@ -49,6 +49,15 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         yield embedded.uri("postgres")
     finally:
         embedded.stop()
+
+
+@pytest.fixture
+def own_database(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """An embedded PostgreSQL of the test's own, for tests that stop or kill the server."""
+    embedded = start_embedded(tmp_path / "pg", delete_on_stop=True)
+    yield embedded
+    embedded.server.ensure_postgres_running()  # the cleanup expects a running server
+    embedded.stop()
 
 
 @pytest.fixture(scope="session")
