@@ -169,6 +169,7 @@ class Attempt:
     events: int
     uncertain: int  # events left without a definite answer (all of a failed call's; a batch's per event)
     retry: bool
+    keys: tuple[tuple[str, str], ...]  # (customer, transaction id) of its events
 
 
 class Book:
@@ -264,13 +265,14 @@ class Client:
         started: float,
         timeout: float | None,
         code: grpc.StatusCode,
-        events: int,
+        intents: Sequence[Intent],
         n: int,
         uncertain: int,
     ) -> None:
         deadline = math.inf if timeout is None else timeout
+        keys = tuple(i.key for i in intents)
         attempt = Attempt(
-            self.targets[target], started, time.monotonic(), deadline, code.name, events, uncertain, n > 0
+            self.targets[target], started, time.monotonic(), deadline, code.name, len(keys), uncertain, n > 0, keys
         )
         self.book.attempts.append(attempt)
 
@@ -288,7 +290,7 @@ class Client:
                 response = await self._stubs[target].RecordUsage(intent.request(), timeout=timeout)
             except grpc.aio.AioRpcError as error:
                 code = error.code()
-                self._log(target, started, timeout, code, 1, n, int(code in UNCERTAIN or code in _SERVER_ERRORS))
+                self._log(target, started, timeout, code, [intent], n, int(code in UNCERTAIN or code in _SERVER_ERRORS))
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     intent.outcome = Outcome.REFUSED
                 elif code in UNCERTAIN or code in _SERVER_ERRORS:
@@ -299,7 +301,7 @@ class Client:
                 else:
                     intent.outcome, intent.rejected_code = Outcome.REJECTED, code.name
             else:
-                self._log(target, started, timeout, grpc.StatusCode.OK, 1, n, 0)
+                self._log(target, started, timeout, grpc.StatusCode.OK, [intent], n, 0)
                 self.book._ack(intent, response.event.event_id, response.duplicate)
             n += 1
 
@@ -323,7 +325,7 @@ class Client:
             except grpc.aio.AioRpcError as error:
                 code = error.code()
                 uncertain = code in UNCERTAIN or code in _SERVER_ERRORS
-                self._log(target, started, timeout, code, len(remaining), n, len(remaining) if uncertain else 0)
+                self._log(target, started, timeout, code, remaining, n, len(remaining) if uncertain else 0)
                 if uncertain:
                     if code in _SERVER_ERRORS:
                         self.book._server_error(code.name)
@@ -351,7 +353,7 @@ class Client:
                     again.append(intent)
                 else:
                     intent.outcome, intent.rejected_code = Outcome.REJECTED, code_pb2.Code.Name(status)
-            self._log(target, started, timeout, grpc.StatusCode.OK, len(remaining), n, len(again))
+            self._log(target, started, timeout, grpc.StatusCode.OK, remaining, n, len(again))
             if again:
                 await self._pause(n)
             remaining = again
