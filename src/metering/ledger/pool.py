@@ -104,8 +104,13 @@ class PoolUser:
         async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
             try:
                 yield conn
-            except asyncpg.InternalClientError:
-                # Its protocol state is lost (see is_unavailable): drop it, so
-                # the pool connects afresh instead of handing it out again.
-                conn.terminate()
+            except Exception as exc:
+                if is_unavailable(exc):
+                    # A connection that timed out, lost its server or its
+                    # protocol state is dropped, not released: a release would
+                    # first send a cancel request and a ROLLBACK, each allowed
+                    # the timeout again on an unreachable server, so the caller
+                    # heard UNAVAILABLE only after 2-3 times METERING_DB_TIMEOUT.
+                    # The pool connects afresh when it needs to.
+                    conn.terminate()
                 raise
