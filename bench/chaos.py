@@ -15,7 +15,8 @@ uncertain answer with the same transaction id, and on a schedule:
 3. ends every session of the services (pg_terminate_backend), five times;
 4. SIGTERMs the other service (in-flight calls must finish, the process must
    exit within its grace period) and starts it again;
-5. gives every first attempt a deadline of 1-20 ms for a while.
+5. SIGSTOPs PostgreSQL for a while (a hung server) and SIGCONTs it;
+6. gives every first attempt a deadline of 1-20 ms for a while.
 
 Then it checks the ledger against every answer (nothing acknowledged lost, no
 duplicate, no event nobody asked for, no hard limit exceeded, every counter
@@ -34,7 +35,7 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.faults` and `tests.support`
@@ -60,8 +61,10 @@ from bench.faults import (
     crash_postgres,
     drive,
     end_sessions,
+    freeze_postgres,
     health,
     restart_postgres,
+    thaw_postgres,
     wait_health,
     wait_serving,
     write_catalog,
@@ -69,13 +72,14 @@ from bench.faults import (
 from metering.embedded import EmbeddedPostgres, start_embedded
 
 GRACE = 3.0  # METERING_SHUTDOWN_GRACE of the services
+DB_TIMEOUT = 2.0  # METERING_DB_TIMEOUT of the services
 GRPC_SEND_FAILED = "ExecuteBatchError raised in core by servicer method"
 DRAIN_ANSWERS = ("OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "CANCELLED")
 RECOVERY_LIMIT = 60.0  # a fault after which nothing serves for this long fails the run
 SERVICE_SETTINGS = {
     "METERING_SHUTDOWN_GRACE": f"{GRACE:g}s",
     "METERING_HEALTH_INTERVAL": "200ms",
-    "METERING_DB_TIMEOUT": "2s",
+    "METERING_DB_TIMEOUT": f"{DB_TIMEOUT:g}s",
 }
 
 
@@ -96,8 +100,7 @@ class Run:
     replicas: list[Replica]
     probe: str  # a customer that only CheckBalance probes touch
     faults: list[Fault]
-    outage: tuple[float, float] | None = None  # the database was down from, to (monotonic)
-    not_serving_seen: dict[str, bool] | None = None
+    outages: list[tuple[float, float]] = field(default_factory=list)  # database down or frozen: from, to
     drain_in_flight: list[Attempt] | None = None  # calls to the SIGTERMed replica in flight at SIGTERM
 
     def now(self) -> float:
@@ -153,7 +156,7 @@ async def kill_database(run: Run, embedded: EmbeddedPostgres, book: Book, down: 
         await asyncio.sleep(0.1)
     await asyncio.to_thread(restart_postgres, embedded, crashed)
     restarted = time.monotonic()
-    run.outage, run.not_serving_seen = (t0, restarted), seen
+    run.outages.append((t0, restarted))
     waits = await asyncio.gather(
         *(wait_serving(r.target, run.probe, limit=RECOVERY_LIMIT, since=restarted) for r in run.replicas)
     )
@@ -177,6 +180,38 @@ async def kill_database(run: Run, embedded: EmbeddedPostgres, book: Book, down: 
         + ", ".join(f"{r.name} {'yes' if h is not None else 'NO'}" for r, h in zip(run.replicas, healthy, strict=True))
     )
     return Fault(at, "SIGKILL PostgreSQL (postmaster + backends), restart", "all", again, ok, detail)
+
+
+async def freeze_database(run: Run, embedded: EmbeddedPostgres, book: Book, frozen_for: float) -> Fault:
+    at, t0 = run.now(), time.monotonic()
+    pids = freeze_postgres(embedded)
+    seen = {r.name: False for r in run.replicas}
+    try:
+        while time.monotonic() < t0 + frozen_for:
+            for replica in run.replicas:
+                if await health(replica.target, wait=0.5) == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    seen[replica.name] = True
+            await asyncio.sleep(0.1)
+    finally:
+        thaw_postgres(pids)
+    thawed = time.monotonic()
+    run.outages.append((t0, thawed))
+    waits = await asyncio.gather(
+        *(wait_serving(r.target, run.probe, limit=RECOVERY_LIMIT, since=thawed) for r in run.replicas)
+    )
+    # A call sent while it was frozen is answered within twice METERING_DB_TIMEOUT
+    # (a stuck batch ahead of it, then its own): wait for those answers.
+    await asyncio.sleep(max(0.0, thawed + 2 * DB_TIMEOUT - time.monotonic()))
+    during = [a for a in book.attempts if t0 <= a.started <= thawed]
+    slowest = max((a.ended - a.started for a in during if a.code != "DEADLINE_EXCEEDED"), default=0.0)
+    again = None if any(w is None for w in waits) else max(w for w in waits if w is not None) + (thawed - t0)
+    detail = (
+        f"frozen {thawed - t0:.1f} s; calls meanwhile: {len(during)} ({_codes(Counter(a.code for a in during))}), "
+        f"slowest answer {slowest:.2f} s (METERING_DB_TIMEOUT {DB_TIMEOUT:g} s); "
+        "NOT_SERVING seen: " + ", ".join(f"{name} {'yes' if s else 'NO'}" for name, s in seen.items())
+    )
+    ok = again is not None and all(seen.values())
+    return Fault(at, "SIGSTOP PostgreSQL (a hung server), SIGCONT", "all", again, ok, detail)
 
 
 async def end_sessions_fault(run: Run, database_url: str, book: Book, rounds: int = 5) -> Fault:
@@ -247,6 +282,9 @@ async def faults(
     run.faults.append(await end_sessions_fault(run, embedded.uri(), book))
     await sleep_until(run, 0.55 * duration)
     run.faults.append(await terminate_service(run, b, book))
+    await sleep_until(run, 0.65 * duration)
+    # The health probe gives up on a frozen database after METERING_DB_TIMEOUT: freeze it for longer.
+    run.faults.append(await freeze_database(run, embedded, book, down + 1.5))
     await sleep_until(run, storm[1])
     run.faults.append(deadline_storm(run, book, *storm))
 
@@ -316,16 +354,16 @@ def report(run: Run, book: Book, check: LedgerCheck, duration: float, load_secon
     uncertain = [i for i in intents if i.uncertain and i.outcome is not Outcome.PENDING]
     tiny = [i for i in intents if i.tiny_deadline]
     tiny_exceeded = [a for a in book.attempts if a.timeout <= 0.02 and a.code == "DEADLINE_EXCEEDED"]
-    hung = 0
-    if run.outage is not None:
-        start, end = run.outage
-        # A call with an ordinary deadline must have been answered UNAVAILABLE
-        # while the database was down, not left to run into its deadline.
-        hung = sum(
-            1
-            for a in book.attempts
-            if a.code == "DEADLINE_EXCEEDED" and a.timeout > 1 and a.ended >= start and a.started <= end
-        )
+    # A call with an ordinary deadline (5 s, above the services' own bound of
+    # twice METERING_DB_TIMEOUT) must have been answered UNAVAILABLE while the
+    # database was down or frozen, not left to run into its deadline.
+    hung = sum(
+        1
+        for a in book.attempts
+        if a.code == "DEADLINE_EXCEEDED"
+        and a.timeout > 1
+        and any(a.ended >= start and a.started <= end for start, end in run.outages)
+    )
     # A call refused at SIGTERM (its first attempt, with an ordinary deadline)
     # whose event a later retry found already recorded was cut off mid-way.
     by_key = {i.key: i for i in intents}
@@ -400,7 +438,7 @@ def report(run: Run, book: Book, check: LedgerCheck, duration: float, load_secon
             sum(check.server_errors.values()) + len(check.rejected),
             not check.server_errors and not check.rejected,
         ),
-        ("calls left to their deadline while the database was down", hung, hung == 0),
+        ("calls left to their deadline while the database was down or frozen", hung, hung == 0),
         ("events of calls refused at SIGTERM found written after all", drain_written, drain_written == 0),
         ("errors logged by the services (gRPC's ExecuteBatchError aside)", errors, errors == 0),
         ("faults the service did not come through", sum(not f.ok for f in run.faults), all(f.ok for f in run.faults)),
@@ -428,9 +466,10 @@ def report(run: Run, book: Book, check: LedgerCheck, duration: float, load_secon
         "the ledger was sent by a client and stored once; nothing refused by a limit was stored; no hard-limited\n"
         "counter (nor the sum of its events) is above its limit; every counter equals its events (metering audit);\n"
         "every uncertain call was retried with the same transaction id until it had a definite answer; while\n"
-        "PostgreSQL was down calls failed with UNAVAILABLE and health said NOT_SERVING; after SIGTERM the process\n"
-        "finished its in-flight calls (those not yet started were refused and wrote nothing), served no new ones\n"
-        "and exited within its grace period; after every fault the service served again without help."
+        "PostgreSQL was down or frozen calls failed with UNAVAILABLE and health said NOT_SERVING; after SIGTERM\n"
+        "the process"
+        " finished its in-flight calls (those not yet started were refused and wrote nothing), served no new\n"
+        "ones and exited within its grace period; after every fault the service served again without help."
     )
     print("RESULT: every invariant held" if held else "RESULT: INVARIANTS VIOLATED")
     return 0 if held else 1
@@ -440,7 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     parser.add_argument("--tasks", type=int, default=16, help="concurrent client tasks (default 16)")
-    parser.add_argument("--db-down", type=float, default=3.0, help="seconds the database stays down (default 3)")
+    parser.add_argument(
+        "--db-down", type=float, default=3.0, help="seconds the database stays down (default 3; frozen 1.5 s longer)"
+    )
     parser.add_argument("--smoke", action="store_true", help="a CI-sized run: 18 s of load, 2 s database outage")
     args = parser.parse_args(argv)
     # The embedded PostgreSQL's platformdirs warns when XDG_RUNTIME_DIR is unset (as in CI).

@@ -9,7 +9,9 @@ tests (tests/integration/test_faults.py).
 - `drive`: concurrent load (RecordUsage and RecordUsageBatch) over weighted
   customers, some of its first attempts with tiny deadlines.
 - `crash_postgres` / `restart_postgres`: SIGKILL an embedded PostgreSQL (the
-  postmaster and every backend, as a machine crash would) and start it again.
+  postmaster and every backend, as a machine crash would) and start it again;
+  `freeze_postgres` / `thaw_postgres`: SIGSTOP / SIGCONT it (a hung server);
+  `end_sessions`: pg_terminate_backend of every service session.
 - `check_ledger`: the ledger against the book (nothing acknowledged lost,
   nothing recorded twice or unasked for, no hard limit exceeded) plus the
   ledger audit (every counter equals its events).
@@ -572,12 +574,33 @@ def postmaster_pid(embedded: EmbeddedPostgres) -> int:
 def crash_postgres(embedded: EmbeddedPostgres) -> int:
     """SIGKILL the postmaster and every backend at once (a machine crash: no
     shutdown checkpoint, in-flight transactions cut off). Returns the postmaster pid."""
-    postmaster = postmaster_pid(embedded)
-    children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(int(p)) == postmaster]
-    for pid in (postmaster, *children):
+    pids = _server_processes(embedded)
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):  # already gone
             os.kill(pid, signal.SIGKILL)
-    return postmaster
+    return pids[0]
+
+
+def _server_processes(embedded: EmbeddedPostgres) -> list[int]:
+    postmaster = postmaster_pid(embedded)
+    return [postmaster, *(int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(int(p)) == postmaster)]
+
+
+def freeze_postgres(embedded: EmbeddedPostgres) -> list[int]:
+    """SIGSTOP the postmaster and every backend: the server stops answering but
+    keeps its connections open (a hung server, or a network partition where no
+    RST comes back). Returns the pids for thaw_postgres."""
+    pids = _server_processes(embedded)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def thaw_postgres(pids: Sequence[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def restart_postgres(embedded: EmbeddedPostgres, crashed: int, timeout: float = 30.0) -> None:
