@@ -1,5 +1,6 @@
 """Faults under load: a service SIGKILLed or SIGTERMed, PostgreSQL SIGKILLed,
-client deadlines of a few milliseconds, two replicas racing near a hard limit.
+frozen or ending every session, client deadlines of a few milliseconds, two
+replicas racing near a hard limit.
 
 Whatever happens: every OK answer is one event in the ledger, a retry with the
 same transaction id converges on exactly one event, nothing refused is stored,
@@ -44,8 +45,10 @@ from bench.faults import (
     crash_postgres,
     drive,
     end_sessions,
+    freeze_postgres,
     health,
     restart_postgres,
+    thaw_postgres,
     wait_health,
     wait_serving,
     write_catalog,
@@ -243,6 +246,59 @@ async def _database_crash(replica: Replica, database: EmbeddedPostgres, catalog:
     assert {a.code for a in during} == {"UNAVAILABLE"}, Counter(a.code for a in during)
     assert not [a for a in book.attempts if a.code == "DEADLINE_EXCEEDED"]
 
+    async with Client([replica.target], book, RetryPolicy(give_up_at=time.monotonic() + 60)) as client:
+        await client.resolve(book.pending())
+    assert_exactly_once(await check_ledger(database.uri(), book, catalog))
+
+
+def test_frozen_database_answers_unavailable_within_the_db_timeout(
+    own_database: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """PostgreSQL stops answering but keeps its sockets open (SIGSTOP: a hung
+    server, or a network partition where no RST comes back). Health says
+    NOT_SERVING and each call is refused UNAVAILABLE about METERING_DB_TIMEOUT
+    after it came. (Regression: a
+    timed-out connection was released gracefully, a cancel request and a
+    ROLLBACK each waiting the timeout again: twice the timeout and more; and
+    health waited for its timed-out ping to wind down the same way.)"""
+    catalog = write_catalog(tmp_path)
+    replica = Replica("A", own_database.uri(), catalog, METERING_DB_TIMEOUT="1s", METERING_HEALTH_INTERVAL="200ms")
+    replica.start()
+    try:
+        asyncio.run(_frozen_database(replica, own_database, catalog))
+    finally:
+        replica.stop()
+
+
+async def _frozen_database(replica: Replica, database: EmbeddedPostgres, catalog: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    customer = f"frozen-{tag}"
+    await add_customers(replica.target, {customer: "open"})
+    book = Book(f"frozen-{tag}")
+    # 1.75 s: the service's 1 s bound on a statement, plus room for the rest
+    # of the call; short of the two timeouts one after the other.
+    deadline = 1.75
+    async with Client([replica.target], book, RetryPolicy(call_timeout=deadline, max_attempts=1)) as client:
+        for _ in range(3):  # pooled connections in use, as under load
+            await client.record(book.intent(customer, 1))
+        pids = freeze_postgres(database)
+        try:
+            # The health probe gives up after the same 1 s (then up to 0.2 s until the next probe).
+            not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await wait_health(replica.target, not_serving, limit=deadline) is not None
+            for _ in range(2):
+                await client.record(book.intent(customer, 1))
+                await client.record_batch([book.intent(customer, 1) for _ in range(3)])
+        finally:
+            thaw_postgres(pids)
+        frozen = book.attempts[3:]
+        # RecordUsage answers UNAVAILABLE; a batch answers OK with UNAVAILABLE
+        # per event. None ran into its deadline.
+        seen = [(a.code, a.events, a.uncertain, round(a.ended - a.started, 2)) for a in frozen]
+        assert {a.code for a in frozen if a.events == 1} == {"UNAVAILABLE"}, seen
+        assert all(a.code != "DEADLINE_EXCEEDED" and a.uncertain == a.events for a in frozen), seen
+        assert not book.server_errors, seen
+        assert await wait_serving(replica.target, customer, limit=30) is not None
     async with Client([replica.target], book, RetryPolicy(give_up_at=time.monotonic() + 60)) as client:
         await client.resolve(book.pending())
     assert_exactly_once(await check_ledger(database.uri(), book, catalog))
