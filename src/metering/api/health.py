@@ -31,13 +31,22 @@ class DatabaseHealth:
 
     async def probe(self) -> bool:
         """Ping the database once and publish the result."""
+        # Not asyncio.wait_for: on a timeout it waits until the cancelled ping
+        # has wound down, and on a database that hangs (rather than refuses)
+        # asyncpg's cancel request and connection release each wait up to the
+        # timeout again, so NOT_SERVING came only after twice the timeout. The
+        # cancelled ping finishes on its own, bounded by those same timeouts.
+        ping = asyncio.ensure_future(self._ledger.ping())
+        ping.add_done_callback(_retrieve)
         try:
-            await asyncio.wait_for(self._ledger.ping(), self._timeout)
-            up = True
-        except Exception as exc:  # any failure to answer means not serving
-            up = False
-            if self._serving is not False:
-                log.warning("database unreachable, health NOT_SERVING: %s", exc)
+            await asyncio.wait({ping}, timeout=self._timeout)
+        finally:
+            if not ping.done():
+                ping.cancel()
+        error = ping.exception() if ping.done() else TimeoutError(f"no answer within {self._timeout:g} s")
+        up = error is None
+        if not up and self._serving is not False:  # any failure to answer means not serving
+            log.warning("database unreachable, health NOT_SERVING: %s", error)
         if up and self._serving is False:
             log.info("database reachable again, health SERVING")
         self._serving = up
@@ -54,3 +63,9 @@ class DatabaseHealth:
 
     async def shutting_down(self) -> None:
         await self.servicer.enter_graceful_shutdown()
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark a ping's failure as seen (a timed-out ping ends after probe returned)."""
+    if not task.cancelled():
+        task.exception()

@@ -65,6 +65,14 @@ def is_unavailable(exc: BaseException) -> bool:
     """Whether an exception means the database cannot serve now (retryable)."""
     if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, asyncpg.InterfaceError)):
         return True
+    if isinstance(exc, asyncpg.InternalClientError):
+        # When the server goes away (crash, shutdown, pg_terminate_backend), an
+        # idle connection reads a FATAL ErrorResponse before it reads the EOF.
+        # asyncpg then fails the next operation on it with InternalClientError
+        # ("cannot switch to state 15; another operation (2) is in progress")
+        # instead of a connection error. Whether the call wrote anything is
+        # unknown either way: a retry with the same transaction id converges.
+        return True
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = getattr(exc, "sqlstate", None) or ""
         return sqlstate[:2] in _UNAVAILABLE_CLASSES
@@ -91,5 +99,18 @@ class PoolUser:
         # database answers UNAVAILABLE instead of queueing calls forever.
         self._acquire_timeout = acquire_timeout
 
-    def _connection(self) -> Any:
-        return self._pool.acquire(timeout=self._acquire_timeout)
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+            try:
+                yield conn
+            except Exception as exc:
+                if is_unavailable(exc):
+                    # A connection that timed out, lost its server or its
+                    # protocol state is dropped, not released: a release would
+                    # first send a cancel request and a ROLLBACK, each allowed
+                    # the timeout again on an unreachable server, so the caller
+                    # heard UNAVAILABLE only after 2-3 times METERING_DB_TIMEOUT.
+                    # The pool connects afresh when it needs to.
+                    conn.terminate()
+                raise
