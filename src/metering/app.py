@@ -276,6 +276,22 @@ class _OneLineConnectionErrors(logging.Filter):
         return True
 
 
+class _ClientGoneIsNotAnError(logging.Filter):
+    """gRPC logs ExecuteBatchError at ERROR, with a traceback, when an answer
+    cannot be sent because the client has gone (its deadline passed as the
+    answer left). The call itself completed; clients retry with the same ids.
+    One WARNING line says so without paging anyone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("ExecuteBatchError raised in core by servicer method"):
+            record.msg = f"{record.getMessage()}: the answer was not delivered, the client had gone"
+            record.args = ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level,
@@ -283,3 +299,4 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("asyncpg.pool").addFilter(_OneLineConnectionErrors())
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_ClientGoneIsNotAnError())
