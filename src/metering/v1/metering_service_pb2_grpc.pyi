@@ -65,8 +65,13 @@ class MeteringServiceStub:
       plan, limit, available, requested, period_end) and google.rpc.QuotaFailure.
     * FAILED_PRECONDITION: the request is well formed but conflicts with the
       stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE).
-    * UNAVAILABLE: the database cannot be reached or timed out. Safe to retry
-      with the same transaction id: a retry converges on exactly one event.
+    * UNAVAILABLE: the database cannot be reached or timed out, or the server
+      is shutting down. Safe to retry with the same transaction id: a retry
+      converges on exactly one event.
+    * CANCELLED or DEADLINE_EXCEEDED: the call ended before its answer (the
+      client's deadline, or a server stopping after its grace period): the event
+      may or may not have been recorded. Retry with the same transaction id; the
+      answer tells which (`duplicate = true` if the first attempt was recorded).
     * UNAUTHENTICATED: the service requires credentials (a bearer token in the
       `authorization: Bearer <token>` metadata, or a known client certificate)
       and the call has none it recognises; details: google.rpc.ErrorInfo
@@ -204,8 +209,13 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
       plan, limit, available, requested, period_end) and google.rpc.QuotaFailure.
     * FAILED_PRECONDITION: the request is well formed but conflicts with the
       stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE).
-    * UNAVAILABLE: the database cannot be reached or timed out. Safe to retry
-      with the same transaction id: a retry converges on exactly one event.
+    * UNAVAILABLE: the database cannot be reached or timed out, or the server
+      is shutting down. Safe to retry with the same transaction id: a retry
+      converges on exactly one event.
+    * CANCELLED or DEADLINE_EXCEEDED: the call ended before its answer (the
+      client's deadline, or a server stopping after its grace period): the event
+      may or may not have been recorded. Retry with the same transaction id; the
+      answer tells which (`duplicate = true` if the first attempt was recorded).
     * UNAUTHENTICATED: the service requires credentials (a bearer token in the
       `authorization: Bearer <token>` metadata, or a known client certificate)
       and the call has none it recognises; details: google.rpc.ErrorInfo
@@ -339,8 +349,13 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
       plan, limit, available, requested, period_end) and google.rpc.QuotaFailure.
     * FAILED_PRECONDITION: the request is well formed but conflicts with the
       stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE).
-    * UNAVAILABLE: the database cannot be reached or timed out. Safe to retry
-      with the same transaction id: a retry converges on exactly one event.
+    * UNAVAILABLE: the database cannot be reached or timed out, or the server
+      is shutting down. Safe to retry with the same transaction id: a retry
+      converges on exactly one event.
+    * CANCELLED or DEADLINE_EXCEEDED: the call ended before its answer (the
+      client's deadline, or a server stopping after its grace period): the event
+      may or may not have been recorded. Retry with the same transaction id; the
+      answer tells which (`duplicate = true` if the first attempt was recorded).
     * UNAUTHENTICATED: the service requires credentials (a bearer token in the
       `authorization: Bearer <token>` metadata, or a known client certificate)
       and the call has none it recognises; details: google.rpc.ErrorInfo
