@@ -51,7 +51,8 @@ _WINDOW_SIZES = {
 }
 
 # Printable ASCII without space: safe in logs, URLs and every language's strings.
-_ID_RE = re.compile(r"^[\x21-\x7e]+$")
+# \Z, not $: "$" also matches before a trailing newline.
+_ID_RE = re.compile(r"^[\x21-\x7e]+\Z")
 # Timestamps PostgreSQL and every client language can hold: years 1 to 9999.
 _MIN_SECONDS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
 _MAX_SECONDS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
