@@ -53,9 +53,15 @@ _WINDOW_SIZES = {
 # Printable ASCII without space: safe in logs, URLs and every language's strings.
 # \Z, not $: "$" also matches before a trailing newline.
 _ID_RE = re.compile(r"^[\x21-\x7e]+\Z")
-# Timestamps PostgreSQL and every client language can hold: years 1 to 9999.
-_MIN_SECONDS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
-_MAX_SECONDS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
+# Timestamps are years 2 to 9998: a year inside what a Timestamp (and a Python
+# datetime) can hold on each side, because periods (up to a month) and local
+# windows (a day) are computed around an accepted instant and must not leave
+# that range, and because asyncpg stores the very first and last instants
+# (datetime.min and datetime.max) as -infinity and infinity.
+_MIN_TIME = datetime(2, 1, 1, tzinfo=UTC)
+_MAX_TIME = datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+_MIN_SECONDS = int(_MIN_TIME.timestamp())
+_MAX_SECONDS = int(_MAX_TIME.timestamp())
 
 
 @dataclass
@@ -86,7 +92,7 @@ def _slug(violations: _Violations, name: str, value: str) -> None:
 
 def _timestamp(violations: _Violations, name: str, value: Timestamp) -> datetime | None:
     if not _MIN_SECONDS <= value.seconds <= _MAX_SECONDS or not 0 <= value.nanos < 1_000_000_000:
-        violations.add(name, "not a valid timestamp (years 1 to 9999, nanos 0 to 999999999)")
+        violations.add(name, "not a valid timestamp (years 2 to 9998, nanos 0 to 999999999)")
         return None
     # Microsecond precision, as the ledger stores it: sub-microsecond nanos are dropped.
     return value.ToDatetime(tzinfo=UTC)
