@@ -503,6 +503,9 @@ def reserve_usage(request: reservations_pb2.ReserveUsageRequest, catalog: Catalo
         shortest, longest = RESERVATION_TTL_RANGE
         if not 0 <= request.ttl.nanos < 1_000_000_000:
             violations.add("ttl", "not a valid duration")
+        elif not 0 <= request.ttl.seconds <= longest.total_seconds():
+            # Checked before ToTimedelta, which overflows past 999999999 days.
+            violations.add("ttl", "from 1 second to 24 hours")
         else:
             ttl = request.ttl.ToTimedelta()
             if not shortest <= ttl <= longest:
