@@ -31,9 +31,10 @@ from metering.periods import ResetPeriod
 
 _E = TypeVar("_E", bound=enum.Enum)
 
-SLUG_RE = re.compile(r"^[a-z0-9_]{1,64}$")
-PROPERTY_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+# \Z, not $: "$" also matches before a trailing newline, so "tokens\n" would pass.
+SLUG_RE = re.compile(r"^[a-z0-9_]{1,64}\Z")
+PROPERTY_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+CURRENCY_RE = re.compile(r"^[A-Z]{3}\Z")
 NO_CHARGE_SUFFIX = "_no_charge"
 DEFAULT_APPROACHING_THRESHOLD = Decimal(80)
 # Minor-unit exponents of ISO 4217 currencies whose minor unit is not 2 digits.

@@ -15,7 +15,8 @@ MAX_INTEGER_DIGITS = 20
 MAX_FRACTION_DIGITS = 9
 
 # Plain decimal notation only: no sign, exponent, white space, "inf" or "nan".
-_DECIMAL_RE = re.compile(r"^(?P<int>[0-9]+)(?:\.(?P<frac>[0-9]+))?$")
+# \Z, not $: "$" also matches before a trailing newline, and Decimal("5\n") is 5.
+_DECIMAL_RE = re.compile(r"^(?P<int>[0-9]+)(?:\.(?P<frac>[0-9]+))?\Z")
 
 # 100 digits hold any sum of up to 10^70 maximal quantities exactly.
 EXACT = Context(prec=100, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])

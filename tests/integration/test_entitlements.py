@@ -196,6 +196,21 @@ def test_release_and_its_refusals(stub: Stub, new_customer: Callable[..., str]) 
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize(
+    "ttl",
+    [Duration(seconds=0), Duration(seconds=86_401), Duration(seconds=-(10**12)), Duration(seconds=2**62)],
+    ids=["zero", "over a day", "far negative", "beyond timedelta"],
+)
+def test_a_ttl_out_of_range_is_invalid(stub: Stub, new_customer: Callable[..., str], ttl: Duration) -> None:
+    request = reservations_pb2.ReserveUsageRequest(
+        customer_id=new_customer(), meter_slug="tokens", quantity="1", reservation_id="r", ttl=ttl
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ReserveUsage(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ttl" in [v.field for v in error_details(caught.value)["BadRequest"].field_violations]  # type: ignore[attr-defined]
+
+
 def test_an_expired_hold_frees_itself(stub: Stub, new_customer: Callable[..., str]) -> None:
     customer = new_customer()
     reserve(stub, customer, "brief", "90", ttl=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,6 +11,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from metering.api.paging import encode_token
 from metering.v1 import events_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.integration.test_record_usage import record
 from tests.support import error_details
@@ -153,6 +155,42 @@ def test_a_page_token_only_works_for_its_own_query(stub: Stub, dst_customer: str
         with pytest.raises(grpc.RpcError) as caught:
             stub.GetUsage(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_details(caught.value)["ErrorInfo"].reason == "INVALID_PAGE_TOKEN"  # type: ignore[attr-defined]
+
+
+# Anyone can build a token the fingerprint check accepts (the fingerprint is a
+# plain hash of the query), so its cursor is hostile input like any field.
+_NOW = "2025-01-01T00:00:00+00:00"
+FORGED_USAGE_CURSORS: list[dict[str, Any]] = [
+    {"m": float("inf"), "w": 0, "g": [], "now": _NOW},
+    {"m": 0, "w": 10**30, "g": [], "now": _NOW},
+    {"m": 0, "w": 0, "g": "", "now": _NOW},
+    {"m": 0, "w": 0, "g": [], "now": "0001-01-01T00:00:00+14:00"},
+    {"m": 0, "w": 0, "g": [], "now": "9999-12-31T23:59:59-14:00"},
+]
+FORGED_EVENTS_CURSORS: list[dict[str, Any]] = [
+    {"t": _NOW, "id": 5},
+    {"t": _NOW, "id": ["a"]},
+    {"t": "0001-01-01T00:00:00+14:00", "id": "00000000-0000-0000-0000-000000000000"},
+]
+DEEP_TOKEN = base64.urlsafe_b64encode(b"[" * 100_000).decode()
+
+
+def test_a_forged_page_token_is_invalid(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer()
+    requests: list[tuple[Callable[..., Any], usage_pb2.GetUsageRequest | events_pb2.ListUsageEventsRequest]] = []
+    for cursor in [*FORGED_USAGE_CURSORS, None]:
+        usage = usage_pb2.GetUsageRequest(customer_id=customer, meter_slugs=["tokens"])
+        usage.page_token = encode_token(usage, cursor) if cursor is not None else DEEP_TOKEN
+        requests.append((stub.GetUsage, usage))
+    for cursor in [*FORGED_EVENTS_CURSORS, None]:
+        events = events_pb2.ListUsageEventsRequest(customer_id=customer)
+        events.page_token = encode_token(events, cursor) if cursor is not None else DEEP_TOKEN
+        requests.append((stub.ListUsageEvents, events))
+    for call, request in requests:
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request.page_token
         assert error_details(caught.value)["ErrorInfo"].reason == "INVALID_PAGE_TOKEN"  # type: ignore[attr-defined]
 
 

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
+from metering.v1 import billing_pb2, customer_pb2, grants_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import error_details
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
@@ -42,12 +42,14 @@ INVALID = [
     ("empty transaction id", {"transaction_id": ""}, "transaction_id"),
     ("oversized transaction id", {"transaction_id": "t" * 129}, "transaction_id"),
     ("non-ASCII transaction id", {"transaction_id": "tx-é"}, "transaction_id"),
+    ("transaction id with a trailing newline", {"transaction_id": "txn\n"}, "transaction_id"),
     ("negative quantity", {"quantity": "-1"}, "quantity"),
     ("non-numeric quantity", {"quantity": "ten"}, "quantity"),
     ("exponent quantity", {"quantity": "1e3"}, "quantity"),
     ("over-precise quantity", {"quantity": "0.0000000001"}, "quantity"),
     ("too many integer digits", {"quantity": "1" * 21}, "quantity"),
     ("quantity with spaces", {"quantity": " 1"}, "quantity"),
+    ("quantity with a trailing newline", {"quantity": "1\n"}, "quantity"),
     ("NaN quantity", {"quantity": "NaN"}, "quantity"),
     ("infinite quantity", {"quantity": "Infinity"}, "quantity"),
     ("plus sign", {"quantity": "+1"}, "quantity"),
@@ -56,6 +58,7 @@ INVALID = [
     ("both meter and price", {"price_slug": "tokens_per_unit"}, "price_slug"),
     ("neither meter nor price", {"meter_slug": ""}, "meter_slug"),
     ("malformed meter slug", {"meter_slug": "Tokens!"}, "meter_slug"),
+    ("meter slug with a trailing newline", {"meter_slug": "tokens\n"}, "meter_slug"),
     # Offsets from now become timestamps when the test runs, not when it is collected.
     ("future timestamp", {"event_time": timedelta(minutes=6)}, "event_time"),
     ("timestamp older than the backfill window", {"event_time": -timedelta(days=3651)}, "event_time"),
@@ -63,6 +66,7 @@ INVALID = [
     ("too many properties", {"properties": {f"k{i}": "v" for i in range(33)}}, "properties"),
     ("oversized property value", {"properties": {"k": "v" * 257}}, "properties.k"),
     ("bad property key", {"properties": {"bad key": "v"}}, "properties['bad key']"),
+    ("property key with a trailing newline", {"properties": {"k\n": "v"}}, "properties['k\\n']"),
     ("NUL in a property value", {"properties": {"k": "a\x00"}}, "properties.k"),
     ("unique_count without its property", {"meter_slug": "users", "quantity": ""}, "properties.user_id"),
     ("unknown enforcement mode", {"enforcement_mode": 7}, "enforcement_mode"),
@@ -146,3 +150,50 @@ def test_check_balance_validation(stub: Stub, new_customer: Callable[..., str]) 
         if field:
             violations = error_details(caught.value)["BadRequest"].field_violations  # type: ignore[attr-defined]
             assert field in [v.field for v in violations]
+
+
+# The first and last instants a Timestamp can hold: asyncpg stores them as
+# -infinity and infinity, and period and window math around them leaves the
+# datetime range, so they are refused up front.
+_FIRST_INSTANT = Timestamp(seconds=int(datetime(1, 1, 1, tzinfo=UTC).timestamp()))
+_LAST_INSTANT = Timestamp(seconds=int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()), nanos=999_999_999)
+
+
+@pytest.mark.parametrize("instant", [_FIRST_INSTANT, _LAST_INSTANT], ids=["first", "last"])
+def test_timestamps_at_the_ends_of_the_range_are_invalid(
+    stub: Stub, new_customer: Callable[..., str], instant: Timestamp
+) -> None:
+    customer = new_customer()
+    calls: list[tuple[Callable[..., Any], Message, str]] = [
+        (
+            stub.UpsertCustomer,
+            customer_pb2.UpsertCustomerRequest(
+                customer_id=f"{customer}-x", plan_slug="limited", billing_anchor_time=instant
+            ),
+            "billing_anchor_time",
+        ),
+        (stub.EstimateBill, billing_pb2.EstimateBillRequest(customer_id=customer, period_time=instant), "period_time"),
+        (
+            stub.GetUsage,
+            usage_pb2.GetUsageRequest(customer_id=customer, meter_slugs=["tokens"], start_time=instant),
+            "start_time",
+        ),
+        (
+            stub.GrantCredits,
+            grants_pb2.GrantCreditsRequest(
+                customer_id=customer,
+                meter_slug="tokens",
+                quantity="1",
+                grant_id="g",
+                effective_time=instant,
+                expire_at_period_end=True,
+            ),
+            "effective_time",
+        ),
+    ]
+    for call, request, field in calls:
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        violations = error_details(caught.value)["BadRequest"].field_violations  # type: ignore[attr-defined]
+        assert field in [v.field for v in violations]

@@ -47,6 +47,7 @@ def test_parse_and_format(text: str, expected: str) -> None:
         "0.0000000001",
         "123456789012345678901",
         "١٢",
+        "5\n",
     ],
 )
 def test_parse_refuses(text: str) -> None:

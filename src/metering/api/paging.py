@@ -40,7 +40,9 @@ def decode_token(request: Message, token: str) -> dict[str, Any]:
         payload = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
         if not isinstance(payload, dict) or payload.get("v") != _VERSION or not isinstance(payload.get("c"), dict):
             raise ValueError("unexpected shape")
-    except (ValueError, UnicodeError, binascii.Error):
+    # RecursionError: json refuses arrays or objects nested deeper than the
+    # interpreter's recursion limit ("[[[[..."), which a forged token can be.
+    except (ValueError, UnicodeError, binascii.Error, RecursionError):
         raise InvalidPageToken("not a page token issued by this service") from None
     if payload.get("q") != _fingerprint(request):
         raise InvalidPageToken("the token belongs to a different query: resend the original fields with it")

@@ -26,7 +26,7 @@ from metering.errors import FieldViolation, InvalidArgument, InvalidPageToken, N
 from metering.ledger.reports import PropertyFilter
 from metering.reporting import EventsQuery, PageCursor, UsageQuery
 from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, reservations_pb2, usage_pb2
-from metering.windows import WindowSize
+from metering.windows import MAX_WINDOWS, WindowSize
 
 MAX_ID_LENGTH = 128
 MAX_PROPERTIES = 32
@@ -51,10 +51,17 @@ _WINDOW_SIZES = {
 }
 
 # Printable ASCII without space: safe in logs, URLs and every language's strings.
-_ID_RE = re.compile(r"^[\x21-\x7e]+$")
-# Timestamps PostgreSQL and every client language can hold: years 1 to 9999.
-_MIN_SECONDS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
-_MAX_SECONDS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
+# \Z, not $: "$" also matches before a trailing newline.
+_ID_RE = re.compile(r"^[\x21-\x7e]+\Z")
+# Timestamps are years 2 to 9998: a year inside what a Timestamp (and a Python
+# datetime) can hold on each side, because periods (up to a month) and local
+# windows (a day) are computed around an accepted instant and must not leave
+# that range, and because asyncpg stores the very first and last instants
+# (datetime.min and datetime.max) as -infinity and infinity.
+_MIN_TIME = datetime(2, 1, 1, tzinfo=UTC)
+_MAX_TIME = datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+_MIN_SECONDS = int(_MIN_TIME.timestamp())
+_MAX_SECONDS = int(_MAX_TIME.timestamp())
 
 
 @dataclass
@@ -85,7 +92,7 @@ def _slug(violations: _Violations, name: str, value: str) -> None:
 
 def _timestamp(violations: _Violations, name: str, value: Timestamp) -> datetime | None:
     if not _MIN_SECONDS <= value.seconds <= _MAX_SECONDS or not 0 <= value.nanos < 1_000_000_000:
-        violations.add(name, "not a valid timestamp (years 1 to 9999, nanos 0 to 999999999)")
+        violations.add(name, "not a valid timestamp (years 2 to 9998, nanos 0 to 999999999)")
         return None
     # Microsecond precision, as the ledger stores it: sub-microsecond nanos are dropped.
     return value.ToDatetime(tzinfo=UTC)
@@ -326,14 +333,14 @@ def get_usage(request: usage_pb2.GetUsageRequest, catalog: Catalog) -> UsageQuer
         raw = decode_token(request, request.page_token)
         try:
             cursor = PageCursor(
-                meter_index=int(raw["m"]),
-                window_index=int(raw["w"]),
-                groups=tuple(str(g) for g in raw["g"]),
+                meter_index=_token_index(raw["m"], len(slugs) - 1),
+                window_index=_token_index(raw["w"], MAX_WINDOWS),
+                groups=tuple(_token_text(g) for g in _token_list(raw["g"])),
                 now=_aware(raw["now"]),
             )
         except (KeyError, TypeError, ValueError):
             raise InvalidPageToken("not a page token issued by this service") from None
-        if not 0 <= cursor.meter_index < len(slugs) or len(cursor.groups) != len(group_by):
+        if len(cursor.groups) != len(group_by):
             raise InvalidPageToken("not a page token issued by this service")
     assert window_size is not None and zone is not None
     return UsageQuery(
@@ -362,7 +369,7 @@ def list_usage_events(request: events_pb2.ListUsageEventsRequest, catalog: Catal
     if request.page_token:
         raw = decode_token(request, request.page_token)
         try:
-            before = (_aware(raw["t"]), str(uuid.UUID(raw["id"])))
+            before = (_aware(raw["t"]), str(uuid.UUID(_token_text(raw["id"]))))
         except (KeyError, TypeError, ValueError):
             raise InvalidPageToken("not a page token issued by this service") from None
     return EventsQuery(
@@ -385,10 +392,40 @@ def estimate_bill(request: billing_pb2.EstimateBillRequest) -> tuple[str, dateti
     return request.customer_id, period_time
 
 
-def _aware(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
+# A page token is client input: anyone can build one (its fingerprint is a
+# plain hash), so every value in its cursor is checked for type and range
+# before it reaches period math or a query parameter.
+
+
+def _aware(text: object) -> datetime:
+    value = datetime.fromisoformat(_token_text(text))
     if value.tzinfo is None:
         raise ValueError("naive time in a page token")
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time out of range in a page token") from None
+    if not _MIN_TIME <= value <= _MAX_TIME:
+        raise ValueError("time out of range in a page token")
+    return value
+
+
+def _token_index(value: object, maximum: int) -> int:
+    # bool is an int subclass, and a float such as 1e308 or Infinity is no index.
+    if type(value) is not int or not 0 <= value <= maximum:
+        raise ValueError("index out of range in a page token")
+    return value
+
+
+def _token_text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("text expected in a page token")
+    return value
+
+
+def _token_list(value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise TypeError("list expected in a page token")
     return value
 
 
@@ -466,6 +503,9 @@ def reserve_usage(request: reservations_pb2.ReserveUsageRequest, catalog: Catalo
         shortest, longest = RESERVATION_TTL_RANGE
         if not 0 <= request.ttl.nanos < 1_000_000_000:
             violations.add("ttl", "not a valid duration")
+        elif not 0 <= request.ttl.seconds <= longest.total_seconds():
+            # Checked before ToTimedelta, which overflows past 999999999 days.
+            violations.add("ttl", "from 1 second to 24 hours")
         else:
             ttl = request.ttl.ToTimedelta()
             if not shortest <= ttl <= longest:
