@@ -44,7 +44,9 @@ class MeteringServiceStub:
     characters (0x21 to 0x7E): no white space and no control characters.
     Slugs (meters, prices, plans) are 1 to 64 characters of [a-z0-9_].
     * Times are google.protobuf.Timestamp, stored with microsecond precision
-    (nanoseconds below a microsecond are truncated).
+    (nanoseconds below a microsecond are truncated), from year 2 to year 9998
+    (the ends of the Timestamp range are INVALID_ARGUMENT: period arithmetic
+    near them would leave the calendar).
 
     Every refusal is a gRPC status with google.rpc details (carried in the
     `grpc-status-details-bin` trailer, readable with grpcio-status or the
@@ -187,7 +189,9 @@ class MeteringServiceServicer:
     characters (0x21 to 0x7E): no white space and no control characters.
     Slugs (meters, prices, plans) are 1 to 64 characters of [a-z0-9_].
     * Times are google.protobuf.Timestamp, stored with microsecond precision
-    (nanoseconds below a microsecond are truncated).
+    (nanoseconds below a microsecond are truncated), from year 2 to year 9998
+    (the ends of the Timestamp range are INVALID_ARGUMENT: period arithmetic
+    near them would leave the calendar).
 
     Every refusal is a gRPC status with google.rpc details (carried in the
     `grpc-status-details-bin` trailer, readable with grpcio-status or the
@@ -476,7 +480,9 @@ class MeteringService:
     characters (0x21 to 0x7E): no white space and no control characters.
     Slugs (meters, prices, plans) are 1 to 64 characters of [a-z0-9_].
     * Times are google.protobuf.Timestamp, stored with microsecond precision
-    (nanoseconds below a microsecond are truncated).
+    (nanoseconds below a microsecond are truncated), from year 2 to year 9998
+    (the ends of the Timestamp range are INVALID_ARGUMENT: period arithmetic
+    near them would leave the calendar).
 
     Every refusal is a gRPC status with google.rpc details (carried in the
     `grpc-status-details-bin` trailer, readable with grpcio-status or the

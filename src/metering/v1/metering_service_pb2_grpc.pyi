@@ -45,7 +45,9 @@ class MeteringServiceStub:
       characters (0x21 to 0x7E): no white space and no control characters.
       Slugs (meters, prices, plans) are 1 to 64 characters of [a-z0-9_].
     * Times are google.protobuf.Timestamp, stored with microsecond precision
-      (nanoseconds below a microsecond are truncated).
+      (nanoseconds below a microsecond are truncated), from year 2 to year 9998
+      (the ends of the Timestamp range are INVALID_ARGUMENT: period arithmetic
+      near them would leave the calendar).
 
     Every refusal is a gRPC status with google.rpc details (carried in the
     `grpc-status-details-bin` trailer, readable with grpcio-status or the
@@ -189,7 +191,9 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
       characters (0x21 to 0x7E): no white space and no control characters.
       Slugs (meters, prices, plans) are 1 to 64 characters of [a-z0-9_].
     * Times are google.protobuf.Timestamp, stored with microsecond precision
-      (nanoseconds below a microsecond are truncated).
+      (nanoseconds below a microsecond are truncated), from year 2 to year 9998
+      (the ends of the Timestamp range are INVALID_ARGUMENT: period arithmetic
+      near them would leave the calendar).
 
     Every refusal is a gRPC status with google.rpc details (carried in the
     `grpc-status-details-bin` trailer, readable with grpcio-status or the
@@ -329,7 +333,9 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
       characters (0x21 to 0x7E): no white space and no control characters.
       Slugs (meters, prices, plans) are 1 to 64 characters of [a-z0-9_].
     * Times are google.protobuf.Timestamp, stored with microsecond precision
-      (nanoseconds below a microsecond are truncated).
+      (nanoseconds below a microsecond are truncated), from year 2 to year 9998
+      (the ends of the Timestamp range are INVALID_ARGUMENT: period arithmetic
+      near them would leave the calendar).
 
     Every refusal is a gRPC status with google.rpc details (carried in the
     `grpc-status-details-bin` trailer, readable with grpcio-status or the
