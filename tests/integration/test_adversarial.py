@@ -51,6 +51,7 @@ from google.rpc import error_details_pb2, status_pb2
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from metering.api.errors import status_details
 from metering.api.paging import encode_token
 from metering.v1 import (
     billing_pb2,
@@ -1032,18 +1033,6 @@ def stream_messages(call: Call) -> Iterator[ingest_pb2.RecordUsageStreamRequest]
         start += size
     if start < len(events) or not call.chunks:
         yield ingest_pb2.RecordUsageStreamRequest(events=events[start:])
-
-
-def status_details(status: status_pb2.Status) -> dict[str, Message]:
-    """The google.rpc details of one event's status in a batch or stream, by type name."""
-    found: dict[str, Message] = {}
-    for detail in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                found[kind.DESCRIPTOR.name] = message
-    return found
 
 
 def check_refusal(where: str, code: grpc.StatusCode, details: dict[str, Message]) -> frozenset[str]:

@@ -76,8 +76,11 @@ DETAIL_TYPES: tuple[type[Message], ...] = (
 def read_details(error: grpc.RpcError) -> dict[str, Message] | None:
     """The google.rpc details of a failed call, by type name; None without a Status."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    if status is None:
-        return None
+    return None if status is None else status_details(status)
+
+
+def status_details(status: status_pb2.Status) -> dict[str, Message]:
+    """The google.rpc details of a Status (a call's, or one event's in a batch), by type name."""
     found: dict[str, Message] = {}
     for detail in status.details:
         for kind in DETAIL_TYPES:

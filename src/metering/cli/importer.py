@@ -19,12 +19,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, TypeAlias
+from typing import IO, TypeAlias
 
 import grpc
 from google.protobuf import json_format
-from google.rpc import code_pb2, error_details_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from metering.api.errors import status_details
 from metering.cli.connection import channel, connection_arguments, metadata, print_error
 from metering.v1 import ingest_pb2, metering_service_pb2_grpc, usage_pb2
 
@@ -150,17 +151,14 @@ def _send(
                 event.transaction_id,
                 code_pb2.Code.Name(result.status.code),
                 result.status.message,
-                _reason(result.status.details),
+                _reason(result.status),
             )
     return True
 
 
-def _reason(details: Any) -> str:
-    for detail in details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return str(info.reason)
-    return ""
+def _reason(status: status_pb2.Status) -> str:
+    info = status_details(status).get("ErrorInfo")
+    return str(info.reason) if isinstance(info, error_details_pb2.ErrorInfo) else ""
 
 
 def _reject(
