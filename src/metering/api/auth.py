@@ -81,10 +81,6 @@ class Authenticator:
     def __init__(self, policy: AccessPolicy | None) -> None:
         self._policy = policy  # None: the service runs open (embedded default or explicit opt-in)
 
-    def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
-        """The caller of this call from its credentials; UNAUTHENTICATED without known ones."""
-        return self._identify(context)
-
     @staticmethod
     def authorize(caller: Caller, method: str) -> None:
         """Refuse a caller whose roles do not allow `method`; else make it the current caller."""
@@ -93,7 +89,8 @@ class Authenticator:
             raise RoleRequired(caller.name, method.rsplit("/", 1)[-1], role.value)
         _current_caller.set(caller)
 
-    def _identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+    def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        """The caller of this call from its credentials; UNAUTHENTICATED without known ones."""
         if self._policy is None:
             return ANONYMOUS
         authorization = [value for key, value in context.invocation_metadata() or () if key == "authorization"]
