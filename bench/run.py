@@ -48,7 +48,7 @@ from bench.loadgen import (
     rss_mib,
     run,
 )
-from metering.access import new_token, token_digest
+from metering.access import caller_entry, new_token, token_digest
 from metering.embedded import start_embedded
 from metering.v1 import customer_pb2, metering_service_pb2_grpc
 from tests.support import ServiceProcess
@@ -338,8 +338,7 @@ def execute(url: str, args: argparse.Namespace) -> None:
     # Authentication on, as in production: every call carries a bearer token.
     folder = tempfile.mkdtemp(prefix="metering-bench-")
     auth_file = Path(folder) / "callers.toml"
-    roles = '["recorder", "reader", "admin"]'
-    auth_file.write_text(f'[callers.bench]\nroles = {roles}\ntoken_sha256 = "{token_digest(TOKEN)}"\n')
+    auth_file.write_text(caller_entry("bench", ["recorder", "reader", "admin"], token_digests=[token_digest(TOKEN)]))
     env = {"METERING_BENCH_NOOP": "1", "METERING_AUTH_FILE": str(auth_file)}
     service = ServiceProcess(url, catalog=None, extra_env=env).start()
     try:

@@ -20,6 +20,7 @@ file can be read without revealing a usable credential.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 import tomllib
@@ -80,6 +81,26 @@ def new_token() -> str:
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def caller_entry(
+    name: str,
+    roles: Collection[str],
+    *,
+    token_digests: Collection[str] = (),
+    certificate_cn: str | None = None,
+    meters: Collection[str] | None = None,
+) -> str:
+    """One caller's table of an access file (what `metering token new` prints)."""
+    # JSON strings and lists of strings are valid TOML.
+    lines = [f"[callers.{name}]", f"roles = {json.dumps(sorted(roles))}"]
+    if token_digests:
+        lines.append(f"token_sha256 = {json.dumps(list(token_digests))}")
+    if certificate_cn is not None:
+        lines.append(f"certificate_cn = {json.dumps(certificate_cn)}")
+    if meters:
+        lines.append(f"meters = {json.dumps(list(meters))}")
+    return "\n".join(lines) + "\n"
 
 
 def load_access(path: str | Path, meters: Collection[str]) -> AccessPolicy:

@@ -18,7 +18,7 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from metering.access import new_token, token_digest
+from metering.access import caller_entry, new_token, token_digest
 from metering.api.auth import METHOD_ROLES
 from metering.v1 import (
     billing_pb2,
@@ -50,21 +50,21 @@ class Secured:
 
 
 CALLERS = {
-    "recorder-svc": ('["recorder"]', None),
-    "reader-svc": ('["reader"]', None),
-    "admin-svc": ('["admin"]', None),
-    "tokens-only": ('["recorder", "reader"]', '["tokens"]'),
+    "recorder-svc": (["recorder"], None),
+    "reader-svc": (["reader"], None),
+    "admin-svc": (["admin"], None),
+    "tokens-only": (["recorder", "reader"], ["tokens"]),
 }
 
 
-def write_auth_file(directory: Path, tokens: dict[str, str], extra: str = "") -> Path:
-    lines = []
-    for name, (roles, meters) in CALLERS.items():
-        lines += [f"[callers.{name}]", f"roles = {roles}", f'token_sha256 = ["{token_digest(tokens[name])}"]']
-        if meters is not None:
-            lines.append(f"meters = {meters}")
+def write_auth_file(directory: Path, tokens: dict[str, str]) -> Path:
     path = directory / "callers.toml"
-    path.write_text("\n".join(lines) + "\n" + extra)
+    path.write_text(
+        "".join(
+            caller_entry(name, roles, token_digests=[token_digest(tokens[name])], meters=meters)
+            for name, (roles, meters) in CALLERS.items()
+        )
+    )
     return path
 
 

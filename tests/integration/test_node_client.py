@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2
 
-from metering.access import new_token, token_digest
+from metering.access import caller_entry, new_token, token_digest
 from tests.support import ROOT, ServiceProcess
 
 CLIENT = ROOT / "examples" / "node" / "dist" / "src" / "client.js"
@@ -82,11 +82,10 @@ def node() -> str:
 @pytest.fixture(scope="module")
 def node_client(node: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClient]:
     tokens = {role: new_token() for role in ROLES}
-    lines: list[str] = []
-    for role in ROLES:
-        lines += [f"[callers.node-{role}]", f'roles = ["{role}"]', f'token_sha256 = ["{token_digest(tokens[role])}"]']
     auth_file = tmp_path_factory.mktemp("node-auth") / "callers.toml"
-    auth_file.write_text("\n".join(lines) + "\n")
+    auth_file.write_text(
+        "".join(caller_entry(f"node-{role}", [role], token_digests=[token_digest(tokens[role])]) for role in ROLES)
+    )
     service = ServiceProcess(database_url, extra_env={"METERING_AUTH_FILE": str(auth_file)}).start()
     try:
         yield NodeClient(node, service, tokens)

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from metering.access import new_token, token_digest
+from metering.access import caller_entry, new_token, token_digest
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.certificates import CertificateAuthority, Issued
 from tests.support import ServiceProcess, error_details
@@ -39,12 +39,8 @@ def mtls(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     admin_token = new_token()
     auth_file = directory / "callers.toml"
     auth_file.write_text(
-        "[callers.billing-ui]\n"
-        'roles = ["reader"]\n'
-        'certificate_cn = "billing-ui"\n'
-        "[callers.ops]\n"
-        'roles = ["admin", "recorder"]\n'
-        f'token_sha256 = "{token_digest(admin_token)}"\n'
+        caller_entry("billing-ui", ["reader"], certificate_cn="billing-ui")
+        + caller_entry("ops", ["admin", "recorder"], token_digests=[token_digest(admin_token)])
     )
     env = {
         "METERING_AUTH_FILE": str(auth_file),

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from metering.access import TOKEN_PREFIX, Role, load_access, new_token, token_digest
+from metering.access import TOKEN_PREFIX, Caller, Role, caller_entry, load_access, new_token, token_digest
 from metering.config import ConfigError
 
 METERS = {"tokens", "calls"}
@@ -73,3 +73,14 @@ def test_problems_name_their_key(tmp_path: Path, text: str, message: str) -> Non
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read it"):
         load_access(tmp_path / "nope.toml", METERS)
+
+
+def test_caller_entries_load_back_as_written(tmp_path: Path) -> None:
+    token = new_token()
+    text = caller_entry("gateway", ["reader", "recorder"], token_digests=[token_digest(token)], meters=["tokens"])
+    text += caller_entry("ui", ["reader"], certificate_cn="ui.internal")
+    policy = load_access(write(tmp_path, text), METERS)
+    assert policy.caller_for_token(token) == Caller(
+        "gateway", frozenset({Role.READER, Role.RECORDER}), frozenset({"tokens"})
+    )
+    assert policy.caller_for_certificate("ui.internal") == Caller("ui", frozenset({Role.READER}))

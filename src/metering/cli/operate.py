@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from typing import TypeAlias
 
@@ -121,16 +120,12 @@ def _check_catalog(args: argparse.Namespace) -> int:
 
 
 def _token_new(args: argparse.Namespace) -> int:
-    from metering.access import new_token, token_digest
+    from metering.access import caller_entry, new_token, token_digest
 
     token = new_token()
     print(f"token (give it to {args.name}; it is not stored anywhere): {token}", file=sys.stderr)
-    print(f"[callers.{args.name}]")
-    # JSON lists of strings are valid TOML.
-    print(f"roles = {json.dumps(sorted(set(args.role)))}")
-    print(f"token_sha256 = {json.dumps([token_digest(token)])}")
-    if args.meter:
-        print(f"meters = {json.dumps(args.meter)}")
+    entry = caller_entry(args.name, set(args.role), token_digests=[token_digest(token)], meters=args.meter)
+    print(entry, end="")
     return 0
 
 
