@@ -3,37 +3,69 @@ nothing: the ledger is as if it never happened, and a retry records it once."""
 
 from __future__ import annotations
 
-import time
+import asyncio
 import uuid
 
+import asyncpg
 import grpc
 import pytest
 
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import ServiceProcess, audit, run_sql
+from tests.support import ServiceProcess, audit, eventually
+
+
+def _request(customer: str, transaction_id: str) -> usage_pb2.RecordUsageRequest:
+    return usage_pb2.RecordUsageRequest(
+        customer_id=customer, meter_slug="tokens", quantity="5", transaction_id=transaction_id
+    )
+
+
+async def _writer_waits_on_lock(conn: asyncpg.Connection) -> bool:
+    waiting = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'metering' "
+        "AND wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    return bool(waiting)
+
+
+async def _abandon_a_queued_call(target: str, database_url: str, blocker: str, customer: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+            for name in (blocker, customer):
+                await stub.UpsertCustomer(customer_pb2.UpsertCustomerRequest(customer_id=name, plan_slug="open"))
+            await stub.RecordUsage(_request(blocker, "first"), timeout=10)  # its counter row exists now
+            # Stall the one writer worker: its next transaction waits on the
+            # blocker's counter row, which this connection holds.
+            held = conn.transaction()
+            await held.start()
+            await conn.execute("SELECT 1 FROM meter_counters WHERE customer_id = $1 FOR UPDATE", blocker)
+            stalled = asyncio.ensure_future(stub.RecordUsage(_request(blocker, "stalled"), timeout=30))
+            assert await eventually(lambda: _writer_waits_on_lock(conn), 10), "the writer never reached the lock"
+            # Queued behind the stalled transaction, this call's deadline passes.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.RecordUsage(_request(customer, "late"), timeout=0.1)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await held.rollback()
+            assert not (await stalled).duplicate
+            # The queue is first in, first out: once a call sent now is
+            # answered, the worker has taken (and skipped) the abandoned one.
+            await stub.RecordUsage(_request(blocker, "after"), timeout=10)
+            query = "SELECT count(*) FROM usage_events WHERE customer_id = $1"
+            assert await conn.fetchval(query, customer) == 0
+            retried = await stub.RecordUsage(_request(customer, "late"), timeout=10)
+            assert not retried.duplicate and retried.balance.used == "5"
+            assert await conn.fetchval(query, customer) == 1
+    finally:
+        await conn.close()
 
 
 def test_a_call_abandoned_in_the_writer_queue_writes_nothing(database_url: str) -> None:
-    # The writer lingers 400 ms before taking a batch: the call's 100 ms
-    # deadline passes while its event is still queued.
-    service = ServiceProcess(database_url, extra_env={"METERING_WRITER_LINGER": "400ms"}).start()
+    service = ServiceProcess(database_url, extra_env={"METERING_WRITER_WORKERS": "1"}).start()
+    blocker, customer = f"stall-{uuid.uuid4().hex[:8]}", f"abandon-{uuid.uuid4().hex[:8]}"
     try:
-        with grpc.insecure_channel(service.target) as channel:
-            stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
-            customer = f"abandon-{uuid.uuid4().hex[:8]}"
-            stub.UpsertCustomer(customer_pb2.UpsertCustomerRequest(customer_id=customer, plan_slug="open"), timeout=10)
-            request = usage_pb2.RecordUsageRequest(
-                customer_id=customer, meter_slug="tokens", quantity="5", transaction_id="late"
-            )
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.RecordUsage(request, timeout=0.1)
-            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            time.sleep(1.0)  # past the linger: the worker has taken (and skipped) the batch
-            query = "SELECT count(*) FROM usage_events WHERE customer_id = $1"
-            assert run_sql(database_url, query, customer)[0][0] == 0
-            retried = stub.RecordUsage(request, timeout=10)
-            assert not retried.duplicate and retried.balance.used == "5"
-            assert run_sql(database_url, query, customer)[0][0] == 1
-            assert audit(database_url, [customer]).ok
+        asyncio.run(_abandon_a_queued_call(service.target, database_url, blocker, customer))
+        assert audit(database_url, [blocker, customer]).ok
     finally:
         service.stop()

@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -55,7 +55,7 @@ from bench.faults import (
 )
 from metering.embedded import EmbeddedPostgres
 from metering.v1 import metering_service_pb2_grpc, usage_pb2
-from tests.support import ROOT, TEST_CATALOG, ServiceProcess, audit
+from tests.support import ROOT, TEST_CATALOG, ServiceProcess, audit, eventually
 
 GRACE = 3.0  # METERING_SHUTDOWN_GRACE of the SIGTERM tests
 
@@ -73,15 +73,6 @@ def assert_exactly_once(check: LedgerCheck) -> None:
     assert not check.overspend, check.overspend
     assert check.audit.ok, check.audit
     assert check.ok
-
-
-async def eventually(predicate: Callable[[], Awaitable[bool]], limit: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(interval)
-    return await predicate()
 
 
 async def counted(book: Book, outcome: Outcome, at_least: int, limit: float = 30.0) -> None:

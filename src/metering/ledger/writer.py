@@ -18,6 +18,15 @@ everything queued, up to `max_batch` events, and in ONE transaction:
 
 One bad event refuses only that event. A database failure answers every
 caller of the batch with the same error, and nothing is half-written.
+
+Batch size is what makes this cheap: each transaction costs about ten round
+trips and a commit whatever its size. One worker (the default) lets calls
+queue while a transaction is in flight, and under concurrent load it lingers a
+moment (2 ms) before taking the queue. Measured at 64 calls in flight on two
+cores: two workers without linger wrote ~5 events per transaction, one worker
+with the linger ~20, and the server's CPU per call fell by a third. More
+workers only help when transactions wait on each other (row locks held by
+reservations or other replicas), at the price of smaller batches.
 """
 
 from __future__ import annotations
@@ -101,14 +110,15 @@ class BatchWriter(PoolUser):
         *,
         acquire_timeout: float,
         max_batch: int = 1000,
-        workers: int = 2,
-        linger: float = 0.0,
+        workers: int = 1,
+        linger: float = 0.002,
         on_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
         super().__init__(pool, acquire_timeout=acquire_timeout)
         self._on_batch = on_batch  # observes the size of every batch written
         self._max_batch = max_batch
         self._linger = linger
+        self._concurrent_calls = False  # whether the last batch held more than one call
         self._pending: deque[list[_Item]] = deque()
         self._wakeup = asyncio.Event()
         self._workers = [asyncio.create_task(self._work()) for _ in range(workers)]
@@ -138,11 +148,18 @@ class BatchWriter(PoolUser):
             while not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self._linger and sum(len(g) for g in self._pending) < self._max_batch:
-                await asyncio.sleep(self._linger)  # let more calls join (off by default)
+            if self._concurrent_calls and self._linger and sum(len(g) for g in self._pending) < self._max_batch:
+                # Calls are arriving concurrently: let more join, so the commit
+                # and the statements of this transaction are paid by more
+                # events. A lone caller (the last batch held one call) is
+                # written at once: the wait would only add to its latency.
+                await asyncio.sleep(self._linger)
             batch: list[_Item] = []
+            groups = 0
             while self._pending and (not batch or len(batch) + len(self._pending[0]) <= self._max_batch):
                 batch.extend(self._pending.popleft())
+                groups += 1
+            self._concurrent_calls = groups > 1
             # A caller that went away while queued (deadline passed, client
             # cancelled) gets no answer: skip its events, so the ledger is as if
             # the call never happened and an overloaded writer sheds dead work.
