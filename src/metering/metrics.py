@@ -74,6 +74,12 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
             registry=r,
         )
+        self.read_batch_size = Histogram(
+            "metering_counter_read_batch_reads",
+            "Counter reads (CheckBalance, grant listings) answered per database statement.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.db_up = Gauge("metering_database_up", "1 when the last database health probe succeeded.", registry=r)
         self.pool_in_use = Gauge("metering_db_pool_in_use", "Database connections checked out.", registry=r)
         self.pool_size = Gauge("metering_db_pool_size", "Database connections open.", registry=r)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import grpc
+
 from metering.v1 import metering_service_pb2_grpc, usage_pb2
 from tests.integration.test_record_usage import record
+from tests.support import ServiceProcess, metric_value
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
@@ -110,3 +116,107 @@ def test_read_your_writes_on_one_server(stub: Stub, new_customer: Callable[..., 
     for i in range(1, 31):
         record(stub, customer, f"t{i}", "1")
         assert balance(stub, customer, "tokens").balances[0].used == str(i)
+
+
+# Under concurrent load, CheckBalance reads share statements
+# (metering.ledger.reader): every answer must still be its caller's own.
+
+
+async def _check(
+    stub: metering_service_pb2_grpc.MeteringServiceAsyncStub, customer: str, meter: str = "", deadline: float = 10
+) -> usage_pb2.CheckBalanceResponse:
+    """CheckBalance on a grpc.aio channel's stub."""
+    request = usage_pb2.CheckBalanceRequest(customer_id=customer, meter_slug=meter)
+    return await stub.CheckBalance(request, timeout=deadline)
+
+
+def test_concurrent_checks_each_answer_their_own_customer(
+    service: ServiceProcess, stub: Stub, new_customer: Callable[..., str]
+) -> None:
+    used = {new_customer(): str(i + 1) for i in range(12)}
+    for customer, quantity in used.items():
+        record(stub, customer, "only", quantity)
+    unknown = [f"nobody-{uuid.uuid4().hex[:8]}" for _ in range(4)]
+    asks = [(customer, meter) for customer in [*used, *unknown] for meter in ("", "tokens")] * 8
+    random.Random(7).shuffle(asks)
+
+    async def ask_all() -> list[usage_pb2.CheckBalanceResponse | BaseException]:
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            aio_stub: metering_service_pb2_grpc.MeteringServiceAsyncStub = (
+                metering_service_pb2_grpc.MeteringServiceStub(channel)
+            )
+            return await asyncio.gather(*(_check(aio_stub, c, m) for c, m in asks), return_exceptions=True)
+
+    def statements_and_reads() -> tuple[float, float]:
+        text = service.scrape()
+        return (
+            metric_value(text, "metering_counter_read_batch_reads_count"),
+            metric_value(text, "metering_counter_read_batch_reads_sum"),
+        )
+
+    statements_before, reads_before = statements_and_reads()
+    answers = asyncio.run(ask_all())
+    statements, reads = statements_and_reads()
+    # An unknown customer is refused before its counters are read. The
+    # session's service is shared: other tests' reads may be counted too.
+    assert reads - reads_before >= sum(customer in used for customer, _ in asks)
+    assert statements - statements_before < reads - reads_before, "no statement carried more than one read"
+    for (customer, meter), answer in zip(asks, answers, strict=True):
+        if customer in unknown:
+            assert isinstance(answer, grpc.aio.AioRpcError) and answer.code() == grpc.StatusCode.NOT_FOUND, answer
+            continue
+        assert isinstance(answer, usage_pb2.CheckBalanceResponse), answer
+        assert answer.customer_id == customer and answer.plan_slug == "limited"
+        meters = [b.meter_slug for b in answer.balances]
+        assert meters == (["tokens"] if meter else ["tokens", "calls", "peak", "storage", "users"])
+        assert answer.balances[0].used == used[customer]
+        assert all(b.used == "0" for b in answer.balances[1:])
+
+
+def test_concurrent_writers_read_their_writes(service: ServiceProcess, new_customer: Callable[..., str]) -> None:
+    customers = [new_customer(plan="open") for _ in range(16)]
+
+    async def write_then_read(stub: metering_service_pb2_grpc.MeteringServiceAsyncStub, customer: str) -> None:
+        for i in range(1, 11):
+            await stub.RecordUsage(
+                usage_pb2.RecordUsageRequest(
+                    customer_id=customer, meter_slug="tokens", quantity="1", transaction_id=f"t{i}"
+                ),
+                timeout=10,
+            )
+            assert (await _check(stub, customer, "tokens")).balances[0].used == str(i)
+
+    async def run() -> None:
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            aio_stub: metering_service_pb2_grpc.MeteringServiceAsyncStub = (
+                metering_service_pb2_grpc.MeteringServiceStub(channel)
+            )
+            await asyncio.gather(*(write_then_read(aio_stub, customer) for customer in customers))
+
+    asyncio.run(run())
+
+
+def test_a_caller_giving_up_does_not_fail_the_reads_it_shared_a_statement_with(
+    service: ServiceProcess, stub: Stub, new_customer: Callable[..., str]
+) -> None:
+    customer = new_customer()
+    record(stub, customer, "only", "7")
+
+    async def mixed() -> list[usage_pb2.CheckBalanceResponse | BaseException]:
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            aio_stub: metering_service_pb2_grpc.MeteringServiceAsyncStub = (
+                metering_service_pb2_grpc.MeteringServiceStub(channel)
+            )
+            # Every other call has a deadline too short to be answered.
+            calls = [_check(aio_stub, customer, "tokens", deadline=0.002 if i % 2 else 10) for i in range(200)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    answers = asyncio.run(mixed())
+    patient = answers[::2]
+    assert all(isinstance(a, usage_pb2.CheckBalanceResponse) and a.balances[0].used == "7" for a in patient), [
+        a for a in patient if not isinstance(a, usage_pb2.CheckBalanceResponse)
+    ][:3]
+    for impatient in answers[1::2]:
+        if isinstance(impatient, BaseException):
+            assert isinstance(impatient, grpc.aio.AioRpcError)
+            assert impatient.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -6,25 +6,33 @@ and reservations by metering.ledger.holds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+
+import asyncpg
 
 from metering import limits
 from metering.catalog import Meter
 from metering.errors import BillingAnchorImmutable
 from metering.ledger import steps
 from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.reader import CounterKey, CounterReader, Readings
 from metering.ledger.records import (
     CounterReading,
     CustomerRecord,
     StoredEvent,
 )
-from metering.ledger.sql import counter_state
 from metering.periods import Period
 
 
 class Ledger(PoolUser):
     """Customers, voids, event lookups and counter reads."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, acquire_timeout: float, on_read_batch: Callable[[int], None] = lambda reads: None
+    ) -> None:
+        super().__init__(pool, acquire_timeout=acquire_timeout)
+        self._reader = CounterReader(pool, acquire_timeout=acquire_timeout, on_statement=on_read_batch)
 
     async def ping(self) -> None:
         async with translate_errors(), self._connection() as conn:
@@ -118,39 +126,8 @@ class Ledger(PoolUser):
 
     # -- counters ---------------------------------------------------------------
 
-    async def read_counters(
-        self, customer_id: str, keys: Sequence[tuple[str, datetime]], at: datetime
-    ) -> tuple[str | None, dict[tuple[str, datetime], CounterReading]]:
+    async def read_counters(self, customer_id: str, keys: Sequence[CounterKey], at: datetime) -> Readings:
         """The customer's plan now (None: no such customer) and each (meter,
-        period start) counter, with the grants active at `at` and the
-        unexpired holds of its period: one statement, no event history."""
-        async with translate_errors(), self._connection() as conn:
-            rows = await conn.fetch(
-                """
-                SELECT cu.plan_slug, k.meter_slug, k.period_start,
-                       coalesce(c.used, 0) AS used, coalesce(c.event_count, 0) AS event_count,
-                       c.latest_event_time, c.latest_event_id,
-                       (SELECT coalesce(sum(g.quantity), 0) FROM grants g
-                         WHERE g.customer_id = $1 AND g.meter_slug = k.meter_slug AND g.effective_at <= $4
-                           AND (g.expires_at IS NULL OR g.expires_at > $4)) AS granted,
-                       (SELECT coalesce(sum(r.quantity), 0) FROM reservations r
-                         WHERE r.customer_id = $1 AND r.meter_slug = k.meter_slug
-                           AND r.period_start = k.period_start AND r.status = 'held'
-                           AND r.expires_at > clock_timestamp()) AS reserved
-                  FROM customers cu
-                  LEFT JOIN unnest($2::text[], $3::timestamptz[]) AS k (meter_slug, period_start) ON true
-                  LEFT JOIN meter_counters c
-                    ON c.customer_id = $1 AND c.meter_slug = k.meter_slug AND c.period_start = k.period_start
-                 WHERE cu.customer_id = $1
-                """,
-                customer_id,
-                [meter for meter, _ in keys],
-                [start for _, start in keys],
-                at,
-            )
-        readings = {}
-        for row in rows:
-            if row["meter_slug"] is not None:
-                key = (row["meter_slug"], row["period_start"])
-                readings[key] = CounterReading(counter_state(row), row["granted"], row["reserved"])
-        return (rows[0]["plan_slug"] if rows else None), readings
+        period start) counter with its grants and holds; concurrent reads
+        share statements (metering.ledger.reader)."""
+        return await self._reader.read(customer_id, keys, at)

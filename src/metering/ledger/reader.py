@@ -1,0 +1,142 @@
+"""Counter reads that share statements: what CheckBalance costs under load.
+
+A balance check is one indexed read, so what it costs the service is the
+round trip around it: a pooled connection taken and given back, a statement
+sent, its answer parsed, timers armed and cancelled. Under concurrent load the
+reads queue here and go to the database together: while `max_statements`
+statements are in flight, new reads wait for the next one, which carries every
+read queued by then. A lone read goes at once, so it pays no added latency.
+
+Every read of a statement sees the same snapshot, taken after the read was
+queued: a balance checked after a write was acknowledged includes that write.
+A read whose caller has gone still runs (it writes nothing) and its answer is
+dropped; one caller's deadline never fails the others of its statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.records import CounterReading
+from metering.ledger.sql import counter_state
+
+CounterKey = tuple[str, datetime]  # meter, period start
+Readings = tuple[str | None, dict[CounterKey, CounterReading]]  # the customer's plan (None: unknown), counters
+
+# One row per (read, counter); a read of no counters still gets one row, with
+# NULL meter, so that it learns the customer's plan.
+_READ_COUNTERS = """
+SELECT k.n, cu.plan_slug, k.meter_slug, k.period_start,
+       coalesce(c.used, 0) AS used, coalesce(c.event_count, 0) AS event_count,
+       c.latest_event_time, c.latest_event_id,
+       (SELECT coalesce(sum(g.quantity), 0) FROM grants g
+         WHERE g.customer_id = k.customer_id AND g.meter_slug = k.meter_slug AND g.effective_at <= k.at
+           AND (g.expires_at IS NULL OR g.expires_at > k.at)) AS granted,
+       (SELECT coalesce(sum(r.quantity), 0) FROM reservations r
+         WHERE r.customer_id = k.customer_id AND r.meter_slug = k.meter_slug
+           AND r.period_start = k.period_start AND r.status = 'held'
+           AND r.expires_at > clock_timestamp()) AS reserved
+  FROM unnest($1::int[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+       AS k (n, customer_id, meter_slug, period_start, at)
+  LEFT JOIN customers cu ON cu.customer_id = k.customer_id
+  LEFT JOIN meter_counters c
+    ON c.customer_id = k.customer_id AND c.meter_slug = k.meter_slug AND c.period_start = k.period_start
+"""
+
+
+@dataclass(eq=False, slots=True)
+class _Read:
+    customer_id: str
+    keys: Sequence[CounterKey]
+    at: datetime
+    answer: asyncio.Future[Readings]
+
+
+class CounterReader(PoolUser):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        acquire_timeout: float,
+        max_statements: int = 2,
+        max_reads: int = 256,
+        on_statement: Callable[[int], None] = lambda reads: None,
+    ) -> None:
+        super().__init__(pool, acquire_timeout=acquire_timeout)
+        self._on_statement = on_statement  # observes the reads of every statement
+        self._max_statements = max_statements
+        self._max_reads = max_reads  # per statement
+        self._queue: list[_Read] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def read(self, customer_id: str, keys: Sequence[CounterKey], at: datetime) -> Readings:
+        """The customer's plan now (None: no such customer) and each (meter,
+        period start) counter, with the grants active at `at` and the
+        unexpired holds of its period: no event history is read."""
+        read = _Read(customer_id, keys, at, asyncio.get_running_loop().create_future())
+        self._queue.append(read)
+        if len(self._in_flight) < self._max_statements:
+            self._send()
+        return await read.answer
+
+    def _send(self) -> None:
+        reads, self._queue = self._queue[: self._max_reads], self._queue[self._max_reads :]
+        self._on_statement(len(reads))
+        # A task of its own: the caller that started it may be cancelled
+        # (deadline) without failing the other reads of the statement.
+        task = asyncio.create_task(self._run(reads))
+        self._in_flight.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if self._queue and len(self._in_flight) < self._max_statements:
+            self._send()
+
+    async def _run(self, reads: list[_Read]) -> None:
+        try:
+            rows = await self._fetch(reads)
+        except Exception as exc:  # every reader learns why
+            for read in reads:
+                if not read.answer.done():
+                    read.answer.set_exception(exc)
+            return
+        except BaseException:  # cancelled: the service is stopping
+            for read in reads:
+                read.answer.cancel()
+            raise
+        answers: list[Readings] = [(None, {}) for _ in reads]
+        for row in rows:
+            plan, readings = answers[row["n"]]
+            if plan is None and row["plan_slug"] is not None:
+                answers[row["n"]] = plan, readings = row["plan_slug"], readings
+            if row["meter_slug"] is not None and row["plan_slug"] is not None:
+                key = (row["meter_slug"], row["period_start"])
+                readings[key] = CounterReading(counter_state(row), row["granted"], row["reserved"])
+        for read, answer in zip(reads, answers, strict=True):
+            if not read.answer.done():
+                read.answer.set_result(answer)
+
+    async def _fetch(self, reads: list[_Read]) -> list[asyncpg.Record]:
+        numbers: list[int] = []
+        customers: list[str] = []
+        meters: list[str | None] = []
+        starts: list[datetime | None] = []
+        times: list[datetime] = []
+        for n, read in enumerate(reads):
+            targets: Sequence[tuple[str | None, datetime | None]] = read.keys or [(None, None)]  # or only the plan
+            for meter, start in targets:
+                numbers.append(n)
+                customers.append(read.customer_id)
+                meters.append(meter)
+                starts.append(start)
+                times.append(read.at)
+        async with translate_errors(), self._connection() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(_READ_COUNTERS, numbers, customers, meters, starts, times)
+            return rows
