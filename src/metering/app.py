@@ -217,7 +217,12 @@ async def _serve(
             maximum=pool.get_max_size,
         )
         acquire_timeout = settings.db_timeout.total_seconds()
-        ledger = Ledger(pool, acquire_timeout=acquire_timeout, on_read_batch=metrics.read_batch_size.observe)
+        ledger = Ledger(
+            pool,
+            acquire_timeout=acquire_timeout,
+            read_linger=settings.read_linger.total_seconds(),
+            on_read_batch=metrics.read_batch_size.observe,
+        )
         reports = UsageReports(pool, acquire_timeout=acquire_timeout)
         holds = Holds(pool, acquire_timeout=acquire_timeout)
         writer = BatchWriter(

@@ -39,6 +39,7 @@ class Settings:
     bench_noop: bool  # serve the benchmark-only no-op method
     writer_workers: int  # concurrent write transactions of the batching writer
     writer_linger: timedelta  # under concurrent load, how long a writer waits for more calls to join a batch
+    read_linger: timedelta  # under concurrent load, how long a counter read waits for more to share its statement
     auth_file: str | None  # callers, roles and token digests (metering.access); None: no authentication
     allow_unauthenticated: bool  # run open against an external database (embedded runs open anyway)
     tls_cert: str | None  # PEM server certificate chain; with tls_key: serve TLS
@@ -68,6 +69,7 @@ class Settings:
             bench_noop=reader.text("METERING_BENCH_NOOP") == "1",
             writer_workers=reader.integer("METERING_WRITER_WORKERS", 1, minimum=1, maximum=32),
             writer_linger=reader.duration("METERING_WRITER_LINGER", "2ms"),
+            read_linger=reader.duration("METERING_READ_LINGER", "1ms"),
             auth_file=reader.text("METERING_AUTH_FILE") or None,
             allow_unauthenticated=reader.flag("METERING_ALLOW_UNAUTHENTICATED"),
             tls_cert=reader.text("METERING_TLS_CERT") or None,

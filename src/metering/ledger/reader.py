@@ -3,9 +3,12 @@
 A balance check is one indexed read, so what it costs the service is the
 round trip around it: a pooled connection taken and given back, a statement
 sent, its answer parsed, timers armed and cancelled. Under concurrent load the
-reads queue here and go to the database together: while `max_statements`
-statements are in flight, new reads wait for the next one, which carries every
-read queued by then. A lone read goes at once, so it pays no added latency.
+reads queue here and go to the database together, as the writer's events do:
+while a statement is in flight, new reads wait for the next one, and when the
+last statement carried more than one read (calls are arriving concurrently)
+the next one lingers a moment (`linger`, 1 ms) so that more reads join it. A
+lone read goes at once, so it pays no added latency. Without the linger, at
+64 calls in flight, statements carried 1.1 reads on average.
 
 Every read of a statement sees the same snapshot, taken after the read was
 queued: a balance checked after a write was acknowledged includes that write.
@@ -64,12 +67,15 @@ class CounterReader(PoolUser):
         pool: asyncpg.Pool,
         *,
         acquire_timeout: float,
-        max_statements: int = 2,
+        linger: float = 0.001,
+        max_statements: int = 1,
         max_reads: int = 256,
         on_statement: Callable[[int], None] = lambda reads: None,
     ) -> None:
         super().__init__(pool, acquire_timeout=acquire_timeout)
         self._on_statement = on_statement  # observes the reads of every statement
+        self._linger = linger
+        self._concurrent_reads = False  # whether the last statement carried more than one read
         self._max_statements = max_statements
         self._max_reads = max_reads  # per statement
         self._queue: list[_Read] = []
@@ -86,11 +92,9 @@ class CounterReader(PoolUser):
         return await read.answer
 
     def _send(self) -> None:
-        reads, self._queue = self._queue[: self._max_reads], self._queue[self._max_reads :]
-        self._on_statement(len(reads))
         # A task of its own: the caller that started it may be cancelled
         # (deadline) without failing the other reads of the statement.
-        task = asyncio.create_task(self._run(reads))
+        task = asyncio.create_task(self._run())
         self._in_flight.add(task)
         task.add_done_callback(self._finished)
 
@@ -99,7 +103,14 @@ class CounterReader(PoolUser):
         if self._queue and len(self._in_flight) < self._max_statements:
             self._send()
 
-    async def _run(self, reads: list[_Read]) -> None:
+    async def _run(self) -> None:
+        if self._linger and self._concurrent_reads:
+            await asyncio.sleep(self._linger)  # cancelled only when the loop ends: the reads stay queued
+        reads, self._queue = self._queue[: self._max_reads], self._queue[self._max_reads :]
+        if not reads:
+            return
+        self._concurrent_reads = len(reads) > 1
+        self._on_statement(len(reads))
         try:
             rows = await self._fetch(reads)
         except Exception as exc:  # every reader learns why

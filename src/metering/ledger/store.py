@@ -29,10 +29,17 @@ class Ledger(PoolUser):
     """Customers, voids, event lookups and counter reads."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, acquire_timeout: float, on_read_batch: Callable[[int], None] = lambda reads: None
+        self,
+        pool: asyncpg.Pool,
+        *,
+        acquire_timeout: float,
+        read_linger: float = 0.001,
+        on_read_batch: Callable[[int], None] = lambda reads: None,
     ) -> None:
         super().__init__(pool, acquire_timeout=acquire_timeout)
-        self._reader = CounterReader(pool, acquire_timeout=acquire_timeout, on_statement=on_read_batch)
+        self._reader = CounterReader(
+            pool, acquire_timeout=acquire_timeout, linger=read_linger, on_statement=on_read_batch
+        )
 
     async def ping(self) -> None:
         async with translate_errors(), self._connection() as conn:
