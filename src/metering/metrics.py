@@ -75,8 +75,8 @@ class Metrics:
             registry=r,
         )
         self.read_batch_size = Histogram(
-            "metering_counter_read_batch_reads",
-            "Counter reads (CheckBalance, grant listings) answered per database statement.",
+            "metering_balance_read_batch_reads",
+            "Balance reads (CheckBalance, grant listings) answered per database statement.",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=r,
         )

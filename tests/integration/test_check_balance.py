@@ -150,8 +150,8 @@ def test_concurrent_checks_each_answer_their_own_customer(
     def statements_and_reads() -> tuple[float, float]:
         text = service.scrape()
         return (
-            metric_value(text, "metering_counter_read_batch_reads_count"),
-            metric_value(text, "metering_counter_read_batch_reads_sum"),
+            metric_value(text, "metering_balance_read_batch_reads_count"),
+            metric_value(text, "metering_balance_read_batch_reads_sum"),
         )
 
     statements_before, reads_before = statements_and_reads()
