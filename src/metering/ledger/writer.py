@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -83,11 +83,15 @@ class Written:
     resolution: Resolution
 
 
-@dataclass(eq=False)
+GroupResults = list[Written | BaseException]
+
+
+@dataclass(eq=False, slots=True)
 class _Item:
     customer_id: str
     resolve: Resolver
-    future: asyncio.Future[Written] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # Shared by every event of the group: answered once, with a result per event.
+    future: asyncio.Future[GroupResults]
 
 
 class _RetryBatch(Exception):
@@ -120,13 +124,15 @@ class BatchWriter(PoolUser):
             raise result
         return result
 
-    async def submit_group(self, events: Sequence[tuple[str, Resolver]]) -> list[Written | BaseException]:
+    async def submit_group(self, events: Sequence[tuple[str, Resolver]]) -> GroupResults:
         """Several events decided in this order, in the same transaction; each
         result is the outcome or the exception that refused that event."""
-        group = [_Item(customer_id, resolve) for customer_id, resolve in events]
-        self._pending.append(group)
+        if not events:
+            return []
+        future: asyncio.Future[GroupResults] = asyncio.get_running_loop().create_future()
+        self._pending.append([_Item(customer_id, resolve, future) for customer_id, resolve in events])
         self._wakeup.set()
-        return list(await asyncio.gather(*(item.future for item in group), return_exceptions=True))
+        return await future
 
     async def close(self) -> None:
         for worker in self._workers:
@@ -170,15 +176,10 @@ class BatchWriter(PoolUser):
                     if attempt == _BATCH_ATTEMPTS - 1:
                         raise RuntimeError("a batch kept colliding with concurrent inserts") from None
                     continue
-                for item, result in zip(batch, results, strict=True):
-                    if not item.future.done():
-                        if isinstance(result, BaseException):
-                            item.future.set_exception(result)
-                        else:
-                            item.future.set_result(result)
+                _answer(batch, results)
                 return
 
-    async def _decide_and_write(self, conn: asyncpg.Connection, batch: list[_Item]) -> list[Written | BaseException]:
+    async def _decide_and_write(self, conn: asyncpg.Connection, batch: list[_Item]) -> GroupResults:
         customers = await _customers(conn, {item.customer_id for item in batch})
         resolutions: list[Resolution | BaseException] = []
         for item in batch:
@@ -277,10 +278,20 @@ class _DuplicateOf:
     resolution: Resolution
 
 
+def _answer(batch: list[_Item], results: GroupResults) -> None:
+    """Answer each group of the batch once, with its events' results in order
+    (a group's events are contiguous in the batch and never split)."""
+    by_group: dict[asyncio.Future[GroupResults], GroupResults] = {}
+    for item, result in zip(batch, results, strict=True):
+        by_group.setdefault(item.future, []).append(result)
+    for future, group_results in by_group.items():
+        if not future.done():  # a caller that went away meanwhile gets no answer
+            future.set_result(group_results)
+
+
 def _fail(batch: list[_Item], exc: BaseException) -> None:
-    for item in batch:
-        if not item.future.done():
-            item.future.set_exception(exc)
+    """Every event of the batch is refused by the same error."""
+    _answer(batch, [exc] * len(batch))
 
 
 def _key(resolution: Resolution) -> CounterKey:
