@@ -347,11 +347,18 @@ async def _existing(conn: asyncpg.Connection, events: list[NewEvent]) -> dict[tu
     return {(row["customer_id"], row["transaction_id"]): stored_event(row) for row in rows}
 
 
+def _allowance_key(r: Resolution) -> tuple[str, str, datetime, datetime]:
+    """What the grants and holds an event sees depend on: its counter and its time."""
+    return (r.event.customer_id, r.event.meter_slug, r.period.start, r.event.event_time)
+
+
 async def _allowances(conn: asyncpg.Connection, resolutions: list[Resolution]) -> list[limits.Allowance]:
     """Each event's plan allowance plus the grants active at its event time and
-    the unexpired holds of its period (by the database's clock)."""
+    the unexpired holds of its period (by the database's clock), read once per
+    counter and event time (the events of a call mostly share both)."""
     if not resolutions:
         return []
+    wanted = list(dict.fromkeys(_allowance_key(r) for r in resolutions))
     rows = await conn.fetch(
         """
         SELECT k.n,
@@ -366,17 +373,20 @@ async def _allowances(conn: asyncpg.Connection, resolutions: list[Resolution]) -
                WITH ORDINALITY AS k (customer_id, meter_slug, period_start, at, n)
          ORDER BY k.n
         """,
-        [r.event.customer_id for r in resolutions],
-        [r.event.meter_slug for r in resolutions],
-        [r.period.start for r in resolutions],
-        [r.event.event_time for r in resolutions],
+        [k[0] for k in wanted],
+        [k[1] for k in wanted],
+        [k[2] for k in wanted],
+        [k[3] for k in wanted],
     )
-    return [
-        limits.Allowance(
-            r.plan.aggregation, r.plan.enforcement, r.plan.limit, granted=row["granted"], reserved=row["reserved"]
+    found = {k: (row["granted"], row["reserved"]) for k, row in zip(wanted, rows, strict=True)}
+    allowances = []
+    for r in resolutions:
+        granted, reserved = found[_allowance_key(r)]
+        plan = r.plan
+        allowances.append(
+            limits.Allowance(plan.aggregation, plan.enforcement, plan.limit, granted=granted, reserved=reserved)
         )
-        for r, row in zip(resolutions, rows, strict=True)
-    ]
+    return allowances
 
 
 async def _seen_unique_values(
