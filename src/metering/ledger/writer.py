@@ -425,11 +425,13 @@ async def _reading_of(
 
 async def _insert_events(conn: asyncpg.Connection, rows: list[tuple[NewEvent, Any, CounterKey]]) -> list[StoredEvent]:
     """One multi-row insert; returns the stored events in input order, or fewer
-    when a concurrent insert took a transaction id (the caller runs again)."""
+    when a concurrent insert took a transaction id (the caller runs again).
+    Only what the database decides comes back (which rows it inserted, and
+    when); the rest of each stored event is what was inserted."""
     if not rows:
         return []
     events = [event for event, _, _ in rows]
-    stored = await conn.fetch(
+    inserted = await conn.fetch(
         f"""
         INSERT INTO usage_events ({EVENT_COLUMNS})
         SELECT k.event_id, k.customer_id, k.transaction_id, k.meter_slug, k.price_slug, k.requested_price_slug,
@@ -440,7 +442,7 @@ async def _insert_events(conn: asyncpg.Connection, rows: list[tuple[NewEvent, An
                                      requested_price_slug, quantity, event_time, period_start, properties, n)
          ORDER BY k.n
         ON CONFLICT (customer_id, transaction_id) DO NOTHING
-        RETURNING {EVENT_COLUMNS}
+        RETURNING event_id, recorded_at
         """,
         [event_id for _, event_id, _ in rows],
         [e.customer_id for e in events],
@@ -453,8 +455,24 @@ async def _insert_events(conn: asyncpg.Connection, rows: list[tuple[NewEvent, An
         [key[2] for _, _, key in rows],
         [e.properties for e in events],
     )
-    by_id = {row["event_id"]: stored_event(row) for row in stored}
-    return [by_id[event_id] for _, event_id, _ in rows if event_id in by_id]
+    recorded_at: dict[UUID, datetime] = {row[0]: row[1] for row in inserted}
+    return [
+        StoredEvent(
+            event_id=event_id,
+            customer_id=event.customer_id,
+            transaction_id=event.transaction_id,
+            meter_slug=event.meter_slug,
+            price_slug=event.price_slug,
+            requested_price_slug=event.requested_price_slug,
+            quantity=event.quantity,
+            event_time=event.event_time,
+            period_start=key[2],
+            recorded_at=recorded_at[event_id],
+            properties=event.properties,
+        )
+        for event, event_id, key in rows
+        if event_id in recorded_at
+    ]
 
 
 async def _write_counters(conn: asyncpg.Connection, counters: list[tuple[CounterKey, limits.CounterState]]) -> None:
