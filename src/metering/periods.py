@@ -64,3 +64,20 @@ def period_containing(instant: datetime, anchor: datetime, reset: ResetPeriod) -
         months += 1
         start = following
     return Period(start, add_months(anchor, months + 1))
+
+
+class Periods:
+    """period_containing that remembers the last period found per anchor and
+    reset, for many instants that mostly share one (the events of a batch).
+    Periods tile time, so a remembered period that contains the instant is
+    the one period_containing would compute."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[datetime, ResetPeriod], Period] = {}
+
+    def containing(self, instant: datetime, anchor: datetime, reset: ResetPeriod) -> Period:
+        key = (anchor, reset)
+        period = self._last.get(key)
+        if period is None or instant.tzinfo is None or not period.contains(instant):
+            period = self._last[key] = period_containing(instant, anchor, reset)
+        return period
