@@ -6,12 +6,15 @@ ledger; failures are mapped to statuses by the interceptor (api.errors).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any, TypeAlias
 
 import grpc
 
+from metering import decimals
 from metering import metrics as m
 from metering.api import convert, validation
 from metering.api.auth import require_meter
@@ -237,27 +240,50 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         valid = [c for c in commands if isinstance(c, UsageCommand)]
         outcomes = iter(await self._engine.record_many(valid) if valid else [])
         answers: list[RecordResult | BaseException] = []
+        tally = _Tally()
         for command in commands:
             if isinstance(command, BaseException):
                 answers.append(command)
                 continue
             outcome = next(outcomes)
-            self._count(command, outcome)
+            tally.count(command.meter.slug, outcome)
             answers.append(outcome)
+        tally.publish(self._metrics)
         return answers
 
-    def _count(self, command: UsageCommand, outcome: RecordResult | BaseException) -> None:
-        meter = command.meter.slug
+
+class _Tally:
+    """The metrics of a group of RecordUsage events, added up first and then
+    published with one increment per series (not one per event)."""
+
+    def __init__(self) -> None:
+        self.events: Counter[tuple[str, str]] = Counter()  # meter, outcome
+        self.quantity: dict[str, Decimal] = {}  # meter: sum of recorded quantities
+        self.rejections: Counter[tuple[str, str]] = Counter()  # meter, plan
+        self.overage: dict[tuple[str, str], Decimal] = {}  # meter, plan
+
+    def count(self, meter: str, outcome: RecordResult | BaseException) -> None:
         if isinstance(outcome, TransactionConflict):
-            self._metrics.events.labels(meter, m.PAYLOAD_CONFLICT).inc()
+            self.events[(meter, m.PAYLOAD_CONFLICT)] += 1
         elif isinstance(outcome, LimitExceeded):
-            self._metrics.events.labels(meter, m.REJECTED).inc()
-            self._metrics.limit_rejections.labels(outcome.meter, outcome.plan).inc()
+            self.events[(meter, m.REJECTED)] += 1
+            self.rejections[(outcome.meter, outcome.plan)] += 1
         elif isinstance(outcome, RecordResult):
             if outcome.duplicate:
-                self._metrics.events.labels(meter, m.DUPLICATE).inc()
+                self.events[(meter, m.DUPLICATE)] += 1
             else:
-                self._metrics.events.labels(meter, m.RECORDED).inc()
-                self._metrics.quantity.labels(meter).inc(float(outcome.event.quantity))
+                self.events[(meter, m.RECORDED)] += 1
+                self.quantity[meter] = decimals.add(self.quantity.get(meter, ZERO), outcome.event.quantity)
                 if outcome.overage > ZERO:
-                    self._metrics.overage.labels(meter, outcome.plan_slug).inc(float(outcome.overage))
+                    key = (meter, outcome.plan_slug)
+                    self.overage[key] = decimals.add(self.overage.get(key, ZERO), outcome.overage)
+
+    def publish(self, metrics: m.Metrics) -> None:
+        for (meter, outcome), events in self.events.items():
+            metrics.events.labels(meter, outcome).inc(events)
+        for meter, quantity in self.quantity.items():
+            metrics.quantity.labels(meter).inc(float(quantity))
+        for (meter, plan), rejections in self.rejections.items():
+            metrics.limit_rejections.labels(meter, plan).inc(rejections)
+        for (meter, plan), overage in self.overage.items():
+            metrics.overage.labels(meter, plan).inc(float(overage))
