@@ -34,7 +34,6 @@ from uuid import UUID
 import asyncpg
 
 from metering import limits
-from metering.decimals import ZERO
 from metering.errors import MeteringError, TransactionConflict
 from metering.ledger import steps
 from metering.ledger.pool import PoolUser, translate_errors
@@ -188,20 +187,21 @@ class BatchWriter(PoolUser):
             except MeteringError as exc:
                 resolutions.append(exc)
         valid = [(i, r) for i, r in enumerate(resolutions) if isinstance(r, Resolution)]
-        valid_of = dict(valid)
-        keys = sorted({_key(r) for _, r in valid})
-        states = await _lock_counters(conn, keys, {_key(r): r.period for _, r in valid})
+        periods = {_key(r): r.period for _, r in valid}
+        states = await _lock_counters(conn, sorted(periods), periods)
         existing = await _existing(conn, [r.event for _, r in valid])
         allowances = await _allowances(conn, [r for _, r in valid])
         seen_values = await _seen_unique_values(conn, [(_key(r), r.unique_value) for _, r in valid if r.unique_value])
-        # Per event: its outcome, the error refusing it, or (until the end) the
-        # earlier event of the batch it duplicates.
-        results: list[Written | BaseException | _DuplicateOf] = [
-            r if isinstance(r, BaseException) else Written(RecordOutcome(None, False, None, _EMPTY), r)
-            for r in resolutions
+        # Per event: its outcome, the error refusing it, the earlier event of
+        # the batch it duplicates (until the end), or None while accepted but
+        # not yet inserted.
+        results: list[Written | BaseException | _DuplicateOf | None] = [
+            r if isinstance(r, BaseException) else None for r in resolutions
         ]
         in_batch: dict[tuple[str, str], tuple[int, NewEvent, UUID]] = {}  # accepted earlier in this batch
-        inserts: list[tuple[int, NewEvent, Any]] = []  # (index, event, event id)
+        inserts: list[tuple[NewEvent, UUID, CounterKey]] = []
+        accepted: list[tuple[int, Resolution, limits.Decision, CounterReading]] = []  # in the order of inserts
+        touched: set[CounterKey] = set()  # counters with a decision to write back
         new_values: list[tuple[CounterKey, str, Any]] = []
         for (index, resolution), allowance in zip(valid, allowances, strict=True):
             event, key = resolution.event, _key(resolution)
@@ -232,28 +232,24 @@ class BatchWriter(PoolUser):
                 new_unique_value=new_value,
                 allow_overage=resolution.allow_overage,
             )
+            touched.add(key)
             reading = CounterReading(decision.state_after, allowance.granted, allowance.reserved)
             if not decision.accepted:
                 results[index] = Written(RecordOutcome(None, False, decision, reading), resolution)
                 continue
             states[key] = decision.state_after
             in_batch[txn] = (index, event, event_id)
-            inserts.append((index, event, event_id))
+            inserts.append((event, event_id, key))
+            accepted.append((index, resolution, decision, reading))
             if new_value:
                 assert resolution.unique_value is not None
                 seen_values.add((key, resolution.unique_value))
                 new_values.append((key, resolution.unique_value, event_id))
-            results[index] = Written(RecordOutcome(None, False, decision, reading), resolution)
-        stored = await _insert_events(conn, [(event, event_id, _key(valid_of[i])) for i, event, event_id in inserts])
+        stored = await _insert_events(conn, inserts)
         if len(stored) != len(inserts):
             raise _RetryBatch
-        for (index, _, _), stored_event_ in zip(inserts, stored, strict=True):
-            written = results[index]
-            assert isinstance(written, Written)
-            outcome = written.outcome
-            results[index] = Written(
-                RecordOutcome(stored_event_, False, outcome.decision, outcome.reading), written.resolution
-            )
+        for (index, resolution, decision, reading), stored_event_ in zip(accepted, stored, strict=True):
+            results[index] = Written(RecordOutcome(stored_event_, False, decision, reading), resolution)
         for index, result in enumerate(results):
             if isinstance(result, _DuplicateOf):
                 original = results[result.first_index]
@@ -261,13 +257,13 @@ class BatchWriter(PoolUser):
                 results[index] = Written(
                     RecordOutcome(original.outcome.event, True, None, original.outcome.reading), result.resolution
                 )
-        touched = {_key(w.resolution) for w in results if isinstance(w, Written) and w.outcome.decision}
         await _write_counters(conn, [(key, states[key]) for key in sorted(touched)])
         await _add_unique_values(conn, new_values)
-        return [r for r in results if not isinstance(r, _DuplicateOf)]
-
-
-_EMPTY = CounterReading(limits.CounterState(), ZERO, ZERO)  # placeholder until decided
+        answers: GroupResults = []
+        for result in results:
+            assert isinstance(result, (Written, BaseException)), "every event was answered"
+            answers.append(result)
+        return answers
 
 
 @dataclass(frozen=True, slots=True)
