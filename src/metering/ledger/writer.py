@@ -43,7 +43,7 @@ from metering.ledger.records import (
     NewEvent,
     RecordOutcome,
     StoredEvent,
-    new_event_id,
+    new_event_ids,
     payload_differences,
 )
 from metering.ledger.sql import COUNTER_COLUMNS, EVENT_COLUMNS, EVENT_FROM, EVENT_SELECT, counter_state, stored_event
@@ -203,6 +203,7 @@ class BatchWriter(PoolUser):
         accepted: list[tuple[int, Resolution, limits.Decision, CounterReading]] = []  # in the order of inserts
         touched: set[CounterKey] = set()  # counters with a decision to write back
         new_values: list[tuple[CounterKey, str, Any]] = []
+        event_ids = iter(new_event_ids(len(valid)))  # one each at most: duplicates take none
         for (index, resolution), allowance in zip(valid, allowances, strict=True):
             event, key = resolution.event, _key(resolution)
             txn = (event.customer_id, event.transaction_id)
@@ -222,7 +223,7 @@ class BatchWriter(PoolUser):
                 results[index] = exc
                 continue
             new_value = resolution.unique_value is not None and (key, resolution.unique_value) not in seen_values
-            event_id = new_event_id()
+            event_id = next(event_ids)
             decision = limits.decide(
                 allowance,
                 states[key],
