@@ -180,40 +180,37 @@ class MeteringEngine:
         self.writer = writer
         self._clock = clock
         self._customers = CustomerCache()
+        self._periods = Periods()  # the periods of recent events, by customer anchor and reset
 
     def now(self) -> datetime:
         return self._clock()
 
     async def record_usage(self, command: UsageCommand) -> RecordResult:
-        periods = Periods()
-        written = await self.writer.submit(command.customer_id, self._resolver(command, self._clock(), periods))
-        return self._recorded(command, written, periods)
+        written = await self.writer.submit(command.customer_id, self._resolver(command, self._clock()))
+        return self._recorded(command, written)
 
     async def record_many(self, commands: Sequence[UsageCommand]) -> list[RecordResult | BaseException]:
         """Events decided in this order in one transaction (a batch, a stream
         message); each result is the event's outcome or the error refusing it."""
         now = self._clock()
-        periods = Periods()  # the events of a group mostly share their periods
-        written = await self.writer.submit_group([(c.customer_id, self._resolver(c, now, periods)) for c in commands])
+        written = await self.writer.submit_group([(c.customer_id, self._resolver(c, now)) for c in commands])
         results: list[RecordResult | BaseException] = []
         for command, item in zip(commands, written, strict=True):
             if isinstance(item, BaseException):
                 results.append(item)
                 continue
             try:
-                results.append(self._recorded(command, item, periods))
+                results.append(self._recorded(command, item))
             except LimitExceeded as exc:
                 results.append(exc)
         return results
 
-    def _resolver(self, command: UsageCommand, now: datetime, periods: Periods) -> Resolver:
+    def _resolver(self, command: UsageCommand, now: datetime) -> Resolver:
         """What the event means under its customer's plan, decided inside the
         writer's transaction with the customer row it read there."""
-        return partial(self._resolve, command, now, periods)
+        return partial(self._resolve, command, now)
 
-    def _resolve(
-        self, command: UsageCommand, now: datetime, periods: Periods, customer: CustomerRecord | None
-    ) -> Resolution:
+    def _resolve(self, command: UsageCommand, now: datetime, customer: CustomerRecord | None) -> Resolution:
         if customer is None:
             raise NotFound("customer", command.customer_id)
         plan = plan_named(self.catalog, customer.plan_slug)
@@ -233,7 +230,7 @@ class MeteringEngine:
             event_time_given=command.event_time is not None,
             properties=command.properties,
         )
-        period = periods.containing(event_time, customer.billing_anchor, terms.reset)
+        period = self._periods.containing(event_time, customer.billing_anchor, terms.reset)
         return Resolution(
             event,
             plan_allowance(command.meter, terms),
@@ -243,7 +240,7 @@ class MeteringEngine:
             context=(plan, terms, customer),
         )
 
-    def _recorded(self, command: UsageCommand, written: Written, periods: Periods) -> RecordResult:
+    def _recorded(self, command: UsageCommand, written: Written) -> RecordResult:
         plan, terms, customer = written.resolution.context
         outcome, period = written.outcome, written.resolution.period
         decision = outcome.decision
@@ -259,7 +256,7 @@ class MeteringEngine:
             )
         if outcome.duplicate:
             # The original event counted in the period of its own event time.
-            period = periods.containing(outcome.event.event_time, customer.billing_anchor, terms.reset)
+            period = self._periods.containing(outcome.event.event_time, customer.billing_anchor, terms.reset)
         balance = meter_balance(command.meter, terms, period, outcome.reading)
         overage = decision.overage if decision is not None else ZERO
         return RecordResult(plan.slug, outcome.event, outcome.duplicate, balance, overage)
