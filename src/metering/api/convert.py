@@ -86,10 +86,12 @@ def write_usage_event(message: usage_pb2.UsageEvent, event: StoredEvent) -> None
 
 class Balances:
     """Encodes meter balances. What the meter, the plan's terms and the period
-    fix is encoded once per instance and copied: one instance serves the
-    events of a batch, which mostly share them."""
+    fix is encoded once and copied after: the events of a customer and meter
+    share it for a whole period. Remembers at most `capacity` of them, then
+    starts over."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
         self._fixed: dict[tuple[Meter, PlanMeter, Period], usage_pb2.Balance] = {}
 
     def write(self, message: usage_pb2.Balance, view: MeterBalance) -> None:
@@ -97,7 +99,10 @@ class Balances:
         key = (view.meter, view.terms, view.period)
         fixed = self._fixed.get(key)
         if fixed is None:
-            fixed = self._fixed[key] = _fixed_balance(view.meter, view.terms, view.period)
+            fixed = _fixed_balance(view.meter, view.terms, view.period)
+            if len(self._fixed) >= self._capacity:
+                self._fixed.clear()
+            self._fixed[key] = fixed
         message.CopyFrom(fixed)
         figures = view.figures
         message.used = format_decimal(figures.used)
@@ -136,9 +141,9 @@ def balance(view: MeterBalance) -> usage_pb2.Balance:
     return message
 
 
-def record_usage_response(result: RecordResult) -> usage_pb2.RecordUsageResponse:
+def record_usage_response(result: RecordResult, balances: Balances | None = None) -> usage_pb2.RecordUsageResponse:
     message = usage_pb2.RecordUsageResponse()
-    write_record_usage_response(message, result, Balances())
+    write_record_usage_response(message, result, Balances() if balances is None else balances)
     return message
 
 

@@ -55,6 +55,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self._entitlements = entitlements
         self._metrics = metrics
         self._backfill_window = backfill_window
+        self._balances = convert.Balances()  # of RecordUsage answers
 
     async def RecordUsage(  # noqa: N802 - gRPC method name
         self, request: usage_pb2.RecordUsageRequest, context: Context
@@ -62,7 +63,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         [result] = await self._record_group([request])
         if isinstance(result, BaseException):
             raise result
-        return convert.record_usage_response(result)
+        return convert.record_usage_response(result, self._balances)
 
     async def RecordUsageBatch(  # noqa: N802
         self, request: ingest_pb2.RecordUsageBatchRequest, context: Context
@@ -72,7 +73,6 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         # transaction id in a batch behaves exactly as two RecordUsage calls.
         outcomes = await self._record_group(list(request.events))
         response = ingest_pb2.RecordUsageBatchResponse()
-        balances = convert.Balances()
         # Each event's refusal becomes its own status, never the call's, so one
         # bad event does not fail the others.
         for index, outcome in enumerate(outcomes):
@@ -81,7 +81,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
                 result.status.CopyFrom(to_rpc_status(outcome))
             else:
                 result.status.CopyFrom(ok_status())
-                convert.write_record_usage_response(result.response, outcome, balances)
+                convert.write_record_usage_response(result.response, outcome, self._balances)
         return response
 
     async def RecordUsageStream(  # noqa: N802
