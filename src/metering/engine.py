@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 
 from metering import limits
 from metering.catalog import Catalog, Meter, Plan, PlanMeter, Price
@@ -22,7 +23,7 @@ from metering.errors import LimitExceeded, NotFound, PeriodClosed, PriceCurrency
 from metering.ledger.records import CounterReading, CustomerRecord, NewEvent, StoredEvent
 from metering.ledger.store import Ledger
 from metering.ledger.writer import BatchWriter, Resolution, Resolver, Written
-from metering.periods import Period, ResetPeriod, period_containing
+from metering.periods import Period, Periods, ResetPeriod, period_containing
 
 # Bills, and with them the closing of a period for voids, are monthly from the
 # customer's billing anchor.
@@ -179,6 +180,7 @@ class MeteringEngine:
         self.writer = writer
         self._clock = clock
         self._customers = CustomerCache()
+        self._periods = Periods()  # the periods of recent events, by customer anchor and reset
 
     def now(self) -> datetime:
         return self._clock()
@@ -206,38 +208,37 @@ class MeteringEngine:
     def _resolver(self, command: UsageCommand, now: datetime) -> Resolver:
         """What the event means under its customer's plan, decided inside the
         writer's transaction with the customer row it read there."""
+        return partial(self._resolve, command, now)
 
-        def resolve(customer: CustomerRecord | None) -> Resolution:
-            if customer is None:
-                raise NotFound("customer", command.customer_id)
-            plan = plan_named(self.catalog, customer.plan_slug)
-            terms = self.catalog.plan_meter(plan, command.meter)
-            named = command.price
-            if named is not None and named.currency is not None and named.currency != plan.currency:
-                raise PriceCurrencyMismatch(named.slug, named.currency, plan.currency or "")
-            event_time = command.event_time or now
-            event = NewEvent(
-                customer_id=command.customer_id,
-                transaction_id=command.transaction_id,
-                meter_slug=command.meter.slug,
-                price_slug=named.slug if named else terms.price,
-                requested_price_slug=named.slug if named else None,
-                quantity=command.quantity,
-                event_time=event_time,
-                event_time_given=command.event_time is not None,
-                properties=command.properties,
-            )
-            period = period_containing(event_time, customer.billing_anchor, terms.reset)
-            return Resolution(
-                event,
-                plan_allowance(command.meter, terms),
-                period,
-                command.unique_value,
-                command.allow_overage,
-                context=(plan, terms, customer),
-            )
-
-        return resolve
+    def _resolve(self, command: UsageCommand, now: datetime, customer: CustomerRecord | None) -> Resolution:
+        if customer is None:
+            raise NotFound("customer", command.customer_id)
+        plan = plan_named(self.catalog, customer.plan_slug)
+        terms = self.catalog.plan_meter(plan, command.meter)
+        named = command.price
+        if named is not None and named.currency is not None and named.currency != plan.currency:
+            raise PriceCurrencyMismatch(named.slug, named.currency, plan.currency or "")
+        event_time = command.event_time or now
+        event = NewEvent(
+            customer_id=command.customer_id,
+            transaction_id=command.transaction_id,
+            meter_slug=command.meter.slug,
+            price_slug=named.slug if named else terms.price,
+            requested_price_slug=named.slug if named else None,
+            quantity=command.quantity,
+            event_time=event_time,
+            event_time_given=command.event_time is not None,
+            properties=command.properties,
+        )
+        period = self._periods.containing(event_time, customer.billing_anchor, terms.reset)
+        return Resolution(
+            event,
+            plan_allowance(command.meter, terms),
+            period,
+            command.unique_value,
+            command.allow_overage,
+            context=(plan, terms, customer),
+        )
 
     def _recorded(self, command: UsageCommand, written: Written) -> RecordResult:
         plan, terms, customer = written.resolution.context
@@ -255,7 +256,7 @@ class MeteringEngine:
             )
         if outcome.duplicate:
             # The original event counted in the period of its own event time.
-            period = period_containing(outcome.event.event_time, customer.billing_anchor, terms.reset)
+            period = self._periods.containing(outcome.event.event_time, customer.billing_anchor, terms.reset)
         balance = meter_balance(command.meter, terms, period, outcome.reading)
         overage = decision.overage if decision is not None else ZERO
         return RecordResult(plan.slug, outcome.event, outcome.duplicate, balance, overage)

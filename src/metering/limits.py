@@ -101,12 +101,15 @@ def decide(
     aggregation = allowance.aggregation
     cost = event_cost(aggregation, quantity, new_unique_value=new_unique_value)
     total = allowance.total
-    available = available_quantity(allowance, state.used)
+    available = _available(allowance, total, state.used)
     if aggregation.accumulates:
         used_after = decimals.add(state.used, cost)
-        over_before = _excess(decimals.add(state.used, allowance.reserved), total)
-        over_after = _excess(decimals.add(used_after, allowance.reserved), total)
-        overage = decimals.sub(over_after, over_before)
+        if total is None:
+            overage = ZERO  # nothing to exceed
+        else:
+            over_before = _excess(decimals.add(state.used, allowance.reserved), total)
+            over_after = _excess(decimals.add(used_after, allowance.reserved), total)
+            overage = decimals.sub(over_after, over_before)
         fits = total is None or cost == 0 or overage == 0
     else:
         used_after = _gauge_after(aggregation, state, cost, event_time, event_id)
@@ -140,7 +143,11 @@ def requested_fits(allowance: Allowance, used: Decimal, requested: Decimal) -> b
 def available_quantity(allowance: Allowance, used: Decimal) -> Decimal | None:
     """limit + granted - used - reserved, floored at zero; None when unlimited.
     For gauges the headroom above the current value (reservations do not apply)."""
-    total = allowance.total
+    return _available(allowance, allowance.total, used)
+
+
+def _available(allowance: Allowance, total: Decimal | None, used: Decimal) -> Decimal | None:
+    """available_quantity, given the allowance's total."""
     if total is None:
         return None
     held = allowance.reserved if allowance.aggregation.accumulates else ZERO
@@ -150,7 +157,7 @@ def available_quantity(allowance: Allowance, used: Decimal) -> Decimal | None:
 def balance_figures(allowance: Allowance, used: Decimal, approaching_threshold: Decimal) -> BalanceFigures:
     """The numbers CheckBalance reports for one meter."""
     total = allowance.total
-    available = available_quantity(allowance, used)
+    available = _available(allowance, total, used)
     if total is None:
         percent_used = None
     elif total == 0:

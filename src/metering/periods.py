@@ -64,3 +64,25 @@ def period_containing(instant: datetime, anchor: datetime, reset: ResetPeriod) -
         months += 1
         start = following
     return Period(start, add_months(anchor, months + 1))
+
+
+class Periods:
+    """period_containing that remembers the last period found per anchor and
+    reset (at most `capacity`, then it starts over), for many instants that
+    mostly share one (the events of a customer, close in time). Periods tile
+    time, so a remembered period that contains the instant is the one
+    period_containing would compute."""
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self._capacity = capacity
+        self._last: dict[tuple[datetime, ResetPeriod], Period] = {}
+
+    def containing(self, instant: datetime, anchor: datetime, reset: ResetPeriod) -> Period:
+        key = (anchor, reset)
+        period = self._last.get(key)
+        if period is None or instant.tzinfo is None or not period.contains(instant):
+            period = period_containing(instant, anchor, reset)
+            if len(self._last) >= self._capacity:
+                self._last.clear()
+            self._last[key] = period
+        return period

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.periods import EPOCH, ResetPeriod, add_months, period_containing
+from metering.periods import EPOCH, Periods, ResetPeriod, add_months, period_containing
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
@@ -79,3 +79,21 @@ def test_every_instant_is_in_exactly_one_period(instant: datetime, anchor: datet
     assert previous.end == period.start
     if reset is ResetPeriod.MONTH:
         assert 28 <= (period.end - period.start).days <= 31
+
+
+@given(
+    base=moments,
+    offsets=st.lists(st.timedeltas(min_value=timedelta(days=-40), max_value=timedelta(days=40)), max_size=20),
+    anchors=st.lists(moments, min_size=1, max_size=3),
+    reset=st.sampled_from(list(ResetPeriod)),
+    capacity=st.integers(min_value=1, max_value=3),
+)
+def test_remembered_periods_are_the_computed_ones(
+    base: datetime, offsets: list[timedelta], anchors: list[datetime], reset: ResetPeriod, capacity: int
+) -> None:
+    # Instants close together, as the events of a batch: mostly in a period
+    # already found, sometimes across its edge.
+    periods = Periods(capacity)
+    for index, instant in enumerate([base, base, *(base + offset for offset in offsets)]):
+        anchor = anchors[index % len(anchors)]
+        assert periods.containing(instant, anchor, reset) == period_containing(instant, anchor, reset)

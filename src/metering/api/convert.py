@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from metering.catalog import Aggregation, Enforcement, PricingModel
+from metering.catalog import Aggregation, Enforcement, Meter, PlanMeter, PricingModel
 from metering.decimals import format_decimal
 from metering.engine import BalanceReport, MeterBalance, RecordResult
 from metering.entitlements import GrantView, ReservationResult
 from metering.ledger.records import COMMITTED, EXPIRED, HELD, RELEASED, CustomerRecord, StoredEvent
-from metering.periods import ResetPeriod
+from metering.periods import Period, ResetPeriod
 from metering.pricing import round_money
 from metering.reporting import Bill, BillLine, PageCursor, UsageRow
 from metering.v1 import billing_pb2, customer_pb2, grants_pb2, reservations_pb2, usage_pb2
@@ -44,66 +44,117 @@ _ENFORCEMENTS = {
 }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def set_timestamp(message: Timestamp, value: datetime) -> None:
+    """What Timestamp.FromDatetime sets (a naive value is UTC), by integer
+    arithmetic; setting a field of a sub-message also marks it present."""
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    message.seconds = delta.days * 86400 + delta.seconds
+    message.nanos = delta.microseconds * 1000
+
+
 def timestamp(value: datetime) -> Timestamp:
     stamp = Timestamp()
-    stamp.FromDatetime(value)
+    set_timestamp(stamp, value)
     return stamp
 
 
 def usage_event(event: StoredEvent) -> usage_pb2.UsageEvent:
-    message = usage_pb2.UsageEvent(
-        event_id=str(event.event_id),
-        customer_id=event.customer_id,
-        transaction_id=event.transaction_id,
-        meter_slug=event.meter_slug,
-        price_slug=event.price_slug,
-        quantity=format_decimal(event.quantity),
-        event_time=timestamp(event.event_time),
-        recorded_time=timestamp(event.recorded_at),
-        properties=event.properties,
-    )
+    message = usage_pb2.UsageEvent()
+    write_usage_event(message, event)
+    return message
+
+
+def write_usage_event(message: usage_pb2.UsageEvent, event: StoredEvent) -> None:
+    """Fills an empty UsageEvent in place (no copy when it is a field of a response)."""
+    message.event_id = str(event.event_id)
+    message.customer_id = event.customer_id
+    message.transaction_id = event.transaction_id
+    message.meter_slug = event.meter_slug
+    message.price_slug = event.price_slug
+    message.quantity = format_decimal(event.quantity)
+    set_timestamp(message.event_time, event.event_time)
+    set_timestamp(message.recorded_time, event.recorded_at)
+    if event.properties:
+        message.properties.update(event.properties)
     if event.void_time is not None:
-        message.void_time.CopyFrom(timestamp(event.void_time))
+        set_timestamp(message.void_time, event.void_time)
         message.void_reason = event.void_reason or ""
+
+
+class Balances:
+    """Encodes meter balances. What the meter, the plan's terms and the period
+    fix is encoded once and copied after: the events of a customer and meter
+    share it for a whole period. Remembers at most `capacity` of them, then
+    starts over."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
+        self._fixed: dict[tuple[Meter, PlanMeter, Period], usage_pb2.Balance] = {}
+
+    def write(self, message: usage_pb2.Balance, view: MeterBalance) -> None:
+        """Fills an empty Balance in place."""
+        key = (view.meter, view.terms, view.period)
+        fixed = self._fixed.get(key)
+        if fixed is None:
+            fixed = _fixed_balance(view.meter, view.terms, view.period)
+            if len(self._fixed) >= self._capacity:
+                self._fixed.clear()
+            self._fixed[key] = fixed
+        message.CopyFrom(fixed)
+        figures = view.figures
+        message.used = format_decimal(figures.used)
+        message.granted = format_decimal(figures.granted)
+        message.reserved = format_decimal(figures.reserved)
+        message.approaching_limit = figures.approaching_limit
+        message.limit_reached = figures.limit_reached
+        if figures.limit is not None:
+            message.limit = format_decimal(figures.limit)
+        if figures.available is not None:
+            message.available = format_decimal(figures.available)
+        if figures.percent_used is not None:
+            message.percent_used = f"{figures.percent_used:f}"  # always two decimals, e.g. "80.00"
+
+
+def _fixed_balance(meter: Meter, terms: PlanMeter, period: Period) -> usage_pb2.Balance:
+    message = usage_pb2.Balance(
+        meter_slug=meter.slug,
+        aggregation=_AGGREGATIONS[meter.aggregation],
+        unit=meter.unit,
+        approaching_threshold_percent=format_decimal(terms.approaching_threshold),
+        included_quantity=format_decimal(terms.included),
+        period_start_time=timestamp(period.start),
+        reset_period=_RESETS[terms.reset],
+        limit_enforcement=_ENFORCEMENTS[terms.enforcement],
+        price_slug=terms.price,
+    )
+    if period.end is not None:
+        message.period_end_time.CopyFrom(timestamp(period.end))
     return message
 
 
 def balance(view: MeterBalance) -> usage_pb2.Balance:
-    figures = view.figures
-    message = usage_pb2.Balance(
-        meter_slug=view.meter.slug,
-        aggregation=_AGGREGATIONS[view.meter.aggregation],
-        unit=view.meter.unit,
-        used=format_decimal(figures.used),
-        granted=format_decimal(figures.granted),
-        reserved=format_decimal(figures.reserved),
-        approaching_threshold_percent=format_decimal(view.terms.approaching_threshold),
-        approaching_limit=figures.approaching_limit,
-        limit_reached=figures.limit_reached,
-        included_quantity=format_decimal(view.terms.included),
-        period_start_time=timestamp(view.period.start),
-        reset_period=_RESETS[view.terms.reset],
-        limit_enforcement=_ENFORCEMENTS[view.terms.enforcement],
-        price_slug=view.terms.price,
-    )
-    if figures.limit is not None:
-        message.limit = format_decimal(figures.limit)
-    if figures.available is not None:
-        message.available = format_decimal(figures.available)
-    if figures.percent_used is not None:
-        message.percent_used = f"{figures.percent_used:f}"  # always two decimals, e.g. "80.00"
-    if view.period.end is not None:
-        message.period_end_time.CopyFrom(timestamp(view.period.end))
+    message = usage_pb2.Balance()
+    Balances().write(message, view)
     return message
 
 
-def record_usage_response(result: RecordResult) -> usage_pb2.RecordUsageResponse:
-    return usage_pb2.RecordUsageResponse(
-        event=usage_event(result.event),
-        duplicate=result.duplicate,
-        balance=balance(result.balance),
-        overage_quantity=format_decimal(result.overage),
-    )
+def record_usage_response(result: RecordResult, balances: Balances | None = None) -> usage_pb2.RecordUsageResponse:
+    message = usage_pb2.RecordUsageResponse()
+    write_record_usage_response(message, result, Balances() if balances is None else balances)
+    return message
+
+
+def write_record_usage_response(
+    message: usage_pb2.RecordUsageResponse, result: RecordResult, balances: Balances
+) -> None:
+    """Fills an empty RecordUsageResponse in place (e.g. one result of a batch)."""
+    write_usage_event(message.event, result.event)
+    message.duplicate = result.duplicate
+    balances.write(message.balance, result.balance)
+    message.overage_quantity = format_decimal(result.overage)
 
 
 def check_balance_response(report: BalanceReport) -> usage_pb2.CheckBalanceResponse:

@@ -6,13 +6,15 @@ ledger; failures are mapped to statuses by the interceptor (api.errors).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any, TypeAlias
 
 import grpc
-from google.rpc import code_pb2
 
+from metering import decimals
 from metering import metrics as m
 from metering.api import convert, validation
 from metering.api.auth import require_meter
@@ -53,6 +55,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self._entitlements = entitlements
         self._metrics = metrics
         self._backfill_window = backfill_window
+        self._balances = convert.Balances()  # of RecordUsage answers
 
     async def RecordUsage(  # noqa: N802 - gRPC method name
         self, request: usage_pb2.RecordUsageRequest, context: Context
@@ -60,7 +63,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         [result] = await self._record_group([request])
         if isinstance(result, BaseException):
             raise result
-        return result
+        return convert.record_usage_response(result, self._balances)
 
     async def RecordUsageBatch(  # noqa: N802
         self, request: ingest_pb2.RecordUsageBatchRequest, context: Context
@@ -69,7 +72,17 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         # One group, decided in order in one transaction: a repeated
         # transaction id in a batch behaves exactly as two RecordUsage calls.
         outcomes = await self._record_group(list(request.events))
-        return ingest_pb2.RecordUsageBatchResponse(results=[_result(i, o) for i, o in enumerate(outcomes)])
+        response = ingest_pb2.RecordUsageBatchResponse()
+        # Each event's refusal becomes its own status, never the call's, so one
+        # bad event does not fail the others.
+        for index, outcome in enumerate(outcomes):
+            result = response.results.add(index=index)  # filled in place: no copy of each response
+            if isinstance(outcome, BaseException):
+                result.status.CopyFrom(to_rpc_status(outcome))
+            else:
+                result.status.CopyFrom(ok_status())
+                convert.write_record_usage_response(result.response, outcome, self._balances)
+        return response
 
     async def RecordUsageStream(  # noqa: N802
         self, request_iterator: AsyncIterator[ingest_pb2.RecordUsageStreamRequest], context: Context
@@ -78,16 +91,16 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         index = 0
         async for message in request_iterator:
             validation.batch_size(len(message.events))
+            # The summary needs no response for an event that succeeded.
             for outcome in await self._record_group(list(message.events)):
-                result = _result(index, outcome)
-                index += 1
-                if result.status.code != code_pb2.OK:
+                if isinstance(outcome, BaseException):
                     response.failed_count += 1
-                    response.failures.append(result)
-                elif result.response.duplicate:
+                    response.failures.add(index=index, status=to_rpc_status(outcome))
+                elif outcome.duplicate:
                     response.duplicate_count += 1
                 else:
                     response.recorded_count += 1
+                index += 1
         return response
 
     async def VoidUsage(  # noqa: N802
@@ -210,11 +223,9 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         record = await self._engine.get_customer(validation.customer_id(request.customer_id))
         return customer_pb2.GetCustomerResponse(customer=convert.customer(record))
 
-    async def _record_group(
-        self, requests: list[usage_pb2.RecordUsageRequest]
-    ) -> list[usage_pb2.RecordUsageResponse | BaseException]:
+    async def _record_group(self, requests: list[usage_pb2.RecordUsageRequest]) -> list[RecordResult | BaseException]:
         """Events validated one by one, then recorded together in order; each
-        answer is the response RecordUsage would give, or its refusal."""
+        answer is what RecordUsage would answer (before encoding), or its refusal."""
         now = self._engine.now()
         commands: list[UsageCommand | BaseException] = []
         for request in requests:
@@ -228,36 +239,51 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
                 commands.append(exc)
         valid = [c for c in commands if isinstance(c, UsageCommand)]
         outcomes = iter(await self._engine.record_many(valid) if valid else [])
-        answers: list[usage_pb2.RecordUsageResponse | BaseException] = []
+        answers: list[RecordResult | BaseException] = []
+        tally = _Tally()
         for command in commands:
             if isinstance(command, BaseException):
                 answers.append(command)
                 continue
             outcome = next(outcomes)
-            self._count(command, outcome)
-            answers.append(outcome if isinstance(outcome, BaseException) else convert.record_usage_response(outcome))
+            tally.count(command.meter.slug, outcome)
+            answers.append(outcome)
+        tally.publish(self._metrics)
         return answers
 
-    def _count(self, command: UsageCommand, outcome: RecordResult | BaseException) -> None:
-        meter = command.meter.slug
+
+class _Tally:
+    """The metrics of a group of RecordUsage events, added up first and then
+    published with one increment per series (not one per event)."""
+
+    def __init__(self) -> None:
+        self.events: Counter[tuple[str, str]] = Counter()  # meter, outcome
+        self.quantity: dict[str, Decimal] = {}  # meter: sum of recorded quantities
+        self.rejections: Counter[tuple[str, str]] = Counter()  # meter, plan
+        self.overage: dict[tuple[str, str], Decimal] = {}  # meter, plan
+
+    def count(self, meter: str, outcome: RecordResult | BaseException) -> None:
         if isinstance(outcome, TransactionConflict):
-            self._metrics.events.labels(meter, m.PAYLOAD_CONFLICT).inc()
+            self.events[(meter, m.PAYLOAD_CONFLICT)] += 1
         elif isinstance(outcome, LimitExceeded):
-            self._metrics.events.labels(meter, m.REJECTED).inc()
-            self._metrics.limit_rejections.labels(outcome.meter, outcome.plan).inc()
+            self.events[(meter, m.REJECTED)] += 1
+            self.rejections[(outcome.meter, outcome.plan)] += 1
         elif isinstance(outcome, RecordResult):
             if outcome.duplicate:
-                self._metrics.events.labels(meter, m.DUPLICATE).inc()
+                self.events[(meter, m.DUPLICATE)] += 1
             else:
-                self._metrics.events.labels(meter, m.RECORDED).inc()
-                self._metrics.quantity.labels(meter).inc(float(outcome.event.quantity))
+                self.events[(meter, m.RECORDED)] += 1
+                self.quantity[meter] = decimals.add(self.quantity.get(meter, ZERO), outcome.event.quantity)
                 if outcome.overage > ZERO:
-                    self._metrics.overage.labels(meter, outcome.plan_slug).inc(float(outcome.overage))
+                    key = (meter, outcome.plan_slug)
+                    self.overage[key] = decimals.add(self.overage.get(key, ZERO), outcome.overage)
 
-
-def _result(index: int, outcome: usage_pb2.RecordUsageResponse | BaseException) -> ingest_pb2.RecordUsageResult:
-    """One event of a batch or stream: its refusal becomes its own status,
-    never the call's, so one bad event does not fail the others."""
-    if isinstance(outcome, BaseException):
-        return ingest_pb2.RecordUsageResult(index=index, status=to_rpc_status(outcome))
-    return ingest_pb2.RecordUsageResult(index=index, status=ok_status(), response=outcome)
+    def publish(self, metrics: m.Metrics) -> None:
+        for (meter, outcome), events in self.events.items():
+            metrics.events.labels(meter, outcome).inc(events)
+        for meter, quantity in self.quantity.items():
+            metrics.quantity.labels(meter).inc(float(quantity))
+        for (meter, plan), rejections in self.rejections.items():
+            metrics.limit_rejections.labels(meter, plan).inc(rejections)
+        for (meter, plan), overage in self.overage.items():
+            metrics.overage.labels(meter, plan).inc(float(overage))

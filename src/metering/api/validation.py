@@ -153,7 +153,8 @@ def record_usage(
     violations = _Violations()
     _identifier(violations, "customer_id", request.customer_id)
     _identifier(violations, "transaction_id", request.transaction_id)
-    properties = dict(request.properties)
+    # Most events have no properties: an empty map skips copying through the Mapping protocol.
+    properties = dict(request.properties) if request.properties else {}
     _properties(violations, properties)
     event_time = None
     if request.HasField("event_time"):

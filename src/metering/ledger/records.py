@@ -110,14 +110,25 @@ class GrantRecord:
 def new_event_id() -> UUID:
     """A UUIDv7: time-ordered, so ledger inserts stay local in the primary key
     index and ties on event time resolve in recording order."""
-    millis = time.time_ns() // 1_000_000
-    random_bits = int.from_bytes(os.urandom(10), "big")
-    value = (millis & (2**48 - 1)) << 80
-    value |= 0x7 << 76  # version 7
-    value |= (random_bits >> 68) << 64  # 12 bits of rand_a
-    value |= 0b10 << 62  # RFC 4122 variant
-    value |= random_bits & (2**62 - 1)  # 62 bits of rand_b
-    return UUID(int=value)
+    [event_id] = new_event_ids(1)
+    return event_id
+
+
+def new_event_ids(count: int) -> list[UUID]:
+    """`count` UUIDv7s (see new_event_id), from one read of the system's
+    random source rather than one per id."""
+    timestamp = ((time.time_ns() // 1_000_000) & (2**48 - 1)) << 80
+    random = os.urandom(10 * count)
+    ids = []
+    for offset in range(0, 10 * count, 10):
+        random_bits = int.from_bytes(random[offset : offset + 10], "big")
+        value = timestamp
+        value |= 0x7 << 76  # version 7
+        value |= (random_bits >> 68) << 64  # 12 bits of rand_a
+        value |= 0b10 << 62  # RFC 4122 variant
+        value |= random_bits & (2**62 - 1)  # 62 bits of rand_b
+        ids.append(UUID(int=value))
+    return ids
 
 
 def payload_differences(stored: StoredEvent | NewEvent, new: NewEvent) -> list[str]:

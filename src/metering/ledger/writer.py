@@ -35,7 +35,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -43,7 +43,6 @@ from uuid import UUID
 import asyncpg
 
 from metering import limits
-from metering.decimals import ZERO
 from metering.errors import MeteringError, TransactionConflict
 from metering.ledger import steps
 from metering.ledger.pool import PoolUser, translate_errors
@@ -53,7 +52,7 @@ from metering.ledger.records import (
     NewEvent,
     RecordOutcome,
     StoredEvent,
-    new_event_id,
+    new_event_ids,
     payload_differences,
 )
 from metering.ledger.sql import COUNTER_COLUMNS, EVENT_COLUMNS, EVENT_FROM, EVENT_SELECT, counter_state, stored_event
@@ -92,11 +91,15 @@ class Written:
     resolution: Resolution
 
 
-@dataclass(eq=False)
+GroupResults = list[Written | BaseException]
+
+
+@dataclass(eq=False, slots=True)
 class _Item:
     customer_id: str
     resolve: Resolver
-    future: asyncio.Future[Written] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # Shared by every event of the group: answered once, with a result per event.
+    future: asyncio.Future[GroupResults]
 
 
 class _RetryBatch(Exception):
@@ -130,13 +133,15 @@ class BatchWriter(PoolUser):
             raise result
         return result
 
-    async def submit_group(self, events: Sequence[tuple[str, Resolver]]) -> list[Written | BaseException]:
+    async def submit_group(self, events: Sequence[tuple[str, Resolver]]) -> GroupResults:
         """Several events decided in this order, in the same transaction; each
         result is the outcome or the exception that refused that event."""
-        group = [_Item(customer_id, resolve) for customer_id, resolve in events]
-        self._pending.append(group)
+        if not events:
+            return []
+        future: asyncio.Future[GroupResults] = asyncio.get_running_loop().create_future()
+        self._pending.append([_Item(customer_id, resolve, future) for customer_id, resolve in events])
         self._wakeup.set()
-        return list(await asyncio.gather(*(item.future for item in group), return_exceptions=True))
+        return await future
 
     async def close(self) -> None:
         for worker in self._workers:
@@ -187,15 +192,10 @@ class BatchWriter(PoolUser):
                     if attempt == _BATCH_ATTEMPTS - 1:
                         raise RuntimeError("a batch kept colliding with concurrent inserts") from None
                     continue
-                for item, result in zip(batch, results, strict=True):
-                    if not item.future.done():
-                        if isinstance(result, BaseException):
-                            item.future.set_exception(result)
-                        else:
-                            item.future.set_result(result)
+                _answer(batch, results)
                 return
 
-    async def _decide_and_write(self, conn: asyncpg.Connection, batch: list[_Item]) -> list[Written | BaseException]:
+    async def _decide_and_write(self, conn: asyncpg.Connection, batch: list[_Item]) -> GroupResults:
         customers = await _customers(conn, {item.customer_id for item in batch})
         resolutions: list[Resolution | BaseException] = []
         for item in batch:
@@ -204,21 +204,23 @@ class BatchWriter(PoolUser):
             except MeteringError as exc:
                 resolutions.append(exc)
         valid = [(i, r) for i, r in enumerate(resolutions) if isinstance(r, Resolution)]
-        valid_of = dict(valid)
-        keys = sorted({_key(r) for _, r in valid})
-        states = await _lock_counters(conn, keys, {_key(r): r.period for _, r in valid})
+        periods = {_key(r): r.period for _, r in valid}
+        states = await _lock_counters(conn, sorted(periods), periods)
         existing = await _existing(conn, [r.event for _, r in valid])
         allowances = await _allowances(conn, [r for _, r in valid])
         seen_values = await _seen_unique_values(conn, [(_key(r), r.unique_value) for _, r in valid if r.unique_value])
-        # Per event: its outcome, the error refusing it, or (until the end) the
-        # earlier event of the batch it duplicates.
-        results: list[Written | BaseException | _DuplicateOf] = [
-            r if isinstance(r, BaseException) else Written(RecordOutcome(None, False, None, _EMPTY), r)
-            for r in resolutions
+        # Per event: its outcome, the error refusing it, the earlier event of
+        # the batch it duplicates (until the end), or None while accepted but
+        # not yet inserted.
+        results: list[Written | BaseException | _DuplicateOf | None] = [
+            r if isinstance(r, BaseException) else None for r in resolutions
         ]
         in_batch: dict[tuple[str, str], tuple[int, NewEvent, UUID]] = {}  # accepted earlier in this batch
-        inserts: list[tuple[int, NewEvent, Any]] = []  # (index, event, event id)
+        inserts: list[tuple[NewEvent, UUID, CounterKey]] = []
+        accepted: list[tuple[int, Resolution, limits.Decision, CounterReading]] = []  # in the order of inserts
+        touched: set[CounterKey] = set()  # counters with a decision to write back
         new_values: list[tuple[CounterKey, str, Any]] = []
+        event_ids = iter(new_event_ids(len(valid)))  # one each at most: duplicates take none
         for (index, resolution), allowance in zip(valid, allowances, strict=True):
             event, key = resolution.event, _key(resolution)
             txn = (event.customer_id, event.transaction_id)
@@ -238,7 +240,7 @@ class BatchWriter(PoolUser):
                 results[index] = exc
                 continue
             new_value = resolution.unique_value is not None and (key, resolution.unique_value) not in seen_values
-            event_id = new_event_id()
+            event_id = next(event_ids)
             decision = limits.decide(
                 allowance,
                 states[key],
@@ -248,28 +250,24 @@ class BatchWriter(PoolUser):
                 new_unique_value=new_value,
                 allow_overage=resolution.allow_overage,
             )
+            touched.add(key)
             reading = CounterReading(decision.state_after, allowance.granted, allowance.reserved)
             if not decision.accepted:
                 results[index] = Written(RecordOutcome(None, False, decision, reading), resolution)
                 continue
             states[key] = decision.state_after
             in_batch[txn] = (index, event, event_id)
-            inserts.append((index, event, event_id))
+            inserts.append((event, event_id, key))
+            accepted.append((index, resolution, decision, reading))
             if new_value:
                 assert resolution.unique_value is not None
                 seen_values.add((key, resolution.unique_value))
                 new_values.append((key, resolution.unique_value, event_id))
-            results[index] = Written(RecordOutcome(None, False, decision, reading), resolution)
-        stored = await _insert_events(conn, [(event, event_id, _key(valid_of[i])) for i, event, event_id in inserts])
+        stored = await _insert_events(conn, inserts)
         if len(stored) != len(inserts):
             raise _RetryBatch
-        for (index, _, _), stored_event_ in zip(inserts, stored, strict=True):
-            written = results[index]
-            assert isinstance(written, Written)
-            outcome = written.outcome
-            results[index] = Written(
-                RecordOutcome(stored_event_, False, outcome.decision, outcome.reading), written.resolution
-            )
+        for (index, resolution, decision, reading), stored_event_ in zip(accepted, stored, strict=True):
+            results[index] = Written(RecordOutcome(stored_event_, False, decision, reading), resolution)
         for index, result in enumerate(results):
             if isinstance(result, _DuplicateOf):
                 original = results[result.first_index]
@@ -277,13 +275,13 @@ class BatchWriter(PoolUser):
                 results[index] = Written(
                     RecordOutcome(original.outcome.event, True, None, original.outcome.reading), result.resolution
                 )
-        touched = {_key(w.resolution) for w in results if isinstance(w, Written) and w.outcome.decision}
         await _write_counters(conn, [(key, states[key]) for key in sorted(touched)])
         await _add_unique_values(conn, new_values)
-        return [r for r in results if not isinstance(r, _DuplicateOf)]
-
-
-_EMPTY = CounterReading(limits.CounterState(), ZERO, ZERO)  # placeholder until decided
+        answers: GroupResults = []
+        for result in results:
+            assert isinstance(result, (Written, BaseException)), "every event was answered"
+            answers.append(result)
+        return answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,10 +292,20 @@ class _DuplicateOf:
     resolution: Resolution
 
 
+def _answer(batch: list[_Item], results: GroupResults) -> None:
+    """Answer each group of the batch once, with its events' results in order
+    (a group's events are contiguous in the batch and never split)."""
+    by_group: dict[asyncio.Future[GroupResults], GroupResults] = {}
+    for item, result in zip(batch, results, strict=True):
+        by_group.setdefault(item.future, []).append(result)
+    for future, group_results in by_group.items():
+        if not future.done():  # a caller that went away meanwhile gets no answer
+            future.set_result(group_results)
+
+
 def _fail(batch: list[_Item], exc: BaseException) -> None:
-    for item in batch:
-        if not item.future.done():
-            item.future.set_exception(exc)
+    """Every event of the batch is refused by the same error."""
+    _answer(batch, [exc] * len(batch))
 
 
 def _key(resolution: Resolution) -> CounterKey:
@@ -353,11 +361,18 @@ async def _existing(conn: asyncpg.Connection, events: list[NewEvent]) -> dict[tu
     return {(row["customer_id"], row["transaction_id"]): stored_event(row) for row in rows}
 
 
+def _allowance_key(r: Resolution) -> tuple[str, str, datetime, datetime]:
+    """What the grants and holds an event sees depend on: its counter and its time."""
+    return (r.event.customer_id, r.event.meter_slug, r.period.start, r.event.event_time)
+
+
 async def _allowances(conn: asyncpg.Connection, resolutions: list[Resolution]) -> list[limits.Allowance]:
     """Each event's plan allowance plus the grants active at its event time and
-    the unexpired holds of its period (by the database's clock)."""
+    the unexpired holds of its period (by the database's clock), read once per
+    counter and event time (the events of a call mostly share both)."""
     if not resolutions:
         return []
+    wanted = list(dict.fromkeys(_allowance_key(r) for r in resolutions))
     rows = await conn.fetch(
         """
         SELECT k.n,
@@ -372,17 +387,20 @@ async def _allowances(conn: asyncpg.Connection, resolutions: list[Resolution]) -
                WITH ORDINALITY AS k (customer_id, meter_slug, period_start, at, n)
          ORDER BY k.n
         """,
-        [r.event.customer_id for r in resolutions],
-        [r.event.meter_slug for r in resolutions],
-        [r.period.start for r in resolutions],
-        [r.event.event_time for r in resolutions],
+        [k[0] for k in wanted],
+        [k[1] for k in wanted],
+        [k[2] for k in wanted],
+        [k[3] for k in wanted],
     )
-    return [
-        limits.Allowance(
-            r.plan.aggregation, r.plan.enforcement, r.plan.limit, granted=row["granted"], reserved=row["reserved"]
+    found = {k: (row["granted"], row["reserved"]) for k, row in zip(wanted, rows, strict=True)}
+    allowances = []
+    for r in resolutions:
+        granted, reserved = found[_allowance_key(r)]
+        plan = r.plan
+        allowances.append(
+            limits.Allowance(plan.aggregation, plan.enforcement, plan.limit, granted=granted, reserved=reserved)
         )
-        for r, row in zip(resolutions, rows, strict=True)
-    ]
+    return allowances
 
 
 async def _seen_unique_values(
@@ -421,11 +439,13 @@ async def _reading_of(
 
 async def _insert_events(conn: asyncpg.Connection, rows: list[tuple[NewEvent, Any, CounterKey]]) -> list[StoredEvent]:
     """One multi-row insert; returns the stored events in input order, or fewer
-    when a concurrent insert took a transaction id (the caller runs again)."""
+    when a concurrent insert took a transaction id (the caller runs again).
+    Only what the database decides comes back (which rows it inserted, and
+    when); the rest of each stored event is what was inserted."""
     if not rows:
         return []
     events = [event for event, _, _ in rows]
-    stored = await conn.fetch(
+    inserted = await conn.fetch(
         f"""
         INSERT INTO usage_events ({EVENT_COLUMNS})
         SELECT k.event_id, k.customer_id, k.transaction_id, k.meter_slug, k.price_slug, k.requested_price_slug,
@@ -436,7 +456,7 @@ async def _insert_events(conn: asyncpg.Connection, rows: list[tuple[NewEvent, An
                                      requested_price_slug, quantity, event_time, period_start, properties, n)
          ORDER BY k.n
         ON CONFLICT (customer_id, transaction_id) DO NOTHING
-        RETURNING {EVENT_COLUMNS}
+        RETURNING event_id, recorded_at
         """,
         [event_id for _, event_id, _ in rows],
         [e.customer_id for e in events],
@@ -449,8 +469,24 @@ async def _insert_events(conn: asyncpg.Connection, rows: list[tuple[NewEvent, An
         [key[2] for _, _, key in rows],
         [e.properties for e in events],
     )
-    by_id = {row["event_id"]: stored_event(row) for row in stored}
-    return [by_id[event_id] for _, event_id, _ in rows if event_id in by_id]
+    recorded_at: dict[UUID, datetime] = {row[0]: row[1] for row in inserted}
+    return [
+        StoredEvent(
+            event_id=event_id,
+            customer_id=event.customer_id,
+            transaction_id=event.transaction_id,
+            meter_slug=event.meter_slug,
+            price_slug=event.price_slug,
+            requested_price_slug=event.requested_price_slug,
+            quantity=event.quantity,
+            event_time=event.event_time,
+            period_start=key[2],
+            recorded_at=recorded_at[event_id],
+            properties=event.properties,
+        )
+        for event, event_id, key in rows
+        if event_id in recorded_at
+    ]
 
 
 async def _write_counters(conn: asyncpg.Connection, counters: list[tuple[CounterKey, limits.CounterState]]) -> None:
