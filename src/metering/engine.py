@@ -180,7 +180,7 @@ class MeteringEngine:
         self.writer = writer
         self._clock = clock
         self._customers = CustomerCache()
-        self._periods = Periods()  # the periods of recent events, by customer anchor and reset
+        self._periods = Periods()  # the periods of recent events and balances, by customer anchor and reset
 
     def now(self) -> datetime:
         return self._clock()
@@ -273,7 +273,7 @@ class MeteringEngine:
             wanted = []
             for meter in meters:
                 terms = self.catalog.plan_meter(plan, meter)
-                wanted.append((meter, terms, period_containing(now, customer.billing_anchor, terms.reset)))
+                wanted.append((meter, terms, self._periods.containing(now, customer.billing_anchor, terms.reset)))
             current_plan, readings = await self.ledger.read_counters(
                 customer.customer_id, [(meter.slug, period.start) for meter, _, period in wanted], now
             )

@@ -135,35 +135,36 @@ def _fixed_balance(meter: Meter, terms: PlanMeter, period: Period) -> usage_pb2.
     return message
 
 
+# Every balance this process answers with: the catalog never changes while it
+# runs, so what a meter, its terms and a period fix is encoded once for all calls.
+_BALANCES = Balances()
+
+
 def balance(view: MeterBalance) -> usage_pb2.Balance:
     message = usage_pb2.Balance()
-    Balances().write(message, view)
+    _BALANCES.write(message, view)
     return message
 
 
-def record_usage_response(result: RecordResult, balances: Balances | None = None) -> usage_pb2.RecordUsageResponse:
+def record_usage_response(result: RecordResult) -> usage_pb2.RecordUsageResponse:
     message = usage_pb2.RecordUsageResponse()
-    write_record_usage_response(message, result, Balances() if balances is None else balances)
+    write_record_usage_response(message, result)
     return message
 
 
-def write_record_usage_response(
-    message: usage_pb2.RecordUsageResponse, result: RecordResult, balances: Balances
-) -> None:
+def write_record_usage_response(message: usage_pb2.RecordUsageResponse, result: RecordResult) -> None:
     """Fills an empty RecordUsageResponse in place (e.g. one result of a batch)."""
     write_usage_event(message.event, result.event)
     message.duplicate = result.duplicate
-    balances.write(message.balance, result.balance)
+    _BALANCES.write(message.balance, result.balance)
     message.overage_quantity = format_decimal(result.overage)
 
 
 def check_balance_response(report: BalanceReport) -> usage_pb2.CheckBalanceResponse:
-    message = usage_pb2.CheckBalanceResponse(
-        customer_id=report.customer_id,
-        plan_slug=report.plan_slug,
-        balances=[balance(view) for view in report.balances],
-        as_of_time=timestamp(report.as_of),
-    )
+    message = usage_pb2.CheckBalanceResponse(customer_id=report.customer_id, plan_slug=report.plan_slug)
+    for view in report.balances:
+        _BALANCES.write(message.balances.add(), view)
+    set_timestamp(message.as_of_time, report.as_of)
     if report.requested_allowed is not None:
         message.requested_allowed = report.requested_allowed
     return message

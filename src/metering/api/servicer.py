@@ -55,7 +55,6 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self._entitlements = entitlements
         self._metrics = metrics
         self._backfill_window = backfill_window
-        self._balances = convert.Balances()  # of RecordUsage answers
 
     async def RecordUsage(  # noqa: N802 - gRPC method name
         self, request: usage_pb2.RecordUsageRequest, context: Context
@@ -63,7 +62,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         [result] = await self._record_group([request])
         if isinstance(result, BaseException):
             raise result
-        return convert.record_usage_response(result, self._balances)
+        return convert.record_usage_response(result)
 
     async def RecordUsageBatch(  # noqa: N802
         self, request: ingest_pb2.RecordUsageBatchRequest, context: Context
@@ -81,7 +80,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
                 result.status.CopyFrom(to_rpc_status(outcome))
             else:
                 result.status.CopyFrom(ok_status())
-                convert.write_record_usage_response(result.response, outcome, self._balances)
+                convert.write_record_usage_response(result.response, outcome)
         return response
 
     async def RecordUsageStream(  # noqa: N802
