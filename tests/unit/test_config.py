@@ -18,6 +18,9 @@ def test_defaults() -> None:
     assert settings.auth_file is None and not settings.allow_unauthenticated
     assert settings.tls_cert is None and settings.tls_client_ca is None
     assert settings.max_message_bytes == 4 * 1024 * 1024
+    assert settings.writer_workers == 1
+    assert settings.writer_linger == timedelta(milliseconds=2)
+    assert settings.read_linger == timedelta(milliseconds=1)
 
 
 def test_values() -> None:
@@ -28,6 +31,9 @@ def test_values() -> None:
             "METERING_DB_TIMEOUT": "500ms",
             "METERING_BACKFILL_WINDOW": "12h",
             "METERING_LOG_LEVEL": "debug",
+            "METERING_WRITER_WORKERS": "3",
+            "METERING_WRITER_LINGER": "0ms",
+            "METERING_READ_LINGER": "5ms",
         }
     )
     assert settings.database_url == "postgresql://db/x"
@@ -35,6 +41,9 @@ def test_values() -> None:
     assert settings.db_timeout == timedelta(milliseconds=500)
     assert settings.backfill_window == timedelta(hours=12)
     assert settings.log_level == "DEBUG"
+    assert settings.writer_workers == 3
+    assert settings.writer_linger == timedelta(0)
+    assert settings.read_linger == timedelta(milliseconds=5)
 
 
 @pytest.mark.parametrize(
