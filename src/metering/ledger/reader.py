@@ -112,7 +112,7 @@ class CounterReader(PoolUser):
         self._concurrent_reads = len(reads) > 1
         self._on_statement(len(reads))
         try:
-            rows = await self._fetch(reads)
+            answers = _answers(len(reads), await self._fetch(reads))
         except Exception as exc:  # every reader learns why
             for read in reads:
                 if not read.answer.done():
@@ -122,14 +122,6 @@ class CounterReader(PoolUser):
             for read in reads:
                 read.answer.cancel()
             raise
-        answers: list[Readings] = [(None, {}) for _ in reads]
-        for row in rows:
-            plan, readings = answers[row["n"]]
-            if plan is None and row["plan_slug"] is not None:
-                answers[row["n"]] = plan, readings = row["plan_slug"], readings
-            if row["meter_slug"] is not None and row["plan_slug"] is not None:
-                key = (row["meter_slug"], row["period_start"])
-                readings[key] = CounterReading(counter_state(row), row["granted"], row["reserved"])
         for read, answer in zip(reads, answers, strict=True):
             if not read.answer.done():
                 read.answer.set_result(answer)
@@ -151,3 +143,16 @@ class CounterReader(PoolUser):
         async with translate_errors(), self._connection() as conn:
             rows: list[asyncpg.Record] = await conn.fetch(_READ_COUNTERS, numbers, customers, meters, starts, times)
             return rows
+
+
+def _answers(reads: int, rows: list[asyncpg.Record]) -> list[Readings]:
+    """The rows of a statement, back to the reads they answer (by index)."""
+    answers: list[Readings] = [(None, {}) for _ in range(reads)]
+    for row in rows:
+        plan, readings = answers[row["n"]]
+        if plan is None and row["plan_slug"] is not None:
+            answers[row["n"]] = plan, readings = row["plan_slug"], readings
+        if row["meter_slug"] is not None and row["plan_slug"] is not None:
+            key = (row["meter_slug"], row["period_start"])
+            readings[key] = CounterReading(counter_state(row), row["granted"], row["reserved"])
+    return answers
