@@ -68,7 +68,6 @@ class CounterReader(PoolUser):
         *,
         acquire_timeout: float,
         linger: float = 0.001,
-        max_statements: int = 1,
         max_reads: int = 256,
         on_statement: Callable[[int], None] = lambda reads: None,
     ) -> None:
@@ -76,10 +75,9 @@ class CounterReader(PoolUser):
         self._on_statement = on_statement  # observes the reads of every statement
         self._linger = linger
         self._concurrent_reads = False  # whether the last statement carried more than one read
-        self._max_statements = max_statements
         self._max_reads = max_reads  # per statement
         self._queue: list[_Read] = []
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: asyncio.Task[None] | None = None  # the one statement at a time
 
     async def read(self, customer_id: str, keys: Sequence[CounterKey], at: datetime) -> Readings:
         """The customer's plan now (None: no such customer) and each (meter,
@@ -87,28 +85,25 @@ class CounterReader(PoolUser):
         unexpired holds of its period: no event history is read."""
         read = _Read(customer_id, keys, at, asyncio.get_running_loop().create_future())
         self._queue.append(read)
-        if len(self._in_flight) < self._max_statements:
+        if self._in_flight is None:
             self._send()
         return await read.answer
 
     def _send(self) -> None:
         # A task of its own: the caller that started it may be cancelled
         # (deadline) without failing the other reads of the statement.
-        task = asyncio.create_task(self._run())
-        self._in_flight.add(task)
-        task.add_done_callback(self._finished)
+        self._in_flight = asyncio.create_task(self._run())
+        self._in_flight.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        if self._queue and len(self._in_flight) < self._max_statements:
+        self._in_flight = None
+        if self._queue:
             self._send()
 
     async def _run(self) -> None:
         if self._linger and self._concurrent_reads:
             await asyncio.sleep(self._linger)  # cancelled only when the loop ends: the reads stay queued
         reads, self._queue = self._queue[: self._max_reads], self._queue[self._max_reads :]
-        if not reads:
-            return
         self._concurrent_reads = len(reads) > 1
         self._on_statement(len(reads))
         try:
