@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from metering.api.errors import read_details
 from metering.ledger.audit import AuditReport
+from metering.v1 import usage_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_CATALOG = ROOT / "tests" / "catalog.toml"
@@ -206,3 +207,39 @@ def calls_across(services: Sequence[ServiceProcess], method: str, requests: Sequ
     finally:
         for channel in channels:
             channel.close()
+
+
+def usage_request(customer: str, transaction_id: str, quantity: str = "1") -> usage_pb2.RecordUsageRequest:
+    """A RecordUsage of the test catalog's `tokens` meter."""
+    return usage_pb2.RecordUsageRequest(
+        customer_id=customer, meter_slug="tokens", quantity=quantity, transaction_id=transaction_id
+    )
+
+
+async def hold_counter(conn: asyncpg.Connection, customer: str) -> asyncpg.transaction.Transaction:
+    """Lock the customer's counter rows: the service's next write for them waits."""
+    transaction = conn.transaction()
+    await transaction.start()
+    await conn.execute("SELECT 1 FROM meter_counters WHERE customer_id = $1 FOR UPDATE", customer)
+    return transaction
+
+
+async def service_waits_on_lock(conn: asyncpg.Connection) -> bool:
+    """Whether a service session of this database waits on a lock."""
+    waiting = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'metering' "
+        "AND wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    return bool(waiting)
+
+
+def coalescing(service: ServiceProcess) -> tuple[float, float, float, float]:
+    """From the service's metrics: write transactions and the events they
+    carried; balance-read statements and the reads they carried."""
+    text = service.scrape()
+    return (
+        metric_value(text, "metering_write_batch_events_count"),
+        metric_value(text, "metering_write_batch_events_sum"),
+        metric_value(text, "metering_balance_read_batch_reads_count"),
+        metric_value(text, "metering_balance_read_batch_reads_sum"),
+    )

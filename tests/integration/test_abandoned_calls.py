@@ -10,22 +10,8 @@ import asyncpg
 import grpc
 import pytest
 
-from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import ServiceProcess, audit, eventually
-
-
-def _request(customer: str, transaction_id: str) -> usage_pb2.RecordUsageRequest:
-    return usage_pb2.RecordUsageRequest(
-        customer_id=customer, meter_slug="tokens", quantity="5", transaction_id=transaction_id
-    )
-
-
-async def _writer_waits_on_lock(conn: asyncpg.Connection) -> bool:
-    waiting = await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'metering' "
-        "AND wait_event_type = 'Lock' AND datname = current_database()"
-    )
-    return bool(waiting)
+from metering.v1 import customer_pb2, metering_service_pb2_grpc
+from tests.support import ServiceProcess, audit, eventually, hold_counter, service_waits_on_lock, usage_request
 
 
 async def _abandon_a_queued_call(target: str, database_url: str, blocker: str, customer: str) -> None:
@@ -35,26 +21,24 @@ async def _abandon_a_queued_call(target: str, database_url: str, blocker: str, c
             stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
             for name in (blocker, customer):
                 await stub.UpsertCustomer(customer_pb2.UpsertCustomerRequest(customer_id=name, plan_slug="open"))
-            await stub.RecordUsage(_request(blocker, "first"), timeout=10)  # its counter row exists now
+            await stub.RecordUsage(usage_request(blocker, "first"), timeout=10)  # its counter row exists now
             # Stall the one writer worker: its next transaction waits on the
             # blocker's counter row, which this connection holds.
-            held = conn.transaction()
-            await held.start()
-            await conn.execute("SELECT 1 FROM meter_counters WHERE customer_id = $1 FOR UPDATE", blocker)
-            stalled = asyncio.ensure_future(stub.RecordUsage(_request(blocker, "stalled"), timeout=30))
-            assert await eventually(lambda: _writer_waits_on_lock(conn), 10), "the writer never reached the lock"
+            held = await hold_counter(conn, blocker)
+            stalled = asyncio.ensure_future(stub.RecordUsage(usage_request(blocker, "stalled"), timeout=30))
+            assert await eventually(lambda: service_waits_on_lock(conn), 10), "the writer never reached the lock"
             # Queued behind the stalled transaction, this call's deadline passes.
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.RecordUsage(_request(customer, "late"), timeout=0.1)
+                await stub.RecordUsage(usage_request(customer, "late", "5"), timeout=0.1)
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             await held.rollback()
             assert not (await stalled).duplicate
             # The queue is first in, first out: once a call sent now is
             # answered, the worker has taken (and skipped) the abandoned one.
-            await stub.RecordUsage(_request(blocker, "after"), timeout=10)
+            await stub.RecordUsage(usage_request(blocker, "after"), timeout=10)
             query = "SELECT count(*) FROM usage_events WHERE customer_id = $1"
             assert await conn.fetchval(query, customer) == 0
-            retried = await stub.RecordUsage(_request(customer, "late"), timeout=10)
+            retried = await stub.RecordUsage(usage_request(customer, "late", "5"), timeout=10)
             assert not retried.duplicate and retried.balance.used == "5"
             assert await conn.fetchval(query, customer) == 1
     finally:

@@ -9,24 +9,7 @@ import uuid
 import grpc
 
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import ServiceProcess, audit, metric_value
-
-
-def _record(customer: str, transaction_id: str) -> usage_pb2.RecordUsageRequest:
-    return usage_pb2.RecordUsageRequest(
-        customer_id=customer, meter_slug="tokens", quantity="1", transaction_id=transaction_id
-    )
-
-
-def _batches(service: ServiceProcess) -> tuple[float, float, float, float]:
-    """Write transactions and their events; read statements and their reads."""
-    text = service.scrape()
-    return (
-        metric_value(text, "metering_write_batch_events_count"),
-        metric_value(text, "metering_write_batch_events_sum"),
-        metric_value(text, "metering_balance_read_batch_reads_count"),
-        metric_value(text, "metering_balance_read_batch_reads_sum"),
-    )
+from tests.support import ServiceProcess, audit, coalescing, usage_request
 
 
 def test_a_lone_caller_is_not_held_back_by_the_linger(database_url: str) -> None:
@@ -40,10 +23,10 @@ def test_a_lone_caller_is_not_held_back_by_the_linger(database_url: str) -> None
             stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
             stub.UpsertCustomer(customer_pb2.UpsertCustomerRequest(customer_id=customer, plan_slug="open"), timeout=5)
             for i in range(1, 21):
-                stub.RecordUsage(_record(customer, f"t{i}"), timeout=5)
+                stub.RecordUsage(usage_request(customer, f"t{i}"), timeout=5)
                 request = usage_pb2.CheckBalanceRequest(customer_id=customer, meter_slug="tokens")
                 assert stub.CheckBalance(request, timeout=5).balances[0].used == str(i)
-        writes, events, statements, reads = _batches(service)
+        writes, events, statements, reads = coalescing(service)
         assert (writes, events) == (20, 20)  # one call per transaction: nobody to wait for
         assert statements == reads == 20
     finally:
@@ -65,14 +48,14 @@ def test_concurrent_calls_share_transactions_and_statements(database_url: str) -
 
             async def caller(customer: str, worker: int) -> None:
                 for i in range(25):
-                    await stub.RecordUsage(_record(customer, f"w{worker}-{i}"), timeout=30)
+                    await stub.RecordUsage(usage_request(customer, f"w{worker}-{i}"), timeout=30)
                     await stub.CheckBalance(usage_pb2.CheckBalanceRequest(customer_id=customer), timeout=30)
 
             await asyncio.gather(*(caller(customers[w % len(customers)], w) for w in range(32)))
 
     try:
         asyncio.run(crowd())
-        writes, events, statements, reads = _batches(service)
+        writes, events, statements, reads = coalescing(service)
     finally:
         service.stop()
     assert events == 32 * 25

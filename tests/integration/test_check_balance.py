@@ -12,7 +12,7 @@ import grpc
 
 from metering.v1 import metering_service_pb2_grpc, usage_pb2
 from tests.integration.test_record_usage import record
-from tests.support import ServiceProcess, metric_value
+from tests.support import ServiceProcess, coalescing, usage_request
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
@@ -147,16 +147,9 @@ def test_concurrent_checks_each_answer_their_own_customer(
             )
             return await asyncio.gather(*(_check(aio_stub, c, m) for c, m in asks), return_exceptions=True)
 
-    def statements_and_reads() -> tuple[float, float]:
-        text = service.scrape()
-        return (
-            metric_value(text, "metering_balance_read_batch_reads_count"),
-            metric_value(text, "metering_balance_read_batch_reads_sum"),
-        )
-
-    statements_before, reads_before = statements_and_reads()
+    *_, statements_before, reads_before = coalescing(service)
     answers = asyncio.run(ask_all())
-    statements, reads = statements_and_reads()
+    *_, statements, reads = coalescing(service)
     # An unknown customer is refused before its counters are read. The
     # session's service is shared: other tests' reads may be counted too.
     assert reads - reads_before >= sum(customer in used for customer, _ in asks)
@@ -178,12 +171,7 @@ def test_concurrent_writers_read_their_writes(service: ServiceProcess, new_custo
 
     async def write_then_read(stub: metering_service_pb2_grpc.MeteringServiceAsyncStub, customer: str) -> None:
         for i in range(1, 11):
-            await stub.RecordUsage(
-                usage_pb2.RecordUsageRequest(
-                    customer_id=customer, meter_slug="tokens", quantity="1", transaction_id=f"t{i}"
-                ),
-                timeout=10,
-            )
+            await stub.RecordUsage(usage_request(customer, f"t{i}"), timeout=10)
             assert (await _check(stub, customer, "tokens")).balances[0].used == str(i)
 
     async def run() -> None:

@@ -55,7 +55,16 @@ from bench.faults import (
 )
 from metering.embedded import EmbeddedPostgres
 from metering.v1 import metering_service_pb2_grpc, usage_pb2
-from tests.support import ROOT, TEST_CATALOG, ServiceProcess, audit, eventually
+from tests.support import (
+    ROOT,
+    TEST_CATALOG,
+    ServiceProcess,
+    audit,
+    eventually,
+    hold_counter,
+    service_waits_on_lock,
+    usage_request,
+)
 
 GRACE = 3.0  # METERING_SHUTDOWN_GRACE of the SIGTERM tests
 
@@ -343,28 +352,6 @@ async def _sessions_ended(replica: Replica, database_url: str, catalog: Path) ->
 # refusal of new calls during the drain, and a call stuck past the grace. ---
 
 
-async def _hold_counter(conn: asyncpg.Connection, customer: str) -> asyncpg.transaction.Transaction:
-    """Lock the customer's counter rows: the service's next write for them waits."""
-    transaction = conn.transaction()
-    await transaction.start()
-    await conn.execute("SELECT 1 FROM meter_counters WHERE customer_id = $1 FOR UPDATE", customer)
-    return transaction
-
-
-async def _service_waits_on_lock(conn: asyncpg.Connection) -> bool:
-    waiting = await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'metering' "
-        "AND wait_event_type = 'Lock' AND datname = current_database()"
-    )
-    return bool(waiting)
-
-
-def _request(customer: str, transaction_id: str) -> usage_pb2.RecordUsageRequest:
-    return usage_pb2.RecordUsageRequest(
-        customer_id=customer, meter_slug="tokens", quantity="1", transaction_id=transaction_id
-    )
-
-
 async def _sigterm_with_a_held_call(
     replica: Replica, database_url: str, *, release_before_exit: bool
 ) -> tuple[asyncio.Future[usage_pb2.RecordUsageResponse], float, int | None, str]:
@@ -378,10 +365,10 @@ async def _sigterm_with_a_held_call(
     try:
         async with grpc.aio.insecure_channel(replica.target) as channel:
             stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
-            await stub.RecordUsage(_request(customer, "before"), timeout=10)  # its counter row exists now
-            held = await _hold_counter(conn, customer)
-            call = asyncio.ensure_future(stub.RecordUsage(_request(customer, "held"), timeout=60))
-            assert await eventually(lambda: _service_waits_on_lock(conn), 10), "the call never reached the lock"
+            await stub.RecordUsage(usage_request(customer, "before"), timeout=10)  # its counter row exists now
+            held = await hold_counter(conn, customer)
+            call = asyncio.ensure_future(stub.RecordUsage(usage_request(customer, "held"), timeout=60))
+            assert await eventually(lambda: service_waits_on_lock(conn), 10), "the call never reached the lock"
 
             sent = time.monotonic()
             replica.process.send_signal(signal.SIGTERM)
@@ -396,7 +383,7 @@ async def _sigterm_with_a_held_call(
             for target_channel in (channel, grpc.aio.insecure_channel(replica.target)):
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await metering_service_pb2_grpc.MeteringServiceStub(target_channel).RecordUsage(
-                        _request(other, f"late-{id(target_channel)}"), timeout=5
+                        usage_request(other, f"late-{id(target_channel)}"), timeout=5
                     )
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
                 if target_channel is not channel:
@@ -456,7 +443,7 @@ def test_sigterm_with_a_call_stuck_past_the_grace_still_exits_and_the_retry_conv
         replica.start()
         with grpc.insecure_channel(replica.target) as channel:
             stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
-            retried = stub.RecordUsage(_request(customer, "held"), timeout=10)
+            retried = stub.RecordUsage(usage_request(customer, "held"), timeout=10)
     finally:
         replica.stop()
     assert not retried.duplicate  # the cut-off call had written nothing; the retry wrote it, once
