@@ -38,6 +38,7 @@ from metering.ledger.holds import Holds
 from metering.ledger.migrate import migrate
 from metering.ledger.pool import create_pool, is_unavailable
 from metering.ledger.reports import UsageReports
+from metering.ledger.rollups import sync_layouts
 from metering.ledger.store import Ledger
 from metering.ledger.writer import BatchWriter
 from metering.metrics import Metrics
@@ -212,8 +213,11 @@ async def _serve(
     try:
         async with pool.acquire() as conn:
             applied = await migrate(conn)
+            rebuilt = await sync_layouts(conn, catalog)
         if applied:
             log.info("migrations applied: %s", ", ".join(applied))
+        if rebuilt:
+            log.info("rollups rebuilt for the catalog's dimensions: %s", ", ".join(rebuilt))
         metrics = Metrics()
         metrics.watch_pool(
             in_use=lambda: pool.get_size() - pool.get_idle_size(),

@@ -7,7 +7,8 @@ requests never parse or re-check it.
 
 File shape (see sample_catalog.toml):
 
-    [meters.<slug>]    aggregation, unit, property (unique_count), default_price, description
+    [meters.<slug>]    aggregation, unit, property (unique_count), default_price, description,
+                       dimensions (property keys kept by the hourly rollups)
     [prices.<slug>]    meter, model, currency, unit_amount | package_* | tiers
     [plans.<slug>]     name, and per meter [plans.<slug>.meters.<meter>]:
                        limit (absent = unlimited), included, price, reset, enforcement,
@@ -19,7 +20,7 @@ from __future__ import annotations
 import enum
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import resources
@@ -37,6 +38,8 @@ PROPERTY_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 CURRENCY_RE = re.compile(r"^[A-Z]{3}\Z")
 NO_CHARGE_SUFFIX = "_no_charge"
 DEFAULT_APPROACHING_THRESHOLD = Decimal(80)
+# Each dimension multiplies the rollup rows of an hour by its number of values.
+MAX_DIMENSIONS = 8
 # Minor-unit exponents of ISO 4217 currencies whose minor unit is not 2 digits.
 _MINOR_UNIT_EXCEPTIONS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3, "JOD": 3}
 
@@ -80,10 +83,26 @@ class Meter:
     description: str = ""
     unique_property: str | None = None  # the property counted by UNIQUE_COUNT
     default_price: str | None = None
+    # Property keys the hourly rollups keep, so that grouping and filtering by
+    # them is served from rollups (metering.ledger.rollups).
+    dimensions: tuple[str, ...] = ()
 
     @property
     def no_charge_price(self) -> str:
         return f"{self.slug}{NO_CHARGE_SUFFIX}"
+
+    def dimension_values(self, properties: Mapping[str, str]) -> dict[str, str]:
+        """The part of an event's properties its rollup bucket keeps: the
+        declared dimensions it carries (an absent one stays absent). The SQL
+        twin is metering.ledger.rollups.DIMENSIONS_SQL; the audit checks that
+        they agree."""
+        if not self.dimensions or not properties:
+            return {}
+        return {key: properties[key] for key in self.dimensions if key in properties}
+
+    def serves_from_rollups(self, keys: Iterable[str]) -> bool:
+        """Whether grouping or filtering by these property keys can read rollups."""
+        return all(key in self.dimensions for key in keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +257,12 @@ class _CatalogParser:
         return built
 
     def _meter(self, key: str, slug: str, table: dict[str, Any]) -> Meter | None:
-        self._keys(key, table, required=("aggregation", "unit"), optional=("property", "default_price", "description"))
+        self._keys(
+            key,
+            table,
+            required=("aggregation", "unit"),
+            optional=("property", "default_price", "description", "dimensions"),
+        )
         aggregation = self._enum(key, table, "aggregation", Aggregation)
         unit = self._string(key, table, "unit")
         prop = table.get("property")
@@ -249,6 +273,7 @@ class _CatalogParser:
             self.problems.append(f"{key}.property: only unique_count meters take a property")
         if slug.endswith(NO_CHARGE_SUFFIX):
             self.problems.append(f"{key}: a meter slug must not end in {NO_CHARGE_SUFFIX}")
+        dimensions = self._dimensions(f"{key}.dimensions", table.get("dimensions", []))
         if aggregation is None or unit is None:
             return None
         return Meter(
@@ -258,7 +283,21 @@ class _CatalogParser:
             description=str(table.get("description", "")),
             unique_property=prop if aggregation is Aggregation.UNIQUE_COUNT else None,
             default_price=table.get("default_price"),
+            dimensions=dimensions,
         )
+
+    def _dimensions(self, key: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            self.problems.append(f"{key}: must be a list of property keys")
+            return ()
+        for index, item in enumerate(value):
+            if not PROPERTY_KEY_RE.match(item):
+                self.problems.append(f"{key}[{index}]: a property key is 1 to 64 characters of [A-Za-z0-9_.-]")
+        if len(set(value)) != len(value):
+            self.problems.append(f"{key}: each property key at most once")
+        if len(value) > MAX_DIMENSIONS:
+            self.problems.append(f"{key}: at most {MAX_DIMENSIONS} dimensions")
+        return tuple(value)
 
     def _price(self, key: str, slug: str, table: dict[str, Any], meters: Mapping[str, Meter]) -> Price | None:
         model = self._enum(key, table, "model", PricingModel)

@@ -237,6 +237,7 @@ class MeteringEngine:
             period,
             command.unique_value,
             command.allow_overage,
+            dimensions=command.meter.dimension_values(command.properties),
             context=(plan, terms, customer),
         )
 

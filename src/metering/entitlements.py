@@ -186,7 +186,7 @@ class Entitlements:
         reservation, meter, terms, period = await self._reservation(command.customer_id, command.reservation_id)
         allow_meter(meter.slug)
         outcome = await self._holds.commit(
-            reservation, command.quantity, command.properties, terms.price, plan_allowance(meter, terms), period
+            reservation, command.quantity, command.properties, terms.price, meter, plan_allowance(meter, terms), period
         )
         balance = meter_balance(meter, terms, period, outcome.reading)
         status = outcome.reservation.status_at(outcome.decided_at)

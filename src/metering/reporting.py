@@ -185,8 +185,9 @@ class Reporting:
         plan_slug = await self._reports.plan_at(customer_id, plan_time) or customer.plan_slug
         plan = plan_named(self._catalog, plan_slug)
         assert plan.currency is not None  # every plan has one (catalog check)
-        used = await self._reports.meters_with_usage(customer_id, period.start, period.end)
-        meters = [*plan.meters, *(slug for slug in used if slug not in plan.meters and slug in self._catalog.meters)]
+        others = [slug for slug in self._catalog.meters if slug not in plan.meters]
+        used = await self._reports.meters_with_usage(customer_id, period.start, period.end, others)
+        meters = [*plan.meters, *used]
         lines: list[BillLine] = []
         for slug in meters:
             lines.extend(await self._meter_lines(customer_id, plan, self._catalog.meters[slug], period))

@@ -15,6 +15,7 @@ from metering.periods import add_months
 
 # A bound on the work one request can ask for; larger requests are refused.
 MAX_WINDOWS = 10_000
+HOUR = timedelta(hours=1)
 
 
 class WindowSize(enum.Enum):
@@ -69,3 +70,24 @@ def _next(boundary: datetime, size: WindowSize, zone: ZoneInfo) -> datetime:
         return _local_midnight(local_day + timedelta(days=1), zone)
     first = datetime.combine(local_day.replace(day=1), time(0))
     return _local_midnight(add_months(first, 1).date(), zone)
+
+
+def floor_hour(instant: datetime) -> datetime:
+    """The start of the UTC hour holding `instant`: the bucket of the hourly
+    rollups (the SQL twin is metering.ledger.rollups.HOUR_SQL)."""
+    return instant.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def whole_hours(window: Window) -> Window:
+    """The whole UTC hours inside a window, [first, last): what rollups can
+    answer. The rest of the window, [start, first) and [last, end), is read
+    from the events. A window without a whole hour gives the empty span
+    (start, start), so that all of it is an edge."""
+    start, end = window
+    first = floor_hour(start)
+    if first < start:
+        first += HOUR
+    last = floor_hour(end)
+    if first >= last:
+        return (start, start)
+    return (first, last)

@@ -92,12 +92,19 @@ def _audit(args: argparse.Namespace) -> int:
         f"customers {report.customers}, events {report.events} ({report.voided} voided), counters {report.counters}; "
         f"duplicate transaction ids {report.duplicate_transaction_ids}, counter mismatches {len(report.mismatches)}, "
         f"unique-value mismatches {report.unique_value_mismatches}, events of unknown meters "
-        f"{report.unknown_meter_events}, committed reservations without event {report.dangling_commits}"
+        f"{report.unknown_meter_events}, committed reservations without event {report.dangling_commits}; "
+        f"rollup buckets {report.rollups}, rollup mismatches {len(report.rollup_mismatches)}"
     )
     for m in report.mismatches:
         print(
             f"  MISMATCH {m.customer_id} {m.meter_slug} period {m.period_start.isoformat()}: counter "
             f"{m.stored_used} ({m.stored_events} events), events say {m.expected_used} ({m.expected_events} events)"
+        )
+    for r in report.rollup_mismatches:
+        value = f" value {r.value!r}" if r.value is not None else ""
+        print(
+            f"  ROLLUP MISMATCH {r.customer_id} {r.meter_slug} hour {r.hour.isoformat()} price {r.price_slug} "
+            f"dimensions {r.dimensions}{value}: the bucket differs from its events"
         )
     print("ledger consistent" if report.ok else "LEDGER INCONSISTENT")
     return 0 if report.ok else 1

@@ -1,10 +1,13 @@
-"""Ledger audit: recompute every counter from the events and compare.
+"""Ledger audit: recompute every counter and rollup bucket from the events and compare.
 
 The counters are a cache of the events (the limit decision reads them, not
 the events), so the one invariant that proves "no double count, nothing lost
 between event and counter" is: each counter equals its events aggregated with
 the meter's own definition (sql.VALUE_SQL, the same one bills and voids use).
-Run by `metering audit`, by the fault tests and by the chaos script.
+The hourly rollups are another cache of the events (usage queries and bills
+read them): each bucket must equal its events aggregated by the one
+definition in metering.ledger.rollups. Run by `metering audit`, by the fault
+tests and by the chaos script.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from decimal import Decimal
 import asyncpg
 
 from metering.catalog import Catalog, Meter
+from metering.ledger.rollups import ROLLUP_COLUMNS, ROLLUP_KEY, buckets_from_events, values_from_events
 from metering.ledger.sql import NOT_VOIDED, VALUE_SQL, Sql
 
 
@@ -32,6 +36,19 @@ class CounterMismatch:
 
 
 @dataclass(frozen=True, slots=True)
+class RollupMismatch:
+    """A rollup bucket (or one of its distinct values) that differs from its
+    events: stored but not expected, expected but missing, or other figures."""
+
+    customer_id: str
+    meter_slug: str
+    hour: datetime
+    price_slug: str
+    dimensions: dict[str, str]
+    value: str | None  # the distinct value, for a UNIQUE_COUNT bookkeeping row
+
+
+@dataclass(frozen=True, slots=True)
 class AuditReport:
     customers: int
     events: int  # rows in usage_events, voided ones included
@@ -42,11 +59,14 @@ class AuditReport:
     unique_value_mismatches: int  # UNIQUE_COUNT bookkeeping rows without a counting event, or missing
     dangling_commits: int  # committed reservations whose event does not exist
     mismatches: list[CounterMismatch] = field(default_factory=list)
+    rollup_mismatches: list[RollupMismatch] = field(default_factory=list)
+    rollups: int = 0  # rollup bucket rows checked
 
     @property
     def ok(self) -> bool:
         return not (
             self.mismatches
+            or self.rollup_mismatches
             or self.duplicate_transaction_ids
             or self.unknown_meter_events
             or self.unique_value_mismatches
@@ -97,11 +117,18 @@ async def audit_ledger(
             *sql.args,
         )
         mismatches: list[CounterMismatch] = []
+        rollup_mismatches: list[RollupMismatch] = []
         unique_value_mismatches = 0
         for meter in catalog.meters.values():
             mismatches += await _counter_mismatches(conn, meter, customer_ids)
+            rollup_mismatches += await _rollup_mismatches(conn, meter, customer_ids)
             if meter.unique_property is not None:
                 unique_value_mismatches += await _unique_value_mismatches(conn, meter, customer_ids)
+                rollup_mismatches += await _rollup_value_mismatches(conn, meter, customer_ids)
+        sql = Sql()
+        rollups = await conn.fetchval(
+            f"SELECT count(*) FROM usage_rollups r WHERE {_Scope(sql, customer_ids).on('r')}", *sql.args
+        )
     return AuditReport(
         customers=totals["customers"],
         events=totals["events"],
@@ -112,6 +139,8 @@ async def audit_ledger(
         unique_value_mismatches=unique_value_mismatches,
         dangling_commits=totals["dangling_commits"],
         mismatches=mismatches,
+        rollup_mismatches=rollup_mismatches,
+        rollups=rollups,
     )
 
 
@@ -185,3 +214,50 @@ async def _unique_value_mismatches(conn: asyncpg.Connection, meter: Meter, custo
         *sql.args,
     )
     return int(count)
+
+
+async def _rollup_mismatches(
+    conn: asyncpg.Connection, meter: Meter, customer_ids: Sequence[str] | None
+) -> list[RollupMismatch]:
+    sql = Sql()
+    expected = buckets_from_events(meter, sql, lambda sql: _Scope(sql, customer_ids).on("e"))
+    stored_scope = _Scope(sql, customer_ids).on("r")
+    meter_param = sql.param(meter.slug)
+    figures = ("event_count", "quantity_sum", "quantity_max", "latest_quantity", "latest_event_time", "latest_event_id")
+    differs = " OR ".join(f"s.{f} IS DISTINCT FROM x.{f}" for f in figures)
+    rows = await conn.fetch(
+        f"""
+        WITH expected AS ({expected}), stored AS (
+            SELECT {ROLLUP_COLUMNS} FROM usage_rollups r WHERE r.meter_slug = {meter_param} AND {stored_scope}
+        )
+        SELECT {ROLLUP_KEY}, NULL::text AS value
+          FROM stored s FULL JOIN expected x USING ({ROLLUP_KEY})
+         WHERE {differs}
+         ORDER BY 1, 3, 4
+        """,
+        *sql.args,
+    )
+    return [RollupMismatch(**dict(row)) for row in rows]
+
+
+async def _rollup_value_mismatches(
+    conn: asyncpg.Connection, meter: Meter, customer_ids: Sequence[str] | None
+) -> list[RollupMismatch]:
+    sql = Sql()
+    expected = values_from_events(meter, sql, lambda sql: _Scope(sql, customer_ids).on("e"))
+    stored_scope = _Scope(sql, customer_ids).on("r")
+    meter_param = sql.param(meter.slug)
+    rows = await conn.fetch(
+        f"""
+        WITH expected AS ({expected}), stored AS (
+            SELECT {ROLLUP_KEY}, value, event_count FROM usage_rollup_values r
+             WHERE r.meter_slug = {meter_param} AND {stored_scope}
+        )
+        SELECT {ROLLUP_KEY}, value
+          FROM stored s FULL JOIN expected x USING ({ROLLUP_KEY}, value)
+         WHERE s.event_count IS DISTINCT FROM x.event_count
+         ORDER BY 1, 3, 4
+        """,
+        *sql.args,
+    )
+    return [RollupMismatch(**dict(row)) for row in rows]

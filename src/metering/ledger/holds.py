@@ -16,9 +16,9 @@ from decimal import Decimal
 import asyncpg
 
 from metering import decimals, limits
-from metering.catalog import Enforcement
+from metering.catalog import Enforcement, Meter
 from metering.errors import FieldViolation, IdempotencyKeyConflict, InvalidArgument, ReservationStateError
-from metering.ledger import steps
+from metering.ledger import rollups, steps
 from metering.ledger.pool import PoolUser, translate_errors
 from metering.ledger.records import (
     COMMITTED,
@@ -177,6 +177,7 @@ class Holds(PoolUser):
         quantity: Decimal | None,
         properties: dict[str, str],
         price_slug: str,
+        meter: Meter,
         plan: limits.Allowance,
         period: Period,
     ) -> CommitOutcome:
@@ -231,6 +232,8 @@ class Holds(PoolUser):
                 raise IdempotencyKeyConflict(
                     "reservation", current.reservation_id, ["reservation_id"], used_by_event=True
                 )
+            # Reservations are SUM meters only: no distinct value to count.
+            await rollups.add_events(conn, [rollups.rollup_input(meter, stored, None)])
             await steps.write_counter(
                 conn, current.customer_id, current.meter_slug, current.period_start, decision.state_after
             )

@@ -17,8 +17,8 @@ from typing import Any
 from metering.catalog import Meter
 from metering.ledger.pool import PoolUser, translate_errors
 from metering.ledger.records import StoredEvent
-from metering.ledger.sql import EVENT_FROM, EVENT_SELECT, NOT_VOIDED, VALUE_SQL, Sql, stored_event
-from metering.windows import Window
+from metering.ledger.sql import EVENT_FROM, EVENT_SELECT, NOT_VOIDED, PARTS_VALUE_SQL, VALUE_SQL, Sql, stored_event
+from metering.windows import Window, whole_hours
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +60,91 @@ class AggregateQuery:
 
 def aggregate_sql(query: AggregateQuery) -> tuple[str, list[Any]]:
     """The statement (and its arguments) that `UsageReports.aggregate` runs;
-    separate so that benchmarks can EXPLAIN exactly what the service runs."""
+    separate so that benchmarks can EXPLAIN exactly what the service runs.
+
+    Whole UTC hours are read from the hourly rollups and only the partial
+    hours at each window's edges from the events, so the cost follows the
+    number of windows and buckets, not of events. Grouping or filtering by a
+    property the meter does not declare as a dimension reads every event of
+    the range instead (`raw_aggregate_sql`)."""
+    keys = [*query.group_by, *(f.key for f in query.filters)]
+    if not query.meter.serves_from_rollups(keys):
+        return raw_aggregate_sql(query)
+    sql = Sql()
+    customer = sql.param(query.customer_id)
+    meter_param = sql.param(query.meter.slug)
+    whole = [whole_hours(w) for w in query.windows]
+    starts = sql.param([w[0] for w in query.windows], "::timestamptz[]")
+    ends = sql.param([w[1] for w in query.windows], "::timestamptz[]")
+    whole_starts = sql.param([w[0] for w in whole], "::timestamptz[]")
+    whole_ends = sql.param([w[1] for w in whole], "::timestamptz[]")
+    unique = sql.param(query.meter.unique_property) if query.meter.unique_property else None
+    bucket = f"r.customer_id = {customer} AND r.meter_slug = {meter_param}"
+    event = f"e.customer_id = {customer} AND e.meter_slug = {meter_param} AND {NOT_VOIDED}"
+    event_columns = (
+        "w.n, e.price_slug, e.properties AS props, 1::bigint AS event_count, e.quantity AS quantity_sum, "
+        "e.quantity AS quantity_max, e.quantity AS latest_quantity, e.event_time AS latest_event_time, "
+        f"e.event_id AS latest_event_id, {f'e.properties ->> {unique}' if unique else 'NULL::text'} AS value"
+    )
+    parts = [
+        f"""SELECT w.n, r.price_slug, r.dimensions, r.event_count, r.quantity_sum, r.quantity_max, r.latest_quantity,
+                   r.latest_event_time, r.latest_event_id, NULL::text
+              FROM w JOIN usage_rollups r ON {bucket} AND r.hour >= w.whole_start AND r.hour < w.whole_end""",
+        # The leading and trailing partial hours, each an index range scan.
+        f"""SELECT {event_columns}
+              FROM w JOIN usage_events e ON {event}
+                   AND e.event_time >= w.window_start AND e.event_time < w.whole_start""",
+        f"""SELECT {event_columns}
+              FROM w JOIN usage_events e ON {event}
+                   AND e.event_time >= w.whole_end AND e.event_time < w.window_end""",
+    ]
+    if unique is not None:
+        # Distinct values of whole hours: a value counts once however many
+        # hours (or edge events) carry it.
+        parts.append(
+            f"""SELECT w.n, r.price_slug, r.dimensions, 0::bigint, NULL::numeric, NULL::numeric, NULL::numeric,
+                       NULL::timestamptz, NULL::uuid, r.value
+                  FROM w JOIN usage_rollup_values r ON {bucket} AND r.hour >= w.whole_start AND r.hour < w.whole_end"""
+        )
+    group_exprs = ["p.price_slug"] if query.group_by_price else []
+    group_exprs += [f"p.props ->> {sql.param(key)}" for key in query.group_by]
+    filters = "".join(
+        f" AND p.props ->> {sql.param(f.key)} = ANY({sql.param(list(f.values), '::text[]')})" for f in query.filters
+    )
+    shape = _Shape(sql, group_exprs, query)
+    statement = f"""
+        WITH w AS (
+            SELECT * FROM unnest({starts}, {ends}, {whole_starts}, {whole_ends})
+                   WITH ORDINALITY AS w (window_start, window_end, whole_start, whole_end, n)
+        ), parts (n, price_slug, props, event_count, quantity_sum, quantity_max, latest_quantity, latest_event_time,
+                  latest_event_id, value) AS (
+            {" UNION ALL ".join(parts)}
+        )
+        SELECT w.n, w.window_start, w.window_end{shape.select_groups},
+               coalesce({PARTS_VALUE_SQL[query.meter.aggregation]}, 0) AS value,
+               coalesce(sum(p.event_count), 0)::bigint AS event_count
+          FROM w LEFT JOIN parts p ON p.n = w.n{filters}
+          {shape.where}
+         GROUP BY w.n, w.window_start, w.window_end{shape.group_clause}
+         {shape.having}
+         ORDER BY w.n{shape.group_clause}
+         {shape.limit}
+    """
+    return statement, sql.args
+
+
+def raw_aggregate_sql(query: AggregateQuery) -> tuple[str, list[Any]]:
+    """The same aggregates computed from every event of the windows: for
+    groupings the rollups do not keep, for the benchmark that compares both
+    ways, and for the property test that checks they agree."""
     customer_id, meter, windows = query.customer_id, query.meter, query.windows
-    group_by, filters, after = query.group_by, query.filters, query.after
     sql = Sql()
     customer = sql.param(customer_id)
     starts = sql.param([w[0] for w in windows], "::timestamptz[]")
     ends = sql.param([w[1] for w in windows], "::timestamptz[]")
     meter_param = sql.param(meter.slug)
-    # Group values compare in byte order ("C") whatever the database's locale.
     group_exprs = ["e.price_slug"] if query.group_by_price else []
-    group_exprs += [f"e.properties ->> {sql.param(key)}" for key in group_by]
-    group_values = [f"coalesce({expr}, '') COLLATE \"C\"" for expr in group_exprs]
+    group_exprs += [f"e.properties ->> {sql.param(key)}" for key in query.group_by]
     value = VALUE_SQL[meter.aggregation].format(
         unique=sql.param(meter.unique_property) if meter.unique_property else "NULL"
     )
@@ -82,31 +155,42 @@ def aggregate_sql(query: AggregateQuery) -> tuple[str, list[Any]]:
         "e.event_time < w.window_end",
     ]
     conditions += [
-        f"e.properties ->> {sql.param(f.key)} = ANY({sql.param(list(f.values), '::text[]')})" for f in filters
+        f"e.properties ->> {sql.param(f.key)} = ANY({sql.param(list(f.values), '::text[]')})" for f in query.filters
     ]
     conditions.append(NOT_VOIDED)
-    groups = [f"g{i}" for i in range(len(group_values))]
-    select_groups = "".join(f", {v} AS {name}" for v, name in zip(group_values, groups, strict=True))
-    group_clause = "".join(f", {name}" for name in groups)
-    where = having = ""
-    if after is not None:
-        where = f"WHERE w.n >= {sql.param(after.window_index)}"
-        key = ", ".join(["w.n", *group_values])  # HAVING cannot name output columns
-        bound = ", ".join([sql.param(after.window_index), *(sql.param(g) for g in after.groups)])
-        having = f"HAVING ({key}) > ({bound})"
-    limit_clause = f"LIMIT {sql.param(query.limit)}" if query.limit is not None else ""
+    shape = _Shape(sql, group_exprs, query)
     statement = f"""
-        SELECT w.n, w.window_start, w.window_end{select_groups},
+        SELECT w.n, w.window_start, w.window_end{shape.select_groups},
                coalesce({value}, 0) AS value, count(e.event_id) AS event_count
           FROM unnest({starts}, {ends}) WITH ORDINALITY AS w (window_start, window_end, n)
           LEFT JOIN LATERAL (SELECT * FROM usage_events e WHERE {" AND ".join(conditions)}) e ON true
-          {where}
-         GROUP BY w.n, w.window_start, w.window_end{group_clause}
-         {having}
-         ORDER BY w.n{group_clause}
-         {limit_clause}
+          {shape.where}
+         GROUP BY w.n, w.window_start, w.window_end{shape.group_clause}
+         {shape.having}
+         ORDER BY w.n{shape.group_clause}
+         {shape.limit}
     """
     return statement, sql.args
+
+
+class _Shape:
+    """What both ways of aggregating share: the group columns, and keyset
+    pagination (rows after the cursor's window and group values) with a limit."""
+
+    def __init__(self, sql: Sql, group_exprs: Sequence[str], query: AggregateQuery) -> None:
+        # Group values compare in byte order ("C") whatever the database's locale.
+        group_values = [f"coalesce({expr}, '') COLLATE \"C\"" for expr in group_exprs]
+        groups = [f"g{i}" for i in range(len(group_values))]
+        self.select_groups = "".join(f", {v} AS {name}" for v, name in zip(group_values, groups, strict=True))
+        self.group_clause = "".join(f", {name}" for name in groups)
+        self.where = self.having = ""
+        after = query.after
+        if after is not None:
+            self.where = f"WHERE w.n >= {sql.param(after.window_index)}"
+            key = ", ".join(["w.n", *group_values])  # HAVING cannot name output columns
+            bound = ", ".join([sql.param(after.window_index), *(sql.param(g) for g in after.groups)])
+            self.having = f"HAVING ({key}) > ({bound})"
+        self.limit = f"LIMIT {sql.param(query.limit)}" if query.limit is not None else ""
 
 
 class UsageReports(PoolUser):
@@ -129,17 +213,32 @@ class UsageReports(PoolUser):
             for row in rows
         ]
 
-    async def meters_with_usage(self, customer_id: str, start: datetime, end: datetime) -> list[str]:
+    async def meters_with_usage(
+        self, customer_id: str, start: datetime, end: datetime, candidates: Sequence[str]
+    ) -> list[str]:
+        """Which of the `candidates` meters have events that count in [start, end):
+        one probe of the rollups (whole hours) and of the edge events per meter."""
+        first, last = whole_hours((start, end))
         async with translate_errors(), self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT DISTINCT e.meter_slug FROM usage_events e "
-                f"WHERE e.customer_id = $1 AND e.event_time >= $2 AND e.event_time < $3 AND {NOT_VOIDED} "
-                "ORDER BY e.meter_slug",
+                f"""
+                SELECT m.slug FROM unnest($6::text[]) AS m (slug)
+                 WHERE EXISTS (SELECT 1 FROM usage_rollups r
+                                WHERE r.customer_id = $1 AND r.meter_slug = m.slug AND r.hour >= $4 AND r.hour < $5)
+                    OR EXISTS (SELECT 1 FROM usage_events e
+                                WHERE e.customer_id = $1 AND e.meter_slug = m.slug AND {NOT_VOIDED}
+                                  AND ((e.event_time >= $2 AND e.event_time < $4)
+                                       OR (e.event_time >= $5 AND e.event_time < $3)))
+                 ORDER BY m.slug
+                """,
                 customer_id,
                 start,
                 end,
+                first,
+                last,
+                list(candidates),
             )
-        return [row["meter_slug"] for row in rows]
+        return [row["slug"] for row in rows]
 
     async def list_events(
         self,

@@ -45,6 +45,19 @@ VALUE_SQL = {
 }
 
 
+# The same values from the parts of a range `p` (metering.ledger.reports):
+# rollup buckets of its whole hours, the distinct values of those buckets
+# (UNIQUE_COUNT), and single events of its partial edge hours, each part a
+# row with event_count, quantity_sum, quantity_max, latest_* and value.
+PARTS_VALUE_SQL = {
+    Aggregation.SUM: "sum(p.quantity_sum)",
+    Aggregation.COUNT: "sum(p.event_count)::numeric",
+    Aggregation.MAX: "max(p.quantity_max)",
+    Aggregation.UNIQUE_COUNT: "count(DISTINCT p.value)::numeric",
+    Aggregation.LATEST: "(array_agg(p.latest_quantity ORDER BY p.latest_event_time DESC, p.latest_event_id DESC))[1]",
+}
+
+
 class Sql:
     """Builds a statement with numbered parameters."""
 

@@ -14,7 +14,7 @@ import asyncpg
 from metering import limits
 from metering.catalog import Meter
 from metering.errors import BillingAnchorImmutable
-from metering.ledger import steps
+from metering.ledger import rollups, steps
 from metering.ledger.pool import PoolUser, translate_errors
 from metering.ledger.reader import CounterKey, CounterReader, Readings
 from metering.ledger.records import (
@@ -122,6 +122,7 @@ class Ledger(PoolUser):
             )
             if inserted:
                 state = await steps.recompute_counter(conn, event.customer_id, meter, event.period_start)
+                await rollups.rebuild_bucket(conn, meter, rollups.rollup_input(meter, event, None))
             else:
                 state = await steps.read_counter(conn, event.customer_id, event.meter_slug, event.period_start)
             allowance, _ = await steps.full_allowance(

@@ -36,7 +36,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -56,6 +56,7 @@ from metering.ledger.records import (
     new_event_ids,
     payload_differences,
 )
+from metering.ledger.rollups import ROLLUP_UPSERTS
 from metering.ledger.sql import COUNTER_COLUMNS, EVENT_COLUMNS, EVENT_FROM, EVENT_SELECT, counter_state, stored_event
 from metering.periods import Period
 
@@ -76,6 +77,8 @@ class Resolution:
     period: Period
     unique_value: str | None
     allow_overage: bool
+    # The event's values of its meter's declared dimensions: its rollup bucket.
+    dimensions: dict[str, str] = field(default_factory=dict)
     context: Any = None  # the engine's own data, handed back with the outcome
 
 
@@ -217,7 +220,7 @@ class BatchWriter(PoolUser):
             r if isinstance(r, BaseException) else None for r in resolutions
         ]
         in_batch: dict[tuple[str, str], tuple[int, NewEvent, UUID]] = {}  # accepted earlier in this batch
-        inserts: list[tuple[NewEvent, UUID, CounterKey]] = []
+        inserts: list[_Insert] = []
         accepted: list[tuple[int, Resolution, limits.Decision, CounterReading]] = []  # in the order of inserts
         touched: set[CounterKey] = set()  # counters with a decision to write back
         new_values: list[tuple[CounterKey, str, Any]] = []
@@ -258,7 +261,7 @@ class BatchWriter(PoolUser):
                 continue
             states[key] = decision.state_after
             in_batch[txn] = (index, event, event_id)
-            inserts.append((event, event_id, key))
+            inserts.append(_Insert(event, event_id, key, resolution.dimensions, resolution.unique_value))
             accepted.append((index, resolution, decision, reading))
             if new_value:
                 assert resolution.unique_value is not None
@@ -282,6 +285,17 @@ class BatchWriter(PoolUser):
             assert isinstance(result, (Written, BaseException)), "every event was answered"
             answers.append(result)
         return answers
+
+
+@dataclass(frozen=True, slots=True)
+class _Insert:
+    """An accepted event to insert, with what its counter and rollup bucket need."""
+
+    event: NewEvent
+    event_id: UUID
+    key: CounterKey
+    dimensions: dict[str, str]
+    unique_value: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,34 +453,44 @@ async def _reading_of(
 
 async def _write_batch(
     conn: asyncpg.Connection,
-    rows: list[tuple[NewEvent, Any, CounterKey]],
+    rows: list[_Insert],
     counters: list[tuple[CounterKey, limits.CounterState]],
     unique_values: list[tuple[CounterKey, str, Any]],
 ) -> list[StoredEvent]:
     """One statement writes the batch: the accepted events (one multi-row
-    insert), each counter once, and the distinct values seen for the first
-    time. Returns the stored events in input order, or fewer when a concurrent
-    insert took a transaction id (the caller rolls back and runs again). Only
-    what the database decides comes back (which rows it inserted, and when);
-    the rest of each stored event is what was inserted."""
+    insert), their hourly rollup buckets (metering.ledger.rollups), each
+    counter once, and the distinct values seen for the first time. Returns the
+    stored events in input order, or fewer when a concurrent insert took a
+    transaction id (the caller rolls back and runs again). Only what the
+    database decides comes back (which rows it inserted, and when); the rest
+    of each stored event is what was inserted."""
     if not (rows or counters or unique_values):
         return []
-    events = [event for event, _, _ in rows]
-    # Data-modifying WITH clauses always run to completion, read or not.
+    events = [row.event for row in rows]
+    # Data-modifying WITH clauses always run to completion, read or not. The
+    # rollups add only the rows the insert took (joined on the event id).
     inserted = await conn.fetch(
         f"""
-        WITH inserted AS (
+        WITH input AS (
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                 $7::numeric[], $8::timestamptz[], $9::timestamptz[], $10::jsonb[], $23::jsonb[],
+                                 $24::text[])
+                   WITH ORDINALITY AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
+                                         requested_price_slug, quantity, event_time, period_start, properties,
+                                         dimensions, unique_value, n)
+        ), inserted AS (
             INSERT INTO usage_events ({EVENT_COLUMNS})
             SELECT k.event_id, k.customer_id, k.transaction_id, k.meter_slug, k.price_slug, k.requested_price_slug,
                    k.quantity, k.event_time, k.period_start, now(), k.properties
-              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::numeric[],
-                          $8::timestamptz[], $9::timestamptz[], $10::jsonb[])
-                   WITH ORDINALITY AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
-                                         requested_price_slug, quantity, event_time, period_start, properties, n)
+              FROM input k
              ORDER BY k.n
             ON CONFLICT (customer_id, transaction_id) DO NOTHING
             RETURNING event_id, recorded_at
-        ), counters AS (
+        ), rollup_src AS (
+            SELECT k.customer_id, k.meter_slug, k.price_slug, k.event_time, k.event_id, k.quantity, k.dimensions,
+                   k.unique_value
+              FROM input k JOIN inserted i ON i.event_id = k.event_id
+        ), {ROLLUP_UPSERTS.strip()}, counters AS (
             UPDATE meter_counters c
                SET used = u.used, event_count = u.event_count, latest_event_time = u.latest_event_time,
                    latest_event_id = u.latest_event_id, updated_at = now()
@@ -480,7 +504,7 @@ async def _write_batch(
         )
         SELECT event_id, recorded_at FROM inserted
         """,
-        [event_id for _, event_id, _ in rows],
+        [row.event_id for row in rows],
         [e.customer_id for e in events],
         [e.transaction_id for e in events],
         [e.meter_slug for e in events],
@@ -488,7 +512,7 @@ async def _write_batch(
         [e.requested_price_slug for e in events],
         [e.quantity for e in events],
         [e.event_time for e in events],
-        [key[2] for _, _, key in rows],
+        [row.key[2] for row in rows],
         [e.properties for e in events],
         [k[0] for k, _ in counters],
         [k[1] for k, _ in counters],
@@ -502,22 +526,24 @@ async def _write_batch(
         [k[2] for k, _, _ in unique_values],
         [value for _, value, _ in unique_values],
         [event_id for _, _, event_id in unique_values],
+        [row.dimensions for row in rows],
+        [row.unique_value for row in rows],
     )
     recorded_at: dict[UUID, datetime] = {row[0]: row[1] for row in inserted}
     return [
         StoredEvent(
-            event_id=event_id,
-            customer_id=event.customer_id,
-            transaction_id=event.transaction_id,
-            meter_slug=event.meter_slug,
-            price_slug=event.price_slug,
-            requested_price_slug=event.requested_price_slug,
-            quantity=event.quantity,
-            event_time=event.event_time,
-            period_start=key[2],
-            recorded_at=recorded_at[event_id],
-            properties=event.properties,
+            event_id=row.event_id,
+            customer_id=row.event.customer_id,
+            transaction_id=row.event.transaction_id,
+            meter_slug=row.event.meter_slug,
+            price_slug=row.event.price_slug,
+            requested_price_slug=row.event.requested_price_slug,
+            quantity=row.event.quantity,
+            event_time=row.event.event_time,
+            period_start=row.key[2],
+            recorded_at=recorded_at[row.event_id],
+            properties=row.event.properties,
         )
-        for event, event_id, key in rows
-        if event_id in recorded_at
+        for row in rows
+        if row.event_id in recorded_at
     ]
