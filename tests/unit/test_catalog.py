@@ -160,3 +160,26 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="cannot read the file"):
         load_catalog(tmp_path / "missing.toml")
+
+
+def test_dimensions_parse_and_select_properties() -> None:
+    text = BASE.replace('unit = "token"', 'unit = "token"\ndimensions = ["region", "model"]')
+    meter = parse_catalog(text).meters["tokens"]
+    assert meter.dimensions == ("region", "model")
+    assert meter.dimension_values({"region": "eu", "user": "ann"}) == {"region": "eu"}
+    assert meter.serves_from_rollups(["model", "region"])
+    assert not meter.serves_from_rollups(["user"])
+
+
+@pytest.mark.parametrize(
+    ("dimensions", "problem"),
+    [
+        ('"region"', "meters.tokens.dimensions: must be a list of property keys"),
+        ('["bad key"]', "meters.tokens.dimensions[0]: a property key is 1 to 64 characters"),
+        ('["a", "a"]', "meters.tokens.dimensions: each property key at most once"),
+        (str([f"k{i}" for i in range(9)]).replace("'", '"'), "meters.tokens.dimensions: at most 8 dimensions"),
+    ],
+)
+def test_bad_dimensions_are_reported_with_their_key(dimensions: str, problem: str) -> None:
+    text = BASE.replace('unit = "token"', f'unit = "token"\ndimensions = {dimensions}')
+    assert any(p.startswith(problem) for p in problems(text)), problems(text)

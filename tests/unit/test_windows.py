@@ -4,8 +4,10 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from metering.windows import MAX_WINDOWS, TooManyWindowsError, WindowSize, windows
+from metering.windows import MAX_WINDOWS, TooManyWindowsError, WindowSize, floor_hour, whole_hours, windows
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -55,3 +57,30 @@ def test_too_many_windows_are_refused() -> None:
     )
     with pytest.raises(TooManyWindowsError):
         windows(utc(2026, 1, 1), utc(2026, 1, 1) + timedelta(hours=MAX_WINDOWS + 1), WindowSize.HOUR, ZoneInfo("UTC"))
+
+
+# Hypothesis takes naive bounds and attaches the time zone itself.
+SPAN = {"min_value": datetime(2020, 1, 1), "max_value": datetime(2030, 1, 1)}  # noqa: DTZ001
+
+
+@given(
+    start=st.datetimes(**SPAN, timezones=st.just(UTC)),
+    length=st.timedeltas(min_value=timedelta(microseconds=1), max_value=timedelta(days=3)),
+)
+def test_whole_hours_and_the_edges_tile_the_window(start: datetime, length: timedelta) -> None:
+    end = start + length
+    first, last = whole_hours((start, end))
+    # [start, first) and [last, end) are the edges read from events; [first, last) the rollups.
+    assert start <= first <= last <= end
+    if first < last:
+        assert floor_hour(first) == first and floor_hour(last) == last
+        assert first - start < timedelta(hours=1) and end - last < timedelta(hours=1)
+    else:
+        assert (first, last) == (start, start)  # no whole hour: the whole window is one edge
+        assert floor_hour(end) <= start or end - start < timedelta(hours=2)
+
+
+def test_whole_hours_of_a_half_hour_zone() -> None:
+    kolkata = ZoneInfo("Asia/Kolkata")
+    [day] = windows(utc(2025, 1, 1, 18, 30), utc(2025, 1, 2, 18, 30), WindowSize.DAY, kolkata)
+    assert whole_hours(day) == (utc(2025, 1, 1, 19), utc(2025, 1, 2, 18))
