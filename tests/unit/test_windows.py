@@ -60,11 +60,11 @@ def test_too_many_windows_are_refused() -> None:
 
 
 # Hypothesis takes naive bounds and attaches the time zone itself.
-SPAN = {"min_value": datetime(2020, 1, 1), "max_value": datetime(2030, 1, 1)}  # noqa: DTZ001
+EARLIEST, LATEST = datetime(2020, 1, 1), datetime(2030, 1, 1)  # noqa: DTZ001
 
 
 @given(
-    start=st.datetimes(**SPAN, timezones=st.just(UTC)),
+    start=st.datetimes(min_value=EARLIEST, max_value=LATEST, timezones=st.just(UTC)),
     length=st.timedeltas(min_value=timedelta(microseconds=1), max_value=timedelta(days=3)),
 )
 def test_whole_hours_and_the_edges_tile_the_window(start: datetime, length: timedelta) -> None:
