@@ -157,7 +157,7 @@ def run_sql(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
     return asyncio.run(go())
 
 
-def audit(database_url: str, customer_ids: Sequence[str] | None = None) -> AuditReport:
+def audit(database_url: str, customer_ids: Sequence[str] | None = None, catalog: Path = TEST_CATALOG) -> AuditReport:
     """The ledger audit (`metering audit`) of some customers, against the test catalog."""
     from metering.catalog import load_catalog
     from metering.ledger.audit import audit_ledger
@@ -165,7 +165,7 @@ def audit(database_url: str, customer_ids: Sequence[str] | None = None) -> Audit
     async def go() -> AuditReport:
         conn = await asyncpg.connect(database_url)
         try:
-            return await audit_ledger(conn, load_catalog(str(TEST_CATALOG)), customer_ids)
+            return await audit_ledger(conn, load_catalog(str(catalog)), customer_ids)
         finally:
             await conn.close()
 

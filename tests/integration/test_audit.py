@@ -7,11 +7,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 
-from metering.v1 import events_pb2, metering_service_pb2_grpc
+import grpc
+
+from metering.v1 import customer_pb2, events_pb2, metering_service_pb2_grpc
 from tests.integration.test_entitlements import commit, reserve
 from tests.integration.test_record_usage import record
-from tests.support import TEST_CATALOG, audit, run_sql
+from tests.support import TEST_CATALOG, ServiceProcess, audit, run_sql
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
@@ -72,3 +75,45 @@ def test_audit_command_exit_status(stub: Stub, new_customer: Callable[..., str],
     assert broken.returncode == 1
     assert f"MISMATCH {customer} tokens" in broken.stdout
     assert "LEDGER INCONSISTENT" in broken.stdout
+
+
+def test_audit_reports_a_tampered_rollup_bucket_and_a_lost_distinct_value(
+    stub: Stub, new_customer: Callable[..., str], database_url: str
+) -> None:
+    customer = new_customer()
+    _write_through_every_path(stub, customer)
+    assert audit(database_url, [customer]).rollups == 5  # one bucket per meter: every event in this hour
+    tamper = "UPDATE usage_rollups SET quantity_sum = quantity_sum + 1 WHERE customer_id = $1 AND meter_slug = 'tokens'"
+    run_sql(database_url, tamper, customer)
+    run_sql(database_url, "DELETE FROM usage_rollup_values WHERE customer_id = $1 AND value = 'bob'", customer)
+    report = audit(database_url, [customer])
+    assert not report.ok
+    assert sorted((m.meter_slug, m.value) for m in report.rollup_mismatches) == [("tokens", None), ("users", "bob")]
+    assert not report.mismatches  # the counters are untouched
+
+
+def test_a_changed_layout_rebuilds_the_rollups_at_start_up(make_database: Callable[[], str], tmp_path: Path) -> None:
+    """A catalog that declares other dimensions: the service rebuilds that
+    meter's buckets from the events before it serves, and the audit agrees."""
+    url = make_database()
+    first = ServiceProcess(url).start()
+    try:
+        with grpc.insecure_channel(first.target) as channel:
+            own = metering_service_pb2_grpc.MeteringServiceStub(channel)
+            own.UpsertCustomer(customer_pb2.UpsertCustomerRequest(customer_id="layout", plan_slug="soft"), timeout=10)
+            for i, (region, tier) in enumerate([("eu", "a"), ("eu", "b"), ("us", "a")]):
+                record(own, "layout", f"l{i}", "2", properties={"region": region, "tier": tier})
+    finally:
+        first.stop()
+    by_tier = tmp_path / "catalog.toml"
+    by_tier.write_text(TEST_CATALOG.read_text().replace('dimensions = ["region", "tier"]', 'dimensions = ["tier"]'))
+    second = ServiceProcess(url, catalog=by_tier).start()
+    try:
+        rows = run_sql(url, "SELECT dimensions, quantity_sum FROM usage_rollups WHERE meter_slug = 'tokens' ORDER BY 2")
+        assert [(row["dimensions"], row["quantity_sum"]) for row in rows] == [
+            ('{"tier": "b"}', Decimal(2)),
+            ('{"tier": "a"}', Decimal(4)),
+        ]
+    finally:
+        second.stop()
+    assert audit(url, catalog=by_tier).ok
