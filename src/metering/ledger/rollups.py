@@ -41,6 +41,9 @@ DIMENSIONS_SQL = (
     "FROM jsonb_each({props}) d WHERE d.key = ANY({dims}))"
 )
 
+# How long one statement of a meter's rebuild may take (a scan of its events).
+REBUILD_TIMEOUT_SECONDS = 6 * 3600.0
+
 ROLLUP_KEY = "customer_id, meter_slug, hour, price_slug, dimensions"
 ROLLUP_COLUMNS = (
     f"{ROLLUP_KEY}, event_count, quantity_sum, quantity_max, latest_quantity, latest_event_time, latest_event_id"
@@ -202,14 +205,24 @@ async def rebuild_bucket(conn: asyncpg.Connection, meter: Meter, bucket: RollupI
 
 
 async def _insert_from_events(
-    conn: asyncpg.Connection, meter: Meter, scope: Scope, *, dimensions: dict[str, str] | None = None
+    conn: asyncpg.Connection,
+    meter: Meter,
+    scope: Scope,
+    *,
+    dimensions: dict[str, str] | None = None,
+    statement_seconds: float | None = None,
 ) -> None:
     """Insert the buckets (and distinct values) computed from the events in
-    `scope`, only those of `dimensions` when given."""
+    `scope`, only those of `dimensions` when given. `statement_seconds`: the
+    client-side bound on each statement (None: the connection's command timeout)."""
     sql = Sql()
     select = buckets_from_events(meter, sql, scope)
     only = "" if dimensions is None else f" WHERE b.dimensions = {sql.param(dimensions, '::jsonb')}"
-    await conn.execute(f"INSERT INTO usage_rollups ({ROLLUP_COLUMNS}) SELECT * FROM ({select}) b{only}", *sql.args)
+    await conn.execute(
+        f"INSERT INTO usage_rollups ({ROLLUP_COLUMNS}) SELECT * FROM ({select}) b{only}",
+        *sql.args,
+        timeout=statement_seconds,
+    )
     if meter.unique_property is not None:
         sql = Sql()
         select = values_from_events(meter, sql, scope)
@@ -217,16 +230,22 @@ async def _insert_from_events(
         await conn.execute(
             f"INSERT INTO usage_rollup_values ({ROLLUP_KEY}, value, event_count) SELECT * FROM ({select}) b{only}",
             *sql.args,
+            timeout=statement_seconds,
         )
 
 
 async def rebuild_meter(conn: asyncpg.Connection, meter: Meter) -> None:
     """Rebuild every bucket of a meter from the events, inside the caller's
     transaction, with the rollup tables locked against writers meanwhile."""
-    await conn.execute("LOCK TABLE usage_rollups, usage_rollup_values IN EXCLUSIVE MODE")
-    await conn.execute("DELETE FROM usage_rollups WHERE meter_slug = $1", meter.slug)
-    await conn.execute("DELETE FROM usage_rollup_values WHERE meter_slug = $1", meter.slug)
-    await _insert_from_events(conn, meter, lambda sql: "TRUE")
+    await conn.execute(
+        "LOCK TABLE usage_rollups, usage_rollup_values IN EXCLUSIVE MODE", timeout=REBUILD_TIMEOUT_SECONDS
+    )
+    # A scan of the meter's whole history: not bound by the per-statement
+    # timeout of ordinary calls (METERING_DB_TIMEOUT).
+    await conn.execute("SET LOCAL statement_timeout = 0")
+    for table in ("usage_rollups", "usage_rollup_values"):
+        await conn.execute(f"DELETE FROM {table} WHERE meter_slug = $1", meter.slug, timeout=REBUILD_TIMEOUT_SECONDS)
+    await _insert_from_events(conn, meter, lambda sql: "TRUE", statement_seconds=REBUILD_TIMEOUT_SECONDS)
 
 
 async def sync_layouts(conn: asyncpg.Connection, catalog: Catalog) -> list[str]:

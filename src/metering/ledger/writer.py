@@ -468,28 +468,28 @@ async def _write_batch(
         return []
     events = [row.event for row in rows]
     # Data-modifying WITH clauses always run to completion, read or not. The
-    # rollups add only the rows the insert took (joined on the event id).
+    # rollups add every event of the batch: if the insert skipped one (a
+    # concurrent twin took its transaction id), the caller rolls the whole
+    # transaction back and runs the batch again, so they never count an event
+    # that was not inserted.
     inserted = await conn.fetch(
         f"""
-        WITH input AS (
-            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                 $7::numeric[], $8::timestamptz[], $9::timestamptz[], $10::jsonb[], $23::jsonb[],
-                                 $24::text[])
-                   WITH ORDINALITY AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
-                                         requested_price_slug, quantity, event_time, period_start, properties,
-                                         dimensions, unique_value, n)
-        ), inserted AS (
+        WITH inserted AS (
             INSERT INTO usage_events ({EVENT_COLUMNS})
             SELECT k.event_id, k.customer_id, k.transaction_id, k.meter_slug, k.price_slug, k.requested_price_slug,
                    k.quantity, k.event_time, k.period_start, now(), k.properties
-              FROM input k
+              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::numeric[],
+                          $8::timestamptz[], $9::timestamptz[], $10::jsonb[])
+                   WITH ORDINALITY AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
+                                         requested_price_slug, quantity, event_time, period_start, properties, n)
              ORDER BY k.n
             ON CONFLICT (customer_id, transaction_id) DO NOTHING
             RETURNING event_id, recorded_at
         ), rollup_src AS (
-            SELECT k.customer_id, k.meter_slug, k.price_slug, k.event_time, k.event_id, k.quantity, k.dimensions,
-                   k.unique_value
-              FROM input k JOIN inserted i ON i.event_id = k.event_id
+            SELECT * FROM unnest($2::text[], $4::text[], $5::text[], $8::timestamptz[], $1::uuid[], $7::numeric[],
+                                 $23::jsonb[], $24::text[])
+                   AS s (customer_id, meter_slug, price_slug, event_time, event_id, quantity, dimensions,
+                         unique_value)
         ), {ROLLUP_UPSERTS.strip()}, counters AS (
             UPDATE meter_counters c
                SET used = u.used, event_count = u.event_count, latest_event_time = u.latest_event_time,
