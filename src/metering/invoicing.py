@@ -184,7 +184,10 @@ class Closer:
         metrics.invoice_grace.set(grace.total_seconds())
 
     async def run(self) -> None:
+        """A pass every interval, the first one an interval after start-up
+        (replicas starting together do not all sweep at once)."""
         while True:
+            await asyncio.sleep(self._interval.total_seconds())
             try:
                 await self.close_due()
             except DatabaseUnavailable as exc:
@@ -193,7 +196,6 @@ class Closer:
                 log.warning("closing periods: %s; retrying in %ss", exc, self._interval.total_seconds())
             except Exception:
                 log.exception("closing periods failed; retrying in %ss", self._interval.total_seconds())
-            await asyncio.sleep(self._interval.total_seconds())
 
     async def close_due(self) -> int:
         """Passes over the due customers until one finalizes nothing that leaves
