@@ -351,7 +351,7 @@ def test_two_replicas_closing_at_once_make_one_invoice_per_period(make_database:
         try:
 
             def all_closed() -> bool:
-                return run_sql(database, "SELECT count(*) FROM invoices")[0][0] == 60
+                return bool(run_sql(database, "SELECT count(*) FROM invoices")[0][0] == 60)
 
             assert wait_for(all_closed, timeout=60, interval=0.2)
             rows = run_sql(

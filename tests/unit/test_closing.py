@@ -12,7 +12,12 @@ from metering.closing import EventTime
 from metering.errors import BeforeFirstPeriod, PeriodClosed
 from metering.periods import ResetPeriod, period_containing
 
-instants = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
+# hypothesis takes naive bounds and attaches the time zone itself.
+instants = st.datetimes(
+    min_value=datetime(2000, 1, 1),  # noqa: DTZ001
+    max_value=datetime(2100, 1, 1),  # noqa: DTZ001
+    timezones=st.just(UTC),
+)
 
 
 def test_a_period_is_due_once_its_grace_has_passed() -> None:
