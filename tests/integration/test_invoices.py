@@ -4,8 +4,11 @@ processes closing every few hundred milliseconds on a database of their own
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -405,3 +408,31 @@ def test_a_replica_killed_mid_close_leaves_nothing_and_the_next_close_completes_
             assert [line.quantity for line in invoice.lines if line.meter_slug == "tokens"] == ["12"]
     finally:
         successor.stop()
+
+
+def test_the_cli_lists_and_shows_invoices(closing_stub: Stub, closing_service: ServiceProcess) -> None:
+    anchor = add_months(datetime.now(UTC).replace(microsecond=0), -2) - timedelta(days=1)
+    customer = new_id("cli")
+    create(closing_stub, customer, anchor)
+    assert wait_for(lambda: len(finalized(closing_stub, customer)) == 2, timeout=30, interval=0.2)
+
+    def metering(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "METERING_TARGET": closing_service.target}
+        return subprocess.run(
+            [sys.executable, "-m", "metering", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    listed = metering("invoices", customer)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["number", "status", "from", "to", "plan", "total", "currency", "invoice"]
+    assert [line.split()[:2] for line in lines[2:]] == [["2", "finalized"], ["1", "finalized"]]
+    as_json = json.loads(metering("invoices", customer, "--status", "finalized", "--json").stdout)
+    assert [i["number"] for i in as_json["invoices"]] == ["2", "1"]  # int64 is a string in proto3 JSON
+    first = as_json["invoices"][1]["invoice_id"]
+    shown = metering("invoice", first)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"invoice {first} number 1 (finalized, finalized ")
+    assert any(line.split() == ["total", "0.00", "USD"] for line in shown.stdout.splitlines()), shown.stdout
+    missing = metering("invoice", "00000000-0000-0000-0000-000000000000")
+    assert missing.returncode == 1 and "INVOICE_NOT_FOUND" in missing.stdout + missing.stderr
