@@ -127,17 +127,18 @@ class Invoicing:
         now = self._clock()
         wanted = query.page_size + 1  # one more than a page tells whether another page exists
         found: list[Invoice] = []
+        more = False
         if DRAFT in query.statuses:
-            for period in _draft_periods(customer, now, query.before, wanted):
+            periods = _draft_periods(customer, now, query.before, wanted)
+            more = len(periods) > query.page_size  # known without pricing the extra one
+            for period in periods[: query.page_size]:
                 found.append(await self._compute(customer.customer_id, period, now))
-        if FINALIZED in query.statuses and len(found) < wanted:
-            before = query.before
-            if found:
-                before = found[-1].period_start
-            found.extend(await self._invoices.list(customer.customer_id, before, wanted - len(found)))
-        page = found[: query.page_size]
-        next_before = page[-1].period_start if len(found) > query.page_size else None
-        return InvoicesPage(page, next_before)
+        if FINALIZED in query.statuses and not more:
+            before = found[-1].period_start if found else query.before
+            stored = await self._invoices.list(customer.customer_id, before, wanted - len(found))
+            more = len(found) + len(stored) > query.page_size
+            found.extend(stored[: query.page_size - len(found)])
+        return InvoicesPage(found, found[-1].period_start if more else None)
 
 
 def _draft_periods(customer: CustomerRecord, now: datetime, before: datetime | None, limit: int) -> list[Period]:
