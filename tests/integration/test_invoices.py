@@ -436,3 +436,42 @@ def test_the_cli_lists_and_shows_invoices(closing_stub: Stub, closing_service: S
     assert any(line.split() == ["total", "0.00", "USD"] for line in shown.stdout.splitlines()), shown.stdout
     missing = metering("invoice", "00000000-0000-0000-0000-000000000000")
     assert missing.returncode == 1 and "INVOICE_NOT_FOUND" in missing.stdout + missing.stderr
+
+
+def test_an_invoice_counts_exactly_the_late_events_accepted_while_it_was_finalized(
+    closing_stub: Stub, invoice_database: str
+) -> None:
+    """Late events keep arriving across the instant the closer finalizes their
+    period: every one answered OK is in the invoice, every one after it is
+    refused PERIOD_CLOSED, none is lost between the two."""
+    anchor, start, end, _ = period_ending_soon(2)
+    customer = new_id("race")
+    create(closing_stub, customer, anchor, plan="open")
+    inside = end - timedelta(minutes=1)
+    assert wait_for(lambda: datetime.now(UTC) > end, timeout=10)
+    accepted = refused = 0
+    deadline = time.monotonic() + 30
+    for n in range(100_000):
+        batch = closing_stub.RecordUsageBatch(
+            ingest_pb2.RecordUsageBatchRequest(
+                events=[record_request(customer, f"r{n}-{i}", "1", inside + timedelta(seconds=i)) for i in range(5)]
+            ),
+            timeout=10,
+        )
+        codes = [r.status.code for r in batch.results]
+        accepted += codes.count(grpc.StatusCode.OK.value[0])
+        refused += codes.count(grpc.StatusCode.FAILED_PRECONDITION.value[0])
+        assert accepted + refused == 5 * (n + 1)
+        if refused >= 50 or time.monotonic() > deadline:
+            break
+    assert accepted > 0 and refused >= 50
+    [invoice] = [i for i in finalized(closing_stub, customer) if i.period_start_time.ToDatetime(tzinfo=UTC) == start]
+    assert [line.quantity for line in invoice.lines if line.meter_slug == "tokens"] == [str(accepted)]
+    stored = run_sql(
+        invoice_database,
+        "SELECT count(*) FROM usage_events WHERE customer_id = $1 AND event_time >= $2 AND event_time < $3",
+        customer,
+        start,
+        end,
+    )
+    assert stored[0][0] == accepted
