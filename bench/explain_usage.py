@@ -46,7 +46,10 @@ METERS = ("ai_tokens", "api_calls", "storage_gb")
 
 async def load(conn: asyncpg.Connection, count: int) -> float:
     await conn.execute(
-        "INSERT INTO customers (customer_id, plan_slug, billing_anchor) VALUES ($1, 'pro', $2) ON CONFLICT DO NOTHING",
+        # closing_period_end: the end of the first billing period, a month from the anchor (UTC).
+        "INSERT INTO customers (customer_id, plan_slug, billing_anchor, closing_period_end) "
+        "VALUES ($1, 'pro', $2, (($2::timestamptz AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC') "
+        "ON CONFLICT DO NOTHING",
         CUSTOMER,
         START,
     )

@@ -150,7 +150,10 @@ async def copy_rows(url: str, rows: int, customers: int, tag: str) -> float:
 
 async def add_customers(conn: asyncpg.Connection, ids: list[str]) -> None:
     await conn.executemany(
-        "INSERT INTO customers (customer_id, plan_slug, billing_anchor) VALUES ($1, $2, now()) ON CONFLICT DO NOTHING",
+        # closing_period_end: the end of the first billing period, a month from the anchor (UTC).
+        "INSERT INTO customers (customer_id, plan_slug, billing_anchor, closing_period_end) "
+        "VALUES ($1, $2, now(), ((now() AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC') "
+        "ON CONFLICT DO NOTHING",
         [(customer, PLAN) for customer in ids],
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from datetime import UTC, datetime, timedelta
 
 # Tests fork processes (pg_ctl runs as another user, so subprocess forks rather
 # than vforks) while gRPC is busy in this process; gRPC core's fork handlers
@@ -29,6 +30,9 @@ import pytest
 from metering.embedded import EmbeddedPostgres, start_embedded
 from metering.v1 import customer_pb2, metering_service_pb2_grpc
 from tests.support import ServiceProcess
+
+# Further back than the test service's backfill window (3650 days).
+LONG_AGO = timedelta(days=3651)
 
 
 def _with_database(url: str, name: str) -> str:
@@ -108,13 +112,18 @@ def stub(channel: grpc.Channel) -> metering_service_pb2_grpc.MeteringServiceStub
 
 @pytest.fixture(scope="session")
 def new_customer(stub: metering_service_pb2_grpc.MeteringServiceStub) -> Callable[..., str]:
-    """Creates a customer of this test's own on a plan; returns its id."""
+    """Creates a customer of this test's own on a plan; returns its id. Its
+    billing anchor is `anchor`, by default further back than the test service's
+    backfill window: an event before a customer's anchor is refused
+    (BEFORE_FIRST_PERIOD), and tests record events at fixed past dates."""
 
     def create(plan: str = "limited", anchor: str | None = None) -> str:
         customer_id = f"cust-{uuid.uuid4().hex[:16]}"
         request = customer_pb2.UpsertCustomerRequest(customer_id=customer_id, plan_slug=plan)
         if anchor is not None:
             request.billing_anchor_time.FromJsonString(anchor)
+        else:
+            request.billing_anchor_time.FromDatetime(datetime.now(UTC) - LONG_AGO)
         stub.UpsertCustomer(request, timeout=10)
         return customer_id
 

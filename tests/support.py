@@ -57,6 +57,11 @@ class ServiceProcess:
             "METERING_LOG_LEVEL": "WARNING",
             # Fixed past dates (a DST change in 2025, say) must stay recordable.
             "METERING_BACKFILL_WINDOW": "3650d",
+            # No period of another test's customer closes under it: the first
+            # closing pass would run a day after start-up. Tests of closing
+            # (tests/integration/test_invoices.py) set seconds, on a database
+            # of their own.
+            "METERING_CLOSE_INTERVAL": "1d",
             **self.extra_env,
         }
         if "METERING_AUTH_FILE" not in self.extra_env:

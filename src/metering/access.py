@@ -40,7 +40,7 @@ _KNOWN_KEYS = {"roles", "token_sha256", "certificate_cn", "meters"}
 
 class Role(StrEnum):
     RECORDER = "recorder"  # writes usage: record, reserve, commit, release, void
-    READER = "reader"  # reads balances, usage, events, bills, customers, grants
+    READER = "reader"  # reads balances, usage, events, bills, invoices, customers, grants
     ADMIN = "admin"  # manages customers, plans and grants
 
 

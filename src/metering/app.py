@@ -33,8 +33,10 @@ from metering.config import ConfigError, Settings
 from metering.embedded import EmbeddedPostgres, start_embedded
 from metering.engine import MeteringEngine
 from metering.entitlements import Entitlements
+from metering.invoicing import Closer, Invoicing
 from metering.ledger.audit import AuditReport, audit_ledger
 from metering.ledger.holds import Holds
+from metering.ledger.invoices import InvoiceStore
 from metering.ledger.migrate import migrate
 from metering.ledger.pool import create_pool, is_unavailable
 from metering.ledger.reports import UsageReports
@@ -110,9 +112,10 @@ def build_server(
     settings: Settings,
     catalog: Catalog,
     ledger: Ledger,
-    reports: UsageReports,
+    reporting: Reporting,
     holds: Holds,
     writer: BatchWriter,
+    invoicing: Invoicing,
     metrics: Metrics,
     health: DatabaseHealth,
     policy: AccessPolicy | None,
@@ -128,9 +131,10 @@ def build_server(
         ],
     )
     engine = MeteringEngine(catalog, ledger, writer)
-    reporting = Reporting(catalog, ledger, reports)
     entitlements = Entitlements(catalog, ledger, holds)
-    servicer = MeteringServicer(engine, reporting, entitlements, metrics, backfill_window=settings.backfill_window)
+    servicer = MeteringServicer(
+        engine, reporting, entitlements, invoicing, metrics, backfill_window=settings.backfill_window
+    )
     metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
     from grpc_health.v1 import health_pb2_grpc
 
@@ -240,9 +244,20 @@ async def _serve(
             linger=settings.writer_linger.total_seconds(),
             on_batch=metrics.write_batch_size.observe,
         )
+        invoice_store = InvoiceStore(pool, acquire_timeout=acquire_timeout)
+        reporting = Reporting(catalog, ledger, reports)
+        invoicing = Invoicing(ledger, invoice_store, reporting)
+        closer = Closer(
+            invoice_store,
+            reporting,
+            metrics,
+            grace=settings.invoice_grace,
+            interval=settings.close_interval,
+            pause=settings.test_only_close_pause,
+        )
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
-        server = build_server(settings, catalog, ledger, reports, holds, writer, metrics, health, policy)
+        server = build_server(settings, catalog, ledger, reporting, holds, writer, invoicing, metrics, health, policy)
         address = f"{settings.grpc_host}:{settings.grpc_port}"
         if credentials is None:
             grpc_port = server.add_insecure_port(address)
@@ -266,7 +281,12 @@ async def _serve(
             flush=True,
         )
         health_task = asyncio.create_task(health.run())
+        # Every replica runs the closer: they share the due customers without
+        # closing any period twice (metering.ledger.invoices).
+        closer_task = asyncio.create_task(closer.run())
         await stop.wait()
+        closer_task.cancel()  # a close in flight rolls back; the next start (or replica) redoes it
+        await asyncio.gather(closer_task, return_exceptions=True)
         log.info("stopping: draining in-flight calls for up to %ss", settings.shutdown_grace.total_seconds())
         await health.shutting_down()
         await server.stop(settings.shutdown_grace.total_seconds())

@@ -46,6 +46,9 @@ class Settings:
     tls_key: str | None
     tls_client_ca: str | None  # PEM CA bundle: require client certificates signed by it (mTLS)
     max_message_bytes: int  # largest request or response message
+    invoice_grace: timedelta  # how long an ended billing period stays a draft before its invoice is finalized
+    close_interval: timedelta  # how often the closer looks for periods to finalize
+    test_only_close_pause: timedelta  # tests only: a sleep inside each closing transaction (a window to kill in)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -78,7 +81,12 @@ class Settings:
             max_message_bytes=reader.integer(
                 "METERING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024
             ),
+            invoice_grace=reader.duration("METERING_INVOICE_GRACE", "1h"),
+            close_interval=reader.duration("METERING_CLOSE_INTERVAL", "10s"),
+            test_only_close_pause=reader.duration("METERING_TEST_ONLY_CLOSE_PAUSE", "0s"),
         )
+        if settings.close_interval <= timedelta(0):
+            raise ConfigError("METERING_CLOSE_INTERVAL must be more than 0")
         if settings.db_pool_min > settings.db_pool_max:
             raise ConfigError("METERING_DB_POOL_MIN must not exceed METERING_DB_POOL_MAX")
         if (settings.tls_cert is None) != (settings.tls_key is None):

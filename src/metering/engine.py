@@ -16,18 +16,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 
-from metering import limits
+from metering import closing, limits
 from metering.catalog import Catalog, Meter, Plan, PlanMeter, Price
+from metering.closing import rfc3339
 from metering.decimals import ZERO
-from metering.errors import LimitExceeded, NotFound, PeriodClosed, PriceCurrencyMismatch
+from metering.errors import InvalidArgument, LimitExceeded, NotFound, PriceCurrencyMismatch
 from metering.ledger.records import CounterReading, CustomerRecord, NewEvent, StoredEvent
 from metering.ledger.store import Ledger
 from metering.ledger.writer import BatchWriter, Resolution, Resolver, Written
-from metering.periods import Period, Periods, ResetPeriod, period_containing
-
-# Bills, and with them the closing of a period for voids, are monthly from the
-# customer's billing anchor.
-BILLING_PERIOD = ResetPeriod.MONTH
+from metering.periods import Period, Periods, period_containing
 
 # Called with the meter of a stored event or hold before it is changed; raises
 # to refuse (the API layer passes the caller's meter restriction).
@@ -40,10 +37,6 @@ def allow_any_meter(meter_slug: str) -> None:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def rfc3339(instant: datetime) -> str:
-    return instant.isoformat().replace("+00:00", "Z")
 
 
 async def require_customer(ledger: Ledger, customer_id: str) -> CustomerRecord:
@@ -79,6 +72,9 @@ class UsageCommand:
     properties: dict[str, str]
     unique_value: str | None  # the counted property value, for UNIQUE_COUNT meters
     allow_overage: bool
+    # An event time older than the backfill window: refused unless the event is
+    # an exact replay of a recorded one (validation decides, the writer applies).
+    too_old: InvalidArgument | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +208,9 @@ class MeteringEngine:
 
     def _resolve(self, command: UsageCommand, now: datetime, customer: CustomerRecord | None) -> Resolution:
         if customer is None:
-            raise NotFound("customer", command.customer_id)
+            # No event was ever recorded for an unknown customer: a bad time
+            # is refused as it was sent, before the reference.
+            raise command.too_old or NotFound("customer", command.customer_id)
         plan = plan_named(self.catalog, customer.plan_slug)
         terms = self.catalog.plan_meter(plan, command.meter)
         named = command.price
@@ -231,6 +229,9 @@ class MeteringEngine:
             properties=command.properties,
         )
         period = self._periods.containing(event_time, customer.billing_anchor, terms.reset)
+        refusal = command.too_old or closing.late_refusal(
+            customer.customer_id, command.transaction_id, event_time, customer.billing_anchor, customer.closed_through
+        )
         return Resolution(
             event,
             plan_allowance(command.meter, terms),
@@ -239,6 +240,7 @@ class MeteringEngine:
             command.allow_overage,
             dimensions=command.meter.dimension_values(command.properties),
             context=(plan, terms, customer),
+            refusal=refusal,
         )
 
     def _recorded(self, command: UsageCommand, written: Written) -> RecordResult:
@@ -313,16 +315,14 @@ class MeteringEngine:
         if event is None:
             raise NotFound("event", transaction_id)
         allow_meter(event.meter_slug)
-        billing = period_containing(event.event_time, customer.billing_anchor, BILLING_PERIOD)
-        assert billing.end is not None
-        if event.void_time is None and billing.end <= self._clock():
-            raise PeriodClosed(transaction_id, rfc3339(billing.end))
         plan = plan_named(self.catalog, customer.plan_slug)
         meter = self.catalog.meters.get(event.meter_slug)
         if meter is None:
             raise NotFound("meter", event.meter_slug)
         terms = self.catalog.plan_meter(plan, meter)
         period = period_containing(event.event_time, customer.billing_anchor, terms.reset)
+        # Refused in the ledger's transaction, under the customer's lock, once
+        # the event's billing period is finalized; during its grace a void counts.
         voided, duplicate, reading = await self.ledger.void_event(
             event, meter, plan_allowance(meter, terms), period, reason
         )
@@ -333,7 +333,11 @@ class MeteringEngine:
     ) -> tuple[CustomerRecord, bool]:
         if plan_slug not in self.catalog.plans:
             raise NotFound("plan", plan_slug)
-        record, created = await self.ledger.upsert_customer(customer_id, plan_slug, billing_anchor, self._clock())
+        now = self._clock()
+        first_period_end = closing.first_period_end(billing_anchor or now)  # used when it is created
+        record, created = await self.ledger.upsert_customer(
+            customer_id, plan_slug, billing_anchor, now, first_period_end
+        )
         self._customers.put(record)
         return record, created
 

@@ -31,11 +31,19 @@ class InvalidPageToken(InvalidArgument):
         super().__init__([FieldViolation("page_token", description)])
 
 
+class EventTooOld(InvalidArgument):
+    """A new event older than the backfill window (an exact replay of a recorded
+    one is answered as a duplicate instead)."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__([FieldViolation("event_time", description)])
+
+
 class NotFound(MeteringError):
     """An unknown customer, meter, price or plan."""
 
     def __init__(self, kind: str, name: str) -> None:
-        self.kind = kind  # "customer", "meter", "price" or "plan"
+        self.kind = kind  # "customer", "meter", "price", "plan", "reservation", "event" or "invoice"
         self.name = name
         super().__init__(f"{kind} {name!r} not found")
 
@@ -127,12 +135,30 @@ class ReservationStateError(MeteringError):
 
 
 class PeriodClosed(MeteringError):
-    """The event's billing period has ended: its bill is final."""
+    """The event's billing period is finalized: its invoice never changes."""
 
-    def __init__(self, transaction_id: str, period_end: str) -> None:
+    def __init__(self, transaction_id: str, *, period_start: str, period_end: str, invoice_id: str) -> None:
         self.transaction_id = transaction_id
+        self.period_start = period_start  # RFC 3339
         self.period_end = period_end
-        super().__init__(f"the event {transaction_id!r} belongs to a billing period that ended at {period_end}")
+        self.invoice_id = invoice_id
+        super().__init__(
+            f"the event {transaction_id!r} belongs to the billing period {period_start} to {period_end}, "
+            f"which is closed: its invoice {invoice_id} is final"
+        )
+
+
+class BeforeFirstPeriod(MeteringError):
+    """The event's time is before the customer's billing anchor: no period of its own holds it."""
+
+    def __init__(self, transaction_id: str, event_time: str, billing_anchor: str) -> None:
+        self.transaction_id = transaction_id
+        self.event_time = event_time  # RFC 3339
+        self.billing_anchor = billing_anchor
+        super().__init__(
+            f"the event {transaction_id!r} at {event_time} is before the customer's first billing period, "
+            f"which starts at its billing anchor {billing_anchor}"
+        )
 
 
 class Unauthenticated(MeteringError):

@@ -28,6 +28,11 @@ DUPLICATE = "duplicate"
 PAYLOAD_CONFLICT = "payload_conflict"
 REJECTED = "rejected"
 
+# Why a late event was refused (metering_late_events_refused_total's `reason`).
+LATE_PERIOD_CLOSED = "period_closed"
+LATE_BEFORE_FIRST_PERIOD = "before_first_period"
+LATE_TOO_OLD = "too_old"
+
 # RPC latency buckets: from a cached read (~0.5 ms) to a stalled database.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -78,6 +83,33 @@ class Metrics:
             "metering_balance_read_batch_reads",
             "Balance reads (CheckBalance, grant listings) answered per database statement.",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.invoices_finalized = Counter(
+            "metering_invoices_finalized", "Invoices this replica finalized (billing periods closed).", registry=r
+        )
+        self.late_events_refused = Counter(
+            "metering_late_events_refused",
+            "New events refused for their time: in a finalized period (period_closed), before the customer's "
+            "first period (before_first_period), older than the backfill window (too_old).",
+            ["reason"],
+            registry=r,
+        )
+        self.invoice_pricing_failures = Counter(
+            "metering_invoice_pricing_failures",
+            "Billing periods that could not be priced (a price or plan missing from the catalog, a currency "
+            "mismatch), counted once per period and replica; their invoices wait.",
+            registry=r,
+        )
+        self.oldest_unclosed_age = Gauge(
+            "metering_invoice_oldest_unclosed_period_age_seconds",
+            "Seconds since the oldest billing period not finalized yet ended (0 while none has), as the closer "
+            "last measured it; about METERING_INVOICE_GRACE at most while closing keeps up.",
+            registry=r,
+        )
+        self.invoice_grace = Gauge(
+            "metering_invoice_grace_seconds",
+            "METERING_INVOICE_GRACE: how long an ended period stays a draft.",
             registry=r,
         )
         self.db_up = Gauge("metering_database_up", "1 when the last database health probe succeeded.", registry=r)

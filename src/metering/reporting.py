@@ -14,8 +14,9 @@ from zoneinfo import ZoneInfo
 
 from metering import decimals
 from metering.catalog import Catalog, Meter, Plan, Price
+from metering.closing import BILLING_PERIOD
 from metering.decimals import ZERO
-from metering.engine import BILLING_PERIOD, plan_named, require_customer, utc_now
+from metering.engine import plan_named, require_customer, utc_now
 from metering.errors import FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
 from metering.ledger.records import StoredEvent
 from metering.ledger.reports import AggregateQuery, PropertyFilter, UsageCursor, UsageReports

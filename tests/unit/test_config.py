@@ -21,6 +21,16 @@ def test_defaults() -> None:
     assert settings.writer_workers == 1
     assert settings.writer_linger == timedelta(milliseconds=2)
     assert settings.read_linger == timedelta(milliseconds=1)
+    assert settings.invoice_grace == timedelta(hours=1)
+    assert settings.close_interval == timedelta(seconds=10)
+    assert settings.test_only_close_pause == timedelta(0)
+
+
+def test_closing_settings() -> None:
+    settings = Settings.from_env({"METERING_INVOICE_GRACE": "0s", "METERING_CLOSE_INTERVAL": "250ms"})
+    assert (settings.invoice_grace, settings.close_interval) == (timedelta(0), timedelta(milliseconds=250))
+    with pytest.raises(ConfigError, match="METERING_CLOSE_INTERVAL"):
+        Settings.from_env({"METERING_CLOSE_INTERVAL": "0s"})
 
 
 def test_values() -> None:

@@ -38,6 +38,8 @@ METHOD_ROLES: Mapping[str, Role] = {
     "EstimateBill": Role.READER,
     "GetCustomer": Role.READER,
     "ListGrants": Role.READER,
+    "ListInvoices": Role.READER,
+    "GetInvoice": Role.READER,
     "UpsertCustomer": Role.ADMIN,
     "GrantCredits": Role.ADMIN,
 }

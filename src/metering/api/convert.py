@@ -12,11 +12,23 @@ from metering.catalog import Aggregation, Enforcement, Meter, PlanMeter, Pricing
 from metering.decimals import format_decimal
 from metering.engine import BalanceReport, MeterBalance, RecordResult
 from metering.entitlements import GrantView, ReservationResult
-from metering.ledger.records import COMMITTED, EXPIRED, HELD, RELEASED, CustomerRecord, StoredEvent
+from metering.ledger.records import (
+    COMMITTED,
+    DRAFT,
+    EXPIRED,
+    FINALIZED,
+    GATHERING,
+    HELD,
+    RELEASED,
+    CustomerRecord,
+    Invoice,
+    InvoiceLine,
+    StoredEvent,
+)
 from metering.periods import Period, ResetPeriod
 from metering.pricing import round_money
-from metering.reporting import Bill, BillLine, PageCursor, UsageRow
-from metering.v1 import billing_pb2, customer_pb2, grants_pb2, reservations_pb2, usage_pb2
+from metering.reporting import PageCursor, UsageRow
+from metering.v1 import billing_pb2, customer_pb2, grants_pb2, invoices_pb2, reservations_pb2, usage_pb2
 
 _AGGREGATIONS = {
     Aggregation.SUM: usage_pb2.AGGREGATION_SUM,
@@ -207,26 +219,61 @@ def money(amount: Decimal, currency: str) -> billing_pb2.Money:
     return billing_pb2.Money(currency_code=currency, amount=format(shown, "f"))
 
 
-def bill(value: Bill) -> billing_pb2.EstimateBillResponse:
-    assert value.period.end is not None
-    return billing_pb2.EstimateBillResponse(
+_INVOICE_STATUSES = {
+    GATHERING: billing_pb2.INVOICE_STATUS_GATHERING,
+    DRAFT: billing_pb2.INVOICE_STATUS_DRAFT,
+    FINALIZED: billing_pb2.INVOICE_STATUS_FINALIZED,
+}
+
+
+def bill(value: Invoice) -> billing_pb2.EstimateBillResponse:
+    response = billing_pb2.EstimateBillResponse(
         customer_id=value.customer_id,
-        plan_slug=value.plan.slug,
-        period_start_time=timestamp(value.period.start),
-        period_end_time=timestamp(value.period.end),
+        plan_slug=value.plan_slug,
+        period_start_time=timestamp(value.period_start),
+        period_end_time=timestamp(value.period_end),
+        lines=[bill_line(line, value.currency) for line in value.lines],
+        subtotal=money(value.subtotal, value.currency),
+        credits=money(value.credits, value.currency),
+        total=money(value.total, value.currency),
+        invoice_status=_INVOICE_STATUSES[value.status],
+        invoice_id=str(value.invoice_id) if value.invoice_id is not None else "",
+        invoice_number=value.number or 0,
+    )
+    if value.finalized_at is not None:
+        set_timestamp(response.finalize_time, value.finalized_at)
+    return response
+
+
+def invoice(value: Invoice) -> invoices_pb2.Invoice:
+    message = invoices_pb2.Invoice(
+        invoice_id=str(value.invoice_id) if value.invoice_id is not None else "",
+        customer_id=value.customer_id,
+        number=value.number or 0,
+        status=_INVOICE_STATUSES[value.status],
+        plan_slug=value.plan_slug,
+        period_start_time=timestamp(value.period_start),
+        period_end_time=timestamp(value.period_end),
         lines=[bill_line(line, value.currency) for line in value.lines],
         subtotal=money(value.subtotal, value.currency),
         credits=money(value.credits, value.currency),
         total=money(value.total, value.currency),
     )
+    if value.finalized_at is not None:
+        set_timestamp(message.finalize_time, value.finalized_at)
+    return message
 
 
-def bill_line(line: BillLine, currency: str) -> billing_pb2.BillLine:
-    price, charge = line.price, line.charge
+def invoices_cursor(before: datetime) -> dict[str, Any]:
+    return {"before": before.isoformat()}
+
+
+def bill_line(line: InvoiceLine, currency: str) -> billing_pb2.BillLine:
+    charge = line.charge
     message = billing_pb2.BillLine(
-        meter_slug=line.meter.slug,
-        price_slug=price.slug,
-        pricing_model=_PRICING_MODELS[price.model],
+        meter_slug=line.meter_slug,
+        price_slug=line.price_slug,
+        pricing_model=_PRICING_MODELS[line.model],
         quantity=format_decimal(charge.quantity),
         included_quantity=format_decimal(charge.included),
         billable_quantity=format_decimal(charge.billable),
@@ -243,10 +290,10 @@ def bill_line(line: BillLine, currency: str) -> billing_pb2.BillLine:
         ],
         amount=money(charge.amount, currency),
     )
-    if price.model in (PricingModel.PER_UNIT, PricingModel.PACKAGE):
-        message.unit_amount = format_decimal(price.unit_amount)
-    if price.package_size is not None:
-        message.package_size = format_decimal(price.package_size)
+    if line.unit_amount is not None:
+        message.unit_amount = format_decimal(line.unit_amount)
+    if line.package_size is not None:
+        message.package_size = format_decimal(line.package_size)
     return message
 
 

@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 
 from metering.decimals import format_decimal
 from metering.errors import (
+    BeforeFirstPeriod,
     BillingAnchorImmutable,
     DatabaseUnavailable,
     IdempotencyKeyConflict,
@@ -46,6 +47,7 @@ _NOT_FOUND_REASONS = {
     "plan": metering_service_pb2.ERROR_REASON_PLAN_NOT_FOUND,
     "reservation": metering_service_pb2.ERROR_REASON_RESERVATION_NOT_FOUND,
     "event": metering_service_pb2.ERROR_REASON_EVENT_NOT_FOUND,
+    "invoice": metering_service_pb2.ERROR_REASON_INVOICE_NOT_FOUND,
 }
 _RESOURCE_TYPES = {
     "customer": "metering.v1.Customer",
@@ -54,6 +56,7 @@ _RESOURCE_TYPES = {
     "plan": "metering.v1.Plan",
     "reservation": "metering.v1.Reservation",
     "event": "metering.v1.UsageEvent",
+    "invoice": "metering.v1.Invoice",
 }
 _RESERVATION_REASONS = {
     "expired": metering_service_pb2.ERROR_REASON_RESERVATION_EXPIRED,
@@ -211,7 +214,27 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
             _info(
                 metering_service_pb2.ERROR_REASON_PERIOD_CLOSED,
                 transaction_id=exc.transaction_id,
+                invoice_id=exc.invoice_id,
+                period_start=exc.period_start,
                 period_end=exc.period_end,
+            ),
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type="PERIOD_CLOSED", subject=f"invoice:{exc.invoice_id}", description=str(exc)
+                    )
+                ]
+            ),
+        )
+    if isinstance(exc, BeforeFirstPeriod):
+        return _status(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            str(exc),
+            _info(
+                metering_service_pb2.ERROR_REASON_BEFORE_FIRST_PERIOD,
+                transaction_id=exc.transaction_id,
+                event_time=exc.event_time,
+                billing_anchor_time=exc.billing_anchor,
             ),
         )
     if isinstance(exc, PriceCurrencyMismatch):

@@ -23,7 +23,15 @@ from metering.api.paging import encode_token
 from metering.decimals import ZERO
 from metering.engine import MeteringEngine, RecordResult, UsageCommand
 from metering.entitlements import Entitlements
-from metering.errors import LimitExceeded, MeteringError, TransactionConflict
+from metering.errors import (
+    BeforeFirstPeriod,
+    EventTooOld,
+    LimitExceeded,
+    MeteringError,
+    PeriodClosed,
+    TransactionConflict,
+)
+from metering.invoicing import Invoicing
 from metering.reporting import Reporting
 from metering.v1 import (
     billing_pb2,
@@ -31,6 +39,7 @@ from metering.v1 import (
     events_pb2,
     grants_pb2,
     ingest_pb2,
+    invoices_pb2,
     metering_service_pb2_grpc,
     reservations_pb2,
     usage_pb2,
@@ -45,6 +54,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         engine: MeteringEngine,
         reporting: Reporting,
         entitlements: Entitlements,
+        invoicing: Invoicing,
         metrics: m.Metrics,
         *,
         backfill_window: timedelta,
@@ -52,6 +62,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self._engine = engine
         self._catalog = engine.catalog
         self._reporting = reporting
+        self._invoicing = invoicing
         self._entitlements = entitlements
         self._metrics = metrics
         self._backfill_window = backfill_window
@@ -148,7 +159,11 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def CommitReservation(  # noqa: N802
         self, request: reservations_pb2.CommitReservationRequest, context: Context
     ) -> reservations_pb2.CommitReservationResponse:
-        result = await self._entitlements.commit(validation.commit_reservation(request), allow_meter=require_meter)
+        try:
+            result = await self._entitlements.commit(validation.commit_reservation(request), allow_meter=require_meter)
+        except PeriodClosed:
+            self._metrics.late_events_refused.labels(m.LATE_PERIOD_CLOSED).inc()
+            raise
         assert result.event is not None
         meter = result.reservation.meter_slug
         self._metrics.events.labels(meter, m.DUPLICATE if result.duplicate else m.RECORDED).inc()
@@ -205,7 +220,25 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     ) -> billing_pb2.EstimateBillResponse:
         customer_id, period_time = validation.estimate_bill(request)
         require_meter("")  # a bill spans every meter
-        return convert.bill(await self._reporting.estimate_bill(customer_id, period_time))
+        return convert.bill(await self._invoicing.estimate(customer_id, period_time))
+
+    async def ListInvoices(  # noqa: N802
+        self, request: invoices_pb2.ListInvoicesRequest, context: Context
+    ) -> invoices_pb2.ListInvoicesResponse:
+        query = validation.list_invoices(request)
+        require_meter("")  # an invoice spans every meter
+        page = await self._invoicing.list(query)
+        response = invoices_pb2.ListInvoicesResponse(invoices=[convert.invoice(i) for i in page.invoices])
+        if page.next_before is not None:
+            response.next_page_token = encode_token(request, convert.invoices_cursor(page.next_before))
+        return response
+
+    async def GetInvoice(  # noqa: N802
+        self, request: invoices_pb2.GetInvoiceRequest, context: Context
+    ) -> invoices_pb2.GetInvoiceResponse:
+        invoice_id = validation.invoice_id(request)
+        require_meter("")
+        return invoices_pb2.GetInvoiceResponse(invoice=convert.invoice(await self._invoicing.get(invoice_id)))
 
     async def UpsertCustomer(  # noqa: N802
         self, request: customer_pb2.UpsertCustomerRequest, context: Context
@@ -260,6 +293,7 @@ class _Tally:
         self.quantity: dict[str, Decimal] = {}  # meter: sum of recorded quantities
         self.rejections: Counter[tuple[str, str]] = Counter()  # meter, plan
         self.overage: dict[tuple[str, str], Decimal] = {}  # meter, plan
+        self.late: Counter[str] = Counter()  # reason
 
     def count(self, meter: str, outcome: RecordResult | BaseException) -> None:
         if isinstance(outcome, TransactionConflict):
@@ -267,6 +301,12 @@ class _Tally:
         elif isinstance(outcome, LimitExceeded):
             self.events[(meter, m.REJECTED)] += 1
             self.rejections[(outcome.meter, outcome.plan)] += 1
+        elif isinstance(outcome, PeriodClosed):
+            self.late[m.LATE_PERIOD_CLOSED] += 1
+        elif isinstance(outcome, BeforeFirstPeriod):
+            self.late[m.LATE_BEFORE_FIRST_PERIOD] += 1
+        elif isinstance(outcome, EventTooOld):
+            self.late[m.LATE_TOO_OLD] += 1
         elif isinstance(outcome, RecordResult):
             if outcome.duplicate:
                 self.events[(meter, m.DUPLICATE)] += 1
@@ -286,3 +326,5 @@ class _Tally:
             metrics.limit_rejections.labels(meter, plan).inc(rejections)
         for (meter, plan), overage in self.overage.items():
             metrics.overage.labels(meter, plan).inc(float(overage))
+        for reason, refused in self.late.items():
+            metrics.late_events_refused.labels(reason).inc(refused)

@@ -22,10 +22,12 @@ from metering.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catalog, Met
 from metering.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.engine import BalanceQuery, UsageCommand
 from metering.entitlements import CommitCommand, GrantCommand, ReserveCommand
-from metering.errors import FieldViolation, InvalidArgument, InvalidPageToken, NotFound
+from metering.errors import EventTooOld, FieldViolation, InvalidArgument, InvalidPageToken, NotFound
+from metering.invoicing import InvoicesQuery
+from metering.ledger.records import DRAFT, FINALIZED
 from metering.ledger.reports import PropertyFilter
 from metering.reporting import EventsQuery, PageCursor, UsageQuery
-from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, reservations_pb2, usage_pb2
+from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, invoices_pb2, reservations_pb2, usage_pb2
 from metering.windows import MAX_WINDOWS, WindowSize
 
 MAX_ID_LENGTH = 128
@@ -38,6 +40,7 @@ MAX_FILTERS = 10
 MAX_FILTER_VALUES = 100
 USAGE_PAGE_SIZE = (1000, 10_000)  # default, maximum
 EVENTS_PAGE_SIZE = (100, 1000)
+INVOICES_PAGE_SIZE = (12, 100)
 MAX_BATCH_EVENTS = 1000
 MAX_REASON_LENGTH = 256
 DEFAULT_RESERVATION_TTL = timedelta(minutes=5)
@@ -157,18 +160,31 @@ def record_usage(
     properties = dict(request.properties) if request.properties else {}
     _properties(violations, properties)
     event_time = None
+    # An event older than the backfill window is refused unless it is an exact
+    # replay of a recorded event (the writer looks that up, then applies this).
+    # A request refused anyway names it with its other faults.
+    too_old = None
     if request.HasField("event_time"):
         event_time = _timestamp(violations, "event_time", request.event_time)
         if event_time is not None and event_time > now + FUTURE_TOLERANCE:
             violations.add("event_time", f"more than {_minutes(FUTURE_TOLERANCE)} minutes in the future")
         elif event_time is not None and event_time < now - backfill_window:
-            violations.add("event_time", f"older than the backfill window of {_days(backfill_window)} days")
+            too_old = EventTooOld(f"older than the backfill window of {_days(backfill_window)} days")
     if request.enforcement_mode not in _ENFORCEMENT_MODES:
         violations.add("enforcement_mode", f"unknown value {request.enforcement_mode}")
     # The syntax of every field is checked before any catalog lookup, so a
     # NOT_FOUND is only ever about a well-formed reference.
     quantity = _quantity(violations, "quantity", request.quantity) if request.quantity else None
-    meter, price = _resolve_target(violations, catalog, request.meter_slug, request.price_slug)
+    try:
+        meter, price = _resolve_target(violations, catalog, request.meter_slug, request.price_slug)
+    except NotFound:
+        if too_old is None:
+            raise
+        meter = price = None
+        violations.items.extend(too_old.violations)
+        violations.raise_if_any()
+    if too_old is not None and violations.items:
+        violations.items.extend(too_old.violations)
     violations.raise_if_any()
     assert meter is not None
     quantity = _quantity_for(violations, meter, quantity)
@@ -181,6 +197,8 @@ def record_usage(
                 f"properties.{meter.unique_property}",
                 f"required: meter {meter.slug!r} counts distinct values of this property",
             )
+    if too_old is not None and violations.items:
+        violations.items.extend(too_old.violations)
     violations.raise_if_any()
     assert quantity is not None
     return UsageCommand(
@@ -193,6 +211,7 @@ def record_usage(
         properties=properties,
         unique_value=unique_value,
         allow_overage=request.enforcement_mode == usage_pb2.ENFORCEMENT_MODE_ALLOW_OVERAGE,
+        too_old=too_old,
     )
 
 
@@ -391,6 +410,40 @@ def estimate_bill(request: billing_pb2.EstimateBillRequest) -> tuple[str, dateti
         period_time = _timestamp(violations, "period_time", request.period_time)
     violations.raise_if_any()
     return request.customer_id, period_time
+
+
+_INVOICE_STATUS_FILTERS = {
+    billing_pb2.INVOICE_STATUS_UNSPECIFIED: frozenset({DRAFT, FINALIZED}),
+    billing_pb2.INVOICE_STATUS_DRAFT: frozenset({DRAFT}),
+    billing_pb2.INVOICE_STATUS_FINALIZED: frozenset({FINALIZED}),
+}
+
+
+def list_invoices(request: invoices_pb2.ListInvoicesRequest) -> InvoicesQuery:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    statuses = _INVOICE_STATUS_FILTERS.get(request.status)
+    if statuses is None:
+        violations.add("status", "DRAFT, FINALIZED or UNSPECIFIED (both): a running period has no invoice yet")
+    page_size = _page_size(violations, request.page_size, INVOICES_PAGE_SIZE)
+    violations.raise_if_any()
+    before = None
+    if request.page_token:
+        raw = decode_token(request, request.page_token)
+        try:
+            before = _aware(raw["before"])
+        except (KeyError, TypeError, ValueError):
+            raise InvalidPageToken("not a page token issued by this service") from None
+    assert statuses is not None
+    return InvoicesQuery(request.customer_id, statuses, page_size, before)
+
+
+def invoice_id(request: invoices_pb2.GetInvoiceRequest) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.invoice_id)
+    except ValueError:
+        detail = "required" if not request.invoice_id else "not an invoice id (a UUID)"
+        raise InvalidArgument([FieldViolation("invoice_id", detail)]) from None
 
 
 # A page token is client input: anyone can build one (its fingerprint is a

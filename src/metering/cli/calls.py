@@ -21,6 +21,7 @@ from metering.v1 import (
     customer_pb2,
     events_pb2,
     grants_pb2,
+    invoices_pb2,
     metering_service_pb2_grpc,
     reservations_pb2,
     usage_pb2,
@@ -29,6 +30,7 @@ from metering.v1 import (
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Renderer: TypeAlias = Callable[[Any], str]
 
+_INVOICE_STATUSES = {"draft": billing_pb2.INVOICE_STATUS_DRAFT, "finalized": billing_pb2.INVOICE_STATUS_FINALIZED}
 _WINDOWS = {"hour": usage_pb2.WINDOW_SIZE_HOUR, "day": usage_pb2.WINDOW_SIZE_DAY, "month": usage_pb2.WINDOW_SIZE_MONTH}
 
 
@@ -71,6 +73,15 @@ def add_commands(commands: Subparsers) -> None:
     bill = command("bill", "estimate the bill of the current (or a past) period: line items", _bill)
     bill.add_argument("customer_id")
     bill.add_argument("--period-time", help="RFC 3339 instant inside the period (default: now)")
+
+    invoices = command("invoices", "a customer's invoices, newest period first (drafts, then finalized)", _invoices)
+    invoices.add_argument("customer_id")
+    invoices.add_argument("--status", choices=sorted(_INVOICE_STATUSES), help="only drafts or only finalized")
+    invoices.add_argument("--page-size", type=int, default=12)
+    invoices.add_argument("--page-token", default="")
+
+    invoice = command("invoice", "one finalized invoice with its lines", _invoice)
+    invoice.add_argument("invoice_id")
 
     customer = command("customer", "show a customer, or with a plan create it or change its plan", _customer)
     customer.add_argument("customer_id")
@@ -179,6 +190,21 @@ def _bill(args: argparse.Namespace) -> int:
     request = billing_pb2.EstimateBillRequest(customer_id=args.customer_id)
     _set_time(request.period_time, args.period_time, "--period-time")
     return call(args, "EstimateBill", request, render.bill)
+
+
+def _invoices(args: argparse.Namespace) -> int:
+    request = invoices_pb2.ListInvoicesRequest(
+        customer_id=args.customer_id,
+        status=_INVOICE_STATUSES[args.status] if args.status else billing_pb2.INVOICE_STATUS_UNSPECIFIED,
+        page_size=args.page_size,
+        page_token=args.page_token,
+    )
+    return call(args, "ListInvoices", request, render.invoices)
+
+
+def _invoice(args: argparse.Namespace) -> int:
+    request = invoices_pb2.GetInvoiceRequest(invoice_id=args.invoice_id)
+    return call(args, "GetInvoice", request, lambda response: render.invoice(response.invoice))
 
 
 def _customer(args: argparse.Namespace) -> int:

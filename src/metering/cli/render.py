@@ -12,7 +12,7 @@ from datetime import UTC, tzinfo
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, reservations_pb2, usage_pb2
+from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, invoices_pb2, reservations_pb2, usage_pb2
 
 _NUMBER_RE = re.compile(r"^-?[0-9][0-9,]*(\.[0-9]+)?%?$")
 
@@ -121,7 +121,44 @@ def events(response: events_pb2.ListUsageEventsResponse) -> str:
     return table(["time", "transaction", "meter", "quantity", "price", "properties", ""], rows)
 
 
+def _status(value: int) -> str:
+    return _enum_suffix(billing_pb2.InvoiceStatus.Name(value), "INVOICE_STATUS_")
+
+
 def bill(response: billing_pb2.EstimateBillResponse) -> str:
+    head = _bill_text(response)
+    state = _status(response.invoice_status)
+    if response.invoice_id:
+        state += f": invoice {response.invoice_id} (number {response.invoice_number}, {when(response.finalize_time)})"
+    return f"{head}\n{state}"
+
+
+def invoice(message: invoices_pb2.Invoice) -> str:
+    number = f" number {message.number}" if message.number else ""
+    name = f"invoice {message.invoice_id}{number}" if message.invoice_id else "draft invoice"
+    finalized = f", finalized {when(message.finalize_time)}" if message.HasField("finalize_time") else ""
+    return f"{name} ({_status(message.status)}{finalized})\n{_bill_text(message)}"
+
+
+def invoices(response: invoices_pb2.ListInvoicesResponse) -> str:
+    rows = [
+        [
+            str(i.number) if i.number else "-",
+            _status(i.status),
+            when(i.period_start_time),
+            when(i.period_end_time),
+            i.plan_slug,
+            i.total.amount,
+            i.total.currency_code,
+            i.invoice_id or "-",
+        ]
+        for i in response.invoices
+    ]
+    text = table(["number", "status", "from", "to", "plan", "total", "currency", "invoice"], rows)
+    return text + ("\n(more: use --page-token " + response.next_page_token + ")" if response.next_page_token else "")
+
+
+def _bill_text(response: billing_pb2.EstimateBillResponse | invoices_pb2.Invoice) -> str:
     currency = response.total.currency_code
     rows = [
         [

@@ -182,8 +182,11 @@ class Holds(PoolUser):
         period: Period,
     ) -> CommitOutcome:
         """Record the reservation's usage (all of it when `quantity` is None) as
-        an event at the database's clock, priced with `price_slug`."""
+        an event at the database's clock, priced with `price_slug`. The event is
+        at the database's clock, so only a finalized period can refuse it (a
+        hold never outlives its own period, which cannot close before it ends)."""
         async with translate_errors(), self._connection() as conn, conn.transaction():
+            closed = await steps.lock_customer(conn, reservation.customer_id, reservation.reservation_id, None)
             state = await steps.lock_counter(conn, reservation.customer_id, reservation.meter_slug, period)
             current = await _reservation(conn, reservation.customer_id, reservation.reservation_id, lock=True)
             assert current is not None
@@ -208,6 +211,8 @@ class Holds(PoolUser):
                 )
             if status in (RELEASED, EXPIRED):
                 raise ReservationStateError(current.reservation_id, status)
+            if closed is not None:  # after the replay check: a replay of a commit is answered
+                raise closed
             if amount > current.quantity:
                 raise InvalidArgument(
                     [FieldViolation("quantity", f"at most the reserved quantity, {current.quantity}")]

@@ -10,6 +10,8 @@ from decimal import Decimal
 from uuid import UUID
 
 from metering import limits
+from metering.catalog import PricingModel
+from metering.pricing import LineCharge
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +21,9 @@ class CustomerRecord:
     billing_anchor: datetime
     created_at: datetime
     updated_at: datetime
+    # The end of the customer's last finalized billing period (None: none yet):
+    # an event before it would change a final invoice.
+    closed_through: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,3 +151,39 @@ def payload_differences(stored: StoredEvent | NewEvent, new: NewEvent) -> list[s
     if stored.properties != new.properties:
         differences.append("properties")
     return differences
+
+
+# Invoice statuses: the period is running, it has ended (grace; late events
+# still count), or its invoice is final. Only finalized invoices are stored.
+GATHERING, DRAFT, FINALIZED = "gathering", "draft", "finalized"
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceLine:
+    """One bill line, self-contained: it reads the same after the catalog changes."""
+
+    meter_slug: str
+    price_slug: str
+    model: PricingModel
+    unit_amount: Decimal | None  # PER_UNIT and PACKAGE prices
+    package_size: Decimal | None  # PACKAGE prices
+    charge: LineCharge
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    """A period's bill: computed while it is gathering or a draft, stored once finalized."""
+
+    customer_id: str
+    plan_slug: str
+    period_start: datetime
+    period_end: datetime
+    currency: str
+    lines: tuple[InvoiceLine, ...]
+    subtotal: Decimal
+    credits: Decimal
+    total: Decimal
+    status: str  # GATHERING, DRAFT or FINALIZED
+    invoice_id: UUID | None = None  # set once finalized
+    number: int | None = None  # 1, 2, 3... per customer, once finalized
+    finalized_at: datetime | None = None

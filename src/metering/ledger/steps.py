@@ -2,7 +2,10 @@
 
 Every step runs on a connection inside a transaction that the caller opened,
 after `lock_counter` took the counter row's lock: that lock serialises every
-decision on one customer's meter in one period, on every replica.
+decision on one customer's meter in one period, on every replica. Before any
+counter row, a transaction that adds or removes usage share-locks the
+customer's row (`lock_customer`; the batching writer in its customers
+read): the closing of a period locks it FOR UPDATE (metering.ledger.invoices).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from uuid import UUID
 
 import asyncpg
 
-from metering import limits
+from metering import closing, limits
 from metering.catalog import Meter
+from metering.errors import PeriodClosed
 from metering.ledger.records import NewEvent, StoredEvent
 from metering.ledger.sql import (
     COUNTER_COLUMNS,
@@ -27,6 +31,27 @@ from metering.ledger.sql import (
     stored_event,
 )
 from metering.periods import Period
+
+
+async def lock_customer(
+    conn: asyncpg.Connection, customer_id: str, transaction_id: str, instant: datetime | None
+) -> PeriodClosed | None:
+    """Share-lock the customer's row until the commit; returns the refusal of a
+    change of usage at `instant` (None: the database's clock) if that falls in
+    a finalized period. Read Committed re-reads a row locked FOR SHARE once a
+    closer that held it commits, so this sees every period closed before the
+    change counts."""
+    row = await conn.fetchrow(
+        "SELECT billing_anchor, closed_through, clock_timestamp() AS db_now FROM customers "
+        "WHERE customer_id = $1 FOR SHARE",
+        customer_id,
+    )
+    if row is None or row["closed_through"] is None:
+        return None
+    at = instant or row["db_now"]
+    if at < row["closed_through"]:
+        return closing.period_closed(customer_id, transaction_id, at, row["billing_anchor"])
+    return None
 
 
 async def lock_counter(

@@ -50,35 +50,44 @@ class Ledger(PoolUser):
     async def get_customer(self, customer_id: str) -> CustomerRecord | None:
         async with translate_errors(), self._connection() as conn:
             row = await conn.fetchrow(
-                "SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at "
+                "SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through "
                 "FROM customers WHERE customer_id = $1",
                 customer_id,
             )
         return None if row is None else CustomerRecord(**dict(row))
 
     async def upsert_customer(
-        self, customer_id: str, plan_slug: str, billing_anchor: datetime | None, now: datetime
+        self,
+        customer_id: str,
+        plan_slug: str,
+        billing_anchor: datetime | None,
+        now: datetime,
+        first_period_end: datetime,
     ) -> tuple[CustomerRecord, bool]:
-        """Create the customer or change its plan; the anchor is set once."""
+        """Create the customer or change its plan; the anchor is set once.
+        `first_period_end` (the end of the first billing period from the anchor
+        given, or from `now`) is where a new customer's closing starts."""
         async with translate_errors(), self._connection() as conn, conn.transaction():
             previous_plan = await conn.fetchval(
                 "SELECT plan_slug FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
             )
             row = await conn.fetchrow(
                 """
-                INSERT INTO customers AS c (customer_id, plan_slug, billing_anchor, created_at, updated_at)
-                VALUES ($1, $2, $3, $4, $4)
+                INSERT INTO customers AS c (customer_id, plan_slug, billing_anchor, created_at, updated_at,
+                                            closing_period_end)
+                VALUES ($1, $2, $3, $4, $4, $5)
                 ON CONFLICT (customer_id) DO UPDATE
                     SET plan_slug = EXCLUDED.plan_slug,
                         updated_at = CASE WHEN c.plan_slug = EXCLUDED.plan_slug THEN c.updated_at
                                           ELSE EXCLUDED.updated_at END
-                RETURNING customer_id, plan_slug, billing_anchor, created_at, updated_at,
+                RETURNING customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through,
                           (xmax = 0) AS created
                 """,
                 customer_id,
                 plan_slug,
                 billing_anchor or now,
                 now,
+                first_period_end,
             )
             assert row is not None
             fields = dict(row)
@@ -109,8 +118,12 @@ class Ledger(PoolUser):
     ) -> tuple[StoredEvent, bool, CounterReading]:
         """Cancel an event with a compensating entry and rebuild its counter.
         Returns the event with its void, whether it was voided already, and the
-        counter after."""
+        counter after. Refused (PeriodClosed) once the event's billing period is
+        finalized, unless the event was voided already (a replay of the void)."""
         async with translate_errors(), self._connection() as conn, conn.transaction():
+            closed = await steps.lock_customer(conn, event.customer_id, event.transaction_id, event.event_time)
+            if closed is not None and event.void_time is None:
+                raise closed
             await steps.lock_counter(conn, event.customer_id, event.meter_slug, period)
             inserted = await conn.fetchval(
                 "INSERT INTO usage_voids (customer_id, event_id, transaction_id, reason) VALUES ($1, $2, $3, $4) "

@@ -4,14 +4,18 @@ Calls queue as groups (one RecordUsage is a group of one; a batch RPC or a
 stream message is one group, never split, so its order holds). A worker takes
 everything queued, up to `max_batch` events, and in ONE transaction:
 
-1. reads the customers of the batch (plan and billing anchor) and resolves each
-   event (plan terms, period, price) through the engine's `resolve`;
+1. reads the customers of the batch (plan, billing anchor, how far their
+   periods are closed) under a share lock of their rows, and resolves each
+   event (plan terms, period, price, whether it is late) through the engine's
+   `resolve`;
 2. locks every counter row involved, in a stable order (no deadlocks between
    workers or replicas), creating missing ones;
 3. finds the transaction ids that already exist;
 4. reads the grants active at each event's time and the unexpired holds;
 5. decides every event in arrival order (metering.limits): duplicates, payload
-   conflicts (also between two events of the same batch), limits;
+   conflicts (also between two events of the same batch), late events (the
+   refusal a resolution carries applies to any event that is not an exact
+   replay of a recorded one), limits;
 6. in one statement, inserts the accepted events (one multi-row insert; the
    unique constraint still guards: a concurrent twin makes the batch run
    again), writes each counter once and records new distinct values;
@@ -80,6 +84,10 @@ class Resolution:
     # The event's values of its meter's declared dimensions: its rollup bucket.
     dimensions: dict[str, str] = field(default_factory=dict)
     context: Any = None  # the engine's own data, handed back with the outcome
+    # Refuses the event unless it is an exact replay of a recorded one (which
+    # is answered as a duplicate): a time outside the backfill window, before
+    # the customer's first period, or in a finalized period.
+    refusal: MeteringError | None = None
 
 
 # Given the customer row (None when unknown), resolve an event or raise the
@@ -208,7 +216,9 @@ class BatchWriter(PoolUser):
             except MeteringError as exc:
                 resolutions.append(exc)
         valid = [(i, r) for i, r in enumerate(resolutions) if isinstance(r, Resolution)]
-        periods = {_key(r): r.period for _, r in valid}
+        # An event that is refused unless it is a replay creates no counter:
+        # nothing may be written for it (a replay reads its original's).
+        periods = {_key(r): r.period for _, r in valid if r.refusal is None}
         states = await _lock_counters(conn, sorted(periods), periods)
         existing = await _existing(conn, [r.event for _, r in valid])
         allowances = await _allowances(conn, [r for _, r in valid])
@@ -231,15 +241,21 @@ class BatchWriter(PoolUser):
             try:
                 earlier = existing.get(txn)
                 if earlier is not None:
+                    if resolution.refusal is not None and payload_differences(earlier, event):
+                        raise resolution.refusal  # not a replay: its time is what is wrong with it
                     _same_payload(earlier, str(earlier.event_id), event)
                     reading = await _reading_of(conn, earlier, key, states, allowance)
                     results[index] = Written(RecordOutcome(earlier, True, None, reading), resolution)
                     continue
                 if txn in in_batch:
                     first_index, first, first_id = in_batch[txn]
+                    if resolution.refusal is not None and payload_differences(first, event):
+                        raise resolution.refusal
                     _same_payload(first, str(first_id), event)
                     results[index] = _DuplicateOf(first_index, resolution)
                     continue
+                if resolution.refusal is not None:
+                    raise resolution.refusal
             except MeteringError as exc:
                 results[index] = exc
                 continue
@@ -333,10 +349,17 @@ def _same_payload(earlier: StoredEvent | NewEvent, earlier_id: str, new: NewEven
 
 
 async def _customers(conn: asyncpg.Connection, ids: set[str]) -> dict[str, CustomerRecord]:
+    """The batch's customers, share-locked until the commit, in a stable order
+    (before any counter row, as every write path does: no deadlock cycles).
+    The lock is what serialises writes with the closing of a period: the
+    closer locks the row FOR UPDATE, so a batch either commits before the
+    closer reads the period's usage, or waits and then reads (Read Committed
+    re-reads a row locked FOR SHARE after its locker commits) the closed_through
+    that the closer moved, and refuses the late events. No extra round trip."""
     rows = await conn.fetch(
-        "SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at FROM customers "
-        "WHERE customer_id = ANY($1::text[])",
-        list(ids),
+        "SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through FROM customers "
+        "WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR SHARE",
+        sorted(ids),
     )
     return {row["customer_id"]: CustomerRecord(**dict(row)) for row in rows}
 

@@ -17,11 +17,22 @@ class PricingModel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRICING_MODEL_PACKAGE: _ClassVar[PricingModel]
     PRICING_MODEL_GRADUATED: _ClassVar[PricingModel]
     PRICING_MODEL_VOLUME: _ClassVar[PricingModel]
+
+class InvoiceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INVOICE_STATUS_UNSPECIFIED: _ClassVar[InvoiceStatus]
+    INVOICE_STATUS_GATHERING: _ClassVar[InvoiceStatus]
+    INVOICE_STATUS_DRAFT: _ClassVar[InvoiceStatus]
+    INVOICE_STATUS_FINALIZED: _ClassVar[InvoiceStatus]
 PRICING_MODEL_UNSPECIFIED: PricingModel
 PRICING_MODEL_PER_UNIT: PricingModel
 PRICING_MODEL_PACKAGE: PricingModel
 PRICING_MODEL_GRADUATED: PricingModel
 PRICING_MODEL_VOLUME: PricingModel
+INVOICE_STATUS_UNSPECIFIED: InvoiceStatus
+INVOICE_STATUS_GATHERING: InvoiceStatus
+INVOICE_STATUS_DRAFT: InvoiceStatus
+INVOICE_STATUS_FINALIZED: InvoiceStatus
 
 class Money(_message.Message):
     __slots__ = ("currency_code", "amount")
@@ -40,7 +51,7 @@ class EstimateBillRequest(_message.Message):
     def __init__(self, customer_id: _Optional[str] = ..., period_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class EstimateBillResponse(_message.Message):
-    __slots__ = ("customer_id", "plan_slug", "period_start_time", "period_end_time", "lines", "subtotal", "credits", "total")
+    __slots__ = ("customer_id", "plan_slug", "period_start_time", "period_end_time", "lines", "subtotal", "credits", "total", "invoice_status", "invoice_id", "invoice_number", "finalize_time")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_SLUG_FIELD_NUMBER: _ClassVar[int]
     PERIOD_START_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +60,10 @@ class EstimateBillResponse(_message.Message):
     SUBTOTAL_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    FINALIZE_TIME_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     plan_slug: str
     period_start_time: _timestamp_pb2.Timestamp
@@ -57,7 +72,11 @@ class EstimateBillResponse(_message.Message):
     subtotal: Money
     credits: Money
     total: Money
-    def __init__(self, customer_id: _Optional[str] = ..., plan_slug: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[BillLine, _Mapping]]] = ..., subtotal: _Optional[_Union[Money, _Mapping]] = ..., credits: _Optional[_Union[Money, _Mapping]] = ..., total: _Optional[_Union[Money, _Mapping]] = ...) -> None: ...
+    invoice_status: InvoiceStatus
+    invoice_id: str
+    invoice_number: int
+    finalize_time: _timestamp_pb2.Timestamp
+    def __init__(self, customer_id: _Optional[str] = ..., plan_slug: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[BillLine, _Mapping]]] = ..., subtotal: _Optional[_Union[Money, _Mapping]] = ..., credits: _Optional[_Union[Money, _Mapping]] = ..., total: _Optional[_Union[Money, _Mapping]] = ..., invoice_status: _Optional[_Union[InvoiceStatus, str]] = ..., invoice_id: _Optional[str] = ..., invoice_number: _Optional[int] = ..., finalize_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class BillLine(_message.Message):
     __slots__ = ("meter_slug", "price_slug", "pricing_model", "quantity", "included_quantity", "billable_quantity", "unit_amount", "package_size", "tiers", "amount")

@@ -3,6 +3,7 @@ from metering.v1 import customer_pb2 as _customer_pb2
 from metering.v1 import events_pb2 as _events_pb2
 from metering.v1 import grants_pb2 as _grants_pb2
 from metering.v1 import ingest_pb2 as _ingest_pb2
+from metering.v1 import invoices_pb2 as _invoices_pb2
 from metering.v1 import reservations_pb2 as _reservations_pb2
 from metering.v1 import usage_pb2 as _usage_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -37,6 +38,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_CREDENTIALS_INVALID: _ClassVar[ErrorReason]
     ERROR_REASON_ROLE_REQUIRED: _ClassVar[ErrorReason]
     ERROR_REASON_METER_NOT_ALLOWED: _ClassVar[ErrorReason]
+    ERROR_REASON_INVOICE_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_BEFORE_FIRST_PERIOD: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_ARGUMENT: ErrorReason
 ERROR_REASON_CUSTOMER_NOT_FOUND: ErrorReason
@@ -61,3 +64,5 @@ ERROR_REASON_CREDENTIALS_MISSING: ErrorReason
 ERROR_REASON_CREDENTIALS_INVALID: ErrorReason
 ERROR_REASON_ROLE_REQUIRED: ErrorReason
 ERROR_REASON_METER_NOT_ALLOWED: ErrorReason
+ERROR_REASON_INVOICE_NOT_FOUND: ErrorReason
+ERROR_REASON_BEFORE_FIRST_PERIOD: ErrorReason

@@ -8,6 +8,7 @@ from metering.v1 import customer_pb2 as metering_dot_v1_dot_customer__pb2
 from metering.v1 import events_pb2 as metering_dot_v1_dot_events__pb2
 from metering.v1 import grants_pb2 as metering_dot_v1_dot_grants__pb2
 from metering.v1 import ingest_pb2 as metering_dot_v1_dot_ingest__pb2
+from metering.v1 import invoices_pb2 as metering_dot_v1_dot_invoices__pb2
 from metering.v1 import reservations_pb2 as metering_dot_v1_dot_reservations__pb2
 from metering.v1 import usage_pb2 as metering_dot_v1_dot_usage__pb2
 
@@ -65,7 +66,8 @@ class MeteringServiceStub:
     details: google.rpc.ErrorInfo (reason LIMIT_EXCEEDED, metadata meter,
     plan, limit, available, requested, period_end) and google.rpc.QuotaFailure.
     * FAILED_PRECONDITION: the request is well formed but conflicts with the
-    stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE).
+    stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE,
+    PERIOD_CLOSED, BEFORE_FIRST_PERIOD).
     * UNAVAILABLE: the database cannot be reached or timed out, or the server
     is shutting down. Safe to retry with the same transaction id: a retry
     converges on exactly one event.
@@ -85,8 +87,35 @@ class MeteringServiceStub:
 
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
-    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer and
-    ListGrants; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
+    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
+    ListGrants, ListInvoices and GetInvoice; `admin` UpsertCustomer and
+    GrantCredits.
+
+    Billing periods close. A customer's billing periods are monthly from its
+    billing anchor. A period is GATHERING while it runs; from its end it is a
+    DRAFT for the grace period (METERING_INVOICE_GRACE, 1 hour by default):
+    late events and voids still count, and EstimateBill shows the draft. Then
+    the service finalizes its invoice (ListInvoices, GetInvoice): exactly the
+    lines EstimateBill gave, stored, never changed again, one per customer and
+    period. Late-event policy, for every RPC that records usage (RecordUsage,
+    RecordUsageBatch, RecordUsageStream, CommitReservation):
+
+    * A new event whose event_time falls in a finalized period is
+    FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
+    period_start and period_end (RFC 3339) and transaction_id; nothing is
+    written. VoidUsage of an event of a finalized period is refused the same way.
+    * A new event before the customer's first period (its billing anchor) is
+    FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
+    billing_anchor_time, transaction_id).
+    * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
+    INVALID_ARGUMENT (field event_time).
+    * An exact replay of an event already recorded (same transaction id and
+    payload) answers OK with duplicate = true whatever its time: a retry
+    always converges. A reused transaction id with another payload and one of
+    the times above gets the refusal of its time.
+    * Between the end of the grace period and the finalization (normally
+    seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
+    invoice includes every event that was ever accepted for its period. grpc.health.v1 and
     server reflection need no credentials.
 
     The reason strings are the ErrorReason enum value names without their
@@ -174,6 +203,16 @@ class MeteringServiceStub:
                 request_serializer=metering_dot_v1_dot_customer__pb2.GetCustomerRequest.SerializeToString,
                 response_deserializer=metering_dot_v1_dot_customer__pb2.GetCustomerResponse.FromString,
                 _registered_method=True)
+        self.ListInvoices = channel.unary_unary(
+                '/metering.v1.MeteringService/ListInvoices',
+                request_serializer=metering_dot_v1_dot_invoices__pb2.ListInvoicesRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_invoices__pb2.ListInvoicesResponse.FromString,
+                _registered_method=True)
+        self.GetInvoice = channel.unary_unary(
+                '/metering.v1.MeteringService/GetInvoice',
+                request_serializer=metering_dot_v1_dot_invoices__pb2.GetInvoiceRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_invoices__pb2.GetInvoiceResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -210,7 +249,8 @@ class MeteringServiceServicer:
     details: google.rpc.ErrorInfo (reason LIMIT_EXCEEDED, metadata meter,
     plan, limit, available, requested, period_end) and google.rpc.QuotaFailure.
     * FAILED_PRECONDITION: the request is well formed but conflicts with the
-    stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE).
+    stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE,
+    PERIOD_CLOSED, BEFORE_FIRST_PERIOD).
     * UNAVAILABLE: the database cannot be reached or timed out, or the server
     is shutting down. Safe to retry with the same transaction id: a retry
     converges on exactly one event.
@@ -230,8 +270,35 @@ class MeteringServiceServicer:
 
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
-    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer and
-    ListGrants; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
+    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
+    ListGrants, ListInvoices and GetInvoice; `admin` UpsertCustomer and
+    GrantCredits.
+
+    Billing periods close. A customer's billing periods are monthly from its
+    billing anchor. A period is GATHERING while it runs; from its end it is a
+    DRAFT for the grace period (METERING_INVOICE_GRACE, 1 hour by default):
+    late events and voids still count, and EstimateBill shows the draft. Then
+    the service finalizes its invoice (ListInvoices, GetInvoice): exactly the
+    lines EstimateBill gave, stored, never changed again, one per customer and
+    period. Late-event policy, for every RPC that records usage (RecordUsage,
+    RecordUsageBatch, RecordUsageStream, CommitReservation):
+
+    * A new event whose event_time falls in a finalized period is
+    FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
+    period_start and period_end (RFC 3339) and transaction_id; nothing is
+    written. VoidUsage of an event of a finalized period is refused the same way.
+    * A new event before the customer's first period (its billing anchor) is
+    FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
+    billing_anchor_time, transaction_id).
+    * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
+    INVALID_ARGUMENT (field event_time).
+    * An exact replay of an event already recorded (same transaction id and
+    payload) answers OK with duplicate = true whatever its time: a retry
+    always converges. A reused transaction id with another payload and one of
+    the times above gets the refusal of its time.
+    * Between the end of the grace period and the finalization (normally
+    seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
+    invoice includes every event that was ever accepted for its period. grpc.health.v1 and
     server reflection need no credentials.
 
     The reason strings are the ErrorReason enum value names without their
@@ -353,7 +420,10 @@ class MeteringServiceServicer:
 
     def EstimateBill(self, request, context):
         """EstimateBill prices a customer's usage for the current or a past billing
-        period: one line per meter and price, in exact decimal money.
+        period: one line per meter and price, in exact decimal money. For a
+        finalized period it answers the stored invoice (invoice_status FINALIZED,
+        with its id); for the current period, or one in its grace, the bill
+        computed now (GATHERING or DRAFT).
 
         Each event is billed at the price stored with it when it was recorded, so
         a plan change mid-period splits a meter into one line per price. The
@@ -376,6 +446,23 @@ class MeteringServiceServicer:
 
     def GetCustomer(self, request, context):
         """GetCustomer returns a customer with its plan and billing anchor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInvoices(self, request, context):
+        """ListInvoices lists a customer's invoices, newest period first: the drafts
+        of periods that ended and are not finalized yet, then the finalized
+        invoices. Paginated (AIP-158); filter by status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInvoice(self, request, context):
+        """GetInvoice returns a finalized invoice by id; an unknown id is NOT_FOUND
+        (reason INVOICE_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -459,6 +546,16 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     request_deserializer=metering_dot_v1_dot_customer__pb2.GetCustomerRequest.FromString,
                     response_serializer=metering_dot_v1_dot_customer__pb2.GetCustomerResponse.SerializeToString,
             ),
+            'ListInvoices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvoices,
+                    request_deserializer=metering_dot_v1_dot_invoices__pb2.ListInvoicesRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_invoices__pb2.ListInvoicesResponse.SerializeToString,
+            ),
+            'GetInvoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInvoice,
+                    request_deserializer=metering_dot_v1_dot_invoices__pb2.GetInvoiceRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_invoices__pb2.GetInvoiceResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'metering.v1.MeteringService', rpc_method_handlers)
@@ -501,7 +598,8 @@ class MeteringService:
     details: google.rpc.ErrorInfo (reason LIMIT_EXCEEDED, metadata meter,
     plan, limit, available, requested, period_end) and google.rpc.QuotaFailure.
     * FAILED_PRECONDITION: the request is well formed but conflicts with the
-    stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE).
+    stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE,
+    PERIOD_CLOSED, BEFORE_FIRST_PERIOD).
     * UNAVAILABLE: the database cannot be reached or timed out, or the server
     is shutting down. Safe to retry with the same transaction id: a retry
     converges on exactly one event.
@@ -521,8 +619,35 @@ class MeteringService:
 
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
-    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer and
-    ListGrants; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
+    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
+    ListGrants, ListInvoices and GetInvoice; `admin` UpsertCustomer and
+    GrantCredits.
+
+    Billing periods close. A customer's billing periods are monthly from its
+    billing anchor. A period is GATHERING while it runs; from its end it is a
+    DRAFT for the grace period (METERING_INVOICE_GRACE, 1 hour by default):
+    late events and voids still count, and EstimateBill shows the draft. Then
+    the service finalizes its invoice (ListInvoices, GetInvoice): exactly the
+    lines EstimateBill gave, stored, never changed again, one per customer and
+    period. Late-event policy, for every RPC that records usage (RecordUsage,
+    RecordUsageBatch, RecordUsageStream, CommitReservation):
+
+    * A new event whose event_time falls in a finalized period is
+    FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
+    period_start and period_end (RFC 3339) and transaction_id; nothing is
+    written. VoidUsage of an event of a finalized period is refused the same way.
+    * A new event before the customer's first period (its billing anchor) is
+    FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
+    billing_anchor_time, transaction_id).
+    * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
+    INVALID_ARGUMENT (field event_time).
+    * An exact replay of an event already recorded (same transaction id and
+    payload) answers OK with duplicate = true whatever its time: a retry
+    always converges. A reused transaction id with another payload and one of
+    the times above gets the refusal of its time.
+    * Between the end of the grace period and the finalization (normally
+    seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
+    invoice includes every event that was ever accepted for its period. grpc.health.v1 and
     server reflection need no credentials.
 
     The reason strings are the ErrorReason enum value names without their
@@ -924,6 +1049,60 @@ class MeteringService:
             '/metering.v1.MeteringService/GetCustomer',
             metering_dot_v1_dot_customer__pb2.GetCustomerRequest.SerializeToString,
             metering_dot_v1_dot_customer__pb2.GetCustomerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvoices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/ListInvoices',
+            metering_dot_v1_dot_invoices__pb2.ListInvoicesRequest.SerializeToString,
+            metering_dot_v1_dot_invoices__pb2.ListInvoicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInvoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/GetInvoice',
+            metering_dot_v1_dot_invoices__pb2.GetInvoiceRequest.SerializeToString,
+            metering_dot_v1_dot_invoices__pb2.GetInvoiceResponse.FromString,
             options,
             channel_credentials,
             insecure,

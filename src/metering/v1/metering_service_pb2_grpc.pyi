@@ -10,6 +10,7 @@ from metering.v1 import customer_pb2 as _customer_pb2
 from metering.v1 import events_pb2 as _events_pb2
 from metering.v1 import grants_pb2 as _grants_pb2
 from metering.v1 import ingest_pb2 as _ingest_pb2
+from metering.v1 import invoices_pb2 as _invoices_pb2
 from metering.v1 import reservations_pb2 as _reservations_pb2
 from metering.v1 import usage_pb2 as _usage_pb2
 import abc as _abc_1
@@ -66,7 +67,8 @@ class MeteringServiceStub:
       details: google.rpc.ErrorInfo (reason LIMIT_EXCEEDED, metadata meter,
       plan, limit, available, requested, period_end) and google.rpc.QuotaFailure.
     * FAILED_PRECONDITION: the request is well formed but conflicts with the
-      stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE).
+      stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE,
+      PERIOD_CLOSED, BEFORE_FIRST_PERIOD).
     * UNAVAILABLE: the database cannot be reached or timed out, or the server
       is shutting down. Safe to retry with the same transaction id: a retry
       converges on exactly one event.
@@ -86,8 +88,35 @@ class MeteringServiceStub:
 
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
-    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer and
-    ListGrants; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
+    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
+    ListGrants, ListInvoices and GetInvoice; `admin` UpsertCustomer and
+    GrantCredits.
+
+    Billing periods close. A customer's billing periods are monthly from its
+    billing anchor. A period is GATHERING while it runs; from its end it is a
+    DRAFT for the grace period (METERING_INVOICE_GRACE, 1 hour by default):
+    late events and voids still count, and EstimateBill shows the draft. Then
+    the service finalizes its invoice (ListInvoices, GetInvoice): exactly the
+    lines EstimateBill gave, stored, never changed again, one per customer and
+    period. Late-event policy, for every RPC that records usage (RecordUsage,
+    RecordUsageBatch, RecordUsageStream, CommitReservation):
+
+    * A new event whose event_time falls in a finalized period is
+      FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
+      period_start and period_end (RFC 3339) and transaction_id; nothing is
+      written. VoidUsage of an event of a finalized period is refused the same way.
+    * A new event before the customer's first period (its billing anchor) is
+      FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
+      billing_anchor_time, transaction_id).
+    * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
+      INVALID_ARGUMENT (field event_time).
+    * An exact replay of an event already recorded (same transaction id and
+      payload) answers OK with duplicate = true whatever its time: a retry
+      always converges. A reused transaction id with another payload and one of
+      the times above gets the refusal of its time.
+    * Between the end of the grace period and the finalization (normally
+      seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
+      invoice includes every event that was ever accepted for its period. grpc.health.v1 and
     server reflection need no credentials.
 
     The reason strings are the ErrorReason enum value names without their
@@ -161,7 +190,10 @@ class MeteringServiceStub:
     """
     EstimateBill: _grpc.UnaryUnaryMultiCallable[_billing_pb2.EstimateBillRequest, _billing_pb2.EstimateBillResponse]
     """EstimateBill prices a customer's usage for the current or a past billing
-    period: one line per meter and price, in exact decimal money.
+    period: one line per meter and price, in exact decimal money. For a
+    finalized period it answers the stored invoice (invoice_status FINALIZED,
+    with its id); for the current period, or one in its grace, the bill
+    computed now (GATHERING or DRAFT).
 
     Each event is billed at the price stored with it when it was recorded, so
     a plan change mid-period splits a meter into one line per price. The
@@ -176,6 +208,15 @@ class MeteringServiceStub:
     """
     GetCustomer: _grpc.UnaryUnaryMultiCallable[_customer_pb2.GetCustomerRequest, _customer_pb2.GetCustomerResponse]
     """GetCustomer returns a customer with its plan and billing anchor."""
+    ListInvoices: _grpc.UnaryUnaryMultiCallable[_invoices_pb2.ListInvoicesRequest, _invoices_pb2.ListInvoicesResponse]
+    """ListInvoices lists a customer's invoices, newest period first: the drafts
+    of periods that ended and are not finalized yet, then the finalized
+    invoices. Paginated (AIP-158); filter by status.
+    """
+    GetInvoice: _grpc.UnaryUnaryMultiCallable[_invoices_pb2.GetInvoiceRequest, _invoices_pb2.GetInvoiceResponse]
+    """GetInvoice returns a finalized invoice by id; an unknown id is NOT_FOUND
+    (reason INVOICE_NOT_FOUND).
+    """
 
 @_typing.type_check_only
 class MeteringServiceAsyncStub(MeteringServiceStub):
@@ -212,7 +253,8 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
       details: google.rpc.ErrorInfo (reason LIMIT_EXCEEDED, metadata meter,
       plan, limit, available, requested, period_end) and google.rpc.QuotaFailure.
     * FAILED_PRECONDITION: the request is well formed but conflicts with the
-      stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE).
+      stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE,
+      PERIOD_CLOSED, BEFORE_FIRST_PERIOD).
     * UNAVAILABLE: the database cannot be reached or timed out, or the server
       is shutting down. Safe to retry with the same transaction id: a retry
       converges on exactly one event.
@@ -232,8 +274,35 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
 
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
-    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer and
-    ListGrants; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
+    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
+    ListGrants, ListInvoices and GetInvoice; `admin` UpsertCustomer and
+    GrantCredits.
+
+    Billing periods close. A customer's billing periods are monthly from its
+    billing anchor. A period is GATHERING while it runs; from its end it is a
+    DRAFT for the grace period (METERING_INVOICE_GRACE, 1 hour by default):
+    late events and voids still count, and EstimateBill shows the draft. Then
+    the service finalizes its invoice (ListInvoices, GetInvoice): exactly the
+    lines EstimateBill gave, stored, never changed again, one per customer and
+    period. Late-event policy, for every RPC that records usage (RecordUsage,
+    RecordUsageBatch, RecordUsageStream, CommitReservation):
+
+    * A new event whose event_time falls in a finalized period is
+      FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
+      period_start and period_end (RFC 3339) and transaction_id; nothing is
+      written. VoidUsage of an event of a finalized period is refused the same way.
+    * A new event before the customer's first period (its billing anchor) is
+      FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
+      billing_anchor_time, transaction_id).
+    * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
+      INVALID_ARGUMENT (field event_time).
+    * An exact replay of an event already recorded (same transaction id and
+      payload) answers OK with duplicate = true whatever its time: a retry
+      always converges. A reused transaction id with another payload and one of
+      the times above gets the refusal of its time.
+    * Between the end of the grace period and the finalization (normally
+      seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
+      invoice includes every event that was ever accepted for its period. grpc.health.v1 and
     server reflection need no credentials.
 
     The reason strings are the ErrorReason enum value names without their
@@ -304,7 +373,10 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """
     EstimateBill: _aio.UnaryUnaryMultiCallable[_billing_pb2.EstimateBillRequest, _billing_pb2.EstimateBillResponse]  # type: ignore[assignment]
     """EstimateBill prices a customer's usage for the current or a past billing
-    period: one line per meter and price, in exact decimal money.
+    period: one line per meter and price, in exact decimal money. For a
+    finalized period it answers the stored invoice (invoice_status FINALIZED,
+    with its id); for the current period, or one in its grace, the bill
+    computed now (GATHERING or DRAFT).
 
     Each event is billed at the price stored with it when it was recorded, so
     a plan change mid-period splits a meter into one line per price. The
@@ -319,6 +391,15 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """
     GetCustomer: _aio.UnaryUnaryMultiCallable[_customer_pb2.GetCustomerRequest, _customer_pb2.GetCustomerResponse]  # type: ignore[assignment]
     """GetCustomer returns a customer with its plan and billing anchor."""
+    ListInvoices: _aio.UnaryUnaryMultiCallable[_invoices_pb2.ListInvoicesRequest, _invoices_pb2.ListInvoicesResponse]  # type: ignore[assignment]
+    """ListInvoices lists a customer's invoices, newest period first: the drafts
+    of periods that ended and are not finalized yet, then the finalized
+    invoices. Paginated (AIP-158); filter by status.
+    """
+    GetInvoice: _aio.UnaryUnaryMultiCallable[_invoices_pb2.GetInvoiceRequest, _invoices_pb2.GetInvoiceResponse]  # type: ignore[assignment]
+    """GetInvoice returns a finalized invoice by id; an unknown id is NOT_FOUND
+    (reason INVOICE_NOT_FOUND).
+    """
 
 class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     """MeteringService records what customers use, enforces their limits and
@@ -354,7 +435,8 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
       details: google.rpc.ErrorInfo (reason LIMIT_EXCEEDED, metadata meter,
       plan, limit, available, requested, period_end) and google.rpc.QuotaFailure.
     * FAILED_PRECONDITION: the request is well formed but conflicts with the
-      stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE).
+      stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE,
+      PERIOD_CLOSED, BEFORE_FIRST_PERIOD).
     * UNAVAILABLE: the database cannot be reached or timed out, or the server
       is shutting down. Safe to retry with the same transaction id: a retry
       converges on exactly one event.
@@ -374,8 +456,35 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
-    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer and
-    ListGrants; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
+    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
+    ListGrants, ListInvoices and GetInvoice; `admin` UpsertCustomer and
+    GrantCredits.
+
+    Billing periods close. A customer's billing periods are monthly from its
+    billing anchor. A period is GATHERING while it runs; from its end it is a
+    DRAFT for the grace period (METERING_INVOICE_GRACE, 1 hour by default):
+    late events and voids still count, and EstimateBill shows the draft. Then
+    the service finalizes its invoice (ListInvoices, GetInvoice): exactly the
+    lines EstimateBill gave, stored, never changed again, one per customer and
+    period. Late-event policy, for every RPC that records usage (RecordUsage,
+    RecordUsageBatch, RecordUsageStream, CommitReservation):
+
+    * A new event whose event_time falls in a finalized period is
+      FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
+      period_start and period_end (RFC 3339) and transaction_id; nothing is
+      written. VoidUsage of an event of a finalized period is refused the same way.
+    * A new event before the customer's first period (its billing anchor) is
+      FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
+      billing_anchor_time, transaction_id).
+    * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
+      INVALID_ARGUMENT (field event_time).
+    * An exact replay of an event already recorded (same transaction id and
+      payload) answers OK with duplicate = true whatever its time: a retry
+      always converges. A reused transaction id with another payload and one of
+      the times above gets the refusal of its time.
+    * Between the end of the grace period and the finalization (normally
+      seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
+      invoice includes every event that was ever accepted for its period. grpc.health.v1 and
     server reflection need no credentials.
 
     The reason strings are the ErrorReason enum value names without their
@@ -522,7 +631,10 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.EstimateBillResponse, _abc.Awaitable[_billing_pb2.EstimateBillResponse]]:
         """EstimateBill prices a customer's usage for the current or a past billing
-        period: one line per meter and price, in exact decimal money.
+        period: one line per meter and price, in exact decimal money. For a
+        finalized period it answers the stored invoice (invoice_status FINALIZED,
+        with its id); for the current period, or one in its grace, the bill
+        computed now (GATHERING or DRAFT).
 
         Each event is billed at the price stored with it when it was recorded, so
         a plan change mid-period splits a meter into one line per price. The
@@ -549,5 +661,26 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_customer_pb2.GetCustomerResponse, _abc.Awaitable[_customer_pb2.GetCustomerResponse]]:
         """GetCustomer returns a customer with its plan and billing anchor."""
+
+    @_abc_1.abstractmethod
+    def ListInvoices(
+        self,
+        request: _invoices_pb2.ListInvoicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_invoices_pb2.ListInvoicesResponse, _abc.Awaitable[_invoices_pb2.ListInvoicesResponse]]:
+        """ListInvoices lists a customer's invoices, newest period first: the drafts
+        of periods that ended and are not finalized yet, then the finalized
+        invoices. Paginated (AIP-158); filter by status.
+        """
+
+    @_abc_1.abstractmethod
+    def GetInvoice(
+        self,
+        request: _invoices_pb2.GetInvoiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_invoices_pb2.GetInvoiceResponse, _abc.Awaitable[_invoices_pb2.GetInvoiceResponse]]:
+        """GetInvoice returns a finalized invoice by id; an unknown id is NOT_FOUND
+        (reason INVOICE_NOT_FOUND).
+        """
 
 def add_MeteringServiceServicer_to_server(servicer: MeteringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
