@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 _DURATION_RE = re.compile(r"^(?P<value>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h|d)\Z")  # \Z: no trailing newline
@@ -46,6 +46,14 @@ class Settings:
     tls_key: str | None
     tls_client_ca: str | None  # PEM CA bundle: require client certificates signed by it (mTLS)
     max_message_bytes: int  # largest request or response message
+    # The billing sync to Stripe (metering.stripe_sync): off while stripe_file is None.
+    stripe_file: str | None  # meters and customers mapped to Stripe (metering.stripe_sync.mapping)
+    # Secret: never in a repr, a log line or a metric.
+    stripe_api_key: str | None = field(repr=False)
+    stripe_api_base: str  # the library's api base: Stripe itself, or a stand-in in the tests
+    stripe_settle_delay: timedelta  # an hour is exported once it ended this long ago
+    stripe_interval: timedelta  # how often the exporter looks for closed hours
+    stripe_timeout: timedelta  # one Stripe request
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -78,6 +86,13 @@ class Settings:
             max_message_bytes=reader.integer(
                 "METERING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024
             ),
+            stripe_file=reader.text("METERING_STRIPE_FILE") or None,
+            # Stripe's own variable name too, so an existing deployment secret can be reused.
+            stripe_api_key=reader.text("METERING_STRIPE_API_KEY") or reader.text("STRIPE_API_KEY") or None,
+            stripe_api_base=reader.text("METERING_STRIPE_API_BASE", "https://api.stripe.com").rstrip("/"),
+            stripe_settle_delay=reader.duration("METERING_STRIPE_SETTLE_DELAY", "5m"),
+            stripe_interval=reader.duration("METERING_STRIPE_INTERVAL", "10s"),
+            stripe_timeout=reader.duration("METERING_STRIPE_TIMEOUT", "10s"),
         )
         if settings.db_pool_min > settings.db_pool_max:
             raise ConfigError("METERING_DB_POOL_MIN must not exceed METERING_DB_POOL_MAX")
@@ -87,6 +102,12 @@ class Settings:
             raise ConfigError("METERING_TLS_CLIENT_CA needs METERING_TLS_CERT and METERING_TLS_KEY (mTLS is TLS)")
         if settings.auth_file is not None and settings.allow_unauthenticated:
             raise ConfigError("METERING_AUTH_FILE and METERING_ALLOW_UNAUTHENTICATED=1 contradict each other")
+        if settings.stripe_file is not None and settings.stripe_api_key is None:
+            raise ConfigError("METERING_STRIPE_FILE needs the API key in METERING_STRIPE_API_KEY (or STRIPE_API_KEY)")
+        if not re.match(r"^https?://[^/\s]+(/\S*)?\Z", settings.stripe_api_base):
+            raise ConfigError(f"METERING_STRIPE_API_BASE={settings.stripe_api_base!r}: expected an http(s) URL")
+        if settings.stripe_interval <= timedelta(0):
+            raise ConfigError("METERING_STRIPE_INTERVAL must be more than 0")
         return settings
 
 
