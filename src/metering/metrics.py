@@ -28,6 +28,10 @@ DUPLICATE = "duplicate"
 PAYLOAD_CONFLICT = "payload_conflict"
 REJECTED = "rejected"
 
+# Outcomes of one Stripe meter event request (metering.stripe_sync).
+STRIPE_SENT = "sent"
+STRIPE_FAILED = "failed"
+
 # RPC latency buckets: from a cached read (~0.5 ms) to a stalled database.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -78,6 +82,27 @@ class Metrics:
             "metering_balance_read_batch_reads",
             "Balance reads (CheckBalance, grant listings) answered per database statement.",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        # The billing sync to Stripe; only the replica holding the export lock has samples.
+        self.stripe_export_lag = Gauge(
+            "metering_stripe_export_lag_seconds",
+            "Stripe billing sync: how long the oldest closed hour not yet acknowledged by Stripe has been closed, "
+            "by meter (0 when every closed hour is exported).",
+            ["meter"],
+            registry=r,
+        )
+        self.stripe_meter_events = Counter(
+            "metering_stripe_meter_events",
+            "Stripe meter event requests by meter and outcome (sent: acknowledged, a repeated identifier included; "
+            "failed: refused or unanswered, retried).",
+            ["meter", "outcome"],
+            registry=r,
+        )
+        self.stripe_hours_skipped = Counter(
+            "metering_stripe_hours_skipped",
+            "Hours with usage not reported to Stripe because they were older than its 35-day limit, by meter.",
+            ["meter"],
             registry=r,
         )
         self.db_up = Gauge("metering_database_up", "1 when the last database health probe succeeded.", registry=r)
