@@ -9,7 +9,7 @@ a replica that dies releases the lock with its connection.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -263,14 +263,3 @@ async def abandon_event(
             event.step.hour,
         )
         await save_progress(conn, pair, before, after)
-
-
-async def exported_hours(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> list[asyncpg.Record]:
-    """The meter events Stripe acknowledged, for operations and tests."""
-    return list(
-        await conn.fetch(
-            "SELECT customer_id, meter_slug, hour, identifier, value FROM stripe_meter_events "
-            "WHERE customer_id = ANY($1::text[]) AND acknowledged_at IS NOT NULL ORDER BY 1, 2, 3",
-            list(customer_ids),
-        )
-    )
