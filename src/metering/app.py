@@ -45,6 +45,8 @@ from metering.ledger.store import Ledger
 from metering.ledger.writer import BatchWriter
 from metering.metrics import Metrics
 from metering.reporting import Reporting
+from metering.stripe_sync.exporter import StripeExporter, StripeMeterEvents
+from metering.stripe_sync.mapping import StripeMapping, load_mapping
 from metering.v1 import metering_service_pb2, metering_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -191,6 +193,8 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 async def serve(settings: Settings) -> None:
     catalog = load_catalog(settings.catalog_path)
+    # Checked before the database is touched, like the catalog.
+    stripe_mapping = load_mapping(settings.stripe_file, catalog.meters) if settings.stripe_file else None
     policy = access_policy(settings, catalog)
     credentials = server_credentials(settings)
     # Handlers go in first: a SIGTERM at any later instant drains instead of killing.
@@ -200,7 +204,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     database = await asyncio.to_thread(open_database, settings)
     try:
-        await _serve(settings, catalog, policy, credentials, database, stop)
+        await _serve(settings, catalog, stripe_mapping, policy, credentials, database, stop)
     finally:
         await asyncio.to_thread(database.close)
 
@@ -208,6 +212,7 @@ async def serve(settings: Settings) -> None:
 async def _serve(
     settings: Settings,
     catalog: Catalog,
+    stripe_mapping: StripeMapping | None,
     policy: AccessPolicy | None,
     credentials: grpc.ServerCredentials | None,
     database: Database,
@@ -277,16 +282,27 @@ async def _serve(
             f"metering: serving {METERING_SERVICE} on {settings.grpc_host}:{grpc_port}; "
             f"metrics on http://{settings.metrics_host}:{metrics_port}/metrics; "
             f"catalog {catalog.source}; database {'embedded' if database.embedded else 'external'}; "
-            f"{_security_summary(settings, policy)}",
+            f"{_security_summary(settings, policy)}"
+            f"{'' if stripe_mapping is None else f'; Stripe sync on ({len(stripe_mapping.meters)} meters)'}",
             flush=True,
         )
         health_task = asyncio.create_task(health.run())
         # Every replica runs the closer: they share the due customers without
         # closing any period twice (metering.ledger.invoices).
         closer_task = asyncio.create_task(closer.run())
+        export_task = None
+        if stripe_mapping is not None:
+            assert settings.stripe_api_key is not None  # Settings refuses a mapping without a key
+            sender = StripeMeterEvents(settings.stripe_api_key, settings.stripe_api_base, settings.stripe_timeout)
+            exporter = StripeExporter(pool, stripe_mapping, settings, metrics, sender)
+            export_task = asyncio.create_task(exporter.run())
         await stop.wait()
         closer_task.cancel()  # a close in flight rolls back; the next start (or replica) redoes it
-        await asyncio.gather(closer_task, return_exceptions=True)
+        # An event in flight is sent again by whichever replica exports next.
+        background = [closer_task] if export_task is None else [closer_task, export_task]
+        if export_task is not None:
+            export_task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         log.info("stopping: draining in-flight calls for up to %ss", settings.shutdown_grace.total_seconds())
         await health.shutting_down()
         await server.stop(settings.shutdown_grace.total_seconds())
@@ -340,3 +356,5 @@ def configure_logging(level: str) -> None:
     )
     logging.getLogger("asyncpg.pool").addFilter(_OneLineConnectionErrors())
     logging.getLogger("grpc._cython.cygrpc").addFilter(_ClientGoneIsNotAnError())
+    # The stripe library logs every request at INFO; the exporter logs what matters.
+    logging.getLogger("stripe").setLevel(logging.WARNING)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 _DURATION_RE = re.compile(r"^(?P<value>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h|d)\Z")  # \Z: no trailing newline
@@ -49,6 +49,14 @@ class Settings:
     invoice_grace: timedelta  # how long an ended billing period stays a draft before its invoice is finalized
     close_interval: timedelta  # how often the closer looks for periods to finalize
     test_only_close_pause: timedelta  # tests only: a sleep inside each closing transaction (a window to kill in)
+    # The billing sync to Stripe (metering.stripe_sync): off while stripe_file is None.
+    stripe_file: str | None  # meters and customers mapped to Stripe (metering.stripe_sync.mapping)
+    # Secret: never in a repr, a log line or a metric.
+    stripe_api_key: str | None = field(repr=False)
+    stripe_api_base: str  # the library's api base: Stripe itself, or a stand-in in the tests
+    stripe_settle_delay: timedelta  # an hour is exported once it ended this long ago
+    stripe_interval: timedelta  # how often the exporter looks for closed hours
+    stripe_timeout: timedelta  # one Stripe request
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +92,13 @@ class Settings:
             invoice_grace=reader.duration("METERING_INVOICE_GRACE", "1h"),
             close_interval=reader.duration("METERING_CLOSE_INTERVAL", "10s"),
             test_only_close_pause=reader.duration("METERING_TEST_ONLY_CLOSE_PAUSE", "0s"),
+            stripe_file=reader.text("METERING_STRIPE_FILE") or None,
+            # Stripe's own variable name too, so an existing deployment secret can be reused.
+            stripe_api_key=reader.text("METERING_STRIPE_API_KEY") or reader.text("STRIPE_API_KEY") or None,
+            stripe_api_base=reader.text("METERING_STRIPE_API_BASE", "https://api.stripe.com").rstrip("/"),
+            stripe_settle_delay=reader.duration("METERING_STRIPE_SETTLE_DELAY", "5m"),
+            stripe_interval=reader.duration("METERING_STRIPE_INTERVAL", "10s"),
+            stripe_timeout=reader.duration("METERING_STRIPE_TIMEOUT", "10s"),
         )
         if settings.close_interval <= timedelta(0):
             raise ConfigError("METERING_CLOSE_INTERVAL must be more than 0")
@@ -95,6 +110,12 @@ class Settings:
             raise ConfigError("METERING_TLS_CLIENT_CA needs METERING_TLS_CERT and METERING_TLS_KEY (mTLS is TLS)")
         if settings.auth_file is not None and settings.allow_unauthenticated:
             raise ConfigError("METERING_AUTH_FILE and METERING_ALLOW_UNAUTHENTICATED=1 contradict each other")
+        if settings.stripe_file is not None and settings.stripe_api_key is None:
+            raise ConfigError("METERING_STRIPE_FILE needs the API key in METERING_STRIPE_API_KEY (or STRIPE_API_KEY)")
+        if not re.match(r"^https?://[^/\s]+(/\S*)?\Z", settings.stripe_api_base):
+            raise ConfigError(f"METERING_STRIPE_API_BASE={settings.stripe_api_base!r}: expected an http(s) URL")
+        if settings.stripe_interval <= timedelta(0):
+            raise ConfigError("METERING_STRIPE_INTERVAL must be more than 0")
         return settings
 
 

@@ -32,6 +32,9 @@ REJECTED = "rejected"
 LATE_PERIOD_CLOSED = "period_closed"
 LATE_BEFORE_FIRST_PERIOD = "before_first_period"
 LATE_TOO_OLD = "too_old"
+# Outcomes of one Stripe meter event request (metering.stripe_sync).
+STRIPE_SENT = "sent"
+STRIPE_FAILED = "failed"
 
 # RPC latency buckets: from a cached read (~0.5 ms) to a stalled database.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -110,6 +113,27 @@ class Metrics:
         self.invoice_grace = Gauge(
             "metering_invoice_grace_seconds",
             "METERING_INVOICE_GRACE: how long an ended period stays a draft.",
+            registry=r,
+        )
+        # The billing sync to Stripe; only the replica holding the export lock has samples.
+        self.stripe_export_lag = Gauge(
+            "metering_stripe_export_lag_seconds",
+            "Stripe billing sync: how long the oldest closed hour not yet acknowledged by Stripe has been closed, "
+            "by meter (0 when every closed hour is exported).",
+            ["meter"],
+            registry=r,
+        )
+        self.stripe_meter_events = Counter(
+            "metering_stripe_meter_events",
+            "Stripe meter event requests by meter and outcome (sent: acknowledged, a repeated identifier included; "
+            "failed: refused or unanswered, retried).",
+            ["meter", "outcome"],
+            registry=r,
+        )
+        self.stripe_hours_skipped = Counter(
+            "metering_stripe_hours_skipped",
+            "Hours with usage not reported to Stripe because they were older than its 35-day limit, by meter.",
+            ["meter"],
             registry=r,
         )
         self.db_up = Gauge("metering_database_up", "1 when the last database health probe succeeded.", registry=r)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from metering.catalog import CatalogError
 from metering.cli import calls, importer, operate
 from metering.config import ConfigError
+from metering.stripe_sync.mapping import StripeMappingError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
-    except (ConfigError, CatalogError) as exc:
+    except (ConfigError, CatalogError, StripeMappingError) as exc:
         print(f"metering: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
