@@ -49,6 +49,9 @@ def add_commands(commands: Subparsers) -> None:
     record.add_argument("--transaction-id", help="idempotency key (default: a new UUID; set it to retry safely)")
     record.add_argument("--property", action="append", default=[], metavar="KEY=VALUE")
     record.add_argument("--allow-overage", action="store_true", help="record past a hard limit")
+    record.add_argument(
+        "--event-time", default="", help="RFC 3339 time of the usage (default: now, the server's clock)"
+    )
 
     balance = command("balance", "what a customer has used and may still use", _balance)
     balance.add_argument("customer_id")
@@ -151,6 +154,7 @@ def _record(args: argparse.Namespace) -> int:
             usage_pb2.ENFORCEMENT_MODE_ALLOW_OVERAGE if args.allow_overage else usage_pb2.ENFORCEMENT_MODE_ENFORCE_LIMIT
         ),
     )
+    _set_time(request.event_time, args.event_time, "--event-time")
     return call(args, "RecordUsage", request, render.record)
 
 
