@@ -46,6 +46,7 @@ from metering.ledger.migrate import migrate  # noqa: E402
 from metering.ledger.records import new_event_id  # noqa: E402
 from metering.ledger.reports import AggregateQuery, raw_aggregate_sql  # noqa: E402
 from metering.ledger.rollups import sync_layouts  # noqa: E402
+from metering.periods import add_months  # noqa: E402
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2  # noqa: E402
 from metering.windows import WindowSize, windows  # noqa: E402
 from tests.support import ServiceProcess  # noqa: E402
@@ -76,9 +77,12 @@ async def load_month(url: str, customer: str, events: int, chunk: int = 500_000)
     try:
         await migrate(conn)
         await conn.execute(
-            "INSERT INTO customers (customer_id, plan_slug, billing_anchor) VALUES ($1, 'enterprise', $2)",
+            # closing_period_end: the end of the first billing period, a month from the anchor.
+            "INSERT INTO customers (customer_id, plan_slug, billing_anchor, closing_period_end) "
+            "VALUES ($1, 'enterprise', $2, $3)",
             customer,
             ANCHOR,
+            add_months(ANCHOR, 1),
         )
         started = time.perf_counter()
         step = (MONTH[1] - MONTH[0]) / events
