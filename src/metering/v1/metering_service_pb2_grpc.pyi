@@ -10,6 +10,7 @@ from metering.v1 import customer_pb2 as _customer_pb2
 from metering.v1 import events_pb2 as _events_pb2
 from metering.v1 import grants_pb2 as _grants_pb2
 from metering.v1 import ingest_pb2 as _ingest_pb2
+from metering.v1 import notifications_pb2 as _notifications_pb2
 from metering.v1 import reservations_pb2 as _reservations_pb2
 from metering.v1 import usage_pb2 as _usage_pb2
 import abc as _abc_1
@@ -86,8 +87,8 @@ class MeteringServiceStub:
 
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
-    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer and
-    ListGrants; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
+    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
+    ListGrants and WatchNotifications; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
     server reflection need no credentials.
 
     The reason strings are the ErrorReason enum value names without their
@@ -176,6 +177,16 @@ class MeteringServiceStub:
     """
     GetCustomer: _grpc.UnaryUnaryMultiCallable[_customer_pb2.GetCustomerRequest, _customer_pb2.GetCustomerResponse]
     """GetCustomer returns a customer with its plan and billing anchor."""
+    WatchNotifications: _grpc.UnaryStreamMultiCallable[_notifications_pb2.WatchNotificationsRequest, _notifications_pb2.WatchNotificationsResponse]
+    """WatchNotifications streams the outbox: every notification in outbox
+    order from the request's cursor (or from now), then new ones as their
+    transactions commit, each with its cursor. The stream never ends by
+    itself. A consumer that reconnects with the cursor of the last
+    notification it received misses nothing and sees nothing twice, whichever
+    replica answers, as long as that notification is younger than the
+    retention (METERING_NOTIFICATION_RETENTION). A malformed cursor is
+    INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class MeteringServiceAsyncStub(MeteringServiceStub):
@@ -232,8 +243,8 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
 
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
-    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer and
-    ListGrants; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
+    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
+    ListGrants and WatchNotifications; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
     server reflection need no credentials.
 
     The reason strings are the ErrorReason enum value names without their
@@ -319,6 +330,16 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """
     GetCustomer: _aio.UnaryUnaryMultiCallable[_customer_pb2.GetCustomerRequest, _customer_pb2.GetCustomerResponse]  # type: ignore[assignment]
     """GetCustomer returns a customer with its plan and billing anchor."""
+    WatchNotifications: _aio.UnaryStreamMultiCallable[_notifications_pb2.WatchNotificationsRequest, _notifications_pb2.WatchNotificationsResponse]  # type: ignore[assignment]
+    """WatchNotifications streams the outbox: every notification in outbox
+    order from the request's cursor (or from now), then new ones as their
+    transactions commit, each with its cursor. The stream never ends by
+    itself. A consumer that reconnects with the cursor of the last
+    notification it received misses nothing and sees nothing twice, whichever
+    replica answers, as long as that notification is younger than the
+    retention (METERING_NOTIFICATION_RETENTION). A malformed cursor is
+    INVALID_ARGUMENT.
+    """
 
 class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     """MeteringService records what customers use, enforces their limits and
@@ -374,8 +395,8 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
-    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer and
-    ListGrants; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
+    CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
+    ListGrants and WatchNotifications; `admin` UpsertCustomer and GrantCredits. grpc.health.v1 and
     server reflection need no credentials.
 
     The reason strings are the ErrorReason enum value names without their
@@ -549,5 +570,21 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_customer_pb2.GetCustomerResponse, _abc.Awaitable[_customer_pb2.GetCustomerResponse]]:
         """GetCustomer returns a customer with its plan and billing anchor."""
+
+    @_abc_1.abstractmethod
+    def WatchNotifications(
+        self,
+        request: _notifications_pb2.WatchNotificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_notifications_pb2.WatchNotificationsResponse], _abc.AsyncIterator[_notifications_pb2.WatchNotificationsResponse]]:
+        """WatchNotifications streams the outbox: every notification in outbox
+        order from the request's cursor (or from now), then new ones as their
+        transactions commit, each with its cursor. The stream never ends by
+        itself. A consumer that reconnects with the cursor of the last
+        notification it received misses nothing and sees nothing twice, whichever
+        replica answers, as long as that notification is younger than the
+        retention (METERING_NOTIFICATION_RETENTION). A malformed cursor is
+        INVALID_ARGUMENT.
+        """
 
 def add_MeteringServiceServicer_to_server(servicer: MeteringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
