@@ -30,6 +30,11 @@ from metering.api.interceptor import ObservedServiceInterceptor
 from metering.api.servicer import MeteringServicer
 from metering.catalog import Catalog, load_catalog
 from metering.config import ConfigError, Settings
+from metering.delivery.endpoints import Endpoint, load_endpoints
+from metering.delivery.retention import Retention
+from metering.delivery.stream import OutboxStream
+from metering.delivery.wakeup import OutboxWakeup
+from metering.delivery.webhooks import WebhookDelivery
 from metering.embedded import EmbeddedPostgres, start_embedded
 from metering.engine import MeteringEngine
 from metering.entitlements import Entitlements
@@ -115,6 +120,7 @@ def build_server(
     metrics: Metrics,
     health: DatabaseHealth,
     policy: AccessPolicy | None,
+    stream: OutboxStream,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=[ObservedServiceInterceptor(metrics, Authenticator(policy))],
@@ -129,7 +135,9 @@ def build_server(
     engine = MeteringEngine(catalog, ledger, writer)
     reporting = Reporting(catalog, ledger, reports)
     entitlements = Entitlements(catalog, ledger, holds)
-    servicer = MeteringServicer(engine, reporting, entitlements, metrics, backfill_window=settings.backfill_window)
+    servicer = MeteringServicer(
+        engine, reporting, entitlements, metrics, stream, backfill_window=settings.backfill_window
+    )
     metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
     from grpc_health.v1 import health_pb2_grpc
 
@@ -188,6 +196,8 @@ async def serve(settings: Settings) -> None:
     catalog = load_catalog(settings.catalog_path)
     policy = access_policy(settings, catalog)
     credentials = server_credentials(settings)
+    # A bad endpoints file refuses start-up, before the database is touched.
+    endpoints = load_endpoints(settings.webhooks_file) if settings.webhooks_file else ()
     # Handlers go in first: a SIGTERM at any later instant drains instead of killing.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -195,7 +205,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     database = await asyncio.to_thread(open_database, settings)
     try:
-        await _serve(settings, catalog, policy, credentials, database, stop)
+        await _serve(settings, catalog, policy, credentials, endpoints, database, stop)
     finally:
         await asyncio.to_thread(database.close)
 
@@ -205,6 +215,7 @@ async def _serve(
     catalog: Catalog,
     policy: AccessPolicy | None,
     credentials: grpc.ServerCredentials | None,
+    endpoints: tuple[Endpoint, ...],
     database: Database,
     stop: asyncio.Event,
 ) -> None:
@@ -228,17 +239,37 @@ async def _serve(
             on_read_batch=metrics.read_batch_size.observe,
         )
         reports = UsageReports(pool, acquire_timeout=acquire_timeout)
-        holds = Holds(pool, acquire_timeout=acquire_timeout)
+        holds = Holds(pool, acquire_timeout=acquire_timeout, on_notifications=metrics.count_notifications)
         writer = BatchWriter(
             pool,
             acquire_timeout=acquire_timeout,
             workers=settings.writer_workers,
             linger=settings.writer_linger.total_seconds(),
             on_batch=metrics.write_batch_size.observe,
+            on_notifications=metrics.count_notifications,
+        )
+        wakeup = OutboxWakeup(database.url)
+        stream = OutboxStream(pool, wakeup, acquire_timeout=acquire_timeout, poll=settings.notification_poll)
+        webhooks = WebhookDelivery(
+            pool,
+            endpoints,
+            wakeup,
+            metrics,
+            acquire_timeout=acquire_timeout,
+            timeout=settings.webhook_timeout,
+            schedule=settings.webhook_retry_schedule,
+            lease=settings.webhook_lease,
+            poll=settings.notification_poll,
+        )
+        retention = Retention(
+            pool,
+            acquire_timeout=acquire_timeout,
+            retention=settings.notification_retention,
+            endpoints=[endpoint.name for endpoint in endpoints],
         )
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
-        server = build_server(settings, catalog, ledger, reports, holds, writer, metrics, health, policy)
+        server = build_server(settings, catalog, ledger, reports, holds, writer, metrics, health, policy, stream)
         address = f"{settings.grpc_host}:{settings.grpc_port}"
         if credentials is None:
             grpc_port = server.add_insecure_port(address)
@@ -262,11 +293,18 @@ async def _serve(
             flush=True,
         )
         health_task = asyncio.create_task(health.run())
+        wakeup.start()
+        webhooks.start()
+        retention_task = asyncio.create_task(retention.run())
         await stop.wait()
         log.info("stopping: draining in-flight calls for up to %ss", settings.shutdown_grace.total_seconds())
         await health.shutting_down()
+        stream.close()
         await server.stop(settings.shutdown_grace.total_seconds())
         health_task.cancel()
+        retention_task.cancel()
+        await webhooks.close()
+        await wakeup.close()
         await writer.close()  # after the drain: in-flight calls have their answers
     finally:
         await pool.close()

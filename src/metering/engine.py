@@ -23,6 +23,7 @@ from metering.errors import LimitExceeded, NotFound, PeriodClosed, PriceCurrency
 from metering.ledger.records import CounterReading, CustomerRecord, NewEvent, StoredEvent
 from metering.ledger.store import Ledger
 from metering.ledger.writer import BatchWriter, Resolution, Resolver, Written
+from metering.notifications import MeterTerms
 from metering.periods import Period, Periods, ResetPeriod, period_containing
 
 # Bills, and with them the closing of a period for voids, are monthly from the
@@ -59,6 +60,11 @@ def plan_named(catalog: Catalog, plan_slug: str) -> Plan:
         # The catalog lost a plan that customers are still on.
         raise NotFound("plan", plan_slug)
     return plan
+
+
+def meter_terms(plan: Plan, meter: Meter, terms: PlanMeter) -> MeterTerms:
+    """What notifications about this meter say of the plan."""
+    return MeterTerms(plan.slug, meter.unit, terms.approaching_threshold)
 
 
 def plan_allowance(meter: Meter, terms: PlanMeter) -> limits.Allowance:
@@ -237,6 +243,7 @@ class MeteringEngine:
             period,
             command.unique_value,
             command.allow_overage,
+            terms=meter_terms(plan, command.meter, terms),
             context=(plan, terms, customer),
         )
 

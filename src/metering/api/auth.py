@@ -38,6 +38,7 @@ METHOD_ROLES: Mapping[str, Role] = {
     "EstimateBill": Role.READER,
     "GetCustomer": Role.READER,
     "ListGrants": Role.READER,
+    "WatchNotifications": Role.READER,
     "UpsertCustomer": Role.ADMIN,
     "GrantCredits": Role.ADMIN,
 }
