@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 import grpc
@@ -38,6 +39,7 @@ from metering.delivery.webhooks import WebhookDelivery
 from metering.embedded import EmbeddedPostgres, start_embedded
 from metering.engine import MeteringEngine
 from metering.entitlements import Entitlements
+from metering.ledger import outbox
 from metering.ledger.audit import AuditReport, audit_ledger
 from metering.ledger.holds import Holds
 from metering.ledger.migrate import migrate
@@ -106,6 +108,15 @@ async def audit(
     try:
         async with pool.acquire() as conn:
             return await audit_ledger(conn, catalog, customer_ids)
+    finally:
+        await pool.close()
+
+
+async def replay_dead_letters(settings: Settings, url: str, endpoint: str, since: datetime | None) -> int:
+    pool = await connect(settings, url)
+    try:
+        async with pool.acquire() as conn:
+            return await outbox.replay_dead_letters(conn, endpoint, since)
     finally:
         await pool.close()
 
