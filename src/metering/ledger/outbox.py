@@ -29,9 +29,21 @@ from metering.notifications import (
 # The channel a transaction that wrote notifications notifies at commit (the
 # migration's trigger).
 CHANNEL = "metering_outbox"
-# The oldest transaction still running, cluster-wide: every transaction with
-# a smaller id has finished.
-_HORIZON = "pg_snapshot_xmin(pg_current_snapshot())"
+# The horizon: the oldest transaction of this database still running in the
+# statement's snapshot (else the snapshot's next transaction id); every
+# transaction with a smaller id has finished, and its rows are visible. A
+# transaction is left out only when pg_stat_activity positively shows it in
+# another database (transaction ids are never reused, so that cannot be
+# wrong; one gone from the view by now counts as ours): on a shared server,
+# another database's long transaction does not hold this outbox back, and
+# without the privilege to see other sessions the horizon is simply
+# pg_snapshot_xmin, later but as correct.
+_HORIZON = """(
+    SELECT coalesce(min(x.xid), max(pg_snapshot_xmax(s.snapshot)))
+      FROM (SELECT pg_current_snapshot() AS snapshot) s
+      LEFT JOIN LATERAL pg_snapshot_xip(s.snapshot) AS x (xid)
+        ON NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                        WHERE a.backend_xid = xid(x.xid) AND a.datname IS DISTINCT FROM current_database()))"""
 _NOTIFICATION_SELECT = (
     "n.notification_id, n.customer_id, n.created_at, n.txid::text::bigint AS txid, n.seq, n.type, n.payload"
 )

@@ -6,7 +6,8 @@
 -- a cursor: values are taken at insert, and a transaction that took seq 5 may
 -- commit after one that took seq 6, so a reader past 6 would skip 5 forever.
 -- Readers only read rows whose transaction id is below the oldest transaction
--- still running (pg_snapshot_xmin): every such transaction has finished, so no
+-- of this database still running (ledger/outbox.py, _HORIZON): every such
+-- transaction has finished, so no
 -- row at or before that point can appear later, and every row that appears
 -- later has a larger txid than any row read so far.
 
