@@ -65,6 +65,8 @@ def webhook_receiver(answer: Answer = lambda headers, body, before: 200) -> Iter
     receiver = Receiver(answer)
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real receivers: no connection per request
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             headers = {key.lower(): value for key, value in self.headers.items()}
@@ -84,7 +86,10 @@ def webhook_receiver(answer: Answer = lambda headers, body, before: 200) -> Iter
         def log_message(self, format: str, *args: Any) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # the default backlog (5) refuses a burst of concurrent connections
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     receiver.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
