@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 import grpc
@@ -30,10 +31,16 @@ from metering.api.interceptor import ObservedServiceInterceptor
 from metering.api.servicer import MeteringServicer
 from metering.catalog import Catalog, load_catalog
 from metering.config import ConfigError, Settings
+from metering.delivery.endpoints import Endpoint, load_endpoints
+from metering.delivery.retention import Retention
+from metering.delivery.stream import OutboxStream
+from metering.delivery.wakeup import OutboxWakeup
+from metering.delivery.webhooks import WebhookDelivery
 from metering.embedded import EmbeddedPostgres, start_embedded
 from metering.engine import MeteringEngine
 from metering.entitlements import Entitlements
 from metering.invoicing import Closer, Invoicing
+from metering.ledger import outbox
 from metering.ledger.audit import AuditReport, audit_ledger
 from metering.ledger.holds import Holds
 from metering.ledger.invoices import InvoiceStore
@@ -110,6 +117,15 @@ async def audit(
         await pool.close()
 
 
+async def replay_dead_letters(settings: Settings, url: str, endpoint: str, since: datetime | None) -> int:
+    pool = await connect(settings, url)
+    try:
+        async with pool.acquire() as conn:
+            return await outbox.replay_dead_letters(conn, endpoint, since)
+    finally:
+        await pool.close()
+
+
 def build_server(
     settings: Settings,
     catalog: Catalog,
@@ -121,6 +137,7 @@ def build_server(
     metrics: Metrics,
     health: DatabaseHealth,
     policy: AccessPolicy | None,
+    stream: OutboxStream,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=[ObservedServiceInterceptor(metrics, Authenticator(policy))],
@@ -135,7 +152,7 @@ def build_server(
     engine = MeteringEngine(catalog, ledger, writer)
     entitlements = Entitlements(catalog, ledger, holds)
     servicer = MeteringServicer(
-        engine, reporting, entitlements, invoicing, metrics, backfill_window=settings.backfill_window
+        engine, reporting, entitlements, invoicing, metrics, stream, backfill_window=settings.backfill_window
     )
     metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
     from grpc_health.v1 import health_pb2_grpc
@@ -197,6 +214,8 @@ async def serve(settings: Settings) -> None:
     stripe_mapping = load_mapping(settings.stripe_file, catalog.meters) if settings.stripe_file else None
     policy = access_policy(settings, catalog)
     credentials = server_credentials(settings)
+    # A bad endpoints file refuses start-up, before the database is touched.
+    endpoints = load_endpoints(settings.webhooks_file) if settings.webhooks_file else ()
     # Handlers go in first: a SIGTERM at any later instant drains instead of killing.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -204,7 +223,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     database = await asyncio.to_thread(open_database, settings)
     try:
-        await _serve(settings, catalog, stripe_mapping, policy, credentials, database, stop)
+        await _serve(settings, catalog, stripe_mapping, policy, credentials, endpoints, database, stop)
     finally:
         await asyncio.to_thread(database.close)
 
@@ -215,6 +234,7 @@ async def _serve(
     stripe_mapping: StripeMapping | None,
     policy: AccessPolicy | None,
     credentials: grpc.ServerCredentials | None,
+    endpoints: tuple[Endpoint, ...],
     database: Database,
     stop: asyncio.Event,
 ) -> None:
@@ -241,13 +261,33 @@ async def _serve(
             on_read_batch=metrics.read_batch_size.observe,
         )
         reports = UsageReports(pool, acquire_timeout=acquire_timeout)
-        holds = Holds(pool, acquire_timeout=acquire_timeout)
+        holds = Holds(pool, acquire_timeout=acquire_timeout, on_notifications=metrics.count_notifications)
         writer = BatchWriter(
             pool,
             acquire_timeout=acquire_timeout,
             workers=settings.writer_workers,
             linger=settings.writer_linger.total_seconds(),
             on_batch=metrics.write_batch_size.observe,
+            on_notifications=metrics.count_notifications,
+        )
+        wakeup = OutboxWakeup(database.url)
+        stream = OutboxStream(pool, wakeup, acquire_timeout=acquire_timeout, poll=settings.notification_poll)
+        webhooks = WebhookDelivery(
+            pool,
+            endpoints,
+            wakeup,
+            metrics,
+            acquire_timeout=acquire_timeout,
+            timeout=settings.webhook_timeout,
+            schedule=settings.webhook_retry_schedule,
+            lease=settings.webhook_lease,
+            poll=settings.notification_poll,
+        )
+        retention = Retention(
+            pool,
+            acquire_timeout=acquire_timeout,
+            retention=settings.notification_retention,
+            endpoints=[endpoint.name for endpoint in endpoints],
         )
         invoice_store = InvoiceStore(pool, acquire_timeout=acquire_timeout)
         reporting = Reporting(catalog, ledger, reports)
@@ -262,7 +302,9 @@ async def _serve(
         )
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
-        server = build_server(settings, catalog, ledger, reporting, holds, writer, invoicing, metrics, health, policy)
+        server = build_server(
+            settings, catalog, ledger, reporting, holds, writer, invoicing, metrics, health, policy, stream
+        )
         address = f"{settings.grpc_host}:{settings.grpc_port}"
         if credentials is None:
             grpc_port = server.add_insecure_port(address)
@@ -296,6 +338,9 @@ async def _serve(
             sender = StripeMeterEvents(settings.stripe_api_key, settings.stripe_api_base, settings.stripe_timeout)
             exporter = StripeExporter(pool, stripe_mapping, settings, metrics, sender)
             export_task = asyncio.create_task(exporter.run())
+        wakeup.start()
+        webhooks.start()
+        retention_task = asyncio.create_task(retention.run())
         await stop.wait()
         closer_task.cancel()  # a close in flight rolls back; the next start (or replica) redoes it
         # An event in flight is sent again by whichever replica exports next.
@@ -305,8 +350,12 @@ async def _serve(
         await asyncio.gather(*background, return_exceptions=True)
         log.info("stopping: draining in-flight calls for up to %ss", settings.shutdown_grace.total_seconds())
         await health.shutting_down()
+        stream.close()
         await server.stop(settings.shutdown_grace.total_seconds())
         health_task.cancel()
+        retention_task.cancel()
+        await webhooks.close()
+        await wakeup.close()
         await writer.close()  # after the drain: in-flight calls have their answers
     finally:
         await pool.close()

@@ -57,6 +57,12 @@ class Settings:
     stripe_settle_delay: timedelta  # an hour is exported once it ended this long ago
     stripe_interval: timedelta  # how often the exporter looks for closed hours
     stripe_timeout: timedelta  # one Stripe request
+    notification_retention: timedelta  # delivered notifications are deleted this long after they were written
+    notification_poll: timedelta  # outbox readers look again this often without a LISTEN wake-up
+    webhooks_file: str | None  # webhook endpoints (metering.delivery.endpoints); None: no webhooks
+    webhook_timeout: timedelta  # an attempt that has no 2xx answer by then failed
+    webhook_retry_schedule: tuple[timedelta, ...]  # the wait before each attempt, the first one's included
+    webhook_lease: timedelta  # how long a replica's claim on an endpoint lasts without renewal
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -99,6 +105,13 @@ class Settings:
             stripe_settle_delay=reader.duration("METERING_STRIPE_SETTLE_DELAY", "5m"),
             stripe_interval=reader.duration("METERING_STRIPE_INTERVAL", "10s"),
             stripe_timeout=reader.duration("METERING_STRIPE_TIMEOUT", "10s"),
+            notification_retention=reader.duration("METERING_NOTIFICATION_RETENTION", "30d"),
+            notification_poll=reader.duration("METERING_NOTIFICATION_POLL", "1s"),
+            webhooks_file=reader.text("METERING_WEBHOOKS_FILE") or None,
+            webhook_timeout=reader.duration("METERING_WEBHOOK_TIMEOUT", "10s"),
+            # Svix's schedule: immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h.
+            webhook_retry_schedule=reader.durations("METERING_WEBHOOK_RETRY_SCHEDULE", "0s,5s,5m,30m,2h,5h,10h,10h"),
+            webhook_lease=reader.duration("METERING_WEBHOOK_LEASE", "10s"),
         )
         if settings.close_interval <= timedelta(0):
             raise ConfigError("METERING_CLOSE_INTERVAL must be more than 0")
@@ -108,6 +121,10 @@ class Settings:
             raise ConfigError("METERING_TLS_CERT and METERING_TLS_KEY go together: set both or neither")
         if settings.tls_client_ca is not None and settings.tls_cert is None:
             raise ConfigError("METERING_TLS_CLIENT_CA needs METERING_TLS_CERT and METERING_TLS_KEY (mTLS is TLS)")
+        if settings.notification_poll <= timedelta(0) or settings.webhook_timeout <= timedelta(0):
+            raise ConfigError("METERING_NOTIFICATION_POLL and METERING_WEBHOOK_TIMEOUT must be greater than 0")
+        if settings.webhook_lease < timedelta(seconds=1):
+            raise ConfigError("METERING_WEBHOOK_LEASE must be at least 1s")
         if settings.auth_file is not None and settings.allow_unauthenticated:
             raise ConfigError("METERING_AUTH_FILE and METERING_ALLOW_UNAUTHENTICATED=1 contradict each other")
         if settings.stripe_file is not None and settings.stripe_api_key is None:
@@ -152,7 +169,16 @@ class _Reader:
 
     def duration(self, name: str, default: str) -> timedelta:
         raw = self.text(name) or default
-        match = _DURATION_RE.match(raw)
-        if match is None:
-            raise ConfigError(f"{name}={raw!r}: expected a duration such as 500ms, 2s, 5m, 12h or 35d")
-        return timedelta(seconds=float(match.group("value")) * _UNITS[match.group("unit")])
+        return _duration(name, raw)
+
+    def durations(self, name: str, default: str) -> tuple[timedelta, ...]:
+        """A comma-separated, non-empty list of durations."""
+        raw = self.text(name) or default
+        return tuple(_duration(name, part.strip()) for part in raw.split(","))
+
+
+def _duration(name: str, raw: str) -> timedelta:
+    match = _DURATION_RE.match(raw)
+    if match is None:
+        raise ConfigError(f"{name}={raw!r}: expected a duration such as 500ms, 2s, 5m, 12h or 35d")
+    return timedelta(seconds=float(match.group("value")) * _UNITS[match.group("unit")])

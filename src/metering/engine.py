@@ -24,6 +24,7 @@ from metering.errors import InvalidArgument, LimitExceeded, NotFound, PriceCurre
 from metering.ledger.records import CounterReading, CustomerRecord, NewEvent, StoredEvent
 from metering.ledger.store import Ledger
 from metering.ledger.writer import BatchWriter, Resolution, Resolver, Written
+from metering.notifications import MeterTerms
 from metering.periods import Period, Periods, period_containing
 
 # Called with the meter of a stored event or hold before it is changed; raises
@@ -52,6 +53,11 @@ def plan_named(catalog: Catalog, plan_slug: str) -> Plan:
         # The catalog lost a plan that customers are still on.
         raise NotFound("plan", plan_slug)
     return plan
+
+
+def meter_terms(plan: Plan, meter: Meter, terms: PlanMeter) -> MeterTerms:
+    """What notifications about this meter say of the plan."""
+    return MeterTerms(plan.slug, meter.unit, terms.approaching_threshold)
 
 
 def plan_allowance(meter: Meter, terms: PlanMeter) -> limits.Allowance:
@@ -239,6 +245,7 @@ class MeteringEngine:
             command.unique_value,
             command.allow_overage,
             dimensions=command.meter.dimension_values(command.properties),
+            terms=meter_terms(plan, command.meter, terms),
             context=(plan, terms, customer),
             refusal=refusal,
         )

@@ -21,6 +21,7 @@ from metering.engine import (
     allow_any_meter,
     limit_exceeded,
     meter_balance,
+    meter_terms,
     plan_allowance,
     plan_named,
     require_customer,
@@ -30,6 +31,7 @@ from metering.errors import FieldViolation, InvalidArgument, NotFound
 from metering.ledger.holds import Holds
 from metering.ledger.records import GrantRecord, ReservationRecord, StoredEvent
 from metering.ledger.store import Ledger
+from metering.notifications import MeterTerms
 from metering.periods import Period, period_containing
 
 
@@ -168,6 +170,7 @@ class Entitlements:
             plan_allowance(command.meter, terms),
             period,
             command.ttl,
+            meter_terms(plan, command.meter, terms),
         )
         if not outcome.fits:
             raise limit_exceeded(
@@ -183,10 +186,19 @@ class Entitlements:
         return ReservationResult(outcome.reservation, status, outcome.duplicate, balance)
 
     async def commit(self, command: CommitCommand, *, allow_meter: MeterGuard = allow_any_meter) -> ReservationResult:
-        reservation, meter, terms, period = await self._reservation(command.customer_id, command.reservation_id)
+        reservation, meter, terms, period, announced = await self._reservation(
+            command.customer_id, command.reservation_id
+        )
         allow_meter(meter.slug)
         outcome = await self._holds.commit(
-            reservation, command.quantity, command.properties, terms.price, meter, plan_allowance(meter, terms), period
+            reservation,
+            command.quantity,
+            command.properties,
+            terms.price,
+            meter,
+            plan_allowance(meter, terms),
+            period,
+            announced,
         )
         balance = meter_balance(meter, terms, period, outcome.reading)
         status = outcome.reservation.status_at(outcome.decided_at)
@@ -195,7 +207,7 @@ class Entitlements:
     async def release(
         self, customer_id: str, reservation_id: str, *, allow_meter: MeterGuard = allow_any_meter
     ) -> ReservationResult:
-        reservation, meter, terms, period = await self._reservation(customer_id, reservation_id)
+        reservation, meter, terms, period, _ = await self._reservation(customer_id, reservation_id)
         allow_meter(meter.slug)
         released, reading, decided_at = await self._holds.release(reservation, plan_allowance(meter, terms), period)
         balance = meter_balance(meter, terms, period, reading)
@@ -203,7 +215,7 @@ class Entitlements:
 
     async def _reservation(
         self, customer_id: str, reservation_id: str
-    ) -> tuple[ReservationRecord, Meter, PlanMeter, Period]:
+    ) -> tuple[ReservationRecord, Meter, PlanMeter, Period, MeterTerms]:
         customer = await require_customer(self._ledger, customer_id)
         reservation = await self._holds.get_reservation(customer_id, reservation_id)
         if reservation is None:
@@ -211,7 +223,8 @@ class Entitlements:
         meter = self._catalog.meters.get(reservation.meter_slug)
         if meter is None:
             raise NotFound("meter", reservation.meter_slug)
-        terms = self._catalog.plan_meter(plan_named(self._catalog, customer.plan_slug), meter)
+        plan = plan_named(self._catalog, customer.plan_slug)
+        terms = self._catalog.plan_meter(plan, meter)
         # The hold's own period, whatever the time now: its commit counts there.
         period = period_containing(reservation.period_start, customer.billing_anchor, terms.reset)
-        return reservation, meter, terms, period
+        return reservation, meter, terms, period, meter_terms(plan, meter, terms)

@@ -248,6 +248,7 @@ class Closer:
         self._unpriceable.discard((due.customer_id, due.period_end))
         if outcome.created:
             self._metrics.invoices_finalized.inc()
+        self._metrics.count_notifications(outcome.announced)
         return (1 if outcome.created else 0), outcome.next_due
 
     async def _bill_of(self, customer: CustomerRecord, period: Period) -> Invoice:

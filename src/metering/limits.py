@@ -154,24 +154,45 @@ def _available(allowance: Allowance, total: Decimal | None, used: Decimal) -> De
     return max(ZERO, decimals.sub(total, decimals.add(used, held)))
 
 
+def percent_used(allowance: Allowance, used: Decimal) -> Decimal | None:
+    """Usage in percent of limit + granted (None when unlimited): the one
+    definition behind CheckBalance's figures and threshold notifications."""
+    total = allowance.total
+    if total is None:
+        return None
+    if total == 0:
+        return decimals.FULL_PERCENT  # nothing can ever be used: the meter is full
+    return decimals.percent(used, total)
+
+
+def thresholds_crossed(
+    allowance: Allowance, used_before: Decimal, used_after: Decimal, approaching_threshold: Decimal
+) -> tuple[Decimal, ...]:
+    """The thresholds (the approaching one, then 100%) that usage reached with
+    this change and had not reached before it, in ascending order. Only a
+    change that goes up crosses anything: a void never does, and going back
+    over a threshold after a void is the same crossing again (the outbox's
+    dedupe key keeps it to one notification)."""
+    before = percent_used(allowance, used_before)
+    after = percent_used(allowance, used_after)
+    if before is None or after is None or after <= before:
+        return ()
+    return tuple(t for t in sorted({approaching_threshold, decimals.HUNDRED}) if before < t <= after)
+
+
 def balance_figures(allowance: Allowance, used: Decimal, approaching_threshold: Decimal) -> BalanceFigures:
     """The numbers CheckBalance reports for one meter."""
     total = allowance.total
     available = _available(allowance, total, used)
-    if total is None:
-        percent_used = None
-    elif total == 0:
-        percent_used = decimals.FULL_PERCENT  # nothing can ever be used: the meter is full
-    else:
-        percent_used = decimals.percent(used, total)
+    percent_used_ = percent_used(allowance, used)
     return BalanceFigures(
         used=used,
         limit=allowance.limit,
         granted=allowance.granted,
         reserved=allowance.reserved,
         available=available,
-        percent_used=percent_used,
-        approaching_limit=percent_used is not None and percent_used >= approaching_threshold,
+        percent_used=percent_used_,
+        approaching_limit=percent_used_ is not None and percent_used_ >= approaching_threshold,
         limit_reached=available is not None and available == 0,
     )
 

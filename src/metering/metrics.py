@@ -6,7 +6,7 @@ No customer id is ever a label value: label sets stay bounded by the catalog
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,6 +16,8 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+
+from metering.notifications import NotificationType
 
 # No `*_created` samples: Prometheus reads them (OpenMetrics) as a series of
 # their own for every counter and histogram, doubling the series stored, and
@@ -136,10 +138,59 @@ class Metrics:
             ["meter"],
             registry=r,
         )
+        self.notifications_written = Counter(
+            "metering_notifications_written",
+            "Notifications written to the outbox (committed), by type.",
+            ["type"],
+            registry=r,
+        )
+        for kind in NotificationType:
+            self.notifications_written.labels(str(kind))  # every type shows, at 0 until written
+        self.webhook_attempts = Counter(
+            "metering_webhook_attempts",
+            "Webhook delivery attempts by endpoint and outcome (delivered, refused: not 2xx, timeout, unreachable).",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.delivery_lag = Gauge(
+            "metering_webhook_delivery_lag_seconds",
+            "Age of the oldest notification an endpoint wants and has not received (dead letters aside); "
+            "reported by the replica delivering to it, 0 on the others.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.webhook_dead_letters = Counter(
+            "metering_webhook_dead_letters",
+            "Notifications given up on after the last attempt, by endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.webhook_delivery_seconds = Histogram(
+            "metering_webhook_delivery_seconds",
+            "From a notification's commit to its endpoint's 2xx answer, by endpoint.",
+            ["endpoint"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
+            registry=r,
+        )
+        self.watch_streams = Gauge(
+            "metering_watch_streams_open", "WatchNotifications streams being served.", registry=r
+        )
         self.db_up = Gauge("metering_database_up", "1 when the last database health probe succeeded.", registry=r)
         self.pool_in_use = Gauge("metering_db_pool_in_use", "Database connections checked out.", registry=r)
         self.pool_size = Gauge("metering_db_pool_size", "Database connections open.", registry=r)
         self.pool_max = Gauge("metering_db_pool_max", "Largest number of database connections allowed.", registry=r)
+
+    def init_endpoint(self, endpoint: str, outcomes: Sequence[str]) -> None:
+        """Make a configured endpoint's series exist before its first attempt."""
+        for outcome in outcomes:
+            self.webhook_attempts.labels(endpoint, outcome)
+        self.delivery_lag.labels(endpoint).set(0)
+        self.webhook_dead_letters.labels(endpoint)
+        self.webhook_delivery_seconds.labels(endpoint)
+
+    def count_notifications(self, types: Sequence[NotificationType]) -> None:
+        for kind in types:
+            self.notifications_written.labels(str(kind)).inc()
 
     def watch_pool(self, in_use: Callable[[], float], size: Callable[[], float], maximum: Callable[[], float]) -> None:
         """Read the pool's figures at each scrape rather than on every request."""

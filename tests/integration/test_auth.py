@@ -93,6 +93,11 @@ def call(stub: Stub, method: str, metadata: Any = ()) -> grpc.StatusCode:
     try:
         if descriptor.client_streaming:
             getattr(stub, method)(iter([ingest_pb2.RecordUsageStreamRequest()]), timeout=10, metadata=metadata)
+        elif descriptor.server_streaming:
+            # The answer to a stream comes with its first message: a watch
+            # allowed in waits for one until its deadline.
+            request_class = message_factory.GetMessageClass(descriptor.input_type)
+            next(iter(getattr(stub, method)(request_class(), timeout=2, metadata=metadata)))
         else:
             request_class = message_factory.GetMessageClass(descriptor.input_type)
             getattr(stub, method)(request_class(), timeout=10, metadata=metadata)

@@ -483,3 +483,23 @@ def test_an_invoice_counts_exactly_the_late_events_accepted_while_it_was_finaliz
         end,
     )
     assert stored[0][0] == accepted
+
+
+def test_a_finalized_invoice_is_announced_once_in_its_closing_transaction(
+    closing_stub: Stub, invoice_database: str
+) -> None:
+    anchor, _, end, _ = period_ending_soon(2)
+    customer = new_id("announced")
+    create(closing_stub, customer, anchor)
+    record(closing_stub, customer, "a1", "40", end - timedelta(minutes=5))
+    assert wait_for(lambda: len(finalized(closing_stub, customer)) == 1, timeout=30, interval=0.2)
+    [invoice] = finalized(closing_stub, customer)
+    time.sleep(1)  # more passes of the closer: still one announcement
+    rows = run_sql(
+        invoice_database, "SELECT type, payload FROM notifications WHERE customer_id = $1 ORDER BY seq", customer
+    )
+    assert [row["type"] for row in rows] == ["invoice.finalized"]
+    payload = json.loads(rows[0]["payload"])
+    assert (payload["invoice_id"], payload["invoice_number"]) == (invoice.invoice_id, invoice.number)
+    assert (payload["total"], payload["currency"]) == (invoice.total.amount, invoice.total.currency_code)
+    assert payload["period"]["start"] == invoice.period_start_time.ToDatetime(tzinfo=UTC).isoformat()

@@ -15,6 +15,7 @@ tool fails the run instead of skipping it.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -226,9 +227,17 @@ def start_prometheus(binary: str, metrics_port: int, workdir: Path) -> Prometheu
 
 
 @pytest.fixture(scope="module")
-def scraped_service(database_url: str) -> Iterator[ServiceProcess]:
-    """A service process of this module's own: only this module's calls reach it."""
-    process = ServiceProcess(database_url).start()
+def scraped_service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """A service process of this module's own: only this module's calls reach it.
+    It has a webhook endpoint, so that the per-endpoint series exist (for a
+    type this traffic never makes: nothing is sent to it)."""
+    webhooks = tmp_path_factory.mktemp("webhooks") / "webhooks.toml"
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    webhooks.write_text(
+        f'[endpoints.finance]\nurl = "http://127.0.0.1:9/hooks"\nsecrets = ["{secret}"]\n'
+        'types = ["invoice.finalized"]\n'
+    )
+    process = ServiceProcess(database_url, extra_env={"METERING_WEBHOOKS_FILE": str(webhooks)}).start()
     try:
         yield process
     finally:

@@ -40,6 +40,7 @@ METHOD_ROLES: Mapping[str, Role] = {
     "ListGrants": Role.READER,
     "ListInvoices": Role.READER,
     "GetInvoice": Role.READER,
+    "WatchNotifications": Role.READER,
     "UpsertCustomer": Role.ADMIN,
     "GrantCredits": Role.ADMIN,
 }

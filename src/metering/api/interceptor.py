@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, cast
 
 import grpc
@@ -22,6 +22,7 @@ from metering.metrics import Metrics
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Behavior: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
+StreamBehavior: TypeAlias = Callable[[Any, Context], AsyncIterator[Any]]
 
 
 class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -36,8 +37,8 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
     ) -> Handler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method  # "/package.Service/Method": bounded by the API
-        # Calls with one response are observed; server-streaming ones
-        # (reflection, health Watch) pass through untouched.
+        # Every call of ours is observed; the open services' server-streaming
+        # ones (reflection, health Watch) pass through untouched.
         if handler is not None and handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._observe(method, cast(Behavior, handler.unary_unary)),  # async under grpc.aio
@@ -50,11 +51,51 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler is not None and handler.unary_stream is not None and not is_open(method):
+            return grpc.unary_stream_rpc_method_handler(
+                self._observe_stream(method, cast(StreamBehavior, handler.unary_stream)),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler is not None and not is_open(method):
-            # A server-streaming method of ours would skip authentication
-            # above: refuse it (UNIMPLEMENTED) rather than serve it unchecked.
+            # A bidirectional method of ours would skip authentication above:
+            # refuse it (UNIMPLEMENTED) rather than serve it unchecked.
             return None  # type: ignore[return-value]
         return handler
+
+    def _observe_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        """A server-streaming call: authenticated before its first message and
+        counted when it ends. Not timed: its duration is the life of a
+        watch, which the client decides, not a latency."""
+        metrics = self._metrics
+        authenticator = self._authenticator
+
+        async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
+            code: grpc.StatusCode | None = grpc.StatusCode.OK
+            caller = "unauthenticated"
+            try:
+                identified = authenticator.identify(context)
+                caller = identified.name
+                authenticator.authorize(identified, method)
+                async for message in behavior(request, context):
+                    yield message
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:
+                status = to_status(exc)
+                # Counted before the status leaves, as for unary calls.
+                metrics.requests.labels(method, status.code.name, caller).inc()
+                code = None
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            finally:
+                if code is not None:
+                    metrics.requests.labels(method, code.name, caller).inc()
+
+        return observed
 
     def _observe(self, method: str, behavior: Behavior) -> Behavior:
         metrics = self._metrics

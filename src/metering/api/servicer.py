@@ -21,6 +21,7 @@ from metering.api.auth import require_meter
 from metering.api.errors import ok_status, to_rpc_status
 from metering.api.paging import encode_token
 from metering.decimals import ZERO
+from metering.delivery.stream import OutboxStream
 from metering.engine import MeteringEngine, RecordResult, UsageCommand
 from metering.entitlements import Entitlements
 from metering.errors import (
@@ -41,6 +42,7 @@ from metering.v1 import (
     ingest_pb2,
     invoices_pb2,
     metering_service_pb2_grpc,
+    notifications_pb2,
     reservations_pb2,
     usage_pb2,
 )
@@ -56,9 +58,11 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         entitlements: Entitlements,
         invoicing: Invoicing,
         metrics: m.Metrics,
+        stream: OutboxStream,
         *,
         backfill_window: timedelta,
     ) -> None:
+        self._stream = stream
         self._engine = engine
         self._catalog = engine.catalog
         self._reporting = reporting
@@ -254,6 +258,19 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     ) -> customer_pb2.GetCustomerResponse:
         record = await self._engine.get_customer(validation.customer_id(request.customer_id))
         return customer_pb2.GetCustomerResponse(customer=convert.customer(record))
+
+    async def WatchNotifications(  # noqa: N802
+        self, request: notifications_pb2.WatchNotificationsRequest, context: Context
+    ) -> AsyncIterator[notifications_pb2.WatchNotificationsResponse]:
+        query = validation.watch_notifications(request)
+        require_meter("")  # notifications span every meter
+        after = query.after if query.after is not None else await self._stream.now()
+        self._metrics.watch_streams.inc()
+        try:
+            async for stored in self._stream.watch(after, query.wants):
+                yield notifications_pb2.WatchNotificationsResponse(notification=convert.notification(stored))
+        finally:
+            self._metrics.watch_streams.dec()
 
     async def _record_group(self, requests: list[usage_pb2.RecordUsageRequest]) -> list[RecordResult | BaseException]:
         """Events validated one by one, then recorded together in order; each

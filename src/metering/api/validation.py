@@ -26,8 +26,18 @@ from metering.errors import EventTooOld, FieldViolation, InvalidArgument, Invali
 from metering.invoicing import InvoicesQuery
 from metering.ledger.records import DRAFT, FINALIZED
 from metering.ledger.reports import PropertyFilter
+from metering.notifications import NotificationType, WatchQuery, parse_cursor
 from metering.reporting import EventsQuery, PageCursor, UsageQuery
-from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, invoices_pb2, reservations_pb2, usage_pb2
+from metering.v1 import (
+    billing_pb2,
+    customer_pb2,
+    events_pb2,
+    grants_pb2,
+    invoices_pb2,
+    notifications_pb2,
+    reservations_pb2,
+    usage_pb2,
+)
 from metering.windows import MAX_WINDOWS, WindowSize
 
 MAX_ID_LENGTH = 128
@@ -264,6 +274,29 @@ def upsert_customer(request: customer_pb2.UpsertCustomerRequest) -> CustomerComm
         anchor = _timestamp(violations, "billing_anchor_time", request.billing_anchor_time)
     violations.raise_if_any()
     return CustomerCommand(request.customer_id, request.plan_slug, anchor)
+
+
+_WATCH_TYPES = {
+    notifications_pb2.NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED: NotificationType.THRESHOLD_CROSSED,
+    notifications_pb2.NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED: NotificationType.LIMIT_REJECTED,
+    notifications_pb2.NOTIFICATION_TYPE_INVOICE_FINALIZED: NotificationType.INVOICE_FINALIZED,
+}
+
+
+def watch_notifications(request: notifications_pb2.WatchNotificationsRequest) -> WatchQuery:
+    violations = _Violations()
+    types = set()
+    for index, value in enumerate(request.types):
+        kind = _WATCH_TYPES.get(value)
+        if kind is None:
+            violations.add(f"types[{index}]", "a NotificationType other than NOTIFICATION_TYPE_UNSPECIFIED")
+        else:
+            types.add(kind)
+    if request.customer_id:
+        _identifier(violations, "customer_id", request.customer_id)
+    violations.raise_if_any()
+    after = parse_cursor(request.cursor) if request.cursor else None
+    return WatchQuery(after, frozenset(types), request.customer_id or None)
 
 
 def customer_id(value: str) -> str:

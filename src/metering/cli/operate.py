@@ -1,18 +1,19 @@
 """Commands that run or operate the service itself: serve, migrate, audit,
-check-catalog, token, healthcheck."""
+check-catalog, token, healthcheck, webhooks."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from datetime import datetime
 from typing import TypeAlias
 
 import grpc
 
 from metering.catalog import load_catalog
 from metering.cli.connection import channel, connection_arguments
-from metering.config import Settings
+from metering.config import ConfigError, Settings
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -40,6 +41,17 @@ def add_commands(commands: Subparsers) -> None:
     healthcheck.add_argument("--target", help="host:port (default: 127.0.0.1 and METERING_GRPC_PORT)")
     connection_arguments(healthcheck, target=False)
     healthcheck.set_defaults(run=_healthcheck)
+
+    webhooks = commands.add_parser("webhooks", help="operate webhook delivery (METERING_WEBHOOKS_FILE)")
+    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    replay = webhook_commands.add_parser(
+        "replay", help="send an endpoint's dead letters again (a fresh schedule of attempts)"
+    )
+    replay.add_argument("--endpoint", required=True, metavar="NAME", help="the endpoint's name in the file")
+    replay.add_argument(
+        "--since", metavar="TIME", help="only notifications written at or after this RFC 3339 time (default: all)"
+    )
+    replay.set_defaults(run=_webhooks_replay)
 
     token = commands.add_parser("token", help="make caller tokens for METERING_AUTH_FILE")
     token_commands = token.add_subparsers(dest="token_command", required=True)
@@ -123,6 +135,35 @@ def _check_catalog(args: argparse.Namespace) -> int:
             for t in plan.meters.values()
         )
         print(f"  plan {plan.slug}: {terms}")
+    return 0
+
+
+def _webhooks_replay(args: argparse.Namespace) -> int:
+    from metering.app import configure_logging, open_database, replay_dead_letters
+    from metering.delivery.endpoints import load_endpoints
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    if settings.webhooks_file is not None:
+        names = [endpoint.name for endpoint in load_endpoints(settings.webhooks_file)]
+        if args.endpoint not in names:
+            raise ConfigError(f"--endpoint {args.endpoint!r}: not in METERING_WEBHOOKS_FILE (it has {names})")
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            raise ConfigError(
+                f"--since {args.since!r}: expected an RFC 3339 time such as 2026-01-31T00:00:00Z"
+            ) from None
+        if since.tzinfo is None:
+            raise ConfigError(f"--since {args.since!r}: give the time zone (Z or an offset)")
+    database = open_database(settings)
+    try:
+        replayed = asyncio.run(replay_dead_letters(settings, database.url, args.endpoint, since))
+    finally:
+        database.close()
+    print(f"endpoint {args.endpoint}: {replayed} dead letters queued again")
     return 0
 
 

@@ -9,16 +9,17 @@ commit ends in exactly one outcome.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
 
-from metering import decimals, limits
+from metering import decimals, limits, notifications
 from metering.catalog import Enforcement, Meter
 from metering.errors import FieldViolation, IdempotencyKeyConflict, InvalidArgument, ReservationStateError
-from metering.ledger import rollups, steps
+from metering.ledger import outbox, rollups, steps
 from metering.ledger.pool import PoolUser, translate_errors
 from metering.ledger.records import (
     COMMITTED,
@@ -33,6 +34,7 @@ from metering.ledger.records import (
     new_event_id,
 )
 from metering.ledger.sql import GRANT_COLUMNS, RESERVATION_COLUMNS, grant_record, reservation_record
+from metering.notifications import MeterTerms, NotificationType
 from metering.periods import Period
 
 
@@ -56,6 +58,16 @@ class CommitOutcome:
 
 
 class Holds(PoolUser):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        acquire_timeout: float,
+        on_notifications: Callable[[Sequence[NotificationType]], None] = lambda types: None,
+    ) -> None:
+        super().__init__(pool, acquire_timeout=acquire_timeout)
+        self._on_notifications = on_notifications  # observes the notifications of every commit
+
     # -- grants -----------------------------------------------------------------
 
     async def grant(self, grant: GrantRecord, *, effective_given: bool) -> tuple[GrantRecord, bool]:
@@ -125,6 +137,26 @@ class Holds(PoolUser):
         plan: limits.Allowance,
         period: Period,
         ttl: timedelta,
+        terms: MeterTerms,
+    ) -> HoldOutcome:
+        announced: list[NotificationType] = []
+        outcome = await self._reserve(
+            customer_id, reservation_id, meter_slug, quantity, plan, period, ttl, terms, announced
+        )
+        self._on_notifications(announced)
+        return outcome
+
+    async def _reserve(
+        self,
+        customer_id: str,
+        reservation_id: str,
+        meter_slug: str,
+        quantity: Decimal,
+        plan: limits.Allowance,
+        period: Period,
+        ttl: timedelta,
+        terms: MeterTerms,
+        announced: list[NotificationType],
     ) -> HoldOutcome:
         async with translate_errors(), self._connection() as conn, conn.transaction():
             state = await steps.lock_counter(conn, customer_id, meter_slug, period)
@@ -150,6 +182,18 @@ class Holds(PoolUser):
                 placeholder = ReservationRecord(
                     reservation_id, customer_id, meter_slug, period.start, quantity, HELD, now, now, None, None, None
                 )
+                # Nothing else is written, but the refusal is announced (once a period).
+                refusal = notifications.limit_rejected_notification(
+                    customer_id,
+                    meter_slug,
+                    terms,
+                    period,
+                    allowance,
+                    available=available,
+                    requested=quantity,
+                    transaction_id=reservation_id,
+                )
+                announced.extend(await outbox.enqueue(conn, [refusal]))
                 return HoldOutcome(placeholder, False, reading, now, fits=False, available_before=available)
             # A hold never outlives its period: its commit must count there.
             expires_at = now + ttl if period.end is None else min(now + ttl, period.end)
@@ -180,11 +224,32 @@ class Holds(PoolUser):
         meter: Meter,
         plan: limits.Allowance,
         period: Period,
+        terms: MeterTerms,
     ) -> CommitOutcome:
         """Record the reservation's usage (all of it when `quantity` is None) as
-        an event at the database's clock, priced with `price_slug`. The event is
-        at the database's clock, so only a finalized period can refuse it (a
-        hold never outlives its own period, which cannot close before it ends)."""
+        an event at the database's clock, priced with `price_slug`, and announce
+        the thresholds it crossed. The event is at the database's clock, so only
+        a finalized period can refuse it (a hold never outlives its own period,
+        which cannot close before it ends)."""
+        announced: list[NotificationType] = []
+        outcome = await self._commit(
+            reservation, quantity, properties, price_slug, meter, plan, period, terms, announced
+        )
+        self._on_notifications(announced)
+        return outcome
+
+    async def _commit(
+        self,
+        reservation: ReservationRecord,
+        quantity: Decimal | None,
+        properties: dict[str, str],
+        price_slug: str,
+        meter: Meter,
+        plan: limits.Allowance,
+        period: Period,
+        terms: MeterTerms,
+        announced: list[NotificationType],
+    ) -> CommitOutcome:
         async with translate_errors(), self._connection() as conn, conn.transaction():
             closed = await steps.lock_customer(conn, reservation.customer_id, reservation.reservation_id, None)
             state = await steps.lock_counter(conn, reservation.customer_id, reservation.meter_slug, period)
@@ -242,6 +307,10 @@ class Holds(PoolUser):
             await steps.write_counter(
                 conn, current.customer_id, current.meter_slug, current.period_start, decision.state_after
             )
+            crossed = notifications.thresholds_notifications(
+                current.customer_id, current.meter_slug, terms, period, allowance, state.used, decision.state_after.used
+            )
+            announced.extend(await outbox.enqueue(conn, crossed))
             row = await conn.fetchrow(
                 f"""
                 UPDATE reservations SET status = 'committed', committed_quantity = $3, event_id = $4, settled_at = $5

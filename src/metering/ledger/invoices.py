@@ -25,8 +25,10 @@ import asyncpg
 
 from metering import closing
 from metering.catalog import PricingModel
+from metering.ledger import outbox
 from metering.ledger.pool import PoolUser, translate_errors
 from metering.ledger.records import FINALIZED, CustomerRecord, Invoice, InvoiceLine
+from metering.notifications import NotificationType, invoice_finalized_notification
 from metering.periods import Period
 from metering.pricing import LineCharge, TierCharge
 
@@ -56,6 +58,7 @@ class Finalized:
     invoice: Invoice
     created: bool  # False: the invoice existed (a close that had committed before)
     next_due: bool  # the customer's following period is due too (a backlog)
+    announced: list[NotificationType]  # notifications written (invoice.finalized when created)
 
 
 async def finalize_period(
@@ -63,9 +66,9 @@ async def finalize_period(
 ) -> Finalized | None:
     """Finalize the customer's oldest period if it is due, in the transaction
     the caller opened on `conn`; None when it is not due (any more) or another
-    replica is closing this customer. A notification of the finalized invoice
-    belongs here, in this transaction, so that it is sent if and only if the
-    invoice exists."""
+    replica is closing this customer. The `invoice.finalized` notification is
+    written here, in this transaction, so that it is announced if and only if
+    the invoice exists."""
     row = await conn.fetchrow(
         """
         SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through, closing_period_end,
@@ -118,6 +121,20 @@ async def finalize_period(
             customer_id,
             period.start,
         )
+    record = invoice_record(inserted)
+    announced: list[NotificationType] = []
+    if created:
+        # In the closing transaction: announced if and only if the invoice
+        # exists, once (its dedupe key is the invoice id).
+        assert record.invoice_id is not None and record.number is not None
+        announced = await outbox.enqueue(
+            conn,
+            [
+                invoice_finalized_notification(
+                    customer_id, str(record.invoice_id), record.number, period, record.total, record.currency
+                )
+            ],
+        )
     following = closing.following_period_end(period_end, customer.billing_anchor)
     await conn.execute(
         "UPDATE customers SET closed_through = $2, closing_period_end = $3 WHERE customer_id = $1",
@@ -125,7 +142,7 @@ async def finalize_period(
         period_end,
         following,
     )
-    return Finalized(invoice_record(inserted), created, closing.is_due(following, grace, now))
+    return Finalized(record, created, closing.is_due(following, grace, now), announced)
 
 
 class InvoiceStore(PoolUser):

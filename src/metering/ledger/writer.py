@@ -18,7 +18,9 @@ everything queued, up to `max_batch` events, and in ONE transaction:
    replay of a recorded one), limits;
 6. in one statement, inserts the accepted events (one multi-row insert; the
    unique constraint still guards: a concurrent twin makes the batch run
-   again), writes each counter once and records new distinct values;
+   again), writes each counter once, records new distinct values and writes
+   the notifications the decisions call for (thresholds crossed, the first
+   hard-limit refusal of a period) into the outbox;
 7. commits, and answers every caller.
 
 One bad event refuses only that event. A database failure answers every
@@ -47,9 +49,9 @@ from uuid import UUID
 
 import asyncpg
 
-from metering import limits
+from metering import limits, notifications
 from metering.errors import MeteringError, TransactionConflict
-from metering.ledger import steps
+from metering.ledger import outbox, steps
 from metering.ledger.pool import PoolUser, translate_errors
 from metering.ledger.records import (
     CounterReading,
@@ -62,6 +64,7 @@ from metering.ledger.records import (
 )
 from metering.ledger.rollups import ROLLUP_UPSERTS
 from metering.ledger.sql import COUNTER_COLUMNS, EVENT_COLUMNS, EVENT_FROM, EVENT_SELECT, counter_state, stored_event
+from metering.notifications import MeterTerms, NewNotification, NotificationType
 from metering.periods import Period
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ class Resolution:
     period: Period
     unique_value: str | None
     allow_overage: bool
+    terms: MeterTerms  # what notifications about this meter say of the plan
     # The event's values of its meter's declared dimensions: its rollup bucket.
     dimensions: dict[str, str] = field(default_factory=dict)
     context: Any = None  # the engine's own data, handed back with the outcome
@@ -128,9 +132,11 @@ class BatchWriter(PoolUser):
         workers: int = 1,
         linger: float = 0.002,
         on_batch: Callable[[int], None] = lambda size: None,
+        on_notifications: Callable[[Sequence[NotificationType]], None] = lambda types: None,
     ) -> None:
         super().__init__(pool, acquire_timeout=acquire_timeout)
         self._on_batch = on_batch  # observes the size of every batch written
+        self._on_notifications = on_notifications  # observes the notifications of every batch committed
         self._max_batch = max_batch
         self._linger = linger
         self._concurrent_calls = False  # whether the last batch held more than one call
@@ -197,17 +203,21 @@ class BatchWriter(PoolUser):
     async def _write(self, batch: list[_Item]) -> None:
         async with translate_errors(), self._connection() as conn:
             for attempt in range(_BATCH_ATTEMPTS):
+                announced: list[NotificationType] = []
                 try:
                     async with conn.transaction():
-                        results = await self._decide_and_write(conn, batch)
+                        results = await self._decide_and_write(conn, batch, announced)
                 except _RetryBatch:
                     if attempt == _BATCH_ATTEMPTS - 1:
                         raise RuntimeError("a batch kept colliding with concurrent inserts") from None
                     continue
                 _answer(batch, results)
+                self._on_notifications(announced)
                 return
 
-    async def _decide_and_write(self, conn: asyncpg.Connection, batch: list[_Item]) -> GroupResults:
+    async def _decide_and_write(
+        self, conn: asyncpg.Connection, batch: list[_Item], announced: list[NotificationType]
+    ) -> GroupResults:
         customers = await _customers(conn, {item.customer_id for item in batch})
         resolutions: list[Resolution | BaseException] = []
         for item in batch:
@@ -234,6 +244,9 @@ class BatchWriter(PoolUser):
         accepted: list[tuple[int, Resolution, limits.Decision, CounterReading]] = []  # in the order of inserts
         touched: set[CounterKey] = set()  # counters with a decision to write back
         new_values: list[tuple[CounterKey, str, Any]] = []
+        # The batch's notifications, once each (the outbox's unique key keeps
+        # them once across batches and replicas).
+        announce: dict[tuple[str, str], NewNotification] = {}
         event_ids = iter(new_event_ids(len(valid)))  # one each at most: duplicates take none
         for (index, resolution), allowance in zip(valid, allowances, strict=True):
             event, key = resolution.event, _key(resolution)
@@ -274,7 +287,34 @@ class BatchWriter(PoolUser):
             reading = CounterReading(decision.state_after, allowance.granted, allowance.reserved)
             if not decision.accepted:
                 results[index] = Written(RecordOutcome(None, False, decision, reading), resolution)
+                _announce(
+                    announce,
+                    [
+                        notifications.limit_rejected_notification(
+                            event.customer_id,
+                            event.meter_slug,
+                            resolution.terms,
+                            resolution.period,
+                            allowance,
+                            available=decision.available_before,
+                            requested=decision.cost,
+                            transaction_id=event.transaction_id,
+                        )
+                    ],
+                )
                 continue
+            _announce(
+                announce,
+                notifications.thresholds_notifications(
+                    event.customer_id,
+                    event.meter_slug,
+                    resolution.terms,
+                    resolution.period,
+                    allowance,
+                    states[key].used,
+                    decision.state_after.used,
+                ),
+            )
             states[key] = decision.state_after
             in_batch[txn] = (index, event, event_id)
             inserts.append(_Insert(event, event_id, key, resolution.dimensions, resolution.unique_value))
@@ -284,7 +324,8 @@ class BatchWriter(PoolUser):
                 seen_values.add((key, resolution.unique_value))
                 new_values.append((key, resolution.unique_value, event_id))
         counters = [(key, states[key]) for key in sorted(touched)]
-        stored = await _write_batch(conn, inserts, counters, new_values)
+        stored, written = await _write_batch(conn, inserts, counters, new_values, list(announce.values()))
+        announced.extend(written)
         if len(stored) != len(inserts):
             raise _RetryBatch
         for (index, resolution, decision, reading), stored_event_ in zip(accepted, stored, strict=True):
@@ -336,6 +377,12 @@ def _answer(batch: list[_Item], results: GroupResults) -> None:
 def _fail(batch: list[_Item], exc: BaseException) -> None:
     """Every event of the batch is refused by the same error."""
     _answer(batch, [exc] * len(batch))
+
+
+def _announce(announce: dict[tuple[str, str], NewNotification], new: list[NewNotification]) -> None:
+    """Keep the first of each notification the batch's decisions call for."""
+    for notification in new:
+        announce.setdefault((notification.customer_id, notification.dedupe_key), notification)
 
 
 def _key(resolution: Resolution) -> CounterKey:
@@ -479,22 +526,24 @@ async def _write_batch(
     rows: list[_Insert],
     counters: list[tuple[CounterKey, limits.CounterState]],
     unique_values: list[tuple[CounterKey, str, Any]],
-) -> list[StoredEvent]:
+    announce: list[NewNotification],
+) -> tuple[list[StoredEvent], list[NotificationType]]:
     """One statement writes the batch: the accepted events (one multi-row
     insert), their hourly rollup buckets (metering.ledger.rollups), each
-    counter once, and the distinct values seen for the first time. Returns the
-    stored events in input order, or fewer when a concurrent insert took a
-    transaction id (the caller rolls back and runs again). Only what the
-    database decides comes back (which rows it inserted, and when); the rest
-    of each stored event is what was inserted."""
-    if not (rows or counters or unique_values):
-        return []
+    counter once, the distinct values seen for the first time and the
+    notifications not written before. Returns the stored events in input
+    order, or fewer when a concurrent insert took a transaction id (the caller
+    rolls back and runs again), and the types of the notifications written.
+    Only what the database decides comes back (which rows it inserted, and
+    when); the rest of each stored event is what was inserted."""
+    if not (rows or counters or unique_values or announce):
+        return [], []
     events = [row.event for row in rows]
     # Data-modifying WITH clauses always run to completion, read or not. The
     # rollups add every event of the batch: if the insert skipped one (a
     # concurrent twin took its transaction id), the caller rolls the whole
     # transaction back and runs the batch again, so they never count an event
-    # that was not inserted.
+    # that was not inserted (nor announce what it would have crossed).
     inserted = await conn.fetch(
         f"""
         WITH inserted AS (
@@ -524,8 +573,14 @@ async def _write_batch(
         ), unique_values AS (
             INSERT INTO meter_unique_values (customer_id, meter_slug, period_start, value, first_event_id)
             SELECT * FROM unnest($18::text[], $19::text[], $20::timestamptz[], $21::text[], $22::uuid[])
+        ), notified AS (
+            INSERT INTO notifications (customer_id, notification_id, type, dedupe_key, payload)
+            SELECT * FROM unnest($25::text[], $26::uuid[], $27::text[], $28::text[], $29::jsonb[])
+            ON CONFLICT (customer_id, dedupe_key) DO NOTHING
+            RETURNING type
         )
-        SELECT event_id, recorded_at FROM inserted
+        SELECT event_id, recorded_at, NULL AS notified FROM inserted
+         UNION ALL SELECT NULL, NULL, type FROM notified
         """,
         [row.event_id for row in rows],
         [e.customer_id for e in events],
@@ -551,8 +606,10 @@ async def _write_batch(
         [event_id for _, _, event_id in unique_values],
         [row.dimensions for row in rows],
         [row.unique_value for row in rows],
+        *outbox.insert_arrays(announce),
     )
-    recorded_at: dict[UUID, datetime] = {row[0]: row[1] for row in inserted}
+    recorded_at: dict[UUID, datetime] = {row[0]: row[1] for row in inserted if row[0] is not None}
+    written = [NotificationType(row[2]) for row in inserted if row[2] is not None]
     return [
         StoredEvent(
             event_id=row.event_id,
@@ -569,4 +626,4 @@ async def _write_batch(
         )
         for row in rows
         if row.event_id in recorded_at
-    ]
+    ], written

@@ -4,6 +4,7 @@ from metering.v1 import events_pb2 as _events_pb2
 from metering.v1 import grants_pb2 as _grants_pb2
 from metering.v1 import ingest_pb2 as _ingest_pb2
 from metering.v1 import invoices_pb2 as _invoices_pb2
+from metering.v1 import notifications_pb2 as _notifications_pb2
 from metering.v1 import reservations_pb2 as _reservations_pb2
 from metering.v1 import usage_pb2 as _usage_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper

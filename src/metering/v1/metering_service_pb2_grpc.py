@@ -9,6 +9,7 @@ from metering.v1 import events_pb2 as metering_dot_v1_dot_events__pb2
 from metering.v1 import grants_pb2 as metering_dot_v1_dot_grants__pb2
 from metering.v1 import ingest_pb2 as metering_dot_v1_dot_ingest__pb2
 from metering.v1 import invoices_pb2 as metering_dot_v1_dot_invoices__pb2
+from metering.v1 import notifications_pb2 as metering_dot_v1_dot_notifications__pb2
 from metering.v1 import reservations_pb2 as metering_dot_v1_dot_reservations__pb2
 from metering.v1 import usage_pb2 as metering_dot_v1_dot_usage__pb2
 
@@ -88,7 +89,7 @@ class MeteringServiceStub:
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices and GetInvoice; `admin` UpsertCustomer and
+    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer and
     GrantCredits.
 
     Billing periods close. A customer's billing periods are monthly from its
@@ -213,6 +214,11 @@ class MeteringServiceStub:
                 request_serializer=metering_dot_v1_dot_invoices__pb2.GetInvoiceRequest.SerializeToString,
                 response_deserializer=metering_dot_v1_dot_invoices__pb2.GetInvoiceResponse.FromString,
                 _registered_method=True)
+        self.WatchNotifications = channel.unary_stream(
+                '/metering.v1.MeteringService/WatchNotifications',
+                request_serializer=metering_dot_v1_dot_notifications__pb2.WatchNotificationsRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_notifications__pb2.WatchNotificationsResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -271,7 +277,7 @@ class MeteringServiceServicer:
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices and GetInvoice; `admin` UpsertCustomer and
+    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer and
     GrantCredits.
 
     Billing periods close. A customer's billing periods are monthly from its
@@ -468,6 +474,20 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchNotifications(self, request, context):
+        """WatchNotifications streams the outbox: every notification in outbox
+        order from the request's cursor (or from now), then new ones as their
+        transactions commit, each with its cursor. The stream never ends by
+        itself. A consumer that reconnects with the cursor of the last
+        notification it received misses nothing and sees nothing twice, whichever
+        replica answers, as long as that notification is younger than the
+        retention (METERING_NOTIFICATION_RETENTION). A malformed cursor is
+        INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -556,6 +576,11 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     request_deserializer=metering_dot_v1_dot_invoices__pb2.GetInvoiceRequest.FromString,
                     response_serializer=metering_dot_v1_dot_invoices__pb2.GetInvoiceResponse.SerializeToString,
             ),
+            'WatchNotifications': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchNotifications,
+                    request_deserializer=metering_dot_v1_dot_notifications__pb2.WatchNotificationsRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_notifications__pb2.WatchNotificationsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'metering.v1.MeteringService', rpc_method_handlers)
@@ -620,7 +645,7 @@ class MeteringService:
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices and GetInvoice; `admin` UpsertCustomer and
+    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer and
     GrantCredits.
 
     Billing periods close. A customer's billing periods are monthly from its
@@ -1103,6 +1128,33 @@ class MeteringService:
             '/metering.v1.MeteringService/GetInvoice',
             metering_dot_v1_dot_invoices__pb2.GetInvoiceRequest.SerializeToString,
             metering_dot_v1_dot_invoices__pb2.GetInvoiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/metering.v1.MeteringService/WatchNotifications',
+            metering_dot_v1_dot_notifications__pb2.WatchNotificationsRequest.SerializeToString,
+            metering_dot_v1_dot_notifications__pb2.WatchNotificationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

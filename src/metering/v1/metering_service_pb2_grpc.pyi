@@ -11,6 +11,7 @@ from metering.v1 import events_pb2 as _events_pb2
 from metering.v1 import grants_pb2 as _grants_pb2
 from metering.v1 import ingest_pb2 as _ingest_pb2
 from metering.v1 import invoices_pb2 as _invoices_pb2
+from metering.v1 import notifications_pb2 as _notifications_pb2
 from metering.v1 import reservations_pb2 as _reservations_pb2
 from metering.v1 import usage_pb2 as _usage_pb2
 import abc as _abc_1
@@ -89,7 +90,7 @@ class MeteringServiceStub:
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices and GetInvoice; `admin` UpsertCustomer and
+    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer and
     GrantCredits.
 
     Billing periods close. A customer's billing periods are monthly from its
@@ -217,6 +218,16 @@ class MeteringServiceStub:
     """GetInvoice returns a finalized invoice by id; an unknown id is NOT_FOUND
     (reason INVOICE_NOT_FOUND).
     """
+    WatchNotifications: _grpc.UnaryStreamMultiCallable[_notifications_pb2.WatchNotificationsRequest, _notifications_pb2.WatchNotificationsResponse]
+    """WatchNotifications streams the outbox: every notification in outbox
+    order from the request's cursor (or from now), then new ones as their
+    transactions commit, each with its cursor. The stream never ends by
+    itself. A consumer that reconnects with the cursor of the last
+    notification it received misses nothing and sees nothing twice, whichever
+    replica answers, as long as that notification is younger than the
+    retention (METERING_NOTIFICATION_RETENTION). A malformed cursor is
+    INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class MeteringServiceAsyncStub(MeteringServiceStub):
@@ -275,7 +286,7 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices and GetInvoice; `admin` UpsertCustomer and
+    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer and
     GrantCredits.
 
     Billing periods close. A customer's billing periods are monthly from its
@@ -400,6 +411,16 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """GetInvoice returns a finalized invoice by id; an unknown id is NOT_FOUND
     (reason INVOICE_NOT_FOUND).
     """
+    WatchNotifications: _aio.UnaryStreamMultiCallable[_notifications_pb2.WatchNotificationsRequest, _notifications_pb2.WatchNotificationsResponse]  # type: ignore[assignment]
+    """WatchNotifications streams the outbox: every notification in outbox
+    order from the request's cursor (or from now), then new ones as their
+    transactions commit, each with its cursor. The stream never ends by
+    itself. A consumer that reconnects with the cursor of the last
+    notification it received misses nothing and sees nothing twice, whichever
+    replica answers, as long as that notification is younger than the
+    retention (METERING_NOTIFICATION_RETENTION). A malformed cursor is
+    INVALID_ARGUMENT.
+    """
 
 class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     """MeteringService records what customers use, enforces their limits and
@@ -457,7 +478,7 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices and GetInvoice; `admin` UpsertCustomer and
+    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer and
     GrantCredits.
 
     Billing periods close. A customer's billing periods are monthly from its
@@ -681,6 +702,22 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_invoices_pb2.GetInvoiceResponse, _abc.Awaitable[_invoices_pb2.GetInvoiceResponse]]:
         """GetInvoice returns a finalized invoice by id; an unknown id is NOT_FOUND
         (reason INVOICE_NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchNotifications(
+        self,
+        request: _notifications_pb2.WatchNotificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_notifications_pb2.WatchNotificationsResponse], _abc.AsyncIterator[_notifications_pb2.WatchNotificationsResponse]]:
+        """WatchNotifications streams the outbox: every notification in outbox
+        order from the request's cursor (or from now), then new ones as their
+        transactions commit, each with its cursor. The stream never ends by
+        itself. A consumer that reconnects with the cursor of the last
+        notification it received misses nothing and sees nothing twice, whichever
+        replica answers, as long as that notification is younger than the
+        retention (METERING_NOTIFICATION_RETENTION). A malformed cursor is
+        INVALID_ARGUMENT.
         """
 
 def add_MeteringServiceServicer_to_server(servicer: MeteringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,182 @@
+"""The outbox's cost and webhook delivery lag, measured in one run.
+
+    .venv/bin/python bench/outbox.py                      # embedded PostgreSQL
+    .venv/bin/python bench/outbox.py --database-url URL   # a database it may fill
+
+Two service processes on one database, measured in turns with the same load:
+one with no webhook endpoint, one with an endpoint (every type) delivering to
+a local receiver on 127.0.0.1. Every run uses fresh customers on plans with
+small hard limits (20 to 200), so the load writes notifications throughout
+(each customer crosses 80% and 100%, then is refused, announced once): the
+figure with the endpoint pays for its deliveries on the same CPU. Throughput
+is events decided per second, recorded or refused: each is decided in a write
+transaction. Both processes run the same ledger
+code, so the outbox's own writes (a CTE of the batch statement and a
+statement trigger) are in both figures; `bench/run.py` on main against this
+branch compares them with the code before the outbox.
+
+Delivery lag is measured at the receiver: the arrival of each 2xx delivery
+minus the notification's commit time (same machine, same clock). Prints
+figures and ratios; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.*` and `bench.loadgen`
+
+from bench.loadgen import BATCH, RECORD, Scenario, customer_id, run
+from metering.embedded import start_embedded
+from metering.v1 import customer_pb2, metering_service_pb2_grpc
+from tests.receiver import webhook_receiver
+from tests.support import ServiceProcess
+
+# Plans with limits 20, 40, ... 200: customers spread over them cross 80% and
+# 100% at different moments of a run, so notifications are written steadily
+# rather than in one burst when every customer reaches the same usage.
+LIMITS = [20 * k for k in range(1, 11)]
+CATALOG = '[meters.ai_tokens]\naggregation = "sum"\nunit = "token"\n' + "".join(
+    f'\n[plans.capped{limit}]\ncurrency = "USD"\n[plans.capped{limit}.meters.ai_tokens]\n'
+    f'limit = "{limit}"\nenforcement = "hard"\n'
+    for limit in LIMITS
+)
+
+
+def create_customers(target: str, tag: str, count: int) -> None:
+    with grpc.insecure_channel(target) as channel:
+        stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+        for index in range(count):
+            plan = f"capped{LIMITS[index % len(LIMITS)]}"
+            request = customer_pb2.UpsertCustomerRequest(customer_id=customer_id(tag, index), plan_slug=plan)
+            stub.UpsertCustomer(request, timeout=10)
+
+
+def quantile(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100)[q - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: a temporary embedded server)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each run")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each variant, in turns")
+    parser.add_argument("--processes", type=int, default=2, help="load generator processes")
+    parser.add_argument(
+        "--customers", type=int, default=500, help="fresh customers per batch run (a tenth for RecordUsage)"
+    )
+    args = parser.parse_args()
+    if args.database_url:
+        execute(args.database_url, args)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        embedded = start_embedded(f"{folder}/pg", delete_on_stop=True)
+        try:
+            execute(embedded.uri(), args)
+        finally:
+            embedded.stop()
+
+
+def execute(url: str, args: argparse.Namespace) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="metering-outbox-bench-"))
+    catalog = folder / "catalog.toml"
+    catalog.write_text(CATALOG)
+    lags: list[float] = []
+    lock = threading.Lock()
+
+    def answer(headers: dict[str, str], body: bytes, before: int) -> int:
+        arrived = time.time()
+        committed = datetime.fromisoformat(json.loads(body)["time"].replace("Z", "+00:00")).timestamp()
+        with lock:
+            lags.append(arrived - committed)
+        return 200
+
+    with webhook_receiver(answer) as receiver:
+        secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+        webhooks = folder / "webhooks.toml"
+        webhooks.write_text(
+            f'[endpoints.bench]\nurl = "{receiver.url}"\nsecrets = ["{secret}"]\n'
+            'types = ["usage.threshold_crossed", "usage.limit_rejected", "invoice.finalized"]\n'
+        )
+        plain = ServiceProcess(url, catalog=catalog).start()
+        hooked = ServiceProcess(url, catalog=catalog, extra_env={"METERING_WEBHOOKS_FILE": str(webhooks)}).start()
+        try:
+            scenarios = [
+                (Scenario("RecordUsage", RECORD, customers=max(1, args.customers // 10)), 64),
+                (Scenario("RecordUsageBatch x100", BATCH, customers=args.customers, events_per_call=100), 8),
+            ]
+            for scenario, concurrency in scenarios:
+                figures: dict[str, list[float]] = {"without endpoint": [], "with endpoint": []}
+                for index in range(args.runs):
+                    for label, service in (("without endpoint", plain), ("with endpoint", hooked)):
+                        tag = f"ob{uuid.uuid4().hex[:8]}"
+                        create_customers(service.target, tag, args.customers)
+                        result = run(
+                            service.target,
+                            Scenario(
+                                scenario.name,
+                                scenario.method,
+                                customers=scenario.customers,
+                                events_per_call=scenario.events_per_call,
+                                customer_tag=tag,
+                            ),
+                            concurrency=concurrency,
+                            seconds=args.seconds,
+                            processes=args.processes,
+                            run_tag=f"{tag}r{index}",
+                        )
+                        # Every call's events were decided in a write transaction,
+                        # recorded or refused by their limit: both count.
+                        decided = result.calls_per_second * scenario.events_per_call
+                        figures[label].append(decided)
+                        print(
+                            f"{scenario.name:<22} c={concurrency:<3} {label:<17} run {index + 1}: "
+                            f"{decided:>9,.0f} events decided/s  p99 {result.p99_ms:7.2f} ms  "
+                            f"errors {result.errors or '{}'}",
+                            flush=True,
+                        )
+                without, with_ = (
+                    statistics.median(figures["without endpoint"]),
+                    statistics.median(figures["with endpoint"]),
+                )
+                print(
+                    f"-- {scenario.name}: median {with_:,.0f} with / {without:,.0f} without = "
+                    f"{with_ / without if without else float('nan'):.2f} (target >= 0.90)",
+                    flush=True,
+                )
+            # Let the last deliveries arrive, then the lag of every one of them.
+            settle = time.monotonic() + 60
+            while time.monotonic() < settle:
+                before = len(receiver.requests)
+                time.sleep(2)
+                if len(receiver.requests) == before:
+                    break
+            with lock:
+                measured = sorted(lags)
+            print(
+                f"\nwebhook deliveries {len(measured):,}: lag p50 {quantile(measured, 50) * 1000:.0f} ms, "
+                f"p99 {quantile(measured, 99) * 1000:.0f} ms, max {(measured[-1] if measured else 0) * 1000:.0f} ms "
+                f"(target p99 <= 1000 ms)"
+            )
+        finally:
+            plain.stop()
+            hooked.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Retention: notifications every endpoint has received are deleted once
+older than METERING_NOTIFICATION_RETENTION, in bounded batches (short
+transactions, no long lock on the outbox). Every replica runs it: batches skip
+rows another replica is deleting."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+
+import asyncpg
+
+from metering.ledger import outbox
+from metering.ledger.pool import PoolUser
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+
+
+def purge_interval(retention: timedelta) -> float:
+    """How often to look: a fraction of the retention, between 1 s and 5 min."""
+    return min(max(retention.total_seconds() / 4, 1.0), 300.0)
+
+
+class Retention(PoolUser):
+    def __init__(
+        self, pool: asyncpg.Pool, *, acquire_timeout: float, retention: timedelta, endpoints: Sequence[str]
+    ) -> None:
+        super().__init__(pool, acquire_timeout=acquire_timeout)
+        self._retention = retention
+        self._endpoints = list(endpoints)
+
+    async def purge(self) -> int:
+        """Delete every notification past retention, batch by batch; returns how many."""
+        total = 0
+        while True:
+            async with self._connection() as conn:
+                deleted = await outbox.purge(conn, self._retention, self._endpoints, BATCH)
+            total += deleted
+            if deleted < BATCH:
+                return total
+
+    async def run(self) -> None:
+        while True:
+            try:
+                deleted = await self.purge()
+                if deleted:
+                    log.info("retention: deleted %d notifications", deleted)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("retention: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(purge_interval(self._retention))

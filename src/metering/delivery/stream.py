@@ -1,0 +1,54 @@
+"""The outbox as a stream (WatchNotifications): every notification after a
+position, in outbox order, then new ones as they commit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+
+import asyncpg
+
+from metering.delivery.wakeup import OutboxWakeup
+from metering.errors import DatabaseUnavailable
+from metering.ledger import outbox
+from metering.ledger.pool import PoolUser, translate_errors
+from metering.notifications import Position, StoredNotification
+
+_PAGE = 500
+
+Wanted = Callable[[StoredNotification], bool]
+
+
+class OutboxStream(PoolUser):
+    def __init__(self, pool: asyncpg.Pool, wakeup: OutboxWakeup, *, acquire_timeout: float, poll: timedelta) -> None:
+        super().__init__(pool, acquire_timeout=acquire_timeout)
+        self._wakeup = wakeup
+        self._poll = poll.total_seconds()
+        self._closing = False
+
+    def close(self) -> None:
+        """End every watch (UNAVAILABLE: reconnect with the last cursor), so a
+        stopping server need not wait its grace period for them."""
+        self._closing = True
+        self._wakeup.wake_all()
+
+    async def now(self) -> Position:
+        async with translate_errors(), self._connection() as conn:
+            return await outbox.horizon(conn)
+
+    async def watch(self, after: Position, wanted: Wanted) -> AsyncIterator[StoredNotification]:
+        """Never ends by itself. Filters apply here rather than in SQL, so the
+        position moves over what nobody wants and no page is read twice."""
+        waiter = self._wakeup.waiter()
+        position = after
+        while not self._closing:
+            waiter.arm()
+            async with translate_errors(), self._connection() as conn:
+                page = await outbox.read_after(conn, position, _PAGE)
+            for notification in page:
+                position = notification.position
+                if wanted(notification):
+                    yield notification
+            if len(page) < _PAGE:
+                await waiter.pause(bool(page), self._poll)
+        raise DatabaseUnavailable("the server is stopping: watch again from the last cursor, on another replica")

@@ -1,0 +1,270 @@
+"""Webhook delivery: the outbox to HTTP endpoints, in the Standard Webhooks format.
+
+Per endpoint, one replica at a time holds a lease (a row renewed every third
+of METERING_WEBHOOK_LEASE; a killed replica's lease lapses and another takes
+over, resuming its deliveries with the same `webhook-id`). The holder:
+
+1. scans the outbox past the endpoint's cursor, making a pending delivery of
+   each notification the endpoint wants (ledger.outbox.scan);
+2. attempts, per customer, only the oldest pending delivery: a failing
+   notification holds back that customer's later ones for this endpoint, not
+   other customers'; customers are delivered concurrently;
+3. a 2xx answer within METERING_WEBHOOK_TIMEOUT is delivered (the row goes);
+   anything else is retried after the next wait of the schedule (with
+   jitter), and after the last attempt it is a dead letter for this
+   endpoint, counted, until `metering webhooks replay` queues it again.
+
+Every write of the holder is fenced by its lease, so a replica that lost it
+(paused, partitioned) cannot overwrite the new holder's progress. Delivery is
+at least once: a replica killed between the receiver's 2xx and its own
+bookkeeping sends that notification again, with the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import asyncpg
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+from metering.api.convert import notification_json
+from metering.delivery.endpoints import Endpoint
+from metering.delivery.wakeup import OutboxWakeup, Waiter
+from metering.ledger import outbox
+from metering.ledger.outbox import LeaseLost, PendingDelivery
+from metering.ledger.pool import PoolUser
+from metering.metrics import Metrics
+from metering.notifications import StoredNotification
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# Outcomes of one attempt (the `outcome` label of metering_webhook_attempts_total).
+DELIVERED = "delivered"
+REFUSED = "refused"  # an answer other than 2xx
+TIMEOUT = "timeout"
+UNREACHABLE = "unreachable"  # connection refused, DNS, TLS, reset...
+OUTCOMES = (DELIVERED, REFUSED, TIMEOUT, UNREACHABLE)
+
+# Notifications a scan passes over per transaction, and customers attempted per round.
+_SCAN_BATCH = 500
+_HEADS = 200
+# Attempts in flight per endpoint (each to a different customer).
+_CONCURRENCY = 16
+# Jitter: each wait is the schedule's, times a factor in [1 - J, 1 + J].
+_JITTER = 0.2
+_LAG_EVERY_SECONDS = 1.0
+
+
+def retry_delay(schedule: Sequence[timedelta], attempts_made: int, jitter: float) -> timedelta | None:
+    """The wait before the next attempt after `attempts_made` attempts, or None
+    when the schedule is exhausted (a dead letter). schedule[i] is the wait
+    before attempt i + 1; `jitter` in [0, 1) spreads it by up to +-20% so that
+    failures of many notifications do not come back in step."""
+    if attempts_made >= len(schedule):
+        return None
+    factor = 1 - _JITTER + 2 * _JITTER * jitter
+    return schedule[attempts_made] * factor
+
+
+def signature_header(secrets: Sequence[str], msg_id: str, at: datetime, body: str) -> str:
+    """`webhook-signature`: `v1,<base64 HMAC-SHA256 of id.timestamp.body>` per
+    secret, space-separated (several while a secret rotates)."""
+    return " ".join(Webhook(secret).sign(msg_id, at, body) for secret in secrets)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    outcome: str  # one of OUTCOMES
+    error: str  # why it failed; "" when delivered
+
+
+class WebhookSender:
+    """HTTP for one endpoint: signs and posts a notification."""
+
+    def __init__(self, endpoint: Endpoint, client: httpx.AsyncClient) -> None:
+        self.endpoint = endpoint
+        self._client = client
+
+    async def send(self, notification: StoredNotification) -> Attempt:
+        body = notification_json(notification)
+        msg_id = str(notification.notification_id)
+        at = datetime.now(UTC).replace(microsecond=0)
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "metering-webhooks/1",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(at.timestamp())),
+            "webhook-signature": signature_header(self.endpoint.secrets, msg_id, at, body),
+        }
+        try:
+            response = await self._client.post(self.endpoint.url, content=body.encode(), headers=headers)
+        except httpx.TimeoutException:
+            return Attempt(TIMEOUT, "no answer within the timeout")
+        except httpx.HTTPError as exc:
+            return Attempt(UNREACHABLE, f"{type(exc).__name__}: {exc}")
+        if 200 <= response.status_code < 300:
+            return Attempt(DELIVERED, "")
+        return Attempt(REFUSED, f"HTTP {response.status_code}")
+
+
+class WebhookDelivery(PoolUser):
+    """Delivers the outbox to every configured endpoint, while this replica holds its lease."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        endpoints: Sequence[Endpoint],
+        wakeup: OutboxWakeup,
+        metrics: Metrics,
+        *,
+        acquire_timeout: float,
+        timeout: timedelta,
+        schedule: Sequence[timedelta],
+        lease: timedelta,
+        poll: timedelta,
+    ) -> None:
+        super().__init__(pool, acquire_timeout=acquire_timeout)
+        self._endpoints = tuple(endpoints)
+        self._wakeup = wakeup
+        self._metrics = metrics
+        self._schedule = tuple(schedule)
+        self._lease = lease
+        self._poll = poll.total_seconds()
+        # Unique per process: who holds a lease, in webhook_cursors.owner.
+        self._owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self._client = httpx.AsyncClient(timeout=timeout.total_seconds(), follow_redirects=False)
+        self._tasks: list[asyncio.Task[None]] = []
+        for endpoint in self._endpoints:
+            metrics.init_endpoint(endpoint.name, OUTCOMES)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(e)) for e in self._endpoints]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Hand the endpoints over at once rather than after the lease lapses.
+        with contextlib.suppress(Exception):
+            async with self._connection() as conn:
+                for endpoint in self._endpoints:
+                    await outbox.release_lease(conn, endpoint.name, self._owner)
+        await self._client.aclose()
+
+    async def _db(self, work: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+        async with self._connection() as conn:
+            return await work(conn)
+
+    async def _run(self, endpoint: Endpoint) -> None:
+        sender = WebhookSender(endpoint, self._client)
+        waiter = self._wakeup.waiter()
+        lease = self._lease.total_seconds()
+        while True:
+            try:
+                held = await self._db(lambda conn: outbox.acquire_lease(conn, endpoint.name, self._owner, self._lease))
+                if held:
+                    await self._while_held(endpoint, sender, waiter)
+                    continue
+                self._metrics.delivery_lag.labels(endpoint.name).set(0)  # the holder reports it
+            except LeaseLost:
+                log.info("webhook endpoint %s: another replica took over", endpoint.name)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("webhook endpoint %s: %s: %s", endpoint.name, type(exc).__name__, exc)
+                await asyncio.sleep(self._poll)
+                continue
+            await asyncio.sleep(lease / 3)
+
+    async def _while_held(self, endpoint: Endpoint, sender: WebhookSender, waiter: Waiter) -> None:
+        """Deliver until the lease is lost (LeaseLost) or the database fails."""
+        renewer = asyncio.create_task(self._renew(endpoint))
+        worker = asyncio.create_task(self._deliver(endpoint, sender, waiter))
+        done, pending = await asyncio.wait({renewer, worker}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            task.result()
+
+    async def _renew(self, endpoint: Endpoint) -> None:
+        while True:
+            await asyncio.sleep(self._lease.total_seconds() / 3)
+            if not await self._db(lambda conn: outbox.acquire_lease(conn, endpoint.name, self._owner, self._lease)):
+                raise LeaseLost(endpoint.name)
+
+    async def _deliver(self, endpoint: Endpoint, sender: WebhookSender, waiter: Waiter) -> None:
+        limit = asyncio.Semaphore(_CONCURRENCY)
+        lag_at = 0.0
+        while True:
+            waiter.arm()
+            scanned = _SCAN_BATCH
+            found = False
+            while scanned == _SCAN_BATCH:
+                scanned = await self._db(
+                    lambda conn: outbox.scan(conn, endpoint.name, self._owner, endpoint.types, _SCAN_BATCH)
+                )
+                found = found or scanned > 0
+            now, heads = await self._db(lambda conn: outbox.pending_heads(conn, endpoint.name, _HEADS))
+            if time.monotonic() >= lag_at:
+                await self._report_lag(endpoint)
+                lag_at = time.monotonic() + _LAG_EVERY_SECONDS
+            due = [head for head in heads if head.next_attempt_at <= now]
+            if due:
+
+                async def attempt(head: PendingDelivery) -> None:
+                    async with limit:
+                        await self._attempt(endpoint, sender, head)
+
+                await asyncio.gather(*(attempt(head) for head in due))
+                continue  # the next notification of each customer is due at once
+            wait = self._poll
+            if heads:
+                wait = min(wait, min((h.next_attempt_at - now).total_seconds() for h in heads))
+            await waiter.pause(found, wait)
+
+    async def _attempt(self, endpoint: Endpoint, sender: WebhookSender, head: PendingDelivery) -> None:
+        notification = head.notification
+        result = await sender.send(notification)
+        attempts = head.attempts + 1
+        self._metrics.webhook_attempts.labels(endpoint.name, result.outcome).inc()
+        if result.outcome == DELIVERED:
+            await self._db(lambda conn: outbox.mark_delivered(conn, endpoint.name, self._owner, notification))
+            age = (datetime.now(UTC) - notification.created_at).total_seconds()
+            self._metrics.webhook_delivery_seconds.labels(endpoint.name).observe(max(age, 0.0))
+            return
+        retry_in = retry_delay(self._schedule, attempts, random.random())
+        await self._db(
+            lambda conn: outbox.mark_failed(
+                conn, endpoint.name, self._owner, notification, attempts=attempts, retry_in=retry_in, error=result.error
+            )
+        )
+        if retry_in is None:
+            self._metrics.webhook_dead_letters.labels(endpoint.name).inc()
+            log.warning(
+                "webhook endpoint %s: notification %s dead-lettered after %d attempts (last: %s)",
+                endpoint.name,
+                notification.notification_id,
+                attempts,
+                result.error,
+            )
+
+    async def _report_lag(self, endpoint: Endpoint) -> None:
+        now, oldest = await self._db(lambda conn: outbox.oldest_undelivered(conn, endpoint.name, endpoint.types))
+        lag = 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
+        self._metrics.delivery_lag.labels(endpoint.name).set(lag)

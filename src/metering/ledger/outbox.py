@@ -1,0 +1,351 @@
+"""The outbox in the ledger database: writing notifications, reading them in
+order, and the webhook delivery state (cursors, leases, pending deliveries,
+dead letters).
+
+Order and cursors: see the 0004 migration. Every reader reads only up to the
+horizon, the oldest transaction still running (`_HORIZON`): below it nothing
+can appear any more, so a reader that has read up to a position never misses
+a row at or before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from metering.notifications import (
+    NewNotification,
+    NotificationType,
+    Position,
+    StoredNotification,
+    payload_from_json,
+    payload_json,
+)
+
+# The channel a transaction that wrote notifications notifies at commit (the
+# migration's trigger).
+CHANNEL = "metering_outbox"
+# The horizon: the oldest transaction of this database still running in the
+# statement's snapshot (else the snapshot's next transaction id); every
+# transaction with a smaller id has finished, and its rows are visible. A
+# transaction is left out only when pg_stat_activity positively shows it in
+# another database (transaction ids are never reused, so that cannot be
+# wrong; one gone from the view by now counts as ours): on a shared server,
+# another database's long transaction does not hold this outbox back, and
+# without the privilege to see other sessions the horizon is simply
+# pg_snapshot_xmin, later but as correct.
+_HORIZON = """(
+    SELECT coalesce(min(x.xid), max(pg_snapshot_xmax(s.snapshot)))
+      FROM (SELECT pg_current_snapshot() AS snapshot) s
+      LEFT JOIN LATERAL pg_snapshot_xip(s.snapshot) AS x (xid)
+        ON NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                        WHERE a.backend_xid = xid(x.xid) AND a.datname IS DISTINCT FROM current_database()))"""
+_NOTIFICATION_SELECT = (
+    "n.notification_id, n.customer_id, n.created_at, n.txid::text::bigint AS txid, n.seq, n.type, n.payload"
+)
+
+
+def insert_arrays(notifications: Sequence[NewNotification]) -> list[list[Any]]:
+    """The columns of `notifications` as arrays, for
+    `unnest($customer_id::text[], $notification_id::uuid[], $type::text[], $dedupe_key::text[], $payload::jsonb[])`:
+    the one mapping of a notification to its row, shared by `enqueue` and the
+    batching writer's statement."""
+    return [
+        [n.customer_id for n in notifications],
+        [n.notification_id for n in notifications],
+        [str(n.type) for n in notifications],
+        [n.dedupe_key for n in notifications],
+        [payload_json(n.payload) for n in notifications],
+    ]
+
+
+async def enqueue(conn: asyncpg.Connection, notifications: Sequence[NewNotification]) -> list[NotificationType]:
+    """Write notifications in the caller's transaction; one already written
+    (same customer and dedupe key) is skipped. Returns the types written."""
+    if not notifications:
+        return []
+    rows = await conn.fetch(
+        """
+        INSERT INTO notifications (customer_id, notification_id, type, dedupe_key, payload)
+        SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[])
+        ON CONFLICT (customer_id, dedupe_key) DO NOTHING
+        RETURNING type
+        """,
+        *insert_arrays(notifications),
+    )
+    return [NotificationType(row["type"]) for row in rows]
+
+
+def stored_notification(row: Any) -> StoredNotification:
+    kind = NotificationType(row["type"])
+    return StoredNotification(
+        notification_id=row["notification_id"],
+        customer_id=row["customer_id"],
+        created_at=row["created_at"],
+        position=Position(row["txid"], row["seq"]),
+        payload=payload_from_json(kind, row["payload"]),
+    )
+
+
+async def horizon(conn: asyncpg.Connection) -> Position:
+    """The position of "now": every notification after it is yet to come or
+    belongs to a transaction that was still running."""
+    txid = await conn.fetchval(f"SELECT {_HORIZON}::text::bigint")
+    return Position(int(txid), 0)
+
+
+async def read_after(conn: asyncpg.Connection, after: Position, limit: int) -> list[StoredNotification]:
+    """Up to `limit` notifications after `after`, in outbox order, up to the horizon."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {_NOTIFICATION_SELECT} FROM notifications n
+         WHERE (n.txid, n.seq) > ($1::text::xid8, $2) AND n.txid < {_HORIZON}
+         ORDER BY n.txid, n.seq
+         LIMIT $3
+        """,
+        str(after.txid),
+        after.seq,
+        limit,
+    )
+    return [stored_notification(row) for row in rows]
+
+
+# -- webhook delivery state -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelivery:
+    """The oldest undelivered notification of one customer for an endpoint."""
+
+    notification: StoredNotification
+    attempts: int  # made so far
+    next_attempt_at: datetime
+
+
+class LeaseLost(Exception):
+    """Another replica holds the endpoint's lease now: stop delivering to it."""
+
+
+async def acquire_lease(conn: asyncpg.Connection, endpoint: str, owner: str, ttl: timedelta) -> bool:
+    """Take or renew the endpoint's lease; False while another replica holds
+    it. A new endpoint's scan starts from now: it is not sent the past."""
+    held = await conn.fetchval(
+        f"""
+        INSERT INTO webhook_cursors AS c (endpoint, txid, seq, owner, lease_until)
+        VALUES ($1, {_HORIZON}, 0, $2, clock_timestamp() + $3::interval)
+        ON CONFLICT (endpoint) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until
+         WHERE c.owner = EXCLUDED.owner OR c.lease_until < clock_timestamp()
+        RETURNING true
+        """,
+        endpoint,
+        owner,
+        ttl,
+    )
+    return bool(held)
+
+
+async def release_lease(conn: asyncpg.Connection, endpoint: str, owner: str) -> None:
+    """Let another replica take over at once (a stopping replica)."""
+    await conn.execute(
+        "UPDATE webhook_cursors SET lease_until = clock_timestamp() WHERE endpoint = $1 AND owner = $2",
+        endpoint,
+        owner,
+    )
+
+
+# Fences a write: it happens only while `owner` still holds the lease of `endpoint`.
+_FENCE = (
+    "EXISTS (SELECT 1 FROM webhook_cursors c WHERE c.endpoint = $1 AND c.owner = $2 "
+    "AND c.lease_until > clock_timestamp())"
+)
+
+
+async def scan(
+    conn: asyncpg.Connection, endpoint: str, owner: str, types: frozenset[NotificationType], limit: int
+) -> int:
+    """Move the endpoint's cursor over up to `limit` notifications, making a
+    pending delivery of each it wants, in one transaction. Returns how many
+    were passed over (fewer than `limit`: the scan is up to date)."""
+    async with conn.transaction():
+        # Read first, before this transaction writes (and takes an id that
+        # would hold its own horizon back).
+        cursor = await conn.fetchrow(
+            "SELECT txid::text::bigint AS txid, seq FROM webhook_cursors WHERE endpoint = $1 AND owner = $2",
+            endpoint,
+            owner,
+        )
+        if cursor is None:
+            raise LeaseLost(endpoint)
+        passed = await read_after(conn, Position(cursor["txid"], cursor["seq"]), limit)
+        if not passed:
+            return 0
+        wanted = [n for n in passed if n.type in types]
+        last = passed[-1].position
+        moved = await conn.fetchval(
+            f"""
+            WITH deliveries AS (
+                INSERT INTO webhook_deliveries (customer_id, endpoint, txid, seq, status)
+                SELECT k.customer_id, $1, k.txid::text::xid8, k.seq, 'pending'
+                  FROM unnest($5::text[], $6::bigint[], $7::bigint[]) AS k (customer_id, txid, seq)
+                 WHERE {_FENCE}
+                ON CONFLICT DO NOTHING
+            )
+            UPDATE webhook_cursors SET txid = $3::text::xid8, seq = $4
+             WHERE endpoint = $1 AND owner = $2 AND lease_until > clock_timestamp()
+            RETURNING true
+            """,
+            endpoint,
+            owner,
+            str(last.txid),
+            last.seq,
+            [n.customer_id for n in wanted],
+            [n.position.txid for n in wanted],
+            [n.position.seq for n in wanted],
+        )
+        if not moved:
+            raise LeaseLost(endpoint)
+        return len(passed)
+
+
+async def pending_heads(conn: asyncpg.Connection, endpoint: str, limit: int) -> tuple[datetime, list[PendingDelivery]]:
+    """The database's clock and, per customer, the oldest pending delivery of
+    the endpoint (the only one that may be attempted: order per customer),
+    soonest due first."""
+    rows = await conn.fetch(
+        f"""
+        SELECT clock_timestamp() AS db_now, h.attempts, h.next_attempt_at, {_NOTIFICATION_SELECT}
+          FROM (SELECT DISTINCT ON (d.customer_id) d.customer_id, d.seq, d.attempts, d.next_attempt_at
+                  FROM webhook_deliveries d
+                 WHERE d.endpoint = $1 AND d.status = 'pending'
+                 ORDER BY d.customer_id, d.txid, d.seq) h
+          JOIN notifications n ON n.customer_id = h.customer_id AND n.seq = h.seq
+         ORDER BY h.next_attempt_at, n.txid, n.seq
+         LIMIT $2
+        """,
+        endpoint,
+        limit,
+    )
+    if not rows:
+        now = await conn.fetchval("SELECT clock_timestamp()")
+        return now, []
+    heads = [PendingDelivery(stored_notification(row), row["attempts"], row["next_attempt_at"]) for row in rows]
+    return rows[0]["db_now"], heads
+
+
+async def mark_delivered(conn: asyncpg.Connection, endpoint: str, owner: str, notification: StoredNotification) -> None:
+    done = await conn.fetchval(
+        f"""
+        DELETE FROM webhook_deliveries
+         WHERE customer_id = $3 AND endpoint = $1 AND seq = $4 AND {_FENCE}
+        RETURNING true
+        """,
+        endpoint,
+        owner,
+        notification.customer_id,
+        notification.position.seq,
+    )
+    if not done:
+        raise LeaseLost(endpoint)
+
+
+async def mark_failed(
+    conn: asyncpg.Connection,
+    endpoint: str,
+    owner: str,
+    notification: StoredNotification,
+    *,
+    attempts: int,
+    retry_in: timedelta | None,
+    error: str,
+) -> None:
+    """Record a failed attempt: retried after `retry_in`, or (None) a dead letter."""
+    done = await conn.fetchval(
+        f"""
+        UPDATE webhook_deliveries
+           SET attempts = $5, last_error = $6,
+               status = CASE WHEN $7::interval IS NULL THEN 'dead' ELSE 'pending' END,
+               next_attempt_at = clock_timestamp() + coalesce($7::interval, '0s')
+         WHERE customer_id = $3 AND endpoint = $1 AND seq = $4 AND {_FENCE}
+        RETURNING true
+        """,
+        endpoint,
+        owner,
+        notification.customer_id,
+        notification.position.seq,
+        attempts,
+        error[:1000],
+        retry_in,
+    )
+    if not done:
+        raise LeaseLost(endpoint)
+
+
+async def replay_dead_letters(conn: asyncpg.Connection, endpoint: str, since: datetime | None) -> int:
+    """Queue an endpoint's dead letters (of notifications since `since`) again,
+    with a fresh schedule of attempts. Returns how many."""
+    result = await conn.execute(
+        """
+        UPDATE webhook_deliveries d SET status = 'pending', attempts = 0, next_attempt_at = clock_timestamp()
+          FROM notifications n
+         WHERE n.customer_id = d.customer_id AND n.seq = d.seq
+           AND d.endpoint = $1 AND d.status = 'dead' AND ($2::timestamptz IS NULL OR n.created_at >= $2)
+        """,
+        endpoint,
+        since,
+    )
+    replayed = int(result.rsplit(" ", 1)[-1])
+    if replayed:
+        await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+    return replayed
+
+
+async def oldest_undelivered(
+    conn: asyncpg.Connection, endpoint: str, types: frozenset[NotificationType]
+) -> tuple[datetime, datetime | None]:
+    """The database's clock and the time of the oldest notification the
+    endpoint wants and has not received: pending, or not scanned yet (dead
+    letters are counted apart)."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT clock_timestamp() AS db_now, least(
+            (SELECT min(n.created_at) FROM webhook_deliveries d
+               JOIN notifications n ON n.customer_id = d.customer_id AND n.seq = d.seq
+              WHERE d.endpoint = $1 AND d.status = 'pending'),
+            (SELECT n.created_at FROM notifications n, webhook_cursors c
+              WHERE c.endpoint = $1 AND (n.txid, n.seq) > (c.txid, c.seq) AND n.txid < {_HORIZON}
+                AND n.type = ANY($2::text[])
+              ORDER BY n.txid, n.seq LIMIT 1)) AS oldest
+        """,
+        endpoint,
+        sorted(str(t) for t in types),
+    )
+    return row["db_now"], row["oldest"]
+
+
+async def purge(conn: asyncpg.Connection, older_than: timedelta, endpoints: Sequence[str], limit: int) -> int:
+    """Delete up to `limit` notifications older than `older_than` that every
+    configured endpoint has received (scanned past, nothing pending, no dead
+    letter). Returns how many."""
+    result = await conn.execute(
+        f"""
+        DELETE FROM notifications n
+         WHERE (n.customer_id, n.seq) IN (
+            SELECT m.customer_id, m.seq FROM notifications m
+             WHERE m.created_at < clock_timestamp() - $1::interval AND m.txid < {_HORIZON}
+               AND NOT EXISTS (SELECT 1 FROM webhook_cursors c
+                                WHERE c.endpoint = ANY($2::text[]) AND (m.txid, m.seq) > (c.txid, c.seq))
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                                WHERE d.customer_id = m.customer_id AND d.seq = m.seq)
+             ORDER BY m.created_at
+             LIMIT $3
+               FOR UPDATE SKIP LOCKED)
+        """,
+        older_than,
+        list(endpoints),
+        limit,
+    )
+    return int(result.rsplit(" ", 1)[-1])
