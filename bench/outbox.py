@@ -3,17 +3,17 @@
     .venv/bin/python bench/outbox.py                      # embedded PostgreSQL
     .venv/bin/python bench/outbox.py --database-url URL   # a database it may fill
 
-Two service processes on one database, measured in turns with the same load:
-one with no webhook endpoint, one with an endpoint (every type) delivering to
-a local receiver on 127.0.0.1. Every run uses fresh customers on plans with
+Three service processes, measured in turns with the same load: the code of
+--baseline (main before the outbox, from a git worktree, on a database of its
+own), and this tree with no webhook endpoint and with an endpoint (every type)
+delivering to a local receiver on 127.0.0.1 (on one database). Every run uses fresh customers on plans with
 small hard limits (20 to 200), so the load writes notifications throughout
 (each customer crosses 80% and 100%, then is refused, announced once): the
 figure with the endpoint pays for its deliveries on the same CPU. Throughput
 is events decided per second, recorded or refused: each is decided in a write
-transaction. Both processes run the same ledger
-code, so the outbox's own writes (a CTE of the batch statement and a
-statement trigger) are in both figures; `bench/run.py` on main against this
-branch compares them with the code before the outbox.
+transaction. The ratio that
+answers "what does the outbox cost" is with endpoint / before the outbox; with
+/ without endpoint is the cost of delivering alone.
 
 Delivery lag is measured at the receiver: the arrival of each 2xx delivery
 minus the notification's commit time (same machine, same clock). Prints
@@ -23,10 +23,12 @@ figures and ratios; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,16 +36,19 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.*` and `bench.loadgen`
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `tests.*` and `bench.loadgen`
 
-from bench.loadgen import BATCH, RECORD, Scenario, customer_id, run
-from metering.embedded import start_embedded
-from metering.v1 import customer_pb2, metering_service_pb2_grpc
-from tests.receiver import webhook_receiver
-from tests.support import ServiceProcess
+from bench.loadgen import BATCH, RECORD, Scenario, customer_id, run  # noqa: E402
+from metering.embedded import start_embedded  # noqa: E402
+from metering.v1 import customer_pb2, metering_service_pb2_grpc  # noqa: E402
+from tests.receiver import webhook_receiver  # noqa: E402
+from tests.support import ServiceProcess  # noqa: E402
 
 # Plans with limits 20, 40, ... 200: customers spread over them cross 80% and
 # 100% at different moments of a run, so notifications are written steadily
@@ -54,6 +59,27 @@ CATALOG = '[meters.ai_tokens]\naggregation = "sum"\nunit = "token"\n' + "".join(
     f'limit = "{limit}"\nenforcement = "hard"\n'
     for limit in LIMITS
 )
+
+
+BASELINE = "dae708d"  # main just before the outbox was merged
+
+
+def baseline_service(url: str, commit: str, catalog: Path) -> tuple[ServiceProcess, Path]:
+    """`commit`'s service, from a git worktree, on a fresh database of the same server."""
+    tree = Path(tempfile.mkdtemp(prefix="metering-outbox-baseline-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True)
+    name = f"bench_baseline_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    database = urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+    return ServiceProcess(database, catalog=catalog, extra_env={"PYTHONPATH": str(tree / "src")}).start(), tree
 
 
 def create_customers(target: str, tag: str, count: int) -> None:
@@ -77,6 +103,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each run")
     parser.add_argument("--runs", type=int, default=3, help="runs of each variant, in turns")
     parser.add_argument("--processes", type=int, default=2, help="load generator processes")
+    parser.add_argument(
+        "--baseline", default=BASELINE, help="the commit measured as 'before the outbox' ('' to skip it)"
+    )
     parser.add_argument(
         "--customers", type=int, default=500, help="fresh customers per batch run (a tenth for RecordUsage)"
     )
@@ -115,15 +144,20 @@ def execute(url: str, args: argparse.Namespace) -> None:
         )
         plain = ServiceProcess(url, catalog=catalog).start()
         hooked = ServiceProcess(url, catalog=catalog, extra_env={"METERING_WEBHOOKS_FILE": str(webhooks)}).start()
+        variants = [("without endpoint", plain), ("with endpoint", hooked)]
+        tree = None
+        if args.baseline:
+            baseline_process, tree = baseline_service(url, args.baseline, catalog)
+            variants.insert(0, ("before the outbox", baseline_process))
         try:
             scenarios = [
                 (Scenario("RecordUsage", RECORD, customers=max(1, args.customers // 10)), 64),
                 (Scenario("RecordUsageBatch x100", BATCH, customers=args.customers, events_per_call=100), 8),
             ]
             for scenario, concurrency in scenarios:
-                figures: dict[str, list[float]] = {"without endpoint": [], "with endpoint": []}
+                figures: dict[str, list[float]] = {label: [] for label, _ in variants}
                 for index in range(args.runs):
-                    for label, service in (("without endpoint", plain), ("with endpoint", hooked)):
+                    for label, service in variants:
                         tag = f"ob{uuid.uuid4().hex[:8]}"
                         create_customers(service.target, tag, args.customers)
                         result = run(
@@ -155,10 +189,17 @@ def execute(url: str, args: argparse.Namespace) -> None:
                     statistics.median(figures["with endpoint"]),
                 )
                 print(
-                    f"-- {scenario.name}: median {with_:,.0f} with / {without:,.0f} without = "
-                    f"{with_ / without if without else float('nan'):.2f} (target >= 0.90)",
+                    f"-- {scenario.name}: median {with_:,.0f} with endpoint / {without:,.0f} without = "
+                    f"{with_ / without if without else float('nan'):.2f}",
                     flush=True,
                 )
+                if "before the outbox" in figures:
+                    baseline = statistics.median(figures["before the outbox"])
+                    print(
+                        f"-- {scenario.name}: median {with_:,.0f} with outbox and endpoint / {baseline:,.0f} before "
+                        f"the outbox = {with_ / baseline if baseline else float('nan'):.2f} (target >= 0.90)",
+                        flush=True,
+                    )
             # Let the last deliveries arrive, then the lag of every one of them.
             settle = time.monotonic() + 60
             while time.monotonic() < settle:
@@ -174,8 +215,10 @@ def execute(url: str, args: argparse.Namespace) -> None:
                 f"(target p99 <= 1000 ms)"
             )
         finally:
-            plain.stop()
-            hooked.stop()
+            for _, service in variants:
+                service.stop()
+            if tree is not None:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
 
 
 if __name__ == "__main__":
