@@ -93,6 +93,13 @@ def type_of(payload: Payload) -> NotificationType:
     return _TYPES[type(payload)]
 
 
+def limit_rejected_key(meter_slug: str, period: Period) -> str:
+    """The dedupe key of the first hard-limit refusal of a meter in a period,
+    computable before the notification is built (the writer skips building
+    one its process has already seen written)."""
+    return f"{NotificationType.LIMIT_REJECTED}/{meter_slug}/{period.start.isoformat()}"
+
+
 def dedupe_key(payload: Payload) -> str:
     """What makes a notification once-only among its customer's."""
     if isinstance(payload, ThresholdCrossed):
@@ -101,7 +108,7 @@ def dedupe_key(payload: Payload) -> str:
             f"{format_decimal(payload.threshold_percent)}"
         )
     if isinstance(payload, LimitRejected):
-        return f"{type_of(payload)}/{payload.meter_slug}/{payload.period.start.isoformat()}"
+        return limit_rejected_key(payload.meter_slug, payload.period)
     return f"{type_of(payload)}/{payload.invoice_id}"
 
 

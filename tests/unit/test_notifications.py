@@ -14,9 +14,11 @@ from metering.errors import InvalidArgument
 from metering.limits import Allowance, balance_figures, thresholds_crossed
 from metering.notifications import (
     InvoiceFinalized,
+    LimitRejected,
     MeterTerms,
     Position,
     dedupe_key,
+    limit_rejected_key,
     limit_rejected_notification,
     parse_cursor,
     payload_from_json,
@@ -129,3 +131,20 @@ def test_cursors_round_trip_and_keep_order(txid: int, seq: int) -> None:
 def test_a_malformed_cursor_is_invalid_argument(cursor: str) -> None:
     with pytest.raises(InvalidArgument):
         parse_cursor(cursor)
+
+
+def test_written_keys_remember_committed_notifications_up_to_their_capacity() -> None:
+    from metering.ledger.writer import WrittenKeys
+
+    written = WrittenKeys(capacity=3)
+    written.add([("c1", "usage.limit_rejected/tokens/2026-12-01T00:00:00+00:00"), ("c2", "k")])
+    assert ("c1", "usage.limit_rejected/tokens/2026-12-01T00:00:00+00:00") in written
+    assert ("c3", "k") not in written
+    written.add([("c3", "k"), ("c4", "k")])  # past the capacity: it starts over
+    assert ("c1", "usage.limit_rejected/tokens/2026-12-01T00:00:00+00:00") not in written
+    assert ("c3", "k") in written and ("c4", "k") in written
+
+
+def test_the_limit_rejected_key_is_the_payloads_dedupe_key() -> None:
+    payload = LimitRejected("tokens", "p", "token", PERIOD, D("10"), D("0"), D("1"), "t1")
+    assert limit_rejected_key("tokens", PERIOD) == dedupe_key(payload)

@@ -137,6 +137,7 @@ class BatchWriter(PoolUser):
         super().__init__(pool, acquire_timeout=acquire_timeout)
         self._on_batch = on_batch  # observes the size of every batch written
         self._on_notifications = on_notifications  # observes the notifications of every batch committed
+        self._written = WrittenKeys()
         self._max_batch = max_batch
         self._linger = linger
         self._concurrent_calls = False  # whether the last batch held more than one call
@@ -204,19 +205,27 @@ class BatchWriter(PoolUser):
         async with translate_errors(), self._connection() as conn:
             for attempt in range(_BATCH_ATTEMPTS):
                 announced: list[NotificationType] = []
+                attempted: list[tuple[str, str]] = []
                 try:
                     async with conn.transaction():
-                        results = await self._decide_and_write(conn, batch, announced)
+                        results = await self._decide_and_write(conn, batch, announced, attempted)
                 except _RetryBatch:
                     if attempt == _BATCH_ATTEMPTS - 1:
                         raise RuntimeError("a batch kept colliding with concurrent inserts") from None
                     continue
+                # Committed: every notification attempted exists now (written
+                # by this batch or found by its dedupe key).
+                self._written.add(attempted)
                 _answer(batch, results)
                 self._on_notifications(announced)
                 return
 
     async def _decide_and_write(
-        self, conn: asyncpg.Connection, batch: list[_Item], announced: list[NotificationType]
+        self,
+        conn: asyncpg.Connection,
+        batch: list[_Item],
+        announced: list[NotificationType],
+        attempted: list[tuple[str, str]],
     ) -> GroupResults:
         customers = await _customers(conn, {item.customer_id for item in batch})
         resolutions: list[Resolution | BaseException] = []
@@ -287,6 +296,12 @@ class BatchWriter(PoolUser):
             reading = CounterReading(decision.state_after, allowance.granted, allowance.reserved)
             if not decision.accepted:
                 results[index] = Written(RecordOutcome(None, False, decision, reading), resolution)
+                # A customer that keeps hitting its limit is refused event
+                # after event; the first refusal of the period was announced
+                # long ago, so most refusals need no notification built.
+                rejection = (event.customer_id, notifications.limit_rejected_key(event.meter_slug, resolution.period))
+                if rejection in self._written:
+                    continue
                 _announce(
                     announce,
                     [
@@ -324,6 +339,7 @@ class BatchWriter(PoolUser):
                 seen_values.add((key, resolution.unique_value))
                 new_values.append((key, resolution.unique_value, event_id))
         counters = [(key, states[key]) for key in sorted(touched)]
+        attempted.extend(announce)
         stored, written = await _write_batch(conn, inserts, counters, new_values, list(announce.values()))
         announced.extend(written)
         if len(stored) != len(inserts):
@@ -377,6 +393,25 @@ def _answer(batch: list[_Item], results: GroupResults) -> None:
 def _fail(batch: list[_Item], exc: BaseException) -> None:
     """Every event of the batch is refused by the same error."""
     _answer(batch, [exc] * len(batch))
+
+
+class WrittenKeys:
+    """(customer, dedupe key) of notifications known to be in the outbox,
+    because a transaction of this process that attempted them committed. Only
+    saves building and re-inserting them: the outbox's unique key is what
+    keeps a notification once. Bounded: past `capacity` it starts over."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._keys: set[tuple[str, str]] = set()
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._keys
+
+    def add(self, keys: Sequence[tuple[str, str]]) -> None:
+        if len(self._keys) + len(keys) > self._capacity:
+            self._keys.clear()
+        self._keys.update(keys)
 
 
 def _announce(announce: dict[tuple[str, str], NewNotification], new: list[NewNotification]) -> None:
