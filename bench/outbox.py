@@ -9,7 +9,9 @@ own), and this tree with no webhook endpoint and with an endpoint (every type)
 delivering to a local receiver on 127.0.0.1 (on one database). Every run uses fresh customers on plans with
 small hard limits (20 to 200), so the load writes notifications throughout
 (each customer crosses 80% and 100%, then is refused, announced once): the
-figure with the endpoint pays for its deliveries on the same CPU. Throughput
+figure with the endpoint pays for its deliveries on the same CPU. The
+"roomy" scenarios repeat both on a plan whose hard limit is never reached:
+the common case, where the outbox only checks for crossings. Throughput
 is events decided per second, recorded or refused: each is decided in a write
 transaction. The ratio that
 answers "what does the outbox cost" is with endpoint / before the outbox; with
@@ -54,10 +56,14 @@ from tests.support import ServiceProcess  # noqa: E402
 # 100% at different moments of a run, so notifications are written steadily
 # rather than in one burst when every customer reaches the same usage.
 LIMITS = [20 * k for k in range(1, 11)]
-CATALOG = '[meters.ai_tokens]\naggregation = "sum"\nunit = "token"\n' + "".join(
-    f'\n[plans.capped{limit}]\ncurrency = "USD"\n[plans.capped{limit}.meters.ai_tokens]\n'
-    f'limit = "{limit}"\nenforcement = "hard"\n'
-    for limit in LIMITS
+CATALOG = (
+    '[meters.ai_tokens]\naggregation = "sum"\nunit = "token"\n'
+    + "".join(
+        f'\n[plans.capped{limit}]\ncurrency = "USD"\n[plans.capped{limit}.meters.ai_tokens]\n'
+        f'limit = "{limit}"\nenforcement = "hard"\n'
+        for limit in LIMITS
+    )
+    + '\n[plans.roomy]\ncurrency = "USD"\n[plans.roomy.meters.ai_tokens]\nlimit = "1000000000000"\nenforcement = "hard"\n'
 )
 
 
@@ -82,11 +88,15 @@ def baseline_service(url: str, commit: str, catalog: Path) -> tuple[ServiceProce
     return ServiceProcess(database, catalog=catalog, extra_env={"PYTHONPATH": str(tree / "src")}).start(), tree
 
 
-def create_customers(target: str, tag: str, count: int) -> None:
+def create_customers(target: str, tag: str, count: int, roomy: bool) -> None:
+    """Customers on the small capped plans (every one crosses 80% and 100% and is
+    refused during a run: the worst case for the outbox), or on a plan whose
+    hard limit is never reached (the common case: enforcement on, nothing to
+    announce)."""
     with grpc.insecure_channel(target) as channel:
         stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
         for index in range(count):
-            plan = f"capped{LIMITS[index % len(LIMITS)]}"
+            plan = "roomy" if roomy else f"capped{LIMITS[index % len(LIMITS)]}"
             request = customer_pb2.UpsertCustomerRequest(customer_id=customer_id(tag, index), plan_slug=plan)
             stub.UpsertCustomer(request, timeout=10)
 
@@ -151,15 +161,21 @@ def execute(url: str, args: argparse.Namespace) -> None:
             variants.insert(0, ("before the outbox", baseline_process))
         try:
             scenarios = [
-                (Scenario("RecordUsage", RECORD, customers=max(1, args.customers // 10)), 64),
-                (Scenario("RecordUsageBatch x100", BATCH, customers=args.customers, events_per_call=100), 8),
+                (Scenario("RecordUsage", RECORD, customers=max(1, args.customers // 10)), 64, False),
+                (Scenario("RecordUsageBatch x100", BATCH, customers=args.customers, events_per_call=100), 8, False),
+                (Scenario("RecordUsage, roomy", RECORD, customers=max(1, args.customers // 10)), 64, True),
+                (
+                    Scenario("RecordUsageBatch x100, roomy", BATCH, customers=args.customers, events_per_call=100),
+                    8,
+                    True,
+                ),
             ]
-            for scenario, concurrency in scenarios:
+            for scenario, concurrency, roomy in scenarios:
                 figures: dict[str, list[float]] = {label: [] for label, _ in variants}
                 for index in range(args.runs):
                     for label, service in variants:
                         tag = f"ob{uuid.uuid4().hex[:8]}"
-                        create_customers(service.target, tag, args.customers)
+                        create_customers(service.target, tag, args.customers, roomy)
                         result = run(
                             service.target,
                             Scenario(
