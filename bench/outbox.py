@@ -63,7 +63,8 @@ CATALOG = (
         f'limit = "{limit}"\nenforcement = "hard"\n'
         for limit in LIMITS
     )
-    + '\n[plans.roomy]\ncurrency = "USD"\n[plans.roomy.meters.ai_tokens]\nlimit = "1000000000000"\nenforcement = "hard"\n'
+    + '\n[plans.roomy]\ncurrency = "USD"\n[plans.roomy.meters.ai_tokens]\n'
+    + 'limit = "1000000000000"\nenforcement = "hard"\n'
 )
 
 
