@@ -183,6 +183,9 @@ class MeteringEngine:
         self._clock = clock
         self._customers = CustomerCache()
         self._periods = Periods()  # the periods of recent events and balances, by customer anchor and reset
+        # The catalog never changes while serving: one MeterTerms per plan and
+        # meter, not one per event.
+        self._terms: dict[tuple[str, str], MeterTerms] = {}
 
     def now(self) -> datetime:
         return self._clock()
@@ -245,10 +248,17 @@ class MeteringEngine:
             command.unique_value,
             command.allow_overage,
             dimensions=command.meter.dimension_values(command.properties),
-            terms=meter_terms(plan, command.meter, terms),
+            terms=self._meter_terms(plan, command.meter, terms),
             context=(plan, terms, customer),
             refusal=refusal,
         )
+
+    def _meter_terms(self, plan: Plan, meter: Meter, terms: PlanMeter) -> MeterTerms:
+        key = (plan.slug, meter.slug)
+        found = self._terms.get(key)
+        if found is None:
+            found = self._terms[key] = meter_terms(plan, meter, terms)
+        return found
 
     def _recorded(self, command: UsageCommand, written: Written) -> RecordResult:
         plan, terms, customer = written.resolution.context

@@ -107,11 +107,11 @@ class Invoicing:
             stored = await self._invoices.for_period(customer_id, period.start)
             if stored is not None:
                 return stored
-        return await self._compute(customer_id, period, now)
+        return await self._compute(customer, period, now)
 
-    async def _compute(self, customer_id: str, period: Period, now: datetime) -> Invoice:
+    async def _compute(self, customer: CustomerRecord, period: Period, now: datetime) -> Invoice:
         assert period.end is not None
-        bill = await self._reporting.estimate_bill(customer_id, period.start)
+        bill = await self._reporting.bill(customer, period)
         return invoice_of(bill, GATHERING if now < period.end else DRAFT)
 
     async def get(self, invoice_id: UUID) -> Invoice:
@@ -132,7 +132,7 @@ class Invoicing:
             periods = _draft_periods(customer, now, query.before, wanted)
             more = len(periods) > query.page_size  # known without pricing the extra one
             for period in periods[: query.page_size]:
-                found.append(await self._compute(customer.customer_id, period, now))
+                found.append(await self._compute(customer, period, now))
         if FINALIZED in query.statuses and not more:
             before = found[-1].period_start if found else query.before
             stored = await self._invoices.list(customer.customer_id, before, wanted - len(found))
@@ -252,7 +252,4 @@ class Closer:
         return (1 if outcome.created else 0), outcome.next_due
 
     async def _bill_of(self, customer: CustomerRecord, period: Period) -> Invoice:
-        bill = await self._reporting.estimate_bill(customer.customer_id, period.start)
-        if bill.period != period:
-            raise RuntimeError(f"priced the period {bill.period} instead of {period}")
-        return invoice_of(bill, FINALIZED)
+        return invoice_of(await self._reporting.bill(customer, period), FINALIZED)

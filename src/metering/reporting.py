@@ -14,11 +14,10 @@ from zoneinfo import ZoneInfo
 
 from metering import decimals
 from metering.catalog import Catalog, Meter, Plan, Price
-from metering.closing import BILLING_PERIOD
 from metering.decimals import ZERO
 from metering.engine import plan_named, require_customer, utc_now
 from metering.errors import FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
-from metering.ledger.records import StoredEvent
+from metering.ledger.records import CustomerRecord, StoredEvent
 from metering.ledger.reports import AggregateQuery, PropertyFilter, UsageCursor, UsageReports
 from metering.ledger.store import Ledger
 from metering.periods import Period, period_containing
@@ -174,15 +173,13 @@ class Reporting:
             next_before = (page[-1].event_time, str(page[-1].event_id))
         return EventsPage(page, next_before)
 
-    async def estimate_bill(self, customer_id: str, period_time: datetime | None) -> Bill:
-        customer = await require_customer(self._ledger, customer_id)
-        now = self._clock()
-        if period_time is not None and period_time > now:
-            raise InvalidArgument([FieldViolation("period_time", "must not be in the future")])
-        period = period_containing(period_time or now, customer.billing_anchor, BILLING_PERIOD)
+    async def bill(self, customer: CustomerRecord, period: Period) -> Bill:
+        """The bill of one of the customer's billing periods, priced from its
+        usage now (EstimateBill, drafts, and the invoice the closer stores)."""
+        customer_id = customer.customer_id
         assert period.end is not None
         # The plan in effect at the end of the period, or now for the current one.
-        plan_time = min(period.end - timedelta(microseconds=1), now)
+        plan_time = min(period.end - timedelta(microseconds=1), self._clock())
         plan_slug = await self._reports.plan_at(customer_id, plan_time) or customer.plan_slug
         plan = plan_named(self._catalog, plan_slug)
         assert plan.currency is not None  # every plan has one (catalog check)
