@@ -46,10 +46,10 @@ async def lock_customer(
         "WHERE customer_id = $1 FOR SHARE",
         customer_id,
     )
-    if row is None or row["closed_through"] is None:
+    if row is None:
         return None
     at = instant or row["db_now"]
-    if at < row["closed_through"]:
+    if closing.classify(at, row["billing_anchor"], row["closed_through"]) is closing.EventTime.CLOSED:
         return closing.period_closed(customer_id, transaction_id, at, row["billing_anchor"])
     return None
 
