@@ -178,6 +178,18 @@ def minor_unit_digits(currency: str) -> int:
     return _MINOR_UNIT_EXCEPTIONS.get(currency, 2)
 
 
+def key_problems(
+    key: str, table: Mapping[str, Any], *, required: tuple[str, ...], optional: tuple[str, ...]
+) -> list[str]:
+    """The missing and unknown keys of a TOML table at dotted `key` (the root
+    when empty), each reported with its full key: the rule of every checked
+    TOML file (the catalog, the Stripe mapping)."""
+    prefix = f"{key}." if key else ""
+    problems = [f"{prefix}{name}: required" for name in required if name not in table]
+    problems += [f"{prefix}{name}: unknown key" for name in table if name not in required and name not in optional]
+    return problems
+
+
 class CatalogError(ValueError):
     """The catalog file is invalid; `problems` lists each one with its key."""
 
@@ -448,13 +460,7 @@ class _CatalogParser:
             self.problems.append(f"{key}: price {price!r} belongs to meter {prices[price].meter!r}, not {meter!r}")
 
     def _keys(self, key: str, table: dict[str, Any], *, required: tuple[str, ...], optional: tuple[str, ...]) -> None:
-        prefix = f"{key}." if key else ""
-        for name in required:
-            if name not in table:
-                self.problems.append(f"{prefix}{name}: required")
-        for name in table:
-            if name not in required and name not in optional:
-                self.problems.append(f"{prefix}{name}: unknown key")
+        self.problems += key_problems(key, table, required=required, optional=optional)
 
     def _string(self, key: str, table: dict[str, Any], name: str) -> str | None:
         value = table.get(name)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metering.catalog import Aggregation, Meter
+from metering.catalog import Aggregation, Meter, key_problems
 
 DEFAULT_CUSTOMER_PAYLOAD_KEY = "stripe_customer_id"
 DEFAULT_VALUE_PAYLOAD_KEY = "value"
@@ -212,10 +212,4 @@ class _MappingParser:
         return value
 
     def _keys(self, key: str, table: dict[str, Any], *, required: tuple[str, ...], optional: tuple[str, ...]) -> None:
-        prefix = f"{key}." if key else ""
-        for name in required:
-            if name not in table:
-                self.problems.append(f"{prefix}{name}: required")
-        for name in table:
-            if name not in required and name not in optional:
-                self.problems.append(f"{prefix}{name}: unknown key")
+        self.problems += key_problems(key, table, required=required, optional=optional)
