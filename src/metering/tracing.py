@@ -27,6 +27,7 @@ On (`start`):
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -35,12 +36,15 @@ if TYPE_CHECKING:  # imported only when tracing is on
     import grpc
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
     from opentelemetry.trace import Link, SpanContext, SpanKind
     from opentelemetry.trace.span import TraceState
     from opentelemetry.util.types import Attributes
 
 DEFAULT_SERVICE_NAME = "metering"
+# How long a stopping service waits for the last spans to leave.
+SHUTDOWN_EXPORT_SECONDS = 5.0
 BATCH_SPAN_NAME = "metering.ledger.write_batch"
 # Attributes of the writer's span: events and calls the transaction carried.
 BATCH_EVENTS = "metering.batch.events"
@@ -52,10 +56,11 @@ class Tracing:
     current call's span (for the writer's links and the log lines), the
     writer's span, and the flush at shutdown."""
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, exporter: SpanExporter) -> None:
         from opentelemetry import trace
 
         self._provider = provider
+        self._exporter = exporter
         self._tracer = provider.get_tracer(__name__)
         self._current_span = trace.get_current_span
 
@@ -98,8 +103,17 @@ class Tracing:
             yield
 
     def shutdown(self) -> None:
-        """Export what is still queued (bounded by OTEL_BSP_EXPORT_TIMEOUT)."""
-        self._provider.shutdown()
+        """Export what is still queued, for at most SHUTDOWN_EXPORT_SECONDS. The
+        SDK's own shutdown waits up to 30 s, retrying an unreachable collector;
+        a stopping service must not (measured: 15 s against a closed port).
+        Past the bound, shutting the exporter down ends its retries, and what
+        was queued is dropped."""
+        flushing = threading.Thread(target=self._provider.shutdown, name="tracing-shutdown", daemon=True)
+        flushing.start()
+        flushing.join(SHUTDOWN_EXPORT_SECONDS)
+        if flushing.is_alive():
+            self._exporter.shutdown()
+            flushing.join(1.0)
 
 
 def start() -> Tracing:
@@ -116,10 +130,11 @@ def start() -> Tracing:
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
     provider = TracerProvider(resource=resource, sampler=_start_at_calls())
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    exporter = OTLPSpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     AsyncPGInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
-    return Tracing(provider)
+    return Tracing(provider, exporter)
 
 
 def _start_at_calls() -> Sampler:

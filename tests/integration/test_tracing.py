@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -13,6 +14,7 @@ import grpc
 import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from metering.tracing import SHUTDOWN_EXPORT_SECONDS
 from metering.v1 import metering_service_pb2_grpc, usage_pb2
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support import ServiceProcess, health_status, wait_for
@@ -185,3 +187,29 @@ def test_health_checks_and_background_statements_start_no_trace(
     assert server_span(spans, trace_id) is not None  # exported after the probes ran
     assert not [s for s in spans if "Health" in s.name]
     assert [s for s in spans if not s.parent_span_id and s.kind != SERVER] == []
+
+
+def test_an_unreachable_collector_fails_no_call_and_holds_up_no_shutdown(
+    database_url: str, new_customer: Callable[..., str]
+) -> None:
+    with socket.socket() as probe:  # a port of 127.0.0.1 that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    service = ServiceProcess(
+        database_url,
+        extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_BSP_SCHEDULE_DELAY": "100"},
+    ).start()
+    try:
+        customer = new_customer(plan="open")
+        with grpc.insecure_channel(service.target) as channel:
+            stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+            for _ in range(20):
+                record(stub, customer, new_traceparent()[2])
+        time.sleep(1)  # exports fail and are retried meanwhile
+    finally:
+        started = time.monotonic()
+        assert service.stop() == 0
+        stopped_in = time.monotonic() - started
+    # At most SHUTDOWN_EXPORT_SECONDS (5 s) for the last spans, with a margin;
+    # the drain of calls adds nothing with none in flight.
+    assert stopped_in < SHUTDOWN_EXPORT_SECONDS + 5, stopped_in
