@@ -339,7 +339,8 @@ async def _serve(
             f"metrics on http://{settings.metrics_host}:{metrics_port}/metrics; "
             f"catalog {catalog.source}; database {'embedded' if database.embedded else 'external'}; "
             f"{_security_summary(settings, policy)}"
-            f"{'' if stripe_mapping is None else f'; Stripe sync on ({len(stripe_mapping.meters)} meters)'}",
+            f"{'' if stripe_mapping is None else f'; Stripe sync on ({len(stripe_mapping.meters)} meters)'}"
+            f"{'' if tracing is None else '; tracing on (OTLP/gRPC)'}",
             flush=True,
         )
         health_task = asyncio.create_task(health.run())

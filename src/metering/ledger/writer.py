@@ -214,11 +214,10 @@ class BatchWriter(PoolUser):
 
     def _span(self, batch: list[_Item]) -> AbstractContextManager[None]:
         """The transaction's span, linked to the traced calls it carries."""
-        calls = [] if self._tracing is None else [item.call for item in batch if item.call is not None]
-        if not calls:
+        if self._tracing is None:
             return nullcontext()
-        assert self._tracing is not None
-        return self._tracing.batch(calls, len(batch))
+        calls = [item.call for item in batch if item.call is not None]
+        return self._tracing.batch(calls, len(batch)) if calls else nullcontext()
 
     async def _write(self, batch: list[_Item]) -> None:
         async with translate_errors(), self._connection() as conn:
