@@ -14,7 +14,7 @@ On (`start`):
 - every database statement is a client span (the OpenTelemetry asyncpg
   instrumentation: db.system, db.statement, the peer);
 - the batching writer's transaction, shared by many calls, is one span linked
-  to every call it carries, a child of the first of them (so a call that
+  to every call it carries, a child of the first (sampled) one (so a call that
   waited for that transaction finds its statements in its own trace, and the
   others reach them through the link);
 - a trace starts only where a call comes in: a statement of a background loop
@@ -32,7 +32,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported only when tracing is on
+# Types only: at run time OpenTelemetry is imported inside the functions
+# below, which run only with tracing on.
+if TYPE_CHECKING:
     import grpc
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
