@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -41,6 +42,7 @@ class ServiceProcess:
     port: int = 0
     metrics_port: int = 0
     output: list[str] = field(default_factory=list)
+    stderr_path: Path | None = None  # stderr to this file; None: merged into `output`
 
     @property
     def target(self) -> str:
@@ -70,13 +72,15 @@ class ServiceProcess:
         env.pop("METERING_CATALOG", None)
         if self.catalog is not None:
             env["METERING_CATALOG"] = str(self.catalog)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "metering", "serve"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        with contextlib.ExitStack() as files:  # the child keeps its own copy of the file
+            stderr = subprocess.STDOUT if self.stderr_path is None else files.enter_context(open(self.stderr_path, "w"))
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "metering", "serve"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
         ready = threading.Event()
         threading.Thread(target=self._drain, args=(ready,), daemon=True).start()
         if not ready.wait(timeout) or self.port == 0:

@@ -23,6 +23,7 @@ import asyncpg
 import grpc
 from grpc_reflection.v1alpha import reflection
 
+from metering import logs
 from metering.access import AccessPolicy, load_access
 from metering.api.auth import Authenticator
 from metering.api.bench import noop_handler
@@ -54,6 +55,8 @@ from metering.metrics import Metrics
 from metering.reporting import Reporting
 from metering.stripe_sync.exporter import StripeExporter, StripeMeterEvents
 from metering.stripe_sync.mapping import StripeMapping, load_mapping
+from metering.tracing import Tracing
+from metering.tracing import start as start_tracing
 from metering.v1 import metering_service_pb2, metering_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -138,9 +141,13 @@ def build_server(
     health: DatabaseHealth,
     policy: AccessPolicy | None,
     stream: OutboxStream,
+    tracing: Tracing | None = None,
 ) -> grpc.aio.Server:
+    observed = ObservedServiceInterceptor(metrics, Authenticator(policy))
     server = grpc.aio.server(
-        interceptors=[ObservedServiceInterceptor(metrics, Authenticator(policy))],
+        # The tracing interceptor first (outermost): the call's span is current
+        # in everything below, the observing interceptor's log lines included.
+        interceptors=[observed] if tracing is None else [tracing.server_interceptor(), observed],
         options=[
             # A larger request is refused by gRPC itself with RESOURCE_EXHAUSTED
             # before it is read into memory.
@@ -216,6 +223,9 @@ async def serve(settings: Settings) -> None:
     credentials = server_credentials(settings)
     # A bad endpoints file refuses start-up, before the database is touched.
     endpoints = load_endpoints(settings.webhooks_file) if settings.webhooks_file else ()
+    tracing = start_tracing() if settings.tracing else None
+    if tracing is not None:
+        logs.add_trace_ids(tracing.current_ids)
     # Handlers go in first: a SIGTERM at any later instant drains instead of killing.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -223,9 +233,11 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     database = await asyncio.to_thread(open_database, settings)
     try:
-        await _serve(settings, catalog, stripe_mapping, policy, credentials, endpoints, database, stop)
+        await _serve(settings, catalog, stripe_mapping, policy, credentials, endpoints, database, stop, tracing)
     finally:
         await asyncio.to_thread(database.close)
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)
 
 
 async def _serve(
@@ -237,6 +249,7 @@ async def _serve(
     endpoints: tuple[Endpoint, ...],
     database: Database,
     stop: asyncio.Event,
+    tracing: Tracing | None,
 ) -> None:
     pool = await connect(settings, database.url)
     try:
@@ -269,6 +282,7 @@ async def _serve(
             linger=settings.writer_linger.total_seconds(),
             on_batch=metrics.write_batch_size.observe,
             on_notifications=metrics.count_notifications,
+            tracing=tracing,
         )
         wakeup = OutboxWakeup(database.url)
         stream = OutboxStream(pool, wakeup, acquire_timeout=acquire_timeout, poll=settings.notification_poll)
@@ -303,7 +317,7 @@ async def _serve(
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
         server = build_server(
-            settings, catalog, ledger, reporting, holds, writer, invoicing, metrics, health, policy, stream
+            settings, catalog, ledger, reporting, holds, writer, invoicing, metrics, health, policy, stream, tracing
         )
         address = f"{settings.grpc_host}:{settings.grpc_port}"
         if credentials is None:
@@ -325,7 +339,8 @@ async def _serve(
             f"metrics on http://{settings.metrics_host}:{metrics_port}/metrics; "
             f"catalog {catalog.source}; database {'embedded' if database.embedded else 'external'}; "
             f"{_security_summary(settings, policy)}"
-            f"{'' if stripe_mapping is None else f'; Stripe sync on ({len(stripe_mapping.meters)} meters)'}",
+            f"{'' if stripe_mapping is None else f'; Stripe sync on ({len(stripe_mapping.meters)} meters)'}"
+            f"{'' if tracing is None else '; tracing on (OTLP/gRPC)'}",
             flush=True,
         )
         health_task = asyncio.create_task(health.run())
@@ -397,12 +412,10 @@ class _ClientGoneIsNotAnError(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logs.formatter(log_format))
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("asyncpg.pool").addFilter(_OneLineConnectionErrors())
     logging.getLogger("grpc._cython.cygrpc").addFilter(_ClientGoneIsNotAnError())
     # The stripe library logs every request at INFO; the exporter logs what matters.

@@ -36,6 +36,10 @@ class Settings:
     shutdown_grace: timedelta
     embedded_data_dir: str
     log_level: str
+    log_format: str  # "text" or "json" (metering.logs): one line per record either way
+    # OpenTelemetry traces (metering.tracing), on when an OTLP endpoint is set;
+    # the SDK reads the other OTEL_* variables itself.
+    tracing: bool
     bench_noop: bool  # serve the benchmark-only no-op method
     writer_workers: int  # concurrent write transactions of the batching writer
     writer_linger: timedelta  # under concurrent load, how long a writer waits for more calls to join a batch
@@ -83,6 +87,8 @@ class Settings:
             shutdown_grace=reader.duration("METERING_SHUTDOWN_GRACE", "10s"),
             embedded_data_dir=reader.text("METERING_EMBEDDED_DATA_DIR", ".metering/pgdata"),
             log_level=reader.text("METERING_LOG_LEVEL", "INFO").upper(),
+            log_format=reader.choice("METERING_LOG_FORMAT", "text", ("text", "json")),
+            tracing=_tracing(reader),
             bench_noop=reader.text("METERING_BENCH_NOOP") == "1",
             writer_workers=reader.integer("METERING_WRITER_WORKERS", 1, minimum=1, maximum=32),
             writer_linger=reader.duration("METERING_WRITER_LINGER", "2ms"),
@@ -156,6 +162,12 @@ class _Reader:
             raise ConfigError(f"{name}={raw!r}: must be at least {minimum}{upper}")
         return value
 
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = self.text(name, default).lower()
+        if raw not in choices:
+            raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+        return raw
+
     def flag(self, name: str) -> bool:
         raw = self.text(name).lower()
         if raw in ("", "0", "false", "no"):
@@ -175,6 +187,21 @@ class _Reader:
         """A comma-separated, non-empty list of durations."""
         raw = self.text(name) or default
         return tuple(_duration(name, part.strip()) for part in raw.split(","))
+
+
+def _tracing(reader: _Reader) -> bool:
+    """Whether to export traces: the standard OTLP endpoint variables switch
+    them on, OTEL_SDK_DISABLED=true off. Only OTLP over gRPC is shipped."""
+    endpoint = reader.text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or reader.text("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not endpoint or reader.text("OTEL_SDK_DISABLED").lower() == "true":
+        return False
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = reader.text(name)
+        if protocol:
+            if protocol != "grpc":
+                raise ConfigError(f"{name}={protocol!r}: this service exports traces over OTLP/gRPC only (grpc)")
+            break
+    return True
 
 
 def _duration(name: str, raw: str) -> timedelta:

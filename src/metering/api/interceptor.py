@@ -1,5 +1,5 @@
 """One interceptor for every RPC: authentication, status mapping, request
-counts by caller, and latency.
+counts by caller, latency, and a log line for each failed call (metering.logs).
 
 A servicer raises domain errors; here they become gRPC statuses with rich
 details (api.errors), so no RPC can answer UNKNOWN with a Python traceback.
@@ -8,6 +8,7 @@ details (api.errors), so no RPC can answer UNKNOWN with a Python traceback.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, cast
@@ -17,7 +18,10 @@ import grpc
 from metering.access import ANONYMOUS
 from metering.api.auth import Authenticator, is_open
 from metering.api.errors import to_status
+from metering.logs import failed_call
 from metering.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -71,6 +75,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
         authenticator = self._authenticator
 
         async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
+            started = time.perf_counter()
             code: grpc.StatusCode | None = grpc.StatusCode.OK
             caller = "unauthenticated"
             try:
@@ -89,11 +94,14 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                 status = to_status(exc)
                 # Counted before the status leaves, as for unary calls.
                 metrics.requests.labels(method, status.code.name, caller).inc()
+                failed_call(log, method, status.code, caller, time.perf_counter() - started)
                 code = None
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 if code is not None:
                     metrics.requests.labels(method, code.name, caller).inc()
+                    if code is not grpc.StatusCode.OK:
+                        failed_call(log, method, code, caller, time.perf_counter() - started)
 
         return observed
 
@@ -110,8 +118,11 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             counted = False
 
             def count() -> None:
+                elapsed = time.perf_counter() - started
                 metrics.requests.labels(method, code.name, caller).inc()
-                metrics.latency.labels(method).observe(time.perf_counter() - started)
+                metrics.latency.labels(method).observe(elapsed)
+                if code is not grpc.StatusCode.OK:
+                    failed_call(log, method, code, caller, elapsed)
 
             try:
                 if authenticator is not None:

@@ -70,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
     from metering.app import configure_logging, serve
 
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
     return 0
 
@@ -79,7 +79,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from metering.app import configure_logging, open_database, run_migrations
 
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     database = open_database(settings)
     try:
         applied = asyncio.run(run_migrations(settings, database.url))
@@ -93,7 +93,7 @@ def _audit(args: argparse.Namespace) -> int:
     from metering.app import audit, configure_logging, open_database
 
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     catalog = load_catalog(settings.catalog_path)
     database = open_database(settings)
     try:
@@ -143,7 +143,7 @@ def _webhooks_replay(args: argparse.Namespace) -> int:
     from metering.delivery.endpoints import load_endpoints
 
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.webhooks_file is not None:
         names = [endpoint.name for endpoint in load_endpoints(settings.webhooks_file)]
         if args.endpoint not in names:

@@ -42,9 +42,10 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
@@ -66,6 +67,11 @@ from metering.ledger.rollups import ROLLUP_UPSERTS
 from metering.ledger.sql import COUNTER_COLUMNS, EVENT_COLUMNS, EVENT_FROM, EVENT_SELECT, counter_state, stored_event
 from metering.notifications import MeterTerms, NewNotification, NotificationType
 from metering.periods import Period
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
+    from metering.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +122,7 @@ class _Item:
     resolve: Resolver
     # Shared by every event of the group: answered once, with a result per event.
     future: asyncio.Future[GroupResults]
+    call: SpanContext | None = None  # the traced call that submitted it (tracing on)
 
 
 class _RetryBatch(Exception):
@@ -133,8 +140,10 @@ class BatchWriter(PoolUser):
         linger: float = 0.002,
         on_batch: Callable[[int], None] = lambda size: None,
         on_notifications: Callable[[Sequence[NotificationType]], None] = lambda types: None,
+        tracing: Tracing | None = None,
     ) -> None:
         super().__init__(pool, acquire_timeout=acquire_timeout)
+        self._tracing = tracing  # None: off, and nothing here costs anything
         self._on_batch = on_batch  # observes the size of every batch written
         self._on_notifications = on_notifications  # observes the notifications of every batch committed
         self._written = WrittenKeys()
@@ -158,7 +167,8 @@ class BatchWriter(PoolUser):
         if not events:
             return []
         future: asyncio.Future[GroupResults] = asyncio.get_running_loop().create_future()
-        self._pending.append([_Item(customer_id, resolve, future) for customer_id, resolve in events])
+        call = None if self._tracing is None else self._tracing.current_call()
+        self._pending.append([_Item(customer_id, resolve, future, call) for customer_id, resolve in events])
         self._wakeup.set()
         return await future
 
@@ -192,7 +202,8 @@ class BatchWriter(PoolUser):
                 continue
             self._on_batch(len(batch))
             try:
-                await self._write(batch)
+                with self._span(batch):
+                    await self._write(batch)
             except asyncio.CancelledError:
                 _fail(batch, asyncio.CancelledError())
                 raise
@@ -200,6 +211,13 @@ class BatchWriter(PoolUser):
                 if not isinstance(exc, MeteringError):
                     log.exception("batch of %d events failed", len(batch))
                 _fail(batch, exc)
+
+    def _span(self, batch: list[_Item]) -> AbstractContextManager[None]:
+        """The transaction's span, linked to the traced calls it carries."""
+        if self._tracing is None:
+            return nullcontext()
+        calls = [item.call for item in batch if item.call is not None]
+        return self._tracing.batch(calls, len(batch)) if calls else nullcontext()
 
     async def _write(self, batch: list[_Item]) -> None:
         async with translate_errors(), self._connection() as conn:
