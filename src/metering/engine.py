@@ -190,10 +190,6 @@ class MeteringEngine:
     def now(self) -> datetime:
         return self._clock()
 
-    async def record_usage(self, command: UsageCommand) -> RecordResult:
-        written = await self.writer.submit(command.customer_id, self._resolver(command, self._clock()))
-        return self._recorded(command, written)
-
     async def record_many(self, commands: Sequence[UsageCommand]) -> list[RecordResult | BaseException]:
         """Events decided in this order in one transaction (a batch, a stream
         message); each result is the event's outcome or the error refusing it."""

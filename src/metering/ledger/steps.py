@@ -118,20 +118,6 @@ async def find_event(conn: asyncpg.Connection, customer_id: str, transaction_id:
     return None if row is None else stored_event(row)
 
 
-async def is_new_unique_value(
-    conn: asyncpg.Connection, customer_id: str, meter_slug: str, period_start: datetime, value: str
-) -> bool:
-    seen = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM meter_unique_values "
-        "WHERE customer_id = $1 AND meter_slug = $2 AND period_start = $3 AND value = $4)",
-        customer_id,
-        meter_slug,
-        period_start,
-        value,
-    )
-    return not seen
-
-
 async def insert_event(
     conn: asyncpg.Connection, new: NewEvent, event_id: UUID, period_start: datetime
 ) -> StoredEvent | None:
@@ -174,20 +160,6 @@ async def write_counter(
         state.event_count,
         state.latest_event_time,
         state.latest_event_id,
-    )
-
-
-async def add_unique_value(
-    conn: asyncpg.Connection, customer_id: str, meter_slug: str, period_start: datetime, value: str, event_id: UUID
-) -> None:
-    await conn.execute(
-        "INSERT INTO meter_unique_values (customer_id, meter_slug, period_start, value, first_event_id) "
-        "VALUES ($1, $2, $3, $4, $5)",
-        customer_id,
-        meter_slug,
-        period_start,
-        value,
-        event_id,
     )
 
 

@@ -145,13 +145,6 @@ class BatchWriter(PoolUser):
         self._wakeup = asyncio.Event()
         self._workers = [asyncio.create_task(self._work()) for _ in range(workers)]
 
-    async def submit(self, customer_id: str, resolve: Resolver) -> Written:
-        """One event; raises the domain error that refuses it."""
-        [result] = await self.submit_group([(customer_id, resolve)])
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
     async def submit_group(self, events: Sequence[tuple[str, Resolver]]) -> GroupResults:
         """Several events decided in this order, in the same transaction; each
         result is the outcome or the exception that refused that event."""
