@@ -21,9 +21,10 @@ from metering.catalog import Catalog, Meter, Plan, PlanMeter, Price
 from metering.closing import rfc3339
 from metering.decimals import ZERO
 from metering.errors import InvalidArgument, LimitExceeded, NotFound, PriceCurrencyMismatch
+from metering.ledger.decision import Resolution, Written
 from metering.ledger.records import CounterReading, CustomerRecord, NewEvent, StoredEvent
 from metering.ledger.store import Ledger
-from metering.ledger.writer import BatchWriter, Resolution, Resolver, Written
+from metering.ledger.writer import BatchWriter, Resolver
 from metering.notifications import MeterTerms
 from metering.periods import Period, Periods, period_containing
 
@@ -149,13 +150,13 @@ class CustomerCache:
 
 
 def limit_exceeded(
-    meter: Meter, plan: Plan, terms: PlanMeter, period: Period, *, available: Decimal, requested: Decimal
+    meter: Meter, plan_slug: str, terms: PlanMeter, period: Period, *, available: Decimal, requested: Decimal
 ) -> LimitExceeded:
     """The refusal of a hard limit, with what a caller needs to act on it."""
     assert terms.limit is not None
     return LimitExceeded(
         meter=meter.slug,
-        plan=plan.slug,
+        plan=plan_slug,
         unit=meter.unit,
         limit=terms.limit,
         available=available,
@@ -245,7 +246,8 @@ class MeteringEngine:
             command.allow_overage,
             dimensions=command.meter.dimension_values(command.properties),
             terms=self._meter_terms(plan, command.meter, terms),
-            context=(plan, terms, customer),
+            plan_terms=terms,
+            billing_anchor=customer.billing_anchor,
             refusal=refusal,
         )
 
@@ -257,14 +259,15 @@ class MeteringEngine:
         return found
 
     def _recorded(self, command: UsageCommand, written: Written) -> RecordResult:
-        plan, terms, customer = written.resolution.context
-        outcome, period = written.outcome, written.resolution.period
+        resolution = written.resolution
+        terms, plan_slug = resolution.plan_terms, resolution.terms.plan_slug
+        outcome, period = written.outcome, resolution.period
         decision = outcome.decision
         if outcome.event is None:
             assert decision is not None
             raise limit_exceeded(
                 command.meter,
-                plan,
+                plan_slug,
                 terms,
                 period,
                 available=decision.available_before or ZERO,
@@ -272,10 +275,10 @@ class MeteringEngine:
             )
         if outcome.duplicate:
             # The original event counted in the period of its own event time.
-            period = self._periods.containing(outcome.event.event_time, customer.billing_anchor, terms.reset)
+            period = self._periods.containing(outcome.event.event_time, resolution.billing_anchor, terms.reset)
         balance = meter_balance(command.meter, terms, period, outcome.reading)
         overage = decision.overage if decision is not None else ZERO
-        return RecordResult(plan.slug, outcome.event, outcome.duplicate, balance, overage)
+        return RecordResult(plan_slug, outcome.event, outcome.duplicate, balance, overage)
 
     async def check_balance(self, query: BalanceQuery) -> BalanceReport:
         """One round trip in the common case: the billing anchor never changes,

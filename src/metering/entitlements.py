@@ -175,7 +175,7 @@ class Entitlements:
         if not outcome.fits:
             raise limit_exceeded(
                 command.meter,
-                plan,
+                plan.slug,
                 terms,
                 period,
                 available=outcome.available_before or ZERO,

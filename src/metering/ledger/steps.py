@@ -22,12 +22,17 @@ from metering.errors import PeriodClosed
 from metering.ledger.records import NewEvent, StoredEvent
 from metering.ledger.sql import (
     COUNTER_COLUMNS,
+    COUNTER_LOCK,
     EVENT_COLUMNS,
     EVENT_FROM,
+    EVENT_INSERT,
+    EVENT_INSERT_GUARD,
     EVENT_SELECT,
     NOT_VOIDED,
     VALUE_SQL,
+    active_grants_sum,
     counter_state,
+    live_holds_sum,
     stored_event,
 )
 from metering.periods import Period
@@ -63,7 +68,7 @@ async def lock_counter(
         f"""
         INSERT INTO meter_counters AS c (customer_id, meter_slug, period_start, period_end)
         VALUES ($1, $2, $3, $4)
-        ON CONFLICT (customer_id, meter_slug, period_start) DO UPDATE SET period_end = c.period_end
+        {COUNTER_LOCK}
         RETURNING {COUNTER_COLUMNS}
         """,
         customer_id,
@@ -88,16 +93,10 @@ async def full_allowance(
     database's clock when None) and the unexpired holds of the period; and
     the database's clock, the one clock that decides expiry on every replica."""
     row = await conn.fetchrow(
-        """
+        f"""
         SELECT clock_timestamp() AS db_now,
-               (SELECT coalesce(sum(g.quantity), 0) FROM grants g
-                 WHERE g.customer_id = $1 AND g.meter_slug = $2
-                   AND g.effective_at <= coalesce($4, clock_timestamp())
-                   AND (g.expires_at IS NULL OR g.expires_at > coalesce($4, clock_timestamp()))) AS granted,
-               (SELECT coalesce(sum(r.quantity), 0) FROM reservations r
-                 WHERE r.customer_id = $1 AND r.meter_slug = $2 AND r.period_start = $3
-                   AND r.status = 'held' AND r.expires_at > clock_timestamp()
-                   AND r.reservation_id IS DISTINCT FROM $5) AS reserved
+               {active_grants_sum("$1", "$2", "coalesce($4, clock_timestamp())")} AS granted,
+               {live_holds_sum("$1", "$2", "$3", " AND r.reservation_id IS DISTINCT FROM $5")} AS reserved
         """,
         customer_id,
         meter_slug,
@@ -125,9 +124,9 @@ async def insert_event(
     (the unique constraint is the final guard of exactly-once)."""
     row = await conn.fetchrow(
         f"""
-        INSERT INTO usage_events ({EVENT_COLUMNS})
+        {EVENT_INSERT}
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), $10)
-        ON CONFLICT (customer_id, transaction_id) DO NOTHING
+        {EVENT_INSERT_GUARD}
         RETURNING {EVENT_COLUMNS}
         """,
         event_id,
