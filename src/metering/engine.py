@@ -56,6 +56,30 @@ def plan_named(catalog: Catalog, plan_slug: str) -> Plan:
     return plan
 
 
+@dataclass(frozen=True, slots=True)
+class CustomerMeter:
+    """A customer's terms for one meter: the chain customer -> plan -> the
+    plan's terms for the meter -> the periods they reset on, in one place."""
+
+    customer: CustomerRecord
+    plan: Plan
+    meter: Meter
+    terms: PlanMeter
+
+    def period_at(self, instant: datetime, periods: Periods | None = None) -> Period:
+        """The period containing `instant` (from `periods`' memory when given)."""
+        if periods is not None:
+            return periods.containing(instant, self.customer.billing_anchor, self.terms.reset)
+        return period_containing(instant, self.customer.billing_anchor, self.terms.reset)
+
+
+def customer_meter(catalog: Catalog, customer: CustomerRecord, meter: Meter, plan: Plan | None = None) -> CustomerMeter:
+    """The customer's terms for `meter` under its current plan (or `plan`,
+    already looked up for the same customer); NotFound if the catalog lost it."""
+    plan = plan or plan_named(catalog, customer.plan_slug)
+    return CustomerMeter(customer, plan, meter, catalog.plan_meter(plan, meter))
+
+
 def meter_terms(plan: Plan, meter: Meter, terms: PlanMeter) -> MeterTerms:
     """What notifications about this meter say of the plan."""
     return MeterTerms(plan.slug, meter.unit, terms.approaching_threshold)
@@ -217,8 +241,8 @@ class MeteringEngine:
             # No event was ever recorded for an unknown customer: a bad time
             # is refused as it was sent, before the reference.
             raise command.too_old or NotFound("customer", command.customer_id)
-        plan = plan_named(self.catalog, customer.plan_slug)
-        terms = self.catalog.plan_meter(plan, command.meter)
+        chain = customer_meter(self.catalog, customer, command.meter)
+        plan, terms = chain.plan, chain.terms
         named = command.price
         if named is not None and named.currency is not None and named.currency != plan.currency:
             raise PriceCurrencyMismatch(named.slug, named.currency, plan.currency or "")
@@ -234,7 +258,7 @@ class MeteringEngine:
             event_time_given=command.event_time is not None,
             properties=command.properties,
         )
-        period = self._periods.containing(event_time, customer.billing_anchor, terms.reset)
+        period = chain.period_at(event_time, self._periods)
         refusal = command.too_old or closing.late_refusal(
             customer.customer_id, command.transaction_id, event_time, customer.billing_anchor, customer.closed_through
         )
@@ -291,8 +315,8 @@ class MeteringEngine:
             meters = [query.meter] if query.meter else [self.catalog.meters[slug] for slug in plan.meters]
             wanted = []
             for meter in meters:
-                terms = self.catalog.plan_meter(plan, meter)
-                wanted.append((meter, terms, self._periods.containing(now, customer.billing_anchor, terms.reset)))
+                chain = customer_meter(self.catalog, customer, meter, plan)
+                wanted.append((meter, chain.terms, chain.period_at(now, self._periods)))
             current_plan, readings = await self.ledger.read_counters(
                 customer.customer_id, [(meter.slug, period.start) for meter, _, period in wanted], now
             )
@@ -331,12 +355,11 @@ class MeteringEngine:
         if event is None:
             raise NotFound("event", transaction_id)
         allow_meter(event.meter_slug)
-        plan = plan_named(self.catalog, customer.plan_slug)
         meter = self.catalog.meters.get(event.meter_slug)
         if meter is None:
             raise NotFound("meter", event.meter_slug)
-        terms = self.catalog.plan_meter(plan, meter)
-        period = period_containing(event.event_time, customer.billing_anchor, terms.reset)
+        chain = customer_meter(self.catalog, customer, meter)
+        terms, period = chain.terms, chain.period_at(event.event_time)
         # Refused in the ledger's transaction, under the customer's lock, once
         # the event's billing period is finalized; during its grace a void counts.
         voided, duplicate, reading = await self.ledger.void_event(
