@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from metering import limits
@@ -215,3 +215,43 @@ def test_matches_deciding_one_event_at_a_time(
     if not soft and accepted:
         assert used + accepted + reserved <= max(limit, used + reserved)
     assert len(plan.inserts) == sum(1 for a in answers if isinstance(a, Written) and a.outcome.event)
+
+
+@example(limit=Decimal(100), threshold=Decimal(80), offset=Decimal("-0.01"), quantities=[Decimal("0.005")])
+@given(
+    limit=st.decimals(min_value=Decimal("0.01"), max_value=Decimal(1000), places=2),
+    threshold=st.decimals(min_value=Decimal("0.01"), max_value=Decimal(120), places=2),
+    offset=st.decimals(min_value=Decimal(-50), max_value=Decimal("0.05"), places=3),
+    quantities=st.lists(
+        st.one_of(
+            st.decimals(min_value=Decimal(0), max_value=Decimal("0.02"), places=3),
+            st.decimals(min_value=Decimal(0), max_value=Decimal(300), places=3),
+        ),
+        max_size=20,
+    ),
+)
+def test_announces_every_threshold_that_deciding_one_event_at_a_time_crosses(
+    limit: Decimal, threshold: Decimal, offset: Decimal, quantities: list[Decimal]
+) -> None:
+    """The batch skips the threshold arithmetic for events far from any
+    threshold: it must still announce exactly what limits.thresholds_crossed
+    reports event by event, at any limit, threshold and rounding (usage starts
+    near the approaching threshold, where rounding decides)."""
+    used = max(Decimal(0), (limit * min(threshold, Decimal(100)) / 100).quantize(Decimal("0.001")) + offset)
+    terms = MeterTerms("pro", "tokens", threshold)
+    batch: list[Resolution | MeteringError] = []
+    for i, quantity in enumerate(quantities):
+        r = resolution(f"t{i}", str(quantity), limit=str(limit), enforcement=Enforcement.SOFT)
+        batch.append(
+            Resolution(r.event, r.plan, r.period, None, False, terms, PLAN_TERMS, START)  # with this threshold
+        )
+    _, plan = decide(batch, reads(batch, used=str(used)))
+    allowance = limits.Allowance(Aggregation.SUM, Enforcement.SOFT, limit)
+    expected: list[Decimal] = []
+    state = used
+    for quantity in quantities:
+        after = state + quantity
+        expected.extend(limits.thresholds_crossed(allowance, state, after, threshold))
+        state = after
+    announced = [n.payload.threshold_percent for n in plan.notifications if isinstance(n.payload, ThresholdCrossed)]
+    assert announced == list(dict.fromkeys(expected))  # once each per batch, in the order crossed

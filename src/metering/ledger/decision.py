@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-from metering import limits, notifications
+from metering import decimals, limits, notifications
 from metering.catalog import PlanMeter
 from metering.errors import MeteringError, TransactionConflict
 from metering.ledger.records import CounterReading, NewEvent, RecordOutcome, StoredEvent, payload_differences
@@ -181,8 +181,9 @@ def decide_batch(
     touched: set[CounterKey] = set()
     new_values: list[UniqueValue] = []
     announce: dict[tuple[str, str], NewNotification] = {}
-    # One allowance per (counter, event time): the events of a call mostly share both.
-    allowances: dict[AllowanceKey, limits.Allowance] = {}
+    # One allowance (and threshold bound) per (counter, event time): the events
+    # of a call mostly share both.
+    allowances: dict[AllowanceKey, tuple[limits.Allowance, Decimal | None]] = {}
     for index, resolution in enumerate(resolutions):
         if not isinstance(resolution, Resolution):
             answers.append(resolution)
@@ -194,8 +195,8 @@ def decide_batch(
             granted, reserved = reads.holdings[allowance_key]
             plan = resolution.plan
             allowance = limits.Allowance(plan.aggregation, plan.enforcement, plan.limit, granted, reserved)
-            found = allowances[allowance_key] = allowance
-        allowance = found
+            found = allowances[allowance_key] = (allowance, _quiet_below(allowance, resolution.terms))
+        allowance, quiet_below = found
         txn = (event.customer_id, event.transaction_id)
         try:
             earlier = reads.existing.get(txn)
@@ -258,18 +259,19 @@ def decide_batch(
                 )
             continue
         after = decision.state_after
-        _announce(
-            announce,
-            notifications.thresholds_notifications(
-                event.customer_id,
-                event.meter_slug,
-                resolution.terms,
-                resolution.period,
-                allowance,
-                before.used,
-                after.used,
-            ),
-        )
+        if quiet_below is not None and after.used >= quiet_below:
+            _announce(
+                announce,
+                notifications.thresholds_notifications(
+                    event.customer_id,
+                    event.meter_slug,
+                    resolution.terms,
+                    resolution.period,
+                    allowance,
+                    before.used,
+                    after.used,
+                ),
+            )
         states[key] = after
         in_batch[txn] = (index, event, event_id)
         answers.append(_Accepted(len(inserts), resolution, decision, reading))
@@ -280,6 +282,20 @@ def decide_batch(
             new_values.append(UniqueValue(key, unique, event_id))
     counters = [(key, states[key]) for key in sorted(touched)]
     return BatchPlan(inserts, counters, new_values, list(announce.values()), answers)
+
+
+def _quiet_below(allowance: limits.Allowance, terms: MeterTerms) -> Decimal | None:
+    """Usage below which no threshold can be reached (None: none ever is, the
+    meter is unlimited), so that most events cost one comparison rather than
+    two percentages. Percentages are rounded to a step of 0.01
+    (metering.decimals.percent): a rounded one reaches a threshold only once
+    the exact one is within a step of it, so the bound is a full step lower
+    and never skips a crossing that limits.thresholds_crossed would report."""
+    total = allowance.total
+    if total is None:
+        return None
+    lowest = min(terms.approaching_threshold, decimals.HUNDRED) - decimals.PERCENT_STEP
+    return max(decimals.ZERO, decimals.ROUNDING.divide(decimals.ROUNDING.multiply(lowest, total), decimals.HUNDRED))
 
 
 def _announce(announce: dict[tuple[str, str], NewNotification], new: list[NewNotification]) -> None:
