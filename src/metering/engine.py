@@ -90,7 +90,7 @@ def plan_allowance(meter: Meter, terms: PlanMeter) -> limits.Allowance:
     return limits.Allowance(meter.aggregation, terms.enforcement, terms.limit)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class UsageCommand:
     """A validated RecordUsage request with its catalog references resolved."""
 
@@ -115,7 +115,7 @@ class BalanceQuery:
     requested: Decimal | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class MeterBalance:
     meter: Meter
     terms: PlanMeter
@@ -123,7 +123,7 @@ class MeterBalance:
     figures: limits.BalanceFigures
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class RecordResult:
     plan_slug: str
     event: StoredEvent

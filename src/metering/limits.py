@@ -27,8 +27,15 @@ from metering import decimals
 from metering.catalog import Aggregation, Enforcement
 from metering.decimals import ONE, ZERO
 
+# The records built for every event on the ingest path (here, in
+# metering.ledger.records and .decision, and metering.engine) are plain slotted
+# dataclasses, not frozen ones: a frozen __init__ sets each field through
+# object.__setattr__, measured at 4x the cost of a plain one (2.9 vs 0.7 us for
+# five fields), and an event builds about fifteen of them. Nothing changes
+# them after construction; that is a convention, not enforced.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class CounterState:
     """A meter's aggregate for one customer and period, as the counter row holds it."""
 
@@ -38,7 +45,7 @@ class CounterState:
     latest_event_id: UUID | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class Allowance:
     """What the plan (and grants, and holds) allow for a meter in a period."""
 
@@ -53,7 +60,7 @@ class Allowance:
         return None if self.limit is None else decimals.add(self.limit, self.granted)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class Decision:
     accepted: bool
     state_after: CounterState
@@ -62,7 +69,7 @@ class Decision:
     available_before: Decimal | None  # None: unlimited
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class BalanceFigures:
     used: Decimal
     limit: Decimal | None

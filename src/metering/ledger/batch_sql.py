@@ -7,6 +7,7 @@ metering.ledger.decision's, without SQL.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -34,6 +35,13 @@ from metering.ledger.sql import (
 from metering.limits import CounterState
 from metering.notifications import NotificationType
 from metering.periods import Period
+
+
+def _json_text(value: dict[str, str]) -> str:
+    """A jsonb value sent as text and cast in the statement: most events have
+    no properties, and "{}" needs no encoding per event (the pool's jsonb
+    codec would run json.dumps for each)."""
+    return json.dumps(value) if value else "{}"
 
 
 async def customers(conn: asyncpg.Connection, ids: set[str]) -> dict[str, CustomerRecord]:
@@ -167,17 +175,19 @@ async def write_batch(conn: asyncpg.Connection, plan: BatchPlan) -> tuple[list[S
         WITH inserted AS (
             {EVENT_INSERT}
             SELECT k.event_id, k.customer_id, k.transaction_id, k.meter_slug, k.price_slug, k.requested_price_slug,
-                   k.quantity, k.event_time, k.period_start, now(), k.properties
+                   k.quantity, k.event_time, k.period_start, now(), k.properties::jsonb
               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::numeric[],
-                          $8::timestamptz[], $9::timestamptz[], $10::jsonb[])
+                          $8::timestamptz[], $9::timestamptz[], $10::text[])
                    WITH ORDINALITY AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
                                          requested_price_slug, quantity, event_time, period_start, properties, n)
              ORDER BY k.n
             {EVENT_INSERT_GUARD}
             RETURNING event_id, recorded_at
         ), rollup_src AS (
-            SELECT * FROM unnest($2::text[], $4::text[], $5::text[], $8::timestamptz[], $1::uuid[], $7::numeric[],
-                                 $23::jsonb[], $24::text[])
+            SELECT s.customer_id, s.meter_slug, s.price_slug, s.event_time, s.event_id, s.quantity,
+                   s.dimensions::jsonb AS dimensions, s.unique_value
+              FROM unnest($2::text[], $4::text[], $5::text[], $8::timestamptz[], $1::uuid[], $7::numeric[],
+                          $23::text[], $24::text[])
                    AS s (customer_id, meter_slug, price_slug, event_time, event_id, quantity, dimensions,
                          unique_value)
         ), {ROLLUP_UPSERTS.strip()}, counters AS (
@@ -209,7 +219,7 @@ async def write_batch(conn: asyncpg.Connection, plan: BatchPlan) -> tuple[list[S
         [e.quantity for e in events],
         [e.event_time for e in events],
         [row.key[2] for row in rows],
-        [e.properties for e in events],
+        [_json_text(e.properties) for e in events],
         [k[0] for k, _ in counters],
         [k[1] for k, _ in counters],
         [k[2] for k, _ in counters],
@@ -222,7 +232,7 @@ async def write_batch(conn: asyncpg.Connection, plan: BatchPlan) -> tuple[list[S
         [u.key[2] for u in unique_values],
         [u.value for u in unique_values],
         [u.first_event_id for u in unique_values],
-        [row.dimensions for row in rows],
+        [_json_text(row.dimensions) for row in rows],
         [row.unique_value for row in rows],
         *outbox.insert_arrays(plan.notifications),
     )

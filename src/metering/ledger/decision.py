@@ -33,7 +33,7 @@ CounterKey = tuple[str, str, datetime]  # customer, meter, period start
 AllowanceKey = tuple[str, str, datetime, datetime]  # customer, meter, period start, event time
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class Resolution:
     """What the engine decided an event means under its customer's plan."""
 
@@ -61,7 +61,7 @@ class Resolution:
         return (self.event.customer_id, self.event.meter_slug, self.period.start, self.event.event_time)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class Written:
     """The outcome of one event and the resolution it was decided under."""
 
@@ -83,7 +83,7 @@ class BatchReads:
     seen_values: set[tuple[CounterKey, str]]  # distinct values already counted
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class Insert:
     """An accepted event to insert, with what its counter and rollup bucket need."""
 
@@ -103,7 +103,7 @@ class UniqueValue:
     first_event_id: UUID
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class _Accepted:
     """Accepted, answered once its row is inserted (the database sets recorded_at)."""
 
@@ -113,7 +113,7 @@ class _Accepted:
     reading: CounterReading
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class _DuplicateOf:
     """Repeats the transaction id of an event accepted earlier in the batch."""
 
