@@ -198,6 +198,16 @@ def meter_balance(meter: Meter, terms: PlanMeter, period: Period, reading: Count
     return MeterBalance(meter, terms, period, figures)
 
 
+@dataclass(frozen=True, slots=True)
+class _PlanMeterTerms:
+    """What a plan says of a meter, in the forms an event's resolution needs."""
+
+    plan: Plan
+    terms: PlanMeter
+    allowance: limits.Allowance  # the plan's part (shared: never changed)
+    notified: MeterTerms
+
+
 class MeteringEngine:
     def __init__(
         self, catalog: Catalog, ledger: Ledger, writer: BatchWriter, *, clock: Callable[[], datetime] = utc_now
@@ -208,9 +218,9 @@ class MeteringEngine:
         self._clock = clock
         self._customers = CustomerCache()
         self._periods = Periods()  # the periods of recent events and balances, by customer anchor and reset
-        # The catalog never changes while serving: one MeterTerms per plan and
-        # meter, not one per event.
-        self._terms: dict[tuple[str, str], MeterTerms] = {}
+        # The catalog never changes while serving: what a plan says of a meter
+        # is looked up once per plan and meter, not once per event.
+        self._plan_meters: dict[tuple[str, str], _PlanMeterTerms] = {}
 
     def now(self) -> datetime:
         return self._clock()
@@ -241,8 +251,8 @@ class MeteringEngine:
             # No event was ever recorded for an unknown customer: a bad time
             # is refused as it was sent, before the reference.
             raise command.too_old or NotFound("customer", command.customer_id)
-        chain = customer_meter(self.catalog, customer, command.meter)
-        plan, terms = chain.plan, chain.terms
+        known = self._plan_meter(customer.plan_slug, command.meter)
+        plan, terms = known.plan, known.terms
         named = command.price
         if named is not None and named.currency is not None and named.currency != plan.currency:
             raise PriceCurrencyMismatch(named.slug, named.currency, plan.currency or "")
@@ -258,28 +268,32 @@ class MeteringEngine:
             event_time_given=command.event_time is not None,
             properties=command.properties,
         )
-        period = chain.period_at(event_time, self._periods)
+        period = self._periods.containing(event_time, customer.billing_anchor, terms.reset)
         refusal = command.too_old or closing.late_refusal(
             customer.customer_id, command.transaction_id, event_time, customer.billing_anchor, customer.closed_through
         )
         return Resolution(
             event,
-            plan_allowance(command.meter, terms),
+            known.allowance,
             period,
             command.unique_value,
             command.allow_overage,
             dimensions=command.meter.dimension_values(command.properties),
-            terms=self._meter_terms(plan, command.meter, terms),
+            terms=known.notified,
             plan_terms=terms,
             billing_anchor=customer.billing_anchor,
             refusal=refusal,
         )
 
-    def _meter_terms(self, plan: Plan, meter: Meter, terms: PlanMeter) -> MeterTerms:
-        key = (plan.slug, meter.slug)
-        found = self._terms.get(key)
+    def _plan_meter(self, plan_slug: str, meter: Meter) -> _PlanMeterTerms:
+        """customer_meter's plan and terms, remembered per plan and meter."""
+        key = (plan_slug, meter.slug)
+        found = self._plan_meters.get(key)
         if found is None:
-            found = self._terms[key] = meter_terms(plan, meter, terms)
+            plan = plan_named(self.catalog, plan_slug)
+            terms = self.catalog.plan_meter(plan, meter)
+            found = _PlanMeterTerms(plan, terms, plan_allowance(meter, terms), meter_terms(plan, meter, terms))
+            self._plan_meters[key] = found
         return found
 
     def _recorded(self, command: UsageCommand, written: Written) -> RecordResult:

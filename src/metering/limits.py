@@ -18,7 +18,7 @@ decision and the write are one atomic step.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
@@ -54,10 +54,12 @@ class Allowance:
     limit: Decimal | None  # None: unlimited
     granted: Decimal = ZERO
     reserved: Decimal = ZERO
+    # limit + granted (None: unlimited), computed once: every decision and
+    # figure of the allowance needs it.
+    total: Decimal | None = field(init=False, repr=False, compare=False)
 
-    @property
-    def total(self) -> Decimal | None:
-        return None if self.limit is None else decimals.add(self.limit, self.granted)
+    def __post_init__(self) -> None:
+        self.total = None if self.limit is None else decimals.add(self.limit, self.granted)
 
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.limits)
@@ -114,8 +116,9 @@ def decide(
         if total is None:
             overage = ZERO  # nothing to exceed
         else:
-            over_before = _excess(decimals.add(state.used, allowance.reserved), total)
-            over_after = _excess(decimals.add(used_after, allowance.reserved), total)
+            reserved = allowance.reserved
+            over_before = _excess(decimals.add(state.used, reserved) if reserved else state.used, total)
+            over_after = _excess(decimals.add(used_after, reserved) if reserved else used_after, total)
             overage = decimals.sub(over_after, over_before)
         fits = total is None or cost == 0 or overage == 0
     else:
