@@ -128,7 +128,7 @@ class RecordResult:
     plan_slug: str
     event: StoredEvent
     duplicate: bool
-    balance: MeterBalance
+    balance: MeterBalance | None  # None when not asked for (MeteringEngine.record_many)
     overage: Decimal
 
 
@@ -225,9 +225,13 @@ class MeteringEngine:
     def now(self) -> datetime:
         return self._clock()
 
-    async def record_many(self, commands: Sequence[UsageCommand]) -> list[RecordResult | BaseException]:
+    async def record_many(
+        self, commands: Sequence[UsageCommand], *, balances: bool = True
+    ) -> list[RecordResult | BaseException]:
         """Events decided in this order in one transaction (a batch, a stream
-        message); each result is the event's outcome or the error refusing it."""
+        message); each result is the event's outcome or the error refusing it.
+        Without `balances` (a stream's summary shows none) results carry no
+        balance, and none is computed."""
         now = self._clock()
         written = await self.writer.submit_group([(c.customer_id, self._resolver(c, now)) for c in commands])
         results: list[RecordResult | BaseException] = []
@@ -236,7 +240,7 @@ class MeteringEngine:
                 results.append(item)
                 continue
             try:
-                results.append(self._recorded(command, item))
+                results.append(self._recorded(command, item, balances))
             except LimitExceeded as exc:
                 results.append(exc)
         return results
@@ -296,7 +300,7 @@ class MeteringEngine:
             self._plan_meters[key] = found
         return found
 
-    def _recorded(self, command: UsageCommand, written: Written) -> RecordResult:
+    def _recorded(self, command: UsageCommand, written: Written, with_balance: bool = True) -> RecordResult:
         resolution = written.resolution
         terms, plan_slug = resolution.plan_terms, resolution.terms.plan_slug
         outcome, period = written.outcome, resolution.period
@@ -311,11 +315,13 @@ class MeteringEngine:
                 available=decision.available_before or ZERO,
                 requested=decision.cost,
             )
+        overage = decision.overage if decision is not None else ZERO
+        if not with_balance:
+            return RecordResult(plan_slug, outcome.event, outcome.duplicate, None, overage)
         if outcome.duplicate:
             # The original event counted in the period of its own event time.
             period = self._periods.containing(outcome.event.event_time, resolution.billing_anchor, terms.reset)
         balance = meter_balance(command.meter, terms, period, outcome.reading)
-        overage = decision.overage if decision is not None else ZERO
         return RecordResult(plan_slug, outcome.event, outcome.duplicate, balance, overage)
 
     async def check_balance(self, query: BalanceQuery) -> BalanceReport:
@@ -329,8 +335,8 @@ class MeteringEngine:
             meters = [query.meter] if query.meter else [self.catalog.meters[slug] for slug in plan.meters]
             wanted = []
             for meter in meters:
-                chain = customer_meter(self.catalog, customer, meter, plan)
-                wanted.append((meter, chain.terms, chain.period_at(now, self._periods)))
+                terms = self._plan_meter(plan.slug, meter).terms
+                wanted.append((meter, terms, self._periods.containing(now, customer.billing_anchor, terms.reset)))
             current_plan, readings = await self.ledger.read_counters(
                 customer.customer_id, [(meter.slug, period.start) for meter, _, period in wanted], now
             )

@@ -100,6 +100,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
     def _observe(self, method: str, behavior: Behavior) -> Behavior:
         metrics = self._metrics
         authenticator = None if is_open(method) else self._authenticator
+        latency = metrics.child(metrics.latency, method)
 
         # `request` is the request message, or the request iterator of a
         # client-streaming call.
@@ -110,8 +111,8 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             counted = False
 
             def count() -> None:
-                metrics.requests.labels(method, code.name, caller).inc()
-                metrics.latency.labels(method).observe(time.perf_counter() - started)
+                metrics.child(metrics.requests, method, code.name, caller).inc()
+                latency.observe(time.perf_counter() - started)
 
             try:
                 if authenticator is not None:
