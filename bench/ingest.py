@@ -60,7 +60,7 @@ def profile(service: ServiceProcess, scenario: Scenario, concurrency: int, secon
         raw = Path(folder) / "profile.raw"
         recorder = subprocess.Popen(
             [spy, "record", "-p", str(service.process.pid), "-d", str(int(seconds)), "-r", "250"]
-            + ["--format", "raw", "-o", str(raw), "--nonblocking"],
+            + ["--format", "raw", "-o", str(raw), "--nonblocking"],  # noqa: RUF005 - one line per part
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
