@@ -58,9 +58,10 @@ def profile(service: ServiceProcess, scenario: Scenario, concurrency: int, secon
     assert service.process is not None
     with tempfile.TemporaryDirectory() as folder:
         raw = Path(folder) / "profile.raw"
+        command = [spy, "record", "-p", str(service.process.pid), "-d", str(int(seconds)), "-r", "250"]
+        command.extend(["--format", "raw", "-o", str(raw), "--nonblocking"])
         recorder = subprocess.Popen(
-            [spy, "record", "-p", str(service.process.pid), "-d", str(int(seconds)), "-r", "250"]
-            + ["--format", "raw", "-o", str(raw), "--nonblocking"],  # noqa: RUF005 - one line per part
+            command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
