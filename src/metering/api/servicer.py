@@ -18,7 +18,7 @@ from metering import decimals
 from metering import metrics as m
 from metering.api import convert, validation
 from metering.api.auth import require_meter
-from metering.api.errors import ok_status, to_rpc_status
+from metering.api.errors import to_rpc_status, write_ok_status
 from metering.api.paging import encode_token
 from metering.decimals import ZERO
 from metering.delivery.stream import OutboxStream
@@ -94,7 +94,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             if isinstance(outcome, BaseException):
                 result.status.CopyFrom(to_rpc_status(outcome))
             else:
-                result.status.CopyFrom(ok_status())
+                write_ok_status(result.status)
                 convert.write_record_usage_response(result.response, outcome)
         return response
 

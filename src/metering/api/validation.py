@@ -114,12 +114,25 @@ def _timestamp(violations: _Violations, name: str, value: Timestamp) -> datetime
     return value.ToDatetime(tzinfo=UTC)
 
 
+# Quantities already parsed: most events of a meter send the same few ("1").
+# parse_decimal is pure and a Decimal immutable, so they are shared; bounded.
+_QUANTITIES: dict[str, Decimal] = {}
+_QUANTITIES_KEPT = 4096
+
+
 def _quantity(violations: _Violations, name: str, value: str) -> Decimal | None:
+    known = _QUANTITIES.get(value)
+    if known is not None:
+        return known
     try:
-        return parse_decimal(value)
+        parsed = parse_decimal(value)
     except DecimalFormatError as exc:
         violations.add(name, str(exc))
         return None
+    if len(_QUANTITIES) >= _QUANTITIES_KEPT:
+        _QUANTITIES.clear()
+    _QUANTITIES[value] = parsed
+    return parsed
 
 
 def _properties(violations: _Violations, properties: dict[str, str]) -> None:
