@@ -66,6 +66,8 @@ def format_decimal(value: Decimal) -> str:
 
 def add(*values: Decimal) -> Decimal:
     """Exact sum."""
+    if len(values) == 2:  # the common case, without the loop
+        return EXACT.add(EXACT.add(ZERO, values[0]), values[1])
     total = ZERO
     for value in values:
         total = EXACT.add(total, value)

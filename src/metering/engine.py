@@ -21,9 +21,10 @@ from metering.catalog import Catalog, Meter, Plan, PlanMeter, Price
 from metering.closing import rfc3339
 from metering.decimals import ZERO
 from metering.errors import InvalidArgument, LimitExceeded, NotFound, PriceCurrencyMismatch
+from metering.ledger.decision import Resolution, Written
 from metering.ledger.records import CounterReading, CustomerRecord, NewEvent, StoredEvent
 from metering.ledger.store import Ledger
-from metering.ledger.writer import BatchWriter, Resolution, Resolver, Written
+from metering.ledger.writer import BatchWriter, Resolver
 from metering.notifications import MeterTerms
 from metering.periods import Period, Periods, period_containing
 
@@ -55,6 +56,30 @@ def plan_named(catalog: Catalog, plan_slug: str) -> Plan:
     return plan
 
 
+@dataclass(frozen=True, slots=True)
+class CustomerMeter:
+    """A customer's terms for one meter: the chain customer -> plan -> the
+    plan's terms for the meter -> the periods they reset on, in one place."""
+
+    customer: CustomerRecord
+    plan: Plan
+    meter: Meter
+    terms: PlanMeter
+
+    def period_at(self, instant: datetime, periods: Periods | None = None) -> Period:
+        """The period containing `instant` (from `periods`' memory when given)."""
+        if periods is not None:
+            return periods.containing(instant, self.customer.billing_anchor, self.terms.reset)
+        return period_containing(instant, self.customer.billing_anchor, self.terms.reset)
+
+
+def customer_meter(catalog: Catalog, customer: CustomerRecord, meter: Meter, plan: Plan | None = None) -> CustomerMeter:
+    """The customer's terms for `meter` under its current plan (or `plan`,
+    already looked up for the same customer); NotFound if the catalog lost it."""
+    plan = plan or plan_named(catalog, customer.plan_slug)
+    return CustomerMeter(customer, plan, meter, catalog.plan_meter(plan, meter))
+
+
 def meter_terms(plan: Plan, meter: Meter, terms: PlanMeter) -> MeterTerms:
     """What notifications about this meter say of the plan."""
     return MeterTerms(plan.slug, meter.unit, terms.approaching_threshold)
@@ -65,7 +90,7 @@ def plan_allowance(meter: Meter, terms: PlanMeter) -> limits.Allowance:
     return limits.Allowance(meter.aggregation, terms.enforcement, terms.limit)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class UsageCommand:
     """A validated RecordUsage request with its catalog references resolved."""
 
@@ -90,7 +115,7 @@ class BalanceQuery:
     requested: Decimal | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class MeterBalance:
     meter: Meter
     terms: PlanMeter
@@ -98,12 +123,12 @@ class MeterBalance:
     figures: limits.BalanceFigures
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class RecordResult:
     plan_slug: str
     event: StoredEvent
     duplicate: bool
-    balance: MeterBalance
+    balance: MeterBalance | None  # None when not asked for (MeteringEngine.record_many)
     overage: Decimal
 
 
@@ -149,13 +174,13 @@ class CustomerCache:
 
 
 def limit_exceeded(
-    meter: Meter, plan: Plan, terms: PlanMeter, period: Period, *, available: Decimal, requested: Decimal
+    meter: Meter, plan_slug: str, terms: PlanMeter, period: Period, *, available: Decimal, requested: Decimal
 ) -> LimitExceeded:
     """The refusal of a hard limit, with what a caller needs to act on it."""
     assert terms.limit is not None
     return LimitExceeded(
         meter=meter.slug,
-        plan=plan.slug,
+        plan=plan_slug,
         unit=meter.unit,
         limit=terms.limit,
         available=available,
@@ -173,6 +198,16 @@ def meter_balance(meter: Meter, terms: PlanMeter, period: Period, reading: Count
     return MeterBalance(meter, terms, period, figures)
 
 
+@dataclass(frozen=True, slots=True)
+class _PlanMeterTerms:
+    """What a plan says of a meter, in the forms an event's resolution needs."""
+
+    plan: Plan
+    terms: PlanMeter
+    allowance: limits.Allowance  # the plan's part (shared: never changed)
+    notified: MeterTerms
+
+
 class MeteringEngine:
     def __init__(
         self, catalog: Catalog, ledger: Ledger, writer: BatchWriter, *, clock: Callable[[], datetime] = utc_now
@@ -183,20 +218,20 @@ class MeteringEngine:
         self._clock = clock
         self._customers = CustomerCache()
         self._periods = Periods()  # the periods of recent events and balances, by customer anchor and reset
-        # The catalog never changes while serving: one MeterTerms per plan and
-        # meter, not one per event.
-        self._terms: dict[tuple[str, str], MeterTerms] = {}
+        # The catalog never changes while serving: what a plan says of a meter
+        # is looked up once per plan and meter, not once per event.
+        self._plan_meters: dict[tuple[str, str], _PlanMeterTerms] = {}
 
     def now(self) -> datetime:
         return self._clock()
 
-    async def record_usage(self, command: UsageCommand) -> RecordResult:
-        written = await self.writer.submit(command.customer_id, self._resolver(command, self._clock()))
-        return self._recorded(command, written)
-
-    async def record_many(self, commands: Sequence[UsageCommand]) -> list[RecordResult | BaseException]:
+    async def record_many(
+        self, commands: Sequence[UsageCommand], *, balances: bool = True
+    ) -> list[RecordResult | BaseException]:
         """Events decided in this order in one transaction (a batch, a stream
-        message); each result is the event's outcome or the error refusing it."""
+        message); each result is the event's outcome or the error refusing it.
+        Without `balances` (a stream's summary shows none) results carry no
+        balance, and none is computed."""
         now = self._clock()
         written = await self.writer.submit_group([(c.customer_id, self._resolver(c, now)) for c in commands])
         results: list[RecordResult | BaseException] = []
@@ -205,7 +240,7 @@ class MeteringEngine:
                 results.append(item)
                 continue
             try:
-                results.append(self._recorded(command, item))
+                results.append(self._recorded(command, item, balances))
             except LimitExceeded as exc:
                 results.append(exc)
         return results
@@ -220,8 +255,8 @@ class MeteringEngine:
             # No event was ever recorded for an unknown customer: a bad time
             # is refused as it was sent, before the reference.
             raise command.too_old or NotFound("customer", command.customer_id)
-        plan = plan_named(self.catalog, customer.plan_slug)
-        terms = self.catalog.plan_meter(plan, command.meter)
+        known = self._plan_meter(customer.plan_slug, command.meter)
+        plan, terms = known.plan, known.terms
         named = command.price
         if named is not None and named.currency is not None and named.currency != plan.currency:
             raise PriceCurrencyMismatch(named.slug, named.currency, plan.currency or "")
@@ -243,43 +278,51 @@ class MeteringEngine:
         )
         return Resolution(
             event,
-            plan_allowance(command.meter, terms),
+            known.allowance,
             period,
             command.unique_value,
             command.allow_overage,
             dimensions=command.meter.dimension_values(command.properties),
-            terms=self._meter_terms(plan, command.meter, terms),
-            context=(plan, terms, customer),
+            terms=known.notified,
+            plan_terms=terms,
+            billing_anchor=customer.billing_anchor,
             refusal=refusal,
         )
 
-    def _meter_terms(self, plan: Plan, meter: Meter, terms: PlanMeter) -> MeterTerms:
-        key = (plan.slug, meter.slug)
-        found = self._terms.get(key)
+    def _plan_meter(self, plan_slug: str, meter: Meter) -> _PlanMeterTerms:
+        """customer_meter's plan and terms, remembered per plan and meter."""
+        key = (plan_slug, meter.slug)
+        found = self._plan_meters.get(key)
         if found is None:
-            found = self._terms[key] = meter_terms(plan, meter, terms)
+            plan = plan_named(self.catalog, plan_slug)
+            terms = self.catalog.plan_meter(plan, meter)
+            found = _PlanMeterTerms(plan, terms, plan_allowance(meter, terms), meter_terms(plan, meter, terms))
+            self._plan_meters[key] = found
         return found
 
-    def _recorded(self, command: UsageCommand, written: Written) -> RecordResult:
-        plan, terms, customer = written.resolution.context
-        outcome, period = written.outcome, written.resolution.period
+    def _recorded(self, command: UsageCommand, written: Written, with_balance: bool = True) -> RecordResult:
+        resolution = written.resolution
+        terms, plan_slug = resolution.plan_terms, resolution.terms.plan_slug
+        outcome, period = written.outcome, resolution.period
         decision = outcome.decision
         if outcome.event is None:
             assert decision is not None
             raise limit_exceeded(
                 command.meter,
-                plan,
+                plan_slug,
                 terms,
                 period,
                 available=decision.available_before or ZERO,
                 requested=decision.cost,
             )
+        overage = decision.overage if decision is not None else ZERO
+        if not with_balance:
+            return RecordResult(plan_slug, outcome.event, outcome.duplicate, None, overage)
         if outcome.duplicate:
             # The original event counted in the period of its own event time.
-            period = self._periods.containing(outcome.event.event_time, customer.billing_anchor, terms.reset)
+            period = self._periods.containing(outcome.event.event_time, resolution.billing_anchor, terms.reset)
         balance = meter_balance(command.meter, terms, period, outcome.reading)
-        overage = decision.overage if decision is not None else ZERO
-        return RecordResult(plan.slug, outcome.event, outcome.duplicate, balance, overage)
+        return RecordResult(plan_slug, outcome.event, outcome.duplicate, balance, overage)
 
     async def check_balance(self, query: BalanceQuery) -> BalanceReport:
         """One round trip in the common case: the billing anchor never changes,
@@ -292,7 +335,7 @@ class MeteringEngine:
             meters = [query.meter] if query.meter else [self.catalog.meters[slug] for slug in plan.meters]
             wanted = []
             for meter in meters:
-                terms = self.catalog.plan_meter(plan, meter)
+                terms = self._plan_meter(plan.slug, meter).terms
                 wanted.append((meter, terms, self._periods.containing(now, customer.billing_anchor, terms.reset)))
             current_plan, readings = await self.ledger.read_counters(
                 customer.customer_id, [(meter.slug, period.start) for meter, _, period in wanted], now
@@ -332,12 +375,11 @@ class MeteringEngine:
         if event is None:
             raise NotFound("event", transaction_id)
         allow_meter(event.meter_slug)
-        plan = plan_named(self.catalog, customer.plan_slug)
         meter = self.catalog.meters.get(event.meter_slug)
         if meter is None:
             raise NotFound("meter", event.meter_slug)
-        terms = self.catalog.plan_meter(plan, meter)
-        period = period_containing(event.event_time, customer.billing_anchor, terms.reset)
+        chain = customer_meter(self.catalog, customer, meter)
+        terms, period = chain.terms, chain.period_at(event.event_time)
         # Refused in the ledger's transaction, under the customer's lock, once
         # the event's billing period is finalized; during its grace a void counts.
         voided, duplicate, reading = await self.ledger.void_event(

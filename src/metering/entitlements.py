@@ -19,6 +19,7 @@ from metering.engine import (
     MeterBalance,
     MeterGuard,
     allow_any_meter,
+    customer_meter,
     limit_exceeded,
     meter_balance,
     meter_terms,
@@ -32,7 +33,7 @@ from metering.ledger.holds import Holds
 from metering.ledger.records import GrantRecord, ReservationRecord, StoredEvent
 from metering.ledger.store import Ledger
 from metering.notifications import MeterTerms
-from metering.periods import Period, period_containing
+from metering.periods import Period
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +98,7 @@ class Entitlements:
         effective = command.effective_time or now
         expires = command.expire_time
         if command.expire_at_period_end:
-            terms = self._catalog.plan_meter(plan_named(self._catalog, customer.plan_slug), command.meter)
-            expires = period_containing(effective, customer.billing_anchor, terms.reset).end
+            expires = customer_meter(self._catalog, customer, command.meter).period_at(effective).end
             if expires is None:
                 raise InvalidArgument(
                     [FieldViolation("expire_at_period_end", f"meter {command.meter.slug!r} never resets")]
@@ -127,15 +127,12 @@ class Entitlements:
         by_meter: dict[str, list[GrantRecord]] = {}
         for grant in grants:
             by_meter.setdefault(grant.meter_slug, []).append(grant)
-        keys = []
-        for slug in by_meter:
-            terms = self._catalog.plan_meter(plan, self._catalog.meters[slug])
-            keys.append((slug, period_containing(now, customer.billing_anchor, terms.reset).start))
+        chains = {slug: customer_meter(self._catalog, customer, self._catalog.meters[slug], plan) for slug in by_meter}
+        keys = [(slug, chain.period_at(now).start) for slug, chain in chains.items()]
         _, readings = await self._ledger.read_counters(customer_id, keys, now)
         views = []
         for slug, start in keys:
-            meter_ = self._catalog.meters[slug]
-            terms = self._catalog.plan_meter(plan, meter_)
+            meter_, terms = chains[slug].meter, chains[slug].terms
             reading = readings[(slug, start)]
             allowance = limits.Allowance(
                 meter_.aggregation, terms.enforcement, terms.limit, granted=reading.granted, reserved=reading.reserved
@@ -159,9 +156,8 @@ class Entitlements:
 
     async def reserve(self, command: ReserveCommand) -> ReservationResult:
         customer = await require_customer(self._ledger, command.customer_id)
-        plan = plan_named(self._catalog, customer.plan_slug)
-        terms = self._catalog.plan_meter(plan, command.meter)
-        period = period_containing(self._clock(), customer.billing_anchor, terms.reset)
+        chain = customer_meter(self._catalog, customer, command.meter)
+        plan, terms, period = chain.plan, chain.terms, chain.period_at(self._clock())
         outcome = await self._holds.reserve(
             command.customer_id,
             command.reservation_id,
@@ -175,7 +171,7 @@ class Entitlements:
         if not outcome.fits:
             raise limit_exceeded(
                 command.meter,
-                plan,
+                plan.slug,
                 terms,
                 period,
                 available=outcome.available_before or ZERO,
@@ -223,8 +219,8 @@ class Entitlements:
         meter = self._catalog.meters.get(reservation.meter_slug)
         if meter is None:
             raise NotFound("meter", reservation.meter_slug)
-        plan = plan_named(self._catalog, customer.plan_slug)
-        terms = self._catalog.plan_meter(plan, meter)
+        chain = customer_meter(self._catalog, customer, meter)
+        plan, terms = chain.plan, chain.terms
         # The hold's own period, whatever the time now: its commit counts there.
-        period = period_containing(reservation.period_start, customer.billing_anchor, terms.reset)
+        period = chain.period_at(reservation.period_start)
         return reservation, meter, terms, period, meter_terms(plan, meter, terms)

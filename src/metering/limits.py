@@ -18,7 +18,7 @@ decision and the write are one atomic step.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
@@ -27,8 +27,15 @@ from metering import decimals
 from metering.catalog import Aggregation, Enforcement
 from metering.decimals import ONE, ZERO
 
+# The records built for every event on the ingest path (here, in
+# metering.ledger.records and .decision, and metering.engine) are plain slotted
+# dataclasses, not frozen ones: a frozen __init__ sets each field through
+# object.__setattr__, measured at 4x the cost of a plain one (2.9 vs 0.7 us for
+# five fields), and an event builds about fifteen of them. Nothing changes
+# them after construction; that is a convention, not enforced.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class CounterState:
     """A meter's aggregate for one customer and period, as the counter row holds it."""
 
@@ -38,7 +45,7 @@ class CounterState:
     latest_event_id: UUID | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class Allowance:
     """What the plan (and grants, and holds) allow for a meter in a period."""
 
@@ -47,13 +54,15 @@ class Allowance:
     limit: Decimal | None  # None: unlimited
     granted: Decimal = ZERO
     reserved: Decimal = ZERO
+    # limit + granted (None: unlimited), computed once: every decision and
+    # figure of the allowance needs it.
+    total: Decimal | None = field(init=False, repr=False, compare=False)
 
-    @property
-    def total(self) -> Decimal | None:
-        return None if self.limit is None else decimals.add(self.limit, self.granted)
+    def __post_init__(self) -> None:
+        self.total = None if self.limit is None else decimals.add(self.limit, self.granted)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class Decision:
     accepted: bool
     state_after: CounterState
@@ -62,7 +71,7 @@ class Decision:
     available_before: Decimal | None  # None: unlimited
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class BalanceFigures:
     used: Decimal
     limit: Decimal | None
@@ -107,8 +116,9 @@ def decide(
         if total is None:
             overage = ZERO  # nothing to exceed
         else:
-            over_before = _excess(decimals.add(state.used, allowance.reserved), total)
-            over_after = _excess(decimals.add(used_after, allowance.reserved), total)
+            reserved = allowance.reserved
+            over_before = _excess(decimals.add(state.used, reserved) if reserved else state.used, total)
+            over_after = _excess(decimals.add(used_after, reserved) if reserved else used_after, total)
             overage = decimals.sub(over_after, over_before)
         fits = total is None or cost == 0 or overage == 0
     else:

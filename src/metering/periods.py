@@ -75,14 +75,20 @@ class Periods:
 
     def __init__(self, capacity: int = 50_000) -> None:
         self._capacity = capacity
-        self._last: dict[tuple[datetime, ResetPeriod], Period] = {}
+        self._last: dict[tuple[datetime, ResetPeriod], tuple[Period, datetime]] = {}  # and the last instant in it
 
     def containing(self, instant: datetime, anchor: datetime, reset: ResetPeriod) -> Period:
         key = (anchor, reset)
-        period = self._last.get(key)
-        if period is None or instant.tzinfo is None or not period.contains(instant):
+        found = self._last.get(key)
+        # The same instant object as the last look-up (the events of one call
+        # share the server's time) needs no comparison of aware datetimes.
+        if found is not None and found[1] is instant:
+            return found[0]
+        if found is None or instant.tzinfo is None or not found[0].contains(instant):
             period = period_containing(instant, anchor, reset)
             if len(self._last) >= self._capacity:
                 self._last.clear()
-            self._last[key] = period
+        else:
+            period = found[0]
+        self._last[key] = (period, instant)
         return period

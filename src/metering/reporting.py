@@ -15,12 +15,12 @@ from zoneinfo import ZoneInfo
 from metering import decimals
 from metering.catalog import Catalog, Meter, Plan, Price
 from metering.decimals import ZERO
-from metering.engine import plan_named, require_customer, utc_now
+from metering.engine import customer_meter, plan_named, require_customer, utc_now
 from metering.errors import FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
 from metering.ledger.records import CustomerRecord, StoredEvent
 from metering.ledger.reports import AggregateQuery, PropertyFilter, UsageCursor, UsageReports
 from metering.ledger.store import Ledger
-from metering.periods import Period, period_containing
+from metering.periods import Period
 from metering.pricing import LineCharge, price_line
 from metering.windows import TooManyWindowsError, Window, WindowSize, windows
 
@@ -116,8 +116,7 @@ class Reporting:
         # All windows first, so a request too large is refused before any query runs.
         meter_windows = []
         for meter in query.meters:
-            terms = self._catalog.plan_meter(plan, meter)
-            start = query.start or period_containing(now, customer.billing_anchor, terms.reset).start
+            start = query.start or customer_meter(self._catalog, customer, meter, plan).period_at(now).start
             end = query.end or now
             if end <= start:
                 raise InvalidArgument([FieldViolation("end_time", "must be after start_time")])

@@ -55,11 +55,6 @@ OPEN_SERVICE_PREFIXES = (
 _current_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("metering_caller", default=ANONYMOUS)
 
 
-def current_caller() -> Caller:
-    """The caller of the call being served (ANONYMOUS when the service runs open)."""
-    return _current_caller.get()
-
-
 def require_meter(meter: str) -> None:
     """Refuse a meter outside the caller's restriction; "" means every meter."""
     caller = _current_caller.get()

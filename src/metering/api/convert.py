@@ -179,6 +179,7 @@ def write_record_usage_response(message: usage_pb2.RecordUsageResponse, result: 
     """Fills an empty RecordUsageResponse in place (e.g. one result of a batch)."""
     write_usage_event(message.event, result.event)
     message.duplicate = result.duplicate
+    assert result.balance is not None, "RecordUsage answers carry their balance"
     _BALANCES.write(message.balance, result.balance)
     message.overage_quantity = format_decimal(result.overage)
 

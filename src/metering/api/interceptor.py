@@ -108,6 +108,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
     def _observe(self, method: str, behavior: Behavior) -> Behavior:
         metrics = self._metrics
         authenticator = None if is_open(method) else self._authenticator
+        latency = metrics.child(metrics.latency, method)
 
         # `request` is the request message, or the request iterator of a
         # client-streaming call.
@@ -119,8 +120,8 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
 
             def count() -> None:
                 elapsed = time.perf_counter() - started
-                metrics.requests.labels(method, code.name, caller).inc()
-                metrics.latency.labels(method).observe(elapsed)
+                metrics.child(metrics.requests, method, code.name, caller).inc()
+                latency.observe(elapsed)
                 if code is not grpc.StatusCode.OK:
                     failed_call(log, method, code, caller, elapsed)
 

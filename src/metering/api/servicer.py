@@ -18,7 +18,7 @@ from metering import decimals
 from metering import metrics as m
 from metering.api import convert, validation
 from metering.api.auth import require_meter
-from metering.api.errors import ok_status, to_rpc_status
+from metering.api.errors import to_rpc_status, write_ok_status
 from metering.api.paging import encode_token
 from metering.decimals import ZERO
 from metering.delivery.stream import OutboxStream
@@ -94,7 +94,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             if isinstance(outcome, BaseException):
                 result.status.CopyFrom(to_rpc_status(outcome))
             else:
-                result.status.CopyFrom(ok_status())
+                write_ok_status(result.status)
                 convert.write_record_usage_response(result.response, outcome)
         return response
 
@@ -106,7 +106,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         async for message in request_iterator:
             validation.batch_size(len(message.events))
             # The summary needs no response for an event that succeeded.
-            for outcome in await self._record_group(list(message.events)):
+            for outcome in await self._record_group(list(message.events), balances=False):
                 if isinstance(outcome, BaseException):
                     response.failed_count += 1
                     response.failures.add(index=index, status=to_rpc_status(outcome))
@@ -272,9 +272,12 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         finally:
             self._metrics.watch_streams.dec()
 
-    async def _record_group(self, requests: list[usage_pb2.RecordUsageRequest]) -> list[RecordResult | BaseException]:
+    async def _record_group(
+        self, requests: list[usage_pb2.RecordUsageRequest], *, balances: bool = True
+    ) -> list[RecordResult | BaseException]:
         """Events validated one by one, then recorded together in order; each
-        answer is what RecordUsage would answer (before encoding), or its refusal."""
+        answer is what RecordUsage would answer (before encoding; without its
+        balance unless `balances`), or its refusal."""
         now = self._engine.now()
         commands: list[UsageCommand | BaseException] = []
         for request in requests:
@@ -287,7 +290,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
             except MeteringError as exc:
                 commands.append(exc)
         valid = [c for c in commands if isinstance(c, UsageCommand)]
-        outcomes = iter(await self._engine.record_many(valid) if valid else [])
+        outcomes = iter(await self._engine.record_many(valid, balances=balances) if valid else [])
         answers: list[RecordResult | BaseException] = []
         tally = _Tally()
         for command in commands:
@@ -336,12 +339,12 @@ class _Tally:
 
     def publish(self, metrics: m.Metrics) -> None:
         for (meter, outcome), events in self.events.items():
-            metrics.events.labels(meter, outcome).inc(events)
+            metrics.child(metrics.events, meter, outcome).inc(events)
         for meter, quantity in self.quantity.items():
-            metrics.quantity.labels(meter).inc(float(quantity))
+            metrics.child(metrics.quantity, meter).inc(float(quantity))
         for (meter, plan), rejections in self.rejections.items():
-            metrics.limit_rejections.labels(meter, plan).inc(rejections)
+            metrics.child(metrics.limit_rejections, meter, plan).inc(rejections)
         for (meter, plan), overage in self.overage.items():
-            metrics.overage.labels(meter, plan).inc(float(overage))
+            metrics.child(metrics.overage, meter, plan).inc(float(overage))
         for reason, refused in self.late.items():
-            metrics.late_events_refused.labels(reason).inc(refused)
+            metrics.child(metrics.late_events_refused, reason).inc(refused)

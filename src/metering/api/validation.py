@@ -8,7 +8,6 @@ the catalog does not have.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -63,9 +62,6 @@ _WINDOW_SIZES = {
     usage_pb2.WINDOW_SIZE_MONTH: WindowSize.MONTH,
 }
 
-# Printable ASCII without space: safe in logs, URLs and every language's strings.
-# \Z, not $: "$" also matches before a trailing newline.
-_ID_RE = re.compile(r"^[\x21-\x7e]+\Z")
 # Timestamps are years 2 to 9998: a year inside what a Timestamp (and a Python
 # datetime) can hold on each side, because periods (up to a month) and local
 # windows (a day) are computed around an accepted instant and must not leave
@@ -89,12 +85,19 @@ class _Violations:
             raise InvalidArgument(self.items)
 
 
+def _printable_ascii(value: str) -> bool:
+    """Printable ASCII without space (0x21 to 0x7E): safe in logs, URLs and
+    every language's strings. String methods, not a regex: measured 0.26 vs
+    1.46 us an id, and every event has two."""
+    return value.isascii() and value.isprintable() and " " not in value
+
+
 def _identifier(violations: _Violations, name: str, value: str) -> None:
     if not value:
         violations.add(name, "required")
     elif len(value) > MAX_ID_LENGTH:
         violations.add(name, f"at most {MAX_ID_LENGTH} characters (got {len(value)})")
-    elif not _ID_RE.match(value):
+    elif not _printable_ascii(value):
         violations.add(name, "printable ASCII characters only, without spaces (0x21 to 0x7E)")
 
 
@@ -111,12 +114,25 @@ def _timestamp(violations: _Violations, name: str, value: Timestamp) -> datetime
     return value.ToDatetime(tzinfo=UTC)
 
 
+# Quantities already parsed: most events of a meter send the same few ("1").
+# parse_decimal is pure and a Decimal immutable, so they are shared; bounded.
+_QUANTITIES: dict[str, Decimal] = {}
+_QUANTITIES_KEPT = 4096
+
+
 def _quantity(violations: _Violations, name: str, value: str) -> Decimal | None:
+    known = _QUANTITIES.get(value)
+    if known is not None:
+        return known
     try:
-        return parse_decimal(value)
+        parsed = parse_decimal(value)
     except DecimalFormatError as exc:
         violations.add(name, str(exc))
         return None
+    if len(_QUANTITIES) >= _QUANTITIES_KEPT:
+        _QUANTITIES.clear()
+    _QUANTITIES[value] = parsed
+    return parsed
 
 
 def _properties(violations: _Violations, properties: dict[str, str]) -> None:

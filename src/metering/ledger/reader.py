@@ -27,24 +27,19 @@ import asyncpg
 
 from metering.ledger.pool import PoolUser, translate_errors
 from metering.ledger.records import CounterReading
-from metering.ledger.sql import counter_state
+from metering.ledger.sql import active_grants_sum, counter_state, live_holds_sum
 
 CounterKey = tuple[str, datetime]  # meter, period start
 Readings = tuple[str | None, dict[CounterKey, CounterReading]]  # the customer's plan (None: unknown), counters
 
 # One row per (read, counter); a read of no counters still gets one row, with
 # NULL meter, so that it learns the customer's plan.
-_READ_COUNTERS = """
+_READ_COUNTERS = f"""
 SELECT k.n, cu.plan_slug, k.meter_slug, k.period_start,
        coalesce(c.used, 0) AS used, coalesce(c.event_count, 0) AS event_count,
        c.latest_event_time, c.latest_event_id,
-       (SELECT coalesce(sum(g.quantity), 0) FROM grants g
-         WHERE g.customer_id = k.customer_id AND g.meter_slug = k.meter_slug AND g.effective_at <= k.at
-           AND (g.expires_at IS NULL OR g.expires_at > k.at)) AS granted,
-       (SELECT coalesce(sum(r.quantity), 0) FROM reservations r
-         WHERE r.customer_id = k.customer_id AND r.meter_slug = k.meter_slug
-           AND r.period_start = k.period_start AND r.status = 'held'
-           AND r.expires_at > clock_timestamp()) AS reserved
+       {active_grants_sum("k.customer_id", "k.meter_slug", "k.at")} AS granted,
+       {live_holds_sum("k.customer_id", "k.meter_slug", "k.period_start")} AS reserved
   FROM unnest($1::int[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
        AS k (n, customer_id, meter_slug, period_start, at)
   LEFT JOIN customers cu ON cu.customer_id = k.customer_id

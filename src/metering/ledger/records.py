@@ -26,7 +26,7 @@ class CustomerRecord:
     closed_through: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class NewEvent:
     customer_id: str
     transaction_id: str
@@ -39,7 +39,7 @@ class NewEvent:
     properties: dict[str, str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class StoredEvent:
     event_id: UUID
     customer_id: str
@@ -56,7 +56,7 @@ class StoredEvent:
     void_reason: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class CounterReading:
     """A counter with what else shapes its allowance right now."""
 
@@ -65,7 +65,7 @@ class CounterReading:
     reserved: Decimal  # unexpired holds
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.limits)
 class RecordOutcome:
     event: StoredEvent | None  # None when refused
     duplicate: bool

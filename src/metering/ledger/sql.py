@@ -27,6 +27,38 @@ EVENT_FROM = "usage_events e LEFT JOIN usage_voids v ON v.customer_id = e.custom
 # A condition on `e` that keeps events that still count.
 NOT_VOIDED = "NOT EXISTS (SELECT 1 FROM usage_voids v WHERE v.customer_id = e.customer_id AND v.event_id = e.event_id)"
 COUNTER_COLUMNS = "used, event_count, latest_event_time, latest_event_id"
+# customers columns, in CustomerRecord order.
+CUSTOMER_COLUMNS = "customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through"
+
+
+def active_grants_sum(customer: str, meter: str, at: str) -> str:
+    """The sum of the grants of `customer`'s `meter` active at `at` (SQL
+    expressions): effective from effective_at, until expires_at (exclusive)."""
+    return (
+        "(SELECT coalesce(sum(g.quantity), 0) FROM grants g"
+        f" WHERE g.customer_id = {customer} AND g.meter_slug = {meter}"
+        f" AND g.effective_at <= {at} AND (g.expires_at IS NULL OR g.expires_at > {at}))"
+    )
+
+
+def live_holds_sum(customer: str, meter: str, period_start: str, extra: str = "") -> str:
+    """The sum of the holds on a counter that are still held and unexpired by
+    the database's clock (the one clock that decides expiry on every replica)."""
+    return (
+        "(SELECT coalesce(sum(r.quantity), 0) FROM reservations r"
+        f" WHERE r.customer_id = {customer} AND r.meter_slug = {meter} AND r.period_start = {period_start}"
+        f" AND r.status = 'held' AND r.expires_at > clock_timestamp(){extra})"
+    )
+
+
+# Locks a counter row, creating it at zero if new: the no-op update is what
+# takes the row lock in the same statement. Follows `INSERT ... (customer_id,
+# meter_slug, period_start, period_end) VALUES/SELECT ...`.
+COUNTER_LOCK = "ON CONFLICT (customer_id, meter_slug, period_start) DO UPDATE SET period_end = c.period_end"
+# An event insert that yields to the unique constraint, the final guard of
+# exactly-once: a concurrent twin took the transaction id when nothing returns.
+EVENT_INSERT = f"INSERT INTO usage_events ({EVENT_COLUMNS})"
+EVENT_INSERT_GUARD = "ON CONFLICT (customer_id, transaction_id) DO NOTHING"
 GRANT_COLUMNS = "grant_id, customer_id, meter_slug, quantity, effective_at, expires_at, reason, created_at"
 RESERVATION_COLUMNS = (
     "reservation_id, customer_id, meter_slug, period_start, quantity, status, expires_at, created_at, "

@@ -22,12 +22,17 @@ from metering.errors import PeriodClosed
 from metering.ledger.records import NewEvent, StoredEvent
 from metering.ledger.sql import (
     COUNTER_COLUMNS,
+    COUNTER_LOCK,
     EVENT_COLUMNS,
     EVENT_FROM,
+    EVENT_INSERT,
+    EVENT_INSERT_GUARD,
     EVENT_SELECT,
     NOT_VOIDED,
     VALUE_SQL,
+    active_grants_sum,
     counter_state,
+    live_holds_sum,
     stored_event,
 )
 from metering.periods import Period
@@ -63,7 +68,7 @@ async def lock_counter(
         f"""
         INSERT INTO meter_counters AS c (customer_id, meter_slug, period_start, period_end)
         VALUES ($1, $2, $3, $4)
-        ON CONFLICT (customer_id, meter_slug, period_start) DO UPDATE SET period_end = c.period_end
+        {COUNTER_LOCK}
         RETURNING {COUNTER_COLUMNS}
         """,
         customer_id,
@@ -88,16 +93,10 @@ async def full_allowance(
     database's clock when None) and the unexpired holds of the period; and
     the database's clock, the one clock that decides expiry on every replica."""
     row = await conn.fetchrow(
-        """
+        f"""
         SELECT clock_timestamp() AS db_now,
-               (SELECT coalesce(sum(g.quantity), 0) FROM grants g
-                 WHERE g.customer_id = $1 AND g.meter_slug = $2
-                   AND g.effective_at <= coalesce($4, clock_timestamp())
-                   AND (g.expires_at IS NULL OR g.expires_at > coalesce($4, clock_timestamp()))) AS granted,
-               (SELECT coalesce(sum(r.quantity), 0) FROM reservations r
-                 WHERE r.customer_id = $1 AND r.meter_slug = $2 AND r.period_start = $3
-                   AND r.status = 'held' AND r.expires_at > clock_timestamp()
-                   AND r.reservation_id IS DISTINCT FROM $5) AS reserved
+               {active_grants_sum("$1", "$2", "coalesce($4, clock_timestamp())")} AS granted,
+               {live_holds_sum("$1", "$2", "$3", " AND r.reservation_id IS DISTINCT FROM $5")} AS reserved
         """,
         customer_id,
         meter_slug,
@@ -118,20 +117,6 @@ async def find_event(conn: asyncpg.Connection, customer_id: str, transaction_id:
     return None if row is None else stored_event(row)
 
 
-async def is_new_unique_value(
-    conn: asyncpg.Connection, customer_id: str, meter_slug: str, period_start: datetime, value: str
-) -> bool:
-    seen = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM meter_unique_values "
-        "WHERE customer_id = $1 AND meter_slug = $2 AND period_start = $3 AND value = $4)",
-        customer_id,
-        meter_slug,
-        period_start,
-        value,
-    )
-    return not seen
-
-
 async def insert_event(
     conn: asyncpg.Connection, new: NewEvent, event_id: UUID, period_start: datetime
 ) -> StoredEvent | None:
@@ -139,9 +124,9 @@ async def insert_event(
     (the unique constraint is the final guard of exactly-once)."""
     row = await conn.fetchrow(
         f"""
-        INSERT INTO usage_events ({EVENT_COLUMNS})
+        {EVENT_INSERT}
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), $10)
-        ON CONFLICT (customer_id, transaction_id) DO NOTHING
+        {EVENT_INSERT_GUARD}
         RETURNING {EVENT_COLUMNS}
         """,
         event_id,
@@ -174,20 +159,6 @@ async def write_counter(
         state.event_count,
         state.latest_event_time,
         state.latest_event_id,
-    )
-
-
-async def add_unique_value(
-    conn: asyncpg.Connection, customer_id: str, meter_slug: str, period_start: datetime, value: str, event_id: UUID
-) -> None:
-    await conn.execute(
-        "INSERT INTO meter_unique_values (customer_id, meter_slug, period_start, value, first_event_id) "
-        "VALUES ($1, $2, $3, $4, $5)",
-        customer_id,
-        meter_slug,
-        period_start,
-        value,
-        event_id,
     )
 
 

@@ -22,6 +22,7 @@ from metering.ledger.records import (
     CustomerRecord,
     StoredEvent,
 )
+from metering.ledger.sql import CUSTOMER_COLUMNS
 from metering.periods import Period
 
 
@@ -50,8 +51,7 @@ class Ledger(PoolUser):
     async def get_customer(self, customer_id: str) -> CustomerRecord | None:
         async with translate_errors(), self._connection() as conn:
             row = await conn.fetchrow(
-                "SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through "
-                "FROM customers WHERE customer_id = $1",
+                f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_id = $1",
                 customer_id,
             )
         return None if row is None else CustomerRecord(**dict(row))
@@ -72,7 +72,7 @@ class Ledger(PoolUser):
                 "SELECT plan_slug FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
             )
             row = await conn.fetchrow(
-                """
+                f"""
                 INSERT INTO customers AS c (customer_id, plan_slug, billing_anchor, created_at, updated_at,
                                             closing_period_end)
                 VALUES ($1, $2, $3, $4, $4, $5)
@@ -80,8 +80,7 @@ class Ledger(PoolUser):
                     SET plan_slug = EXCLUDED.plan_slug,
                         updated_at = CASE WHEN c.plan_slug = EXCLUDED.plan_slug THEN c.updated_at
                                           ELSE EXCLUDED.updated_at END
-                RETURNING customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through,
-                          (xmax = 0) AS created
+                RETURNING {CUSTOMER_COLUMNS}, (xmax = 0) AS created
                 """,
                 customer_id,
                 plan_slug,
