@@ -6,19 +6,26 @@ method then needs one role (METHOD_ROLES). Health and reflection stay open so
 that orchestrators and grpcurl work without credentials. The caller of the
 running call is kept in a context variable for the meter restriction, which
 can only be checked after the request has been validated (api.servicer).
+
+A caller with limits in the auth file is then admitted through its gate
+(metering.ratelimit): over them, RESOURCE_EXHAUSTED RATE_LIMITED before the
+servicer runs, so nothing is written. SIGHUP swaps the policy (`reload`): a
+call already identified keeps the caller it was admitted as.
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
 
 from metering.access import ANONYMOUS, AccessPolicy, Caller, Role
 from metering.api.bench import NOOP_METHOD
-from metering.errors import MeterNotAllowed, RoleRequired, Unauthenticated
+from metering.errors import MeterNotAllowed, RateLimited, RoleRequired, Unauthenticated
+from metering.ratelimit import CallerGate, Gates
 
 METERING_SERVICE_PREFIX = "/metering.v1.MeteringService/"
 
@@ -81,8 +88,45 @@ def required_role(method: str) -> Role | None:
 
 
 class Authenticator:
-    def __init__(self, policy: AccessPolicy | None) -> None:
+    def __init__(
+        self, policy: AccessPolicy | None, on_rate_limited: Callable[[str, str], None] = lambda caller, kind: None
+    ) -> None:
         self._policy = policy  # None: the service runs open (embedded default or explicit opt-in)
+        self._gates = Gates()
+        self._on_rate_limited = on_rate_limited  # (caller, "rate" | "concurrency"): a metric
+        if policy is not None:
+            self._gates.configure({c.name: c.limits for c in policy.callers}, time.monotonic())
+
+    @property
+    def policy(self) -> AccessPolicy | None:
+        return self._policy
+
+    def reload(self, policy: AccessPolicy) -> None:
+        """Serve with a new policy from now on; calls in flight finish as the caller they were admitted as."""
+        self._gates.configure({c.name: c.limits for c in policy.callers}, time.monotonic())
+        self._policy = policy
+
+    def admit(self, caller: Caller, *, hold: bool = True) -> CallerGate | None:
+        """Let the call through the caller's limits, or raise RateLimited. With a
+        gate returned, the call must `leave()` it when it ends. `hold=False`
+        (a watch stream, whose length the client decides) spends a token but
+        takes no slot of max_in_flight."""
+        gate = self._gates.get(caller.name)
+        if gate is None:
+            return None
+        refusal = gate.enter(time.monotonic(), hold=hold)
+        if refusal is None:
+            return gate if hold else None
+        self._on_rate_limited(caller.name, refusal.kind.value)
+        rate = refusal.limits.rate
+        raise RateLimited(
+            caller.name,
+            refusal.kind.value,
+            refusal.retry_after,
+            requests_per_second=None if rate is None else rate.per_second,
+            burst=None if rate is None else rate.burst,
+            max_in_flight=refusal.limits.max_in_flight,
+        )
 
     @staticmethod
     def authorize(caller: Caller, method: str) -> None:

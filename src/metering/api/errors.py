@@ -10,6 +10,7 @@ the traceback goes to the server log only.
 from __future__ import annotations
 
 import logging
+import math
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -30,8 +31,10 @@ from metering.errors import (
     NotFound,
     PeriodClosed,
     PriceCurrencyMismatch,
+    RateLimited,
     ReservationStateError,
     RoleRequired,
+    TokenExpired,
     TransactionConflict,
     Unauthenticated,
 )
@@ -110,6 +113,12 @@ def _status(code: grpc.StatusCode, message: str, *details: Message) -> status_pb
         holder.Pack(detail)
         packed.append(holder)
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
+
+
+def retry_delay(seconds: float) -> duration_pb2.Duration:
+    """A RetryInfo delay, rounded up to the millisecond (never earlier than the limit allows)."""
+    millis = max(1, math.ceil(seconds * 1000))
+    return duration_pb2.Duration(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
 
 
 def to_status(exc: BaseException) -> grpc.Status:
@@ -255,6 +264,31 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
             else metering_service_pb2.ERROR_REASON_CREDENTIALS_INVALID
         )
         return _status(grpc.StatusCode.UNAUTHENTICATED, str(exc), _info(reason))
+    if isinstance(exc, TokenExpired):
+        return _status(
+            grpc.StatusCode.UNAUTHENTICATED,
+            str(exc),
+            _info(metering_service_pb2.ERROR_REASON_CREDENTIALS_EXPIRED, caller=exc.caller, expired_at=exc.expired_at),
+        )
+    if isinstance(exc, RateLimited):
+        limits = (
+            {"requests_per_second": f"{exc.requests_per_second:g}", "burst": f"{exc.burst:g}"}
+            if exc.kind == "rate"
+            else {"max_in_flight": str(exc.max_in_flight)}
+        )
+        return _status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            str(exc),
+            _info(metering_service_pb2.ERROR_REASON_RATE_LIMITED, caller=exc.caller, limit=exc.kind, **limits),
+            error_details_pb2.RetryInfo(retry_delay=retry_delay(exc.retry_after)),
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=f"caller:{exc.caller}", description=f"{exc.kind} limit of the caller"
+                    )
+                ]
+            ),
+        )
     if isinstance(exc, RoleRequired):
         return _status(
             grpc.StatusCode.PERMISSION_DENIED,

@@ -77,6 +77,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                 identified = authenticator.identify(context)
                 caller = identified.name
                 authenticator.authorize(identified, method)
+                authenticator.admit(identified, hold=False)
                 async for message in behavior(request, context):
                     yield message
             except asyncio.CancelledError:
@@ -108,6 +109,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             code = grpc.StatusCode.OK
             caller = ANONYMOUS.name if authenticator is None else "unauthenticated"
             counted = False
+            gate = None  # the caller's limits, left when the call ends
 
             def count() -> None:
                 metrics.requests.labels(method, code.name, caller).inc()
@@ -118,6 +120,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                     identified = authenticator.identify(context)
                     caller = identified.name
                     authenticator.authorize(identified, method)
+                    gate = authenticator.admit(identified)
                 return await behavior(request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -134,6 +137,8 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                 counted = True
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                if gate is not None:
+                    gate.leave()
                 if not counted:
                     count()
 
