@@ -97,9 +97,9 @@ class AccessPolicy:
         credential = self.by_token_digest.get(token_digest(token))
         if credential is None:
             return None
-        if credential.expires_epoch <= (time.time() if now is None else now):
-            assert credential.expires_at is not None
-            raise TokenExpired(credential.caller.name, credential.expires_at.isoformat())
+        expires_at = credential.expires_at
+        if expires_at is not None and credential.expires_epoch <= (time.time() if now is None else now):
+            raise TokenExpired(credential.caller.name, expires_at.isoformat())
         return credential.caller
 
     def caller_for_certificate(self, common_name: str) -> Caller | None:

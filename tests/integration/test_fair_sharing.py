@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 import pytest
@@ -165,6 +167,10 @@ def test_a_caller_over_its_rate_is_told_when_to_retry(callers: Callers) -> None:
     delay = details["RetryInfo"].retry_delay  # type: ignore[attr-defined]
     seconds = delay.seconds + delay.nanos / 1e9
     assert 0 < seconds <= 1.001
+    # The same delay for gRPC's own retries (a service config retrying RESOURCE_EXHAUSTED).
+    # grpcio's stubs type metadata as objects; they are (key, value) pairs.
+    trailer = dict(cast("list[tuple[str, str]]", list(refusal.trailing_metadata() or ())))
+    assert int(trailer["grpc-retry-pushback-ms"]) == math.ceil(seconds * 1000)
     threading.Event().wait(seconds)
     # Waiting as told is enough.
     stub.RecordUsage(record(flooded, "after-the-wait"), timeout=10, metadata=callers.metadata("trickle"))

@@ -121,9 +121,19 @@ def retry_delay(seconds: float) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
 
 
+# gRPC's own retry pushback (gRFC A6): a client whose service config retries
+# RESOURCE_EXHAUSTED waits this many milliseconds, whatever its language,
+# without reading RetryInfo.
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
 def to_status(exc: BaseException) -> grpc.Status:
     """The gRPC status (with details in the trailer) that answers `exc`."""
-    return rpc_status.to_status(to_rpc_status(exc))
+    status = rpc_status.to_status(to_rpc_status(exc))
+    if isinstance(exc, RateLimited):
+        pushback = (PUSHBACK_KEY, str(max(1, math.ceil(exc.retry_after * 1000))))
+        return status._replace(trailing_metadata=(*status.trailing_metadata, pushback))  # type: ignore[attr-defined,no-any-return]
+    return status
 
 
 def ok_status() -> status_pb2.Status:

@@ -143,8 +143,13 @@ class PageTokens:
         tag, body = raw[1 : 1 + _TAG_BYTES], raw[1 + _TAG_BYTES :]
         if not hmac.compare_digest(tag, self._tag(request, body)):
             raise InvalidPageToken(NOT_OURS)
-        # Signed by this service: the body is JSON of our own making.
-        payload = json.loads(body)
+        # Signed with our key: the body is JSON of our own making (checked all the same).
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            raise InvalidPageToken(NOT_OURS) from None
+        if not isinstance(payload, dict):
+            raise InvalidPageToken(NOT_OURS)
         if payload.get("q") != fingerprint(request):
             raise InvalidPageToken(OTHER_QUERY)
         cursor = payload.get("c")
