@@ -17,6 +17,8 @@ from enum import StrEnum
 # A refusal for concurrency has no refill to wait for: a call in flight ends
 # when it ends. Suggest a short wait (about one typical call).
 CONCURRENCY_RETRY_SECONDS = 0.05
+# The longest wait a refusal suggests (see CallerGate: refusals are spread).
+MAX_RETRY_SECONDS = 2.0
 # Float rounding: a caller that waited exactly the delay it was told finds its token.
 _EPSILON = 1e-9
 
@@ -91,11 +93,21 @@ class Refusal:
 
 @dataclass(slots=True)
 class CallerGate:
-    """One caller's admission state in this process."""
+    """One caller's admission state in this process.
+
+    Refusals are spread: a refusal costs the service an RPC, about as much as
+    an admitted call, so a caller refused by many calls at once must not be
+    told to come back at one instant (they would all be refused again). Each
+    refusal gets the next free retry slot, one token's refill (or, without a
+    rate, a concurrency wait shared by max_in_flight) after the previous one,
+    so that a caller that waits as told comes back at about its own rate.
+    The wait is at least what the limit itself needs and at most
+    MAX_RETRY_SECONDS."""
 
     limits: CallerLimits
     bucket: TokenBucket | None
     in_flight: int = 0
+    retry_slot: float = 0.0  # the `now` of the next retry slot free to hand out
 
     @classmethod
     def open(cls, limits: CallerLimits, now: float) -> CallerGate:
@@ -107,14 +119,21 @@ class CallerGate:
         changing anything. `hold=False`: only the rate applies, no slot is taken."""
         cap = self.limits.max_in_flight
         if hold and cap is not None and self.in_flight >= cap:
-            return Refusal(LimitKind.CONCURRENCY, CONCURRENCY_RETRY_SECONDS, self.limits)
+            return self._refuse(LimitKind.CONCURRENCY, CONCURRENCY_RETRY_SECONDS, now)
         if self.bucket is not None:
             wait = self.bucket.take(now)
             if wait > 0.0:
-                return Refusal(LimitKind.RATE, wait, self.limits)
+                return self._refuse(LimitKind.RATE, wait, now)
         if hold:
             self.in_flight += 1
         return None
+
+    def _refuse(self, kind: LimitKind, needed: float, now: float) -> Refusal:
+        rate, cap = self.limits.rate, self.limits.max_in_flight
+        spacing = 1.0 / rate.per_second if rate is not None else CONCURRENCY_RETRY_SECONDS / (cap or 1)
+        slot = min(max(now + needed, self.retry_slot), now + max(MAX_RETRY_SECONDS, needed))
+        self.retry_slot = slot + spacing
+        return Refusal(kind, slot - now, self.limits)
 
     def leave(self) -> None:
         self.in_flight -= 1

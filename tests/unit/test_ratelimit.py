@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from metering.ratelimit import (
     CONCURRENCY_RETRY_SECONDS,
+    MAX_RETRY_SECONDS,
     CallerGate,
     CallerLimits,
     Gates,
@@ -127,3 +129,32 @@ def test_limits_are_checked() -> None:
             RateLimit(rate, burst)
     with pytest.raises(ValueError, match="max_in_flight"):
         CallerLimits(max_in_flight=0)
+
+
+@given(rate=rates, burst=bursts, callers=st.integers(1, 200))
+def test_refusals_at_one_instant_are_spread_so_that_each_retry_finds_its_token(
+    rate: float, burst: int, callers: int
+) -> None:
+    gate = CallerGate.open(CallerLimits(rate=RateLimit(rate, burst)), now=0.0)
+    for _ in range(burst):
+        assert gate.enter(0.0) is None
+    refusals = [gate.enter(0.0) for _ in range(callers)]
+    waits = [r.retry_after for r in refusals if r is not None]
+    assert len(waits) == callers
+    assert waits == sorted(waits) and waits[0] == pytest.approx(1.0 / rate)  # the first: the next token
+    spaced = [w for w in waits if w < MAX_RETRY_SECONDS]
+    assert all(b - a == pytest.approx(1.0 / rate) for a, b in itertools.pairwise(spaced))
+    assert max(waits) <= max(MAX_RETRY_SECONDS, 1.0 / rate) + 1e-9
+    # Every caller that comes back when told, in order, finds a token (those
+    # told the longest wait may find a bucket others already emptied: capped).
+    for wait in spaced:
+        assert gate.enter(wait) is None
+
+
+def test_concurrency_refusals_are_spread_over_the_slots() -> None:
+    gate = CallerGate.open(CallerLimits(max_in_flight=4), now=0.0)
+    for _ in range(4):
+        assert gate.enter(0.0) is None
+    waits = [refusal.retry_after for refusal in (gate.enter(0.0) for _ in range(8)) if refusal is not None]
+    step = CONCURRENCY_RETRY_SECONDS / 4
+    assert waits == pytest.approx([CONCURRENCY_RETRY_SECONDS + k * step for k in range(8)])
