@@ -349,7 +349,9 @@ async def _serve(
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
         authenticator = Authenticator(
-            policy, on_rate_limited=lambda caller, kind: metrics.rate_limited.labels(caller, kind).inc()
+            policy,
+            on_rate_limited=lambda caller, kind: metrics.rate_limited.labels(caller, kind).inc(),
+            max_hold=settings.rate_limit_hold.total_seconds(),
         )
         server = build_server(
             settings,

@@ -230,3 +230,14 @@ class RateLimited(MeteringError):
             if kind == "rate"
             else f"caller {caller!r} already has its {max_in_flight} calls in flight; retry when one has ended"
         )
+
+    def waited(self, seconds: float) -> RateLimited:
+        """The same refusal, answered `seconds` later: that much less to wait (at least 1 ms)."""
+        return RateLimited(
+            self.caller,
+            self.kind,
+            max(0.001, self.retry_after - seconds),
+            requests_per_second=self.requests_per_second,
+            burst=self.burst,
+            max_in_flight=self.max_in_flight,
+        )

@@ -15,6 +15,7 @@ call already identified keeps the caller it was admitted as.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 from collections.abc import Callable, Mapping
@@ -51,6 +52,10 @@ METHOD_ROLES: Mapping[str, Role] = {
     "UpsertCustomer": Role.ADMIN,
     "GrantCredits": Role.ADMIN,
 }
+
+# A held refusal is answered this long before the call's deadline, so that
+# the client reads RATE_LIMITED rather than DEADLINE_EXCEEDED.
+_DEADLINE_MARGIN_SECONDS = 0.05
 
 # Services every client may call without credentials.
 OPEN_SERVICE_PREFIXES = (
@@ -89,9 +94,14 @@ def required_role(method: str) -> Role | None:
 
 class Authenticator:
     def __init__(
-        self, policy: AccessPolicy | None, on_rate_limited: Callable[[str, str], None] = lambda caller, kind: None
+        self,
+        policy: AccessPolicy | None,
+        on_rate_limited: Callable[[str, str], None] = lambda caller, kind: None,
+        *,
+        max_hold: float = 0.0,
     ) -> None:
         self._policy = policy  # None: the service runs open (embedded default or explicit opt-in)
+        self._max_hold = max_hold  # METERING_RATE_LIMIT_HOLD in seconds; 0: refuse at once
         self._gates = Gates()
         self._on_rate_limited = on_rate_limited  # (caller, "rate" | "concurrency"): a metric
         if policy is not None:
@@ -127,6 +137,21 @@ class Authenticator:
             burst=None if rate is None else rate.burst,
             max_in_flight=refusal.limits.max_in_flight,
         )
+
+    async def hold(self, refusal: RateLimited, time_remaining: float | None) -> RateLimited:
+        """Answer a refusal only at its retry slot (at most METERING_RATE_LIMIT_HOLD
+        and within the call's deadline), then say what is left of the wait.
+        A client that resends refused calls at once is then paced at about its
+        own rate, instead of costing an RPC per refusal in a loop; the wait
+        costs no CPU. A client that waits as told loses nothing: it would
+        have waited anyway."""
+        held = min(refusal.retry_after, self._max_hold)
+        if time_remaining is not None:
+            held = min(held, time_remaining - _DEADLINE_MARGIN_SECONDS)
+        if held <= 0:
+            return refusal
+        await asyncio.sleep(held)
+        return refusal.waited(held)
 
     @staticmethod
     def authorize(caller: Caller, method: str) -> None:

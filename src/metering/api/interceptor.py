@@ -17,6 +17,7 @@ import grpc
 from metering.access import ANONYMOUS
 from metering.api.auth import Authenticator, is_open
 from metering.api.errors import to_status
+from metering.errors import RateLimited
 from metering.metrics import Metrics
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -129,6 +130,8 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                 code = context.code() or grpc.StatusCode.UNKNOWN  # the servicer aborted on its own
                 raise
             except Exception as exc:
+                if isinstance(exc, RateLimited) and authenticator is not None:
+                    exc = await authenticator.hold(exc, context.time_remaining())
                 status = to_status(exc)
                 code = status.code
                 # Counted before the status leaves: abort sends it at once, and a
