@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from metering.api.errors import read_details
+from metering.api.page_tokens import PageTokens
 from metering.ledger.audit import AuditReport
 from metering.v1 import usage_pb2
 
@@ -164,6 +165,12 @@ def run_sql(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
             await conn.close()
 
     return asyncio.run(go())
+
+
+def page_tokens_of(database_url: str) -> PageTokens:
+    """Page tokens signed with the key of the service on this database (tests sign hostile cursors)."""
+    [row] = run_sql(database_url, "SELECT key FROM page_token_key")
+    return PageTokens(bytes(row["key"]))
 
 
 def audit(database_url: str, customer_ids: Sequence[str] | None = None, catalog: Path = TEST_CATALOG) -> AuditReport:

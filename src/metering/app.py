@@ -4,7 +4,8 @@ Start-up order matters: the catalog is checked first (a bad catalog must not
 touch the database), then the database is reached (waiting for it to come
 up), migrations are applied under their advisory lock, and only then does the
 server accept calls. SIGTERM or SIGINT drains in-flight calls within the
-grace period before the pool closes.
+grace period before the pool closes. SIGHUP re-reads the auth and webhooks
+files (metering.reload).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 import time
@@ -29,6 +31,7 @@ from metering.api.auth import Authenticator
 from metering.api.bench import noop_handler
 from metering.api.health import METERING_SERVICE, DatabaseHealth
 from metering.api.interceptor import ObservedServiceInterceptor
+from metering.api.page_tokens import PageTokens
 from metering.api.servicer import MeteringServicer
 from metering.catalog import Catalog, load_catalog
 from metering.config import ConfigError, Settings
@@ -46,12 +49,14 @@ from metering.ledger.audit import AuditReport, audit_ledger
 from metering.ledger.holds import Holds
 from metering.ledger.invoices import InvoiceStore
 from metering.ledger.migrate import migrate
+from metering.ledger.page_token_key import page_token_key
 from metering.ledger.pool import create_pool, is_unavailable
 from metering.ledger.reports import UsageReports
 from metering.ledger.rollups import sync_layouts
 from metering.ledger.store import Ledger
 from metering.ledger.writer import BatchWriter
 from metering.metrics import Metrics
+from metering.reload import ConfigReloader
 from metering.reporting import Reporting
 from metering.stripe_sync.exporter import StripeExporter, StripeMeterEvents
 from metering.stripe_sync.mapping import StripeMapping, load_mapping
@@ -139,11 +144,12 @@ def build_server(
     invoicing: Invoicing,
     metrics: Metrics,
     health: DatabaseHealth,
-    policy: AccessPolicy | None,
+    authenticator: Authenticator,
     stream: OutboxStream,
+    page_tokens: PageTokens,
     tracing: Tracing | None = None,
 ) -> grpc.aio.Server:
-    observed = ObservedServiceInterceptor(metrics, Authenticator(policy))
+    observed = ObservedServiceInterceptor(metrics, authenticator)
     server = grpc.aio.server(
         # The tracing interceptor first (outermost): the call's span is current
         # in everything below, the observing interceptor's log lines included.
@@ -159,7 +165,14 @@ def build_server(
     engine = MeteringEngine(catalog, ledger, writer)
     entitlements = Entitlements(catalog, ledger, holds)
     servicer = MeteringServicer(
-        engine, reporting, entitlements, invoicing, metrics, stream, backfill_window=settings.backfill_window
+        engine,
+        reporting,
+        entitlements,
+        invoicing,
+        metrics,
+        stream,
+        page_tokens,
+        backfill_window=settings.backfill_window,
     )
     metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
     from grpc_health.v1 import health_pb2_grpc
@@ -228,16 +241,47 @@ async def serve(settings: Settings) -> None:
         logs.add_trace_ids(tracing.current_ids)
     # Handlers go in first: a SIGTERM at any later instant drains instead of killing.
     stop = asyncio.Event()
+    # SIGHUP's default would end the process: from here on it asks for a
+    # reload, served once the server runs (metering.reload).
+    reload_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+    write_pid_file(settings.pid_file)
     database = await asyncio.to_thread(open_database, settings)
     try:
-        await _serve(settings, catalog, stripe_mapping, policy, credentials, endpoints, database, stop, tracing)
+        await _serve(
+            settings, catalog, stripe_mapping, policy, credentials, endpoints, database, stop, reload_requested, tracing
+        )
     finally:
         await asyncio.to_thread(database.close)
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)
+        remove_pid_file(settings.pid_file)
+
+
+def write_pid_file(path: str | None) -> None:
+    """METERING_PID_FILE: where `metering reload` finds this process."""
+    if path is None:
+        return
+    try:
+        with open(path, "w", encoding="ascii") as file:
+            file.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise ConfigError(f"METERING_PID_FILE={path!r}: cannot write it: {exc.strerror}") from None
+
+
+def remove_pid_file(path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        with open(path, encoding="ascii") as file:
+            mine = file.read().strip() == str(os.getpid())
+        if mine:  # a newer process may have written its own since
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 async def _serve(
@@ -249,6 +293,7 @@ async def _serve(
     endpoints: tuple[Endpoint, ...],
     database: Database,
     stop: asyncio.Event,
+    reload_requested: asyncio.Event,
     tracing: Tracing | None,
 ) -> None:
     pool = await connect(settings, database.url)
@@ -256,6 +301,7 @@ async def _serve(
         async with pool.acquire() as conn:
             applied = await migrate(conn)
             rebuilt = await sync_layouts(conn, catalog)
+            page_tokens = PageTokens(await page_token_key(conn))
         if applied:
             log.info("migrations applied: %s", ", ".join(applied))
         if rebuilt:
@@ -316,9 +362,27 @@ async def _serve(
         )
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
-        server = build_server(
-            settings, catalog, ledger, reporting, holds, writer, invoicing, metrics, health, policy, stream, tracing
+        authenticator = Authenticator(
+            policy,
+            on_rate_limited=lambda caller, kind: metrics.rate_limited.labels(caller, kind).inc(),
+            max_hold=settings.rate_limit_hold.total_seconds(),
         )
+        server = build_server(
+            settings,
+            catalog,
+            ledger,
+            reporting,
+            holds,
+            writer,
+            invoicing,
+            metrics,
+            health,
+            authenticator,
+            stream,
+            page_tokens,
+            tracing,
+        )
+        reloader = ConfigReloader(settings, catalog.meters, authenticator, webhooks, retention, metrics)
         address = f"{settings.grpc_host}:{settings.grpc_port}"
         if credentials is None:
             grpc_port = server.add_insecure_port(address)
@@ -356,7 +420,9 @@ async def _serve(
         wakeup.start()
         webhooks.start()
         retention_task = asyncio.create_task(retention.run())
+        reload_task = asyncio.create_task(reloader.run(reload_requested))
         await stop.wait()
+        reload_task.cancel()  # a reload in progress is dropped; the files in force stay
         closer_task.cancel()  # a close in flight rolls back; the next start (or replica) redoes it
         # An event in flight is sent again by whichever replica exports next.
         background = [closer_task] if export_task is None else [closer_task, export_task]

@@ -67,6 +67,8 @@ class Settings:
     webhook_timeout: timedelta  # an attempt that has no 2xx answer by then failed
     webhook_retry_schedule: tuple[timedelta, ...]  # the wait before each attempt, the first one's included
     webhook_lease: timedelta  # how long a replica's claim on an endpoint lasts without renewal
+    pid_file: str | None  # serve writes its pid there (for `metering reload`); None: no pid file
+    rate_limit_hold: timedelta  # how long a RATE_LIMITED refusal may be held until its retry slot; 0: at once
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -118,6 +120,8 @@ class Settings:
             # Svix's schedule: immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h.
             webhook_retry_schedule=reader.durations("METERING_WEBHOOK_RETRY_SCHEDULE", "0s,5s,5m,30m,2h,5h,10h,10h"),
             webhook_lease=reader.duration("METERING_WEBHOOK_LEASE", "10s"),
+            pid_file=reader.text("METERING_PID_FILE") or None,
+            rate_limit_hold=reader.duration("METERING_RATE_LIMIT_HOLD", "1s"),
         )
         if settings.close_interval <= timedelta(0):
             raise ConfigError("METERING_CLOSE_INTERVAL must be more than 0")

@@ -194,3 +194,50 @@ class MeterNotAllowed(MeteringError):
             if meter
             else f"caller {caller!r} is restricted to some meters: name a meter (this request spans every meter)"
         )
+
+
+class TokenExpired(MeteringError):
+    """The bearer token is known, but its expiry in the auth file has passed."""
+
+    def __init__(self, caller: str, expired_at: str) -> None:
+        self.caller = caller
+        self.expired_at = expired_at  # RFC 3339
+        super().__init__(f"the bearer token of caller {caller!r} expired at {expired_at}: ask for a new token")
+
+
+class RateLimited(MeteringError):
+    """The caller is over its own limits (calls per second, or calls at once); nothing was done."""
+
+    def __init__(
+        self,
+        caller: str,
+        kind: str,
+        retry_after: float,
+        *,
+        requests_per_second: float | None,
+        burst: float | None,
+        max_in_flight: int | None,
+    ) -> None:
+        self.caller = caller
+        self.kind = kind  # "rate" or "concurrency" (metering.ratelimit.LimitKind)
+        self.retry_after = retry_after  # seconds
+        self.requests_per_second = requests_per_second
+        self.burst = burst
+        self.max_in_flight = max_in_flight
+        super().__init__(
+            f"caller {caller!r} sent more than its {requests_per_second:g} calls per second (burst {burst:g}); "
+            f"retry in {retry_after:.3f}s"
+            if kind == "rate"
+            else f"caller {caller!r} already has its {max_in_flight} calls in flight; retry when one has ended"
+        )
+
+    def waited(self, seconds: float) -> RateLimited:
+        """The same refusal, answered `seconds` later: that much less to wait (at least 1 ms)."""
+        return RateLimited(
+            self.caller,
+            self.kind,
+            max(0.001, self.retry_after - seconds),
+            requests_per_second=self.requests_per_second,
+            burst=self.burst,
+            max_in_flight=self.max_in_flight,
+        )

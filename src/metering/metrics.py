@@ -179,6 +179,20 @@ class Metrics:
         self.watch_streams = Gauge(
             "metering_watch_streams_open", "WatchNotifications streams being served.", registry=r
         )
+        self.rate_limited = Counter(
+            "metering_rate_limited",
+            "Calls refused RATE_LIMITED by the caller's own limits in the auth file, by caller and reason "
+            "(rate: its token bucket was empty; concurrency: max_in_flight calls were running). Per process.",
+            ["caller", "reason"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "metering_config_reloads",
+            "Re-reads of a configuration file on SIGHUP, by file (auth, webhooks) and outcome (applied, refused: "
+            "the file has problems, logged, and the previous one stays in force).",
+            ["file", "outcome"],
+            registry=r,
+        )
         self.db_up = Gauge("metering_database_up", "1 when the last database health probe succeeded.", registry=r)
         self.pool_in_use = Gauge("metering_db_pool_in_use", "Database connections checked out.", registry=r)
         self.pool_size = Gauge("metering_db_pool_size", "Database connections open.", registry=r)

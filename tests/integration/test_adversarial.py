@@ -52,7 +52,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from metering.api.errors import status_details
-from metering.api.paging import encode_token
+from metering.api.page_tokens import PageTokens
 from metering.v1 import (
     billing_pb2,
     customer_pb2,
@@ -63,7 +63,7 @@ from metering.v1 import (
     reservations_pb2,
     usage_pb2,
 )
-from tests.support import TEST_CATALOG, audit, error_details, run_sql
+from tests.support import TEST_CATALOG, audit, error_details, page_tokens_of, run_sql
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 T = TypeVar("T")
@@ -693,11 +693,11 @@ garbage_tokens = either(
 )
 
 
-def page_tokens(request: Message, issued: Sequence[str]) -> st.SearchStrategy[str]:
+def page_tokens(request: Message, issued: Sequence[str], signer: PageTokens) -> st.SearchStrategy[str]:
     """No token (half of the time); or a token the server issued (most likely
     for another query), garbage, or (most often) a cursor of hostile values
-    under the request's own fingerprint."""
-    forged = forged_cursors.map(lambda cursor: encode_token(request, cursor))
+    under the request's own fingerprint, signed with the service's key."""
+    forged = forged_cursors.map(lambda cursor: signer.seal(request, cursor))
     reused = pick(tuple(issued), st.just(""))
     return either(st.just(""), either(forged, forged, reused, garbage_tokens))
 
@@ -711,6 +711,7 @@ class Pool:
 
     customers: list[str]
     acknowledged: set[Row]  # shared by every example of the run: see the test
+    signer: PageTokens  # the service's page-token key, to sign hostile cursors with
     named: set[str] = field(default_factory=set)  # every customer id sent
     transaction_ids: list[str] = field(default_factory=list)
     grant_ids: list[str] = field(default_factory=list)
@@ -883,7 +884,7 @@ def get_usage_calls(draw: st.DrawFn, pool: Pool) -> Call:
     start, end = draw(time_ranges)
     _set_time(request.start_time, start)
     _set_time(request.end_time, end)
-    request.page_token = draw(page_tokens(request, pool.page_tokens))
+    request.page_token = draw(page_tokens(request, pool.page_tokens, pool.signer))
     return Call("GetUsage", request)
 
 
@@ -897,7 +898,7 @@ def list_usage_events_calls(draw: st.DrawFn, pool: Pool) -> Call:
     start, end = draw(time_ranges)
     _set_time(request.start_time, start)
     _set_time(request.end_time, end)
-    request.page_token = draw(page_tokens(request, pool.page_tokens))
+    request.page_token = draw(page_tokens(request, pool.page_tokens, pool.signer))
     return Call("ListUsageEvents", request)
 
 
@@ -1245,6 +1246,7 @@ def test_hostile_requests_are_refused_cleanly_and_write_nothing(
     # say), and its rows are then no stray ones. The ids this test generates
     # cannot be those of other tests' customers ("cust-" and 16 hex digits).
     acknowledged: set[Row] = set()
+    signer = page_tokens_of(database_url)
 
     # derandomize: the examples are a fixed function of this test, the same on
     # every run and machine, so a CI failure reproduces locally. No shrinking:
@@ -1263,7 +1265,7 @@ def test_hostile_requests_are_refused_cleanly_and_write_nothing(
     @given(data=st.data())
     def examples(data: st.DataObject) -> None:
         plans = data.draw(st.lists(st.sampled_from(PLANS), min_size=1, max_size=2), label="plans")
-        pool = Pool(customers=[new_customer(plan) for plan in plans], acknowledged=acknowledged)
+        pool = Pool(customers=[new_customer(plan) for plan in plans], acknowledged=acknowledged, signer=signer)
         acknowledged.update(("customer", customer, "") for customer in pool.customers)
         pool.named.update(pool.customers)
         # The RPCs follow a fixed rotation from a drawn start, so that every RPC

@@ -11,10 +11,10 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from metering.api.paging import encode_token
+from metering.api.page_tokens import PageTokens
 from metering.v1 import events_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.integration.test_record_usage import record
-from tests.support import error_details
+from tests.support import error_details, page_tokens_of
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
@@ -158,8 +158,8 @@ def test_a_page_token_only_works_for_its_own_query(stub: Stub, dst_customer: str
         assert error_details(caught.value)["ErrorInfo"].reason == "INVALID_PAGE_TOKEN"  # type: ignore[attr-defined]
 
 
-# Anyone can build a token the fingerprint check accepts (the fingerprint is a
-# plain hash of the query), so its cursor is hostile input like any field.
+# Tokens are signed (metering.api.page_tokens), but their cursors are still
+# checked like any field: these are signed with the service's own key.
 _NOW = "2025-01-01T00:00:00+00:00"
 FORGED_USAGE_CURSORS: list[dict[str, Any]] = [
     {"m": float("inf"), "w": 0, "g": [], "now": _NOW},
@@ -176,17 +176,30 @@ FORGED_EVENTS_CURSORS: list[dict[str, Any]] = [
 DEEP_TOKEN = base64.urlsafe_b64encode(b"[" * 100_000).decode()
 
 
-def test_a_forged_page_token_is_invalid(stub: Stub, new_customer: Callable[..., str]) -> None:
+def test_a_forged_page_token_is_invalid(stub: Stub, new_customer: Callable[..., str], database_url: str) -> None:
     customer = new_customer()
+    signer = page_tokens_of(database_url)
+    other_key = PageTokens(b"another service's key, 32 bytes.")
     requests: list[tuple[Callable[..., Any], usage_pb2.GetUsageRequest | events_pb2.ListUsageEventsRequest]] = []
-    for cursor in [*FORGED_USAGE_CURSORS, None]:
+    valid_usage_cursor = {"m": 0, "w": 0, "g": [], "now": _NOW}
+    for cursor in [*FORGED_USAGE_CURSORS, None, valid_usage_cursor]:
         usage = usage_pb2.GetUsageRequest(customer_id=customer, meter_slugs=["tokens"])
-        usage.page_token = encode_token(usage, cursor) if cursor is not None else DEEP_TOKEN
+        if cursor is valid_usage_cursor:  # a well-formed cursor, signed with another key
+            usage.page_token = other_key.seal(usage, cursor)
+        else:
+            usage.page_token = signer.seal(usage, cursor) if cursor is not None else DEEP_TOKEN
         requests.append((stub.GetUsage, usage))
     for cursor in [*FORGED_EVENTS_CURSORS, None]:
         events = events_pb2.ListUsageEventsRequest(customer_id=customer)
-        events.page_token = encode_token(events, cursor) if cursor is not None else DEEP_TOKEN
+        events.page_token = signer.seal(events, cursor) if cursor is not None else DEEP_TOKEN
         requests.append((stub.ListUsageEvents, events))
+    # Another customer's token, genuine for that customer's query.
+    usage = usage_pb2.GetUsageRequest(customer_id=customer, meter_slugs=["tokens"])
+    theirs = usage_pb2.GetUsageRequest(customer_id=new_customer(), meter_slugs=["tokens"])
+    usage.page_token = signer.seal(theirs, valid_usage_cursor)
+    requests.append((stub.GetUsage, usage))
+    theirs.page_token = usage.page_token
+    stub.GetUsage(theirs, timeout=10)  # the cursor itself is a good one: its own query accepts it
     for call, request in requests:
         with pytest.raises(grpc.RpcError) as caught:
             call(request, timeout=10)

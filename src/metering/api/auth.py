@@ -6,19 +6,27 @@ method then needs one role (METHOD_ROLES). Health and reflection stay open so
 that orchestrators and grpcurl work without credentials. The caller of the
 running call is kept in a context variable for the meter restriction, which
 can only be checked after the request has been validated (api.servicer).
+
+A caller with limits in the auth file is then admitted through its gate
+(metering.ratelimit): over them, RESOURCE_EXHAUSTED RATE_LIMITED before the
+servicer runs, so nothing is written. SIGHUP swaps the policy (`reload`): a
+call already identified keeps the caller it was admitted as.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
 
 from metering.access import ANONYMOUS, AccessPolicy, Caller, Role
 from metering.api.bench import NOOP_METHOD
-from metering.errors import MeterNotAllowed, RoleRequired, Unauthenticated
+from metering.errors import MeterNotAllowed, RateLimited, RoleRequired, Unauthenticated
+from metering.ratelimit import CallerGate, Gates
 
 METERING_SERVICE_PREFIX = "/metering.v1.MeteringService/"
 
@@ -44,6 +52,10 @@ METHOD_ROLES: Mapping[str, Role] = {
     "UpsertCustomer": Role.ADMIN,
     "GrantCredits": Role.ADMIN,
 }
+
+# A held refusal is answered this long before the call's deadline, so that
+# the client reads RATE_LIMITED rather than DEADLINE_EXCEEDED.
+_DEADLINE_MARGIN_SECONDS = 0.05
 
 # Services every client may call without credentials.
 OPEN_SERVICE_PREFIXES = (
@@ -76,8 +88,65 @@ def required_role(method: str) -> Role | None:
 
 
 class Authenticator:
-    def __init__(self, policy: AccessPolicy | None) -> None:
+    def __init__(
+        self,
+        policy: AccessPolicy | None,
+        on_rate_limited: Callable[[str, str], None] = lambda caller, kind: None,
+        *,
+        max_hold: float = 0.0,
+    ) -> None:
         self._policy = policy  # None: the service runs open (embedded default or explicit opt-in)
+        self._max_hold = max_hold  # METERING_RATE_LIMIT_HOLD in seconds; 0: refuse at once
+        self._gates = Gates()
+        self._on_rate_limited = on_rate_limited  # (caller, "rate" | "concurrency"): a metric
+        if policy is not None:
+            self._gates.configure({c.name: c.limits for c in policy.callers}, time.monotonic())
+
+    @property
+    def policy(self) -> AccessPolicy | None:
+        return self._policy
+
+    def reload(self, policy: AccessPolicy) -> None:
+        """Serve with a new policy from now on; calls in flight finish as the caller they were admitted as."""
+        self._gates.configure({c.name: c.limits for c in policy.callers}, time.monotonic())
+        self._policy = policy
+
+    def admit(self, caller: Caller, *, hold: bool = True) -> CallerGate | None:
+        """Let the call through the caller's limits, or raise RateLimited. With a
+        gate returned, the call must `leave()` it when it ends. `hold=False`
+        (a watch stream, whose length the client decides) spends a token but
+        takes no slot of max_in_flight."""
+        gate = self._gates.get(caller.name)
+        if gate is None:
+            return None
+        refusal = gate.enter(time.monotonic(), hold=hold)
+        if refusal is None:
+            return gate if hold else None
+        self._on_rate_limited(caller.name, refusal.kind.value)
+        rate = refusal.limits.rate
+        raise RateLimited(
+            caller.name,
+            refusal.kind.value,
+            refusal.retry_after,
+            requests_per_second=None if rate is None else rate.per_second,
+            burst=None if rate is None else rate.burst,
+            max_in_flight=refusal.limits.max_in_flight,
+        )
+
+    async def hold(self, refusal: RateLimited, time_remaining: float | None) -> RateLimited:
+        """Answer a refusal only at its retry slot (at most METERING_RATE_LIMIT_HOLD
+        and within the call's deadline), then say what is left of the wait.
+        A client that resends refused calls at once is then paced at about its
+        own rate, instead of costing an RPC per refusal in a loop; the wait
+        costs no CPU. A client that waits as told loses nothing: it would
+        have waited anyway."""
+        held = min(refusal.retry_after, self._max_hold)
+        if time_remaining is not None:
+            held = min(held, time_remaining - _DEADLINE_MARGIN_SECONDS)
+        if held <= 0:
+            return refusal
+        await asyncio.sleep(held)
+        return refusal.waited(held)
 
     @staticmethod
     def authorize(caller: Caller, method: str) -> None:

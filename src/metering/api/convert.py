@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -30,7 +29,7 @@ from metering.ledger.records import (
 from metering.notifications import LimitRejected, NotificationType, StoredNotification, ThresholdCrossed
 from metering.periods import Period, ResetPeriod
 from metering.pricing import round_money
-from metering.reporting import PageCursor, UsageRow
+from metering.reporting import UsageRow
 from metering.v1 import (
     billing_pb2,
     customer_pb2,
@@ -215,14 +214,6 @@ def usage_row(row: UsageRow) -> usage_pb2.UsageRow:
     )
 
 
-def usage_cursor(cursor: PageCursor) -> dict[str, Any]:
-    return {"m": cursor.meter_index, "w": cursor.window_index, "g": list(cursor.groups), "now": cursor.now.isoformat()}
-
-
-def events_cursor(before: tuple[datetime, str]) -> dict[str, Any]:
-    return {"t": before[0].isoformat(), "id": before[1]}
-
-
 def money(amount: Decimal, currency: str) -> billing_pb2.Money:
     # Amounts are already rounded to the minor unit; this only fixes the digits
     # shown ("0" is "0.00" in USD), it never changes a value.
@@ -274,10 +265,6 @@ def invoice(value: Invoice) -> invoices_pb2.Invoice:
     if value.finalized_at is not None:
         set_timestamp(message.finalize_time, value.finalized_at)
     return message
-
-
-def invoices_cursor(before: datetime) -> dict[str, Any]:
-    return {"before": before.isoformat()}
 
 
 def bill_line(line: InvoiceLine, currency: str) -> billing_pb2.BillLine:

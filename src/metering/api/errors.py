@@ -10,6 +10,7 @@ the traceback goes to the server log only.
 from __future__ import annotations
 
 import logging
+import math
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -30,8 +31,10 @@ from metering.errors import (
     NotFound,
     PeriodClosed,
     PriceCurrencyMismatch,
+    RateLimited,
     ReservationStateError,
     RoleRequired,
+    TokenExpired,
     TransactionConflict,
     Unauthenticated,
 )
@@ -112,9 +115,25 @@ def _status(code: grpc.StatusCode, message: str, *details: Message) -> status_pb
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
 
 
+def retry_delay(seconds: float) -> duration_pb2.Duration:
+    """A RetryInfo delay, rounded up to the millisecond (never earlier than the limit allows)."""
+    millis = max(1, math.ceil(seconds * 1000))
+    return duration_pb2.Duration(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
+
+
+# gRPC's own retry pushback (gRFC A6): a client whose service config retries
+# RESOURCE_EXHAUSTED waits this many milliseconds, whatever its language,
+# without reading RetryInfo.
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
 def to_status(exc: BaseException) -> grpc.Status:
     """The gRPC status (with details in the trailer) that answers `exc`."""
-    return rpc_status.to_status(to_rpc_status(exc))
+    status = rpc_status.to_status(to_rpc_status(exc))
+    if isinstance(exc, RateLimited):
+        pushback = (PUSHBACK_KEY, str(max(1, math.ceil(exc.retry_after * 1000))))
+        return status._replace(trailing_metadata=(*status.trailing_metadata, pushback))  # type: ignore[attr-defined,no-any-return]
+    return status
 
 
 def write_ok_status(message: status_pb2.Status) -> None:
@@ -258,6 +277,31 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
             else metering_service_pb2.ERROR_REASON_CREDENTIALS_INVALID
         )
         return _status(grpc.StatusCode.UNAUTHENTICATED, str(exc), _info(reason))
+    if isinstance(exc, TokenExpired):
+        return _status(
+            grpc.StatusCode.UNAUTHENTICATED,
+            str(exc),
+            _info(metering_service_pb2.ERROR_REASON_CREDENTIALS_EXPIRED, caller=exc.caller, expired_at=exc.expired_at),
+        )
+    if isinstance(exc, RateLimited):
+        limits = (
+            {"requests_per_second": f"{exc.requests_per_second:g}", "burst": f"{exc.burst:g}"}
+            if exc.kind == "rate"
+            else {"max_in_flight": str(exc.max_in_flight)}
+        )
+        return _status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            str(exc),
+            _info(metering_service_pb2.ERROR_REASON_RATE_LIMITED, caller=exc.caller, limit=exc.kind, **limits),
+            error_details_pb2.RetryInfo(retry_delay=retry_delay(exc.retry_after)),
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=f"caller:{exc.caller}", description=f"{exc.kind} limit of the caller"
+                    )
+                ]
+            ),
+        )
     if isinstance(exc, RoleRequired):
         return _status(
             grpc.StatusCode.PERMISSION_DENIED,

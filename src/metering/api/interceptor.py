@@ -18,6 +18,7 @@ import grpc
 from metering.access import ANONYMOUS
 from metering.api.auth import Authenticator, is_open
 from metering.api.errors import to_status
+from metering.errors import RateLimited
 from metering.logs import failed_call
 from metering.metrics import Metrics
 
@@ -82,6 +83,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                 identified = authenticator.identify(context)
                 caller = identified.name
                 authenticator.authorize(identified, method)
+                authenticator.admit(identified, hold=False)
                 async for message in behavior(request, context):
                     yield message
             except asyncio.CancelledError:
@@ -117,6 +119,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             code = grpc.StatusCode.OK
             caller = ANONYMOUS.name if authenticator is None else "unauthenticated"
             counted = False
+            gate = None  # the caller's limits, left when the call ends
 
             def count() -> None:
                 elapsed = time.perf_counter() - started
@@ -130,6 +133,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                     identified = authenticator.identify(context)
                     caller = identified.name
                     authenticator.authorize(identified, method)
+                    gate = authenticator.admit(identified)
                 return await behavior(request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -138,6 +142,8 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                 code = context.code() or grpc.StatusCode.UNKNOWN  # the servicer aborted on its own
                 raise
             except Exception as exc:
+                if isinstance(exc, RateLimited) and authenticator is not None:
+                    exc = await authenticator.hold(exc, context.time_remaining())
                 status = to_status(exc)
                 code = status.code
                 # Counted before the status leaves: abort sends it at once, and a
@@ -146,6 +152,8 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                 counted = True
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                if gate is not None:
+                    gate.leave()
                 if not counted:
                     count()
 

@@ -19,7 +19,7 @@ from metering import metrics as m
 from metering.api import convert, validation
 from metering.api.auth import require_meter
 from metering.api.errors import to_rpc_status, write_ok_status
-from metering.api.paging import encode_token
+from metering.api.page_tokens import EventsCursor, InvoicesCursor, PageTokens
 from metering.decimals import ZERO
 from metering.delivery.stream import OutboxStream
 from metering.engine import MeteringEngine, RecordResult, UsageCommand
@@ -59,10 +59,12 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         invoicing: Invoicing,
         metrics: m.Metrics,
         stream: OutboxStream,
+        page_tokens: PageTokens,
         *,
         backfill_window: timedelta,
     ) -> None:
         self._stream = stream
+        self._page_tokens = page_tokens
         self._engine = engine
         self._catalog = engine.catalog
         self._reporting = reporting
@@ -199,24 +201,24 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def GetUsage(  # noqa: N802
         self, request: usage_pb2.GetUsageRequest, context: Context
     ) -> usage_pb2.GetUsageResponse:
-        query = validation.get_usage(request, self._catalog)
+        query = validation.get_usage(request, self._catalog, self._page_tokens)
         for meter in query.meters:
             require_meter(meter.slug)
         page = await self._reporting.get_usage(query)
         response = usage_pb2.GetUsageResponse(rows=[convert.usage_row(row) for row in page.rows])
         if page.next_cursor is not None:
-            response.next_page_token = encode_token(request, convert.usage_cursor(page.next_cursor))
+            response.next_page_token = self._page_tokens.usage(request, page.next_cursor)
         return response
 
     async def ListUsageEvents(  # noqa: N802
         self, request: events_pb2.ListUsageEventsRequest, context: Context
     ) -> events_pb2.ListUsageEventsResponse:
-        query = validation.list_usage_events(request, self._catalog)
+        query = validation.list_usage_events(request, self._catalog, self._page_tokens)
         require_meter(query.meter.slug if query.meter is not None else "")
         page = await self._reporting.list_events(query)
         response = events_pb2.ListUsageEventsResponse(events=[convert.usage_event(e) for e in page.events])
         if page.next_before is not None:
-            response.next_page_token = encode_token(request, convert.events_cursor(page.next_before))
+            response.next_page_token = self._page_tokens.events(request, EventsCursor(*page.next_before))
         return response
 
     async def EstimateBill(  # noqa: N802
@@ -229,12 +231,12 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def ListInvoices(  # noqa: N802
         self, request: invoices_pb2.ListInvoicesRequest, context: Context
     ) -> invoices_pb2.ListInvoicesResponse:
-        query = validation.list_invoices(request)
+        query = validation.list_invoices(request, self._page_tokens)
         require_meter("")  # an invoice spans every meter
         page = await self._invoicing.list(query)
         response = invoices_pb2.ListInvoicesResponse(invoices=[convert.invoice(i) for i in page.invoices])
         if page.next_before is not None:
-            response.next_page_token = encode_token(request, convert.invoices_cursor(page.next_before))
+            response.next_page_token = self._page_tokens.invoices(request, InvoicesCursor(page.next_before))
         return response
 
     async def GetInvoice(  # noqa: N802

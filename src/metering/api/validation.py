@@ -12,21 +12,21 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from metering.api.paging import decode_token
 from metering.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catalog, Meter, Price
 from metering.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.engine import BalanceQuery, UsageCommand
 from metering.entitlements import CommitCommand, GrantCommand, ReserveCommand
-from metering.errors import EventTooOld, FieldViolation, InvalidArgument, InvalidPageToken, NotFound
+from metering.errors import EventTooOld, FieldViolation, InvalidArgument, NotFound
 from metering.invoicing import InvoicesQuery
 from metering.ledger.records import DRAFT, FINALIZED
 from metering.ledger.reports import PropertyFilter
 from metering.notifications import NotificationType, WatchQuery, parse_cursor
-from metering.reporting import EventsQuery, PageCursor, UsageQuery
+from metering.reporting import EventsQuery, UsageQuery
 from metering.v1 import (
     billing_pb2,
     customer_pb2,
@@ -38,6 +38,9 @@ from metering.v1 import (
     usage_pb2,
 )
 from metering.windows import MAX_WINDOWS, WindowSize
+
+if TYPE_CHECKING:  # page_tokens reads MIN_TIME and MAX_TIME from here
+    from metering.api.page_tokens import PageTokens
 
 MAX_ID_LENGTH = 128
 MAX_PROPERTIES = 32
@@ -67,10 +70,10 @@ _WINDOW_SIZES = {
 # windows (a day) are computed around an accepted instant and must not leave
 # that range, and because asyncpg stores the very first and last instants
 # (datetime.min and datetime.max) as -infinity and infinity.
-_MIN_TIME = datetime(2, 1, 1, tzinfo=UTC)
-_MAX_TIME = datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
-_MIN_SECONDS = int(_MIN_TIME.timestamp())
-_MAX_SECONDS = int(_MAX_TIME.timestamp())
+MIN_TIME = datetime(2, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+_MIN_SECONDS = int(MIN_TIME.timestamp())
+_MAX_SECONDS = int(MAX_TIME.timestamp())
 
 
 @dataclass
@@ -355,7 +358,7 @@ def _property_value(violations: _Violations, name: str, value: str) -> None:
         violations.add(name, "must not contain NUL characters")
 
 
-def get_usage(request: usage_pb2.GetUsageRequest, catalog: Catalog) -> UsageQuery:
+def get_usage(request: usage_pb2.GetUsageRequest, catalog: Catalog, tokens: PageTokens) -> UsageQuery:
     violations = _Violations()
     _identifier(violations, "customer_id", request.customer_id)
     slugs = list(request.meter_slugs)
@@ -399,18 +402,9 @@ def get_usage(request: usage_pb2.GetUsageRequest, catalog: Catalog) -> UsageQuer
     violations.raise_if_any()
     cursor = None
     if request.page_token:
-        raw = decode_token(request, request.page_token)
-        try:
-            cursor = PageCursor(
-                meter_index=_token_index(raw["m"], len(slugs) - 1),
-                window_index=_token_index(raw["w"], MAX_WINDOWS),
-                groups=tuple(_token_text(g) for g in _token_list(raw["g"])),
-                now=_aware(raw["now"]),
-            )
-        except (KeyError, TypeError, ValueError):
-            raise InvalidPageToken("not a page token issued by this service") from None
-        if len(cursor.groups) != len(group_by):
-            raise InvalidPageToken("not a page token issued by this service")
+        cursor = tokens.usage_cursor(
+            request, request.page_token, meters=len(slugs), groups=len(group_by), max_windows=MAX_WINDOWS
+        )
     assert window_size is not None and zone is not None
     return UsageQuery(
         customer_id=request.customer_id,
@@ -426,7 +420,7 @@ def get_usage(request: usage_pb2.GetUsageRequest, catalog: Catalog) -> UsageQuer
     )
 
 
-def list_usage_events(request: events_pb2.ListUsageEventsRequest, catalog: Catalog) -> EventsQuery:
+def list_usage_events(request: events_pb2.ListUsageEventsRequest, catalog: Catalog, tokens: PageTokens) -> EventsQuery:
     violations = _Violations()
     _identifier(violations, "customer_id", request.customer_id)
     if request.meter_slug:
@@ -436,11 +430,8 @@ def list_usage_events(request: events_pb2.ListUsageEventsRequest, catalog: Catal
     violations.raise_if_any()
     before = None
     if request.page_token:
-        raw = decode_token(request, request.page_token)
-        try:
-            before = (_aware(raw["t"]), str(uuid.UUID(_token_text(raw["id"]))))
-        except (KeyError, TypeError, ValueError):
-            raise InvalidPageToken("not a page token issued by this service") from None
+        cursor = tokens.events_cursor(request, request.page_token)
+        before = (cursor.event_time, cursor.event_id)
     return EventsQuery(
         customer_id=request.customer_id,
         meter=_meter(catalog, request.meter_slug) if request.meter_slug else None,
@@ -468,7 +459,7 @@ _INVOICE_STATUS_FILTERS = {
 }
 
 
-def list_invoices(request: invoices_pb2.ListInvoicesRequest) -> InvoicesQuery:
+def list_invoices(request: invoices_pb2.ListInvoicesRequest, tokens: PageTokens) -> InvoicesQuery:
     violations = _Violations()
     _identifier(violations, "customer_id", request.customer_id)
     statuses = _INVOICE_STATUS_FILTERS.get(request.status)
@@ -478,11 +469,7 @@ def list_invoices(request: invoices_pb2.ListInvoicesRequest) -> InvoicesQuery:
     violations.raise_if_any()
     before = None
     if request.page_token:
-        raw = decode_token(request, request.page_token)
-        try:
-            before = _aware(raw["before"])
-        except (KeyError, TypeError, ValueError):
-            raise InvalidPageToken("not a page token issued by this service") from None
+        before = tokens.invoices_cursor(request, request.page_token).before
     assert statuses is not None
     return InvoicesQuery(request.customer_id, statuses, page_size, before)
 
@@ -493,43 +480,6 @@ def invoice_id(request: invoices_pb2.GetInvoiceRequest) -> uuid.UUID:
     except ValueError:
         detail = "required" if not request.invoice_id else "not an invoice id (a UUID)"
         raise InvalidArgument([FieldViolation("invoice_id", detail)]) from None
-
-
-# A page token is client input: anyone can build one (its fingerprint is a
-# plain hash), so every value in its cursor is checked for type and range
-# before it reaches period math or a query parameter.
-
-
-def _aware(text: object) -> datetime:
-    value = datetime.fromisoformat(_token_text(text))
-    if value.tzinfo is None:
-        raise ValueError("naive time in a page token")
-    try:
-        value = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("time out of range in a page token") from None
-    if not _MIN_TIME <= value <= _MAX_TIME:
-        raise ValueError("time out of range in a page token")
-    return value
-
-
-def _token_index(value: object, maximum: int) -> int:
-    # bool is an int subclass, and a float such as 1e308 or Infinity is no index.
-    if type(value) is not int or not 0 <= value <= maximum:
-        raise ValueError("index out of range in a page token")
-    return value
-
-
-def _token_text(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError("text expected in a page token")
-    return value
-
-
-def _token_list(value: object) -> list[object]:
-    if not isinstance(value, list):
-        raise TypeError("list expected in a page token")
-    return value
 
 
 def batch_size(count: int, field: str = "events") -> None:

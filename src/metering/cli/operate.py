@@ -1,10 +1,12 @@
 """Commands that run or operate the service itself: serve, migrate, audit,
-check-catalog, token, healthcheck, webhooks."""
+check-catalog, token, healthcheck, webhooks, reload."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 from datetime import datetime
 from typing import TypeAlias
@@ -41,6 +43,13 @@ def add_commands(commands: Subparsers) -> None:
     healthcheck.add_argument("--target", help="host:port (default: 127.0.0.1 and METERING_GRPC_PORT)")
     connection_arguments(healthcheck, target=False)
     healthcheck.set_defaults(run=_healthcheck)
+
+    reload = commands.add_parser(
+        "reload",
+        help="make the running service re-read METERING_AUTH_FILE and METERING_WEBHOOKS_FILE (sends it SIGHUP)",
+    )
+    reload.add_argument("--pid", type=int, help="the service's process id (default: read from METERING_PID_FILE)")
+    reload.set_defaults(run=_reload)
 
     webhooks = commands.add_parser("webhooks", help="operate webhook delivery (METERING_WEBHOOKS_FILE)")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
@@ -135,6 +144,32 @@ def _check_catalog(args: argparse.Namespace) -> int:
             for t in plan.meters.values()
         )
         print(f"  plan {plan.slug}: {terms}")
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    pid = args.pid
+    if pid is None:
+        path = Settings.from_env().pid_file
+        if path is None:
+            raise ConfigError("metering reload: give --pid, or set METERING_PID_FILE as for `metering serve`")
+        try:
+            with open(path, encoding="ascii") as file:
+                pid = int(file.read().strip())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"METERING_PID_FILE={path!r}: no process id in it ({exc}); is the service running?"
+            ) from None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise ConfigError(f"no process {pid}: is the service running?") from None
+    except PermissionError:
+        raise ConfigError(f"process {pid} belongs to another user: run this as the service's user") from None
+    print(
+        f"sent SIGHUP to process {pid}: it re-reads its auth and webhooks files; its log (and "
+        "metering_config_reloads_total) says whether each was applied or refused"
+    )
     return 0
 
 

@@ -33,6 +33,10 @@ class Retention(PoolUser):
         self._retention = retention
         self._endpoints = list(endpoints)
 
+    def use_endpoints(self, endpoints: Sequence[str]) -> None:
+        """The endpoints of a reloaded webhooks file (as at a restart with it)."""
+        self._endpoints = list(endpoints)
+
     async def purge(self) -> int:
         """Delete every notification past retention, batch by batch; returns how many."""
         total = 0

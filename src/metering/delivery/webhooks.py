@@ -147,22 +147,45 @@ class WebhookDelivery(PoolUser):
         # Unique per process: who holds a lease, in webhook_cursors.owner.
         self._owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self._client = httpx.AsyncClient(timeout=timeout.total_seconds(), follow_redirects=False)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # by endpoint name
         for endpoint in self._endpoints:
             metrics.init_endpoint(endpoint.name, OUTCOMES)
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(e)) for e in self._endpoints]
+        self._tasks = {e.name: asyncio.create_task(self._run(e)) for e in self._endpoints}
 
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def reload(self, endpoints: Sequence[Endpoint]) -> None:
+        """Deliver to a new set of endpoints (SIGHUP). An endpoint that stays as it
+        was keeps delivering untouched; a removed or changed one stops (an attempt
+        in flight is abandoned: not marked delivered, so it is sent again, and
+        receivers dedupe on the notification id) and a changed one starts again."""
+        new = {e.name: e for e in endpoints}
+        stopping = [e for e in self._endpoints if new.get(e.name) != e]
+        for endpoint in stopping:
+            self._tasks[endpoint.name].cancel()
+        await asyncio.gather(*(self._tasks.pop(e.name) for e in stopping), return_exceptions=True)
+        await self._release_leases([e for e in stopping if e.name not in new])
+        kept = set(self._tasks)
+        self._endpoints = tuple(endpoints)
+        for endpoint in self._endpoints:
+            if endpoint.name not in kept:
+                self._metrics.init_endpoint(endpoint.name, OUTCOMES)
+                self._tasks[endpoint.name] = asyncio.create_task(self._run(endpoint))
+
+    async def _release_leases(self, endpoints: Sequence[Endpoint]) -> None:
         # Hand the endpoints over at once rather than after the lease lapses.
+        if not endpoints:
+            return
         with contextlib.suppress(Exception):
             async with self._connection() as conn:
-                for endpoint in self._endpoints:
+                for endpoint in endpoints:
                     await outbox.release_lease(conn, endpoint.name, self._owner)
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._release_leases(self._endpoints)
         await self._client.aclose()
 
     async def _db(self, work: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:

@@ -1,0 +1,198 @@
+"""Page tokens (AIP-158): the whole wire format, in one place.
+
+A token is base64url (unpadded) of
+
+    version (1 byte, 2) | tag (32 bytes) | body (JSON: {"q": fingerprint, "c": cursor})
+
+where tag = HMAC-SHA256(key, "metering page token" NUL listing NUL body), the
+listing is the request message's full name (GetUsageRequest,
+ListUsageEventsRequest, ListInvoicesRequest), and the fingerprint is a hash of
+the request without page_token and page_size (customer, meters, range,
+filters...). The key is one random row of the database (ledger.page_token_key),
+the same for every replica.
+
+So a token cannot be forged or altered (the tag), carried to another listing
+(the listing is in the tag), or to another query or customer (the fingerprint).
+Any of these is INVALID_ARGUMENT with reason INVALID_PAGE_TOKEN. The tag is
+checked before the body is parsed, so no hostile JSON is ever decoded; the
+cursor's values are still checked for type and range (defence in depth, and a
+token issued by a service with other limits).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.message import Message
+
+from metering.api.validation import MAX_TIME, MIN_TIME
+from metering.errors import InvalidPageToken
+from metering.reporting import PageCursor
+
+VERSION = 2
+KEY_BYTES = 32  # at least: HMAC-SHA256 wants a key as long as its output
+_TAG_BYTES = 32
+_DOMAIN = b"metering page token\x00"
+# A token longer than this is not one of ours (ours: well under 1 KiB), refused before decoding.
+MAX_TOKEN_CHARS = 4096
+
+NOT_OURS = "not a page token issued by this service (altered, truncated or forged)"
+OTHER_QUERY = "the token belongs to a different query: resend the original fields with it"
+
+
+@dataclass(frozen=True, slots=True)
+class EventsCursor:
+    """Where a ListUsageEvents page ended: the last event's time and id (newest first)."""
+
+    event_time: datetime
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicesCursor:
+    """Where a ListInvoices page ended: the last period's start (newest first)."""
+
+    before: datetime
+
+
+def fingerprint(request: Message) -> str:
+    """The query a token belongs to: the request without its page_token and page_size."""
+    query = type(request)()
+    query.CopyFrom(request)
+    query.ClearField("page_token")
+    query.ClearField("page_size")
+    digest = hashlib.sha256(query.SerializeToString(deterministic=True)).digest()[:16]
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+class PageTokens:
+    """Issues and opens the page tokens of every listing with one key."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < KEY_BYTES:
+            raise ValueError(f"a page token key has at least {KEY_BYTES} bytes")
+        self._key = key
+
+    # -- issuing ----------------------------------------------------------------
+
+    def usage(self, request: Message, cursor: PageCursor) -> str:
+        fields = {"m": cursor.meter_index, "w": cursor.window_index, "g": list(cursor.groups)}
+        return self.seal(request, {**fields, "now": cursor.now.isoformat()})
+
+    def events(self, request: Message, cursor: EventsCursor) -> str:
+        return self.seal(request, {"t": cursor.event_time.isoformat(), "id": cursor.event_id})
+
+    def invoices(self, request: Message, cursor: InvoicesCursor) -> str:
+        return self.seal(request, {"before": cursor.before.isoformat()})
+
+    def seal(self, request: Message, cursor: dict[str, Any]) -> str:
+        """A token for any cursor fields (the typed methods above; tests sign hostile cursors with it)."""
+        body = json.dumps({"q": fingerprint(request), "c": cursor}, separators=(",", ":")).encode()
+        raw = bytes([VERSION]) + self._tag(request, body) + body
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    # -- opening ----------------------------------------------------------------
+
+    def usage_cursor(self, request: Message, token: str, *, meters: int, groups: int, max_windows: int) -> PageCursor:
+        raw = self.open(request, token)
+        try:
+            cursor = PageCursor(
+                meter_index=_index(raw["m"], meters - 1),
+                window_index=_index(raw["w"], max_windows),
+                groups=tuple(_text(g) for g in _list(raw["g"])),
+                now=_time(raw["now"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise InvalidPageToken(NOT_OURS) from None
+        if len(cursor.groups) != groups:
+            raise InvalidPageToken(NOT_OURS)
+        return cursor
+
+    def events_cursor(self, request: Message, token: str) -> EventsCursor:
+        raw = self.open(request, token)
+        try:
+            return EventsCursor(_time(raw["t"]), str(uuid.UUID(_text(raw["id"]))))
+        except (KeyError, TypeError, ValueError):
+            raise InvalidPageToken(NOT_OURS) from None
+
+    def invoices_cursor(self, request: Message, token: str) -> InvoicesCursor:
+        raw = self.open(request, token)
+        try:
+            return InvoicesCursor(_time(raw["before"]))
+        except (KeyError, TypeError, ValueError):
+            raise InvalidPageToken(NOT_OURS) from None
+
+    def open(self, request: Message, token: str) -> dict[str, Any]:
+        """The cursor fields of a token this service issued for this listing and query."""
+        if len(token) > MAX_TOKEN_CHARS:
+            raise InvalidPageToken(NOT_OURS)
+        try:
+            raw = base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode("ascii"))
+        except (ValueError, UnicodeError, binascii.Error):
+            raise InvalidPageToken(NOT_OURS) from None
+        if len(raw) <= 1 + _TAG_BYTES or raw[0] != VERSION:
+            raise InvalidPageToken(NOT_OURS)
+        tag, body = raw[1 : 1 + _TAG_BYTES], raw[1 + _TAG_BYTES :]
+        if not hmac.compare_digest(tag, self._tag(request, body)):
+            raise InvalidPageToken(NOT_OURS)
+        # Signed with our key: the body is JSON of our own making (checked all the same).
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            raise InvalidPageToken(NOT_OURS) from None
+        if not isinstance(payload, dict):
+            raise InvalidPageToken(NOT_OURS)
+        if payload.get("q") != fingerprint(request):
+            raise InvalidPageToken(OTHER_QUERY)
+        cursor = payload.get("c")
+        if not isinstance(cursor, dict):
+            raise InvalidPageToken(NOT_OURS)
+        return cursor
+
+    def _tag(self, request: Message, body: bytes) -> bytes:
+        listing = request.DESCRIPTOR.full_name.encode()
+        return hmac.new(self._key, _DOMAIN + listing + b"\x00" + body, hashlib.sha256).digest()
+
+
+# Cursor values, checked for type and range before they reach period math or a
+# query parameter.
+
+
+def _time(value: object) -> datetime:
+    parsed = datetime.fromisoformat(_text(value))
+    if parsed.tzinfo is None:
+        raise ValueError("naive time in a page token")
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time out of range in a page token") from None
+    if not MIN_TIME <= parsed <= MAX_TIME:  # the range of every timestamp the service accepts
+        raise ValueError("time out of range in a page token")
+    return parsed
+
+
+def _index(value: object, maximum: int) -> int:
+    # bool is an int subclass, and a float such as 1e308 or Infinity is no index.
+    if type(value) is not int or not 0 <= value <= maximum:
+        raise ValueError("index out of range in a page token")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("text expected in a page token")
+    return value
+
+
+def _list(value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise TypeError("list expected in a page token")
+    return value
