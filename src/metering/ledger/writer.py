@@ -24,7 +24,10 @@ everything queued, up to `max_batch` events, and in ONE transaction:
 7. commits, and answers every caller.
 
 One bad event refuses only that event. A database failure answers every
-caller of the batch with the same error, and nothing is half-written.
+caller of the batch with the same error, and nothing is half-written; the
+calls queued behind that batch are refused with it. No call waits for its
+answer longer than METERING_DB_TIMEOUT, whatever is queued or in flight ahead
+of it: past that it is refused UNAVAILABLE (see `submit_group`).
 
 Batch size is what makes this cheap: each transaction costs about seven round
 trips and a commit whatever its size. One worker (the default) lets calls
@@ -50,9 +53,9 @@ from uuid import UUID
 import asyncpg
 
 from metering import limits, notifications
-from metering.errors import MeteringError, TransactionConflict
+from metering.errors import DatabaseUnavailable, MeteringError, TransactionConflict
 from metering.ledger import outbox, steps
-from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.pool import PoolUser, answer_within, translate_errors
 from metering.ledger.records import (
     CounterReading,
     CustomerRecord,
@@ -115,6 +118,8 @@ class _Item:
     customer_id: str
     resolve: Resolver
     # Shared by every event of the group: answered once, with a result per event.
+    # Cancelled when the caller stops waiting (its deadline in the queue, or
+    # the client gone): a group not yet taken is then skipped.
     future: asyncio.Future[GroupResults]
 
 
@@ -134,6 +139,8 @@ class BatchWriter(PoolUser):
         on_batch: Callable[[int], None] = lambda size: None,
         on_notifications: Callable[[Sequence[NotificationType]], None] = lambda types: None,
     ) -> None:
+        # acquire_timeout (METERING_DB_TIMEOUT) also bounds each call's wait in
+        # the queue, whatever is queued or in flight ahead of it.
         super().__init__(pool, acquire_timeout=acquire_timeout)
         self._on_batch = on_batch  # observes the size of every batch written
         self._on_notifications = on_notifications  # observes the notifications of every batch committed
@@ -154,13 +161,25 @@ class BatchWriter(PoolUser):
 
     async def submit_group(self, events: Sequence[tuple[str, Resolver]]) -> GroupResults:
         """Several events decided in this order, in the same transaction; each
-        result is the outcome or the exception that refused that event."""
+        result is the outcome or the exception that refused that event.
+
+        A group without an answer within METERING_DB_TIMEOUT of its call,
+        however much is queued ahead of it, is refused then, every event with
+        DatabaseUnavailable. Still queued, it is never written; in a batch in
+        flight, it may still commit, unknown to this caller (as after any
+        UNAVAILABLE: a retry with the same transaction ids is answered with
+        what was recorded, as duplicates)."""
         if not events:
             return []
-        future: asyncio.Future[GroupResults] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._acquire_timeout
+        future: asyncio.Future[GroupResults] = loop.create_future()
         self._pending.append([_Item(customer_id, resolve, future) for customer_id, resolve in events])
         self._wakeup.set()
-        return await future
+        try:
+            return await answer_within(future, deadline)
+        except DatabaseUnavailable as exc:  # as if its batch had failed: one refusal per event
+            return [exc] * len(events)
 
     async def close(self) -> None:
         for worker in self._workers:
@@ -184,10 +203,10 @@ class BatchWriter(PoolUser):
                 batch.extend(self._pending.popleft())
                 groups += 1
             self._concurrent_calls = groups > 1
-            # A caller that went away while queued (deadline passed, client
-            # cancelled) gets no answer: skip its events, so the ledger is as if
-            # the call never happened and an overloaded writer sheds dead work.
-            batch = [item for item in batch if not item.future.cancelled()]
+            # A caller that went away while queued (its time in the queue up,
+            # client cancelled) gets no answer: skip its events, so the ledger is
+            # as if the call never happened and an overloaded writer sheds dead work.
+            batch = [item for item in batch if not item.future.done()]
             if not batch:
                 continue
             self._on_batch(len(batch))
@@ -196,6 +215,14 @@ class BatchWriter(PoolUser):
             except asyncio.CancelledError:
                 _fail(batch, asyncio.CancelledError())
                 raise
+            except DatabaseUnavailable as exc:
+                # The database just failed (or ran out the time of) this batch:
+                # the calls queued behind it are answered now rather than each
+                # waiting for a batch of its own to fail the same way. They
+                # were never written; their retries come to a fresh batch.
+                _fail(batch, exc)
+                while self._pending:
+                    _fail(self._pending.popleft(), exc)
             except BaseException as exc:  # every caller learns why, nothing is half-written
                 if not isinstance(exc, MeteringError):
                     log.exception("batch of %d events failed", len(batch))
