@@ -172,6 +172,7 @@ class Attempt:
     uncertain: int  # events left without a definite answer (all of a failed call's; a batch's per event)
     retry: bool
     keys: tuple[tuple[str, str], ...]  # (customer, transaction id) of its events
+    method: str = ""  # RecordUsage, RecordUsageBatch or CheckBalance
 
 
 class Book:
@@ -270,11 +271,21 @@ class Client:
         intents: Sequence[Intent],
         n: int,
         uncertain: int,
+        method: str,
     ) -> None:
         deadline = math.inf if timeout is None else timeout
         keys = tuple(i.key for i in intents)
         attempt = Attempt(
-            self.targets[target], started, time.monotonic(), deadline, code.name, len(keys), uncertain, n > 0, keys
+            self.targets[target],
+            started,
+            time.monotonic(),
+            deadline,
+            code.name,
+            len(keys),
+            uncertain,
+            n > 0,
+            keys,
+            method,
         )
         self.book.attempts.append(attempt)
 
@@ -292,7 +303,8 @@ class Client:
                 response = await self._stubs[target].RecordUsage(intent.request(), timeout=timeout)
             except grpc.aio.AioRpcError as error:
                 code = error.code()
-                self._log(target, started, timeout, code, [intent], n, int(code in UNCERTAIN or code in _SERVER_ERRORS))
+                uncertain = int(code in UNCERTAIN or code in _SERVER_ERRORS)
+                self._log(target, started, timeout, code, [intent], n, uncertain, "RecordUsage")
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     intent.outcome = Outcome.REFUSED
                 elif code in UNCERTAIN or code in _SERVER_ERRORS:
@@ -303,7 +315,7 @@ class Client:
                 else:
                     intent.outcome, intent.rejected_code = Outcome.REJECTED, code.name
             else:
-                self._log(target, started, timeout, grpc.StatusCode.OK, [intent], n, 0)
+                self._log(target, started, timeout, grpc.StatusCode.OK, [intent], n, 0, "RecordUsage")
                 self.book._ack(intent, response.event.event_id, response.duplicate)
             n += 1
 
@@ -327,7 +339,8 @@ class Client:
             except grpc.aio.AioRpcError as error:
                 code = error.code()
                 uncertain = code in UNCERTAIN or code in _SERVER_ERRORS
-                self._log(target, started, timeout, code, remaining, n, len(remaining) if uncertain else 0)
+                failed = len(remaining) if uncertain else 0
+                self._log(target, started, timeout, code, remaining, n, failed, "RecordUsageBatch")
                 if uncertain:
                     if code in _SERVER_ERRORS:
                         self.book._server_error(code.name)
@@ -355,11 +368,27 @@ class Client:
                     again.append(intent)
                 else:
                     intent.outcome, intent.rejected_code = Outcome.REJECTED, code_pb2.Code.Name(status)
-            self._log(target, started, timeout, grpc.StatusCode.OK, remaining, n, len(again))
+            self._log(target, started, timeout, grpc.StatusCode.OK, remaining, n, len(again), "RecordUsageBatch")
             if again:
                 await self._pause(n)
             remaining = again
             n += 1
+
+    async def check_balance(self, customer_id: str) -> None:
+        """One CheckBalance (no retry: it writes nothing), logged like the writes."""
+        target = random.randrange(len(self._stubs))
+        timeout = self.policy.call_timeout
+        started = time.monotonic()
+        code = grpc.StatusCode.OK
+        try:
+            await self._stubs[target].CheckBalance(
+                usage_pb2.CheckBalanceRequest(customer_id=customer_id), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            if code in _SERVER_ERRORS:
+                self.book._server_error(code.name)
+        self._log(target, started, timeout, code, [], 0, 0, "CheckBalance")
 
     async def resolve(self, intents: Iterable[Intent], concurrency: int = 16) -> None:
         """Retry every pending event one by one (RecordUsage, no tiny deadline)."""

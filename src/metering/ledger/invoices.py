@@ -178,7 +178,9 @@ class InvoiceStore(PoolUser):
     async def close_one(
         self, customer_id: str, grace: timedelta, bill_of: BillOf, *, pause: float = 0.0
     ) -> Finalized | None:
-        async with translate_errors(), self._connection() as conn, conn.transaction():
+        # Unbounded: each statement has its timeout, but a whole close (the
+        # period's bill, the invoice, its lines) may take longer than one.
+        async with translate_errors(), self._connection(bounded=False) as conn, conn.transaction():
             return await finalize_period(conn, customer_id, grace, bill_of, pause=pause)
 
     async def get(self, invoice_id: UUID) -> Invoice | None:

@@ -8,11 +8,12 @@ pool reconnects by itself when the database comes back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -22,6 +23,8 @@ from metering.errors import DatabaseUnavailable
 # 08 connection exception, 53 insufficient resources, 57 operator
 # intervention (shutdown, cancel on timeout), 58 system error.
 _UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+
+_T = TypeVar("_T")
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -91,17 +94,32 @@ async def translate_errors() -> AsyncIterator[None]:
 
 
 class PoolUser:
-    """Base of the ledger's query classes: bounded waits for a pooled connection."""
+    """Base of the ledger's query classes: bounded waits for the database."""
 
     def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float) -> None:
         self._pool = pool
-        # Waiting for a free connection is bounded too: an overloaded or hung
-        # database answers UNAVAILABLE instead of queueing calls forever.
+        # METERING_DB_TIMEOUT: how long one use of a pooled connection may
+        # take, the wait for the connection (and connecting) and every
+        # statement after it together. An overloaded or hung database answers
+        # UNAVAILABLE instead of queueing calls forever.
         self._acquire_timeout = acquire_timeout
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
+    async def _connection(self, *, bounded: bool = True) -> AsyncIterator[Any]:
+        """A pooled connection. `bounded` (the default): it is cut off (its
+        socket closed) once METERING_DB_TIMEOUT has passed since it was asked
+        for, so the caller hears UNAVAILABLE then, whatever it was waiting on.
+        Each statement's own timeout is not enough on a hung server: a call
+        that waited for a connection then waits for its statement as long
+        again, and after a statement timed out inside a transaction, asyncpg's
+        ROLLBACK first waits for the cancel request (sent over a new
+        connection to the hung server) and then for itself: measured, 2-3
+        times the timeout. Unbounded is for work whose statements are each
+        bounded but whose transaction may take longer (closing a period)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._acquire_timeout
         async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+            cut_off = loop.call_at(deadline, _drop, conn) if bounded else None
             try:
                 yield conn
             except Exception as exc:
@@ -112,5 +130,28 @@ class PoolUser:
                     # the timeout again on an unreachable server, so the caller
                     # heard UNAVAILABLE only after 2-3 times METERING_DB_TIMEOUT.
                     # The pool connects afresh when it needs to.
-                    conn.terminate()
+                    _drop(conn)
                 raise
+            finally:
+                if cut_off is not None:
+                    cut_off.cancel()
+
+
+def _drop(conn: Any) -> None:
+    """Close a pooled connection's socket at once; the pool takes the holder back."""
+    with contextlib.suppress(asyncpg.InterfaceError):  # dropped already (and so given back)
+        conn.terminate()
+
+
+async def answer_within(answer: asyncio.Future[_T], deadline: float) -> _T:
+    """The answer of a call queued for the database (the batching writer's and
+    reader's queues), or DatabaseUnavailable at `deadline` (loop time) if it
+    has none by then, however much is queued or in flight ahead of it. The
+    answer is cancelled then: the queue skips it if it is still waiting, and
+    drops its result if its statement is in flight (what that statement did is
+    then unknown to the caller, as after any UNAVAILABLE: a retry with the same
+    transaction id answers what was recorded)."""
+    try:
+        return await asyncio.wait_for(answer, deadline - asyncio.get_running_loop().time())
+    except TimeoutError:
+        raise DatabaseUnavailable("no answer from the ledger database within METERING_DB_TIMEOUT") from None

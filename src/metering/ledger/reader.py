@@ -25,7 +25,7 @@ from datetime import datetime
 
 import asyncpg
 
-from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.pool import PoolUser, answer_within, translate_errors
 from metering.ledger.records import CounterReading
 from metering.ledger.sql import active_grants_sum, counter_state, live_holds_sum
 
@@ -77,12 +77,16 @@ class CounterReader(PoolUser):
     async def read(self, customer_id: str, keys: Sequence[CounterKey], at: datetime) -> Readings:
         """The customer's plan now (None: no such customer) and each (meter,
         period start) counter, with the grants active at `at` and the
-        unexpired holds of its period: no event history is read."""
-        read = _Read(customer_id, keys, at, asyncio.get_running_loop().create_future())
+        unexpired holds of its period: no event history is read. Answered
+        within METERING_DB_TIMEOUT (or DatabaseUnavailable), however long the
+        statement in flight ahead of it takes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._acquire_timeout
+        read = _Read(customer_id, keys, at, loop.create_future())
         self._queue.append(read)
         if self._in_flight is None:
             self._send()
-        return await read.answer
+        return await answer_within(read.answer, deadline)
 
     def _send(self) -> None:
         # A task of its own: the caller that started it may be cancelled

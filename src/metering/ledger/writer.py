@@ -27,7 +27,10 @@ them (steps 5-6's what) is metering.ledger.decision's, a pure function.
 7. commits, and answers every caller.
 
 One bad event refuses only that event. A database failure answers every
-caller of the batch with the same error, and nothing is half-written.
+caller of the batch with the same error, and nothing is half-written; the
+calls queued behind that batch are refused with it. No call waits for its
+answer longer than METERING_DB_TIMEOUT, whatever is queued or in flight ahead
+of it: past that it is refused UNAVAILABLE (see `submit_group`).
 
 Batch size is what makes this cheap: each transaction costs about seven round
 trips and a commit whatever its size. One worker (the default) lets calls
@@ -51,7 +54,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from metering.errors import MeteringError
+from metering.errors import DatabaseUnavailable, MeteringError
 from metering.ledger import batch_sql
 from metering.ledger.decision import (
     BatchReads,
@@ -61,7 +64,7 @@ from metering.ledger.decision import (
     decide_batch,
     originals_unlocked,
 )
-from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.pool import PoolUser, answer_within, translate_errors
 from metering.ledger.records import CustomerRecord, new_event_ids
 from metering.notifications import NotificationType
 
@@ -89,6 +92,8 @@ class _Item:
     customer_id: str
     resolve: Resolver
     # Shared by every event of the group: answered once, with a result per event.
+    # Cancelled when the caller stops waiting (its deadline in the queue, or
+    # the client gone): a group not yet taken is then skipped.
     future: asyncio.Future[GroupResults]
     call: SpanContext | None = None  # the traced call that submitted it (tracing on)
 
@@ -110,6 +115,8 @@ class BatchWriter(PoolUser):
         on_notifications: Callable[[Sequence[NotificationType]], None] = lambda types: None,
         tracing: Tracing | None = None,
     ) -> None:
+        # acquire_timeout (METERING_DB_TIMEOUT) also bounds each call's wait in
+        # the queue, whatever is queued or in flight ahead of it.
         super().__init__(pool, acquire_timeout=acquire_timeout)
         self._tracing = tracing  # None: off, and nothing here costs anything
         self._on_batch = on_batch  # observes the size of every batch written
@@ -124,14 +131,26 @@ class BatchWriter(PoolUser):
 
     async def submit_group(self, events: Sequence[tuple[str, Resolver]]) -> GroupResults:
         """Several events decided in this order, in the same transaction; each
-        result is the outcome or the exception that refused that event."""
+        result is the outcome or the exception that refused that event.
+
+        A group without an answer within METERING_DB_TIMEOUT of its call,
+        however much is queued ahead of it, is refused then, every event with
+        DatabaseUnavailable. Still queued, it is never written; in a batch in
+        flight, it may still commit, unknown to this caller (as after any
+        UNAVAILABLE: a retry with the same transaction ids is answered with
+        what was recorded, as duplicates)."""
         if not events:
             return []
-        future: asyncio.Future[GroupResults] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._acquire_timeout
+        future: asyncio.Future[GroupResults] = loop.create_future()
         call = None if self._tracing is None else self._tracing.current_call()
         self._pending.append([_Item(customer_id, resolve, future, call) for customer_id, resolve in events])
         self._wakeup.set()
-        return await future
+        try:
+            return await answer_within(future, deadline)
+        except DatabaseUnavailable as exc:  # as if its batch had failed: one refusal per event
+            return [exc] * len(events)
 
     async def close(self) -> None:
         for worker in self._workers:
@@ -155,10 +174,10 @@ class BatchWriter(PoolUser):
                 batch.extend(self._pending.popleft())
                 groups += 1
             self._concurrent_calls = groups > 1
-            # A caller that went away while queued (deadline passed, client
-            # cancelled) gets no answer: skip its events, so the ledger is as if
-            # the call never happened and an overloaded writer sheds dead work.
-            batch = [item for item in batch if not item.future.cancelled()]
+            # A caller that went away while queued (its time in the queue up,
+            # client cancelled) gets no answer: skip its events, so the ledger is
+            # as if the call never happened and an overloaded writer sheds dead work.
+            batch = [item for item in batch if not item.future.done()]
             if not batch:
                 continue
             self._on_batch(len(batch))
@@ -168,6 +187,14 @@ class BatchWriter(PoolUser):
             except asyncio.CancelledError:
                 _fail(batch, asyncio.CancelledError())
                 raise
+            except DatabaseUnavailable as exc:
+                # The database just failed (or ran out the time of) this batch:
+                # the calls queued behind it are answered now rather than each
+                # waiting for a batch of its own to fail the same way. They
+                # were never written; their retries come to a fresh batch.
+                _fail(batch, exc)
+                while self._pending:
+                    _fail(self._pending.popleft(), exc)
             except BaseException as exc:  # every caller learns why, nothing is half-written
                 if not isinstance(exc, MeteringError):
                     log.exception("batch of %d events failed", len(batch))

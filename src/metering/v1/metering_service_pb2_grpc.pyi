@@ -70,9 +70,12 @@ class MeteringServiceStub:
     * FAILED_PRECONDITION: the request is well formed but conflicts with the
       stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE,
       PERIOD_CLOSED, BEFORE_FIRST_PERIOD).
-    * UNAVAILABLE: the database cannot be reached or timed out, or the server
-      is shutting down. Safe to retry with the same transaction id: a retry
-      converges on exactly one event.
+    * UNAVAILABLE: the database cannot be reached or did not answer within
+      METERING_DB_TIMEOUT (the call is answered then, whatever is queued ahead
+      of it), or the server is shutting down. An event may or may not have been
+      recorded (its transaction may have been in flight when the time ran out).
+      Safe to retry with the same transaction id: a retry converges on exactly
+      one event, and answers `duplicate = true` if the first attempt was recorded.
     * CANCELLED or DEADLINE_EXCEEDED: the call ended before its answer (the
       client's deadline, or a server stopping after its grace period): the event
       may or may not have been recorded. Retry with the same transaction id; the
@@ -266,9 +269,12 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     * FAILED_PRECONDITION: the request is well formed but conflicts with the
       stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE,
       PERIOD_CLOSED, BEFORE_FIRST_PERIOD).
-    * UNAVAILABLE: the database cannot be reached or timed out, or the server
-      is shutting down. Safe to retry with the same transaction id: a retry
-      converges on exactly one event.
+    * UNAVAILABLE: the database cannot be reached or did not answer within
+      METERING_DB_TIMEOUT (the call is answered then, whatever is queued ahead
+      of it), or the server is shutting down. An event may or may not have been
+      recorded (its transaction may have been in flight when the time ran out).
+      Safe to retry with the same transaction id: a retry converges on exactly
+      one event, and answers `duplicate = true` if the first attempt was recorded.
     * CANCELLED or DEADLINE_EXCEEDED: the call ended before its answer (the
       client's deadline, or a server stopping after its grace period): the event
       may or may not have been recorded. Retry with the same transaction id; the
@@ -458,9 +464,12 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     * FAILED_PRECONDITION: the request is well formed but conflicts with the
       stored state (reason in google.rpc.ErrorInfo, e.g. BILLING_ANCHOR_IMMUTABLE,
       PERIOD_CLOSED, BEFORE_FIRST_PERIOD).
-    * UNAVAILABLE: the database cannot be reached or timed out, or the server
-      is shutting down. Safe to retry with the same transaction id: a retry
-      converges on exactly one event.
+    * UNAVAILABLE: the database cannot be reached or did not answer within
+      METERING_DB_TIMEOUT (the call is answered then, whatever is queued ahead
+      of it), or the server is shutting down. An event may or may not have been
+      recorded (its transaction may have been in flight when the time ran out).
+      Safe to retry with the same transaction id: a retry converges on exactly
+      one event, and answers `duplicate = true` if the first attempt was recorded.
     * CANCELLED or DEADLINE_EXCEEDED: the call ended before its answer (the
       client's deadline, or a server stopping after its grace period): the event
       may or may not have been recorded. Retry with the same transaction id; the
