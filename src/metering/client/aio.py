@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -322,7 +322,7 @@ class AsyncMeteringClient:
 
     async def watch_notifications(
         self, cursor: str = "", *, types: Sequence[NotificationType] = (), customer_id: str = ""
-    ) -> AsyncIterator[models.Notification]:
+    ) -> AsyncGenerator[models.Notification, None]:
         """The outbox, from `cursor` (or from now), for as long as the caller iterates. A
         broken stream is resumed after the last notification received, with the retry
         policy's backoff; its attempt count starts again with every notification."""

@@ -324,7 +324,7 @@ class MeteringClient:
 
     def watch_notifications(
         self, cursor: str = "", *, types: Sequence[NotificationType] = (), customer_id: str = ""
-    ) -> Iterator[models.Notification]:
+    ) -> Generator[models.Notification, None, None]:
         """The outbox, from `cursor` (or from now), for as long as the caller iterates. A
         broken stream is resumed after the last notification received, with the retry
         policy's backoff; its attempt count starts again with every notification."""
