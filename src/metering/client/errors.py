@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, cast
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "metering.v1"
@@ -40,7 +40,7 @@ class ErrorDetails:
     metadata: Mapping[str, str]  # ErrorInfo.metadata
     field_violations: tuple[FieldViolation, ...]  # BadRequest
     retry_delay: float | None  # RetryInfo, seconds
-    messages: Mapping[str, object]  # every detail by type name ("ErrorInfo", "QuotaFailure", ...)
+    messages: Mapping[str, Message]  # every detail by type name ("ErrorInfo", "QuotaFailure", ...)
 
 
 class MeteringError(Exception):
@@ -280,7 +280,7 @@ _DETAIL_TYPES = (
 
 
 def unpack_details(status: status_pb2.Status) -> ErrorDetails:
-    messages: dict[str, object] = {}
+    messages: dict[str, Message] = {}
     for packed in status.details:
         for kind in _DETAIL_TYPES:
             if packed.Is(kind.DESCRIPTOR):

@@ -131,11 +131,11 @@ class UsageRecorder:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._queued.wait()
             if not self._queue:
                 if self._closing:
                     return
                 self._queued.clear()
+                await self._queued.wait()
                 continue
             await self._linger(loop)
             await self._slots.acquire()  # while every slot is busy, the next batch keeps filling
@@ -144,7 +144,6 @@ class UsageRecorder:
             if self._queue:
                 self._oldest = loop.time()
             else:
-                self._queued.clear()
                 self._urgent = False
             if len(self._queue) < self.max_batch:
                 self._ready.clear()
