@@ -26,7 +26,7 @@ from metering.client import (
     UsageRecord,
     UsageRecorder,
 )
-from tests.support import TEST_CATALOG, ServiceProcess, hold_counter, run_sql, service_waits_on_lock
+from tests.support import TEST_CATALOG, ServiceProcess, eventually, hold_counter, run_sql, service_waits_on_lock
 
 
 def test_each_future_gets_its_own_events_answer(service: ServiceProcess, new_customer: Callable[..., str]) -> None:
@@ -82,8 +82,7 @@ def test_record_waits_while_the_queue_is_full(service: ServiceProcess, new_custo
                 lock = await hold_counter(conn, customer)  # the service's next write for the customer waits
                 recorder = UsageRecorder(client, max_batch=2, linger=0.0, max_pending=4, max_in_flight=1)
                 futures = [await recorder.record(UsageRecord(customer, "tokens", 1, f"e{i}")) for i in range(4)]
-                while not await service_waits_on_lock(conn):
-                    await asyncio.sleep(0.02)
+                assert await eventually(lambda: service_waits_on_lock(conn), 20)
                 fifth = asyncio.ensure_future(recorder.record(UsageRecord(customer, "tokens", 1, "e4")))
                 await asyncio.sleep(0.5)
                 assert not fifth.done()  # four events pending: the fifth waits for room
@@ -129,8 +128,10 @@ async def _many_events_across_a_restart(replica: Replica, database_url: str) -> 
                 futures.append(await recorder.record(event))
 
         async def restart_midway() -> float:
-            while recorder.stats.events < EVENTS // 3:
-                await asyncio.sleep(0.01)
+            async def a_third_sent() -> bool:
+                return recorder.stats.events >= EVENTS // 3
+
+            assert await eventually(a_third_sent, 120, interval=0.01)
             await asyncio.to_thread(replica.kill)
             killed = time.monotonic()
             await asyncio.sleep(0.5)
