@@ -66,7 +66,7 @@ type UnaryMethod<Req, Res> = (
 // Calls a unary method with an optional bearer token and a deadline; resolves
 // with the response or rejects with the grpc-js ServiceError.
 function call<Req, Res>(method: UnaryMethod<Req, Res>, request: Req, token: string | undefined): Promise<Res> {
-  const metadata = new Metadata();
+  const metadata = new Metadata({ waitForReady });
   if (token) {
     metadata.set("authorization", `Bearer ${token}`);
   }
@@ -166,15 +166,24 @@ function channelCredentials(): { creds: ChannelCredentials; security: string } {
 }
 
 // The repository's gRPC service config: grpc-js then retries UNAVAILABLE, CANCELLED and
-// DEADLINE_EXCEEDED with backoff (resending the same request, so the same transaction id)
-// and waits for a restarting server instead of failing fast (waitForReady).
-function serviceConfig(): { json: string; path: string } {
+// DEADLINE_EXCEEDED with backoff (resending the same request, so the same transaction id).
+function serviceConfig(): { config: ServiceConfig; path: string } {
   const path = env("METERING_SERVICE_CONFIG", resolve(__dirname, "../../../../deploy/grpc/service_config.json"))!;
-  return { json: JSON.stringify(JSON.parse(readFileSync(path, "utf8"))), path };
+  return { config: JSON.parse(readFileSync(path, "utf8")) as ServiceConfig, path };
 }
 
+interface ServiceConfig {
+  methodConfig: { waitForReady?: boolean }[];
+}
+
+// grpc-js (1.14) reads the config's waitForReady but does not apply it: a call then fails
+// fast while the server restarts. So the calls carry it themselves, taken from the config.
+let waitForReady = false;
+
 function newClient(target: string, creds: ChannelCredentials): MeteringServiceClient {
-  return new MeteringServiceClient(target, creds, { "grpc.service_config": serviceConfig().json });
+  const { config } = serviceConfig();
+  waitForReady = config.methodConfig.some((method) => method.waitForReady === true);
+  return new MeteringServiceClient(target, creds, { "grpc.service_config": JSON.stringify(config) });
 }
 
 // Records events one at a time, each awaited before the next, with no retry of its own:
