@@ -17,7 +17,6 @@ import pytest
 
 from bench.faults import Replica
 from metering.client import (
-    NO_RETRIES,
     Aggregation,
     AsyncMeteringClient,
     Connection,
@@ -266,27 +265,3 @@ async def _killed_mid_call(replica: Replica, database_url: str) -> None:
     assert result.event.transaction_id == "across-the-kill" and result.event.quantity == 7
     assert [row["quantity"] for row in stored] == [Decimal(7)]
     assert result.balance.used == 8
-
-
-def test_the_cli_settings_give_the_connection() -> None:
-    connection = Connection.from_env(
-        {
-            "METERING_TARGET": "metering.internal:443",
-            "METERING_TOKEN": "secret",
-            "METERING_CLIENT_TLS_CA": "/etc/ca.pem",
-            "METERING_CLIENT_TLS_CERT": "/etc/me.pem",
-            "METERING_CLIENT_TLS_KEY": "/etc/me.key",
-            "METERING_CLIENT_TLS_SERVER_NAME": "metering",
-        }
-    )
-    assert connection.target == "metering.internal:443"
-    assert connection.metadata() == (("authorization", "Bearer secret"),)
-    assert (str(connection.tls_ca), str(connection.tls_cert), str(connection.tls_key)) == (
-        "/etc/ca.pem",
-        "/etc/me.pem",
-        "/etc/me.key",
-    )
-    assert connection.tls_server_name == "metering"
-    plain = Connection.from_env({})
-    assert (plain.target, plain.metadata(), plain.tls_ca) == ("127.0.0.1:50051", (), None)
-    assert NO_RETRIES.max_attempts == 1

@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 from metering import errors as domain
 from metering.api.errors import to_rpc_status
 from metering.client import (
+    NO_RETRIES,
     BeforeFirstPeriod,
     BillingAnchorImmutable,
+    Connection,
     IdempotencyKeyConflict,
     InternalError,
     InvalidRequest,
@@ -315,3 +317,27 @@ def test_the_client_imports_without_the_servers_dependencies() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_cli_settings_give_the_connection() -> None:
+    connection = Connection.from_env(
+        {
+            "METERING_TARGET": "metering.internal:443",
+            "METERING_TOKEN": "secret",
+            "METERING_CLIENT_TLS_CA": "/etc/ca.pem",
+            "METERING_CLIENT_TLS_CERT": "/etc/me.pem",
+            "METERING_CLIENT_TLS_KEY": "/etc/me.key",
+            "METERING_CLIENT_TLS_SERVER_NAME": "metering",
+        }
+    )
+    assert connection.target == "metering.internal:443"
+    assert connection.metadata() == (("authorization", "Bearer secret"),)
+    assert (str(connection.tls_ca), str(connection.tls_cert), str(connection.tls_key)) == (
+        "/etc/ca.pem",
+        "/etc/me.pem",
+        "/etc/me.key",
+    )
+    assert connection.tls_server_name == "metering"
+    plain = Connection.from_env({})
+    assert (plain.target, plain.metadata(), plain.tls_ca) == ("127.0.0.1:50051", (), None)
+    assert NO_RETRIES.max_attempts == 1
