@@ -1,7 +1,9 @@
 """The Node.js example (examples/node) against a real server with tokens: the
 TypeScript stubs buf generates from proto/ work with @grpc/grpc-js, and a
-non-Python caller can read the google.rpc details of a refusal. Also: the
-Python stubs buf.gen.yaml makes are the committed ones.
+non-Python caller can read the google.rpc details of a refusal, and with the
+repository's service config (deploy/grpc/service_config.json) its calls ride
+out a restart of the service. Also: the Python stubs buf.gen.yaml makes are
+the committed ones.
 
 `make node-example` installs the npm packages (npm ci, only when the lock file
 changed), generates the stubs with buf.gen.yaml and compiles the client with tsc,
@@ -12,19 +14,33 @@ fails in CI, where the example must not go unchecked.
 from __future__ import annotations
 
 import ast
+import asyncio
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+import threading
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
 from google.protobuf import descriptor_pb2
 
+from bench.faults import Replica
 from metering.access import caller_entry, new_token, token_digest
-from tests.support import ROOT, ServiceProcess
+from tests.support import (
+    ROOT,
+    TEST_CATALOG,
+    ServiceProcess,
+    eventually,
+    hold_counter,
+    run_sql,
+    service_waits_on_lock,
+    wait_for,
+)
 
 CLIENT = ROOT / "examples" / "node" / "dist" / "src" / "client.js"
 COMMITTED_PYTHON = ROOT / "src" / "metering" / "v1"
@@ -174,3 +190,64 @@ def test_buf_generates_the_committed_python_stubs(node: str) -> None:
             assert _embedded_descriptor(BUF_PYTHON / name) == _embedded_descriptor(COMMITTED_PYTHON / name), name
         else:
             assert (BUF_PYTHON / name).read_text() == (COMMITTED_PYTHON / name).read_text(), name
+
+
+def test_node_client_survives_a_service_restart_with_the_service_config(
+    node: str, make_database: Callable[[], str]
+) -> None:
+    # The record loop of the example awaits one RecordUsage at a time and retries nothing itself:
+    # deploy/grpc/service_config.json (retryPolicy, waitForReady) must carry every call across a
+    # SIGKILL of the service, one of them held inside the server at the kill, and a restart.
+    database_url = make_database()
+    replica = Replica("node", database_url, TEST_CATALOG)
+    replica.start()
+    customer = f"node-restart-{uuid.uuid4().hex[:8]}"
+    events = 60
+    env = {
+        **os.environ,
+        "METERING_MODE": "record-loop",
+        "METERING_TARGET": replica.target,
+        "METERING_CUSTOMER": customer,
+        "METERING_EVENTS": str(events),
+        "METERING_INTERVAL_MS": "50",
+        "METERING_CALL_TIMEOUT_MS": "30000",
+    }
+    for name in ("METERING_TOKEN", "METERING_TLS_CA", "METERING_SERVICE_CONFIG"):
+        env.pop(name, None)
+    loop = subprocess.Popen([node, str(CLIENT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(loop.stdout or []), daemon=True)
+    reader.start()
+    try:
+        assert wait_for(lambda: any(line.startswith("event 20 ok") for line in lines), 60), "".join(lines)
+        asyncio.run(_kill_with_a_call_inside(replica, database_url, customer))
+        replica.start()
+        loop.wait(timeout=120)
+        reader.join(timeout=10)
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+            loop.wait()
+        replica.generations[-1].stop()
+    output = "".join(lines)
+    print(output)  # shown with -rP: the run that rides out the restart
+    assert loop.returncode == 0, output
+    assert f"record loop: {events} of {events} events recorded, 0 failed" in output
+    rows = run_sql(
+        database_url,
+        "SELECT count(*), count(DISTINCT transaction_id) FROM usage_events WHERE customer_id = $1",
+        customer,
+    )
+    assert tuple(rows[0]) == (events, events)
+
+
+async def _kill_with_a_call_inside(replica: Replica, database_url: str, customer: str) -> None:
+    """SIGKILL the service while a RecordUsage of `customer` waits inside it (its counter row locked)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        lock = await hold_counter(conn, customer)
+        assert await eventually(lambda: service_waits_on_lock(conn), 30)
+        replica.kill()
+        await lock.rollback()
+    finally:
+        await conn.close()

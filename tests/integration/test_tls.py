@@ -146,6 +146,32 @@ def test_the_cli_connects_with_tls_options(mtls: MutualTls) -> None:
     assert "PERMISSION_DENIED: caller 'billing-ui' may not call RecordUsage" in denied.stderr
 
 
+def test_the_client_library_connects_with_mtls_and_a_token(mtls: MutualTls) -> None:
+    from metering.client import Connection, MeteringClient, NotFound, RoleRequired
+
+    certificate = Connection(
+        target=mtls.service.target, tls_ca=mtls.ca.cert, tls_cert=mtls.reader.cert, tls_key=mtls.reader.key
+    )
+    with MeteringClient(certificate) as client:
+        with pytest.raises(NotFound):  # authenticated as billing-ui (reader): the call reached the ledger
+            client.check_balance("nobody")
+        with pytest.raises(RoleRequired) as denied:
+            client.record_usage("nobody", "tokens", 1, transaction_id="t")
+    assert (denied.value.caller, denied.value.required_role) == ("billing-ui", "recorder")
+    customer = f"tls-lib-{uuid.uuid4().hex[:8]}"
+    with MeteringClient(
+        Connection(
+            target=mtls.service.target,
+            tls_ca=mtls.ca.cert,
+            tls_cert=mtls.reader.cert,
+            tls_key=mtls.reader.key,
+            token=mtls.admin_token,
+        )
+    ) as client:
+        assert client.upsert_customer(customer, "open").created
+        assert client.record_usage(customer, "tokens", 4, transaction_id="t").balance.used == 4
+
+
 def test_tls_settings_are_checked_at_start_up(database_url: str, tmp_path: Path) -> None:
     base = {"PATH": "/usr/bin:/bin", "METERING_DATABASE_URL": database_url, "METERING_ALLOW_UNAUTHENTICATED": "1"}
     cases = [

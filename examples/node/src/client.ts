@@ -17,9 +17,18 @@
 //   METERING_METER           a meter with a hard limit on that plan (default ai_tokens)
 //   METERING_QUANTITY        quantity of the first event (default 1500)
 //   METERING_TLS_CA          PEM file of a CA: use TLS instead of plaintext
+//   METERING_SERVICE_CONFIG  gRPC service config JSON (retryPolicy, waitForReady); default
+//                            deploy/grpc/service_config.json of this repository
+//   METERING_MODE            "walk" (default: the walk above) or "record-loop": record
+//                            METERING_EVENTS events one at a time (default 60), one every
+//                            METERING_INTERVAL_MS (default 50), each with its own transaction
+//                            id, relying on the service config alone to ride out a restart
+//   METERING_CUSTOMER        the customer of the record loop (default: a new one)
+//   METERING_CALL_TIMEOUT_MS deadline of each call (default 10000)
 
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 
 import {
   type CallOptions,
@@ -44,7 +53,7 @@ import {
   RecordUsageRequest,
 } from "../gen/metering/v1/usage";
 
-const CALL_TIMEOUT_MS = 10_000;
+const CALL_TIMEOUT_MS = Number(process.env.METERING_CALL_TIMEOUT_MS || 10_000);
 
 // A unary method of the generated client, in its (request, metadata, options, callback) form.
 type UnaryMethod<Req, Res> = (
@@ -57,7 +66,7 @@ type UnaryMethod<Req, Res> = (
 // Calls a unary method with an optional bearer token and a deadline; resolves
 // with the response or rejects with the grpc-js ServiceError.
 function call<Req, Res>(method: UnaryMethod<Req, Res>, request: Req, token: string | undefined): Promise<Res> {
-  const metadata = new Metadata();
+  const metadata = new Metadata({ waitForReady });
   if (token) {
     metadata.set("authorization", `Bearer ${token}`);
   }
@@ -156,7 +165,70 @@ function channelCredentials(): { creds: ChannelCredentials; security: string } {
   return { creds: credentials.createInsecure(), security: "plaintext" };
 }
 
+// The repository's gRPC service config: grpc-js then retries UNAVAILABLE, CANCELLED and
+// DEADLINE_EXCEEDED with backoff (resending the same request, so the same transaction id).
+function serviceConfig(): { config: ServiceConfig; path: string } {
+  const path = env("METERING_SERVICE_CONFIG", resolve(__dirname, "../../../../deploy/grpc/service_config.json"))!;
+  return { config: JSON.parse(readFileSync(path, "utf8")) as ServiceConfig, path };
+}
+
+interface ServiceConfig {
+  methodConfig: { waitForReady?: boolean }[];
+}
+
+// grpc-js (1.14) reads the config's waitForReady but does not apply it: a call then fails
+// fast while the server restarts. So the calls carry it themselves, taken from the config.
+let waitForReady = false;
+
+function newClient(target: string, creds: ChannelCredentials): MeteringServiceClient {
+  const { config } = serviceConfig();
+  waitForReady = config.methodConfig.some((method) => method.waitForReady === true);
+  return new MeteringServiceClient(target, creds, { "grpc.service_config": JSON.stringify(config) });
+}
+
+// Records events one at a time, each awaited before the next, with no retry of its own:
+// every call must succeed, whatever happens to the server meanwhile.
+async function recordLoop(): Promise<number> {
+  const target = env("METERING_TARGET", "127.0.0.1:50051")!;
+  const token = env("METERING_RECORDER_TOKEN", env("METERING_TOKEN"));
+  const adminToken = env("METERING_ADMIN_TOKEN", env("METERING_TOKEN"));
+  const events = Number(env("METERING_EVENTS", "60"));
+  const intervalMs = Number(env("METERING_INTERVAL_MS", "50"));
+  const meterSlug = env("METERING_METER", "tokens")!;
+  const customerId = env("METERING_CUSTOMER") ?? `node-loop-${randomBytes(6).toString("hex")}`;
+  const { creds, security } = channelCredentials();
+  const client = newClient(target, creds);
+  console.log(`record loop -> ${target} (${security}, service config ${serviceConfig().path}); customer ${customerId}, ${events} events`);
+  let failures = 0;
+  let slowest = 0;
+  try {
+    await call(client.upsertCustomer.bind(client), UpsertCustomerRequest.create({ customerId, planSlug: env("METERING_PLAN", "open")! }), adminToken);
+    for (let i = 0; i < events; i += 1) {
+      const started = Date.now();
+      const request = RecordUsageRequest.create({ customerId, meterSlug, quantity: "1", transactionId: `${customerId}-${i}` });
+      try {
+        const response = await call(client.recordUsage.bind(client), request, token);
+        const took = Date.now() - started;
+        slowest = Math.max(slowest, took);
+        console.log(`event ${i} ok in ${took} ms, duplicate=${response.duplicate}, used=${response.balance?.used}`);
+      } catch (error) {
+        failures += 1;
+        const code = isServiceError(error) ? codeName(error.code) : String(error);
+        console.log(`event ${i} FAILED after ${Date.now() - started} ms: ${code}`);
+      }
+      await new Promise((done) => setTimeout(done, intervalMs));
+    }
+  } finally {
+    client.close();
+  }
+  console.log(`record loop: ${events - failures} of ${events} events recorded, ${failures} failed, slowest call ${slowest} ms`);
+  return failures === 0 ? 0 : 1;
+}
+
 async function run(): Promise<number> {
+  if (env("METERING_MODE", "walk") === "record-loop") {
+    return recordLoop();
+  }
   const target = env("METERING_TARGET", "127.0.0.1:50051")!;
   const shared = env("METERING_TOKEN");
   const adminToken = env("METERING_ADMIN_TOKEN", shared);
@@ -170,7 +242,7 @@ async function run(): Promise<number> {
   const transactionId = `${customerId}-first`;
 
   const { creds, security } = channelCredentials();
-  const client = new MeteringServiceClient(target, creds);
+  const client = newClient(target, creds);
   const check = new Expectations();
   console.log(`metering node client -> ${target} (${security}); customer ${customerId}, plan ${planSlug}, meter ${meterSlug}`);
 

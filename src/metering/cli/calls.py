@@ -9,20 +9,19 @@ from collections.abc import Callable
 from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import grpc
 from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from metering.cli import render
-from metering.cli.connection import channel, connection_arguments, metadata, print_error
+from metering.cli.connection import connection, connection_arguments, print_error
+from metering.client import NO_RETRIES, MeteringClient, MeteringError
 from metering.v1 import (
     billing_pb2,
     customer_pb2,
     events_pb2,
     grants_pb2,
     invoices_pb2,
-    metering_service_pb2_grpc,
     reservations_pb2,
     usage_pb2,
 )
@@ -127,12 +126,15 @@ def add_commands(commands: Subparsers) -> None:
 
 
 def call(args: argparse.Namespace, method: str, request: Message, show: Renderer) -> int:
-    """Send one request; print the answer (table or JSON) or the refusal. Exit 0 or 1."""
-    with channel(args, args.target) as open_channel:
-        stub = metering_service_pb2_grpc.MeteringServiceStub(open_channel)
+    """Send one request; print the answer (table or JSON) or the refusal. Exit 0 or 1.
+
+    One attempt, failing fast when the service is down: a person sees the
+    refusal at once and repeats the command (with the same --transaction-id).
+    """
+    with MeteringClient(connection(args), timeout=10, retry=NO_RETRIES, wait_for_ready=False) as client:
         try:
-            response = getattr(stub, method)(request, timeout=10, metadata=metadata(args))
-        except grpc.RpcError as error:
+            response = client.call(method, request)
+        except MeteringError as error:
             print_error(error, as_json=args.json)
             return 1
     print(json_format.MessageToJson(response, preserving_proto_field_name=True) if args.json else show(response))

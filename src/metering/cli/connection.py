@@ -7,12 +7,12 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
-from metering.api.errors import read_details
+from metering.client import Connection, MeteringError
 
 
 def connection_arguments(parser: argparse.ArgumentParser, *, target: bool = True) -> None:
@@ -36,38 +36,31 @@ def connection_arguments(parser: argparse.ArgumentParser, *, target: bool = True
     )
 
 
-def channel(args: argparse.Namespace, target: str) -> grpc.Channel:
-    """A channel with the connection arguments: plaintext unless a CA is given."""
-    if not args.tls_ca:
-        return grpc.insecure_channel(target)
+def connection(args: argparse.Namespace, target: str | None = None) -> Connection:
+    """The client library's connection from the connection arguments: plaintext unless a CA is given."""
 
-    def read(path: str | None) -> bytes | None:
-        if path is None:
-            return None
-        with open(path, "rb") as file:
-            return file.read()
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
 
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=read(args.tls_ca), private_key=read(args.tls_key), certificate_chain=read(args.tls_cert)
+    return Connection(
+        target=target or args.target,
+        token=args.token or None,
+        tls_ca=path(args.tls_ca),
+        tls_cert=path(args.tls_cert),
+        tls_key=path(args.tls_key),
+        tls_server_name=args.tls_server_name or None,
     )
-    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
-    return grpc.secure_channel(target, credentials, options=options)
 
 
-def metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {args.token}"),) if args.token else ()
-
-
-def error_as_dict(error: grpc.RpcError) -> dict[str, Any]:
-    assert isinstance(error, grpc.Call)
+def error_as_dict(error: MeteringError) -> dict[str, Any]:
     details = {
         name: json_format.MessageToDict(message, preserving_proto_field_name=True)
-        for name, message in (read_details(error) or {}).items()
+        for name, message in error.details.messages.items()
     }
-    return {"code": error.code().name, "message": error.details() or "", "details": details}
+    return {"code": error.code.name, "message": error.message, "details": details}
 
 
-def print_error(error: grpc.RpcError, *, as_json: bool = False) -> None:
+def print_error(error: MeteringError, *, as_json: bool = False) -> None:
     """A refusal in plain words on stderr: the status, its message, then each
     detail as a readable line (or the whole status as JSON on stdout)."""
     described = error_as_dict(error)

@@ -21,18 +21,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TypeAlias
 
-import grpc
 from google.protobuf import json_format
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, status_pb2
 
-from metering.api.errors import status_details
-from metering.cli.connection import channel, connection_arguments, metadata, print_error
-from metering.v1 import ingest_pb2, metering_service_pb2_grpc, usage_pb2
+from metering.cli.connection import connection, connection_arguments, print_error
+from metering.client import MeteringClient, MeteringError, RetryNotice, RetryPolicy, error_from_status
+from metering.v1 import ingest_pb2, usage_pb2
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-# Answers after which the same batch is sent again.
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+_BATCH_TIMEOUT = 60.0  # seconds per attempt of one batch
 EXIT_DONE, EXIT_REJECTS, EXIT_ABORTED = 0, 1, 3
 
 
@@ -74,12 +72,25 @@ def run_import(args: argparse.Namespace) -> int:
     meter = _ProgressMeter(total_lines, progress.line)
     if progress.line:
         print(f"resuming {args.file} at line {progress.line + 1} (checkpoint {checkpoint_path})", file=sys.stderr)
+    # A batch the service could not answer (UNAVAILABLE, deadline) is sent again as it is, up to
+    # --max-retries times, with backoff up to 10 s; refusals of single events come back in the answer.
+    policy = RetryPolicy(
+        max_attempts=args.max_retries + 1,
+        initial_backoff=0.25,
+        max_backoff=10.0,
+        total_timeout=(args.max_retries + 1) * (_BATCH_TIMEOUT + 10.0),
+    )
+
+    def count_retry(notice: RetryNotice) -> None:
+        progress.retries += 1
+
     with (
-        channel(args, args.target) as open_channel,
+        MeteringClient(
+            connection(args), timeout=_BATCH_TIMEOUT, retry=policy, wait_for_ready=False, on_retry=count_retry
+        ) as client,
         args.file.open("rb") as source,
         rejects_path.open("a" if progress.line else "w", encoding="utf-8") as rejects,
     ):
-        stub = metering_service_pb2_grpc.MeteringServiceStub(open_channel)
         source.seek(progress.offset)
         batch: list[tuple[int, usage_pb2.RecordUsageRequest]] = []
         offset, line_number = progress.offset, progress.line
@@ -95,12 +106,12 @@ def run_import(args: argparse.Namespace) -> int:
                 continue
             batch.append((line_number, request))
             if len(batch) == args.batch_size:
-                if not _send(stub, args, batch, rejects, progress):
+                if not _send(client, batch, rejects, progress):
                     return _stop(checkpoint_path, progress, meter)
                 _save_checkpoint(checkpoint_path, progress, offset, line_number)
                 meter.show(progress)
                 batch = []
-        if batch and not _send(stub, args, batch, rejects, progress):
+        if batch and not _send(client, batch, rejects, progress):
             return _stop(checkpoint_path, progress, meter)
         _save_checkpoint(checkpoint_path, progress, offset, line_number)
     meter.show(progress, final=True)
@@ -118,24 +129,18 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def _send(
-    stub: metering_service_pb2_grpc.MeteringServiceStub,
-    args: argparse.Namespace,
+    client: MeteringClient,
     batch: list[tuple[int, usage_pb2.RecordUsageRequest]],
     rejects: IO[str],
     progress: Progress,
 ) -> bool:
-    """One batch until it is answered; False when the import must stop."""
+    """One batch until it is answered (the client resends it); False when the import must stop."""
     request = ingest_pb2.RecordUsageBatchRequest(events=[r for _, r in batch])
-    for attempt in range(args.max_retries + 1):
-        try:
-            response = stub.RecordUsageBatch(request, timeout=60, metadata=metadata(args))
-            break
-        except grpc.RpcError as error:
-            if error.code() not in _RETRYABLE or attempt == args.max_retries:
-                print_error(error)
-                return False
-            progress.retries += 1
-            time.sleep(min(0.25 * 2**attempt, 10.0))
+    try:
+        response = client.call("RecordUsageBatch", request)
+    except MeteringError as error:
+        print_error(error)
+        return False
     for result in response.results:
         line_number, event = batch[result.index]
         if result.status.code == code_pb2.OK:
@@ -157,8 +162,7 @@ def _send(
 
 
 def _reason(status: status_pb2.Status) -> str:
-    info = status_details(status).get("ErrorInfo")
-    return str(info.reason) if isinstance(info, error_details_pb2.ErrorInfo) else ""
+    return error_from_status(status).reason
 
 
 def _reject(

@@ -14,7 +14,7 @@ from typing import TypeAlias
 import grpc
 
 from metering.catalog import load_catalog
-from metering.cli.connection import channel, connection_arguments
+from metering.cli.connection import connection, connection_arguments
 from metering.config import ConfigError, Settings
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -223,7 +223,7 @@ def _healthcheck(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     target = args.target or f"127.0.0.1:{Settings.from_env().grpc_port}"
-    with channel(args, target) as open_channel:
+    with connection(args, target).sync_channel() as open_channel:
         try:
             response = health_pb2_grpc.HealthStub(open_channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
         except grpc.RpcError as error:
