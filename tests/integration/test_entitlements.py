@@ -22,16 +22,21 @@ from metering.v1 import (
     reservations_pb2,
     usage_pb2,
 )
-from tests.integration.test_record_usage import record
-from tests.support import ServiceProcess, calls_across, error_details, run_sql
+from tests.support import (
+    ServiceProcess,
+    calls_across,
+    commit,
+    error_details,
+    error_info,
+    record,
+    release,
+    reserve,
+    run_sql,
+    stamp,
+    violated_fields,
+)
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
-
-
-def stamp(moment: datetime) -> Timestamp:
-    value = Timestamp()
-    value.FromDatetime(moment)
-    return value
 
 
 def tokens(stub: Stub, customer: str) -> usage_pb2.Balance:
@@ -124,35 +129,10 @@ def test_grant_validation(stub: Stub, new_customer: Callable[..., str], fields: 
     with pytest.raises(grpc.RpcError) as caught:
         stub.GrantCredits(grants_pb2.GrantCreditsRequest(**request), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field in [v.field for v in error_details(caught.value)["BadRequest"].field_violations]  # type: ignore[attr-defined]
+    assert field in violated_fields(caught.value)
 
 
 # -- reservations -------------------------------------------------------------
-
-
-def reserve(
-    stub: Stub, customer: str, rid: str, quantity: str, ttl: float = 300
-) -> reservations_pb2.ReserveUsageResponse:
-    duration = Duration()
-    duration.FromTimedelta(timedelta(seconds=ttl))
-    request = reservations_pb2.ReserveUsageRequest(
-        customer_id=customer, meter_slug="tokens", quantity=quantity, reservation_id=rid, ttl=duration
-    )
-    return stub.ReserveUsage(request, timeout=10)
-
-
-def commit(
-    stub: Stub, customer: str, rid: str, quantity: str = "", **fields: Any
-) -> reservations_pb2.CommitReservationResponse:
-    request = reservations_pb2.CommitReservationRequest(
-        customer_id=customer, reservation_id=rid, quantity=quantity, **fields
-    )
-    return stub.CommitReservation(request, timeout=10)
-
-
-def release(stub: Stub, customer: str, rid: str) -> reservations_pb2.ReleaseReservationResponse:
-    request = reservations_pb2.ReleaseReservationRequest(customer_id=customer, reservation_id=rid)
-    return stub.ReleaseReservation(request, timeout=10)
 
 
 def test_reserve_then_commit_part(stub: Stub, new_customer: Callable[..., str], database_url: str) -> None:
@@ -208,7 +188,7 @@ def test_a_ttl_out_of_range_is_invalid(stub: Stub, new_customer: Callable[..., s
     with pytest.raises(grpc.RpcError) as caught:
         stub.ReserveUsage(request, timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "ttl" in [v.field for v in error_details(caught.value)["BadRequest"].field_violations]  # type: ignore[attr-defined]
+    assert "ttl" in violated_fields(caught.value)
 
 
 def test_an_expired_hold_frees_itself(stub: Stub, new_customer: Callable[..., str]) -> None:
@@ -292,8 +272,8 @@ def test_a_commit_racing_the_expiry_ends_in_exactly_one_outcome(
             commit(stub, customer, f"race-{i}")
             outcomes[i] = "committed"
         except grpc.RpcError as error:
-            info = error_details(error)["ErrorInfo"]
-            outcomes[i] = info.reason  # type: ignore[attr-defined]
+            info = error_info(error)
+            outcomes[i] = info.reason
 
     threads = [threading.Thread(target=attempt, args=(i,)) for i in range(trials)]
     for thread in threads:
