@@ -438,3 +438,29 @@ def test_void_refusals(stub: Stub, new_customer: Callable[..., str]) -> None:
     assert refusal(lambda: void(stub, customer, "never")) == (grpc.StatusCode.NOT_FOUND, "EVENT_NOT_FOUND")
     code, _ = refusal(lambda: void(stub, customer, "old", reason=""))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_answers_about_a_backdated_event_give_its_own_period_and_grants(
+    stub: Stub, new_customer: Callable[..., str]
+) -> None:
+    """Found by the model (tests/integration/test_model.py): a replay without
+    event_time of an event of the previous period, and a void of it, answered
+    the previous period's usage with the current period's holds and the grants
+    active now. Every answer about the event now gives its period as its
+    first answer did: the grants active at its time, the holds of its period."""
+    anchor = datetime.now(UTC) - timedelta(days=45)
+    customer = new_customer(anchor=anchor.isoformat().replace("+00:00", "Z"))  # tokens: hard limit 100
+    first = record(stub, customer, "old", "30", event_time=stamp(anchor + timedelta(days=5)))
+    assert (first.balance.used, first.balance.granted, first.balance.reserved) == ("30", "0", "0")
+    grant(stub, customer, "now", "50")  # active from now: not at the old event's time
+    reserve(stub, customer, "job", "20")  # held in the current period
+    replay = record(stub, customer, "old", "30")  # a retry that omits the time is the same event
+    assert replay.duplicate
+    assert replay.balance.period_start_time == first.balance.period_start_time
+    assert (replay.balance.used, replay.balance.granted, replay.balance.reserved) == ("30", "0", "0")
+    assert replay.balance.available == "70"
+    voided = void(stub, customer, "old")
+    assert voided.balance.period_start_time == first.balance.period_start_time
+    assert (voided.balance.used, voided.balance.granted, voided.balance.reserved) == ("0", "0", "0")
+    now = tokens(stub, customer)  # the current period: the grant and the hold count
+    assert (now.used, now.granted, now.reserved, now.available) == ("0", "50", "20", "130")

@@ -240,7 +240,7 @@ class BatchWriter(PoolUser):
         periods = {_key(r): r.period for _, r in valid if r.refusal is None}
         states = await _lock_counters(conn, sorted(periods), periods)
         existing = await _existing(conn, [r.event for _, r in valid])
-        allowances = await _allowances(conn, [r for _, r in valid])
+        allowances = await _allowances(conn, [r for _, r in valid], existing)
         seen_values = await _seen_unique_values(conn, [(_key(r), r.unique_value) for _, r in valid if r.unique_value])
         # Per event: its outcome, the error refusing it, the earlier event of
         # the batch it duplicates (until the end), or None while accepted but
@@ -480,18 +480,26 @@ async def _existing(conn: asyncpg.Connection, events: list[NewEvent]) -> dict[tu
     return {(row["customer_id"], row["transaction_id"]): stored_event(row) for row in rows}
 
 
-def _allowance_key(r: Resolution) -> tuple[str, str, datetime, datetime]:
-    """What the grants and holds an event sees depend on: its counter and its time."""
+def _allowance_key(r: Resolution, existing: dict[tuple[str, str], StoredEvent]) -> tuple[str, str, datetime, datetime]:
+    """What the grants and holds an event sees depend on: its counter and its time. A replay
+    reports its original's balance, so it sees the original's: a retry that omits a backdated
+    event's time must not get the current period's holds and grants."""
+    earlier = existing.get((r.event.customer_id, r.event.transaction_id))
+    if earlier is not None:
+        return (earlier.customer_id, earlier.meter_slug, earlier.period_start, earlier.event_time)
     return (r.event.customer_id, r.event.meter_slug, r.period.start, r.event.event_time)
 
 
-async def _allowances(conn: asyncpg.Connection, resolutions: list[Resolution]) -> list[limits.Allowance]:
+async def _allowances(
+    conn: asyncpg.Connection, resolutions: list[Resolution], existing: dict[tuple[str, str], StoredEvent]
+) -> list[limits.Allowance]:
     """Each event's plan allowance plus the grants active at its event time and
     the unexpired holds of its period (by the database's clock), read once per
     counter and event time (the events of a call mostly share both)."""
     if not resolutions:
         return []
-    wanted = list(dict.fromkeys(_allowance_key(r) for r in resolutions))
+    keys = [_allowance_key(r, existing) for r in resolutions]
+    wanted = list(dict.fromkeys(keys))
     rows = await conn.fetch(
         """
         SELECT k.n,
@@ -513,8 +521,8 @@ async def _allowances(conn: asyncpg.Connection, resolutions: list[Resolution]) -
     )
     found = {k: (row["granted"], row["reserved"]) for k, row in zip(wanted, rows, strict=True)}
     allowances = []
-    for r in resolutions:
-        granted, reserved = found[_allowance_key(r)]
+    for r, key in zip(resolutions, keys, strict=True):
+        granted, reserved = found[key]
         plan = r.plan
         allowances.append(
             limits.Allowance(plan.aggregation, plan.enforcement, plan.limit, granted=granted, reserved=reserved)
