@@ -77,7 +77,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "phases": (Phase.explicit, Phase.generate),
     },
     # bench/model.py: random seeds, longer sequences, and shrinking to a minimal failing sequence.
-    "long": {"max_examples": 300, "stateful_step_count": 50, "derandomize": False, "phases": tuple(Phase)},
+    "long": {
+        "max_examples": int(os.environ.get("METERING_MODEL_EXAMPLES", "300")),
+        "stateful_step_count": int(os.environ.get("METERING_MODEL_STEPS", "50")),
+        "derandomize": False,
+        "phases": tuple(Phase),
+    },
 }
 PROFILE = os.environ.get("METERING_MODEL_PROFILE", "ci")
 
@@ -931,7 +936,7 @@ class _BatchRefusal(grpc.RpcError):
         return str(self.status.message)
 
 
-@pytest.mark.timeout(900 if PROFILE == "long" else 300)
+@pytest.mark.timeout(4 * 3600 if PROFILE == "long" else 300)
 def test_the_service_agrees_with_the_model(stub: Stub, database_url: str) -> None:
     tally: Counter[tuple[str, str]] = Counter()
     machine = type("BoundLedgerMachine", (LedgerMachine,), {"stub": stub, "database_url": database_url, "tally": tally})
