@@ -1021,7 +1021,20 @@ NEVER_OK = frozenset({"GetInvoice"})
 
 @st.composite
 def hold_then_settle(draw: st.DrawFn, pool: Pool) -> list[Call]:
-    """A hold, then a commit or release of it: what a careful client sends."""
+    """A hold, then a commit or release of it: what a careful client sends. Half of the
+    time the hold is well formed (one token of a customer of the example, a new id) and
+    then released (the client changed its mind), so that releases find holds to free."""
+    if draw(st.booleans()) and pool.customers:
+        careful = reservations_pb2.ReserveUsageRequest(
+            customer_id=draw(st.sampled_from(pool.customers)),
+            reservation_id=draw(st.uuids().map(lambda value: f"hold-{value.hex[:12]}")),
+            meter_slug="tokens",
+            quantity="1",
+        )
+        release = reservations_pb2.ReleaseReservationRequest(
+            customer_id=careful.customer_id, reservation_id=careful.reservation_id
+        )
+        return [Call("ReserveUsage", careful), Call("ReleaseReservation", release)]
     reserve = draw(reserve_calls(pool))
     assert isinstance(reserve.request, reservations_pb2.ReserveUsageRequest)
     customer_id, reservation_id = reserve.request.customer_id, reserve.request.reservation_id
