@@ -71,6 +71,7 @@ def test_sigterm_drains_in_flight_calls_and_loses_no_acknowledged_event(database
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a clone installs its own .venv: ~3 min on a loaded 2-core machine
 def test_readme_run_command_from_a_fresh_clone_answers_health(repo_root: Path, tmp_path: Path) -> None:
     """`make run` in a fresh clone (its own venv, embedded PostgreSQL) serves health checks."""
     if not (repo_root / ".git").exists() or shutil.which("git") is None:
