@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,18 +15,23 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from metering.api.errors import read_details
+from metering.api.errors import read_details, status_details
 from metering.api.page_tokens import PageTokens
 from metering.ledger.audit import AuditReport
-from metering.v1 import usage_pb2
+from metering.v1 import reservations_pb2, usage_pb2
+from metering.v1.metering_service_pb2_grpc import MeteringServiceStub
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_CATALOG = ROOT / "tests" / "catalog.toml"
@@ -98,7 +104,8 @@ class ServiceProcess:
                 self.port = int(match["port"])
                 self.metrics_port = int(match["metrics"])
                 ready.set()
-        ready.set()  # the process ended
+        self.process.stdout.close()  # the process ended (EOF): no pipe left for the garbage collector
+        ready.set()
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.process is None:
@@ -259,3 +266,90 @@ def coalescing(service: ServiceProcess) -> tuple[float, float, float, float]:
         metric_value(text, "metering_balance_read_batch_reads_count"),
         metric_value(text, "metering_balance_read_batch_reads_sum"),
     )
+
+
+# -- shared helpers of the integration tests (one copy each, not imported from test modules) --
+
+Details: TypeAlias = Mapping[str, Message]
+# A refusal: a failed call, one event's status in a batch or stream, or details already read.
+Refusal: TypeAlias = grpc.RpcError | status_pb2.Status | Details
+
+
+def _details_of(source: Refusal) -> Details:
+    if isinstance(source, grpc.RpcError):
+        return error_details(source)
+    if isinstance(source, status_pb2.Status):
+        return status_details(source)
+    return source
+
+
+def error_info(source: Refusal) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo of a refusal."""
+    info = _details_of(source).get("ErrorInfo")
+    assert isinstance(info, error_details_pb2.ErrorInfo), "the refusal carries no ErrorInfo"
+    return info
+
+
+def violations(source: Refusal) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """The BadRequest field violations of an INVALID_ARGUMENT refusal."""
+    bad_request = _details_of(source).get("BadRequest")
+    assert isinstance(bad_request, error_details_pb2.BadRequest), "the refusal carries no BadRequest"
+    return list(bad_request.field_violations)
+
+
+def violated_fields(source: Refusal) -> list[str]:
+    """The fields an INVALID_ARGUMENT refusal names, in its order."""
+    return [violation.field for violation in violations(source)]
+
+
+def stamp(moment: datetime) -> Timestamp:
+    value = Timestamp()
+    value.FromDatetime(moment)
+    return value
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def record(
+    stub: MeteringServiceStub, customer: str, txn: str, quantity: str = "1", meter: str = "tokens", **fields: Any
+) -> usage_pb2.RecordUsageResponse:
+    """RecordUsage of `quantity` (the test catalog's `tokens` meter unless told)."""
+    request = usage_pb2.RecordUsageRequest(
+        customer_id=customer, meter_slug=meter, quantity=quantity, transaction_id=txn, **fields
+    )
+    response: usage_pb2.RecordUsageResponse = stub.RecordUsage(request, timeout=10)
+    return response
+
+
+def reserve(
+    stub: MeteringServiceStub, customer: str, rid: str, quantity: str, ttl: float = 300
+) -> reservations_pb2.ReserveUsageResponse:
+    """ReserveUsage of `quantity` tokens for `ttl` seconds."""
+    duration = Duration()
+    duration.FromTimedelta(timedelta(seconds=ttl))
+    request = reservations_pb2.ReserveUsageRequest(
+        customer_id=customer, meter_slug="tokens", quantity=quantity, reservation_id=rid, ttl=duration
+    )
+    response: reservations_pb2.ReserveUsageResponse = stub.ReserveUsage(request, timeout=10)
+    return response
+
+
+def commit(
+    stub: MeteringServiceStub, customer: str, rid: str, quantity: str = "", **fields: Any
+) -> reservations_pb2.CommitReservationResponse:
+    request = reservations_pb2.CommitReservationRequest(
+        customer_id=customer, reservation_id=rid, quantity=quantity, **fields
+    )
+    response: reservations_pb2.CommitReservationResponse = stub.CommitReservation(request, timeout=10)
+    return response
+
+
+def release(stub: MeteringServiceStub, customer: str, rid: str) -> reservations_pb2.ReleaseReservationResponse:
+    request = reservations_pb2.ReleaseReservationRequest(customer_id=customer, reservation_id=rid)
+    response: reservations_pb2.ReleaseReservationResponse = stub.ReleaseReservation(request, timeout=10)
+    return response

@@ -12,9 +12,7 @@ from pathlib import Path
 import grpc
 
 from metering.v1 import customer_pb2, events_pb2, metering_service_pb2_grpc
-from tests.integration.test_entitlements import commit, reserve
-from tests.integration.test_record_usage import record
-from tests.support import TEST_CATALOG, ServiceProcess, audit, run_sql
+from tests.support import TEST_CATALOG, ServiceProcess, audit, commit, record, reserve, run_sql
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 

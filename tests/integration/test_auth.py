@@ -29,7 +29,7 @@ from metering.v1 import (
     metering_service_pb2_grpc,
     usage_pb2,
 )
-from tests.support import TEST_CATALOG, ServiceProcess, error_details, health_status, metric_value, run_sql
+from tests.support import TEST_CATALOG, ServiceProcess, error_info, health_status, metric_value, run_sql
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 SERVICE = metering_service_pb2.DESCRIPTOR.services_by_name["MeteringService"]
@@ -107,7 +107,7 @@ def call(stub: Stub, method: str, metadata: Any = ()) -> grpc.StatusCode:
 
 
 def reason(error: grpc.RpcError) -> str:
-    return str(error_details(error)["ErrorInfo"].reason)  # type: ignore[attr-defined]
+    return str(error_info(error).reason)
 
 
 def test_every_method_of_the_service_has_a_role() -> None:
@@ -167,9 +167,9 @@ def test_a_role_refusal_names_caller_method_and_role(secured: Secured) -> None:
     request = usage_pb2.RecordUsageRequest(customer_id="c", meter_slug="tokens", quantity="1", transaction_id="t")
     with pytest.raises(grpc.RpcError) as caught:
         secured.stub.RecordUsage(request, timeout=10, metadata=secured.as_caller("reader-svc"))
-    info = error_details(caught.value)["ErrorInfo"]
-    assert info.reason == "ROLE_REQUIRED"  # type: ignore[attr-defined]
-    assert dict(info.metadata) == {  # type: ignore[attr-defined]
+    info = error_info(caught.value)
+    assert info.reason == "ROLE_REQUIRED"
+    assert dict(info.metadata) == {
         "caller": "reader-svc",
         "method": "RecordUsage",
         "required_role": "recorder",

@@ -12,6 +12,7 @@ from tests.support import ROOT
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # ~2 min on a loaded 2-core machine
 def test_benchmark_suite_completes(make_database: Callable[[], str]) -> None:
     result = subprocess.run(
         [sys.executable, "bench/run.py", "--smoke", "--database-url", make_database()],

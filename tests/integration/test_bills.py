@@ -8,10 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from metering.v1 import billing_pb2, customer_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import ServiceProcess, error_details
+from tests.support import ServiceProcess, stamp, violated_fields
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
@@ -23,12 +22,6 @@ def sample(database_url: str) -> Iterator[Stub]:
     with grpc.insecure_channel(service.target) as channel:
         yield metering_service_pb2_grpc.MeteringServiceStub(channel)
     service.stop()
-
-
-def stamp(moment: datetime) -> Timestamp:
-    value = Timestamp()
-    value.FromDatetime(moment)
-    return value
 
 
 def customer(stub: Stub, plan: str, anchor: datetime | None = None) -> str:
@@ -163,8 +156,7 @@ def test_estimate_bill_refusals(sample: Stub) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         bill(sample, c, datetime.now(UTC) + timedelta(days=40))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    violations = error_details(caught.value)["BadRequest"].field_violations  # type: ignore[attr-defined]
-    assert [v.field for v in violations] == ["period_time"]
+    assert violated_fields(caught.value) == ["period_time"]
     with pytest.raises(grpc.RpcError) as missing:
         bill(sample, "nobody-at-all")
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND

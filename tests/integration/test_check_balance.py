@@ -11,8 +11,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from metering.v1 import metering_service_pb2_grpc, usage_pb2
-from tests.integration.test_record_usage import record
-from tests.support import ServiceProcess, coalescing, usage_request
+from tests.support import ServiceProcess, coalescing, record, usage_request
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 

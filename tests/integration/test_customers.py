@@ -8,8 +8,7 @@ import grpc
 import pytest
 
 from metering.v1 import customer_pb2, metering_service_pb2_grpc
-from tests.integration.test_record_usage import record
-from tests.support import error_details
+from tests.support import error_info, record, violated_fields
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
@@ -37,7 +36,7 @@ def test_create_then_change_plan_keeps_the_anchor(stub: Stub) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         upsert(stub, customer, "limited", "2026-02-01T00:00:00Z")
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error_details(caught.value)["ErrorInfo"].reason == "BILLING_ANCHOR_IMMUTABLE"  # type: ignore[attr-defined]
+    assert error_info(caught.value).reason == "BILLING_ANCHOR_IMMUTABLE"
     fetched = stub.GetCustomer(customer_pb2.GetCustomerRequest(customer_id=customer), timeout=10).customer
     assert fetched.plan_slug == "open"
 
@@ -46,7 +45,7 @@ def test_unknown_plan_is_not_found(stub: Stub) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         upsert(stub, f"c-{uuid.uuid4().hex}", "platinum")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    assert error_details(caught.value)["ErrorInfo"].reason == "PLAN_NOT_FOUND"  # type: ignore[attr-defined]
+    assert error_info(caught.value).reason == "PLAN_NOT_FOUND"
 
 
 def test_plan_change_applies_to_limits_immediately(stub: Stub) -> None:
@@ -65,5 +64,5 @@ def test_invalid_upsert(stub: Stub) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stub.UpsertCustomer(customer_pb2.UpsertCustomerRequest(customer_id="", plan_slug=""), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    fields = {v.field for v in error_details(caught.value)["BadRequest"].field_violations}  # type: ignore[attr-defined]
+    fields = set(violated_fields(caught.value))
     assert fields == {"customer_id", "plan_slug"}

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2
 
 from metering.embedded import EmbeddedPostgres
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import ServiceProcess, error_details, health_status, wait_for
+from tests.support import ServiceProcess, error_details, error_info, health_status, wait_for
 
 
 def _stop_postgres(embedded: EmbeddedPostgres) -> None:
@@ -50,7 +50,7 @@ def test_database_outage_and_recovery(own_database: EmbeddedPostgres) -> None:
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             assert elapsed < 1.0, f"UNAVAILABLE took {elapsed:.2f}s"
             details = error_details(caught.value)
-            assert details["ErrorInfo"].reason == "DATABASE_UNAVAILABLE"  # type: ignore[attr-defined]
+            assert error_info(details).reason == "DATABASE_UNAVAILABLE"
             assert "RetryInfo" in details
             with pytest.raises(grpc.RpcError) as balance_error:
                 stub.CheckBalance(usage_pb2.CheckBalanceRequest(customer_id=customer), timeout=10)

@@ -22,16 +22,21 @@ from metering.v1 import (
     reservations_pb2,
     usage_pb2,
 )
-from tests.integration.test_record_usage import record
-from tests.support import ServiceProcess, calls_across, error_details, run_sql
+from tests.support import (
+    ServiceProcess,
+    calls_across,
+    commit,
+    error_details,
+    error_info,
+    record,
+    release,
+    reserve,
+    run_sql,
+    stamp,
+    violated_fields,
+)
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
-
-
-def stamp(moment: datetime) -> Timestamp:
-    value = Timestamp()
-    value.FromDatetime(moment)
-    return value
 
 
 def tokens(stub: Stub, customer: str) -> usage_pb2.Balance:
@@ -124,35 +129,10 @@ def test_grant_validation(stub: Stub, new_customer: Callable[..., str], fields: 
     with pytest.raises(grpc.RpcError) as caught:
         stub.GrantCredits(grants_pb2.GrantCreditsRequest(**request), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field in [v.field for v in error_details(caught.value)["BadRequest"].field_violations]  # type: ignore[attr-defined]
+    assert field in violated_fields(caught.value)
 
 
 # -- reservations -------------------------------------------------------------
-
-
-def reserve(
-    stub: Stub, customer: str, rid: str, quantity: str, ttl: float = 300
-) -> reservations_pb2.ReserveUsageResponse:
-    duration = Duration()
-    duration.FromTimedelta(timedelta(seconds=ttl))
-    request = reservations_pb2.ReserveUsageRequest(
-        customer_id=customer, meter_slug="tokens", quantity=quantity, reservation_id=rid, ttl=duration
-    )
-    return stub.ReserveUsage(request, timeout=10)
-
-
-def commit(
-    stub: Stub, customer: str, rid: str, quantity: str = "", **fields: Any
-) -> reservations_pb2.CommitReservationResponse:
-    request = reservations_pb2.CommitReservationRequest(
-        customer_id=customer, reservation_id=rid, quantity=quantity, **fields
-    )
-    return stub.CommitReservation(request, timeout=10)
-
-
-def release(stub: Stub, customer: str, rid: str) -> reservations_pb2.ReleaseReservationResponse:
-    request = reservations_pb2.ReleaseReservationRequest(customer_id=customer, reservation_id=rid)
-    return stub.ReleaseReservation(request, timeout=10)
 
 
 def test_reserve_then_commit_part(stub: Stub, new_customer: Callable[..., str], database_url: str) -> None:
@@ -208,7 +188,7 @@ def test_a_ttl_out_of_range_is_invalid(stub: Stub, new_customer: Callable[..., s
     with pytest.raises(grpc.RpcError) as caught:
         stub.ReserveUsage(request, timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "ttl" in [v.field for v in error_details(caught.value)["BadRequest"].field_violations]  # type: ignore[attr-defined]
+    assert "ttl" in violated_fields(caught.value)
 
 
 def test_an_expired_hold_frees_itself(stub: Stub, new_customer: Callable[..., str]) -> None:
@@ -292,8 +272,8 @@ def test_a_commit_racing_the_expiry_ends_in_exactly_one_outcome(
             commit(stub, customer, f"race-{i}")
             outcomes[i] = "committed"
         except grpc.RpcError as error:
-            info = error_details(error)["ErrorInfo"]
-            outcomes[i] = info.reason  # type: ignore[attr-defined]
+            info = error_info(error)
+            outcomes[i] = info.reason
 
     threads = [threading.Thread(target=attempt, args=(i,)) for i in range(trials)]
     for thread in threads:
@@ -458,3 +438,29 @@ def test_void_refusals(stub: Stub, new_customer: Callable[..., str]) -> None:
     assert refusal(lambda: void(stub, customer, "never")) == (grpc.StatusCode.NOT_FOUND, "EVENT_NOT_FOUND")
     code, _ = refusal(lambda: void(stub, customer, "old", reason=""))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_answers_about_a_backdated_event_give_its_own_period_and_grants(
+    stub: Stub, new_customer: Callable[..., str]
+) -> None:
+    """Found by the model (tests/integration/test_model.py): a replay without
+    event_time of an event of the previous period, and a void of it, answered
+    the previous period's usage with the current period's holds and the grants
+    active now. Every answer about the event now gives its period as its
+    first answer did: the grants active at its time, the holds of its period."""
+    anchor = datetime.now(UTC) - timedelta(days=45)
+    customer = new_customer(anchor=anchor.isoformat().replace("+00:00", "Z"))  # tokens: hard limit 100
+    first = record(stub, customer, "old", "30", event_time=stamp(anchor + timedelta(days=5)))
+    assert (first.balance.used, first.balance.granted, first.balance.reserved) == ("30", "0", "0")
+    grant(stub, customer, "now", "50")  # active from now: not at the old event's time
+    reserve(stub, customer, "job", "20")  # held in the current period
+    replay = record(stub, customer, "old", "30")  # a retry that omits the time is the same event
+    assert replay.duplicate
+    assert replay.balance.period_start_time == first.balance.period_start_time
+    assert (replay.balance.used, replay.balance.granted, replay.balance.reserved) == ("30", "0", "0")
+    assert replay.balance.available == "70"
+    voided = void(stub, customer, "old")
+    assert voided.balance.period_start_time == first.balance.period_start_time
+    assert (voided.balance.used, voided.balance.granted, voided.balance.reserved) == ("0", "0", "0")
+    now = tokens(stub, customer)  # the current period: the grant and the hold count
+    assert (now.used, now.granted, now.reserved, now.available) == ("0", "50", "20", "130")

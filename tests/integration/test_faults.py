@@ -104,6 +104,7 @@ async def stored_keys(database_url: str, customers: set[str]) -> set[tuple[str, 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # under a minute idle
 def test_chaos_smoke_run_holds_every_invariant() -> None:
     result = subprocess.run(
         [sys.executable, "bench/chaos.py", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=300

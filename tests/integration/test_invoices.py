@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 
 from metering.ledger.invoices import CLOSER_LOCK_NAMESPACE
@@ -30,18 +29,12 @@ from metering.v1 import (
     metering_service_pb2_grpc,
     usage_pb2,
 )
-from tests.support import ServiceProcess, error_details, metric_value, run_sql, wait_for
+from tests.support import ServiceProcess, error_details, error_info, metric_value, run_sql, stamp, wait_for
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
 GRACE = timedelta(seconds=5)
 FAST_CLOSING = {"METERING_INVOICE_GRACE": "5s", "METERING_CLOSE_INTERVAL": "200ms"}
-
-
-def stamp(instant: datetime) -> Timestamp:
-    value = Timestamp()
-    value.FromDatetime(instant)
-    return value
 
 
 def period_ending_soon(seconds: float) -> tuple[datetime, datetime, datetime, int]:
@@ -82,7 +75,7 @@ def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, error_details_
     try:
         call()
     except grpc.RpcError as error:
-        info = error_details(error)["ErrorInfo"]
+        info = error_info(error)
         assert isinstance(info, error_details_pb2.ErrorInfo)
         return error.code(), info
     raise AssertionError("the call was accepted")

@@ -8,8 +8,7 @@ import grpc
 import pytest
 
 from metering.v1 import metering_service_pb2_grpc, usage_pb2
-from tests.integration.test_record_usage import record
-from tests.support import ServiceProcess, metric_value
+from tests.support import ServiceProcess, metric_value, record
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 RECORD = "/metering.v1.MeteringService/RecordUsage"

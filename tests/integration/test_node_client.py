@@ -115,6 +115,7 @@ def _line(output: str, prefix: str) -> str:
     return found[0]
 
 
+@pytest.mark.timeout(600)  # its fixture builds the Node.js example (npm ci, buf): ~1 min
 def test_node_client_walks_through_the_api(node_client: NodeClient) -> None:
     result = node_client.run()
     output = result.stdout

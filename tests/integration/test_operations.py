@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import ServiceProcess, health_status, run_sql, wait_for
+from tests.support import ServiceProcess, free_port, health_status, run_sql, wait_for
 
 
 def test_health_reports_serving(service: ServiceProcess) -> None:
@@ -71,6 +71,7 @@ def test_sigterm_drains_in_flight_calls_and_loses_no_acknowledged_event(database
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a clone installs its own .venv: ~3 min on a loaded 2-core machine
 def test_readme_run_command_from_a_fresh_clone_answers_health(repo_root: Path, tmp_path: Path) -> None:
     """`make run` in a fresh clone (its own venv, embedded PostgreSQL) serves health checks."""
     if not (repo_root / ".git").exists() or shutil.which("git") is None:
@@ -79,7 +80,7 @@ def test_readme_run_command_from_a_fresh_clone_answers_health(repo_root: Path, t
     assert "make run" in readme
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", str(repo_root), str(clone)], check=True)
-    port = _free_port()
+    port = free_port()
     env = {
         key: value for key, value in os.environ.items() if not key.startswith(("METERING_", "VIRTUAL_ENV", "PYTEST"))
     }
@@ -107,11 +108,3 @@ def test_readme_run_command_from_a_fresh_clone_answers_health(repo_root: Path, t
         os.killpg(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     assert "serving metering.v1.MeteringService" in output, output[-3000:]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -36,7 +35,7 @@ import grpc
 import pytest
 
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import ROOT, ServiceProcess, wait_for
+from tests.support import ROOT, ServiceProcess, free_port, wait_for
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 SERVICE = "/metering.v1.MeteringService/"
@@ -113,12 +112,6 @@ def promtool(tools: PrometheusTools, *args: str, stdin: str | None = None) -> su
 
 
 # -- a Prometheus server --------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -201,7 +194,7 @@ def start_prometheus(binary: str, metrics_port: int, workdir: Path) -> Prometheu
     )
     last_log = ""
     for attempt in range(3):  # the free port may be taken between probe and bind
-        port = _free_port()
+        port = free_port()
         log = workdir / f"prometheus-{attempt}.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(

@@ -4,31 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from metering.v1 import metering_service_pb2_grpc, usage_pb2
-from tests.support import error_details, run_sql
+from tests.support import error_details, error_info, record, run_sql, stamp
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
-
-
-def record(
-    stub: Stub, customer: str, txn: str, quantity: str = "1", meter: str = "tokens", **fields: Any
-) -> usage_pb2.RecordUsageResponse:
-    request = usage_pb2.RecordUsageRequest(
-        customer_id=customer, meter_slug=meter, quantity=quantity, transaction_id=txn, **fields
-    )
-    return stub.RecordUsage(request, timeout=10)
-
-
-def stamp(moment: datetime) -> Timestamp:
-    value = Timestamp()
-    value.FromDatetime(moment)
-    return value
 
 
 def ledger_rows(database_url: str, customer: str) -> int:
@@ -106,11 +89,11 @@ def test_replay_with_a_different_payload_is_already_exists(
     with pytest.raises(grpc.RpcError) as caught:
         record(stub, customer, "txn-x", **replay)  # type: ignore[arg-type]
     assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    info = error_details(caught.value)["ErrorInfo"]
-    assert info.reason == "TRANSACTION_ID_CONFLICT"  # type: ignore[attr-defined]
-    assert info.domain == "metering.v1"  # type: ignore[attr-defined]
-    assert conflicting in info.metadata["conflicting_fields"].split(",")  # type: ignore[attr-defined]
-    assert info.metadata["original_event_id"] == original.event.event_id  # type: ignore[attr-defined]
+    info = error_info(caught.value)
+    assert info.reason == "TRANSACTION_ID_CONFLICT"
+    assert info.domain == "metering.v1"
+    assert conflicting in info.metadata["conflicting_fields"].split(",")
+    assert info.metadata["original_event_id"] == original.event.event_id
     assert ledger_rows(database_url, customer) == 1
     used = run_sql(database_url, "SELECT sum(used) FROM meter_counters WHERE customer_id = $1", customer)[0][0]
     assert used == 7
@@ -304,6 +287,6 @@ def test_a_named_price_in_another_currency_is_refused(stub: Stub, new_customer: 
     with pytest.raises(grpc.RpcError) as caught:
         stub.RecordUsage(request, timeout=10)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    info = error_details(caught.value)["ErrorInfo"]
-    assert info.reason == "PRICE_CURRENCY_MISMATCH"  # type: ignore[attr-defined]
-    assert dict(info.metadata) == {"price": "tokens_eur", "price_currency": "EUR", "plan_currency": "USD"}  # type: ignore[attr-defined]
+    info = error_info(caught.value)
+    assert info.reason == "PRICE_CURRENCY_MISMATCH"
+    assert dict(info.metadata) == {"price": "tokens_eur", "price_currency": "EUR", "plan_currency": "USD"}

@@ -13,8 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from metering.api.page_tokens import PageTokens
 from metering.v1 import events_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.integration.test_record_usage import record
-from tests.support import error_details, page_tokens_of
+from tests.support import error_info, page_tokens_of, record, violated_fields
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
@@ -155,7 +154,7 @@ def test_a_page_token_only_works_for_its_own_query(stub: Stub, dst_customer: str
         with pytest.raises(grpc.RpcError) as caught:
             stub.GetUsage(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert error_details(caught.value)["ErrorInfo"].reason == "INVALID_PAGE_TOKEN"  # type: ignore[attr-defined]
+        assert error_info(caught.value).reason == "INVALID_PAGE_TOKEN"
 
 
 # Tokens are signed (metering.api.page_tokens), but their cursors are still
@@ -204,7 +203,7 @@ def test_a_forged_page_token_is_invalid(stub: Stub, new_customer: Callable[..., 
         with pytest.raises(grpc.RpcError) as caught:
             call(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request.page_token
-        assert error_details(caught.value)["ErrorInfo"].reason == "INVALID_PAGE_TOKEN"  # type: ignore[attr-defined]
+        assert error_info(caught.value).reason == "INVALID_PAGE_TOKEN"
 
 
 @pytest.fixture(scope="module")
@@ -327,8 +326,7 @@ def test_get_usage_validation(
     with pytest.raises(grpc.RpcError) as caught:
         stub.GetUsage(usage_pb2.GetUsageRequest(**request), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    violations = [v.field for v in error_details(caught.value)["BadRequest"].field_violations]  # type: ignore[attr-defined]
-    assert violation in violations
+    assert violation in violated_fields(caught.value)
 
 
 def test_get_usage_unknown_references(stub: Stub, new_customer: Callable[..., str]) -> None:
@@ -339,7 +337,7 @@ def test_get_usage_unknown_references(stub: Stub, new_customer: Callable[..., st
         with pytest.raises(grpc.RpcError) as caught:
             stub.GetUsage(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-        assert error_details(caught.value)["ErrorInfo"].reason == reason  # type: ignore[attr-defined]
+        assert error_info(caught.value).reason == reason
 
 
 # -- ListUsageEvents -------------------------------------------------------------

@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from metering.v1 import billing_pb2, customer_pb2, grants_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import error_details
+from tests.support import error_details, error_info, violated_fields, violations
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
@@ -83,16 +83,16 @@ def test_invalid_record_usage(
         stub.RecordUsage(_request(customer, **resolved), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
     details = error_details(caught.value)
-    fields = [v.field for v in details["BadRequest"].field_violations]  # type: ignore[attr-defined]
+    fields = violated_fields(details)
     assert field in fields, (case, fields)
-    assert all(v.description for v in details["BadRequest"].field_violations)  # type: ignore[attr-defined]
-    assert details["ErrorInfo"].reason == "INVALID_ARGUMENT"  # type: ignore[attr-defined]
+    assert all(v.description for v in violations(details))
+    assert error_info(details).reason == "INVALID_ARGUMENT"
 
 
 def test_every_violation_is_reported_at_once(stub: Stub) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stub.RecordUsage(usage_pb2.RecordUsageRequest(quantity="-5"), timeout=10)
-    fields = {v.field for v in error_details(caught.value)["BadRequest"].field_violations}  # type: ignore[attr-defined]
+    fields = set(violated_fields(caught.value))
     assert {"customer_id", "transaction_id", "quantity", "meter_slug"} <= fields
 
 
@@ -110,7 +110,7 @@ def test_unknown_catalog_references_are_not_found(
         stub.RecordUsage(_request(new_customer(), **overrides), timeout=10)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     details = error_details(caught.value)
-    assert details["ErrorInfo"].reason == reason  # type: ignore[attr-defined]
+    assert error_info(details).reason == reason
     assert details["ResourceInfo"].resource_name == resource  # type: ignore[attr-defined]
 
 
@@ -124,7 +124,7 @@ def test_unknown_customer_is_not_found(stub: Stub) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             call(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-        assert error_details(caught.value)["ErrorInfo"].reason == "CUSTOMER_NOT_FOUND"  # type: ignore[attr-defined]
+        assert error_info(caught.value).reason == "CUSTOMER_NOT_FOUND"
 
 
 def test_check_balance_validation(stub: Stub, new_customer: Callable[..., str]) -> None:
@@ -148,8 +148,7 @@ def test_check_balance_validation(stub: Stub, new_customer: Callable[..., str]) 
             stub.CheckBalance(request, timeout=10)
         assert caught.value.code() == code
         if field:
-            violations = error_details(caught.value)["BadRequest"].field_violations  # type: ignore[attr-defined]
-            assert field in [v.field for v in violations]
+            assert field in violated_fields(caught.value)
 
 
 # The first and last instants a Timestamp can hold: asyncpg stores them as
@@ -195,5 +194,4 @@ def test_timestamps_at_the_ends_of_the_range_are_invalid(
         with pytest.raises(grpc.RpcError) as caught:
             call(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
-        violations = error_details(caught.value)["BadRequest"].field_violations  # type: ignore[attr-defined]
-        assert field in [v.field for v in violations]
+        assert field in violated_fields(caught.value)

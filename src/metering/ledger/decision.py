@@ -157,6 +157,16 @@ def counters_to_lock(resolutions: Sequence[Resolution | MeteringError]) -> dict[
     return {key: periods[key] for key in sorted(periods)}
 
 
+def allowance_key_for(resolution: Resolution, existing: dict[tuple[str, str], StoredEvent]) -> AllowanceKey:
+    """The grants and holds an event's answer sees: those of its counter at its time. A replay
+    reports its original's balance, so it sees the original's: a retry that omits a backdated
+    event's time must not get the current period's holds and today's grants."""
+    earlier = existing.get((resolution.event.customer_id, resolution.event.transaction_id))
+    if earlier is not None:
+        return (earlier.customer_id, earlier.meter_slug, earlier.period_start, earlier.event_time)
+    return resolution.allowance_key
+
+
 def originals_unlocked(existing: dict[tuple[str, str], StoredEvent], locked: Container[CounterKey]) -> list[CounterKey]:
     """Counters of recorded events the batch repeats that it did not lock (a
     duplicate reports its original's counter): rare, read on their own."""
@@ -189,7 +199,7 @@ def decide_batch(
             answers.append(resolution)
             continue
         event, key = resolution.event, resolution.counter_key
-        allowance_key = resolution.allowance_key
+        allowance_key = allowance_key_for(resolution, reads.existing)
         found = allowances.get(allowance_key)
         if found is None:
             granted, reserved = reads.holdings[allowance_key]

@@ -137,8 +137,10 @@ class Ledger(PoolUser):
                 await rollups.rebuild_bucket(conn, meter, rollups.rollup_input(meter, event, None))
             else:
                 state = await steps.read_counter(conn, event.customer_id, event.meter_slug, event.period_start)
+            # The balance of the event's period as its own answer gave it: the grants
+            # active at its time (not now: the event may be backdated).
             allowance, _ = await steps.full_allowance(
-                conn, plan, event.customer_id, event.meter_slug, event.period_start, None
+                conn, plan, event.customer_id, event.meter_slug, event.period_start, event.event_time
             )
             voided = await steps.find_event(conn, event.customer_id, event.transaction_id)
             assert voided is not None

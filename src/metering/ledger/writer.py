@@ -60,6 +60,7 @@ from metering.ledger.decision import (
     BatchReads,
     Resolution,
     Written,
+    allowance_key_for,
     counters_to_lock,
     decide_batch,
     originals_unlocked,
@@ -251,7 +252,7 @@ class BatchWriter(PoolUser):
         reads = BatchReads(
             counters=counters,
             existing=existing,
-            holdings=await batch_sql.holdings(conn, list(dict.fromkeys(r.allowance_key for r in valid))),
+            holdings=await batch_sql.holdings(conn, list(dict.fromkeys(allowance_key_for(r, existing) for r in valid))),
             seen_values=await batch_sql.seen_unique_values(
                 conn, [(r.counter_key, r.unique_value) for r in valid if r.unique_value is not None]
             ),
