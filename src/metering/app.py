@@ -46,6 +46,7 @@ from metering.ledger.holds import Holds
 from metering.ledger.invoices import InvoiceStore
 from metering.ledger.migrate import migrate
 from metering.ledger.pool import create_pool, is_unavailable
+from metering.ledger.replica import ReadRouter, ReplicaState, lag_for_gauge
 from metering.ledger.reports import UsageReports
 from metering.ledger.rollups import sync_layouts
 from metering.ledger.store import Ledger
@@ -302,8 +303,18 @@ async def _serve(
         )
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
+        read_router = None if settings.read_database_url is None else await open_read_replica(settings, pool, metrics)
+        read_reporting, read_invoicing = reporting, invoicing
+        if read_router is not None:
+            # The servicer's usage, bill and invoice reads; the closer keeps the
+            # primary's (an invoice is finalized from the primary's data only).
+            read_ledger = Ledger(read_router, acquire_timeout=acquire_timeout)
+            read_reports = UsageReports(read_router, acquire_timeout=acquire_timeout)
+            read_reporting = Reporting(catalog, read_ledger, read_reports)
+            read_invoice_store = InvoiceStore(read_router, acquire_timeout=acquire_timeout)
+            read_invoicing = Invoicing(read_ledger, read_invoice_store, read_reporting)
         server = build_server(
-            settings, catalog, ledger, reporting, holds, writer, invoicing, metrics, health, policy, stream
+            settings, catalog, ledger, read_reporting, holds, writer, read_invoicing, metrics, health, policy, stream
         )
         address = f"{settings.grpc_host}:{settings.grpc_port}"
         if credentials is None:
@@ -329,6 +340,10 @@ async def _serve(
             flush=True,
         )
         health_task = asyncio.create_task(health.run())
+        replica_task = None
+        if read_router is not None:
+            await read_router.probe()  # reads start on the replica only once its lag is known
+            replica_task = asyncio.create_task(read_router.run(settings.health_interval.total_seconds()))
         # Every replica runs the closer: they share the due customers without
         # closing any period twice (metering.ledger.invoices).
         closer_task = asyncio.create_task(closer.run())
@@ -354,12 +369,43 @@ async def _serve(
         await server.stop(settings.shutdown_grace.total_seconds())
         health_task.cancel()
         retention_task.cancel()
+        if replica_task is not None:
+            replica_task.cancel()
         await webhooks.close()
         await wakeup.close()
         await writer.close()  # after the drain: in-flight calls have their answers
+        if read_router is not None:
+            await read_router.close()
     finally:
         await pool.close()
     log.info("stopped")
+
+
+async def open_read_replica(settings: Settings, primary: asyncpg.Pool, metrics: Metrics) -> ReadRouter:
+    """The router of usage, bill and invoice reads to METERING_READ_DATABASE_URL.
+    Its pool opens no connection up front: a replica that is down at start-up
+    leaves the reads on the primary, and does not stop the service."""
+    assert settings.read_database_url is not None
+    replica = await create_pool(
+        settings.read_database_url,
+        min_size=0,
+        max_size=settings.db_pool_max,
+        db_timeout=settings.db_timeout,
+        application_name="metering-read",
+    )
+
+    def probed(state: ReplicaState) -> None:
+        metrics.read_replica_up.set(1 if state.up else 0)
+        metrics.read_replica_lag.set(lag_for_gauge(state))
+
+    return ReadRouter(
+        primary,
+        replica,
+        max_lag=settings.read_max_lag.total_seconds(),
+        timeout=settings.db_timeout.total_seconds(),
+        on_route=lambda route: metrics.read_routes.labels(route.pool, route.value).inc(),
+        on_probe=probed,
+    )
 
 
 def _security_summary(settings: Settings, policy: AccessPolicy | None) -> str:

@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    database_url: str | None  # None: start an embedded PostgreSQL
+    database_url: str | None  # None: start an embedded PostgreSQL; may name several hosts (failover)
     grpc_host: str
     grpc_port: int  # 0: any free port (printed at start-up)
     metrics_host: str
@@ -63,6 +63,9 @@ class Settings:
     webhook_timeout: timedelta  # an attempt that has no 2xx answer by then failed
     webhook_retry_schedule: tuple[timedelta, ...]  # the wait before each attempt, the first one's included
     webhook_lease: timedelta  # how long a replica's claim on an endpoint lasts without renewal
+    # A streaming replica for usage, bill and invoice reads (metering.ledger.replica); None: the primary.
+    read_database_url: str | None = None
+    read_max_lag: timedelta = timedelta(seconds=5)  # reads go to the primary past this replica lag
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +115,8 @@ class Settings:
             # Svix's schedule: immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h.
             webhook_retry_schedule=reader.durations("METERING_WEBHOOK_RETRY_SCHEDULE", "0s,5s,5m,30m,2h,5h,10h,10h"),
             webhook_lease=reader.duration("METERING_WEBHOOK_LEASE", "10s"),
+            read_database_url=reader.text("METERING_READ_DATABASE_URL") or None,
+            read_max_lag=reader.duration("METERING_READ_MAX_LAG", "5s"),
         )
         if settings.close_interval <= timedelta(0):
             raise ConfigError("METERING_CLOSE_INTERVAL must be more than 0")
@@ -133,6 +138,10 @@ class Settings:
             raise ConfigError(f"METERING_STRIPE_API_BASE={settings.stripe_api_base!r}: expected an http(s) URL")
         if settings.stripe_interval <= timedelta(0):
             raise ConfigError("METERING_STRIPE_INTERVAL must be more than 0")
+        if settings.read_database_url is not None and settings.database_url is None:
+            raise ConfigError("METERING_READ_DATABASE_URL is a replica of METERING_DATABASE_URL: set both")
+        if settings.read_max_lag <= timedelta(0):
+            raise ConfigError("METERING_READ_MAX_LAG must be more than 0")
         return settings
 
 
