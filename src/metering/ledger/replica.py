@@ -138,8 +138,7 @@ class ReadRouter:
         return choose(self._replica_up, self._tracker.lag(self._clock()), self._max_lag)
 
     @asynccontextmanager
-    async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[Any]:  # noqa: ASYNC109 - Pool.acquire's
-
+    async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[Any]:  # noqa: ASYNC109 - as Pool.acquire
         route = self.route()
         if route is Route.REPLICA:
             try:
