@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
 
 _DURATION_RE = re.compile(r"^(?P<value>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h|d)\Z")  # \Z: no trailing newline
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -138,6 +139,8 @@ class Settings:
             raise ConfigError(f"METERING_STRIPE_API_BASE={settings.stripe_api_base!r}: expected an http(s) URL")
         if settings.stripe_interval <= timedelta(0):
             raise ConfigError("METERING_STRIPE_INTERVAL must be more than 0")
+        if settings.database_url is not None:
+            _check_hosts(settings.database_url)
         if settings.read_database_url is not None and settings.database_url is None:
             raise ConfigError("METERING_READ_DATABASE_URL is a replica of METERING_DATABASE_URL: set both")
         if settings.read_max_lag <= timedelta(0):
@@ -184,6 +187,22 @@ class _Reader:
         """A comma-separated, non-empty list of durations."""
         raw = self.text(name) or default
         return tuple(_duration(name, part.strip()) for part in raw.split(","))
+
+
+def _check_hosts(url: str) -> None:
+    """A METERING_DATABASE_URL with several hosts must say which one to use:
+    without target_session_attrs=read-write (or primary), libpq's default
+    (any) would keep a connection to the first host that answers, a standby
+    included, and every write would fail there."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql") or "," not in parts.netloc:
+        return
+    attrs = parse_qs(parts.query).get("target_session_attrs", [])
+    if not attrs or attrs[-1] not in ("read-write", "primary"):
+        raise ConfigError(
+            "METERING_DATABASE_URL names several hosts: add ?target_session_attrs=read-write so that the "
+            "service connects to whichever of them is the primary"
+        )
 
 
 def _duration(name: str, raw: str) -> timedelta:

@@ -105,6 +105,16 @@ def test_read_replica_settings() -> None:
         Settings.from_env({"METERING_READ_MAX_LAG": "0s"})
 
 
+def test_a_multi_host_database_url_must_ask_for_the_primary() -> None:
+    hosts = "postgresql://metering@db1:5432,db2:5432/metering"
+    assert Settings.from_env({"METERING_DATABASE_URL": f"{hosts}?target_session_attrs=read-write"}).database_url
+    assert Settings.from_env({"METERING_DATABASE_URL": f"{hosts}?target_session_attrs=primary"}).database_url
+    assert Settings.from_env({"METERING_DATABASE_URL": "postgresql://metering@db1/metering"}).database_url
+    for query in ("", "?target_session_attrs=any", "?sslmode=require"):
+        with pytest.raises(ConfigError, match="target_session_attrs=read-write"):
+            Settings.from_env({"METERING_DATABASE_URL": hosts + query})
+
+
 def test_a_server_that_refuses_writes_is_unavailable() -> None:
     """A write that reached a standby (a host demoted by a failover) is
     UNAVAILABLE and its connection dropped, never INTERNAL."""
