@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
+
 from bench.faults import (
     Book,
     Client,
@@ -56,6 +58,11 @@ SERVICE_SETTINGS = {
     "METERING_HEALTH_INTERVAL": "200ms",
     "METERING_SHUTDOWN_GRACE": "3s",
 }
+# The stated recovery time: once the standby is promoted, the next connection
+# any call asks for finds it (the dead host refuses at once, the promoted one
+# accepts writes), so a service serves again within one connect, itself
+# bounded by METERING_DB_TIMEOUT.
+SERVING_AGAIN_BOUND = DB_TIMEOUT
 RECOVERY_LIMIT = 60.0  # not serving this long after the promotion fails the run
 GRPC_SEND_FAILED = "ExecuteBatchError raised in core by servicer method"
 
@@ -81,6 +88,9 @@ class FailoverResult:
     sync_state_before: str | None
     service_errors: int  # ERROR lines logged by the services (gRPC's ExecuteBatchError aside)
     load_seconds: float
+    # Events the old primary had committed that never reached the new one
+    # (read from the old primary's data, started again on its own after the run).
+    old_primary_only: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def switch_calls(self) -> list[tuple[str, float]]:
@@ -95,6 +105,11 @@ class FailoverResult:
         ]
 
     @property
+    def old_primary_only_acked(self) -> int:
+        acked = {i.key for i in self.book.intents if i.outcome is Outcome.ACKED}
+        return sum(key in acked for key in self.old_primary_only)
+
+    @property
     def lost(self) -> int:
         """Acknowledged events not in the new primary."""
         return len(self.check.acked_missing)
@@ -105,7 +120,7 @@ class FailoverResult:
         codes = Counter(code for code, _ in self.switch_calls)
         unavailable = [seconds for code, seconds in self.switch_calls if code == "UNAVAILABLE"]
         slowest = max(unavailable, default=0.0)
-        served = all(s is not None for s in self.switch.serving_again.values())
+        late = [s for s in self.switch.serving_again.values() if s is None or s > SERVING_AGAIN_BOUND]
         rows: list[tuple[str, int | str, bool]] = [
             (
                 "acknowledged events missing from the new primary"
@@ -139,9 +154,9 @@ class FailoverResult:
                 slowest <= DB_TIMEOUT + 1,
             ),
             (
-                "services not serving again without a restart",
-                sum(s is None for s in self.switch.serving_again.values()),
-                served,
+                f"services not serving within {SERVING_AGAIN_BOUND:g} s of the promotion (no restart)",
+                len(late),
+                not late,
             ),
             (
                 "errors logged by the services (gRPC's ExecuteBatchError aside)",
@@ -245,9 +260,34 @@ async def _run(
     check = await check_ledger(standby.url(), book, catalog)
     lines = [line for r in replicas for line in r.log().splitlines()]
     errors = sum(" ERROR " in line and GRPC_SEND_FAILED not in line for line in lines)
+    old_only = await committed_only_on_old_primary(primary, standby, sorted(book.customers))
     return FailoverResult(
-        synchronous, duration, tasks, book, check, switch, state[0] if state else None, errors, load_seconds
+        synchronous, duration, tasks, book, check, switch, state[0] if state else None, errors, load_seconds, old_only
     )
+
+
+async def committed_only_on_old_primary(
+    old: PostgresNode, new: PostgresNode, customers: list[str]
+) -> list[tuple[str, str]]:
+    """The (customer, transaction id) of events the dead primary had committed
+    and the new primary does not have. The old primary is started again on its
+    own (crash recovery; no service reaches it) and read, then stopped."""
+
+    async def ids(node: PostgresNode) -> set[tuple[str, str]]:
+        conn = await asyncpg.connect(node.url())
+        try:
+            rows = await conn.fetch(
+                "SELECT customer_id, transaction_id FROM usage_events WHERE customer_id = ANY($1::text[])", customers
+            )
+        finally:
+            await conn.close()
+        return {(r["customer_id"], r["transaction_id"]) for r in rows}
+
+    await asyncio.to_thread(old.start)
+    try:
+        return sorted(await ids(old) - await ids(new))
+    finally:
+        await asyncio.to_thread(old.stop)
 
 
 def report(result: FailoverResult) -> None:
@@ -275,6 +315,16 @@ def report(result: FailoverResult) -> None:
     if unavailable:
         median = unavailable[len(unavailable) // 2]
         print(f"  UNAVAILABLE answered after: median {median * 1000:.0f} ms, slowest {unavailable[-1] * 1000:.0f} ms")
+    start = book_start(book)
+    before = [a for a in book.attempts if a.ended < switch.killed and a.code == "OK"]
+    if before and switch.killed > start:
+        latencies = sorted(a.ended - a.started for a in before)
+        events = sum(a.events - a.uncertain for a in before)
+        print()
+        print("before the kill (the cost of the replication mode)")
+        print(f"  {events / (switch.killed - start):,.0f} events/s acknowledged; {len(before):,} calls OK, latency")
+        p50, p99 = latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        print(f"  p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
     print()
     uncertain = [i for i in book.intents if i.uncertain and i.outcome is not Outcome.PENDING]
     rows = [
@@ -291,6 +341,10 @@ def report(result: FailoverResult) -> None:
         ),
         ("rows in the new primary's ledger", f"{check.rows:,}"),
         ("acknowledged events lost (not in the new primary)", f"{result.lost:,}"),
+        (
+            "events the old primary committed that the new one lacks",
+            f"{len(result.old_primary_only):,} (acknowledged: {result.old_primary_only_acked:,})",
+        ),
     ]
     print("load")
     for label, value in rows:

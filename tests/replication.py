@@ -106,7 +106,9 @@ class PostgresNode:
         return self.data_dir.parent / f"{self.name}.log"
 
     def start(self) -> None:
-        """Start the server and wait until it accepts connections."""
+        """Start the server and wait until it accepts connections (after a
+        kill too: crash recovery replays its WAL)."""
+        self._clear_stale_lock()
         _program(
             self.user,
             _bin("pg_ctl"),
@@ -127,6 +129,18 @@ class PostgresNode:
         if self.pid() is not None:
             with contextlib.suppress(RuntimeError):  # it died meanwhile
                 _program(self.user, _bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
+
+    def _clear_stale_lock(self) -> None:
+        """A killed postmaster whose parent does not reap it (a container's
+        PID 1) lingers as a zombie, and PostgreSQL takes the zombie's pid in
+        postmaster.pid for a server that still runs: the locks of a dead
+        server (its data directory's and its socket's) are removed."""
+        lock = self.data_dir / "postmaster.pid"
+        if not lock.exists() or self.pid() is not None:
+            return
+        for socket_lock in self.data_dir.glob(".s.PGSQL.*.lock"):
+            socket_lock.unlink()
+        lock.unlink()
 
     def pid(self) -> int | None:
         """The postmaster's pid while it runs."""
