@@ -20,6 +20,9 @@ exactly one event each; the ledger audit is clean.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -91,6 +94,10 @@ class FailoverResult:
     # Events the old primary had committed that never reached the new one
     # (read from the old primary's data, started again on its own after the run).
     old_primary_only: list[tuple[str, str]] = field(default_factory=list)
+    audit_exit: int | None = None  # `metering audit` of the whole new primary: 0 when clean
+    # pg_stat_replication on the primary during the load: (flush_lag seconds, WAL bytes not yet flushed by the standby)
+    replication_samples: list[tuple[float, int]] = field(default_factory=list)
+    audit_output: str = ""
 
     @property
     def switch_calls(self) -> list[tuple[str, float]]:
@@ -137,6 +144,7 @@ class FailoverResult:
             ("events refused by a limit yet in the ledger", len(check.refused_stored), not check.refused_stored),
             ("overspend (hard-limited counters or events above the limit)", len(check.overspend), not check.overspend),
             ("counter mismatches (ledger audit)", len(check.audit.mismatches), check.audit.ok),
+            ("`metering audit` of the new primary: exit code", str(self.audit_exit), self.audit_exit == 0),
             ("events without a definite answer after every retry", len(check.unresolved), not check.unresolved),
             (
                 "INTERNAL/UNKNOWN answers, other refusals",
@@ -237,6 +245,26 @@ async def _run(
     switch = Switch()
     state: list[str | None] = []
 
+    samples: list[tuple[float, int]] = []
+
+    async def watch_replication() -> None:
+        """The standby's distance from the primary under load: in asynchronous
+        mode, the acknowledged writes a crash at that instant would lose."""
+        conn = await asyncpg.connect(primary.url("postgres"))
+        try:
+            while time.monotonic() < started + 0.4 * duration - 0.5:
+                row = await conn.fetchrow(
+                    "SELECT coalesce(extract(epoch FROM flush_lag), 0)::float8 AS lag, "
+                    "pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint AS behind "
+                    "FROM pg_stat_replication WHERE application_name = $1",
+                    standby.name,
+                )
+                if row is not None:
+                    samples.append((row["lag"], row["behind"]))
+                await asyncio.sleep(0.2)
+        finally:
+            await conn.close()
+
     async def fail_over() -> None:
         await asyncio.sleep(0.4 * duration)
         state.append(await replication_state(primary, standby))
@@ -252,7 +280,7 @@ async def _run(
         switch.serving_again = {r.name: w for r, w in zip(replicas, waits, strict=True)}
 
     async with Client([r.target for r in replicas], book, policy) as client:
-        await asyncio.gather(drive(client, mix, until=until, tasks=tasks), fail_over())
+        await asyncio.gather(drive(client, mix, until=until, tasks=tasks), fail_over(), watch_replication())
         await client.resolve(book.pending())
     load_seconds = time.monotonic() - started
     for replica in replicas:  # a quiet ledger for the check
@@ -260,10 +288,32 @@ async def _run(
     check = await check_ledger(standby.url(), book, catalog)
     lines = [line for r in replicas for line in r.log().splitlines()]
     errors = sum(" ERROR " in line and GRPC_SEND_FAILED not in line for line in lines)
+    audit_exit, audit_output = await asyncio.to_thread(metering_audit, standby.url(), catalog)
     old_only = await committed_only_on_old_primary(primary, standby, sorted(book.customers))
     return FailoverResult(
-        synchronous, duration, tasks, book, check, switch, state[0] if state else None, errors, load_seconds, old_only
+        synchronous=synchronous,
+        duration=duration,
+        tasks=tasks,
+        book=book,
+        check=check,
+        switch=switch,
+        sync_state_before=state[0] if state else None,
+        service_errors=errors,
+        load_seconds=load_seconds,
+        old_primary_only=old_only,
+        audit_exit=audit_exit,
+        audit_output=audit_output,
+        replication_samples=samples,
     )
+
+
+def metering_audit(database_url: str, catalog: Path) -> tuple[int, str]:
+    """`metering audit` (every customer) on the new primary, as an operator would run it after the incident."""
+    env = {**os.environ, "METERING_DATABASE_URL": database_url, "METERING_CATALOG": str(catalog)}
+    done = subprocess.run(
+        [sys.executable, "-m", "metering", "audit"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    return done.returncode, (done.stdout + done.stderr).strip()
 
 
 async def committed_only_on_old_primary(
@@ -325,6 +375,15 @@ def report(result: FailoverResult) -> None:
         print(f"  {events / (switch.killed - start):,.0f} events/s acknowledged; {len(before):,} calls OK, latency")
         p50, p99 = latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
         print(f"  p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+    if result.replication_samples:
+        lags = sorted(lag for lag, _ in result.replication_samples)
+        behind = sorted(b for _, b in result.replication_samples)
+        print(
+            f"  standby flush lag (pg_stat_replication, {len(lags)} samples): "
+            f"median {lags[len(lags) // 2] * 1000:.2f} ms, "
+            f"max {lags[-1] * 1000:.2f} ms; WAL not yet flushed by it: median {behind[len(behind) // 2]:,} B, "
+            f"max {behind[-1]:,} B"
+        )
     print()
     uncertain = [i for i in book.intents if i.uncertain and i.outcome is not Outcome.PENDING]
     rows = [
@@ -351,6 +410,7 @@ def report(result: FailoverResult) -> None:
         print(f"  {label:<64} {value}")
     for line in check.acked_missing[:10]:
         print(f"    lost: {line}")
+    print(f"  metering audit (new primary): {result.audit_output.splitlines()[-1] if result.audit_output else ''}")
     print()
     print("invariants")
     for label, count, ok in result.invariants:

@@ -34,6 +34,7 @@ def test_synchronous_failover_loses_nothing_acknowledged(tmp_path: Path) -> None
     assert not check.unresolved and not check.rejected, (check.unresolved[:10], check.rejected[:10])
     assert check.rows == acked
     assert check.audit.ok, check.audit.mismatches[:10]
+    assert result.audit_exit == 0, result.audit_output  # `metering audit` of the whole new primary
     assert not check.overspend and not check.refused_stored
     # During the switch: refusals were UNAVAILABLE, quickly; never INTERNAL.
     assert not check.server_errors, check.server_errors
