@@ -46,7 +46,7 @@ from metering.ledger.holds import Holds
 from metering.ledger.invoices import InvoiceStore
 from metering.ledger.migrate import migrate
 from metering.ledger.pool import create_pool, is_unavailable
-from metering.ledger.replica import ReadRouter, ReplicaState, lag_for_gauge
+from metering.ledger.replica import ReadInvoiceStore, ReadLedger, ReadRouter, ReplicaState, lag_for_gauge
 from metering.ledger.reports import UsageReports
 from metering.ledger.rollups import sync_layouts
 from metering.ledger.store import Ledger
@@ -308,10 +308,10 @@ async def _serve(
         if read_router is not None:
             # The servicer's usage, bill and invoice reads; the closer keeps the
             # primary's (an invoice is finalized from the primary's data only).
-            read_ledger = Ledger(read_router, acquire_timeout=acquire_timeout)
+            read_ledger = ReadLedger(read_router, ledger, acquire_timeout=acquire_timeout)
             read_reports = UsageReports(read_router, acquire_timeout=acquire_timeout)
             read_reporting = Reporting(catalog, read_ledger, read_reports)
-            read_invoice_store = InvoiceStore(read_router, acquire_timeout=acquire_timeout)
+            read_invoice_store = ReadInvoiceStore(read_router, invoice_store, acquire_timeout=acquire_timeout)
             read_invoicing = Invoicing(read_ledger, read_invoice_store, read_reporting)
         server = build_server(
             settings, catalog, ledger, read_reporting, holds, writer, read_invoicing, metrics, health, policy, stream

@@ -194,3 +194,37 @@ def test_with_the_replica_down_reads_go_to_the_primary(cluster: Cluster, stub: S
     before = cluster.routes("replica", "replica")
     assert used(stub, customer) == 6
     assert cluster.routes("replica", "replica") > before
+
+
+def test_a_customer_the_replica_does_not_have_yet_is_found_on_the_primary(cluster: Cluster) -> None:
+    """Within the lag bound the replica serves reads even when it lags: a
+    customer created meanwhile is not NOT_FOUND (its lookup falls back to the
+    primary), and its usage is what the replica has replayed."""
+    service = ServiceProcess(
+        cluster.primary.url(),
+        extra_env={
+            "METERING_READ_DATABASE_URL": cluster.standby.url(),
+            "METERING_READ_MAX_LAG": "10m",  # the paused replica stays within it
+            "METERING_HEALTH_INTERVAL": f"{PROBE * 1000:g}ms",
+        },
+    ).start()
+    lagging = Cluster(cluster.primary, cluster.standby, service)
+    try:
+        with grpc.insecure_channel(service.target) as channel:
+            stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+            assert wait_for(lambda: lagging.gauge("metering_read_replica_up") == 1, 10)
+            asyncio.run(cluster.standby.execute("SELECT pg_wal_replay_pause()", "metering"))
+            try:
+                customer = new_customer(stub)
+                before = lagging.routes("replica", "replica")
+                assert used(stub, customer) == 0  # found (on the primary); no usage replayed yet
+                events = stub.ListUsageEvents(events_pb2.ListUsageEventsRequest(customer_id=customer), timeout=10)
+                assert list(events.events) == []
+                assert lagging.routes("replica", "replica") > before  # the usage itself came from the replica
+                query = f"SELECT count(*) FROM customers WHERE customer_id = '{customer}'"
+                missing = asyncio.run(cluster.standby.fetchval(query, "metering"))
+                assert missing == 0  # the replica really does not have the customer
+            finally:
+                asyncio.run(cluster.standby.execute("SELECT pg_wal_replay_resume()", "metering"))
+    finally:
+        service.stop()

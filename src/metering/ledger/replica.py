@@ -29,10 +29,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
+from metering.ledger.invoices import InvoiceStore
 from metering.ledger.pool import is_unavailable
+from metering.ledger.records import CustomerRecord, Invoice
+from metering.ledger.store import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +225,35 @@ class ReadRouter:
         while True:
             await self.probe()
             await asyncio.sleep(interval)
+
+
+class ReadLedger(Ledger):
+    """The customer lookups of routed reads. A customer the replica does not
+    have (yet: created within the lag bound) is looked up on the primary, so
+    that a customer that exists is never NOT_FOUND; what the replica has may
+    be as old as the bound allows, like everything else it serves."""
+
+    def __init__(self, router: ReadRouter, primary: Ledger, *, acquire_timeout: float) -> None:
+        super().__init__(router, acquire_timeout=acquire_timeout)
+        self._primary_ledger = primary
+
+    async def get_customer(self, customer_id: str) -> CustomerRecord | None:
+        found = await super().get_customer(customer_id)
+        return found if found is not None else await self._primary_ledger.get_customer(customer_id)
+
+
+class ReadInvoiceStore(InvoiceStore):
+    """The invoice reads of routed reads; an invoice id the replica does not
+    have (finalized within the lag bound, its notification already sent) is
+    looked up on the primary rather than answered NOT_FOUND."""
+
+    def __init__(self, router: ReadRouter, primary: InvoiceStore, *, acquire_timeout: float) -> None:
+        super().__init__(router, acquire_timeout=acquire_timeout)
+        self._primary_store = primary
+
+    async def get(self, invoice_id: UUID) -> Invoice | None:
+        found = await super().get(invoice_id)
+        return found if found is not None else await self._primary_store.get(invoice_id)
 
 
 def lag_for_gauge(state: ReplicaState) -> float:
