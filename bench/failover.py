@@ -308,8 +308,16 @@ async def _run(
 
 
 def metering_audit(database_url: str, catalog: Path) -> tuple[int, str]:
-    """`metering audit` (every customer) on the new primary, as an operator would run it after the incident."""
-    env = {**os.environ, "METERING_DATABASE_URL": database_url, "METERING_CATALOG": str(catalog)}
+    """`metering audit` (every customer) on the new primary, as an operator would run it after the incident.
+    Its statements recompute every counter from every event: the service's
+    2 s statement timeout (METERING_DB_TIMEOUT) is too short for tens of
+    thousands of events on this machine, so the audit is given two minutes."""
+    env = {
+        **os.environ,
+        "METERING_DATABASE_URL": database_url,
+        "METERING_CATALOG": str(catalog),
+        "METERING_DB_TIMEOUT": "120s",
+    }
     done = subprocess.run(
         [sys.executable, "-m", "metering", "audit"], env=env, capture_output=True, text=True, timeout=120, check=False
     )
