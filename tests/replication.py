@@ -165,6 +165,22 @@ class PostgresNode:
             time.sleep(0.01)
         return pids
 
+    def freeze(self) -> list[int]:
+        """SIGSTOP the postmaster and its children: a server that hangs with
+        its connections open (no RST comes back). Returns the pids for thaw."""
+        postmaster = self.pid()
+        pids = [] if postmaster is None else [postmaster, *(p for p in _pids() if _parent_of(p) == postmaster)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    @staticmethod
+    def thaw(pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def promote(self) -> float:
         """`pg_ctl promote` (waiting until it is a primary); returns the seconds it took."""
         started = time.monotonic()

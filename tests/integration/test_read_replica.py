@@ -13,6 +13,7 @@ throughout (read-your-writes); with the replica down, reads go to the primary.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -27,6 +28,7 @@ from tests.support import ServiceProcess, metric_value, usage_request, wait_for
 
 MAX_LAG = 1.0  # METERING_READ_MAX_LAG of the service, seconds
 PROBE = 0.1  # METERING_HEALTH_INTERVAL: how often the replica's lag is measured
+DB_TIMEOUT = 2.0  # the service's METERING_DB_TIMEOUT (its default)
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
@@ -228,3 +230,35 @@ def test_a_customer_the_replica_does_not_have_yet_is_found_on_the_primary(cluste
                 asyncio.run(cluster.standby.execute("SELECT pg_wal_replay_resume()", "metering"))
     finally:
         service.stop()
+
+
+def test_a_hung_replica_costs_a_read_at_most_one_timeout_then_reads_go_to_the_primary(
+    cluster: Cluster, stub: Stub
+) -> None:
+    customer = new_customer(stub)
+    record(stub, customer, 2)
+    asyncio.run(wait_replayed(cluster.primary, cluster.standby))
+    assert wait_for(lambda: replica_serves(cluster), 10)
+    pids = cluster.standby.freeze()
+    try:
+        answers: list[tuple[str, float]] = []
+        deadline = time.monotonic() + 15
+        # Until reads have gone to the primary for a while: each read answers
+        # within METERING_DB_TIMEOUT (+1 s), OK or UNAVAILABLE, never hangs.
+        while time.monotonic() < deadline and [code for code, _ in answers[-5:]] != ["OK"] * 5:
+            started = time.monotonic()
+            try:
+                assert used(stub, customer) == 4
+                answers.append(("OK", time.monotonic() - started))
+            except grpc.RpcError as error:
+                answers.append((error.code().name, time.monotonic() - started))
+        assert [code for code, _ in answers[-5:]] == ["OK"] * 5, answers
+        assert {code for code, _ in answers} <= {"OK", "UNAVAILABLE"}, answers
+        assert max(seconds for _, seconds in answers) <= DB_TIMEOUT + 1, answers
+        assert cluster.gauge("metering_read_replica_up") == 0
+    finally:
+        cluster.standby.thaw(pids)
+    assert wait_for(lambda: replica_serves(cluster), 15)
+    before = cluster.routes("replica", "replica")
+    assert used(stub, customer) == 4
+    assert cluster.routes("replica", "replica") > before

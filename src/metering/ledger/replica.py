@@ -144,9 +144,13 @@ class ReadRouter:
     @asynccontextmanager
     async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[Any]:  # noqa: ASYNC109 - as Pool.acquire
         route = self.route()
+        started = time.monotonic()
         if route is Route.REPLICA:
             try:
-                conn = await self._replica.acquire(timeout=timeout)
+                # Half the wait at most: a replica that cannot give a
+                # connection in time leaves the primary the rest, so that the
+                # read still answers within one timeout.
+                conn = await self._replica.acquire(timeout=None if timeout is None else timeout / 2)
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise
@@ -167,7 +171,8 @@ class ReadRouter:
                     await self._replica.release(conn)
                 return
         self._on_route(route)
-        async with self._primary.acquire(timeout=timeout) as conn:
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        async with self._primary.acquire(timeout=left) as conn:
             yield conn
 
     def _replica_down(self, exc: BaseException) -> None:
