@@ -4,6 +4,7 @@ check that the ledger says exactly what the clients were told.
     .venv/bin/python bench/chaos.py                  # 60 s of load (default)
     .venv/bin/python bench/chaos.py --duration 300   # longer
     .venv/bin/python bench/chaos.py --smoke          # 18 s of load, for CI
+    .venv/bin/python bench/chaos.py --failover both  # the failover scenario, synchronous then asynchronous
 
 It starts its own embedded PostgreSQL and two `python -m metering serve`
 processes on it (own ports, a catalog of its own with hard limits), drives
@@ -17,6 +18,10 @@ uncertain answer with the same transaction id, and on a schedule:
    exit within its grace period) and starts it again;
 5. SIGSTOPs PostgreSQL for a while (a hung server) and SIGCONTs it;
 6. gives every first attempt a deadline of 1-20 ms for a while.
+
+With --failover it runs the failover scenario instead (bench/failover.py): a
+primary and a pg_basebackup -R standby, synchronous and/or asynchronous,
+the primary SIGKILLed under load and the standby promoted.
 
 Then it checks the ledger against every answer (nothing acknowledged lost, no
 duplicate, no event nobody asked for, no hard limit exceeded, every counter
@@ -46,6 +51,8 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from grpc_health.v1 import health_pb2
 
+from bench.failover import failover
+from bench.failover import report as report_failover
 from bench.faults import (
     EXIT_MARGIN,
     Attempt,
@@ -493,6 +500,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--db-down", type=float, default=3.0, help="seconds the database stays down (default 3; frozen 1.5 s longer)"
     )
     parser.add_argument("--smoke", action="store_true", help="a CI-sized run: 18 s of load, 2 s database outage")
+    parser.add_argument(
+        "--failover",
+        choices=("sync", "async", "both"),
+        help="run the failover scenario (primary SIGKILLed, standby promoted) with this replication instead",
+    )
     args = parser.parse_args(argv)
     # The embedded PostgreSQL's platformdirs warns when XDG_RUNTIME_DIR is unset (as in CI).
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
@@ -500,7 +512,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.duration, args.db_down = 18.0, 2.0
     if args.duration < 10:
         parser.error("--duration must be at least 10 s: the faults need room")
+    if args.failover:
+        modes = {"sync": [True], "async": [False], "both": [True, False]}[args.failover]
+        return asyncio.run(failover_runs(modes, args.duration, args.tasks))
     return asyncio.run(chaos(args.duration, args.tasks, args.db_down))
+
+
+async def failover_runs(modes: Sequence[bool], duration: float, tasks: int) -> int:
+    held = True
+    for synchronous in modes:
+        with tempfile.TemporaryDirectory(prefix="metering-failover-") as tmp:
+            mode = "synchronous" if synchronous else "asynchronous"
+            print(
+                f"chaos: failover, {mode}: a primary and a pg_basebackup -R standby in {tmp}, two services", flush=True
+            )
+            result = await failover(Path(tmp), synchronous=synchronous, duration=duration, tasks=tasks)
+        report_failover(result)
+        held = held and result.ok
+    return 0 if held else 1
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from metering.ledger.invoices import InvoiceStore
 from metering.ledger.migrate import migrate
 from metering.ledger.page_token_key import page_token_key
 from metering.ledger.pool import create_pool, is_unavailable
+from metering.ledger.replica import ReadInvoiceStore, ReadLedger, ReadRouter, ReplicaState, lag_for_gauge
 from metering.ledger.reports import UsageReports
 from metering.ledger.rollups import sync_layouts
 from metering.ledger.store import Ledger
@@ -362,6 +363,16 @@ async def _serve(
         )
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
+        read_router = None if settings.read_database_url is None else await open_read_replica(settings, pool, metrics)
+        read_reporting, read_invoicing = reporting, invoicing
+        if read_router is not None:
+            # The servicer's usage, bill and invoice reads; the closer keeps the
+            # primary's (an invoice is finalized from the primary's data only).
+            read_ledger = ReadLedger(read_router, ledger, acquire_timeout=acquire_timeout)
+            read_reports = UsageReports(read_router, acquire_timeout=acquire_timeout)
+            read_reporting = Reporting(catalog, read_ledger, read_reports)
+            read_invoice_store = ReadInvoiceStore(read_router, invoice_store, acquire_timeout=acquire_timeout)
+            read_invoicing = Invoicing(read_ledger, read_invoice_store, read_reporting)
         authenticator = Authenticator(
             policy,
             on_rate_limited=lambda caller, kind: metrics.rate_limited.labels(caller, kind).inc(),
@@ -371,10 +382,10 @@ async def _serve(
             settings,
             catalog,
             ledger,
-            reporting,
+            read_reporting,
             holds,
             writer,
-            invoicing,
+            read_invoicing,
             metrics,
             health,
             authenticator,
@@ -408,6 +419,10 @@ async def _serve(
             flush=True,
         )
         health_task = asyncio.create_task(health.run())
+        replica_task = None
+        if read_router is not None:
+            await read_router.probe()  # reads start on the replica only once its lag is known
+            replica_task = asyncio.create_task(read_router.run(settings.health_interval.total_seconds()))
         # Every replica runs the closer: they share the due customers without
         # closing any period twice (metering.ledger.invoices).
         closer_task = asyncio.create_task(closer.run())
@@ -435,12 +450,43 @@ async def _serve(
         await server.stop(settings.shutdown_grace.total_seconds())
         health_task.cancel()
         retention_task.cancel()
+        if replica_task is not None:
+            replica_task.cancel()
         await webhooks.close()
         await wakeup.close()
         await writer.close()  # after the drain: in-flight calls have their answers
+        if read_router is not None:
+            await read_router.close()
     finally:
         await pool.close()
     log.info("stopped")
+
+
+async def open_read_replica(settings: Settings, primary: asyncpg.Pool, metrics: Metrics) -> ReadRouter:
+    """The router of usage, bill and invoice reads to METERING_READ_DATABASE_URL.
+    Its pool opens no connection up front: a replica that is down at start-up
+    leaves the reads on the primary, and does not stop the service."""
+    assert settings.read_database_url is not None
+    replica = await create_pool(
+        settings.read_database_url,
+        min_size=0,
+        max_size=settings.db_pool_max,
+        db_timeout=settings.db_timeout,
+        application_name="metering-read",
+    )
+
+    def probed(state: ReplicaState) -> None:
+        metrics.read_replica_up.set(1 if state.up else 0)
+        metrics.read_replica_lag.set(lag_for_gauge(state))
+
+    return ReadRouter(
+        primary,
+        replica,
+        max_lag=settings.read_max_lag.total_seconds(),
+        timeout=settings.db_timeout.total_seconds(),
+        on_route=lambda route: metrics.read_routes.labels(route.pool, route.value).inc(),
+        on_probe=probed,
+    )
 
 
 def _security_summary(settings: Settings, policy: AccessPolicy | None) -> str:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
 
 _DURATION_RE = re.compile(r"^(?P<value>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h|d)\Z")  # \Z: no trailing newline
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -22,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    database_url: str | None  # None: start an embedded PostgreSQL
+    database_url: str | None  # None: start an embedded PostgreSQL; may name several hosts (failover)
     grpc_host: str
     grpc_port: int  # 0: any free port (printed at start-up)
     metrics_host: str
@@ -69,6 +70,9 @@ class Settings:
     webhook_lease: timedelta  # how long a replica's claim on an endpoint lasts without renewal
     pid_file: str | None  # serve writes its pid there (for `metering reload`); None: no pid file
     rate_limit_hold: timedelta  # how long a RATE_LIMITED refusal may be held until its retry slot; 0: at once
+    # A streaming replica for usage, bill and invoice reads (metering.ledger.replica); None: the primary.
+    read_database_url: str | None = None
+    read_max_lag: timedelta = timedelta(seconds=5)  # reads go to the primary past this replica lag
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +126,8 @@ class Settings:
             webhook_lease=reader.duration("METERING_WEBHOOK_LEASE", "10s"),
             pid_file=reader.text("METERING_PID_FILE") or None,
             rate_limit_hold=reader.duration("METERING_RATE_LIMIT_HOLD", "1s"),
+            read_database_url=reader.text("METERING_READ_DATABASE_URL") or None,
+            read_max_lag=reader.duration("METERING_READ_MAX_LAG", "5s"),
         )
         if settings.close_interval <= timedelta(0):
             raise ConfigError("METERING_CLOSE_INTERVAL must be more than 0")
@@ -143,6 +149,12 @@ class Settings:
             raise ConfigError(f"METERING_STRIPE_API_BASE={settings.stripe_api_base!r}: expected an http(s) URL")
         if settings.stripe_interval <= timedelta(0):
             raise ConfigError("METERING_STRIPE_INTERVAL must be more than 0")
+        if settings.database_url is not None:
+            _check_hosts(settings.database_url)
+        if settings.read_database_url is not None and settings.database_url is None:
+            raise ConfigError("METERING_READ_DATABASE_URL is a replica of METERING_DATABASE_URL: set both")
+        if settings.read_max_lag <= timedelta(0):
+            raise ConfigError("METERING_READ_MAX_LAG must be more than 0")
         return settings
 
 
@@ -206,6 +218,22 @@ def _tracing(reader: _Reader) -> bool:
                 raise ConfigError(f"{name}={protocol!r}: this service exports traces over OTLP/gRPC only (grpc)")
             break
     return True
+
+
+def _check_hosts(url: str) -> None:
+    """A METERING_DATABASE_URL with several hosts must say which one to use:
+    without target_session_attrs=read-write (or primary), libpq's default
+    (any) would keep a connection to the first host that answers, a standby
+    included, and every write would fail there."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql") or "," not in parts.netloc:
+        return
+    attrs = parse_qs(parts.query).get("target_session_attrs", [])
+    if not attrs or attrs[-1] not in ("read-write", "primary"):
+        raise ConfigError(
+            "METERING_DATABASE_URL names several hosts: add ?target_session_attrs=read-write so that the "
+            "service connects to whichever of them is the primary"
+        )
 
 
 def _duration(name: str, raw: str) -> timedelta:

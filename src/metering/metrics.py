@@ -197,6 +197,25 @@ class Metrics:
         self.pool_in_use = Gauge("metering_db_pool_in_use", "Database connections checked out.", registry=r)
         self.pool_size = Gauge("metering_db_pool_size", "Database connections open.", registry=r)
         self.pool_max = Gauge("metering_db_pool_max", "Largest number of database connections allowed.", registry=r)
+        # The read replica (METERING_READ_DATABASE_URL); no samples without one.
+        self.read_replica_lag = Gauge(
+            "metering_read_replica_lag_seconds",
+            "How far the read replica's data may be behind the primary: seconds since the newest primary WAL "
+            "position it is known to have replayed, at its last probe (NaN until known).",
+            registry=r,
+        )
+        self.read_replica_up = Gauge(
+            "metering_read_replica_up",
+            "1 when the last probe reached the read replica and it was a standby.",
+            registry=r,
+        )
+        self.read_routes = Counter(
+            "metering_read_routes",
+            "Connections taken for usage, bill and invoice reads, by the pool that served them (replica, primary) "
+            "and why (replica; lag: the replica past METERING_READ_MAX_LAG or not measured yet; replica_down).",
+            ["pool", "reason"],
+            registry=r,
+        )
 
     def child(self, metric: _Metric, *values: str) -> _Metric:
         """`metric.labels(*values)`, looked up once per label set: labels()

@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
@@ -23,6 +23,12 @@ from metering.errors import DatabaseUnavailable
 # 08 connection exception, 53 insufficient resources, 57 operator
 # intervention (shutdown, cancel on timeout), 58 system error.
 _UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+# read_only_sql_transaction: the server this connection reached accepts no
+# writes: it is (or has become) a standby. With a multi-host
+# METERING_DATABASE_URL that is a failover under way, not a bug: the call is
+# refused UNAVAILABLE and the connection dropped, so that the next one looks
+# for the primary again (target_session_attrs=read-write).
+_READ_ONLY_SERVER = "25006"
 
 _T = TypeVar("_T")
 
@@ -41,7 +47,14 @@ async def _release(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create_pool(url: str, *, min_size: int, max_size: int, db_timeout: timedelta) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, min_size: int, max_size: int, db_timeout: timedelta, application_name: str = "metering"
+) -> asyncpg.Pool:
+    """A pool on `url`, which may name several hosts (libpq's multi-host
+    syntax, `postgresql://h1:p1,h2:p2/db?target_session_attrs=read-write`):
+    every new connection tries them in order and keeps the first that
+    qualifies, so that after a failover the pool finds the new primary by
+    itself. Connections that fail are dropped (PoolUser), never reused."""
     seconds = db_timeout.total_seconds()
     return await asyncpg.create_pool(
         url,
@@ -52,7 +65,7 @@ async def create_pool(url: str, *, min_size: int, max_size: int, db_timeout: tim
         init=_init_connection,
         reset=_release,
         server_settings={
-            "application_name": "metering",
+            "application_name": application_name,
             # OK is answered only after a durable commit, whatever the server default.
             "synchronous_commit": "on",
             "statement_timeout": str(int(seconds * 1000)),
@@ -78,7 +91,7 @@ def is_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = getattr(exc, "sqlstate", None) or ""
-        return sqlstate[:2] in _UNAVAILABLE_CLASSES
+        return sqlstate[:2] in _UNAVAILABLE_CLASSES or sqlstate == _READ_ONLY_SERVER
     return False
 
 
@@ -93,10 +106,18 @@ async def translate_errors() -> AsyncIterator[None]:
         raise
 
 
+class ConnectionSource(Protocol):
+    """Where PoolUser takes its connections: an asyncpg.Pool, or a
+    metering.ledger.replica.ReadRouter that picks the replica's pool or the
+    primary's for each read."""
+
+    def acquire(self, *, timeout: float | None = None) -> AbstractAsyncContextManager[Any]: ...
+
+
 class PoolUser:
     """Base of the ledger's query classes: bounded waits for the database."""
 
-    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float) -> None:
+    def __init__(self, pool: ConnectionSource, *, acquire_timeout: float) -> None:
         self._pool = pool
         # METERING_DB_TIMEOUT: how long one use of a pooled connection may
         # take, the wait for the connection (and connecting) and every

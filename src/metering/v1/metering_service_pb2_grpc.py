@@ -417,6 +417,12 @@ class MeteringServiceServicer:
         grouped by event properties, with each meter's own aggregation. Results
         are paginated (AIP-158): follow next_page_token until it is empty. A
         request whose windows would exceed 10,000 per meter is INVALID_ARGUMENT.
+
+        Where the service has a read replica (METERING_READ_DATABASE_URL),
+        GetUsage, ListUsageEvents, EstimateBill, ListInvoices and GetInvoice may
+        be answered from it, and may then miss writes acknowledged in the last
+        METERING_READ_MAX_LAG (5 s by default); past that lag they are answered
+        from the primary. CheckBalance and every write always use the primary.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

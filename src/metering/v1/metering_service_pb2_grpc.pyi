@@ -187,6 +187,12 @@ class MeteringServiceStub:
     grouped by event properties, with each meter's own aggregation. Results
     are paginated (AIP-158): follow next_page_token until it is empty. A
     request whose windows would exceed 10,000 per meter is INVALID_ARGUMENT.
+
+    Where the service has a read replica (METERING_READ_DATABASE_URL),
+    GetUsage, ListUsageEvents, EstimateBill, ListInvoices and GetInvoice may
+    be answered from it, and may then miss writes acknowledged in the last
+    METERING_READ_MAX_LAG (5 s by default); past that lag they are answered
+    from the primary. CheckBalance and every write always use the primary.
     """
     ListUsageEvents: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListUsageEventsRequest, _events_pb2.ListUsageEventsResponse]
     """ListUsageEvents lists the raw ledger events of a customer, newest first
@@ -383,6 +389,12 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     grouped by event properties, with each meter's own aggregation. Results
     are paginated (AIP-158): follow next_page_token until it is empty. A
     request whose windows would exceed 10,000 per meter is INVALID_ARGUMENT.
+
+    Where the service has a read replica (METERING_READ_DATABASE_URL),
+    GetUsage, ListUsageEvents, EstimateBill, ListInvoices and GetInvoice may
+    be answered from it, and may then miss writes acknowledged in the last
+    METERING_READ_MAX_LAG (5 s by default); past that lag they are answered
+    from the primary. CheckBalance and every write always use the primary.
     """
     ListUsageEvents: _aio.UnaryUnaryMultiCallable[_events_pb2.ListUsageEventsRequest, _events_pb2.ListUsageEventsResponse]  # type: ignore[assignment]
     """ListUsageEvents lists the raw ledger events of a customer, newest first
@@ -642,6 +654,12 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         grouped by event properties, with each meter's own aggregation. Results
         are paginated (AIP-158): follow next_page_token until it is empty. A
         request whose windows would exceed 10,000 per meter is INVALID_ARGUMENT.
+
+        Where the service has a read replica (METERING_READ_DATABASE_URL),
+        GetUsage, ListUsageEvents, EstimateBill, ListInvoices and GetInvoice may
+        be answered from it, and may then miss writes acknowledged in the last
+        METERING_READ_MAX_LAG (5 s by default); past that lag they are answered
+        from the primary. CheckBalance and every write always use the primary.
         """
 
     @_abc_1.abstractmethod
