@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 import time
@@ -63,6 +64,8 @@ STARTUP_DATABASE_WAIT_SECONDS = 30.0
 # Net allocations of container objects between two young garbage collections
 # (Python's default: 700). See _serve.
 GC_THRESHOLD = 20_000
+# A worker's first line on stdout once it serves; its supervisor waits for it.
+WORKER_READY = "metering worker"
 
 
 @dataclass
@@ -138,6 +141,8 @@ def build_server(
     health: DatabaseHealth,
     policy: AccessPolicy | None,
     stream: OutboxStream,
+    *,
+    share_port: bool = False,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=[ObservedServiceInterceptor(metrics, Authenticator(policy))],
@@ -146,7 +151,9 @@ def build_server(
             # before it is read into memory.
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),  # two replicas must not silently share a port
+            # Two replicas must not silently share a port; the workers of one
+            # supervisor do, on the port it reserved (metering.supervisor).
+            ("grpc.so_reuseport", 1 if share_port else 0),
         ],
     )
     engine = MeteringEngine(catalog, ledger, writer)
@@ -208,7 +215,10 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, worker: int | None = None) -> None:
+    """Serve in this process: on its own, or as worker number `worker` of a
+    supervisor (metering.supervisor), which has applied the migrations,
+    reserved the port and serves the metrics of every worker."""
     catalog = load_catalog(settings.catalog_path)
     # Checked before the database is touched, like the catalog.
     stripe_mapping = load_mapping(settings.stripe_file, catalog.meters) if settings.stripe_file else None
@@ -223,7 +233,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     database = await asyncio.to_thread(open_database, settings)
     try:
-        await _serve(settings, catalog, stripe_mapping, policy, credentials, endpoints, database, stop)
+        await _serve(settings, catalog, stripe_mapping, policy, credentials, endpoints, database, stop, worker)
     finally:
         await asyncio.to_thread(database.close)
 
@@ -237,17 +247,13 @@ async def _serve(
     endpoints: tuple[Endpoint, ...],
     database: Database,
     stop: asyncio.Event,
+    worker: int | None,
 ) -> None:
     pool = await connect(settings, database.url)
     try:
-        async with pool.acquire() as conn:
-            applied = await migrate(conn)
-            rebuilt = await sync_layouts(conn, catalog)
-        if applied:
-            log.info("migrations applied: %s", ", ".join(applied))
-        if rebuilt:
-            log.info("rollups rebuilt for the catalog's dimensions: %s", ", ".join(rebuilt))
-        metrics = Metrics()
+        if worker is None:  # a supervisor has done it once for all its workers
+            await prepare_database(pool, catalog)
+        metrics = Metrics(multiprocess=worker is not None)
         metrics.watch_pool(
             in_use=lambda: pool.get_size() - pool.get_idle_size(),
             size=pool.get_size,
@@ -303,14 +309,26 @@ async def _serve(
         health = DatabaseHealth(ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
         await health.probe()
         server = build_server(
-            settings, catalog, ledger, reporting, holds, writer, invoicing, metrics, health, policy, stream
+            settings,
+            catalog,
+            ledger,
+            reporting,
+            holds,
+            writer,
+            invoicing,
+            metrics,
+            health,
+            policy,
+            stream,
+            share_port=worker is not None,
         )
         address = f"{settings.grpc_host}:{settings.grpc_port}"
         if credentials is None:
             grpc_port = server.add_insecure_port(address)
         else:
             grpc_port = server.add_secure_port(address, credentials)
-        metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+        # A worker's metrics are served by its supervisor, summed with the others'.
+        metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port) if worker is None else None
         # A batch of 1000 events holds tens of thousands of small objects until
         # it is answered. At the default threshold (700) they set off young
         # collections that promote them, and full collections that walk the
@@ -319,16 +337,16 @@ async def _serve(
         # them die young (measured: garbage collection from ~20% to ~4%).
         gc.set_threshold(GC_THRESHOLD)
         await server.start()
-        # Announce on stdout: people read it, and so do the tests (port 0 picks a free port).
-        print(
-            f"metering: serving {METERING_SERVICE} on {settings.grpc_host}:{grpc_port}; "
-            f"metrics on http://{settings.metrics_host}:{metrics_port}/metrics; "
-            f"catalog {catalog.source}; database {'embedded' if database.embedded else 'external'}; "
-            f"{_security_summary(settings, policy)}"
-            f"{'' if stripe_mapping is None else f'; Stripe sync on ({len(stripe_mapping.meters)} meters)'}",
-            flush=True,
-        )
+        if worker is not None:
+            # The supervisor waits for this line (metering.supervisor.WORKER_READY).
+            print(f"{WORKER_READY} {worker} pid {os.getpid()} on {settings.grpc_host}:{grpc_port}", flush=True)
+        else:
+            # Announce on stdout: people read it, and so do the tests (port 0 picks a free port).
+            print(
+                announcement(settings, catalog, policy, stripe_mapping, database, grpc_port, metrics_port), flush=True
+            )
         health_task = asyncio.create_task(health.run())
+        pool_task = asyncio.create_task(_sample_pool(metrics, settings)) if worker is not None else None
         # Every replica runs the closer: they share the due customers without
         # closing any period twice (metering.ledger.invoices).
         closer_task = asyncio.create_task(closer.run())
@@ -342,6 +360,11 @@ async def _serve(
         webhooks.start()
         retention_task = asyncio.create_task(retention.run())
         await stop.wait()
+        await health.shutting_down()  # NOT_SERVING first: load balancers stop sending new calls
+        if settings.shutdown_delay:
+            # Until the balancers have seen NOT_SERVING, calls keep coming: serve them.
+            log.info("stopping: health NOT_SERVING, serving on for %ss", settings.shutdown_delay.total_seconds())
+            await asyncio.sleep(settings.shutdown_delay.total_seconds())
         closer_task.cancel()  # a close in flight rolls back; the next start (or replica) redoes it
         # An event in flight is sent again by whichever replica exports next.
         background = [closer_task] if export_task is None else [closer_task, export_task]
@@ -349,10 +372,11 @@ async def _serve(
             export_task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         log.info("stopping: draining in-flight calls for up to %ss", settings.shutdown_grace.total_seconds())
-        await health.shutting_down()
         stream.close()
         await server.stop(settings.shutdown_grace.total_seconds())
         health_task.cancel()
+        if pool_task is not None:
+            pool_task.cancel()
         retention_task.cancel()
         await webhooks.close()
         await wakeup.close()
@@ -360,6 +384,46 @@ async def _serve(
     finally:
         await pool.close()
     log.info("stopped")
+
+
+async def prepare_database(pool: asyncpg.Pool, catalog: Catalog) -> None:
+    """What start-up does to the database once: migrations (under their
+    advisory lock) and the rollups' layout for the catalog's dimensions."""
+    async with pool.acquire() as conn:
+        applied = await migrate(conn)
+        rebuilt = await sync_layouts(conn, catalog)
+    if applied:
+        log.info("migrations applied: %s", ", ".join(applied))
+    if rebuilt:
+        log.info("rollups rebuilt for the catalog's dimensions: %s", ", ".join(rebuilt))
+
+
+async def _sample_pool(metrics: Metrics, settings: Settings) -> None:
+    """A worker's pool gauges, refreshed as often as health is probed."""
+    while True:
+        metrics.sample_pool()
+        await asyncio.sleep(settings.health_interval.total_seconds())
+
+
+def announcement(
+    settings: Settings,
+    catalog: Catalog,
+    policy: AccessPolicy | None,
+    stripe_mapping: StripeMapping | None,
+    database: Database,
+    grpc_port: int,
+    metrics_port: int | None,
+    workers: int = 1,
+) -> str:
+    """The line that says the service serves (tests read the ports from it)."""
+    return (
+        f"metering: serving {METERING_SERVICE} on {settings.grpc_host}:{grpc_port}; "
+        f"metrics on http://{settings.metrics_host}:{metrics_port}/metrics; "
+        f"{'' if workers == 1 else f'{workers} worker processes; '}"
+        f"catalog {catalog.source}; database {'embedded' if database.embedded else 'external'}; "
+        f"{_security_summary(settings, policy)}"
+        f"{'' if stripe_mapping is None else f'; Stripe sync on ({len(stripe_mapping.meters)} meters)'}"
+    )
 
 
 def _security_summary(settings: Settings, policy: AccessPolicy | None) -> str:

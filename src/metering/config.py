@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 _DURATION_RE = re.compile(r"^(?P<value>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h|d)\Z")  # \Z: no trailing newline
+MAX_WORKERS = 256
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -63,6 +64,8 @@ class Settings:
     webhook_timeout: timedelta  # an attempt that has no 2xx answer by then failed
     webhook_retry_schedule: tuple[timedelta, ...]  # the wait before each attempt, the first one's included
     webhook_lease: timedelta  # how long a replica's claim on an endpoint lasts without renewal
+    workers: int  # serving processes sharing the gRPC port (metering.supervisor); 1: this process serves
+    shutdown_delay: timedelta  # on SIGTERM: NOT_SERVING, still serving, this long before the drain
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +115,8 @@ class Settings:
             # Svix's schedule: immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h.
             webhook_retry_schedule=reader.durations("METERING_WEBHOOK_RETRY_SCHEDULE", "0s,5s,5m,30m,2h,5h,10h,10h"),
             webhook_lease=reader.duration("METERING_WEBHOOK_LEASE", "10s"),
+            workers=reader.workers("METERING_WORKERS"),
+            shutdown_delay=reader.duration("METERING_SHUTDOWN_DELAY", "0s"),
         )
         if settings.close_interval <= timedelta(0):
             raise ConfigError("METERING_CLOSE_INTERVAL must be more than 0")
@@ -155,6 +160,12 @@ class _Reader:
             upper = f" and at most {maximum}" if maximum is not None else ""
             raise ConfigError(f"{name}={raw!r}: must be at least {minimum}{upper}")
         return value
+
+    def workers(self, name: str) -> int:
+        """A process count, or `auto`: the CPUs this process may run on."""
+        if self.text(name).lower() == "auto":
+            return len(os.sched_getaffinity(0))
+        return self.integer(name, 1, minimum=1, maximum=MAX_WORKERS)
 
     def flag(self, name: str) -> bool:
         raw = self.text(name).lower()
