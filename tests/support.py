@@ -248,3 +248,19 @@ def coalescing(service: ServiceProcess) -> tuple[float, float, float, float]:
         metric_value(text, "metering_balance_read_batch_reads_count"),
         metric_value(text, "metering_balance_read_batch_reads_sum"),
     )
+
+
+def child_pids(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (a supervisor's workers), from /proc."""
+    children = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # ended while listed
+        if parent == pid:
+            children.add(int(entry))
+    return children

@@ -373,6 +373,7 @@ async def _serve(
         await asyncio.gather(*background, return_exceptions=True)
         log.info("stopping: draining in-flight calls for up to %ss", settings.shutdown_grace.total_seconds())
         stream.close()
+        health.end_watches()
         await server.stop(settings.shutdown_grace.total_seconds())
         health_task.cancel()
         if pool_task is not None:

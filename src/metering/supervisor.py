@@ -67,7 +67,8 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def restart_delay(failures: int) -> float:
     """Seconds before starting again a worker that died young `failures`
     times in a row (1: this is the first)."""
-    return min(RESTART_MAX_SECONDS, RESTART_BASE_SECONDS * 2.0 ** (max(1, failures) - 1))
+    doublings = min(max(1, failures) - 1, 32)  # far past the cap already; no float overflow
+    return min(RESTART_MAX_SECONDS, RESTART_BASE_SECONDS * 2.0**doublings)
 
 
 def consecutive_failures(previous: int, lived_seconds: float) -> int:
