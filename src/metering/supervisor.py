@@ -128,6 +128,9 @@ class Supervisor:
     async def stop(self, kill_after: float) -> None:
         """SIGTERM to every worker; SIGKILL to those still running `kill_after` seconds later."""
         self._stopping.set()
+        for slot in self._slots:
+            if not slot.first_ready.done():  # nobody waits for it any more
+                slot.first_ready.cancel()
         self.forward(signal.SIGTERM)
         tasks = [slot.task for slot in self._slots if slot.task is not None]
         if not tasks:
