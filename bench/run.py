@@ -4,27 +4,35 @@
     .venv/bin/python bench/run.py --database-url URL   # a database it may fill (it writes millions of rows)
     .venv/bin/python bench/run.py --smoke              # seconds: checks that the suite runs
 
-Ceilings: a no-op unary method on the same server process (METERING_BENCH_NOOP=1,
-through the same interceptor) for RPC cost, and raw COPY of the same rows into
-the same table for storage cost. Figures are medians of --runs runs with min
-and max. Ratios are what to compare across machines; absolute numbers are not.
+Ceilings: a bare grpc.aio server with one no-op method and nothing else
+(bench/bare_noop.py) for what gRPC itself costs; a no-op unary method on the
+same server process (METERING_BENCH_NOOP=1, through the same interceptor) for
+RPC cost; raw COPY of the same rows into the same table for storage cost. The
+same rows again on METERING_WORKERS=--workers processes, against one. Figures
+are medians of --runs runs with min and max; every row gives the server's CPU
+per call (and per event) read from /proc, summed over a supervisor's workers,
+and the machine's load average before and at the end of the row and how busy
+its CPUs were during it. Ratios are what to compare across machines; absolute
+numbers are not.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +41,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.support` and `bench.loadgen`
 
+from bench.bare_noop import READY
 from bench.loadgen import (
     BALANCE,
     BATCH,
@@ -53,7 +62,7 @@ from metering.catalog import load_catalog
 from metering.embedded import start_embedded
 from metering.ledger.rollups import rebuild_meter
 from metering.v1 import customer_pb2, metering_service_pb2_grpc
-from tests.support import ServiceProcess
+from tests.support import ServiceProcess, child_pids
 
 SPREAD = 100  # customers for the spread scenarios
 TOKEN = new_token()  # the benchmark caller's bearer token (all roles)
@@ -69,6 +78,10 @@ class Figure:
     p99_ms: list[float]
     cpu_us_per_call: list[float]
     errors: dict[str, int]
+    cpu_us_per_event: list[float] = field(default_factory=list)
+    load_before: list[float] = field(default_factory=list)  # 1-minute load average as each run began
+    load_after: list[float] = field(default_factory=list)  # ... and as it ended
+    busy_percent: list[float] = field(default_factory=list)  # every CPU of the machine, during each run
 
     @property
     def median(self) -> float:
@@ -79,11 +92,42 @@ class Figure:
             return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
 
         errors = f"  errors {self.errors}" if self.errors else ""
+        per_event = (
+            f" {statistics.median(self.cpu_us_per_event):,.1f} us/event"
+            if self.cpu_us_per_event and self.cpu_us_per_event != self.cpu_us_per_call
+            else ""
+        )
+        load = (
+            f"   load {max(self.load_before):.2f}->{max(self.load_after):.2f} busy {max(self.busy_percent):.0f}%"
+            if self.load_before
+            else ""
+        )
         return (
             f"{self.name:<28} c={self.concurrency:<3} {span(self.per_second, ',.0f'):>26} /s   "
             f"p50 {span(self.p50_ms, '.2f'):>20} ms   p99 {span(self.p99_ms, '.2f'):>20} ms   "
-            f"cpu {statistics.median(self.cpu_us_per_call):,.0f} us/call{errors}"
+            f"cpu {statistics.median(self.cpu_us_per_call):,.0f} us/call{per_event}{load}{errors}"
         )
+
+
+def load_average() -> float:
+    with open("/proc/loadavg") as handle:
+        return float(handle.read().split()[0])
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """The machine's idle and total CPU ticks so far (/proc/stat)."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    return values[3] + values[4], sum(values)
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU of a server process and of its children (a supervisor's workers)."""
+    total = cpu_seconds(pid)
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError):  # ended since listed
+            total += cpu_seconds(child)
+    return total
 
 
 def machine_state() -> str:
@@ -105,31 +149,50 @@ def machine_state() -> str:
 def measure(
     service: ServiceProcess, scenario: Scenario, concurrency: int, args: argparse.Namespace, tag: str
 ) -> Figure:
+    assert service.process is not None
+    return measure_at(service.target, service.process.pid, scenario, concurrency, args, tag)
+
+
+def measure_at(
+    target: str, pid: int, scenario: Scenario, concurrency: int, args: argparse.Namespace, tag: str, token: str = TOKEN
+) -> Figure:
+    """Runs of `scenario` against the server at `target`, whose process (and children) is `pid`."""
     per_second: list[float] = []
     p50: list[float] = []
     p99: list[float] = []
     cpu: list[float] = []
+    per_event: list[float] = []
+    load_before: list[float] = []
+    load_after: list[float] = []
+    busy: list[float] = []
     errors: dict[str, int] = {}
-    assert service.process is not None
     for index in range(args.runs):
-        before = cpu_seconds(service.process.pid)
+        load_before.append(load_average())
+        idle_before, total_before = cpu_ticks()
+        before = server_cpu_seconds(pid)
         result: LoadResult = run(
-            service.target,
+            target,
             scenario,
-            token=TOKEN,
+            token=token,
             concurrency=concurrency,
             seconds=args.seconds,
             processes=args.processes,
             run_tag=f"{tag}{index}-{uuid.uuid4().hex[:6]}",
         )
-        used = cpu_seconds(service.process.pid) - before
+        used = server_cpu_seconds(pid) - before
+        idle_after, total_after = cpu_ticks()
+        load_after.append(load_average())
+        busy.append(100 * (1 - (idle_after - idle_before) / max(1, total_after - total_before)))
         per_second.append(result.events_per_second)
         p50.append(result.p50_ms)
         p99.append(result.p99_ms)
         cpu.append(used / max(1, result.calls) * 1e6)
+        per_event.append(used / max(1, result.events) * 1e6)
         for code, count in result.errors.items():
             errors[code] = errors.get(code, 0) + count
-    figure = Figure(scenario.name, concurrency, per_second, p50, p99, cpu, errors)
+    figure = Figure(
+        scenario.name, concurrency, per_second, p50, p99, cpu, errors, per_event, load_before, load_after, busy
+    )
     print(figure.line(), flush=True)
     return figure
 
@@ -250,6 +313,84 @@ def phase(service: ServiceProcess, url: str, args: argparse.Namespace, label: st
     return figures
 
 
+def bare_ceiling(args: argparse.Namespace) -> dict[str, Figure]:
+    """The bare grpc.aio no-op server (bench/bare_noop.py) at each concurrency."""
+    print("\n== bare grpc.aio no-op server (one method, no interceptor) ==", flush=True)
+    script = Path(__file__).resolve().parent / "bare_noop.py"
+    server = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if not line.startswith(READY):
+            raise RuntimeError(f"the bare no-op server did not start: {line!r}")
+        target = line.split()[-1]
+        scenario = Scenario("bare grpc.aio no-op", NOOP)
+        return {
+            f"bare{c}": measure_at(target, server.pid, scenario, c, args, "bare", token="") for c in args.concurrency
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def workers_phase(url: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, Figure]:
+    print(
+        f"\n== {args.workers} worker processes (METERING_WORKERS={args.workers}), "
+        "the same ledger, just after the 1-worker rows ==",
+        flush=True,
+    )
+    service = ServiceProcess(url, catalog=None, extra_env={**env, "METERING_WORKERS": str(args.workers)}).start()
+    top = max(args.concurrency)
+    figures: dict[str, Figure] = {}
+    try:
+        figures[f"noop{top}"] = measure(service, Scenario("no-op unary (RPC ceiling)", NOOP), top, args, "wnoop")
+        rows: list[tuple[str, Callable[[str], Scenario], int]] = [
+            (
+                f"record{top}",
+                lambda t: Scenario("RecordUsage, 100 customers", RECORD, customers=SPREAD, customer_tag=t),
+                top,
+            ),
+            ("balance", lambda t: Scenario("CheckBalance", BALANCE, customers=SPREAD, customer_tag=t), top),
+            (
+                "batch1000",
+                lambda t: Scenario(
+                    "RecordUsageBatch x1000", BATCH, customers=SPREAD, events_per_call=1000, customer_tag=t
+                ),
+                2,
+            ),
+        ]
+        for key, make, concurrency in rows:
+            tag = f"w{args.workers}{key}"
+            create_customers(service.target, tag)
+            figures[key] = measure(service, make(tag), concurrency, args, tag)
+    finally:
+        code = service.stop()
+        print(f"{args.workers} workers stopped (exit {code})", flush=True)
+    return figures
+
+
+def print_workers_ratios(workers: int, many: dict[str, Figure], one: dict[str, Figure]) -> None:
+    print(f"\n-- ratios: {workers} workers / 1 worker (same run) --")
+    for key, figure in many.items():
+        name = f"{figure.name} c={figure.concurrency}"
+        throughput = ratio(figure.median, one[key].median)
+        cpu = ratio(statistics.median(figure.cpu_us_per_call), statistics.median(one[key].cpu_us_per_call))
+        print(f"{name:<40} throughput {throughput:6.2f}   server CPU per call {cpu:6.2f}   target throughput >= 1.0")
+
+
+def print_bare_ratios(bare: dict[str, Figure], empty: dict[str, Figure], concurrency: list[int]) -> None:
+    top = max(concurrency)
+    print("\n-- ratios: against the bare grpc.aio no-op (same run) --")
+    rows = [(f"service no-op / bare no-op, c={c}", empty[f"noop{c}"], bare[f"bare{c}"]) for c in concurrency]
+    rows += [
+        (f"RecordUsage / bare no-op, c={top}", empty[f"record{top}"], bare[f"bare{top}"]),
+        (f"CheckBalance / bare no-op, c={top}", empty["balance"], bare[f"bare{top}"]),
+    ]
+    for name, figure, ceiling in rows:
+        cpu = ratio(statistics.median(figure.cpu_us_per_call), statistics.median(ceiling.cpu_us_per_call))
+        print(f"{name:<40} calls/s {ratio(figure.median, ceiling.median):6.2f}   server CPU per call {cpu:6.2f}x")
+
+
 def ratio(numerator: float, denominator: float) -> float:
     """NaN when the reference measured nothing (e.g. a smoke run on a machine too
     busy to complete a call in its window): printed as n/a, not a crash."""
@@ -320,6 +461,7 @@ def main() -> None:
     parser.add_argument("--copy-rows", type=int, default=200_000)
     parser.add_argument("--history", type=int, default=10_000_000, help="events to load for the second phase")
     parser.add_argument("--soak", type=float, default=60.0, help="seconds of the memory run (0: skip)")
+    parser.add_argument("--workers", type=int, default=2, help="METERING_WORKERS of the workers phase (0: skip)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that the suite runs")
     args = parser.parse_args()
     if args.smoke:
@@ -347,10 +489,14 @@ def execute(url: str, args: argparse.Namespace) -> None:
     auth_file = Path(folder) / "callers.toml"
     auth_file.write_text(caller_entry("bench", ["recorder", "reader", "admin"], token_digests=[token_digest(TOKEN)]))
     env = {"METERING_BENCH_NOOP": "1", "METERING_AUTH_FILE": str(auth_file)}
+    bare = bare_ceiling(args)
     service = ServiceProcess(url, catalog=None, extra_env=env).start()
     try:
         empty = phase(service, url, args, "empty ledger")
         print_ratios("empty ledger", ratios(empty, args.concurrency))
+        print_bare_ratios(bare, empty, args.concurrency)
+        if args.workers > 1:
+            print_workers_ratios(args.workers, workers_phase(url, env, args), empty)
         if args.history:
             print(f"\nloading {args.history:,} events of history with COPY ...", flush=True)
             seconds = asyncio.run(load_history(url, args.history))

@@ -353,3 +353,19 @@ def release(stub: MeteringServiceStub, customer: str, rid: str) -> reservations_
     request = reservations_pb2.ReleaseReservationRequest(customer_id=customer, reservation_id=rid)
     response: reservations_pb2.ReleaseReservationResponse = stub.ReleaseReservation(request, timeout=10)
     return response
+
+
+def child_pids(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (a supervisor's workers), from /proc."""
+    children = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # ended while listed
+        if parent == pid:
+            children.add(int(entry))
+    return children

@@ -72,6 +72,8 @@ STARTUP_DATABASE_WAIT_SECONDS = 30.0
 # Net allocations of container objects between two young garbage collections
 # (Python's default: 700). See _serve.
 GC_THRESHOLD = 20_000
+# A worker's first line on stdout once it serves; its supervisor waits for it.
+WORKER_READY = "metering worker"
 
 
 @dataclass
@@ -149,6 +151,8 @@ def build_server(
     stream: OutboxStream,
     page_tokens: PageTokens,
     tracing: Tracing | None = None,
+    *,
+    share_port: bool = False,
 ) -> grpc.aio.Server:
     observed = ObservedServiceInterceptor(metrics, authenticator)
     server = grpc.aio.server(
@@ -160,7 +164,9 @@ def build_server(
             # before it is read into memory.
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),  # two replicas must not silently share a port
+            # Two replicas must not silently share a port; the workers of one
+            # supervisor do, on the port it reserved (metering.supervisor).
+            ("grpc.so_reuseport", 1 if share_port else 0),
         ],
     )
     engine = MeteringEngine(catalog, ledger, writer)
@@ -229,7 +235,10 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, worker: int | None = None) -> None:
+    """Serve in this process: on its own, or as worker number `worker` of a
+    supervisor (metering.supervisor), which has applied the migrations,
+    reserved the port and serves the metrics of every worker."""
     catalog = load_catalog(settings.catalog_path)
     # Checked before the database is touched, like the catalog.
     stripe_mapping = load_mapping(settings.stripe_file, catalog.meters) if settings.stripe_file else None
@@ -249,17 +258,30 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
-    write_pid_file(settings.pid_file)
+    # `metering reload` signals the process it finds there: a supervisor's
+    # workers leave it to their supervisor, which forwards SIGHUP to each.
+    pid_file = settings.pid_file if worker is None else None
+    write_pid_file(pid_file)
     database = await asyncio.to_thread(open_database, settings)
     try:
         await _serve(
-            settings, catalog, stripe_mapping, policy, credentials, endpoints, database, stop, reload_requested, tracing
+            settings,
+            catalog,
+            stripe_mapping,
+            policy,
+            credentials,
+            endpoints,
+            database,
+            stop,
+            reload_requested,
+            tracing,
+            worker,
         )
     finally:
         await asyncio.to_thread(database.close)
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)
-        remove_pid_file(settings.pid_file)
+        remove_pid_file(pid_file)
 
 
 def write_pid_file(path: str | None) -> None:
@@ -296,18 +318,16 @@ async def _serve(
     stop: asyncio.Event,
     reload_requested: asyncio.Event,
     tracing: Tracing | None,
+    worker: int | None,
 ) -> None:
     pool = await connect(settings, database.url)
     try:
+        if worker is None:  # a supervisor has done it once for all its workers
+            await prepare_database(pool, catalog)
         async with pool.acquire() as conn:
-            applied = await migrate(conn)
-            rebuilt = await sync_layouts(conn, catalog)
+            # Created by whichever process came first; every replica and worker signs with it.
             page_tokens = PageTokens(await page_token_key(conn))
-        if applied:
-            log.info("migrations applied: %s", ", ".join(applied))
-        if rebuilt:
-            log.info("rollups rebuilt for the catalog's dimensions: %s", ", ".join(rebuilt))
-        metrics = Metrics()
+        metrics = Metrics(multiprocess=worker is not None)
         metrics.watch_pool(
             in_use=lambda: pool.get_size() - pool.get_idle_size(),
             size=pool.get_size,
@@ -392,6 +412,7 @@ async def _serve(
             stream,
             page_tokens,
             tracing,
+            share_port=worker is not None,
         )
         reloader = ConfigReloader(settings, catalog.meters, authenticator, webhooks, retention, metrics)
         address = f"{settings.grpc_host}:{settings.grpc_port}"
@@ -399,7 +420,8 @@ async def _serve(
             grpc_port = server.add_insecure_port(address)
         else:
             grpc_port = server.add_secure_port(address, credentials)
-        metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+        # A worker's metrics are served by its supervisor, summed with the others'.
+        metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port) if worker is None else None
         # A batch of 1000 events holds tens of thousands of small objects until
         # it is answered. At the default threshold (700) they set off young
         # collections that promote them, and full collections that walk the
@@ -408,17 +430,24 @@ async def _serve(
         # them die young (measured: garbage collection from ~20% to ~4%).
         gc.set_threshold(GC_THRESHOLD)
         await server.start()
-        # Announce on stdout: people read it, and so do the tests (port 0 picks a free port).
-        print(
-            f"metering: serving {METERING_SERVICE} on {settings.grpc_host}:{grpc_port}; "
-            f"metrics on http://{settings.metrics_host}:{metrics_port}/metrics; "
-            f"catalog {catalog.source}; database {'embedded' if database.embedded else 'external'}; "
-            f"{_security_summary(settings, policy)}"
-            f"{'' if stripe_mapping is None else f'; Stripe sync on ({len(stripe_mapping.meters)} meters)'}"
-            f"{'' if tracing is None else '; tracing on (OTLP/gRPC)'}",
-            flush=True,
-        )
+        if worker is not None:
+            # The supervisor waits for this line (metering.supervisor.WORKER_READY).
+            print(f"{WORKER_READY} {worker} pid {os.getpid()} on {settings.grpc_host}:{grpc_port}", flush=True)
+        else:
+            # Announce on stdout: people read it, and so do the tests (port 0 picks a free port).
+            line = announcement(
+                settings,
+                catalog,
+                policy,
+                stripe_mapping,
+                database,
+                grpc_port,
+                metrics_port,
+                tracing=tracing is not None,
+            )
+            print(line, flush=True)
         health_task = asyncio.create_task(health.run())
+        pool_task = asyncio.create_task(_sample_pool(metrics, settings)) if worker is not None else None
         replica_task = None
         if read_router is not None:
             await read_router.probe()  # reads start on the replica only once its lag is known
@@ -438,6 +467,11 @@ async def _serve(
         reload_task = asyncio.create_task(reloader.run(reload_requested))
         await stop.wait()
         reload_task.cancel()  # a reload in progress is dropped; the files in force stay
+        await health.shutting_down()  # NOT_SERVING first: load balancers stop sending new calls
+        if settings.shutdown_delay:
+            # Until the balancers have seen NOT_SERVING, calls keep coming: serve them.
+            log.info("stopping: health NOT_SERVING, serving on for %ss", settings.shutdown_delay.total_seconds())
+            await asyncio.sleep(settings.shutdown_delay.total_seconds())
         closer_task.cancel()  # a close in flight rolls back; the next start (or replica) redoes it
         # An event in flight is sent again by whichever replica exports next.
         background = [closer_task] if export_task is None else [closer_task, export_task]
@@ -445,10 +479,12 @@ async def _serve(
             export_task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         log.info("stopping: draining in-flight calls for up to %ss", settings.shutdown_grace.total_seconds())
-        await health.shutting_down()
         stream.close()
+        health.end_watches()
         await server.stop(settings.shutdown_grace.total_seconds())
         health_task.cancel()
+        if pool_task is not None:
+            pool_task.cancel()
         retention_task.cancel()
         if replica_task is not None:
             replica_task.cancel()
@@ -486,6 +522,49 @@ async def open_read_replica(settings: Settings, primary: asyncpg.Pool, metrics: 
         timeout=settings.db_timeout.total_seconds(),
         on_route=lambda route: metrics.read_routes.labels(route.pool, route.value).inc(),
         on_probe=probed,
+    )
+
+
+async def prepare_database(pool: asyncpg.Pool, catalog: Catalog) -> None:
+    """What start-up does to the database once: migrations (under their
+    advisory lock) and the rollups' layout for the catalog's dimensions."""
+    async with pool.acquire() as conn:
+        applied = await migrate(conn)
+        rebuilt = await sync_layouts(conn, catalog)
+    if applied:
+        log.info("migrations applied: %s", ", ".join(applied))
+    if rebuilt:
+        log.info("rollups rebuilt for the catalog's dimensions: %s", ", ".join(rebuilt))
+
+
+async def _sample_pool(metrics: Metrics, settings: Settings) -> None:
+    """A worker's pool gauges, refreshed as often as health is probed."""
+    while True:
+        metrics.sample_pool()
+        await asyncio.sleep(settings.health_interval.total_seconds())
+
+
+def announcement(
+    settings: Settings,
+    catalog: Catalog,
+    policy: AccessPolicy | None,
+    stripe_mapping: StripeMapping | None,
+    database: Database,
+    grpc_port: int,
+    metrics_port: int | None,
+    workers: int = 1,
+    *,
+    tracing: bool = False,
+) -> str:
+    """The line that says the service serves (tests read the ports from it)."""
+    return (
+        f"metering: serving {METERING_SERVICE} on {settings.grpc_host}:{grpc_port}; "
+        f"metrics on http://{settings.metrics_host}:{metrics_port}/metrics; "
+        f"{'' if workers == 1 else f'{workers} worker processes; '}"
+        f"catalog {catalog.source}; database {'embedded' if database.embedded else 'external'}; "
+        f"{_security_summary(settings, policy)}"
+        f"{'' if stripe_mapping is None else f'; Stripe sync on ({len(stripe_mapping.meters)} meters)'}"
+        f"{'' if not tracing else '; tracing on (OTLP/gRPC)'}"
     )
 
 

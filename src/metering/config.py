@@ -14,6 +14,7 @@ from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 _DURATION_RE = re.compile(r"^(?P<value>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h|d)\Z")  # \Z: no trailing newline
+MAX_WORKERS = 256
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -70,6 +71,8 @@ class Settings:
     webhook_lease: timedelta  # how long a replica's claim on an endpoint lasts without renewal
     pid_file: str | None  # serve writes its pid there (for `metering reload`); None: no pid file
     rate_limit_hold: timedelta  # how long a RATE_LIMITED refusal may be held until its retry slot; 0: at once
+    workers: int  # serving processes sharing the gRPC port (metering.supervisor); 1: this process serves
+    shutdown_delay: timedelta  # on SIGTERM: NOT_SERVING, still serving, this long before the drain
     # A streaming replica for usage, bill and invoice reads (metering.ledger.replica); None: the primary.
     read_database_url: str | None = None
     read_max_lag: timedelta = timedelta(seconds=5)  # reads go to the primary past this replica lag
@@ -128,6 +131,8 @@ class Settings:
             rate_limit_hold=reader.duration("METERING_RATE_LIMIT_HOLD", "1s"),
             read_database_url=reader.text("METERING_READ_DATABASE_URL") or None,
             read_max_lag=reader.duration("METERING_READ_MAX_LAG", "5s"),
+            workers=reader.workers("METERING_WORKERS"),
+            shutdown_delay=reader.duration("METERING_SHUTDOWN_DELAY", "0s"),
         )
         if settings.close_interval <= timedelta(0):
             raise ConfigError("METERING_CLOSE_INTERVAL must be more than 0")
@@ -183,6 +188,12 @@ class _Reader:
         if raw not in choices:
             raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
         return raw
+
+    def workers(self, name: str) -> int:
+        """A process count, or `auto`: the CPUs this process may run on."""
+        if self.text(name).lower() == "auto":
+            return len(os.sched_getaffinity(0))
+        return self.integer(name, 1, minimum=1, maximum=MAX_WORKERS)
 
     def flag(self, name: str) -> bool:
         raw = self.text(name).lower()

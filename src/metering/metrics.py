@@ -6,8 +6,12 @@ No customer id is ever a label value: label sets stay bounded by the catalog
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TypeVar, cast
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,8 +19,13 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
+    make_wsgi_app,
     start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from metering.notifications import NotificationType
 
@@ -46,7 +55,10 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, multiprocess: bool = False) -> None:
+        """multiprocess: a worker of metering.supervisor (PROMETHEUS_MULTIPROC_DIR
+        is set); its values go to files the supervisor's endpoint sums."""
+        self.multiprocess = multiprocess
         self.registry = registry or CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], object] = {}
         r = self.registry
@@ -114,11 +126,13 @@ class Metrics:
             "metering_invoice_oldest_unclosed_period_age_seconds",
             "Seconds since the oldest billing period not finalized yet ended (0 while none has), as the closer "
             "last measured it; about METERING_INVOICE_GRACE at most while closing keeps up.",
+            multiprocess_mode="livemostrecent",  # every worker's closer measures the same backlog
             registry=r,
         )
         self.invoice_grace = Gauge(
             "metering_invoice_grace_seconds",
             "METERING_INVOICE_GRACE: how long an ended period stays a draft.",
+            multiprocess_mode="livemax",  # the same setting in every worker
             registry=r,
         )
         # The billing sync to Stripe; only the replica holding the export lock has samples.
@@ -127,6 +141,7 @@ class Metrics:
             "Stripe billing sync: how long the oldest closed hour not yet acknowledged by Stripe has been closed, "
             "by meter (0 when every closed hour is exported).",
             ["meter"],
+            multiprocess_mode="livemax",  # the lock holder's figure; the other workers report 0
             registry=r,
         )
         self.stripe_meter_events = Counter(
@@ -161,6 +176,7 @@ class Metrics:
             "Age of the oldest notification an endpoint wants and has not received (dead letters aside); "
             "reported by the replica delivering to it, 0 on the others.",
             ["endpoint"],
+            multiprocess_mode="livemax",  # the delivering worker's figure; the others report 0
             registry=r,
         )
         self.webhook_dead_letters = Counter(
@@ -176,8 +192,14 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
             registry=r,
         )
+        # With METERING_WORKERS > 1 each gauge says how the workers' values
+        # add up (prometheus_client's multiprocess mode; "live": a dead
+        # worker's value goes with it). A single process ignores the modes.
         self.watch_streams = Gauge(
-            "metering_watch_streams_open", "WatchNotifications streams being served.", registry=r
+            "metering_watch_streams_open",
+            "WatchNotifications streams being served.",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.rate_limited = Counter(
             "metering_rate_limited",
@@ -193,20 +215,39 @@ class Metrics:
             ["file", "outcome"],
             registry=r,
         )
-        self.db_up = Gauge("metering_database_up", "1 when the last database health probe succeeded.", registry=r)
-        self.pool_in_use = Gauge("metering_db_pool_in_use", "Database connections checked out.", registry=r)
-        self.pool_size = Gauge("metering_db_pool_size", "Database connections open.", registry=r)
-        self.pool_max = Gauge("metering_db_pool_max", "Largest number of database connections allowed.", registry=r)
+        self.db_up = Gauge(
+            "metering_database_up",
+            "1 when the last database health probe succeeded (of every worker: 0 if one worker's probe failed).",
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        # Summed over workers: the connections the whole process holds, the
+        # figure to compare with PostgreSQL's max_connections.
+        self.pool_in_use = Gauge(
+            "metering_db_pool_in_use", "Database connections checked out.", multiprocess_mode="livesum", registry=r
+        )
+        self.pool_size = Gauge(
+            "metering_db_pool_size", "Database connections open.", multiprocess_mode="livesum", registry=r
+        )
+        self.pool_max = Gauge(
+            "metering_db_pool_max",
+            "Largest number of database connections allowed.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self._pool_readings: tuple[Callable[[], float], Callable[[], float], Callable[[], float]] | None = None
         # The read replica (METERING_READ_DATABASE_URL); no samples without one.
         self.read_replica_lag = Gauge(
             "metering_read_replica_lag_seconds",
             "How far the read replica's data may be behind the primary: seconds since the newest primary WAL "
             "position it is known to have replayed, at its last probe (NaN until known).",
+            multiprocess_mode="livemax",  # every worker probes the same replica: the worst figure
             registry=r,
         )
         self.read_replica_up = Gauge(
             "metering_read_replica_up",
             "1 when the last probe reached the read replica and it was a standby.",
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.read_routes = Counter(
@@ -242,12 +283,84 @@ class Metrics:
             self.notifications_written.labels(str(kind)).inc()
 
     def watch_pool(self, in_use: Callable[[], float], size: Callable[[], float], maximum: Callable[[], float]) -> None:
-        """Read the pool's figures at each scrape rather than on every request."""
+        """Read the pool's figures at each scrape rather than on every request.
+        A worker's scrape happens in the supervisor, which cannot call into
+        the worker: there sample_pool() copies them into the gauges."""
+        if self.multiprocess:
+            self._pool_readings = (in_use, size, maximum)
+            self.sample_pool()
+            return
         self.pool_in_use.set_function(in_use)
         self.pool_size.set_function(size)
         self.pool_max.set_function(maximum)
+
+    def sample_pool(self) -> None:
+        if self._pool_readings is not None:
+            in_use, size, maximum = self._pool_readings
+            self.pool_in_use.set(in_use())
+            self.pool_size.set(size())
+            self.pool_max.set(maximum())
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return int(server.server_address[1])
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersState:
+    """What a supervisor (metering.supervisor) knows of its workers."""
+
+    configured: int
+    serving: int
+    restarts: int
+    stopping: bool
+
+    @property
+    def healthy(self) -> bool:
+        return self.serving == self.configured and not self.stopping
+
+
+class _WorkersCollector(Collector):
+    def __init__(self, state: Callable[[], WorkersState]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterable[Metric]:
+        state = self._state()
+        yield GaugeMetricFamily("metering_workers", "Worker processes configured (METERING_WORKERS).", state.configured)
+        yield GaugeMetricFamily("metering_workers_serving", "Worker processes serving now.", state.serving)
+        yield CounterMetricFamily(
+            "metering_worker_restarts", "Worker processes started again after they died.", state.restarts
+        )
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+def serve_workers(host: str, port: int, directory: str, state: Callable[[], WorkersState]) -> int:
+    """A supervisor's HTTP endpoint: /metrics sums what every worker wrote to
+    `directory` (counters and histograms added up, gauges by their
+    multiprocess_mode), with the supervisor's own worker figures; /health is
+    200 while every worker serves, else 503. Returns the bound port."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    registry.register(_WorkersCollector(state))
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes] | list[bytes]:
+        if environ.get("PATH_INFO") != "/health":
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        now = state()
+        text = f"{'SERVING' if now.healthy else 'NOT_SERVING'}: {now.serving} of {now.configured} workers serving"
+        text += "; stopping\n" if now.stopping else "\n"
+        start_response("200 OK" if now.healthy else "503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [text.encode()]
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+    server = make_server(host, port, app, Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return int(server.server_port)

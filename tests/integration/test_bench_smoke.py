@@ -22,5 +22,15 @@ def test_benchmark_suite_completes(make_database: Callable[[], str]) -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    for heading in ("== empty ledger ==", "-- ratios: empty ledger --", "raw COPY (storage ceiling)", "-- memory:"):
+    for heading in (
+        "== empty ledger ==",
+        "-- ratios: empty ledger --",
+        "raw COPY (storage ceiling)",
+        "-- memory:",
+        "bare grpc.aio no-op",
+        "-- ratios: against the bare grpc.aio no-op (same run) --",
+        "== 2 worker processes",
+        "-- ratios: 2 workers / 1 worker (same run) --",
+        "2 workers stopped (exit 0)",
+    ):
         assert heading in result.stdout, result.stdout[-4000:]

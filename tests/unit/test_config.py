@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pytest
@@ -72,3 +73,14 @@ def test_values() -> None:
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+def test_workers_and_shutdown_delay() -> None:
+    defaults = Settings.from_env({})
+    assert defaults.workers == 1 and defaults.shutdown_delay == timedelta(0)
+    settings = Settings.from_env({"METERING_WORKERS": "4", "METERING_SHUTDOWN_DELAY": "5s"})
+    assert settings.workers == 4 and settings.shutdown_delay == timedelta(seconds=5)
+    assert Settings.from_env({"METERING_WORKERS": "auto"}).workers == len(os.sched_getaffinity(0))
+    for bad in ("0", "-1", "two", "257"):
+        with pytest.raises(ConfigError, match="METERING_WORKERS"):
+            Settings.from_env({"METERING_WORKERS": bad})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
+from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
@@ -20,9 +21,32 @@ log = logging.getLogger(__name__)
 METERING_SERVICE = "metering.v1.MeteringService"
 
 
+class _EndingHealthServicer(health.aio.HealthServicer):  # type: ignore[name-defined,misc]  # no stub for aio
+    """The standard servicer, whose Watch streams end when asked. They never
+    end on their own: a load balancer watching health would hold every
+    shutdown for the whole drain grace, its stream counted as a call in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ended = asyncio.Event()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:  # noqa: N802 - gRPC's name
+        watch = asyncio.ensure_future(super().Watch(request, context))
+        ended = asyncio.ensure_future(self._ended.wait())
+        try:
+            await asyncio.wait({watch, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            ended.cancel()
+        await asyncio.gather(watch, ended, return_exceptions=True)
+
+    def end_watches(self) -> None:
+        self._ended.set()
+
+
 class DatabaseHealth:
     def __init__(self, ledger: Ledger, metrics: Metrics, *, interval: timedelta, timeout: timedelta) -> None:
-        self.servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # no stub for the aio module
+        self.servicer = _EndingHealthServicer()
         self._ledger = ledger
         self._metrics = metrics
         self._interval = interval.total_seconds()
@@ -62,7 +86,12 @@ class DatabaseHealth:
             await asyncio.sleep(self._interval)
 
     async def shutting_down(self) -> None:
+        """NOT_SERVING for good: the probe no longer changes it."""
         await self.servicer.enter_graceful_shutdown()
+
+    def end_watches(self) -> None:
+        """End the Watch streams (they have had NOT_SERVING), before the drain."""
+        self.servicer.end_watches()
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:

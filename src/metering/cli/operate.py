@@ -22,6 +22,8 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def add_commands(commands: Subparsers) -> None:
     serve = commands.add_parser("serve", help="run the gRPC service (settings from METERING_* variables)")
+    # Set by the supervisor of METERING_WORKERS > 1 for each process it starts (metering.supervisor).
+    serve.add_argument("--worker", type=int, metavar="INDEX", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
@@ -77,10 +79,21 @@ def add_commands(commands: Subparsers) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from metering.app import configure_logging, serve
+    from metering.supervisor import WorkerFailed, die_with_parent, supervise
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    if args.worker is not None:
+        die_with_parent()
+        asyncio.run(serve(settings, worker=args.worker))
+    elif settings.workers > 1:
+        try:
+            asyncio.run(supervise(settings))
+        except WorkerFailed as exc:
+            print(f"metering: {exc}", file=sys.stderr)
+            return 1
+    else:  # one process serves by itself: no supervisor in between
+        asyncio.run(serve(settings))
     return 0
 
 
