@@ -92,7 +92,9 @@ async def _frozen_under_load(replicas: list[Replica], database: EmbeddedPostgres
     book = Book(f"frozen-{tag}")
     others: list[Call] = []
     stop = asyncio.Event()
-    mix = LoadMix([(c, 1.0) for c in customers], batch_share=0.4, tiny_deadline_share=0.0)
+    # Unary and batch writers apart, so that both kinds are waiting whenever the freeze comes.
+    unary = LoadMix([(c, 1.0) for c in customers], batch_share=0.0, tiny_deadline_share=0.0)
+    batches = LoadMix([(c, 1.0) for c in customers], batch_share=1.0, tiny_deadline_share=0.0)
     async with Client(targets, book, RetryPolicy(call_timeout=CALL_DEADLINE)) as client:
         channels = [grpc.aio.insecure_channel(t) for t in targets]
         stubs: list[metering_service_pb2_grpc.MeteringServiceAsyncStub] = [
@@ -148,7 +150,8 @@ async def _frozen_under_load(replicas: list[Replica], database: EmbeddedPostgres
                 await hold_and_release(random.choice(customers))
 
         load = asyncio.gather(
-            drive(client, mix, until=time.monotonic() + 120, tasks=6, stop=stop),
+            drive(client, unary, until=time.monotonic() + 120, tasks=4, stop=stop),
+            drive(client, batches, until=time.monotonic() + 120, tasks=2, stop=stop),
             *(read_balances() for _ in range(2)),
             read_usage(),
             reserve_and_release(),

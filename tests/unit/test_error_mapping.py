@@ -220,6 +220,26 @@ CASES: dict[str, Case] = {
     "Unauthenticated[invalid]": Case(
         errors.Unauthenticated(missing=False), grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_INVALID", {}
     ),
+    "TokenExpired": Case(
+        errors.TokenExpired("ingest", "2026-01-01T00:00:00+00:00"),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CREDENTIALS_EXPIRED",
+        {"caller": "ingest", "expired_at": "2026-01-01T00:00:00+00:00"},
+    ),
+    "RateLimited[rate]": Case(
+        errors.RateLimited("flooder", "rate", 2.0, requests_per_second=100.0, burst=50.0, max_in_flight=None),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
+        {"caller": "flooder", "limit": "rate", "requests_per_second": "100", "burst": "50"},
+        {**retry_after(2), **quota("caller:flooder")},
+    ),
+    "RateLimited[concurrency]": Case(
+        errors.RateLimited("flooder", "concurrency", 1.0, requests_per_second=None, burst=None, max_in_flight=4),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
+        {"caller": "flooder", "limit": "concurrency", "max_in_flight": "4"},
+        {**retry_after(1), **quota("caller:flooder")},
+    ),
     "RoleRequired": Case(
         errors.RoleRequired("billing-ui", "/metering.v1.MeteringService/RecordUsage", "recorder"),
         grpc.StatusCode.PERMISSION_DENIED,
@@ -282,9 +302,12 @@ def test_the_grpc_status_carries_the_same_details_in_its_trailer(name: str) -> N
     case = CASES[name]
     answer = to_status(case.error)
     assert answer.code == case.code
-    [(key, value)] = answer.trailing_metadata
-    assert key == "grpc-status-details-bin"
-    assert status_pb2.Status.FromString(value) == to_rpc_status(case.error)
+    trailer = dict(answer.trailing_metadata)
+    assert status_pb2.Status.FromString(trailer.pop("grpc-status-details-bin")) == to_rpc_status(case.error)
+    # A rate-limit refusal also tells gRPC retry policies when to retry (RetryInfo's delay, in ms).
+    if isinstance(case.error, errors.RateLimited):
+        assert trailer.pop("grpc-retry-pushback-ms") == str(int(case.error.retry_after * 1000))
+    assert trailer == {}
 
 
 def test_an_unexpected_exception_is_internal_without_its_text(caplog: pytest.LogCaptureFixture) -> None:
