@@ -229,6 +229,9 @@ def test_node_client_survives_a_service_restart_with_the_service_config(
         if loop.poll() is None:
             loop.kill()
             loop.wait()
+        reader.join(timeout=10)
+        if loop.stdout is not None:
+            loop.stdout.close()  # filterwarnings=error: an open pipe is a ResourceWarning
         replica.generations[-1].stop()
     output = "".join(lines)
     print(output)  # shown with -rP: the run that rides out the restart
