@@ -57,17 +57,32 @@ def parse_decimal(
     return Decimal(text)
 
 
+# Texts already formatted. Equal decimals have one canonical text (1, 1.0 and
+# 1.00 all give "1"), so a value that compares equal may share it; a response
+# formats several per event (quantity, used, available, limit...) and most are
+# values seen before. Bounded: past the size it starts over.
+_FORMATTED: dict[Decimal, str] = {}
+_FORMATTED_KEPT = 8192
+
+
 def format_decimal(value: Decimal) -> str:
     """Canonical text: plain notation, no exponent, no trailing fractional zeros."""
+    text = _FORMATTED.get(value)
+    if text is not None:
+        return text
     if value == 0:
         return "0"  # also folds "-0" and "0.000"
-    return format(value.normalize(EXACT), "f")
+    text = format(value.normalize(EXACT), "f")
+    if len(_FORMATTED) >= _FORMATTED_KEPT:
+        _FORMATTED.clear()
+    _FORMATTED[value] = text
+    return text
 
 
 def add(*values: Decimal) -> Decimal:
     """Exact sum."""
-    if len(values) == 2:  # the common case, without the loop
-        return EXACT.add(EXACT.add(ZERO, values[0]), values[1])
+    if len(values) == 2:  # the common case, without the loop (one operation: an inexact sum traps)
+        return EXACT.add(values[0], values[1])
     total = ZERO
     for value in values:
         total = EXACT.add(total, value)

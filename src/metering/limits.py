@@ -54,12 +54,14 @@ class Allowance:
     limit: Decimal | None  # None: unlimited
     granted: Decimal = ZERO
     reserved: Decimal = ZERO
-    # limit + granted (None: unlimited), computed once: every decision and
-    # figure of the allowance needs it.
+    # limit + granted (None: unlimited), and whether the aggregation adds up,
+    # computed once: every decision and figure of the allowance needs them.
     total: Decimal | None = field(init=False, repr=False, compare=False)
+    accumulates: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.total = None if self.limit is None else decimals.add(self.limit, self.granted)
+        self.accumulates = self.aggregation.accumulates
 
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.limits)
@@ -110,18 +112,23 @@ def decide(
     aggregation = allowance.aggregation
     cost = event_cost(aggregation, quantity, new_unique_value=new_unique_value)
     total = allowance.total
-    available = _available(allowance, total, state.used)
-    if aggregation.accumulates:
-        used_after = decimals.add(state.used, cost)
+    used = state.used
+    if allowance.accumulates:
+        used_after = decimals.add(used, cost)
         if total is None:
+            available = None
             overage = ZERO  # nothing to exceed
         else:
             reserved = allowance.reserved
-            over_before = _excess(decimals.add(state.used, reserved) if reserved else state.used, total)
+            # limit + granted - (used + reserved): the headroom, negative once past it.
+            room = decimals.sub(total, decimals.add(used, reserved) if reserved else used)
+            available = room if room > ZERO else ZERO
+            over_before = ZERO if room >= ZERO else decimals.sub(ZERO, room)  # not -room: that rounds
             over_after = _excess(decimals.add(used_after, reserved) if reserved else used_after, total)
             overage = decimals.sub(over_after, over_before)
         fits = total is None or cost == 0 or overage == 0
     else:
+        available = _available(allowance, total, used)
         used_after = _gauge_after(aggregation, state, cost, event_time, event_id)
         overage = _excess(cost, total)
         fits = overage == 0
@@ -143,9 +150,9 @@ def requested_fits(allowance: Allowance, used: Decimal, requested: Decimal) -> b
     """Whether `requested` fits in the allowance now: the cost about to be used
     (accumulating meters) or the value about to be reported (gauges)."""
     total = allowance.total
-    if total is None or (allowance.aggregation.accumulates and requested == 0):
+    if total is None or (allowance.accumulates and requested == 0):
         return True
-    if allowance.aggregation.accumulates:
+    if allowance.accumulates:
         return decimals.add(used, allowance.reserved, requested) <= total
     return requested <= total
 
@@ -160,8 +167,9 @@ def _available(allowance: Allowance, total: Decimal | None, used: Decimal) -> De
     """available_quantity, given the allowance's total."""
     if total is None:
         return None
-    held = allowance.reserved if allowance.aggregation.accumulates else ZERO
-    return max(ZERO, decimals.sub(total, decimals.add(used, held)))
+    if not allowance.accumulates or not allowance.reserved:
+        return max(ZERO, decimals.sub(total, used))  # holds do not apply to gauges
+    return max(ZERO, decimals.sub(total, decimals.add(used, allowance.reserved)))
 
 
 def percent_used(allowance: Allowance, used: Decimal) -> Decimal | None:
@@ -216,9 +224,12 @@ def _excess(value: Decimal, total: Decimal | None) -> Decimal:
 def _is_newer(event_time: datetime, event_id: UUID, state: CounterState) -> bool:
     """Whether the event comes after the counter's latest one. Ids are
     time-ordered, so among equal event times the later-recorded event wins."""
-    if state.latest_event_time is None or state.latest_event_id is None:
+    latest_time, latest_id = state.latest_event_time, state.latest_event_id
+    if latest_time is None or latest_id is None:
         return True
-    return (event_time, event_id) >= (state.latest_event_time, state.latest_event_id)
+    if event_time != latest_time:
+        return event_time > latest_time
+    return event_id.int >= latest_id.int  # UUID's own comparison, without its Python-level operator
 
 
 def _gauge_after(
@@ -237,7 +248,7 @@ def grants_remaining(allowance: Allowance, used: Decimal, grants: Sequence[tuple
     order given (soonest-expiring first); an unlimited meter draws on none."""
     if allowance.limit is None:
         return {key: quantity for key, quantity in grants}
-    held = allowance.reserved if allowance.aggregation.accumulates else ZERO
+    held = allowance.reserved if allowance.accumulates else ZERO
     overflow = max(ZERO, decimals.sub(decimals.add(used, held), allowance.limit))
     remaining = {}
     for key, quantity in grants:
