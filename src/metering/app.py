@@ -346,6 +346,7 @@ async def _serve(
             pool,
             acquire_timeout=acquire_timeout,
             workers=settings.writer_workers,
+            bulk_workers=settings.writer_bulk_workers,
             linger=settings.writer_linger.total_seconds(),
             on_batch=metrics.write_batch_size.observe,
             on_notifications=metrics.count_notifications,

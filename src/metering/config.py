@@ -44,6 +44,7 @@ class Settings:
     tracing: bool
     bench_noop: bool  # serve the benchmark-only no-op method
     writer_workers: int  # concurrent write transactions of the batching writer
+    writer_bulk_workers: int  # more of them, taking the queue only while half a batch or more waits
     writer_linger: timedelta  # under concurrent load, how long a writer waits for more calls to join a batch
     read_linger: timedelta  # under concurrent load, how long a counter read waits for more to share its statement
     auth_file: str | None  # callers, roles and token digests (metering.access); None: no authentication
@@ -100,6 +101,7 @@ class Settings:
             tracing=_tracing(reader),
             bench_noop=reader.text("METERING_BENCH_NOOP") == "1",
             writer_workers=reader.integer("METERING_WRITER_WORKERS", 1, minimum=1, maximum=32),
+            writer_bulk_workers=reader.integer("METERING_WRITER_BULK_WORKERS", 1, minimum=0, maximum=8),
             writer_linger=reader.duration("METERING_WRITER_LINGER", "2ms"),
             read_linger=reader.duration("METERING_READ_LINGER", "1ms"),
             auth_file=reader.text("METERING_AUTH_FILE") or None,

@@ -40,6 +40,14 @@ cores: two workers without linger wrote ~5 events per transaction, one worker
 with the linger ~20, and the server's CPU per call fell by a third. More
 workers only help when transactions wait on each other (row locks held by
 reservations or other replicas), at the price of smaller batches.
+
+Bulk workers (METERING_WRITER_BULK_WORKERS, default 1) are extra workers that
+take the queue only while at least half a batch of events waits in it: big
+batch calls and streams at load. Then one transaction's round trips and commit
+overlap another's reads and decision, which a single worker leaves idle, while
+calls of a few events never see them and keep the one worker's large batches.
+Their transactions lock counters in the same order as every writer's, so two
+in flight over the same customers wait on each other's rows, never deadlock.
 """
 
 from __future__ import annotations
@@ -111,6 +119,7 @@ class BatchWriter(PoolUser):
         acquire_timeout: float,
         max_batch: int = 1000,
         workers: int = 1,
+        bulk_workers: int = 0,
         linger: float = 0.002,
         on_batch: Callable[[int], None] = lambda size: None,
         on_notifications: Callable[[Sequence[NotificationType]], None] = lambda types: None,
@@ -127,8 +136,12 @@ class BatchWriter(PoolUser):
         self._linger = linger
         self._concurrent_calls = False  # whether the last batch held more than one call
         self._pending: deque[list[_Item]] = deque()
+        self._pending_events = 0  # events in self._pending
+        # A bulk worker takes the queue only from this many events waiting.
+        self._bulk_from = max(1, max_batch // 2)
         self._wakeup = asyncio.Event()
-        self._workers = [asyncio.create_task(self._work()) for _ in range(workers)]
+        self._workers = [asyncio.create_task(self._work(bulk=False)) for _ in range(workers)]
+        self._workers += [asyncio.create_task(self._work(bulk=True)) for _ in range(bulk_workers)]
 
     async def submit_group(self, events: Sequence[tuple[str, Resolver]]) -> GroupResults:
         """Several events decided in this order, in the same transaction; each
@@ -147,6 +160,7 @@ class BatchWriter(PoolUser):
         future: asyncio.Future[GroupResults] = loop.create_future()
         call = None if self._tracing is None else self._tracing.current_call()
         self._pending.append([_Item(customer_id, resolve, future, call) for customer_id, resolve in events])
+        self._pending_events += len(events)
         self._wakeup.set()
         try:
             return await answer_within(future, deadline)
@@ -158,12 +172,17 @@ class BatchWriter(PoolUser):
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
 
-    async def _work(self) -> None:
+    def _take(self) -> list[_Item]:
+        group = self._pending.popleft()
+        self._pending_events -= len(group)
+        return group
+
+    async def _work(self, *, bulk: bool) -> None:
         while True:
-            while not self._pending:
+            while not self._pending or (bulk and self._pending_events < self._bulk_from):
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self._concurrent_calls and self._linger and sum(len(g) for g in self._pending) < self._max_batch:
+            if self._concurrent_calls and self._linger and self._pending_events < self._max_batch:
                 # Calls are arriving concurrently: let more join, so the commit
                 # and the statements of this transaction are paid by more
                 # events. A lone caller (the last batch held one call) is
@@ -172,7 +191,7 @@ class BatchWriter(PoolUser):
             batch: list[_Item] = []
             groups = 0
             while self._pending and (not batch or len(batch) + len(self._pending[0]) <= self._max_batch):
-                batch.extend(self._pending.popleft())
+                batch.extend(self._take())
                 groups += 1
             self._concurrent_calls = groups > 1
             # A caller that went away while queued (its time in the queue up,
@@ -195,7 +214,7 @@ class BatchWriter(PoolUser):
                 # were never written; their retries come to a fresh batch.
                 _fail(batch, exc)
                 while self._pending:
-                    _fail(self._pending.popleft(), exc)
+                    _fail(self._take(), exc)
             except BaseException as exc:  # every caller learns why, nothing is half-written
                 if not isinstance(exc, MeteringError):
                     log.exception("batch of %d events failed", len(batch))
