@@ -191,9 +191,11 @@ def limit_exceeded(
 
 def meter_balance(meter: Meter, terms: PlanMeter, period: Period, reading: CounterReading) -> MeterBalance:
     """The balance of one meter from its counter, grants and holds."""
-    allowance = limits.Allowance(
-        meter.aggregation, terms.enforcement, terms.limit, granted=reading.granted, reserved=reading.reserved
-    )
+    allowance = reading.allowance
+    if allowance is None:
+        allowance = limits.Allowance(
+            meter.aggregation, terms.enforcement, terms.limit, granted=reading.granted, reserved=reading.reserved
+        )
     figures = limits.balance_figures(allowance, reading.state.used, terms.approaching_threshold)
     return MeterBalance(meter, terms, period, figures)
 

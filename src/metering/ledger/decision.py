@@ -215,7 +215,7 @@ def decide_batch(
                     raise resolution.refusal  # not a replay: its time is what is wrong with it
                 _same_payload(earlier, str(earlier.event_id), event)
                 original = states[(earlier.customer_id, earlier.meter_slug, earlier.period_start)]
-                reading = CounterReading(original, allowance.granted, allowance.reserved)
+                reading = CounterReading(original, allowance.granted, allowance.reserved, allowance)
                 answers.append(Written(RecordOutcome(earlier, True, None, reading), resolution))
                 continue
             if txn in in_batch:
@@ -244,7 +244,7 @@ def decide_batch(
             allow_overage=resolution.allow_overage,
         )
         touched.add(key)
-        reading = CounterReading(decision.state_after, allowance.granted, allowance.reserved)
+        reading = CounterReading(decision.state_after, allowance.granted, allowance.reserved, allowance)
         if not decision.accepted:
             answers.append(Written(RecordOutcome(None, False, decision, reading), resolution))
             # A customer that keeps hitting its limit is refused event after

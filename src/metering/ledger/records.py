@@ -63,6 +63,10 @@ class CounterReading:
     state: limits.CounterState
     granted: Decimal  # active grants
     reserved: Decimal  # unexpired holds
+    # The allowance these make with the plan's terms, when the reader already
+    # built it (the batching writer decides under it): the balance reuses it
+    # rather than building one per event.
+    allowance: limits.Allowance | None = None
 
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.limits)

@@ -97,12 +97,13 @@ GroupResults = list[Written | BaseException]
 
 
 @dataclass(eq=False, slots=True)
-class _Item:
-    customer_id: str
-    resolve: Resolver
-    # Shared by every event of the group: answered once, with a result per event.
-    # Cancelled when the caller stops waiting (its deadline in the queue, or
-    # the client gone): a group not yet taken is then skipped.
+class _Group:
+    """The events of one call (or stream message), queued and written together."""
+
+    events: Sequence[tuple[str, Resolver]]  # (customer id, resolver) of each event, in order
+    # Answered once, with a result per event. Cancelled when the caller stops
+    # waiting (its deadline in the queue, or the client gone): a group not yet
+    # taken is then skipped.
     future: asyncio.Future[GroupResults]
     call: SpanContext | None = None  # the traced call that submitted it (tracing on)
 
@@ -135,7 +136,7 @@ class BatchWriter(PoolUser):
         self._max_batch = max_batch
         self._linger = linger
         self._concurrent_calls = False  # whether the last batch held more than one call
-        self._pending: deque[list[_Item]] = deque()
+        self._pending: deque[_Group] = deque()
         self._pending_events = 0  # events in self._pending
         # A bulk worker takes the queue only from this many events waiting.
         self._bulk_from = max(1, max_batch // 2)
@@ -159,7 +160,7 @@ class BatchWriter(PoolUser):
         deadline = loop.time() + self._acquire_timeout
         future: asyncio.Future[GroupResults] = loop.create_future()
         call = None if self._tracing is None else self._tracing.current_call()
-        self._pending.append([_Item(customer_id, resolve, future, call) for customer_id, resolve in events])
+        self._pending.append(_Group(events, future, call))
         self._pending_events += len(events)
         self._wakeup.set()
         try:
@@ -172,9 +173,9 @@ class BatchWriter(PoolUser):
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
 
-    def _take(self) -> list[_Item]:
+    def _take(self) -> _Group:
         group = self._pending.popleft()
-        self._pending_events -= len(group)
+        self._pending_events -= len(group.events)
         return group
 
     async def _work(self, *, bulk: bool) -> None:
@@ -188,21 +189,23 @@ class BatchWriter(PoolUser):
                 # events. A lone caller (the last batch held one call) is
                 # written at once: the wait would only add to its latency.
                 await asyncio.sleep(self._linger)
-            batch: list[_Item] = []
-            groups = 0
-            while self._pending and (not batch or len(batch) + len(self._pending[0]) <= self._max_batch):
-                batch.extend(self._take())
-                groups += 1
-            self._concurrent_calls = groups > 1
+            batch: list[_Group] = []
+            events = 0
+            while self._pending and (not batch or events + len(self._pending[0].events) <= self._max_batch):
+                group = self._take()
+                batch.append(group)
+                events += len(group.events)
+            self._concurrent_calls = len(batch) > 1
             # A caller that went away while queued (its time in the queue up,
             # client cancelled) gets no answer: skip its events, so the ledger is
             # as if the call never happened and an overloaded writer sheds dead work.
-            batch = [item for item in batch if not item.future.done()]
+            batch = [group for group in batch if not group.future.done()]
             if not batch:
                 continue
-            self._on_batch(len(batch))
+            events = sum(len(group.events) for group in batch)
+            self._on_batch(events)
             try:
-                with self._span(batch):
+                with self._span(batch, events):
                     await self._write(batch)
             except asyncio.CancelledError:
                 _fail(batch, asyncio.CancelledError())
@@ -214,20 +217,20 @@ class BatchWriter(PoolUser):
                 # were never written; their retries come to a fresh batch.
                 _fail(batch, exc)
                 while self._pending:
-                    _fail(self._take(), exc)
+                    _fail([self._take()], exc)
             except BaseException as exc:  # every caller learns why, nothing is half-written
                 if not isinstance(exc, MeteringError):
-                    log.exception("batch of %d events failed", len(batch))
+                    log.exception("batch of %d events failed", events)
                 _fail(batch, exc)
 
-    def _span(self, batch: list[_Item]) -> AbstractContextManager[None]:
+    def _span(self, batch: list[_Group], events: int) -> AbstractContextManager[None]:
         """The transaction's span, linked to the traced calls it carries."""
         if self._tracing is None:
             return nullcontext()
-        calls = [item.call for item in batch if item.call is not None]
-        return self._tracing.batch(calls, len(batch)) if calls else nullcontext()
+        calls = [group.call for group in batch if group.call is not None]
+        return self._tracing.batch(calls, events) if calls else nullcontext()
 
-    async def _write(self, batch: list[_Item]) -> None:
+    async def _write(self, batch: list[_Group]) -> None:
         async with translate_errors(), self._connection() as conn:
             for attempt in range(_BATCH_ATTEMPTS):
                 announced: list[NotificationType] = []
@@ -249,19 +252,20 @@ class BatchWriter(PoolUser):
     async def _decide_and_write(
         self,
         conn: asyncpg.Connection,
-        batch: list[_Item],
+        batch: list[_Group],
         announced: list[NotificationType],
         attempted: list[tuple[str, str]],
     ) -> GroupResults:
         """The batch's reads (metering.ledger.batch_sql), its decision
         (metering.ledger.decision, pure) and the one statement that writes it."""
-        customers = await batch_sql.customers(conn, {item.customer_id for item in batch})
+        customers = await batch_sql.customers(conn, {customer_id for g in batch for customer_id, _ in g.events})
         resolutions: list[Resolution | MeteringError] = []
-        for item in batch:
-            try:
-                resolutions.append(item.resolve(customers.get(item.customer_id)))
-            except MeteringError as exc:
-                resolutions.append(exc)
+        for group in batch:
+            for customer_id, resolve in group.events:
+                try:
+                    resolutions.append(resolve(customers.get(customer_id)))
+                except MeteringError as exc:
+                    resolutions.append(exc)
         valid = [r for r in resolutions if isinstance(r, Resolution)]
         counters = await batch_sql.lock_counters(conn, counters_to_lock(resolutions))
         existing = await batch_sql.existing(conn, [(r.event.customer_id, r.event.transaction_id) for r in valid])
@@ -285,20 +289,23 @@ class BatchWriter(PoolUser):
         return list(plan.answers(stored))
 
 
-def _answer(batch: list[_Item], results: GroupResults) -> None:
+def _answer(batch: list[_Group], results: GroupResults) -> None:
     """Answer each group of the batch once, with its events' results in order
-    (a group's events are contiguous in the batch and never split)."""
-    by_group: dict[asyncio.Future[GroupResults], GroupResults] = {}
-    for item, result in zip(batch, results, strict=True):
-        by_group.setdefault(item.future, []).append(result)
-    for future, group_results in by_group.items():
-        if not future.done():  # a caller that went away meanwhile gets no answer
-            future.set_result(group_results)
+    (the batch's results are its groups' events, group after group)."""
+    assert len(results) == sum(len(group.events) for group in batch)
+    start = 0
+    for group in batch:
+        end = start + len(group.events)
+        if not group.future.done():  # a caller that went away meanwhile gets no answer
+            group.future.set_result(results[start:end])
+        start = end
 
 
-def _fail(batch: list[_Item], exc: BaseException) -> None:
+def _fail(batch: list[_Group], exc: BaseException) -> None:
     """Every event of the batch is refused by the same error."""
-    _answer(batch, [exc] * len(batch))
+    for group in batch:
+        if not group.future.done():
+            group.future.set_result([exc] * len(group.events))
 
 
 class WrittenKeys:
