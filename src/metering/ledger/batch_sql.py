@@ -152,18 +152,18 @@ async def seen_unique_values(
     return {((row["customer_id"], row["meter_slug"], row["period_start"]), row["value"]) for row in rows}
 
 
-async def write_batch(conn: asyncpg.Connection, plan: BatchPlan) -> tuple[list[StoredEvent], list[NotificationType]]:
+async def write_batch(conn: asyncpg.Connection, plan: BatchPlan) -> tuple[dict[UUID, datetime], list[NotificationType]]:
     """One statement writes the batch: the accepted events (one multi-row
     insert), their hourly rollup buckets (metering.ledger.rollups), each
     counter once, the distinct values seen for the first time and the
-    notifications not written before. Returns the stored events in input
-    order, or fewer when a concurrent insert took a transaction id (the caller
-    rolls back and runs again), and the types of the notifications written.
-    Only what the database decides comes back (which rows it inserted, and
-    when); the rest of each stored event is what was inserted."""
+    notifications not written before. Returns when each inserted event was
+    recorded, by event id (fewer than the plan's inserts when a concurrent
+    insert took a transaction id: the caller rolls back and runs again), and
+    the types of the notifications written. Only what the database decides
+    comes back (which rows it inserted, and when): see stored_events."""
     rows, counters, unique_values = plan.inserts, plan.counters, plan.unique_values
     if not (rows or counters or unique_values or plan.notifications):
-        return [], []
+        return {}, []
     events = [row.event for row in rows]
     # Data-modifying WITH clauses always run to completion, read or not. The
     # rollups add every event of the batch: if the insert skipped one (a
@@ -238,6 +238,13 @@ async def write_batch(conn: asyncpg.Connection, plan: BatchPlan) -> tuple[list[S
     )
     recorded_at: dict[UUID, datetime] = {row[0]: row[1] for row in inserted if row[0] is not None}
     written = [NotificationType(row[2]) for row in inserted if row[2] is not None]
+    return recorded_at, written
+
+
+def stored_events(plan: BatchPlan, recorded_at: dict[UUID, datetime]) -> list[StoredEvent]:
+    """The plan's inserts as stored, in order: what was inserted, and when the
+    database recorded it (write_batch)."""
+    rows = plan.inserts
     return [
         StoredEvent(
             event_id=row.event_id,
@@ -253,5 +260,4 @@ async def write_batch(conn: asyncpg.Connection, plan: BatchPlan) -> tuple[list[S
             properties=row.event.properties,
         )
         for row in rows
-        if row.event_id in recorded_at
-    ], written
+    ]

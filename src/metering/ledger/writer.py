@@ -58,13 +58,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 import asyncpg
 
 from metering.errors import DatabaseUnavailable, MeteringError
 from metering.ledger import batch_sql
 from metering.ledger.decision import (
+    BatchPlan,
     BatchReads,
     Resolution,
     Written,
@@ -237,15 +240,16 @@ class BatchWriter(PoolUser):
                 attempted: list[tuple[str, str]] = []
                 try:
                     async with conn.transaction():
-                        results = await self._decide_and_write(conn, batch, announced, attempted)
+                        plan, recorded_at = await self._decide_and_write(conn, batch, announced, attempted)
                 except _RetryBatch:
                     if attempt == _BATCH_ATTEMPTS - 1:
                         raise RuntimeError("a batch kept colliding with concurrent inserts") from None
                     continue
                 # Committed: every notification attempted exists now (written
-                # by this batch or found by its dedupe key).
+                # by this batch or found by its dedupe key). The answers are
+                # built only now, with the row locks released.
                 self._written.add(attempted)
-                _answer(batch, results)
+                _answer(batch, plan.answers(batch_sql.stored_events(plan, recorded_at)))
                 self._on_notifications(announced)
                 return
 
@@ -255,9 +259,12 @@ class BatchWriter(PoolUser):
         batch: list[_Group],
         announced: list[NotificationType],
         attempted: list[tuple[str, str]],
-    ) -> GroupResults:
+    ) -> tuple[BatchPlan, dict[UUID, datetime]]:
         """The batch's reads (metering.ledger.batch_sql), its decision
-        (metering.ledger.decision, pure) and the one statement that writes it."""
+        (metering.ledger.decision, pure) and the one statement that writes it.
+        Returns the plan and when each of its events was recorded. Whatever
+        needs no lock (event ids before, the answers after) is left out of the
+        time the counter rows are held."""
         customers = await batch_sql.customers(conn, {customer_id for g in batch for customer_id, _ in g.events})
         resolutions: list[Resolution | MeteringError] = []
         for group in batch:
@@ -267,6 +274,7 @@ class BatchWriter(PoolUser):
                 except MeteringError as exc:
                     resolutions.append(exc)
         valid = [r for r in resolutions if isinstance(r, Resolution)]
+        event_ids = new_event_ids(len(valid))
         counters = await batch_sql.lock_counters(conn, counters_to_lock(resolutions))
         existing = await batch_sql.existing(conn, [(r.event.customer_id, r.event.transaction_id) for r in valid])
         unlocked = originals_unlocked(existing, counters)
@@ -280,16 +288,16 @@ class BatchWriter(PoolUser):
                 conn, [(r.counter_key, r.unique_value) for r in valid if r.unique_value is not None]
             ),
         )
-        plan = decide_batch(resolutions, reads, iter(new_event_ids(len(valid))), self._written)
+        plan = decide_batch(resolutions, reads, iter(event_ids), self._written)
         attempted.extend((n.customer_id, n.dedupe_key) for n in plan.notifications)
-        stored, written = await batch_sql.write_batch(conn, plan)
+        recorded_at, written = await batch_sql.write_batch(conn, plan)
         announced.extend(written)
-        if len(stored) != len(plan.inserts):
+        if len(recorded_at) != len(plan.inserts):
             raise _RetryBatch
-        return list(plan.answers(stored))
+        return plan, recorded_at
 
 
-def _answer(batch: list[_Group], results: GroupResults) -> None:
+def _answer(batch: list[_Group], results: Sequence[Written | BaseException]) -> None:
     """Answer each group of the batch once, with its events' results in order
     (the batch's results are its groups' events, group after group)."""
     assert len(results) == sum(len(group.events) for group in batch)
@@ -297,7 +305,7 @@ def _answer(batch: list[_Group], results: GroupResults) -> None:
     for group in batch:
         end = start + len(group.events)
         if not group.future.done():  # a caller that went away meanwhile gets no answer
-            group.future.set_result(results[start:end])
+            group.future.set_result(list(results[start:end]))
         start = end
 
 
