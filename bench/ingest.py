@@ -104,8 +104,10 @@ def main() -> None:
         print("\n-- per event (medians) --")
         for scenario, figure in figures:
             cpu = statistics.median(figure.cpu_us_per_call) / events_per_call(scenario)
+            database = statistics.median(figure.db_us_per_event)
             print(
                 f"{scenario.name:<28} {figure.median:>9,.0f} events/s  {cpu:6.1f} us server CPU per event  "
+                f"{database:6.1f} us PostgreSQL CPU per event  "
                 f"{figure.median / copy.median:5.2f} of raw COPY ({copy.median:,.0f} rows/s)"
             )
         if args.profile:

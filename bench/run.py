@@ -82,6 +82,9 @@ class Figure:
     load_before: list[float] = field(default_factory=list)  # 1-minute load average as each run began
     load_after: list[float] = field(default_factory=list)  # ... and as it ended
     busy_percent: list[float] = field(default_factory=list)  # every CPU of the machine, during each run
+    # CPU of every PostgreSQL process on the machine per event (the database's
+    # share of an event; where it meets the service's, PostgreSQL is the limit).
+    db_us_per_event: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -97,6 +100,11 @@ class Figure:
             if self.cpu_us_per_event and self.cpu_us_per_event != self.cpu_us_per_call
             else ""
         )
+        database = (
+            f" db {statistics.median(self.db_us_per_event):,.1f} us/event"
+            if self.db_us_per_event and max(self.db_us_per_event) > 0
+            else ""
+        )
         load = (
             f"   load {max(self.load_before):.2f}->{max(self.load_after):.2f} busy {max(self.busy_percent):.0f}%"
             if self.load_before
@@ -105,7 +113,7 @@ class Figure:
         return (
             f"{self.name:<28} c={self.concurrency:<3} {span(self.per_second, ',.0f'):>26} /s   "
             f"p50 {span(self.p50_ms, '.2f'):>20} ms   p99 {span(self.p99_ms, '.2f'):>20} ms   "
-            f"cpu {statistics.median(self.cpu_us_per_call):,.0f} us/call{per_event}{load}{errors}"
+            f"cpu {statistics.median(self.cpu_us_per_call):,.0f} us/call{per_event}{database}{load}{errors}"
         )
 
 
@@ -119,6 +127,21 @@ def cpu_ticks() -> tuple[int, int]:
     with open("/proc/stat") as handle:
         values = [int(v) for v in handle.readline().split()[1:]]
     return values[3] + values[4], sum(values)
+
+
+def database_cpu_seconds() -> float:
+    """CPU of every process named postgres on this machine (the benchmark's
+    database is the only busy one while it runs)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):  # ended since listed
+            with open(f"/proc/{entry}/comm") as comm:
+                if comm.read().strip() != "postgres":
+                    continue
+            total += cpu_seconds(int(entry))
+    return total
 
 
 def server_cpu_seconds(pid: int) -> float:
@@ -165,11 +188,13 @@ def measure_at(
     load_before: list[float] = []
     load_after: list[float] = []
     busy: list[float] = []
+    database: list[float] = []
     errors: dict[str, int] = {}
     for index in range(args.runs):
         load_before.append(load_average())
         idle_before, total_before = cpu_ticks()
         before = server_cpu_seconds(pid)
+        database_before = database_cpu_seconds()
         result: LoadResult = run(
             target,
             scenario,
@@ -180,6 +205,7 @@ def measure_at(
             run_tag=f"{tag}{index}-{uuid.uuid4().hex[:6]}",
         )
         used = server_cpu_seconds(pid) - before
+        database.append((database_cpu_seconds() - database_before) / max(1, result.events) * 1e6)
         idle_after, total_after = cpu_ticks()
         load_after.append(load_average())
         busy.append(100 * (1 - (idle_after - idle_before) / max(1, total_after - total_before)))
@@ -191,7 +217,18 @@ def measure_at(
         for code, count in result.errors.items():
             errors[code] = errors.get(code, 0) + count
     figure = Figure(
-        scenario.name, concurrency, per_second, p50, p99, cpu, errors, per_event, load_before, load_after, busy
+        scenario.name,
+        concurrency,
+        per_second,
+        p50,
+        p99,
+        cpu,
+        errors,
+        per_event,
+        load_before,
+        load_after,
+        busy,
+        database,
     )
     print(figure.line(), flush=True)
     return figure
