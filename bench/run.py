@@ -62,6 +62,7 @@ from metering.catalog import load_catalog
 from metering.embedded import start_embedded
 from metering.ledger.rollups import rebuild_meter
 from metering.v1 import customer_pb2, metering_service_pb2_grpc
+from tests.processes import named
 from tests.support import ServiceProcess, child_pids
 
 SPREAD = 100  # customers for the spread scenarios
@@ -133,14 +134,9 @@ def database_cpu_seconds() -> float:
     """CPU of every process named postgres on this machine (the benchmark's
     database is the only busy one while it runs)."""
     total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in named("postgres"):
         with contextlib.suppress(OSError):  # ended since listed
-            with open(f"/proc/{entry}/comm") as comm:
-                if comm.read().strip() != "postgres":
-                    continue
-            total += cpu_seconds(int(entry))
+            total += cpu_seconds(pid)
     return total
 
 

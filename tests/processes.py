@@ -37,9 +37,23 @@ def state_of(pid: int) -> str | None:
     return None if not fields else fields[0]
 
 
+def _pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def named(command: str) -> list[int]:
+    """The processes whose command name (/proc/<pid>/comm) is `command`."""
+    found = []
+    for pid in _pids():
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as comm:  # OSError: ended since listed
+            if comm.read().strip() == command:
+                found.append(pid)
+    return found
+
+
 def children_of(pid: int) -> list[int]:
     """The processes whose parent is `pid`, in pid order."""
-    return sorted(int(entry) for entry in os.listdir("/proc") if entry.isdigit() and parent_of(int(entry)) == pid)
+    return sorted(p for p in _pids() if parent_of(p) == pid)
 
 
 def signal_all(pids: Iterable[int], signal_number: int) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 import grpc
@@ -32,6 +32,9 @@ from metering.api.page_tokens import PageTokens
 from metering.ledger.audit import AuditReport
 from metering.v1 import reservations_pb2, usage_pb2
 from metering.v1.metering_service_pb2_grpc import MeteringServiceStub
+
+if TYPE_CHECKING:
+    from metering.v1.metering_service_pb2_grpc import MeteringServiceAsyncStub
 from tests.processes import children_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -255,6 +258,20 @@ async def service_waits_on_lock(conn: asyncpg.Connection) -> bool:
         "AND wait_event_type = 'Lock' AND datname = current_database()"
     )
     return bool(waiting)
+
+
+async def stall_the_writer(
+    stub: MeteringServiceAsyncStub, conn: asyncpg.Connection, blocker: str, *, stalled_deadline: float
+) -> tuple[asyncpg.transaction.Transaction, asyncio.Future[usage_pb2.RecordUsageResponse]]:
+    """Stall the writer's next transaction: record a first event for `blocker`
+    (its counter row exists then), lock that row from `conn`, and send one more
+    event for it, which waits on the lock until the returned transaction ends.
+    Returns that transaction and the stalled call."""
+    await stub.RecordUsage(usage_request(blocker, "first"), timeout=10)
+    held = await hold_counter(conn, blocker)
+    stalled = asyncio.ensure_future(stub.RecordUsage(usage_request(blocker, "stalled"), timeout=stalled_deadline))
+    assert await eventually(lambda: service_waits_on_lock(conn), 10), "the writer never reached the lock"
+    return held, stalled
 
 
 def coalescing(service: ServiceProcess) -> tuple[float, float, float, float]:

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from metering.v1 import customer_pb2, metering_service_pb2_grpc
-from tests.support import ServiceProcess, audit, eventually, hold_counter, service_waits_on_lock, usage_request
+from tests.support import ServiceProcess, audit, stall_the_writer, usage_request
 
 
 async def _abandon_a_queued_call(target: str, database_url: str, blocker: str, customer: str) -> None:
@@ -21,12 +21,9 @@ async def _abandon_a_queued_call(target: str, database_url: str, blocker: str, c
             stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
             for name in (blocker, customer):
                 await stub.UpsertCustomer(customer_pb2.UpsertCustomerRequest(customer_id=name, plan_slug="open"))
-            await stub.RecordUsage(usage_request(blocker, "first"), timeout=10)  # its counter row exists now
             # Stall the one writer worker: its next transaction waits on the
             # blocker's counter row, which this connection holds.
-            held = await hold_counter(conn, blocker)
-            stalled = asyncio.ensure_future(stub.RecordUsage(usage_request(blocker, "stalled"), timeout=30))
-            assert await eventually(lambda: service_waits_on_lock(conn), 10), "the writer never reached the lock"
+            held, stalled = await stall_the_writer(stub, conn, blocker, stalled_deadline=30)
             # Queued behind the stalled transaction, this call's deadline passes.
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.RecordUsage(usage_request(customer, "late", "5"), timeout=0.1)

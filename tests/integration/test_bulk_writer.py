@@ -11,7 +11,7 @@ import asyncpg
 import grpc
 
 from metering.v1 import customer_pb2, ingest_pb2, metering_service_pb2_grpc
-from tests.support import ServiceProcess, audit, eventually, hold_counter, service_waits_on_lock, usage_request
+from tests.support import ServiceProcess, audit, stall_the_writer, usage_request
 
 BULK = 600  # events of the big batch: more than half of the writer's 1,000
 
@@ -23,11 +23,8 @@ async def _behind_a_stalled_transaction(target: str, database_url: str, blocker:
             stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
             for name in (blocker, other):
                 await stub.UpsertCustomer(customer_pb2.UpsertCustomerRequest(customer_id=name, plan_slug="open"))
-            await stub.RecordUsage(usage_request(blocker, "first"), timeout=10)  # its counter row exists now
-            # The one writer worker's next transaction waits on this lock.
-            held = await hold_counter(conn, blocker)
-            stalled = asyncio.ensure_future(stub.RecordUsage(usage_request(blocker, "stalled"), timeout=60))
-            assert await eventually(lambda: service_waits_on_lock(conn), 10), "the writer never reached the lock"
+            # The one writer worker's next transaction waits on the blocker's counter row.
+            held, stalled = await stall_the_writer(stub, conn, blocker, stalled_deadline=60)
 
             # A call of one event for another customer queues behind the stall:
             # too little for a bulk worker.
