@@ -29,8 +29,10 @@ from metering.ledger.sql import (
     EVENT_SELECT,
     active_grants_sum,
     counter_state,
+    epoch_micros,
     live_holds_sum,
     stored_event,
+    timestamp_from_micros,
 )
 from metering.limits import CounterState
 from metering.notifications import NotificationType
@@ -175,18 +177,19 @@ async def write_batch(conn: asyncpg.Connection, plan: BatchPlan) -> tuple[dict[U
         WITH inserted AS (
             {EVENT_INSERT}
             SELECT k.event_id, k.customer_id, k.transaction_id, k.meter_slug, k.price_slug, k.requested_price_slug,
-                   k.quantity::numeric, k.event_time, k.period_start, now(), k.properties::jsonb
+                   k.quantity::numeric, {timestamp_from_micros("k.event_time")},
+                   {timestamp_from_micros("k.period_start")}, now(), k.properties::jsonb
               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                          $8::timestamptz[], $9::timestamptz[], $10::text[])
+                          $8::bigint[], $9::bigint[], $10::text[])
                    WITH ORDINALITY AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
                                          requested_price_slug, quantity, event_time, period_start, properties, n)
              ORDER BY k.n
             {EVENT_INSERT_GUARD}
             RETURNING event_id, recorded_at
         ), rollup_src AS (
-            SELECT s.customer_id, s.meter_slug, s.price_slug, s.event_time, s.event_id, s.quantity::numeric AS quantity,
-                   s.dimensions::jsonb AS dimensions, s.unique_value
-              FROM unnest($2::text[], $4::text[], $5::text[], $8::timestamptz[], $1::uuid[], $7::text[],
+            SELECT s.customer_id, s.meter_slug, s.price_slug, {timestamp_from_micros("s.event_time")} AS event_time,
+                   s.event_id, s.quantity::numeric AS quantity, s.dimensions::jsonb AS dimensions, s.unique_value
+              FROM unnest($2::text[], $4::text[], $5::text[], $8::bigint[], $1::uuid[], $7::text[],
                           $23::text[], $24::text[])
                    AS s (customer_id, meter_slug, price_slug, event_time, event_id, quantity, dimensions,
                          unique_value)
@@ -217,8 +220,8 @@ async def write_batch(conn: asyncpg.Connection, plan: BatchPlan) -> tuple[dict[U
         [e.price_slug for e in events],
         [e.requested_price_slug for e in events],
         [str(e.quantity) for e in events],  # as text: asyncpg's numeric encoding costs 2x str()
-        [e.event_time for e in events],
-        [row.key[2] for row in rows],
+        epoch_micros([e.event_time for e in events]),
+        epoch_micros([row.key[2] for row in rows]),
         [_json_text(e.properties) for e in events],
         [k[0] for k, _ in counters],
         [k[1] for k, _ in counters],
