@@ -76,7 +76,7 @@ from bench.faults import (
     wait_serving,
     write_catalog,
 )
-from metering.embedded import EmbeddedPostgres, start_embedded
+from metering.runtime.embedded import EmbeddedPostgres, start_embedded
 
 GRACE = 3.0  # METERING_SHUTDOWN_GRACE of the services
 DB_TIMEOUT = 2.0  # METERING_DB_TIMEOUT of the services

@@ -29,13 +29,13 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.loadgen` when run as a script
 
 from bench.loadgen import COPY_COLUMNS, copy_row
-from metering.catalog import load_catalog
-from metering.embedded import start_embedded
+from metering.domain.catalog import load_catalog
+from metering.domain.windows import WindowSize, windows
 from metering.ledger.migrate import migrate
 from metering.ledger.pool import create_pool
-from metering.ledger.reports import AggregateQuery, UsageReports, aggregate_sql
+from metering.ledger.reporting import AggregateQuery, UsageReports, aggregate_sql
 from metering.ledger.rollups import rebuild_meter
-from metering.windows import WindowSize, windows
+from metering.runtime.embedded import start_embedded
 
 CUSTOMER = "bench-customer"
 START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -39,9 +39,9 @@ import grpc
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from metering.catalog import Enforcement, load_catalog
-from metering.embedded import EmbeddedPostgres
+from metering.domain.catalog import Enforcement, load_catalog
 from metering.ledger.audit import AuditReport, audit_ledger
+from metering.runtime.embedded import EmbeddedPostgres
 from metering.v1 import customer_pb2, ingest_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.processes import children_of, signal_all, state_of
 from tests.support import ServiceProcess

@@ -49,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.suppor
 
 from bench.loadgen import RECORD, LoadResult, Scenario, customer_id, run
 from bench.run import machine_state
-from metering.access import caller_entry, new_token, token_digest
 from metering.api.errors import PUSHBACK_KEY
-from metering.embedded import start_embedded
+from metering.domain.access import caller_entry, new_token, token_digest
+from metering.runtime.embedded import start_embedded
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, metric_value
 

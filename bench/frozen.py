@@ -53,7 +53,7 @@ from bench.faults import (
     wait_serving,
     write_catalog,
 )
-from metering.embedded import EmbeddedPostgres, start_embedded
+from metering.runtime.embedded import EmbeddedPostgres, start_embedded
 
 DB_TIMEOUT = 2.0  # METERING_DB_TIMEOUT of the services
 BOUND = DB_TIMEOUT + 1.0  # what every call's answer must come within

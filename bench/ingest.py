@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.loadgen import BATCH, STREAM, Scenario, run
 from bench.profile import summarise
 from bench.run import SPREAD, TOKEN, Figure, copy_ceiling, create_customers, measure
-from metering.access import caller_entry, token_digest
+from metering.domain.access import caller_entry, token_digest
 from tests.support import ServiceProcess
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from metering.ledger.records import new_event_id
+from metering.domain.records import new_event_id
 from metering.v1 import ingest_pb2, usage_pb2
 
 RECORD = "/metering.v1.MeteringService/RecordUsage"

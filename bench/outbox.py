@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `tests.*` and `bench.loadgen`
 
 from bench.loadgen import BATCH, RECORD, Scenario, customer_id, run  # noqa: E402
-from metering.embedded import start_embedded  # noqa: E402
+from metering.runtime.embedded import start_embedded  # noqa: E402
 from metering.v1 import customer_pb2, metering_service_pb2_grpc  # noqa: E402
 from tests.receiver import webhook_receiver  # noqa: E402
 from tests.support import ServiceProcess  # noqa: E402

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `tests.*`
 
 from metering.client import AsyncMeteringClient, Connection, UsageRecord, UsageRecorder  # noqa: E402
-from metering.embedded import start_embedded  # noqa: E402
+from metering.runtime.embedded import start_embedded  # noqa: E402
 from tests.support import ServiceProcess  # noqa: E402
 
 

@@ -42,15 +42,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `tests.support` and `bench.loadgen`
 
 from bench.loadgen import BATCH, COPY_COLUMNS, Scenario, customer_id, run  # noqa: E402
-from metering.catalog import load_catalog  # noqa: E402
-from metering.embedded import start_embedded  # noqa: E402
+from metering.domain.catalog import load_catalog  # noqa: E402
+from metering.domain.periods import add_months  # noqa: E402
+from metering.domain.records import new_event_id  # noqa: E402
+from metering.domain.windows import WindowSize, windows  # noqa: E402
 from metering.ledger.migrate import migrate  # noqa: E402
-from metering.ledger.records import new_event_id  # noqa: E402
-from metering.ledger.reports import AggregateQuery, raw_aggregate_sql  # noqa: E402
+from metering.ledger.reporting import AggregateQuery, raw_aggregate_sql  # noqa: E402
 from metering.ledger.rollups import sync_layouts  # noqa: E402
-from metering.periods import add_months  # noqa: E402
+from metering.runtime.embedded import start_embedded  # noqa: E402
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2  # noqa: E402
-from metering.windows import WindowSize, windows  # noqa: E402
 from tests.support import ServiceProcess  # noqa: E402
 
 MONTH = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))

@@ -57,10 +57,10 @@ from bench.loadgen import (
     rss_mib,
     run,
 )
-from metering.access import caller_entry, new_token, token_digest
-from metering.catalog import load_catalog
-from metering.embedded import start_embedded
+from metering.domain.access import caller_entry, new_token, token_digest
+from metering.domain.catalog import load_catalog
 from metering.ledger.rollups import rebuild_meter
+from metering.runtime.embedded import start_embedded
 from metering.v1 import customer_pb2, metering_service_pb2_grpc
 from tests.processes import named
 from tests.support import ServiceProcess, child_pids

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.loadgen import BALANCE, NOOP, RECORD, Scenario
 from bench.run import SPREAD, TOKEN, create_customers, measure
-from metering.access import caller_entry, token_digest
+from metering.domain.access import caller_entry, token_digest
 from tests.support import ServiceProcess
 
 

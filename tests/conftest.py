@@ -27,7 +27,7 @@ import asyncpg
 import grpc
 import pytest
 
-from metering.embedded import EmbeddedPostgres, start_embedded
+from metering.runtime.embedded import EmbeddedPostgres, start_embedded
 from metering.v1 import customer_pb2, metering_service_pb2_grpc
 from tests.support import ServiceProcess
 

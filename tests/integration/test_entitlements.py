@@ -14,14 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2, error_details_pb2
 
-from metering.v1 import (
-    events_pb2,
-    grants_pb2,
-    ingest_pb2,
-    metering_service_pb2_grpc,
-    reservations_pb2,
-    usage_pb2,
-)
+from metering.v1 import events_pb2, grants_pb2, ingest_pb2, metering_service_pb2_grpc, reservations_pb2, usage_pb2
 from tests.support import (
     ServiceProcess,
     calls_across,

@@ -15,8 +15,8 @@ from typing import cast
 import grpc
 import pytest
 
-from metering.access import caller_entry, new_token, token_digest
-from metering.ratelimit import MAX_RETRY_SECONDS
+from metering.domain.access import caller_entry, new_token, token_digest
+from metering.domain.rate_limits import MAX_RETRY_SECONDS
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, error_details, metric_value, run_sql
 
@@ -124,7 +124,7 @@ def test_a_flooding_caller_is_rate_limited_while_another_is_served(callers: Call
         assert info.metadata["caller"] == "flooder"  # type: ignore[attr-defined]
         kinds[info.metadata["limit"]] += 1  # type: ignore[attr-defined]
         delay = details["RetryInfo"].retry_delay  # type: ignore[attr-defined]
-        # Spread (metering.ratelimit.CallerGate): from one token's refill up to MAX_RETRY_SECONDS.
+        # Spread (metering.domain.rate_limits.CallerGate): from one token's refill up to MAX_RETRY_SECONDS.
         assert 0 < delay.seconds + delay.nanos / 1e9 <= MAX_RETRY_SECONDS + 0.001
     assert set(kinds) <= {"rate", "concurrency"} and kinds["concurrency"] > 0, kinds
 

@@ -53,7 +53,7 @@ from bench.faults import (
     wait_serving,
     write_catalog,
 )
-from metering.embedded import EmbeddedPostgres
+from metering.runtime.embedded import EmbeddedPostgres
 from metering.v1 import metering_service_pb2_grpc, usage_pb2
 from tests.support import (
     ROOT,

@@ -46,7 +46,7 @@ from bench.faults import (
     wait_serving,
     write_catalog,
 )
-from metering.embedded import EmbeddedPostgres
+from metering.runtime.embedded import EmbeddedPostgres
 from metering.v1 import metering_service_pb2_grpc, reservations_pb2, usage_pb2
 
 DB_TIMEOUT = 1.0  # METERING_DB_TIMEOUT of the replicas

@@ -18,8 +18,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from metering.ledger.invoices import CLOSER_LOCK_NAMESPACE
-from metering.periods import ResetPeriod, add_months, period_containing
+from metering.domain.periods import ResetPeriod, add_months, period_containing
+from metering.ledger.invoicing import CLOSER_LOCK_NAMESPACE
 from metering.v1 import (
     billing_pb2,
     customer_pb2,

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
-from metering.access import caller_entry, new_token, token_digest
+from metering.domain.access import caller_entry, new_token, token_digest
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.otlp_receiver import otlp_receiver
 from tests.support import ServiceProcess
@@ -83,4 +83,4 @@ def test_every_stderr_line_is_json_and_failed_calls_carry_their_fields(
         assert len(record["span_id"]) == 16
         assert record["message"] == f"{method} failed: {code}"
     # The start-up and shutdown lines go the same way.
-    assert any(record["logger"] == "metering.app" and record["message"] == "stopped" for record in records)
+    assert any(record["logger"] == "metering.runtime.serve" and record["message"] == "stopped" for record in records)

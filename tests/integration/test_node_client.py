@@ -30,7 +30,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 from bench.faults import Replica
-from metering.access import caller_entry, new_token, token_digest
+from metering.domain.access import caller_entry, new_token, token_digest
 from tests.support import (
     ROOT,
     TEST_CATALOG,

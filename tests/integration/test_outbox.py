@@ -21,14 +21,8 @@ import grpc
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from metering.notifications import Position
-from metering.v1 import (
-    customer_pb2,
-    events_pb2,
-    metering_service_pb2_grpc,
-    notifications_pb2,
-    reservations_pb2,
-)
+from metering.domain.notifications import Position
+from metering.v1 import customer_pb2, events_pb2, metering_service_pb2_grpc, notifications_pb2, reservations_pb2
 from tests.receiver import Received, webhook_receiver
 from tests.support import ServiceProcess, calls_across, run_sql, usage_request, wait_for
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from metering.access import caller_entry, new_token, token_digest
+from metering.domain.access import caller_entry, new_token, token_digest
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.receiver import Receiver, webhook_receiver
 from tests.support import ServiceProcess, error_details, metric_value, wait_for

@@ -3,7 +3,7 @@
 
 Events go through the real service (batches out of time order, so late events
 land in buckets that exist already; voids rebuild their bucket); the queries
-are the exact statements the service runs (metering.ledger.reports), compared
+are the exact statements the service runs (metering.ledger.reporting), compared
 row for row with the statement that reads only events.
 """
 
@@ -22,11 +22,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metering.catalog import Catalog, load_catalog
-from metering.ledger.reports import AggregateQuery, PropertyFilter, aggregate_sql, raw_aggregate_sql
-from metering.periods import ResetPeriod, period_containing
+from metering.domain.catalog import Catalog, load_catalog
+from metering.domain.periods import ResetPeriod, period_containing
+from metering.domain.windows import WindowSize, windows
+from metering.ledger.reporting import AggregateQuery, PropertyFilter, aggregate_sql, raw_aggregate_sql
 from metering.v1 import billing_pb2, events_pb2, ingest_pb2, metering_service_pb2_grpc, usage_pb2
-from metering.windows import WindowSize, windows
 from tests.support import TEST_CATALOG, audit
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub

@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from metering.stripe_sync.plan import identifier
+from metering.domain.stripe import identifier
+from metering.domain.windows import HOUR, floor_hour
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
-from metering.windows import HOUR, floor_hour
 from tests.stripe_standin import MeterEvent, StripeStandIn
 from tests.support import ServiceProcess, metric_value, run_sql, wait_for
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from metering.access import caller_entry, new_token, token_digest
+from metering.domain.access import caller_entry, new_token, token_digest
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.certificates import CertificateAuthority, Issued
 from tests.support import ServiceProcess, error_info

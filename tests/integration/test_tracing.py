@@ -14,7 +14,7 @@ import grpc
 import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from metering.tracing import SHUTDOWN_EXPORT_SECONDS
+from metering.telemetry.tracing import SHUTDOWN_EXPORT_SECONDS
 from metering.v1 import metering_service_pb2_grpc, usage_pb2
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support import ServiceProcess, health_status, wait_for

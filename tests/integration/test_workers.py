@@ -1,5 +1,5 @@
 """METERING_WORKERS=2: one supervisor, two serving processes on one port
-(metering.supervisor). Which worker served a call is read from the kernel:
+(metering.runtime.supervisor). Which worker served a call is read from the kernel:
 the worker process that owns the server end of the call's TCP connection."""
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from metering.access import TOKEN_PREFIX, Caller, Role, caller_entry, load_access, new_token, token_digest
-from metering.config import ConfigError
-from metering.errors import TokenExpired
-from metering.ratelimit import CallerLimits, RateLimit
+from metering.config.settings import ConfigError
+from metering.domain.access import TOKEN_PREFIX, Caller, Role, caller_entry, load_access, new_token, token_digest
+from metering.domain.errors import TokenExpired
+from metering.domain.rate_limits import CallerLimits, RateLimit
 
 METERS = {"tokens", "calls"}
 

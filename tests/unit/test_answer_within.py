@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from metering.errors import DatabaseUnavailable
+from metering.domain.errors import DatabaseUnavailable
 from metering.ledger.pool import answer_within
 
 

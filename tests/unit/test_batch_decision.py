@@ -1,4 +1,4 @@
-"""The decision of a batch (metering.ledger.decision), without a database."""
+"""The decision of a batch (metering.domain.usage), without a database."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from uuid import UUID
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from metering import limits
-from metering.catalog import Aggregation, Enforcement, PlanMeter
-from metering.errors import FieldViolation, InvalidArgument, MeteringError, TransactionConflict
-from metering.ledger.decision import (
+from metering.domain import limits
+from metering.domain.catalog import Aggregation, Enforcement, PlanMeter
+from metering.domain.errors import FieldViolation, InvalidArgument, MeteringError, TransactionConflict
+from metering.domain.notifications import LimitRejected, MeterTerms, ThresholdCrossed
+from metering.domain.periods import Period, ResetPeriod
+from metering.domain.records import NewEvent, StoredEvent, new_event_ids
+from metering.domain.usage import (
     BatchPlan,
     BatchReads,
     CounterKey,
@@ -23,9 +26,6 @@ from metering.ledger.decision import (
     decide_batch,
     originals_unlocked,
 )
-from metering.ledger.records import NewEvent, StoredEvent, new_event_ids
-from metering.notifications import LimitRejected, MeterTerms, ThresholdCrossed
-from metering.periods import Period, ResetPeriod
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 PERIOD = Period(START, datetime(2026, 12, 1, tzinfo=UTC))

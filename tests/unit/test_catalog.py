@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from metering.catalog import (
+from metering.domain.catalog import (
     Aggregation,
     CatalogError,
     Enforcement,
@@ -13,7 +13,7 @@ from metering.catalog import (
     load_catalog,
     parse_catalog,
 )
-from metering.periods import ResetPeriod
+from metering.domain.periods import ResetPeriod
 
 BASE = """
 [meters.tokens]

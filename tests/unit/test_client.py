@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering import errors as domain
 from metering.api.errors import to_rpc_status
 from metering.client import (
     NO_RETRIES,
@@ -44,6 +43,7 @@ from metering.client import (
 from metering.client.errors import ErrorDetails, decode, exhausted
 from metering.client.requests import quantity_text
 from metering.client.retry import attempt_timeout, backoff_delay, next_attempt, should_retry
+from metering.domain import errors as domain
 from tests.support import ROOT
 
 POLICY = RetryPolicy(max_attempts=6, initial_backoff=0.1, max_backoff=2.0, multiplier=2.0, total_timeout=10.0)

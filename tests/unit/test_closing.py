@@ -1,4 +1,4 @@
-"""The pure decisions of closing periods (metering.closing)."""
+"""The pure decisions of closing periods (metering.domain.closing)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering import closing
-from metering.closing import EventTime
-from metering.errors import BeforeFirstPeriod, PeriodClosed
-from metering.periods import ResetPeriod, period_containing
+from metering.domain import closing
+from metering.domain.closing import EventTime
+from metering.domain.errors import BeforeFirstPeriod, PeriodClosed
+from metering.domain.periods import ResetPeriod, period_containing
 
 # hypothesis takes naive bounds and attaches the time zone itself.
 instants = st.datetimes(

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from metering.config import ConfigError, Settings
+from metering.config.settings import ConfigError, Settings
 
 
 def test_defaults() -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.decimals import EXACT, DecimalFormatError, add, format_decimal, parse_decimal, percent
+from metering.domain.decimals import EXACT, DecimalFormatError, add, format_decimal, parse_decimal, percent
 
 
 @pytest.mark.parametrize(

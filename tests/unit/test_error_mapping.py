@@ -1,4 +1,4 @@
-"""The status of every domain error (metering.errors -> metering.api.errors), without a database.
+"""The status of every domain error (metering.domain.errors -> metering.api.errors), without a database.
 
 One case per domain error class (and per variant that maps differently): the
 gRPC code, the ErrorInfo reason, domain and metadata, and the detail its code
@@ -18,8 +18,8 @@ import pytest
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from metering import errors
 from metering.api.errors import DOMAIN, status_details, to_rpc_status, to_status
+from metering.domain import errors
 from tests.support import error_info, violations
 
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.catalog import Aggregation, Enforcement
-from metering.limits import Allowance, CounterState, balance_figures, decide, requested_fits
+from metering.domain.catalog import Aggregation, Enforcement
+from metering.domain.limits import Allowance, CounterState, balance_figures, decide, requested_fits
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ID1, ID2 = UUID(int=1), UUID(int=2)

@@ -1,4 +1,4 @@
-"""Log lines (metering.logs) and the tracing rules that need no service."""
+"""Log lines (metering.telemetry.logs) and the tracing rules that need no service."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 import grpc
 import pytest
 
-from metering import logs
-from metering.config import ConfigError, Settings
+from metering.config.settings import ConfigError, Settings
+from metering.telemetry import logs
 
 REFUSALS = [
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -126,7 +126,8 @@ def test_tracing_off_imports_nothing_of_opentelemetry() -> None:
     """Off, the service's modules never load OpenTelemetry: nothing is
     installed, nothing costs anything."""
     probe = (
-        "import sys, metering.app, metering.api.interceptor, metering.ledger.writer, metering.logs; "
+        "import sys, metering.runtime.serve, metering.api.interceptor, metering.ledger.writer; "
+        "import metering.telemetry.logs; "
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
@@ -138,7 +139,7 @@ def test_only_calls_start_traces() -> None:
     from opentelemetry.sdk.trace.sampling import Decision
     from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
-    from metering.tracing import _start_at_calls
+    from metering.telemetry.tracing import _start_at_calls
 
     sampler = _start_at_calls()
     trace_id = 0x1234

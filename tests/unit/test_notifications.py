@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.catalog import Aggregation, Enforcement
-from metering.errors import InvalidArgument
-from metering.limits import Allowance, balance_figures, thresholds_crossed
-from metering.notifications import (
+from metering.domain.catalog import Aggregation, Enforcement
+from metering.domain.errors import InvalidArgument
+from metering.domain.limits import Allowance, balance_figures, thresholds_crossed
+from metering.domain.notifications import (
     InvoiceFinalized,
     LimitRejected,
     MeterTerms,
@@ -26,7 +26,7 @@ from metering.notifications import (
     thresholds_notifications,
     type_of,
 )
-from metering.periods import Period
+from metering.domain.periods import Period
 
 D = Decimal
 PERIOD = Period(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from metering.api.page_tokens import EventsCursor, InvoicesCursor, PageTokens
-from metering.errors import InvalidPageToken
-from metering.reporting import PageCursor
+from metering.domain.errors import InvalidPageToken
+from metering.services.reporting import PageCursor
 from metering.v1 import events_pb2, invoices_pb2, usage_pb2
 
 KEY = bytes(range(32))

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.periods import EPOCH, Periods, ResetPeriod, add_months, period_containing
+from metering.domain.periods import EPOCH, Periods, ResetPeriod, add_months, period_containing
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.catalog import PackageRounding, Price, PricingModel, Tier
-from metering.decimals import EXACT
-from metering.pricing import price_line, round_money
+from metering.domain.catalog import PackageRounding, Price, PricingModel, Tier
+from metering.domain.decimals import EXACT
+from metering.domain.pricing import price_line, round_money
 
 D = Decimal
 HUGE = D("99999999999999999999.999999999")

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from metering.api.auth import Authenticator
-from metering.errors import RateLimited
+from metering.domain.errors import RateLimited
 
 
 def refusal(retry_after: float) -> RateLimited:

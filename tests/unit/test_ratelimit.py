@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.ratelimit import (
+from metering.domain.rate_limits import (
     CONCURRENCY_RETRY_SECONDS,
     MAX_RETRY_SECONDS,
     CallerGate,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.config import ConfigError, Settings
+from metering.config.settings import ConfigError, Settings
 from metering.ledger.pool import is_unavailable
 from metering.ledger.replica import LagTracker, Route, choose
 

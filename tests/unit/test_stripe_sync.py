@@ -1,4 +1,4 @@
-"""The billing sync's pure rules (metering.stripe_sync.plan) and its mapping file."""
+"""The billing sync's pure rules (metering.domain.stripe) and its mapping file."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.catalog import Aggregation, Meter
-from metering.config import ConfigError, Settings
-from metering.stripe_sync.mapping import StripeMappingError, UnlistedCustomers, parse_mapping
-from metering.stripe_sync.plan import (
+from metering.config.settings import ConfigError, Settings
+from metering.config.stripe import StripeMappingError, UnlistedCustomers, parse_mapping
+from metering.domain.catalog import Aggregation, Meter
+from metering.domain.stripe import (
     MAX_IDENTIFIER_LENGTH,
     HourUsage,
     Progress,
@@ -24,7 +24,7 @@ from metering.stripe_sync.plan import (
     plan_steps,
     reportable,
 )
-from metering.windows import HOUR
+from metering.domain.windows import HOUR
 
 D = Decimal  # short for the many literals below
 NOW = datetime(2026, 11, 21, 14, 30, tzinfo=UTC)

@@ -1,11 +1,11 @@
-"""The supervisor's restart back-off (metering.supervisor): pure rules, no process."""
+"""The supervisor's restart back-off (metering.runtime.supervisor): pure rules, no process."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.supervisor import (
+from metering.runtime.supervisor import (
     RESTART_BASE_SECONDS,
     RESTART_MAX_SECONDS,
     STABLE_SECONDS,

@@ -10,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from metering.config import ConfigError
-from metering.delivery.endpoints import parse_endpoints
+from metering.config.endpoints import parse_endpoints
+from metering.config.settings import ConfigError
 from metering.delivery.webhooks import retry_delay, signature_header
-from metering.notifications import NotificationType
+from metering.domain.notifications import NotificationType
 
 SECRET_A = "whsec_" + base64.b64encode(b"a" * 32).decode()
 SECRET_B = "whsec_" + base64.b64encode(b"b" * 32).decode()

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.windows import MAX_WINDOWS, TooManyWindowsError, WindowSize, floor_hour, whole_hours, windows
+from metering.domain.windows import MAX_WINDOWS, TooManyWindowsError, WindowSize, floor_hour, whole_hours, windows
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

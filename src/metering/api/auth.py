@@ -8,7 +8,7 @@ running call is kept in a context variable for the meter restriction, which
 can only be checked after the request has been validated (api.servicer).
 
 A caller with limits in the auth file is then admitted through its gate
-(metering.ratelimit): over them, RESOURCE_EXHAUSTED RATE_LIMITED before the
+(metering.domain.rate_limits): over them, RESOURCE_EXHAUSTED RATE_LIMITED before the
 servicer runs, so nothing is written. SIGHUP swaps the policy (`reload`): a
 call already identified keeps the caller it was admitted as.
 """
@@ -23,10 +23,10 @@ from typing import Any
 
 import grpc
 
-from metering.access import ANONYMOUS, AccessPolicy, Caller, Role
 from metering.api.bench import NOOP_METHOD
-from metering.errors import MeterNotAllowed, RateLimited, RoleRequired, Unauthenticated
-from metering.ratelimit import CallerGate, Gates
+from metering.domain.access import ANONYMOUS, AccessPolicy, Caller, Role
+from metering.domain.errors import MeterNotAllowed, RateLimited, RoleRequired, Unauthenticated
+from metering.domain.rate_limits import CallerGate, Gates
 
 METERING_SERVICE_PREFIX = "/metering.v1.MeteringService/"
 

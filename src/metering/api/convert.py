@@ -9,11 +9,12 @@ from decimal import Decimal
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from metering.catalog import Aggregation, Enforcement, Meter, PlanMeter, PricingModel
-from metering.decimals import format_decimal
-from metering.engine import BalanceReport, MeterBalance, RecordResult
-from metering.entitlements import GrantView, ReservationResult
-from metering.ledger.records import (
+from metering.domain.catalog import Aggregation, Enforcement, Meter, PlanMeter, PricingModel
+from metering.domain.decimals import format_decimal
+from metering.domain.notifications import LimitRejected, NotificationType, StoredNotification, ThresholdCrossed
+from metering.domain.periods import Period, ResetPeriod
+from metering.domain.pricing import round_money
+from metering.domain.records import (
     COMMITTED,
     DRAFT,
     EXPIRED,
@@ -26,10 +27,9 @@ from metering.ledger.records import (
     InvoiceLine,
     StoredEvent,
 )
-from metering.notifications import LimitRejected, NotificationType, StoredNotification, ThresholdCrossed
-from metering.periods import Period, ResetPeriod
-from metering.pricing import round_money
-from metering.reporting import UsageRow
+from metering.services.entitlements import GrantView, ReservationResult
+from metering.services.reporting import UsageRow
+from metering.services.usage import BalanceReport, MeterBalance, RecordResult
 from metering.v1 import (
     billing_pb2,
     customer_pb2,

@@ -18,8 +18,8 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from metering.decimals import format_decimal
-from metering.errors import (
+from metering.domain.decimals import format_decimal
+from metering.domain.errors import (
     BeforeFirstPeriod,
     BillingAnchorImmutable,
     DatabaseUnavailable,

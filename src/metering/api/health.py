@@ -13,8 +13,8 @@ from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
-from metering.ledger.store import Ledger
-from metering.metrics import Metrics
+from metering.ledger.customers import Ledger
+from metering.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

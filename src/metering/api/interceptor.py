@@ -1,5 +1,5 @@
 """One interceptor for every RPC: authentication, status mapping, request
-counts by caller, latency, and a log line for each failed call (metering.logs).
+counts by caller, latency, and a log line for each failed call (metering.telemetry.logs).
 
 A servicer raises domain errors; here they become gRPC statuses with rich
 details (api.errors), so no RPC can answer UNKNOWN with a Python traceback.
@@ -15,12 +15,12 @@ from typing import Any, TypeAlias, cast
 
 import grpc
 
-from metering.access import ANONYMOUS
 from metering.api.auth import Authenticator, is_open
 from metering.api.errors import to_status
-from metering.errors import RateLimited
-from metering.logs import failed_call
-from metering.metrics import Metrics
+from metering.domain.access import ANONYMOUS
+from metering.domain.errors import RateLimited
+from metering.telemetry.logs import failed_call
+from metering.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from typing import Any
 from google.protobuf.message import Message
 
 from metering.api.validation import MAX_TIME, MIN_TIME
-from metering.errors import InvalidPageToken
-from metering.reporting import PageCursor
+from metering.domain.errors import InvalidPageToken
+from metering.services.reporting import PageCursor
 
 VERSION = 2
 KEY_BYTES = 32  # at least: HMAC-SHA256 wants a key as long as its output

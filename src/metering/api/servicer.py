@@ -14,17 +14,14 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from metering import decimals
-from metering import metrics as m
 from metering.api import convert, validation
 from metering.api.auth import require_meter
 from metering.api.errors import to_rpc_status, write_ok_status
 from metering.api.page_tokens import EventsCursor, InvoicesCursor, PageTokens
-from metering.decimals import ZERO
 from metering.delivery.stream import OutboxStream
-from metering.engine import MeteringEngine, RecordResult, UsageCommand
-from metering.entitlements import Entitlements
-from metering.errors import (
+from metering.domain import decimals
+from metering.domain.decimals import ZERO
+from metering.domain.errors import (
     BeforeFirstPeriod,
     EventTooOld,
     LimitExceeded,
@@ -32,8 +29,11 @@ from metering.errors import (
     PeriodClosed,
     TransactionConflict,
 )
-from metering.invoicing import Invoicing
-from metering.reporting import Reporting
+from metering.services.entitlements import Entitlements
+from metering.services.invoicing import Invoicing
+from metering.services.reporting import Reporting
+from metering.services.usage import MeteringEngine, RecordResult, UsageCommand
+from metering.telemetry import metrics as m
 from metering.v1 import (
     billing_pb2,
     customer_pb2,

@@ -17,16 +17,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from metering.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catalog, Meter, Price
-from metering.decimals import ONE, DecimalFormatError, parse_decimal
-from metering.engine import BalanceQuery, UsageCommand
-from metering.entitlements import CommitCommand, GrantCommand, ReserveCommand
-from metering.errors import EventTooOld, FieldViolation, InvalidArgument, NotFound
-from metering.invoicing import InvoicesQuery
-from metering.ledger.records import DRAFT, FINALIZED
-from metering.ledger.reports import PropertyFilter
-from metering.notifications import NotificationType, WatchQuery, parse_cursor
-from metering.reporting import EventsQuery, UsageQuery
+from metering.domain.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catalog, Meter, Price
+from metering.domain.decimals import ONE, DecimalFormatError, parse_decimal
+from metering.domain.errors import EventTooOld, FieldViolation, InvalidArgument, NotFound
+from metering.domain.notifications import NotificationType, WatchQuery, parse_cursor
+from metering.domain.records import DRAFT, FINALIZED
+from metering.domain.windows import MAX_WINDOWS, WindowSize
+from metering.ledger.reporting import PropertyFilter
+from metering.services.entitlements import CommitCommand, GrantCommand, ReserveCommand
+from metering.services.invoicing import InvoicesQuery
+from metering.services.reporting import EventsQuery, UsageQuery
+from metering.services.usage import BalanceQuery, UsageCommand
 from metering.v1 import (
     billing_pb2,
     customer_pb2,
@@ -37,7 +38,6 @@ from metering.v1 import (
     reservations_pb2,
     usage_pb2,
 )
-from metering.windows import MAX_WINDOWS, WindowSize
 
 if TYPE_CHECKING:  # page_tokens reads MIN_TIME and MAX_TIME from here
     from metering.api.page_tokens import PageTokens

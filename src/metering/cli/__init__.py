@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from metering.catalog import CatalogError
 from metering.cli import calls, importer, operate
-from metering.config import ConfigError
-from metering.stripe_sync.mapping import StripeMappingError
+from metering.config.settings import ConfigError
+from metering.config.stripe import StripeMappingError
+from metering.domain.catalog import CatalogError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

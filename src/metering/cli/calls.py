@@ -16,15 +16,7 @@ from google.protobuf.message import Message
 from metering.cli import render
 from metering.cli.connection import connection, connection_arguments, print_error
 from metering.client import NO_RETRIES, MeteringClient, MeteringError
-from metering.v1 import (
-    billing_pb2,
-    customer_pb2,
-    events_pb2,
-    grants_pb2,
-    invoices_pb2,
-    reservations_pb2,
-    usage_pb2,
-)
+from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, invoices_pb2, reservations_pb2, usage_pb2
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Renderer: TypeAlias = Callable[[Any], str]

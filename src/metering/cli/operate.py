@@ -13,16 +13,16 @@ from typing import TypeAlias
 
 import grpc
 
-from metering.catalog import load_catalog
 from metering.cli.connection import connection, connection_arguments
-from metering.config import ConfigError, Settings
+from metering.config.settings import ConfigError, Settings
+from metering.domain.catalog import load_catalog
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def add_commands(commands: Subparsers) -> None:
     serve = commands.add_parser("serve", help="run the gRPC service (settings from METERING_* variables)")
-    # Set by the supervisor of METERING_WORKERS > 1 for each process it starts (metering.supervisor).
+    # Set by the supervisor of METERING_WORKERS > 1 for each process it starts (metering.runtime.supervisor).
     serve.add_argument("--worker", type=int, metavar="INDEX", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
@@ -78,8 +78,8 @@ def add_commands(commands: Subparsers) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from metering.app import configure_logging, serve
-    from metering.supervisor import WorkerFailed, die_with_parent, supervise
+    from metering.runtime.serve import configure_logging, serve
+    from metering.runtime.supervisor import WorkerFailed, die_with_parent, supervise
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
@@ -98,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from metering.app import configure_logging, open_database, run_migrations
+    from metering.runtime.serve import configure_logging, open_database, run_migrations
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
@@ -112,7 +112,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from metering.app import audit, configure_logging, open_database
+    from metering.runtime.serve import audit, configure_logging, open_database
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
@@ -187,8 +187,8 @@ def _reload(args: argparse.Namespace) -> int:
 
 
 def _webhooks_replay(args: argparse.Namespace) -> int:
-    from metering.app import configure_logging, open_database, replay_dead_letters
-    from metering.delivery.endpoints import load_endpoints
+    from metering.config.endpoints import load_endpoints
+    from metering.runtime.serve import configure_logging, open_database, replay_dead_letters
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
@@ -216,7 +216,7 @@ def _webhooks_replay(args: argparse.Namespace) -> int:
 
 
 def _token_new(args: argparse.Namespace) -> int:
-    from metering.access import caller_entry, new_token, token_digest
+    from metering.domain.access import caller_entry, new_token, token_digest
 
     token = new_token()
     print(f"token (give it to {args.name}; it is not stored anywhere): {token}", file=sys.stderr)
@@ -226,7 +226,7 @@ def _token_new(args: argparse.Namespace) -> int:
 
 
 def _token_digest(args: argparse.Namespace) -> int:
-    from metering.access import token_digest
+    from metering.domain.access import token_digest
 
     print(token_digest(sys.stdin.readline().strip()))
     return 0

@@ -1,1 +1,2 @@
-"""Delivery of the outbox: webhooks (webhooks.py) and the watch stream's reader (stream.py)."""
+"""Outbound edges: the outbox delivered as webhooks, as the watch stream, and
+the rollups exported to Stripe. They reach the database only through ledger/."""

@@ -9,10 +9,10 @@ from datetime import timedelta
 import asyncpg
 
 from metering.delivery.wakeup import OutboxWakeup
-from metering.errors import DatabaseUnavailable
+from metering.domain.errors import DatabaseUnavailable
+from metering.domain.notifications import Position, StoredNotification
 from metering.ledger import outbox
 from metering.ledger.pool import PoolUser, translate_errors
-from metering.notifications import Position, StoredNotification
 
 _PAGE = 500
 

@@ -40,13 +40,13 @@ import httpx
 from standardwebhooks.webhooks import Webhook
 
 from metering.api.convert import notification_json
-from metering.delivery.endpoints import Endpoint
+from metering.config.endpoints import Endpoint
 from metering.delivery.wakeup import OutboxWakeup, Waiter
+from metering.domain.notifications import StoredNotification
 from metering.ledger import outbox
 from metering.ledger.outbox import LeaseLost, PendingDelivery
 from metering.ledger.pool import PoolUser
-from metering.metrics import Metrics
-from metering.notifications import StoredNotification
+from metering.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from metering.catalog import Catalog, Meter
+from metering.domain.catalog import Catalog, Meter
 from metering.ledger.rollups import ROLLUP_COLUMNS, ROLLUP_KEY, buckets_from_events, values_from_events
 from metering.ledger.sql import NOT_VOIDED, VALUE_SQL, Sql
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from metering.notifications import (
+from metering.domain.notifications import (
     NewNotification,
     NotificationType,
     Position,

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
-from metering.errors import DatabaseUnavailable
+from metering.domain.errors import DatabaseUnavailable
 
 # SQLSTATE classes that mean "the database is not usable right now":
 # 08 connection exception, 53 insufficient resources, 57 operator

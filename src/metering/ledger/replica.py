@@ -33,10 +33,10 @@ from uuid import UUID
 
 import asyncpg
 
-from metering.ledger.invoices import InvoiceStore
+from metering.domain.records import CustomerRecord, Invoice
+from metering.ledger.customers import Ledger
+from metering.ledger.invoicing import InvoiceStore
 from metering.ledger.pool import is_unavailable
-from metering.ledger.records import CustomerRecord, Invoice
-from metering.ledger.store import Ledger
 
 log = logging.getLogger(__name__)
 

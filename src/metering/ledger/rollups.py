@@ -23,11 +23,11 @@ from uuid import UUID
 
 import asyncpg
 
-from metering.catalog import Catalog, Meter
+from metering.domain.catalog import Catalog, Meter
+from metering.domain.records import StoredEvent
+from metering.domain.windows import HOUR, floor_hour
 from metering.ledger.migrate import MIGRATION_LOCK_KEY
-from metering.ledger.records import StoredEvent
 from metering.ledger.sql import NOT_VOIDED, Sql
-from metering.windows import HOUR, floor_hour
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from metering import limits
-from metering.catalog import Aggregation
-from metering.ledger.records import GrantRecord, ReservationRecord, StoredEvent
+from metering.domain import limits
+from metering.domain.catalog import Aggregation
+from metering.domain.records import GrantRecord, ReservationRecord, StoredEvent
 
 # A timestamptz array sent as whole microseconds since the Unix epoch (a
 # bigint[]): asyncpg's binary timestamptz encoding costs about 2 us a value,
@@ -111,7 +111,7 @@ VALUE_SQL = {
 }
 
 
-# The same values from the parts of a range `p` (metering.ledger.reports):
+# The same values from the parts of a range `p` (metering.ledger.reporting):
 # rollup buckets of its whole hours, the distinct values of those buckets
 # (UNIQUE_COUNT), and single events of its partial edge hours, each part a
 # row with event_count, quantity_sum, quantity_max, latest_* and value.

@@ -5,7 +5,7 @@ after `lock_counter` took the counter row's lock: that lock serialises every
 decision on one customer's meter in one period, on every replica. Before any
 counter row, a transaction that adds or removes usage share-locks the
 customer's row (`lock_customer`; the batching writer in its customers
-read): the closing of a period locks it FOR UPDATE (metering.ledger.invoices).
+read): the closing of a period locks it FOR UPDATE (metering.ledger.invoicing).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from uuid import UUID
 
 import asyncpg
 
-from metering import closing, limits
-from metering.catalog import Meter
-from metering.errors import PeriodClosed
-from metering.ledger.records import NewEvent, StoredEvent
+from metering.domain import closing, limits
+from metering.domain.catalog import Meter
+from metering.domain.errors import PeriodClosed
+from metering.domain.periods import Period
+from metering.domain.records import NewEvent, StoredEvent
 from metering.ledger.sql import (
     COUNTER_COLUMNS,
     COUNTER_LOCK,
@@ -35,7 +36,6 @@ from metering.ledger.sql import (
     live_holds_sum,
     stored_event,
 )
-from metering.periods import Period
 
 
 async def lock_customer(

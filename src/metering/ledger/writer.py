@@ -4,8 +4,8 @@ Calls queue as groups (one RecordUsage is a group of one; a batch RPC or a
 stream message is one group, never split, so its order holds). A worker takes
 everything queued, up to `max_batch` events, and in ONE transaction:
 
-The reads and the write are metering.ledger.batch_sql's; the decision between
-them (steps 5-6's what) is metering.ledger.decision's, a pure function.
+The reads and the write are metering.ledger.usage's; the decision between
+them (steps 5-6's what) is metering.domain.usage's, a pure function.
 
 1. reads the customers of the batch (plan, billing anchor, how far their
    periods are closed) under a share lock of their rows, and resolves each
@@ -15,7 +15,7 @@ them (steps 5-6's what) is metering.ledger.decision's, a pure function.
    workers or replicas), creating missing ones;
 3. finds the transaction ids that already exist;
 4. reads the grants active at each event's time and the unexpired holds;
-5. decides every event in arrival order (metering.limits): duplicates, payload
+5. decides every event in arrival order (metering.domain.limits): duplicates, payload
    conflicts (also between two events of the same batch), late events (the
    refusal a resolution carries applies to any event that is not an exact
    replay of a recorded one), limits;
@@ -64,9 +64,10 @@ from uuid import UUID
 
 import asyncpg
 
-from metering.errors import DatabaseUnavailable, MeteringError
-from metering.ledger import batch_sql
-from metering.ledger.decision import (
+from metering.domain.errors import DatabaseUnavailable, MeteringError
+from metering.domain.notifications import NotificationType
+from metering.domain.records import CustomerRecord, new_event_ids
+from metering.domain.usage import (
     BatchPlan,
     BatchReads,
     Resolution,
@@ -76,16 +77,15 @@ from metering.ledger.decision import (
     decide_batch,
     originals_unlocked,
 )
+from metering.ledger import usage as batch_sql
 from metering.ledger.pool import PoolUser, answer_within, translate_errors
-from metering.ledger.records import CustomerRecord, new_event_ids
-from metering.notifications import NotificationType
 
 __all__ = ["BatchWriter", "GroupResults", "Resolution", "Resolver", "Written", "WrittenKeys"]
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
-    from metering.tracing import Tracing
+    from metering.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +260,8 @@ class BatchWriter(PoolUser):
         announced: list[NotificationType],
         attempted: list[tuple[str, str]],
     ) -> tuple[BatchPlan, dict[UUID, datetime]]:
-        """The batch's reads (metering.ledger.batch_sql), its decision
-        (metering.ledger.decision, pure) and the one statement that writes it.
+        """The batch's reads (metering.ledger.usage), its decision
+        (metering.domain.usage, pure) and the one statement that writes it.
         Returns the plan and when each of its events was recorded. Whatever
         needs no lock (event ids before, the answers after) is left out of the
         time the counter rows are held."""

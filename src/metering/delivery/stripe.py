@@ -1,0 +1,258 @@
+"""The exporter task inside `metering serve`: closed hours of the rollups
+reported to Stripe Billing meter events, one event per customer, meter and
+hour, with the official `stripe` library.
+
+One replica exports at a time: the one holding a session advisory lock on
+the connection it keeps for the job (metering.ledger.stripe). For each
+customer's meter with work it:
+
+1. resends an event left in flight by a crash, exactly as it was decided
+   (Stripe dedupes on the identifier, so an event it already had is not
+   counted twice), or abandons it once it is too old for Stripe;
+2. reads the pair's hourly usage from the rollups and plans the next hours
+   (metering.domain.stripe);
+3. for each hour with whole units due: stores the event, sends it, and once
+   Stripe acknowledged it advances the progress in the transaction that
+   records the acknowledgement. A failure stops the pair there; it is retried
+   on the next pass, with a backoff while failures go on.
+
+Which pairs have work is asked once per closed hour (and at start-up): that
+query also looks for changes to hours already exported, which reads every
+exported hour's rollups of the mapped meters. In between, passes retry only
+the pairs that failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import stripe
+from stripe.params.billing import MeterEventCreateParams
+
+from metering.config.settings import Settings
+from metering.config.stripe import StripeMapping
+from metering.domain.catalog import Aggregation
+from metering.domain.stripe import abandoned, closed_end, identifier, lag_seconds, plan_steps, reportable
+from metering.ledger.stripe import (
+    ExportScope,
+    Pair,
+    PendingEvent,
+    abandon_event,
+    acknowledge_event,
+    decide_event,
+    hourly_usage,
+    load_state,
+    pairs_to_export,
+    save_progress,
+    try_lock,
+    unlock,
+)
+from metering.telemetry.metrics import STRIPE_FAILED, STRIPE_SENT, Metrics
+
+log = logging.getLogger(__name__)
+
+# Stripe's answer to an identifier it already has: the event is there, so the
+# hour counts as acknowledged (whether Stripe answers that way or with a 200).
+DUPLICATE_CODE = "resource_already_exists"
+# The longest wait between passes while Stripe keeps failing.
+MAX_BACKOFF = timedelta(minutes=5)
+
+
+class StripeMeterEvents:
+    """Sends meter events with the official library's v1 API."""
+
+    def __init__(self, api_key: str, api_base: str, timeout: timedelta) -> None:
+        # No library retries: a failed hour is retried by the next pass, with
+        # the same identifier, so the library's own retry loop would only
+        # hold the exporter's connection longer.
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base},
+            max_network_retries=0,
+            http_client=stripe.RequestsClient(timeout=timeout.total_seconds()),
+        )
+
+    async def send(self, event: PendingEvent, customer_key: str, value_key: str) -> None:
+        """Raises stripe.StripeError unless Stripe has the event."""
+        params: MeterEventCreateParams = {
+            "event_name": event.event_name,
+            "payload": {customer_key: event.stripe_customer_id, value_key: str(event.step.units)},
+            "identifier": event.identifier,
+            "timestamp": int(event.step.hour.timestamp()),
+        }
+        try:
+            # The library's requests client blocks: a thread keeps the event loop serving.
+            await asyncio.to_thread(self._client.v1.billing.meter_events.create, params)
+        except stripe.StripeError as exc:
+            if exc.http_status == 400 and exc.code == DUPLICATE_CODE:
+                return
+            raise
+
+
+def describe(exc: stripe.StripeError) -> str:
+    """A failure in words for the log. An authentication error's message
+    quotes part of the key, so only its status is told."""
+    if isinstance(exc, stripe.AuthenticationError):
+        return f"HTTP {exc.http_status}: the API key was refused"
+    status = f"HTTP {exc.http_status}" if exc.http_status else "no answer"
+    code = f" {exc.code}" if exc.code else ""
+    return f"{status}{code}: {type(exc).__name__}: {str(exc.user_message or exc)[:200]}"
+
+
+class StripeExporter:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        mapping: StripeMapping,
+        settings: Settings,
+        metrics: Metrics,
+        sender: StripeMeterEvents,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._pool = pool
+        self._mapping = mapping
+        self._metrics = metrics
+        self._sender = sender
+        self._clock = clock
+        self._settle = settings.stripe_settle_delay
+        self._interval = settings.stripe_interval.total_seconds()
+        self._acquire_timeout = settings.db_timeout.total_seconds()
+        aggregations: dict[str, Aggregation] = {slug: m.meter.aggregation for slug, m in mapping.meters.items()}
+        self._reasons_logged: set[str] = set()  # failures already logged in this pass
+        self._scope = ExportScope.of(aggregations, list(mapping.customer_ids) if mapping.listed_only else None)
+        for slug in mapping.meters:
+            metrics.stripe_export_lag.labels(meter=slug).set(0)
+
+    async def run(self) -> None:
+        """Export while this replica holds the lock; wait for it otherwise.
+        Runs until cancelled."""
+        while True:
+            try:
+                async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                    if await try_lock(conn):
+                        log.info("exporting usage to Stripe (meters: %s)", ", ".join(sorted(self._mapping.meters)))
+                        try:
+                            await self._export(conn)
+                        finally:
+                            if not conn.is_closed():
+                                await unlock(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database went away, or the lock was lost: start again
+                log.warning("Stripe export interrupted: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(self._interval)
+
+    async def _export(self, conn: asyncpg.Connection) -> None:
+        last_closed: datetime | None = None
+        retry: dict[Pair, datetime] = {}  # pairs that failed, with their oldest hour not exported
+        failures_in_row = 0
+        while True:
+            now = self._clock()
+            closed = closed_end(now, self._settle)
+            if closed != last_closed:
+                pairs = await pairs_to_export(conn, self._scope, closed, check_exported=True)
+                last_closed = closed
+            else:
+                pairs = sorted(retry, key=lambda p: (p.customer_id, p.meter_slug))
+            self._reasons_logged = set()
+            retry = {}
+            for pair in pairs:
+                failed_at = await self._export_pair(conn, pair, closed, now)
+                if failed_at is not None:
+                    retry[pair] = failed_at
+            self._report_lag(retry)
+            failures_in_row = failures_in_row + 1 if retry else 0
+            backoff = min(self._interval * 2 ** min(failures_in_row, 16), MAX_BACKOFF.total_seconds())
+            await asyncio.sleep(backoff if retry else self._interval)
+
+    def _report_lag(self, failed: dict[Pair, datetime]) -> None:
+        now = self._clock()
+        for slug in self._mapping.meters:
+            oldest = min((hour for pair, hour in failed.items() if pair.meter_slug == slug), default=None)
+            self._metrics.stripe_export_lag.labels(meter=slug).set(lag_seconds(oldest, now, self._settle))
+
+    async def _export_pair(
+        self, conn: asyncpg.Connection, pair: Pair, closed: datetime, now: datetime
+    ) -> datetime | None:
+        """Export what is due of one customer's meter; returns the hour it
+        stopped at after a failure, None when it is up to date."""
+        stripe_meter = self._mapping.meters[pair.meter_slug]
+        state = await load_state(conn, pair)
+        progress = state.progress
+        pending = state.pending
+        if pending is not None:
+            if not reportable(pending.step.hour, now):
+                after = abandoned(progress, pending.step)
+                await abandon_event(conn, pair, progress, pending, after)
+                self._metrics.stripe_hours_skipped.labels(meter=pair.meter_slug).inc()
+                log.warning(
+                    "customer %s meter %s: the event of %s became older than Stripe's 35 days before it was "
+                    "acknowledged: not reported",
+                    pair.customer_id,
+                    pair.meter_slug,
+                    pending.step.hour.isoformat(),
+                )
+                progress = after
+            else:
+                if not await self._send(pair, pending):
+                    return pending.step.hour
+                await acknowledge_event(conn, pair, progress, pending)
+                progress = pending.step.progress
+        stripe_customer = self._mapping.stripe_customer(pair.customer_id)
+        if stripe_customer is None:
+            return None
+        exported, usage = await hourly_usage(conn, self._scope, pair, progress.exported_through, closed)
+        steps = plan_steps(progress, exported_range_total=exported, usage=usage, closed_before=closed, now=now)
+        saved = current = progress
+        skipped = 0
+        try:
+            for step in steps:
+                if step.units == 0:
+                    current = step.progress
+                    if step.skipped:
+                        skipped += 1
+                        self._metrics.stripe_hours_skipped.labels(meter=pair.meter_slug).inc()
+                    continue
+                event = PendingEvent(
+                    step,
+                    identifier(self._mapping.identifier_prefix, pair.customer_id, pair.meter_slug, step.hour),
+                    stripe_meter.event_name,
+                    stripe_customer,
+                )
+                await decide_event(conn, pair, saved, current, event)
+                saved = current
+                if not await self._send(pair, event):
+                    return step.hour
+                await acknowledge_event(conn, pair, current, event)
+                saved = current = step.progress
+            await save_progress(conn, pair, saved, current)
+        finally:
+            if skipped:
+                # Logged once: the progress has moved past these hours.
+                log.warning(
+                    "customer %s meter %s: %d hours with usage are older than Stripe's 35 days: not reported",
+                    pair.customer_id,
+                    pair.meter_slug,
+                    skipped,
+                )
+        return None
+
+    async def _send(self, pair: Pair, event: PendingEvent) -> bool:
+        stripe_meter = self._mapping.meters[pair.meter_slug]
+        try:
+            await self._sender.send(event, stripe_meter.customer_payload_key, stripe_meter.value_payload_key)
+        except stripe.StripeError as exc:
+            self._metrics.stripe_meter_events.labels(meter=pair.meter_slug, outcome=STRIPE_FAILED).inc()
+            reason = describe(exc)
+            if reason not in self._reasons_logged:  # once per pass, not once per customer
+                self._reasons_logged.add(reason)
+                log.warning(
+                    "Stripe refused or did not answer a meter event of %s (retried): %s", pair.meter_slug, reason
+                )
+            return False
+        self._metrics.stripe_meter_events.labels(meter=pair.meter_slug, outcome=STRIPE_SENT).inc()
+        return True

@@ -1,0 +1,107 @@
+"""Billing periods closing into invoices: the pure decisions, no I/O.
+
+A customer's billing periods are monthly from its billing anchor (UTC) and
+close in order, oldest first. A period [start, end) is gathering while it runs,
+a draft from its end until end + grace (late events still count), and then
+due: the closer (metering.services.invoicing) finalizes its invoice, which never
+changes again. From then on a new event in that period is refused, and so is
+an event before the customer's first period, which never existed for it.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from metering.domain.errors import BeforeFirstPeriod, MeteringError, PeriodClosed
+from metering.domain.periods import Period, ResetPeriod, period_containing
+
+# Bills, and with them invoices and the closing of periods, are monthly from
+# the customer's billing anchor.
+BILLING_PERIOD = ResetPeriod.MONTH
+
+# Invoice ids are UUIDv5 of (customer, period start) in this namespace: every
+# replica, and every retry of a close, names the same invoice the same way, and
+# a refusal can name the invoice of a period without reading it.
+_INVOICE_NAMESPACE = uuid.UUID("6d657465-7269-6e67-2d69-6e766f696365")
+
+
+def rfc3339(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def billing_period(instant: datetime, anchor: datetime) -> Period:
+    return period_containing(instant, anchor, BILLING_PERIOD)
+
+
+def first_period_end(anchor: datetime) -> datetime:
+    end = billing_period(anchor, anchor).end
+    assert end is not None
+    return end
+
+
+def following_period_end(period_end: datetime, anchor: datetime) -> datetime:
+    """The end of the period that starts where the one ending at `period_end` ends."""
+    end = billing_period(period_end, anchor).end
+    assert end is not None
+    return end
+
+
+def invoice_id_for(customer_id: str, period_start: datetime) -> uuid.UUID:
+    return uuid.uuid5(_INVOICE_NAMESPACE, f"{customer_id}\n{rfc3339(period_start)}")
+
+
+def is_due(period_end: datetime, grace: timedelta, now: datetime) -> bool:
+    """Whether a period that ended at `period_end` may be finalized at `now`."""
+    return period_end + grace <= now
+
+
+def waiting_age(period_end: datetime | None, now: datetime) -> float:
+    """Seconds since the oldest period not yet finalized ended (0 while none
+    has ended): at most about the grace period while closing keeps up."""
+    if period_end is None or period_end >= now:
+        return 0.0
+    return (now - period_end).total_seconds()
+
+
+class EventTime(enum.Enum):
+    """Where a new event's time falls for its customer."""
+
+    OPEN = "open"  # a period that is gathering or a draft: the event counts
+    BEFORE_FIRST_PERIOD = "before_first_period"  # before the billing anchor
+    CLOSED = "closed"  # in a period whose invoice is finalized
+
+
+def classify(event_time: datetime, anchor: datetime, closed_through: datetime | None) -> EventTime:
+    if event_time < anchor:
+        return EventTime.BEFORE_FIRST_PERIOD
+    if closed_through is not None and event_time < closed_through:
+        return EventTime.CLOSED
+    return EventTime.OPEN
+
+
+def period_closed(customer_id: str, transaction_id: str, instant: datetime, anchor: datetime) -> PeriodClosed:
+    """The refusal of a change to the finalized period containing `instant`."""
+    period = billing_period(instant, anchor)
+    assert period.end is not None
+    return PeriodClosed(
+        transaction_id,
+        period_start=rfc3339(period.start),
+        period_end=rfc3339(period.end),
+        invoice_id=str(invoice_id_for(customer_id, period.start)),
+    )
+
+
+def late_refusal(
+    customer_id: str, transaction_id: str, event_time: datetime, anchor: datetime, closed_through: datetime | None
+) -> MeteringError | None:
+    """Why a NEW event at `event_time` cannot be recorded, if it cannot. A
+    replay of an event already recorded is answered as a duplicate whatever
+    its time: the writer applies this only after its duplicate check."""
+    kind = classify(event_time, anchor, closed_through)
+    if kind is EventTime.BEFORE_FIRST_PERIOD:
+        return BeforeFirstPeriod(transaction_id, rfc3339(event_time), rfc3339(anchor))
+    if kind is EventTime.CLOSED:
+        return period_closed(customer_id, transaction_id, event_time, anchor)
+    return None

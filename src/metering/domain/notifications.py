@@ -1,0 +1,300 @@
+"""Notifications: what other systems hear about, and their place in the outbox.
+
+A notification is written by the ledger transaction that makes the change it
+announces (metering.ledger.outbox), so it exists if and only if the change
+happened. Its dedupe key makes it once-only per customer: a threshold once per
+meter, period and threshold; a limit refusal once per meter and period; an
+invoice once. Delivery (metering.delivery) reads them in outbox order.
+
+Everything here is pure: building notifications from a decision, their
+payloads as stored (JSON, decimals as strings), and the opaque cursor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+from uuid import UUID, uuid4
+
+from metering.domain import limits
+from metering.domain.decimals import ZERO, format_decimal
+from metering.domain.errors import FieldViolation, InvalidArgument
+from metering.domain.periods import Period
+
+
+class NotificationType(StrEnum):
+    """The types, by the dotted names webhook endpoints subscribe with."""
+
+    THRESHOLD_CROSSED = "usage.threshold_crossed"
+    LIMIT_REJECTED = "usage.limit_rejected"
+    INVOICE_FINALIZED = "invoice.finalized"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterTerms:
+    """What a notification about a customer's meter says of the plan it ran under."""
+
+    plan_slug: str
+    unit: str
+    approaching_threshold: Decimal  # percent
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdCrossed:
+    meter_slug: str
+    plan_slug: str
+    unit: str
+    period: Period
+    threshold_percent: Decimal
+    used: Decimal
+    limit: Decimal
+    granted: Decimal
+    allowance: Decimal  # limit + granted
+    percent_used: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRejected:
+    meter_slug: str
+    plan_slug: str
+    unit: str
+    period: Period
+    limit: Decimal
+    available: Decimal
+    requested: Decimal
+    transaction_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceFinalized:
+    invoice_id: str
+    invoice_number: int
+    period: Period
+    total: Decimal
+    currency: str
+
+
+Payload = ThresholdCrossed | LimitRejected | InvoiceFinalized
+
+_TYPES: dict[type[Any], NotificationType] = {
+    ThresholdCrossed: NotificationType.THRESHOLD_CROSSED,
+    LimitRejected: NotificationType.LIMIT_REJECTED,
+    InvoiceFinalized: NotificationType.INVOICE_FINALIZED,
+}
+
+
+def type_of(payload: Payload) -> NotificationType:
+    return _TYPES[type(payload)]
+
+
+def limit_rejected_key(meter_slug: str, period: Period) -> str:
+    """The dedupe key of the first hard-limit refusal of a meter in a period,
+    computable before the notification is built (the writer skips building
+    one its process has already seen written)."""
+    return f"{NotificationType.LIMIT_REJECTED}/{meter_slug}/{period.start.isoformat()}"
+
+
+def dedupe_key(payload: Payload) -> str:
+    """What makes a notification once-only among its customer's."""
+    if isinstance(payload, ThresholdCrossed):
+        return (
+            f"{type_of(payload)}/{payload.meter_slug}/{payload.period.start.isoformat()}/"
+            f"{format_decimal(payload.threshold_percent)}"
+        )
+    if isinstance(payload, LimitRejected):
+        return limit_rejected_key(payload.meter_slug, payload.period)
+    return f"{type_of(payload)}/{payload.invoice_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewNotification:
+    """A notification about to be written; the database adds its time and position."""
+
+    customer_id: str
+    payload: Payload
+    notification_id: UUID = field(default_factory=uuid4)
+
+    @property
+    def type(self) -> NotificationType:
+        return type_of(self.payload)
+
+    @property
+    def dedupe_key(self) -> str:
+        return dedupe_key(self.payload)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """A place in the outbox: the writing transaction's id, then the row's
+    sequence number (see the 0004 migration for why both)."""
+
+    txid: int
+    seq: int
+
+    def cursor(self) -> str:
+        """The opaque cursor of this position (WatchNotifications, webhook bodies)."""
+        return "n1_" + base64.urlsafe_b64encode(f"{self.txid}.{self.seq}".encode()).decode().rstrip("=")
+
+
+_CURSOR_RE = re.compile(r"^(?P<txid>[0-9]{1,20})\.(?P<seq>[0-9]{1,19})\Z")
+
+
+def parse_cursor(cursor: str) -> Position:
+    """The position of a cursor made by Position.cursor; INVALID_ARGUMENT otherwise."""
+    try:
+        if not cursor.startswith("n1_"):
+            raise ValueError("no prefix")
+        body = cursor.removeprefix("n1_")
+        text = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("ascii")
+    except (ValueError, UnicodeError, binascii.Error):
+        text = ""
+    match = _CURSOR_RE.match(text)
+    if match is None:
+        raise InvalidArgument([FieldViolation("cursor", "not a notification cursor issued by this service")])
+    return Position(int(match["txid"]), int(match["seq"]))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredNotification:
+    notification_id: UUID
+    customer_id: str
+    created_at: datetime
+    position: Position
+    payload: Payload
+
+    @property
+    def type(self) -> NotificationType:
+        return type_of(self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchQuery:
+    """Where a watch starts (None: now) and which notifications it shows."""
+
+    after: Position | None
+    types: frozenset[NotificationType]  # empty: every type
+    customer_id: str | None  # None: every customer
+
+    def wants(self, notification: StoredNotification) -> bool:
+        return (not self.types or notification.type in self.types) and (
+            self.customer_id is None or notification.customer_id == self.customer_id
+        )
+
+
+# -- building them from decisions ---------------------------------------------------
+
+
+def thresholds_notifications(
+    customer_id: str,
+    meter_slug: str,
+    terms: MeterTerms,
+    period: Period,
+    allowance: limits.Allowance,
+    used_before: Decimal,
+    used_after: Decimal,
+) -> list[NewNotification]:
+    """One notification per threshold that a change from used_before to
+    used_after crossed (limits.thresholds_crossed)."""
+    crossed = limits.thresholds_crossed(allowance, used_before, used_after, terms.approaching_threshold)
+    if not crossed:
+        return []
+    assert allowance.limit is not None and allowance.total is not None  # an unlimited meter crosses nothing
+    percent = limits.percent_used(allowance, used_after)
+    assert percent is not None
+    return [
+        NewNotification(
+            customer_id,
+            ThresholdCrossed(
+                meter_slug=meter_slug,
+                plan_slug=terms.plan_slug,
+                unit=terms.unit,
+                period=period,
+                threshold_percent=threshold,
+                used=used_after,
+                limit=allowance.limit,
+                granted=allowance.granted,
+                allowance=allowance.total,
+                percent_used=percent,
+            ),
+        )
+        for threshold in crossed
+    ]
+
+
+def invoice_finalized_notification(
+    customer_id: str, invoice_id: str, number: int, period: Period, total: Decimal, currency: str
+) -> NewNotification:
+    return NewNotification(customer_id, InvoiceFinalized(invoice_id, number, period, total, currency))
+
+
+def limit_rejected_notification(
+    customer_id: str,
+    meter_slug: str,
+    terms: MeterTerms,
+    period: Period,
+    allowance: limits.Allowance,
+    *,
+    available: Decimal | None,
+    requested: Decimal,
+    transaction_id: str,
+) -> NewNotification:
+    return NewNotification(
+        customer_id,
+        LimitRejected(
+            meter_slug=meter_slug,
+            plan_slug=terms.plan_slug,
+            unit=terms.unit,
+            period=period,
+            limit=allowance.limit if allowance.limit is not None else ZERO,
+            available=available if available is not None else ZERO,
+            requested=requested,
+            transaction_id=transaction_id,
+        ),
+    )
+
+
+# -- payloads as stored --------------------------------------------------------------
+
+
+def _period_json(period: Period) -> dict[str, str | None]:
+    return {"start": period.start.isoformat(), "end": period.end.isoformat() if period.end else None}
+
+
+def _period_from(data: dict[str, Any]) -> Period:
+    end = data["end"]
+    return Period(datetime.fromisoformat(data["start"]), datetime.fromisoformat(end) if end else None)
+
+
+def payload_json(payload: Payload) -> dict[str, Any]:
+    """The stored form: every field, decimals as exact strings, times ISO 8601."""
+    data: dict[str, Any] = {}
+    for name in payload.__dataclass_fields__:
+        value = getattr(payload, name)
+        if isinstance(value, Decimal):
+            data[name] = format_decimal(value)
+        elif isinstance(value, Period):
+            data[name] = _period_json(value)
+        else:
+            data[name] = value
+    return data
+
+
+def payload_from_json(kind: NotificationType, data: dict[str, Any]) -> Payload:
+    cls = next(cls for cls, t in _TYPES.items() if t is kind)
+    fields: dict[str, Any] = {}
+    for name, spec in cls.__dataclass_fields__.items():
+        value = data[name]
+        if spec.type == "Decimal":
+            fields[name] = Decimal(value)
+        elif spec.type == "Period":
+            fields[name] = _period_from(value)
+        else:
+            fields[name] = value
+    result: Payload = cls(**fields)
+    return result

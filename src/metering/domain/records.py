@@ -1,0 +1,193 @@
+"""What the ledger stores and returns: plain records, no SQL."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+from metering.domain import limits
+from metering.domain.catalog import PricingModel
+from metering.domain.pricing import LineCharge
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRecord:
+    customer_id: str
+    plan_slug: str
+    billing_anchor: datetime
+    created_at: datetime
+    updated_at: datetime
+    # The end of the customer's last finalized billing period (None: none yet):
+    # an event before it would change a final invoice.
+    closed_through: datetime | None = None
+
+
+@dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
+class NewEvent:
+    customer_id: str
+    transaction_id: str
+    meter_slug: str
+    price_slug: str
+    requested_price_slug: str | None  # the price the caller named, if it named one
+    quantity: Decimal
+    event_time: datetime
+    event_time_given: bool  # False: a replay then matches any time
+    properties: dict[str, str]
+
+
+@dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
+class StoredEvent:
+    event_id: UUID
+    customer_id: str
+    transaction_id: str
+    meter_slug: str
+    price_slug: str
+    requested_price_slug: str | None
+    quantity: Decimal
+    event_time: datetime
+    period_start: datetime
+    recorded_at: datetime
+    properties: dict[str, str]
+    void_time: datetime | None = None
+    void_reason: str | None = None
+
+
+@dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
+class CounterReading:
+    """A counter with what else shapes its allowance right now."""
+
+    state: limits.CounterState
+    granted: Decimal  # active grants
+    reserved: Decimal  # unexpired holds
+    # The allowance these make with the plan's terms, when the reader already
+    # built it (the batching writer decides under it): the balance reuses it
+    # rather than building one per event.
+    allowance: limits.Allowance | None = None
+
+
+@dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
+class RecordOutcome:
+    event: StoredEvent | None  # None when refused
+    duplicate: bool
+    decision: limits.Decision | None  # None for a duplicate
+    reading: CounterReading  # the counter after the call, in the event's period
+
+
+HELD, COMMITTED, RELEASED, EXPIRED = "held", "committed", "released", "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRecord:
+    reservation_id: str
+    customer_id: str
+    meter_slug: str
+    period_start: datetime
+    quantity: Decimal
+    status: str  # held, committed or released as stored
+    expires_at: datetime
+    created_at: datetime
+    settled_at: datetime | None
+    committed_quantity: Decimal | None
+    event_id: UUID | None
+
+    def status_at(self, instant: datetime) -> str:
+        """The status a caller sees: a held reservation past its expiry is expired."""
+        if self.status == HELD and instant >= self.expires_at:
+            return EXPIRED
+        return self.status
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRecord:
+    grant_id: str
+    customer_id: str
+    meter_slug: str
+    quantity: Decimal
+    effective_at: datetime
+    expires_at: datetime | None
+    reason: str
+    created_at: datetime
+
+    def active_at(self, instant: datetime) -> bool:
+        return self.effective_at <= instant and (self.expires_at is None or instant < self.expires_at)
+
+
+def new_event_id() -> UUID:
+    """A UUIDv7: time-ordered, so ledger inserts stay local in the primary key
+    index and ties on event time resolve in recording order."""
+    [event_id] = new_event_ids(1)
+    return event_id
+
+
+def new_event_ids(count: int) -> list[UUID]:
+    """`count` UUIDv7s (see new_event_id), from one read of the system's
+    random source rather than one per id."""
+    timestamp = ((time.time_ns() // 1_000_000) & (2**48 - 1)) << 80
+    random = os.urandom(10 * count)
+    ids = []
+    for offset in range(0, 10 * count, 10):
+        random_bits = int.from_bytes(random[offset : offset + 10], "big")
+        value = timestamp
+        value |= 0x7 << 76  # version 7
+        value |= (random_bits >> 68) << 64  # 12 bits of rand_a
+        value |= 0b10 << 62  # RFC 4122 variant
+        value |= random_bits & (2**62 - 1)  # 62 bits of rand_b
+        ids.append(UUID(int=value))
+    return ids
+
+
+def payload_differences(stored: StoredEvent | NewEvent, new: NewEvent) -> list[str]:
+    """The request fields in which a replay differs from the recorded event (or
+    from an event accepted earlier in the same batch, not yet stored)."""
+    differences = []
+    if stored.meter_slug != new.meter_slug:
+        differences.append("meter_slug")
+    if stored.requested_price_slug != new.requested_price_slug:
+        differences.append("price_slug")
+    if stored.quantity != new.quantity:
+        differences.append("quantity")
+    if new.event_time_given and stored.event_time != new.event_time:
+        differences.append("event_time")
+    if stored.properties != new.properties:
+        differences.append("properties")
+    return differences
+
+
+# Invoice statuses: the period is running, it has ended (grace; late events
+# still count), or its invoice is final. Only finalized invoices are stored.
+GATHERING, DRAFT, FINALIZED = "gathering", "draft", "finalized"
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceLine:
+    """One bill line, self-contained: it reads the same after the catalog changes."""
+
+    meter_slug: str
+    price_slug: str
+    model: PricingModel
+    unit_amount: Decimal | None  # PER_UNIT and PACKAGE prices
+    package_size: Decimal | None  # PACKAGE prices
+    charge: LineCharge
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    """A period's bill: computed while it is gathering or a draft, stored once finalized."""
+
+    customer_id: str
+    plan_slug: str
+    period_start: datetime
+    period_end: datetime
+    currency: str
+    lines: tuple[InvoiceLine, ...]
+    subtotal: Decimal
+    credits: Decimal
+    total: Decimal
+    status: str  # GATHERING, DRAFT or FINALIZED
+    invoice_id: UUID | None = None  # set once finalized
+    number: int | None = None  # 1, 2, 3... per customer, once finalized
+    finalized_at: datetime | None = None

@@ -1,0 +1,320 @@
+"""The decision of a batch of events: pure, no SQL, no I/O.
+
+The batching writer (metering.ledger.writer) reads what a batch needs inside
+its transaction (metering.ledger.usage), hands it here as `BatchReads`, and
+writes what `decide_batch` returns. Everything between the reads and the
+write is in this module, so it is tested without a database
+(tests/unit/test_batch_decision.py).
+
+Events are decided in arrival order: duplicates of recorded events, payload
+conflicts (also between two events of the same batch), late events (the
+refusal a resolution carries applies to any event that is not an exact replay
+of a recorded one), limits, thresholds crossed and the first hard-limit
+refusal of a period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+from metering.domain import decimals, limits, notifications
+from metering.domain.catalog import PlanMeter
+from metering.domain.errors import MeteringError, TransactionConflict
+from metering.domain.notifications import MeterTerms, NewNotification
+from metering.domain.periods import Period
+from metering.domain.records import CounterReading, NewEvent, RecordOutcome, StoredEvent, payload_differences
+
+CounterKey = tuple[str, str, datetime]  # customer, meter, period start
+# What the grants and holds an event sees depend on: its counter and its time.
+AllowanceKey = tuple[str, str, datetime, datetime]  # customer, meter, period start, event time
+
+
+@dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
+class Resolution:
+    """What the engine decided an event means under its customer's plan."""
+
+    event: NewEvent
+    plan: limits.Allowance  # without grants and holds: the writer adds them
+    period: Period
+    unique_value: str | None
+    allow_overage: bool
+    terms: MeterTerms  # what notifications about this meter say of the plan
+    plan_terms: PlanMeter  # the plan's terms for the meter (balances, refusals)
+    billing_anchor: datetime  # the customer's: a duplicate's balance is of its original's period
+    # The event's values of its meter's declared dimensions: its rollup bucket.
+    dimensions: dict[str, str] = field(default_factory=dict)
+    # Refuses the event unless it is an exact replay of a recorded one (which
+    # is answered as a duplicate): a time outside the backfill window, before
+    # the customer's first period, or in a finalized period.
+    refusal: MeteringError | None = None
+
+    @property
+    def counter_key(self) -> CounterKey:
+        return (self.event.customer_id, self.event.meter_slug, self.period.start)
+
+    @property
+    def allowance_key(self) -> AllowanceKey:
+        return (self.event.customer_id, self.event.meter_slug, self.period.start, self.event.event_time)
+
+
+@dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
+class Written:
+    """The outcome of one event and the resolution it was decided under."""
+
+    outcome: RecordOutcome
+    resolution: Resolution
+
+
+EventResult = Written | MeteringError
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReads:
+    """What the batch's transaction read before deciding."""
+
+    # Locked counters, plus the counters of recorded events the batch repeats.
+    counters: dict[CounterKey, limits.CounterState]
+    existing: dict[tuple[str, str], StoredEvent]  # recorded events, by (customer, transaction id)
+    holdings: dict[AllowanceKey, tuple[Decimal, Decimal]]  # (granted, reserved) for each allowance key
+    seen_values: set[tuple[CounterKey, str]]  # distinct values already counted
+
+
+@dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
+class Insert:
+    """An accepted event to insert, with what its counter and rollup bucket need."""
+
+    event: NewEvent
+    event_id: UUID
+    key: CounterKey
+    dimensions: dict[str, str]
+    unique_value: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UniqueValue:
+    """A distinct value counted for the first time in its period."""
+
+    key: CounterKey
+    value: str
+    first_event_id: UUID
+
+
+@dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
+class _Accepted:
+    """Accepted, answered once its row is inserted (the database sets recorded_at)."""
+
+    insert: int  # index into BatchPlan.inserts
+    resolution: Resolution
+    decision: limits.Decision
+    reading: CounterReading
+
+
+@dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
+class _DuplicateOf:
+    """Repeats the transaction id of an event accepted earlier in the batch."""
+
+    first_index: int
+    resolution: Resolution
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan:
+    """What to write for a batch, and how to answer each event once it is written."""
+
+    inserts: list[Insert]  # in arrival order
+    counters: list[tuple[CounterKey, limits.CounterState]]  # each counter decided on, once, sorted
+    unique_values: list[UniqueValue]
+    notifications: list[NewNotification]  # once each by (customer, dedupe key)
+    _answers: list[EventResult | _Accepted | _DuplicateOf]
+
+    def answers(self, stored: Sequence[StoredEvent]) -> list[EventResult]:
+        """Every event's result, given the stored form of each insert (same order)."""
+        assert len(stored) == len(self.inserts)
+        results: list[EventResult] = []
+        for answer in self._answers:
+            if isinstance(answer, _Accepted):
+                outcome = RecordOutcome(stored[answer.insert], False, answer.decision, answer.reading)
+                results.append(Written(outcome, answer.resolution))
+            elif isinstance(answer, _DuplicateOf):
+                original = results[answer.first_index]
+                assert isinstance(original, Written) and original.outcome.event is not None
+                outcome = RecordOutcome(original.outcome.event, True, None, original.outcome.reading)
+                results.append(Written(outcome, answer.resolution))
+            else:
+                results.append(answer)
+        return results
+
+
+def counters_to_lock(resolutions: Sequence[Resolution | MeteringError]) -> dict[CounterKey, Period]:
+    """The counters a batch may change, in the stable (sorted) order every
+    writer locks them in. An event that is refused unless it is a replay creates
+    no counter: nothing may be written for it (a replay reads its original's)."""
+    periods = {r.counter_key: r.period for r in resolutions if isinstance(r, Resolution) and r.refusal is None}
+    return {key: periods[key] for key in sorted(periods)}
+
+
+def allowance_key_for(resolution: Resolution, existing: dict[tuple[str, str], StoredEvent]) -> AllowanceKey:
+    """The grants and holds an event's answer sees: those of its counter at its time. A replay
+    reports its original's balance, so it sees the original's: a retry that omits a backdated
+    event's time must not get the current period's holds and today's grants."""
+    earlier = existing.get((resolution.event.customer_id, resolution.event.transaction_id))
+    if earlier is not None:
+        return (earlier.customer_id, earlier.meter_slug, earlier.period_start, earlier.event_time)
+    return resolution.allowance_key
+
+
+def originals_unlocked(existing: dict[tuple[str, str], StoredEvent], locked: Container[CounterKey]) -> list[CounterKey]:
+    """Counters of recorded events the batch repeats that it did not lock (a
+    duplicate reports its original's counter): rare, read on their own."""
+    keys = {(e.customer_id, e.meter_slug, e.period_start) for e in existing.values()}
+    return sorted(key for key in keys if key not in locked)
+
+
+def decide_batch(
+    resolutions: Sequence[Resolution | MeteringError],
+    reads: BatchReads,
+    event_ids: Iterator[UUID],
+    announced: Container[tuple[str, str]],
+) -> BatchPlan:
+    """Decide every event in order. `event_ids` gives each accepted event its
+    id; `announced` holds (customer, dedupe key) of notifications known to be in
+    the outbox already (not built again)."""
+    states = dict(reads.counters)
+    seen_values = set(reads.seen_values)
+    answers: list[EventResult | _Accepted | _DuplicateOf] = []
+    in_batch: dict[tuple[str, str], tuple[int, NewEvent, UUID]] = {}  # accepted earlier in this batch
+    inserts: list[Insert] = []
+    touched: set[CounterKey] = set()
+    new_values: list[UniqueValue] = []
+    announce: dict[tuple[str, str], NewNotification] = {}
+    # One allowance (and threshold bound) per (counter, event time): the events
+    # of a call mostly share both.
+    allowances: dict[AllowanceKey, tuple[limits.Allowance, Decimal | None]] = {}
+    for index, resolution in enumerate(resolutions):
+        if not isinstance(resolution, Resolution):
+            answers.append(resolution)
+            continue
+        event, key = resolution.event, resolution.counter_key
+        allowance_key = allowance_key_for(resolution, reads.existing)
+        found = allowances.get(allowance_key)
+        if found is None:
+            granted, reserved = reads.holdings[allowance_key]
+            plan = resolution.plan
+            allowance = limits.Allowance(plan.aggregation, plan.enforcement, plan.limit, granted, reserved)
+            found = allowances[allowance_key] = (allowance, _quiet_below(allowance, resolution.terms))
+        allowance, quiet_below = found
+        txn = (event.customer_id, event.transaction_id)
+        try:
+            earlier = reads.existing.get(txn)
+            if earlier is not None:
+                if resolution.refusal is not None and payload_differences(earlier, event):
+                    raise resolution.refusal  # not a replay: its time is what is wrong with it
+                _same_payload(earlier, str(earlier.event_id), event)
+                original = states[(earlier.customer_id, earlier.meter_slug, earlier.period_start)]
+                reading = CounterReading(original, allowance.granted, allowance.reserved, allowance)
+                answers.append(Written(RecordOutcome(earlier, True, None, reading), resolution))
+                continue
+            if txn in in_batch:
+                first_index, first, first_id = in_batch[txn]
+                if resolution.refusal is not None and payload_differences(first, event):
+                    raise resolution.refusal
+                _same_payload(first, str(first_id), event)
+                answers.append(_DuplicateOf(first_index, resolution))
+                continue
+            if resolution.refusal is not None:
+                raise resolution.refusal
+        except MeteringError as exc:
+            answers.append(exc)
+            continue
+        unique = resolution.unique_value
+        new_value = unique is not None and (key, unique) not in seen_values
+        event_id = next(event_ids)
+        before = states[key]
+        decision = limits.decide(
+            allowance,
+            before,
+            event.quantity,
+            event_time=event.event_time,
+            event_id=event_id,
+            new_unique_value=new_value,
+            allow_overage=resolution.allow_overage,
+        )
+        touched.add(key)
+        reading = CounterReading(decision.state_after, allowance.granted, allowance.reserved, allowance)
+        if not decision.accepted:
+            answers.append(Written(RecordOutcome(None, False, decision, reading), resolution))
+            # A customer that keeps hitting its limit is refused event after
+            # event; the first refusal of the period was announced long ago,
+            # so most refusals need no notification built.
+            rejection = (event.customer_id, notifications.limit_rejected_key(event.meter_slug, resolution.period))
+            if rejection not in announced:
+                _announce(
+                    announce,
+                    [
+                        notifications.limit_rejected_notification(
+                            event.customer_id,
+                            event.meter_slug,
+                            resolution.terms,
+                            resolution.period,
+                            allowance,
+                            available=decision.available_before,
+                            requested=decision.cost,
+                            transaction_id=event.transaction_id,
+                        )
+                    ],
+                )
+            continue
+        after = decision.state_after
+        if quiet_below is not None and after.used >= quiet_below:
+            _announce(
+                announce,
+                notifications.thresholds_notifications(
+                    event.customer_id,
+                    event.meter_slug,
+                    resolution.terms,
+                    resolution.period,
+                    allowance,
+                    before.used,
+                    after.used,
+                ),
+            )
+        states[key] = after
+        in_batch[txn] = (index, event, event_id)
+        answers.append(_Accepted(len(inserts), resolution, decision, reading))
+        inserts.append(Insert(event, event_id, key, resolution.dimensions, unique))
+        if new_value:
+            assert unique is not None
+            seen_values.add((key, unique))
+            new_values.append(UniqueValue(key, unique, event_id))
+    counters = [(key, states[key]) for key in sorted(touched)]
+    return BatchPlan(inserts, counters, new_values, list(announce.values()), answers)
+
+
+def _quiet_below(allowance: limits.Allowance, terms: MeterTerms) -> Decimal | None:
+    """Usage below which no threshold can be reached (None: none ever is, the
+    meter is unlimited), so that most events cost one comparison rather than
+    two percentages. Percentages are rounded to a step of 0.01
+    (metering.domain.decimals.percent): a rounded one reaches a threshold only once
+    the exact one is within a step of it, so the bound is a full step lower
+    and never skips a crossing that limits.thresholds_crossed would report."""
+    total = allowance.total
+    if total is None:
+        return None
+    lowest = min(terms.approaching_threshold, decimals.HUNDRED) - decimals.PERCENT_STEP
+    return max(decimals.ZERO, decimals.ROUNDING.divide(decimals.ROUNDING.multiply(lowest, total), decimals.HUNDRED))
+
+
+def _announce(announce: dict[tuple[str, str], NewNotification], new: list[NewNotification]) -> None:
+    """Keep the first of each notification the batch's decisions call for."""
+    for notification in new:
+        announce.setdefault((notification.customer_id, notification.dedupe_key), notification)
+
+
+def _same_payload(earlier: StoredEvent | NewEvent, earlier_id: str, new: NewEvent) -> None:
+    differences = payload_differences(earlier, new)
+    if differences:
+        raise TransactionConflict(new.transaction_id, differences, earlier_id)

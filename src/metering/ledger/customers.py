@@ -1,0 +1,155 @@
+"""The ledger: customers, voids, event lookups and counter reads.
+
+Events are written by the batching writer (metering.ledger.writer); grants
+and reservations by metering.ledger.entitlements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import asyncpg
+
+from metering.domain import limits
+from metering.domain.catalog import Meter
+from metering.domain.errors import BillingAnchorImmutable
+from metering.domain.periods import Period
+from metering.domain.records import (
+    CounterReading,
+    CustomerRecord,
+    StoredEvent,
+)
+from metering.ledger import rollups, steps
+from metering.ledger.counters import CounterKey, CounterReader, Readings
+from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.sql import CUSTOMER_COLUMNS
+
+
+class Ledger(PoolUser):
+    """Customers, voids, event lookups and counter reads."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        acquire_timeout: float,
+        read_linger: float = 0.001,
+        on_read_batch: Callable[[int], None] = lambda reads: None,
+    ) -> None:
+        super().__init__(pool, acquire_timeout=acquire_timeout)
+        self._reader = CounterReader(
+            pool, acquire_timeout=acquire_timeout, linger=read_linger, on_statement=on_read_batch
+        )
+
+    async def ping(self) -> None:
+        async with translate_errors(), self._connection() as conn:
+            await conn.fetchval("SELECT 1")
+
+    # -- customers ------------------------------------------------------------
+
+    async def get_customer(self, customer_id: str) -> CustomerRecord | None:
+        async with translate_errors(), self._connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_id = $1",
+                customer_id,
+            )
+        return None if row is None else CustomerRecord(**dict(row))
+
+    async def upsert_customer(
+        self,
+        customer_id: str,
+        plan_slug: str,
+        billing_anchor: datetime | None,
+        now: datetime,
+        first_period_end: datetime,
+    ) -> tuple[CustomerRecord, bool]:
+        """Create the customer or change its plan; the anchor is set once.
+        `first_period_end` (the end of the first billing period from the anchor
+        given, or from `now`) is where a new customer's closing starts."""
+        async with translate_errors(), self._connection() as conn, conn.transaction():
+            previous_plan = await conn.fetchval(
+                "SELECT plan_slug FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
+            )
+            row = await conn.fetchrow(
+                f"""
+                INSERT INTO customers AS c (customer_id, plan_slug, billing_anchor, created_at, updated_at,
+                                            closing_period_end)
+                VALUES ($1, $2, $3, $4, $4, $5)
+                ON CONFLICT (customer_id) DO UPDATE
+                    SET plan_slug = EXCLUDED.plan_slug,
+                        updated_at = CASE WHEN c.plan_slug = EXCLUDED.plan_slug THEN c.updated_at
+                                          ELSE EXCLUDED.updated_at END
+                RETURNING {CUSTOMER_COLUMNS}, (xmax = 0) AS created
+                """,
+                customer_id,
+                plan_slug,
+                billing_anchor or now,
+                now,
+                first_period_end,
+            )
+            assert row is not None
+            fields = dict(row)
+            created = bool(fields.pop("created"))
+            record = CustomerRecord(**fields)
+            if billing_anchor is not None and not created and record.billing_anchor != billing_anchor:
+                # Raising inside the transaction rolls the plan change back too.
+                raise BillingAnchorImmutable(customer_id, record.billing_anchor.isoformat())
+            if plan_slug != previous_plan:
+                # The history prices past periods with the plan they ran under.
+                await conn.execute(
+                    "INSERT INTO customer_plan_history (customer_id, effective_at, plan_slug) VALUES ($1, $2, $3) "
+                    "ON CONFLICT (customer_id, effective_at) DO UPDATE SET plan_slug = EXCLUDED.plan_slug",
+                    customer_id,
+                    now,
+                    plan_slug,
+                )
+            return record, created
+
+    # -- events -----------------------------------------------------------------
+
+    async def find_event(self, customer_id: str, transaction_id: str) -> StoredEvent | None:
+        async with translate_errors(), self._connection() as conn:
+            return await steps.find_event(conn, customer_id, transaction_id)
+
+    async def void_event(
+        self, event: StoredEvent, meter: Meter, plan: limits.Allowance, period: Period, reason: str
+    ) -> tuple[StoredEvent, bool, CounterReading]:
+        """Cancel an event with a compensating entry and rebuild its counter.
+        Returns the event with its void, whether it was voided already, and the
+        counter after. Refused (PeriodClosed) once the event's billing period is
+        finalized, unless the event was voided already (a replay of the void)."""
+        async with translate_errors(), self._connection() as conn, conn.transaction():
+            closed = await steps.lock_customer(conn, event.customer_id, event.transaction_id, event.event_time)
+            if closed is not None and event.void_time is None:
+                raise closed
+            await steps.lock_counter(conn, event.customer_id, event.meter_slug, period)
+            inserted = await conn.fetchval(
+                "INSERT INTO usage_voids (customer_id, event_id, transaction_id, reason) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING true",
+                event.customer_id,
+                event.event_id,
+                event.transaction_id,
+                reason,
+            )
+            if inserted:
+                state = await steps.recompute_counter(conn, event.customer_id, meter, event.period_start)
+                await rollups.rebuild_bucket(conn, meter, rollups.rollup_input(meter, event, None))
+            else:
+                state = await steps.read_counter(conn, event.customer_id, event.meter_slug, event.period_start)
+            # The balance of the event's period as its own answer gave it: the grants
+            # active at its time (not now: the event may be backdated).
+            allowance, _ = await steps.full_allowance(
+                conn, plan, event.customer_id, event.meter_slug, event.period_start, event.event_time
+            )
+            voided = await steps.find_event(conn, event.customer_id, event.transaction_id)
+            assert voided is not None
+            return voided, not inserted, CounterReading(state, allowance.granted, allowance.reserved)
+
+    # -- counters ---------------------------------------------------------------
+
+    async def read_counters(self, customer_id: str, keys: Sequence[CounterKey], at: datetime) -> Readings:
+        """The customer's plan now (None: no such customer) and each (meter,
+        period start) counter with its grants and holds; concurrent reads
+        share statements (metering.ledger.counters)."""
+        return await self._reader.read(customer_id, keys, at)

@@ -1,0 +1,300 @@
+"""Invoices in the ledger database: closing a period, and reading invoices.
+
+`finalize_period` is THE closing transaction: one customer, one period, short.
+It claims the customer for this replica (a transaction-scoped advisory lock,
+tried without waiting: two replicas never work on one customer at once), locks
+the customer's row FOR UPDATE, which waits for the write transactions of that
+customer in flight (each holds the row FOR SHARE, metering.ledger.steps) and
+holds off new ones until the commit, prices the period, inserts the invoice
+(at most one per customer and period: a unique constraint), moves the
+customer's closing state on, and commits. A replica killed at any instant
+leaves either all of that or nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from metering.domain import closing
+from metering.domain.catalog import PricingModel
+from metering.domain.notifications import NotificationType, invoice_finalized_notification
+from metering.domain.periods import Period
+from metering.domain.pricing import LineCharge, TierCharge
+from metering.domain.records import FINALIZED, CustomerRecord, Invoice, InvoiceLine
+from metering.ledger import outbox
+from metering.ledger.pool import PoolUser, translate_errors
+
+# Namespace of the closer's advisory locks (two-int form: namespace, hashtext of
+# the customer id): "clos". A hash collision only makes two customers close one
+# after the other.
+CLOSER_LOCK_NAMESPACE = 0x636C6F73
+
+INVOICE_COLUMNS = (
+    "invoice_id, customer_id, number, plan_slug, period_start, period_end, currency, subtotal, credits, total, "
+    "lines, finalized_at"
+)
+
+# Prices a customer's period (on connections of its own: the closing
+# transaction holds the customer's row meanwhile, so no write can change it).
+BillOf = Callable[[CustomerRecord, Period], Awaitable[Invoice]]
+
+
+@dataclass(frozen=True, slots=True)
+class DueCustomer:
+    customer_id: str
+    period_end: datetime  # the end of its oldest period not finalized
+
+
+@dataclass(frozen=True, slots=True)
+class Finalized:
+    invoice: Invoice
+    created: bool  # False: the invoice existed (a close that had committed before)
+    next_due: bool  # the customer's following period is due too (a backlog)
+    announced: list[NotificationType]  # notifications written (invoice.finalized when created)
+
+
+async def finalize_period(
+    conn: asyncpg.Connection, customer_id: str, grace: timedelta, bill_of: BillOf, *, pause: float = 0.0
+) -> Finalized | None:
+    """Finalize the customer's oldest period if it is due, in the transaction
+    the caller opened on `conn`; None when it is not due (any more) or another
+    replica is closing this customer. The `invoice.finalized` notification is
+    written here, in this transaction, so that it is announced if and only if
+    the invoice exists."""
+    row = await conn.fetchrow(
+        """
+        SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through, closing_period_end,
+               clock_timestamp() AS db_now
+          FROM customers
+         WHERE customer_id = $1 AND pg_try_advisory_xact_lock($2, hashtext($1))
+           FOR UPDATE
+        """,
+        customer_id,
+        CLOSER_LOCK_NAMESPACE,
+    )
+    if row is None:
+        return None
+    fields = dict(row)
+    period_end, now = fields.pop("closing_period_end"), fields.pop("db_now")
+    if not closing.is_due(period_end, grace, now):
+        return None
+    customer = CustomerRecord(**fields)
+    # Periods close in order from the first, so the oldest open one starts
+    # where the last finalized one ended.
+    period = Period(customer.closed_through or customer.billing_anchor, period_end)
+    bill = await bill_of(customer, period)
+    if pause:
+        await asyncio.sleep(pause)  # test-only (METERING_TEST_ONLY_CLOSE_PAUSE): a window to kill the process in
+    invoice_id = closing.invoice_id_for(customer_id, period.start)
+    inserted = await conn.fetchrow(
+        f"""
+        INSERT INTO invoices ({INVOICE_COLUMNS})
+        SELECT $1::uuid, $2::text, coalesce(max(i.number), 0) + 1, $3::text, $4::timestamptz, $5::timestamptz,
+               $6::text, $7::numeric, $8::numeric, $9::numeric, $10::jsonb, now()
+          FROM invoices i WHERE i.customer_id = $2::text
+        ON CONFLICT (customer_id, period_start) DO NOTHING
+        RETURNING {INVOICE_COLUMNS}
+        """,
+        invoice_id,
+        customer_id,
+        bill.plan_slug,
+        period.start,
+        period.end,
+        bill.currency,
+        bill.subtotal,
+        bill.credits,
+        bill.total,
+        [_line_document(line) for line in bill.lines],
+    )
+    created = inserted is not None
+    if inserted is None:  # finalized before: the stored one stands
+        inserted = await conn.fetchrow(
+            f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE customer_id = $1 AND period_start = $2",
+            customer_id,
+            period.start,
+        )
+    record = invoice_record(inserted)
+    announced: list[NotificationType] = []
+    if created:
+        # In the closing transaction: announced if and only if the invoice
+        # exists, once (its dedupe key is the invoice id).
+        assert record.invoice_id is not None and record.number is not None
+        announced = await outbox.enqueue(
+            conn,
+            [
+                invoice_finalized_notification(
+                    customer_id, str(record.invoice_id), record.number, period, record.total, record.currency
+                )
+            ],
+        )
+    following = closing.following_period_end(period_end, customer.billing_anchor)
+    await conn.execute(
+        "UPDATE customers SET closed_through = $2, closing_period_end = $3 WHERE customer_id = $1",
+        customer_id,
+        period_end,
+        following,
+    )
+    return Finalized(record, created, closing.is_due(following, grace, now), announced)
+
+
+class InvoiceStore(PoolUser):
+    async def due_customers(
+        self, grace: timedelta, after: DueCustomer | None, limit: int
+    ) -> tuple[list[DueCustomer], datetime | None, datetime]:
+        """Up to `limit` customers with a period due to close, oldest first,
+        after `after` (keyset); the end of the oldest period not finalized of
+        any customer; and the database's clock. now(), not clock_timestamp():
+        a stable bound is what lets both statements use customers_closing_idx
+        instead of reading every customer."""
+        async with translate_errors(), self._connection() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT customer_id, closing_period_end FROM customers
+                 WHERE closing_period_end <= now() - $1::interval
+                   AND ($2::timestamptz IS NULL OR (closing_period_end, customer_id) > ($2, $3))
+                 ORDER BY closing_period_end, customer_id
+                 LIMIT $4
+                """,
+                grace,
+                after.period_end if after else None,
+                after.customer_id if after else "",
+                limit,
+            )
+            oldest = await conn.fetchrow(
+                "SELECT min(closing_period_end) AS oldest, clock_timestamp() AS now FROM customers"
+            )
+        assert oldest is not None
+        due = [DueCustomer(row["customer_id"], row["closing_period_end"]) for row in rows]
+        return due, oldest["oldest"], oldest["now"]
+
+    async def close_one(
+        self, customer_id: str, grace: timedelta, bill_of: BillOf, *, pause: float = 0.0
+    ) -> Finalized | None:
+        # Unbounded: each statement has its timeout, but a whole close (the
+        # period's bill, the invoice, its lines) may take longer than one.
+        async with translate_errors(), self._connection(bounded=False) as conn, conn.transaction():
+            return await finalize_period(conn, customer_id, grace, bill_of, pause=pause)
+
+    async def get(self, invoice_id: UUID) -> Invoice | None:
+        async with translate_errors(), self._connection() as conn:
+            row = await conn.fetchrow(f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE invoice_id = $1", invoice_id)
+        return None if row is None else invoice_record(row)
+
+    async def for_period(self, customer_id: str, period_start: datetime) -> Invoice | None:
+        async with translate_errors(), self._connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE customer_id = $1 AND period_start = $2",
+                customer_id,
+                period_start,
+            )
+        return None if row is None else invoice_record(row)
+
+    async def list(self, customer_id: str, before: datetime | None, limit: int) -> list[Invoice]:
+        """The customer's finalized invoices, newest period first, before `before` (keyset)."""
+        async with translate_errors(), self._connection() as conn:
+            rows = await conn.fetch(
+                f"""
+                SELECT {INVOICE_COLUMNS} FROM invoices
+                 WHERE customer_id = $1 AND ($2::timestamptz IS NULL OR period_start < $2)
+                 ORDER BY period_start DESC LIMIT $3
+                """,
+                customer_id,
+                before,
+                limit,
+            )
+        return [invoice_record(row) for row in rows]
+
+
+# -- the stored document of the lines -------------------------------------------
+# Decimals are stored as their exact strings (str(Decimal)), so an invoice
+# reads back exactly as it was computed, trailing zeros included.
+
+
+def _decimal(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _line_document(line: InvoiceLine) -> dict[str, Any]:
+    charge = line.charge
+    return {
+        "meter": line.meter_slug,
+        "price": line.price_slug,
+        "model": line.model.value,
+        "unit_amount": _decimal(line.unit_amount),
+        "package_size": _decimal(line.package_size),
+        "quantity": str(charge.quantity),
+        "included": str(charge.included),
+        "billable": str(charge.billable),
+        "exact_amount": str(charge.exact_amount),
+        "amount": str(charge.amount),
+        "tiers": [
+            {
+                "from": str(tier.from_quantity),
+                "up_to": _decimal(tier.up_to),
+                "quantity": str(tier.quantity),
+                "unit_amount": str(tier.unit_amount),
+                "flat_amount": str(tier.flat_amount),
+                "amount": str(tier.amount),
+            }
+            for tier in charge.tiers
+        ],
+    }
+
+
+def _optional(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _line(document: dict[str, Any]) -> InvoiceLine:
+    charge = LineCharge(
+        quantity=Decimal(document["quantity"]),
+        included=Decimal(document["included"]),
+        billable=Decimal(document["billable"]),
+        tiers=tuple(
+            TierCharge(
+                from_quantity=Decimal(tier["from"]),
+                up_to=_optional(tier["up_to"]),
+                quantity=Decimal(tier["quantity"]),
+                unit_amount=Decimal(tier["unit_amount"]),
+                flat_amount=Decimal(tier["flat_amount"]),
+                amount=Decimal(tier["amount"]),
+            )
+            for tier in document["tiers"]
+        ),
+        exact_amount=Decimal(document["exact_amount"]),
+        amount=Decimal(document["amount"]),
+    )
+    return InvoiceLine(
+        meter_slug=document["meter"],
+        price_slug=document["price"],
+        model=PricingModel(document["model"]),
+        unit_amount=_optional(document["unit_amount"]),
+        package_size=_optional(document["package_size"]),
+        charge=charge,
+    )
+
+
+def invoice_record(row: Any) -> Invoice:
+    return Invoice(
+        customer_id=row["customer_id"],
+        plan_slug=row["plan_slug"],
+        period_start=row["period_start"],
+        period_end=row["period_end"],
+        currency=row["currency"],
+        lines=tuple(_line(document) for document in row["lines"]),
+        subtotal=row["subtotal"],
+        credits=row["credits"],
+        total=row["total"],
+        status=FINALIZED,
+        invoice_id=row["invoice_id"],
+        number=row["number"],
+        finalized_at=row["finalized_at"],
+    )

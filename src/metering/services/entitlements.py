@@ -1,0 +1,226 @@
+"""The domain of grants (credits) and reservations (holds).
+
+Grants raise a meter's allowance while active; reservations hold units of a
+SUM meter before expensive work and are committed (recorded as usage) or
+released. Every decision runs in the ledger under the counter row's lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from metering.domain import limits
+from metering.domain.catalog import Catalog, Meter, PlanMeter
+from metering.domain.decimals import ZERO
+from metering.domain.errors import FieldViolation, InvalidArgument, NotFound
+from metering.domain.notifications import MeterTerms
+from metering.domain.periods import Period
+from metering.domain.records import GrantRecord, ReservationRecord, StoredEvent
+from metering.ledger.customers import Ledger
+from metering.ledger.entitlements import Holds
+from metering.services.usage import (
+    MeterBalance,
+    MeterGuard,
+    allow_any_meter,
+    customer_meter,
+    limit_exceeded,
+    meter_balance,
+    meter_terms,
+    plan_allowance,
+    plan_named,
+    require_customer,
+    utc_now,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantCommand:
+    customer_id: str
+    meter: Meter
+    quantity: Decimal
+    grant_id: str
+    effective_time: datetime | None  # None: now
+    expire_time: datetime | None
+    expire_at_period_end: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantView:
+    grant: GrantRecord
+    remaining: Decimal
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveCommand:
+    customer_id: str
+    meter: Meter
+    quantity: Decimal
+    reservation_id: str
+    ttl: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class CommitCommand:
+    customer_id: str
+    reservation_id: str
+    quantity: Decimal | None  # None: all of the hold
+    properties: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationResult:
+    reservation: ReservationRecord
+    status: str  # as the caller sees it at the decision: held, committed, released or expired
+    duplicate: bool
+    balance: MeterBalance
+    event: StoredEvent | None = None  # for a commit
+
+
+class Entitlements:
+    def __init__(
+        self, catalog: Catalog, ledger: Ledger, holds: Holds, *, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self._catalog = catalog
+        self._ledger = ledger
+        self._holds = holds
+        self._clock = clock
+
+    # -- grants -------------------------------------------------------------------
+
+    async def grant_credits(self, command: GrantCommand) -> tuple[GrantView, bool]:
+        customer = await require_customer(self._ledger, command.customer_id)
+        now = self._clock()
+        effective = command.effective_time or now
+        expires = command.expire_time
+        if command.expire_at_period_end:
+            expires = customer_meter(self._catalog, customer, command.meter).period_at(effective).end
+            if expires is None:
+                raise InvalidArgument(
+                    [FieldViolation("expire_at_period_end", f"meter {command.meter.slug!r} never resets")]
+                )
+        if expires is not None and expires <= effective:
+            raise InvalidArgument([FieldViolation("expire_time", "must be after effective_time")])
+        record = GrantRecord(
+            grant_id=command.grant_id,
+            customer_id=command.customer_id,
+            meter_slug=command.meter.slug,
+            quantity=command.quantity,
+            effective_at=effective,
+            expires_at=expires,
+            reason=command.reason,
+            created_at=now,
+        )
+        stored, duplicate = await self._holds.grant(record, effective_given=command.effective_time is not None)
+        views = await self.list_grants(command.customer_id, command.meter, include_expired=True)
+        return next(v for v in views if v.grant.grant_id == stored.grant_id), duplicate
+
+    async def list_grants(self, customer_id: str, meter: Meter | None, *, include_expired: bool) -> list[GrantView]:
+        customer = await require_customer(self._ledger, customer_id)
+        plan = plan_named(self._catalog, customer.plan_slug)
+        now = self._clock()
+        grants = await self._holds.list_grants(customer_id, meter.slug if meter else None)
+        by_meter: dict[str, list[GrantRecord]] = {}
+        for grant in grants:
+            by_meter.setdefault(grant.meter_slug, []).append(grant)
+        chains = {slug: customer_meter(self._catalog, customer, self._catalog.meters[slug], plan) for slug in by_meter}
+        keys = [(slug, chain.period_at(now).start) for slug, chain in chains.items()]
+        _, readings = await self._ledger.read_counters(customer_id, keys, now)
+        views = []
+        for slug, start in keys:
+            meter_, terms = chains[slug].meter, chains[slug].terms
+            reading = readings[(slug, start)]
+            allowance = limits.Allowance(
+                meter_.aggregation, terms.enforcement, terms.limit, granted=reading.granted, reserved=reading.reserved
+            )
+            active = sorted(
+                (g for g in by_meter[slug] if g.active_at(now)),
+                key=lambda g: (g.expires_at is None, g.expires_at or now, g.effective_at, g.grant_id),
+            )
+            remaining = limits.grants_remaining(
+                allowance, reading.state.used, [(g.grant_id, g.quantity) for g in active]
+            )
+            for grant in by_meter[slug]:
+                expired = grant.expires_at is not None and grant.expires_at <= now
+                if expired and not include_expired:
+                    continue
+                left = remaining.get(grant.grant_id, ZERO if expired else grant.quantity)
+                views.append(GrantView(grant, left, grant.active_at(now)))
+        return views
+
+    # -- reservations ---------------------------------------------------------------
+
+    async def reserve(self, command: ReserveCommand) -> ReservationResult:
+        customer = await require_customer(self._ledger, command.customer_id)
+        chain = customer_meter(self._catalog, customer, command.meter)
+        plan, terms, period = chain.plan, chain.terms, chain.period_at(self._clock())
+        outcome = await self._holds.reserve(
+            command.customer_id,
+            command.reservation_id,
+            command.meter.slug,
+            command.quantity,
+            plan_allowance(command.meter, terms),
+            period,
+            command.ttl,
+            meter_terms(plan, command.meter, terms),
+        )
+        if not outcome.fits:
+            raise limit_exceeded(
+                command.meter,
+                plan.slug,
+                terms,
+                period,
+                available=outcome.available_before or ZERO,
+                requested=command.quantity,
+            )
+        balance = meter_balance(command.meter, terms, period, outcome.reading)
+        status = outcome.reservation.status_at(outcome.decided_at)
+        return ReservationResult(outcome.reservation, status, outcome.duplicate, balance)
+
+    async def commit(self, command: CommitCommand, *, allow_meter: MeterGuard = allow_any_meter) -> ReservationResult:
+        reservation, meter, terms, period, announced = await self._reservation(
+            command.customer_id, command.reservation_id
+        )
+        allow_meter(meter.slug)
+        outcome = await self._holds.commit(
+            reservation,
+            command.quantity,
+            command.properties,
+            terms.price,
+            meter,
+            plan_allowance(meter, terms),
+            period,
+            announced,
+        )
+        balance = meter_balance(meter, terms, period, outcome.reading)
+        status = outcome.reservation.status_at(outcome.decided_at)
+        return ReservationResult(outcome.reservation, status, outcome.duplicate, balance, outcome.event)
+
+    async def release(
+        self, customer_id: str, reservation_id: str, *, allow_meter: MeterGuard = allow_any_meter
+    ) -> ReservationResult:
+        reservation, meter, terms, period, _ = await self._reservation(customer_id, reservation_id)
+        allow_meter(meter.slug)
+        released, reading, decided_at = await self._holds.release(reservation, plan_allowance(meter, terms), period)
+        balance = meter_balance(meter, terms, period, reading)
+        return ReservationResult(released, released.status_at(decided_at), False, balance)
+
+    async def _reservation(
+        self, customer_id: str, reservation_id: str
+    ) -> tuple[ReservationRecord, Meter, PlanMeter, Period, MeterTerms]:
+        customer = await require_customer(self._ledger, customer_id)
+        reservation = await self._holds.get_reservation(customer_id, reservation_id)
+        if reservation is None:
+            raise NotFound("reservation", reservation_id)
+        meter = self._catalog.meters.get(reservation.meter_slug)
+        if meter is None:
+            raise NotFound("meter", reservation.meter_slug)
+        chain = customer_meter(self._catalog, customer, meter)
+        plan, terms = chain.plan, chain.terms
+        # The hold's own period, whatever the time now: its commit counts there.
+        period = chain.period_at(reservation.period_start)
+        return reservation, meter, terms, period, meter_terms(plan, meter, terms)

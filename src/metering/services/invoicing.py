@@ -1,0 +1,255 @@
+"""The domain of invoices: periods that close, and the invoices they leave.
+
+Lifecycle of a customer's billing period (monthly from its billing anchor):
+gathering while it runs; a draft from its end until end + grace
+(METERING_INVOICE_GRACE), during which late events and voids still count and
+EstimateBill shows the draft; then the closer finalizes it into an invoice
+that never changes (metering.ledger.invoicing.finalize_period), and new events
+in it are refused (metering.domain.closing). The closer runs in every `metering
+serve`; replicas share the work without doing any of it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from metering.domain import closing
+from metering.domain.catalog import PricingModel
+from metering.domain.errors import DatabaseUnavailable, FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
+from metering.domain.periods import Period
+from metering.domain.records import DRAFT, FINALIZED, GATHERING, CustomerRecord, Invoice, InvoiceLine
+from metering.ledger.customers import Ledger
+from metering.ledger.invoicing import DueCustomer, InvoiceStore
+from metering.services.reporting import Bill, Reporting
+from metering.services.usage import require_customer, utc_now
+from metering.telemetry import metrics as m
+
+log = logging.getLogger(__name__)
+
+# Customers read per step of a closing pass; each of their periods closes in
+# a transaction of its own.
+CLOSE_BATCH = 100
+
+
+def invoice_of(bill: Bill, status: str) -> Invoice:
+    """A computed bill as an invoice (not finalized: no id or number yet)."""
+    assert bill.period.end is not None
+    lines = tuple(
+        InvoiceLine(
+            meter_slug=line.meter.slug,
+            price_slug=line.price.slug,
+            model=line.price.model,
+            unit_amount=line.price.unit_amount
+            if line.price.model in (PricingModel.PER_UNIT, PricingModel.PACKAGE)
+            else None,
+            package_size=line.price.package_size,
+            charge=line.charge,
+        )
+        for line in bill.lines
+    )
+    return Invoice(
+        customer_id=bill.customer_id,
+        plan_slug=bill.plan.slug,
+        period_start=bill.period.start,
+        period_end=bill.period.end,
+        currency=bill.currency,
+        lines=lines,
+        subtotal=bill.subtotal,
+        credits=bill.credits,
+        total=bill.total,
+        status=status,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicesQuery:
+    customer_id: str
+    statuses: frozenset[str]  # DRAFT and/or FINALIZED
+    page_size: int
+    before: datetime | None  # period start of the last invoice seen (keyset)
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicesPage:
+    invoices: list[Invoice]
+    next_before: datetime | None
+
+
+class Invoicing:
+    def __init__(
+        self,
+        ledger: Ledger,
+        invoices: InvoiceStore,
+        reporting: Reporting,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._ledger = ledger
+        self._invoices = invoices
+        self._reporting = reporting
+        self._clock = clock
+
+    async def estimate(self, customer_id: str, period_time: datetime | None) -> Invoice:
+        """EstimateBill: the period's finalized invoice, or its bill computed
+        now (a draft once the period has ended, gathering while it runs)."""
+        customer = await require_customer(self._ledger, customer_id)
+        now = self._clock()
+        if period_time is not None and period_time > now:
+            raise InvalidArgument([FieldViolation("period_time", "must not be in the future")])
+        period = closing.billing_period(period_time or now, customer.billing_anchor)
+        assert period.end is not None
+        if customer.closed_through is not None and period.end <= customer.closed_through:
+            stored = await self._invoices.for_period(customer_id, period.start)
+            if stored is not None:
+                return stored
+        return await self._compute(customer, period, now)
+
+    async def _compute(self, customer: CustomerRecord, period: Period, now: datetime) -> Invoice:
+        assert period.end is not None
+        bill = await self._reporting.bill(customer, period)
+        return invoice_of(bill, GATHERING if now < period.end else DRAFT)
+
+    async def get(self, invoice_id: UUID) -> Invoice:
+        invoice = await self._invoices.get(invoice_id)
+        if invoice is None:
+            raise NotFound("invoice", str(invoice_id))
+        return invoice
+
+    async def list(self, query: InvoicesQuery) -> InvoicesPage:
+        """Newest period first: the drafts (periods that ended and are not
+        finalized yet), then the finalized invoices."""
+        customer = await require_customer(self._ledger, query.customer_id)
+        now = self._clock()
+        wanted = query.page_size + 1  # one more than a page tells whether another page exists
+        found: list[Invoice] = []
+        more = False
+        if DRAFT in query.statuses:
+            periods = _draft_periods(customer, now, query.before, wanted)
+            more = len(periods) > query.page_size  # known without pricing the extra one
+            for period in periods[: query.page_size]:
+                found.append(await self._compute(customer, period, now))
+        if FINALIZED in query.statuses and not more:
+            before = found[-1].period_start if found else query.before
+            stored = await self._invoices.list(customer.customer_id, before, wanted - len(found))
+            more = len(found) + len(stored) > query.page_size
+            found.extend(stored[: query.page_size - len(found)])
+        return InvoicesPage(found, found[-1].period_start if more else None)
+
+
+def _draft_periods(customer: CustomerRecord, now: datetime, before: datetime | None, limit: int) -> list[Period]:
+    """The periods that ended and are not finalized, newest first, starting
+    before `before`, at most `limit`."""
+    periods: list[Period] = []
+    start = customer.closed_through or customer.billing_anchor
+    while True:
+        period = closing.billing_period(start, customer.billing_anchor)
+        assert period.end is not None
+        if period.end > now:
+            break
+        periods.append(period)
+        start = period.end
+    drafts = [p for p in reversed(periods) if before is None or p.start < before]
+    return drafts[:limit]
+
+
+class Closer:
+    """Finalizes every due period, in passes every `interval`. A pass reads due
+    customers in steps of CLOSE_BATCH (oldest period first) and closes one
+    period per transaction; it goes on at once while periods keep coming due
+    (a backlog after downtime drains period by period, without waiting for
+    the next pass). A period that cannot be priced is skipped (logged and
+    counted once) and retried every pass; it holds up no one else."""
+
+    def __init__(
+        self,
+        invoices: InvoiceStore,
+        reporting: Reporting,
+        metrics: m.Metrics,
+        *,
+        grace: timedelta,
+        interval: timedelta,
+        pause: timedelta = timedelta(0),
+    ) -> None:
+        self._invoices = invoices
+        self._reporting = reporting
+        self._metrics = metrics
+        self._grace = grace
+        self._interval = interval
+        self._pause = pause  # test-only: a sleep inside each closing transaction
+        self._unpriceable: set[tuple[str, datetime]] = set()  # (customer, period end) logged already
+        metrics.invoice_grace.set(grace.total_seconds())
+
+    async def run(self) -> None:
+        """A pass every interval, the first one an interval after start-up
+        (replicas starting together do not all sweep at once)."""
+        while True:
+            await asyncio.sleep(self._interval.total_seconds())
+            try:
+                await self.close_due()
+            except DatabaseUnavailable as exc:
+                # Nothing partial is stored: the transaction rolled back, and
+                # the next pass retries.
+                log.warning("closing periods: %s; retrying in %ss", exc, self._interval.total_seconds())
+            except Exception:
+                log.exception("closing periods failed; retrying in %ss", self._interval.total_seconds())
+
+    async def close_due(self) -> int:
+        """Passes over the due customers until one finalizes nothing that leaves
+        more due; returns the invoices this replica finalized."""
+        finalized = 0
+        while True:
+            closed, more = await self._sweep()
+            finalized += closed
+            if not more:
+                return finalized
+
+    async def _sweep(self) -> tuple[int, bool]:
+        after: DueCustomer | None = None
+        closed, more = 0, False
+        while True:
+            due, oldest, now = await self._invoices.due_customers(self._grace, after, CLOSE_BATCH)
+            self._metrics.oldest_unclosed_age.set(closing.waiting_age(oldest, now))
+            for customer in due:
+                outcome = await self._close(customer)
+                if outcome is not None:
+                    closed += outcome[0]
+                    more = more or outcome[1]
+            if len(due) < CLOSE_BATCH:
+                return closed, more
+            after = due[-1]
+
+    async def _close(self, due: DueCustomer) -> tuple[int, bool] | None:
+        try:
+            outcome = await self._invoices.close_one(
+                due.customer_id, self._grace, self._bill_of, pause=self._pause.total_seconds()
+            )
+        except (NotFound, PriceCurrencyMismatch) as exc:
+            # The catalog changed under the period (a price or plan gone, a
+            # currency changed): its invoice waits for the catalog to be fixed.
+            key = (due.customer_id, due.period_end)
+            if key not in self._unpriceable:
+                self._unpriceable.add(key)
+                self._metrics.invoice_pricing_failures.inc()
+                log.warning(
+                    "cannot finalize the invoice of customer %r for the period ending %s: %s "
+                    "(retried every pass until the catalog prices it)",
+                    due.customer_id,
+                    closing.rfc3339(due.period_end),
+                    exc,
+                )
+            return None
+        if outcome is None:
+            return None
+        self._unpriceable.discard((due.customer_id, due.period_end))
+        if outcome.created:
+            self._metrics.invoices_finalized.inc()
+        self._metrics.count_notifications(outcome.announced)
+        return (1 if outcome.created else 0), outcome.next_due
+
+    async def _bill_of(self, customer: CustomerRecord, period: Period) -> Invoice:
+        return invoice_of(await self._reporting.bill(customer, period), FINALIZED)

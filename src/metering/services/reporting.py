@@ -1,0 +1,218 @@
+"""The domain of reading usage back: GetUsage, ListUsageEvents, EstimateBill.
+
+Usage is aggregated from the event history (not the counters), so any range,
+window and grouping can be asked for; bills are priced by metering.domain.pricing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from metering.domain import decimals
+from metering.domain.catalog import Catalog, Meter, Plan, Price
+from metering.domain.decimals import ZERO
+from metering.domain.errors import FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
+from metering.domain.periods import Period
+from metering.domain.pricing import LineCharge, price_line
+from metering.domain.records import CustomerRecord, StoredEvent
+from metering.domain.windows import TooManyWindowsError, Window, WindowSize, windows
+from metering.ledger.customers import Ledger
+from metering.ledger.reporting import AggregateQuery, PropertyFilter, UsageCursor, UsageReports
+from metering.services.usage import customer_meter, plan_named, require_customer, utc_now
+
+
+@dataclass(frozen=True, slots=True)
+class PageCursor:
+    """Where a GetUsage page ended, and the instant the query was first run
+    (defaults such as "now" stay fixed across pages)."""
+
+    meter_index: int
+    window_index: int
+    groups: tuple[str, ...]
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    customer_id: str
+    meters: Sequence[Meter]
+    start: datetime | None
+    end: datetime | None
+    window_size: WindowSize
+    zone: ZoneInfo
+    group_by: tuple[str, ...]
+    filters: tuple[PropertyFilter, ...]
+    page_size: int
+    cursor: PageCursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    meter: Meter
+    window: Window
+    groups: dict[str, str]  # empty for a window without events
+    value: Decimal
+    event_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsagePage:
+    rows: list[UsageRow]
+    next_cursor: PageCursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventsQuery:
+    customer_id: str
+    meter: Meter | None
+    start: datetime | None
+    end: datetime | None
+    page_size: int
+    before: tuple[datetime, str] | None  # (event_time, event_id) of the last event seen
+
+
+@dataclass(frozen=True, slots=True)
+class EventsPage:
+    events: list[StoredEvent]
+    next_before: tuple[datetime, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class BillLine:
+    meter: Meter
+    price: Price
+    charge: LineCharge
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    customer_id: str
+    plan: Plan
+    period: Period
+    currency: str
+    lines: list[BillLine]
+    subtotal: Decimal
+    credits: Decimal
+    total: Decimal
+
+
+class Reporting:
+    def __init__(
+        self, catalog: Catalog, ledger: Ledger, reports: UsageReports, *, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self._catalog = catalog
+        self._ledger = ledger
+        self._reports = reports
+        self._clock = clock
+
+    async def get_usage(self, query: UsageQuery) -> UsagePage:
+        customer = await require_customer(self._ledger, query.customer_id)
+        plan = plan_named(self._catalog, customer.plan_slug)
+        now = query.cursor.now if query.cursor else self._clock()
+        # All windows first, so a request too large is refused before any query runs.
+        meter_windows = []
+        for meter in query.meters:
+            start = query.start or customer_meter(self._catalog, customer, meter, plan).period_at(now).start
+            end = query.end or now
+            if end <= start:
+                raise InvalidArgument([FieldViolation("end_time", "must be after start_time")])
+            try:
+                meter_windows.append(windows(start, end, query.window_size, query.zone))
+            except TooManyWindowsError as exc:
+                raise InvalidArgument([FieldViolation("window_size", f"{exc}: narrow the range")]) from exc
+        collected: list[tuple[int, int, tuple[str, ...], UsageRow]] = []
+        wanted = query.page_size + 1  # one more than a page tells whether another page exists
+        first = query.cursor.meter_index if query.cursor else 0
+        for index in range(first, len(query.meters)):
+            meter = query.meters[index]
+            after = None
+            if query.cursor is not None and index == query.cursor.meter_index:
+                after = UsageCursor(query.cursor.window_index, query.cursor.groups)
+            rows = await self._reports.aggregate(
+                AggregateQuery(
+                    query.customer_id,
+                    meter,
+                    meter_windows[index],
+                    group_by=query.group_by,
+                    filters=query.filters,
+                    after=after,
+                    limit=wanted - len(collected),
+                )
+            )
+            for row in rows:
+                group_values = dict(zip(query.group_by, row.groups, strict=True)) if row.event_count else {}
+                view = UsageRow(meter, row.window, group_values, row.value, row.event_count)
+                collected.append((index, row.window_index, row.groups, view))
+            if len(collected) >= wanted:
+                break
+        page = collected[: query.page_size]
+        next_cursor = None
+        if len(collected) > query.page_size:
+            meter_index, window_index, groups, _ = page[-1]
+            next_cursor = PageCursor(meter_index, window_index, groups, now)
+        return UsagePage([row for *_, row in page], next_cursor)
+
+    async def list_events(self, query: EventsQuery) -> EventsPage:
+        await require_customer(self._ledger, query.customer_id)
+        events = await self._reports.list_events(
+            query.customer_id,
+            meter_slug=query.meter.slug if query.meter else None,
+            start=query.start,
+            end=query.end,
+            before=query.before,
+            limit=query.page_size + 1,
+        )
+        page = events[: query.page_size]
+        next_before = None
+        if len(events) > query.page_size:
+            next_before = (page[-1].event_time, str(page[-1].event_id))
+        return EventsPage(page, next_before)
+
+    async def bill(self, customer: CustomerRecord, period: Period) -> Bill:
+        """The bill of one of the customer's billing periods, priced from its
+        usage now (EstimateBill, drafts, and the invoice the closer stores)."""
+        customer_id = customer.customer_id
+        assert period.end is not None
+        # The plan in effect at the end of the period, or now for the current one.
+        plan_time = min(period.end - timedelta(microseconds=1), self._clock())
+        plan_slug = await self._reports.plan_at(customer_id, plan_time) or customer.plan_slug
+        plan = plan_named(self._catalog, plan_slug)
+        assert plan.currency is not None  # every plan has one (catalog check)
+        others = [slug for slug in self._catalog.meters if slug not in plan.meters]
+        used = await self._reports.meters_with_usage(customer_id, period.start, period.end, others)
+        meters = [*plan.meters, *used]
+        lines: list[BillLine] = []
+        for slug in meters:
+            lines.extend(await self._meter_lines(customer_id, plan, self._catalog.meters[slug], period))
+        subtotal = decimals.add(*(line.charge.amount for line in lines))
+        credits = ZERO  # no monetary credits exist yet; grants are units, not money
+        total = max(ZERO, decimals.add(subtotal, credits))
+        return Bill(customer_id, plan, period, plan.currency, lines, subtotal, credits, total)
+
+    async def _meter_lines(self, customer_id: str, plan: Plan, meter: Meter, period: Period) -> list[BillLine]:
+        """One line per price the meter's events were recorded with; the plan's
+        own price always has a line and is the one its included units go to."""
+        assert period.end is not None and plan.currency is not None
+        terms = self._catalog.plan_meter(plan, meter)
+        rows = await self._reports.aggregate(
+            AggregateQuery(customer_id, meter, [(period.start, period.end)], group_by_price=True)
+        )
+        quantities = {row.groups[0]: row.value for row in rows if row.event_count}
+        price_slugs = [terms.price, *sorted(slug for slug in quantities if slug != terms.price)]
+        lines = []
+        for slug in price_slugs:
+            price = self._catalog.prices.get(slug)
+            if price is None:
+                # Events priced with a price the catalog no longer has: refuse
+                # rather than bill them at nothing.
+                raise NotFound("price", slug)
+            if price.currency is not None and price.currency != plan.currency:
+                raise PriceCurrencyMismatch(price.slug, price.currency, plan.currency)
+            included = terms.included if slug == terms.price else ZERO
+            charge = price_line(price, quantities.get(slug, ZERO), included, plan.currency)
+            lines.append(BillLine(meter, price, charge))
+        return lines

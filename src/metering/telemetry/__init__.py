@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics, log lines and OpenTelemetry traces."""
