@@ -31,6 +31,8 @@ from metering.api.health import METERING_SERVICE, DatabaseHealth
 from metering.api.interceptor import ObservedServiceInterceptor
 from metering.api.page_tokens import PageTokens
 from metering.api.servicer import MeteringServicer
+from metering.config.access import load_access
+from metering.config.catalog import load_catalog
 from metering.config.endpoints import Endpoint, load_endpoints
 from metering.config.settings import ConfigError, Settings
 from metering.config.stripe import StripeMapping, load_mapping
@@ -39,8 +41,8 @@ from metering.delivery.stream import OutboxStream
 from metering.delivery.stripe import StripeExporter, StripeMeterEvents
 from metering.delivery.wakeup import OutboxWakeup
 from metering.delivery.webhooks import WebhookDelivery
-from metering.domain.access import AccessPolicy, load_access
-from metering.domain.catalog import Catalog, load_catalog
+from metering.domain.access import AccessPolicy
+from metering.domain.catalog import Catalog
 from metering.ledger import outbox
 from metering.ledger.audit import AuditReport, audit_ledger
 from metering.ledger.customers import Ledger
