@@ -39,7 +39,6 @@ import asyncpg
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from metering.api.convert import notification_json
 from metering.config.endpoints import Endpoint
 from metering.delivery.wakeup import OutboxWakeup, Waiter
 from metering.domain.notifications import StoredNotification
@@ -47,6 +46,7 @@ from metering.ledger import outbox
 from metering.ledger.outbox import LeaseLost, PendingDelivery
 from metering.ledger.pool import PoolUser
 from metering.telemetry.metrics import Metrics
+from metering.wire.notifications import notification_json
 
 log = logging.getLogger(__name__)
 
