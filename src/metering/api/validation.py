@@ -21,6 +21,7 @@ from metering.domain.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catal
 from metering.domain.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.domain.errors import EventTooOld, FieldViolation, InvalidArgument, NotFound
 from metering.domain.notifications import NotificationType, WatchQuery, parse_cursor
+from metering.domain.periods import MAX_TIME, MIN_TIME
 from metering.domain.records import DRAFT, FINALIZED
 from metering.domain.windows import MAX_WINDOWS, WindowSize
 from metering.ledger.reporting import PropertyFilter
@@ -39,7 +40,7 @@ from metering.v1 import (
     usage_pb2,
 )
 
-if TYPE_CHECKING:  # page_tokens reads MIN_TIME and MAX_TIME from here
+if TYPE_CHECKING:
     from metering.api.page_tokens import PageTokens
 
 MAX_ID_LENGTH = 128
@@ -65,13 +66,6 @@ _WINDOW_SIZES = {
     usage_pb2.WINDOW_SIZE_MONTH: WindowSize.MONTH,
 }
 
-# Timestamps are years 2 to 9998: a year inside what a Timestamp (and a Python
-# datetime) can hold on each side, because periods (up to a month) and local
-# windows (a day) are computed around an accepted instant and must not leave
-# that range, and because asyncpg stores the very first and last instants
-# (datetime.min and datetime.max) as -infinity and infinity.
-MIN_TIME = datetime(2, 1, 1, tzinfo=UTC)
-MAX_TIME = datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 _MIN_SECONDS = int(MIN_TIME.timestamp())
 _MAX_SECONDS = int(MAX_TIME.timestamp())
 
