@@ -43,12 +43,13 @@ from metering.delivery.wakeup import OutboxWakeup
 from metering.delivery.webhooks import WebhookDelivery
 from metering.domain.access import AccessPolicy
 from metering.domain.catalog import Catalog
-from metering.ledger import outbox
 from metering.ledger.audit import AuditReport, audit_ledger
 from metering.ledger.customers import Ledger
 from metering.ledger.entitlements import Holds
 from metering.ledger.invoicing import InvoiceStore
+from metering.ledger.listen import OutboxListener
 from metering.ledger.migrate import migrate
+from metering.ledger.outbox import OutboxStore
 from metering.ledger.page_token_key import page_token_key
 from metering.ledger.pool import create_pool, is_unavailable
 from metering.ledger.replica import ReadInvoiceStore, ReadLedger, ReadRouter, ReplicaState, lag_for_gauge
@@ -133,8 +134,8 @@ async def audit(
 async def replay_dead_letters(settings: Settings, url: str, endpoint: str, since: datetime | None) -> int:
     pool = await connect(settings, url)
     try:
-        async with pool.acquire() as conn:
-            return await outbox.replay_dead_letters(conn, endpoint, since)
+        store = OutboxStore(pool, acquire_timeout=settings.db_timeout.total_seconds())
+        return await store.replay_dead_letters(endpoint, since)
     finally:
         await pool.close()
 
@@ -354,22 +355,21 @@ async def _serve(
             on_notifications=metrics.count_notifications,
             tracing=tracing,
         )
-        wakeup = OutboxWakeup(database.url)
-        stream = OutboxStream(pool, wakeup, acquire_timeout=acquire_timeout, poll=settings.notification_poll)
+        wakeup = OutboxWakeup(OutboxListener(database.url))
+        outbox_store = OutboxStore(pool, acquire_timeout=acquire_timeout)
+        stream = OutboxStream(outbox_store, wakeup, poll=settings.notification_poll)
         webhooks = WebhookDelivery(
-            pool,
+            outbox_store,
             endpoints,
             wakeup,
             metrics,
-            acquire_timeout=acquire_timeout,
             timeout=settings.webhook_timeout,
             schedule=settings.webhook_retry_schedule,
             lease=settings.webhook_lease,
             poll=settings.notification_poll,
         )
         retention = Retention(
-            pool,
-            acquire_timeout=acquire_timeout,
+            outbox_store,
             retention=settings.notification_retention,
             endpoints=[endpoint.name for endpoint in endpoints],
         )
