@@ -55,6 +55,7 @@ from metering.ledger.pool import create_pool, is_unavailable
 from metering.ledger.replica import ReadInvoiceStore, ReadLedger, ReadRouter, ReplicaState, lag_for_gauge
 from metering.ledger.reporting import UsageReports
 from metering.ledger.rollups import sync_layouts
+from metering.ledger.stripe import StripeExportStore
 from metering.ledger.writer import BatchWriter
 from metering.runtime.embedded import EmbeddedPostgres, start_embedded
 from metering.runtime.reload import ConfigReloader
@@ -462,7 +463,8 @@ async def _serve(
         if stripe_mapping is not None:
             assert settings.stripe_api_key is not None  # Settings refuses a mapping without a key
             sender = StripeMeterEvents(settings.stripe_api_key, settings.stripe_api_base, settings.stripe_timeout)
-            exporter = StripeExporter(pool, stripe_mapping, settings, metrics, sender)
+            export_store = StripeExportStore(pool, acquire_timeout=acquire_timeout)
+            exporter = StripeExporter(export_store, stripe_mapping, settings, metrics, sender)
             export_task = asyncio.create_task(exporter.run())
         wakeup.start()
         webhooks.start()
