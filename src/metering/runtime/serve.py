@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
 import grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -51,7 +50,7 @@ from metering.ledger.listen import OutboxListener
 from metering.ledger.migrate import migrate
 from metering.ledger.outbox import OutboxStore
 from metering.ledger.page_token_key import page_token_key
-from metering.ledger.pool import create_pool, is_unavailable
+from metering.ledger.pool import Pool, create_pool, is_unavailable
 from metering.ledger.replica import ReadInvoiceStore, ReadLedger, ReadRouter, ReplicaState, lag_for_gauge
 from metering.ledger.reporting import UsageReports
 from metering.ledger.rollups import sync_layouts
@@ -97,7 +96,7 @@ def open_database(settings: Settings) -> Database:
     return Database(embedded.uri(), embedded)
 
 
-async def connect(settings: Settings, url: str) -> asyncpg.Pool:
+async def connect(settings: Settings, url: str) -> Pool:
     """Create the pool, waiting up to STARTUP_DATABASE_WAIT_SECONDS for the database."""
     deadline = time.monotonic() + STARTUP_DATABASE_WAIT_SECONDS
     while True:
@@ -503,7 +502,7 @@ async def _serve(
     log.info("stopped")
 
 
-async def open_read_replica(settings: Settings, primary: asyncpg.Pool, metrics: Metrics) -> ReadRouter:
+async def open_read_replica(settings: Settings, primary: Pool, metrics: Metrics) -> ReadRouter:
     """The router of usage, bill and invoice reads to METERING_READ_DATABASE_URL.
     Its pool opens no connection up front: a replica that is down at start-up
     leaves the reads on the primary, and does not stop the service."""
@@ -530,7 +529,7 @@ async def open_read_replica(settings: Settings, primary: asyncpg.Pool, metrics: 
     )
 
 
-async def prepare_database(pool: asyncpg.Pool, catalog: Catalog) -> None:
+async def prepare_database(pool: Pool, catalog: Catalog) -> None:
     """What start-up does to the database once: migrations (under their
     advisory lock) and the rollups' layout for the catalog's dimensions."""
     async with pool.acquire() as conn:
