@@ -6,22 +6,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
-import asyncpg
-
 from metering.delivery.wakeup import OutboxWakeup
 from metering.domain.errors import DatabaseUnavailable
 from metering.domain.notifications import Position, StoredNotification
-from metering.ledger import outbox
-from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.outbox import OutboxStore
 
 _PAGE = 500
 
 Wanted = Callable[[StoredNotification], bool]
 
 
-class OutboxStream(PoolUser):
-    def __init__(self, pool: asyncpg.Pool, wakeup: OutboxWakeup, *, acquire_timeout: float, poll: timedelta) -> None:
-        super().__init__(pool, acquire_timeout=acquire_timeout)
+class OutboxStream:
+    def __init__(self, store: OutboxStore, wakeup: OutboxWakeup, *, poll: timedelta) -> None:
+        self._store = store
         self._wakeup = wakeup
         self._poll = poll.total_seconds()
         self._closing = False
@@ -33,8 +30,7 @@ class OutboxStream(PoolUser):
         self._wakeup.wake_all()
 
     async def now(self) -> Position:
-        async with translate_errors(), self._connection() as conn:
-            return await outbox.horizon(conn)
+        return await self._store.horizon()
 
     async def watch(self, after: Position, wanted: Wanted) -> AsyncIterator[StoredNotification]:
         """Never ends by itself. Filters apply here rather than in SQL, so the
@@ -43,8 +39,7 @@ class OutboxStream(PoolUser):
         position = after
         while not self._closing:
             waiter.arm()
-            async with translate_errors(), self._connection() as conn:
-                page = await outbox.read_after(conn, position, _PAGE)
+            page = await self._store.read_after(position, _PAGE)
             for notification in page:
                 position = notification.position
                 if wanted(notification):

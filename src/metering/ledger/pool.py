@@ -13,7 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import asyncpg
 
@@ -32,6 +32,11 @@ _READ_ONLY_SERVER = "25006"
 
 _T = TypeVar("_T")
 
+# The pool's type under a ledger name: the composition root (metering.runtime)
+# holds the pool and hands it to the stores without importing asyncpg, which
+# only the ledger does.
+Pool: TypeAlias = asyncpg.Pool
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -49,7 +54,7 @@ async def _release(conn: asyncpg.Connection) -> None:
 
 async def create_pool(
     url: str, *, min_size: int, max_size: int, db_timeout: timedelta, application_name: str = "metering"
-) -> asyncpg.Pool:
+) -> Pool:
     """A pool on `url`, which may name several hosts (libpq's multi-host
     syntax, `postgresql://h1:p1,h2:p2/db?target_session_attrs=read-write`):
     every new connection tries them in order and keeps the first that
