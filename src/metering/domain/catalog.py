@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from metering.domain.decimals import ZERO
+from metering.domain.errors import NotFound
 from metering.domain.periods import ResetPeriod
 
 # \Z, not $: "$" also matches before a trailing newline, so "tokens\n" would pass.
@@ -139,6 +140,28 @@ class Catalog:
     prices: Mapping[str, Price]  # includes every meter's built-in no-charge price
     plans: Mapping[str, Plan]
     source: str = "<memory>"
+
+    # The one get-or-NotFound of each kind: a well-formed reference to
+    # something the catalog does not have (or no longer has: a plan customers
+    # are still on, a price recorded events were priced with) is NOT_FOUND.
+
+    def meter(self, slug: str) -> Meter:
+        found = self.meters.get(slug)
+        if found is None:
+            raise NotFound("meter", slug)
+        return found
+
+    def plan(self, slug: str) -> Plan:
+        found = self.plans.get(slug)
+        if found is None:
+            raise NotFound("plan", slug)
+        return found
+
+    def price(self, slug: str) -> Price:
+        found = self.prices.get(slug)
+        if found is None:
+            raise NotFound("price", slug)
+        return found
 
     def plan_meter(self, plan: Plan, meter: Meter) -> PlanMeter:
         """The plan's terms for a meter; a meter the plan does not list is unlimited,
