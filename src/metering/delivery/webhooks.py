@@ -218,10 +218,15 @@ class WebhookDelivery(PoolUser):
         """Deliver until the lease is lost (LeaseLost) or the database fails."""
         renewer = asyncio.create_task(self._renew(endpoint))
         worker = asyncio.create_task(self._deliver(endpoint, sender, waiter))
-        done, pending = await asyncio.wait({renewer, worker}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            done, _pending = await asyncio.wait({renewer, worker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when this call is cancelled (the service stops, or a reload
+            # drops the endpoint): asyncio.wait leaves its tasks running, and a
+            # delivery that outlived the pool failed with nobody to hear it.
+            for task in (renewer, worker):
+                task.cancel()
+            await asyncio.gather(renewer, worker, return_exceptions=True)
         for task in done:
             task.result()
 
