@@ -163,7 +163,11 @@ class WebhookDelivery(PoolUser):
         stopping = [e for e in self._endpoints if new.get(e.name) != e]
         for endpoint in stopping:
             self._tasks[endpoint.name].cancel()
-        await asyncio.gather(*(self._tasks.pop(e.name) for e in stopping), return_exceptions=True)
+        # Forgotten only once ended: a reload cancelled here (the service
+        # stopping) leaves them to close(), which awaits them.
+        await asyncio.gather(*(self._tasks[e.name] for e in stopping), return_exceptions=True)
+        for endpoint in stopping:
+            del self._tasks[endpoint.name]
         await self._release_leases([e for e in stopping if e.name not in new])
         kept = set(self._tasks)
         self._endpoints = tuple(endpoints)
