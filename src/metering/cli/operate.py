@@ -78,27 +78,28 @@ def add_commands(commands: Subparsers) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from metering.runtime.serve import configure_logging, serve
+    from metering.runtime.serve import BackgroundFailed, configure_logging, serve
     from metering.runtime.supervisor import WorkerFailed, die_with_parent, supervise
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    if args.worker is not None:
-        die_with_parent()
-        asyncio.run(serve(settings, worker=args.worker))
-    elif settings.workers > 1:
-        try:
+    try:
+        if args.worker is not None:
+            die_with_parent()
+            asyncio.run(serve(settings, worker=args.worker))
+        elif settings.workers > 1:
             asyncio.run(supervise(settings))
-        except WorkerFailed as exc:
-            print(f"metering: {exc}", file=sys.stderr)
-            return 1
-    else:  # one process serves by itself: no supervisor in between
-        asyncio.run(serve(settings))
+        else:  # one process serves by itself: no supervisor in between
+            asyncio.run(serve(settings))
+    except (WorkerFailed, BackgroundFailed) as exc:
+        print(f"metering: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from metering.runtime.serve import configure_logging, open_database, run_migrations
+    from metering.runtime.database import open_database, run_migrations
+    from metering.runtime.serve import configure_logging
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
@@ -112,7 +113,8 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from metering.runtime.serve import audit, configure_logging, open_database
+    from metering.runtime.database import audit, open_database
+    from metering.runtime.serve import configure_logging
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
@@ -188,7 +190,8 @@ def _reload(args: argparse.Namespace) -> int:
 
 def _webhooks_replay(args: argparse.Namespace) -> int:
     from metering.config.endpoints import load_endpoints
-    from metering.runtime.serve import configure_logging, open_database, replay_dead_letters
+    from metering.runtime.database import open_database, replay_dead_letters
+    from metering.runtime.serve import configure_logging
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)

@@ -156,7 +156,11 @@ class WebhookDelivery:
         stopping = [e for e in self._endpoints if new.get(e.name) != e]
         for endpoint in stopping:
             self._tasks[endpoint.name].cancel()
-        await asyncio.gather(*(self._tasks.pop(e.name) for e in stopping), return_exceptions=True)
+        # Forgotten only once ended: a reload cancelled here (the service
+        # stopping) leaves them to close(), which awaits them.
+        await asyncio.gather(*(self._tasks[e.name] for e in stopping), return_exceptions=True)
+        for endpoint in stopping:
+            del self._tasks[endpoint.name]
         await self._release_leases([e for e in stopping if e.name not in new])
         kept = set(self._tasks)
         self._endpoints = tuple(endpoints)
@@ -205,10 +209,15 @@ class WebhookDelivery:
         """Deliver until the lease is lost (LeaseLost) or the database fails."""
         renewer = asyncio.create_task(self._renew(endpoint))
         worker = asyncio.create_task(self._deliver(endpoint, sender, waiter))
-        done, pending = await asyncio.wait({renewer, worker}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            done, _pending = await asyncio.wait({renewer, worker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when this call is cancelled (the service stops, or a reload
+            # drops the endpoint): asyncio.wait leaves its tasks running, and a
+            # delivery that outlived the pool failed with nobody to hear it.
+            for task in (renewer, worker):
+                task.cancel()
+            await asyncio.gather(renewer, worker, return_exceptions=True)
         for task in done:
             task.result()
 

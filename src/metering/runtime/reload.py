@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from metering.api.auth import Authenticator
 from metering.config.access import load_access
 from metering.config.endpoints import load_endpoints
-from metering.config.settings import ConfigError, Settings
+from metering.config.settings import ConfigError
 from metering.delivery.retention import Retention
 from metering.delivery.webhooks import WebhookDelivery
 from metering.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:  # the wiring builds the reloader: no import cycle at run time
+    from metering.runtime.wiring import Config
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +30,19 @@ REFUSED = "refused"
 
 
 class ConfigReloader:
+    """Re-reads the files of the start-up configuration (metering.runtime.wiring.Config
+    names them and holds the catalog they are checked against) into the parts built on them."""
+
     def __init__(
         self,
-        settings: Settings,
-        meters: Collection[str],
+        config: Config,
         authenticator: Authenticator,
         webhooks: WebhookDelivery,
         retention: Retention,
         metrics: Metrics,
     ) -> None:
-        self._settings = settings
-        self._meters = meters
+        self._settings = config.settings
+        self._meters = config.catalog.meters
         self._authenticator = authenticator
         self._webhooks = webhooks
         self._retention = retention

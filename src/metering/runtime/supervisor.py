@@ -35,20 +35,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import multiprocess
 
-from metering.config.catalog import load_catalog
-from metering.config.endpoints import load_endpoints
 from metering.config.settings import Settings
-from metering.config.stripe import load_mapping
-from metering.runtime.serve import (
-    WORKER_READY,
-    access_policy,
-    announcement,
-    connect,
-    open_database,
-    prepare_database,
-    remove_pid_file,
-    write_pid_file,
-)
+from metering.runtime.database import Database, connect, open_database, prepare_database
+from metering.runtime.serve import WORKER_READY, announcement, remove_pid_file, write_pid_file
+from metering.runtime.wiring import Config, load_config
 from metering.telemetry.metrics import WorkersState, serve_workers
 
 log = logging.getLogger(__name__)
@@ -239,13 +229,10 @@ def worker_environment(
 
 
 async def supervise(settings: Settings) -> None:
-    # Checked before the database is touched and before any worker starts,
-    # so that a bad file is one clear error rather than N crash loops.
-    catalog = load_catalog(settings.catalog_path)
-    stripe_mapping = load_mapping(settings.stripe_file, catalog.meters) if settings.stripe_file else None
-    policy = access_policy(settings, catalog)
-    if settings.webhooks_file:
-        load_endpoints(settings.webhooks_file)
+    # The files are checked as each worker will check them (metering.runtime.wiring),
+    # before the database is touched and before any worker starts, so that a
+    # bad file is one clear error rather than N crash loops.
+    config = load_config(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -257,47 +244,53 @@ async def supervise(settings: Settings) -> None:
     try:
         pool = await connect(settings, database.url)
         try:
-            await prepare_database(pool, catalog)
+            await prepare_database(pool, config.catalog)
         finally:
             await pool.close()
-        with (
-            reserve_port(settings.grpc_host, settings.grpc_port) as port,
-            tempfile.TemporaryDirectory(prefix="metering-metrics-") as metrics_dir,
-        ):
-            env = worker_environment(settings, database.url, port, metrics_dir, open_access=policy is None)
-            command = [sys.executable, "-m", "metering", "serve", "--worker"]
-            supervisor = Supervisor(settings.workers, command, env, metrics_dir)
-            loop.add_signal_handler(signal.SIGHUP, supervisor.forward, signal.SIGHUP)
-            metrics_port = serve_workers(settings.metrics_host, settings.metrics_port, metrics_dir, supervisor.state)
-            timeout = (settings.shutdown_delay + settings.shutdown_grace).total_seconds() + STOP_MARGIN_SECONDS
-            try:
-                started = asyncio.ensure_future(supervisor.start())
-                stopped = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({started, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                stopped.cancel()
-                if started.done():
-                    started.result()  # WorkerFailed: out through the finally
-                    print(
-                        announcement(
-                            settings,
-                            catalog,
-                            policy,
-                            stripe_mapping,
-                            database,
-                            port,
-                            metrics_port,
-                            settings.workers,
-                            tracing=settings.tracing,
-                        ),
-                        flush=True,
-                    )
-                    await stop.wait()
-                else:
-                    started.cancel()
-                log.info("stopping: every worker drains")
-            finally:
-                await supervisor.stop(timeout)
+        await _run_workers(config, database, stop)
     finally:
         await asyncio.to_thread(database.close)
         remove_pid_file(settings.pid_file)
     log.info("stopped")
+
+
+async def _run_workers(config: Config, database: Database, stop: asyncio.Event) -> None:
+    """Start the workers, announce once they all serve, and stop them all at `stop`."""
+    settings = config.settings
+    with (
+        reserve_port(settings.grpc_host, settings.grpc_port) as port,
+        tempfile.TemporaryDirectory(prefix="metering-metrics-") as metrics_dir,
+    ):
+        env = worker_environment(settings, database.url, port, metrics_dir, open_access=config.policy is None)
+        command = [sys.executable, "-m", "metering", "serve", "--worker"]
+        supervisor = Supervisor(settings.workers, command, env, metrics_dir)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, supervisor.forward, signal.SIGHUP)
+        metrics_port = serve_workers(settings.metrics_host, settings.metrics_port, metrics_dir, supervisor.state)
+        timeout = (settings.shutdown_delay + settings.shutdown_grace).total_seconds() + STOP_MARGIN_SECONDS
+        try:
+            if await _started_before_stop(supervisor, stop):
+                print(
+                    announcement(config, database, port, metrics_port, settings.workers, tracing=settings.tracing),
+                    flush=True,
+                )
+                await stop.wait()
+            log.info("stopping: every worker drains")
+        finally:
+            await supervisor.stop(timeout)
+
+
+async def _started_before_stop(supervisor: Supervisor, stop: asyncio.Event) -> bool:
+    """Whether every worker serves before a stop is asked for (WorkerFailed if
+    one exits first). Neither wait outlives this call."""
+    started = asyncio.ensure_future(supervisor.start())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({started, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in (started, stopped):
+            waiting.cancel()
+        await asyncio.wait({started, stopped})
+    if started.cancelled():
+        return False
+    started.result()  # WorkerFailed: out to the caller, which stops the workers
+    return True

@@ -1,0 +1,373 @@
+"""The composition root: every part of a serving process, built once.
+
+The order is the dependencies' order: the settings and the operator files
+(checked before anything touches the database), then the primary pool's users
+(the stores and the writer), the services, the outbound delivery, the reads
+(through the replica router when there is one) and the gRPC server with its
+servicer. Building opens no connection (the lifecycle opens the pools and
+hands them in) and starts nothing but what a constructor starts by itself
+(the batch writer's workers); metering.runtime.serve runs the lifecycle: it
+starts the parts, serves, and stops them in reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from metering.api.auth import Authenticator
+from metering.api.bench import noop_handler
+from metering.api.health import DatabaseHealth
+from metering.api.interceptor import ObservedServiceInterceptor
+from metering.api.page_tokens import PageTokens
+from metering.api.servicer import MeteringServicer
+from metering.config.access import load_access
+from metering.config.catalog import load_catalog
+from metering.config.endpoints import Endpoint, load_endpoints
+from metering.config.settings import ConfigError, Settings
+from metering.config.stripe import StripeMapping, load_mapping
+from metering.delivery.retention import Retention
+from metering.delivery.stream import OutboxStream
+from metering.delivery.stripe import StripeExporter, StripeMeterEvents
+from metering.delivery.wakeup import OutboxWakeup
+from metering.delivery.webhooks import WebhookDelivery
+from metering.domain.access import AccessPolicy
+from metering.domain.catalog import Catalog
+from metering.ledger.customers import Ledger
+from metering.ledger.entitlements import Holds
+from metering.ledger.invoicing import InvoiceStore
+from metering.ledger.listen import OutboxListener
+from metering.ledger.outbox import OutboxStore
+from metering.ledger.pool import Pool
+from metering.ledger.replica import ReadInvoiceStore, ReadLedger, ReadRouter, ReplicaState, lag_for_gauge
+from metering.ledger.reporting import UsageReports
+from metering.ledger.stripe import StripeExportStore
+from metering.ledger.writer import BatchWriter
+from metering.runtime.reload import ConfigReloader
+from metering.services.entitlements import Entitlements
+from metering.services.invoicing import Closer, Invoicing
+from metering.services.reporting import Reporting
+from metering.services.usage import MeteringEngine
+from metering.telemetry.metrics import Metrics
+from metering.telemetry.tracing import Tracing
+from metering.v1 import metering_service_pb2, metering_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The settings and the operator files they name, each checked completely."""
+
+    settings: Settings
+    catalog: Catalog
+    stripe_mapping: StripeMapping | None
+    policy: AccessPolicy | None  # None: the service runs open (see access_policy)
+    endpoints: tuple[Endpoint, ...]
+
+
+def load_config(settings: Settings) -> Config:
+    """Every operator file, read and checked: a bad one refuses start-up before
+    the database is touched (a supervisor checks them once for all its workers)."""
+    catalog = load_catalog(settings.catalog_path)
+    stripe_mapping = load_mapping(settings.stripe_file, catalog.meters) if settings.stripe_file else None
+    policy = access_policy(settings, catalog)
+    endpoints = load_endpoints(settings.webhooks_file) if settings.webhooks_file else ()
+    return Config(settings, catalog, stripe_mapping, policy, endpoints)
+
+
+def access_policy(settings: Settings, catalog: Catalog) -> AccessPolicy | None:
+    """The callers allowed in, or None to run open: only for the embedded
+    database (local use) or when explicitly asked for, and then loudly."""
+    if settings.auth_file is not None:
+        return load_access(settings.auth_file, catalog.meters)
+    if settings.database_url is not None and not settings.allow_unauthenticated:
+        raise ConfigError(
+            "no callers configured: set METERING_AUTH_FILE (see `metering token new`), or "
+            "METERING_ALLOW_UNAUTHENTICATED=1 to let anyone who reaches the port record and read usage"
+        )
+    log.warning(
+        "AUTHENTICATION IS OFF: any client that reaches %s:%s may record, void and read usage. "
+        "Set METERING_AUTH_FILE before exposing this service.",
+        settings.grpc_host,
+        settings.grpc_port,
+    )
+    return None
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (and mTLS with METERING_TLS_CLIENT_CA) from PEM files, or None for plaintext.
+    Not part of Config: it is a gRPC object, and a supervisor creates none."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+
+    def read(variable: str, path: str) -> bytes:
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError as exc:
+            raise ConfigError(f"{variable}={path!r}: cannot read it: {exc.strerror}") from None
+
+    client_ca = read("METERING_TLS_CLIENT_CA", settings.tls_client_ca) if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(read("METERING_TLS_KEY", settings.tls_key), read("METERING_TLS_CERT", settings.tls_cert))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+@dataclass(frozen=True)
+class Pools:
+    """The database the lifecycle opened (and closes)."""
+
+    url: str  # the primary's: the outbox's LISTEN connection is its own, outside the pool
+    primary: Pool
+    replica: Pool | None  # METERING_READ_DATABASE_URL's, opening no connection up front
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The primary pool's users: the ledger's stores and the batch writer."""
+
+    ledger: Ledger
+    reports: UsageReports
+    holds: Holds
+    invoices: InvoiceStore
+    writer: BatchWriter  # its workers run from construction; BatchWriter.close stops them
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What the servicer reads usage, bills and invoices through: the replica
+    router's stores when METERING_READ_DATABASE_URL is set, else the primary's."""
+
+    reporting: Reporting
+    invoicing: Invoicing
+    router: ReadRouter | None  # probes the replica (ReadRouter.run)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The outbound edges: the outbox's wake-up, stream, webhooks and retention, the Stripe export."""
+
+    wakeup: OutboxWakeup
+    stream: OutboxStream
+    webhooks: WebhookDelivery
+    retention: Retention
+    exporter: StripeExporter | None
+
+
+@dataclass(frozen=True)
+class Service:
+    """Everything one serving process runs, built and not yet started."""
+
+    config: Config
+    metrics: Metrics
+    stores: Stores
+    reporting: Reporting  # the primary's: the closer finalizes from the primary's data only
+    reads: Reads
+    delivery: Delivery
+    closer: Closer
+    health: DatabaseHealth
+    authenticator: Authenticator
+    reloader: ConfigReloader
+    server: grpc.aio.Server
+
+
+def build(
+    config: Config, pools: Pools, page_tokens: PageTokens, *, worker: int | None, tracing: Tracing | None
+) -> Service:
+    """Build every part (a worker of a supervisor shares its port and has its
+    metrics summed by the supervisor)."""
+    settings = config.settings
+    metrics = _metrics(pools.primary, worker)
+    stores = _stores(settings, pools.primary, metrics, tracing)
+    reporting = Reporting(config.catalog, stores.ledger, stores.reports)
+    primary_reads = Reads(reporting, Invoicing(stores.ledger, stores.invoices, reporting), None)
+    reads = _reads(config, pools, metrics, stores, primary_reads)
+    delivery = _delivery(config, pools, metrics)
+    health = DatabaseHealth(stores.ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
+    authenticator = Authenticator(
+        config.policy,
+        on_rate_limited=lambda caller, kind: metrics.rate_limited.labels(caller, kind).inc(),
+        max_hold=settings.rate_limit_hold.total_seconds(),
+    )
+    servicer = MeteringServicer(
+        MeteringEngine(config.catalog, stores.ledger, stores.writer),
+        reads.reporting,
+        Entitlements(config.catalog, stores.ledger, stores.holds),
+        reads.invoicing,
+        metrics,
+        delivery.stream,
+        page_tokens,
+        backfill_window=settings.backfill_window,
+    )
+    return Service(
+        config=config,
+        metrics=metrics,
+        stores=stores,
+        reporting=reporting,
+        reads=reads,
+        delivery=delivery,
+        closer=_closer(settings, stores, reporting, metrics),
+        health=health,
+        authenticator=authenticator,
+        reloader=ConfigReloader(config, authenticator, delivery.webhooks, delivery.retention, metrics),
+        server=_server(settings, servicer, health, ObservedServiceInterceptor(metrics, authenticator), tracing, worker),
+    )
+
+
+def _metrics(pool: Pool, worker: int | None) -> Metrics:
+    metrics = Metrics(multiprocess=worker is not None)
+    metrics.watch_pool(
+        in_use=lambda: pool.get_size() - pool.get_idle_size(),
+        size=pool.get_size,
+        maximum=pool.get_max_size,
+    )
+    return metrics
+
+
+def _stores(settings: Settings, pool: Pool, metrics: Metrics, tracing: Tracing | None) -> Stores:
+    acquire_timeout = settings.db_timeout.total_seconds()
+    return Stores(
+        ledger=Ledger(
+            pool,
+            acquire_timeout=acquire_timeout,
+            read_linger=settings.read_linger.total_seconds(),
+            on_read_batch=metrics.read_batch_size.observe,
+        ),
+        reports=UsageReports(pool, acquire_timeout=acquire_timeout),
+        holds=Holds(pool, acquire_timeout=acquire_timeout, on_notifications=metrics.count_notifications),
+        invoices=InvoiceStore(pool, acquire_timeout=acquire_timeout),
+        writer=BatchWriter(
+            pool,
+            acquire_timeout=acquire_timeout,
+            workers=settings.writer_workers,
+            bulk_workers=settings.writer_bulk_workers,
+            linger=settings.writer_linger.total_seconds(),
+            on_batch=metrics.write_batch_size.observe,
+            on_notifications=metrics.count_notifications,
+            tracing=tracing,
+        ),
+    )
+
+
+def _delivery(config: Config, pools: Pools, metrics: Metrics) -> Delivery:
+    settings = config.settings
+    acquire_timeout = settings.db_timeout.total_seconds()
+    outbox = OutboxStore(pools.primary, acquire_timeout=acquire_timeout)
+    wakeup = OutboxWakeup(OutboxListener(pools.url))
+    webhooks = WebhookDelivery(
+        outbox,
+        config.endpoints,
+        wakeup,
+        metrics,
+        timeout=settings.webhook_timeout,
+        schedule=settings.webhook_retry_schedule,
+        lease=settings.webhook_lease,
+        poll=settings.notification_poll,
+    )
+    retention = Retention(
+        outbox,
+        retention=settings.notification_retention,
+        endpoints=[endpoint.name for endpoint in config.endpoints],
+    )
+    return Delivery(
+        wakeup=wakeup,
+        stream=OutboxStream(outbox, wakeup, poll=settings.notification_poll),
+        webhooks=webhooks,
+        retention=retention,
+        exporter=_exporter(config, pools.primary, metrics),
+    )
+
+
+def _exporter(config: Config, pool: Pool, metrics: Metrics) -> StripeExporter | None:
+    settings = config.settings
+    if config.stripe_mapping is None:
+        return None
+    assert settings.stripe_api_key is not None  # Settings refuses a mapping without a key
+    sender = StripeMeterEvents(settings.stripe_api_key, settings.stripe_api_base, settings.stripe_timeout)
+    store = StripeExportStore(pool, acquire_timeout=settings.db_timeout.total_seconds())
+    return StripeExporter(store, config.stripe_mapping, settings, metrics, sender)
+
+
+def _closer(settings: Settings, stores: Stores, reporting: Reporting, metrics: Metrics) -> Closer:
+    return Closer(
+        stores.invoices,
+        reporting,
+        metrics,
+        grace=settings.invoice_grace,
+        interval=settings.close_interval,
+        pause=settings.test_only_close_pause,
+    )
+
+
+def _reads(config: Config, pools: Pools, metrics: Metrics, stores: Stores, primary: Reads) -> Reads:
+    """The servicer's usage, bill and invoice reads through the replica router,
+    or the primary's (`primary`) without a replica."""
+    settings = config.settings
+    if pools.replica is None:
+        return primary
+    router = _read_router(settings, pools.primary, pools.replica, metrics)
+    acquire_timeout = settings.db_timeout.total_seconds()
+    ledger = ReadLedger(router, stores.ledger, acquire_timeout=acquire_timeout)
+    reporting = Reporting(config.catalog, ledger, UsageReports(router, acquire_timeout=acquire_timeout))
+    invoices = ReadInvoiceStore(router, stores.invoices, acquire_timeout=acquire_timeout)
+    return Reads(reporting, Invoicing(ledger, invoices, reporting), router)
+
+
+def _read_router(settings: Settings, primary: Pool, replica: Pool, metrics: Metrics) -> ReadRouter:
+    """The router of reads to the replica: a replica that is down (at start-up
+    too) leaves the reads on the primary, and does not stop the service."""
+
+    def probed(state: ReplicaState) -> None:
+        metrics.read_replica_up.set(1 if state.up else 0)
+        metrics.read_replica_lag.set(lag_for_gauge(state))
+
+    return ReadRouter(
+        primary,
+        replica,
+        max_lag=settings.read_max_lag.total_seconds(),
+        timeout=settings.db_timeout.total_seconds(),
+        on_route=lambda route: metrics.read_routes.labels(route.pool, route.value).inc(),
+        on_probe=probed,
+    )
+
+
+def _server(
+    settings: Settings,
+    servicer: MeteringServicer,
+    health: DatabaseHealth,
+    observed: ObservedServiceInterceptor,
+    tracing: Tracing | None,
+    worker: int | None,
+) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        # The tracing interceptor first (outermost): the call's span is current
+        # in everything below, the observing interceptor's log lines included.
+        interceptors=[observed] if tracing is None else [tracing.server_interceptor(), observed],
+        options=[
+            # A larger request is refused by gRPC itself with RESOURCE_EXHAUSTED
+            # before it is read into memory.
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            # Two replicas must not silently share a port; the workers of one
+            # supervisor do, on the port it reserved (metering.runtime.supervisor).
+            ("grpc.so_reuseport", 0 if worker is None else 1),
+        ],
+    )
+    metering_service_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    service_names = (
+        metering_service_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name,
+        "grpc.health.v1.Health",
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(service_names, server)
+    if settings.bench_noop:
+        server.add_generic_rpc_handlers((noop_handler(),))
+    return server
