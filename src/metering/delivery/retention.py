@@ -10,10 +10,8 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
-import asyncpg
-
 from metering.ledger import outbox
-from metering.ledger.pool import PoolUser
+from metering.ledger.pool import Pool, PoolUser
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +24,7 @@ def purge_interval(retention: timedelta) -> float:
 
 
 class Retention(PoolUser):
-    def __init__(
-        self, pool: asyncpg.Pool, *, acquire_timeout: float, retention: timedelta, endpoints: Sequence[str]
-    ) -> None:
+    def __init__(self, pool: Pool, *, acquire_timeout: float, retention: timedelta, endpoints: Sequence[str]) -> None:
         super().__init__(pool, acquire_timeout=acquire_timeout)
         self._retention = retention
         self._endpoints = list(endpoints)

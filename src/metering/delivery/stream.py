@@ -6,13 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
-import asyncpg
-
 from metering.delivery.wakeup import OutboxWakeup
 from metering.domain.errors import DatabaseUnavailable
 from metering.domain.notifications import Position, StoredNotification
 from metering.ledger import outbox
-from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.pool import Pool, PoolUser, translate_errors
 
 _PAGE = 500
 
@@ -20,7 +18,7 @@ Wanted = Callable[[StoredNotification], bool]
 
 
 class OutboxStream(PoolUser):
-    def __init__(self, pool: asyncpg.Pool, wakeup: OutboxWakeup, *, acquire_timeout: float, poll: timedelta) -> None:
+    def __init__(self, pool: Pool, wakeup: OutboxWakeup, *, acquire_timeout: float, poll: timedelta) -> None:
         super().__init__(pool, acquire_timeout=acquire_timeout)
         self._wakeup = wakeup
         self._poll = poll.total_seconds()

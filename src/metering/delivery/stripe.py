@@ -29,7 +29,6 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import stripe
 from stripe.params.billing import MeterEventCreateParams
 
@@ -37,6 +36,7 @@ from metering.config.settings import Settings
 from metering.config.stripe import StripeMapping
 from metering.domain.catalog import Aggregation
 from metering.domain.stripe import abandoned, closed_end, identifier, lag_seconds, plan_steps, reportable
+from metering.ledger.pool import Connection, Pool
 from metering.ledger.stripe import (
     ExportScope,
     Pair,
@@ -106,7 +106,7 @@ def describe(exc: stripe.StripeError) -> str:
 class StripeExporter:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         mapping: StripeMapping,
         settings: Settings,
         metrics: Metrics,
@@ -146,7 +146,7 @@ class StripeExporter:
                 log.warning("Stripe export interrupted: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(self._interval)
 
-    async def _export(self, conn: asyncpg.Connection) -> None:
+    async def _export(self, conn: Connection) -> None:
         last_closed: datetime | None = None
         retry: dict[Pair, datetime] = {}  # pairs that failed, with their oldest hour not exported
         failures_in_row = 0
@@ -175,9 +175,7 @@ class StripeExporter:
             oldest = min((hour for pair, hour in failed.items() if pair.meter_slug == slug), default=None)
             self._metrics.stripe_export_lag.labels(meter=slug).set(lag_seconds(oldest, now, self._settle))
 
-    async def _export_pair(
-        self, conn: asyncpg.Connection, pair: Pair, closed: datetime, now: datetime
-    ) -> datetime | None:
+    async def _export_pair(self, conn: Connection, pair: Pair, closed: datetime, now: datetime) -> datetime | None:
         """Export what is due of one customer's meter; returns the hour it
         stopped at after a failure, None when it is up to date."""
         stripe_meter = self._mapping.meters[pair.meter_slug]

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-import asyncpg
 import httpx
 from standardwebhooks.webhooks import Webhook
 
@@ -45,7 +44,7 @@ from metering.delivery.wakeup import OutboxWakeup, Waiter
 from metering.domain.notifications import StoredNotification
 from metering.ledger import outbox
 from metering.ledger.outbox import LeaseLost, PendingDelivery
-from metering.ledger.pool import PoolUser
+from metering.ledger.pool import Connection, Pool, PoolUser
 from metering.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -126,7 +125,7 @@ class WebhookDelivery(PoolUser):
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         endpoints: Sequence[Endpoint],
         wakeup: OutboxWakeup,
         metrics: Metrics,
@@ -188,7 +187,7 @@ class WebhookDelivery(PoolUser):
         await self._release_leases(self._endpoints)
         await self._client.aclose()
 
-    async def _db(self, work: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+    async def _db(self, work: Callable[[Connection], Awaitable[_T]]) -> _T:
         async with self._connection() as conn:
             return await work(conn)
 

@@ -26,7 +26,7 @@ from datetime import datetime
 import asyncpg
 
 from metering.domain.records import CounterReading
-from metering.ledger.pool import PoolUser, answer_within, translate_errors
+from metering.ledger.pool import ConnectionSource, PoolUser, answer_within, translate_errors
 from metering.ledger.sql import active_grants_sum, counter_state, live_holds_sum
 
 CounterKey = tuple[str, datetime]  # meter, period start
@@ -59,7 +59,7 @@ class _Read:
 class CounterReader(PoolUser):
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: ConnectionSource,
         *,
         acquire_timeout: float,
         linger: float = 0.001,

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-import asyncpg
-
 from metering.domain import limits
 from metering.domain.catalog import Meter
 from metering.domain.errors import BillingAnchorImmutable
@@ -22,7 +20,7 @@ from metering.domain.records import (
 )
 from metering.ledger import rollups, steps
 from metering.ledger.counters import CounterKey, CounterReader, Readings
-from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.pool import ConnectionSource, PoolUser, translate_errors
 from metering.ledger.sql import CUSTOMER_COLUMNS
 
 
@@ -31,7 +29,7 @@ class Ledger(PoolUser):
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: ConnectionSource,
         *,
         acquire_timeout: float,
         read_linger: float = 0.001,

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-import asyncpg
-
 from metering.domain import decimals, limits, notifications
 from metering.domain.catalog import Enforcement, Meter
 from metering.domain.errors import FieldViolation, IdempotencyKeyConflict, InvalidArgument, ReservationStateError
@@ -34,7 +32,7 @@ from metering.domain.records import (
     new_event_id,
 )
 from metering.ledger import outbox, rollups, steps
-from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.pool import Connection, Pool, PoolUser, one_row, translate_errors
 from metering.ledger.sql import GRANT_COLUMNS, RESERVATION_COLUMNS, grant_record, reservation_record
 
 
@@ -60,7 +58,7 @@ class CommitOutcome:
 class Holds(PoolUser):
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         *,
         acquire_timeout: float,
         on_notifications: Callable[[Sequence[NotificationType]], None] = lambda types: None,
@@ -91,7 +89,8 @@ class Holds(PoolUser):
             if row is not None:
                 return grant_record(row), False
             existing = grant_record(
-                await conn.fetchrow(
+                await one_row(
+                    conn,
                     f"SELECT {GRANT_COLUMNS} FROM grants WHERE customer_id = $1 AND grant_id = $2",
                     grant.customer_id,
                     grant.grant_id,
@@ -197,7 +196,8 @@ class Holds(PoolUser):
                 return HoldOutcome(placeholder, False, reading, now, fits=False, available_before=available)
             # A hold never outlives its period: its commit must count there.
             expires_at = now + ttl if period.end is None else min(now + ttl, period.end)
-            row = await conn.fetchrow(
+            row = await one_row(
+                conn,
                 f"""
                 INSERT INTO reservations (customer_id, reservation_id, meter_slug, period_start, quantity, status,
                                           expires_at, created_at)
@@ -311,7 +311,8 @@ class Holds(PoolUser):
                 current.customer_id, current.meter_slug, terms, period, allowance, state.used, decision.state_after.used
             )
             announced.extend(await outbox.enqueue(conn, crossed))
-            row = await conn.fetchrow(
+            row = await one_row(
+                conn,
                 f"""
                 UPDATE reservations SET status = 'committed', committed_quantity = $3, event_id = $4, settled_at = $5
                  WHERE customer_id = $1 AND reservation_id = $2
@@ -338,7 +339,8 @@ class Holds(PoolUser):
             if status == COMMITTED:
                 raise ReservationStateError(current.reservation_id, status)
             if status == HELD:
-                row = await conn.fetchrow(
+                row = await one_row(
+                    conn,
                     f"""
                     UPDATE reservations SET status = 'released', settled_at = $3
                      WHERE customer_id = $1 AND reservation_id = $2
@@ -356,7 +358,7 @@ class Holds(PoolUser):
 
 
 async def _reservation(
-    conn: asyncpg.Connection, customer_id: str, reservation_id: str, *, lock: bool
+    conn: Connection, customer_id: str, reservation_id: str, *, lock: bool
 ) -> ReservationRecord | None:
     row = await conn.fetchrow(
         f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE customer_id = $1 AND reservation_id = $2"

@@ -30,7 +30,7 @@ from metering.domain.periods import Period
 from metering.domain.pricing import LineCharge, TierCharge
 from metering.domain.records import FINALIZED, CustomerRecord, Invoice, InvoiceLine
 from metering.ledger import outbox
-from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.pool import Connection, PoolUser, one_row, translate_errors
 
 # Namespace of the closer's advisory locks (two-int form: namespace, hashtext of
 # the customer id): "clos". A hash collision only makes two customers close one
@@ -62,7 +62,7 @@ class Finalized:
 
 
 async def finalize_period(
-    conn: asyncpg.Connection, customer_id: str, grace: timedelta, bill_of: BillOf, *, pause: float = 0.0
+    conn: Connection, customer_id: str, grace: timedelta, bill_of: BillOf, *, pause: float = 0.0
 ) -> Finalized | None:
     """Finalize the customer's oldest period if it is due, in the transaction
     the caller opened on `conn`; None when it is not due (any more) or another
@@ -116,7 +116,8 @@ async def finalize_period(
     )
     created = inserted is not None
     if inserted is None:  # finalized before: the stored one stands
-        inserted = await conn.fetchrow(
+        inserted = await one_row(
+            conn,
             f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE customer_id = $1 AND period_start = $2",
             customer_id,
             period.start,
@@ -282,7 +283,7 @@ def _line(document: dict[str, Any]) -> InvoiceLine:
     )
 
 
-def invoice_record(row: Any) -> Invoice:
+def invoice_record(row: asyncpg.Record) -> Invoice:
     return Invoice(
         customer_id=row["customer_id"],
         plan_slug=row["plan_slug"],

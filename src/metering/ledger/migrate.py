@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-import asyncpg
+from metering.ledger.pool import Connection
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def load_migrations() -> list[Migration]:
     return migrations
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Connection) -> list[str]:
     """Apply the missing migrations; returns the names of those applied now."""
     migrations = load_migrations()
     applied_now: list[str] = []

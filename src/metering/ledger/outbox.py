@@ -25,6 +25,7 @@ from metering.domain.notifications import (
     payload_from_json,
     payload_json,
 )
+from metering.ledger.pool import Connection, one_row
 
 # The channel a transaction that wrote notifications notifies at commit (the
 # migration's trigger).
@@ -63,7 +64,7 @@ def insert_arrays(notifications: Sequence[NewNotification]) -> list[list[Any]]:
     ]
 
 
-async def enqueue(conn: asyncpg.Connection, notifications: Sequence[NewNotification]) -> list[NotificationType]:
+async def enqueue(conn: Connection, notifications: Sequence[NewNotification]) -> list[NotificationType]:
     """Write notifications in the caller's transaction; one already written
     (same customer and dedupe key) is skipped. Returns the types written."""
     if not notifications:
@@ -80,7 +81,7 @@ async def enqueue(conn: asyncpg.Connection, notifications: Sequence[NewNotificat
     return [NotificationType(row["type"]) for row in rows]
 
 
-def stored_notification(row: Any) -> StoredNotification:
+def stored_notification(row: asyncpg.Record) -> StoredNotification:
     kind = NotificationType(row["type"])
     return StoredNotification(
         notification_id=row["notification_id"],
@@ -91,14 +92,14 @@ def stored_notification(row: Any) -> StoredNotification:
     )
 
 
-async def horizon(conn: asyncpg.Connection) -> Position:
+async def horizon(conn: Connection) -> Position:
     """The position of "now": every notification after it is yet to come or
     belongs to a transaction that was still running."""
     txid = await conn.fetchval(f"SELECT {_HORIZON}::text::bigint")
     return Position(int(txid), 0)
 
 
-async def read_after(conn: asyncpg.Connection, after: Position, limit: int) -> list[StoredNotification]:
+async def read_after(conn: Connection, after: Position, limit: int) -> list[StoredNotification]:
     """Up to `limit` notifications after `after`, in outbox order, up to the horizon."""
     rows = await conn.fetch(
         f"""
@@ -130,7 +131,7 @@ class LeaseLost(Exception):
     """Another replica holds the endpoint's lease now: stop delivering to it."""
 
 
-async def acquire_lease(conn: asyncpg.Connection, endpoint: str, owner: str, ttl: timedelta) -> bool:
+async def acquire_lease(conn: Connection, endpoint: str, owner: str, ttl: timedelta) -> bool:
     """Take or renew the endpoint's lease; False while another replica holds
     it. A new endpoint's scan starts from now: it is not sent the past."""
     held = await conn.fetchval(
@@ -148,7 +149,7 @@ async def acquire_lease(conn: asyncpg.Connection, endpoint: str, owner: str, ttl
     return bool(held)
 
 
-async def release_lease(conn: asyncpg.Connection, endpoint: str, owner: str) -> None:
+async def release_lease(conn: Connection, endpoint: str, owner: str) -> None:
     """Let another replica take over at once (a stopping replica)."""
     await conn.execute(
         "UPDATE webhook_cursors SET lease_until = clock_timestamp() WHERE endpoint = $1 AND owner = $2",
@@ -164,9 +165,7 @@ _FENCE = (
 )
 
 
-async def scan(
-    conn: asyncpg.Connection, endpoint: str, owner: str, types: frozenset[NotificationType], limit: int
-) -> int:
+async def scan(conn: Connection, endpoint: str, owner: str, types: frozenset[NotificationType], limit: int) -> int:
     """Move the endpoint's cursor over up to `limit` notifications, making a
     pending delivery of each it wants, in one transaction. Returns how many
     were passed over (fewer than `limit`: the scan is up to date)."""
@@ -211,7 +210,7 @@ async def scan(
         return len(passed)
 
 
-async def pending_heads(conn: asyncpg.Connection, endpoint: str, limit: int) -> tuple[datetime, list[PendingDelivery]]:
+async def pending_heads(conn: Connection, endpoint: str, limit: int) -> tuple[datetime, list[PendingDelivery]]:
     """The database's clock and, per customer, the oldest pending delivery of
     the endpoint (the only one that may be attempted: order per customer),
     soonest due first."""
@@ -236,7 +235,7 @@ async def pending_heads(conn: asyncpg.Connection, endpoint: str, limit: int) -> 
     return rows[0]["db_now"], heads
 
 
-async def mark_delivered(conn: asyncpg.Connection, endpoint: str, owner: str, notification: StoredNotification) -> None:
+async def mark_delivered(conn: Connection, endpoint: str, owner: str, notification: StoredNotification) -> None:
     done = await conn.fetchval(
         f"""
         DELETE FROM webhook_deliveries
@@ -253,7 +252,7 @@ async def mark_delivered(conn: asyncpg.Connection, endpoint: str, owner: str, no
 
 
 async def mark_failed(
-    conn: asyncpg.Connection,
+    conn: Connection,
     endpoint: str,
     owner: str,
     notification: StoredNotification,
@@ -284,7 +283,7 @@ async def mark_failed(
         raise LeaseLost(endpoint)
 
 
-async def replay_dead_letters(conn: asyncpg.Connection, endpoint: str, since: datetime | None) -> int:
+async def replay_dead_letters(conn: Connection, endpoint: str, since: datetime | None) -> int:
     """Queue an endpoint's dead letters (of notifications since `since`) again,
     with a fresh schedule of attempts. Returns how many."""
     result = await conn.execute(
@@ -304,12 +303,13 @@ async def replay_dead_letters(conn: asyncpg.Connection, endpoint: str, since: da
 
 
 async def oldest_undelivered(
-    conn: asyncpg.Connection, endpoint: str, types: frozenset[NotificationType]
+    conn: Connection, endpoint: str, types: frozenset[NotificationType]
 ) -> tuple[datetime, datetime | None]:
     """The database's clock and the time of the oldest notification the
     endpoint wants and has not received: pending, or not scanned yet (dead
     letters are counted apart)."""
-    row = await conn.fetchrow(
+    row = await one_row(
+        conn,
         f"""
         SELECT clock_timestamp() AS db_now, least(
             (SELECT min(n.created_at) FROM webhook_deliveries d
@@ -326,7 +326,7 @@ async def oldest_undelivered(
     return row["db_now"], row["oldest"]
 
 
-async def purge(conn: asyncpg.Connection, older_than: timedelta, endpoints: Sequence[str], limit: int) -> int:
+async def purge(conn: Connection, older_than: timedelta, endpoints: Sequence[str], limit: int) -> int:
     """Delete up to `limit` notifications older than `older_than` that every
     configured endpoint has received (scanned past, nothing pending, no dead
     letter). Returns how many."""

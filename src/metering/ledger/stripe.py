@@ -18,6 +18,7 @@ import asyncpg
 
 from metering.domain.catalog import Aggregation
 from metering.domain.stripe import HourUsage, Progress, Step
+from metering.ledger.pool import Connection
 
 STRIPE_EXPORT_LOCK_KEY = 0x6D74722D73747270  # "mtr-strp"
 
@@ -63,16 +64,16 @@ class PairState:
     pending: PendingEvent | None
 
 
-async def try_lock(conn: asyncpg.Connection) -> bool:
+async def try_lock(conn: Connection) -> bool:
     return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", STRIPE_EXPORT_LOCK_KEY))
 
 
-async def unlock(conn: asyncpg.Connection) -> None:
+async def unlock(conn: Connection) -> None:
     await conn.execute("SELECT pg_advisory_unlock($1)", STRIPE_EXPORT_LOCK_KEY)
 
 
 async def pairs_to_export(
-    conn: asyncpg.Connection, scope: ExportScope, closed_before: datetime, *, check_exported: bool
+    conn: Connection, scope: ExportScope, closed_before: datetime, *, check_exported: bool
 ) -> list[Pair]:
     """The customers' meters with work: an event in flight, usage in closed
     hours not yet exported, and (with `check_exported`, once per closed hour:
@@ -109,7 +110,7 @@ async def pairs_to_export(
     return [Pair(row["customer_id"], row["meter_slug"]) for row in rows]
 
 
-async def load_state(conn: asyncpg.Connection, pair: Pair) -> PairState:
+async def load_state(conn: Connection, pair: Pair) -> PairState:
     row = await conn.fetchrow(
         "SELECT exported_through, accounted_total, skipped_total, sent_units FROM stripe_export_progress "
         "WHERE customer_id = $1 AND meter_slug = $2",
@@ -141,7 +142,7 @@ def _progress(row: asyncpg.Record) -> Progress:
 
 
 async def hourly_usage(
-    conn: asyncpg.Connection, scope: ExportScope, pair: Pair, since: datetime | None, closed_before: datetime
+    conn: Connection, scope: ExportScope, pair: Pair, since: datetime | None, closed_before: datetime
 ) -> tuple[Decimal, list[HourUsage]]:
     """The rollups' total of the hours before `since` (the exported ones) and
     the usage of each hour from `since` to `closed_before`, in one index
@@ -171,7 +172,7 @@ async def hourly_usage(
     return exported, usage
 
 
-async def save_progress(conn: asyncpg.Connection, pair: Pair, before: Progress, after: Progress) -> None:
+async def save_progress(conn: Connection, pair: Pair, before: Progress, after: Progress) -> None:
     """Advance the pair's progress from `before` (what this exporter read) to
     `after`; a progress moved meanwhile by anyone else is an error, never
     overwritten."""
@@ -207,9 +208,7 @@ class ProgressMoved(RuntimeError):
         super().__init__(f"the Stripe export progress of {pair.customer_id}/{pair.meter_slug} moved meanwhile")
 
 
-async def decide_event(
-    conn: asyncpg.Connection, pair: Pair, saved: Progress, current: Progress, event: PendingEvent
-) -> None:
+async def decide_event(conn: Connection, pair: Pair, saved: Progress, current: Progress, event: PendingEvent) -> None:
     """Store the progress so far (`current`: hours without an event since
     `saved`) and the event about to be sent, in one transaction."""
     step = event.step
@@ -236,7 +235,7 @@ async def decide_event(
         )
 
 
-async def acknowledge_event(conn: asyncpg.Connection, pair: Pair, before: Progress, event: PendingEvent) -> None:
+async def acknowledge_event(conn: Connection, pair: Pair, before: Progress, event: PendingEvent) -> None:
     """Stripe has the event: mark it and advance the progress to where it leads, together."""
     async with conn.transaction():
         await conn.execute(
@@ -249,9 +248,7 @@ async def acknowledge_event(conn: asyncpg.Connection, pair: Pair, before: Progre
         await save_progress(conn, pair, before, event.step.progress)
 
 
-async def abandon_event(
-    conn: asyncpg.Connection, pair: Pair, before: Progress, event: PendingEvent, after: Progress
-) -> None:
+async def abandon_event(conn: Connection, pair: Pair, before: Progress, event: PendingEvent, after: Progress) -> None:
     """The event can no longer be sent (too old for Stripe): mark it and
     advance the progress as if its hour were skipped."""
     async with conn.transaction():

@@ -62,8 +62,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-import asyncpg
-
 from metering.domain.errors import DatabaseUnavailable, MeteringError
 from metering.domain.notifications import NotificationType
 from metering.domain.records import CustomerRecord, new_event_ids
@@ -78,7 +76,7 @@ from metering.domain.usage import (
     originals_unlocked,
 )
 from metering.ledger import usage as batch_sql
-from metering.ledger.pool import PoolUser, answer_within, translate_errors
+from metering.ledger.pool import Connection, Pool, PoolUser, answer_within, translate_errors
 
 __all__ = ["BatchWriter", "GroupResults", "Resolution", "Resolver", "Written", "WrittenKeys"]
 
@@ -118,7 +116,7 @@ class _RetryBatch(Exception):
 class BatchWriter(PoolUser):
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         *,
         acquire_timeout: float,
         max_batch: int = 1000,
@@ -255,7 +253,7 @@ class BatchWriter(PoolUser):
 
     async def _decide_and_write(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         batch: list[_Group],
         announced: list[NotificationType],
         attempted: list[tuple[str, str]],
