@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from metering.domain.errors import BeforeFirstPeriod, MeteringError, PeriodClosed
-from metering.domain.periods import Period, ResetPeriod, period_containing
+from metering.domain.periods import BillingPeriod, ResetPeriod, billing_period_containing
 
 # Bills, and with them invoices and the closing of periods, are monthly from
 # the customer's billing anchor.
@@ -31,21 +31,17 @@ def rfc3339(instant: datetime) -> str:
     return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def billing_period(instant: datetime, anchor: datetime) -> Period:
-    return period_containing(instant, anchor, BILLING_PERIOD)
+def billing_period(instant: datetime, anchor: datetime) -> BillingPeriod:
+    return billing_period_containing(instant, anchor, BILLING_PERIOD)
 
 
 def first_period_end(anchor: datetime) -> datetime:
-    end = billing_period(anchor, anchor).end
-    assert end is not None
-    return end
+    return billing_period(anchor, anchor).end
 
 
 def following_period_end(period_end: datetime, anchor: datetime) -> datetime:
     """The end of the period that starts where the one ending at `period_end` ends."""
-    end = billing_period(period_end, anchor).end
-    assert end is not None
-    return end
+    return billing_period(period_end, anchor).end
 
 
 def invoice_id_for(customer_id: str, period_start: datetime) -> uuid.UUID:
@@ -84,7 +80,6 @@ def classify(event_time: datetime, anchor: datetime, closed_through: datetime | 
 def period_closed(customer_id: str, transaction_id: str, instant: datetime, anchor: datetime) -> PeriodClosed:
     """The refusal of a change to the finalized period containing `instant`."""
     period = billing_period(instant, anchor)
-    assert period.end is not None
     return PeriodClosed(
         transaction_id,
         period_start=rfc3339(period.start),

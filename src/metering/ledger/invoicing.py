@@ -26,7 +26,7 @@ import asyncpg
 from metering.domain import closing
 from metering.domain.catalog import PricingModel
 from metering.domain.notifications import NotificationType, invoice_finalized_notification
-from metering.domain.periods import Period
+from metering.domain.periods import BillingPeriod
 from metering.domain.pricing import LineCharge, TierCharge
 from metering.domain.records import FINALIZED, CustomerRecord, Invoice, InvoiceLine
 from metering.ledger import outbox
@@ -44,7 +44,7 @@ INVOICE_COLUMNS = (
 
 # Prices a customer's period (on connections of its own: the closing
 # transaction holds the customer's row meanwhile, so no write can change it).
-BillOf = Callable[[CustomerRecord, Period], Awaitable[Invoice]]
+BillOf = Callable[[CustomerRecord, BillingPeriod], Awaitable[Invoice]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,7 @@ async def finalize_period(
     customer = CustomerRecord(**fields)
     # Periods close in order from the first, so the oldest open one starts
     # where the last finalized one ended.
-    period = Period(customer.closed_through or customer.billing_anchor, period_end)
+    period = BillingPeriod(customer.closed_through or customer.billing_anchor, period_end)
     bill = await bill_of(customer, period)
     if pause:
         await asyncio.sleep(pause)  # test-only (METERING_TEST_ONLY_CLOSE_PAUSE): a window to kill the process in

@@ -21,7 +21,7 @@ from uuid import UUID
 from metering.domain import closing
 from metering.domain.catalog import PricingModel
 from metering.domain.errors import DatabaseUnavailable, FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
-from metering.domain.periods import Period
+from metering.domain.periods import BillingPeriod
 from metering.domain.records import DRAFT, FINALIZED, GATHERING, CustomerRecord, Invoice, InvoiceLine
 from metering.ledger.customers import Ledger
 from metering.ledger.invoicing import DueCustomer, InvoiceStore
@@ -38,7 +38,6 @@ CLOSE_BATCH = 100
 
 def invoice_of(bill: Bill, status: str) -> Invoice:
     """A computed bill as an invoice (not finalized: no id or number yet)."""
-    assert bill.period.end is not None
     lines = tuple(
         InvoiceLine(
             meter_slug=line.meter.slug,
@@ -102,15 +101,13 @@ class Invoicing:
         if period_time is not None and period_time > now:
             raise InvalidArgument([FieldViolation("period_time", "must not be in the future")])
         period = closing.billing_period(period_time or now, customer.billing_anchor)
-        assert period.end is not None
         if customer.closed_through is not None and period.end <= customer.closed_through:
             stored = await self._invoices.for_period(customer_id, period.start)
             if stored is not None:
                 return stored
         return await self._compute(customer, period, now)
 
-    async def _compute(self, customer: CustomerRecord, period: Period, now: datetime) -> Invoice:
-        assert period.end is not None
+    async def _compute(self, customer: CustomerRecord, period: BillingPeriod, now: datetime) -> Invoice:
         bill = await self._reporting.bill(customer, period)
         return invoice_of(bill, GATHERING if now < period.end else DRAFT)
 
@@ -141,14 +138,13 @@ class Invoicing:
         return InvoicesPage(found, found[-1].period_start if more else None)
 
 
-def _draft_periods(customer: CustomerRecord, now: datetime, before: datetime | None, limit: int) -> list[Period]:
+def _draft_periods(customer: CustomerRecord, now: datetime, before: datetime | None, limit: int) -> list[BillingPeriod]:
     """The periods that ended and are not finalized, newest first, starting
     before `before`, at most `limit`."""
-    periods: list[Period] = []
+    periods: list[BillingPeriod] = []
     start = customer.closed_through or customer.billing_anchor
     while True:
         period = closing.billing_period(start, customer.billing_anchor)
-        assert period.end is not None
         if period.end > now:
             break
         periods.append(period)
@@ -251,5 +247,5 @@ class Closer:
         self._metrics.count_notifications(outcome.announced)
         return (1 if outcome.created else 0), outcome.next_due
 
-    async def _bill_of(self, customer: CustomerRecord, period: Period) -> Invoice:
+    async def _bill_of(self, customer: CustomerRecord, period: BillingPeriod) -> Invoice:
         return invoice_of(await self._reporting.bill(customer, period), FINALIZED)

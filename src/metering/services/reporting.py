@@ -16,7 +16,7 @@ from metering.domain import decimals
 from metering.domain.catalog import Catalog, Meter, Plan, Price
 from metering.domain.decimals import ZERO
 from metering.domain.errors import FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
-from metering.domain.periods import Period
+from metering.domain.periods import BillingPeriod
 from metering.domain.pricing import LineCharge, price_line
 from metering.domain.records import CustomerRecord, StoredEvent
 from metering.domain.windows import TooManyWindowsError, Window, WindowSize, windows
@@ -92,7 +92,7 @@ class BillLine:
 class Bill:
     customer_id: str
     plan: Plan
-    period: Period
+    period: BillingPeriod
     currency: str
     lines: list[BillLine]
     subtotal: Decimal
@@ -172,11 +172,10 @@ class Reporting:
             next_before = (page[-1].event_time, str(page[-1].event_id))
         return EventsPage(page, next_before)
 
-    async def bill(self, customer: CustomerRecord, period: Period) -> Bill:
+    async def bill(self, customer: CustomerRecord, period: BillingPeriod) -> Bill:
         """The bill of one of the customer's billing periods, priced from its
         usage now (EstimateBill, drafts, and the invoice the closer stores)."""
         customer_id = customer.customer_id
-        assert period.end is not None
         # The plan in effect at the end of the period, or now for the current one.
         plan_time = min(period.end - timedelta(microseconds=1), self._clock())
         plan_slug = await self._reports.plan_at(customer_id, plan_time) or customer.plan_slug
@@ -193,10 +192,10 @@ class Reporting:
         total = max(ZERO, decimals.add(subtotal, credits))
         return Bill(customer_id, plan, period, plan.currency, lines, subtotal, credits, total)
 
-    async def _meter_lines(self, customer_id: str, plan: Plan, meter: Meter, period: Period) -> list[BillLine]:
+    async def _meter_lines(self, customer_id: str, plan: Plan, meter: Meter, period: BillingPeriod) -> list[BillLine]:
         """One line per price the meter's events were recorded with; the plan's
         own price always has a line and is the one its included units go to."""
-        assert period.end is not None and plan.currency is not None
+        assert plan.currency is not None  # every plan has one (catalog check)
         terms = self._catalog.plan_meter(plan, meter)
         rows = await self._reports.aggregate(
             AggregateQuery(customer_id, meter, [(period.start, period.end)], group_by_price=True)
