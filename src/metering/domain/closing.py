@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from metering.domain.errors import BeforeFirstPeriod, MeteringError, PeriodClosed
 from metering.domain.periods import BillingPeriod, ResetPeriod, billing_period_containing
+from metering.domain.periods import rfc3339 as rfc3339  # invoice ids hash it; callers format with it
 
 # Bills, and with them invoices and the closing of periods, are monthly from
 # the customer's billing anchor.
@@ -25,10 +26,6 @@ BILLING_PERIOD = ResetPeriod.MONTH
 # replica, and every retry of a close, names the same invoice the same way, and
 # a refusal can name the invoice of a period without reading it.
 _INVOICE_NAMESPACE = uuid.UUID("6d657465-7269-6e67-2d69-6e766f696365")
-
-
-def rfc3339(instant: datetime) -> str:
-    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def billing_period(instant: datetime, anchor: datetime) -> BillingPeriod:
@@ -80,12 +77,7 @@ def classify(event_time: datetime, anchor: datetime, closed_through: datetime | 
 def period_closed(customer_id: str, transaction_id: str, instant: datetime, anchor: datetime) -> PeriodClosed:
     """The refusal of a change to the finalized period containing `instant`."""
     period = billing_period(instant, anchor)
-    return PeriodClosed(
-        transaction_id,
-        period_start=rfc3339(period.start),
-        period_end=rfc3339(period.end),
-        invoice_id=str(invoice_id_for(customer_id, period.start)),
-    )
+    return PeriodClosed(transaction_id, period=period, invoice_id=str(invoice_id_for(customer_id, period.start)))
 
 
 def late_refusal(
@@ -96,7 +88,7 @@ def late_refusal(
     its time: the writer applies this only after its duplicate check."""
     kind = classify(event_time, anchor, closed_through)
     if kind is EventTime.BEFORE_FIRST_PERIOD:
-        return BeforeFirstPeriod(transaction_id, rfc3339(event_time), rfc3339(anchor))
+        return BeforeFirstPeriod(transaction_id, event_time, anchor)
     if kind is EventTime.CLOSED:
         return period_closed(customer_id, transaction_id, event_time, anchor)
     return None

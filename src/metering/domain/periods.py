@@ -55,6 +55,13 @@ class BillingPeriod(Period):
     end: datetime
 
 
+def rfc3339(instant: datetime) -> str:
+    """An instant as RFC 3339 in UTC with a `Z` (microseconds only when it has
+    some): the one form errors write their times in, on the wire and in
+    their messages."""
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def add_months(anchor: datetime, months: int) -> datetime:
     """The anchor moved by whole months, its day clamped to the month's last day."""
     index = anchor.year * 12 + (anchor.month - 1) + months

@@ -92,7 +92,7 @@ class Ledger(PoolUser):
             record = CustomerRecord(**fields)
             if billing_anchor is not None and not created and record.billing_anchor != billing_anchor:
                 # Raising inside the transaction rolls the plan change back too.
-                raise BillingAnchorImmutable(customer_id, record.billing_anchor.isoformat())
+                raise BillingAnchorImmutable(customer_id, record.billing_anchor)
             if plan_slug != previous_plan:
                 # The history prices past periods with the plan they ran under.
                 await conn.execute(

@@ -119,7 +119,7 @@ class Reporting:
             start = query.start or customer_meter(self._catalog, customer, meter, plan).period_at(now).start
             end = query.end or now
             if end <= start:
-                raise InvalidArgument([FieldViolation("end_time", "must be after start_time")])
+                raise InvalidArgument([FieldViolation("end", "must be after start_time")])
             try:
                 meter_windows.append(windows(start, end, query.window_size, query.zone))
             except TooManyWindowsError as exc:

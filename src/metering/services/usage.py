@@ -18,7 +18,6 @@ from functools import partial
 
 from metering.domain import closing, limits
 from metering.domain.catalog import Catalog, Meter, Plan, PlanMeter, Price
-from metering.domain.closing import rfc3339
 from metering.domain.decimals import ZERO
 from metering.domain.errors import InvalidArgument, LimitExceeded, NotFound, PriceCurrencyMismatch
 from metering.domain.notifications import MeterTerms
@@ -185,7 +184,7 @@ def limit_exceeded(
         limit=terms.limit,
         available=available,
         requested=requested,
-        period_end=rfc3339(period.end) if period.end else "",
+        period_end=period.end,
     )
 
 
