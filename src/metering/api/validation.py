@@ -21,7 +21,7 @@ from metering.domain.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catal
 from metering.domain.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.domain.errors import EventTooOld, FieldViolation, InvalidArgument, NotFound
 from metering.domain.notifications import NotificationType, WatchQuery, parse_cursor
-from metering.domain.records import DRAFT, FINALIZED
+from metering.domain.records import DRAFT, FINALIZED, EventPosition
 from metering.domain.windows import MAX_WINDOWS, WindowSize
 from metering.ledger.reporting import PropertyFilter
 from metering.services.entitlements import CommitCommand, GrantCommand, ReserveCommand
@@ -431,7 +431,7 @@ def list_usage_events(request: events_pb2.ListUsageEventsRequest, catalog: Catal
     before = None
     if request.page_token:
         cursor = tokens.events_cursor(request, request.page_token)
-        before = (cursor.event_time, cursor.event_id)
+        before = EventPosition(cursor.event_time, cursor.event_id)
     return EventsQuery(
         customer_id=request.customer_id,
         meter=_meter(catalog, request.meter_slug) if request.meter_slug else None,

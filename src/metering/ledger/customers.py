@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from metering.domain import limits
 from metering.domain.catalog import Meter
@@ -22,6 +23,17 @@ from metering.ledger import rollups, steps
 from metering.ledger.counters import CounterKey, CounterReader, Readings
 from metering.ledger.pool import ConnectionSource, PoolUser, translate_errors
 from metering.ledger.sql import CUSTOMER_COLUMNS
+
+
+class CustomerUpsert(NamedTuple):
+    customer: CustomerRecord  # as stored after the call
+    created: bool  # False: it existed (its plan may have changed)
+
+
+class VoidOutcome(NamedTuple):
+    event: StoredEvent  # with its void
+    already_voided: bool  # a replay of the void: nothing changed
+    reading: CounterReading  # the counter of the event's period after the void
 
 
 class Ledger(PoolUser):
@@ -61,7 +73,7 @@ class Ledger(PoolUser):
         billing_anchor: datetime | None,
         now: datetime,
         first_period_end: datetime,
-    ) -> tuple[CustomerRecord, bool]:
+    ) -> CustomerUpsert:
         """Create the customer or change its plan; the anchor is set once.
         `first_period_end` (the end of the first billing period from the anchor
         given, or from `now`) is where a new customer's closing starts."""
@@ -102,7 +114,7 @@ class Ledger(PoolUser):
                     now,
                     plan_slug,
                 )
-            return record, created
+            return CustomerUpsert(record, created)
 
     # -- events -----------------------------------------------------------------
 
@@ -112,7 +124,7 @@ class Ledger(PoolUser):
 
     async def void_event(
         self, event: StoredEvent, meter: Meter, plan: limits.Allowance, period: Period, reason: str
-    ) -> tuple[StoredEvent, bool, CounterReading]:
+    ) -> VoidOutcome:
         """Cancel an event with a compensating entry and rebuild its counter.
         Returns the event with its void, whether it was voided already, and the
         counter after. Refused (PeriodClosed) once the event's billing period is
@@ -142,7 +154,7 @@ class Ledger(PoolUser):
             )
             voided = await steps.find_event(conn, event.customer_id, event.transaction_id)
             assert voided is not None
-            return voided, not inserted, CounterReading(state, allowance.granted, allowance.reserved)
+            return VoidOutcome(voided, not inserted, CounterReading(state, allowance.granted, allowance.reserved))
 
     # -- counters ---------------------------------------------------------------
 

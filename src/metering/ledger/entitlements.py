@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from metering.domain import decimals, limits, notifications
 from metering.domain.catalog import Enforcement, Meter
@@ -55,6 +56,17 @@ class CommitOutcome:
     decided_at: datetime
 
 
+class GrantOutcome(NamedTuple):
+    grant: GrantRecord  # as stored (the first call's, for a replay)
+    duplicate: bool
+
+
+class ReleaseOutcome(NamedTuple):
+    reservation: ReservationRecord  # after the call (released, or as it was: expired, released before)
+    reading: CounterReading  # the counter of the hold's period after the call
+    decided_at: datetime  # the database's clock, which decides expiry
+
+
 class Holds(PoolUser):
     def __init__(
         self,
@@ -68,7 +80,7 @@ class Holds(PoolUser):
 
     # -- grants -----------------------------------------------------------------
 
-    async def grant(self, grant: GrantRecord, *, effective_given: bool) -> tuple[GrantRecord, bool]:
+    async def grant(self, grant: GrantRecord, *, effective_given: bool) -> GrantOutcome:
         """Store a grant once per grant id; a replay returns the original."""
         async with translate_errors(), self._connection() as conn:
             row = await conn.fetchrow(
@@ -87,7 +99,7 @@ class Holds(PoolUser):
                 grant.created_at,
             )
             if row is not None:
-                return grant_record(row), False
+                return GrantOutcome(grant_record(row), False)
             existing = grant_record(
                 await one_row(
                     conn,
@@ -109,7 +121,7 @@ class Holds(PoolUser):
         ]
         if differences:
             raise IdempotencyKeyConflict("grant", grant.grant_id, differences)
-        return existing, True
+        return GrantOutcome(existing, True)
 
     async def list_grants(self, customer_id: str, meter_slug: str | None) -> list[GrantRecord]:
         async with translate_errors(), self._connection() as conn:
@@ -327,9 +339,7 @@ class Holds(PoolUser):
             reading = CounterReading(decision.state_after, allowance.granted, allowance.reserved)
             return CommitOutcome(reservation_record(row), stored, False, reading, now)
 
-    async def release(
-        self, reservation: ReservationRecord, plan: limits.Allowance, period: Period
-    ) -> tuple[ReservationRecord, CounterReading, datetime]:
+    async def release(self, reservation: ReservationRecord, plan: limits.Allowance, period: Period) -> ReleaseOutcome:
         async with translate_errors(), self._connection() as conn, conn.transaction():
             state = await steps.lock_counter(conn, reservation.customer_id, reservation.meter_slug, period)
             current = await _reservation(conn, reservation.customer_id, reservation.reservation_id, lock=True)
@@ -354,7 +364,7 @@ class Holds(PoolUser):
             allowance, now = await steps.full_allowance(
                 conn, plan, current.customer_id, current.meter_slug, period.start, None
             )
-            return current, CounterReading(state, allowance.granted, allowance.reserved), now
+            return ReleaseOutcome(current, CounterReading(state, allowance.granted, allowance.reserved), now)
 
 
 async def _reservation(

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -146,10 +146,14 @@ async def finalize_period(
     return Finalized(record, created, closing.is_due(following, grace, now), announced)
 
 
+class DueCustomers(NamedTuple):
+    due: list[DueCustomer]  # oldest period first
+    oldest_period_end: datetime | None  # of any customer's oldest period not finalized (None: no customer)
+    now: datetime  # the database's clock
+
+
 class InvoiceStore(PoolUser):
-    async def due_customers(
-        self, grace: timedelta, after: DueCustomer | None, limit: int
-    ) -> tuple[list[DueCustomer], datetime | None, datetime]:
+    async def due_customers(self, grace: timedelta, after: DueCustomer | None, limit: int) -> DueCustomers:
         """Up to `limit` customers with a period due to close, oldest first,
         after `after` (keyset); the end of the oldest period not finalized of
         any customer; and the database's clock. now(), not clock_timestamp():
@@ -174,7 +178,7 @@ class InvoiceStore(PoolUser):
             )
         assert oldest is not None
         due = [DueCustomer(row["customer_id"], row["closing_period_end"]) for row in rows]
-        return due, oldest["oldest"], oldest["now"]
+        return DueCustomers(due, oldest["oldest"], oldest["now"])
 
     async def close_one(
         self, customer_id: str, grace: timedelta, bill_of: BillOf, *, pause: float = 0.0

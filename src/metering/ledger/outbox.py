@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -210,7 +210,12 @@ async def scan(conn: Connection, endpoint: str, owner: str, types: frozenset[Not
         return len(passed)
 
 
-async def pending_heads(conn: Connection, endpoint: str, limit: int) -> tuple[datetime, list[PendingDelivery]]:
+class PendingHeads(NamedTuple):
+    now: datetime  # the database's clock
+    heads: list[PendingDelivery]  # per customer, its oldest pending delivery; soonest due first
+
+
+async def pending_heads(conn: Connection, endpoint: str, limit: int) -> PendingHeads:
     """The database's clock and, per customer, the oldest pending delivery of
     the endpoint (the only one that may be attempted: order per customer),
     soonest due first."""
@@ -230,9 +235,9 @@ async def pending_heads(conn: Connection, endpoint: str, limit: int) -> tuple[da
     )
     if not rows:
         now = await conn.fetchval("SELECT clock_timestamp()")
-        return now, []
+        return PendingHeads(now, [])
     heads = [PendingDelivery(stored_notification(row), row["attempts"], row["next_attempt_at"]) for row in rows]
-    return rows[0]["db_now"], heads
+    return PendingHeads(rows[0]["db_now"], heads)
 
 
 async def mark_delivered(conn: Connection, endpoint: str, owner: str, notification: StoredNotification) -> None:
@@ -302,9 +307,12 @@ async def replay_dead_letters(conn: Connection, endpoint: str, since: datetime |
     return replayed
 
 
-async def oldest_undelivered(
-    conn: Connection, endpoint: str, types: frozenset[NotificationType]
-) -> tuple[datetime, datetime | None]:
+class Undelivered(NamedTuple):
+    now: datetime  # the database's clock
+    oldest: datetime | None  # the time of the oldest notification not delivered (None: none)
+
+
+async def oldest_undelivered(conn: Connection, endpoint: str, types: frozenset[NotificationType]) -> Undelivered:
     """The database's clock and the time of the oldest notification the
     endpoint wants and has not received: pending, or not scanned yet (dead
     letters are counted apart)."""
@@ -323,7 +331,7 @@ async def oldest_undelivered(
         endpoint,
         sorted(str(t) for t in types),
     )
-    return row["db_now"], row["oldest"]
+    return Undelivered(row["db_now"], row["oldest"])
 
 
 async def purge(conn: Connection, older_than: timedelta, endpoints: Sequence[str], limit: int) -> int:

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from metering.domain.catalog import Meter
-from metering.domain.records import StoredEvent
+from metering.domain.records import EventPosition, StoredEvent
 from metering.domain.windows import Window, whole_hours
 from metering.ledger.pool import PoolUser, translate_errors
 from metering.ledger.sql import EVENT_FROM, EVENT_SELECT, NOT_VOIDED, PARTS_VALUE_SQL, VALUE_SQL, Sql, stored_event
@@ -247,7 +247,7 @@ class UsageReports(PoolUser):
         meter_slug: str | None,
         start: datetime | None,
         end: datetime | None,
-        before: tuple[datetime, str] | None,
+        before: EventPosition | None,
         limit: int,
     ) -> list[StoredEvent]:
         """Events newest first by (event_time, event_id), strictly before `before`."""
@@ -260,7 +260,7 @@ class UsageReports(PoolUser):
         if end is not None:
             conditions.append(f"e.event_time < {sql.param(end)}")
         if before is not None:
-            bound = f"({sql.param(before[0])}, {sql.param(before[1], '::uuid')})"
+            bound = f"({sql.param(before.event_time)}, {sql.param(before.event_id, '::uuid')})"
             conditions.append(f"(e.event_time, e.event_id) < {bound}")
         statement = (
             f"SELECT {EVENT_SELECT} FROM {EVENT_FROM} WHERE {' AND '.join(conditions)} "

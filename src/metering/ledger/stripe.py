@@ -13,6 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 import asyncpg
 
@@ -141,9 +142,14 @@ def _progress(row: asyncpg.Record) -> Progress:
     return Progress(row["exported_through"], row["accounted_total"], row["skipped_total"], int(row["sent_units"]))
 
 
+class HourlyUsage(NamedTuple):
+    exported: Decimal  # the rollups' total of the hours before `since` (exported already)
+    hours: list[HourUsage]  # each hour from `since` on, oldest first
+
+
 async def hourly_usage(
     conn: Connection, scope: ExportScope, pair: Pair, since: datetime | None, closed_before: datetime
-) -> tuple[Decimal, list[HourUsage]]:
+) -> HourlyUsage:
     """The rollups' total of the hours before `since` (the exported ones) and
     the usage of each hour from `since` to `closed_before`, in one index
     range scan of the pair's rollups."""
@@ -169,7 +175,7 @@ async def hourly_usage(
             exported = row["quantity"]
         else:
             usage.append(HourUsage(row["hour"], row["quantity"]))
-    return exported, usage
+    return HourlyUsage(exported, usage)
 
 
 async def save_progress(conn: Connection, pair: Pair, before: Progress, after: Progress) -> None:

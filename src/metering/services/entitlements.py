@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from metering.domain import limits
 from metering.domain.catalog import Catalog, Meter, PlanMeter
@@ -55,6 +56,11 @@ class GrantView:
     active: bool
 
 
+class GrantAnswer(NamedTuple):
+    view: GrantView  # the grant as stored (the first call's, for a replay), with what remains of it
+    duplicate: bool
+
+
 @dataclass(frozen=True, slots=True)
 class ReserveCommand:
     customer_id: str
@@ -92,7 +98,7 @@ class Entitlements:
 
     # -- grants -------------------------------------------------------------------
 
-    async def grant_credits(self, command: GrantCommand) -> tuple[GrantView, bool]:
+    async def grant_credits(self, command: GrantCommand) -> GrantAnswer:
         customer = await require_customer(self._ledger, command.customer_id)
         now = self._clock()
         effective = command.effective_time or now
@@ -117,7 +123,7 @@ class Entitlements:
         )
         stored, duplicate = await self._holds.grant(record, effective_given=command.effective_time is not None)
         views = await self.list_grants(command.customer_id, command.meter, include_expired=True)
-        return next(v for v in views if v.grant.grant_id == stored.grant_id), duplicate
+        return GrantAnswer(next(v for v in views if v.grant.grant_id == stored.grant_id), duplicate)
 
     async def list_grants(self, customer_id: str, meter: Meter | None, *, include_expired: bool) -> list[GrantView]:
         customer = await require_customer(self._ledger, customer_id)

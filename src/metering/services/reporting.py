@@ -18,7 +18,7 @@ from metering.domain.decimals import ZERO
 from metering.domain.errors import FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
 from metering.domain.periods import BillingPeriod
 from metering.domain.pricing import LineCharge, price_line
-from metering.domain.records import CustomerRecord, StoredEvent
+from metering.domain.records import CustomerRecord, EventPosition, StoredEvent
 from metering.domain.windows import TooManyWindowsError, Window, WindowSize, windows
 from metering.ledger.customers import Ledger
 from metering.ledger.reporting import AggregateQuery, PropertyFilter, UsageCursor, UsageReports
@@ -72,13 +72,13 @@ class EventsQuery:
     start: datetime | None
     end: datetime | None
     page_size: int
-    before: tuple[datetime, str] | None  # (event_time, event_id) of the last event seen
+    before: EventPosition | None  # the last event seen
 
 
 @dataclass(frozen=True, slots=True)
 class EventsPage:
     events: list[StoredEvent]
-    next_before: tuple[datetime, str] | None
+    next_before: EventPosition | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +169,7 @@ class Reporting:
         page = events[: query.page_size]
         next_before = None
         if len(events) > query.page_size:
-            next_before = (page[-1].event_time, str(page[-1].event_id))
+            next_before = EventPosition(page[-1].event_time, str(page[-1].event_id))
         return EventsPage(page, next_before)
 
     async def bill(self, customer: CustomerRecord, period: BillingPeriod) -> Bill:

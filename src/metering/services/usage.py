@@ -24,7 +24,7 @@ from metering.domain.notifications import MeterTerms
 from metering.domain.periods import Period, Periods, period_containing
 from metering.domain.records import CounterReading, CustomerRecord, NewEvent, StoredEvent
 from metering.domain.usage import Resolution, Written
-from metering.ledger.customers import Ledger
+from metering.ledger.customers import CustomerUpsert, Ledger
 from metering.ledger.writer import BatchWriter, Resolver
 
 # Called with the meter of a stored event or hold before it is changed; raises
@@ -390,7 +390,7 @@ class MeteringEngine:
 
     async def upsert_customer(
         self, customer_id: str, plan_slug: str, billing_anchor: datetime | None
-    ) -> tuple[CustomerRecord, bool]:
+    ) -> CustomerUpsert:
         if plan_slug not in self.catalog.plans:
             raise NotFound("plan", plan_slug)
         now = self._clock()
@@ -399,7 +399,7 @@ class MeteringEngine:
             customer_id, plan_slug, billing_anchor, now, first_period_end
         )
         self._customers.put(record)
-        return record, created
+        return CustomerUpsert(record, created)
 
     async def get_customer(self, customer_id: str) -> CustomerRecord:
         return await require_customer(self.ledger, customer_id)
