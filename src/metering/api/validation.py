@@ -276,6 +276,8 @@ def check_balance(request: usage_pb2.CheckBalanceRequest, catalog: Catalog) -> B
 
 @dataclass(frozen=True, slots=True)
 class CustomerCommand:
+    """An UpsertCustomer request, checked: what the engine needs to create or change a customer."""
+
     customer_id: str
     plan_slug: str
     billing_anchor: datetime | None

@@ -24,6 +24,10 @@ def purge_interval(retention: timedelta) -> float:
 
 
 class Retention(PoolUser):
+    """Deletes notifications every endpoint has received once they are older than the retention,
+    in short bounded batches, so the outbox does not grow forever. Safe on every replica at once:
+    a batch skips rows another replica is deleting."""
+
     def __init__(self, pool: Pool, *, acquire_timeout: float, retention: timedelta, endpoints: Sequence[str]) -> None:
         super().__init__(pool, acquire_timeout=acquire_timeout)
         self._retention = retention

@@ -18,6 +18,10 @@ Wanted = Callable[[StoredNotification], bool]
 
 
 class OutboxStream(PoolUser):
+    """WatchNotifications' source: every notification after a position, in outbox order, then the
+    new ones as they commit (woken by LISTEN, polling as a fallback). Reads only committed rows, so a
+    stream never shows a change that was rolled back."""
+
     def __init__(self, pool: Pool, wakeup: OutboxWakeup, *, acquire_timeout: float, poll: timedelta) -> None:
         super().__init__(pool, acquire_timeout=acquire_timeout)
         self._wakeup = wakeup

@@ -25,6 +25,8 @@ from metering.ledger.sql import NOT_VOIDED, VALUE_SQL, Sql
 
 @dataclass(frozen=True, slots=True)
 class CounterMismatch:
+    """A counter row that disagrees with the events it counts (or is missing): what the audit reports."""
+
     customer_id: str
     meter_slug: str
     period_start: datetime
@@ -49,6 +51,9 @@ class RollupMismatch:
 
 @dataclass(frozen=True, slots=True)
 class AuditReport:
+    """What `metering audit` found: the ledger's totals and every disagreement between counters,
+    rollups and events. Zero mismatches is the invariant the audit checks."""
+
     customers: int
     events: int  # rows in usage_events, voided ones included
     voided: int

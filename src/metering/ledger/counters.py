@@ -57,6 +57,10 @@ class _Read:
 
 
 class CounterReader(PoolUser):
+    """Balance reads that share statements: concurrent reads queue and go to the database together
+    (a lone read goes at once). Every read sees a snapshot taken after it was queued, so a balance
+    checked after an acknowledged write includes that write."""
+
     def __init__(
         self,
         pool: ConnectionSource,

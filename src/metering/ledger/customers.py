@@ -26,11 +26,15 @@ from metering.ledger.sql import CUSTOMER_COLUMNS
 
 
 class CustomerUpsert(NamedTuple):
+    """What an upsert left: the customer as stored, and whether this call created it."""
+
     customer: CustomerRecord  # as stored after the call
     created: bool  # False: it existed (its plan may have changed)
 
 
 class VoidOutcome(NamedTuple):
+    """What a void left: the event with its void, whether it was voided before, and its counter."""
+
     event: StoredEvent  # with its void
     already_voided: bool  # a replay of the void: nothing changed
     reading: CounterReading  # the counter of the event's period after the void

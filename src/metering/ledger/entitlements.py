@@ -39,6 +39,9 @@ from metering.ledger.sql import GRANT_COLUMNS, RESERVATION_COLUMNS, grant_record
 
 @dataclass(frozen=True, slots=True)
 class HoldOutcome:
+    """What a reservation call decided, with the counter and the database's clock at the decision
+    (`fits` False: refused by a hard limit, nothing held)."""
+
     reservation: ReservationRecord
     duplicate: bool
     reading: CounterReading
@@ -49,6 +52,8 @@ class HoldOutcome:
 
 @dataclass(frozen=True, slots=True)
 class CommitOutcome:
+    """What a commit decided: the reservation, the usage event it recorded, and the counter after."""
+
     reservation: ReservationRecord
     event: StoredEvent
     duplicate: bool
@@ -57,17 +62,25 @@ class CommitOutcome:
 
 
 class GrantOutcome(NamedTuple):
+    """What a grant call left: the grant as stored (the first call's, for a replay), and whether it was one."""
+
     grant: GrantRecord  # as stored (the first call's, for a replay)
     duplicate: bool
 
 
 class ReleaseOutcome(NamedTuple):
+    """What a release left: the reservation, the counter after, and the clock that decided expiry."""
+
     reservation: ReservationRecord  # after the call (released, or as it was: expired, released before)
     reading: CounterReading  # the counter of the hold's period after the call
     decided_at: datetime  # the database's clock, which decides expiry
 
 
 class Holds(PoolUser):
+    """Grants and reservations in the database. Every reservation transition happens under its
+    counter row's lock and decides expiry by the database's clock, so a commit racing an expiry, a
+    release or another commit ends in exactly one outcome, on any number of replicas."""
+
     def __init__(
         self,
         pool: Pool,

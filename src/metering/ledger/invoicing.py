@@ -49,12 +49,16 @@ BillOf = Callable[[CustomerRecord, BillingPeriod], Awaitable[Invoice]]
 
 @dataclass(frozen=True, slots=True)
 class DueCustomer:
+    """A customer with a billing period due to close, keyed for the keyset walk of due customers."""
+
     customer_id: str
     period_end: datetime  # the end of its oldest period not finalized
 
 
 @dataclass(frozen=True, slots=True)
 class Finalized:
+    """What one closing transaction did: the invoice (new or found), and whether more is due."""
+
     invoice: Invoice
     created: bool  # False: the invoice existed (a close that had committed before)
     next_due: bool  # the customer's following period is due too (a backlog)
@@ -147,12 +151,19 @@ async def finalize_period(
 
 
 class DueCustomers(NamedTuple):
+    """One step of the walk of due customers, with what the closer's backlog gauge needs."""
+
     due: list[DueCustomer]  # oldest period first
     oldest_period_end: datetime | None  # of any customer's oldest period not finalized (None: no customer)
     now: datetime  # the database's clock
 
 
 class InvoiceStore(PoolUser):
+    """Invoices and the closing of periods in the database. A period closes in one short
+    transaction that either leaves its invoice, the customer's closing state and the announcement
+    all written, or nothing; at most one invoice exists per customer and period, whatever the
+    number of replicas or crashes."""
+
     async def due_customers(self, grace: timedelta, after: DueCustomer | None, limit: int) -> DueCustomers:
         """Up to `limit` customers with a period due to close, oldest first,
         after `after` (keyset); the end of the oldest period not finalized of

@@ -25,6 +25,8 @@ _FILE_RE = re.compile(r"^(?P<version>[0-9]{4})_(?P<name>[a-z0-9_]+)\.sql$")
 
 @dataclass(frozen=True, slots=True)
 class Migration:
+    """One numbered schema migration; its checksum detects an applied migration edited afterwards."""
+
     version: int
     name: str
     sql: str
@@ -35,6 +37,8 @@ class Migration:
 
 
 class MigrationError(RuntimeError):
+    """The database's schema cannot be brought to this version (an edited or unknown migration)."""
+
     pass
 
 

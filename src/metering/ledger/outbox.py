@@ -211,6 +211,8 @@ async def scan(conn: Connection, endpoint: str, owner: str, types: frozenset[Not
 
 
 class PendingHeads(NamedTuple):
+    """The deliveries an endpoint may attempt now (one per customer, keeping order), and the clock."""
+
     now: datetime  # the database's clock
     heads: list[PendingDelivery]  # per customer, its oldest pending delivery; soonest due first
 
@@ -308,6 +310,8 @@ async def replay_dead_letters(conn: Connection, endpoint: str, since: datetime |
 
 
 class Undelivered(NamedTuple):
+    """How far an endpoint's deliveries lag: the clock and its oldest undelivered notification."""
+
     now: datetime  # the database's clock
     oldest: datetime | None  # the time of the oldest notification not delivered (None: none)
 

@@ -23,6 +23,8 @@ from metering.ledger.sql import EVENT_FROM, EVENT_SELECT, NOT_VOIDED, PARTS_VALU
 
 @dataclass(frozen=True, slots=True)
 class PropertyFilter:
+    """Events whose property `key` has one of `values` (a GetUsage filter)."""
+
     key: str
     values: tuple[str, ...]
 
@@ -37,6 +39,8 @@ class UsageCursor:
 
 @dataclass(frozen=True, slots=True)
 class AggregateRow:
+    """One window and group of an aggregation, as SQL computed it."""
+
     window_index: int  # 1-based position in the windows given
     window: Window
     groups: tuple[str, ...]  # group values ("" when the property is absent)
@@ -194,6 +198,10 @@ class _Shape:
 
 
 class UsageReports(PoolUser):
+    """The read queries over the event history (and the rollups, for whole hours): aggregations
+    in windows, event listings and what bills need. Results come in a stable order and page by
+    keyset, so a page boundary never skips or repeats an event."""
+
     async def aggregate(self, query: AggregateQuery) -> list[AggregateRow]:
         """The meter's aggregate per window and group, ordered by window then
         group values (byte order). Every window is present: an empty one as a

@@ -45,6 +45,8 @@ class ExportScope:
 
 @dataclass(frozen=True, slots=True)
 class Pair:
+    """A customer's meter, the unit the Stripe export keeps progress for."""
+
     customer_id: str
     meter_slug: str
 
@@ -61,6 +63,8 @@ class PendingEvent:
 
 @dataclass(frozen=True, slots=True)
 class PairState:
+    """A pair's export progress, and the event it left in flight (None: none)."""
+
     progress: Progress
     pending: PendingEvent | None
 
@@ -143,6 +147,8 @@ def _progress(row: asyncpg.Record) -> Progress:
 
 
 class HourlyUsage(NamedTuple):
+    """A pair's usage for the exporter: the total already exported and each hour since."""
+
     exported: Decimal  # the rollups' total of the hours before `since` (exported already)
     hours: list[HourUsage]  # each hour from `since` on, oldest first
 

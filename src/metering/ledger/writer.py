@@ -114,6 +114,10 @@ class _RetryBatch(Exception):
 
 
 class BatchWriter(PoolUser):
+    """Coalesces concurrent RecordUsage calls into one transaction per batch: customers and counter
+    rows locked in a stable order, every event decided in arrival order, the accepted ones written
+    together. A group (a batch RPC) is never split, and every call is answered only after the commit."""
+
     def __init__(
         self,
         pool: Pool,

@@ -27,6 +27,9 @@ REFUSED = "refused"
 
 
 class ConfigReloader:
+    """Applies SIGHUP: re-reads the auth and webhooks files, checks each completely and swaps it in
+    whole, or keeps the one in force and logs every problem. Calls in flight are untouched."""
+
     def __init__(
         self,
         settings: Settings,

@@ -78,6 +78,8 @@ WORKER_READY = "metering worker"
 
 @dataclass
 class Database:
+    """The database the service runs on, and the embedded server behind it if it started one."""
+
     url: str
     embedded: EmbeddedPostgres | None
 

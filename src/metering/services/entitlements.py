@@ -39,6 +39,8 @@ from metering.services.usage import (
 
 @dataclass(frozen=True, slots=True)
 class GrantCommand:
+    """A GrantCredits request, checked."""
+
     customer_id: str
     meter: Meter
     quantity: Decimal
@@ -51,18 +53,24 @@ class GrantCommand:
 
 @dataclass(frozen=True, slots=True)
 class GrantView:
+    """A grant as ListGrants and GrantCredits show it: with what remains of it, and whether it is active."""
+
     grant: GrantRecord
     remaining: Decimal
     active: bool
 
 
 class GrantAnswer(NamedTuple):
+    """What GrantCredits answers: the grant, and whether the call was a replay."""
+
     view: GrantView  # the grant as stored (the first call's, for a replay), with what remains of it
     duplicate: bool
 
 
 @dataclass(frozen=True, slots=True)
 class ReserveCommand:
+    """A Reserve request, checked."""
+
     customer_id: str
     meter: Meter
     quantity: Decimal
@@ -72,6 +80,8 @@ class ReserveCommand:
 
 @dataclass(frozen=True, slots=True)
 class CommitCommand:
+    """A CommitReservation request, checked."""
+
     customer_id: str
     reservation_id: str
     quantity: Decimal | None  # None: all of the hold
@@ -80,6 +90,8 @@ class CommitCommand:
 
 @dataclass(frozen=True, slots=True)
 class ReservationResult:
+    """What a reservation call answers: the reservation, its status, and the meter's balance."""
+
     reservation: ReservationRecord
     status: str  # as the caller sees it at the decision: held, committed, released or expired
     duplicate: bool
@@ -88,6 +100,10 @@ class ReservationResult:
 
 
 class Entitlements:
+    """Grants (credits) and reservations (holds) for callers: finds the customer's plan terms and
+    period, then lets the ledger decide under the counter's lock. Idempotent on the grant or
+    reservation id: a replay answers the first call's outcome."""
+
     def __init__(
         self, catalog: Catalog, ledger: Ledger, holds: Holds, *, clock: Callable[[], datetime] = utc_now
     ) -> None:

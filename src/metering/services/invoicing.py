@@ -67,6 +67,8 @@ def invoice_of(bill: Bill, status: str) -> Invoice:
 
 @dataclass(frozen=True, slots=True)
 class InvoicesQuery:
+    """A ListInvoices request, checked."""
+
     customer_id: str
     statuses: frozenset[str]  # DRAFT and/or FINALIZED
     page_size: int
@@ -75,11 +77,16 @@ class InvoicesQuery:
 
 @dataclass(frozen=True, slots=True)
 class InvoicesPage:
+    """One page of invoices, newest period first, and where the next starts."""
+
     invoices: list[Invoice]
     next_before: datetime | None
 
 
 class Invoicing:
+    """EstimateBill and the invoice reads: a period's finalized invoice when it has one, else its
+    bill computed now (gathering while it runs, a draft during its grace). Never writes."""
+
     def __init__(
         self,
         ledger: Ledger,

@@ -38,6 +38,8 @@ class PageCursor:
 
 @dataclass(frozen=True, slots=True)
 class UsageQuery:
+    """A GetUsage request, checked."""
+
     customer_id: str
     meters: Sequence[Meter]
     start: datetime | None
@@ -52,6 +54,8 @@ class UsageQuery:
 
 @dataclass(frozen=True, slots=True)
 class UsageRow:
+    """One window (and group) of a meter's usage, as GetUsage answers it."""
+
     meter: Meter
     window: Window
     groups: dict[str, str]  # empty for a window without events
@@ -61,12 +65,16 @@ class UsageRow:
 
 @dataclass(frozen=True, slots=True)
 class UsagePage:
+    """One page of GetUsage rows, and where the next starts."""
+
     rows: list[UsageRow]
     next_cursor: PageCursor | None
 
 
 @dataclass(frozen=True, slots=True)
 class EventsQuery:
+    """A ListUsageEvents request, checked."""
+
     customer_id: str
     meter: Meter | None
     start: datetime | None
@@ -77,12 +85,16 @@ class EventsQuery:
 
 @dataclass(frozen=True, slots=True)
 class EventsPage:
+    """One page of events, newest first, and where the next starts."""
+
     events: list[StoredEvent]
     next_before: EventPosition | None
 
 
 @dataclass(frozen=True, slots=True)
 class BillLine:
+    """One priced line of a bill: a meter at one price."""
+
     meter: Meter
     price: Price
     charge: LineCharge
@@ -90,6 +102,8 @@ class BillLine:
 
 @dataclass(frozen=True, slots=True)
 class Bill:
+    """A billing period's bill priced from its usage now: what EstimateBill, drafts and the closer use."""
+
     customer_id: str
     plan: Plan
     period: BillingPeriod
@@ -101,6 +115,10 @@ class Bill:
 
 
 class Reporting:
+    """Usage read back: aggregates in windows and groups, event listings, and the bill of a period.
+    Everything is computed from the event history (through the rollups), so any range, window and
+    grouping can be asked for; it never writes."""
+
     def __init__(
         self, catalog: Catalog, ledger: Ledger, reports: UsageReports, *, clock: Callable[[], datetime] = utc_now
     ) -> None:

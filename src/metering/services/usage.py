@@ -109,6 +109,8 @@ class UsageCommand:
 
 @dataclass(frozen=True, slots=True)
 class BalanceQuery:
+    """A CheckBalance request, checked."""
+
     customer_id: str
     meter: Meter | None  # None: every meter of the plan
     requested: Decimal | None
@@ -116,6 +118,8 @@ class BalanceQuery:
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
 class MeterBalance:
+    """A meter's balance in a period: its terms and the figures CheckBalance answers."""
+
     meter: Meter
     terms: PlanMeter
     period: Period
@@ -124,6 +128,8 @@ class MeterBalance:
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
 class RecordResult:
+    """What RecordUsage answers for one event: the event (or the original, for a duplicate) and its balance."""
+
     plan_slug: str
     event: StoredEvent
     duplicate: bool
@@ -133,6 +139,8 @@ class RecordResult:
 
 @dataclass(frozen=True, slots=True)
 class BalanceReport:
+    """What CheckBalance answers: each meter's balance, and whether the requested amount fits."""
+
     customer_id: str
     plan_slug: str
     balances: list[MeterBalance]
@@ -142,6 +150,8 @@ class BalanceReport:
 
 @dataclass(frozen=True, slots=True)
 class VoidResult:
+    """What VoidUsage answers: the event with its void, whether it was a replay, and the balance after."""
+
     event: StoredEvent
     duplicate: bool
     balance: MeterBalance
@@ -210,6 +220,11 @@ class _PlanMeterTerms:
 
 
 class MeteringEngine:
+    """Recording and checking usage: resolves what an event means under the customer's plan (terms,
+    period, price), hands events to the batching writer and reads balances. Its customer cache
+    holds only what never changes or is checked where it is used; every write is decided in the
+    ledger's transaction."""
+
     def __init__(
         self, catalog: Catalog, ledger: Ledger, writer: BatchWriter, *, clock: Callable[[], datetime] = utc_now
     ) -> None:
