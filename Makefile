@@ -27,9 +27,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+## lint: ruff, and the import contract (the layers; asyncpg only in ledger/; the client imports nothing of the server)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -29,7 +29,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.loadgen` when run as a script
 
 from bench.loadgen import COPY_COLUMNS, copy_row
-from metering.domain.catalog import load_catalog
+from metering.config.catalog import load_catalog
 from metering.domain.windows import WindowSize, windows
 from metering.ledger.migrate import migrate
 from metering.ledger.pool import Connection, create_pool

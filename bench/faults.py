@@ -39,7 +39,8 @@ import grpc
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from metering.domain.catalog import Enforcement, load_catalog
+from metering.config.catalog import load_catalog
+from metering.domain.catalog import Enforcement
 from metering.ledger.audit import AuditReport, audit_ledger
 from metering.runtime.embedded import EmbeddedPostgres
 from metering.v1 import customer_pb2, ingest_pb2, metering_service_pb2_grpc, usage_pb2

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `tests.support` and `bench.loadgen`
 
 from bench.loadgen import BATCH, COPY_COLUMNS, Scenario, customer_id, run  # noqa: E402
-from metering.domain.catalog import load_catalog  # noqa: E402
+from metering.config.catalog import load_catalog  # noqa: E402
 from metering.domain.periods import add_months  # noqa: E402
 from metering.domain.records import new_event_id  # noqa: E402
 from metering.domain.windows import WindowSize, windows  # noqa: E402

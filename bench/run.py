@@ -57,8 +57,8 @@ from bench.loadgen import (
     rss_mib,
     run,
 )
+from metering.config.catalog import load_catalog
 from metering.domain.access import caller_entry, new_token, token_digest
-from metering.domain.catalog import load_catalog
 from metering.ledger.rollups import rebuild_meter
 from metering.runtime.embedded import start_embedded
 from metering.v1 import customer_pb2, metering_service_pb2_grpc

@@ -186,7 +186,7 @@ def page_tokens_of(database_url: str) -> PageTokens:
 
 def audit(database_url: str, customer_ids: Sequence[str] | None = None, catalog: Path = TEST_CATALOG) -> AuditReport:
     """The ledger audit (`metering audit`) of some customers, against the test catalog."""
-    from metering.domain.catalog import load_catalog
+    from metering.config.catalog import load_catalog
     from metering.ledger.audit import audit_ledger
 
     async def go() -> AuditReport:

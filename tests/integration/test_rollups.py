@@ -22,7 +22,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metering.domain.catalog import Catalog, load_catalog
+from metering.config.catalog import load_catalog
+from metering.domain.catalog import Catalog
 from metering.domain.periods import ResetPeriod, period_containing
 from metering.domain.windows import WindowSize, windows
 from metering.ledger.reporting import AggregateQuery, PropertyFilter, aggregate_sql, raw_aggregate_sql

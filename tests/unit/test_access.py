@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from metering.config.access import load_access
 from metering.config.settings import ConfigError
-from metering.domain.access import TOKEN_PREFIX, Caller, Role, caller_entry, load_access, new_token, token_digest
+from metering.domain.access import TOKEN_PREFIX, Caller, Role, caller_entry, new_token, token_digest
 from metering.domain.errors import TokenExpired
 from metering.domain.rate_limits import CallerLimits, RateLimit
 

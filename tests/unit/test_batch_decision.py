@@ -176,7 +176,7 @@ def test_a_distinct_value_is_recorded_once() -> None:
     batch: list[Resolution | MeteringError] = [
         resolution(f"t{i}", unique_value=v, aggregation=Aggregation.UNIQUE_COUNT) for i, v in enumerate("aab")
     ]
-    key = ("c1", "ai_tokens", START)
+    key = CounterKey("c1", "ai_tokens", START)
     _, plan = decide(batch, reads(batch, seen={(key, "b")}))
     assert [u.value for u in plan.unique_values] == ["a"]
     assert plan.counters[0][1].used == Decimal(1)

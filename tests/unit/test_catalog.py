@@ -5,14 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from metering.domain.catalog import (
-    Aggregation,
-    CatalogError,
-    Enforcement,
-    PricingModel,
-    load_catalog,
-    parse_catalog,
-)
+from metering.config.catalog import CatalogError, load_catalog, parse_catalog
+from metering.domain.catalog import Aggregation, Enforcement, PricingModel
 from metering.domain.periods import ResetPeriod
 
 BASE = """

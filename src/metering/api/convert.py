@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
-from decimal import Decimal
-
-from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from metering.domain.catalog import Aggregation, Enforcement, Meter, PlanMeter, PricingModel
 from metering.domain.decimals import format_decimal
-from metering.domain.notifications import LimitRejected, NotificationType, StoredNotification, ThresholdCrossed
 from metering.domain.periods import Period, ResetPeriod
-from metering.domain.pricing import round_money
 from metering.domain.records import (
     COMMITTED,
     DRAFT,
@@ -35,10 +26,10 @@ from metering.v1 import (
     customer_pb2,
     grants_pb2,
     invoices_pb2,
-    notifications_pb2,
     reservations_pb2,
     usage_pb2,
 )
+from metering.wire.values import money, set_timestamp, timestamp
 
 _AGGREGATIONS = {
     Aggregation.SUM: usage_pb2.AGGREGATION_SUM,
@@ -64,23 +55,6 @@ _ENFORCEMENTS = {
     Enforcement.SOFT: usage_pb2.LIMIT_ENFORCEMENT_SOFT,
     Enforcement.UNLIMITED: usage_pb2.LIMIT_ENFORCEMENT_UNLIMITED,
 }
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def set_timestamp(message: Timestamp, value: datetime) -> None:
-    """What Timestamp.FromDatetime sets (a naive value is UTC), by integer
-    arithmetic; setting a field of a sub-message also marks it present."""
-    delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
-    message.seconds = delta.days * 86400 + delta.seconds
-    message.nanos = delta.microseconds * 1000
-
-
-def timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    set_timestamp(stamp, value)
-    return stamp
 
 
 def usage_event(event: StoredEvent) -> usage_pb2.UsageEvent:
@@ -214,14 +188,6 @@ def usage_row(row: UsageRow) -> usage_pb2.UsageRow:
     )
 
 
-def money(amount: Decimal, currency: str) -> billing_pb2.Money:
-    # Amounts are already rounded to the minor unit; this only fixes the digits
-    # shown ("0" is "0.00" in USD), it never changes a value.
-    shown = round_money(amount, currency)
-    assert shown == amount, "money reaches the wire rounded once, at the line total"
-    return billing_pb2.Money(currency_code=currency, amount=format(shown, "f"))
-
-
 _INVOICE_STATUSES = {
     GATHERING: billing_pb2.INVOICE_STATUS_GATHERING,
     DRAFT: billing_pb2.INVOICE_STATUS_DRAFT,
@@ -338,59 +304,3 @@ def grant(view: GrantView) -> grants_pb2.Grant:
     if record.expires_at is not None:
         message.expire_time.CopyFrom(timestamp(record.expires_at))
     return message
-
-
-# -- notifications ----------------------------------------------------------------
-
-NOTIFICATION_TYPES = {
-    NotificationType.THRESHOLD_CROSSED: notifications_pb2.NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED,
-    NotificationType.LIMIT_REJECTED: notifications_pb2.NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED,
-    NotificationType.INVOICE_FINALIZED: notifications_pb2.NOTIFICATION_TYPE_INVOICE_FINALIZED,
-}
-
-
-def _set_period(start: Timestamp, end: Timestamp, period: Period) -> None:
-    set_timestamp(start, period.start)
-    if period.end is not None:
-        set_timestamp(end, period.end)
-
-
-def notification(stored: StoredNotification) -> notifications_pb2.Notification:
-    """The Notification message: the watch stream's, and the webhook body (its proto3 JSON)."""
-    message = notifications_pb2.Notification(
-        id=str(stored.notification_id),
-        type=NOTIFICATION_TYPES[stored.type],
-        time=timestamp(stored.created_at),
-        customer_id=stored.customer_id,
-        cursor=stored.position.cursor(),
-    )
-    payload = stored.payload
-    if isinstance(payload, ThresholdCrossed):
-        crossed = message.threshold_crossed
-        crossed.meter_slug, crossed.plan_slug, crossed.unit = payload.meter_slug, payload.plan_slug, payload.unit
-        _set_period(crossed.period_start_time, crossed.period_end_time, payload.period)
-        crossed.threshold_percent = format_decimal(payload.threshold_percent)
-        crossed.used = format_decimal(payload.used)
-        crossed.limit = format_decimal(payload.limit)
-        crossed.granted = format_decimal(payload.granted)
-        crossed.allowance = format_decimal(payload.allowance)
-        crossed.percent_used = format(payload.percent_used, "f")
-    elif isinstance(payload, LimitRejected):
-        rejected = message.limit_rejected
-        rejected.meter_slug, rejected.plan_slug, rejected.unit = payload.meter_slug, payload.plan_slug, payload.unit
-        _set_period(rejected.period_start_time, rejected.period_end_time, payload.period)
-        rejected.limit = format_decimal(payload.limit)
-        rejected.available = format_decimal(payload.available)
-        rejected.requested = format_decimal(payload.requested)
-        rejected.transaction_id = payload.transaction_id
-    else:
-        invoice = message.invoice_finalized
-        invoice.invoice_id, invoice.invoice_number = payload.invoice_id, payload.invoice_number
-        _set_period(invoice.period_start_time, invoice.period_end_time, payload.period)
-        invoice.total.CopyFrom(money(payload.total, payload.currency))
-    return message
-
-
-def notification_json(stored: StoredNotification) -> str:
-    """The webhook body: the Notification's proto3 JSON, compact."""
-    return json.dumps(json_format.MessageToDict(notification(stored)), separators=(",", ":"))

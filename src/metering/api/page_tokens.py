@@ -33,8 +33,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from metering.api.validation import MAX_TIME, MIN_TIME
 from metering.domain.errors import InvalidPageToken
+from metering.domain.periods import MAX_TIME, MIN_TIME
 from metering.services.reporting import PageCursor
 
 VERSION = 2

@@ -46,6 +46,7 @@ from metering.v1 import (
     reservations_pb2,
     usage_pb2,
 )
+from metering.wire.notifications import notification
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -274,7 +275,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self._metrics.watch_streams.inc()
         try:
             async for stored in self._stream.watch(after, query.wants):
-                yield notifications_pb2.WatchNotificationsResponse(notification=convert.notification(stored))
+                yield notifications_pb2.WatchNotificationsResponse(notification=notification(stored))
         finally:
             self._metrics.watch_streams.dec()
 

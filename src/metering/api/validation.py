@@ -21,13 +21,15 @@ from metering.domain.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catal
 from metering.domain.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.domain.errors import EventTooOld, FieldViolation, InvalidArgument, NotFound
 from metering.domain.notifications import NotificationType, WatchQuery, parse_cursor
+from metering.domain.periods import MAX_TIME, MIN_TIME
 from metering.domain.records import DRAFT, FINALIZED, EventPosition
+from metering.domain.usage import UsageCommand
 from metering.domain.windows import MAX_WINDOWS, WindowSize
 from metering.ledger.reporting import PropertyFilter
 from metering.services.entitlements import CommitCommand, GrantCommand, ReserveCommand
 from metering.services.invoicing import InvoicesQuery
 from metering.services.reporting import EventsQuery, UsageQuery
-from metering.services.usage import BalanceQuery, UsageCommand
+from metering.services.usage import BalanceQuery
 from metering.v1 import (
     billing_pb2,
     customer_pb2,
@@ -39,7 +41,7 @@ from metering.v1 import (
     usage_pb2,
 )
 
-if TYPE_CHECKING:  # page_tokens reads MIN_TIME and MAX_TIME from here
+if TYPE_CHECKING:
     from metering.api.page_tokens import PageTokens
 
 MAX_ID_LENGTH = 128
@@ -65,13 +67,6 @@ _WINDOW_SIZES = {
     usage_pb2.WINDOW_SIZE_MONTH: WindowSize.MONTH,
 }
 
-# Timestamps are years 2 to 9998: a year inside what a Timestamp (and a Python
-# datetime) can hold on each side, because periods (up to a month) and local
-# windows (a day) are computed around an accepted instant and must not leave
-# that range, and because asyncpg stores the very first and last instants
-# (datetime.min and datetime.max) as -infinity and infinity.
-MIN_TIME = datetime(2, 1, 1, tzinfo=UTC)
-MAX_TIME = datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 _MIN_SECONDS = int(MIN_TIME.timestamp())
 _MAX_SECONDS = int(MAX_TIME.timestamp())
 
@@ -166,22 +161,20 @@ def _resolve_target(
         _slug(violations, "price_slug", price_slug)
         if violations.items:
             return None, None
-        price = catalog.prices.get(price_slug)
-        if price is None:
-            raise NotFound("price", price_slug)
+        price = catalog.price(price_slug)
         return catalog.meters[price.meter], price
     _slug(violations, "meter_slug", meter_slug)
     if violations.items:
         return None, None
-    meter = catalog.meters.get(meter_slug)
-    if meter is None:
-        raise NotFound("meter", meter_slug)
-    return meter, None
+    return catalog.meter(meter_slug), None
 
 
 def record_usage(
     request: usage_pb2.RecordUsageRequest, catalog: Catalog, *, now: datetime, backfill_window: timedelta
 ) -> UsageCommand:
+    """`now` is the call's clock, read once at the edge: the too-old and
+    too-new checks here and the default event time (it travels in the
+    command as `received_at`) are the same instant."""
     violations = _Violations()
     _identifier(violations, "customer_id", request.customer_id)
     _identifier(violations, "transaction_id", request.transaction_id)
@@ -240,6 +233,7 @@ def record_usage(
         properties=properties,
         unique_value=unique_value,
         allow_overage=request.enforcement_mode == usage_pb2.ENFORCEMENT_MODE_ALLOW_OVERAGE,
+        received_at=now,
         too_old=too_old,
     )
 
@@ -267,9 +261,7 @@ def check_balance(request: usage_pb2.CheckBalanceRequest, catalog: Catalog) -> B
     if request.meter_slug:
         _slug(violations, "meter_slug", request.meter_slug)
         violations.raise_if_any()
-        meter = catalog.meters.get(request.meter_slug)
-        if meter is None:
-            raise NotFound("meter", request.meter_slug)
+        meter = catalog.meter(request.meter_slug)
     violations.raise_if_any()
     return BalanceQuery(customer_id=request.customer_id, meter=meter, requested=requested)
 
@@ -346,13 +338,6 @@ def _page_size(violations: _Violations, value: int, limits: tuple[int, int]) -> 
     return value
 
 
-def _meter(catalog: Catalog, slug: str) -> Meter:
-    meter = catalog.meters.get(slug)
-    if meter is None:
-        raise NotFound("meter", slug)
-    return meter
-
-
 def _property_value(violations: _Violations, name: str, value: str) -> None:
     if len(value) > MAX_PROPERTY_VALUE_LENGTH:
         violations.add(name, f"at most {MAX_PROPERTY_VALUE_LENGTH} characters")
@@ -410,7 +395,7 @@ def get_usage(request: usage_pb2.GetUsageRequest, catalog: Catalog, tokens: Page
     assert window_size is not None and zone is not None
     return UsageQuery(
         customer_id=request.customer_id,
-        meters=[_meter(catalog, slug) for slug in slugs],
+        meters=[catalog.meter(slug) for slug in slugs],
         start=start,
         end=end,
         window_size=window_size,
@@ -436,7 +421,7 @@ def list_usage_events(request: events_pb2.ListUsageEventsRequest, catalog: Catal
         before = EventPosition(cursor.event_time, cursor.event_id)
     return EventsQuery(
         customer_id=request.customer_id,
-        meter=_meter(catalog, request.meter_slug) if request.meter_slug else None,
+        meter=catalog.meter(request.meter_slug) if request.meter_slug else None,
         start=start,
         end=end,
         page_size=page_size,
@@ -527,7 +512,7 @@ def grant_credits(request: grants_pb2.GrantCreditsRequest, catalog: Catalog) -> 
     assert quantity is not None
     return GrantCommand(
         customer_id=request.customer_id,
-        meter=_meter(catalog, request.meter_slug),
+        meter=catalog.meter(request.meter_slug),
         quantity=quantity,
         grant_id=request.grant_id,
         effective_time=effective,
@@ -543,7 +528,7 @@ def list_grants(request: grants_pb2.ListGrantsRequest, catalog: Catalog) -> tupl
     if request.meter_slug:
         _slug(violations, "meter_slug", request.meter_slug)
     violations.raise_if_any()
-    meter = _meter(catalog, request.meter_slug) if request.meter_slug else None
+    meter = catalog.meter(request.meter_slug) if request.meter_slug else None
     return request.customer_id, meter, request.include_expired
 
 
@@ -566,7 +551,7 @@ def reserve_usage(request: reservations_pb2.ReserveUsageRequest, catalog: Catalo
             if not shortest <= ttl <= longest:
                 violations.add("ttl", "from 1 second to 24 hours")
     violations.raise_if_any()
-    meter = _meter(catalog, request.meter_slug)
+    meter = catalog.meter(request.meter_slug)
     if meter.aggregation is not Aggregation.SUM:
         kind = meter.aggregation.value
         violations.add("meter_slug", f"reservations hold quantities of sum meters; {meter.slug!r} is {kind}")

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from metering.cli import calls, importer, operate
+from metering.config.catalog import CatalogError
 from metering.config.settings import ConfigError
 from metering.config.stripe import StripeMappingError
-from metering.domain.catalog import CatalogError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,8 +14,8 @@ from typing import TypeAlias
 import grpc
 
 from metering.cli.connection import connection, connection_arguments
+from metering.config.catalog import load_catalog
 from metering.config.settings import ConfigError, Settings
-from metering.domain.catalog import load_catalog
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 

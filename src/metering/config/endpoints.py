@@ -16,13 +16,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from metering.config.settings import ConfigError
+from metering.config.toml import UnreadableFile, parse_document, read_text
 from metering.domain.notifications import NotificationType
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # safe as a metric label value
@@ -44,17 +44,17 @@ def load_endpoints(path: str | Path) -> tuple[Endpoint, ...]:
     """Read and check an endpoints file; every problem is reported at once, with its key."""
     where = f"METERING_WEBHOOKS_FILE={str(path)!r}"
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read it: {exc.strerror}") from None
+        text = read_text(path, unreadable="cannot read it")
+    except UnreadableFile as exc:
+        raise ConfigError(f"{where}: {exc.reason}") from None
     return parse_endpoints(text, where)
 
 
 def parse_endpoints(text: str, where: str = "<memory>") -> tuple[Endpoint, ...]:
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+        data = parse_document(text)
+    except UnreadableFile as exc:
+        raise ConfigError(f"{where}: {exc.reason}") from None
     problems: list[str] = []
     for unknown in sorted(set(data) - {"endpoints"}):
         problems.append(f"{unknown}: unknown key")

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import enum
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metering.domain.catalog import Aggregation, Meter, key_problems
+from metering.config.toml import FileProblems, UnreadableFile, key_problems, parse_document, read_text
+from metering.domain.catalog import Aggregation, Meter
 
 DEFAULT_CUSTOMER_PAYLOAD_KEY = "stripe_customer_id"
 DEFAULT_VALUE_PAYLOAD_KEY = "value"
@@ -87,30 +87,26 @@ class StripeMapping:
         return self.unlisted is UnlistedCustomers.SKIP
 
 
-class StripeMappingError(ValueError):
+class StripeMappingError(FileProblems):
     """The mapping file is invalid; `problems` lists each one with its key."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        listing = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid Stripe mapping {source}:\n{listing}")
+    what = "Stripe mapping"
 
 
 def load_mapping(path: str | Path, meters: Mapping[str, Meter]) -> StripeMapping:
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise StripeMappingError(source, [f"cannot read the file: {exc.strerror}"]) from exc
+        text = read_text(path)
+    except UnreadableFile as exc:
+        raise StripeMappingError(source, [exc.reason]) from exc
     return parse_mapping(text, meters, source=source)
 
 
 def parse_mapping(text: str, meters: Mapping[str, Meter], *, source: str = "<memory>") -> StripeMapping:
     try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise StripeMappingError(source, [f"not valid TOML: {exc}"]) from exc
+        document = parse_document(text)
+    except UnreadableFile as exc:
+        raise StripeMappingError(source, [exc.reason]) from exc
     return _MappingParser(source, meters).parse(document)
 
 

@@ -10,8 +10,7 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
-from metering.ledger import outbox
-from metering.ledger.pool import Pool, PoolUser
+from metering.ledger.outbox import OutboxStore
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +22,13 @@ def purge_interval(retention: timedelta) -> float:
     return min(max(retention.total_seconds() / 4, 1.0), 300.0)
 
 
-class Retention(PoolUser):
+class Retention:
     """Deletes notifications every endpoint has received once they are older than the retention,
     in short bounded batches, so the outbox does not grow forever. Safe on every replica at once:
     a batch skips rows another replica is deleting."""
 
-    def __init__(self, pool: Pool, *, acquire_timeout: float, retention: timedelta, endpoints: Sequence[str]) -> None:
-        super().__init__(pool, acquire_timeout=acquire_timeout)
+    def __init__(self, store: OutboxStore, *, retention: timedelta, endpoints: Sequence[str]) -> None:
+        self._store = store
         self._retention = retention
         self._endpoints = list(endpoints)
 
@@ -41,8 +40,7 @@ class Retention(PoolUser):
         """Delete every notification past retention, batch by batch; returns how many."""
         total = 0
         while True:
-            async with self._connection() as conn:
-                deleted = await outbox.purge(conn, self._retention, self._endpoints, BATCH)
+            deleted = await self._store.purge(self._retention, self._endpoints, BATCH)
             total += deleted
             if deleted < BATCH:
                 return total

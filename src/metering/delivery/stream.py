@@ -9,21 +9,20 @@ from datetime import timedelta
 from metering.delivery.wakeup import OutboxWakeup
 from metering.domain.errors import DatabaseUnavailable
 from metering.domain.notifications import Position, StoredNotification
-from metering.ledger import outbox
-from metering.ledger.pool import Pool, PoolUser, translate_errors
+from metering.ledger.outbox import OutboxStore
 
 _PAGE = 500
 
 Wanted = Callable[[StoredNotification], bool]
 
 
-class OutboxStream(PoolUser):
+class OutboxStream:
     """WatchNotifications' source: every notification after a position, in outbox order, then the
     new ones as they commit (woken by LISTEN, polling as a fallback). Reads only committed rows, so a
     stream never shows a change that was rolled back."""
 
-    def __init__(self, pool: Pool, wakeup: OutboxWakeup, *, acquire_timeout: float, poll: timedelta) -> None:
-        super().__init__(pool, acquire_timeout=acquire_timeout)
+    def __init__(self, store: OutboxStore, wakeup: OutboxWakeup, *, poll: timedelta) -> None:
+        self._store = store
         self._wakeup = wakeup
         self._poll = poll.total_seconds()
         self._closing = False
@@ -35,8 +34,7 @@ class OutboxStream(PoolUser):
         self._wakeup.wake_all()
 
     async def now(self) -> Position:
-        async with translate_errors(), self._connection() as conn:
-            return await outbox.horizon(conn)
+        return await self._store.horizon()
 
     async def watch(self, after: Position, wanted: Wanted) -> AsyncIterator[StoredNotification]:
         """Never ends by itself. Filters apply here rather than in SQL, so the
@@ -45,8 +43,7 @@ class OutboxStream(PoolUser):
         position = after
         while not self._closing:
             waiter.arm()
-            async with translate_errors(), self._connection() as conn:
-                page = await outbox.read_after(conn, position, _PAGE)
+            page = await self._store.read_after(position, _PAGE)
             for notification in page:
                 position = notification.position
                 if wanted(notification):

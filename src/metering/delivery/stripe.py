@@ -3,7 +3,8 @@ reported to Stripe Billing meter events, one event per customer, meter and
 hour, with the official `stripe` library.
 
 One replica exports at a time: the one holding a session advisory lock on
-the connection it keeps for the job (metering.ledger.stripe). For each
+the connection it keeps for the job (a StripeExportSession of
+metering.ledger.stripe). For each
 customer's meter with work it:
 
 1. resends an event left in flight by a crash, exactly as it was decided
@@ -36,21 +37,7 @@ from metering.config.settings import Settings
 from metering.config.stripe import StripeMapping
 from metering.domain.catalog import Aggregation
 from metering.domain.stripe import abandoned, closed_end, identifier, lag_seconds, plan_steps, reportable
-from metering.ledger.pool import Connection, Pool
-from metering.ledger.stripe import (
-    ExportScope,
-    Pair,
-    PendingEvent,
-    abandon_event,
-    acknowledge_event,
-    decide_event,
-    hourly_usage,
-    load_state,
-    pairs_to_export,
-    save_progress,
-    try_lock,
-    unlock,
-)
+from metering.ledger.stripe import ExportScope, Pair, PendingEvent, StripeExportSession, StripeExportStore
 from metering.telemetry.metrics import STRIPE_FAILED, STRIPE_SENT, Metrics
 
 log = logging.getLogger(__name__)
@@ -110,21 +97,20 @@ class StripeExporter:
 
     def __init__(
         self,
-        pool: Pool,
+        store: StripeExportStore,
         mapping: StripeMapping,
         settings: Settings,
         metrics: Metrics,
         sender: StripeMeterEvents,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._pool = pool
+        self._store = store
         self._mapping = mapping
         self._metrics = metrics
         self._sender = sender
         self._clock = clock
         self._settle = settings.stripe_settle_delay
         self._interval = settings.stripe_interval.total_seconds()
-        self._acquire_timeout = settings.db_timeout.total_seconds()
         aggregations: dict[str, Aggregation] = {slug: m.meter.aggregation for slug, m in mapping.meters.items()}
         self._reasons_logged: set[str] = set()  # failures already logged in this pass
         self._scope = ExportScope.of(aggregations, list(mapping.customer_ids) if mapping.listed_only else None)
@@ -136,21 +122,17 @@ class StripeExporter:
         Runs until cancelled."""
         while True:
             try:
-                async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
-                    if await try_lock(conn):
+                async with self._store.session() as session:
+                    if session is not None:
                         log.info("exporting usage to Stripe (meters: %s)", ", ".join(sorted(self._mapping.meters)))
-                        try:
-                            await self._export(conn)
-                        finally:
-                            if not conn.is_closed():
-                                await unlock(conn)
+                        await self._export(session)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database went away, or the lock was lost: start again
                 log.warning("Stripe export interrupted: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(self._interval)
 
-    async def _export(self, conn: Connection) -> None:
+    async def _export(self, session: StripeExportSession) -> None:
         last_closed: datetime | None = None
         retry: dict[Pair, datetime] = {}  # pairs that failed, with their oldest hour not exported
         failures_in_row = 0
@@ -158,14 +140,14 @@ class StripeExporter:
             now = self._clock()
             closed = closed_end(now, self._settle)
             if closed != last_closed:
-                pairs = await pairs_to_export(conn, self._scope, closed, check_exported=True)
+                pairs = await session.pairs_to_export(self._scope, closed, check_exported=True)
                 last_closed = closed
             else:
                 pairs = sorted(retry, key=lambda p: (p.customer_id, p.meter_slug))
             self._reasons_logged = set()
             retry = {}
             for pair in pairs:
-                failed_at = await self._export_pair(conn, pair, closed, now)
+                failed_at = await self._export_pair(session, pair, closed, now)
                 if failed_at is not None:
                     retry[pair] = failed_at
             self._report_lag(retry)
@@ -179,17 +161,19 @@ class StripeExporter:
             oldest = min((hour for pair, hour in failed.items() if pair.meter_slug == slug), default=None)
             self._metrics.stripe_export_lag.labels(meter=slug).set(lag_seconds(oldest, now, self._settle))
 
-    async def _export_pair(self, conn: Connection, pair: Pair, closed: datetime, now: datetime) -> datetime | None:
+    async def _export_pair(
+        self, session: StripeExportSession, pair: Pair, closed: datetime, now: datetime
+    ) -> datetime | None:
         """Export what is due of one customer's meter; returns the hour it
         stopped at after a failure, None when it is up to date."""
         stripe_meter = self._mapping.meters[pair.meter_slug]
-        state = await load_state(conn, pair)
+        state = await session.load_state(pair)
         progress = state.progress
         pending = state.pending
         if pending is not None:
             if not reportable(pending.step.hour, now):
                 after = abandoned(progress, pending.step)
-                await abandon_event(conn, pair, progress, pending, after)
+                await session.abandon_event(pair, progress, pending, after)
                 self._metrics.stripe_hours_skipped.labels(meter=pair.meter_slug).inc()
                 log.warning(
                     "customer %s meter %s: the event of %s became older than Stripe's 35 days before it was "
@@ -202,12 +186,12 @@ class StripeExporter:
             else:
                 if not await self._send(pair, pending):
                     return pending.step.hour
-                await acknowledge_event(conn, pair, progress, pending)
+                await session.acknowledge_event(pair, progress, pending)
                 progress = pending.step.progress
         stripe_customer = self._mapping.stripe_customer(pair.customer_id)
         if stripe_customer is None:
             return None
-        exported, usage = await hourly_usage(conn, self._scope, pair, progress.exported_through, closed)
+        exported, usage = await session.hourly_usage(self._scope, pair, progress.exported_through, closed)
         steps = plan_steps(progress, exported_range_total=exported, usage=usage, closed_before=closed, now=now)
         saved = current = progress
         skipped = 0
@@ -225,13 +209,13 @@ class StripeExporter:
                     stripe_meter.event_name,
                     stripe_customer,
                 )
-                await decide_event(conn, pair, saved, current, event)
+                await session.decide_event(pair, saved, current, event)
                 saved = current
                 if not await self._send(pair, event):
                     return step.hour
-                await acknowledge_event(conn, pair, current, event)
+                await session.acknowledge_event(pair, current, event)
                 saved = current = step.progress
-            await save_progress(conn, pair, saved, current)
+            await session.save_progress(pair, saved, current)
         finally:
             if skipped:
                 # Logged once: the progress has moved past these hours.

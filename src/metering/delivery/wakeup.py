@@ -1,10 +1,11 @@
 """Waking the outbox's readers: LISTEN as the fast path, polling as the fallback.
 
 One connection per process listens on the outbox channel (a transaction that
-wrote notifications notifies at commit) and wakes every reader. A reader looks
-again at the latest after the poll interval, so a lost connection, a missed
-notification or a notification that arrives before its row is readable (an
-older transaction still running holds the horizon back) only delays it.
+wrote notifications notifies at commit; the connection is the ledger's,
+metering.ledger.listen) and wakes every reader. A reader looks again at the
+latest after the poll interval, so a lost connection, a missed notification or
+a notification that arrives before its row is readable (an older transaction
+still running holds the horizon back) only delays it.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from typing import Any
 
-import asyncpg
-
-from metering.ledger.outbox import CHANNEL
+from metering.ledger.listen import OutboxListener
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +60,8 @@ class Waiter:
 class OutboxWakeup:
     """The process's LISTEN connection, reconnected whenever it is lost."""
 
-    def __init__(self, url: str) -> None:
-        self._url = url
+    def __init__(self, listener: OutboxListener) -> None:
+        self._listener = listener
         self._waiters: weakref.WeakSet[Waiter] = weakref.WeakSet()
         self._task: asyncio.Task[None] | None = None
 
@@ -81,30 +79,17 @@ class OutboxWakeup:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def wake_all(self, *_: Any) -> None:
+    def wake_all(self) -> None:
         for waiter in list(self._waiters):
             waiter.wake()
 
     async def _listen(self) -> None:
         while True:
             try:
-                await self._listen_once()
+                await self._listener.listen(self.wake_all)
                 log.warning("the outbox LISTEN connection was lost; polling until it is back")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("cannot LISTEN for outbox notifications (%s: %s); polling", type(exc).__name__, exc)
             await asyncio.sleep(_RECONNECT_SECONDS)
-
-    async def _listen_once(self) -> None:
-        """Listen until the connection is lost."""
-        conn = await asyncpg.connect(self._url, server_settings={"application_name": "metering-listen"})
-        try:
-            lost = asyncio.Event()
-            conn.add_termination_listener(lambda _conn: lost.set())
-            await conn.add_listener(CHANNEL, self.wake_all)
-            self.wake_all()  # whatever committed while nobody listened
-            await lost.wait()
-        finally:
-            if not conn.is_closed():
-                conn.terminate()

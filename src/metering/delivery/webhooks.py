@@ -5,7 +5,7 @@ of METERING_WEBHOOK_LEASE; a killed replica's lease lapses and another takes
 over, resuming its deliveries with the same `webhook-id`). The holder:
 
 1. scans the outbox past the endpoint's cursor, making a pending delivery of
-   each notification the endpoint wants (ledger.outbox.scan);
+   each notification the endpoint wants (OutboxStore.scan, metering.ledger.outbox);
 2. attempts, per customer, only the oldest pending delivery: a failing
    notification holds back that customer's later ones for this endpoint, not
    other customers'; customers are delivered concurrently;
@@ -30,26 +30,21 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from metering.api.convert import notification_json
 from metering.config.endpoints import Endpoint
 from metering.delivery.wakeup import OutboxWakeup, Waiter
 from metering.domain.notifications import StoredNotification
-from metering.ledger import outbox
-from metering.ledger.outbox import LeaseLost, PendingDelivery
-from metering.ledger.pool import Connection, Pool, PoolUser
+from metering.ledger.outbox import LeaseLost, OutboxStore, PendingDelivery
 from metering.telemetry.metrics import Metrics
+from metering.wire.notifications import notification_json
 
 log = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 # Outcomes of one attempt (the `outcome` label of metering_webhook_attempts_total).
 DELIVERED = "delivered"
@@ -122,23 +117,22 @@ class WebhookSender:
         return Attempt(REFUSED, f"HTTP {response.status_code}")
 
 
-class WebhookDelivery(PoolUser):
+class WebhookDelivery:
     """Delivers the outbox to every configured endpoint, while this replica holds its lease."""
 
     def __init__(
         self,
-        pool: Pool,
+        store: OutboxStore,
         endpoints: Sequence[Endpoint],
         wakeup: OutboxWakeup,
         metrics: Metrics,
         *,
-        acquire_timeout: float,
         timeout: timedelta,
         schedule: Sequence[timedelta],
         lease: timedelta,
         poll: timedelta,
     ) -> None:
-        super().__init__(pool, acquire_timeout=acquire_timeout)
+        self._store = store
         self._endpoints = tuple(endpoints)
         self._wakeup = wakeup
         self._metrics = metrics
@@ -178,9 +172,7 @@ class WebhookDelivery(PoolUser):
         if not endpoints:
             return
         with contextlib.suppress(Exception):
-            async with self._connection() as conn:
-                for endpoint in endpoints:
-                    await outbox.release_lease(conn, endpoint.name, self._owner)
+            await self._store.release_leases([endpoint.name for endpoint in endpoints], self._owner)
 
     async def close(self) -> None:
         for task in self._tasks.values():
@@ -189,17 +181,13 @@ class WebhookDelivery(PoolUser):
         await self._release_leases(self._endpoints)
         await self._client.aclose()
 
-    async def _db(self, work: Callable[[Connection], Awaitable[_T]]) -> _T:
-        async with self._connection() as conn:
-            return await work(conn)
-
     async def _run(self, endpoint: Endpoint) -> None:
         sender = WebhookSender(endpoint, self._client)
         waiter = self._wakeup.waiter()
         lease = self._lease.total_seconds()
         while True:
             try:
-                held = await self._db(lambda conn: outbox.acquire_lease(conn, endpoint.name, self._owner, self._lease))
+                held = await self._store.acquire_lease(endpoint.name, self._owner, self._lease)
                 if held:
                     await self._while_held(endpoint, sender, waiter)
                     continue
@@ -229,7 +217,7 @@ class WebhookDelivery(PoolUser):
     async def _renew(self, endpoint: Endpoint) -> None:
         while True:
             await asyncio.sleep(self._lease.total_seconds() / 3)
-            if not await self._db(lambda conn: outbox.acquire_lease(conn, endpoint.name, self._owner, self._lease)):
+            if not await self._store.acquire_lease(endpoint.name, self._owner, self._lease):
                 raise LeaseLost(endpoint.name)
 
     async def _deliver(self, endpoint: Endpoint, sender: WebhookSender, waiter: Waiter) -> None:
@@ -240,11 +228,9 @@ class WebhookDelivery(PoolUser):
             scanned = _SCAN_BATCH
             found = False
             while scanned == _SCAN_BATCH:
-                scanned = await self._db(
-                    lambda conn: outbox.scan(conn, endpoint.name, self._owner, endpoint.types, _SCAN_BATCH)
-                )
+                scanned = await self._store.scan(endpoint.name, self._owner, endpoint.types, _SCAN_BATCH)
                 found = found or scanned > 0
-            now, heads = await self._db(lambda conn: outbox.pending_heads(conn, endpoint.name, _HEADS))
+            now, heads = await self._store.pending_heads(endpoint.name, _HEADS)
             if time.monotonic() >= lag_at:
                 await self._report_lag(endpoint)
                 lag_at = time.monotonic() + _LAG_EVERY_SECONDS
@@ -268,15 +254,13 @@ class WebhookDelivery(PoolUser):
         attempts = head.attempts + 1
         self._metrics.webhook_attempts.labels(endpoint.name, result.outcome).inc()
         if result.outcome == DELIVERED:
-            await self._db(lambda conn: outbox.mark_delivered(conn, endpoint.name, self._owner, notification))
+            await self._store.mark_delivered(endpoint.name, self._owner, notification)
             age = (datetime.now(UTC) - notification.created_at).total_seconds()
             self._metrics.webhook_delivery_seconds.labels(endpoint.name).observe(max(age, 0.0))
             return
         retry_in = retry_delay(self._schedule, attempts, random.random())
-        await self._db(
-            lambda conn: outbox.mark_failed(
-                conn, endpoint.name, self._owner, notification, attempts=attempts, retry_in=retry_in, error=result.error
-            )
+        await self._store.mark_failed(
+            endpoint.name, self._owner, notification, attempts=attempts, retry_in=retry_in, error=result.error
         )
         if retry_in is None:
             self._metrics.webhook_dead_letters.labels(endpoint.name).inc()
@@ -289,6 +273,6 @@ class WebhookDelivery(PoolUser):
             )
 
     async def _report_lag(self, endpoint: Endpoint) -> None:
-        now, oldest = await self._db(lambda conn: outbox.oldest_undelivered(conn, endpoint.name, endpoint.types))
+        now, oldest = await self._store.oldest_undelivered(endpoint.name, endpoint.types)
         lag = 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
         self._metrics.delivery_lag.labels(endpoint.name).set(lag)

@@ -12,6 +12,14 @@ import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+# Timestamps are years 2 to 9998: a year inside what a Timestamp (and a Python
+# datetime) can hold on each side, because periods (up to a month) and local
+# windows (a day) are computed around an accepted instant and must not leave
+# that range, and because asyncpg stores the very first and last instants
+# (datetime.min and datetime.max) as -infinity and infinity.
+MIN_TIME = datetime(2, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
 # The start of the single period of meters that never reset.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

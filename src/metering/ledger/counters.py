@@ -26,10 +26,10 @@ from datetime import datetime
 import asyncpg
 
 from metering.domain.records import CounterReading
+from metering.domain.usage import CounterKey
 from metering.ledger.pool import ConnectionSource, PoolUser, answer_within, translate_errors
 from metering.ledger.sql import active_grants_sum, counter_state, live_holds_sum
 
-CounterKey = tuple[str, datetime]  # meter, period start
 Readings = tuple[str | None, dict[CounterKey, CounterReading]]  # the customer's plan (None: unknown), counters
 
 # One row per (read, counter); a read of no counters still gets one row, with
@@ -79,8 +79,8 @@ class CounterReader(PoolUser):
         self._in_flight: asyncio.Task[None] | None = None  # the one statement at a time
 
     async def read(self, customer_id: str, keys: Sequence[CounterKey], at: datetime) -> Readings:
-        """The customer's plan now (None: no such customer) and each (meter,
-        period start) counter, with the grants active at `at` and the
+        """The customer's plan now (None: no such customer) and each of its
+        counters in `keys`, with the grants active at `at` and the
         unexpired holds of its period: no event history is read. Answered
         within METERING_DB_TIMEOUT (or DatabaseUnavailable), however long the
         statement in flight ahead of it takes."""
@@ -110,7 +110,7 @@ class CounterReader(PoolUser):
         self._concurrent_reads = len(reads) > 1
         self._on_statement(len(reads))
         try:
-            answers = _answers(len(reads), await self._fetch(reads))
+            answers = _answers(reads, await self._fetch(reads))
         except Exception as exc:  # every reader learns why
             for read in reads:
                 if not read.answer.done():
@@ -131,26 +131,32 @@ class CounterReader(PoolUser):
         starts: list[datetime | None] = []
         times: list[datetime] = []
         for n, read in enumerate(reads):
-            targets: Sequence[tuple[str | None, datetime | None]] = read.keys or [(None, None)]  # or only the plan
-            for meter, start in targets:
+            if not read.keys:  # only the plan
                 numbers.append(n)
                 customers.append(read.customer_id)
-                meters.append(meter)
-                starts.append(start)
+                meters.append(None)
+                starts.append(None)
+                times.append(read.at)
+            for key in read.keys:
+                numbers.append(n)
+                customers.append(read.customer_id)
+                meters.append(key.meter_slug)
+                starts.append(key.period_start)
                 times.append(read.at)
         async with translate_errors(), self._connection() as conn:
             rows: list[asyncpg.Record] = await conn.fetch(_READ_COUNTERS, numbers, customers, meters, starts, times)
             return rows
 
 
-def _answers(reads: int, rows: list[asyncpg.Record]) -> list[Readings]:
+def _answers(reads: list[_Read], rows: list[asyncpg.Record]) -> list[Readings]:
     """The rows of a statement, back to the reads they answer (by index)."""
-    answers: list[Readings] = [(None, {}) for _ in range(reads)]
+    answers: list[Readings] = [(None, {}) for _ in reads]
     for row in rows:
-        plan, readings = answers[row["n"]]
+        n = row["n"]
+        plan, readings = answers[n]
         if plan is None and row["plan_slug"] is not None:
-            answers[row["n"]] = plan, readings = row["plan_slug"], readings
+            answers[n] = plan, readings = row["plan_slug"], readings
         if row["meter_slug"] is not None and row["plan_slug"] is not None:
-            key = (row["meter_slug"], row["period_start"])
+            key = CounterKey(reads[n].customer_id, row["meter_slug"], row["period_start"])
             readings[key] = CounterReading(counter_state(row), row["granted"], row["reserved"])
     return answers

@@ -10,8 +10,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from metering.domain import limits
-from metering.domain.catalog import Meter
 from metering.domain.errors import BillingAnchorImmutable
 from metering.domain.periods import Period
 from metering.domain.records import (
@@ -19,8 +17,10 @@ from metering.domain.records import (
     CustomerRecord,
     StoredEvent,
 )
+from metering.domain.terms import PlanTerms
+from metering.domain.usage import CounterKey
 from metering.ledger import rollups, steps
-from metering.ledger.counters import CounterKey, CounterReader, Readings
+from metering.ledger.counters import CounterReader, Readings
 from metering.ledger.pool import ConnectionSource, PoolUser, translate_errors
 from metering.ledger.sql import CUSTOMER_COLUMNS
 
@@ -126,13 +126,12 @@ class Ledger(PoolUser):
         async with translate_errors(), self._connection() as conn:
             return await steps.find_event(conn, customer_id, transaction_id)
 
-    async def void_event(
-        self, event: StoredEvent, meter: Meter, plan: limits.Allowance, period: Period, reason: str
-    ) -> VoidOutcome:
+    async def void_event(self, event: StoredEvent, terms: PlanTerms, period: Period, reason: str) -> VoidOutcome:
         """Cancel an event with a compensating entry and rebuild its counter.
         Returns the event with its void, whether it was voided already, and the
         counter after. Refused (PeriodClosed) once the event's billing period is
         finalized, unless the event was voided already (a replay of the void)."""
+        meter = terms.meter
         async with translate_errors(), self._connection() as conn, conn.transaction():
             closed = await steps.lock_customer(conn, event.customer_id, event.transaction_id, event.event_time)
             if closed is not None and event.void_time is None:
@@ -154,7 +153,7 @@ class Ledger(PoolUser):
             # The balance of the event's period as its own answer gave it: the grants
             # active at its time (not now: the event may be backdated).
             allowance, _ = await steps.full_allowance(
-                conn, plan, event.customer_id, event.meter_slug, event.period_start, event.event_time
+                conn, terms, event.customer_id, event.meter_slug, event.period_start, event.event_time
             )
             voided = await steps.find_event(conn, event.customer_id, event.transaction_id)
             assert voided is not None
@@ -163,7 +162,7 @@ class Ledger(PoolUser):
     # -- counters ---------------------------------------------------------------
 
     async def read_counters(self, customer_id: str, keys: Sequence[CounterKey], at: datetime) -> Readings:
-        """The customer's plan now (None: no such customer) and each (meter,
-        period start) counter with its grants and holds; concurrent reads
+        """The customer's plan now (None: no such customer) and each of its
+        counters in `keys` with its grants and holds; concurrent reads
         share statements (metering.ledger.counters)."""
         return await self._reader.read(customer_id, keys, at)

@@ -16,9 +16,9 @@ from decimal import Decimal
 from typing import NamedTuple
 
 from metering.domain import decimals, limits, notifications
-from metering.domain.catalog import Enforcement, Meter
+from metering.domain.catalog import Enforcement
 from metering.domain.errors import FieldViolation, IdempotencyKeyConflict, InvalidArgument, ReservationStateError
-from metering.domain.notifications import MeterTerms, NotificationType
+from metering.domain.notifications import NotificationType
 from metering.domain.periods import Period
 from metering.domain.records import (
     COMMITTED,
@@ -32,6 +32,7 @@ from metering.domain.records import (
     StoredEvent,
     new_event_id,
 )
+from metering.domain.terms import PlanTerms
 from metering.ledger import outbox, rollups, steps
 from metering.ledger.pool import Connection, Pool, PoolUser, one_row, translate_errors
 from metering.ledger.sql import GRANT_COLUMNS, RESERVATION_COLUMNS, grant_record, reservation_record
@@ -156,17 +157,15 @@ class Holds(PoolUser):
         self,
         customer_id: str,
         reservation_id: str,
-        meter_slug: str,
+        terms: PlanTerms,
         quantity: Decimal,
-        plan: limits.Allowance,
         period: Period,
         ttl: timedelta,
-        terms: MeterTerms,
     ) -> HoldOutcome:
+        """Hold `quantity` of the meter of `terms` in `period` for `ttl`, if it
+        fits (a hard limit refuses it, and announces the refusal once a period)."""
         announced: list[NotificationType] = []
-        outcome = await self._reserve(
-            customer_id, reservation_id, meter_slug, quantity, plan, period, ttl, terms, announced
-        )
+        outcome = await self._reserve(customer_id, reservation_id, terms, quantity, period, ttl, announced)
         self._on_notifications(announced)
         return outcome
 
@@ -174,17 +173,16 @@ class Holds(PoolUser):
         self,
         customer_id: str,
         reservation_id: str,
-        meter_slug: str,
+        terms: PlanTerms,
         quantity: Decimal,
-        plan: limits.Allowance,
         period: Period,
         ttl: timedelta,
-        terms: MeterTerms,
         announced: list[NotificationType],
     ) -> HoldOutcome:
+        meter_slug = terms.meter.slug
         async with translate_errors(), self._connection() as conn, conn.transaction():
             state = await steps.lock_counter(conn, customer_id, meter_slug, period)
-            allowance, now = await steps.full_allowance(conn, plan, customer_id, meter_slug, period.start, None)
+            allowance, now = await steps.full_allowance(conn, terms, customer_id, meter_slug, period.start, None)
             reading = CounterReading(state, allowance.granted, allowance.reserved)
             existing = await _reservation(conn, customer_id, reservation_id, lock=True)
             if existing is not None:
@@ -202,7 +200,7 @@ class Holds(PoolUser):
             if await steps.find_event(conn, customer_id, reservation_id) is not None:
                 raise IdempotencyKeyConflict("reservation", reservation_id, ["reservation_id"], used_by_event=True)
             available = limits.available_quantity(allowance, state.used)
-            if not limits.requested_fits(allowance, state.used, quantity) and plan.enforcement is Enforcement.HARD:
+            if not limits.requested_fits(allowance, state.used, quantity) and allowance.enforcement is Enforcement.HARD:
                 placeholder = ReservationRecord(
                     reservation_id, customer_id, meter_slug, period.start, quantity, HELD, now, now, None, None, None
                 )
@@ -210,7 +208,7 @@ class Holds(PoolUser):
                 refusal = notifications.limit_rejected_notification(
                     customer_id,
                     meter_slug,
-                    terms,
+                    terms.notified,
                     period,
                     allowance,
                     available=available,
@@ -245,21 +243,16 @@ class Holds(PoolUser):
         reservation: ReservationRecord,
         quantity: Decimal | None,
         properties: dict[str, str],
-        price_slug: str,
-        meter: Meter,
-        plan: limits.Allowance,
+        terms: PlanTerms,
         period: Period,
-        terms: MeterTerms,
     ) -> CommitOutcome:
         """Record the reservation's usage (all of it when `quantity` is None) as
-        an event at the database's clock, priced with `price_slug`, and announce
+        an event at the database's clock, priced with the price of `terms`, and announce
         the thresholds it crossed. The event is at the database's clock, so only
         a finalized period can refuse it (a hold never outlives its own period,
         which cannot close before it ends)."""
         announced: list[NotificationType] = []
-        outcome = await self._commit(
-            reservation, quantity, properties, price_slug, meter, plan, period, terms, announced
-        )
+        outcome = await self._commit(reservation, quantity, properties, terms, period, announced)
         self._on_notifications(announced)
         return outcome
 
@@ -268,13 +261,11 @@ class Holds(PoolUser):
         reservation: ReservationRecord,
         quantity: Decimal | None,
         properties: dict[str, str],
-        price_slug: str,
-        meter: Meter,
-        plan: limits.Allowance,
+        terms: PlanTerms,
         period: Period,
-        terms: MeterTerms,
         announced: list[NotificationType],
     ) -> CommitOutcome:
+        meter = terms.meter
         async with translate_errors(), self._connection() as conn, conn.transaction():
             closed = await steps.lock_customer(conn, reservation.customer_id, reservation.reservation_id, None)
             state = await steps.lock_counter(conn, reservation.customer_id, reservation.meter_slug, period)
@@ -282,7 +273,7 @@ class Holds(PoolUser):
             assert current is not None
             allowance, now = await steps.full_allowance(
                 conn,
-                plan,
+                terms,
                 current.customer_id,
                 current.meter_slug,
                 current.period_start,
@@ -315,7 +306,7 @@ class Holds(PoolUser):
                 customer_id=current.customer_id,
                 transaction_id=current.reservation_id,
                 meter_slug=current.meter_slug,
-                price_slug=price_slug,
+                price_slug=terms.terms.price,
                 requested_price_slug=None,
                 quantity=amount,
                 event_time=now,
@@ -333,7 +324,13 @@ class Holds(PoolUser):
                 conn, current.customer_id, current.meter_slug, current.period_start, decision.state_after
             )
             crossed = notifications.thresholds_notifications(
-                current.customer_id, current.meter_slug, terms, period, allowance, state.used, decision.state_after.used
+                current.customer_id,
+                current.meter_slug,
+                terms.notified,
+                period,
+                allowance,
+                state.used,
+                decision.state_after.used,
             )
             announced.extend(await outbox.enqueue(conn, crossed))
             row = await one_row(
@@ -352,12 +349,14 @@ class Holds(PoolUser):
             reading = CounterReading(decision.state_after, allowance.granted, allowance.reserved)
             return CommitOutcome(reservation_record(row), stored, False, reading, now)
 
-    async def release(self, reservation: ReservationRecord, plan: limits.Allowance, period: Period) -> ReleaseOutcome:
+    async def release(self, reservation: ReservationRecord, terms: PlanTerms, period: Period) -> ReleaseOutcome:
         async with translate_errors(), self._connection() as conn, conn.transaction():
             state = await steps.lock_counter(conn, reservation.customer_id, reservation.meter_slug, period)
             current = await _reservation(conn, reservation.customer_id, reservation.reservation_id, lock=True)
             assert current is not None
-            _, now = await steps.full_allowance(conn, plan, current.customer_id, current.meter_slug, period.start, None)
+            _, now = await steps.full_allowance(
+                conn, terms, current.customer_id, current.meter_slug, period.start, None
+            )
             status = current.status_at(now)
             if status == COMMITTED:
                 raise ReservationStateError(current.reservation_id, status)
@@ -375,7 +374,7 @@ class Holds(PoolUser):
                 )
                 current = reservation_record(row)
             allowance, now = await steps.full_allowance(
-                conn, plan, current.customer_id, current.meter_slug, period.start, None
+                conn, terms, current.customer_id, current.meter_slug, period.start, None
             )
             return ReleaseOutcome(current, CounterReading(state, allowance.granted, allowance.reserved), now)
 

@@ -1,20 +1,30 @@
 """Invoices in the ledger database: closing a period, and reading invoices.
 
-`finalize_period` is THE closing transaction: one customer, one period, short.
-It claims the customer for this replica (a transaction-scoped advisory lock,
-tried without waiting: two replicas never work on one customer at once), locks
-the customer's row FOR UPDATE, which waits for the write transactions of that
-customer in flight (each holds the row FOR SHARE, metering.ledger.steps) and
-holds off new ones until the commit, prices the period, inserts the invoice
-(at most one per customer and period: a unique constraint), moves the
-customer's closing state on, and commits. A replica killed at any instant
-leaves either all of that or nothing.
+A period closes in ONE transaction, one customer and one period, short,
+driven by the closer (metering.services.invoicing.Closer) as a unit of work:
+
+1. `InvoiceStore.closing` opens it: it claims the customer for this replica (a
+   transaction-scoped advisory lock, tried without waiting: two replicas never
+   work on one customer at once), locks the customer's row FOR UPDATE, which
+   waits for the write transactions of that customer in flight (each holds the
+   row FOR SHARE, metering.ledger.steps) and holds off new ones until the
+   commit, and reads the customer's oldest period not finalized and the
+   database's clock (`PeriodClose`);
+2. the closer decides whether that period is due (metering.domain.closing.is_due,
+   the one definition of "due") and prices it (metering.services.reporting, on
+   connections of its own: no write can change the period meanwhile);
+3. `PeriodClose.finalize` inserts the invoice (at most one per customer and
+   period: a unique constraint) and its `invoice.finalized` notification, and
+   moves the customer's closing state on; leaving the block commits.
+
+A replica killed at any instant leaves either all of that or nothing. Nothing
+here calls back up into billing: the bill comes down as a finished Invoice.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -42,10 +52,6 @@ INVOICE_COLUMNS = (
     "lines, finalized_at"
 )
 
-# Prices a customer's period (on connections of its own: the closing
-# transaction holds the customer's row meanwhile, so no write can change it).
-BillOf = Callable[[CustomerRecord, BillingPeriod], Awaitable[Invoice]]
-
 
 @dataclass(frozen=True, slots=True)
 class DueCustomer:
@@ -57,22 +63,90 @@ class DueCustomer:
 
 @dataclass(frozen=True, slots=True)
 class Finalized:
-    """What one closing transaction did: the invoice (new or found), and whether more is due."""
+    """What one closing transaction did: the invoice (new or found), and where the next period ends."""
 
     invoice: Invoice
     created: bool  # False: the invoice existed (a close that had committed before)
-    next_due: bool  # the customer's following period is due too (a backlog)
+    following_end: datetime  # the end of the customer's following period, the next to close
     announced: list[NotificationType]  # notifications written (invoice.finalized when created)
 
 
-async def finalize_period(
-    conn: Connection, customer_id: str, grace: timedelta, bill_of: BillOf, *, pause: float = 0.0
-) -> Finalized | None:
-    """Finalize the customer's oldest period if it is due, in the transaction
-    the caller opened on `conn`; None when it is not due (any more) or another
-    replica is closing this customer. The `invoice.finalized` notification is
-    written here, in this transaction, so that it is announced if and only if
-    the invoice exists."""
+class PeriodClose:
+    """A customer locked for closing, in the transaction of the close: its
+    oldest period not finalized and the database's clock at the lock."""
+
+    def __init__(self, conn: Connection, customer: CustomerRecord, period: BillingPeriod, now: datetime) -> None:
+        self._conn = conn
+        self.customer = customer
+        # Periods close in order from the first, so the oldest open one starts
+        # where the last finalized one ended.
+        self.period = period
+        self.now = now  # the database's clock: the one clock of every replica's "due"
+
+    async def finalize(self, bill: Invoice) -> Finalized:
+        """Store `bill` as the period's invoice (the stored one stands if the
+        period was finalized before) and move the customer's closing state to
+        the following period. The `invoice.finalized` notification is written
+        here, in this transaction, so that it is announced if and only if the
+        invoice exists."""
+        conn, customer_id, period = self._conn, self.customer.customer_id, self.period
+        invoice_id = closing.invoice_id_for(customer_id, period.start)
+        inserted = await conn.fetchrow(
+            f"""
+            INSERT INTO invoices ({INVOICE_COLUMNS})
+            SELECT $1::uuid, $2::text, coalesce(max(i.number), 0) + 1, $3::text, $4::timestamptz, $5::timestamptz,
+                   $6::text, $7::numeric, $8::numeric, $9::numeric, $10::jsonb, now()
+              FROM invoices i WHERE i.customer_id = $2::text
+            ON CONFLICT (customer_id, period_start) DO NOTHING
+            RETURNING {INVOICE_COLUMNS}
+            """,
+            invoice_id,
+            customer_id,
+            bill.plan_slug,
+            period.start,
+            period.end,
+            bill.currency,
+            bill.subtotal,
+            bill.credits,
+            bill.total,
+            [_line_document(line) for line in bill.lines],
+        )
+        created = inserted is not None
+        if inserted is None:  # finalized before: the stored one stands
+            inserted = await one_row(
+                conn,
+                f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE customer_id = $1 AND period_start = $2",
+                customer_id,
+                period.start,
+            )
+        record = invoice_record(inserted)
+        announced: list[NotificationType] = []
+        if created:
+            # In the closing transaction: announced if and only if the invoice
+            # exists, once (its dedupe key is the invoice id).
+            assert record.invoice_id is not None and record.number is not None
+            announced = await outbox.enqueue(
+                conn,
+                [
+                    invoice_finalized_notification(
+                        customer_id, str(record.invoice_id), record.number, period, record.total, record.currency
+                    )
+                ],
+            )
+        following = closing.following_period_end(period.end, self.customer.billing_anchor)
+        await conn.execute(
+            "UPDATE customers SET closed_through = $2, closing_period_end = $3 WHERE customer_id = $1",
+            customer_id,
+            period.end,
+            following,
+        )
+        return Finalized(record, created, following, announced)
+
+
+async def open_close(conn: Connection, customer_id: str) -> PeriodClose | None:
+    """Claim and lock the customer for closing, in the transaction the caller
+    opened on `conn`; None when another replica is closing this customer (or
+    it does not exist)."""
     row = await conn.fetchrow(
         """
         SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through, closing_period_end,
@@ -88,66 +162,9 @@ async def finalize_period(
         return None
     fields = dict(row)
     period_end, now = fields.pop("closing_period_end"), fields.pop("db_now")
-    if not closing.is_due(period_end, grace, now):
-        return None
     customer = CustomerRecord(**fields)
-    # Periods close in order from the first, so the oldest open one starts
-    # where the last finalized one ended.
     period = BillingPeriod(customer.closed_through or customer.billing_anchor, period_end)
-    bill = await bill_of(customer, period)
-    if pause:
-        await asyncio.sleep(pause)  # test-only (METERING_TEST_ONLY_CLOSE_PAUSE): a window to kill the process in
-    invoice_id = closing.invoice_id_for(customer_id, period.start)
-    inserted = await conn.fetchrow(
-        f"""
-        INSERT INTO invoices ({INVOICE_COLUMNS})
-        SELECT $1::uuid, $2::text, coalesce(max(i.number), 0) + 1, $3::text, $4::timestamptz, $5::timestamptz,
-               $6::text, $7::numeric, $8::numeric, $9::numeric, $10::jsonb, now()
-          FROM invoices i WHERE i.customer_id = $2::text
-        ON CONFLICT (customer_id, period_start) DO NOTHING
-        RETURNING {INVOICE_COLUMNS}
-        """,
-        invoice_id,
-        customer_id,
-        bill.plan_slug,
-        period.start,
-        period.end,
-        bill.currency,
-        bill.subtotal,
-        bill.credits,
-        bill.total,
-        [_line_document(line) for line in bill.lines],
-    )
-    created = inserted is not None
-    if inserted is None:  # finalized before: the stored one stands
-        inserted = await one_row(
-            conn,
-            f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE customer_id = $1 AND period_start = $2",
-            customer_id,
-            period.start,
-        )
-    record = invoice_record(inserted)
-    announced: list[NotificationType] = []
-    if created:
-        # In the closing transaction: announced if and only if the invoice
-        # exists, once (its dedupe key is the invoice id).
-        assert record.invoice_id is not None and record.number is not None
-        announced = await outbox.enqueue(
-            conn,
-            [
-                invoice_finalized_notification(
-                    customer_id, str(record.invoice_id), record.number, period, record.total, record.currency
-                )
-            ],
-        )
-    following = closing.following_period_end(period_end, customer.billing_anchor)
-    await conn.execute(
-        "UPDATE customers SET closed_through = $2, closing_period_end = $3 WHERE customer_id = $1",
-        customer_id,
-        period_end,
-        following,
-    )
-    return Finalized(record, created, closing.is_due(following, grace, now), announced)
+    return PeriodClose(conn, customer, period, now)
 
 
 class DueCustomers(NamedTuple):
@@ -165,9 +182,13 @@ class InvoiceStore(PoolUser):
     number of replicas or crashes."""
 
     async def due_customers(self, grace: timedelta, after: DueCustomer | None, limit: int) -> DueCustomers:
-        """Up to `limit` customers with a period due to close, oldest first,
-        after `after` (keyset); the end of the oldest period not finalized of
-        any customer; and the database's clock. now(), not clock_timestamp():
+        """Up to `limit` candidates to close, oldest period first, after
+        `after` (keyset); the end of the oldest period not finalized of any
+        customer; and the database's clock. A coarse filter only: whether a
+        period is due is decided under the customer's lock, by
+        metering.domain.closing.is_due (the statement's clock, now(), is the
+        transaction's start, so it never selects a period that is not due by
+        the later clock_timestamp() of the lock). now(), not clock_timestamp():
         a stable bound is what lets both statements use customers_closing_idx
         instead of reading every customer."""
         async with translate_errors(), self._connection() as conn:
@@ -184,20 +205,22 @@ class InvoiceStore(PoolUser):
                 after.customer_id if after else "",
                 limit,
             )
-            oldest = await conn.fetchrow(
-                "SELECT min(closing_period_end) AS oldest, clock_timestamp() AS now FROM customers"
+            oldest = await one_row(
+                conn, "SELECT min(closing_period_end) AS oldest, clock_timestamp() AS now FROM customers"
             )
-        assert oldest is not None
         due = [DueCustomer(row["customer_id"], row["closing_period_end"]) for row in rows]
         return DueCustomers(due, oldest["oldest"], oldest["now"])
 
-    async def close_one(
-        self, customer_id: str, grace: timedelta, bill_of: BillOf, *, pause: float = 0.0
-    ) -> Finalized | None:
-        # Unbounded: each statement has its timeout, but a whole close (the
-        # period's bill, the invoice, its lines) may take longer than one.
+    @asynccontextmanager
+    async def closing(self, customer_id: str) -> AsyncIterator[PeriodClose | None]:
+        """The closing transaction of one customer's oldest open period (see
+        the module's docstring): yields the locked customer and its period, or
+        None when another replica holds it; commits when the block ends, rolls
+        back if it raises. Unbounded: each statement has its timeout, but a
+        whole close (the period's bill, the invoice, its lines) may take
+        longer than one."""
         async with translate_errors(), self._connection(bounded=False) as conn, conn.transaction():
-            return await finalize_period(conn, customer_id, grace, bill_of, pause=pause)
+            yield await open_close(conn, customer_id)
 
     async def get(self, invoice_id: UUID) -> Invoice | None:
         async with translate_errors(), self._connection() as conn:

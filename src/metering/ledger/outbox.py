@@ -25,7 +25,7 @@ from metering.domain.notifications import (
     payload_from_json,
     payload_json,
 )
-from metering.ledger.pool import Connection, one_row
+from metering.ledger.pool import Connection, PoolUser, one_row, translate_errors
 
 # The channel a transaction that wrote notifications notifies at commit (the
 # migration's trigger).
@@ -361,3 +361,73 @@ async def purge(conn: Connection, older_than: timedelta, endpoints: Sequence[str
         limit,
     )
     return int(result.rsplit(" ", 1)[-1])
+
+
+class OutboxStore(PoolUser):
+    """The outbox for its readers (the watch stream, webhook delivery,
+    retention): each method takes a pooled connection, bounded by
+    METERING_DB_TIMEOUT, and gives it back, so no connection leaves the ledger.
+
+    The stream's reads (`horizon`, `read_after`) turn an unreachable database
+    into DatabaseUnavailable, since a watching caller hears it as UNAVAILABLE;
+    the background tasks' methods let the driver's own exception through, as
+    they only log it and try again."""
+
+    async def horizon(self) -> Position:
+        async with translate_errors(), self._connection() as conn:
+            return await horizon(conn)
+
+    async def read_after(self, after: Position, limit: int) -> list[StoredNotification]:
+        async with translate_errors(), self._connection() as conn:
+            return await read_after(conn, after, limit)
+
+    async def acquire_lease(self, endpoint: str, owner: str, ttl: timedelta) -> bool:
+        async with self._connection() as conn:
+            return await acquire_lease(conn, endpoint, owner, ttl)
+
+    async def release_leases(self, endpoints: Sequence[str], owner: str) -> None:
+        """Release several endpoints' leases on one connection."""
+        async with self._connection() as conn:
+            for endpoint in endpoints:
+                await release_lease(conn, endpoint, owner)
+
+    async def scan(self, endpoint: str, owner: str, types: frozenset[NotificationType], limit: int) -> int:
+        async with self._connection() as conn:
+            return await scan(conn, endpoint, owner, types, limit)
+
+    async def pending_heads(self, endpoint: str, limit: int) -> PendingHeads:
+        async with self._connection() as conn:
+            return await pending_heads(conn, endpoint, limit)
+
+    async def mark_delivered(self, endpoint: str, owner: str, notification: StoredNotification) -> None:
+        async with self._connection() as conn:
+            await mark_delivered(conn, endpoint, owner, notification)
+
+    async def mark_failed(
+        self,
+        endpoint: str,
+        owner: str,
+        notification: StoredNotification,
+        *,
+        attempts: int,
+        retry_in: timedelta | None,
+        error: str,
+    ) -> None:
+        async with self._connection() as conn:
+            await mark_failed(conn, endpoint, owner, notification, attempts=attempts, retry_in=retry_in, error=error)
+
+    async def oldest_undelivered(self, endpoint: str, types: frozenset[NotificationType]) -> Undelivered:
+        async with self._connection() as conn:
+            return await oldest_undelivered(conn, endpoint, types)
+
+    async def purge(self, older_than: timedelta, endpoints: Sequence[str], limit: int) -> int:
+        """One batch of retention (see `purge`); its caller loops while batches are full."""
+        async with self._connection() as conn:
+            return await purge(conn, older_than, endpoints, limit)
+
+    async def replay_dead_letters(self, endpoint: str, since: datetime | None) -> int:
+        """For `metering webhooks replay`: an operator's one statement on a
+        pool of its own; not cut off like a served call's, its statement
+        timeout bounds it."""
+        async with self._connection(bounded=False) as conn:
+            return await replay_dead_letters(conn, endpoint, since)

@@ -38,6 +38,9 @@ _T = TypeVar("_T")
 # its own (the LISTEN connection, migrations run by tests and the CLI). Both
 # answer the same calls; the stubs type them apart.
 Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
+# The pool's type under a ledger name: the composition root (metering.runtime)
+# holds the pool and hands it to the stores without importing asyncpg, which
+# only the ledger does.
 Pool: TypeAlias = asyncpg.Pool
 
 

@@ -10,7 +10,6 @@ read): the closing of a period locks it FOR UPDATE (metering.ledger.invoicing).
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 from uuid import UUID
 
@@ -19,6 +18,7 @@ from metering.domain.catalog import Meter
 from metering.domain.errors import PeriodClosed
 from metering.domain.periods import Period
 from metering.domain.records import NewEvent, StoredEvent
+from metering.domain.terms import PlanTerms
 from metering.ledger.pool import Connection, one_row
 from metering.ledger.sql import (
     COUNTER_COLUMNS,
@@ -79,7 +79,7 @@ async def lock_counter(conn: Connection, customer_id: str, meter_slug: str, peri
 
 async def full_allowance(
     conn: Connection,
-    plan: limits.Allowance,
+    terms: PlanTerms,
     customer_id: str,
     meter_slug: str,
     period_start: datetime,
@@ -87,7 +87,7 @@ async def full_allowance(
     *,
     exclude_reservation: str | None = None,
 ) -> tuple[limits.Allowance, datetime]:
-    """The plan's allowance plus the grants active at `grants_at` (the
+    """The allowance of the terms with the grants active at `grants_at` (the
     database's clock when None) and the unexpired holds of the period; and
     the database's clock, the one clock that decides expiry on every replica."""
     row = await one_row(
@@ -103,8 +103,7 @@ async def full_allowance(
         grants_at,
         exclude_reservation,
     )
-    allowance = dataclasses.replace(plan, granted=row["granted"], reserved=row["reserved"])
-    return allowance, row["db_now"]
+    return terms.allowance(row["granted"], row["reserved"]), row["db_now"]
 
 
 async def find_event(conn: Connection, customer_id: str, transaction_id: str) -> StoredEvent | None:

@@ -4,12 +4,15 @@ progress and meter events tables (migration 0005).
 
 All of it runs on the one connection the exporter holds with its session
 advisory lock (`STRIPE_EXPORT_LOCK_KEY`): one replica exports at a time, and
-a replica that dies releases the lock with its connection.
+a replica that dies releases the lock with its connection. The exporter
+(metering.delivery.stripe) sees that connection only as a
+`StripeExportSession`, opened by `StripeExportStore.session()`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -19,7 +22,7 @@ import asyncpg
 
 from metering.domain.catalog import Aggregation
 from metering.domain.stripe import HourUsage, Progress, Step
-from metering.ledger.pool import Connection
+from metering.ledger.pool import Connection, ConnectionSource
 
 STRIPE_EXPORT_LOCK_KEY = 0x6D74722D73747270  # "mtr-strp"
 
@@ -272,3 +275,61 @@ async def abandon_event(conn: Connection, pair: Pair, before: Progress, event: P
             event.step.hour,
         )
         await save_progress(conn, pair, before, after)
+
+
+class StripeExportSession:
+    """The statements of one export session, all on the connection that holds
+    the export lock: valid only inside `StripeExportStore.session()`."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def pairs_to_export(self, scope: ExportScope, closed_before: datetime, *, check_exported: bool) -> list[Pair]:
+        return await pairs_to_export(self._conn, scope, closed_before, check_exported=check_exported)
+
+    async def load_state(self, pair: Pair) -> PairState:
+        return await load_state(self._conn, pair)
+
+    async def hourly_usage(
+        self, scope: ExportScope, pair: Pair, since: datetime | None, closed_before: datetime
+    ) -> HourlyUsage:
+        return await hourly_usage(self._conn, scope, pair, since, closed_before)
+
+    async def save_progress(self, pair: Pair, before: Progress, after: Progress) -> None:
+        await save_progress(self._conn, pair, before, after)
+
+    async def decide_event(self, pair: Pair, saved: Progress, current: Progress, event: PendingEvent) -> None:
+        await decide_event(self._conn, pair, saved, current, event)
+
+    async def acknowledge_event(self, pair: Pair, before: Progress, event: PendingEvent) -> None:
+        await acknowledge_event(self._conn, pair, before, event)
+
+    async def abandon_event(self, pair: Pair, before: Progress, event: PendingEvent, after: Progress) -> None:
+        await abandon_event(self._conn, pair, before, event, after)
+
+
+class StripeExportStore:
+    """Where the exporter's sessions come from: a pooled connection held for
+    as long as this replica exports, with the export lock on it."""
+
+    def __init__(self, pool: ConnectionSource, *, acquire_timeout: float) -> None:
+        self._pool = pool
+        # Bounds only the wait for the connection: a session lasts as long as
+        # the export does, each of its statements bounded by its own timeout.
+        self._acquire_timeout = acquire_timeout
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[StripeExportSession | None]:
+        """A session holding the export lock, or None while another replica
+        holds it. On exit the lock is released, unless the connection is
+        closed already (the lock went with it); the connection returns to the
+        pool either way."""
+        async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+            if not await try_lock(conn):
+                yield None
+                return
+            try:
+                yield StripeExportSession(conn)
+            finally:
+                if not conn.is_closed():
+                    await unlock(conn)

@@ -73,12 +73,12 @@ async def lock_counters(conn: Connection, periods: dict[CounterKey, Period]) -> 
         {COUNTER_LOCK}
         RETURNING customer_id, meter_slug, period_start, {COUNTER_COLUMNS}
         """,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
+        [k.customer_id for k in keys],
+        [k.meter_slug for k in keys],
+        [k.period_start for k in keys],
         [periods[k].end for k in keys],
     )
-    return {(row["customer_id"], row["meter_slug"], row["period_start"]): counter_state(row) for row in rows}
+    return {CounterKey(row["customer_id"], row["meter_slug"], row["period_start"]): counter_state(row) for row in rows}
 
 
 async def read_counters(conn: Connection, keys: Sequence[CounterKey]) -> dict[CounterKey, CounterState]:
@@ -89,11 +89,11 @@ async def read_counters(conn: Connection, keys: Sequence[CounterKey]) -> dict[Co
           FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k (customer_id, meter_slug, period_start)
           JOIN meter_counters c USING (customer_id, meter_slug, period_start)
         """,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
+        [k.customer_id for k in keys],
+        [k.meter_slug for k in keys],
+        [k.period_start for k in keys],
     )
-    found = {(row["customer_id"], row["meter_slug"], row["period_start"]): counter_state(row) for row in rows}
+    found = {CounterKey(row["customer_id"], row["meter_slug"], row["period_start"]): counter_state(row) for row in rows}
     return {key: found.get(key, CounterState()) for key in keys}
 
 
@@ -141,12 +141,12 @@ async def seen_unique_values(conn: Connection, wanted: Sequence[tuple[CounterKey
          WHERE (u.customer_id, u.meter_slug, u.period_start, u.value)
                IN (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]))
         """,
-        [k[0] for k, _ in wanted],
-        [k[1] for k, _ in wanted],
-        [k[2] for k, _ in wanted],
+        [k.customer_id for k, _ in wanted],
+        [k.meter_slug for k, _ in wanted],
+        [k.period_start for k, _ in wanted],
         [v for _, v in wanted],
     )
-    return {((row["customer_id"], row["meter_slug"], row["period_start"]), row["value"]) for row in rows}
+    return {(CounterKey(row["customer_id"], row["meter_slug"], row["period_start"]), row["value"]) for row in rows}
 
 
 async def write_batch(conn: Connection, plan: BatchPlan) -> tuple[dict[UUID, datetime], list[NotificationType]]:
@@ -216,18 +216,18 @@ async def write_batch(conn: Connection, plan: BatchPlan) -> tuple[dict[UUID, dat
         [e.requested_price_slug for e in events],
         [str(e.quantity) for e in events],  # as text: asyncpg's numeric encoding costs 2x str()
         epoch_micros([e.event_time for e in events]),
-        epoch_micros([row.key[2] for row in rows]),
+        epoch_micros([row.key.period_start for row in rows]),
         [_json_text(e.properties) for e in events],
-        [k[0] for k, _ in counters],
-        [k[1] for k, _ in counters],
-        [k[2] for k, _ in counters],
+        [k.customer_id for k, _ in counters],
+        [k.meter_slug for k, _ in counters],
+        [k.period_start for k, _ in counters],
         [state.used for _, state in counters],
         [state.event_count for _, state in counters],
         [state.latest_event_time for _, state in counters],
         [state.latest_event_id for _, state in counters],
-        [u.key[0] for u in unique_values],
-        [u.key[1] for u in unique_values],
-        [u.key[2] for u in unique_values],
+        [u.key.customer_id for u in unique_values],
+        [u.key.meter_slug for u in unique_values],
+        [u.key.period_start for u in unique_values],
         [u.value for u in unique_values],
         [u.first_event_id for u in unique_values],
         [_json_text(row.dimensions) for row in rows],
@@ -253,7 +253,7 @@ def stored_events(plan: BatchPlan, recorded_at: dict[UUID, datetime]) -> list[St
             requested_price_slug=row.event.requested_price_slug,
             quantity=row.event.quantity,
             event_time=row.event.event_time,
-            period_start=row.key[2],
+            period_start=row.key.period_start,
             recorded_at=recorded_at[row.event_id],
             properties=row.event.properties,
         )

@@ -9,8 +9,9 @@ them (steps 5-6's what) is metering.domain.usage's, a pure function.
 
 1. reads the customers of the batch (plan, billing anchor, how far their
    periods are closed) under a share lock of their rows, and resolves each
-   event (plan terms, period, price, whether it is late) through the engine's
-   `resolve`;
+   command with the customer row it read (plan terms, period, price, whether
+   it is late) through the pure metering.domain.usage.resolve: the writer
+   calls down into the domain, never back up into a service;
 2. locks every counter row involved, in a stable order (no deadlocks between
    workers or replicas), creating missing ones;
 3. finds the transaction ids that already exist;
@@ -64,21 +65,24 @@ from uuid import UUID
 
 from metering.domain.errors import DatabaseUnavailable, MeteringError
 from metering.domain.notifications import NotificationType
-from metering.domain.records import CustomerRecord, new_event_ids
+from metering.domain.records import new_event_ids
+from metering.domain.terms import TermsBook
 from metering.domain.usage import (
     BatchPlan,
     BatchReads,
     Resolution,
+    UsageCommand,
     Written,
     allowance_key_for,
     counters_to_lock,
     decide_batch,
     originals_unlocked,
+    resolve,
 )
 from metering.ledger import usage as batch_sql
 from metering.ledger.pool import Connection, Pool, PoolUser, answer_within, translate_errors
 
-__all__ = ["BatchWriter", "GroupResults", "Resolution", "Resolver", "Written", "WrittenKeys"]
+__all__ = ["BatchWriter", "GroupResults", "Resolution", "Written", "WrittenKeys"]
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
@@ -90,10 +94,6 @@ log = logging.getLogger(__name__)
 # Attempts of one batch when a concurrent insert takes a transaction id first.
 _BATCH_ATTEMPTS = 3
 
-# Given the customer row (None when unknown), resolve an event or raise the
-# domain error that refuses it.
-Resolver = Callable[[CustomerRecord | None], Resolution]
-
 GroupResults = list[Written | BaseException]
 
 
@@ -101,7 +101,8 @@ GroupResults = list[Written | BaseException]
 class _Group:
     """The events of one call (or stream message), queued and written together."""
 
-    events: Sequence[tuple[str, Resolver]]  # (customer id, resolver) of each event, in order
+    events: Sequence[UsageCommand]  # in order
+    book: TermsBook  # the catalog's terms the events are resolved under
     # Answered once, with a result per event. Cancelled when the caller stops
     # waiting (its deadline in the queue, or the client gone): a group not yet
     # taken is then skipped.
@@ -149,9 +150,10 @@ class BatchWriter(PoolUser):
         self._workers = [asyncio.create_task(self._work(bulk=False)) for _ in range(workers)]
         self._workers += [asyncio.create_task(self._work(bulk=True)) for _ in range(bulk_workers)]
 
-    async def submit_group(self, events: Sequence[tuple[str, Resolver]]) -> GroupResults:
-        """Several events decided in this order, in the same transaction; each
-        result is the outcome or the exception that refused that event.
+    async def submit_group(self, events: Sequence[UsageCommand], book: TermsBook) -> GroupResults:
+        """Several events decided in this order, in the same transaction, under
+        the catalog's terms in `book`; each result is the outcome or the
+        exception that refused that event.
 
         A group without an answer within METERING_DB_TIMEOUT of its call,
         however much is queued ahead of it, is refused then, every event with
@@ -165,7 +167,7 @@ class BatchWriter(PoolUser):
         deadline = loop.time() + self._acquire_timeout
         future: asyncio.Future[GroupResults] = loop.create_future()
         call = None if self._tracing is None else self._tracing.current_call()
-        self._pending.append(_Group(events, future, call))
+        self._pending.append(_Group(events, book, future, call))
         self._pending_events += len(events)
         self._wakeup.set()
         try:
@@ -267,12 +269,13 @@ class BatchWriter(PoolUser):
         Returns the plan and when each of its events was recorded. Whatever
         needs no lock (event ids before, the answers after) is left out of the
         time the counter rows are held."""
-        customers = await batch_sql.customers(conn, {customer_id for g in batch for customer_id, _ in g.events})
+        customers = await batch_sql.customers(conn, {command.customer_id for g in batch for command in g.events})
         resolutions: list[Resolution | MeteringError] = []
         for group in batch:
-            for customer_id, resolve in group.events:
+            book = group.book
+            for command in group.events:
                 try:
-                    resolutions.append(resolve(customers.get(customer_id)))
+                    resolutions.append(resolve(command, customers.get(command.customer_id), book))
                 except MeteringError as exc:
                     resolutions.append(exc)
         valid = [r for r in resolutions if isinstance(r, Resolution)]

@@ -13,11 +13,11 @@ import logging
 from collections.abc import Collection
 
 from metering.api.auth import Authenticator
+from metering.config.access import load_access
 from metering.config.endpoints import load_endpoints
 from metering.config.settings import ConfigError, Settings
 from metering.delivery.retention import Retention
 from metering.delivery.webhooks import WebhookDelivery
-from metering.domain.access import load_access
 from metering.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
 import grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -31,6 +30,8 @@ from metering.api.health import METERING_SERVICE, DatabaseHealth
 from metering.api.interceptor import ObservedServiceInterceptor
 from metering.api.page_tokens import PageTokens
 from metering.api.servicer import MeteringServicer
+from metering.config.access import load_access
+from metering.config.catalog import load_catalog
 from metering.config.endpoints import Endpoint, load_endpoints
 from metering.config.settings import ConfigError, Settings
 from metering.config.stripe import StripeMapping, load_mapping
@@ -39,19 +40,21 @@ from metering.delivery.stream import OutboxStream
 from metering.delivery.stripe import StripeExporter, StripeMeterEvents
 from metering.delivery.wakeup import OutboxWakeup
 from metering.delivery.webhooks import WebhookDelivery
-from metering.domain.access import AccessPolicy, load_access
-from metering.domain.catalog import Catalog, load_catalog
-from metering.ledger import outbox
+from metering.domain.access import AccessPolicy
+from metering.domain.catalog import Catalog
 from metering.ledger.audit import AuditReport, audit_ledger
 from metering.ledger.customers import Ledger
 from metering.ledger.entitlements import Holds
 from metering.ledger.invoicing import InvoiceStore
+from metering.ledger.listen import OutboxListener
 from metering.ledger.migrate import migrate
+from metering.ledger.outbox import OutboxStore
 from metering.ledger.page_token_key import page_token_key
-from metering.ledger.pool import create_pool, is_unavailable
+from metering.ledger.pool import Pool, create_pool, is_unavailable
 from metering.ledger.replica import ReadInvoiceStore, ReadLedger, ReadRouter, ReplicaState, lag_for_gauge
 from metering.ledger.reporting import UsageReports
 from metering.ledger.rollups import sync_layouts
+from metering.ledger.stripe import StripeExportStore
 from metering.ledger.writer import BatchWriter
 from metering.runtime.embedded import EmbeddedPostgres, start_embedded
 from metering.runtime.reload import ConfigReloader
@@ -95,7 +98,7 @@ def open_database(settings: Settings) -> Database:
     return Database(embedded.uri(), embedded)
 
 
-async def connect(settings: Settings, url: str) -> asyncpg.Pool:
+async def connect(settings: Settings, url: str) -> Pool:
     """Create the pool, waiting up to STARTUP_DATABASE_WAIT_SECONDS for the database."""
     deadline = time.monotonic() + STARTUP_DATABASE_WAIT_SECONDS
     while True:
@@ -133,8 +136,8 @@ async def audit(
 async def replay_dead_letters(settings: Settings, url: str, endpoint: str, since: datetime | None) -> int:
     pool = await connect(settings, url)
     try:
-        async with pool.acquire() as conn:
-            return await outbox.replay_dead_letters(conn, endpoint, since)
+        store = OutboxStore(pool, acquire_timeout=settings.db_timeout.total_seconds())
+        return await store.replay_dead_letters(endpoint, since)
     finally:
         await pool.close()
 
@@ -354,22 +357,21 @@ async def _serve(
             on_notifications=metrics.count_notifications,
             tracing=tracing,
         )
-        wakeup = OutboxWakeup(database.url)
-        stream = OutboxStream(pool, wakeup, acquire_timeout=acquire_timeout, poll=settings.notification_poll)
+        wakeup = OutboxWakeup(OutboxListener(database.url))
+        outbox_store = OutboxStore(pool, acquire_timeout=acquire_timeout)
+        stream = OutboxStream(outbox_store, wakeup, poll=settings.notification_poll)
         webhooks = WebhookDelivery(
-            pool,
+            outbox_store,
             endpoints,
             wakeup,
             metrics,
-            acquire_timeout=acquire_timeout,
             timeout=settings.webhook_timeout,
             schedule=settings.webhook_retry_schedule,
             lease=settings.webhook_lease,
             poll=settings.notification_poll,
         )
         retention = Retention(
-            pool,
-            acquire_timeout=acquire_timeout,
+            outbox_store,
             retention=settings.notification_retention,
             endpoints=[endpoint.name for endpoint in endpoints],
         )
@@ -462,7 +464,8 @@ async def _serve(
         if stripe_mapping is not None:
             assert settings.stripe_api_key is not None  # Settings refuses a mapping without a key
             sender = StripeMeterEvents(settings.stripe_api_key, settings.stripe_api_base, settings.stripe_timeout)
-            exporter = StripeExporter(pool, stripe_mapping, settings, metrics, sender)
+            export_store = StripeExportStore(pool, acquire_timeout=acquire_timeout)
+            exporter = StripeExporter(export_store, stripe_mapping, settings, metrics, sender)
             export_task = asyncio.create_task(exporter.run())
         wakeup.start()
         webhooks.start()
@@ -501,7 +504,7 @@ async def _serve(
     log.info("stopped")
 
 
-async def open_read_replica(settings: Settings, primary: asyncpg.Pool, metrics: Metrics) -> ReadRouter:
+async def open_read_replica(settings: Settings, primary: Pool, metrics: Metrics) -> ReadRouter:
     """The router of usage, bill and invoice reads to METERING_READ_DATABASE_URL.
     Its pool opens no connection up front: a replica that is down at start-up
     leaves the reads on the primary, and does not stop the service."""
@@ -528,7 +531,7 @@ async def open_read_replica(settings: Settings, primary: asyncpg.Pool, metrics: 
     )
 
 
-async def prepare_database(pool: asyncpg.Pool, catalog: Catalog) -> None:
+async def prepare_database(pool: Pool, catalog: Catalog) -> None:
     """What start-up does to the database once: migrations (under their
     advisory lock) and the rollups' layout for the catalog's dimensions."""
     async with pool.acquire() as conn:

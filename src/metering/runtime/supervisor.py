@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import multiprocess
 
+from metering.config.catalog import load_catalog
 from metering.config.endpoints import load_endpoints
 from metering.config.settings import Settings
 from metering.config.stripe import load_mapping
-from metering.domain.catalog import load_catalog
 from metering.runtime.serve import (
     WORKER_READY,
     access_policy,

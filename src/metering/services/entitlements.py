@@ -14,27 +14,16 @@ from decimal import Decimal
 from typing import NamedTuple
 
 from metering.domain import limits
-from metering.domain.catalog import Catalog, Meter, PlanMeter
+from metering.domain.catalog import Catalog, Meter
 from metering.domain.decimals import ZERO
 from metering.domain.errors import FieldViolation, InvalidArgument, NotFound
-from metering.domain.notifications import MeterTerms
 from metering.domain.periods import Period
 from metering.domain.records import GrantRecord, ReservationRecord, StoredEvent
+from metering.domain.terms import MeterBalance, PlanTerms, TermsBook
+from metering.domain.usage import CounterKey
 from metering.ledger.customers import Ledger
 from metering.ledger.entitlements import Holds
-from metering.services.usage import (
-    MeterBalance,
-    MeterGuard,
-    allow_any_meter,
-    customer_meter,
-    limit_exceeded,
-    meter_balance,
-    meter_terms,
-    plan_allowance,
-    plan_named,
-    require_customer,
-    utc_now,
-)
+from metering.services.usage import MeterGuard, allow_any_meter, require_customer, utc_now
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +97,7 @@ class Entitlements:
         self, catalog: Catalog, ledger: Ledger, holds: Holds, *, clock: Callable[[], datetime] = utc_now
     ) -> None:
         self._catalog = catalog
+        self._book = TermsBook(catalog)
         self._ledger = ledger
         self._holds = holds
         self._clock = clock
@@ -120,7 +110,7 @@ class Entitlements:
         effective = command.effective_time or now
         expires = command.expire_time
         if command.expire_at_period_end:
-            expires = customer_meter(self._catalog, customer, command.meter).period_at(effective).end
+            expires = self._book.for_customer(customer, command.meter).period_at(effective).end
             if expires is None:
                 raise InvalidArgument(
                     [FieldViolation("expire_at_period_end", f"meter {command.meter.slug!r} never resets")]
@@ -143,22 +133,20 @@ class Entitlements:
 
     async def list_grants(self, customer_id: str, meter: Meter | None, *, include_expired: bool) -> list[GrantView]:
         customer = await require_customer(self._ledger, customer_id)
-        plan = plan_named(self._catalog, customer.plan_slug)
+        self._catalog.plan(customer.plan_slug)  # NotFound even when the customer has no grants
         now = self._clock()
         grants = await self._holds.list_grants(customer_id, meter.slug if meter else None)
         by_meter: dict[str, list[GrantRecord]] = {}
         for grant in grants:
             by_meter.setdefault(grant.meter_slug, []).append(grant)
-        chains = {slug: customer_meter(self._catalog, customer, self._catalog.meters[slug], plan) for slug in by_meter}
-        keys = [(slug, chain.period_at(now).start) for slug, chain in chains.items()]
+        chains = {slug: self._book.for_customer(customer, self._catalog.meters[slug]) for slug in by_meter}
+        keys = [CounterKey(customer_id, slug, chain.period_at(now).start) for slug, chain in chains.items()]
         _, readings = await self._ledger.read_counters(customer_id, keys, now)
         views = []
-        for slug, start in keys:
-            meter_, terms = chains[slug].meter, chains[slug].terms
-            reading = readings[(slug, start)]
-            allowance = limits.Allowance(
-                meter_.aggregation, terms.enforcement, terms.limit, granted=reading.granted, reserved=reading.reserved
-            )
+        for key in keys:
+            slug = key.meter_slug
+            reading = readings[key]
+            allowance = chains[slug].terms.allowance_of(reading)
             active = sorted(
                 (g for g in by_meter[slug] if g.active_at(now)),
                 key=lambda g: (g.expires_at is None, g.expires_at or now, g.effective_at, g.grant_id),
@@ -178,71 +166,39 @@ class Entitlements:
 
     async def reserve(self, command: ReserveCommand) -> ReservationResult:
         customer = await require_customer(self._ledger, command.customer_id)
-        chain = customer_meter(self._catalog, customer, command.meter)
-        plan, terms, period = chain.plan, chain.terms, chain.period_at(self._clock())
+        chain = self._book.for_customer(customer, command.meter)
+        terms, period = chain.terms, chain.period_at(self._clock())
         outcome = await self._holds.reserve(
-            command.customer_id,
-            command.reservation_id,
-            command.meter.slug,
-            command.quantity,
-            plan_allowance(command.meter, terms),
-            period,
-            command.ttl,
-            meter_terms(plan, command.meter, terms),
+            command.customer_id, command.reservation_id, terms, command.quantity, period, command.ttl
         )
         if not outcome.fits:
-            raise limit_exceeded(
-                command.meter,
-                plan.slug,
-                terms,
-                period,
-                available=outcome.available_before or ZERO,
-                requested=command.quantity,
-            )
-        balance = meter_balance(command.meter, terms, period, outcome.reading)
+            raise terms.limit_exceeded(period, available=outcome.available_before or ZERO, requested=command.quantity)
+        balance = terms.balance(period, outcome.reading)
         status = outcome.reservation.status_at(outcome.decided_at)
         return ReservationResult(outcome.reservation, status, outcome.duplicate, balance)
 
     async def commit(self, command: CommitCommand, *, allow_meter: MeterGuard = allow_any_meter) -> ReservationResult:
-        reservation, meter, terms, period, announced = await self._reservation(
-            command.customer_id, command.reservation_id
-        )
-        allow_meter(meter.slug)
-        outcome = await self._holds.commit(
-            reservation,
-            command.quantity,
-            command.properties,
-            terms.price,
-            meter,
-            plan_allowance(meter, terms),
-            period,
-            announced,
-        )
-        balance = meter_balance(meter, terms, period, outcome.reading)
+        reservation, terms, period = await self._reservation(command.customer_id, command.reservation_id)
+        allow_meter(terms.meter.slug)
+        outcome = await self._holds.commit(reservation, command.quantity, command.properties, terms, period)
+        balance = terms.balance(period, outcome.reading)
         status = outcome.reservation.status_at(outcome.decided_at)
         return ReservationResult(outcome.reservation, status, outcome.duplicate, balance, outcome.event)
 
     async def release(
         self, customer_id: str, reservation_id: str, *, allow_meter: MeterGuard = allow_any_meter
     ) -> ReservationResult:
-        reservation, meter, terms, period, _ = await self._reservation(customer_id, reservation_id)
-        allow_meter(meter.slug)
-        released, reading, decided_at = await self._holds.release(reservation, plan_allowance(meter, terms), period)
-        balance = meter_balance(meter, terms, period, reading)
+        reservation, terms, period = await self._reservation(customer_id, reservation_id)
+        allow_meter(terms.meter.slug)
+        released, reading, decided_at = await self._holds.release(reservation, terms, period)
+        balance = terms.balance(period, reading)
         return ReservationResult(released, released.status_at(decided_at), False, balance)
 
-    async def _reservation(
-        self, customer_id: str, reservation_id: str
-    ) -> tuple[ReservationRecord, Meter, PlanMeter, Period, MeterTerms]:
+    async def _reservation(self, customer_id: str, reservation_id: str) -> tuple[ReservationRecord, PlanTerms, Period]:
         customer = await require_customer(self._ledger, customer_id)
         reservation = await self._holds.get_reservation(customer_id, reservation_id)
         if reservation is None:
             raise NotFound("reservation", reservation_id)
-        meter = self._catalog.meters.get(reservation.meter_slug)
-        if meter is None:
-            raise NotFound("meter", reservation.meter_slug)
-        chain = customer_meter(self._catalog, customer, meter)
-        plan, terms = chain.plan, chain.terms
+        chain = self._book.for_customer(customer, self._catalog.meter(reservation.meter_slug))
         # The hold's own period, whatever the time now: its commit counts there.
-        period = chain.period_at(reservation.period_start)
-        return reservation, meter, terms, period, meter_terms(plan, meter, terms)
+        return reservation, chain.terms, chain.period_at(reservation.period_start)

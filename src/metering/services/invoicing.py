@@ -4,9 +4,15 @@ Lifecycle of a customer's billing period (monthly from its billing anchor):
 gathering while it runs; a draft from its end until end + grace
 (METERING_INVOICE_GRACE), during which late events and voids still count and
 EstimateBill shows the draft; then the closer finalizes it into an invoice
-that never changes (metering.ledger.invoicing.finalize_period), and new events
-in it are refused (metering.domain.closing). The closer runs in every `metering
-serve`; replicas share the work without doing any of it twice.
+that never changes, and new events in it are refused (metering.domain.closing).
+The closer runs in every `metering serve`; replicas share the work without
+doing any of it twice.
+
+A close is a unit of work this module drives, descending and returning: the
+ledger opens it (metering.ledger.invoicing: the customer locked, its oldest
+open period, the database's clock), the closer decides whether the period is
+due (closing.is_due) and computes its bill (metering.services.reporting,
+priced by metering.domain.pricing), then asks the ledger to finalize it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from metering.domain.errors import DatabaseUnavailable, FieldViolation, InvalidA
 from metering.domain.periods import BillingPeriod
 from metering.domain.records import DRAFT, FINALIZED, GATHERING, CustomerRecord, Invoice, InvoiceLine
 from metering.ledger.customers import Ledger
-from metering.ledger.invoicing import DueCustomer, InvoiceStore
+from metering.ledger.invoicing import DueCustomer, Finalized, InvoiceStore
 from metering.services.reporting import Bill, Reporting
 from metering.services.usage import require_customer, utc_now
 from metering.telemetry import metrics as m
@@ -228,9 +234,7 @@ class Closer:
 
     async def _close(self, due: DueCustomer) -> tuple[int, bool] | None:
         try:
-            outcome = await self._invoices.close_one(
-                due.customer_id, self._grace, self._bill_of, pause=self._pause.total_seconds()
-            )
+            outcome = await self._close_one(due.customer_id)
         except (NotFound, PriceCurrencyMismatch) as exc:
             # The catalog changed under the period (a price or plan gone, a
             # currency changed): its invoice waits for the catalog to be fixed.
@@ -248,11 +252,30 @@ class Closer:
             return None
         if outcome is None:
             return None
+        finalized, next_due = outcome
         self._unpriceable.discard((due.customer_id, due.period_end))
-        if outcome.created:
+        if finalized.created:
             self._metrics.invoices_finalized.inc()
-        self._metrics.count_notifications(outcome.announced)
-        return (1 if outcome.created else 0), outcome.next_due
+        self._metrics.count_notifications(finalized.announced)
+        return (1 if finalized.created else 0), next_due
 
-    async def _bill_of(self, customer: CustomerRecord, period: BillingPeriod) -> Invoice:
-        return invoice_of(await self._reporting.bill(customer, period), FINALIZED)
+    async def _close_one(self, customer_id: str) -> tuple[Finalized, bool] | None:
+        """Finalize the customer's oldest period if it is due, and say whether
+        its following period is due too (a backlog); None when it is
+        not (any more: another replica closed it) or another replica is
+        closing this customer. One transaction: nothing of it stays if any
+        step fails (a period that cannot be priced raises here)."""
+        async with self._invoices.closing(customer_id) as close:
+            if close is None:
+                return None
+            period, now = close.period, close.now
+            if not closing.is_due(period.end, self._grace, now):
+                return None
+            # Priced on connections of its own: the close holds the customer's
+            # row meanwhile, so no write can change the period.
+            bill = invoice_of(await self._reporting.bill(close.customer, period), FINALIZED)
+            if self._pause:
+                # Test-only (METERING_TEST_ONLY_CLOSE_PAUSE): a window to kill the process in.
+                await asyncio.sleep(self._pause.total_seconds())
+            finalized = await close.finalize(bill)
+        return finalized, closing.is_due(finalized.following_end, self._grace, now)

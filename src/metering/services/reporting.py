@@ -15,14 +15,15 @@ from zoneinfo import ZoneInfo
 from metering.domain import decimals
 from metering.domain.catalog import Catalog, Meter, Plan, Price
 from metering.domain.decimals import ZERO
-from metering.domain.errors import FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
+from metering.domain.errors import FieldViolation, InvalidArgument, PriceCurrencyMismatch
 from metering.domain.periods import BillingPeriod
 from metering.domain.pricing import LineCharge, price_line
 from metering.domain.records import CustomerRecord, EventPosition, StoredEvent
+from metering.domain.terms import TermsBook
 from metering.domain.windows import TooManyWindowsError, Window, WindowSize, windows
 from metering.ledger.customers import Ledger
 from metering.ledger.reporting import AggregateQuery, PropertyFilter, UsageCursor, UsageReports
-from metering.services.usage import customer_meter, plan_named, require_customer, utc_now
+from metering.services.usage import require_customer, utc_now
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,18 +124,19 @@ class Reporting:
         self, catalog: Catalog, ledger: Ledger, reports: UsageReports, *, clock: Callable[[], datetime] = utc_now
     ) -> None:
         self._catalog = catalog
+        self._book = TermsBook(catalog)
         self._ledger = ledger
         self._reports = reports
         self._clock = clock
 
     async def get_usage(self, query: UsageQuery) -> UsagePage:
         customer = await require_customer(self._ledger, query.customer_id)
-        plan = plan_named(self._catalog, customer.plan_slug)
+        self._catalog.plan(customer.plan_slug)  # NotFound whatever the query's range
         now = query.cursor.now if query.cursor else self._clock()
         # All windows first, so a request too large is refused before any query runs.
         meter_windows = []
         for meter in query.meters:
-            start = query.start or customer_meter(self._catalog, customer, meter, plan).period_at(now).start
+            start = query.start or self._book.for_customer(customer, meter).period_at(now).start
             end = query.end or now
             if end <= start:
                 raise InvalidArgument([FieldViolation("end", "must be after start_time")])
@@ -197,7 +199,7 @@ class Reporting:
         # The plan in effect at the end of the period, or now for the current one.
         plan_time = min(period.end - timedelta(microseconds=1), self._clock())
         plan_slug = await self._reports.plan_at(customer_id, plan_time) or customer.plan_slug
-        plan = plan_named(self._catalog, plan_slug)
+        plan = self._catalog.plan(plan_slug)
         assert plan.currency is not None  # every plan has one (catalog check)
         others = [slug for slug in self._catalog.meters if slug not in plan.meters]
         used = await self._reports.meters_with_usage(customer_id, period.start, period.end, others)
@@ -222,11 +224,9 @@ class Reporting:
         price_slugs = [terms.price, *sorted(slug for slug in quantities if slug != terms.price)]
         lines = []
         for slug in price_slugs:
-            price = self._catalog.prices.get(slug)
-            if price is None:
-                # Events priced with a price the catalog no longer has: refuse
-                # rather than bill them at nothing.
-                raise NotFound("price", slug)
+            # Events priced with a price the catalog no longer has: refused
+            # (NotFound) rather than billed at nothing.
+            price = self._catalog.price(slug)
             if price.currency is not None and price.currency != plan.currency:
                 raise PriceCurrencyMismatch(price.slug, price.currency, plan.currency)
             included = terms.included if slug == terms.price else ZERO

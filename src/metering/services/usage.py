@@ -1,10 +1,13 @@
-"""The domain of writing and checking usage: applies a customer's plan.
+"""The orchestration of writing and checking usage: no gRPC (see metering.api), no SQL (see metering.ledger).
 
-Flow of RecordUsage: the batching writer (metering.ledger.writer) reads the
-customer in its transaction and asks this module what the event means
-(plan -> the plan's terms for the meter -> the period containing the event ->
-price), then adds grants and holds to the plan's limit, decides and writes. No gRPC here (see
-metering.api) and no SQL (see metering.ledger).
+Flow of RecordUsage: the API edge validates each request into a UsageCommand
+(the call's clock read once, in `received_at`); MeteringEngine.record_many
+hands the commands and the catalog's terms (metering.domain.terms.TermsBook)
+to the batching writer (metering.ledger.writer), which reads the customers in
+its transaction, resolves each command with the pure
+metering.domain.usage.resolve, decides, writes and returns each outcome; the
+engine turns the outcomes into results (the balance, or the refusal of a hard
+limit). The call descends and returns: the ledger never calls back up here.
 """
 
 from __future__ import annotations
@@ -14,18 +17,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import partial
 
-from metering.domain import closing, limits
-from metering.domain.catalog import Catalog, Meter, Plan, PlanMeter, Price
+from metering.domain import closing
+from metering.domain.catalog import Catalog, Meter
 from metering.domain.decimals import ZERO
-from metering.domain.errors import InvalidArgument, LimitExceeded, NotFound, PriceCurrencyMismatch
-from metering.domain.notifications import MeterTerms
-from metering.domain.periods import Period, Periods, period_containing
-from metering.domain.records import CounterReading, CustomerRecord, NewEvent, StoredEvent
-from metering.domain.usage import Resolution, Written
+from metering.domain.errors import LimitExceeded, NotFound
+from metering.domain.periods import Period
+from metering.domain.records import CustomerRecord, StoredEvent
+from metering.domain.terms import MeterBalance, PlanTerms, TermsBook
+from metering.domain.usage import CounterKey, UsageCommand, Written
 from metering.ledger.customers import CustomerUpsert, Ledger
-from metering.ledger.writer import BatchWriter, Resolver
+from metering.ledger.writer import BatchWriter
+
+__all__ = [
+    "BalanceQuery",
+    "BalanceReport",
+    "CustomerCache",
+    "MeterBalance",
+    "MeterGuard",
+    "MeteringEngine",
+    "RecordResult",
+    "UsageCommand",
+    "VoidResult",
+    "allow_any_meter",
+    "require_customer",
+    "utc_now",
+]
 
 # Called with the meter of a stored event or hold before it is changed; raises
 # to refuse (the API layer passes the caller's meter restriction).
@@ -47,66 +64,6 @@ async def require_customer(ledger: Ledger, customer_id: str) -> CustomerRecord:
     return customer
 
 
-def plan_named(catalog: Catalog, plan_slug: str) -> Plan:
-    plan = catalog.plans.get(plan_slug)
-    if plan is None:
-        # The catalog lost a plan that customers are still on.
-        raise NotFound("plan", plan_slug)
-    return plan
-
-
-@dataclass(frozen=True, slots=True)
-class CustomerMeter:
-    """A customer's terms for one meter: the chain customer -> plan -> the
-    plan's terms for the meter -> the periods they reset on, in one place."""
-
-    customer: CustomerRecord
-    plan: Plan
-    meter: Meter
-    terms: PlanMeter
-
-    def period_at(self, instant: datetime, periods: Periods | None = None) -> Period:
-        """The period containing `instant` (from `periods`' memory when given)."""
-        if periods is not None:
-            return periods.containing(instant, self.customer.billing_anchor, self.terms.reset)
-        return period_containing(instant, self.customer.billing_anchor, self.terms.reset)
-
-
-def customer_meter(catalog: Catalog, customer: CustomerRecord, meter: Meter, plan: Plan | None = None) -> CustomerMeter:
-    """The customer's terms for `meter` under its current plan (or `plan`,
-    already looked up for the same customer); NotFound if the catalog lost it."""
-    plan = plan or plan_named(catalog, customer.plan_slug)
-    return CustomerMeter(customer, plan, meter, catalog.plan_meter(plan, meter))
-
-
-def meter_terms(plan: Plan, meter: Meter, terms: PlanMeter) -> MeterTerms:
-    """What notifications about this meter say of the plan."""
-    return MeterTerms(plan.slug, meter.unit, terms.approaching_threshold)
-
-
-def plan_allowance(meter: Meter, terms: PlanMeter) -> limits.Allowance:
-    """The plan's part of the allowance; the ledger adds grants and holds."""
-    return limits.Allowance(meter.aggregation, terms.enforcement, terms.limit)
-
-
-@dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
-class UsageCommand:
-    """A validated RecordUsage request with its catalog references resolved."""
-
-    customer_id: str
-    transaction_id: str
-    meter: Meter
-    price: Price | None  # the price the caller named, if any
-    quantity: Decimal
-    event_time: datetime | None  # None: server time
-    properties: dict[str, str]
-    unique_value: str | None  # the counted property value, for UNIQUE_COUNT meters
-    allow_overage: bool
-    # An event time older than the backfill window: refused unless the event is
-    # an exact replay of a recorded one (validation decides, the writer applies).
-    too_old: InvalidArgument | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class BalanceQuery:
     """A CheckBalance request, checked."""
@@ -114,16 +71,6 @@ class BalanceQuery:
     customer_id: str
     meter: Meter | None  # None: every meter of the plan
     requested: Decimal | None
-
-
-@dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
-class MeterBalance:
-    """A meter's balance in a period: its terms and the figures CheckBalance answers."""
-
-    meter: Meter
-    terms: PlanMeter
-    period: Period
-    figures: limits.BalanceFigures
 
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
@@ -182,43 +129,6 @@ class CustomerCache:
         self._entries.pop(customer_id, None)
 
 
-def limit_exceeded(
-    meter: Meter, plan_slug: str, terms: PlanMeter, period: Period, *, available: Decimal, requested: Decimal
-) -> LimitExceeded:
-    """The refusal of a hard limit, with what a caller needs to act on it."""
-    assert terms.limit is not None
-    return LimitExceeded(
-        meter=meter.slug,
-        plan=plan_slug,
-        unit=meter.unit,
-        limit=terms.limit,
-        available=available,
-        requested=requested,
-        period_end=period.end,
-    )
-
-
-def meter_balance(meter: Meter, terms: PlanMeter, period: Period, reading: CounterReading) -> MeterBalance:
-    """The balance of one meter from its counter, grants and holds."""
-    allowance = reading.allowance
-    if allowance is None:
-        allowance = limits.Allowance(
-            meter.aggregation, terms.enforcement, terms.limit, granted=reading.granted, reserved=reading.reserved
-        )
-    figures = limits.balance_figures(allowance, reading.state.used, terms.approaching_threshold)
-    return MeterBalance(meter, terms, period, figures)
-
-
-@dataclass(frozen=True, slots=True)
-class _PlanMeterTerms:
-    """What a plan says of a meter, in the forms an event's resolution needs."""
-
-    plan: Plan
-    terms: PlanMeter
-    allowance: limits.Allowance  # the plan's part (shared: never changed)
-    notified: MeterTerms
-
-
 class MeteringEngine:
     """Recording and checking usage: resolves what an event means under the customer's plan (terms,
     period, price), hands events to the batching writer and reads balances. Its customer cache
@@ -233,10 +143,10 @@ class MeteringEngine:
         self.writer = writer
         self._clock = clock
         self._customers = CustomerCache()
-        self._periods = Periods()  # the periods of recent events and balances, by customer anchor and reset
         # The catalog never changes while serving: what a plan says of a meter
-        # is looked up once per plan and meter, not once per event.
-        self._plan_meters: dict[tuple[str, str], _PlanMeterTerms] = {}
+        # is built once per plan and meter, not once per event; the periods of
+        # recent events and balances are remembered by customer anchor and reset.
+        self._book = TermsBook(catalog)
 
     def now(self) -> datetime:
         return self._clock()
@@ -248,8 +158,7 @@ class MeteringEngine:
         message); each result is the event's outcome or the error refusing it.
         Without `balances` (a stream's summary shows none) results carry no
         balance, and none is computed."""
-        now = self._clock()
-        written = await self.writer.submit_group([(c.customer_id, self._resolver(c, now)) for c in commands])
+        written = await self.writer.submit_group(commands, self._book)
         results: list[RecordResult | BaseException] = []
         for command, item in zip(commands, written, strict=True):
             if isinstance(item, BaseException):
@@ -261,84 +170,26 @@ class MeteringEngine:
                 results.append(exc)
         return results
 
-    def _resolver(self, command: UsageCommand, now: datetime) -> Resolver:
-        """What the event means under its customer's plan, decided inside the
-        writer's transaction with the customer row it read there."""
-        return partial(self._resolve, command, now)
-
-    def _resolve(self, command: UsageCommand, now: datetime, customer: CustomerRecord | None) -> Resolution:
-        if customer is None:
-            # No event was ever recorded for an unknown customer: a bad time
-            # is refused as it was sent, before the reference.
-            raise command.too_old or NotFound("customer", command.customer_id)
-        known = self._plan_meter(customer.plan_slug, command.meter)
-        plan, terms = known.plan, known.terms
-        named = command.price
-        if named is not None and named.currency is not None and named.currency != plan.currency:
-            raise PriceCurrencyMismatch(named.slug, named.currency, plan.currency or "")
-        event_time = command.event_time or now
-        event = NewEvent(
-            customer_id=command.customer_id,
-            transaction_id=command.transaction_id,
-            meter_slug=command.meter.slug,
-            price_slug=named.slug if named else terms.price,
-            requested_price_slug=named.slug if named else None,
-            quantity=command.quantity,
-            event_time=event_time,
-            event_time_given=command.event_time is not None,
-            properties=command.properties,
-        )
-        period = self._periods.containing(event_time, customer.billing_anchor, terms.reset)
-        refusal = command.too_old or closing.late_refusal(
-            customer.customer_id, command.transaction_id, event_time, customer.billing_anchor, customer.closed_through
-        )
-        return Resolution(
-            event,
-            known.allowance,
-            period,
-            command.unique_value,
-            command.allow_overage,
-            dimensions=command.meter.dimension_values(command.properties),
-            terms=known.notified,
-            plan_terms=terms,
-            billing_anchor=customer.billing_anchor,
-            refusal=refusal,
-        )
-
-    def _plan_meter(self, plan_slug: str, meter: Meter) -> _PlanMeterTerms:
-        """customer_meter's plan and terms, remembered per plan and meter."""
-        key = (plan_slug, meter.slug)
-        found = self._plan_meters.get(key)
-        if found is None:
-            plan = plan_named(self.catalog, plan_slug)
-            terms = self.catalog.plan_meter(plan, meter)
-            found = _PlanMeterTerms(plan, terms, plan_allowance(meter, terms), meter_terms(plan, meter, terms))
-            self._plan_meters[key] = found
-        return found
-
     def _recorded(self, command: UsageCommand, written: Written, with_balance: bool = True) -> RecordResult:
         resolution = written.resolution
-        terms, plan_slug = resolution.plan_terms, resolution.terms.plan_slug
+        plan_slug = resolution.terms.plan_slug
         outcome, period = written.outcome, resolution.period
         decision = outcome.decision
         if outcome.event is None:
             assert decision is not None
-            raise limit_exceeded(
-                command.meter,
-                plan_slug,
-                terms,
-                period,
-                available=decision.available_before or ZERO,
-                requested=decision.cost,
+            raise self._book.of(plan_slug, command.meter).limit_exceeded(
+                period, available=decision.available_before or ZERO, requested=decision.cost
             )
         overage = decision.overage if decision is not None else ZERO
         if not with_balance:
             return RecordResult(plan_slug, outcome.event, outcome.duplicate, None, overage)
+        known = self._book.of(plan_slug, command.meter)
         if outcome.duplicate:
             # The original event counted in the period of its own event time.
-            period = self._periods.containing(outcome.event.event_time, resolution.billing_anchor, terms.reset)
-        balance = meter_balance(command.meter, terms, period, outcome.reading)
-        return RecordResult(plan_slug, outcome.event, outcome.duplicate, balance, overage)
+            period = known.period_at(outcome.event.event_time, resolution.billing_anchor, self._book.periods)
+        return RecordResult(
+            plan_slug, outcome.event, outcome.duplicate, known.balance(period, outcome.reading), overage
+        )
 
     async def check_balance(self, query: BalanceQuery) -> BalanceReport:
         """One round trip in the common case: the billing anchor never changes,
@@ -347,14 +198,15 @@ class MeteringEngine:
         customer = self._customers.get(query.customer_id) or await self._load_customer(query.customer_id)
         now = self._clock()
         for _ in range(2):
-            plan = plan_named(self.catalog, customer.plan_slug)
+            plan = self.catalog.plan(customer.plan_slug)
             meters = [query.meter] if query.meter else [self.catalog.meters[slug] for slug in plan.meters]
-            wanted = []
+            wanted: list[tuple[PlanTerms, Period, CounterKey]] = []
             for meter in meters:
-                terms = self._plan_meter(plan.slug, meter).terms
-                wanted.append((meter, terms, self._periods.containing(now, customer.billing_anchor, terms.reset)))
+                known = self._book.of(plan.slug, meter)
+                period = known.period_at(now, customer.billing_anchor, self._book.periods)
+                wanted.append((known, period, CounterKey(customer.customer_id, meter.slug, period.start)))
             current_plan, readings = await self.ledger.read_counters(
-                customer.customer_id, [(meter.slug, period.start) for meter, _, period in wanted], now
+                customer.customer_id, [key for _, _, key in wanted], now
             )
             if current_plan == customer.plan_slug:
                 break
@@ -362,20 +214,11 @@ class MeteringEngine:
                 self._customers.forget(query.customer_id)
                 raise NotFound("customer", query.customer_id)
             customer = await self._load_customer(query.customer_id)  # the plan changed since it was cached
-        balances = [
-            meter_balance(meter, terms, period, readings[(meter.slug, period.start)]) for meter, terms, period in wanted
-        ]
+        balances = [known.balance(period, readings[key]) for known, period, key in wanted]
         requested_allowed = None
         if query.requested is not None and query.meter is not None:
-            only, reading = balances[0], readings[(balances[0].meter.slug, balances[0].period.start)]
-            allowance = limits.Allowance(
-                only.meter.aggregation,
-                only.terms.enforcement,
-                only.terms.limit,
-                granted=reading.granted,
-                reserved=reading.reserved,
-            )
-            requested_allowed = limits.requested_fits(allowance, reading.state.used, query.requested)
+            known, _, key = wanted[0]
+            requested_allowed = known.requested_fits(readings[key], query.requested)
         return BalanceReport(customer.customer_id, plan.slug, balances, requested_allowed, now)
 
     async def _load_customer(self, customer_id: str) -> CustomerRecord:
@@ -391,23 +234,17 @@ class MeteringEngine:
         if event is None:
             raise NotFound("event", transaction_id)
         allow_meter(event.meter_slug)
-        meter = self.catalog.meters.get(event.meter_slug)
-        if meter is None:
-            raise NotFound("meter", event.meter_slug)
-        chain = customer_meter(self.catalog, customer, meter)
-        terms, period = chain.terms, chain.period_at(event.event_time)
+        chain = self._book.for_customer(customer, self.catalog.meter(event.meter_slug))
+        period = chain.period_at(event.event_time)
         # Refused in the ledger's transaction, under the customer's lock, once
         # the event's billing period is finalized; during its grace a void counts.
-        voided, duplicate, reading = await self.ledger.void_event(
-            event, meter, plan_allowance(meter, terms), period, reason
-        )
-        return VoidResult(voided, duplicate, meter_balance(meter, terms, period, reading))
+        voided, duplicate, reading = await self.ledger.void_event(event, chain.terms, period, reason)
+        return VoidResult(voided, duplicate, chain.terms.balance(period, reading))
 
     async def upsert_customer(
         self, customer_id: str, plan_slug: str, billing_anchor: datetime | None
     ) -> CustomerUpsert:
-        if plan_slug not in self.catalog.plans:
-            raise NotFound("plan", plan_slug)
+        self.catalog.plan(plan_slug)  # NotFound before anything is written
         now = self._clock()
         first_period_end = closing.first_period_end(billing_anchor or now)  # used when it is created
         record, created = await self.ledger.upsert_customer(

@@ -1,0 +1,68 @@
+"""A notification on the wire: the watch stream's Notification message, and the
+webhook body (the same message's proto3 JSON)."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from metering.domain.decimals import format_decimal
+from metering.domain.notifications import LimitRejected, NotificationType, StoredNotification, ThresholdCrossed
+from metering.domain.periods import Period
+from metering.v1 import notifications_pb2
+from metering.wire.values import money, set_timestamp, timestamp
+
+NOTIFICATION_TYPES = {
+    NotificationType.THRESHOLD_CROSSED: notifications_pb2.NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED,
+    NotificationType.LIMIT_REJECTED: notifications_pb2.NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED,
+    NotificationType.INVOICE_FINALIZED: notifications_pb2.NOTIFICATION_TYPE_INVOICE_FINALIZED,
+}
+
+
+def _set_period(start: Timestamp, end: Timestamp, period: Period) -> None:
+    set_timestamp(start, period.start)
+    if period.end is not None:
+        set_timestamp(end, period.end)
+
+
+def notification(stored: StoredNotification) -> notifications_pb2.Notification:
+    """The Notification message: the watch stream's, and the webhook body (its proto3 JSON)."""
+    message = notifications_pb2.Notification(
+        id=str(stored.notification_id),
+        type=NOTIFICATION_TYPES[stored.type],
+        time=timestamp(stored.created_at),
+        customer_id=stored.customer_id,
+        cursor=stored.position.cursor(),
+    )
+    payload = stored.payload
+    if isinstance(payload, ThresholdCrossed):
+        crossed = message.threshold_crossed
+        crossed.meter_slug, crossed.plan_slug, crossed.unit = payload.meter_slug, payload.plan_slug, payload.unit
+        _set_period(crossed.period_start_time, crossed.period_end_time, payload.period)
+        crossed.threshold_percent = format_decimal(payload.threshold_percent)
+        crossed.used = format_decimal(payload.used)
+        crossed.limit = format_decimal(payload.limit)
+        crossed.granted = format_decimal(payload.granted)
+        crossed.allowance = format_decimal(payload.allowance)
+        crossed.percent_used = format(payload.percent_used, "f")
+    elif isinstance(payload, LimitRejected):
+        rejected = message.limit_rejected
+        rejected.meter_slug, rejected.plan_slug, rejected.unit = payload.meter_slug, payload.plan_slug, payload.unit
+        _set_period(rejected.period_start_time, rejected.period_end_time, payload.period)
+        rejected.limit = format_decimal(payload.limit)
+        rejected.available = format_decimal(payload.available)
+        rejected.requested = format_decimal(payload.requested)
+        rejected.transaction_id = payload.transaction_id
+    else:
+        invoice = message.invoice_finalized
+        invoice.invoice_id, invoice.invoice_number = payload.invoice_id, payload.invoice_number
+        _set_period(invoice.period_start_time, invoice.period_end_time, payload.period)
+        invoice.total.CopyFrom(money(payload.total, payload.currency))
+    return message
+
+
+def notification_json(stored: StoredNotification) -> str:
+    """The webhook body: the Notification's proto3 JSON, compact."""
+    return json.dumps(json_format.MessageToDict(notification(stored)), separators=(",", ":"))

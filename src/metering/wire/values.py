@@ -1,0 +1,35 @@
+"""Timestamps and money as the wire carries them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from metering.domain.pricing import round_money
+from metering.v1 import billing_pb2
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def set_timestamp(message: Timestamp, value: datetime) -> None:
+    """What Timestamp.FromDatetime sets (a naive value is UTC), by integer
+    arithmetic; setting a field of a sub-message also marks it present."""
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    message.seconds = delta.days * 86400 + delta.seconds
+    message.nanos = delta.microseconds * 1000
+
+
+def timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    set_timestamp(stamp, value)
+    return stamp
+
+
+def money(amount: Decimal, currency: str) -> billing_pb2.Money:
+    # Amounts are already rounded to the minor unit; this only fixes the digits
+    # shown ("0" is "0.00" in USD), it never changes a value.
+    shown = round_money(amount, currency)
+    assert shown == amount, "money reaches the wire rounded once, at the line total"
+    return billing_pb2.Money(currency_code=currency, amount=format(shown, "f"))

@@ -1,0 +1,178 @@
+"""metering.domain.usage.resolve: what an event means under its customer's plan, without a database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metering.config.catalog import parse_catalog
+from metering.domain.catalog import Catalog
+from metering.domain.errors import (
+    BeforeFirstPeriod,
+    EventTooOld,
+    NotFound,
+    PeriodClosed,
+    PriceCurrencyMismatch,
+)
+from metering.domain.periods import period_containing
+from metering.domain.records import CustomerRecord
+from metering.domain.terms import TermsBook
+from metering.domain.usage import CounterKey, Resolution, UsageCommand, resolve
+
+CATALOG: Catalog = parse_catalog(
+    """
+    [meters.tokens]
+    aggregation = "sum"
+    unit = "token"
+    dimensions = ["model"]
+
+    [meters.seats]
+    aggregation = "unique_count"
+    unit = "seat"
+    property = "user"
+
+    [prices.tokens_usd]
+    meter = "tokens"
+    model = "per_unit"
+    currency = "USD"
+    unit_amount = "0.01"
+
+    [prices.tokens_eur]
+    meter = "tokens"
+    model = "per_unit"
+    currency = "EUR"
+    unit_amount = "0.01"
+
+    [plans.pro]
+    [plans.pro.meters.tokens]
+    limit = "100"
+    price = "tokens_usd"
+    reset = "day"
+    """
+)
+ANCHOR = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+CUSTOMER = CustomerRecord("c1", "pro", ANCHOR, ANCHOR, ANCHOR)
+
+
+def command(
+    *,
+    event_time: datetime | None = None,
+    price: str | None = None,
+    meter: str = "tokens",
+    too_old: EventTooOld | None = None,
+    properties: dict[str, str] | None = None,
+    received_at: datetime = NOW,
+) -> UsageCommand:
+    return UsageCommand(
+        customer_id="c1",
+        transaction_id="t1",
+        meter=CATALOG.meter(meter),
+        price=CATALOG.price(price) if price else None,
+        quantity=Decimal(3),
+        event_time=event_time,
+        properties=properties or {},
+        unique_value=None,
+        allow_overage=False,
+        received_at=received_at,
+        too_old=too_old,
+    )
+
+
+def test_an_event_without_a_time_happens_when_the_call_was_received() -> None:
+    resolution = resolve(command(), CUSTOMER, TermsBook(CATALOG))
+    assert resolution.event.event_time is NOW
+    assert not resolution.event.event_time_given
+    assert resolution.period == period_containing(NOW, ANCHOR, CATALOG.plan("pro").meters["tokens"].reset)
+    assert resolution.refusal is None
+
+
+def test_the_plans_terms_and_price_apply_unless_the_caller_names_a_price() -> None:
+    book = TermsBook(CATALOG)
+    by_meter = resolve(command(), CUSTOMER, book)
+    assert (by_meter.event.price_slug, by_meter.event.requested_price_slug) == ("tokens_usd", None)
+    assert by_meter.plan is book.of("pro", CATALOG.meter("tokens")).plan_allowance
+    assert by_meter.plan.limit == Decimal(100)
+    assert by_meter.terms.plan_slug == "pro" and by_meter.terms.unit == "token"
+    named = resolve(command(price="tokens_usd"), CUSTOMER, book)
+    assert (named.event.price_slug, named.event.requested_price_slug) == ("tokens_usd", "tokens_usd")
+
+
+def test_a_meter_the_plan_does_not_list_is_unlimited_and_resets_monthly() -> None:
+    resolution = resolve(command(meter="seats"), CUSTOMER, TermsBook(CATALOG))
+    assert resolution.plan.limit is None
+    assert resolution.event.price_slug == "seats_no_charge"
+    assert resolution.period == period_containing(
+        NOW, ANCHOR, CATALOG.plan_meter(CATALOG.plan("pro"), CATALOG.meter("seats")).reset
+    )
+
+
+def test_an_unknown_customer_is_not_found_unless_the_time_is_refused_first() -> None:
+    with pytest.raises(NotFound) as found:
+        resolve(command(), None, TermsBook(CATALOG))
+    assert found.value.kind == "customer"
+    too_old = EventTooOld("older than the backfill window")
+    with pytest.raises(EventTooOld) as refused:
+        resolve(command(too_old=too_old), None, TermsBook(CATALOG))
+    assert refused.value is too_old
+
+
+def test_a_plan_the_catalog_lost_is_not_found() -> None:
+    lost = CustomerRecord("c1", "gone", ANCHOR, ANCHOR, ANCHOR)
+    with pytest.raises(NotFound) as found:
+        resolve(command(), lost, TermsBook(CATALOG))
+    assert (found.value.kind, found.value.name) == ("plan", "gone")
+
+
+def test_a_price_in_another_currency_than_the_plans_is_refused() -> None:
+    with pytest.raises(PriceCurrencyMismatch):
+        resolve(command(price="tokens_eur"), CUSTOMER, TermsBook(CATALOG))
+
+
+def test_late_events_carry_their_refusal_and_the_backfill_one_comes_first() -> None:
+    book = TermsBook(CATALOG)
+    before = resolve(command(event_time=ANCHOR - timedelta(seconds=1)), CUSTOMER, book)
+    assert isinstance(before.refusal, BeforeFirstPeriod)
+    closed_through = datetime(2026, 2, 15, 9, 30, tzinfo=UTC)
+    closed = CustomerRecord("c1", "pro", ANCHOR, ANCHOR, ANCHOR, closed_through)
+    in_closed = resolve(command(event_time=closed_through - timedelta(days=1)), closed, book)
+    assert isinstance(in_closed.refusal, PeriodClosed)
+    assert resolve(command(event_time=closed_through), closed, book).refusal is None
+    too_old = EventTooOld("older than the backfill window")
+    assert resolve(command(event_time=ANCHOR - timedelta(days=1), too_old=too_old), closed, book).refusal is too_old
+
+
+def test_the_dimensions_of_the_meter_are_kept() -> None:
+    resolution = resolve(command(properties={"model": "m1", "other": "x"}), CUSTOMER, TermsBook(CATALOG))
+    assert resolution.dimensions == {"model": "m1"}
+    assert resolution.event.properties == {"model": "m1", "other": "x"}
+
+
+# hypothesis takes naive bounds and attaches the time zone itself.
+instants = st.datetimes(
+    min_value=datetime(2026, 1, 15, 9, 30),  # noqa: DTZ001
+    max_value=datetime(2030, 1, 1),  # noqa: DTZ001
+    timezones=st.just(UTC),
+)
+
+
+@given(event_time=instants, received_at=instants, given_time=st.booleans())
+def test_the_period_is_the_one_containing_the_event_time_and_keys_its_counter(
+    event_time: datetime, received_at: datetime, given_time: bool
+) -> None:
+    book = TermsBook(CATALOG)
+    resolution: Resolution = resolve(
+        command(event_time=event_time if given_time else None, received_at=received_at), CUSTOMER, book
+    )
+    at = event_time if given_time else received_at
+    assert resolution.event.event_time == at
+    assert resolution.period.contains(at)
+    assert resolution.period == period_containing(at, ANCHOR, CATALOG.plan("pro").meters["tokens"].reset)
+    assert resolution.counter_key == CounterKey("c1", "tokens", resolution.period.start)
+    assert resolution.counter_key is resolution.counter_key  # built once
+    # The same answer from a book that has seen other instants (the periods' memory).
+    assert resolve(command(event_time=at), CUSTOMER, book).period == resolution.period
