@@ -11,7 +11,7 @@ NODE_EXAMPLE := examples/node
 # npm ci rewrites this file, so the example's packages are reinstalled only when its lock file changes.
 NODE_MODULES := $(NODE_EXAMPLE)/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck docker-lint proto proto-check buf-lint buf-breaking stubs node-example ci clean
+.PHONY: run test docs lint typecheck docker-lint proto proto-check buf-lint buf-breaking stubs node-example ci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ run: $(STAMP)
 ## test: install and run every test (real PostgreSQL: METERING_TEST_DATABASE_URL, else embedded)
 test: $(STAMP)
 	$(BIN)/pytest
+
+## docs: build the documentation site into site/ with --strict (a broken link or anchor fails).
+## docs/api/reference.md is generated from the .proto comments by a MkDocs hook
+## (scripts/mkdocs_hooks.py -> scripts/gen_api_docs.py) at every build: never committed, so it cannot drift.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 ## lint: ruff, and the import contract (the layers; asyncpg only in ledger/; the client imports nothing of the server)
 lint: $(STAMP)
@@ -75,4 +81,4 @@ ci:
 	bash .ci/run
 
 clean:
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen $(NODE_EXAMPLE)/dist
+	rm -rf site docs/api/reference.md $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen $(NODE_EXAMPLE)/dist

@@ -1,6 +1,6 @@
 """Settings from environment variables: the one place that reads them.
 
-Every variable is listed in the README's configuration table; `Settings.from_env`
+Every variable is listed in the configuration table (docs/configuration.md); `Settings.from_env`
 refuses a malformed value with a message naming the variable.
 """
 

@@ -5,7 +5,7 @@ a call is admitted if the caller has fewer than `max_in_flight` calls running
 and its bucket holds a token; otherwise it is refused with how long to wait.
 Time is injected (seconds of a monotonic clock), so every rule here is tested
 without sleeping. The limits are per process: with N worker processes or
-replicas a caller may get up to N times its configured rate (README, Security).
+replicas a caller may get up to N times its configured rate (docs/security.md).
 """
 
 from __future__ import annotations
