@@ -32,7 +32,7 @@ from bench.loadgen import COPY_COLUMNS, copy_row
 from metering.config.catalog import load_catalog
 from metering.domain.windows import WindowSize, windows
 from metering.ledger.migrate import migrate
-from metering.ledger.pool import create_pool
+from metering.ledger.pool import Connection, create_pool
 from metering.ledger.reporting import AggregateQuery, UsageReports, aggregate_sql
 from metering.ledger.rollups import rebuild_meter
 from metering.runtime.embedded import start_embedded
@@ -44,7 +44,7 @@ MODELS = ("small", "medium", "large")
 METERS = ("ai_tokens", "api_calls", "storage_gb")
 
 
-async def load(conn: asyncpg.Connection, count: int) -> float:
+async def load(conn: Connection, count: int) -> float:
     await conn.execute(
         # closing_period_end: the end of the first billing period, a month from the anchor (UTC).
         "INSERT INTO customers (customer_id, plan_slug, billing_anchor, closing_period_end) "
@@ -76,7 +76,7 @@ async def load(conn: asyncpg.Connection, count: int) -> float:
     return elapsed
 
 
-async def explain(conn: asyncpg.Connection, title: str, statement: str, args: list[object]) -> None:
+async def explain(conn: Connection, title: str, statement: str, args: list[object]) -> None:
     plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", *args)
     print(f"\n--- {title} ---")
     for row in plan:

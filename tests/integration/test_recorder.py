@@ -171,11 +171,13 @@ async def _many_events_across_a_restart(replica: Replica, database_url: str) -> 
 
     conn = await asyncpg.connect(database_url)
     try:
-        total, distinct = await conn.fetchrow(
+        row = await conn.fetchrow(
             "SELECT count(*), count(DISTINCT (customer_id, transaction_id)) FROM usage_events "
             "WHERE customer_id = ANY($1::text[])",
             customers,
         )
+        assert row is not None  # an aggregate without GROUP BY: always one row
+        total, distinct = row
     finally:
         await conn.close()
     assert (total, distinct) == (EVENTS, EVENTS)

@@ -44,6 +44,7 @@ from metering.client.errors import ErrorDetails, decode, exhausted
 from metering.client.requests import quantity_text
 from metering.client.retry import attempt_timeout, backoff_delay, next_attempt, should_retry
 from metering.domain import errors as domain
+from metering.domain.periods import Period
 from tests.support import ROOT
 
 POLICY = RetryPolicy(max_attempts=6, initial_backoff=0.1, max_backoff=2.0, multiplier=2.0, total_timeout=10.0)
@@ -137,7 +138,7 @@ def test_limit_exceeded_carries_the_figures() -> None:
             limit=Decimal(100),
             available=Decimal("60.5"),
             requested=Decimal(61),
-            period_end="2026-02-01T00:00:00Z",
+            period_end=datetime(2026, 2, 1, tzinfo=UTC),
         )
     )
     assert isinstance(error, LimitExceeded)
@@ -154,7 +155,7 @@ def test_limit_exceeded_carries_the_figures() -> None:
             limit=Decimal(1),
             available=Decimal(0),
             requested=Decimal(1),
-            period_end="",
+            period_end=None,
         )
     )
     assert isinstance(never_resets, LimitExceeded) and never_resets.period_end is None
@@ -200,7 +201,9 @@ def test_not_found_names_what_is_missing(kind: str) -> None:
 def test_preconditions_are_decoded_with_their_times() -> None:
     closed = _decoded(
         domain.PeriodClosed(
-            "t9", period_start="2026-01-01T00:00:00Z", period_end="2026-02-01T00:00:00Z", invoice_id="inv-1"
+            "t9",
+            period=Period(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)),
+            invoice_id="inv-1",
         )
     )
     assert isinstance(closed, PeriodClosed)
@@ -209,11 +212,11 @@ def test_preconditions_are_decoded_with_their_times() -> None:
         datetime(2026, 1, 1, tzinfo=UTC),
         datetime(2026, 2, 1, tzinfo=UTC),
     )
-    early = _decoded(domain.BeforeFirstPeriod("t8", "2025-01-01T00:00:00Z", "2025-06-01T00:00:00Z"))
+    early = _decoded(domain.BeforeFirstPeriod("t8", datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 6, 1, tzinfo=UTC)))
     assert isinstance(early, BeforeFirstPeriod)
     assert early.event_time == datetime(2025, 1, 1, tzinfo=UTC)
     assert early.billing_anchor_time == datetime(2025, 6, 1, tzinfo=UTC)
-    anchor = _decoded(domain.BillingAnchorImmutable("c1", "2025-06-01T00:00:00Z"))
+    anchor = _decoded(domain.BillingAnchorImmutable("c1", datetime(2025, 6, 1, tzinfo=UTC)))
     assert isinstance(anchor, BillingAnchorImmutable)
     assert anchor.billing_anchor_time == datetime(2025, 6, 1, tzinfo=UTC)
     currency = _decoded(domain.PriceCurrencyMismatch("eur_price", "EUR", "USD"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import grpc
@@ -20,6 +21,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from metering.api.errors import DOMAIN, status_details, to_rpc_status, to_status
 from metering.domain import errors
+from metering.domain.periods import Period
 from tests.support import error_info, violations
 
 
@@ -135,7 +137,7 @@ CASES: dict[str, Case] = {
             limit=Decimal("100"),
             available=Decimal("2.50"),
             requested=Decimal("3.000"),
-            period_end="2026-12-01T00:00:00Z",
+            period_end=datetime(2026, 12, 1, tzinfo=UTC),
         ),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "LIMIT_EXCEEDED",
@@ -150,7 +152,7 @@ CASES: dict[str, Case] = {
         quota("meter:tokens"),
     ),
     "BillingAnchorImmutable": Case(
-        errors.BillingAnchorImmutable("acme", "2026-01-01T00:00:00Z"),
+        errors.BillingAnchorImmutable("acme", datetime(2026, 1, 1, tzinfo=UTC)),
         grpc.StatusCode.FAILED_PRECONDITION,
         "BILLING_ANCHOR_IMMUTABLE",
         {"billing_anchor_time": "2026-01-01T00:00:00Z"},
@@ -192,7 +194,9 @@ CASES: dict[str, Case] = {
     },
     "PeriodClosed": Case(
         errors.PeriodClosed(
-            "txn-1", period_start="2026-10-01T00:00:00Z", period_end="2026-11-01T00:00:00Z", invoice_id="inv-1"
+            "txn-1",
+            period=Period(datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)),
+            invoice_id="inv-1",
         ),
         grpc.StatusCode.FAILED_PRECONDITION,
         "PERIOD_CLOSED",
@@ -205,7 +209,9 @@ CASES: dict[str, Case] = {
         precondition("PERIOD_CLOSED", "invoice:inv-1"),
     ),
     "BeforeFirstPeriod": Case(
-        errors.BeforeFirstPeriod("txn-1", "2025-12-31T23:59:59Z", "2026-01-01T00:00:00Z"),
+        errors.BeforeFirstPeriod(
+            "txn-1", datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)
+        ),
         grpc.StatusCode.FAILED_PRECONDITION,
         "BEFORE_FIRST_PERIOD",
         {
@@ -221,7 +227,7 @@ CASES: dict[str, Case] = {
         errors.Unauthenticated(missing=False), grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_INVALID", {}
     ),
     "TokenExpired": Case(
-        errors.TokenExpired("ingest", "2026-01-01T00:00:00+00:00"),
+        errors.TokenExpired("ingest", datetime(2026, 1, 1, tzinfo=UTC)),
         grpc.StatusCode.UNAUTHENTICATED,
         "CREDENTIALS_EXPIRED",
         {"caller": "ingest", "expired_at": "2026-01-01T00:00:00+00:00"},

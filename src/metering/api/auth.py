@@ -88,6 +88,10 @@ def required_role(method: str) -> Role | None:
 
 
 class Authenticator:
+    """Who is calling and whether it may: finds the caller of each call (bearer token or client
+    certificate), checks the method's role and admits it through the caller's rate limits, before
+    the servicer runs. Its policy is swapped whole on SIGHUP; a call already admitted keeps its caller."""
+
     def __init__(
         self,
         policy: AccessPolicy | None,

@@ -38,6 +38,7 @@ from metering.domain.errors import (
     TransactionConflict,
     Unauthenticated,
 )
+from metering.domain.periods import rfc3339
 from metering.v1 import metering_service_pb2
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,12 @@ _RESOURCE_TYPES = {
     "reservation": "metering.v1.Reservation",
     "event": "metering.v1.UsageEvent",
     "invoice": "metering.v1.Invoice",
+}
+# A field violation names what is wrong in domain terms (a command's or a
+# query's field); where the request field that carries it on the wire has
+# another name, this table gives it. Every other name is its own wire name.
+_WIRE_FIELDS = {
+    "end": "end_time",  # UsageQuery.end: GetUsage's end_time
 }
 _RESERVATION_REASONS = {
     "expired": metering_service_pb2.ERROR_REASON_RESERVATION_EXPIRED,
@@ -153,7 +160,9 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
             else metering_service_pb2.ERROR_REASON_INVALID_ARGUMENT
         )
         violations = [
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            error_details_pb2.BadRequest.FieldViolation(
+                field=_WIRE_FIELDS.get(v.field, v.field), description=v.description
+            )
             for v in exc.violations
         ]
         return _status(
@@ -193,7 +202,7 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
                 limit=format_decimal(exc.limit),
                 available=format_decimal(exc.available),
                 requested=format_decimal(exc.requested),
-                period_end=exc.period_end,
+                period_end="" if exc.period_end is None else rfc3339(exc.period_end),  # "": never resets
             ),
             error_details_pb2.QuotaFailure(
                 violations=[
@@ -205,7 +214,7 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
         return _status(
             grpc.StatusCode.FAILED_PRECONDITION,
             str(exc),
-            _info(metering_service_pb2.ERROR_REASON_BILLING_ANCHOR_IMMUTABLE, billing_anchor_time=exc.stored),
+            _info(metering_service_pb2.ERROR_REASON_BILLING_ANCHOR_IMMUTABLE, billing_anchor_time=rfc3339(exc.stored)),
             error_details_pb2.PreconditionFailure(
                 violations=[
                     error_details_pb2.PreconditionFailure.Violation(
@@ -237,8 +246,8 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
                 metering_service_pb2.ERROR_REASON_PERIOD_CLOSED,
                 transaction_id=exc.transaction_id,
                 invoice_id=exc.invoice_id,
-                period_start=exc.period_start,
-                period_end=exc.period_end,
+                period_start=rfc3339(exc.start),
+                period_end=rfc3339(exc.end),
             ),
             error_details_pb2.PreconditionFailure(
                 violations=[
@@ -255,8 +264,8 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
             _info(
                 metering_service_pb2.ERROR_REASON_BEFORE_FIRST_PERIOD,
                 transaction_id=exc.transaction_id,
-                event_time=exc.event_time,
-                billing_anchor_time=exc.billing_anchor,
+                event_time=rfc3339(exc.event_time),
+                billing_anchor_time=rfc3339(exc.billing_anchor),
             ),
         )
     if isinstance(exc, PriceCurrencyMismatch):

@@ -45,6 +45,10 @@ class _EndingHealthServicer(health.aio.HealthServicer):  # type: ignore[name-def
 
 
 class DatabaseHealth:
+    """Drives grpc.health.v1 from a periodic database probe: NOT_SERVING while the ledger does not
+    answer within the timeout, SERVING again as soon as it does, so orchestrators route around an
+    outage without the service restarting."""
+
     def __init__(self, ledger: Ledger, metrics: Metrics, *, interval: timedelta, timeout: timedelta) -> None:
         self.servicer = _EndingHealthServicer()
         self._ledger = ledger

@@ -31,6 +31,9 @@ StreamBehavior: TypeAlias = Callable[[Any, Context], AsyncIterator[Any]]
 
 
 class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps every RPC handler: authenticates, maps domain errors to gRPC statuses with details
+    (never UNKNOWN with a traceback), counts and times calls by caller, and logs each failed call once."""
+
     def __init__(self, metrics: Metrics, authenticator: Authenticator) -> None:
         self._metrics = metrics
         self._authenticator = authenticator

@@ -52,6 +52,10 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
+    """The MeteringService RPCs, kept thin: each decodes and validates its request, calls one
+    service, and encodes the answer. It holds no rules and writes no SQL; failures are raised as
+    domain errors for the interceptor to map."""
+
     def __init__(
         self,
         engine: MeteringEngine,

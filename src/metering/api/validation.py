@@ -22,7 +22,7 @@ from metering.domain.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.domain.errors import EventTooOld, FieldViolation, InvalidArgument, NotFound
 from metering.domain.notifications import NotificationType, WatchQuery, parse_cursor
 from metering.domain.periods import MAX_TIME, MIN_TIME
-from metering.domain.records import DRAFT, FINALIZED
+from metering.domain.records import DRAFT, FINALIZED, EventPosition
 from metering.domain.usage import UsageCommand
 from metering.domain.windows import MAX_WINDOWS, WindowSize
 from metering.ledger.reporting import PropertyFilter
@@ -268,6 +268,8 @@ def check_balance(request: usage_pb2.CheckBalanceRequest, catalog: Catalog) -> B
 
 @dataclass(frozen=True, slots=True)
 class CustomerCommand:
+    """An UpsertCustomer request, checked: what the engine needs to create or change a customer."""
+
     customer_id: str
     plan_slug: str
     billing_anchor: datetime | None
@@ -416,7 +418,7 @@ def list_usage_events(request: events_pb2.ListUsageEventsRequest, catalog: Catal
     before = None
     if request.page_token:
         cursor = tokens.events_cursor(request, request.page_token)
-        before = (cursor.event_time, cursor.event_id)
+        before = EventPosition(cursor.event_time, cursor.event_id)
     return EventsQuery(
         customer_id=request.customer_id,
         meter=catalog.meter(request.meter_slug) if request.meter_slug else None,

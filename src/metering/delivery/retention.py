@@ -23,6 +23,10 @@ def purge_interval(retention: timedelta) -> float:
 
 
 class Retention:
+    """Deletes notifications every endpoint has received once they are older than the retention,
+    in short bounded batches, so the outbox does not grow forever. Safe on every replica at once:
+    a batch skips rows another replica is deleting."""
+
     def __init__(self, store: OutboxStore, *, retention: timedelta, endpoints: Sequence[str]) -> None:
         self._store = store
         self._retention = retention

@@ -17,6 +17,10 @@ Wanted = Callable[[StoredNotification], bool]
 
 
 class OutboxStream:
+    """WatchNotifications' source: every notification after a position, in outbox order, then the
+    new ones as they commit (woken by LISTEN, polling as a fallback). Reads only committed rows, so a
+    stream never shows a change that was rolled back."""
+
     def __init__(self, store: OutboxStore, wakeup: OutboxWakeup, *, poll: timedelta) -> None:
         self._store = store
         self._wakeup = wakeup

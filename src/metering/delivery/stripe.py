@@ -91,6 +91,10 @@ def describe(exc: stripe.StripeError) -> str:
 
 
 class StripeExporter:
+    """The background task that reports closed hours of usage to Stripe meter events. One replica
+    exports at a time (an advisory lock); each event is stored before it is sent and resent as it
+    was after a crash, so Stripe, which dedupes on its identifier, counts every hour exactly once."""
+
     def __init__(
         self,
         store: StripeExportStore,

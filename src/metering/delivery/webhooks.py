@@ -82,6 +82,8 @@ def signature_header(secrets: Sequence[str], msg_id: str, at: datetime, body: st
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
+    """The outcome of one delivery attempt (one of OUTCOMES), and why it failed."""
+
     outcome: str  # one of OUTCOMES
     error: str  # why it failed; "" when delivered
 

@@ -66,7 +66,7 @@ class AccessPolicy:
             return None
         expires_at = credential.expires_at
         if expires_at is not None and credential.expires_epoch <= (time.time() if now is None else now):
-            raise TokenExpired(credential.caller.name, expires_at.isoformat())
+            raise TokenExpired(credential.caller.name, expires_at)
         return credential.caller
 
     def caller_for_certificate(self, common_name: str) -> Caller | None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from metering.domain.errors import BeforeFirstPeriod, MeteringError, PeriodClosed
-from metering.domain.periods import Period, ResetPeriod, period_containing
+from metering.domain.periods import BillingPeriod, ResetPeriod, billing_period_containing
+from metering.domain.periods import rfc3339 as rfc3339  # invoice ids hash it; callers format with it
 
 # Bills, and with them invoices and the closing of periods, are monthly from
 # the customer's billing anchor.
@@ -27,25 +28,17 @@ BILLING_PERIOD = ResetPeriod.MONTH
 _INVOICE_NAMESPACE = uuid.UUID("6d657465-7269-6e67-2d69-6e766f696365")
 
 
-def rfc3339(instant: datetime) -> str:
-    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def billing_period(instant: datetime, anchor: datetime) -> Period:
-    return period_containing(instant, anchor, BILLING_PERIOD)
+def billing_period(instant: datetime, anchor: datetime) -> BillingPeriod:
+    return billing_period_containing(instant, anchor, BILLING_PERIOD)
 
 
 def first_period_end(anchor: datetime) -> datetime:
-    end = billing_period(anchor, anchor).end
-    assert end is not None
-    return end
+    return billing_period(anchor, anchor).end
 
 
 def following_period_end(period_end: datetime, anchor: datetime) -> datetime:
     """The end of the period that starts where the one ending at `period_end` ends."""
-    end = billing_period(period_end, anchor).end
-    assert end is not None
-    return end
+    return billing_period(period_end, anchor).end
 
 
 def invoice_id_for(customer_id: str, period_start: datetime) -> uuid.UUID:
@@ -84,13 +77,7 @@ def classify(event_time: datetime, anchor: datetime, closed_through: datetime | 
 def period_closed(customer_id: str, transaction_id: str, instant: datetime, anchor: datetime) -> PeriodClosed:
     """The refusal of a change to the finalized period containing `instant`."""
     period = billing_period(instant, anchor)
-    assert period.end is not None
-    return PeriodClosed(
-        transaction_id,
-        period_start=rfc3339(period.start),
-        period_end=rfc3339(period.end),
-        invoice_id=str(invoice_id_for(customer_id, period.start)),
-    )
+    return PeriodClosed(transaction_id, period=period, invoice_id=str(invoice_id_for(customer_id, period.start)))
 
 
 def late_refusal(
@@ -101,7 +88,7 @@ def late_refusal(
     its time: the writer applies this only after its duplicate check."""
     kind = classify(event_time, anchor, closed_through)
     if kind is EventTime.BEFORE_FIRST_PERIOD:
-        return BeforeFirstPeriod(transaction_id, rfc3339(event_time), rfc3339(anchor))
+        return BeforeFirstPeriod(transaction_id, event_time, anchor)
     if kind is EventTime.CLOSED:
         return period_closed(customer_id, transaction_id, event_time, anchor)
     return None

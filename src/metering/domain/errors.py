@@ -1,13 +1,18 @@
 """Domain errors: what went wrong, in domain terms.
 
 The API layer turns each into one gRPC status with rich details
-(metering.api.errors); nothing below the API layer knows about gRPC.
+(metering.api.errors); nothing below the API layer knows about gRPC. Errors
+carry datetimes, not text: the API edge writes them (periods.rfc3339). Their
+messages, which the API answers as the status message, write times the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+
+from metering.domain.periods import Period, rfc3339
 
 
 class MeteringError(Exception):
@@ -16,7 +21,10 @@ class MeteringError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
-    field: str  # the request field, dotted for nested ones (e.g. "properties.region")
+    # What is wrong, by its domain name (a command's or query's field, dotted for
+    # nested ones, e.g. "properties.region"); metering.api.errors maps the names
+    # that differ on the wire.
+    field: str
     description: str
 
 
@@ -73,7 +81,7 @@ class LimitExceeded(MeteringError):
         limit: Decimal,
         available: Decimal,
         requested: Decimal,
-        period_end: str,
+        period_end: datetime | None,
     ) -> None:
         self.meter = meter
         self.plan = plan
@@ -81,7 +89,7 @@ class LimitExceeded(MeteringError):
         self.limit = limit
         self.available = available
         self.requested = requested
-        self.period_end = period_end  # RFC 3339; empty when the meter never resets
+        self.period_end = period_end  # None when the meter never resets
         super().__init__(
             f"meter {meter!r} has {available} {unit} available under plan {plan!r} (limit {limit}); "
             f"the event needs {requested}"
@@ -89,10 +97,10 @@ class LimitExceeded(MeteringError):
 
 
 class BillingAnchorImmutable(MeteringError):
-    def __init__(self, customer_id: str, stored: str) -> None:
+    def __init__(self, customer_id: str, stored: datetime) -> None:
         self.customer_id = customer_id
         self.stored = stored
-        super().__init__(f"customer {customer_id!r} keeps its billing anchor {stored}; it cannot change")
+        super().__init__(f"customer {customer_id!r} keeps its billing anchor {rfc3339(stored)}; it cannot change")
 
 
 class DatabaseUnavailable(MeteringError):
@@ -137,27 +145,38 @@ class ReservationStateError(MeteringError):
 class PeriodClosed(MeteringError):
     """The event's billing period is finalized: its invoice never changes."""
 
-    def __init__(self, transaction_id: str, *, period_start: str, period_end: str, invoice_id: str) -> None:
+    def __init__(self, transaction_id: str, *, period: Period, invoice_id: str) -> None:
+        if period.end is None:
+            raise ValueError("a closed period has an end")
         self.transaction_id = transaction_id
-        self.period_start = period_start  # RFC 3339
-        self.period_end = period_end
+        self.start = period.start
+        self.end = period.end
         self.invoice_id = invoice_id
         super().__init__(
-            f"the event {transaction_id!r} belongs to the billing period {period_start} to {period_end}, "
+            f"the event {transaction_id!r} belongs to the billing period {self.period_start} to {self.period_end}, "
             f"which is closed: its invoice {invoice_id} is final"
         )
+
+    # The period's bounds as the wire writes them (ErrorInfo period_start, period_end).
+    @property
+    def period_start(self) -> str:
+        return rfc3339(self.start)
+
+    @property
+    def period_end(self) -> str:
+        return rfc3339(self.end)
 
 
 class BeforeFirstPeriod(MeteringError):
     """The event's time is before the customer's billing anchor: no period of its own holds it."""
 
-    def __init__(self, transaction_id: str, event_time: str, billing_anchor: str) -> None:
+    def __init__(self, transaction_id: str, event_time: datetime, billing_anchor: datetime) -> None:
         self.transaction_id = transaction_id
-        self.event_time = event_time  # RFC 3339
+        self.event_time = event_time
         self.billing_anchor = billing_anchor
         super().__init__(
-            f"the event {transaction_id!r} at {event_time} is before the customer's first billing period, "
-            f"which starts at its billing anchor {billing_anchor}"
+            f"the event {transaction_id!r} at {rfc3339(event_time)} is before the customer's first billing period, "
+            f"which starts at its billing anchor {rfc3339(billing_anchor)}"
         )
 
 
@@ -199,10 +218,16 @@ class MeterNotAllowed(MeteringError):
 class TokenExpired(MeteringError):
     """The bearer token is known, but its expiry in the auth file has passed."""
 
-    def __init__(self, caller: str, expired_at: str) -> None:
+    def __init__(self, caller: str, expires_at: datetime) -> None:
         self.caller = caller
-        self.expired_at = expired_at  # RFC 3339
-        super().__init__(f"the bearer token of caller {caller!r} expired at {expired_at}: ask for a new token")
+        self.expires_at = expires_at
+        super().__init__(f"the bearer token of caller {caller!r} expired at {self.expired_at}: ask for a new token")
+
+    @property
+    def expired_at(self) -> str:
+        """The expiry as the wire has always written it (ErrorInfo expired_at):
+        RFC 3339 with a +00:00 offset rather than Z, which callers already parse."""
+        return self.expires_at.isoformat()
 
 
 class RateLimited(MeteringError):

@@ -33,11 +33,41 @@ class ResetPeriod(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Period:
+    """A meter's usage period: [start, end), or from EPOCH with no end for a
+    meter that never resets (its counter row's period_end is NULL and the
+    wire leaves period_end_time unset)."""
+
     start: datetime
     end: datetime | None  # None: never resets
 
     def contains(self, instant: datetime) -> bool:
         return self.start <= instant and (self.end is None or instant < self.end)
+
+    # By value across the subclass: a BillingPeriod is the month period of
+    # the same span, not a different thing.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Period):
+            return NotImplemented
+        return self.start == other.start and self.end == other.end
+
+    def __hash__(self) -> int:
+        return hash((self.start, self.end))
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # Period's equality
+class BillingPeriod(Period):
+    """A customer's billing period, which always ends: bills, invoices and the
+    closing of periods need its end, so the type carries it rather than every
+    use asserting it. Build one with billing_period_containing."""
+
+    end: datetime
+
+
+def rfc3339(instant: datetime) -> str:
+    """An instant as RFC 3339 in UTC with a `Z` (microseconds only when it has
+    some): the one form errors write their times in, on the wire and in
+    their messages."""
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def add_months(anchor: datetime, months: int) -> datetime:
@@ -72,6 +102,15 @@ def period_containing(instant: datetime, anchor: datetime, reset: ResetPeriod) -
         months += 1
         start = following
     return Period(start, add_months(anchor, months + 1))
+
+
+def billing_period_containing(instant: datetime, anchor: datetime, reset: ResetPeriod) -> BillingPeriod:
+    """The period of `reset` length containing `instant`, as a period that
+    ends; `reset` must be one that resets (a bill needs an end)."""
+    period = period_containing(instant, anchor, reset)
+    if period.end is None:
+        raise ValueError(f"a {reset.value!r} period never ends: it cannot be a billing period")
+    return BillingPeriod(period.start, period.end)
 
 
 class Periods:

@@ -7,11 +7,20 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 from uuid import UUID
 
 from metering.domain import limits
 from metering.domain.catalog import PricingModel
 from metering.domain.pricing import LineCharge
+
+
+class EventPosition(NamedTuple):
+    """Where a listing of events newest first stopped: the last event seen,
+    by the listing's order (event_time, event_id); the next page is strictly before it."""
+
+    event_time: datetime
+    event_id: str
 
 
 @dataclass(frozen=True, slots=True)

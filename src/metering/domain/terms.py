@@ -17,7 +17,6 @@ from decimal import Decimal
 
 from metering.domain import decimals, limits
 from metering.domain.catalog import Catalog, Meter, Plan, PlanMeter
-from metering.domain.closing import rfc3339
 from metering.domain.decimals import ZERO
 from metering.domain.errors import LimitExceeded
 from metering.domain.notifications import MeterTerms
@@ -118,7 +117,7 @@ class PlanTerms:
             limit=self.terms.limit,
             available=available,
             requested=requested,
-            period_end=rfc3339(period.end) if period.end else "",
+            period_end=period.end,
         )
 
 

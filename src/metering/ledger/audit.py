@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-import asyncpg
-
 from metering.domain.catalog import Catalog, Meter
+from metering.ledger.pool import Connection, one_row
 from metering.ledger.rollups import ROLLUP_COLUMNS, ROLLUP_KEY, buckets_from_events, values_from_events
 from metering.ledger.sql import NOT_VOIDED, VALUE_SQL, Sql
 
 
 @dataclass(frozen=True, slots=True)
 class CounterMismatch:
+    """A counter row that disagrees with the events it counts (or is missing): what the audit reports."""
+
     customer_id: str
     meter_slug: str
     period_start: datetime
@@ -50,6 +51,9 @@ class RollupMismatch:
 
 @dataclass(frozen=True, slots=True)
 class AuditReport:
+    """What `metering audit` found: the ledger's totals and every disagreement between counters,
+    rollups and events. Zero mismatches is the invariant the audit checks."""
+
     customers: int
     events: int  # rows in usage_events, voided ones included
     voided: int
@@ -84,9 +88,7 @@ class _Scope:
         return "TRUE" if self._param is None else f"{alias}.customer_id = ANY({self._param})"
 
 
-async def audit_ledger(
-    conn: asyncpg.Connection, catalog: Catalog, customer_ids: Sequence[str] | None = None
-) -> AuditReport:
+async def audit_ledger(conn: Connection, catalog: Catalog, customer_ids: Sequence[str] | None = None) -> AuditReport:
     """Check the ledger of `customer_ids` (every customer when None).
 
     Run it on a quiet ledger or inside a REPEATABLE READ transaction: a
@@ -97,7 +99,8 @@ async def audit_ledger(
         scope = _Scope(sql, customer_ids)
         meters = list(catalog.meters)
         meters_param = sql.param(meters, "::text[]")
-        totals = await conn.fetchrow(
+        totals = await one_row(
+            conn,
             f"""
             SELECT (SELECT count(*) FROM customers c WHERE {scope.on("c")}) AS customers,
                    (SELECT count(*) FROM usage_events e WHERE {scope.on("e")}) AS events,
@@ -145,7 +148,7 @@ async def audit_ledger(
 
 
 async def _counter_mismatches(
-    conn: asyncpg.Connection, meter: Meter, customer_ids: Sequence[str] | None
+    conn: Connection, meter: Meter, customer_ids: Sequence[str] | None
 ) -> list[CounterMismatch]:
     sql = Sql()
     meter_param = sql.param(meter.slug)
@@ -190,7 +193,7 @@ async def _counter_mismatches(
     ]
 
 
-async def _unique_value_mismatches(conn: asyncpg.Connection, meter: Meter, customer_ids: Sequence[str] | None) -> int:
+async def _unique_value_mismatches(conn: Connection, meter: Meter, customer_ids: Sequence[str] | None) -> int:
     """Distinct values remembered for UNIQUE_COUNT limits must be exactly the
     values of the events that still count."""
     sql = Sql()
@@ -217,7 +220,7 @@ async def _unique_value_mismatches(conn: asyncpg.Connection, meter: Meter, custo
 
 
 async def _rollup_mismatches(
-    conn: asyncpg.Connection, meter: Meter, customer_ids: Sequence[str] | None
+    conn: Connection, meter: Meter, customer_ids: Sequence[str] | None
 ) -> list[RollupMismatch]:
     sql = Sql()
     expected = buckets_from_events(meter, sql, lambda sql: _Scope(sql, customer_ids).on("e"))
@@ -241,7 +244,7 @@ async def _rollup_mismatches(
 
 
 async def _rollup_value_mismatches(
-    conn: asyncpg.Connection, meter: Meter, customer_ids: Sequence[str] | None
+    conn: Connection, meter: Meter, customer_ids: Sequence[str] | None
 ) -> list[RollupMismatch]:
     sql = Sql()
     expected = values_from_events(meter, sql, lambda sql: _Scope(sql, customer_ids).on("e"))

@@ -27,7 +27,7 @@ import asyncpg
 
 from metering.domain.records import CounterReading
 from metering.domain.usage import CounterKey
-from metering.ledger.pool import PoolUser, answer_within, translate_errors
+from metering.ledger.pool import ConnectionSource, PoolUser, answer_within, translate_errors
 from metering.ledger.sql import active_grants_sum, counter_state, live_holds_sum
 
 Readings = tuple[str | None, dict[CounterKey, CounterReading]]  # the customer's plan (None: unknown), counters
@@ -57,9 +57,13 @@ class _Read:
 
 
 class CounterReader(PoolUser):
+    """Balance reads that share statements: concurrent reads queue and go to the database together
+    (a lone read goes at once). Every read sees a snapshot taken after it was queued, so a balance
+    checked after an acknowledged write includes that write."""
+
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: ConnectionSource,
         *,
         acquire_timeout: float,
         linger: float = 0.001,

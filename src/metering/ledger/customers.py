@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-
-import asyncpg
+from typing import NamedTuple
 
 from metering.domain.errors import BillingAnchorImmutable
 from metering.domain.periods import Period
@@ -22,8 +21,23 @@ from metering.domain.terms import PlanTerms
 from metering.domain.usage import CounterKey
 from metering.ledger import rollups, steps
 from metering.ledger.counters import CounterReader, Readings
-from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.pool import ConnectionSource, PoolUser, translate_errors
 from metering.ledger.sql import CUSTOMER_COLUMNS
+
+
+class CustomerUpsert(NamedTuple):
+    """What an upsert left: the customer as stored, and whether this call created it."""
+
+    customer: CustomerRecord  # as stored after the call
+    created: bool  # False: it existed (its plan may have changed)
+
+
+class VoidOutcome(NamedTuple):
+    """What a void left: the event with its void, whether it was voided before, and its counter."""
+
+    event: StoredEvent  # with its void
+    already_voided: bool  # a replay of the void: nothing changed
+    reading: CounterReading  # the counter of the event's period after the void
 
 
 class Ledger(PoolUser):
@@ -31,7 +45,7 @@ class Ledger(PoolUser):
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: ConnectionSource,
         *,
         acquire_timeout: float,
         read_linger: float = 0.001,
@@ -63,7 +77,7 @@ class Ledger(PoolUser):
         billing_anchor: datetime | None,
         now: datetime,
         first_period_end: datetime,
-    ) -> tuple[CustomerRecord, bool]:
+    ) -> CustomerUpsert:
         """Create the customer or change its plan; the anchor is set once.
         `first_period_end` (the end of the first billing period from the anchor
         given, or from `now`) is where a new customer's closing starts."""
@@ -94,7 +108,7 @@ class Ledger(PoolUser):
             record = CustomerRecord(**fields)
             if billing_anchor is not None and not created and record.billing_anchor != billing_anchor:
                 # Raising inside the transaction rolls the plan change back too.
-                raise BillingAnchorImmutable(customer_id, record.billing_anchor.isoformat())
+                raise BillingAnchorImmutable(customer_id, record.billing_anchor)
             if plan_slug != previous_plan:
                 # The history prices past periods with the plan they ran under.
                 await conn.execute(
@@ -104,7 +118,7 @@ class Ledger(PoolUser):
                     now,
                     plan_slug,
                 )
-            return record, created
+            return CustomerUpsert(record, created)
 
     # -- events -----------------------------------------------------------------
 
@@ -112,9 +126,7 @@ class Ledger(PoolUser):
         async with translate_errors(), self._connection() as conn:
             return await steps.find_event(conn, customer_id, transaction_id)
 
-    async def void_event(
-        self, event: StoredEvent, terms: PlanTerms, period: Period, reason: str
-    ) -> tuple[StoredEvent, bool, CounterReading]:
+    async def void_event(self, event: StoredEvent, terms: PlanTerms, period: Period, reason: str) -> VoidOutcome:
         """Cancel an event with a compensating entry and rebuild its counter.
         Returns the event with its void, whether it was voided already, and the
         counter after. Refused (PeriodClosed) once the event's billing period is
@@ -145,7 +157,7 @@ class Ledger(PoolUser):
             )
             voided = await steps.find_event(conn, event.customer_id, event.transaction_id)
             assert voided is not None
-            return voided, not inserted, CounterReading(state, allowance.granted, allowance.reserved)
+            return VoidOutcome(voided, not inserted, CounterReading(state, allowance.granted, allowance.reserved))
 
     # -- counters ---------------------------------------------------------------
 

@@ -13,8 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-
-import asyncpg
+from typing import NamedTuple
 
 from metering.domain import decimals, limits, notifications
 from metering.domain.catalog import Enforcement
@@ -35,12 +34,15 @@ from metering.domain.records import (
 )
 from metering.domain.terms import PlanTerms
 from metering.ledger import outbox, rollups, steps
-from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.pool import Connection, Pool, PoolUser, one_row, translate_errors
 from metering.ledger.sql import GRANT_COLUMNS, RESERVATION_COLUMNS, grant_record, reservation_record
 
 
 @dataclass(frozen=True, slots=True)
 class HoldOutcome:
+    """What a reservation call decided, with the counter and the database's clock at the decision
+    (`fits` False: refused by a hard limit, nothing held)."""
+
     reservation: ReservationRecord
     duplicate: bool
     reading: CounterReading
@@ -51,6 +53,8 @@ class HoldOutcome:
 
 @dataclass(frozen=True, slots=True)
 class CommitOutcome:
+    """What a commit decided: the reservation, the usage event it recorded, and the counter after."""
+
     reservation: ReservationRecord
     event: StoredEvent
     duplicate: bool
@@ -58,10 +62,29 @@ class CommitOutcome:
     decided_at: datetime
 
 
+class GrantOutcome(NamedTuple):
+    """What a grant call left: the grant as stored (the first call's, for a replay), and whether it was one."""
+
+    grant: GrantRecord  # as stored (the first call's, for a replay)
+    duplicate: bool
+
+
+class ReleaseOutcome(NamedTuple):
+    """What a release left: the reservation, the counter after, and the clock that decided expiry."""
+
+    reservation: ReservationRecord  # after the call (released, or as it was: expired, released before)
+    reading: CounterReading  # the counter of the hold's period after the call
+    decided_at: datetime  # the database's clock, which decides expiry
+
+
 class Holds(PoolUser):
+    """Grants and reservations in the database. Every reservation transition happens under its
+    counter row's lock and decides expiry by the database's clock, so a commit racing an expiry, a
+    release or another commit ends in exactly one outcome, on any number of replicas."""
+
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         *,
         acquire_timeout: float,
         on_notifications: Callable[[Sequence[NotificationType]], None] = lambda types: None,
@@ -71,7 +94,7 @@ class Holds(PoolUser):
 
     # -- grants -----------------------------------------------------------------
 
-    async def grant(self, grant: GrantRecord, *, effective_given: bool) -> tuple[GrantRecord, bool]:
+    async def grant(self, grant: GrantRecord, *, effective_given: bool) -> GrantOutcome:
         """Store a grant once per grant id; a replay returns the original."""
         async with translate_errors(), self._connection() as conn:
             row = await conn.fetchrow(
@@ -90,9 +113,10 @@ class Holds(PoolUser):
                 grant.created_at,
             )
             if row is not None:
-                return grant_record(row), False
+                return GrantOutcome(grant_record(row), False)
             existing = grant_record(
-                await conn.fetchrow(
+                await one_row(
+                    conn,
                     f"SELECT {GRANT_COLUMNS} FROM grants WHERE customer_id = $1 AND grant_id = $2",
                     grant.customer_id,
                     grant.grant_id,
@@ -111,7 +135,7 @@ class Holds(PoolUser):
         ]
         if differences:
             raise IdempotencyKeyConflict("grant", grant.grant_id, differences)
-        return existing, True
+        return GrantOutcome(existing, True)
 
     async def list_grants(self, customer_id: str, meter_slug: str | None) -> list[GrantRecord]:
         async with translate_errors(), self._connection() as conn:
@@ -195,7 +219,8 @@ class Holds(PoolUser):
                 return HoldOutcome(placeholder, False, reading, now, fits=False, available_before=available)
             # A hold never outlives its period: its commit must count there.
             expires_at = now + ttl if period.end is None else min(now + ttl, period.end)
-            row = await conn.fetchrow(
+            row = await one_row(
+                conn,
                 f"""
                 INSERT INTO reservations (customer_id, reservation_id, meter_slug, period_start, quantity, status,
                                           expires_at, created_at)
@@ -308,7 +333,8 @@ class Holds(PoolUser):
                 decision.state_after.used,
             )
             announced.extend(await outbox.enqueue(conn, crossed))
-            row = await conn.fetchrow(
+            row = await one_row(
+                conn,
                 f"""
                 UPDATE reservations SET status = 'committed', committed_quantity = $3, event_id = $4, settled_at = $5
                  WHERE customer_id = $1 AND reservation_id = $2
@@ -323,9 +349,7 @@ class Holds(PoolUser):
             reading = CounterReading(decision.state_after, allowance.granted, allowance.reserved)
             return CommitOutcome(reservation_record(row), stored, False, reading, now)
 
-    async def release(
-        self, reservation: ReservationRecord, terms: PlanTerms, period: Period
-    ) -> tuple[ReservationRecord, CounterReading, datetime]:
+    async def release(self, reservation: ReservationRecord, terms: PlanTerms, period: Period) -> ReleaseOutcome:
         async with translate_errors(), self._connection() as conn, conn.transaction():
             state = await steps.lock_counter(conn, reservation.customer_id, reservation.meter_slug, period)
             current = await _reservation(conn, reservation.customer_id, reservation.reservation_id, lock=True)
@@ -337,7 +361,8 @@ class Holds(PoolUser):
             if status == COMMITTED:
                 raise ReservationStateError(current.reservation_id, status)
             if status == HELD:
-                row = await conn.fetchrow(
+                row = await one_row(
+                    conn,
                     f"""
                     UPDATE reservations SET status = 'released', settled_at = $3
                      WHERE customer_id = $1 AND reservation_id = $2
@@ -351,11 +376,11 @@ class Holds(PoolUser):
             allowance, now = await steps.full_allowance(
                 conn, terms, current.customer_id, current.meter_slug, period.start, None
             )
-            return current, CounterReading(state, allowance.granted, allowance.reserved), now
+            return ReleaseOutcome(current, CounterReading(state, allowance.granted, allowance.reserved), now)
 
 
 async def _reservation(
-    conn: asyncpg.Connection, customer_id: str, reservation_id: str, *, lock: bool
+    conn: Connection, customer_id: str, reservation_id: str, *, lock: bool
 ) -> ReservationRecord | None:
     row = await conn.fetchrow(
         f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE customer_id = $1 AND reservation_id = $2"

@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -36,11 +36,11 @@ import asyncpg
 from metering.domain import closing
 from metering.domain.catalog import PricingModel
 from metering.domain.notifications import NotificationType, invoice_finalized_notification
-from metering.domain.periods import Period
+from metering.domain.periods import BillingPeriod
 from metering.domain.pricing import LineCharge, TierCharge
 from metering.domain.records import FINALIZED, CustomerRecord, Invoice, InvoiceLine
 from metering.ledger import outbox
-from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.pool import Connection, PoolUser, one_row, translate_errors
 
 # Namespace of the closer's advisory locks (two-int form: namespace, hashtext of
 # the customer id): "clos". A hash collision only makes two customers close one
@@ -55,12 +55,16 @@ INVOICE_COLUMNS = (
 
 @dataclass(frozen=True, slots=True)
 class DueCustomer:
+    """A customer with a billing period due to close, keyed for the keyset walk of due customers."""
+
     customer_id: str
     period_end: datetime  # the end of its oldest period not finalized
 
 
 @dataclass(frozen=True, slots=True)
 class Finalized:
+    """What one closing transaction did: the invoice (new or found), and where the next period ends."""
+
     invoice: Invoice
     created: bool  # False: the invoice existed (a close that had committed before)
     following_end: datetime  # the end of the customer's following period, the next to close
@@ -71,7 +75,7 @@ class PeriodClose:
     """A customer locked for closing, in the transaction of the close: its
     oldest period not finalized and the database's clock at the lock."""
 
-    def __init__(self, conn: asyncpg.Connection, customer: CustomerRecord, period: Period, now: datetime) -> None:
+    def __init__(self, conn: Connection, customer: CustomerRecord, period: BillingPeriod, now: datetime) -> None:
         self._conn = conn
         self.customer = customer
         # Periods close in order from the first, so the oldest open one starts
@@ -86,7 +90,6 @@ class PeriodClose:
         here, in this transaction, so that it is announced if and only if the
         invoice exists."""
         conn, customer_id, period = self._conn, self.customer.customer_id, self.period
-        assert period.end is not None
         invoice_id = closing.invoice_id_for(customer_id, period.start)
         inserted = await conn.fetchrow(
             f"""
@@ -110,7 +113,8 @@ class PeriodClose:
         )
         created = inserted is not None
         if inserted is None:  # finalized before: the stored one stands
-            inserted = await conn.fetchrow(
+            inserted = await one_row(
+                conn,
                 f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE customer_id = $1 AND period_start = $2",
                 customer_id,
                 period.start,
@@ -139,7 +143,7 @@ class PeriodClose:
         return Finalized(record, created, following, announced)
 
 
-async def open_close(conn: asyncpg.Connection, customer_id: str) -> PeriodClose | None:
+async def open_close(conn: Connection, customer_id: str) -> PeriodClose | None:
     """Claim and lock the customer for closing, in the transaction the caller
     opened on `conn`; None when another replica is closing this customer (or
     it does not exist)."""
@@ -159,13 +163,25 @@ async def open_close(conn: asyncpg.Connection, customer_id: str) -> PeriodClose 
     fields = dict(row)
     period_end, now = fields.pop("closing_period_end"), fields.pop("db_now")
     customer = CustomerRecord(**fields)
-    return PeriodClose(conn, customer, Period(customer.closed_through or customer.billing_anchor, period_end), now)
+    period = BillingPeriod(customer.closed_through or customer.billing_anchor, period_end)
+    return PeriodClose(conn, customer, period, now)
+
+
+class DueCustomers(NamedTuple):
+    """One step of the walk of due customers, with what the closer's backlog gauge needs."""
+
+    due: list[DueCustomer]  # oldest period first
+    oldest_period_end: datetime | None  # of any customer's oldest period not finalized (None: no customer)
+    now: datetime  # the database's clock
 
 
 class InvoiceStore(PoolUser):
-    async def due_customers(
-        self, grace: timedelta, after: DueCustomer | None, limit: int
-    ) -> tuple[list[DueCustomer], datetime | None, datetime]:
+    """Invoices and the closing of periods in the database. A period closes in one short
+    transaction that either leaves its invoice, the customer's closing state and the announcement
+    all written, or nothing; at most one invoice exists per customer and period, whatever the
+    number of replicas or crashes."""
+
+    async def due_customers(self, grace: timedelta, after: DueCustomer | None, limit: int) -> DueCustomers:
         """Up to `limit` candidates to close, oldest period first, after
         `after` (keyset); the end of the oldest period not finalized of any
         customer; and the database's clock. A coarse filter only: whether a
@@ -189,12 +205,11 @@ class InvoiceStore(PoolUser):
                 after.customer_id if after else "",
                 limit,
             )
-            oldest = await conn.fetchrow(
-                "SELECT min(closing_period_end) AS oldest, clock_timestamp() AS now FROM customers"
+            oldest = await one_row(
+                conn, "SELECT min(closing_period_end) AS oldest, clock_timestamp() AS now FROM customers"
             )
-        assert oldest is not None
         due = [DueCustomer(row["customer_id"], row["closing_period_end"]) for row in rows]
-        return due, oldest["oldest"], oldest["now"]
+        return DueCustomers(due, oldest["oldest"], oldest["now"])
 
     @asynccontextmanager
     async def closing(self, customer_id: str) -> AsyncIterator[PeriodClose | None]:
@@ -306,7 +321,7 @@ def _line(document: dict[str, Any]) -> InvoiceLine:
     )
 
 
-def invoice_record(row: Any) -> Invoice:
+def invoice_record(row: asyncpg.Record) -> Invoice:
     return Invoice(
         customer_id=row["customer_id"],
         plan_slug=row["plan_slug"],

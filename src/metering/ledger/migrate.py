@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-import asyncpg
+from metering.ledger.pool import Connection
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ _FILE_RE = re.compile(r"^(?P<version>[0-9]{4})_(?P<name>[a-z0-9_]+)\.sql$")
 
 @dataclass(frozen=True, slots=True)
 class Migration:
+    """One numbered schema migration; its checksum detects an applied migration edited afterwards."""
+
     version: int
     name: str
     sql: str
@@ -35,6 +37,8 @@ class Migration:
 
 
 class MigrationError(RuntimeError):
+    """The database's schema cannot be brought to this version (an edited or unknown migration)."""
+
     pass
 
 
@@ -52,7 +56,7 @@ def load_migrations() -> list[Migration]:
     return migrations
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Connection) -> list[str]:
     """Apply the missing migrations; returns the names of those applied now."""
     migrations = load_migrations()
     applied_now: list[str] = []

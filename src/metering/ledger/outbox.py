@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -25,7 +25,7 @@ from metering.domain.notifications import (
     payload_from_json,
     payload_json,
 )
-from metering.ledger.pool import PoolUser, translate_errors
+from metering.ledger.pool import Connection, PoolUser, one_row, translate_errors
 
 # The channel a transaction that wrote notifications notifies at commit (the
 # migration's trigger).
@@ -64,7 +64,7 @@ def insert_arrays(notifications: Sequence[NewNotification]) -> list[list[Any]]:
     ]
 
 
-async def enqueue(conn: asyncpg.Connection, notifications: Sequence[NewNotification]) -> list[NotificationType]:
+async def enqueue(conn: Connection, notifications: Sequence[NewNotification]) -> list[NotificationType]:
     """Write notifications in the caller's transaction; one already written
     (same customer and dedupe key) is skipped. Returns the types written."""
     if not notifications:
@@ -81,7 +81,7 @@ async def enqueue(conn: asyncpg.Connection, notifications: Sequence[NewNotificat
     return [NotificationType(row["type"]) for row in rows]
 
 
-def stored_notification(row: Any) -> StoredNotification:
+def stored_notification(row: asyncpg.Record) -> StoredNotification:
     kind = NotificationType(row["type"])
     return StoredNotification(
         notification_id=row["notification_id"],
@@ -92,14 +92,14 @@ def stored_notification(row: Any) -> StoredNotification:
     )
 
 
-async def horizon(conn: asyncpg.Connection) -> Position:
+async def horizon(conn: Connection) -> Position:
     """The position of "now": every notification after it is yet to come or
     belongs to a transaction that was still running."""
     txid = await conn.fetchval(f"SELECT {_HORIZON}::text::bigint")
     return Position(int(txid), 0)
 
 
-async def read_after(conn: asyncpg.Connection, after: Position, limit: int) -> list[StoredNotification]:
+async def read_after(conn: Connection, after: Position, limit: int) -> list[StoredNotification]:
     """Up to `limit` notifications after `after`, in outbox order, up to the horizon."""
     rows = await conn.fetch(
         f"""
@@ -131,7 +131,7 @@ class LeaseLost(Exception):
     """Another replica holds the endpoint's lease now: stop delivering to it."""
 
 
-async def acquire_lease(conn: asyncpg.Connection, endpoint: str, owner: str, ttl: timedelta) -> bool:
+async def acquire_lease(conn: Connection, endpoint: str, owner: str, ttl: timedelta) -> bool:
     """Take or renew the endpoint's lease; False while another replica holds
     it. A new endpoint's scan starts from now: it is not sent the past."""
     held = await conn.fetchval(
@@ -149,7 +149,7 @@ async def acquire_lease(conn: asyncpg.Connection, endpoint: str, owner: str, ttl
     return bool(held)
 
 
-async def release_lease(conn: asyncpg.Connection, endpoint: str, owner: str) -> None:
+async def release_lease(conn: Connection, endpoint: str, owner: str) -> None:
     """Let another replica take over at once (a stopping replica)."""
     await conn.execute(
         "UPDATE webhook_cursors SET lease_until = clock_timestamp() WHERE endpoint = $1 AND owner = $2",
@@ -165,9 +165,7 @@ _FENCE = (
 )
 
 
-async def scan(
-    conn: asyncpg.Connection, endpoint: str, owner: str, types: frozenset[NotificationType], limit: int
-) -> int:
+async def scan(conn: Connection, endpoint: str, owner: str, types: frozenset[NotificationType], limit: int) -> int:
     """Move the endpoint's cursor over up to `limit` notifications, making a
     pending delivery of each it wants, in one transaction. Returns how many
     were passed over (fewer than `limit`: the scan is up to date)."""
@@ -212,7 +210,14 @@ async def scan(
         return len(passed)
 
 
-async def pending_heads(conn: asyncpg.Connection, endpoint: str, limit: int) -> tuple[datetime, list[PendingDelivery]]:
+class PendingHeads(NamedTuple):
+    """The deliveries an endpoint may attempt now (one per customer, keeping order), and the clock."""
+
+    now: datetime  # the database's clock
+    heads: list[PendingDelivery]  # per customer, its oldest pending delivery; soonest due first
+
+
+async def pending_heads(conn: Connection, endpoint: str, limit: int) -> PendingHeads:
     """The database's clock and, per customer, the oldest pending delivery of
     the endpoint (the only one that may be attempted: order per customer),
     soonest due first."""
@@ -232,12 +237,12 @@ async def pending_heads(conn: asyncpg.Connection, endpoint: str, limit: int) -> 
     )
     if not rows:
         now = await conn.fetchval("SELECT clock_timestamp()")
-        return now, []
+        return PendingHeads(now, [])
     heads = [PendingDelivery(stored_notification(row), row["attempts"], row["next_attempt_at"]) for row in rows]
-    return rows[0]["db_now"], heads
+    return PendingHeads(rows[0]["db_now"], heads)
 
 
-async def mark_delivered(conn: asyncpg.Connection, endpoint: str, owner: str, notification: StoredNotification) -> None:
+async def mark_delivered(conn: Connection, endpoint: str, owner: str, notification: StoredNotification) -> None:
     done = await conn.fetchval(
         f"""
         DELETE FROM webhook_deliveries
@@ -254,7 +259,7 @@ async def mark_delivered(conn: asyncpg.Connection, endpoint: str, owner: str, no
 
 
 async def mark_failed(
-    conn: asyncpg.Connection,
+    conn: Connection,
     endpoint: str,
     owner: str,
     notification: StoredNotification,
@@ -285,7 +290,7 @@ async def mark_failed(
         raise LeaseLost(endpoint)
 
 
-async def replay_dead_letters(conn: asyncpg.Connection, endpoint: str, since: datetime | None) -> int:
+async def replay_dead_letters(conn: Connection, endpoint: str, since: datetime | None) -> int:
     """Queue an endpoint's dead letters (of notifications since `since`) again,
     with a fresh schedule of attempts. Returns how many."""
     result = await conn.execute(
@@ -304,13 +309,19 @@ async def replay_dead_letters(conn: asyncpg.Connection, endpoint: str, since: da
     return replayed
 
 
-async def oldest_undelivered(
-    conn: asyncpg.Connection, endpoint: str, types: frozenset[NotificationType]
-) -> tuple[datetime, datetime | None]:
+class Undelivered(NamedTuple):
+    """How far an endpoint's deliveries lag: the clock and its oldest undelivered notification."""
+
+    now: datetime  # the database's clock
+    oldest: datetime | None  # the time of the oldest notification not delivered (None: none)
+
+
+async def oldest_undelivered(conn: Connection, endpoint: str, types: frozenset[NotificationType]) -> Undelivered:
     """The database's clock and the time of the oldest notification the
     endpoint wants and has not received: pending, or not scanned yet (dead
     letters are counted apart)."""
-    row = await conn.fetchrow(
+    row = await one_row(
+        conn,
         f"""
         SELECT clock_timestamp() AS db_now, least(
             (SELECT min(n.created_at) FROM webhook_deliveries d
@@ -324,10 +335,10 @@ async def oldest_undelivered(
         endpoint,
         sorted(str(t) for t in types),
     )
-    return row["db_now"], row["oldest"]
+    return Undelivered(row["db_now"], row["oldest"])
 
 
-async def purge(conn: asyncpg.Connection, older_than: timedelta, endpoints: Sequence[str], limit: int) -> int:
+async def purge(conn: Connection, older_than: timedelta, endpoints: Sequence[str], limit: int) -> int:
     """Delete up to `limit` notifications older than `older_than` that every
     configured endpoint has received (scanned past, nothing pending, no dead
     letter). Returns how many."""
@@ -384,7 +395,7 @@ class OutboxStore(PoolUser):
         async with self._connection() as conn:
             return await scan(conn, endpoint, owner, types, limit)
 
-    async def pending_heads(self, endpoint: str, limit: int) -> tuple[datetime, list[PendingDelivery]]:
+    async def pending_heads(self, endpoint: str, limit: int) -> PendingHeads:
         async with self._connection() as conn:
             return await pending_heads(conn, endpoint, limit)
 
@@ -405,9 +416,7 @@ class OutboxStore(PoolUser):
         async with self._connection() as conn:
             await mark_failed(conn, endpoint, owner, notification, attempts=attempts, retry_in=retry_in, error=error)
 
-    async def oldest_undelivered(
-        self, endpoint: str, types: frozenset[NotificationType]
-    ) -> tuple[datetime, datetime | None]:
+    async def oldest_undelivered(self, endpoint: str, types: frozenset[NotificationType]) -> Undelivered:
         async with self._connection() as conn:
             return await oldest_undelivered(conn, endpoint, types)
 

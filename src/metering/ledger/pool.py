@@ -13,9 +13,10 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import Protocol, TypeAlias, TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from metering.domain.errors import DatabaseUnavailable
 
@@ -32,17 +33,31 @@ _READ_ONLY_SERVER = "25006"
 
 _T = TypeVar("_T")
 
+# What the ledger's statements run on: a pooled connection (the proxy that
+# Pool.acquire hands out, which forwards to its connection) or a connection of
+# its own (the LISTEN connection, migrations run by tests and the CLI). Both
+# answer the same calls; the stubs type them apart.
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 # The pool's type under a ledger name: the composition root (metering.runtime)
 # holds the pool and hands it to the stores without importing asyncpg, which
 # only the ledger does.
 Pool: TypeAlias = asyncpg.Pool
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def one_row(conn: Connection, query: str, *args: object) -> asyncpg.Record:
+    """The row of a statement that always returns exactly one (a SELECT of
+    aggregates or of the clock, without FROM or WHERE that could empty it)."""
+    row = await conn.fetchrow(query, *args)
+    if row is None:
+        raise RuntimeError(f"expected one row, got none: {query.strip()[:80]}")
+    return row
+
+
+async def _init_connection(conn: Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def _release(conn: asyncpg.Connection) -> None:
+async def _release(conn: Connection) -> None:
     """Runs when a connection returns to the pool. Nothing in this service
     leaves session state behind (no SET, LISTEN, cursors; the migration's
     advisory lock is released explicitly), so asyncpg's default reset query is
@@ -116,7 +131,7 @@ class ConnectionSource(Protocol):
     metering.ledger.replica.ReadRouter that picks the replica's pool or the
     primary's for each read."""
 
-    def acquire(self, *, timeout: float | None = None) -> AbstractAsyncContextManager[Any]: ...
+    def acquire(self, *, timeout: float | None = None) -> AbstractAsyncContextManager[PoolConnectionProxy]: ...
 
 
 class PoolUser:
@@ -131,7 +146,7 @@ class PoolUser:
         self._acquire_timeout = acquire_timeout
 
     @asynccontextmanager
-    async def _connection(self, *, bounded: bool = True) -> AsyncIterator[Any]:
+    async def _connection(self, *, bounded: bool = True) -> AsyncIterator[PoolConnectionProxy]:
         """A pooled connection. `bounded` (the default): it is cut off (its
         socket closed) once METERING_DB_TIMEOUT has passed since it was asked
         for, so the caller hears UNAVAILABLE then, whatever it was waiting on.
@@ -163,7 +178,7 @@ class PoolUser:
                     cut_off.cancel()
 
 
-def _drop(conn: Any) -> None:
+def _drop(conn: Connection) -> None:
     """Close a pooled connection's socket at once; the pool takes the holder back."""
     with contextlib.suppress(asyncpg.InterfaceError):  # dropped already (and so given back)
         conn.terminate()

@@ -28,15 +28,15 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from metering.domain.records import CustomerRecord, Invoice
 from metering.ledger.customers import Ledger
 from metering.ledger.invoicing import InvoiceStore
-from metering.ledger.pool import is_unavailable
+from metering.ledger.pool import Pool, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,8 @@ class ReadRouter:
 
     def __init__(
         self,
-        primary: asyncpg.Pool,
-        replica: asyncpg.Pool,
+        primary: Pool,
+        replica: Pool,
         *,
         max_lag: float,
         timeout: float,
@@ -142,7 +142,7 @@ class ReadRouter:
         return choose(self._replica_up, self._tracker.lag(self._clock()), self._max_lag)
 
     @asynccontextmanager
-    async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[Any]:  # noqa: ASYNC109 - as Pool.acquire
+    async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[PoolConnectionProxy]:  # noqa: ASYNC109 - as Pool.acquire
         route = self.route()
         started = time.monotonic()
         if route is Route.REPLICA:
@@ -211,16 +211,18 @@ class ReadRouter:
         self._on_probe(state)
         return state
 
-    async def _fetch(self, pool: asyncpg.Pool, query: str) -> tuple[Any, ...]:
+    async def _fetch(self, pool: Pool, query: str) -> asyncpg.Record:
         """One row, bounded by the timeout; a connection that failed is dropped (as PoolUser does)."""
         async with pool.acquire(timeout=self._timeout) as conn:
             try:
                 row = await conn.fetchrow(query, timeout=self._timeout)
+                if row is None:
+                    raise RuntimeError(f"no row from {query!r}")  # each query selects one row of values
             except Exception as exc:
                 if is_unavailable(exc):
                     conn.terminate()
                 raise
-        return tuple(row.values())
+        return row
 
     async def close(self) -> None:
         """Close the replica's pool (the primary's belongs to the service)."""

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from metering.domain.catalog import Meter
-from metering.domain.records import StoredEvent
+from metering.domain.records import EventPosition, StoredEvent
 from metering.domain.windows import Window, whole_hours
 from metering.ledger.pool import PoolUser, translate_errors
 from metering.ledger.sql import EVENT_FROM, EVENT_SELECT, NOT_VOIDED, PARTS_VALUE_SQL, VALUE_SQL, Sql, stored_event
@@ -23,6 +23,8 @@ from metering.ledger.sql import EVENT_FROM, EVENT_SELECT, NOT_VOIDED, PARTS_VALU
 
 @dataclass(frozen=True, slots=True)
 class PropertyFilter:
+    """Events whose property `key` has one of `values` (a GetUsage filter)."""
+
     key: str
     values: tuple[str, ...]
 
@@ -37,6 +39,8 @@ class UsageCursor:
 
 @dataclass(frozen=True, slots=True)
 class AggregateRow:
+    """One window and group of an aggregation, as SQL computed it."""
+
     window_index: int  # 1-based position in the windows given
     window: Window
     groups: tuple[str, ...]  # group values ("" when the property is absent)
@@ -194,6 +198,10 @@ class _Shape:
 
 
 class UsageReports(PoolUser):
+    """The read queries over the event history (and the rollups, for whole hours): aggregations
+    in windows, event listings and what bills need. Results come in a stable order and page by
+    keyset, so a page boundary never skips or repeats an event."""
+
     async def aggregate(self, query: AggregateQuery) -> list[AggregateRow]:
         """The meter's aggregate per window and group, ordered by window then
         group values (byte order). Every window is present: an empty one as a
@@ -247,7 +255,7 @@ class UsageReports(PoolUser):
         meter_slug: str | None,
         start: datetime | None,
         end: datetime | None,
-        before: tuple[datetime, str] | None,
+        before: EventPosition | None,
         limit: int,
     ) -> list[StoredEvent]:
         """Events newest first by (event_time, event_id), strictly before `before`."""
@@ -260,7 +268,7 @@ class UsageReports(PoolUser):
         if end is not None:
             conditions.append(f"e.event_time < {sql.param(end)}")
         if before is not None:
-            bound = f"({sql.param(before[0])}, {sql.param(before[1], '::uuid')})"
+            bound = f"({sql.param(before.event_time)}, {sql.param(before.event_id, '::uuid')})"
             conditions.append(f"(e.event_time, e.event_id) < {bound}")
         statement = (
             f"SELECT {EVENT_SELECT} FROM {EVENT_FROM} WHERE {' AND '.join(conditions)} "

@@ -21,12 +21,11 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-import asyncpg
-
 from metering.domain.catalog import Catalog, Meter
 from metering.domain.records import StoredEvent
 from metering.domain.windows import HOUR, floor_hour
 from metering.ledger.migrate import MIGRATION_LOCK_KEY
+from metering.ledger.pool import Connection
 from metering.ledger.sql import NOT_VOIDED, Sql
 
 log = logging.getLogger(__name__)
@@ -158,7 +157,7 @@ def rollup_input(meter: Meter, stored: StoredEvent, unique_value: str | None) ->
     )
 
 
-async def add_events(conn: asyncpg.Connection, events: Sequence[RollupInput]) -> None:
+async def add_events(conn: Connection, events: Sequence[RollupInput]) -> None:
     """Add newly inserted events to their buckets, in one statement; for the
     writers other than the batching writer (which inlines ROLLUP_UPSERTS)."""
     if not events:
@@ -184,7 +183,7 @@ async def add_events(conn: asyncpg.Connection, events: Sequence[RollupInput]) ->
     )
 
 
-async def rebuild_bucket(conn: asyncpg.Connection, meter: Meter, bucket: RollupInput) -> None:
+async def rebuild_bucket(conn: Connection, meter: Meter, bucket: RollupInput) -> None:
     """Rebuild the bucket of `bucket`'s event from the events that still count
     (after a void). The bucket row is locked first, so a writer adding to it
     concurrently is either already counted or adds to the rebuilt row."""
@@ -205,7 +204,7 @@ async def rebuild_bucket(conn: asyncpg.Connection, meter: Meter, bucket: RollupI
 
 
 async def _insert_from_events(
-    conn: asyncpg.Connection,
+    conn: Connection,
     meter: Meter,
     scope: Scope,
     *,
@@ -234,7 +233,7 @@ async def _insert_from_events(
         )
 
 
-async def rebuild_meter(conn: asyncpg.Connection, meter: Meter) -> None:
+async def rebuild_meter(conn: Connection, meter: Meter) -> None:
     """Rebuild every bucket of a meter from the events, inside the caller's
     transaction, with the rollup tables locked against writers meanwhile."""
     await conn.execute(
@@ -248,7 +247,7 @@ async def rebuild_meter(conn: asyncpg.Connection, meter: Meter) -> None:
     await _insert_from_events(conn, meter, lambda sql: "TRUE", statement_seconds=REBUILD_TIMEOUT_SECONDS)
 
 
-async def sync_layouts(conn: asyncpg.Connection, catalog: Catalog) -> list[str]:
+async def sync_layouts(conn: Connection, catalog: Catalog) -> list[str]:
     """Rebuild the rollups of every meter whose declared dimensions or counted
     property differ from those its rollups were built with (a new meter, a
     changed catalog, a ledger from before rollups existed). Run at start-up
@@ -261,7 +260,7 @@ async def sync_layouts(conn: asyncpg.Connection, catalog: Catalog) -> list[str]:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
 
 
-async def _sync_layouts(conn: asyncpg.Connection, catalog: Catalog) -> list[str]:
+async def _sync_layouts(conn: Connection, catalog: Catalog) -> list[str]:
     rebuilt: list[str] = []
     rows = await conn.fetch("SELECT meter_slug, dimensions, unique_property FROM rollup_layouts")
     recorded = {row["meter_slug"]: (tuple(row["dimensions"]), row["unique_property"]) for row in rows}

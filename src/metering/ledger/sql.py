@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
+
 from metering.domain import limits
 from metering.domain.catalog import Aggregation
 from metering.domain.records import GrantRecord, ReservationRecord, StoredEvent
@@ -135,13 +137,13 @@ class Sql:
         return f"${len(self.args)}{cast}"
 
 
-def stored_event(row: Any) -> StoredEvent:
+def stored_event(row: asyncpg.Record) -> StoredEvent:
     """A row selected with EVENT_SELECT (or EVENT_COLUMNS: the void fields are then None)."""
     fields = dict(row)
     return StoredEvent(**fields)
 
 
-def counter_state(row: Any) -> limits.CounterState:
+def counter_state(row: asyncpg.Record) -> limits.CounterState:
     return limits.CounterState(
         used=row["used"],
         event_count=row["event_count"],
@@ -150,9 +152,9 @@ def counter_state(row: Any) -> limits.CounterState:
     )
 
 
-def grant_record(row: Any) -> GrantRecord:
+def grant_record(row: asyncpg.Record) -> GrantRecord:
     return GrantRecord(**dict(row))
 
 
-def reservation_record(row: Any) -> ReservationRecord:
+def reservation_record(row: asyncpg.Record) -> ReservationRecord:
     return ReservationRecord(**dict(row))

@@ -13,14 +13,13 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-import asyncpg
-
 from metering.domain import closing, limits
 from metering.domain.catalog import Meter
 from metering.domain.errors import PeriodClosed
 from metering.domain.periods import Period
 from metering.domain.records import NewEvent, StoredEvent
 from metering.domain.terms import PlanTerms
+from metering.ledger.pool import Connection, one_row
 from metering.ledger.sql import (
     COUNTER_COLUMNS,
     COUNTER_LOCK,
@@ -39,7 +38,7 @@ from metering.ledger.sql import (
 
 
 async def lock_customer(
-    conn: asyncpg.Connection, customer_id: str, transaction_id: str, instant: datetime | None
+    conn: Connection, customer_id: str, transaction_id: str, instant: datetime | None
 ) -> PeriodClosed | None:
     """Share-lock the customer's row until the commit; returns the refusal of a
     change of usage at `instant` (None: the database's clock) if that falls in
@@ -59,12 +58,11 @@ async def lock_customer(
     return None
 
 
-async def lock_counter(
-    conn: asyncpg.Connection, customer_id: str, meter_slug: str, period: Period
-) -> limits.CounterState:
+async def lock_counter(conn: Connection, customer_id: str, meter_slug: str, period: Period) -> limits.CounterState:
     """Lock the counter row (created at zero if new) and return it. The no-op
     update is what takes the row lock in the same statement."""
-    row = await conn.fetchrow(
+    row = await one_row(
+        conn,
         f"""
         INSERT INTO meter_counters AS c (customer_id, meter_slug, period_start, period_end)
         VALUES ($1, $2, $3, $4)
@@ -80,7 +78,7 @@ async def lock_counter(
 
 
 async def full_allowance(
-    conn: asyncpg.Connection,
+    conn: Connection,
     terms: PlanTerms,
     customer_id: str,
     meter_slug: str,
@@ -92,7 +90,8 @@ async def full_allowance(
     """The allowance of the terms with the grants active at `grants_at` (the
     database's clock when None) and the unexpired holds of the period; and
     the database's clock, the one clock that decides expiry on every replica."""
-    row = await conn.fetchrow(
+    row = await one_row(
+        conn,
         f"""
         SELECT clock_timestamp() AS db_now,
                {active_grants_sum("$1", "$2", "coalesce($4, clock_timestamp())")} AS granted,
@@ -107,7 +106,7 @@ async def full_allowance(
     return terms.allowance(row["granted"], row["reserved"]), row["db_now"]
 
 
-async def find_event(conn: asyncpg.Connection, customer_id: str, transaction_id: str) -> StoredEvent | None:
+async def find_event(conn: Connection, customer_id: str, transaction_id: str) -> StoredEvent | None:
     row = await conn.fetchrow(
         f"SELECT {EVENT_SELECT} FROM {EVENT_FROM} WHERE e.customer_id = $1 AND e.transaction_id = $2",
         customer_id,
@@ -116,9 +115,7 @@ async def find_event(conn: asyncpg.Connection, customer_id: str, transaction_id:
     return None if row is None else stored_event(row)
 
 
-async def insert_event(
-    conn: asyncpg.Connection, new: NewEvent, event_id: UUID, period_start: datetime
-) -> StoredEvent | None:
+async def insert_event(conn: Connection, new: NewEvent, event_id: UUID, period_start: datetime) -> StoredEvent | None:
     """Insert the event; None when a concurrent insert took its transaction id
     (the unique constraint is the final guard of exactly-once)."""
     row = await conn.fetchrow(
@@ -143,7 +140,7 @@ async def insert_event(
 
 
 async def write_counter(
-    conn: asyncpg.Connection, customer_id: str, meter_slug: str, period_start: datetime, state: limits.CounterState
+    conn: Connection, customer_id: str, meter_slug: str, period_start: datetime, state: limits.CounterState
 ) -> None:
     await conn.execute(
         """
@@ -162,7 +159,7 @@ async def write_counter(
 
 
 async def read_counter(
-    conn: asyncpg.Connection, customer_id: str, meter_slug: str, period_start: datetime
+    conn: Connection, customer_id: str, meter_slug: str, period_start: datetime
 ) -> limits.CounterState:
     row = await conn.fetchrow(
         f"SELECT {COUNTER_COLUMNS} FROM meter_counters "
@@ -175,7 +172,7 @@ async def read_counter(
 
 
 async def recompute_counter(
-    conn: asyncpg.Connection, customer_id: str, meter: Meter, period_start: datetime
+    conn: Connection, customer_id: str, meter: Meter, period_start: datetime
 ) -> limits.CounterState:
     """Rebuild a counter from the events that still count in its period (after
     a void), with the same aggregation SQL as usage queries and bills."""
@@ -183,7 +180,8 @@ async def recompute_counter(
     if meter.unique_property is not None:
         args.append(meter.unique_property)
     value = VALUE_SQL[meter.aggregation].format(unique="$4")
-    row = await conn.fetchrow(
+    row = await one_row(
+        conn,
         f"""
         SELECT coalesce({value}, 0) AS used, count(e.event_id) AS event_count,
                (array_agg(e.event_time ORDER BY e.event_time DESC, e.event_id DESC))[1] AS latest_event_time,

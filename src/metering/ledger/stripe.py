@@ -16,12 +16,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 import asyncpg
 
 from metering.domain.catalog import Aggregation
 from metering.domain.stripe import HourUsage, Progress, Step
-from metering.ledger.pool import ConnectionSource
+from metering.ledger.pool import Connection, ConnectionSource
 
 STRIPE_EXPORT_LOCK_KEY = 0x6D74722D73747270  # "mtr-strp"
 
@@ -47,6 +48,8 @@ class ExportScope:
 
 @dataclass(frozen=True, slots=True)
 class Pair:
+    """A customer's meter, the unit the Stripe export keeps progress for."""
+
     customer_id: str
     meter_slug: str
 
@@ -63,20 +66,22 @@ class PendingEvent:
 
 @dataclass(frozen=True, slots=True)
 class PairState:
+    """A pair's export progress, and the event it left in flight (None: none)."""
+
     progress: Progress
     pending: PendingEvent | None
 
 
-async def try_lock(conn: asyncpg.Connection) -> bool:
+async def try_lock(conn: Connection) -> bool:
     return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", STRIPE_EXPORT_LOCK_KEY))
 
 
-async def unlock(conn: asyncpg.Connection) -> None:
+async def unlock(conn: Connection) -> None:
     await conn.execute("SELECT pg_advisory_unlock($1)", STRIPE_EXPORT_LOCK_KEY)
 
 
 async def pairs_to_export(
-    conn: asyncpg.Connection, scope: ExportScope, closed_before: datetime, *, check_exported: bool
+    conn: Connection, scope: ExportScope, closed_before: datetime, *, check_exported: bool
 ) -> list[Pair]:
     """The customers' meters with work: an event in flight, usage in closed
     hours not yet exported, and (with `check_exported`, once per closed hour:
@@ -113,7 +118,7 @@ async def pairs_to_export(
     return [Pair(row["customer_id"], row["meter_slug"]) for row in rows]
 
 
-async def load_state(conn: asyncpg.Connection, pair: Pair) -> PairState:
+async def load_state(conn: Connection, pair: Pair) -> PairState:
     row = await conn.fetchrow(
         "SELECT exported_through, accounted_total, skipped_total, sent_units FROM stripe_export_progress "
         "WHERE customer_id = $1 AND meter_slug = $2",
@@ -144,9 +149,16 @@ def _progress(row: asyncpg.Record) -> Progress:
     return Progress(row["exported_through"], row["accounted_total"], row["skipped_total"], int(row["sent_units"]))
 
 
+class HourlyUsage(NamedTuple):
+    """A pair's usage for the exporter: the total already exported and each hour since."""
+
+    exported: Decimal  # the rollups' total of the hours before `since` (exported already)
+    hours: list[HourUsage]  # each hour from `since` on, oldest first
+
+
 async def hourly_usage(
-    conn: asyncpg.Connection, scope: ExportScope, pair: Pair, since: datetime | None, closed_before: datetime
-) -> tuple[Decimal, list[HourUsage]]:
+    conn: Connection, scope: ExportScope, pair: Pair, since: datetime | None, closed_before: datetime
+) -> HourlyUsage:
     """The rollups' total of the hours before `since` (the exported ones) and
     the usage of each hour from `since` to `closed_before`, in one index
     range scan of the pair's rollups."""
@@ -172,10 +184,10 @@ async def hourly_usage(
             exported = row["quantity"]
         else:
             usage.append(HourUsage(row["hour"], row["quantity"]))
-    return exported, usage
+    return HourlyUsage(exported, usage)
 
 
-async def save_progress(conn: asyncpg.Connection, pair: Pair, before: Progress, after: Progress) -> None:
+async def save_progress(conn: Connection, pair: Pair, before: Progress, after: Progress) -> None:
     """Advance the pair's progress from `before` (what this exporter read) to
     `after`; a progress moved meanwhile by anyone else is an error, never
     overwritten."""
@@ -211,9 +223,7 @@ class ProgressMoved(RuntimeError):
         super().__init__(f"the Stripe export progress of {pair.customer_id}/{pair.meter_slug} moved meanwhile")
 
 
-async def decide_event(
-    conn: asyncpg.Connection, pair: Pair, saved: Progress, current: Progress, event: PendingEvent
-) -> None:
+async def decide_event(conn: Connection, pair: Pair, saved: Progress, current: Progress, event: PendingEvent) -> None:
     """Store the progress so far (`current`: hours without an event since
     `saved`) and the event about to be sent, in one transaction."""
     step = event.step
@@ -240,7 +250,7 @@ async def decide_event(
         )
 
 
-async def acknowledge_event(conn: asyncpg.Connection, pair: Pair, before: Progress, event: PendingEvent) -> None:
+async def acknowledge_event(conn: Connection, pair: Pair, before: Progress, event: PendingEvent) -> None:
     """Stripe has the event: mark it and advance the progress to where it leads, together."""
     async with conn.transaction():
         await conn.execute(
@@ -253,9 +263,7 @@ async def acknowledge_event(conn: asyncpg.Connection, pair: Pair, before: Progre
         await save_progress(conn, pair, before, event.step.progress)
 
 
-async def abandon_event(
-    conn: asyncpg.Connection, pair: Pair, before: Progress, event: PendingEvent, after: Progress
-) -> None:
+async def abandon_event(conn: Connection, pair: Pair, before: Progress, event: PendingEvent, after: Progress) -> None:
     """The event can no longer be sent (too old for Stripe): mark it and
     advance the progress as if its hour were skipped."""
     async with conn.transaction():
@@ -273,7 +281,7 @@ class StripeExportSession:
     """The statements of one export session, all on the connection that holds
     the export lock: valid only inside `StripeExportStore.session()`."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def pairs_to_export(self, scope: ExportScope, closed_before: datetime, *, check_exported: bool) -> list[Pair]:
@@ -284,7 +292,7 @@ class StripeExportSession:
 
     async def hourly_usage(
         self, scope: ExportScope, pair: Pair, since: datetime | None, closed_before: datetime
-    ) -> tuple[Decimal, list[HourUsage]]:
+    ) -> HourlyUsage:
         return await hourly_usage(self._conn, scope, pair, since, closed_before)
 
     async def save_progress(self, pair: Pair, before: Progress, after: Progress) -> None:

@@ -13,14 +13,13 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-import asyncpg
-
 from metering.domain.limits import CounterState
 from metering.domain.notifications import NotificationType
 from metering.domain.periods import Period
 from metering.domain.records import CustomerRecord, StoredEvent
 from metering.domain.usage import AllowanceKey, BatchPlan, CounterKey
 from metering.ledger import outbox
+from metering.ledger.pool import Connection
 from metering.ledger.rollups import ROLLUP_UPSERTS
 from metering.ledger.sql import (
     COUNTER_COLUMNS,
@@ -46,7 +45,7 @@ def _json_text(value: dict[str, str]) -> str:
     return json.dumps(value) if value else "{}"
 
 
-async def customers(conn: asyncpg.Connection, ids: set[str]) -> dict[str, CustomerRecord]:
+async def customers(conn: Connection, ids: set[str]) -> dict[str, CustomerRecord]:
     """The batch's customers, share-locked until the commit, in a stable order
     (before any counter row, as every write path does: no deadlock cycles).
     The lock is what serialises writes with the closing of a period: the
@@ -61,7 +60,7 @@ async def customers(conn: asyncpg.Connection, ids: set[str]) -> dict[str, Custom
     return {row["customer_id"]: CustomerRecord(*row) for row in rows}
 
 
-async def lock_counters(conn: asyncpg.Connection, periods: dict[CounterKey, Period]) -> dict[CounterKey, CounterState]:
+async def lock_counters(conn: Connection, periods: dict[CounterKey, Period]) -> dict[CounterKey, CounterState]:
     """Lock (creating at zero) every counter of the batch, in the order of `periods`."""
     keys = list(periods)
     rows = await conn.fetch(
@@ -82,7 +81,7 @@ async def lock_counters(conn: asyncpg.Connection, periods: dict[CounterKey, Peri
     return {CounterKey(row["customer_id"], row["meter_slug"], row["period_start"]): counter_state(row) for row in rows}
 
 
-async def read_counters(conn: asyncpg.Connection, keys: Sequence[CounterKey]) -> dict[CounterKey, CounterState]:
+async def read_counters(conn: Connection, keys: Sequence[CounterKey]) -> dict[CounterKey, CounterState]:
     """Counters read without a lock (zero when they do not exist)."""
     rows = await conn.fetch(
         f"""
@@ -98,7 +97,7 @@ async def read_counters(conn: asyncpg.Connection, keys: Sequence[CounterKey]) ->
     return {key: found.get(key, CounterState()) for key in keys}
 
 
-async def existing(conn: asyncpg.Connection, txns: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredEvent]:
+async def existing(conn: Connection, txns: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredEvent]:
     """The recorded events of these (customer, transaction id) pairs."""
     rows = await conn.fetch(
         f"""
@@ -111,9 +110,7 @@ async def existing(conn: asyncpg.Connection, txns: Sequence[tuple[str, str]]) ->
     return {(row["customer_id"], row["transaction_id"]): stored_event(row) for row in rows}
 
 
-async def holdings(
-    conn: asyncpg.Connection, wanted: Sequence[AllowanceKey]
-) -> dict[AllowanceKey, tuple[Decimal, Decimal]]:
+async def holdings(conn: Connection, wanted: Sequence[AllowanceKey]) -> dict[AllowanceKey, tuple[Decimal, Decimal]]:
     """(granted, reserved) of each key: the grants active at its event time and
     the unexpired holds of its period, by the database's clock."""
     if not wanted:
@@ -135,9 +132,7 @@ async def holdings(
     return {k: (row["granted"], row["reserved"]) for k, row in zip(wanted, rows, strict=True)}
 
 
-async def seen_unique_values(
-    conn: asyncpg.Connection, wanted: Sequence[tuple[CounterKey, str]]
-) -> set[tuple[CounterKey, str]]:
+async def seen_unique_values(conn: Connection, wanted: Sequence[tuple[CounterKey, str]]) -> set[tuple[CounterKey, str]]:
     if not wanted:
         return set()
     rows = await conn.fetch(
@@ -154,7 +149,7 @@ async def seen_unique_values(
     return {(CounterKey(row["customer_id"], row["meter_slug"], row["period_start"]), row["value"]) for row in rows}
 
 
-async def write_batch(conn: asyncpg.Connection, plan: BatchPlan) -> tuple[dict[UUID, datetime], list[NotificationType]]:
+async def write_batch(conn: Connection, plan: BatchPlan) -> tuple[dict[UUID, datetime], list[NotificationType]]:
     """One statement writes the batch: the accepted events (one multi-row
     insert), their hourly rollup buckets (metering.ledger.rollups), each
     counter once, the distinct values seen for the first time and the

@@ -63,8 +63,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-import asyncpg
-
 from metering.domain.errors import DatabaseUnavailable, MeteringError
 from metering.domain.notifications import NotificationType
 from metering.domain.records import new_event_ids
@@ -82,7 +80,7 @@ from metering.domain.usage import (
     resolve,
 )
 from metering.ledger import usage as batch_sql
-from metering.ledger.pool import PoolUser, answer_within, translate_errors
+from metering.ledger.pool import Connection, Pool, PoolUser, answer_within, translate_errors
 
 __all__ = ["BatchWriter", "GroupResults", "Resolution", "Written", "WrittenKeys"]
 
@@ -117,9 +115,13 @@ class _RetryBatch(Exception):
 
 
 class BatchWriter(PoolUser):
+    """Coalesces concurrent RecordUsage calls into one transaction per batch: customers and counter
+    rows locked in a stable order, every event decided in arrival order, the accepted ones written
+    together. A group (a batch RPC) is never split, and every call is answered only after the commit."""
+
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         *,
         acquire_timeout: float,
         max_batch: int = 1000,
@@ -257,7 +259,7 @@ class BatchWriter(PoolUser):
 
     async def _decide_and_write(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         batch: list[_Group],
         announced: list[NotificationType],
         attempted: list[tuple[str, str]],

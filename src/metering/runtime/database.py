@@ -28,6 +28,8 @@ STARTUP_DATABASE_WAIT_SECONDS = 30.0
 
 @dataclass
 class Database:
+    """The database the service runs on, and the embedded server behind it if it started one."""
+
     url: str
     embedded: EmbeddedPostgres | None
 

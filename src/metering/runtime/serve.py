@@ -84,6 +84,8 @@ class BackgroundFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Signals:
+    """What the process was asked to do by its signals (or by a background task that failed)."""
+
     stop: asyncio.Event  # SIGTERM, SIGINT, or a background task's failure
     reload: asyncio.Event  # SIGHUP
 

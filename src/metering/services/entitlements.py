@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from metering.domain import limits
 from metering.domain.catalog import Catalog, Meter
@@ -27,6 +28,8 @@ from metering.services.usage import MeterGuard, allow_any_meter, require_custome
 
 @dataclass(frozen=True, slots=True)
 class GrantCommand:
+    """A GrantCredits request, checked."""
+
     customer_id: str
     meter: Meter
     quantity: Decimal
@@ -39,13 +42,24 @@ class GrantCommand:
 
 @dataclass(frozen=True, slots=True)
 class GrantView:
+    """A grant as ListGrants and GrantCredits show it: with what remains of it, and whether it is active."""
+
     grant: GrantRecord
     remaining: Decimal
     active: bool
 
 
+class GrantAnswer(NamedTuple):
+    """What GrantCredits answers: the grant, and whether the call was a replay."""
+
+    view: GrantView  # the grant as stored (the first call's, for a replay), with what remains of it
+    duplicate: bool
+
+
 @dataclass(frozen=True, slots=True)
 class ReserveCommand:
+    """A Reserve request, checked."""
+
     customer_id: str
     meter: Meter
     quantity: Decimal
@@ -55,6 +69,8 @@ class ReserveCommand:
 
 @dataclass(frozen=True, slots=True)
 class CommitCommand:
+    """A CommitReservation request, checked."""
+
     customer_id: str
     reservation_id: str
     quantity: Decimal | None  # None: all of the hold
@@ -63,6 +79,8 @@ class CommitCommand:
 
 @dataclass(frozen=True, slots=True)
 class ReservationResult:
+    """What a reservation call answers: the reservation, its status, and the meter's balance."""
+
     reservation: ReservationRecord
     status: str  # as the caller sees it at the decision: held, committed, released or expired
     duplicate: bool
@@ -71,6 +89,10 @@ class ReservationResult:
 
 
 class Entitlements:
+    """Grants (credits) and reservations (holds) for callers: finds the customer's plan terms and
+    period, then lets the ledger decide under the counter's lock. Idempotent on the grant or
+    reservation id: a replay answers the first call's outcome."""
+
     def __init__(
         self, catalog: Catalog, ledger: Ledger, holds: Holds, *, clock: Callable[[], datetime] = utc_now
     ) -> None:
@@ -82,7 +104,7 @@ class Entitlements:
 
     # -- grants -------------------------------------------------------------------
 
-    async def grant_credits(self, command: GrantCommand) -> tuple[GrantView, bool]:
+    async def grant_credits(self, command: GrantCommand) -> GrantAnswer:
         customer = await require_customer(self._ledger, command.customer_id)
         now = self._clock()
         effective = command.effective_time or now
@@ -107,7 +129,7 @@ class Entitlements:
         )
         stored, duplicate = await self._holds.grant(record, effective_given=command.effective_time is not None)
         views = await self.list_grants(command.customer_id, command.meter, include_expired=True)
-        return next(v for v in views if v.grant.grant_id == stored.grant_id), duplicate
+        return GrantAnswer(next(v for v in views if v.grant.grant_id == stored.grant_id), duplicate)
 
     async def list_grants(self, customer_id: str, meter: Meter | None, *, include_expired: bool) -> list[GrantView]:
         customer = await require_customer(self._ledger, customer_id)

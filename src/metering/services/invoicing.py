@@ -27,7 +27,7 @@ from uuid import UUID
 from metering.domain import closing
 from metering.domain.catalog import PricingModel
 from metering.domain.errors import DatabaseUnavailable, FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
-from metering.domain.periods import Period
+from metering.domain.periods import BillingPeriod
 from metering.domain.records import DRAFT, FINALIZED, GATHERING, CustomerRecord, Invoice, InvoiceLine
 from metering.ledger.customers import Ledger
 from metering.ledger.invoicing import DueCustomer, Finalized, InvoiceStore
@@ -44,7 +44,6 @@ CLOSE_BATCH = 100
 
 def invoice_of(bill: Bill, status: str) -> Invoice:
     """A computed bill as an invoice (not finalized: no id or number yet)."""
-    assert bill.period.end is not None
     lines = tuple(
         InvoiceLine(
             meter_slug=line.meter.slug,
@@ -74,6 +73,8 @@ def invoice_of(bill: Bill, status: str) -> Invoice:
 
 @dataclass(frozen=True, slots=True)
 class InvoicesQuery:
+    """A ListInvoices request, checked."""
+
     customer_id: str
     statuses: frozenset[str]  # DRAFT and/or FINALIZED
     page_size: int
@@ -82,11 +83,16 @@ class InvoicesQuery:
 
 @dataclass(frozen=True, slots=True)
 class InvoicesPage:
+    """One page of invoices, newest period first, and where the next starts."""
+
     invoices: list[Invoice]
     next_before: datetime | None
 
 
 class Invoicing:
+    """EstimateBill and the invoice reads: a period's finalized invoice when it has one, else its
+    bill computed now (gathering while it runs, a draft during its grace). Never writes."""
+
     def __init__(
         self,
         ledger: Ledger,
@@ -108,15 +114,13 @@ class Invoicing:
         if period_time is not None and period_time > now:
             raise InvalidArgument([FieldViolation("period_time", "must not be in the future")])
         period = closing.billing_period(period_time or now, customer.billing_anchor)
-        assert period.end is not None
         if customer.closed_through is not None and period.end <= customer.closed_through:
             stored = await self._invoices.for_period(customer_id, period.start)
             if stored is not None:
                 return stored
         return await self._compute(customer, period, now)
 
-    async def _compute(self, customer: CustomerRecord, period: Period, now: datetime) -> Invoice:
-        assert period.end is not None
+    async def _compute(self, customer: CustomerRecord, period: BillingPeriod, now: datetime) -> Invoice:
         bill = await self._reporting.bill(customer, period)
         return invoice_of(bill, GATHERING if now < period.end else DRAFT)
 
@@ -147,14 +151,13 @@ class Invoicing:
         return InvoicesPage(found, found[-1].period_start if more else None)
 
 
-def _draft_periods(customer: CustomerRecord, now: datetime, before: datetime | None, limit: int) -> list[Period]:
+def _draft_periods(customer: CustomerRecord, now: datetime, before: datetime | None, limit: int) -> list[BillingPeriod]:
     """The periods that ended and are not finalized, newest first, starting
     before `before`, at most `limit`."""
-    periods: list[Period] = []
+    periods: list[BillingPeriod] = []
     start = customer.closed_through or customer.billing_anchor
     while True:
         period = closing.billing_period(start, customer.billing_anchor)
-        assert period.end is not None
         if period.end > now:
             break
         periods.append(period)
@@ -266,7 +269,6 @@ class Closer:
             if close is None:
                 return None
             period, now = close.period, close.now
-            assert period.end is not None
             if not closing.is_due(period.end, self._grace, now):
                 return None
             # Priced on connections of its own: the close holds the customer's

@@ -16,9 +16,9 @@ from metering.domain import decimals
 from metering.domain.catalog import Catalog, Meter, Plan, Price
 from metering.domain.decimals import ZERO
 from metering.domain.errors import FieldViolation, InvalidArgument, PriceCurrencyMismatch
-from metering.domain.periods import Period
+from metering.domain.periods import BillingPeriod
 from metering.domain.pricing import LineCharge, price_line
-from metering.domain.records import CustomerRecord, StoredEvent
+from metering.domain.records import CustomerRecord, EventPosition, StoredEvent
 from metering.domain.terms import TermsBook
 from metering.domain.windows import TooManyWindowsError, Window, WindowSize, windows
 from metering.ledger.customers import Ledger
@@ -39,6 +39,8 @@ class PageCursor:
 
 @dataclass(frozen=True, slots=True)
 class UsageQuery:
+    """A GetUsage request, checked."""
+
     customer_id: str
     meters: Sequence[Meter]
     start: datetime | None
@@ -53,6 +55,8 @@ class UsageQuery:
 
 @dataclass(frozen=True, slots=True)
 class UsageRow:
+    """One window (and group) of a meter's usage, as GetUsage answers it."""
+
     meter: Meter
     window: Window
     groups: dict[str, str]  # empty for a window without events
@@ -62,28 +66,36 @@ class UsageRow:
 
 @dataclass(frozen=True, slots=True)
 class UsagePage:
+    """One page of GetUsage rows, and where the next starts."""
+
     rows: list[UsageRow]
     next_cursor: PageCursor | None
 
 
 @dataclass(frozen=True, slots=True)
 class EventsQuery:
+    """A ListUsageEvents request, checked."""
+
     customer_id: str
     meter: Meter | None
     start: datetime | None
     end: datetime | None
     page_size: int
-    before: tuple[datetime, str] | None  # (event_time, event_id) of the last event seen
+    before: EventPosition | None  # the last event seen
 
 
 @dataclass(frozen=True, slots=True)
 class EventsPage:
+    """One page of events, newest first, and where the next starts."""
+
     events: list[StoredEvent]
-    next_before: tuple[datetime, str] | None
+    next_before: EventPosition | None
 
 
 @dataclass(frozen=True, slots=True)
 class BillLine:
+    """One priced line of a bill: a meter at one price."""
+
     meter: Meter
     price: Price
     charge: LineCharge
@@ -91,9 +103,11 @@ class BillLine:
 
 @dataclass(frozen=True, slots=True)
 class Bill:
+    """A billing period's bill priced from its usage now: what EstimateBill, drafts and the closer use."""
+
     customer_id: str
     plan: Plan
-    period: Period
+    period: BillingPeriod
     currency: str
     lines: list[BillLine]
     subtotal: Decimal
@@ -102,6 +116,10 @@ class Bill:
 
 
 class Reporting:
+    """Usage read back: aggregates in windows and groups, event listings, and the bill of a period.
+    Everything is computed from the event history (through the rollups), so any range, window and
+    grouping can be asked for; it never writes."""
+
     def __init__(
         self, catalog: Catalog, ledger: Ledger, reports: UsageReports, *, clock: Callable[[], datetime] = utc_now
     ) -> None:
@@ -121,7 +139,7 @@ class Reporting:
             start = query.start or self._book.for_customer(customer, meter).period_at(now).start
             end = query.end or now
             if end <= start:
-                raise InvalidArgument([FieldViolation("end_time", "must be after start_time")])
+                raise InvalidArgument([FieldViolation("end", "must be after start_time")])
             try:
                 meter_windows.append(windows(start, end, query.window_size, query.zone))
             except TooManyWindowsError as exc:
@@ -171,14 +189,13 @@ class Reporting:
         page = events[: query.page_size]
         next_before = None
         if len(events) > query.page_size:
-            next_before = (page[-1].event_time, str(page[-1].event_id))
+            next_before = EventPosition(page[-1].event_time, str(page[-1].event_id))
         return EventsPage(page, next_before)
 
-    async def bill(self, customer: CustomerRecord, period: Period) -> Bill:
+    async def bill(self, customer: CustomerRecord, period: BillingPeriod) -> Bill:
         """The bill of one of the customer's billing periods, priced from its
         usage now (EstimateBill, drafts, and the invoice the closer stores)."""
         customer_id = customer.customer_id
-        assert period.end is not None
         # The plan in effect at the end of the period, or now for the current one.
         plan_time = min(period.end - timedelta(microseconds=1), self._clock())
         plan_slug = await self._reports.plan_at(customer_id, plan_time) or customer.plan_slug
@@ -195,10 +212,10 @@ class Reporting:
         total = max(ZERO, decimals.add(subtotal, credits))
         return Bill(customer_id, plan, period, plan.currency, lines, subtotal, credits, total)
 
-    async def _meter_lines(self, customer_id: str, plan: Plan, meter: Meter, period: Period) -> list[BillLine]:
+    async def _meter_lines(self, customer_id: str, plan: Plan, meter: Meter, period: BillingPeriod) -> list[BillLine]:
         """One line per price the meter's events were recorded with; the plan's
         own price always has a line and is the one its included units go to."""
-        assert period.end is not None and plan.currency is not None
+        assert plan.currency is not None  # every plan has one (catalog check)
         terms = self._catalog.plan_meter(plan, meter)
         rows = await self._reports.aggregate(
             AggregateQuery(customer_id, meter, [(period.start, period.end)], group_by_price=True)

@@ -26,7 +26,7 @@ from metering.domain.periods import Period
 from metering.domain.records import CustomerRecord, StoredEvent
 from metering.domain.terms import MeterBalance, PlanTerms, TermsBook
 from metering.domain.usage import CounterKey, UsageCommand, Written
-from metering.ledger.customers import Ledger
+from metering.ledger.customers import CustomerUpsert, Ledger
 from metering.ledger.writer import BatchWriter
 
 __all__ = [
@@ -66,6 +66,8 @@ async def require_customer(ledger: Ledger, customer_id: str) -> CustomerRecord:
 
 @dataclass(frozen=True, slots=True)
 class BalanceQuery:
+    """A CheckBalance request, checked."""
+
     customer_id: str
     meter: Meter | None  # None: every meter of the plan
     requested: Decimal | None
@@ -73,6 +75,8 @@ class BalanceQuery:
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
 class RecordResult:
+    """What RecordUsage answers for one event: the event (or the original, for a duplicate) and its balance."""
+
     plan_slug: str
     event: StoredEvent
     duplicate: bool
@@ -82,6 +86,8 @@ class RecordResult:
 
 @dataclass(frozen=True, slots=True)
 class BalanceReport:
+    """What CheckBalance answers: each meter's balance, and whether the requested amount fits."""
+
     customer_id: str
     plan_slug: str
     balances: list[MeterBalance]
@@ -91,6 +97,8 @@ class BalanceReport:
 
 @dataclass(frozen=True, slots=True)
 class VoidResult:
+    """What VoidUsage answers: the event with its void, whether it was a replay, and the balance after."""
+
     event: StoredEvent
     duplicate: bool
     balance: MeterBalance
@@ -122,6 +130,11 @@ class CustomerCache:
 
 
 class MeteringEngine:
+    """Recording and checking usage: resolves what an event means under the customer's plan (terms,
+    period, price), hands events to the batching writer and reads balances. Its customer cache
+    holds only what never changes or is checked where it is used; every write is decided in the
+    ledger's transaction."""
+
     def __init__(
         self, catalog: Catalog, ledger: Ledger, writer: BatchWriter, *, clock: Callable[[], datetime] = utc_now
     ) -> None:
@@ -230,7 +243,7 @@ class MeteringEngine:
 
     async def upsert_customer(
         self, customer_id: str, plan_slug: str, billing_anchor: datetime | None
-    ) -> tuple[CustomerRecord, bool]:
+    ) -> CustomerUpsert:
         self.catalog.plan(plan_slug)  # NotFound before anything is written
         now = self._clock()
         first_period_end = closing.first_period_end(billing_anchor or now)  # used when it is created
@@ -238,7 +251,7 @@ class MeteringEngine:
             customer_id, plan_slug, billing_anchor, now, first_period_end
         )
         self._customers.put(record)
-        return record, created
+        return CustomerUpsert(record, created)
 
     async def get_customer(self, customer_id: str) -> CustomerRecord:
         return await require_customer(self.ledger, customer_id)
