@@ -6,7 +6,7 @@ Whatever happens: every OK answer is one event in the ledger, a retry with the
 same transaction id converges on exactly one event, nothing refused is stored,
 no hard limit is exceeded and every counter equals its events (the ledger
 audit). The clients that retry, the book of what each was told, crashing
-PostgreSQL and the ledger check are bench/faults.py's, shared with the chaos
+PostgreSQL and the ledger check are tests/faults.py's, shared with the chaos
 script (bench/chaos.py), whose CI-sized run is the first test here.
 """
 
@@ -30,7 +30,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from bench.faults import (
+from metering.runtime.embedded import EmbeddedPostgres
+from metering.v1 import metering_service_pb2_grpc, usage_pb2
+from tests.faults import (
     DRAIN_STARTED,
     EXIT_MARGIN,
     Book,
@@ -53,8 +55,6 @@ from bench.faults import (
     wait_serving,
     write_catalog,
 )
-from metering.runtime.embedded import EmbeddedPostgres
-from metering.v1 import metering_service_pb2_grpc, usage_pb2
 from tests.support import (
     ROOT,
     TEST_CATALOG,

@@ -29,8 +29,8 @@ import asyncpg
 import pytest
 from google.protobuf import descriptor_pb2
 
-from bench.faults import Replica
 from metering.domain.access import caller_entry, new_token, token_digest
+from tests.faults import Replica
 from tests.support import (
     ROOT,
     TEST_CATALOG,
