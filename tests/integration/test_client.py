@@ -38,6 +38,9 @@ from metering.client import (
 from tests.faults import Replica
 from tests.support import TEST_CATALOG, ServiceProcess, hold_counter, metric_value, run_sql, service_waits_on_lock
 
+# Slow tier: a service it kills and restarts (Replica).
+pytestmark = pytest.mark.slow
+
 RECORD = "/metering.v1.MeteringService/RecordUsage"
 
 

@@ -15,8 +15,13 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.failover import DB_TIMEOUT, SERVING_AGAIN_BOUND, failover
 from tests.faults import Outcome
+
+# Slow tier: a primary, a standby and two services; the primary is killed.
+pytestmark = pytest.mark.slow
 
 
 def test_synchronous_failover_loses_nothing_acknowledged(tmp_path: Path) -> None:

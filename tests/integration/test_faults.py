@@ -66,6 +66,9 @@ from tests.support import (
     usage_request,
 )
 
+# Slow tier: services and PostgreSQL servers it kills, freezes and restarts; the chaos smoke run.
+pytestmark = pytest.mark.slow
+
 GRACE = 3.0  # METERING_SHUTDOWN_GRACE of the SIGTERM tests
 
 
@@ -103,7 +106,6 @@ async def stored_keys(database_url: str, customers: set[str]) -> set[tuple[str, 
     return {(row["customer_id"], row["transaction_id"]) for row in rows}
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)  # under a minute idle
 def test_chaos_smoke_run_holds_every_invariant() -> None:
     result = subprocess.run(
@@ -201,7 +203,6 @@ async def _tiny_deadlines(service: ServiceProcess, database_url: str) -> None:
     assert_exactly_once(await check_ledger(database_url, book, TEST_CATALOG))
 
 
-@pytest.mark.slow
 def test_database_crash_fails_fast_then_recovers_by_itself(own_database: EmbeddedPostgres, tmp_path: Path) -> None:
     catalog = write_catalog(tmp_path)
     replica = Replica("A", own_database.uri(), catalog, METERING_HEALTH_INTERVAL="200ms", METERING_DB_TIMEOUT="2s")

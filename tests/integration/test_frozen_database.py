@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import pytest
 from google.protobuf import duration_pb2
 
 from metering.runtime.embedded import EmbeddedPostgres
@@ -48,6 +49,9 @@ from tests.faults import (
     wait_serving,
     write_catalog,
 )
+
+# Slow tier: a PostgreSQL of its own, frozen under load on two services.
+pytestmark = pytest.mark.slow
 
 DB_TIMEOUT = 1.0  # METERING_DB_TIMEOUT of the replicas
 BOUND = DB_TIMEOUT + 1.0  # every call's answer, measured from the client

@@ -42,6 +42,9 @@ from tests.support import (
     wait_for,
 )
 
+# Slow tier: builds the Node client and runs it against services of its own.
+pytestmark = pytest.mark.slow
+
 CLIENT = ROOT / "examples" / "node" / "dist" / "src" / "client.js"
 COMMITTED_PYTHON = ROOT / "src" / "metering" / "v1"
 BUF_PYTHON = ROOT / "gen" / "python" / "metering" / "v1"

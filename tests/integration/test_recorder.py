@@ -28,6 +28,9 @@ from metering.client import (
 from tests.faults import Replica
 from tests.support import TEST_CATALOG, ServiceProcess, eventually, hold_counter, run_sql, service_waits_on_lock
 
+# Slow tier: a service it kills and restarts (Replica).
+pytestmark = pytest.mark.slow
+
 
 def test_each_future_gets_its_own_events_answer(service: ServiceProcess, new_customer: Callable[..., str]) -> None:
     customer = new_customer()
