@@ -20,6 +20,7 @@ from metering.domain.limits import (
     available_quantity,
     decide,
     grants_remaining,
+    percent_used,
     requested_fits,
 )
 from metering.domain.rate_limits import CallerGate, CallerLimits, LimitKind, RateLimit
@@ -64,6 +65,13 @@ def test_available_is_the_headroom_floored_at_zero() -> None:
     gauge = Allowance(Aggregation.LATEST, Enforcement.HARD, D(10), granted=D(2), reserved=D(3))
     assert available_quantity(gauge, D(4)) == D(8)  # holds do not apply to gauges
     assert available_quantity(Allowance(Aggregation.SUM, Enforcement.UNLIMITED, None), D(4)) is None
+
+
+def test_a_zero_allowance_is_full_from_the_start() -> None:
+    # Nothing can ever be used: 100% (not a division by zero), and its balance says so.
+    empty = Allowance(Aggregation.SUM, Enforcement.HARD, D(0))
+    assert percent_used(empty, D(0)) == D(100)
+    assert percent_used(Allowance(Aggregation.SUM, Enforcement.HARD, D(0), granted=D(4)), D(1)) == D(25)
 
 
 def test_grants_of_an_unlimited_meter_are_never_drawn() -> None:
