@@ -19,7 +19,7 @@ uncertain answer with the same transaction id, and on a schedule:
 5. SIGSTOPs PostgreSQL for a while (a hung server) and SIGCONTs it;
 6. gives every first attempt a deadline of 1-20 ms for a while.
 
-With --failover it runs the failover scenario instead (bench/failover.py): a
+With --failover it runs the failover scenario instead (tests/failover.py): a
 primary and a pg_basebackup -R standby, synchronous and/or asynchronous,
 the primary SIGKILLed under load and the standby promoted.
 
@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.faults` and `tests.support`
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.faults` and `tests.support`
 # Services are started (fork + exec) from threads while the client's gRPC is
 # busy; the children exec at once, so gRPC's fork handlers are not needed (and
 # would only print a warning that they were skipped).
@@ -51,9 +51,10 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from grpc_health.v1 import health_pb2
 
-from bench.failover import failover
-from bench.failover import report as report_failover
-from bench.faults import (
+from metering.runtime.embedded import EmbeddedPostgres, start_embedded
+from tests.failover import failover
+from tests.failover import report as report_failover
+from tests.faults import (
     EXIT_MARGIN,
     Attempt,
     Book,
@@ -76,7 +77,6 @@ from bench.faults import (
     wait_serving,
     write_catalog,
 )
-from metering.runtime.embedded import EmbeddedPostgres, start_embedded
 
 GRACE = 3.0  # METERING_SHUTDOWN_GRACE of the services
 DB_TIMEOUT = 2.0  # METERING_DB_TIMEOUT of the services

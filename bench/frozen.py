@@ -15,7 +15,7 @@ It prints, for the calls that were waiting on the service at some moment of
 the freeze, the distribution of their answer times by code and method, how
 many took longer than METERING_DB_TIMEOUT + 1 s, and the calls sent in the
 first second of the freeze. Then every pending event is retried to a definite
-answer and the ledger is checked against every answer (bench.faults.check_ledger:
+answer and the ledger is checked against every answer (tests.faults.check_ledger:
 nothing acknowledged lost, nothing twice, the audit clean). Exit code 0 only if
 every call answered within METERING_DB_TIMEOUT + 1 s, none INTERNAL/UNKNOWN, and
 the ledger check held.
@@ -35,10 +35,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.faults` and `tests.support`
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.faults` and `tests.support`
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # see bench/chaos.py
 
-from bench.faults import (
+from metering.runtime.embedded import EmbeddedPostgres, start_embedded
+from tests.faults import (
     Attempt,
     Book,
     Client,
@@ -53,7 +54,6 @@ from bench.faults import (
     wait_serving,
     write_catalog,
 )
-from metering.runtime.embedded import EmbeddedPostgres, start_embedded
 
 DB_TIMEOUT = 2.0  # METERING_DB_TIMEOUT of the services
 BOUND = DB_TIMEOUT + 1.0  # what every call's answer must come within

@@ -1,7 +1,7 @@
 """Processes as /proc shows them: parents, states, and signals to a set of them.
 
 The one reading of /proc/<pid>/stat for the tests and the fault benchmarks
-(tests.support, tests.replication, bench.faults): a PostgreSQL server's
+(tests.support, tests.replication, tests.faults): a PostgreSQL server's
 backends are its postmaster's children, a supervisor's workers its own.
 """
 

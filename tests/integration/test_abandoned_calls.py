@@ -13,6 +13,9 @@ import pytest
 from metering.v1 import customer_pb2, metering_service_pb2_grpc
 from tests.support import ServiceProcess, audit, stall_the_writer, usage_request
 
+# Slow tier: a service of its own (one writer worker).
+pytestmark = pytest.mark.slow
+
 
 async def _abandon_a_queued_call(target: str, database_url: str, blocker: str, customer: str) -> None:
     conn = await asyncpg.connect(database_url)

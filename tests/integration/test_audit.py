@@ -10,9 +10,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import grpc
+import pytest
 
 from metering.v1 import customer_pb2, events_pb2, metering_service_pb2_grpc
 from tests.support import TEST_CATALOG, ServiceProcess, audit, commit, record, reserve, run_sql
+
+# Slow tier: services of its own and the `metering audit` command.
+pytestmark = pytest.mark.slow
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 

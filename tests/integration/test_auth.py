@@ -31,6 +31,9 @@ from metering.v1 import (
 )
 from tests.support import TEST_CATALOG, ServiceProcess, error_info, health_status, metric_value, run_sql
 
+# Slow tier: a service of its own with an auth file, and services that must fail to start.
+pytestmark = pytest.mark.slow
+
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 SERVICE = metering_service_pb2.DESCRIPTOR.services_by_name["MeteringService"]
 

@@ -7,9 +7,13 @@ import asyncio
 import uuid
 
 import grpc
+import pytest
 
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, audit, coalescing, usage_request
+
+# Slow tier: services of their own (batching settings).
+pytestmark = pytest.mark.slow
 
 
 def test_a_lone_caller_is_not_held_back_by_the_linger(database_url: str) -> None:

@@ -10,8 +10,10 @@ import pytest
 
 from tests.support import ROOT
 
+# Slow tier: the benchmark suite.
+pytestmark = pytest.mark.slow
 
-@pytest.mark.slow
+
 @pytest.mark.timeout(600)  # ~2 min on a loaded 2-core machine
 def test_benchmark_suite_completes(make_database: Callable[[], str]) -> None:
     result = subprocess.run(

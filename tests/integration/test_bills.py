@@ -12,6 +12,9 @@ import pytest
 from metering.v1 import billing_pb2, customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, stamp, violated_fields
 
+# Slow tier: a service of its own (no catalog file).
+pytestmark = pytest.mark.slow
+
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
 

@@ -9,9 +9,13 @@ import uuid
 
 import asyncpg
 import grpc
+import pytest
 
 from metering.v1 import customer_pb2, ingest_pb2, metering_service_pb2_grpc
 from tests.support import ServiceProcess, audit, stall_the_writer, usage_request
+
+# Slow tier: a service of its own (writer settings).
+pytestmark = pytest.mark.slow
 
 BULK = 600  # events of the big batch: more than half of the writer's 1,000
 

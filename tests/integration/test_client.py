@@ -15,7 +15,6 @@ import asyncpg
 import grpc
 import pytest
 
-from bench.faults import Replica
 from metering.client import (
     Aggregation,
     AsyncMeteringClient,
@@ -36,7 +35,11 @@ from metering.client import (
     UsageRecord,
     WindowSize,
 )
+from tests.faults import Replica
 from tests.support import TEST_CATALOG, ServiceProcess, hold_counter, metric_value, run_sql, service_waits_on_lock
+
+# Slow tier: a service it kills and restarts (Replica).
+pytestmark = pytest.mark.slow
 
 RECORD = "/metering.v1.MeteringService/RecordUsage"
 

@@ -19,6 +19,9 @@ from metering.runtime.embedded import EmbeddedPostgres
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, error_details, error_info, health_status, wait_for
 
+# Slow tier: a PostgreSQL of its own, stopped and started.
+pytestmark = pytest.mark.slow
+
 
 def _stop_postgres(embedded: EmbeddedPostgres) -> None:
     command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(embedded.data_dir), "-w", "-m", "fast", "stop"]

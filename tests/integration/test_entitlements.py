@@ -229,6 +229,7 @@ def replica(database_url: str, service: ServiceProcess) -> Iterator[ServiceProce
     other.stop()
 
 
+@pytest.mark.slow  # a second service of its own (the `replica` fixture)
 def test_64_concurrent_reservations_never_over_commit(
     service: ServiceProcess, replica: ServiceProcess, new_customer: Callable[..., str], database_url: str
 ) -> None:

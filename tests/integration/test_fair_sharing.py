@@ -20,6 +20,9 @@ from metering.domain.rate_limits import MAX_RETRY_SECONDS
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, error_details, metric_value, run_sql
 
+# Slow tier: a service of its own with rate limits.
+pytestmark = pytest.mark.slow
+
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
 # The flooder may send 20 calls per second (a burst of 10) and 4 at once.

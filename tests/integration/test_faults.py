@@ -6,7 +6,7 @@ Whatever happens: every OK answer is one event in the ledger, a retry with the
 same transaction id converges on exactly one event, nothing refused is stored,
 no hard limit is exceeded and every counter equals its events (the ledger
 audit). The clients that retry, the book of what each was told, crashing
-PostgreSQL and the ledger check are bench/faults.py's, shared with the chaos
+PostgreSQL and the ledger check are tests/faults.py's, shared with the chaos
 script (bench/chaos.py), whose CI-sized run is the first test here.
 """
 
@@ -30,7 +30,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from bench.faults import (
+from metering.runtime.embedded import EmbeddedPostgres
+from metering.v1 import metering_service_pb2_grpc, usage_pb2
+from tests.faults import (
     DRAIN_STARTED,
     EXIT_MARGIN,
     Book,
@@ -53,8 +55,6 @@ from bench.faults import (
     wait_serving,
     write_catalog,
 )
-from metering.runtime.embedded import EmbeddedPostgres
-from metering.v1 import metering_service_pb2_grpc, usage_pb2
 from tests.support import (
     ROOT,
     TEST_CATALOG,
@@ -65,6 +65,9 @@ from tests.support import (
     service_waits_on_lock,
     usage_request,
 )
+
+# Slow tier: services and PostgreSQL servers it kills, freezes and restarts; the chaos smoke run.
+pytestmark = pytest.mark.slow
 
 GRACE = 3.0  # METERING_SHUTDOWN_GRACE of the SIGTERM tests
 
@@ -103,7 +106,6 @@ async def stored_keys(database_url: str, customers: set[str]) -> set[tuple[str, 
     return {(row["customer_id"], row["transaction_id"]) for row in rows}
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)  # under a minute idle
 def test_chaos_smoke_run_holds_every_invariant() -> None:
     result = subprocess.run(
@@ -201,7 +203,6 @@ async def _tiny_deadlines(service: ServiceProcess, database_url: str) -> None:
     assert_exactly_once(await check_ledger(database_url, book, TEST_CATALOG))
 
 
-@pytest.mark.slow
 def test_database_crash_fails_fast_then_recovers_by_itself(own_database: EmbeddedPostgres, tmp_path: Path) -> None:
     catalog = write_catalog(tmp_path)
     replica = Replica("A", own_database.uri(), catalog, METERING_HEALTH_INTERVAL="200ms", METERING_DB_TIMEOUT="2s")

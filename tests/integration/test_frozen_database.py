@@ -12,7 +12,7 @@ event is in the ledger, and `metering audit` is clean. (Regression: calls
 queued behind the writer's stuck batch answered after 4-6 s with a 2 s
 timeout, and some waited out a whole 5 s freeze, then answered OK.)
 
-Uses bench/faults.py's retrying client, book and ledger check.
+Uses tests/faults.py's retrying client, book and ledger check.
 """
 
 from __future__ import annotations
@@ -29,9 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import pytest
 from google.protobuf import duration_pb2
 
-from bench.faults import (
+from metering.runtime.embedded import EmbeddedPostgres
+from metering.v1 import metering_service_pb2_grpc, reservations_pb2, usage_pb2
+from tests.faults import (
     Book,
     Client,
     LoadMix,
@@ -46,8 +49,9 @@ from bench.faults import (
     wait_serving,
     write_catalog,
 )
-from metering.runtime.embedded import EmbeddedPostgres
-from metering.v1 import metering_service_pb2_grpc, reservations_pb2, usage_pb2
+
+# Slow tier: a PostgreSQL of its own, frozen under load on two services.
+pytestmark = pytest.mark.slow
 
 DB_TIMEOUT = 1.0  # METERING_DB_TIMEOUT of the replicas
 BOUND = DB_TIMEOUT + 1.0  # every call's answer, measured from the client

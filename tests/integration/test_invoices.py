@@ -31,6 +31,9 @@ from metering.v1 import (
 )
 from tests.support import ServiceProcess, error_details, error_info, metric_value, run_sql, stamp, wait_for
 
+# Slow tier: services of their own (closing settings, concurrent closers).
+pytestmark = pytest.mark.slow
+
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
 GRACE = timedelta(seconds=5)

@@ -20,6 +20,9 @@ from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.otlp_receiver import otlp_receiver
 from tests.support import ServiceProcess
 
+# Slow tier: services of their own (log settings).
+pytestmark = pytest.mark.slow
+
 RECORD = "/metering.v1.MeteringService/RecordUsage"
 UPSERT = "/metering.v1.MeteringService/UpsertCustomer"
 

@@ -10,6 +10,9 @@ import pytest
 from metering.v1 import metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, metric_value, record
 
+# Slow tier: a service of its own (a fresh metrics registry).
+pytestmark = pytest.mark.slow
+
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 RECORD = "/metering.v1.MeteringService/RecordUsage"
 

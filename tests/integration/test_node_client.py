@@ -29,8 +29,8 @@ import asyncpg
 import pytest
 from google.protobuf import descriptor_pb2
 
-from bench.faults import Replica
 from metering.domain.access import caller_entry, new_token, token_digest
+from tests.faults import Replica
 from tests.support import (
     ROOT,
     TEST_CATALOG,
@@ -41,6 +41,9 @@ from tests.support import (
     service_waits_on_lock,
     wait_for,
 )
+
+# Slow tier: builds the Node client and runs it against services of its own.
+pytestmark = pytest.mark.slow
 
 CLIENT = ROOT / "examples" / "node" / "dist" / "src" / "client.js"
 COMMITTED_PYTHON = ROOT / "src" / "metering" / "v1"

@@ -17,6 +17,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, free_port, health_status, run_sql, wait_for
 
+# Slow tier: services of their own and a fresh clone of the repository.
+pytestmark = pytest.mark.slow
+
 
 def test_health_reports_serving(service: ServiceProcess) -> None:
     assert health_status(service.target) == health_pb2.HealthCheckResponse.SERVING
@@ -70,7 +73,6 @@ def test_sigterm_drains_in_flight_calls_and_loses_no_acknowledged_event(database
     assert acknowledged <= stored  # nothing acknowledged is lost
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)  # a clone installs its own .venv: ~3 min on a loaded 2-core machine
 def test_readme_run_command_from_a_fresh_clone_answers_health(repo_root: Path, tmp_path: Path) -> None:
     """`make run` in a fresh clone (its own venv, embedded PostgreSQL) serves health checks."""

@@ -26,6 +26,9 @@ from metering.v1 import customer_pb2, events_pb2, metering_service_pb2_grpc, not
 from tests.receiver import Received, webhook_receiver
 from tests.support import ServiceProcess, calls_across, run_sql, usage_request, wait_for
 
+# Slow tier: services of their own delivering to webhook receivers.
+pytestmark = pytest.mark.slow
+
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 THRESHOLD = "usage.threshold_crossed"
 REJECTED = "usage.limit_rejected"
@@ -105,7 +108,6 @@ def thresholds(database: str, customer_id: str) -> list[str]:
 # -- written once, with the change, or not at all ------------------------------------
 
 
-@pytest.mark.slow
 def test_64_writers_on_two_replicas_announce_each_threshold_once(database: str, services: list[ServiceProcess]) -> None:
     replicas = [start(services, database), start(services, database)]
     customer_id = customer(replicas[0].target)
@@ -215,7 +217,6 @@ def verified(received: Received, secret: str) -> dict[str, object]:
     return payload
 
 
-@pytest.mark.slow
 def test_webhooks_retry_until_2xx_signed_and_in_order_per_customer(
     database: str, services: list[ServiceProcess], tmp_path: Path
 ) -> None:
@@ -282,7 +283,6 @@ def test_webhooks_retry_until_2xx_signed_and_in_order_per_customer(
         assert 'metering_webhook_attempts_total{endpoint="billing",outcome="delivered"} 4.0' in text
 
 
-@pytest.mark.slow
 def test_dead_letters_are_counted_and_replayed(database: str, services: list[ServiceProcess], tmp_path: Path) -> None:
     secret = new_secret()
     up = threading.Event()
@@ -313,7 +313,6 @@ def test_dead_letters_are_counted_and_replayed(database: str, services: list[Ser
         verified(receiver.delivered()[0], secret)
 
 
-@pytest.mark.slow
 def test_a_killed_replicas_delivery_is_resumed_with_the_same_id(
     database: str, services: list[ServiceProcess], tmp_path: Path
 ) -> None:
@@ -388,7 +387,6 @@ def watch(target: str, cursor: str, count: int, **filters: object) -> list[notif
     return seen
 
 
-@pytest.mark.slow
 def test_a_watch_resumed_from_its_cursor_sees_everything_once_across_a_restart(
     database: str, services: list[ServiceProcess]
 ) -> None:

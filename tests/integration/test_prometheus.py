@@ -37,6 +37,9 @@ import pytest
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ROOT, ServiceProcess, free_port, wait_for
 
+# Slow tier: installs and runs Prometheus and promtool.
+pytestmark = pytest.mark.slow
+
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 SERVICE = "/metering.v1.MeteringService/"
 DEPLOY = ROOT / "deploy"

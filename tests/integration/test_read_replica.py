@@ -26,6 +26,9 @@ from metering.v1 import billing_pb2, customer_pb2, events_pb2, invoices_pb2, met
 from tests.replication import PostgresNode, start_primary, start_standby, wait_replayed
 from tests.support import ServiceProcess, metric_value, usage_request, wait_for
 
+# Slow tier: a primary, a streaming standby and services of its own.
+pytestmark = pytest.mark.slow
+
 MAX_LAG = 1.0  # METERING_READ_MAX_LAG of the service, seconds
 PROBE = 0.1  # METERING_HEALTH_INTERVAL: how often the replica's lag is measured
 DB_TIMEOUT = 2.0  # the service's METERING_DB_TIMEOUT (its default)

@@ -14,7 +14,6 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from bench.faults import Replica
 from metering.client import (
     AsyncMeteringClient,
     Connection,
@@ -26,7 +25,11 @@ from metering.client import (
     UsageRecord,
     UsageRecorder,
 )
+from tests.faults import Replica
 from tests.support import TEST_CATALOG, ServiceProcess, eventually, hold_counter, run_sql, service_waits_on_lock
+
+# Slow tier: a service it kills and restarts (Replica).
+pytestmark = pytest.mark.slow
 
 
 def test_each_future_gets_its_own_events_answer(service: ServiceProcess, new_customer: Callable[..., str]) -> None:

@@ -25,6 +25,9 @@ from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.receiver import Receiver, webhook_receiver
 from tests.support import ServiceProcess, error_details, metric_value, wait_for
 
+# Slow tier: services of their own, reloaded by signal.
+pytestmark = pytest.mark.slow
+
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
 

@@ -14,6 +14,9 @@ from metering.ledger.migrate import load_migrations
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ROOT, ServiceProcess, calls_across, metric_value, run_sql
 
+# Slow tier: a second service and concurrent CLI processes.
+pytestmark = pytest.mark.slow
+
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 
 

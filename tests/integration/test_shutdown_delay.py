@@ -16,6 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, run_sql
 
+# Slow tier: a service of its own, stopped by signal.
+pytestmark = pytest.mark.slow
+
 # Long enough for the calls below on a busy machine; the test waits for no timer.
 DELAY_SECONDS = 5
 SERVING = health_pb2.HealthCheckResponse.SERVING

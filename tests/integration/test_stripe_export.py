@@ -19,6 +19,9 @@ from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.stripe_standin import MeterEvent, StripeStandIn
 from tests.support import ServiceProcess, metric_value, run_sql, wait_for
 
+# Slow tier: services of their own exporting to a Stripe stand-in.
+pytestmark = pytest.mark.slow
+
 API_KEY = "sk_test_standin_" + "x" * 24
 EVENT_NAMES = {"tokens": "api_tokens", "calls": "api_calls"}
 Stub = metering_service_pb2_grpc.MeteringServiceStub
@@ -107,7 +110,6 @@ def pending_events(database_url: str) -> int:
     return int(rows[0]["n"])
 
 
-@pytest.mark.slow
 def test_a_service_killed_mid_export_reports_every_hour_exactly_once(
     make_database: Callable[[], str], standin: StripeStandIn, tmp_path: Path
 ) -> None:

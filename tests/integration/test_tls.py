@@ -19,6 +19,9 @@ from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.certificates import CertificateAuthority, Issued
 from tests.support import ServiceProcess, error_info
 
+# Slow tier: services of their own with certificates.
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class MutualTls:

@@ -19,6 +19,9 @@ from metering.v1 import metering_service_pb2_grpc, usage_pb2
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support import ServiceProcess, health_status, wait_for
 
+# Slow tier: services of their own exporting to an OTLP receiver.
+pytestmark = pytest.mark.slow
+
 Stub = metering_service_pb2_grpc.MeteringServiceStub
 SERVICE = "metering.v1.MeteringService"
 RECORD = f"/{SERVICE}/RecordUsage"

@@ -18,6 +18,9 @@ from grpc_health.v1 import health_pb2
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, child_pids, health_status, metric_value, run_sql, wait_for
 
+# Slow tier: a supervisor and its worker processes.
+pytestmark = pytest.mark.slow
+
 RECORD = "/metering.v1.MeteringService/RecordUsage"
 CONNECTIONS = 16  # one worker gets none of 16 connections with probability 2^-15
 WORKERS_ENV = {"METERING_WORKERS": "2"}

@@ -255,3 +255,30 @@ def test_announces_every_threshold_that_deciding_one_event_at_a_time_crosses(
         state = after
     announced = [n.payload.threshold_percent for n in plan.notifications if isinstance(n.payload, ThresholdCrossed)]
     assert announced == list(dict.fromkeys(expected))  # once each per batch, in the order crossed
+
+
+def test_a_refused_time_with_a_different_payload_is_refused_not_a_conflict() -> None:
+    # A replay that differs from its original (recorded, or earlier in the batch)
+    # is not a replay: what is wrong with it is its time, so that is the answer.
+    late = InvalidArgument([FieldViolation("event_time", "too old")])
+    _, recorded = decide([resolution("t1")], reads([resolution("t1")]))
+    [original] = stored_of(recorded.inserts)
+    batch: list[Resolution | MeteringError] = [
+        resolution("t1", "2", refusal=late),  # t1 was recorded with 1
+        resolution("t2", "1"),
+        resolution("t2", "2", refusal=late),  # t2 is earlier in this batch with 1
+    ]
+    answers, plan = decide(batch, reads(batch, existing={("c1", "t1"): original}))
+    assert answers[0] is late and answers[2] is late
+    assert isinstance(answers[1], Written) and answers[1].outcome.event is not None
+    assert [i.event.transaction_id for i in plan.inserts] == ["t2"]
+
+
+def test_an_unlimited_meter_accepts_everything_and_announces_nothing() -> None:
+    batch: list[Resolution | MeteringError] = [
+        resolution(f"t{i}", "1000000", limit=None, enforcement=Enforcement.UNLIMITED) for i in range(3)
+    ]
+    answers, plan = decide(batch, reads(batch))
+    assert all(isinstance(a, Written) and a.outcome.event is not None for a in answers)
+    assert plan.notifications == []
+    assert plan.counters[0][1].used == Decimal(3_000_000)

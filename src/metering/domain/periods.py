@@ -92,15 +92,15 @@ def period_containing(instant: datetime, anchor: datetime, reset: ResetPeriod) -
         count = (instant - anchor) // length  # floor division: negative before the anchor
         start = anchor + count * length
         return Period(start, start + length)
-    # Months: estimate from the calendar, then step to the exact period.
+    # Months: add_months(anchor, m) falls in calendar month anchor.month + m, so
+    # the estimate's start is in the instant's own month: the period starts
+    # there, or (when that is later in the month than the instant) a month
+    # before; either way the next start is in a later month than the instant.
     months = (instant.year - anchor.year) * 12 + (instant.month - anchor.month)
     start = add_months(anchor, months)
     while start > instant:
         months -= 1
         start = add_months(anchor, months)
-    while (following := add_months(anchor, months + 1)) <= instant:
-        months += 1
-        start = following
     return Period(start, add_months(anchor, months + 1))
 
 

@@ -86,26 +86,28 @@ def _packages(billable: Decimal, size: Decimal, rounding: PackageRounding) -> De
 
 
 def _graduated(billable: Decimal, tiers: tuple[Tier, ...]) -> tuple[TierCharge, ...]:
-    charges = []
+    # The catalog check makes every tier but the last bounded and the last
+    # open-ended: the last tier takes whatever the bounded ones do not.
+    charges: list[TierCharge] = []
     lower = ZERO
-    for tier in tiers:
-        upper = tier.up_to
-        top = billable if upper is None else min(billable, upper)
-        units = max(ZERO, EXACT.subtract(top, lower))
-        charges.append(_tier_charge(lower, tier, units))
-        if upper is None or billable <= upper:
-            break
-        lower = upper
-    return tuple(charges)
+    for tier in tiers[:-1]:
+        assert tier.up_to is not None
+        if billable <= tier.up_to:
+            return (*charges, _tier_charge(lower, tier, max(ZERO, EXACT.subtract(billable, lower))))
+        charges.append(_tier_charge(lower, tier, max(ZERO, EXACT.subtract(tier.up_to, lower))))
+        lower = tier.up_to
+    return (*charges, _tier_charge(lower, tiers[-1], max(ZERO, EXACT.subtract(billable, lower))))
 
 
 def _volume(billable: Decimal, tiers: tuple[Tier, ...]) -> tuple[TierCharge, ...]:
+    # As in _graduated, the last tier is open-ended (the catalog check).
     lower = ZERO
-    for tier in tiers:
-        if tier.up_to is None or billable <= tier.up_to:
+    for tier in tiers[:-1]:
+        assert tier.up_to is not None
+        if billable <= tier.up_to:
             return (_tier_charge(lower, tier, billable),)
         lower = tier.up_to
-    raise AssertionError("the last tier is open-ended")  # guaranteed by the catalog check
+    return (_tier_charge(lower, tiers[-1], billable),)
 
 
 def _tier_charge(lower: Decimal, tier: Tier, units: Decimal) -> TierCharge:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.faults import (
+from tests.faults import (
     Book,
     Client,
     LedgerCheck,

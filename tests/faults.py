@@ -51,7 +51,7 @@ from tests.support import ServiceProcess
 # of three sizes, so that some customers reach their limit early in a run and
 # others late (the overspend check needs limits that are actually reached).
 CATALOG_TOML = """\
-# Written by bench/faults.py for fault runs.
+# Written by tests/faults.py for fault runs.
 [meters.tokens]
 aggregation = "sum"
 unit = "token"
