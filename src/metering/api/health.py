@@ -13,7 +13,7 @@ from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
-from metering.ledger.customers import Ledger
+from metering.ledger.customers import CustomerStore
 from metering.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class DatabaseHealth:
     answer within the timeout, SERVING again as soon as it does, so orchestrators route around an
     outage without the service restarting."""
 
-    def __init__(self, ledger: Ledger, metrics: Metrics, *, interval: timedelta, timeout: timedelta) -> None:
+    def __init__(self, ledger: CustomerStore, metrics: Metrics, *, interval: timedelta, timeout: timedelta) -> None:
         self.servicer = _EndingHealthServicer()
         self._ledger = ledger
         self._metrics = metrics

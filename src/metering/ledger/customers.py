@@ -1,4 +1,4 @@
-"""The ledger: customers, voids, event lookups and counter reads.
+"""The customers store: customers, voids, event lookups and counter reads.
 
 Events are written by the batching writer (metering.ledger.writer); grants
 and reservations by metering.ledger.entitlements.
@@ -40,7 +40,7 @@ class VoidOutcome(NamedTuple):
     reading: CounterReading  # the counter of the event's period after the void
 
 
-class Ledger(PoolUser):
+class CustomerStore(PoolUser):
     """Customers, voids, event lookups and counter reads."""
 
     def __init__(

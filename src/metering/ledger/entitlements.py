@@ -77,7 +77,7 @@ class ReleaseOutcome(NamedTuple):
     decided_at: datetime  # the database's clock, which decides expiry
 
 
-class Holds(PoolUser):
+class EntitlementStore(PoolUser):
     """Grants and reservations in the database. Every reservation transition happens under its
     counter row's lock and decides expiry by the database's clock, so a commit racing an expiry, a
     release or another commit ends in exactly one outcome, on any number of replicas."""

@@ -34,7 +34,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from metering.domain.records import CustomerRecord, Invoice
-from metering.ledger.customers import Ledger
+from metering.ledger.customers import CustomerStore
 from metering.ledger.invoicing import InvoiceStore
 from metering.ledger.pool import Pool, is_unavailable
 
@@ -234,13 +234,13 @@ class ReadRouter:
             await asyncio.sleep(interval)
 
 
-class ReadLedger(Ledger):
+class ReadCustomerStore(CustomerStore):
     """The customer lookups of routed reads. A customer the replica does not
     have (yet: created within the lag bound) is looked up on the primary, so
     that a customer that exists is never NOT_FOUND; what the replica has may
     be as old as the bound allows, like everything else it serves."""
 
-    def __init__(self, router: ReadRouter, primary: Ledger, *, acquire_timeout: float) -> None:
+    def __init__(self, router: ReadRouter, primary: CustomerStore, *, acquire_timeout: float) -> None:
         super().__init__(router, acquire_timeout=acquire_timeout)
         self._primary_ledger = primary
 

@@ -37,13 +37,13 @@ from metering.delivery.wakeup import OutboxWakeup
 from metering.delivery.webhooks import WebhookDelivery
 from metering.domain.access import AccessPolicy
 from metering.domain.catalog import Catalog
-from metering.ledger.customers import Ledger
-from metering.ledger.entitlements import Holds
+from metering.ledger.customers import CustomerStore
+from metering.ledger.entitlements import EntitlementStore
 from metering.ledger.invoicing import InvoiceStore
 from metering.ledger.listen import OutboxListener
 from metering.ledger.outbox import OutboxStore
 from metering.ledger.pool import Pool
-from metering.ledger.replica import ReadInvoiceStore, ReadLedger, ReadRouter, ReplicaState, lag_for_gauge
+from metering.ledger.replica import ReadCustomerStore, ReadInvoiceStore, ReadRouter, ReplicaState, lag_for_gauge
 from metering.ledger.reporting import UsageReports
 from metering.ledger.stripe import StripeExportStore
 from metering.ledger.writer import BatchWriter
@@ -133,9 +133,9 @@ class Pools:
 class Stores:
     """The primary pool's users: the ledger's stores and the batch writer."""
 
-    ledger: Ledger
+    ledger: CustomerStore
     reports: UsageReports
-    holds: Holds
+    holds: EntitlementStore
     invoices: InvoiceStore
     writer: BatchWriter  # its workers run from construction; BatchWriter.close stops them
 
@@ -234,14 +234,14 @@ def _metrics(pool: Pool, worker: int | None) -> Metrics:
 def _stores(settings: Settings, pool: Pool, metrics: Metrics, tracing: Tracing | None) -> Stores:
     acquire_timeout = settings.db_timeout.total_seconds()
     return Stores(
-        ledger=Ledger(
+        ledger=CustomerStore(
             pool,
             acquire_timeout=acquire_timeout,
             read_linger=settings.read_linger.total_seconds(),
             on_read_batch=metrics.read_batch_size.observe,
         ),
         reports=UsageReports(pool, acquire_timeout=acquire_timeout),
-        holds=Holds(pool, acquire_timeout=acquire_timeout, on_notifications=metrics.count_notifications),
+        holds=EntitlementStore(pool, acquire_timeout=acquire_timeout, on_notifications=metrics.count_notifications),
         invoices=InvoiceStore(pool, acquire_timeout=acquire_timeout),
         writer=BatchWriter(
             pool,
@@ -314,7 +314,7 @@ def _reads(config: Config, pools: Pools, metrics: Metrics, stores: Stores, prima
         return primary
     router = _read_router(settings, pools.primary, pools.replica, metrics)
     acquire_timeout = settings.db_timeout.total_seconds()
-    ledger = ReadLedger(router, stores.ledger, acquire_timeout=acquire_timeout)
+    ledger = ReadCustomerStore(router, stores.ledger, acquire_timeout=acquire_timeout)
     reporting = Reporting(config.catalog, ledger, UsageReports(router, acquire_timeout=acquire_timeout))
     invoices = ReadInvoiceStore(router, stores.invoices, acquire_timeout=acquire_timeout)
     return Reads(reporting, Invoicing(ledger, invoices, reporting), router)

@@ -1,4 +1,4 @@
-"""The domain of grants (credits) and reservations (holds).
+"""The service of grants (credits) and reservations (holds): no gRPC, no SQL.
 
 Grants raise a meter's allowance while active; reservations hold units of a
 SUM meter before expensive work and are committed (recorded as usage) or
@@ -21,8 +21,8 @@ from metering.domain.periods import Period
 from metering.domain.records import GrantRecord, ReservationRecord, StoredEvent
 from metering.domain.terms import MeterBalance, PlanTerms, TermsBook
 from metering.domain.usage import CounterKey
-from metering.ledger.customers import Ledger
-from metering.ledger.entitlements import Holds
+from metering.ledger.customers import CustomerStore
+from metering.ledger.entitlements import EntitlementStore
 from metering.services.usage import MeterGuard, allow_any_meter, require_customer, utc_now
 
 
@@ -94,7 +94,12 @@ class Entitlements:
     reservation id: a replay answers the first call's outcome."""
 
     def __init__(
-        self, catalog: Catalog, ledger: Ledger, holds: Holds, *, clock: Callable[[], datetime] = utc_now
+        self,
+        catalog: Catalog,
+        ledger: CustomerStore,
+        holds: EntitlementStore,
+        *,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._catalog = catalog
         self._book = TermsBook(catalog)

@@ -1,4 +1,4 @@
-"""The domain of invoices: periods that close, and the invoices they leave.
+"""The service of invoices: periods that close, and the invoices they leave.
 
 Lifecycle of a customer's billing period (monthly from its billing anchor):
 gathering while it runs; a draft from its end until end + grace
@@ -29,7 +29,7 @@ from metering.domain.catalog import PricingModel
 from metering.domain.errors import DatabaseUnavailable, FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
 from metering.domain.periods import BillingPeriod
 from metering.domain.records import DRAFT, FINALIZED, GATHERING, CustomerRecord, Invoice, InvoiceLine
-from metering.ledger.customers import Ledger
+from metering.ledger.customers import CustomerStore
 from metering.ledger.invoicing import DueCustomer, Finalized, InvoiceStore
 from metering.services.reporting import Bill, Reporting
 from metering.services.usage import require_customer, utc_now
@@ -95,7 +95,7 @@ class Invoicing:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: CustomerStore,
         invoices: InvoiceStore,
         reporting: Reporting,
         *,

@@ -1,4 +1,4 @@
-"""The domain of reading usage back: GetUsage, ListUsageEvents, EstimateBill.
+"""The service of reading usage back: GetUsage, ListUsageEvents, EstimateBill.
 
 Usage is aggregated from the event history (not the counters), so any range,
 window and grouping can be asked for; bills are priced by metering.domain.pricing.
@@ -21,7 +21,7 @@ from metering.domain.pricing import LineCharge, price_line
 from metering.domain.records import CustomerRecord, EventPosition, StoredEvent
 from metering.domain.terms import TermsBook
 from metering.domain.windows import TooManyWindowsError, Window, WindowSize, windows
-from metering.ledger.customers import Ledger
+from metering.ledger.customers import CustomerStore
 from metering.ledger.reporting import AggregateQuery, PropertyFilter, UsageCursor, UsageReports
 from metering.services.usage import require_customer, utc_now
 
@@ -121,7 +121,7 @@ class Reporting:
     grouping can be asked for; it never writes."""
 
     def __init__(
-        self, catalog: Catalog, ledger: Ledger, reports: UsageReports, *, clock: Callable[[], datetime] = utc_now
+        self, catalog: Catalog, ledger: CustomerStore, reports: UsageReports, *, clock: Callable[[], datetime] = utc_now
     ) -> None:
         self._catalog = catalog
         self._book = TermsBook(catalog)

@@ -26,7 +26,7 @@ from metering.domain.periods import Period
 from metering.domain.records import CustomerRecord, StoredEvent
 from metering.domain.terms import MeterBalance, PlanTerms, TermsBook
 from metering.domain.usage import CounterKey, UsageCommand, Written
-from metering.ledger.customers import CustomerUpsert, Ledger
+from metering.ledger.customers import CustomerStore, CustomerUpsert
 from metering.ledger.writer import BatchWriter
 
 __all__ = [
@@ -57,7 +57,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-async def require_customer(ledger: Ledger, customer_id: str) -> CustomerRecord:
+async def require_customer(ledger: CustomerStore, customer_id: str) -> CustomerRecord:
     customer = await ledger.get_customer(customer_id)
     if customer is None:
         raise NotFound("customer", customer_id)
@@ -136,7 +136,7 @@ class MeteringEngine:
     ledger's transaction."""
 
     def __init__(
-        self, catalog: Catalog, ledger: Ledger, writer: BatchWriter, *, clock: Callable[[], datetime] = utc_now
+        self, catalog: Catalog, ledger: CustomerStore, writer: BatchWriter, *, clock: Callable[[], datetime] = utc_now
     ) -> None:
         self.catalog = catalog
         self.ledger = ledger
