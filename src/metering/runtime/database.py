@@ -1,6 +1,7 @@
 """The database a process uses: the configured one or an embedded PostgreSQL,
 its pool (waiting for it at start-up), what start-up does to it once, and the
-one-shot commands' connections (`metering migrate`, `audit`, `webhooks replay`)."""
+one-shot commands (`metering migrate`, `audit`, `webhooks replay`); the
+connections themselves stay in the ledger (metering.ledger.maintenance)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ from datetime import datetime
 
 from metering.config.settings import Settings
 from metering.domain.catalog import Catalog
-from metering.ledger.audit import AuditReport, audit_ledger
-from metering.ledger.migrate import migrate
+from metering.ledger import maintenance
+from metering.ledger.audit import AuditReport
 from metering.ledger.outbox import OutboxStore
 from metering.ledger.pool import Pool, create_pool, is_unavailable
-from metering.ledger.rollups import sync_layouts
 from metering.runtime.embedded import EmbeddedPostgres, start_embedded
 
 log = logging.getLogger(__name__)
@@ -78,20 +78,17 @@ async def open_replica_pool(settings: Settings) -> Pool | None:
 async def prepare_database(pool: Pool, catalog: Catalog) -> None:
     """What start-up does to the database once: migrations (under their
     advisory lock) and the rollups' layout for the catalog's dimensions."""
-    async with pool.acquire() as conn:
-        applied = await migrate(conn)
-        rebuilt = await sync_layouts(conn, catalog)
-    if applied:
-        log.info("migrations applied: %s", ", ".join(applied))
-    if rebuilt:
-        log.info("rollups rebuilt for the catalog's dimensions: %s", ", ".join(rebuilt))
+    prepared = await maintenance.prepare(pool, catalog)
+    if prepared.applied:
+        log.info("migrations applied: %s", ", ".join(prepared.applied))
+    if prepared.rebuilt:
+        log.info("rollups rebuilt for the catalog's dimensions: %s", ", ".join(prepared.rebuilt))
 
 
 async def run_migrations(settings: Settings, url: str) -> list[str]:
     pool = await connect(settings, url)
     try:
-        async with pool.acquire() as conn:
-            return await migrate(conn)
+        return await maintenance.apply_migrations(pool)
     finally:
         await pool.close()
 
@@ -101,8 +98,7 @@ async def audit(
 ) -> AuditReport:
     pool = await connect(settings, url)
     try:
-        async with pool.acquire() as conn:
-            return await audit_ledger(conn, catalog, customer_ids)
+        return await maintenance.audit(pool, catalog, customer_ids)
     finally:
         await pool.close()
 

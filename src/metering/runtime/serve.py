@@ -60,7 +60,7 @@ from metering.api.health import METERING_SERVICE
 from metering.api.page_tokens import PageTokens
 from metering.config.settings import ConfigError, Settings
 from metering.domain.access import AccessPolicy
-from metering.ledger.page_token_key import page_token_key
+from metering.ledger.maintenance import signing_key
 from metering.ledger.pool import Pool, is_unavailable
 from metering.runtime.database import Database, connect, open_database, open_replica_pool, prepare_database
 from metering.runtime.wiring import Config, Pools, Service, build, load_config, server_credentials
@@ -194,9 +194,7 @@ async def _open_database(
 
 
 async def _page_tokens(pool: Pool) -> PageTokens:
-    async with pool.acquire() as conn:
-        # Created by whichever process came first; every replica and worker signs with it.
-        return PageTokens(await page_token_key(conn))
+    return PageTokens(await signing_key(pool))
 
 
 async def _start_beside_the_server(
