@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from metering.api.auth import Authenticator
 from metering.config.access import load_access
 from metering.config.endpoints import load_endpoints
+from metering.config.files import Config
 from metering.config.settings import ConfigError
 from metering.delivery.retention import Retention
 from metering.delivery.webhooks import WebhookDelivery
 from metering.telemetry.metrics import Metrics
-
-if TYPE_CHECKING:  # the wiring builds the reloader: no import cycle at run time
-    from metering.runtime.wiring import Config
 
 log = logging.getLogger(__name__)
 

@@ -58,12 +58,13 @@ import grpc
 
 from metering.api.health import METERING_SERVICE
 from metering.api.page_tokens import PageTokens
+from metering.config.files import Config, load_config
 from metering.config.settings import ConfigError, Settings
 from metering.domain.access import AccessPolicy
 from metering.ledger.maintenance import signing_key
 from metering.ledger.pool import Pool, is_unavailable
 from metering.runtime.database import Database, connect, open_database, open_replica_pool, prepare_database
-from metering.runtime.wiring import Config, Pools, Service, build, load_config, server_credentials
+from metering.runtime.wiring import Pools, Service, build, server_credentials
 from metering.telemetry import logs
 from metering.telemetry.metrics import Metrics
 from metering.telemetry.tracing import Tracing

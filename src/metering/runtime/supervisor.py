@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import multiprocess
 
+from metering.config.files import Config, load_config
 from metering.config.settings import Settings
 from metering.runtime.database import Database, connect, open_database, prepare_database
 from metering.runtime.serve import WORKER_READY, announcement, remove_pid_file, write_pid_file
-from metering.runtime.wiring import Config, load_config
 from metering.telemetry.metrics import WorkersState, serve_workers
 
 log = logging.getLogger(__name__)

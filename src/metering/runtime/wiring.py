@@ -25,18 +25,13 @@ from metering.api.health import DatabaseHealth
 from metering.api.interceptor import ObservedServiceInterceptor
 from metering.api.page_tokens import PageTokens
 from metering.api.servicer import MeteringServicer
-from metering.config.access import load_access
-from metering.config.catalog import load_catalog
-from metering.config.endpoints import Endpoint, load_endpoints
+from metering.config.files import Config
 from metering.config.settings import ConfigError, Settings
-from metering.config.stripe import StripeMapping, load_mapping
 from metering.delivery.retention import Retention
 from metering.delivery.stream import OutboxStream
 from metering.delivery.stripe import StripeExporter, StripeMeterEvents
 from metering.delivery.wakeup import OutboxWakeup
 from metering.delivery.webhooks import WebhookDelivery
-from metering.domain.access import AccessPolicy
-from metering.domain.catalog import Catalog
 from metering.ledger.customers import CustomerStore
 from metering.ledger.entitlements import EntitlementStore
 from metering.ledger.invoicing import InvoiceStore
@@ -57,46 +52,6 @@ from metering.telemetry.tracing import Tracing
 from metering.v1 import metering_service_pb2, metering_service_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Config:
-    """The settings and the operator files they name, each checked completely."""
-
-    settings: Settings
-    catalog: Catalog
-    stripe_mapping: StripeMapping | None
-    policy: AccessPolicy | None  # None: the service runs open (see access_policy)
-    endpoints: tuple[Endpoint, ...]
-
-
-def load_config(settings: Settings) -> Config:
-    """Every operator file, read and checked: a bad one refuses start-up before
-    the database is touched (a supervisor checks them once for all its workers)."""
-    catalog = load_catalog(settings.catalog_path)
-    stripe_mapping = load_mapping(settings.stripe_file, catalog.meters) if settings.stripe_file else None
-    policy = access_policy(settings, catalog)
-    endpoints = load_endpoints(settings.webhooks_file) if settings.webhooks_file else ()
-    return Config(settings, catalog, stripe_mapping, policy, endpoints)
-
-
-def access_policy(settings: Settings, catalog: Catalog) -> AccessPolicy | None:
-    """The callers allowed in, or None to run open: only for the embedded
-    database (local use) or when explicitly asked for, and then loudly."""
-    if settings.auth_file is not None:
-        return load_access(settings.auth_file, catalog.meters)
-    if settings.database_url is not None and not settings.allow_unauthenticated:
-        raise ConfigError(
-            "no callers configured: set METERING_AUTH_FILE (see `metering token new`), or "
-            "METERING_ALLOW_UNAUTHENTICATED=1 to let anyone who reaches the port record and read usage"
-        )
-    log.warning(
-        "AUTHENTICATION IS OFF: any client that reaches %s:%s may record, void and read usage. "
-        "Set METERING_AUTH_FILE before exposing this service.",
-        settings.grpc_host,
-        settings.grpc_port,
-    )
-    return None
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

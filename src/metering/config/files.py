@@ -1,0 +1,58 @@
+"""The settings and every operator file they name, read and checked as one
+configuration: what a process (or a supervisor, once for all its workers) checks
+before it touches the database, and what a reload re-reads."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from metering.config.access import load_access
+from metering.config.catalog import load_catalog
+from metering.config.endpoints import Endpoint, load_endpoints
+from metering.config.settings import ConfigError, Settings
+from metering.config.stripe import StripeMapping, load_mapping
+from metering.domain.access import AccessPolicy
+from metering.domain.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The settings and the operator files they name, each checked completely."""
+
+    settings: Settings
+    catalog: Catalog
+    stripe_mapping: StripeMapping | None
+    policy: AccessPolicy | None  # None: the service runs open (see access_policy)
+    endpoints: tuple[Endpoint, ...]
+
+
+def load_config(settings: Settings) -> Config:
+    """Every operator file, read and checked: a bad one refuses start-up before
+    the database is touched (a supervisor checks them once for all its workers)."""
+    catalog = load_catalog(settings.catalog_path)
+    stripe_mapping = load_mapping(settings.stripe_file, catalog.meters) if settings.stripe_file else None
+    policy = access_policy(settings, catalog)
+    endpoints = load_endpoints(settings.webhooks_file) if settings.webhooks_file else ()
+    return Config(settings, catalog, stripe_mapping, policy, endpoints)
+
+
+def access_policy(settings: Settings, catalog: Catalog) -> AccessPolicy | None:
+    """The callers allowed in, or None to run open: only for the embedded
+    database (local use) or when explicitly asked for, and then loudly."""
+    if settings.auth_file is not None:
+        return load_access(settings.auth_file, catalog.meters)
+    if settings.database_url is not None and not settings.allow_unauthenticated:
+        raise ConfigError(
+            "no callers configured: set METERING_AUTH_FILE (see `metering token new`), or "
+            "METERING_ALLOW_UNAUTHENTICATED=1 to let anyone who reaches the port record and read usage"
+        )
+    log.warning(
+        "AUTHENTICATION IS OFF: any client that reaches %s:%s may record, void and read usage. "
+        "Set METERING_AUTH_FILE before exposing this service.",
+        settings.grpc_host,
+        settings.grpc_port,
+    )
+    return None
