@@ -31,8 +31,6 @@ def test_a_period_that_never_resets_cannot_be_a_billing_period() -> None:
         billing_period_containing(datetime(2026, 2, 10, tzinfo=UTC), ANCHOR, ResetPeriod.NONE)
 
 
-def test_a_closed_period_has_an_end() -> None:
-    with pytest.raises(ValueError, match="has an end"):
-        PeriodClosed("tx", period=Period(ANCHOR, None), invoice_id="inv")
+def test_a_closed_period_carries_its_end() -> None:
     closed = PeriodClosed("tx", period=BillingPeriod(ANCHOR, datetime(2026, 2, 28, tzinfo=UTC)), invoice_id="inv")
     assert closed.end == datetime(2026, 2, 28, tzinfo=UTC)

@@ -44,7 +44,7 @@ from metering.client.errors import ErrorDetails, decode, exhausted
 from metering.client.requests import quantity_text
 from metering.client.retry import attempt_timeout, backoff_delay, next_attempt, should_retry
 from metering.domain import errors as domain
-from metering.domain.periods import Period
+from metering.domain.periods import BillingPeriod
 from tests.support import ROOT
 
 POLICY = RetryPolicy(max_attempts=6, initial_backoff=0.1, max_backoff=2.0, multiplier=2.0, total_timeout=10.0)
@@ -202,7 +202,7 @@ def test_preconditions_are_decoded_with_their_times() -> None:
     closed = _decoded(
         domain.PeriodClosed(
             "t9",
-            period=Period(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)),
+            period=BillingPeriod(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)),
             invoice_id="inv-1",
         )
     )

@@ -21,7 +21,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from metering.api.errors import DOMAIN, status_details, to_rpc_status, to_status
 from metering.domain import errors
-from metering.domain.periods import Period
+from metering.domain.periods import BillingPeriod
 from tests.support import error_info, violations
 
 
@@ -195,7 +195,7 @@ CASES: dict[str, Case] = {
     "PeriodClosed": Case(
         errors.PeriodClosed(
             "txn-1",
-            period=Period(datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)),
+            period=BillingPeriod(datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)),
             invoice_id="inv-1",
         ),
         grpc.StatusCode.FAILED_PRECONDITION,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from metering.domain.periods import Period, rfc3339
+from metering.domain.periods import BillingPeriod, rfc3339
 
 
 class MeteringError(Exception):
@@ -145,9 +145,7 @@ class ReservationStateError(MeteringError):
 class PeriodClosed(MeteringError):
     """The event's billing period is finalized: its invoice never changes."""
 
-    def __init__(self, transaction_id: str, *, period: Period, invoice_id: str) -> None:
-        if period.end is None:
-            raise ValueError("a closed period has an end")
+    def __init__(self, transaction_id: str, *, period: BillingPeriod, invoice_id: str) -> None:
         self.transaction_id = transaction_id
         self.start = period.start
         self.end = period.end
