@@ -130,10 +130,10 @@ class CustomerCache:
 
 
 class MeteringEngine:
-    """Recording and checking usage: resolves what an event means under the customer's plan (terms,
-    period, price), hands events to the batching writer and reads balances. Its customer cache
-    holds only what never changes or is checked where it is used; every write is decided in the
-    ledger's transaction."""
+    """Recording and checking usage: hands each call's commands, with the catalog's terms, to the
+    batching writer (which resolves and decides them in its transaction through the pure domain),
+    turns the outcomes into results, and reads balances. Its customer cache holds only what never
+    changes or is checked where it is used; every write is decided in the ledger's transaction."""
 
     def __init__(
         self, catalog: Catalog, ledger: CustomerStore, writer: BatchWriter, *, clock: Callable[[], datetime] = utc_now
