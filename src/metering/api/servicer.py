@@ -17,9 +17,10 @@ import grpc
 from metering.api import convert, validation
 from metering.api.auth import require_meter
 from metering.api.errors import to_rpc_status, write_ok_status
-from metering.api.page_tokens import EventsCursor, InvoicesCursor, PageTokens
+from metering.api.page_tokens import CustomersCursor, EventsCursor, InvoicesCursor, PageTokens
 from metering.delivery.stream import OutboxStream
 from metering.domain import decimals
+from metering.domain.catalog import Catalog
 from metering.domain.decimals import ZERO
 from metering.domain.errors import (
     BeforeFirstPeriod,
@@ -29,6 +30,7 @@ from metering.domain.errors import (
     PeriodClosed,
     TransactionConflict,
 )
+from metering.services.catalog import Catalogs
 from metering.services.entitlements import Entitlements
 from metering.services.invoicing import Invoicing
 from metering.services.reporting import Reporting
@@ -36,6 +38,7 @@ from metering.services.usage import MeteringEngine, RecordResult, UsageCommand
 from metering.telemetry import metrics as m
 from metering.v1 import (
     billing_pb2,
+    catalog_pb2,
     customer_pb2,
     events_pb2,
     grants_pb2,
@@ -66,17 +69,23 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         stream: OutboxStream,
         page_tokens: PageTokens,
         *,
+        catalogs: Catalogs,
         backfill_window: timedelta,
     ) -> None:
         self._stream = stream
         self._page_tokens = page_tokens
         self._engine = engine
-        self._catalog = engine.catalog
+        self._catalogs = catalogs
         self._reporting = reporting
         self._invoicing = invoicing
         self._entitlements = entitlements
         self._metrics = metrics
         self._backfill_window = backfill_window
+
+    @property
+    def _catalog(self) -> Catalog:
+        """The catalog in force (a reload swaps it): each method reads it once."""
+        return self._catalogs.current.catalog
 
     async def RecordUsage(  # noqa: N802 - gRPC method name
         self, request: usage_pb2.RecordUsageRequest, context: Context
@@ -265,6 +274,21 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     ) -> customer_pb2.GetCustomerResponse:
         record = await self._engine.get_customer(validation.customer_id(request.customer_id))
         return customer_pb2.GetCustomerResponse(customer=convert.customer(record))
+
+    async def ListCustomers(  # noqa: N802
+        self, request: customer_pb2.ListCustomersRequest, context: Context
+    ) -> customer_pb2.ListCustomersResponse:
+        page = await self._engine.list_customers(validation.list_customers(request, self._page_tokens))
+        response = convert.customers_page(page)
+        if page.next_after is not None:
+            response.next_page_token = self._page_tokens.customers(request, CustomersCursor(page.next_after))
+        return response
+
+    async def GetCatalog(  # noqa: N802
+        self, request: catalog_pb2.GetCatalogRequest, context: Context
+    ) -> catalog_pb2.GetCatalogResponse:
+        require_meter("")  # the catalog spans every meter
+        return convert.catalog(self._catalogs.current)
 
     async def WatchNotifications(  # noqa: N802
         self, request: notifications_pb2.WatchNotificationsRequest, context: Context

@@ -29,7 +29,7 @@ from metering.ledger.reporting import PropertyFilter
 from metering.services.entitlements import CommitCommand, GrantCommand, ReserveCommand
 from metering.services.invoicing import InvoicesQuery
 from metering.services.reporting import EventsQuery, UsageQuery
-from metering.services.usage import BalanceQuery
+from metering.services.usage import BalanceQuery, CustomersQuery
 from metering.v1 import (
     billing_pb2,
     customer_pb2,
@@ -55,6 +55,7 @@ MAX_FILTER_VALUES = 100
 USAGE_PAGE_SIZE = (1000, 10_000)  # default, maximum
 EVENTS_PAGE_SIZE = (100, 1000)
 INVOICES_PAGE_SIZE = (12, 100)
+CUSTOMERS_PAGE_SIZE = (100, 1000)
 MAX_BATCH_EVENTS = 1000
 MAX_REASON_LENGTH = 256
 DEFAULT_RESERVATION_TTL = timedelta(minutes=5)
@@ -459,6 +460,17 @@ def list_invoices(request: invoices_pb2.ListInvoicesRequest, tokens: PageTokens)
         before = tokens.invoices_cursor(request, request.page_token).before
     assert statuses is not None
     return InvoicesQuery(request.customer_id, statuses, page_size, before)
+
+
+def list_customers(request: customer_pb2.ListCustomersRequest, tokens: PageTokens) -> CustomersQuery:
+    """A plan filter need not be in the catalog: customers left on a removed plan can be found."""
+    violations = _Violations()
+    if request.plan_slug:
+        _slug(violations, "plan_slug", request.plan_slug)
+    page_size = _page_size(violations, request.page_size, CUSTOMERS_PAGE_SIZE)
+    violations.raise_if_any()
+    after = tokens.customers_cursor(request, request.page_token).after if request.page_token else None
+    return CustomersQuery(request.plan_slug or None, page_size, after)
 
 
 def invoice_id(request: invoices_pb2.GetInvoiceRequest) -> uuid.UUID:

@@ -56,3 +56,32 @@ def access_policy(settings: Settings, catalog: Catalog) -> AccessPolicy | None:
         settings.grpc_port,
     )
     return None
+
+
+def catalog_references(
+    catalog: Catalog, policy: AccessPolicy | None, stripe_mapping: StripeMapping | None
+) -> list[str]:
+    """What the operator files in force say of meters that `catalog` would break:
+    a meter a caller is restricted to, or one the Stripe export reports, that
+    it removes (the next start-up would refuse those files against it), or a
+    reported meter whose aggregation it changes (the export is configured at
+    start-up only). Empty when the catalog keeps them all."""
+    problems = []
+    if policy is not None:
+        for caller in policy.callers:
+            for slug in sorted(caller.meters or ()):
+                if slug not in catalog.meters:
+                    problems.append(
+                        f"meters.{slug}: removed, but caller {caller.name!r} of the auth file is restricted to it"
+                    )
+    if stripe_mapping is not None:
+        for slug, exported in stripe_mapping.meters.items():
+            meter = catalog.meters.get(slug)
+            if meter is None:
+                problems.append(f"meters.{slug}: removed, but the Stripe mapping ({stripe_mapping.source}) reports it")
+            elif meter.aggregation is not exported.meter.aggregation:
+                problems.append(
+                    f"meters.{slug}.aggregation: the Stripe export reports it as {exported.meter.aggregation.value} "
+                    "until the next start"
+                )
+    return problems

@@ -43,6 +43,7 @@ from metering.ledger.reporting import UsageReports
 from metering.ledger.stripe import StripeExportStore
 from metering.ledger.writer import BatchWriter
 from metering.runtime.reload import ConfigReloader
+from metering.services.catalog import Catalogs
 from metering.services.entitlements import Entitlements
 from metering.services.invoicing import Closer, Invoicing
 from metering.services.reporting import Reporting
@@ -141,9 +142,10 @@ def build(
     settings = config.settings
     metrics = _metrics(pools.primary, worker)
     stores = _stores(settings, pools.primary, metrics, tracing)
-    reporting = Reporting(config.catalog, stores.ledger, stores.reports)
+    catalogs = Catalogs(config.catalog, stores.ledger)  # the one catalog in force, swapped by a reload
+    reporting = Reporting(catalogs, stores.ledger, stores.reports)
     primary_reads = Reads(reporting, Invoicing(stores.ledger, stores.invoices, reporting), None)
-    reads = _reads(config, pools, metrics, stores, primary_reads)
+    reads = _reads(config, pools, metrics, stores, catalogs, primary_reads)
     delivery = _delivery(config, pools, metrics)
     health = DatabaseHealth(stores.ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
     authenticator = Authenticator(
@@ -152,13 +154,14 @@ def build(
         max_hold=settings.rate_limit_hold.total_seconds(),
     )
     servicer = MeteringServicer(
-        MeteringEngine(config.catalog, stores.ledger, stores.writer),
+        MeteringEngine(catalogs, stores.ledger, stores.writer),
         reads.reporting,
-        Entitlements(config.catalog, stores.ledger, stores.holds),
+        Entitlements(catalogs, stores.ledger, stores.holds),
         reads.invoicing,
         metrics,
         delivery.stream,
         page_tokens,
+        catalogs=catalogs,
         backfill_window=settings.backfill_window,
     )
     return Service(
@@ -171,7 +174,7 @@ def build(
         closer=_closer(settings, stores, reporting, metrics),
         health=health,
         authenticator=authenticator,
-        reloader=ConfigReloader(config, authenticator, delivery.webhooks, delivery.retention, metrics),
+        reloader=ConfigReloader(config, catalogs, authenticator, delivery.webhooks, delivery.retention, metrics),
         server=_server(settings, servicer, health, ObservedServiceInterceptor(metrics, authenticator), tracing, worker),
     )
 
@@ -261,7 +264,7 @@ def _closer(settings: Settings, stores: Stores, reporting: Reporting, metrics: M
     )
 
 
-def _reads(config: Config, pools: Pools, metrics: Metrics, stores: Stores, primary: Reads) -> Reads:
+def _reads(config: Config, pools: Pools, metrics: Metrics, stores: Stores, catalogs: Catalogs, primary: Reads) -> Reads:
     """The servicer's usage, bill and invoice reads through the replica router,
     or the primary's (`primary`) without a replica."""
     settings = config.settings
@@ -270,7 +273,7 @@ def _reads(config: Config, pools: Pools, metrics: Metrics, stores: Stores, prima
     router = _read_router(settings, pools.primary, pools.replica, metrics)
     acquire_timeout = settings.db_timeout.total_seconds()
     ledger = ReadCustomerStore(router, stores.ledger, acquire_timeout=acquire_timeout)
-    reporting = Reporting(config.catalog, ledger, UsageReports(router, acquire_timeout=acquire_timeout))
+    reporting = Reporting(catalogs, ledger, UsageReports(router, acquire_timeout=acquire_timeout))
     invoices = ReadInvoiceStore(router, stores.invoices, acquire_timeout=acquire_timeout)
     return Reads(reporting, Invoicing(ledger, invoices, reporting), router)
 

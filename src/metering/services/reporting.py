@@ -19,10 +19,10 @@ from metering.domain.errors import FieldViolation, InvalidArgument, PriceCurrenc
 from metering.domain.periods import BillingPeriod
 from metering.domain.pricing import LineCharge, price_line
 from metering.domain.records import CustomerRecord, EventPosition, StoredEvent
-from metering.domain.terms import TermsBook
 from metering.domain.windows import TooManyWindowsError, Window, WindowSize, windows
 from metering.ledger.customers import CustomerStore
 from metering.ledger.reporting import AggregateQuery, PropertyFilter, UsageCursor, UsageReports
+from metering.services.catalog import Catalogs
 from metering.services.usage import require_customer, utc_now
 
 
@@ -121,22 +121,27 @@ class Reporting:
     grouping can be asked for; it never writes."""
 
     def __init__(
-        self, catalog: Catalog, ledger: CustomerStore, reports: UsageReports, *, clock: Callable[[], datetime] = utc_now
+        self,
+        catalogs: Catalogs,
+        ledger: CustomerStore,
+        reports: UsageReports,
+        *,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        self._catalog = catalog
-        self._book = TermsBook(catalog)
+        self._catalogs = catalogs
         self._ledger = ledger
         self._reports = reports
         self._clock = clock
 
     async def get_usage(self, query: UsageQuery) -> UsagePage:
+        loaded = self._catalogs.current  # the whole call's catalog
         customer = await require_customer(self._ledger, query.customer_id)
-        self._catalog.plan(customer.plan_slug)  # NotFound whatever the query's range
+        loaded.catalog.plan(customer.plan_slug)  # NotFound whatever the query's range
         now = query.cursor.now if query.cursor else self._clock()
         # All windows first, so a request too large is refused before any query runs.
         meter_windows = []
         for meter in query.meters:
-            start = query.start or self._book.for_customer(customer, meter).period_at(now).start
+            start = query.start or loaded.book.for_customer(customer, meter).period_at(now).start
             end = query.end or now
             if end <= start:
                 raise InvalidArgument([FieldViolation("end", "must be after start_time")])
@@ -196,27 +201,30 @@ class Reporting:
         """The bill of one of the customer's billing periods, priced from its
         usage now (EstimateBill, drafts, and the invoice the closer stores)."""
         customer_id = customer.customer_id
+        catalog = self._catalogs.current.catalog  # the whole bill's catalog
         # The plan in effect at the end of the period, or now for the current one.
         plan_time = min(period.end - timedelta(microseconds=1), self._clock())
         plan_slug = await self._reports.plan_at(customer_id, plan_time) or customer.plan_slug
-        plan = self._catalog.plan(plan_slug)
+        plan = catalog.plan(plan_slug)
         assert plan.currency is not None  # every plan has one (catalog check)
-        others = [slug for slug in self._catalog.meters if slug not in plan.meters]
+        others = [slug for slug in catalog.meters if slug not in plan.meters]
         used = await self._reports.meters_with_usage(customer_id, period.start, period.end, others)
         meters = [*plan.meters, *used]
         lines: list[BillLine] = []
         for slug in meters:
-            lines.extend(await self._meter_lines(customer_id, plan, self._catalog.meters[slug], period))
+            lines.extend(await self._meter_lines(catalog, customer_id, plan, catalog.meters[slug], period))
         subtotal = decimals.add(*(line.charge.amount for line in lines))
         credits = ZERO  # no monetary credits exist yet; grants are units, not money
         total = max(ZERO, decimals.add(subtotal, credits))
         return Bill(customer_id, plan, period, plan.currency, lines, subtotal, credits, total)
 
-    async def _meter_lines(self, customer_id: str, plan: Plan, meter: Meter, period: BillingPeriod) -> list[BillLine]:
+    async def _meter_lines(
+        self, catalog: Catalog, customer_id: str, plan: Plan, meter: Meter, period: BillingPeriod
+    ) -> list[BillLine]:
         """One line per price the meter's events were recorded with; the plan's
         own price always has a line and is the one its included units go to."""
         assert plan.currency is not None  # every plan has one (catalog check)
-        terms = self._catalog.plan_meter(plan, meter)
+        terms = catalog.plan_meter(plan, meter)
         rows = await self._reports.aggregate(
             AggregateQuery(customer_id, meter, [(period.start, period.end)], group_by_price=True)
         )
@@ -226,7 +234,7 @@ class Reporting:
         for slug in price_slugs:
             # Events priced with a price the catalog no longer has: refused
             # (NotFound) rather than billed at nothing.
-            price = self._catalog.price(slug)
+            price = catalog.price(slug)
             if price.currency is not None and price.currency != plan.currency:
                 raise PriceCurrencyMismatch(price.slug, price.currency, plan.currency)
             included = terms.included if slug == terms.price else ZERO

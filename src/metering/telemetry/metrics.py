@@ -210,8 +210,9 @@ class Metrics:
         )
         self.config_reloads = Counter(
             "metering_config_reloads",
-            "Re-reads of a configuration file on SIGHUP, by file (auth, webhooks) and outcome (applied, refused: "
-            "the file has problems, logged, and the previous one stays in force).",
+            "Re-reads of a configuration file on SIGHUP, by file (catalog, auth, webhooks) and outcome (applied; "
+            "refused: the file has problems or, for the catalog, would strand recorded usage, logged, and the "
+            "previous one stays in force).",
             ["file", "outcome"],
             registry=r,
         )
