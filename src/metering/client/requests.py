@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from metering.client.models import EnforcementMode, InvoiceStatus, NotificationType, WindowSize
 from metering.v1 import (
     billing_pb2,
+    catalog_pb2,
     customer_pb2,
     events_pb2,
     grants_pb2,
@@ -220,6 +221,16 @@ def upsert_customer(
 
 def get_customer(customer_id: str) -> customer_pb2.GetCustomerRequest:
     return customer_pb2.GetCustomerRequest(customer_id=customer_id)
+
+
+def list_customers(
+    *, plan_slug: str = "", page_size: int = 0, page_token: str = ""
+) -> customer_pb2.ListCustomersRequest:
+    return customer_pb2.ListCustomersRequest(plan_slug=plan_slug, page_size=page_size, page_token=page_token)
+
+
+def get_catalog() -> catalog_pb2.GetCatalogRequest:
+    return catalog_pb2.GetCatalogRequest()
 
 
 def list_invoices(
