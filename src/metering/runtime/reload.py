@@ -3,7 +3,9 @@
 Each file is checked completely, as at start-up. A file with problems is
 refused, every problem logged, and the one in force stays; a good one is
 applied at once. Calls in flight are untouched: the new callers, tokens and
-limits apply to calls that arrive after the swap.
+limits apply to calls that arrive after the swap. Each outcome is logged before
+it is counted (metering_config_reloads_total), so a counted reload's line is
+already in the log.
 
 The catalog goes first, so that the auth file is checked against the catalog
 in force. A catalog is also refused when it would strand recorded usage (see
@@ -91,22 +93,22 @@ class ConfigReloader:
         except DatabaseUnavailable as exc:
             self._catalog_refused(f"the ledger could not be asked what the change would strand: {exc}")
             return
-        self._metrics.config_reloads.labels("catalog", APPLIED).inc()
-        if not changed:
+        if changed:
+            log.info(
+                "SIGHUP: METERING_CATALOG=%r reloaded: %d meters, %d prices, %d plans (revision %s)",
+                path,
+                len(catalog.meters),
+                len(catalog.prices),
+                len(catalog.plans),
+                catalog.revision[:12],
+            )
+        else:
             log.info("SIGHUP: METERING_CATALOG=%r unchanged (revision %s)", path, catalog.revision[:12])
-            return
-        log.info(
-            "SIGHUP: METERING_CATALOG=%r reloaded: %d meters, %d prices, %d plans (revision %s)",
-            path,
-            len(catalog.meters),
-            len(catalog.prices),
-            len(catalog.plans),
-            catalog.revision[:12],
-        )
+        self._metrics.config_reloads.labels("catalog", APPLIED).inc()
 
     def _catalog_refused(self, reason: str) -> None:
-        self._metrics.config_reloads.labels("catalog", REFUSED).inc()
         log.error("SIGHUP: the catalog is refused, the previous catalog stays in force: %s", reason)
+        self._metrics.config_reloads.labels("catalog", REFUSED).inc()
 
     async def _reload_auth(self) -> None:
         path = self._settings.auth_file
@@ -117,12 +119,12 @@ class ConfigReloader:
             meters = self._catalogs.current.catalog.meters
             policy = await asyncio.to_thread(load_access, path, meters)
         except ConfigError as exc:
-            self._metrics.config_reloads.labels("auth", REFUSED).inc()
             log.error("SIGHUP: the auth file is refused, the previous callers stay in force: %s", exc)
+            self._metrics.config_reloads.labels("auth", REFUSED).inc()
             return
         self._authenticator.reload(policy)
-        self._metrics.config_reloads.labels("auth", APPLIED).inc()
         log.info("SIGHUP: METERING_AUTH_FILE=%r reloaded: %d callers", path, len(policy.callers))
+        self._metrics.config_reloads.labels("auth", APPLIED).inc()
 
     async def _reload_webhooks(self) -> None:
         path = self._settings.webhooks_file
@@ -131,10 +133,10 @@ class ConfigReloader:
         try:
             endpoints = await asyncio.to_thread(load_endpoints, path)
         except ConfigError as exc:
-            self._metrics.config_reloads.labels("webhooks", REFUSED).inc()
             log.error("SIGHUP: the webhooks file is refused, the previous endpoints stay in force: %s", exc)
+            self._metrics.config_reloads.labels("webhooks", REFUSED).inc()
             return
         await self._webhooks.reload(endpoints)
         self._retention.use_endpoints([endpoint.name for endpoint in endpoints])
-        self._metrics.config_reloads.labels("webhooks", APPLIED).inc()
         log.info("SIGHUP: METERING_WEBHOOKS_FILE=%r reloaded: %d endpoints", path, len(endpoints))
+        self._metrics.config_reloads.labels("webhooks", APPLIED).inc()
