@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 
 import pytest
@@ -117,7 +118,7 @@ def test_loopback_addresses(host: str, loopback: bool) -> None:
 
 def test_an_open_service_refuses_a_network_address_unless_asked_to_run_open(caplog: pytest.LogCaptureFixture) -> None:
     catalog = load_catalog(None)
-    with pytest.raises(ConfigError, match="METERING_GRPC_HOST='0.0.0.0' would let anyone on the network"):
+    with pytest.raises(ConfigError, match=re.escape("METERING_GRPC_HOST='0.0.0.0' would let anyone on the network")):
         access_policy(Settings.from_env({"METERING_GRPC_HOST": "0.0.0.0"}), catalog)
     # The embedded database on loopback runs open, with the warning.
     assert access_policy(Settings.from_env({}), catalog) is None

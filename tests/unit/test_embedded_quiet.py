@@ -24,11 +24,16 @@ def test_a_start_that_works_shows_nothing_of_the_library(caplog: pytest.LogCaptu
 
 def test_a_start_that_fails_shows_everything_the_library_said(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    with pytest.raises(RuntimeError, match="pg_ctl"), quiet("starting the embedded PostgreSQL"):
-        LIBRARY.info("Running commandline: pg_ctl start")
-        warnings.warn("XDG_RUNTIME_DIR is not set", RuntimeWarning, stacklevel=1)
-        LIBRARY.error("Failed postgres command pg_ctl: could not bind socket")
-        raise RuntimeError("pg_ctl exited 1")
+
+    def failing_start() -> None:
+        with quiet("starting the embedded PostgreSQL"):
+            LIBRARY.info("Running commandline: pg_ctl start")
+            warnings.warn("XDG_RUNTIME_DIR is not set", RuntimeWarning, stacklevel=1)
+            LIBRARY.error("Failed postgres command pg_ctl: could not bind socket")
+            raise RuntimeError("pg_ctl exited 1")
+
+    with pytest.raises(RuntimeError, match="pg_ctl"):
+        failing_start()
     [record] = caplog.records
     assert record.levelno == logging.ERROR
     assert record.getMessage() == (

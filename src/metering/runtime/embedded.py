@@ -60,6 +60,7 @@ def quiet(what: str) -> Iterator[None]:
         library.removeHandler(kept)
         library.propagate = propagates
 
+
 DATABASE = "metering"
 
 
