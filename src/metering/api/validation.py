@@ -20,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from metering.domain.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catalog, Meter, Price
 from metering.domain.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.domain.errors import EventTooOld, FieldViolation, InvalidArgument, NotFound
-from metering.domain.notifications import NotificationType, WatchQuery, parse_cursor
+from metering.domain.notifications import WatchQuery, parse_cursor
 from metering.domain.periods import MAX_TIME, MIN_TIME
 from metering.domain.records import DRAFT, FINALIZED, EventPosition
 from metering.domain.usage import UsageCommand
@@ -40,6 +40,7 @@ from metering.v1 import (
     reservations_pb2,
     usage_pb2,
 )
+from metering.wire.notifications import NOTIFICATION_TYPE_NAMES
 
 if TYPE_CHECKING:
     from metering.api.page_tokens import PageTokens
@@ -290,18 +291,11 @@ def upsert_customer(request: customer_pb2.UpsertCustomerRequest) -> CustomerComm
     return CustomerCommand(request.customer_id, request.plan_slug, anchor)
 
 
-_WATCH_TYPES = {
-    notifications_pb2.NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED: NotificationType.THRESHOLD_CROSSED,
-    notifications_pb2.NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED: NotificationType.LIMIT_REJECTED,
-    notifications_pb2.NOTIFICATION_TYPE_INVOICE_FINALIZED: NotificationType.INVOICE_FINALIZED,
-}
-
-
 def watch_notifications(request: notifications_pb2.WatchNotificationsRequest) -> WatchQuery:
     violations = _Violations()
     types = set()
     for index, value in enumerate(request.types):
-        kind = _WATCH_TYPES.get(value)
+        kind = NOTIFICATION_TYPE_NAMES.get(value)
         if kind is None:
             violations.add(f"types[{index}]", "a NotificationType other than NOTIFICATION_TYPE_UNSPECIFIED")
         else:

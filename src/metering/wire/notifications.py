@@ -1,5 +1,9 @@
 """A notification on the wire: the watch stream's Notification message, and the
-webhook body (the same message's proto3 JSON)."""
+webhook body (the same message's proto3 JSON, its type by the dotted name).
+
+NOTIFICATION_TYPES is the one table between the dotted names (the domain's
+NotificationType: the webhooks file, webhook bodies, metrics, docs) and the
+gRPC enum (the watch stream and its filter)."""
 
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ NOTIFICATION_TYPES = {
     NotificationType.LIMIT_REJECTED: notifications_pb2.NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED,
     NotificationType.INVOICE_FINALIZED: notifications_pb2.NOTIFICATION_TYPE_INVOICE_FINALIZED,
 }
+# The same table read the other way: the gRPC enum to the dotted name.
+NOTIFICATION_TYPE_NAMES = {wire: dotted for dotted, wire in NOTIFICATION_TYPES.items()}
 
 
 def _set_period(start: Timestamp, end: Timestamp, period: Period) -> None:
@@ -64,5 +70,8 @@ def notification(stored: StoredNotification) -> notifications_pb2.Notification:
 
 
 def notification_json(stored: StoredNotification) -> str:
-    """The webhook body: the Notification's proto3 JSON, compact."""
-    return json.dumps(json_format.MessageToDict(notification(stored)), separators=(",", ":"))
+    """The webhook body: the Notification's proto3 JSON, compact, with its type by the
+    dotted name (the Standard Webhooks convention), as the webhooks file subscribes to it."""
+    body = json_format.MessageToDict(notification(stored))
+    body["type"] = stored.type.value
+    return json.dumps(body, separators=(",", ":"))
