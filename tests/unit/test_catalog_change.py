@@ -171,6 +171,18 @@ def test_a_price_removed_or_moved_strands_the_events_priced_with_it() -> None:
     assert stranded(catalog(), removed, CatalogUse(prices=frozenset({"tokens_per_unit"}))) == []
 
 
+def test_a_price_moved_to_another_meter_strands_the_events_priced_with_it() -> None:
+    moved = edited(
+        ('[prices.tokens_bulk]\nmeter = "tokens"', '[prices.tokens_bulk]\nmeter = "calls"'),
+        ('price = "tokens_bulk"\n', ""),
+    )
+    assert question(catalog(), moved).prices == {"tokens_bulk": "tokens"}
+    assert stranded(catalog(), moved, CatalogUse(prices=frozenset({"tokens_bulk"}))) == [
+        "prices.tokens_bulk: moved from meter 'tokens' to 'calls' while events of billing periods not finalized "
+        "yet are priced with it"
+    ]
+
+
 def test_a_price_in_another_currency_strands_the_events_priced_with_it() -> None:
     new = edited(('currency = "USD"\nunit_amount', 'currency = "EUR"\nunit_amount'))
     # The plans' currencies follow their prices: free (priced tokens_per_unit) is now in EUR.
