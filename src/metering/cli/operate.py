@@ -48,7 +48,8 @@ def add_commands(commands: Subparsers) -> None:
 
     reload = commands.add_parser(
         "reload",
-        help="make the running service re-read METERING_AUTH_FILE and METERING_WEBHOOKS_FILE (sends it SIGHUP)",
+        help="make the running service re-read METERING_CATALOG, METERING_AUTH_FILE and METERING_WEBHOOKS_FILE "
+        "(sends it SIGHUP)",
     )
     reload.add_argument("--pid", type=int, help="the service's process id (default: read from METERING_PID_FILE)")
     reload.set_defaults(run=_reload)
@@ -182,7 +183,7 @@ def _reload(args: argparse.Namespace) -> int:
     except PermissionError:
         raise ConfigError(f"process {pid} belongs to another user: run this as the service's user") from None
     print(
-        f"sent SIGHUP to process {pid}: it re-reads its auth and webhooks files; its log (and "
+        f"sent SIGHUP to process {pid}: it re-reads its catalog, auth and webhooks files; its log (and "
         "metering_config_reloads_total) says whether each was applied or refused"
     )
     return 0
