@@ -12,6 +12,7 @@ start is one line before the service's banner.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import warnings
@@ -88,6 +89,8 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         with quiet("stopping the embedded PostgreSQL"):
             self.server._cleanup()
+        # The wheel registers the same cleanup to run at exit, where it would log again.
+        atexit.unregister(self.server._cleanup)
 
 
 def start_embedded(data_dir: str | Path, *, delete_on_stop: bool = False) -> EmbeddedPostgres:
