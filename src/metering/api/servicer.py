@@ -309,12 +309,12 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         """Events validated one by one, then recorded together in order; each
         answer is what RecordUsage would answer (before encoding; without its
         balance unless `balances`), or its refusal."""
-        now = self._engine.now()
+        now, catalog = self._engine.now(), self._catalog  # read once for the whole group
         commands: list[UsageCommand | BaseException] = []
         for request in requests:
             try:
                 valid_command = validation.record_usage(
-                    request, self._catalog, now=now, backfill_window=self._backfill_window
+                    request, catalog, now=now, backfill_window=self._backfill_window
                 )
                 require_meter(valid_command.meter.slug)
                 commands.append(valid_command)
