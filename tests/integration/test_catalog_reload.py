@@ -168,6 +168,13 @@ def test_a_change_that_strands_recorded_usage_is_refused_with_the_reasons(
     maxed = BASE.replace('[meters.unplanned]\naggregation = "sum"', '[meters.unplanned]\naggregation = "max"')
     running.reload(maxed, "refused")
     assert running.logged("meters.unplanned: aggregation sum -> max while billing periods not finalized yet")
+    # Its rollups are built without dimensions: new ones wait for a restart, which rebuilds them.
+    regional = BASE.replace('unit = "thing"', 'unit = "thing"\ndimensions = ["region"]')
+    running.reload(regional, "refused")
+    assert running.logged(
+        "meters.unplanned.dimensions: its rollups are built for dimensions []; changing them to ['region'] "
+        "takes a restart"
+    )
     # A meter nobody used goes freely, and the service goes on recording.
     without_peak = BASE.replace('[meters.peak]\naggregation = "max"\nunit = "session"\ndimensions = ["region"]\n', "")
     without_peak = without_peak.replace('[plans.limited.meters.peak]\nlimit = "10"\n', "")
