@@ -1,8 +1,12 @@
 """The `metering` command: run and operate the service, and call it as a person.
 
-metering serve | migrate | audit | check-catalog | token | healthcheck    (operate.py)
-metering record | balance | usage | events | bill | customer | grant ...  (calls.py)
-metering import FILE.jsonl                                                (importer.py)
+metering serve | migrate | audit | check-catalog | config | token | healthcheck   (operate.py, settings.py)
+metering record | balance | usage | events | bill | customer | grant ...         (calls.py)
+metering import FILE (JSON lines or CSV) | watch                                  (importer.py, watch.py)
+metering completion bash|zsh|fish                                               (completion.py)
+
+Every command is declared with parsing.add_command (options anywhere, examples in
+--help); every exit status comes from exits.py.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from metering.cli import calls, importer, operate
+from metering.cli.exits import EPILOG, Exit, UsageError
+from metering.cli.parsing import subcommands
 from metering.config.catalog import CatalogError
 from metering.config.settings import ConfigError
 from metering.config.stripe import StripeMappingError
@@ -22,16 +29,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
-    except (ConfigError, CatalogError, StripeMappingError) as exc:
-        print(f"metering: {exc}", file=sys.stderr)
-        return 2
+    except (UsageError, ConfigError, CatalogError, StripeMappingError) as exc:
+        print(f"metering: {exc}" if not str(exc).startswith("metering") else str(exc), file=sys.stderr)
+        return Exit.USAGE
     except KeyboardInterrupt:
         return 130
 
 
+def distribution_version() -> str:
+    """The installed `metering` distribution's version ("unknown" when run from a source tree)."""
+    try:
+        return version("metering")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metering", description="Usage-metering gRPC service.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = argparse.ArgumentParser(
+        prog="metering",
+        description="Usage-metering gRPC service: run it, operate it, and call it.",
+        epilog="Each command has its own --help, with examples.\n\n" + EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"metering {distribution_version()}")
+    commands = subcommands(parser, "command")
     operate.add_commands(commands)
     calls.add_commands(commands)
     importer.add_command(commands)
