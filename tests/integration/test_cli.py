@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from metering.domain.notifications import Position
 from tests.support import ServiceProcess, audit, run_sql
 
 
@@ -276,3 +278,56 @@ def test_import_reads_csv_with_a_header_and_refuses_csv_without_one(
     assert run_sql(database_url, "SELECT count(*) FROM usage_events WHERE customer_id = $1", other)[0][0] == 0
     missing = metering("import", str(tmp_path / "nowhere.jsonl"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def _watch(service: ServiceProcess, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "METERING_TARGET": service.target}
+    return subprocess.Popen(
+        [sys.executable, "-m", "metering", "watch", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_watch_tails_the_notifications_and_ends_cleanly_on_ctrl_c(
+    metering: Callable[..., subprocess.CompletedProcess[str]],
+    new_customer: Callable[..., str],
+    service: ServiceProcess,
+    database_url: str,
+) -> None:
+    customer = new_customer()
+    assert metering("record", customer, "tokens", "90").returncode == 0  # crosses 80%
+    assert metering("record", customer, "tokens", "20", "--transaction-id", "over").returncode == 1  # refused
+    stored = run_sql(
+        database_url, "SELECT txid::text AS txid, seq FROM notifications WHERE customer_id = $1 ORDER BY txid", customer
+    )
+    after_threshold = Position(int(stored[0]["txid"]), stored[0]["seq"]).cursor()  # resume right after it
+
+    as_json = _watch(service, "--from", after_threshold, "--customer", customer, "--json")
+    assert as_json.stdout is not None
+    notification = json.loads(as_json.stdout.readline())
+    as_json.send_signal(signal.SIGINT)
+    out, err = as_json.communicate(timeout=30)
+    assert as_json.returncode == 0, err
+    assert notification["type"] == "NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED"
+    assert notification["limit_rejected"]["transaction_id"] == "over"
+    assert notification["limit_rejected"]["available"] == "10"
+    assert err == f"stopped; resume with: metering watch --from {notification['cursor']}\n"
+    assert out == ""
+
+    as_text = _watch(service, "--customer", customer, "--from", after_threshold, "--type", "usage.limit_rejected")
+    assert as_text.stdout is not None
+    line = as_text.stdout.readline()
+    as_text.terminate()  # SIGTERM ends it as cleanly
+    as_text.communicate(timeout=30)
+    assert as_text.returncode == 0
+    assert f"  usage.limit_rejected  {customer}  tokens refused 20 token: 10 available of 100" in line
+    assert line.rstrip().endswith(f"cursor {notification['cursor']}")
+
+
+def test_watch_refuses_a_malformed_cursor(metering: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    refused = metering("watch", "--from", "garbage")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("INVALID_ARGUMENT")

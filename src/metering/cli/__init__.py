@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from metering.cli import calls, importer, operate
+from metering.cli import calls, importer, operate, watch
 from metering.cli.exits import EPILOG, Exit, UsageError
 from metering.cli.parsing import subcommands
 from metering.config.catalog import CatalogError
@@ -56,4 +56,5 @@ def build_parser() -> argparse.ArgumentParser:
     operate.add_commands(commands)
     calls.add_commands(commands)
     importer.add_command(commands)
+    watch.add_command(commands)
     return parser

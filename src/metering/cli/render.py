@@ -20,7 +20,7 @@ from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, invoi
 _NUMBER_RE = re.compile(r"^-?[0-9][0-9,]*(\.[0-9]+)?%?$")
 
 
-def as_json(message: Message) -> str:
+def as_json(message: Message, *, compact: bool = False) -> str:
     """A message in the proto3 JSON mapping, for scripts: field names as in the .proto, and every
     field without presence printed, empty lists and zero values included (`"events": []`,
     `"quantity": "0"`), so a script never meets a missing key. Fields with presence (`limit`
@@ -28,7 +28,7 @@ def as_json(message: Message) -> str:
     fields = json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-    return json.dumps(fields, indent=2)
+    return json.dumps(fields, separators=(",", ":")) if compact else json.dumps(fields, indent=2)
 
 
 def more(next_page_token: str) -> str:
