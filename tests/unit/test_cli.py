@@ -6,15 +6,17 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from pathlib import Path
 
 import grpc
 import pytest
 
-from metering.cli import build_parser, main, sources
+from metering.cli import build_parser, effective_config, main, sources
 from metering.cli.calls import record_target
 from metering.cli.exits import Exit, UsageError, for_error
 from metering.cli.render import as_json, requested_refusal
 from metering.client.errors import ErrorDetails, MeteringError, decode
+from metering.config.settings import Settings
 from metering.v1 import events_pb2, usage_pb2
 
 
@@ -229,3 +231,86 @@ def test_the_head_of_a_file_is_its_first_non_blank_line() -> None:
     head = sources.read_head(io.BytesIO(b"\n  \ncustomer_id,meter_slug,transaction_id\nacme,m,t\n"))
     assert (head.line, head.end_offset, head.line_number) == (b"customer_id,meter_slug,transaction_id\n", 42, 3)
     assert sources.read_head(io.BytesIO(b"\n\n")).line_number == 0
+
+
+# -- metering config -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://app:s3cret@db:5432/metering", "postgresql://app:****@db:5432/metering"),
+        ("postgresql://app@db/metering", "postgresql://app@db/metering"),  # no password
+        ("postgresql://app:p@ss@db1:5432,db2:5432/m?x=1", "postgresql://app:****@db1:5432,db2:5432/m?x=1"),
+        (
+            "postgresql://db/m?user=app&password=s3cret&sslmode=require",
+            "postgresql://db/m?user=app&password=****&sslmode=require",
+        ),
+        ("postgresql://db/m?sslpassword=k#frag", "postgresql://db/m?sslpassword=****#frag"),
+        ("https://api.stripe.com", "https://api.stripe.com"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_url_passwords_are_masked(url: str, masked: str) -> None:
+    assert effective_config.mask_url(url) == masked
+
+
+def test_durations_print_as_they_are_written() -> None:
+    from datetime import timedelta
+
+    texts = [effective_config.duration_text(timedelta(seconds=s)) for s in (0, 0.002, 1.5, 2, 300, 7200, 35 * 86400)]
+    assert texts == ["0s", "2ms", "1500ms", "2s", "5m", "2h", "35d"]
+
+
+def test_the_effective_settings_mask_secrets_and_say_where_each_came_from() -> None:
+    env = {
+        "METERING_DATABASE_URL": "postgresql://app:s3cret@db/m",
+        "METERING_GRPC_PORT": "6000",
+        "METERING_ALLOW_UNAUTHENTICATED": "1",
+        "STRIPE_API_KEY": "sk_live_s3cret",
+    }
+    shown = {s.variable: s for s in effective_config.effective(Settings.from_env(env), env)}
+    assert shown["METERING_DATABASE_URL"] == effective_config.Shown(
+        "METERING_DATABASE_URL", "postgresql://app:****@db/m", "environment"
+    )
+    assert (shown["METERING_GRPC_PORT"].value, shown["METERING_GRPC_PORT"].source) == ("6000", "environment")
+    assert (shown["METERING_DB_TIMEOUT"].value, shown["METERING_DB_TIMEOUT"].source) == ("2s", "default")
+    assert shown["METERING_STRIPE_API_KEY / STRIPE_API_KEY"].value == "****"
+    assert shown["METERING_WEBHOOK_RETRY_SCHEDULE"].value == "0s,5s,5m,30m,2h,5h,10h,10h"
+    assert shown["METERING_CATALOG"].value == "(unset: the packaged sample catalog)"
+    assert not any("s3cret" in s.value for s in shown.values())
+
+
+def test_every_setting_printed_is_documented(repo_root: Path) -> None:
+    table = (repo_root / "docs" / "configuration.md").read_text()
+    for shown in effective_config.effective(Settings.from_env({}), {}):
+        for variable in shown.variable.split(" / "):
+            assert f"`{variable}`" in table, variable
+
+
+def test_config_prints_settings_and_files_and_exits_2_on_a_bad_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for name in ("METERING_DATABASE_URL", "METERING_AUTH_FILE", "METERING_CATALOG", "METERING_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("METERING_TOKEN", "mtr_s3cret")
+    assert main(["config", "--json"]) == Exit.OK
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["valid"] is True
+    assert printed["settings"]["METERING_GRPC_PORT"] == {"value": "50051", "source": "default"}
+    assert printed["client"]["METERING_TOKEN"] == {"value": "****", "source": "environment"}
+    assert printed["files"]["METERING_AUTH_FILE"]["path"] == "(unset: no authentication)"
+
+    monkeypatch.setenv("METERING_GRPC_PORT", "http")
+    assert main(["config"]) == Exit.USAGE
+    assert capsys.readouterr().err == "metering: METERING_GRPC_PORT='http': expected a whole number\n"
+
+    monkeypatch.delenv("METERING_GRPC_PORT")
+    monkeypatch.setenv("METERING_CATALOG", str(tmp_path / "missing.toml"))
+    monkeypatch.setenv("METERING_DATABASE_URL", "postgresql://app:s3cret@db/m")
+    monkeypatch.setenv("METERING_ALLOW_UNAUTHENTICATED", "1")
+    assert main(["config"]) == Exit.USAGE
+    out, err = capsys.readouterr()
+    assert any(line.split()[-1] == "MISSING" for line in out.splitlines() if "METERING_CATALOG" in line)
+    assert err.startswith("metering config: not valid: ") and "missing.toml" in err
+    assert "s3cret" not in out + err

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from metering.cli import calls, importer, operate, watch
+from metering.cli import calls, effective_config, importer, operate, watch
 from metering.cli.exits import EPILOG, Exit, UsageError
 from metering.cli.parsing import subcommands
 from metering.config.catalog import CatalogError
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"metering {distribution_version()}")
     commands = subcommands(parser, "command")
     operate.add_commands(commands)
+    effective_config.add_command_to(commands)
     calls.add_commands(commands)
     importer.add_command(commands)
     watch.add_command(commands)
