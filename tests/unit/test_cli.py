@@ -6,14 +6,17 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shlex
+import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
 
-from metering.cli import build_parser, effective_config, main, sources
+from metering.cli import build_parser, completion, effective_config, main, sources
 from metering.cli.calls import record_target
 from metering.cli.exits import Exit, UsageError, for_error
+from metering.cli.parsing import add_command, subcommands
 from metering.cli.render import as_json, requested_refusal
 from metering.client.errors import ErrorDetails, MeteringError, decode
 from metering.config.settings import Settings
@@ -314,3 +317,64 @@ def test_config_prints_settings_and_files_and_exits_2_on_a_bad_one(
     assert any(line.split()[-1] == "MISSING" for line in out.splitlines() if "METERING_CATALOG" in line)
     assert err.startswith("metering config: not valid: ") and "missing.toml" in err
     assert "s3cret" not in out + err
+
+
+# -- shell completion ----------------------------------------------------------------------
+
+
+def _bash_completes(*words: str) -> list[str]:
+    """What the generated bash script offers for the command line `words` (the last one being typed)."""
+    script = completion.bash(completion.tree(build_parser()))
+    quoted = " ".join(shlex.quote(w) for w in words)
+    call = f"COMP_WORDS=({quoted}); COMP_CWORD=$(({len(words)} - 1)); _metering"
+    probe = f'{script}\n{call}; printf "%s\\n" "${{COMPREPLY[@]}}"'
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stderr == ""
+    return [line for line in done.stdout.splitlines() if line]
+
+
+def test_bash_completes_commands_options_and_choices_from_the_parser() -> None:
+    assert _bash_completes("metering", "re") == ["reload", "record", "reserve", "release"]
+    assert _bash_completes("metering", "record", "acme", "--pr") == ["--price", "--property"]
+    assert _bash_completes("metering", "usage", "acme", "--target", "h:1", "--window", "") == ["day", "hour", "month"]
+    assert _bash_completes("metering", "token", "") == ["new", "digest"]
+    assert _bash_completes("metering", "token", "new", "ops", "--role", "r") == ["recorder", "reader"]
+    assert _bash_completes("metering", "completion", "") == ["bash", "zsh", "fish"]
+    assert _bash_completes("metering", "import", "") == []  # a file: bash's own file names
+
+
+def test_every_command_and_option_is_in_every_script() -> None:
+    root = completion.tree(build_parser())
+    scripts = {
+        shell: {"bash": completion.bash, "zsh": completion.zsh, "fish": completion.fish}[shell](root)
+        for shell in completion.SHELLS
+    }
+    assert scripts["zsh"].startswith("#compdef metering\n") and "bashcompinit" in scripts["zsh"]
+    for command in root.walk():
+        for option in command.options:
+            for flag in option.flags:
+                assert flag in scripts["bash"], (command.path, flag)
+        if command.path:
+            assert f"-a {command.path[-1]} -d " in scripts["fish"], command.path
+    assert (
+        "complete -c metering -n '__fish_seen_subcommand_from events' -l page-token -r "
+        "-d 'continue from a previous answer'\"'\"'s next_page_token'" in scripts["fish"]
+    )
+    assert (
+        "complete -c metering -n '__fish_seen_subcommand_from usage' -l window -x -a 'day hour month'"
+        in scripts["fish"]
+    )
+
+
+def test_a_new_command_completes_without_touching_the_generator() -> None:
+    parser = argparse.ArgumentParser(prog="metering")
+    commands = subcommands(parser, "command")
+    customers = add_command(commands, "customers", "list customers", None, examples=["metering customers"])
+    customers.add_argument("--plan", choices=["free", "pro"])
+    script = completion.bash(completion.tree(parser))
+    assert "'') echo customers ;;" in script and "'customers --plan') echo 'free pro' ;;" in script
+
+
+def test_the_completion_command_prints_the_script(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["completion", "fish"]) == Exit.OK
+    assert capsys.readouterr().out.startswith("# fish completion for metering")

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from metering.cli import calls, effective_config, importer, operate, watch
+from metering.cli import calls, completion, effective_config, importer, operate, watch
 from metering.cli.exits import EPILOG, Exit, UsageError
 from metering.cli.parsing import subcommands
 from metering.config.catalog import CatalogError
@@ -58,4 +58,5 @@ def build_parser() -> argparse.ArgumentParser:
     calls.add_commands(commands)
     importer.add_command(commands)
     watch.add_command(commands)
+    completion.add_command_to(commands, lambda: parser)
     return parser
