@@ -145,38 +145,30 @@ _metering_choices() {{
     esac
 }}
 _metering() {{
+    # Names that are no special parameters in zsh either (path, commands and words are).
     local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="${{COMP_WORDS[COMP_CWORD-1]}}"
-    local path="" word i skip=0
+    local at="" word i skip=0 offered
     # The command path so far: each word that names a subcommand of the path before it
     # (or a positional's choice, which ends the path: nothing is nested under it).
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${{COMP_WORDS[i]}}"
         if ((skip)); then skip=0; continue; fi
         case "$word" in
-            -*) [[ " $(_metering_value_options "$path") " == *" $word "* ]] && skip=1 ;;
-            *) [[ " $(_metering_commands "$path") " == *" $word "* ]] && path="${{path:+$path }}$word" ;;
+            -*) [[ " $(_metering_value_options "$at") " == *" $word "* ]] && skip=1 ;;
+            *) [[ " $(_metering_commands "$at") " == *" $word "* ]] && at="${{at:+$at }}$word" ;;
         esac
     done
-    if [[ " $(_metering_value_options "$path") " == *" $prev "* ]]; then
-        local choices
-        choices="$(_metering_choices "${{path:+$path }}$prev")"
-        if [[ -n $choices ]]; then
-            mapfile -t COMPREPLY < <(compgen -W "$choices" -- "$cur")
-        else
-            COMPREPLY=()  # a free value (falls back to file names)
-        fi
-        return
-    fi
-    if [[ $cur == -* ]]; then
-        mapfile -t COMPREPLY < <(compgen -W "$(_metering_options "$path")" -- "$cur")
-        return
-    fi
-    local commands
-    commands="$(_metering_commands "$path")"
-    if [[ -n $commands ]]; then
-        mapfile -t COMPREPLY < <(compgen -W "$commands" -- "$cur")
+    if [[ " $(_metering_value_options "$at") " == *" $prev "* ]]; then
+        offered="$(_metering_choices "${{at:+$at }}$prev")"  # empty: a free value (file names)
+    elif [[ $cur == -* ]]; then
+        offered="$(_metering_options "$at")"
     else
-        COMPREPLY=()  # a positional argument (falls back to file names)
+        offered="$(_metering_commands "$at")"  # empty: a positional argument (file names)
+    fi
+    COMPREPLY=()
+    if [[ -n $offered ]]; then
+        # shellcheck disable=SC2207  # the words are slugs and flags: no spaces, no globs
+        COMPREPLY=($(compgen -W "$offered" -- "$cur"))
     fi
 }}
 complete -o bashdefault -o default -F _metering metering
