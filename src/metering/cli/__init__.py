@@ -12,6 +12,7 @@ Every command is declared with parsing.add_command (options anywhere, examples i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -34,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Exit.USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `metering events c --all | head`: the reader has gone; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141  # as a shell reports a process ended by SIGPIPE
 
 
 def distribution_version() -> str:

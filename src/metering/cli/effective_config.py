@@ -129,7 +129,8 @@ def effective(settings: Settings, env: Mapping[str, str]) -> list[Shown]:
             text = "on (an OTLP endpoint is set)" if value else "off (no OTLP endpoint set)"
         else:
             text = mask_url(value_text(value))
-        shown.append(Shown(" / ".join(names), text, _source(env, names)))
+        label = "OTEL_EXPORTER_OTLP_ENDPOINT" if field.name == "tracing" else " / ".join(names)  # (or _TRACES_)
+        shown.append(Shown(label, text, _source(env, names)))
     return shown
 
 
