@@ -10,8 +10,14 @@ BUF    := .tools/node_modules/.bin/buf
 NODE_EXAMPLE := examples/node
 # npm ci rewrites this file, so the example's packages are reinstalled only when its lock file changes.
 NODE_MODULES := $(NODE_EXAMPLE)/node_modules/.package-lock.json
+# The ServiceMonitor schema (prometheus-operator's, from npm), pinned by its lock file.
+SERVICEMONITOR := scripts/servicemonitor
+SERVICEMONITOR_MODULES := $(SERVICEMONITOR)/node_modules/.package-lock.json
+# The Kubernetes versions the manifests must be valid for: the oldest supported (the preStop
+# `sleep` action is on by default from 1.30) and the newest kubernetes-validate knows.
+K8S_VERSIONS := 1.30.0 1.37.0
 
-.PHONY: run test test-fast test-slow coverage-domain docs lint typecheck docker-lint proto proto-check buf-lint buf-breaking stubs node-example ci clean
+.PHONY: run test test-fast test-slow coverage-domain docs lint typecheck docker-lint k8s-validate compose-validate proto proto-check buf-lint buf-breaking stubs node-example ci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +75,18 @@ typecheck: $(STAMP)
 docker-lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile
 
+$(SERVICEMONITOR_MODULES): $(SERVICEMONITOR)/package.json $(SERVICEMONITOR)/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix $(SERVICEMONITOR)
+
+## k8s-validate: deploy/kubernetes against the Kubernetes schemas (strict, K8S_VERSIONS), the
+## ServiceMonitor against prometheus-operator's schema (Node.js), and the kustomization's file list
+k8s-validate: $(STAMP) $(SERVICEMONITOR_MODULES)
+	$(BIN)/python scripts/k8s_validate.py $(addprefix -k ,$(K8S_VERSIONS)) deploy/kubernetes
+
+## compose-validate: compose.yaml against the Compose specification's JSON schema (vendored by check-jsonschema)
+compose-validate: $(STAMP)
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+
 ## proto: regenerate src/metering/v1 from proto/
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
@@ -105,4 +123,4 @@ ci:
 	bash .ci/run
 
 clean:
-	rm -rf site docs/api/reference.md $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .coverage gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen $(NODE_EXAMPLE)/dist
+	rm -rf site docs/api/reference.md $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .coverage gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen $(NODE_EXAMPLE)/dist $(SERVICEMONITOR)/node_modules

@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from metering.api.health import LIVENESS_SERVICE
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, free_port, health_status, run_sql, wait_for
 
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.slow
 def test_health_reports_serving(service: ServiceProcess) -> None:
     assert health_status(service.target) == health_pb2.HealthCheckResponse.SERVING
     assert health_status(service.target, "metering.v1.MeteringService") == health_pb2.HealthCheckResponse.SERVING
+    assert health_status(service.target, LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_reflection_lists_the_services(service: ServiceProcess) -> None:

@@ -1,7 +1,10 @@
 """Standard gRPC health (grpc.health.v1), driven by a database probe.
 
 NOT_SERVING while the ledger database does not answer, SERVING again as soon
-as it does: the service itself never needs a restart.
+as it does: the service itself never needs a restart. Hence a third name,
+LIVENESS_SERVICE, for orchestrators' liveness probes: SERVING from the first
+probe until shutdown, whatever the database, since restarting a process
+cannot bring a database back (and a restart loop would delay the recovery).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from metering.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 
 METERING_SERVICE = "metering.v1.MeteringService"
+# Readiness ("" and METERING_SERVICE): the database answers. Liveness: the process serves gRPC.
+LIVENESS_SERVICE = "liveness"
 
 
 class _EndingHealthServicer(health.aio.HealthServicer):  # type: ignore[name-defined,misc]  # no stub for aio
@@ -77,6 +82,8 @@ class DatabaseHealth:
             log.warning("database unreachable, health NOT_SERVING: %s", error)
         if up and self._serving is False:
             log.info("database reachable again, health SERVING")
+        if self._serving is None:  # the first probe, before the server starts: alive from here on
+            await self.servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._serving = up
         self._metrics.db_up.set(1 if up else 0)
         status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING

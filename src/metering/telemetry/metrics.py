@@ -151,9 +151,11 @@ class Metrics:
             ["meter", "outcome"],
             registry=r,
         )
-        self.stripe_hours_skipped = Counter(
-            "metering_stripe_hours_skipped",
-            "Hours with usage not reported to Stripe because they were older than its 35-day limit, by meter.",
+        # Not "..._hours_...": a unit word in a name reads as the sample's unit (promtool check metrics).
+        self.stripe_events_skipped = Counter(
+            "metering_stripe_meter_events_skipped",
+            "Meter events not sent to Stripe (one per customer, meter and hour with usage) because their hour was "
+            "older than Stripe's 35-day limit, by meter.",
             ["meter"],
             registry=r,
         )
