@@ -13,10 +13,14 @@ NODE_MODULES := $(NODE_EXAMPLE)/node_modules/.package-lock.json
 
 .PHONY: run test test-fast test-slow coverage-domain docs lint typecheck docker-lint proto proto-check buf-lint buf-breaking stubs node-example ci clean
 
-$(STAMP): pyproject.toml
+CLIENT := clients/python
+
+# Both distributions, editable: the server and the client it depends on (metering-client,
+# which owns metering.client and the generated metering.v1 of the `metering` namespace).
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./$(CLIENT) -e '.[dev]'
 	touch $(STAMP)
 
 ## run: install and start the service (embedded PostgreSQL unless METERING_DATABASE_URL is set)
@@ -69,15 +73,15 @@ typecheck: $(STAMP)
 docker-lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile
 
-## proto: regenerate src/metering/v1 from proto/
+## proto: regenerate clients/python/src/metering/v1 from proto/
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
 ## proto-check: fail if the committed generated code differs from a fresh generation
 proto-check: proto
-	git diff --exit-code --stat -- src/metering/v1 third_party/proto
-	@test -z "$$(git status --porcelain -- src/metering/v1 third_party/proto)" || \
-		(git status --porcelain -- src/metering/v1 third_party/proto; exit 1)
+	git diff --exit-code --stat -- $(CLIENT)/src/metering/v1 third_party/proto
+	@test -z "$$(git status --porcelain -- $(CLIENT)/src/metering/v1 third_party/proto)" || \
+		(git status --porcelain -- $(CLIENT)/src/metering/v1 third_party/proto; exit 1)
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
