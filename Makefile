@@ -11,7 +11,7 @@ NODE_EXAMPLE := examples/node
 # npm ci rewrites this file, so the example's packages are reinstalled only when its lock file changes.
 NODE_MODULES := $(NODE_EXAMPLE)/node_modules/.package-lock.json
 
-.PHONY: run test test-fast test-slow coverage-domain docs lint typecheck docker-lint proto proto-check buf-lint buf-breaking stubs node-example ci clean
+.PHONY: run test test-fast test-slow coverage-domain client-check docs lint typecheck docker-lint proto proto-check buf-lint buf-breaking stubs node-example ci clean
 
 CLIENT := clients/python
 
@@ -54,6 +54,11 @@ test-slow: $(STAMP)
 coverage-domain: $(STAMP)
 	$(BIN)/pytest tests/unit -q -n 2 --cov=metering.domain --cov-branch \
 		--cov-report=term-missing:skip-covered --cov-fail-under=100
+
+## client-check: build the metering-client wheel, install it alone in a clean virtual environment,
+## and check there that nothing of the server came along, that it is typed, and that it calls a real service
+client-check: $(STAMP)
+	$(BIN)/pytest tests/integration/test_client_wheel.py -q
 
 ## docs: build the documentation site into site/ with --strict (a broken link or anchor fails).
 ## docs/api/reference.md is generated from the .proto comments by a MkDocs hook
