@@ -46,7 +46,7 @@ from tests.support import (
 pytestmark = pytest.mark.slow
 
 CLIENT = ROOT / "examples" / "node" / "dist" / "src" / "client.js"
-COMMITTED_PYTHON = ROOT / "src" / "metering" / "v1"
+COMMITTED_PYTHON = ROOT / "clients" / "python" / "src" / "metering" / "v1"
 BUF_PYTHON = ROOT / "gen" / "python" / "metering" / "v1"
 ROLES = ("admin", "recorder", "reader")
 
@@ -185,7 +185,7 @@ def _embedded_descriptor(module: Path) -> descriptor_pb2.FileDescriptorProto:
 
 def test_buf_generates_the_committed_python_stubs(node: str) -> None:
     # `make stubs` (run by the node fixture) wrote gen/python with buf.gen.yaml;
-    # src/metering/v1 comes from scripts/gen_proto.py. Same code, so either is fine.
+    # clients/python/src/metering/v1 comes from scripts/gen_proto.py. Same code, so either is fine.
     committed = sorted(p.name for p in COMMITTED_PYTHON.iterdir() if p.name.endswith((".py", ".pyi")))
     generated = sorted(p.name for p in BUF_PYTHON.iterdir())
     assert generated == [name for name in committed if name != "__init__.py"]

@@ -5,7 +5,9 @@ grants and reservations an idempotency key, voids and releases are idempotent,
 and the rest are reads. So a call that got no answer (UNAVAILABLE, CANCELLED by
 the server, DEADLINE_EXCEEDED) is sent again, byte for byte the same request,
 which the ledger answers as a duplicate if the first attempt was recorded. A
-refusal (any other code) is an answer and is never retried.
+refusal (any other code) is an answer and is never retried, and neither is a
+call that found no service to send it to (unless the client waits for the
+service: `wait_for_ready=True`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class RetryPolicy:
     total_timeout: float = 30.0
 
     def __post_init__(self) -> None:
+        """Refuse a policy that cannot work (no attempt, inverted backoff, no time)."""
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if self.initial_backoff < 0 or self.max_backoff < self.initial_backoff or self.multiplier < 1:
@@ -71,13 +74,18 @@ class RetryNotice:
 RETRYABLE_REASONS = frozenset({"RATE_LIMITED"})
 
 
-def should_retry(code: grpc.StatusCode, *, closed_locally: bool, reason: str = "") -> bool:
+def should_retry(code: grpc.StatusCode, *, closed_locally: bool, reason: str = "", reached: bool = True) -> bool:
     """Whether a call that ended with `code` (and ErrorInfo `reason`) is sent again
     (attempts and time aside).
 
     CANCELLED is retried only when the server cancelled the call: a call this
-    client cancelled (its channel closed) is not wanted any more.
+    client cancelled (its channel closed) is not wanted any more. A call that
+    never reached the service (`reached=False`: no connection could be made, and
+    the caller did not ask to wait for the service) is not retried either: the
+    caller hears at once that the service cannot be reached.
     """
+    if not reached:
+        return False
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return reason in RETRYABLE_REASONS
     if code not in RETRYABLE_CODES:

@@ -2,7 +2,9 @@
 
 Each call has a deadline (`timeout`, per attempt) and is retried by the
 client's RetryPolicy when it got no answer, resending the very same request
-message. Refusals raise the exceptions of metering.client.errors.
+message. Refusals raise the exceptions of metering.client.errors. With nothing
+listening, a call raises Unreachable at once, unless the client waits for the
+service (`wait_for_ready=True`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from google.protobuf.message import Message
 
 from metering.client import models, requests
 from metering.client.connection import Connection
-from metering.client.errors import MeteringError, error_from_rpc, exhausted
+from metering.client.errors import MeteringError, Unavailable, Unreachable, error_from_rpc, exhausted
+from metering.client.failopen import FailOpen, FailOpenNotice, fails_open
 from metering.client.models import EnforcementMode, InvoiceStatus, NotificationType, WindowSize
-from metering.client.requests import Quantity, UsageRecord
+from metering.client.requests import Quantity, UsageRecord, quantity_text
 from metering.client.retry import (
     DEFAULT_TIMEOUT,
     STREAM_CHUNK,
@@ -49,29 +52,51 @@ class AsyncMeteringClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
-        wait_for_ready: bool = True,
+        wait_for_ready: bool = False,
         on_retry: Callable[[RetryNotice], None] | None = None,
+        fail_open: bool = False,
+        on_fail_open: Callable[[FailOpenNotice], None] | None = None,
     ) -> None:
+        """Open a channel to `connection` (default: `Connection.from_env()`).
+
+        `timeout` is each attempt's deadline in seconds and `retry` the policy for calls that
+        got no answer (`RetryPolicy()`: 5 attempts within 30 s). `wait_for_ready=False` (the
+        default) fails fast: with nothing listening a call raises `Unreachable` at once;
+        `True` waits for the service to come up (within the deadline and the retries), as
+        for a service that restarts. `on_retry` hears each resend. `fail_open=True` makes
+        `check_balance` answer "allowed" during an outage (see metering.client.failopen),
+        counted in `fail_open_count` and announced to `on_fail_open`.
+        """
         self.connection = connection or Connection.from_env()
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self.wait_for_ready = wait_for_ready  # wait for a restarting server (within the deadline)
+        self.wait_for_ready = wait_for_ready  # wait for a (re)starting service instead of failing fast
+        self.fail_open = fail_open
         self._on_retry = on_retry
+        self._fail_open = FailOpen(on_fail_open)
         self._channel = self.connection.aio_channel()
         self.stub = metering_service_pb2_grpc.MeteringServiceStub(self._channel)  # raw access
         self._closed = False
 
     async def __aenter__(self) -> AsyncMeteringClient:
+        """Use the client in `async with`; it is closed on the way out."""
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        """Close the client."""
         await self.close()
 
     async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
         self._closed = True
         await self._channel.close(grace=None)
+
+    @property
+    def fail_open_count(self) -> int:
+        """How many balance checks this client answered "allowed" during an outage (fail-open)."""
+        return self._fail_open.count
 
     # --- the retry loop -------------------------------------------------------------------------
 
@@ -83,8 +108,11 @@ class AsyncMeteringClient:
             try:
                 return await attempt(attempt_timeout(self.retry, timeout, time.monotonic() - started))
             except grpc.RpcError as exc:
-                error = error_from_rpc(exc)
-                if not should_retry(error.code, closed_locally=self._closed, reason=error.reason):
+                error = error_from_rpc(exc, target=self.connection.target)
+                reached = not isinstance(error, Unreachable)
+                if not should_retry(error.code, closed_locally=self._closed, reason=error.reason, reached=reached):
+                    if isinstance(error, Unavailable):
+                        error.attempts = attempts
                     raise error from None
             delay = backoff_delay(self.retry, attempts, server_delay=error.details.retry_delay)
             if not next_attempt(self.retry, attempts, time.monotonic() - started, delay):
@@ -109,16 +137,24 @@ class AsyncMeteringClient:
     async def record_usage(
         self,
         customer_id: str,
-        meter_slug: str,
+        meter_slug: str | None = None,
         quantity: Quantity | None = None,
         *,
         transaction_id: str,
-        price_slug: str = "",
+        price_slug: str | None = None,
         event_time: datetime | None = None,
         properties: Mapping[str, str] | None = None,
         enforcement: EnforcementMode = EnforcementMode.ENFORCE_LIMIT,
         timeout: float | None = None,
     ) -> models.RecordResult:
+        """Record one usage event, exactly once per transaction id (RecordUsage).
+
+        Name the meter (`record_usage("acme", "ai_tokens", 1500, transaction_id=...)`) or a
+        price (`record_usage("acme", price_slug="gpu_hour_a100", quantity=2, transaction_id=...)`),
+        exactly one of them (TypeError otherwise). A replay of the same transaction id and
+        payload answers the original event with `duplicate=True`; a hard limit raises
+        LimitExceeded (nothing written) unless `enforcement` is ALLOW_OVERAGE.
+        """
         record = UsageRecord(
             customer_id, meter_slug, quantity, transaction_id, price_slug, event_time, properties, enforcement
         )
@@ -155,6 +191,7 @@ class AsyncMeteringClient:
     async def void_usage(
         self, customer_id: str, transaction_id: str, reason: str, *, timeout: float | None = None
     ) -> models.VoidResult:
+        """Void a recorded event (a compensating entry; idempotent): it stops counting and billing."""
         request = requests.void_usage(customer_id, transaction_id, reason)
         return models.VoidResult.from_proto(await self.call("VoidUsage", request, timeout=timeout))
 
@@ -164,10 +201,24 @@ class AsyncMeteringClient:
         meter_slug: str = "",
         *,
         requested: Quantity | None = None,
+        fail_open: bool | None = None,
         timeout: float | None = None,
     ) -> models.BalanceReport:
+        """What the customer has used and may still use, per meter (one meter, or all by default).
+
+        With `requested`, `requested_allowed` says whether that much more fits now. With
+        `fail_open` (default: the client's `fail_open`), an outage (Unavailable after the
+        retries) answers "allowed" (`fail_open=True` on the report, no balances) with a
+        WARNING log line, `fail_open_count` and `on_fail_open`; a refusal is raised as always.
+        """
         request = requests.check_balance(customer_id, meter_slug, requested=requested)
-        return models.BalanceReport.from_proto(await self.call("CheckBalance", request, timeout=timeout))
+        try:
+            response = await self.call("CheckBalance", request, timeout=timeout)
+        except MeteringError as error:
+            if (self.fail_open if fail_open is None else fail_open) and fails_open(error):
+                return self._fail_open.answer(customer_id, meter_slug, quantity_text(requested), error)
+            raise
+        return models.BalanceReport.from_proto(response)
 
     async def get_usage(
         self,
@@ -184,6 +235,9 @@ class AsyncMeteringClient:
         page_token: str = "",
         timeout: float | None = None,
     ) -> models.UsagePage:
+        """Aggregated usage of `meter_slugs` over [start, end) (default: the current period until
+        now), in windows of `window` (one window by default; day and month windows in
+        `time_zone`), grouped by the `group_by` properties and limited by `filters`; paged."""
         request = requests.get_usage(
             customer_id,
             meter_slugs,
@@ -209,6 +263,8 @@ class AsyncMeteringClient:
         page_token: str = "",
         timeout: float | None = None,
     ) -> models.EventPage:
+        """A customer's raw events (of one meter, or all), newest first, within [start, end);
+        paged: pass `next_page_token` back as `page_token` until it is empty."""
         request = requests.list_usage_events(
             customer_id, meter_slug, start=start, end=end, page_size=page_size, page_token=page_token
         )
@@ -229,6 +285,9 @@ class AsyncMeteringClient:
         reason: str = "",
         timeout: float | None = None,
     ) -> models.GrantResult:
+        """Add `quantity` to a meter's allowance (GrantCredits), once per `grant_id`: a replay
+        answers the original grant. It counts from `effective_time` (default now) until
+        `expire_time`, or until the period ends with `expire_at_period_end`."""
         request = requests.grant_credits(
             customer_id,
             meter_slug,
@@ -244,6 +303,7 @@ class AsyncMeteringClient:
     async def list_grants(
         self, customer_id: str, meter_slug: str = "", *, include_expired: bool = False, timeout: float | None = None
     ) -> tuple[models.Grant, ...]:
+        """A customer's grants (of one meter, or all); expired ones only with `include_expired`."""
         request = requests.list_grants(customer_id, meter_slug, include_expired=include_expired)
         response = await self.call("ListGrants", request, timeout=timeout)
         return tuple(models.Grant.from_proto(g) for g in response.grants)
@@ -258,6 +318,9 @@ class AsyncMeteringClient:
         ttl: timedelta | None = None,
         timeout: float | None = None,
     ) -> models.ReserveResult:
+        """Hold `quantity` of a meter before expensive work (ReserveUsage), once per
+        `reservation_id`; the hold counts against the allowance until committed, released or
+        past its `ttl` (the service's default when None). Raises LimitExceeded if it does not fit."""
         request = requests.reserve_usage(customer_id, meter_slug, quantity, reservation_id=reservation_id, ttl=ttl)
         return models.ReserveResult.from_proto(await self.call("ReserveUsage", request, timeout=timeout))
 
@@ -270,12 +333,15 @@ class AsyncMeteringClient:
         properties: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> models.CommitResult:
+        """Record the work a hold covered: `quantity` (at most the held amount; all of it when
+        None) becomes a usage event, the rest of the hold is freed. Idempotent."""
         request = requests.commit_reservation(customer_id, reservation_id, quantity, properties=properties)
         return models.CommitResult.from_proto(await self.call("CommitReservation", request, timeout=timeout))
 
     async def release_reservation(
         self, customer_id: str, reservation_id: str, *, timeout: float | None = None
     ) -> models.ReleaseResult:
+        """Free a hold without recording anything. Idempotent."""
         request = requests.release_reservation(customer_id, reservation_id)
         return models.ReleaseResult.from_proto(await self.call("ReleaseReservation", request, timeout=timeout))
 
@@ -289,16 +355,21 @@ class AsyncMeteringClient:
         billing_anchor: datetime | None = None,
         timeout: float | None = None,
     ) -> models.UpsertResult:
+        """Create a customer on `plan_slug`, or move it to that plan (UpsertCustomer);
+        `billing_anchor` (default: now, on creation) fixes when its periods start, once."""
         request = requests.upsert_customer(customer_id, plan_slug, billing_anchor=billing_anchor)
         return models.UpsertResult.from_proto(await self.call("UpsertCustomer", request, timeout=timeout))
 
     async def get_customer(self, customer_id: str, *, timeout: float | None = None) -> models.Customer:
+        """A customer: its plan and billing anchor (NotFound if there is none)."""
         response = await self.call("GetCustomer", requests.get_customer(customer_id), timeout=timeout)
         return models.Customer.from_proto(response.customer)
 
     async def estimate_bill(
         self, customer_id: str, *, period_time: datetime | None = None, timeout: float | None = None
     ) -> models.Bill:
+        """The bill of the period containing `period_time` (default: now) so far: one line per
+        priced meter, included units, tiers and totals in exact decimal money."""
         request = requests.estimate_bill(customer_id, period_time=period_time)
         return models.Bill.from_proto(await self.call("EstimateBill", request, timeout=timeout))
 
@@ -311,10 +382,12 @@ class AsyncMeteringClient:
         page_token: str = "",
         timeout: float | None = None,
     ) -> models.InvoicePage:
+        """A customer's invoices, newest period first (drafts, then finalized; or one `status`); paged."""
         request = requests.list_invoices(customer_id, status=status, page_size=page_size, page_token=page_token)
         return models.InvoicePage.from_proto(await self.call("ListInvoices", request, timeout=timeout))
 
     async def get_invoice(self, invoice_id: str, *, timeout: float | None = None) -> models.Invoice:
+        """One invoice with its lines (NotFound if there is none)."""
         response = await self.call("GetInvoice", requests.get_invoice(invoice_id), timeout=timeout)
         return models.Invoice.from_proto(response.invoice)
 
@@ -339,8 +412,9 @@ class AsyncMeteringClient:
                     yield notification
                 return
             except grpc.RpcError as exc:
-                error: MeteringError = error_from_rpc(exc)
-                if not should_retry(error.code, closed_locally=self._closed, reason=error.reason):
+                error: MeteringError = error_from_rpc(exc, target=self.connection.target)
+                reached = not isinstance(error, Unreachable)
+                if not should_retry(error.code, closed_locally=self._closed, reason=error.reason, reached=reached):
                     raise error from None
             finally:
                 stream.cancel()

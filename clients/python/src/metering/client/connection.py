@@ -53,6 +53,7 @@ class Connection:
         )
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The call metadata: the bearer token, if any."""
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
     def _credentials(self) -> grpc.ChannelCredentials | None:
@@ -73,6 +74,7 @@ class Connection:
         return options
 
     def sync_channel(self, target: str | None = None, options: Sequence[tuple[str, str | int]] = ()) -> grpc.Channel:
+        """A grpcio channel to the service (or to `target`), with TLS if configured."""
         credentials = self._credentials()
         where = target or self.target
         if credentials is None:
@@ -80,6 +82,7 @@ class Connection:
         return grpc.secure_channel(where, credentials, options=self._options(options))
 
     def aio_channel(self, options: Sequence[tuple[str, str | int]] = ()) -> grpc.aio.Channel:
+        """A grpc.aio channel to the service, with TLS if configured."""
         credentials = self._credentials()
         if credentials is None:
             return grpc.aio.insecure_channel(self.target, options=self._options(options))

@@ -42,6 +42,7 @@ def quantity_text(value: Quantity | None) -> str:
 
 
 def set_time(field: Timestamp, value: datetime | None) -> None:
+    """Set a Timestamp field from a timezone-aware datetime (None leaves it unset; a naive one is refused)."""
     if value is None:
         return
     if value.tzinfo is None or value.utcoffset() is None:
@@ -58,27 +59,37 @@ def _set_duration(field: Duration, value: timedelta | None) -> None:
 class UsageRecord:
     """One usage event to record (RecordUsage, RecordUsageBatch, RecordUsageStream, UsageRecorder).
 
-    The transaction id is required: it makes a resend harmless. Derive it from
-    the operation (transaction_id_for) or store it with the operation before
-    the first attempt, never draw a new one for a retry.
+    It names a meter (`UsageRecord("acme", "ai_tokens", 1500, "req-42")`, priced by the
+    customer's plan) or a price (`UsageRecord("acme", price_slug="gpu_hour_a100",
+    quantity=2, transaction_id="job-7")`, whose meter it counts against): exactly one of
+    the two, else TypeError. The transaction id is required (ValueError without it): it
+    makes a resend harmless. Derive it from the operation (transaction_id_for) or store it
+    with the operation before the first attempt, never draw a new one for a retry.
     """
 
     customer_id: str
-    meter_slug: str
-    quantity: Quantity | None  # None (or "") for COUNT and UNIQUE_COUNT meters
-    transaction_id: str
-    price_slug: str = ""  # instead of meter_slug: bill with this price
+    meter_slug: str | None = None  # the meter, or None (or "") with price_slug
+    quantity: Quantity | None = None  # None (or "") for COUNT and UNIQUE_COUNT meters
+    transaction_id: str = ""  # required
+    price_slug: str | None = None  # instead of meter_slug: bill with this price (its meter counts)
     event_time: datetime | None = None  # None: the server's clock on first receipt
     properties: Mapping[str, str] | None = None
     enforcement: EnforcementMode = EnforcementMode.ENFORCE_LIMIT
 
-    def to_proto(self) -> usage_pb2.RecordUsageRequest:
+    def __post_init__(self) -> None:
+        """Refuse an event that names both a meter and a price, or neither, or has no transaction id."""
+        if bool(self.meter_slug) == bool(self.price_slug):
+            given = "both" if self.meter_slug else "neither"
+            raise TypeError(f"a usage event names exactly one of meter_slug and price_slug, not {given}")
         if not self.transaction_id:
             raise ValueError("transaction_id is required: derive it from the operation (transaction_id_for)")
+
+    def to_proto(self) -> usage_pb2.RecordUsageRequest:
+        """The RecordUsageRequest for this event (a float quantity or a naive time is refused here)."""
         request = usage_pb2.RecordUsageRequest(
             customer_id=self.customer_id,
-            meter_slug=self.meter_slug,
-            price_slug=self.price_slug,
+            meter_slug=self.meter_slug or "",
+            price_slug=self.price_slug or "",
             quantity=quantity_text(self.quantity),
             transaction_id=self.transaction_id,
             properties=dict(self.properties or {}),
@@ -89,6 +100,7 @@ class UsageRecord:
 
 
 def void_usage(customer_id: str, transaction_id: str, reason: str) -> events_pb2.VoidUsageRequest:
+    """The VoidUsageRequest for the clients' `void_usage` (the one place it is built)."""
     return events_pb2.VoidUsageRequest(customer_id=customer_id, transaction_id=transaction_id, reason=reason)
 
 
@@ -103,6 +115,7 @@ def grant_credits(
     expire_at_period_end: bool = False,
     reason: str = "",
 ) -> grants_pb2.GrantCreditsRequest:
+    """The GrantCreditsRequest for the clients' `grant_credits` (the one place it is built)."""
     request = grants_pb2.GrantCreditsRequest(
         customer_id=customer_id,
         meter_slug=meter_slug,
@@ -119,12 +132,14 @@ def grant_credits(
 def list_grants(
     customer_id: str, meter_slug: str = "", *, include_expired: bool = False
 ) -> grants_pb2.ListGrantsRequest:
+    """The ListGrantsRequest for the clients' `list_grants` (the one place it is built)."""
     return grants_pb2.ListGrantsRequest(customer_id=customer_id, meter_slug=meter_slug, include_expired=include_expired)
 
 
 def reserve_usage(
     customer_id: str, meter_slug: str, quantity: Quantity, *, reservation_id: str, ttl: timedelta | None = None
 ) -> reservations_pb2.ReserveUsageRequest:
+    """The ReserveUsageRequest for the clients' `reserve_usage` (the one place it is built)."""
     request = reservations_pb2.ReserveUsageRequest(
         customer_id=customer_id, meter_slug=meter_slug, quantity=quantity_text(quantity), reservation_id=reservation_id
     )
@@ -139,6 +154,7 @@ def commit_reservation(
     *,
     properties: Mapping[str, str] | None = None,
 ) -> reservations_pb2.CommitReservationRequest:
+    """The CommitReservationRequest for the clients' `commit_reservation` (the one place it is built)."""
     return reservations_pb2.CommitReservationRequest(
         customer_id=customer_id,
         reservation_id=reservation_id,
@@ -148,12 +164,14 @@ def commit_reservation(
 
 
 def release_reservation(customer_id: str, reservation_id: str) -> reservations_pb2.ReleaseReservationRequest:
+    """The ReleaseReservationRequest for the clients' `release_reservation` (the one place it is built)."""
     return reservations_pb2.ReleaseReservationRequest(customer_id=customer_id, reservation_id=reservation_id)
 
 
 def check_balance(
     customer_id: str, meter_slug: str = "", *, requested: Quantity | None = None
 ) -> usage_pb2.CheckBalanceRequest:
+    """The CheckBalanceRequest for the clients' `check_balance` (the one place it is built)."""
     return usage_pb2.CheckBalanceRequest(
         customer_id=customer_id, meter_slug=meter_slug, requested_quantity=quantity_text(requested)
     )
@@ -172,6 +190,7 @@ def get_usage(
     page_size: int = 0,
     page_token: str = "",
 ) -> usage_pb2.GetUsageRequest:
+    """The GetUsageRequest for the clients' `get_usage` (the one place it is built)."""
     request = usage_pb2.GetUsageRequest(
         customer_id=customer_id,
         meter_slugs=list(meter_slugs),
@@ -196,6 +215,7 @@ def list_usage_events(
     page_size: int = 0,
     page_token: str = "",
 ) -> events_pb2.ListUsageEventsRequest:
+    """The ListUsageEventsRequest for the clients' `list_usage_events` (the one place it is built)."""
     request = events_pb2.ListUsageEventsRequest(
         customer_id=customer_id, meter_slug=meter_slug, page_size=page_size, page_token=page_token
     )
@@ -205,6 +225,7 @@ def list_usage_events(
 
 
 def estimate_bill(customer_id: str, *, period_time: datetime | None = None) -> billing_pb2.EstimateBillRequest:
+    """The EstimateBillRequest for the clients' `estimate_bill` (the one place it is built)."""
     request = billing_pb2.EstimateBillRequest(customer_id=customer_id)
     set_time(request.period_time, period_time)
     return request
@@ -213,18 +234,21 @@ def estimate_bill(customer_id: str, *, period_time: datetime | None = None) -> b
 def upsert_customer(
     customer_id: str, plan_slug: str, *, billing_anchor: datetime | None = None
 ) -> customer_pb2.UpsertCustomerRequest:
+    """The UpsertCustomerRequest for the clients' `upsert_customer` (the one place it is built)."""
     request = customer_pb2.UpsertCustomerRequest(customer_id=customer_id, plan_slug=plan_slug)
     set_time(request.billing_anchor_time, billing_anchor)
     return request
 
 
 def get_customer(customer_id: str) -> customer_pb2.GetCustomerRequest:
+    """The GetCustomerRequest for the clients' `get_customer` (the one place it is built)."""
     return customer_pb2.GetCustomerRequest(customer_id=customer_id)
 
 
 def list_invoices(
     customer_id: str, *, status: InvoiceStatus = InvoiceStatus.UNSPECIFIED, page_size: int = 0, page_token: str = ""
 ) -> invoices_pb2.ListInvoicesRequest:
+    """The ListInvoicesRequest for the clients' `list_invoices` (the one place it is built)."""
     return invoices_pb2.ListInvoicesRequest(
         customer_id=customer_id,
         status=int(status),  # type: ignore[arg-type]
@@ -234,12 +258,14 @@ def list_invoices(
 
 
 def get_invoice(invoice_id: str) -> invoices_pb2.GetInvoiceRequest:
+    """The GetInvoiceRequest for the clients' `get_invoice` (the one place it is built)."""
     return invoices_pb2.GetInvoiceRequest(invoice_id=invoice_id)
 
 
 def watch_notifications(
     cursor: str = "", *, types: Sequence[NotificationType] = (), customer_id: str = ""
 ) -> notifications_pb2.WatchNotificationsRequest:
+    """The WatchNotificationsRequest for the clients' `watch_notifications` (the one place it is built)."""
     return notifications_pb2.WatchNotificationsRequest(
         cursor=cursor,
         types=[int(t) for t in types],  # type: ignore[misc]

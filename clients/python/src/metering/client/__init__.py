@@ -1,4 +1,4 @@
-"""The Python client of metering.v1.MeteringService.
+"""The Python client of metering.v1.MeteringService (the metering-client distribution).
 
 Imports only grpcio, protobuf, googleapis-common-protos and the generated
 stubs (metering.v1), never the server's modules or dependencies.
@@ -33,9 +33,11 @@ from metering.client.errors import (
     TransactionConflict,
     Unauthenticated,
     Unavailable,
+    Unreachable,
     error_from_rpc,
     error_from_status,
 )
+from metering.client.failopen import FailOpenNotice
 from metering.client.ids import transaction_id_for
 from metering.client.models import (
     Aggregation,
@@ -80,6 +82,7 @@ from metering.client.recorder import RecorderStats, UsageRecorder
 from metering.client.requests import UsageRecord
 from metering.client.retry import NO_RETRIES, RETRYABLE_CODES, RetryNotice, RetryPolicy
 from metering.client.sync import MeteringClient
+from metering.client.sync_recorder import SyncUsageRecorder
 
 __all__ = [
     "NO_RETRIES",
@@ -100,6 +103,7 @@ __all__ = [
     "EnforcementMode",
     "ErrorDetails",
     "EventPage",
+    "FailOpenNotice",
     "FailedPrecondition",
     "FieldViolation",
     "Grant",
@@ -138,10 +142,12 @@ __all__ = [
     "RetryPolicy",
     "RoleRequired",
     "StreamSummary",
+    "SyncUsageRecorder",
     "ThresholdCrossed",
     "TransactionConflict",
     "Unauthenticated",
     "Unavailable",
+    "Unreachable",
     "UpsertResult",
     "UsageEvent",
     "UsagePage",

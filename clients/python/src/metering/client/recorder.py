@@ -1,4 +1,7 @@
-"""UsageRecorder: many small usage events, few RecordUsageBatch calls.
+"""UsageRecorder: many small usage events, few RecordUsageBatch calls (asyncio).
+
+SyncUsageRecorder (sync_recorder.py) is its twin for threads, with the same
+guarantees; what they share (the stats, a batch answer read per event) is here.
 
 `record()` queues an event and hands back a future of its own result; a
 background task sends the queue as one batch when `max_batch` events wait or
@@ -42,6 +45,38 @@ class RecorderStats:
     events: int = 0
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
+    def count(self, size: int) -> None:
+        """Count one batch of `size` events."""
+        self.batches += 1
+        self.events += size
+        self.batch_sizes[size] += 1
+
+
+def check_settings(max_batch: int, linger: float, max_pending: int, max_in_flight: int) -> None:
+    """Refuse recorder settings that cannot work (both recorders take the same)."""
+    if not 1 <= max_batch <= MAX_BATCH:
+        raise ValueError(f"max_batch must be 1 to {MAX_BATCH}")
+    if linger < 0 or max_pending < max_batch or max_in_flight < 1:
+        raise ValueError("need linger >= 0, max_pending >= max_batch and max_in_flight >= 1")
+
+
+def batch_outcomes(size: int, response: ingest_pb2.RecordUsageBatchResponse) -> list[RecordResult | MeteringError]:
+    """Each event's own outcome, in batch order: its result or its refusal (results carry
+    the event's index in the batch; one the answer lacks is an INTERNAL error)."""
+    by_index = {result.index: result for result in response.results}
+    outcomes: list[RecordResult | MeteringError] = []
+    for index in range(size):
+        result = by_index.get(index)
+        if result is None:
+            outcomes.append(
+                MeteringError(grpc.StatusCode.INTERNAL, f"the batch response has no result for event {index}")
+            )
+        elif result.status.code == code_pb2.OK:
+            outcomes.append(RecordResult.from_proto(result.response))
+        else:
+            outcomes.append(error_from_status(result.status))
+    return outcomes
+
 
 @dataclass(frozen=True, slots=True)
 class _Queued:
@@ -65,10 +100,10 @@ class UsageRecorder:
         max_in_flight: int = 4,
         timeout: float | None = None,
     ) -> None:
-        if not 1 <= max_batch <= MAX_BATCH:
-            raise ValueError(f"max_batch must be 1 to {MAX_BATCH}")
-        if linger < 0 or max_pending < max_batch or max_in_flight < 1:
-            raise ValueError("need linger >= 0, max_pending >= max_batch and max_in_flight >= 1")
+        """Batch for `client`: up to `max_batch` events per call, sent once the oldest has waited
+        `linger` seconds; at most `max_pending` events queued or in flight (then `record()`
+        waits) and `max_in_flight` batches at once; `timeout` per attempt of a batch."""
+        check_settings(max_batch, linger, max_pending, max_in_flight)
         self._client = client
         self.max_batch = max_batch
         self.linger = linger
@@ -86,11 +121,13 @@ class UsageRecorder:
         self.stats = RecorderStats()
 
     async def __aenter__(self) -> UsageRecorder:
+        """Use the recorder in `async with`; it is closed (everything sent and answered) on the way out."""
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        """Close the recorder."""
         await self.close()
 
     async def record(self, event: UsageRecord) -> asyncio.Future[RecordResult]:
@@ -114,7 +151,7 @@ class UsageRecorder:
     async def flush(self) -> None:
         """Send everything queued now and wait until each of those events is answered."""
         waiting = [q.future for q in self._queue]
-        self._urgent = True
+        self._urgent = bool(self._queue)  # reset once the queue is sent
         self._ready.set()
         await asyncio.gather(*waiting, *self._sending, return_exceptions=True)
 
@@ -164,50 +201,32 @@ class UsageRecorder:
                 return
 
     async def _send(self, batch: list[_Queued]) -> None:
-        self.stats.batches += 1
-        self.stats.events += len(batch)
-        self.stats.batch_sizes[len(batch)] += 1
+        self.stats.count(len(batch))
         request = ingest_pb2.RecordUsageBatchRequest(events=[q.request for q in batch])
         try:
             response = await self._client.call("RecordUsageBatch", request, timeout=self._timeout)
         except MeteringError as error:
             # The whole batch was refused (credentials, say) or never answered.
             for queued in batch:
-                _settle(queued.future, error=error)
+                _settle(queued.future, error)
         except BaseException:
             # The recorder's task was cancelled (its loop is closing): nobody will answer these.
             for queued in batch:
                 queued.future.cancel()
             raise
         else:
-            _answer(batch, response)
+            for queued, outcome in zip(batch, batch_outcomes(len(batch), response), strict=True):
+                _settle(queued.future, outcome)
         finally:
             self._slots.release()
             for _ in batch:
                 self._pending.release()
 
 
-def _answer(batch: list[_Queued], response: ingest_pb2.RecordUsageBatchResponse) -> None:
-    """Each event's own result (results carry the event's index in the batch)."""
-    by_index = {result.index: result for result in response.results}
-    for index, queued in enumerate(batch):
-        result = by_index.get(index)
-        if result is None:
-            missing = MeteringError(grpc.StatusCode.INTERNAL, f"the batch response has no result for event {index}")
-            _settle(queued.future, error=missing)
-        elif result.status.code == code_pb2.OK:
-            _settle(queued.future, result=RecordResult.from_proto(result.response))
-        else:
-            _settle(queued.future, error=error_from_status(result.status))
-
-
-def _settle(
-    future: asyncio.Future[RecordResult], *, result: RecordResult | None = None, error: MeteringError | None = None
-) -> None:
+def _settle(future: asyncio.Future[RecordResult], outcome: RecordResult | MeteringError) -> None:
     if future.done():  # the caller cancelled it
         return
-    if error is not None:
-        future.set_exception(error)
+    if isinstance(outcome, MeteringError):
+        future.set_exception(outcome)
     else:
-        assert result is not None
-        future.set_result(result)
+        future.set_result(outcome)

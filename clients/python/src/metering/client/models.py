@@ -30,6 +30,8 @@ from metering.v1 import (
 
 
 class Aggregation(IntEnum):
+    """How a meter aggregates its events over a period (metering.v1.Aggregation)."""
+
     UNSPECIFIED = 0
     SUM = 1
     COUNT = 2
@@ -39,6 +41,8 @@ class Aggregation(IntEnum):
 
 
 class ResetPeriod(IntEnum):
+    """When a meter's allowance starts again (metering.v1.ResetPeriod); NONE: never."""
+
     UNSPECIFIED = 0
     DAY = 1
     WEEK = 2
@@ -47,6 +51,8 @@ class ResetPeriod(IntEnum):
 
 
 class LimitEnforcement(IntEnum):
+    """What a limit does (metering.v1.LimitEnforcement): HARD refuses past it, SOFT records the overage."""
+
     UNSPECIFIED = 0
     HARD = 1
     SOFT = 2
@@ -54,12 +60,16 @@ class LimitEnforcement(IntEnum):
 
 
 class EnforcementMode(IntEnum):
+    """What to do with an event that would pass a hard limit: refuse it, or record the overage."""
+
     UNSPECIFIED = 0
     ENFORCE_LIMIT = 1
     ALLOW_OVERAGE = 2
 
 
 class WindowSize(IntEnum):
+    """The width of GetUsage's windows (metering.v1.WindowSize)."""
+
     UNSPECIFIED = 0  # one window for the whole range
     HOUR = 1
     DAY = 2
@@ -67,6 +77,8 @@ class WindowSize(IntEnum):
 
 
 class PricingModel(IntEnum):
+    """How a price turns a quantity into money (metering.v1.PricingModel)."""
+
     UNSPECIFIED = 0
     PER_UNIT = 1
     PACKAGE = 2
@@ -75,6 +87,8 @@ class PricingModel(IntEnum):
 
 
 class InvoiceStatus(IntEnum):
+    """Where a period's invoice stands (metering.v1.InvoiceStatus): gathering, draft or finalized."""
+
     UNSPECIFIED = 0
     GATHERING = 1
     DRAFT = 2
@@ -82,6 +96,8 @@ class InvoiceStatus(IntEnum):
 
 
 class ReservationStatus(IntEnum):
+    """Where a hold stands (metering.v1.ReservationStatus)."""
+
     UNSPECIFIED = 0
     HELD = 1
     COMMITTED = 2
@@ -90,6 +106,8 @@ class ReservationStatus(IntEnum):
 
 
 class NotificationType(IntEnum):
+    """What a notification announces (metering.v1.NotificationType)."""
+
     UNSPECIFIED = 0
     USAGE_THRESHOLD_CROSSED = 1
     USAGE_LIMIT_REJECTED = 2
@@ -114,6 +132,8 @@ def _optional_decimal(text: str) -> Decimal | None:
 
 @dataclass(frozen=True, slots=True)
 class UsageEvent:
+    """One event as the ledger stores it; `void_time` is set once it is voided."""
+
     event_id: str
     customer_id: str
     transaction_id: str
@@ -128,6 +148,7 @@ class UsageEvent:
 
     @classmethod
     def from_proto(cls, m: usage_pb2.UsageEvent) -> UsageEvent:
+        """Read a UsageEvent message."""
         return cls(
             event_id=m.event_id,
             customer_id=m.customer_id,
@@ -145,6 +166,8 @@ class UsageEvent:
 
 @dataclass(frozen=True, slots=True)
 class Balance:
+    """One meter's balance in the current period: used, limit, grants, holds, what is available."""
+
     meter_slug: str
     aggregation: Aggregation
     unit: str
@@ -166,6 +189,7 @@ class Balance:
 
     @classmethod
     def from_proto(cls, m: usage_pb2.Balance) -> Balance:
+        """Read a Balance message."""
         return cls(
             meter_slug=m.meter_slug,
             aggregation=Aggregation(m.aggregation),
@@ -199,6 +223,7 @@ class RecordResult:
 
     @classmethod
     def from_proto(cls, m: usage_pb2.RecordUsageResponse) -> RecordResult:
+        """Read a RecordUsageResponse message."""
         return cls(
             event=UsageEvent.from_proto(m.event),
             duplicate=m.duplicate,
@@ -217,6 +242,7 @@ class BatchOutcome:
 
     @classmethod
     def from_proto(cls, m: ingest_pb2.RecordUsageResult) -> BatchOutcome:
+        """Read a RecordUsageResult message."""
         if m.status.code == 0:
             return cls(index=m.index, result=RecordResult.from_proto(m.response), error=None)
         return cls(index=m.index, result=None, error=error_from_status(m.status))
@@ -224,6 +250,8 @@ class BatchOutcome:
 
 @dataclass(frozen=True, slots=True)
 class StreamSummary:
+    """RecordUsageStream's answer: counts, and only the refused events."""
+
     recorded: int
     duplicates: int
     failed: int
@@ -231,6 +259,7 @@ class StreamSummary:
 
     @classmethod
     def from_proto(cls, m: ingest_pb2.RecordUsageStreamResponse) -> StreamSummary:
+        """Read a RecordUsageStreamResponse message."""
         return cls(
             recorded=m.recorded_count,
             duplicates=m.duplicate_count,
@@ -241,37 +270,46 @@ class StreamSummary:
 
 @dataclass(frozen=True, slots=True)
 class VoidResult:
+    """VoidUsage's answer: the voided event and the balance it left."""
+
     event: UsageEvent
     duplicate: bool
     balance: Balance
 
     @classmethod
     def from_proto(cls, m: events_pb2.VoidUsageResponse) -> VoidResult:
+        """Read a VoidUsageResponse message."""
         return cls(event=UsageEvent.from_proto(m.event), duplicate=m.duplicate, balance=Balance.from_proto(m.balance))
 
 
 @dataclass(frozen=True, slots=True)
 class EventPage:
+    """One page of ListUsageEvents."""
+
     events: tuple[UsageEvent, ...]
     next_page_token: str  # empty on the last page
 
     @classmethod
     def from_proto(cls, m: events_pb2.ListUsageEventsResponse) -> EventPage:
+        """Read a ListUsageEventsResponse message."""
         return cls(events=tuple(UsageEvent.from_proto(e) for e in m.events), next_page_token=m.next_page_token)
 
 
 @dataclass(frozen=True, slots=True)
 class BalanceReport:
-    """CheckBalance's answer."""
+    """CheckBalance's answer, or, with `fail_open=True`, the client's own "allowed" during an
+    outage (check_balance in fail-open mode): then no balances, `requested_allowed` True."""
 
     customer_id: str
     plan_slug: str
     balances: tuple[Balance, ...]
     requested_allowed: bool | None  # None unless a requested quantity was given
     as_of: datetime
+    fail_open: bool = False  # True: the service could not answer; this "allowed" is the client's
 
     @classmethod
     def from_proto(cls, m: usage_pb2.CheckBalanceResponse) -> BalanceReport:
+        """Read a CheckBalanceResponse."""
         return cls(
             customer_id=m.customer_id,
             plan_slug=m.plan_slug,
@@ -283,6 +321,8 @@ class BalanceReport:
 
 @dataclass(frozen=True, slots=True)
 class UsageRow:
+    """GetUsage's value of one meter in one window (and group)."""
+
     meter_slug: str
     window_start: datetime
     window_end: datetime
@@ -292,6 +332,7 @@ class UsageRow:
 
     @classmethod
     def from_proto(cls, m: usage_pb2.UsageRow) -> UsageRow:
+        """Read a UsageRow message."""
         return cls(
             meter_slug=m.meter_slug,
             window_start=_time(m.window_start_time),
@@ -304,26 +345,34 @@ class UsageRow:
 
 @dataclass(frozen=True, slots=True)
 class UsagePage:
+    """One page of GetUsage's rows."""
+
     rows: tuple[UsageRow, ...]
     next_page_token: str
 
     @classmethod
     def from_proto(cls, m: usage_pb2.GetUsageResponse) -> UsagePage:
+        """Read a GetUsageResponse message."""
         return cls(rows=tuple(UsageRow.from_proto(r) for r in m.rows), next_page_token=m.next_page_token)
 
 
 @dataclass(frozen=True, slots=True)
 class Money:
+    """An exact amount of money in a currency."""
+
     amount: Decimal
     currency: str  # ISO 4217
 
     @classmethod
     def from_proto(cls, m: billing_pb2.Money) -> Money:
+        """Read a Money message."""
         return cls(amount=_decimal(m.amount), currency=m.currency_code)
 
 
 @dataclass(frozen=True, slots=True)
 class BillTier:
+    """The part of a bill line that fell in one tier of a graduated or volume price."""
+
     from_quantity: Decimal
     up_to_quantity: Decimal | None  # None: the open-ended last tier
     quantity: Decimal
@@ -333,6 +382,7 @@ class BillTier:
 
     @classmethod
     def from_proto(cls, m: billing_pb2.BillTier) -> BillTier:
+        """Read a BillTier message."""
         return cls(
             from_quantity=_decimal(m.from_quantity),
             up_to_quantity=_optional_decimal(m.up_to_quantity),
@@ -345,6 +395,8 @@ class BillTier:
 
 @dataclass(frozen=True, slots=True)
 class BillLine:
+    """One priced meter of a bill: quantity, included units, billable units, amount."""
+
     meter_slug: str
     price_slug: str
     pricing_model: PricingModel
@@ -358,6 +410,7 @@ class BillLine:
 
     @classmethod
     def from_proto(cls, m: billing_pb2.BillLine) -> BillLine:
+        """Read a BillLine message."""
         return cls(
             meter_slug=m.meter_slug,
             price_slug=m.price_slug,
@@ -391,6 +444,7 @@ class Bill:
 
     @classmethod
     def from_proto(cls, m: billing_pb2.EstimateBillResponse) -> Bill:
+        """Read a EstimateBillResponse message."""
         return cls(
             customer_id=m.customer_id,
             plan_slug=m.plan_slug,
@@ -409,6 +463,8 @@ class Bill:
 
 @dataclass(frozen=True, slots=True)
 class Invoice:
+    """A period's invoice; finalized ones never change."""
+
     invoice_id: str  # empty for a draft
     customer_id: str
     number: int  # 0 for a draft
@@ -424,6 +480,7 @@ class Invoice:
 
     @classmethod
     def from_proto(cls, m: invoices_pb2.Invoice) -> Invoice:
+        """Read a Invoice message."""
         return cls(
             invoice_id=m.invoice_id,
             customer_id=m.customer_id,
@@ -442,16 +499,21 @@ class Invoice:
 
 @dataclass(frozen=True, slots=True)
 class InvoicePage:
+    """One page of ListInvoices."""
+
     invoices: tuple[Invoice, ...]
     next_page_token: str
 
     @classmethod
     def from_proto(cls, m: invoices_pb2.ListInvoicesResponse) -> InvoicePage:
+        """Read a ListInvoicesResponse message."""
         return cls(invoices=tuple(Invoice.from_proto(i) for i in m.invoices), next_page_token=m.next_page_token)
 
 
 @dataclass(frozen=True, slots=True)
 class Customer:
+    """A customer: its plan and billing anchor."""
+
     customer_id: str
     plan_slug: str
     billing_anchor: datetime
@@ -460,6 +522,7 @@ class Customer:
 
     @classmethod
     def from_proto(cls, m: customer_pb2.Customer) -> Customer:
+        """Read a Customer message."""
         return cls(
             customer_id=m.customer_id,
             plan_slug=m.plan_slug,
@@ -471,16 +534,21 @@ class Customer:
 
 @dataclass(frozen=True, slots=True)
 class UpsertResult:
+    """UpsertCustomer's answer: the customer, and whether it was created."""
+
     customer: Customer
     created: bool
 
     @classmethod
     def from_proto(cls, m: customer_pb2.UpsertCustomerResponse) -> UpsertResult:
+        """Read a UpsertCustomerResponse message."""
         return cls(customer=Customer.from_proto(m.customer), created=m.created)
 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
+    """Credits added to a meter's allowance for a time."""
+
     grant_id: str
     customer_id: str
     meter_slug: str
@@ -494,6 +562,7 @@ class Grant:
 
     @classmethod
     def from_proto(cls, m: grants_pb2.Grant) -> Grant:
+        """Read a Grant message."""
         return cls(
             grant_id=m.grant_id,
             customer_id=m.customer_id,
@@ -510,16 +579,21 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class GrantResult:
+    """GrantCredits' answer: the grant (the original one for a replay)."""
+
     grant: Grant
     duplicate: bool
 
     @classmethod
     def from_proto(cls, m: grants_pb2.GrantCreditsResponse) -> GrantResult:
+        """Read a GrantCreditsResponse message."""
         return cls(grant=Grant.from_proto(m.grant), duplicate=m.duplicate)
 
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
+    """A hold on units of a meter, until committed, released or expired."""
+
     reservation_id: str
     customer_id: str
     meter_slug: str
@@ -532,6 +606,7 @@ class Reservation:
 
     @classmethod
     def from_proto(cls, m: reservations_pb2.Reservation) -> Reservation:
+        """Read a Reservation message."""
         return cls(
             reservation_id=m.reservation_id,
             customer_id=m.customer_id,
@@ -547,12 +622,15 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class ReserveResult:
+    """ReserveUsage's answer: the hold and the balance with it."""
+
     reservation: Reservation
     duplicate: bool
     balance: Balance
 
     @classmethod
     def from_proto(cls, m: reservations_pb2.ReserveUsageResponse) -> ReserveResult:
+        """Read a ReserveUsageResponse message."""
         return cls(
             reservation=Reservation.from_proto(m.reservation),
             duplicate=m.duplicate,
@@ -562,6 +640,8 @@ class ReserveResult:
 
 @dataclass(frozen=True, slots=True)
 class CommitResult:
+    """CommitReservation's answer: the recorded event, the reservation and the balance."""
+
     event: UsageEvent
     reservation: Reservation
     duplicate: bool
@@ -569,6 +649,7 @@ class CommitResult:
 
     @classmethod
     def from_proto(cls, m: reservations_pb2.CommitReservationResponse) -> CommitResult:
+        """Read a CommitReservationResponse message."""
         return cls(
             event=UsageEvent.from_proto(m.event),
             reservation=Reservation.from_proto(m.reservation),
@@ -579,16 +660,21 @@ class CommitResult:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseResult:
+    """ReleaseReservation's answer: the reservation and the balance without it."""
+
     reservation: Reservation
     balance: Balance
 
     @classmethod
     def from_proto(cls, m: reservations_pb2.ReleaseReservationResponse) -> ReleaseResult:
+        """Read a ReleaseReservationResponse message."""
         return cls(reservation=Reservation.from_proto(m.reservation), balance=Balance.from_proto(m.balance))
 
 
 @dataclass(frozen=True, slots=True)
 class ThresholdCrossed:
+    """A notification's payload: a meter's usage crossed its approaching-limit threshold."""
+
     meter_slug: str
     plan_slug: str
     period_start: datetime
@@ -604,6 +690,8 @@ class ThresholdCrossed:
 
 @dataclass(frozen=True, slots=True)
 class LimitRejected:
+    """A notification's payload: an event was refused by a hard limit."""
+
     meter_slug: str
     plan_slug: str
     period_start: datetime
@@ -617,6 +705,8 @@ class LimitRejected:
 
 @dataclass(frozen=True, slots=True)
 class InvoiceFinalized:
+    """A notification's payload: a period's invoice was finalized."""
+
     invoice_id: str
     invoice_number: int
     period_start: datetime
@@ -626,6 +716,8 @@ class InvoiceFinalized:
 
 @dataclass(frozen=True, slots=True)
 class Notification:
+    """One notification of the outbox (WatchNotifications); deduplicate on `id`."""
+
     id: str  # deduplicate on it
     type: NotificationType
     time: datetime
@@ -635,6 +727,7 @@ class Notification:
 
     @classmethod
     def from_proto(cls, m: notifications_pb2.Notification) -> Notification:
+        """Read a Notification message."""
         payload: ThresholdCrossed | LimitRejected | InvoiceFinalized | None = None
         kind = m.WhichOneof("payload")
         if kind == "threshold_crossed":

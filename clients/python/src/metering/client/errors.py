@@ -54,10 +54,12 @@ class MeteringError(Exception):
 
     @property
     def reason(self) -> str:
+        """The ErrorInfo reason (LIMIT_EXCEEDED, CUSTOMER_NOT_FOUND...), "" without one."""
         return self.details.reason
 
     @property
     def metadata(self) -> Mapping[str, str]:
+        """The ErrorInfo metadata: the figures of the refusal, as sent."""
         return self.details.metadata
 
 
@@ -66,6 +68,7 @@ class InvalidRequest(MeteringError):
 
     @property
     def field_violations(self) -> tuple[FieldViolation, ...]:
+        """The offending fields (google.rpc.BadRequest)."""
         return self.details.field_violations
 
 
@@ -146,6 +149,8 @@ class FailedPrecondition(MeteringError):
 
 
 class BillingAnchorImmutable(FailedPrecondition):
+    """A customer's billing anchor is set once: another one was asked for."""
+
     def __init__(
         self, code: grpc.StatusCode, message: str, details: ErrorDetails, *, billing_anchor_time: datetime | None
     ) -> None:
@@ -175,6 +180,8 @@ class PeriodClosed(FailedPrecondition):
 
 
 class BeforeFirstPeriod(FailedPrecondition):
+    """The event's time is before the customer's billing anchor (its first period)."""
+
     def __init__(
         self,
         code: grpc.StatusCode,
@@ -192,6 +199,8 @@ class BeforeFirstPeriod(FailedPrecondition):
 
 
 class PriceCurrencyMismatch(FailedPrecondition):
+    """The price's currency is not the plan's."""
+
     def __init__(
         self,
         code: grpc.StatusCode,
@@ -225,6 +234,7 @@ class Unauthenticated(MeteringError):
 
     @property
     def missing(self) -> bool:
+        """True when no credentials were sent at all."""
         return self.reason == "CREDENTIALS_MISSING"
 
 
@@ -233,10 +243,13 @@ class PermissionDenied(MeteringError):
 
     @property
     def caller(self) -> str:
+        """Who the service took the caller for (its name in the callers file)."""
         return self.metadata.get("caller", "")
 
 
 class RoleRequired(PermissionDenied):
+    """The caller lacks the role the method needs (`required_role`)."""
+
     def __init__(
         self, code: grpc.StatusCode, message: str, details: ErrorDetails, *, method: str, required_role: str
     ) -> None:
@@ -246,6 +259,8 @@ class RoleRequired(PermissionDenied):
 
 
 class MeterNotAllowed(PermissionDenied):
+    """The caller may not use this meter."""
+
     def __init__(self, code: grpc.StatusCode, message: str, details: ErrorDetails, *, meter: str) -> None:
         super().__init__(code, message, details)
         self.meter = meter  # empty: the request spanned every meter
@@ -262,6 +277,7 @@ class RateLimited(MeteringError):
 
     @property
     def retry_after(self) -> float | None:
+        """Seconds the service asked to wait before trying again (RetryInfo), if it said."""
         return self.details.retry_delay
 
 
@@ -275,6 +291,61 @@ class Unavailable(MeteringError):
     ) -> None:
         super().__init__(code, message, details)
         self.attempts = attempts
+
+
+class Unreachable(Unavailable):
+    """UNAVAILABLE before any request was sent: no connection to the service could be made
+    (nothing listens, the name does not resolve...). Raised at once, without retries, by a
+    client that does not wait for the service (`wait_for_ready=False`, the default); its text
+    says where and why: `cannot reach metering at 127.0.0.1:50051: connection refused`."""
+
+    def __init__(self, target: str, cause: str, *, attempts: int = 1) -> None:
+        message = f"cannot reach metering at {target}: {cause}"
+        super().__init__(grpc.StatusCode.UNAVAILABLE, message, attempts=attempts)
+        self.target = target
+        self.cause = cause
+        self.args = (message,)  # str(error) is the sentence alone
+
+    def __str__(self) -> str:
+        """The sentence: `cannot reach metering at TARGET: CAUSE`."""
+        return self.message
+
+
+# What gRPC core says when a fail-fast call meets a channel that could not connect
+# (TRANSIENT_FAILURE): the pick fails with one of these, before anything is sent.
+_NOT_CONNECTED = ("failed to connect to all addresses", "errors resolving", "dns resolution failed")
+# The cause in a few words, from the OS error gRPC reports last.
+_CAUSES = (
+    ("connection refused", "connection refused"),
+    ("errors resolving", "the name does not resolve"),
+    ("dns resolution failed", "the name does not resolve"),
+    ("domain name not found", "the name does not resolve"),
+    ("no route to host", "no route to host"),
+    ("network is unreachable", "network is unreachable"),
+    ("timed out", "connection timed out"),
+    ("deadline exceeded", "connection timed out"),
+    ("handshake", "TLS handshake failed"),
+    ("ssl", "TLS handshake failed"),
+    ("connection reset", "connection reset"),
+)
+
+
+def unreachable_cause(code: grpc.StatusCode, details: str) -> str | None:
+    """Why no connection could be made, when a failed call says so (else None).
+
+    A fail-fast call on a channel in TRANSIENT_FAILURE fails with UNAVAILABLE and gRPC's own
+    text ("failed to connect to all addresses; last error: ... Connection refused"); a status
+    the service sent, or a connection lost mid-call, says something else and may be retried.
+    """
+    text = details.lower()
+    if code != grpc.StatusCode.UNAVAILABLE or not text.startswith(_NOT_CONNECTED):
+        return None
+    last = text.rpartition("last error:")[2]
+    for needle, cause in _CAUSES:
+        if needle in last:
+            return cause
+    # Else the OS's or gRPC's own words: the last part of "UNKNOWN: ipv4:HOST:PORT: ...: <cause>".
+    return details.rpartition("last error:")[2].rpartition(": ")[2].strip() or details
 
 
 def exhausted(error: MeteringError, attempts: int) -> MeteringError:
@@ -303,6 +374,7 @@ _DETAIL_TYPES = (
 
 
 def unpack_details(status: status_pb2.Status) -> ErrorDetails:
+    """The details a google.rpc.Status carries, unpacked (ErrorInfo, BadRequest, RetryInfo...)."""
     messages: dict[str, Message] = {}
     for packed in status.details:
         for kind in _DETAIL_TYPES:
@@ -466,6 +538,7 @@ def error_from_status(status: status_pb2.Status) -> MeteringError:
 
 
 def decode(code: grpc.StatusCode, message: str, details: ErrorDetails) -> MeteringError:
+    """The exception for a code, message and details: by ErrorInfo reason, else by code."""
     decoder = _BY_REASON.get(details.reason) or _BY_CODE.get(code) or MeteringError
     return decoder(code, message, details)
 
@@ -478,12 +551,19 @@ class _FailedCall(Protocol):
     def trailing_metadata(self) -> Any: ...
 
 
-def error_from_rpc(error: grpc.RpcError) -> MeteringError:
-    """The exception for a failed call (sync or grpc.aio), from its status and trailer."""
+def error_from_rpc(error: grpc.RpcError, *, target: str | None = None) -> MeteringError:
+    """The exception for a failed call (sync or grpc.aio), from its status and trailer.
+
+    With the call's `target`, a call that never reached the service is `Unreachable`.
+    """
     if not callable(getattr(error, "code", None)):
         return MeteringError(grpc.StatusCode.UNKNOWN, str(error))
     call = cast(_FailedCall, error)
     code = call.code()
+    if target is not None:
+        cause = unreachable_cause(code, call.details() or "")
+        if cause is not None:
+            return Unreachable(target, cause)
     details = _NO_DETAILS
     for key, value in call.trailing_metadata() or ():
         if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
