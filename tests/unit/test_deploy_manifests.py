@@ -374,6 +374,6 @@ def test_the_build_context_keeps_what_the_dockerfile_copies() -> None:
     ignored = {line for line in ignored if line and not line.startswith("#")}
     copied = re.findall(r"^COPY (?!--from)(.+) \S+$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
     sources = {source for line in copied for source in line.split()}
-    assert sources == {"pyproject.toml", "README.md", "src"}
+    assert sources == {"pyproject.toml", "README.md", "src", "clients/python"}
     assert sources.isdisjoint(ignored)
     assert ".venv" in ignored and ".git" in ignored
