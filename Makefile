@@ -69,15 +69,17 @@ typecheck: $(STAMP)
 docker-lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile
 
-## proto: regenerate src/metering/v1 from proto/
+## proto: regenerate src/metering/v1 (and the HTTP edge's Connect code, src/metering/api/http/v1) from proto/
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
+GENERATED := src/metering/v1 src/metering/api/http/v1 third_party/proto
+
 ## proto-check: fail if the committed generated code differs from a fresh generation
 proto-check: proto
-	git diff --exit-code --stat -- src/metering/v1 third_party/proto
-	@test -z "$$(git status --porcelain -- src/metering/v1 third_party/proto)" || \
-		(git status --porcelain -- src/metering/v1 third_party/proto; exit 1)
+	git diff --exit-code --stat -- $(GENERATED)
+	@test -z "$$(git status --porcelain -- $(GENERATED))" || \
+		(git status --porcelain -- $(GENERATED); exit 1)
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
