@@ -107,4 +107,4 @@ ci:
 	bash .ci/run
 
 clean:
-	rm -rf site docs/api/reference.md $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .coverage gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen $(NODE_EXAMPLE)/dist
+	rm -rf site docs/api/reference.md $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .coverage gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen $(NODE_EXAMPLE)/gen-es $(NODE_EXAMPLE)/dist
