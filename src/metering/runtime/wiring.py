@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 
 import grpc
-from connectrpc.compat import google_protobuf_binary_codec, google_protobuf_json_codec
+from connectrpc.compat import google_protobuf_binary_codec
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -24,6 +24,7 @@ from metering.api.auth import Authenticator
 from metering.api.bench import noop_handler
 from metering.api.health import DatabaseHealth
 from metering.api.http.app import HttpApplication
+from metering.api.http.codec import CompactJsonCodec
 from metering.api.http.edge import ConnectEdge
 from metering.api.http.v1.metering_service_connect import MeteringServiceASGIApplication
 from metering.api.interceptor import ObservedServiceInterceptor
@@ -307,8 +308,7 @@ def _http(settings: Settings, edge: ConnectEdge, health: DatabaseHealth, worker:
     connect = MeteringServiceASGIApplication(
         edge.service(),
         read_max_bytes=settings.max_message_bytes,
-        # JSON with an unknown field is INVALID_ARGUMENT: a misspelled field must not be dropped silently.
-        codecs=[google_protobuf_binary_codec(), google_protobuf_json_codec(ignore_unknown_fields=False)],
+        codecs=[google_protobuf_binary_codec(), CompactJsonCodec()],
     )
     app = HttpApplication(connect, health, settings.http_cors_origins)
     # The workers of one supervisor share the port it reserved, as they share the gRPC one.

@@ -68,17 +68,32 @@ class HttpApplication:
             await self._healthz(send, cors, body=method == "GET")
             return
         exchange, token = begin_exchange()
+        held: Event | None = None  # the response's start, until its body shows whether it is whole
 
         async def respond(event: Event) -> None:
+            nonlocal held
             if event["type"] == "http.response.start":
                 if event["status"] != 200 and exchange.status is not None:
                     event["status"] = exchange.status
                 if cors:
                     event["headers"] = [*event.get("headers", ()), *cors]
+                if not event.get("trailers", False):
+                    held = event
+                    return
+            elif held is not None:
+                start, held = held, None
+                if event["type"] == "http.response.body" and not event.get("more_body", False):
+                    # A whole body (every unary answer): its length in the headers, so that
+                    # HTTP/1.1 sends it as is rather than chunked (one write less per answer).
+                    length = str(len(event.get("body", b""))).encode()
+                    start["headers"] = [*start.get("headers", ()), (b"content-length", length)]
+                await send(start)
             await send(event)
 
         try:
             await self._connect(scope, receive, respond)
+            if held is not None:  # a start without a body: the body is empty
+                await respond({"type": "http.response.body", "body": b""})
         finally:
             end_exchange(token)
 
