@@ -276,7 +276,7 @@ def test_requests_are_counted_by_caller_and_no_credential_leaks(secured: Secured
 
 
 def _start_failure(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {"PATH": "/usr/bin:/bin", "METERING_GRPC_PORT": "0", "METERING_METRICS_PORT": "0"}
+    base = {"PATH": "/usr/bin:/bin", "METERING_GRPC_PORT": "0", "METERING_HTTP_PORT": "0", "METERING_METRICS_PORT": "0"}
     return subprocess.run(
         [sys.executable, "-m", "metering", "serve"],
         env={**base, "METERING_CATALOG": str(TEST_CATALOG), **env},
