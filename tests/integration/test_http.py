@@ -209,6 +209,9 @@ def test_over_the_limit_is_402_with_the_same_details_as_grpc(
         "period_end": "",
     }
     assert found["QuotaFailure"].violations[0].subject == "meter:tokens"  # type: ignore[attr-defined]
+    # For people reading the body: each detail's `debug` JSON.
+    debug = refused.json()["details"][0]["debug"]
+    assert debug["reason"] == "LIMIT_EXCEEDED" and debug["metadata"]["requested"] == "20"
     assert "retry-after" not in refused.headers  # a limit is not a wait
 
 

@@ -9,8 +9,10 @@ from decimal import Decimal
 
 import pytest
 from connectrpc.code import Code
+from google.rpc import status_pb2
+from protobuf import message_to_json_value
 
-from metering.api.errors import HTTP_STATUS_BY_REASON, http_status, retry_after, to_rpc_status
+from metering.api.errors import HTTP_STATUS_BY_REASON, http_status, retry_after, status_details, to_rpc_status
 from metering.api.http.edge import SERVICE, connect_error, local_name, protocol_of
 from metering.api.http.idempotency import IDEMPOTENCY_FIELDS, apply_idempotency_key
 from metering.api.http.v1 import metering_service_connect
@@ -57,9 +59,17 @@ def test_a_refusal_keeps_its_code_message_and_details_in_connect() -> None:
     error = connect_error(status)
     assert error.code is Code.RESOURCE_EXHAUSTED
     assert error.message == status.message
-    assert [(d.type_name, d.message_bytes) for d in error.details] == [
-        (d.type_url.removeprefix("type.googleapis.com/"), d.value) for d in status.details
-    ]
+    # The same details: each detail's bytes decode to the same google.rpc message.
+    echoed = status_pb2.Status()
+    for detail in error.details:
+        echoed.details.add(type_url=f"type.googleapis.com/{detail.type_name}", value=detail.message_bytes)
+    assert status_details(echoed) == status_details(status)
+    assert [d.type_name for d in error.details] == ["google.rpc.ErrorInfo", "google.rpc.QuotaFailure"]
+    # Each one a message connectrpc renders as `debug` JSON too.
+    info = error.details[0].value()
+    assert info is not None
+    rendered = message_to_json_value(info)
+    assert isinstance(rendered, dict) and rendered["reason"] == "LIMIT_EXCEEDED"
     assert connect_error(to_rpc_status(errors.NotFound("meter", "m"))).code is Code.NOT_FOUND
     assert base64.b64encode(error.details[0].message_bytes)  # bytes, sent as Connect's base64 value
 

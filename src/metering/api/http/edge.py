@@ -38,6 +38,7 @@ from connectrpc.errors import ConnectError, ErrorDetail
 from connectrpc.request import RequestContext
 from google.protobuf.message import Message
 from google.rpc import status_pb2
+from protobuf import Message as DetailMessage
 from protobuf.wkt import Any as AnyDetail
 
 from metering.api.auth import Authenticator
@@ -45,6 +46,7 @@ from metering.api.errors import http_status, retry_after, to_rpc_status
 from metering.api.http.exchange import current_exchange
 from metering.api.http.idempotency import HEADER as IDEMPOTENCY_KEY
 from metering.api.http.idempotency import apply_idempotency_key
+from metering.api.http.v1 import error_details_pb
 from metering.api.http.v1.metering_service_connect import MeteringService
 from metering.api.servicer import MeteringServicer
 from metering.domain.errors import RateLimited
@@ -86,10 +88,35 @@ def protocol_of(content_type: str) -> str:
     return CONNECT
 
 
+# The google.rpc details this service sends, as protobuf-py messages (generated beside the
+# Connect code): connectrpc writes each one's `debug` JSON beside its type and bytes.
+_DEBUGGABLE: dict[str, type[DetailMessage]] = {
+    f"type.googleapis.com/{kind.desc().type_name}": kind
+    for kind in (
+        error_details_pb.ErrorInfo,
+        error_details_pb.BadRequest,
+        error_details_pb.QuotaFailure,
+        error_details_pb.ResourceInfo,
+        error_details_pb.PreconditionFailure,
+        error_details_pb.RetryInfo,
+    )
+}
+
+
 def connect_error(status: status_pb2.Status) -> ConnectError:
     """A refusal as a Connect error: the code, message and google.rpc details of
-    its Status (each detail as its type name and bytes: Connect's error details)."""
-    details = [ErrorDetail(AnyDetail(type_url=d.type_url, value=d.value)) for d in status.details]
+    its Status (each detail as its type name and bytes, Connect's error details,
+    and its `debug` JSON for people reading the body)."""
+    details = []
+    for detail in status.details:
+        kind = _DEBUGGABLE.get(detail.type_url)
+        details.append(
+            ErrorDetail(
+                AnyDetail(type_url=detail.type_url, value=detail.value)
+                if kind is None
+                else kind.from_binary(detail.value)
+            )
+        )
     return ConnectError(_CONNECT_CODES.get(status.code, Code.INTERNAL), status.message, details)
 
 
