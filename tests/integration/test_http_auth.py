@@ -5,6 +5,7 @@ on /healthz, and METERING_HTTP_PORT=off."""
 from __future__ import annotations
 
 import signal
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -181,3 +182,17 @@ def test_the_http_port_can_be_turned_off(database_url: str, tmp_path: Path) -> N
         assert "HTTP off" in "".join(service.output)
     finally:
         assert service.stop() == 0
+
+
+def test_a_taken_http_port_is_one_clear_line(database_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = ServiceProcess(database_url, extra_env={"METERING_HTTP_PORT": str(port)})
+        with pytest.raises(RuntimeError, match="did not start"):
+            service.start(timeout=30)
+    output = "".join(service.output)
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in output
+    assert "Traceback" not in output
+    assert service.stop() == 2

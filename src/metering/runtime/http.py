@@ -22,6 +22,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
 from metering.api.http.app import HttpApplication
+from metering.config.settings import ConfigError
 
 if TYPE_CHECKING:
     from hypercorn.typing import Framework
@@ -62,7 +63,13 @@ class HttpServer:
 
     async def start(self) -> int:
         """Bind, serve, and return the bound port."""
-        listener = bind(self._host, self._port, reuse_port=self._reuse_port)
+        try:
+            listener = bind(self._host, self._port, reuse_port=self._reuse_port)
+        except OSError as exc:
+            raise ConfigError(
+                f"METERING_HTTP_HOST/METERING_HTTP_PORT: cannot listen on {self._host}:{self._port}: {exc.strerror}"
+                " (METERING_HTTP_PORT=off serves no HTTP)"
+            ) from None
         port = int(listener.getsockname()[1])
         config = self._config
         config.bind = [f"fd://{listener.detach()}"]  # hypercorn owns the socket from here
