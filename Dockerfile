@@ -20,9 +20,10 @@ RUN pip install --no-cache-dir --no-index --find-links /wheels /wheels/metering-
  && rm -rf /wheels
 USER 10001
 ENV METERING_GRPC_PORT=50051 \
+    METERING_HTTP_PORT=8080 \
     METERING_METRICS_PORT=9464 \
     PYTHONUNBUFFERED=1
-EXPOSE 50051 9464
+EXPOSE 50051 8080 9464
 # Standard gRPC health check against the service itself (NOT_SERVING while
 # the database is unreachable).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["metering", "healthcheck"]

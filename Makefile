@@ -96,15 +96,17 @@ k8s-validate: $(STAMP) $(SERVICEMONITOR_MODULES)
 compose-validate: $(STAMP)
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
 
-## proto: regenerate clients/python/src/metering/v1 from proto/
+## proto: regenerate clients/python/src/metering/v1 (and the HTTP edge's Connect code, src/metering/api/http/v1) from proto/
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
+GENERATED := $(CLIENT)/src/metering/v1 src/metering/api/http/v1 third_party/proto
+
 ## proto-check: fail if the committed generated code differs from a fresh generation
 proto-check: proto
-	git diff --exit-code --stat -- $(CLIENT)/src/metering/v1 third_party/proto
-	@test -z "$$(git status --porcelain -- $(CLIENT)/src/metering/v1 third_party/proto)" || \
-		(git status --porcelain -- $(CLIENT)/src/metering/v1 third_party/proto; exit 1)
+	git diff --exit-code --stat -- $(GENERATED)
+	@test -z "$$(git status --porcelain -- $(GENERATED))" || \
+		(git status --porcelain -- $(GENERATED); exit 1)
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
@@ -132,4 +134,4 @@ ci:
 	bash .ci/run
 
 clean:
-	rm -rf site docs/api/reference.md $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .coverage gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen $(NODE_EXAMPLE)/dist $(SERVICEMONITOR)/node_modules
+	rm -rf site docs/api/reference.md $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .coverage gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen $(NODE_EXAMPLE)/gen-es $(NODE_EXAMPLE)/dist $(SERVICEMONITOR)/node_modules

@@ -180,7 +180,12 @@ def test_a_refusal_is_never_retried(service: ServiceProcess, new_customer: Calla
 
     def requests(code: str) -> float:
         return metric_value(
-            service.scrape(), "metering_grpc_requests_total", method=RECORD, code=code, caller="anonymous"
+            service.scrape(),
+            "metering_grpc_requests_total",
+            method=RECORD,
+            code=code,
+            caller="anonymous",
+            protocol="grpc",
         )
 
     async def refused() -> None:

@@ -88,7 +88,7 @@ def test_readme_run_command_from_a_fresh_clone_answers_health(repo_root: Path, t
     env = {
         key: value for key, value in os.environ.items() if not key.startswith(("METERING_", "VIRTUAL_ENV", "PYTEST"))
     }
-    env.update({"METERING_GRPC_PORT": str(port), "METERING_METRICS_PORT": "0"})
+    env.update({"METERING_GRPC_PORT": str(port), "METERING_HTTP_PORT": "0", "METERING_METRICS_PORT": "0"})
     process = subprocess.Popen(
         ["make", "run"],
         cwd=clone,

@@ -61,6 +61,14 @@ class DatabaseHealth:
         self._interval = interval.total_seconds()
         self._timeout = timeout.total_seconds()
         self._serving: bool | None = None
+        self._shutting_down = False
+
+    @property
+    def serving(self) -> bool:
+        """What the gRPC health says of the service (both its names answer alike):
+        SERVING once the last probe reached the database, until shutdown begins.
+        The HTTP edge's GET /healthz answers the same."""
+        return self._serving is True and not self._shutting_down
 
     async def probe(self) -> bool:
         """Ping the database once and publish the result."""
@@ -98,6 +106,7 @@ class DatabaseHealth:
 
     async def shutting_down(self) -> None:
         """NOT_SERVING for good: the probe no longer changes it."""
+        self._shutting_down = True
         await self.servicer.enter_graceful_shutdown()
 
     def end_watches(self) -> None:
