@@ -127,6 +127,11 @@ def test_an_open_service_refuses_a_network_address_unless_asked_to_run_open(capl
     asked = Settings.from_env({"METERING_GRPC_HOST": "0.0.0.0", "METERING_ALLOW_UNAUTHENTICATED": "1"})
     assert access_policy(asked, catalog) is None
     assert "0.0.0.0:50051 may record, void and read usage (NOT ONLY THIS MACHINE" in caplog.text
+    # The HTTP edge serves the API too: the same rule for its address (unless it is off).
+    with pytest.raises(ConfigError, match=re.escape("METERING_HTTP_HOST='0.0.0.0' would let anyone")):
+        access_policy(Settings.from_env({"METERING_HTTP_HOST": "0.0.0.0"}), catalog)
+    http_off = Settings.from_env({"METERING_HTTP_HOST": "0.0.0.0", "METERING_HTTP_PORT": "off"})
+    assert access_policy(http_off, catalog) is None
     # Against an external database an open service must be asked for, whatever the address.
     with pytest.raises(ConfigError, match="no callers configured"):
         access_policy(Settings.from_env({"METERING_DATABASE_URL": "postgresql://db/x"}), catalog)

@@ -50,10 +50,15 @@ def access_policy(settings: Settings, catalog: Catalog) -> AccessPolicy | None:
             "no callers configured: set METERING_AUTH_FILE (see `metering token new`), or "
             "METERING_ALLOW_UNAUTHENTICATED=1 to let anyone who reaches the port record and read usage"
         )
-    exposed = not is_loopback(settings.grpc_host)
+    # Both edges serve the API: gRPC, and HTTP unless METERING_HTTP_PORT=off.
+    edges = [("METERING_GRPC_HOST", settings.grpc_host)]
+    if settings.http_port is not None:
+        edges.append(("METERING_HTTP_HOST", settings.http_host))
+    exposed = [(variable, host) for variable, host in edges if not is_loopback(host)]
     if exposed and not settings.allow_unauthenticated:
+        variable, host = exposed[0]
         raise ConfigError(
-            f"METERING_GRPC_HOST={settings.grpc_host!r} would let anyone on the network record and read usage: "
+            f"{variable}={host!r} would let anyone on the network record and read usage: "
             "without METERING_AUTH_FILE the service binds a loopback address (127.0.0.1, the default); set "
             "METERING_AUTH_FILE to expose it, or METERING_ALLOW_UNAUTHENTICATED=1 to run open on purpose"
         )
