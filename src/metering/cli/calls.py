@@ -4,7 +4,7 @@
 Adding a command is one small function and one `client_command` declaration:
 
     def _customers(args: argparse.Namespace) -> int:
-        request = customer_pb2.ListCustomersRequest(plan_slug=args.plan, page_size=args.page_size or 100)
+        request = customer_pb2.ListCustomersRequest(plan_slug=args.plan, page_size=page_size(args, 100))
         return paged(args, "ListCustomers", request, "customers", render.customers)
 """
 
@@ -25,7 +25,16 @@ from metering.cli.connection import connection, connection_arguments, print_erro
 from metering.cli.exits import Exit, UsageError, for_error
 from metering.cli.parsing import Runner, Subparsers, add_command
 from metering.client import NO_RETRIES, MeteringClient, MeteringError
-from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, invoices_pb2, reservations_pb2, usage_pb2
+from metering.v1 import (
+    billing_pb2,
+    catalog_pb2,
+    customer_pb2,
+    events_pb2,
+    grants_pb2,
+    invoices_pb2,
+    reservations_pb2,
+    usage_pb2,
+)
 
 Renderer: TypeAlias = Callable[[Any], str]
 # What a definite answer means for the exit status: a reason to exit 1 (printed), or None for 0.
@@ -192,6 +201,24 @@ def add_commands(commands: Subparsers) -> None:
         "plan_slug", metavar="PLAN", nargs="?", help="create the customer on this plan, or move it to this plan"
     )
     customer.add_argument("--billing-anchor", help="RFC 3339 anchor of a new customer (default: now)")
+
+    customers = client_command(
+        commands,
+        "customers",
+        "list customers by id (byte order), of every plan or of one",
+        _customers,
+        ["metering customers", "metering customers --plan pro --all --json"],
+    )
+    customers.add_argument("--plan", default="", metavar="PLAN", help="only the customers on this plan")
+    paging_arguments(customers, 100)
+
+    client_command(
+        commands,
+        "catalog",
+        "the catalog the service serves with: meters, prices and plans with their terms",
+        _catalog,
+        ["metering catalog", "metering catalog --json | jq -r '.plans[].slug'"],
+    )
 
     grant = client_command(
         commands,
@@ -419,6 +446,17 @@ def _customer(args: argparse.Namespace) -> int:
     return call(
         args, "UpsertCustomer", upsert, lambda response: render.customer(response.customer, created=response.created)
     )
+
+
+def _customers(args: argparse.Namespace) -> int:
+    request = customer_pb2.ListCustomersRequest(
+        plan_slug=args.plan, page_size=page_size(args, 100), page_token=args.page_token
+    )
+    return paged(args, "ListCustomers", request, "customers", render.customers)
+
+
+def _catalog(args: argparse.Namespace) -> int:
+    return call(args, "GetCatalog", catalog_pb2.GetCatalogRequest(), render.catalog)
 
 
 def _grant(args: argparse.Namespace) -> int:
