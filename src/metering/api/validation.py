@@ -42,6 +42,7 @@ from metering.v1 import (
     usage_pb2,
 )
 from metering.wire.credit_notes import FROM_WIRE as CREDIT_NOTE_REASONS
+from metering.wire.notifications import NOTIFICATION_TYPES
 
 if TYPE_CHECKING:
     from metering.api.page_tokens import PageTokens
@@ -292,11 +293,8 @@ def upsert_customer(request: customer_pb2.UpsertCustomerRequest) -> CustomerComm
     return CustomerCommand(request.customer_id, request.plan_slug, anchor)
 
 
-_WATCH_TYPES = {
-    notifications_pb2.NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED: NotificationType.THRESHOLD_CROSSED,
-    notifications_pb2.NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED: NotificationType.LIMIT_REJECTED,
-    notifications_pb2.NOTIFICATION_TYPE_INVOICE_FINALIZED: NotificationType.INVOICE_FINALIZED,
-}
+# The wire's one table of notification types, read the other way.
+_WATCH_TYPES: dict[int, NotificationType] = {number: kind for kind, number in NOTIFICATION_TYPES.items()}
 
 
 def watch_notifications(request: notifications_pb2.WatchNotificationsRequest) -> WatchQuery:
