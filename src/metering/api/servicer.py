@@ -2,6 +2,12 @@
 
 Kept thin on purpose: rules live in validation, the engine, limits and the
 ledger; failures are mapped to statuses by the interceptor (api.errors).
+
+The RPC bodies are protocol-neutral: each takes the request message (or
+iterator) and raises domain errors; none reads its call's context. The gRPC
+server calls them through the interceptor (api.interceptor), the HTTP edge
+through its handlers (api.http.edge), each edge authenticating the caller
+first; nothing else differs.
 """
 
 from __future__ import annotations
@@ -10,9 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any, TypeAlias
-
-import grpc
+from typing import TypeAlias
 
 from metering.api import convert, validation
 from metering.api.auth import require_meter
@@ -50,7 +54,9 @@ from metering.v1 import (
 from metering.wire.credit_notes import credit_note
 from metering.wire.notifications import notification
 
-Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+# The call's context, which no RPC body reads: a grpc.aio.ServicerContext from
+# the gRPC server, a connectrpc RequestContext from the HTTP edge.
+Context: TypeAlias = object
 
 
 class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):

@@ -174,7 +174,7 @@ class StripeExporter:
             if not reportable(pending.step.hour, now):
                 after = abandoned(progress, pending.step)
                 await session.abandon_event(pair, progress, pending, after)
-                self._metrics.stripe_hours_skipped.labels(meter=pair.meter_slug).inc()
+                self._metrics.stripe_events_skipped.labels(meter=pair.meter_slug).inc()
                 log.warning(
                     "customer %s meter %s: the event of %s became older than Stripe's 35 days before it was "
                     "acknowledged: not reported",
@@ -201,7 +201,7 @@ class StripeExporter:
                     current = step.progress
                     if step.skipped:
                         skipped += 1
-                        self._metrics.stripe_hours_skipped.labels(meter=pair.meter_slug).inc()
+                        self._metrics.stripe_events_skipped.labels(meter=pair.meter_slug).inc()
                     continue
                 event = PendingEvent(
                     step,
