@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import grpc
+import httpx
 import pytest
 from google.rpc import error_details_pb2
 
@@ -38,6 +39,7 @@ from metering.v1 import (
     metering_service_pb2_grpc,
     notifications_pb2,
 )
+from tests.http_edge import call, ok, refusal_info
 from tests.support import (
     ServiceProcess,
     audit,
@@ -59,7 +61,7 @@ FAST_CLOSING = {"METERING_INVOICE_GRACE": "5s", "METERING_CLOSE_INTERVAL": "200m
 PER_UNIT = ("tokens", "tokens_per_unit")
 PREMIUM = ("tokens", "tokens_premium")
 BILLING_ERROR = invoices_pb2.CREDIT_NOTE_REASON_BILLING_ERROR
-CUSTOMERS = ("lines", "whole", "refusals", "race", "race-whole", "client", "what-if", "open")
+CUSTOMERS = ("lines", "whole", "refusals", "race", "race-whole", "client", "what-if", "open", "http")
 ANCHOR = add_months(datetime.now(UTC).replace(microsecond=0), -1) - timedelta(days=1)
 
 
@@ -440,3 +442,25 @@ def test_a_finalized_period_answers_its_invoice_with_the_what_if_beside_it(ledge
         "1000",
         "14.00",
     )
+
+
+def test_over_http_the_idempotency_key_header_is_the_credit_note_id(ledger: Ledger) -> None:
+    customer = ledger.customers["http"]
+    invoice_id = ledger.invoice("http").invoice_id
+    body = {
+        "customerId": customer,
+        "invoiceId": invoice_id,
+        "reason": "CREDIT_NOTE_REASON_ORDER_CHANGE",
+        "lines": [{"meterSlug": "tokens", "priceSlug": "tokens_per_unit", "amount": "1.25"}],
+    }
+    key = {"Idempotency-Key": "http-cn-1"}
+    with httpx.Client(base_url=ledger.replicas[1].http_url, timeout=10) as http:
+        first = ok(call(http, "", "IssueCreditNote", body, key))
+        assert first["creditNote"]["creditNoteId"] == "http-cn-1"
+        assert (first["creditNote"]["amount"]["amount"], first["invoice"]["netTotal"]["amount"]) == ("1.25", "18.75")
+        again = ok(call(http, "", "IssueCreditNote", body, key))
+        assert again["duplicate"] is True and again["creditNote"] == first["creditNote"]
+        too_much = {**body, "lines": [{"meterSlug": "tokens", "priceSlug": "tokens_per_unit", "amount": "9"}]}
+        refused = call(http, "", "IssueCreditNote", too_much, {"Idempotency-Key": "http-cn-2"})
+        assert refused.status_code == 400 and refused.json()["code"] == "failed_precondition"
+        assert refusal_info(refused).reason == "CREDIT_NOTE_EXCEEDS_INVOICED"
