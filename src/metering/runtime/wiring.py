@@ -49,6 +49,7 @@ from metering.ledger.stripe import StripeExportStore
 from metering.ledger.writer import BatchWriter
 from metering.runtime.http import HttpServer
 from metering.runtime.reload import ConfigReloader
+from metering.services.credit_notes import CreditNotes
 from metering.services.entitlements import Entitlements
 from metering.services.invoicing import Closer, Invoicing
 from metering.services.reporting import Reporting
@@ -166,6 +167,7 @@ def build(
         metrics,
         delivery.stream,
         page_tokens,
+        credit_notes=CreditNotes(stores.ledger, stores.invoices, on_notifications=metrics.count_notifications),
         backfill_window=settings.backfill_window,
     )
     return Service(

@@ -14,12 +14,14 @@ from metering.client.connection import Connection
 from metering.client.errors import (
     BeforeFirstPeriod,
     BillingAnchorImmutable,
+    CreditNoteExceedsInvoiced,
     ErrorDetails,
     FailedPrecondition,
     FieldViolation,
     IdempotencyKeyConflict,
     InternalError,
     InvalidRequest,
+    InvoiceNotFinalized,
     LimitExceeded,
     MeteringError,
     MeterNotAllowed,
@@ -48,6 +50,10 @@ from metering.client.models import (
     BillLine,
     BillTier,
     CommitResult,
+    CreditNote,
+    CreditNoteIssued,
+    CreditNoteLine,
+    CreditNoteReason,
     Customer,
     EnforcementMode,
     EventPage,
@@ -57,6 +63,7 @@ from metering.client.models import (
     InvoiceFinalized,
     InvoicePage,
     InvoiceStatus,
+    IssueCreditNoteResult,
     LimitEnforcement,
     LimitRejected,
     Money,
@@ -76,10 +83,11 @@ from metering.client.models import (
     UsagePage,
     UsageRow,
     VoidResult,
+    WhatIfBill,
     WindowSize,
 )
 from metering.client.recorder import RecorderStats, UsageRecorder
-from metering.client.requests import UsageRecord
+from metering.client.requests import CreditLine, UsageRecord
 from metering.client.retry import NO_RETRIES, RETRYABLE_CODES, RetryNotice, RetryPolicy
 from metering.client.sync import MeteringClient
 from metering.client.sync_recorder import SyncUsageRecorder
@@ -99,6 +107,12 @@ __all__ = [
     "BillingAnchorImmutable",
     "CommitResult",
     "Connection",
+    "CreditLine",
+    "CreditNote",
+    "CreditNoteExceedsInvoiced",
+    "CreditNoteIssued",
+    "CreditNoteLine",
+    "CreditNoteReason",
     "Customer",
     "EnforcementMode",
     "ErrorDetails",
@@ -113,8 +127,10 @@ __all__ = [
     "InvalidRequest",
     "Invoice",
     "InvoiceFinalized",
+    "InvoiceNotFinalized",
     "InvoicePage",
     "InvoiceStatus",
+    "IssueCreditNoteResult",
     "LimitEnforcement",
     "LimitExceeded",
     "LimitRejected",
@@ -155,6 +171,7 @@ __all__ = [
     "UsageRecorder",
     "UsageRow",
     "VoidResult",
+    "WhatIfBill",
     "WindowSize",
     "error_from_rpc",
     "error_from_status",
