@@ -39,7 +39,7 @@ from tests.processes import children_of
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_CATALOG = ROOT / "tests" / "catalog.toml"
-_READY_RE = re.compile(
+SERVING_LINE = re.compile(
     r"serving \S+ on (?P<host>[^ ;]+):(?P<port>\d+); "
     r"(?:HTTP off|HTTP \(Connect, gRPC-Web\) on http://[^ ;]+:(?P<http>\d+)); "
     r"metrics on http://[^:]+:(?P<metrics>\d+)/"
@@ -115,7 +115,7 @@ class ServiceProcess:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             self.output.append(line)
-            match = _READY_RE.search(line)
+            match = SERVING_LINE.search(line)
             if match:
                 self.port = int(match["port"])
                 self.http_port = int(match["http"] or 0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -24,12 +23,11 @@ from grpc_health.v1 import health_pb2
 
 from metering.api.health import LIVENESS_SERVICE, METERING_SERVICE
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import ROOT, TEST_CATALOG, health_status, metric_value
+from tests.support import ROOT, SERVING_LINE, TEST_CATALOG, health_status, metric_value
 
 # Slow tier: a service (a supervisor and two workers) of its own.
 pytestmark = pytest.mark.slow
 
-_READY = re.compile(r"serving \S+ on [^ ;]+:(?P<port>\d+); metrics on http://[^:]+:(?P<metrics>\d+)/")
 NOT_READ_ONLY = 97  # the exit status when the namespace's root is writable after all
 
 
@@ -50,6 +48,7 @@ def test_serves_and_stops_cleanly_with_only_tmp_writable(database_url: str) -> N
         "METERING_GRPC_PORT": "0",
         "METERING_METRICS_HOST": "127.0.0.1",
         "METERING_METRICS_PORT": "0",
+        "METERING_HTTP_PORT": "0",
         "METERING_WORKERS": "2",
         "METERING_PID_FILE": "/tmp/metering.pid",  # noqa: S108 - the namespace's own tmpfs, as configmap.yaml sets it
         "METERING_SHUTDOWN_DELAY": "1s",
@@ -73,7 +72,7 @@ def test_serves_and_stops_cleanly_with_only_tmp_writable(database_url: str) -> N
         assert process.stdout is not None
         for line in process.stdout:
             output.append(line)
-            match = _READY.search(line)
+            match = SERVING_LINE.search(line)
             if match:
                 ports.update(grpc=int(match["port"]), metrics=int(match["metrics"]))
                 ready.set()

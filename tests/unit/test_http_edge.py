@@ -103,7 +103,7 @@ def test_other_rpcs_ignore_the_header() -> None:
     void = events_pb2.VoidUsageRequest(transaction_id="t")
     apply_idempotency_key("VoidUsage", void, ["other"])
     assert void.transaction_id == "t"
-    assert set(IDEMPOTENCY_FIELDS) == {"RecordUsage", "ReserveUsage", "GrantCredits"}
+    assert set(IDEMPOTENCY_FIELDS) == {"RecordUsage", "ReserveUsage", "GrantCredits", "IssueCreditNote"}
 
 
 def test_each_idempotency_field_is_a_string_field_of_its_request() -> None:

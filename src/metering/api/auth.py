@@ -53,6 +53,7 @@ METHOD_ROLES: Mapping[str, Role] = {
     "WatchNotifications": Role.READER,
     "UpsertCustomer": Role.ADMIN,
     "GrantCredits": Role.ADMIN,
+    "IssueCreditNote": Role.ADMIN,
 }
 
 # A held refusal is answered this long before the call's deadline, so that

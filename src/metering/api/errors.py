@@ -23,10 +23,12 @@ from metering.domain.errors import (
     BeforeFirstPeriod,
     BillingAnchorImmutable,
     CatalogReloaded,
+    CreditExceedsInvoiced,
     DatabaseUnavailable,
     IdempotencyKeyConflict,
     InvalidArgument,
     InvalidPageToken,
+    InvoiceNotFinalized,
     LimitExceeded,
     MeterNotAllowed,
     NotFound,
@@ -287,6 +289,47 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
                 violations=[
                     error_details_pb2.PreconditionFailure.Violation(
                         type="PERIOD_CLOSED", subject=f"invoice:{exc.invoice_id}", description=str(exc)
+                    )
+                ]
+            ),
+        )
+    if isinstance(exc, InvoiceNotFinalized):
+        return _status(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            str(exc),
+            _info(
+                metering_service_pb2.ERROR_REASON_INVOICE_NOT_FINALIZED,
+                invoice_id=exc.invoice_id,
+                period_start=rfc3339(exc.start),
+                period_end=rfc3339(exc.end),
+                status=exc.status,
+            ),
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type="INVOICE_NOT_FINALIZED", subject=f"invoice:{exc.invoice_id}", description=str(exc)
+                    )
+                ]
+            ),
+        )
+    if isinstance(exc, CreditExceedsInvoiced):
+        return _status(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            str(exc),
+            _info(
+                metering_service_pb2.ERROR_REASON_CREDIT_NOTE_EXCEEDS_INVOICED,
+                invoice_id=exc.invoice_id,
+                meter=exc.meter_slug,
+                price=exc.price_slug,
+                invoiced=format_decimal(exc.invoiced),
+                credited=format_decimal(exc.credited),
+                requested=format_decimal(exc.requested),
+                currency=exc.currency,
+            ),
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type="CREDIT_NOTE_EXCEEDS_INVOICED", subject=f"invoice:{exc.invoice_id}", description=str(exc)
                     )
                 ]
             ),

@@ -35,6 +35,7 @@ from metering.domain.errors import (
     TransactionConflict,
 )
 from metering.services.catalog import Catalogs
+from metering.services.credit_notes import CreditNotes
 from metering.services.entitlements import Entitlements
 from metering.services.invoicing import Invoicing
 from metering.services.reporting import Reporting
@@ -53,6 +54,7 @@ from metering.v1 import (
     reservations_pb2,
     usage_pb2,
 )
+from metering.wire.credit_notes import credit_note
 from metering.wire.notifications import notification
 
 # The call's context, which no RPC body reads: a grpc.aio.ServicerContext from
@@ -76,8 +78,10 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         page_tokens: PageTokens,
         *,
         catalogs: Catalogs,
+        credit_notes: CreditNotes,
         backfill_window: timedelta,
     ) -> None:
+        self._credit_notes = credit_notes
         self._stream = stream
         self._page_tokens = page_tokens
         self._engine = engine
@@ -244,9 +248,9 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def EstimateBill(  # noqa: N802
         self, request: billing_pb2.EstimateBillRequest, context: Context
     ) -> billing_pb2.EstimateBillResponse:
-        customer_id, period_time = validation.estimate_bill(request)
+        query = validation.estimate_bill(request, self._catalog)
         require_meter("")  # a bill spans every meter
-        return convert.bill(await self._invoicing.estimate(customer_id, period_time))
+        return convert.bill(await self._invoicing.estimate(query))
 
     async def ListInvoices(  # noqa: N802
         self, request: invoices_pb2.ListInvoicesRequest, context: Context
@@ -265,6 +269,16 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         invoice_id = validation.invoice_id(request)
         require_meter("")
         return invoices_pb2.GetInvoiceResponse(invoice=convert.invoice(await self._invoicing.get(invoice_id)))
+
+    async def IssueCreditNote(  # noqa: N802
+        self, request: invoices_pb2.IssueCreditNoteRequest, context: Context
+    ) -> invoices_pb2.IssueCreditNoteResponse:
+        command = validation.issue_credit_note(request)
+        require_meter("")  # an invoice spans every meter
+        issued = await self._credit_notes.issue(command)
+        return invoices_pb2.IssueCreditNoteResponse(
+            credit_note=credit_note(issued.note), duplicate=issued.duplicate, invoice=convert.invoice(issued.invoice)
+        )
 
     async def UpsertCustomer(  # noqa: N802
         self, request: customer_pb2.UpsertCustomerRequest, context: Context

@@ -174,7 +174,9 @@ def _audit(args: argparse.Namespace) -> int:
         f"duplicate transaction ids {report.duplicate_transaction_ids}, counter mismatches {len(report.mismatches)}, "
         f"unique-value mismatches {report.unique_value_mismatches}, events of unknown meters "
         f"{report.unknown_meter_events}, committed reservations without event {report.dangling_commits}; "
-        f"rollup buckets {report.rollups}, rollup mismatches {len(report.rollup_mismatches)}"
+        f"rollup buckets {report.rollups}, rollup mismatches {len(report.rollup_mismatches)}; "
+        f"credit notes {report.credit_notes}, credited above invoiced {len(report.credit_overruns)}, "
+        f"credit note amounts unlike their lines {report.credit_note_amount_mismatches}"
     )
     for m in report.mismatches:
         print(
@@ -186,6 +188,12 @@ def _audit(args: argparse.Namespace) -> int:
         print(
             f"  ROLLUP MISMATCH {r.customer_id} {r.meter_slug} hour {r.hour.isoformat()} price {r.price_slug} "
             f"dimensions {r.dimensions}{value}: the bucket differs from its events"
+        )
+    for c in report.credit_overruns:
+        line = f"line {c.meter_slug} at {c.price_slug}" if c.meter_slug else "total"
+        print(
+            f"  CREDIT OVERRUN {c.customer_id} invoice {c.invoice_id} {line}: credited {c.credited}, "
+            f"invoiced {c.invoiced if c.invoiced is not None else 'nothing'}"
         )
     print("ledger consistent" if report.ok else "LEDGER INCONSISTENT")
     return 0 if report.ok else 1

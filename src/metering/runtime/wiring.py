@@ -50,6 +50,7 @@ from metering.ledger.writer import BatchWriter
 from metering.runtime.http import HttpServer
 from metering.runtime.reload import ConfigReloader
 from metering.services.catalog import Catalogs
+from metering.services.credit_notes import CreditNotes
 from metering.services.entitlements import Entitlements
 from metering.services.invoicing import Closer, Invoicing
 from metering.services.reporting import Reporting
@@ -169,6 +170,7 @@ def build(
         delivery.stream,
         page_tokens,
         catalogs=catalogs,
+        credit_notes=CreditNotes(stores.ledger, stores.invoices, on_notifications=metrics.count_notifications),
         backfill_window=settings.backfill_window,
     )
     return Service(

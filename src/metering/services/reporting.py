@@ -1,7 +1,8 @@
 """The service of reading usage back: GetUsage, ListUsageEvents, EstimateBill.
 
 Usage is aggregated from the event history (not the counters), so any range,
-window and grouping can be asked for; bills are priced by metering.domain.pricing.
+window and grouping can be asked for; bills (and what-if bills on another
+plan) are read here and priced by metering.domain.bills and metering.domain.pricing.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from metering.domain import decimals
-from metering.domain.catalog import Catalog, Meter, Plan, Price
-from metering.domain.decimals import ZERO
-from metering.domain.errors import FieldViolation, InvalidArgument, PriceCurrencyMismatch
+from metering.domain import bills
+from metering.domain.bills import BillLine, WhatIfBill
+from metering.domain.catalog import Catalog, Meter, Plan
+from metering.domain.errors import FieldViolation, InvalidArgument
 from metering.domain.periods import BillingPeriod
-from metering.domain.pricing import LineCharge, price_line
 from metering.domain.records import CustomerRecord, EventPosition, StoredEvent
 from metering.domain.windows import TooManyWindowsError, Window, WindowSize, windows
 from metering.ledger.customers import CustomerStore
@@ -90,15 +90,6 @@ class EventsPage:
 
     events: list[StoredEvent]
     next_before: EventPosition | None
-
-
-@dataclass(frozen=True, slots=True)
-class BillLine:
-    """One priced line of a bill: a meter at one price."""
-
-    meter: Meter
-    price: Price
-    charge: LineCharge
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,38 +197,33 @@ class Reporting:
         plan_time = min(period.end - timedelta(microseconds=1), self._clock())
         plan_slug = await self._reports.plan_at(customer_id, plan_time) or customer.plan_slug
         plan = catalog.plan(plan_slug)
-        assert plan.currency is not None  # every plan has one (catalog check)
-        others = [slug for slug in catalog.meters if slug not in plan.meters]
-        used = await self._reports.meters_with_usage(customer_id, period.start, period.end, others)
-        meters = [*plan.meters, *used]
         lines: list[BillLine] = []
-        for slug in meters:
-            lines.extend(await self._meter_lines(catalog, customer_id, plan, catalog.meters[slug], period))
-        subtotal = decimals.add(*(line.charge.amount for line in lines))
-        credits = ZERO  # no monetary credits exist yet; grants are units, not money
-        total = max(ZERO, decimals.add(subtotal, credits))
-        return Bill(customer_id, plan, period, plan.currency, lines, subtotal, credits, total)
+        for slug in bills.bill_meters(plan, await self._used_elsewhere(catalog, customer_id, plan, period)):
+            meter = catalog.meters[slug]
+            rows = await self._reports.aggregate(
+                AggregateQuery(customer_id, meter, [(period.start, period.end)], group_by_price=True)
+            )
+            by_price = {row.groups[0]: row.value for row in rows if row.event_count}
+            lines.extend(bills.plan_lines(catalog, plan, meter, by_price))
+        subtotal, credits, total = bills.totals(lines)
+        return Bill(customer_id, plan, period, bills.plan_currency(plan), lines, subtotal, credits, total)
 
-    async def _meter_lines(
-        self, catalog: Catalog, customer_id: str, plan: Plan, meter: Meter, period: BillingPeriod
-    ) -> list[BillLine]:
-        """One line per price the meter's events were recorded with; the plan's
-        own price always has a line and is the one its included units go to."""
-        assert plan.currency is not None  # every plan has one (catalog check)
-        terms = catalog.plan_meter(plan, meter)
-        rows = await self._reports.aggregate(
-            AggregateQuery(customer_id, meter, [(period.start, period.end)], group_by_price=True)
-        )
-        quantities = {row.groups[0]: row.value for row in rows if row.event_count}
-        price_slugs = [terms.price, *sorted(slug for slug in quantities if slug != terms.price)]
-        lines = []
-        for slug in price_slugs:
-            # Events priced with a price the catalog no longer has: refused
-            # (NotFound) rather than billed at nothing.
-            price = catalog.price(slug)
-            if price.currency is not None and price.currency != plan.currency:
-                raise PriceCurrencyMismatch(price.slug, price.currency, plan.currency)
-            included = terms.included if slug == terms.price else ZERO
-            charge = price_line(price, quantities.get(slug, ZERO), included, plan.currency)
-            lines.append(BillLine(meter, price, charge))
-        return lines
+    async def what_if(self, customer: CustomerRecord, period: BillingPeriod, plan: Plan) -> WhatIfBill:
+        """What the period's usage (so far, for the current period) would cost
+        on `plan`: each meter's aggregate over the whole period, every price
+        together, priced by the same rules as the bill (metering.domain.bills)."""
+        catalog = self._catalogs.current.catalog  # the whole bill's catalog
+        customer_id = customer.customer_id
+        unlisted = await self._used_elsewhere(catalog, customer_id, plan, period)
+        usage = {}
+        for slug in bills.bill_meters(plan, unlisted):
+            [row] = await self._reports.aggregate(
+                AggregateQuery(customer_id, catalog.meters[slug], [(period.start, period.end)])
+            )
+            usage[slug] = row.value
+        return bills.what_if_bill(catalog, plan, usage, unlisted)
+
+    async def _used_elsewhere(self, catalog: Catalog, customer_id: str, plan: Plan, period: BillingPeriod) -> list[str]:
+        """The meters with usage in the period that `plan` does not list."""
+        others = [slug for slug in catalog.meters if slug not in plan.meters]
+        return await self._reports.meters_with_usage(customer_id, period.start, period.end, others)

@@ -25,6 +25,7 @@ IDEMPOTENCY_FIELDS: Mapping[str, str] = {
     "RecordUsage": "transaction_id",
     "ReserveUsage": "reservation_id",
     "GrantCredits": "grant_id",
+    "IssueCreditNote": "credit_note_id",
 }
 
 

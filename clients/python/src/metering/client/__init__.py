@@ -14,12 +14,14 @@ from metering.client.connection import Connection
 from metering.client.errors import (
     BeforeFirstPeriod,
     BillingAnchorImmutable,
+    CreditNoteExceedsInvoiced,
     ErrorDetails,
     FailedPrecondition,
     FieldViolation,
     IdempotencyKeyConflict,
     InternalError,
     InvalidRequest,
+    InvoiceNotFinalized,
     LimitExceeded,
     MeteringError,
     MeterNotAllowed,
@@ -54,6 +56,10 @@ from metering.client.models import (
     CatalogPrice,
     CatalogPriceTier,
     CommitResult,
+    CreditNote,
+    CreditNoteIssued,
+    CreditNoteLine,
+    CreditNoteReason,
     Customer,
     CustomerPage,
     EnforcementMode,
@@ -64,6 +70,7 @@ from metering.client.models import (
     InvoiceFinalized,
     InvoicePage,
     InvoiceStatus,
+    IssueCreditNoteResult,
     LimitEnforcement,
     LimitRejected,
     Money,
@@ -84,10 +91,11 @@ from metering.client.models import (
     UsagePage,
     UsageRow,
     VoidResult,
+    WhatIfBill,
     WindowSize,
 )
 from metering.client.recorder import RecorderStats, UsageRecorder
-from metering.client.requests import UsageRecord
+from metering.client.requests import CreditLine, UsageRecord
 from metering.client.retry import NO_RETRIES, RETRYABLE_CODES, RetryNotice, RetryPolicy
 from metering.client.sync import MeteringClient
 from metering.client.sync_recorder import SyncUsageRecorder
@@ -113,6 +121,12 @@ __all__ = [
     "CatalogPriceTier",
     "CommitResult",
     "Connection",
+    "CreditLine",
+    "CreditNote",
+    "CreditNoteExceedsInvoiced",
+    "CreditNoteIssued",
+    "CreditNoteLine",
+    "CreditNoteReason",
     "Customer",
     "CustomerPage",
     "EnforcementMode",
@@ -128,8 +142,10 @@ __all__ = [
     "InvalidRequest",
     "Invoice",
     "InvoiceFinalized",
+    "InvoiceNotFinalized",
     "InvoicePage",
     "InvoiceStatus",
+    "IssueCreditNoteResult",
     "LimitEnforcement",
     "LimitExceeded",
     "LimitRejected",
@@ -171,6 +187,7 @@ __all__ = [
     "UsageRecorder",
     "UsageRow",
     "VoidResult",
+    "WhatIfBill",
     "WindowSize",
     "error_from_rpc",
     "error_from_status",

@@ -23,8 +23,8 @@ from metering.client import models, requests
 from metering.client.connection import Connection
 from metering.client.errors import MeteringError, Unavailable, Unreachable, error_from_rpc, exhausted
 from metering.client.failopen import FailOpen, FailOpenNotice, fails_open
-from metering.client.models import EnforcementMode, InvoiceStatus, NotificationType, WindowSize
-from metering.client.requests import Quantity, UsageRecord, quantity_text
+from metering.client.models import CreditNoteReason, EnforcementMode, InvoiceStatus, NotificationType, WindowSize
+from metering.client.requests import CreditLine, Quantity, UsageRecord, quantity_text
 from metering.client.retry import (
     DEFAULT_TIMEOUT,
     STREAM_CHUNK,
@@ -383,11 +383,18 @@ class AsyncMeteringClient:
         return models.Catalog.from_proto(await self.call("GetCatalog", requests.get_catalog(), timeout=timeout))
 
     async def estimate_bill(
-        self, customer_id: str, *, period_time: datetime | None = None, timeout: float | None = None
+        self,
+        customer_id: str,
+        *,
+        period_time: datetime | None = None,
+        what_if_plan_slug: str = "",
+        timeout: float | None = None,
     ) -> models.Bill:
         """The bill of the period containing `period_time` (default: now) so far: one line per
-        priced meter, included units, tiers and totals in exact decimal money."""
-        request = requests.estimate_bill(customer_id, period_time=period_time)
+        priced meter, included units, tiers and totals in exact decimal money. With
+        `what_if_plan_slug`, `Bill.what_if` also prices the same usage on that plan ("what would
+        this customer pay on plan Y"); an unknown plan raises NotFound."""
+        request = requests.estimate_bill(customer_id, period_time=period_time, what_if_plan_slug=what_if_plan_slug)
         return models.Bill.from_proto(await self.call("EstimateBill", request, timeout=timeout))
 
     async def list_invoices(
@@ -407,6 +414,34 @@ class AsyncMeteringClient:
         """One invoice with its lines (NotFound if there is none)."""
         response = await self.call("GetInvoice", requests.get_invoice(invoice_id), timeout=timeout)
         return models.Invoice.from_proto(response.invoice)
+
+    async def issue_credit_note(
+        self,
+        customer_id: str,
+        invoice_id: str,
+        *,
+        credit_note_id: str,
+        reason: CreditNoteReason,
+        memo: str = "",
+        lines: Sequence[CreditLine] = (),
+        whole_invoice: bool = False,
+        timeout: float | None = None,
+    ) -> models.IssueCreditNoteResult:
+        """Credit a finalized invoice: amounts on some of its `lines` (each a meter and price of
+        the invoice), or with `whole_invoice=True` whatever remains of its total. `credit_note_id`
+        is the idempotency key: a retry with the same arguments returns the original note
+        (`duplicate` True); other arguments raise IdempotencyKeyConflict. More than was invoiced
+        raises CreditNoteExceedsInvoiced, an invoice not finalized yet InvoiceNotFinalized."""
+        request = requests.issue_credit_note(
+            customer_id,
+            invoice_id,
+            credit_note_id=credit_note_id,
+            reason=reason,
+            memo=memo,
+            lines=lines,
+            whole_invoice=whole_invoice,
+        )
+        return models.IssueCreditNoteResult.from_proto(await self.call("IssueCreditNote", request, timeout=timeout))
 
     # --- notifications --------------------------------------------------------------------------
 

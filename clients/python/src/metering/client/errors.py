@@ -101,7 +101,8 @@ class TransactionConflict(MeteringError):
 
 
 class IdempotencyKeyConflict(MeteringError):
-    """ALREADY_EXISTS (IDEMPOTENCY_KEY_CONFLICT): a grant or reservation id reused with another payload."""
+    """ALREADY_EXISTS (IDEMPOTENCY_KEY_CONFLICT): a grant, reservation or credit note id reused with another
+    payload."""
 
     def __init__(
         self,
@@ -114,7 +115,7 @@ class IdempotencyKeyConflict(MeteringError):
         conflicting_fields: tuple[str, ...],
     ) -> None:
         super().__init__(code, message, details)
-        self.kind = kind  # "grant" or "reservation"
+        self.kind = kind  # "grant", "reservation" or "credit_note"
         self.key = key
         self.conflicting_fields = conflicting_fields
 
@@ -215,6 +216,56 @@ class PriceCurrencyMismatch(FailedPrecondition):
         self.price = price
         self.price_currency = price_currency
         self.plan_currency = plan_currency
+
+
+class InvoiceNotFinalized(FailedPrecondition):
+    """INVOICE_NOT_FINALIZED: the invoice's period is still gathering or in its grace; only a
+    finalized invoice takes credit notes."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        details: ErrorDetails,
+        *,
+        invoice_id: str,
+        period_start: datetime | None,
+        period_end: datetime | None,
+        status: str,
+    ) -> None:
+        super().__init__(code, message, details)
+        self.invoice_id = invoice_id
+        self.period_start = period_start
+        self.period_end = period_end
+        self.status = status  # "gathering" or "draft"
+
+
+class CreditNoteExceedsInvoiced(FailedPrecondition):
+    """CREDIT_NOTE_EXCEEDS_INVOICED: the credit note would credit more than was invoiced on a line
+    (meter and price set) or on the invoice's total (both empty); nothing was written."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        details: ErrorDetails,
+        *,
+        invoice_id: str,
+        meter: str,
+        price: str,
+        invoiced: Decimal,
+        credited: Decimal,
+        requested: Decimal,
+        currency: str,
+    ) -> None:
+        super().__init__(code, message, details)
+        self.invoice_id = invoice_id
+        self.meter = meter
+        self.price = price
+        self.invoiced = invoiced
+        self.credited = credited  # by the credit notes issued before
+        self.requested = requested
+        self.currency = currency
 
 
 class ReservationStateError(FailedPrecondition):
@@ -432,7 +483,7 @@ def _reservation_state(code: grpc.StatusCode, message: str, d: ErrorDetails) -> 
 
 
 def _idempotency_conflict(code: grpc.StatusCode, message: str, d: ErrorDetails) -> MeteringError:
-    kind = "grant" if "grant_id" in d.metadata else "reservation"
+    kind = next((k for k in ("grant", "credit_note") if f"{k}_id" in d.metadata), "reservation")
     return IdempotencyKeyConflict(
         code,
         message,
@@ -504,6 +555,27 @@ _BY_REASON: dict[str, _Decoder] = {
         price=d.metadata.get("price", ""),
         price_currency=d.metadata.get("price_currency", ""),
         plan_currency=d.metadata.get("plan_currency", ""),
+    ),
+    "INVOICE_NOT_FINALIZED": lambda code, message, d: InvoiceNotFinalized(
+        code,
+        message,
+        d,
+        invoice_id=d.metadata.get("invoice_id", ""),
+        period_start=_time(d.metadata.get("period_start", "")),
+        period_end=_time(d.metadata.get("period_end", "")),
+        status=d.metadata.get("status", ""),
+    ),
+    "CREDIT_NOTE_EXCEEDS_INVOICED": lambda code, message, d: CreditNoteExceedsInvoiced(
+        code,
+        message,
+        d,
+        invoice_id=d.metadata.get("invoice_id", ""),
+        meter=d.metadata.get("meter", ""),
+        price=d.metadata.get("price", ""),
+        invoiced=_decimal(d.metadata.get("invoiced", "0")),
+        credited=_decimal(d.metadata.get("credited", "0")),
+        requested=_decimal(d.metadata.get("requested", "0")),
+        currency=d.metadata.get("currency", ""),
     ),
     "CREDENTIALS_MISSING": Unauthenticated,
     "CREDENTIALS_INVALID": Unauthenticated,

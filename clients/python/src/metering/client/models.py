@@ -121,6 +121,19 @@ class NotificationType(IntEnum):
     USAGE_THRESHOLD_CROSSED = 1
     USAGE_LIMIT_REJECTED = 2
     INVOICE_FINALIZED = 3
+    INVOICE_CREDIT_NOTE_ISSUED = 10
+
+
+class CreditNoteReason(IntEnum):
+    """Why a credit note was issued (the first four are Stripe's credit note reasons)."""
+
+    UNSPECIFIED = 0
+    DUPLICATE = 1
+    FRAUDULENT = 2
+    ORDER_CHANGE = 3
+    PRODUCT_UNSATISFACTORY = 4
+    BILLING_ERROR = 5
+    GOODWILL = 6
 
 
 def _time(stamp: Timestamp) -> datetime:
@@ -435,6 +448,33 @@ class BillLine:
 
 
 @dataclass(frozen=True, slots=True)
+class WhatIfBill:
+    """A billing period's usage priced on another plan (EstimateBill's `what_if_plan_slug`):
+    one line per meter, never stored. `unlisted_meter_slugs` are meters with usage that the
+    plan does not list (their lines are what that plan would charge: the meter's default
+    price, else nothing)."""
+
+    plan_slug: str
+    lines: tuple[BillLine, ...]
+    subtotal: Money
+    credits: Money
+    total: Money
+    unlisted_meter_slugs: tuple[str, ...]
+
+    @classmethod
+    def from_proto(cls, m: billing_pb2.WhatIfBill) -> WhatIfBill:
+        """Read a WhatIfBill message."""
+        return cls(
+            plan_slug=m.plan_slug,
+            lines=tuple(BillLine.from_proto(line) for line in m.lines),
+            subtotal=Money.from_proto(m.subtotal),
+            credits=Money.from_proto(m.credits),
+            total=Money.from_proto(m.total),
+            unlisted_meter_slugs=tuple(m.unlisted_meter_slugs),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Bill:
     """EstimateBill's answer."""
 
@@ -450,6 +490,7 @@ class Bill:
     invoice_id: str  # empty until finalized
     invoice_number: int  # 0 until finalized
     finalize_time: datetime | None
+    what_if: WhatIfBill | None = None  # when a what-if plan was asked for
 
     @classmethod
     def from_proto(cls, m: billing_pb2.EstimateBillResponse) -> Bill:
@@ -467,6 +508,53 @@ class Bill:
             invoice_id=m.invoice_id,
             invoice_number=m.invoice_number,
             finalize_time=_optional_time(m, "finalize_time"),
+            what_if=WhatIfBill.from_proto(m.what_if) if m.HasField("what_if") else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CreditNoteLine:
+    """The amount a credit note credits on one invoice line (a meter at a price)."""
+
+    meter_slug: str
+    price_slug: str
+    amount: Money
+
+    @classmethod
+    def from_proto(cls, m: invoices_pb2.CreditNoteLine) -> CreditNoteLine:
+        """Read a CreditNoteLine message."""
+        return cls(meter_slug=m.meter_slug, price_slug=m.price_slug, amount=Money.from_proto(m.amount))
+
+
+@dataclass(frozen=True, slots=True)
+class CreditNote:
+    """A correction of a finalized invoice, stored once and never changed."""
+
+    credit_note_id: str  # the caller's idempotency key
+    customer_id: str
+    invoice_id: str
+    number: int  # 1, 2, 3... per invoice
+    reason: CreditNoteReason
+    memo: str
+    whole_invoice: bool  # True: what remained of the invoice's total (lines is empty)
+    lines: tuple[CreditNoteLine, ...]
+    amount: Money
+    issue_time: datetime
+
+    @classmethod
+    def from_proto(cls, m: invoices_pb2.CreditNote) -> CreditNote:
+        """Read a CreditNote message."""
+        return cls(
+            credit_note_id=m.credit_note_id,
+            customer_id=m.customer_id,
+            invoice_id=m.invoice_id,
+            number=m.number,
+            reason=CreditNoteReason(m.reason),
+            memo=m.memo,
+            whole_invoice=m.whole_invoice,
+            lines=tuple(CreditNoteLine.from_proto(line) for line in m.lines),
+            amount=Money.from_proto(m.amount),
+            issue_time=_time(m.issue_time),
         )
 
 
@@ -486,6 +574,9 @@ class Invoice:
     credits: Money
     total: Money
     finalize_time: datetime | None
+    credit_notes: tuple[CreditNote, ...] = ()  # issued against it, in number order
+    credited: Money | None = None  # the credit notes' sum
+    net_total: Money | None = None  # total - credited: what is owed after the credit notes
 
     @classmethod
     def from_proto(cls, m: invoices_pb2.Invoice) -> Invoice:
@@ -503,6 +594,28 @@ class Invoice:
             credits=Money.from_proto(m.credits),
             total=Money.from_proto(m.total),
             finalize_time=_optional_time(m, "finalize_time"),
+            credit_notes=tuple(CreditNote.from_proto(note) for note in m.credit_notes),
+            credited=Money.from_proto(m.credited) if m.HasField("credited") else None,
+            net_total=Money.from_proto(m.net_total) if m.HasField("net_total") else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IssueCreditNoteResult:
+    """IssueCreditNote's answer: the note (the original, for a replay) and its invoice with every
+    credit note issued against it so far."""
+
+    credit_note: CreditNote
+    duplicate: bool
+    invoice: Invoice
+
+    @classmethod
+    def from_proto(cls, m: invoices_pb2.IssueCreditNoteResponse) -> IssueCreditNoteResult:
+        """Read an IssueCreditNoteResponse message."""
+        return cls(
+            credit_note=CreditNote.from_proto(m.credit_note),
+            duplicate=m.duplicate,
+            invoice=Invoice.from_proto(m.invoice),
         )
 
 
@@ -894,6 +1007,23 @@ class InvoiceFinalized:
 
 
 @dataclass(frozen=True, slots=True)
+class CreditNoteIssued:
+    """A notification's payload: a credit note was issued against a finalized invoice."""
+
+    invoice_id: str
+    invoice_number: int
+    credit_note_id: str
+    credit_note_number: int
+    reason: CreditNoteReason
+    amount: Money
+    invoice_net_total: Money  # the invoice's total less every credit note so far, this one included
+    whole_invoice: bool
+
+
+NotificationPayload = ThresholdCrossed | LimitRejected | InvoiceFinalized | CreditNoteIssued
+
+
+@dataclass(frozen=True, slots=True)
 class Notification:
     """One notification of the outbox (WatchNotifications); deduplicate on `id`."""
 
@@ -902,12 +1032,12 @@ class Notification:
     time: datetime
     customer_id: str
     cursor: str  # resume a watch right after this notification
-    payload: ThresholdCrossed | LimitRejected | InvoiceFinalized | None
+    payload: NotificationPayload | None
 
     @classmethod
     def from_proto(cls, m: notifications_pb2.Notification) -> Notification:
         """Read a Notification message."""
-        payload: ThresholdCrossed | LimitRejected | InvoiceFinalized | None = None
+        payload: NotificationPayload | None = None
         kind = m.WhichOneof("payload")
         if kind == "threshold_crossed":
             t = m.threshold_crossed
@@ -945,6 +1075,18 @@ class Notification:
                 period_start=_time(f.period_start_time),
                 period_end=_time(f.period_end_time),
                 total=Money.from_proto(f.total),
+            )
+        elif kind == "credit_note_issued":
+            c = m.credit_note_issued
+            payload = CreditNoteIssued(
+                invoice_id=c.invoice_id,
+                invoice_number=c.invoice_number,
+                credit_note_id=c.credit_note_id,
+                credit_note_number=c.credit_note_number,
+                reason=CreditNoteReason(c.reason),
+                amount=Money.from_proto(c.amount),
+                invoice_net_total=Money.from_proto(c.invoice_net_total),
+                whole_invoice=c.whole_invoice,
             )
         return cls(
             id=m.id,

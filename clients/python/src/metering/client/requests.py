@@ -15,7 +15,7 @@ from decimal import Decimal
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from metering.client.models import EnforcementMode, InvoiceStatus, NotificationType, WindowSize
+from metering.client.models import CreditNoteReason, EnforcementMode, InvoiceStatus, NotificationType, WindowSize
 from metering.v1 import (
     billing_pb2,
     catalog_pb2,
@@ -225,9 +225,11 @@ def list_usage_events(
     return request
 
 
-def estimate_bill(customer_id: str, *, period_time: datetime | None = None) -> billing_pb2.EstimateBillRequest:
+def estimate_bill(
+    customer_id: str, *, period_time: datetime | None = None, what_if_plan_slug: str = ""
+) -> billing_pb2.EstimateBillRequest:
     """The EstimateBillRequest for the clients' `estimate_bill` (the one place it is built)."""
-    request = billing_pb2.EstimateBillRequest(customer_id=customer_id)
+    request = billing_pb2.EstimateBillRequest(customer_id=customer_id, what_if_plan_slug=what_if_plan_slug)
     set_time(request.period_time, period_time)
     return request
 
@@ -273,6 +275,42 @@ def list_invoices(
 def get_invoice(invoice_id: str) -> invoices_pb2.GetInvoiceRequest:
     """The GetInvoiceRequest for the clients' `get_invoice` (the one place it is built)."""
     return invoices_pb2.GetInvoiceRequest(invoice_id=invoice_id)
+
+
+@dataclass(frozen=True, slots=True)
+class CreditLine:
+    """An amount to credit on one invoice line (a meter at a price), in the invoice's currency."""
+
+    meter_slug: str
+    price_slug: str
+    amount: Decimal | int | str  # a decimal amount, e.g. Decimal("1.50")
+
+
+def issue_credit_note(
+    customer_id: str,
+    invoice_id: str,
+    *,
+    credit_note_id: str,
+    reason: CreditNoteReason,
+    memo: str = "",
+    lines: Sequence[CreditLine] = (),
+    whole_invoice: bool = False,
+) -> invoices_pb2.IssueCreditNoteRequest:
+    """The IssueCreditNoteRequest for the clients' `issue_credit_note` (the one place it is built)."""
+    return invoices_pb2.IssueCreditNoteRequest(
+        customer_id=customer_id,
+        invoice_id=invoice_id,
+        credit_note_id=credit_note_id,
+        reason=int(reason),  # type: ignore[arg-type]
+        memo=memo,
+        whole_invoice=whole_invoice,
+        lines=[
+            invoices_pb2.CreditNoteLineRequest(
+                meter_slug=line.meter_slug, price_slug=line.price_slug, amount=quantity_text(line.amount)
+            )
+            for line in lines
+        ],
+    )
 
 
 def watch_notifications(

@@ -43,15 +43,17 @@ class Money(_message.Message):
     def __init__(self, currency_code: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
 
 class EstimateBillRequest(_message.Message):
-    __slots__ = ("customer_id", "period_time")
+    __slots__ = ("customer_id", "period_time", "what_if_plan_slug")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PERIOD_TIME_FIELD_NUMBER: _ClassVar[int]
+    WHAT_IF_PLAN_SLUG_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     period_time: _timestamp_pb2.Timestamp
-    def __init__(self, customer_id: _Optional[str] = ..., period_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    what_if_plan_slug: str
+    def __init__(self, customer_id: _Optional[str] = ..., period_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., what_if_plan_slug: _Optional[str] = ...) -> None: ...
 
 class EstimateBillResponse(_message.Message):
-    __slots__ = ("customer_id", "plan_slug", "period_start_time", "period_end_time", "lines", "subtotal", "credits", "total", "invoice_status", "invoice_id", "invoice_number", "finalize_time")
+    __slots__ = ("customer_id", "plan_slug", "period_start_time", "period_end_time", "lines", "subtotal", "credits", "total", "invoice_status", "invoice_id", "invoice_number", "finalize_time", "what_if")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_SLUG_FIELD_NUMBER: _ClassVar[int]
     PERIOD_START_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +66,7 @@ class EstimateBillResponse(_message.Message):
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     INVOICE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     FINALIZE_TIME_FIELD_NUMBER: _ClassVar[int]
+    WHAT_IF_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     plan_slug: str
     period_start_time: _timestamp_pb2.Timestamp
@@ -76,7 +79,24 @@ class EstimateBillResponse(_message.Message):
     invoice_id: str
     invoice_number: int
     finalize_time: _timestamp_pb2.Timestamp
-    def __init__(self, customer_id: _Optional[str] = ..., plan_slug: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[BillLine, _Mapping]]] = ..., subtotal: _Optional[_Union[Money, _Mapping]] = ..., credits: _Optional[_Union[Money, _Mapping]] = ..., total: _Optional[_Union[Money, _Mapping]] = ..., invoice_status: _Optional[_Union[InvoiceStatus, str]] = ..., invoice_id: _Optional[str] = ..., invoice_number: _Optional[int] = ..., finalize_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    what_if: WhatIfBill
+    def __init__(self, customer_id: _Optional[str] = ..., plan_slug: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[BillLine, _Mapping]]] = ..., subtotal: _Optional[_Union[Money, _Mapping]] = ..., credits: _Optional[_Union[Money, _Mapping]] = ..., total: _Optional[_Union[Money, _Mapping]] = ..., invoice_status: _Optional[_Union[InvoiceStatus, str]] = ..., invoice_id: _Optional[str] = ..., invoice_number: _Optional[int] = ..., finalize_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., what_if: _Optional[_Union[WhatIfBill, _Mapping]] = ...) -> None: ...
+
+class WhatIfBill(_message.Message):
+    __slots__ = ("plan_slug", "lines", "subtotal", "credits", "total", "unlisted_meter_slugs")
+    PLAN_SLUG_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    SUBTOTAL_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    UNLISTED_METER_SLUGS_FIELD_NUMBER: _ClassVar[int]
+    plan_slug: str
+    lines: _containers.RepeatedCompositeFieldContainer[BillLine]
+    subtotal: Money
+    credits: Money
+    total: Money
+    unlisted_meter_slugs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, plan_slug: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[BillLine, _Mapping]]] = ..., subtotal: _Optional[_Union[Money, _Mapping]] = ..., credits: _Optional[_Union[Money, _Mapping]] = ..., total: _Optional[_Union[Money, _Mapping]] = ..., unlisted_meter_slugs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BillLine(_message.Message):
     __slots__ = ("meter_slug", "price_slug", "pricing_model", "quantity", "included_quantity", "billable_quantity", "unit_amount", "package_size", "tiers", "amount")

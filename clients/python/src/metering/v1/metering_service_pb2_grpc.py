@@ -94,7 +94,8 @@ class MeteringServiceStub:
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
     ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
-    WatchNotifications; `admin` UpsertCustomer and GrantCredits.
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -228,6 +229,11 @@ class MeteringServiceStub:
                 request_serializer=metering_dot_v1_dot_invoices__pb2.GetInvoiceRequest.SerializeToString,
                 response_deserializer=metering_dot_v1_dot_invoices__pb2.GetInvoiceResponse.FromString,
                 _registered_method=True)
+        self.IssueCreditNote = channel.unary_unary(
+                '/metering.v1.MeteringService/IssueCreditNote',
+                request_serializer=metering_dot_v1_dot_invoices__pb2.IssueCreditNoteRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_invoices__pb2.IssueCreditNoteResponse.FromString,
+                _registered_method=True)
         self.WatchNotifications = channel.unary_stream(
                 '/metering.v1.MeteringService/WatchNotifications',
                 request_serializer=metering_dot_v1_dot_notifications__pb2.WatchNotificationsRequest.SerializeToString,
@@ -295,7 +301,8 @@ class MeteringServiceServicer:
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
     ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
-    WatchNotifications; `admin` UpsertCustomer and GrantCredits.
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -519,6 +526,33 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueCreditNote(self, request, context):
+        """IssueCreditNote corrects a finalized invoice with a credit note: for the
+        whole of what remains of its total, or for amounts on some of its lines.
+        The invoice never changes; the credit note references it, is stored once
+        and never changed, is listed with it (Invoice.credit_notes, credited,
+        net_total), and is announced as `invoice.credit_note_issued` in the same
+        transaction.
+
+        * The credit notes of a line never add up to more than the line's amount,
+        nor those of an invoice to more than its total, however many calls race:
+        a note that would pass either is FAILED_PRECONDITION (reason
+        CREDIT_NOTE_EXCEEDS_INVOICED, metadata invoice_id, meter, price (empty
+        for the invoice's total), invoiced, credited, requested, currency) and
+        nothing is written.
+        * An invoice that is not finalized yet (the id of a period still
+        gathering or in its grace) is FAILED_PRECONDITION (reason
+        INVOICE_NOT_FINALIZED); an unknown id, or another customer's, is
+        NOT_FOUND (reason INVOICE_NOT_FOUND).
+        * A line the invoice does not have, or an amount with more digits than the
+        currency's minor unit, is INVALID_ARGUMENT.
+        * Idempotent by credit_note_id: a replay with the same payload answers the
+        original (duplicate = true), even once nothing is left to credit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchNotifications(self, request, context):
         """WatchNotifications streams the outbox: every notification in outbox
         order from the request's cursor (or from now), then new ones as their
@@ -631,6 +665,11 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     request_deserializer=metering_dot_v1_dot_invoices__pb2.GetInvoiceRequest.FromString,
                     response_serializer=metering_dot_v1_dot_invoices__pb2.GetInvoiceResponse.SerializeToString,
             ),
+            'IssueCreditNote': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueCreditNote,
+                    request_deserializer=metering_dot_v1_dot_invoices__pb2.IssueCreditNoteRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_invoices__pb2.IssueCreditNoteResponse.SerializeToString,
+            ),
             'WatchNotifications': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchNotifications,
                     request_deserializer=metering_dot_v1_dot_notifications__pb2.WatchNotificationsRequest.FromString,
@@ -704,7 +743,8 @@ class MeteringService:
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
     ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
-    WatchNotifications; `admin` UpsertCustomer and GrantCredits.
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -1240,6 +1280,33 @@ class MeteringService:
             '/metering.v1.MeteringService/GetInvoice',
             metering_dot_v1_dot_invoices__pb2.GetInvoiceRequest.SerializeToString,
             metering_dot_v1_dot_invoices__pb2.GetInvoiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueCreditNote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/IssueCreditNote',
+            metering_dot_v1_dot_invoices__pb2.IssueCreditNoteRequest.SerializeToString,
+            metering_dot_v1_dot_invoices__pb2.IssueCreditNoteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -95,7 +95,8 @@ class MeteringServiceStub:
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
     ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
-    WatchNotifications; `admin` UpsertCustomer and GrantCredits.
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -242,6 +243,29 @@ class MeteringServiceStub:
     """GetInvoice returns a finalized invoice by id; an unknown id is NOT_FOUND
     (reason INVOICE_NOT_FOUND).
     """
+    IssueCreditNote: _grpc.UnaryUnaryMultiCallable[_invoices_pb2.IssueCreditNoteRequest, _invoices_pb2.IssueCreditNoteResponse]
+    """IssueCreditNote corrects a finalized invoice with a credit note: for the
+    whole of what remains of its total, or for amounts on some of its lines.
+    The invoice never changes; the credit note references it, is stored once
+    and never changed, is listed with it (Invoice.credit_notes, credited,
+    net_total), and is announced as `invoice.credit_note_issued` in the same
+    transaction.
+
+    * The credit notes of a line never add up to more than the line's amount,
+      nor those of an invoice to more than its total, however many calls race:
+      a note that would pass either is FAILED_PRECONDITION (reason
+      CREDIT_NOTE_EXCEEDS_INVOICED, metadata invoice_id, meter, price (empty
+      for the invoice's total), invoiced, credited, requested, currency) and
+      nothing is written.
+    * An invoice that is not finalized yet (the id of a period still
+      gathering or in its grace) is FAILED_PRECONDITION (reason
+      INVOICE_NOT_FINALIZED); an unknown id, or another customer's, is
+      NOT_FOUND (reason INVOICE_NOT_FOUND).
+    * A line the invoice does not have, or an amount with more digits than the
+      currency's minor unit, is INVALID_ARGUMENT.
+    * Idempotent by credit_note_id: a replay with the same payload answers the
+      original (duplicate = true), even once nothing is left to credit.
+    """
     WatchNotifications: _grpc.UnaryStreamMultiCallable[_notifications_pb2.WatchNotificationsRequest, _notifications_pb2.WatchNotificationsResponse]
     """WatchNotifications streams the outbox: every notification in outbox
     order from the request's cursor (or from now), then new ones as their
@@ -314,7 +338,8 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
     ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
-    WatchNotifications; `admin` UpsertCustomer and GrantCredits.
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -458,6 +483,29 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """GetInvoice returns a finalized invoice by id; an unknown id is NOT_FOUND
     (reason INVOICE_NOT_FOUND).
     """
+    IssueCreditNote: _aio.UnaryUnaryMultiCallable[_invoices_pb2.IssueCreditNoteRequest, _invoices_pb2.IssueCreditNoteResponse]  # type: ignore[assignment]
+    """IssueCreditNote corrects a finalized invoice with a credit note: for the
+    whole of what remains of its total, or for amounts on some of its lines.
+    The invoice never changes; the credit note references it, is stored once
+    and never changed, is listed with it (Invoice.credit_notes, credited,
+    net_total), and is announced as `invoice.credit_note_issued` in the same
+    transaction.
+
+    * The credit notes of a line never add up to more than the line's amount,
+      nor those of an invoice to more than its total, however many calls race:
+      a note that would pass either is FAILED_PRECONDITION (reason
+      CREDIT_NOTE_EXCEEDS_INVOICED, metadata invoice_id, meter, price (empty
+      for the invoice's total), invoiced, credited, requested, currency) and
+      nothing is written.
+    * An invoice that is not finalized yet (the id of a period still
+      gathering or in its grace) is FAILED_PRECONDITION (reason
+      INVOICE_NOT_FINALIZED); an unknown id, or another customer's, is
+      NOT_FOUND (reason INVOICE_NOT_FOUND).
+    * A line the invoice does not have, or an amount with more digits than the
+      currency's minor unit, is INVALID_ARGUMENT.
+    * Idempotent by credit_note_id: a replay with the same payload answers the
+      original (duplicate = true), even once nothing is left to credit.
+    """
     WatchNotifications: _aio.UnaryStreamMultiCallable[_notifications_pb2.WatchNotificationsRequest, _notifications_pb2.WatchNotificationsResponse]  # type: ignore[assignment]
     """WatchNotifications streams the outbox: every notification in outbox
     order from the request's cursor (or from now), then new ones as their
@@ -529,7 +577,8 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
     ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
-    WatchNotifications; `admin` UpsertCustomer and GrantCredits.
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -784,6 +833,35 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_invoices_pb2.GetInvoiceResponse, _abc.Awaitable[_invoices_pb2.GetInvoiceResponse]]:
         """GetInvoice returns a finalized invoice by id; an unknown id is NOT_FOUND
         (reason INVOICE_NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def IssueCreditNote(
+        self,
+        request: _invoices_pb2.IssueCreditNoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_invoices_pb2.IssueCreditNoteResponse, _abc.Awaitable[_invoices_pb2.IssueCreditNoteResponse]]:
+        """IssueCreditNote corrects a finalized invoice with a credit note: for the
+        whole of what remains of its total, or for amounts on some of its lines.
+        The invoice never changes; the credit note references it, is stored once
+        and never changed, is listed with it (Invoice.credit_notes, credited,
+        net_total), and is announced as `invoice.credit_note_issued` in the same
+        transaction.
+
+        * The credit notes of a line never add up to more than the line's amount,
+          nor those of an invoice to more than its total, however many calls race:
+          a note that would pass either is FAILED_PRECONDITION (reason
+          CREDIT_NOTE_EXCEEDS_INVOICED, metadata invoice_id, meter, price (empty
+          for the invoice's total), invoiced, credited, requested, currency) and
+          nothing is written.
+        * An invoice that is not finalized yet (the id of a period still
+          gathering or in its grace) is FAILED_PRECONDITION (reason
+          INVOICE_NOT_FINALIZED); an unknown id, or another customer's, is
+          NOT_FOUND (reason INVOICE_NOT_FOUND).
+        * A line the invoice does not have, or an amount with more digits than the
+          currency's minor unit, is INVALID_ARGUMENT.
+        * Idempotent by credit_note_id: a replay with the same payload answers the
+          original (duplicate = true), even once nothing is left to credit.
         """
 
     @_abc_1.abstractmethod

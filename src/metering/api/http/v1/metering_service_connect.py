@@ -25,7 +25,7 @@ from metering.v1.customer_pb2 import GetCustomerRequest, GetCustomerResponse, Li
 from metering.v1.events_pb2 import ListUsageEventsRequest, ListUsageEventsResponse, VoidUsageRequest, VoidUsageResponse
 from metering.v1.grants_pb2 import GrantCreditsRequest, GrantCreditsResponse, ListGrantsRequest, ListGrantsResponse
 from metering.v1.ingest_pb2 import RecordUsageBatchRequest, RecordUsageBatchResponse, RecordUsageStreamRequest, RecordUsageStreamResponse
-from metering.v1.invoices_pb2 import GetInvoiceRequest, GetInvoiceResponse, ListInvoicesRequest, ListInvoicesResponse
+from metering.v1.invoices_pb2 import GetInvoiceRequest, GetInvoiceResponse, IssueCreditNoteRequest, IssueCreditNoteResponse, ListInvoicesRequest, ListInvoicesResponse
 from metering.v1.notifications_pb2 import WatchNotificationsRequest, WatchNotificationsResponse
 from metering.v1.reservations_pb2 import CommitReservationRequest, CommitReservationResponse, ReleaseReservationRequest, ReleaseReservationResponse, ReserveUsageRequest, ReserveUsageResponse
 from metering.v1.usage_pb2 import CheckBalanceRequest, CheckBalanceResponse, GetUsageRequest, GetUsageResponse, RecordUsageRequest, RecordUsageResponse
@@ -106,7 +106,8 @@ class MeteringService(Protocol):
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
     ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
-    WatchNotifications; `admin` UpsertCustomer and GrantCredits.
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -307,6 +308,32 @@ class MeteringService(Protocol):
         """
         GetInvoice returns a finalized invoice by id; an unknown id is NOT_FOUND
         (reason INVOICE_NOT_FOUND).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def issue_credit_note(self, request: IssueCreditNoteRequest, ctx: RequestContext[IssueCreditNoteRequest, IssueCreditNoteResponse], /) -> IssueCreditNoteResponse:
+        """
+        IssueCreditNote corrects a finalized invoice with a credit note: for the
+        whole of what remains of its total, or for amounts on some of its lines.
+        The invoice never changes; the credit note references it, is stored once
+        and never changed, is listed with it (Invoice.credit_notes, credited,
+        net_total), and is announced as `invoice.credit_note_issued` in the same
+        transaction.
+
+        * The credit notes of a line never add up to more than the line's amount,
+          nor those of an invoice to more than its total, however many calls race:
+          a note that would pass either is FAILED_PRECONDITION (reason
+          CREDIT_NOTE_EXCEEDS_INVOICED, metadata invoice_id, meter, price (empty
+          for the invoice's total), invoiced, credited, requested, currency) and
+          nothing is written.
+        * An invoice that is not finalized yet (the id of a period still
+          gathering or in its grace) is FAILED_PRECONDITION (reason
+          INVOICE_NOT_FINALIZED); an unknown id, or another customer's, is
+          NOT_FOUND (reason INVOICE_NOT_FOUND).
+        * A line the invoice does not have, or an amount with more digits than the
+          currency's minor unit, is INVALID_ARGUMENT.
+        * Idempotent by credit_note_id: a replay with the same payload answers the
+          original (duplicate = true), even once nothing is left to credit.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -546,6 +573,17 @@ class MeteringServiceASGIApplication(ConnectASGIApplication[MeteringService]):
                     ),
                     function=svc.get_invoice,
                 ),
+                "/metering.v1.MeteringService/IssueCreditNote": Endpoint.unary(
+                    method=MethodInfo(
+                        name="IssueCreditNote",
+                        service_name="metering.v1.MeteringService",
+                        input=IssueCreditNoteRequest,
+                        output=IssueCreditNoteResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.issue_credit_note,
+                ),
                 "/metering.v1.MeteringService/WatchNotifications": Endpoint.server_stream(
                     method=MethodInfo(
                         name="WatchNotifications",
@@ -631,7 +669,8 @@ class MeteringServiceClient(ConnectClient):
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
     ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
-    WatchNotifications; `admin` UpsertCustomer and GrantCredits.
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -1176,6 +1215,49 @@ class MeteringServiceClient(ConnectClient):
                 service_name="metering.v1.MeteringService",
                 input=GetInvoiceRequest,
                 output=GetInvoiceResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def issue_credit_note(
+        self,
+        request: IssueCreditNoteRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> IssueCreditNoteResponse:
+        """
+        IssueCreditNote corrects a finalized invoice with a credit note: for the
+        whole of what remains of its total, or for amounts on some of its lines.
+        The invoice never changes; the credit note references it, is stored once
+        and never changed, is listed with it (Invoice.credit_notes, credited,
+        net_total), and is announced as `invoice.credit_note_issued` in the same
+        transaction.
+
+        * The credit notes of a line never add up to more than the line's amount,
+          nor those of an invoice to more than its total, however many calls race:
+          a note that would pass either is FAILED_PRECONDITION (reason
+          CREDIT_NOTE_EXCEEDS_INVOICED, metadata invoice_id, meter, price (empty
+          for the invoice's total), invoiced, credited, requested, currency) and
+          nothing is written.
+        * An invoice that is not finalized yet (the id of a period still
+          gathering or in its grace) is FAILED_PRECONDITION (reason
+          INVOICE_NOT_FINALIZED); an unknown id, or another customer's, is
+          NOT_FOUND (reason INVOICE_NOT_FOUND).
+        * A line the invoice does not have, or an amount with more digits than the
+          currency's minor unit, is INVALID_ARGUMENT.
+        * Idempotent by credit_note_id: a replay with the same payload answers the
+          original (duplicate = true), even once nothing is left to credit.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="IssueCreditNote",
+                service_name="metering.v1.MeteringService",
+                input=IssueCreditNoteRequest,
+                output=IssueCreditNoteResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),
