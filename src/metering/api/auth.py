@@ -51,6 +51,8 @@ METHOD_ROLES: Mapping[str, Role] = {
     "WatchNotifications": Role.READER,
     "UpsertCustomer": Role.ADMIN,
     "GrantCredits": Role.ADMIN,
+    "GrantWalletCredit": Role.ADMIN,
+    "GetWallet": Role.READER,
 }
 
 # A held refusal is answered this long before the call's deadline, so that

@@ -22,6 +22,7 @@ from metering.domain.decimals import format_decimal
 from metering.domain.errors import (
     BeforeFirstPeriod,
     BillingAnchorImmutable,
+    CreditsExhausted,
     DatabaseUnavailable,
     IdempotencyKeyConflict,
     InvalidArgument,
@@ -207,6 +208,24 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
             error_details_pb2.QuotaFailure(
                 violations=[
                     error_details_pb2.QuotaFailure.Violation(subject=f"meter:{exc.meter}", description=str(exc))
+                ]
+            ),
+        )
+    if isinstance(exc, CreditsExhausted):
+        return _status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            str(exc),
+            _info(
+                metering_service_pb2.ERROR_REASON_CREDITS_EXHAUSTED,
+                meter=exc.meter,
+                plan=exc.plan,
+                currency=exc.currency,
+                cost=format_decimal(exc.cost),
+                available=format_decimal(exc.available),
+            ),
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(subject=f"wallet:{exc.customer_id}", description=str(exc))
                 ]
             ),
         )

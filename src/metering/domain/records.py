@@ -13,6 +13,7 @@ from uuid import UUID
 from metering.domain import limits
 from metering.domain.catalog import PricingModel
 from metering.domain.pricing import LineCharge
+from metering.domain.wallets import CreditApplied
 
 
 class EventPosition(NamedTuple):
@@ -33,6 +34,8 @@ class CustomerRecord:
     # The end of the customer's last finalized billing period (None: none yet):
     # an event before it would change a final invoice.
     closed_through: datetime | None = None
+    # Whether the customer was ever given wallet credit (metering.domain.wallets).
+    has_wallet: bool = False
 
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
@@ -200,3 +203,5 @@ class Invoice:
     invoice_id: UUID | None = None  # set once finalized
     number: int | None = None  # 1, 2, 3... per customer, once finalized
     finalized_at: datetime | None = None
+    # The wallet credit each grant applied (exact); `credits` is minus their sum, rounded once.
+    credits_applied: tuple[CreditApplied, ...] = ()

@@ -24,9 +24,10 @@ from decimal import Decimal
 from typing import NamedTuple
 from uuid import UUID
 
-from metering.domain import closing, limits, notifications, terms
+from metering.domain import closing, decimals, limits, notifications, terms, wallets
 from metering.domain.catalog import Meter, PlanMeter, Price
 from metering.domain.errors import (
+    CreditsExhausted,
     InvalidArgument,
     MeteringError,
     NotFound,
@@ -34,7 +35,7 @@ from metering.domain.errors import (
     TransactionConflict,
 )
 from metering.domain.notifications import MeterTerms, NewNotification
-from metering.domain.periods import Period
+from metering.domain.periods import BillingPeriod, Period
 from metering.domain.records import (
     CounterReading,
     CustomerRecord,
@@ -82,6 +83,20 @@ class UsageCommand:
     too_old: InvalidArgument | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class WalletTerms:
+    """What charging an event to its customer's wallet needs (metering.domain.wallets):
+    set on a resolution only for a customer with a wallet or on a prepaid plan."""
+
+    price: Price  # the event's price
+    included: Decimal  # the plan's included units when the price is the plan's, else 0
+    currency: str  # the plan's
+    prepaid: bool
+    low_threshold: Decimal | None
+    meter: Meter
+    billing_period: BillingPeriod  # the billing period the event is billed in
+
+
 @dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
 class Resolution:
     """What the engine decided an event means under its customer's plan."""
@@ -100,6 +115,8 @@ class Resolution:
     # is answered as a duplicate): a time outside the backfill window, before
     # the customer's first period, or in a finalized period.
     refusal: MeteringError | None = None
+    # Set when the event is charged to a wallet (its customer has one, or its plan is prepaid).
+    wallet: WalletTerms | None = None
     # counter_key, built on first use: the batch looks it up more than once.
     _counter_key: CounterKey | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -110,6 +127,13 @@ class Resolution:
             event = self.event
             key = self._counter_key = _new_key(CounterKey, (event.customer_id, event.meter_slug, self.period.start))
         return key
+
+    @property
+    def spend_key(self) -> wallets.SpendKey:
+        """The priced quantity a wallet-charged event moves (metering.domain.wallets)."""
+        assert self.wallet is not None
+        event = self.event
+        return wallets.SpendKey(event.customer_id, event.meter_slug, self.wallet.billing_period.start, event.price_slug)
 
     @property
     def allowance_key(self) -> AllowanceKey:
@@ -148,6 +172,20 @@ def resolve(command: UsageCommand, customer: CustomerRecord | None, book: terms.
     refusal = command.too_old or closing.late_refusal(
         customer.customer_id, command.transaction_id, event_time, anchor, customer.closed_through
     )
+    wallet = None
+    plan = known.plan
+    if customer.has_wallet or plan.prepaid:
+        price = named or known.price
+        assert plan.currency is not None  # every plan has one (catalog check)
+        wallet = WalletTerms(
+            price=price,
+            included=plan_terms.included if price.slug == plan_terms.price else decimals.ZERO,
+            currency=plan.currency,
+            prepaid=plan.prepaid,
+            low_threshold=plan.credits_low_threshold,
+            meter=command.meter,
+            billing_period=closing.billing_period(event_time, anchor),
+        )
     return Resolution(
         event,
         known.plan_allowance,
@@ -159,6 +197,7 @@ def resolve(command: UsageCommand, customer: CustomerRecord | None, book: terms.
         plan_terms=plan_terms,
         billing_anchor=anchor,
         refusal=refusal,
+        wallet=wallet,
     )
 
 
@@ -182,6 +221,9 @@ class BatchReads:
     existing: dict[tuple[str, str], StoredEvent]  # recorded events, by (customer, transaction id)
     holdings: dict[AllowanceKey, tuple[Decimal, Decimal]]  # (granted, reserved) for each allowance key
     seen_values: set[tuple[CounterKey, str]]  # distinct values already counted
+    # Wallets (locked) of the batch's wallet-charged customers, and their priced quantities.
+    wallet_states: dict[str, wallets.Wallet] = field(default_factory=dict)
+    spends: dict[wallets.SpendKey, wallets.Spend] = field(default_factory=dict)
 
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
@@ -193,6 +235,30 @@ class Insert:
     key: CounterKey
     dimensions: dict[str, str]
     unique_value: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BurnRow:
+    """A burn to append (metering.domain.wallets.Burn with the event that made it)."""
+
+    key: wallets.SpendKey
+    event_id: UUID
+    burn: wallets.Burn
+
+
+@dataclass(frozen=True, slots=True)
+class WalletWrites:
+    """What a batch changes in wallets: each Spend once, the burns, and each grant's remaining."""
+
+    spends: list[tuple[wallets.SpendKey, wallets.Spend]]
+    burns: list[BurnRow]
+    remaining: list[tuple[str, str, Decimal]]  # (customer, grant id, remaining)
+
+    def __bool__(self) -> bool:
+        return bool(self.spends or self.burns)
+
+
+NO_WALLET_WRITES = WalletWrites([], [], [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +297,7 @@ class BatchPlan:
     unique_values: list[UniqueValue]
     notifications: list[NewNotification]  # once each by (customer, dedupe key)
     _answers: list[EventResult | _Accepted | _DuplicateOf]
+    wallet_writes: WalletWrites = NO_WALLET_WRITES
 
     def answers(self, stored: Sequence[StoredEvent]) -> list[EventResult]:
         """Every event's result, given the stored form of each insert (same order)."""
@@ -286,6 +353,7 @@ def decide_batch(
     the outbox already (not built again)."""
     states = dict(reads.counters)
     seen_values = set(reads.seen_values)
+    charging = _Charging(reads) if reads.wallet_states or reads.spends else None
     answers: list[EventResult | _Accepted | _DuplicateOf] = []
     in_batch: dict[tuple[str, str], tuple[int, NewEvent, UUID]] = {}  # accepted earlier in this batch
     inserts: list[Insert] = []
@@ -371,6 +439,14 @@ def decide_batch(
                     ],
                 )
             continue
+        wallet_terms = resolution.wallet
+        if wallet_terms is not None:
+            if charging is None:
+                charging = _Charging(reads)
+            refused = charging.charge(resolution, wallet_terms, event_id, new_value, announce)
+            if refused is not None:
+                answers.append(refused)
+                continue
         after = decision.state_after
         if quiet_below is not None and after.used >= quiet_below:
             _announce(
@@ -394,7 +470,125 @@ def decide_batch(
             seen_values.add((key, unique))
             new_values.append(UniqueValue(key, unique, event_id))
     counters = [(key, states[key]) for key in sorted(touched)]
-    return BatchPlan(inserts, counters, new_values, list(announce.values()), answers)
+    writes = NO_WALLET_WRITES if charging is None else charging.writes()
+    return BatchPlan(inserts, counters, new_values, list(announce.values()), answers, writes)
+
+
+class _Charging:
+    """The wallets of a batch as its events are charged to them, in order."""
+
+    def __init__(self, reads: BatchReads) -> None:
+        self.wallets = dict(reads.wallet_states)
+        self.spends = dict(reads.spends)
+        self.burns: list[BurnRow] = []
+        self.touched: set[wallets.SpendKey] = set()
+
+    def charge(
+        self,
+        resolution: Resolution,
+        terms: WalletTerms,
+        event_id: UUID,
+        new_value: bool,
+        announce: dict[tuple[str, str], NewNotification],
+    ) -> CreditsExhausted | None:
+        """Charge an event the limits accepted; the refusal of a prepaid plan's
+        event the credit cannot cover (nothing changes then)."""
+        event = resolution.event
+        customer_id = event.customer_id
+        wallet = self.wallets.get(customer_id)
+        if wallet is None:
+            wallet = self.wallets[customer_id] = wallets.Wallet(customer_id, 0, [], {})
+        key = resolution.spend_key
+        spend = self.spends.get(key) or wallets.Spend()
+        state_after = wallets.advance(
+            terms.meter.aggregation,
+            spend.state,
+            event.quantity,
+            event_time=event.event_time,
+            event_id=event_id,
+            new_unique_value=new_value,
+        )
+        at = event.event_time
+        total_before = wallet.total_available(at, terms.currency) if wallet.grants else decimals.ZERO
+        outcome = wallets.charge(
+            wallet,
+            spend,
+            price=terms.price,
+            included=terms.included,
+            currency=terms.currency,
+            state_after=state_after,
+            meter_slug=event.meter_slug,
+            at=at,
+            prepaid=terms.prepaid,
+        )
+        if isinstance(outcome, wallets.Shortfall):
+            _announce(
+                announce,
+                [
+                    notifications.credits_exhausted_notification(
+                        customer_id,
+                        terms.currency,
+                        wallet.generation,
+                        available=outcome.available,
+                        requested=outcome.cost,
+                        transaction_id=event.transaction_id,
+                        meter_slug=event.meter_slug,
+                        refused=True,
+                    )
+                ],
+            )
+            return CreditsExhausted(
+                customer_id=customer_id,
+                meter=event.meter_slug,
+                plan=resolution.terms.plan_slug,
+                currency=terms.currency,
+                cost=outcome.cost,
+                available=outcome.available,
+            )
+        self.spends[key] = outcome.spend_after
+        self.touched.add(key)
+        if outcome.burns:
+            wallets.apply(wallet, outcome.burns)
+            self.burns.extend(BurnRow(key, event_id, burn) for burn in outcome.burns)
+            total_after = wallet.total_available(at, terms.currency)
+            low, exhausted = wallets.crossings(total_before, total_after, terms.low_threshold)
+            new: list[NewNotification] = []
+            if low:
+                assert terms.low_threshold is not None
+                new.append(
+                    notifications.credits_low_notification(
+                        customer_id,
+                        terms.currency,
+                        wallet.generation,
+                        available=total_after,
+                        threshold=terms.low_threshold,
+                        transaction_id=event.transaction_id,
+                    )
+                )
+            if exhausted:
+                new.append(
+                    notifications.credits_exhausted_notification(
+                        customer_id,
+                        terms.currency,
+                        wallet.generation,
+                        available=total_after,
+                        requested=outcome.cost,
+                        transaction_id=event.transaction_id,
+                        meter_slug=event.meter_slug,
+                        refused=False,
+                    )
+                )
+            _announce(announce, new)
+        return None
+
+    def writes(self) -> WalletWrites:
+        spends = [(key, self.spends[key]) for key in sorted(self.touched)]
+        changed = {(row.key.customer_id, row.burn.grant_id) for row in self.burns}
+        remaining = [
+            (customer_id, grant_id, self.wallets[customer_id].remaining[grant_id])
+            for customer_id, grant_id in sorted(changed)
+        ]
+        return WalletWrites(spends, self.burns, remaining)
 
 
 def _announce(announce: dict[tuple[str, str], NewNotification], new: list[NewNotification]) -> None:

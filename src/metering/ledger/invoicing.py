@@ -41,6 +41,7 @@ from metering.domain.pricing import LineCharge, TierCharge
 from metering.domain.records import FINALIZED, CustomerRecord, Invoice, InvoiceLine
 from metering.ledger import outbox
 from metering.ledger.pool import Connection, PoolUser, one_row, translate_errors
+from metering.ledger.wallets import applied_document, applied_from
 
 # Namespace of the closer's advisory locks (two-int form: namespace, hashtext of
 # the customer id): "clos". A hash collision only makes two customers close one
@@ -49,7 +50,7 @@ CLOSER_LOCK_NAMESPACE = 0x636C6F73
 
 INVOICE_COLUMNS = (
     "invoice_id, customer_id, number, plan_slug, period_start, period_end, currency, subtotal, credits, total, "
-    "lines, finalized_at"
+    "lines, finalized_at, credits_applied"
 )
 
 
@@ -95,7 +96,7 @@ class PeriodClose:
             f"""
             INSERT INTO invoices ({INVOICE_COLUMNS})
             SELECT $1::uuid, $2::text, coalesce(max(i.number), 0) + 1, $3::text, $4::timestamptz, $5::timestamptz,
-                   $6::text, $7::numeric, $8::numeric, $9::numeric, $10::jsonb, now()
+                   $6::text, $7::numeric, $8::numeric, $9::numeric, $10::jsonb, now(), $11::jsonb
               FROM invoices i WHERE i.customer_id = $2::text
             ON CONFLICT (customer_id, period_start) DO NOTHING
             RETURNING {INVOICE_COLUMNS}
@@ -110,6 +111,7 @@ class PeriodClose:
             bill.credits,
             bill.total,
             [_line_document(line) for line in bill.lines],
+            applied_document(bill.credits_applied),
         )
         created = inserted is not None
         if inserted is None:  # finalized before: the stored one stands
@@ -336,4 +338,5 @@ def invoice_record(row: asyncpg.Record) -> Invoice:
         invoice_id=row["invoice_id"],
         number=row["number"],
         finalized_at=row["finalized_at"],
+        credits_applied=tuple(applied_from(row["credits_applied"])),
     )

@@ -146,7 +146,7 @@ class Entitlements:
             by_meter.setdefault(grant.meter_slug, []).append(grant)
         chains = {slug: self._book.for_customer(customer, self._catalog.meters[slug]) for slug in by_meter}
         keys = [CounterKey(customer_id, slug, chain.period_at(now).start) for slug, chain in chains.items()]
-        _, readings = await self._ledger.read_counters(customer_id, keys, now)
+        _, readings, _ = await self._ledger.read_counters(customer_id, keys, now)
         views = []
         for key in keys:
             slug = key.meter_slug

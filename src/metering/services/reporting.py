@@ -20,9 +20,11 @@ from metering.domain.periods import BillingPeriod
 from metering.domain.pricing import LineCharge, price_line
 from metering.domain.records import CustomerRecord, EventPosition, StoredEvent
 from metering.domain.terms import TermsBook
+from metering.domain.wallets import CreditApplied, credits_total
 from metering.domain.windows import TooManyWindowsError, Window, WindowSize, windows
 from metering.ledger.customers import CustomerStore
 from metering.ledger.reporting import AggregateQuery, PropertyFilter, UsageCursor, UsageReports
+from metering.ledger.wallets import WalletStore
 from metering.services.usage import require_customer, utc_now
 
 
@@ -113,6 +115,7 @@ class Bill:
     subtotal: Decimal
     credits: Decimal
     total: Decimal
+    credits_applied: tuple[CreditApplied, ...] = ()  # per grant, exact (metering.domain.wallets)
 
 
 class Reporting:
@@ -121,8 +124,15 @@ class Reporting:
     grouping can be asked for; it never writes."""
 
     def __init__(
-        self, catalog: Catalog, ledger: CustomerStore, reports: UsageReports, *, clock: Callable[[], datetime] = utc_now
+        self,
+        catalog: Catalog,
+        ledger: CustomerStore,
+        reports: UsageReports,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        wallets: WalletStore | None = None,
     ) -> None:
+        self._wallets = wallets  # None: bills apply no wallet credit (a reader without the primary's wallets)
         self._catalog = catalog
         self._book = TermsBook(catalog)
         self._ledger = ledger
@@ -208,9 +218,14 @@ class Reporting:
         for slug in meters:
             lines.extend(await self._meter_lines(customer_id, plan, self._catalog.meters[slug], period))
         subtotal = decimals.add(*(line.charge.amount for line in lines))
-        credits = ZERO  # no monetary credits exist yet; grants are units, not money
+        # Wallet credit: what each grant's burns paid for this period's usage
+        # (none, and no SQL, for a customer never given wallet credit).
+        applied: tuple[CreditApplied, ...] = ()
+        if self._wallets is not None and customer.has_wallet:
+            applied = tuple(await self._wallets.credits_applied(customer_id, period.start))
+        credits = credits_total(applied, plan.currency)
         total = max(ZERO, decimals.add(subtotal, credits))
-        return Bill(customer_id, plan, period, plan.currency, lines, subtotal, credits, total)
+        return Bill(customer_id, plan, period, plan.currency, lines, subtotal, credits, total, applied)
 
     async def _meter_lines(self, customer_id: str, plan: Plan, meter: Meter, period: BillingPeriod) -> list[BillLine]:
         """One line per price the meter's events were recorded with; the plan's

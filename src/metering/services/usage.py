@@ -93,6 +93,7 @@ class BalanceReport:
     balances: list[MeterBalance]
     requested_allowed: bool | None
     as_of: datetime
+    has_wallet: bool = False  # whether the customer was ever given wallet credit
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +206,7 @@ class MeteringEngine:
                 known = self._book.of(plan.slug, meter)
                 period = known.period_at(now, customer.billing_anchor, self._book.periods)
                 wanted.append((known, period, CounterKey(customer.customer_id, meter.slug, period.start)))
-            current_plan, readings = await self.ledger.read_counters(
+            current_plan, readings, has_wallet = await self.ledger.read_counters(
                 customer.customer_id, [key for _, _, key in wanted], now
             )
             if current_plan == customer.plan_slug:
@@ -219,7 +220,7 @@ class MeteringEngine:
         if query.requested is not None and query.meter is not None:
             known, _, key = wanted[0]
             requested_allowed = known.requested_fits(readings[key], query.requested)
-        return BalanceReport(customer.customer_id, plan.slug, balances, requested_allowed, now)
+        return BalanceReport(customer.customer_id, plan.slug, balances, requested_allowed, now, has_wallet)
 
     async def _load_customer(self, customer_id: str) -> CustomerRecord:
         customer = await require_customer(self.ledger, customer_id)

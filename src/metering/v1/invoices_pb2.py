@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from metering.v1 import billing_pb2 as metering_dot_v1_dot_billing__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ametering/v1/invoices.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19metering/v1/billing.proto\"\xb4\x03\n\x07Invoice\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\x03\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.metering.v1.InvoiceStatus\x12\x11\n\tplan_slug\x18\x05 \x01(\t\x12\x35\n\x11period_start_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05lines\x18\x08 \x03(\x0b\x32\x15.metering.v1.BillLine\x12$\n\x08subtotal\x18\t \x01(\x0b\x32\x12.metering.v1.Money\x12#\n\x07\x63redits\x18\n \x01(\x0b\x32\x12.metering.v1.Money\x12!\n\x05total\x18\x0b \x01(\x0b\x32\x12.metering.v1.Money\x12\x31\n\rfinalize_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x13ListInvoicesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.metering.v1.InvoiceStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"W\n\x14ListInvoicesResponse\x12&\n\x08invoices\x18\x01 \x03(\x0b\x32\x14.metering.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\";\n\x12GetInvoiceResponse\x12%\n\x07invoice\x18\x01 \x01(\x0b\x32\x14.metering.v1.Invoiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ametering/v1/invoices.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19metering/v1/billing.proto\"\xe9\x03\n\x07Invoice\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\x03\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.metering.v1.InvoiceStatus\x12\x11\n\tplan_slug\x18\x05 \x01(\t\x12\x35\n\x11period_start_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05lines\x18\x08 \x03(\x0b\x32\x15.metering.v1.BillLine\x12$\n\x08subtotal\x18\t \x01(\x0b\x32\x12.metering.v1.Money\x12#\n\x07\x63redits\x18\n \x01(\x0b\x32\x12.metering.v1.Money\x12!\n\x05total\x18\x0b \x01(\x0b\x32\x12.metering.v1.Money\x12\x31\n\rfinalize_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x63redits_applied\x18\x14 \x03(\x0b\x32\x1a.metering.v1.CreditApplied\"}\n\x13ListInvoicesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.metering.v1.InvoiceStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"W\n\x14ListInvoicesResponse\x12&\n\x08invoices\x18\x01 \x03(\x0b\x32\x14.metering.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\";\n\x12GetInvoiceResponse\x12%\n\x07invoice\x18\x01 \x01(\x0b\x32\x14.metering.v1.Invoiceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'metering.v1.invoices_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INVOICE']._serialized_start=104
-  _globals['_INVOICE']._serialized_end=540
-  _globals['_LISTINVOICESREQUEST']._serialized_start=542
-  _globals['_LISTINVOICESREQUEST']._serialized_end=667
-  _globals['_LISTINVOICESRESPONSE']._serialized_start=669
-  _globals['_LISTINVOICESRESPONSE']._serialized_end=756
-  _globals['_GETINVOICEREQUEST']._serialized_start=758
-  _globals['_GETINVOICEREQUEST']._serialized_end=797
-  _globals['_GETINVOICERESPONSE']._serialized_start=799
-  _globals['_GETINVOICERESPONSE']._serialized_end=858
+  _globals['_INVOICE']._serialized_end=593
+  _globals['_LISTINVOICESREQUEST']._serialized_start=595
+  _globals['_LISTINVOICESREQUEST']._serialized_end=720
+  _globals['_LISTINVOICESRESPONSE']._serialized_start=722
+  _globals['_LISTINVOICESRESPONSE']._serialized_end=809
+  _globals['_GETINVOICEREQUEST']._serialized_start=811
+  _globals['_GETINVOICEREQUEST']._serialized_end=850
+  _globals['_GETINVOICERESPONSE']._serialized_start=852
+  _globals['_GETINVOICERESPONSE']._serialized_end=911
 # @@protoc_insertion_point(module_scope)

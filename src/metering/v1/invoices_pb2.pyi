@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Invoice(_message.Message):
-    __slots__ = ("invoice_id", "customer_id", "number", "status", "plan_slug", "period_start_time", "period_end_time", "lines", "subtotal", "credits", "total", "finalize_time")
+    __slots__ = ("invoice_id", "customer_id", "number", "status", "plan_slug", "period_start_time", "period_end_time", "lines", "subtotal", "credits", "total", "finalize_time", "credits_applied")
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class Invoice(_message.Message):
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     FINALIZE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_APPLIED_FIELD_NUMBER: _ClassVar[int]
     invoice_id: str
     customer_id: str
     number: int
@@ -36,7 +37,8 @@ class Invoice(_message.Message):
     credits: _billing_pb2.Money
     total: _billing_pb2.Money
     finalize_time: _timestamp_pb2.Timestamp
-    def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., number: _Optional[int] = ..., status: _Optional[_Union[_billing_pb2.InvoiceStatus, str]] = ..., plan_slug: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[_billing_pb2.BillLine, _Mapping]]] = ..., subtotal: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., credits: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., total: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., finalize_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    credits_applied: _containers.RepeatedCompositeFieldContainer[_billing_pb2.CreditApplied]
+    def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., number: _Optional[int] = ..., status: _Optional[_Union[_billing_pb2.InvoiceStatus, str]] = ..., plan_slug: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[_billing_pb2.BillLine, _Mapping]]] = ..., subtotal: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., credits: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., total: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., finalize_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credits_applied: _Optional[_Iterable[_Union[_billing_pb2.CreditApplied, _Mapping]]] = ...) -> None: ...
 
 class ListInvoicesRequest(_message.Message):
     __slots__ = ("customer_id", "status", "page_size", "page_token")

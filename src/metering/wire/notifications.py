@@ -9,15 +9,24 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from metering.domain.decimals import format_decimal
-from metering.domain.notifications import LimitRejected, NotificationType, StoredNotification, ThresholdCrossed
+from metering.domain.notifications import (
+    CreditsExhausted,
+    CreditsLow,
+    LimitRejected,
+    NotificationType,
+    StoredNotification,
+    ThresholdCrossed,
+)
 from metering.domain.periods import Period
 from metering.v1 import notifications_pb2
-from metering.wire.values import money, set_timestamp, timestamp
+from metering.wire.values import exact_money, money, set_timestamp, timestamp
 
 NOTIFICATION_TYPES = {
     NotificationType.THRESHOLD_CROSSED: notifications_pb2.NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED,
     NotificationType.LIMIT_REJECTED: notifications_pb2.NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED,
     NotificationType.INVOICE_FINALIZED: notifications_pb2.NOTIFICATION_TYPE_INVOICE_FINALIZED,
+    NotificationType.CREDITS_LOW: notifications_pb2.NOTIFICATION_TYPE_CREDITS_LOW,
+    NotificationType.CREDITS_EXHAUSTED: notifications_pb2.NOTIFICATION_TYPE_CREDITS_EXHAUSTED,
 }
 
 
@@ -55,6 +64,17 @@ def notification(stored: StoredNotification) -> notifications_pb2.Notification:
         rejected.available = format_decimal(payload.available)
         rejected.requested = format_decimal(payload.requested)
         rejected.transaction_id = payload.transaction_id
+    elif isinstance(payload, CreditsLow):
+        low = message.credits_low
+        low.available.CopyFrom(exact_money(payload.available, payload.currency))
+        low.threshold.CopyFrom(exact_money(payload.threshold, payload.currency))
+        low.transaction_id = payload.transaction_id
+    elif isinstance(payload, CreditsExhausted):
+        exhausted = message.credits_exhausted
+        exhausted.available.CopyFrom(exact_money(payload.available, payload.currency))
+        exhausted.requested.CopyFrom(exact_money(payload.requested, payload.currency))
+        exhausted.transaction_id, exhausted.meter_slug = payload.transaction_id, payload.meter_slug
+        exhausted.refused = payload.refused
     else:
         invoice = message.invoice_finalized
         invoice.invoice_id, invoice.invoice_number = payload.invoice_id, payload.invoice_number

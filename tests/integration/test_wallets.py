@@ -1,0 +1,232 @@
+"""Wallets end to end: prepaid credit in money, burned in the transaction that records usage.
+
+The test catalog's `prepaid` plan prices tokens with graduated tiers (0.01 up to
+100, then 0.005 plus a 0.25 flat up to 1000, then 0.001) and images with volume
+tiers (0.10 each up to 3 images, 0.05 each from the 4th); `wallet` prices the
+same but does not require credit (10 tokens included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import grpc
+import pytest
+
+from metering.v1 import billing_pb2, ingest_pb2, metering_service_pb2_grpc, usage_pb2, wallets_pb2
+from tests.support import audit, error_details, error_info, record, run_sql, stamp, violated_fields
+
+Stub = metering_service_pb2_grpc.MeteringServiceStub
+
+
+def top_up(
+    stub: Stub, customer: str, grant_id: str, amount: str, **fields: Any
+) -> wallets_pb2.GrantWalletCreditResponse:
+    request = wallets_pb2.GrantWalletCreditRequest(
+        customer_id=customer,
+        grant_id=grant_id,
+        amount=billing_pb2.Money(currency_code=fields.pop("currency", "USD"), amount=amount),
+        **fields,
+    )
+    return stub.GrantWalletCredit(request, timeout=10)
+
+
+def wallet(stub: Stub, customer: str, include_inactive: bool = False) -> wallets_pb2.WalletSummary:
+    request = wallets_pb2.GetWalletRequest(customer_id=customer, include_inactive=include_inactive)
+    return stub.GetWallet(request, timeout=10).wallet
+
+
+def remaining(stub: Stub, customer: str) -> dict[str, Decimal]:
+    return {g.grant_id: Decimal(g.remaining.amount) for g in wallet(stub, customer, include_inactive=True).grants}
+
+
+def refused(call: Callable[[], object]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def test_prepaid_usage_burns_the_exact_marginal_cost_and_is_refused_past_the_credit(
+    stub: Stub, new_customer: Callable[..., str], database_url: str
+) -> None:
+    customer = new_customer("prepaid")
+    # Nothing to pay with: a priced event is refused, with the figures.
+    error = refused(lambda: record(stub, customer, "t0", "1"))
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(error)
+    assert info.reason == "CREDITS_EXHAUSTED"
+    assert dict(info.metadata) == {
+        "meter": "tokens",
+        "plan": "prepaid",
+        "currency": "USD",
+        "cost": "0.01",
+        "available": "0",
+    }
+    quota = error_details(error)["QuotaFailure"]
+    assert [v.subject for v in quota.violations] == [f"wallet:{customer}"]  # type: ignore[attr-defined]
+
+    granted = top_up(stub, customer, "topup-1", "2.00", reason="first top-up")
+    assert not granted.duplicate
+    assert granted.grant.remaining.amount == "2"
+    assert granted.wallet.available.amount == "2" and granted.wallet.prepaid
+    # 90 tokens at 0.01 = 0.90; 20 more cross into the second tier: 10 at 0.01,
+    # 10 at 0.005 and its 0.25 flat = 0.40 (marginal); 1.10 in all, 0.90 left.
+    record(stub, customer, "t1", "90")
+    record(stub, customer, "t2", "20")
+    assert remaining(stub, customer) == {"topup-1": Decimal("0.90")}
+    # 200 more would cost 1.00: refused, nothing written, credit untouched.
+    error = refused(lambda: record(stub, customer, "t3", "200"))
+    assert error_info(error).metadata["cost"] == "1.000"
+    assert error_info(error).metadata["available"] == "0.90"
+    # 180 costs exactly 0.90: the wallet reaches exactly zero.
+    record(stub, customer, "t4", "180")
+    assert remaining(stub, customer) == {"topup-1": Decimal(0)}
+    assert refused(lambda: record(stub, customer, "t5", "1")).code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    # A replay of an accepted event is still a duplicate, not a refusal.
+    assert record(stub, customer, "t4", "180").duplicate
+    # Notifications: credits.low (below 0.5) once, credits.exhausted once for this generation.
+    rows = run_sql(
+        database_url, "SELECT type, dedupe_key FROM notifications WHERE customer_id = $1 ORDER BY type", customer
+    )
+    assert [(r["type"], r["dedupe_key"]) for r in rows] == [
+        ("credits.exhausted", "credits.exhausted/USD/0"),
+        ("credits.exhausted", "credits.exhausted/USD/1"),
+        ("credits.low", "credits.low/USD/1"),
+    ]
+    assert audit(database_url, [customer]).clean
+
+
+def test_a_top_up_re_arms_the_notifications_and_usage_resumes(
+    stub: Stub, new_customer: Callable[..., str], database_url: str
+) -> None:
+    customer = new_customer("prepaid")
+    top_up(stub, customer, "a", "0.60")
+    record(stub, customer, "t1", "60")  # 0.60: low and exhausted
+    top_up(stub, customer, "b", "1")
+    record(stub, customer, "t2", "60")  # 0.40 + ... crosses low again under generation 2
+    types = run_sql(
+        database_url, "SELECT dedupe_key FROM notifications WHERE customer_id = $1 ORDER BY dedupe_key", customer
+    )
+    assert [r["dedupe_key"] for r in types] == ["credits.exhausted/USD/1", "credits.low/USD/1", "credits.low/USD/2"]
+
+
+def test_grants_burn_by_priority_then_expiry_then_effective_time(
+    stub: Stub, new_customer: Callable[..., str], database_url: str
+) -> None:
+    customer = new_customer("prepaid")
+    now = datetime.now(UTC)
+    top_up(stub, customer, "late-expiry", "0.10", expire_time=stamp(now + timedelta(days=20)))
+    top_up(stub, customer, "never", "0.10")
+    top_up(stub, customer, "soon", "0.10", expire_time=stamp(now + timedelta(days=2)))
+    top_up(stub, customer, "urgent", "0.10", priority=-1, category=billing_pb2.CREDIT_CATEGORY_PROMOTIONAL)
+    top_up(stub, customer, "images-only", "1", priority=-5, meter_slugs=["images"])
+    order = [g.grant_id for g in wallet(stub, customer).grants]
+    assert order == ["images-only", "urgent", "soon", "late-expiry", "never"]
+    record(stub, customer, "t1", "25")  # 0.25: urgent, soon, then half of late-expiry (images-only: not tokens)
+    assert remaining(stub, customer) == {
+        "images-only": Decimal(1),
+        "urgent": Decimal(0),
+        "soon": Decimal(0),
+        "late-expiry": Decimal("0.05"),
+        "never": Decimal("0.10"),
+    }
+    assert audit(database_url, [customer]).clean
+
+
+def test_a_volume_tier_that_makes_usage_cheaper_gives_credit_back(
+    stub: Stub, new_customer: Callable[..., str], database_url: str
+) -> None:
+    customer = new_customer("prepaid")
+    top_up(stub, customer, "first", "0.25", priority=1)
+    top_up(stub, customer, "second", "1", priority=2)
+    for n in range(3):  # 3 images at 0.10: first pays 0.25, second 0.05
+        record(stub, customer, f"i{n}", meter="images")
+    assert remaining(stub, customer) == {"first": Decimal(0), "second": Decimal("0.95")}
+    # The 4th image puts all 4 at 0.05: 0.20 in all, 0.10 less than before.
+    # The credit comes back in reverse burn order: second first, then first.
+    record(stub, customer, "i3", meter="images")
+    assert remaining(stub, customer) == {"first": Decimal("0.05"), "second": Decimal(1)}
+    assert audit(database_url, [customer]).clean
+
+
+def test_a_void_gives_the_credit_back(stub: Stub, new_customer: Callable[..., str], database_url: str) -> None:
+    customer = new_customer("prepaid")
+    top_up(stub, customer, "g", "1")
+    record(stub, customer, "t1", "30")
+    record(stub, customer, "t2", "20")
+    assert remaining(stub, customer) == {"g": Decimal("0.50")}
+    from metering.v1 import events_pb2
+
+    stub.VoidUsage(events_pb2.VoidUsageRequest(customer_id=customer, transaction_id="t1", reason="test"), timeout=10)
+    assert remaining(stub, customer) == {"g": Decimal("0.80")}
+    assert audit(database_url, [customer]).clean
+
+
+def test_a_batch_burns_its_events_in_order(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer("prepaid")
+    top_up(stub, customer, "g", "0.50")
+    events = [
+        usage_pb2.RecordUsageRequest(customer_id=customer, meter_slug="tokens", quantity=q, transaction_id=f"b{i}")
+        for i, q in enumerate(["30", "30", "5", "1"])  # 0.30, then 0.30 does not fit, 0.05 and 0.01 do
+    ]
+    response = stub.RecordUsageBatch(ingest_pb2.RecordUsageBatchRequest(events=events), timeout=10)
+    assert [r.status.code for r in response.results] == [0, 8, 0, 0]  # 8: RESOURCE_EXHAUSTED
+    assert error_info(response.results[1].status).reason == "CREDITS_EXHAUSTED"
+    assert remaining(stub, customer) == {"g": Decimal("0.14")}
+
+
+def test_grant_ids_are_idempotency_keys(stub: Stub, new_customer: Callable[..., str]) -> None:
+    customer = new_customer("prepaid")
+    first = top_up(stub, customer, "g", "5", reason="top-up")
+    again = top_up(stub, customer, "g", "5", reason="top-up")
+    assert again.duplicate and again.grant.create_time == first.grant.create_time
+    assert wallet(stub, customer).available.amount == "5"
+    error = refused(lambda: top_up(stub, customer, "g", "6", reason="top-up"))
+    assert error.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert error_info(error).reason == "IDEMPOTENCY_KEY_CONFLICT"
+    error = refused(lambda: top_up(stub, customer, "eur", "5", currency="EUR"))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(error) == ["amount.currency_code"]
+    error = refused(lambda: top_up(stub, customer, "neg", "-1"))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_check_balance_answers_the_wallet_and_counts_credit_for_requests(
+    stub: Stub, new_customer: Callable[..., str]
+) -> None:
+    customer = new_customer("prepaid")
+    top_up(stub, customer, "g", "0.50")
+    ask = usage_pb2.CheckBalanceRequest(customer_id=customer, meter_slug="tokens", requested_quantity="50")
+    answer = stub.CheckBalance(ask, timeout=10)
+    assert answer.requested_allowed  # 50 tokens cost exactly 0.50
+    assert answer.wallet.available.amount == "0.50"
+    assert [g.grant_id for g in answer.wallet.grants] == ["g"]
+    ask.requested_quantity = "51"
+    assert not stub.CheckBalance(ask, timeout=10).requested_allowed
+    # A customer without a wallet on a plan that needs none: no wallet in the answer.
+    plain = new_customer()
+    answer = stub.CheckBalance(usage_pb2.CheckBalanceRequest(customer_id=plain), timeout=10)
+    assert not answer.HasField("wallet")
+
+
+def test_without_prepaid_the_grants_pay_what_they_can_and_the_bill_shows_them(
+    stub: Stub, new_customer: Callable[..., str], database_url: str
+) -> None:
+    customer = new_customer("wallet")
+    top_up(stub, customer, "promo", "0.30", priority=0, category=billing_pb2.CREDIT_CATEGORY_PROMOTIONAL)
+    top_up(stub, customer, "paid", "0.20", priority=1)
+    # 10 tokens included; 60 billable at 0.01 = 0.60: promo 0.30, paid 0.20, 0.10 billed.
+    record(stub, customer, "t1", "70")
+    assert remaining(stub, customer) == {"promo": Decimal(0), "paid": Decimal(0)}
+    bill = stub.EstimateBill(billing_pb2.EstimateBillRequest(customer_id=customer), timeout=10)
+    assert bill.subtotal.amount == "0.60"
+    assert [(c.grant_id, c.amount.amount, c.category) for c in bill.credits_applied] == [
+        ("paid", "0.20", billing_pb2.CREDIT_CATEGORY_PAID),
+        ("promo", "0.30", billing_pb2.CREDIT_CATEGORY_PROMOTIONAL),
+    ]
+    assert bill.credits.amount == "-0.50"
+    assert bill.total.amount == "0.10"
+    assert audit(database_url, [customer]).clean
