@@ -70,23 +70,23 @@ def test_prepaid_usage_burns_the_exact_marginal_cost_and_is_refused_past_the_cre
 
     granted = top_up(stub, customer, "topup-1", "2.00", reason="first top-up")
     assert not granted.duplicate
-    assert granted.grant.remaining.amount == "2"
-    assert granted.wallet.available.amount == "2" and granted.wallet.prepaid
+    assert granted.grant.remaining.amount == "2.00"
+    assert granted.wallet.available.amount == "2.00" and granted.wallet.prepaid
     # 90 tokens at 0.01 = 0.90; 20 more cross into the second tier: 10 at 0.01,
-    # 10 at 0.005 and its 0.25 flat = 0.40 (marginal); 1.10 in all, 0.90 left.
+    # 10 at 0.005 and its 0.25 flat = 0.40 (marginal); 1.30 in all, 0.70 left.
     record(stub, customer, "t1", "90")
     record(stub, customer, "t2", "20")
-    assert remaining(stub, customer) == {"topup-1": Decimal("0.90")}
+    assert remaining(stub, customer) == {"topup-1": Decimal("0.70")}
     # 200 more would cost 1.00: refused, nothing written, credit untouched.
     error = refused(lambda: record(stub, customer, "t3", "200"))
-    assert error_info(error).metadata["cost"] == "1.000"
-    assert error_info(error).metadata["available"] == "0.90"
-    # 180 costs exactly 0.90: the wallet reaches exactly zero.
-    record(stub, customer, "t4", "180")
+    assert Decimal(error_info(error).metadata["cost"]) == Decimal("1.00")
+    assert Decimal(error_info(error).metadata["available"]) == Decimal("0.70")
+    # 140 costs exactly 0.70: the wallet reaches exactly zero.
+    record(stub, customer, "t4", "140")
     assert remaining(stub, customer) == {"topup-1": Decimal(0)}
     assert refused(lambda: record(stub, customer, "t5", "1")).code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     # A replay of an accepted event is still a duplicate, not a refusal.
-    assert record(stub, customer, "t4", "180").duplicate
+    assert record(stub, customer, "t4", "140").duplicate
     # Notifications: credits.low (below 0.5) once, credits.exhausted once for this generation.
     rows = run_sql(
         database_url, "SELECT type, dedupe_key FROM notifications WHERE customer_id = $1 ORDER BY type", customer
@@ -96,7 +96,7 @@ def test_prepaid_usage_burns_the_exact_marginal_cost_and_is_refused_past_the_cre
         ("credits.exhausted", "credits.exhausted/USD/1"),
         ("credits.low", "credits.low/USD/1"),
     ]
-    assert audit(database_url, [customer]).clean
+    assert audit(database_url, [customer]).ok
 
 
 def test_a_top_up_re_arms_the_notifications_and_usage_resumes(
@@ -133,7 +133,7 @@ def test_grants_burn_by_priority_then_expiry_then_effective_time(
         "late-expiry": Decimal("0.05"),
         "never": Decimal("0.10"),
     }
-    assert audit(database_url, [customer]).clean
+    assert audit(database_url, [customer]).ok
 
 
 def test_a_volume_tier_that_makes_usage_cheaper_gives_credit_back(
@@ -149,7 +149,7 @@ def test_a_volume_tier_that_makes_usage_cheaper_gives_credit_back(
     # The credit comes back in reverse burn order: second first, then first.
     record(stub, customer, "i3", meter="images")
     assert remaining(stub, customer) == {"first": Decimal("0.05"), "second": Decimal(1)}
-    assert audit(database_url, [customer]).clean
+    assert audit(database_url, [customer]).ok
 
 
 def test_a_void_gives_the_credit_back(stub: Stub, new_customer: Callable[..., str], database_url: str) -> None:
@@ -162,7 +162,7 @@ def test_a_void_gives_the_credit_back(stub: Stub, new_customer: Callable[..., st
 
     stub.VoidUsage(events_pb2.VoidUsageRequest(customer_id=customer, transaction_id="t1", reason="test"), timeout=10)
     assert remaining(stub, customer) == {"g": Decimal("0.80")}
-    assert audit(database_url, [customer]).clean
+    assert audit(database_url, [customer]).ok
 
 
 def test_a_batch_burns_its_events_in_order(stub: Stub, new_customer: Callable[..., str]) -> None:
@@ -183,7 +183,7 @@ def test_grant_ids_are_idempotency_keys(stub: Stub, new_customer: Callable[..., 
     first = top_up(stub, customer, "g", "5", reason="top-up")
     again = top_up(stub, customer, "g", "5", reason="top-up")
     assert again.duplicate and again.grant.create_time == first.grant.create_time
-    assert wallet(stub, customer).available.amount == "5"
+    assert wallet(stub, customer).available.amount == "5.00"
     error = refused(lambda: top_up(stub, customer, "g", "6", reason="top-up"))
     assert error.code() is grpc.StatusCode.ALREADY_EXISTS
     assert error_info(error).reason == "IDEMPOTENCY_KEY_CONFLICT"
@@ -229,4 +229,4 @@ def test_without_prepaid_the_grants_pay_what_they_can_and_the_bill_shows_them(
     ]
     assert bill.credits.amount == "-0.50"
     assert bill.total.amount == "0.10"
-    assert audit(database_url, [customer]).clean
+    assert audit(database_url, [customer]).ok

@@ -96,6 +96,9 @@ class WalletTerms:
     meter: Meter
     billing_period: BillingPeriod  # the billing period the event is billed in
 
+    def spend_key(self, event: NewEvent | StoredEvent) -> wallets.SpendKey:
+        return wallets.SpendKey(event.customer_id, event.meter_slug, self.billing_period.start, event.price_slug)
+
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
 class Resolution:
@@ -132,8 +135,7 @@ class Resolution:
     def spend_key(self) -> wallets.SpendKey:
         """The priced quantity a wallet-charged event moves (metering.domain.wallets)."""
         assert self.wallet is not None
-        event = self.event
-        return wallets.SpendKey(event.customer_id, event.meter_slug, self.wallet.billing_period.start, event.price_slug)
+        return self.wallet.spend_key(self.event)
 
     @property
     def allowance_key(self) -> AllowanceKey:
@@ -172,20 +174,6 @@ def resolve(command: UsageCommand, customer: CustomerRecord | None, book: terms.
     refusal = command.too_old or closing.late_refusal(
         customer.customer_id, command.transaction_id, event_time, anchor, customer.closed_through
     )
-    wallet = None
-    plan = known.plan
-    if customer.has_wallet or plan.prepaid:
-        price = named or known.price
-        assert plan.currency is not None  # every plan has one (catalog check)
-        wallet = WalletTerms(
-            price=price,
-            included=plan_terms.included if price.slug == plan_terms.price else decimals.ZERO,
-            currency=plan.currency,
-            prepaid=plan.prepaid,
-            low_threshold=plan.credits_low_threshold,
-            meter=command.meter,
-            billing_period=closing.billing_period(event_time, anchor),
-        )
     return Resolution(
         event,
         known.plan_allowance,
@@ -197,7 +185,27 @@ def resolve(command: UsageCommand, customer: CustomerRecord | None, book: terms.
         plan_terms=plan_terms,
         billing_anchor=anchor,
         refusal=refusal,
-        wallet=wallet,
+        wallet=wallet_terms(customer, known, named or known.price, event_time),
+    )
+
+
+def wallet_terms(
+    customer: CustomerRecord, known: terms.PlanTerms, price: Price, event_time: datetime
+) -> WalletTerms | None:
+    """What charging an event at `price` to the customer's wallet needs; None
+    (nothing to charge) for a customer without a wallet on a plan that needs none."""
+    plan = known.plan
+    if not (customer.has_wallet or plan.prepaid):
+        return None
+    assert plan.currency is not None  # every plan has one (catalog check)
+    return WalletTerms(
+        price=price,
+        included=known.terms.included if price.slug == known.terms.price else decimals.ZERO,
+        currency=plan.currency,
+        prepaid=plan.prepaid,
+        low_threshold=plan.credits_low_threshold,
+        meter=known.meter,
+        billing_period=closing.billing_period(event_time, customer.billing_anchor),
     )
 
 
@@ -353,7 +361,7 @@ def decide_batch(
     the outbox already (not built again)."""
     states = dict(reads.counters)
     seen_values = set(reads.seen_values)
-    charging = _Charging(reads) if reads.wallet_states or reads.spends else None
+    charging = WalletCharging(reads.wallet_states, reads.spends) if reads.wallet_states or reads.spends else None
     answers: list[EventResult | _Accepted | _DuplicateOf] = []
     in_batch: dict[tuple[str, str], tuple[int, NewEvent, UUID]] = {}  # accepted earlier in this batch
     inserts: list[Insert] = []
@@ -442,8 +450,10 @@ def decide_batch(
         wallet_terms = resolution.wallet
         if wallet_terms is not None:
             if charging is None:
-                charging = _Charging(reads)
-            refused = charging.charge(resolution, wallet_terms, event_id, new_value, announce)
+                charging = WalletCharging({}, {})
+            refused = charging.charge(
+                event, resolution.terms.plan_slug, wallet_terms, event_id, new_value=new_value, announce=announce
+            )
             if refused is not None:
                 answers.append(refused)
                 continue
@@ -474,31 +484,61 @@ def decide_batch(
     return BatchPlan(inserts, counters, new_values, list(announce.values()), answers, writes)
 
 
-class _Charging:
-    """The wallets of a batch as its events are charged to them, in order."""
+class WalletCharging:
+    """Wallets (locked by the caller's transaction) as events are charged to them, in
+    order: the batching writer's, a reservation's commit, and a void's settlement."""
 
-    def __init__(self, reads: BatchReads) -> None:
-        self.wallets = dict(reads.wallet_states)
-        self.spends = dict(reads.spends)
+    def __init__(self, wallet_states: dict[str, wallets.Wallet], spends: dict[wallets.SpendKey, wallets.Spend]) -> None:
+        self.wallets = dict(wallet_states)
+        self.spends = dict(spends)
         self.burns: list[BurnRow] = []
         self.touched: set[wallets.SpendKey] = set()
 
+    def _wallet(self, customer_id: str) -> wallets.Wallet:
+        wallet = self.wallets.get(customer_id)
+        if wallet is None:
+            wallet = self.wallets[customer_id] = wallets.Wallet(customer_id, 0, [], {})
+        return wallet
+
+    def settle(self, event: StoredEvent, terms: WalletTerms, state_after: limits.CounterState) -> None:
+        """Move the priced quantity of a recorded event's key to `state_after`
+        (recomputed from the events after a void): usage that got cheaper gives
+        credit back; one that costs more (a voided LATEST gauge reading) is
+        paid by the grants as far as they go, never refused."""
+        key = terms.spend_key(event)
+        spend = self.spends.get(key) or wallets.Spend()
+        outcome = wallets.charge(
+            self._wallet(event.customer_id),
+            spend,
+            price=terms.price,
+            included=terms.included,
+            currency=terms.currency,
+            state_after=state_after,
+            meter_slug=event.meter_slug,
+            at=event.event_time,
+            prepaid=False,
+        )
+        assert isinstance(outcome, wallets.Charge)  # never refused without prepaid
+        self.spends[key] = outcome.spend_after
+        self.touched.add(key)
+        wallets.apply(self._wallet(event.customer_id), outcome.burns)
+        self.burns.extend(BurnRow(key, event.event_id, burn) for burn in outcome.burns)
+
     def charge(
         self,
-        resolution: Resolution,
+        event: NewEvent,
+        plan_slug: str,
         terms: WalletTerms,
         event_id: UUID,
+        *,
         new_value: bool,
         announce: dict[tuple[str, str], NewNotification],
     ) -> CreditsExhausted | None:
         """Charge an event the limits accepted; the refusal of a prepaid plan's
         event the credit cannot cover (nothing changes then)."""
-        event = resolution.event
         customer_id = event.customer_id
-        wallet = self.wallets.get(customer_id)
-        if wallet is None:
-            wallet = self.wallets[customer_id] = wallets.Wallet(customer_id, 0, [], {})
-        key = resolution.spend_key
+        wallet = self._wallet(customer_id)
+        key = terms.spend_key(event)
         spend = self.spends.get(key) or wallets.Spend()
         state_after = wallets.advance(
             terms.meter.aggregation,
@@ -540,7 +580,7 @@ class _Charging:
             return CreditsExhausted(
                 customer_id=customer_id,
                 meter=event.meter_slug,
-                plan=resolution.terms.plan_slug,
+                plan=plan_slug,
                 currency=terms.currency,
                 cost=outcome.cost,
                 available=outcome.available,

@@ -65,6 +65,12 @@ class AuditReport:
     mismatches: list[CounterMismatch] = field(default_factory=list)
     rollup_mismatches: list[RollupMismatch] = field(default_factory=list)
     rollups: int = 0  # rollup bucket rows checked
+    # Wallets: grants whose amount less their net burns is not their remaining
+    # credit (or is below zero or above the amount)...
+    wallet_grant_mismatches: int = 0
+    # ...and priced quantities whose covered credit is not the sum of their burns
+    # or falls outside 0 <= covered <= charged.
+    wallet_spend_mismatches: int = 0
 
     @property
     def ok(self) -> bool:
@@ -75,6 +81,8 @@ class AuditReport:
             or self.unknown_meter_events
             or self.unique_value_mismatches
             or self.dangling_commits
+            or self.wallet_grant_mismatches
+            or self.wallet_spend_mismatches
         )
 
 
@@ -115,7 +123,25 @@ async def audit_ledger(conn: Connection, catalog: Catalog, customer_ids: Sequenc
                      WHERE {scope.on("r")} AND r.status = 'committed'
                        AND NOT EXISTS (SELECT 1 FROM usage_events e
                                         WHERE e.customer_id = r.customer_id AND e.event_id = r.event_id))
-                       AS dangling_commits
+                       AS dangling_commits,
+                   (SELECT count(*) FROM credit_grants g
+                     WHERE {scope.on("g")}
+                       AND (g.remaining < 0 OR g.remaining > g.amount
+                            OR g.amount - g.remaining <> coalesce((SELECT sum(b.amount) FROM credit_burns b
+                                                                    WHERE b.customer_id = g.customer_id
+                                                                      AND b.grant_id = g.grant_id), 0)))
+                       AS wallet_grant_mismatches,
+                   (SELECT count(*) FROM wallet_spend s
+                      CROSS JOIN LATERAL (SELECT coalesce(sum(value::numeric), 0) AS covered
+                                            FROM jsonb_each_text(s.burned)) j
+                     WHERE {scope.on("s")}
+                       AND (j.covered < 0 OR j.covered > s.charged
+                            OR j.covered <> coalesce((SELECT sum(b.amount) FROM credit_burns b
+                                                       WHERE b.customer_id = s.customer_id
+                                                         AND b.meter_slug = s.meter_slug
+                                                         AND b.period_start = s.period_start
+                                                         AND b.price_slug = s.price_slug), 0)))
+                       AS wallet_spend_mismatches
             """,
             *sql.args,
         )
@@ -142,6 +168,8 @@ async def audit_ledger(conn: Connection, catalog: Catalog, customer_ids: Sequenc
         unique_value_mismatches=unique_value_mismatches,
         dangling_commits=totals["dangling_commits"],
         mismatches=mismatches,
+        wallet_grant_mismatches=totals["wallet_grant_mismatches"],
+        wallet_spend_mismatches=totals["wallet_spend_mismatches"],
         rollup_mismatches=rollup_mismatches,
         rollups=rollups,
     )

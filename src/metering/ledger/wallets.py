@@ -24,8 +24,17 @@ import asyncpg
 from metering.domain import decimals, limits
 from metering.domain.catalog import Meter
 from metering.domain.errors import IdempotencyKeyConflict
-from metering.domain.usage import WalletWrites
-from metering.domain.wallets import CreditApplied, CreditCategory, CreditGrant, Spend, SpendKey, Wallet, sort_grants
+from metering.domain.usage import WalletCharging, WalletTerms, WalletWrites
+from metering.domain.wallets import (
+    CreditApplied,
+    CreditCategory,
+    CreditGrant,
+    Spend,
+    SpendKey,
+    Wallet,
+    sort_grants,
+    start,
+)
 from metering.ledger.pool import Connection, Pool, PoolUser, one_row, translate_errors
 from metering.ledger.sql import NOT_VOIDED, VALUE_SQL
 
@@ -109,6 +118,20 @@ async def lock(
         for customer_id in ids
     }
     return wallets, spends
+
+
+async def charging(conn: Connection, terms_by_key: dict[SpendKey, WalletTerms]) -> WalletCharging:
+    """Lock the wallets of these priced quantities' customers (after the
+    counter rows: the global lock order), read their grants and the priced
+    quantities, starting any never stored from the recorded events."""
+    keys = sorted(terms_by_key)
+    wallet_states, spends = await lock(conn, {key.customer_id for key in keys}, keys)
+    for key in keys:
+        if key not in spends:
+            terms = terms_by_key[key]
+            state = await recorded_state(conn, key, terms.meter, terms.billing_period.end)
+            spends[key] = start(terms.price, terms.included, terms.currency, state)
+    return WalletCharging(wallet_states, spends)
 
 
 async def _spends(conn: Connection, keys: Sequence[SpendKey]) -> dict[SpendKey, Spend]:

@@ -63,7 +63,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from metering.domain import wallets
 from metering.domain.errors import DatabaseUnavailable, MeteringError
 from metering.domain.notifications import NotificationType
 from metering.domain.records import new_event_ids
@@ -313,16 +312,11 @@ class BatchWriter(PoolUser):
 async def _wallet_reads(
     conn: Connection, charged: Sequence[Resolution]
 ) -> tuple[dict[str, Wallet], dict[SpendKey, Spend]]:
-    """Lock the wallets of the batch's wallet-charged customers (after the
-    counters: the global lock order) and read their grants and priced
-    quantities; a priced quantity never stored starts from the recorded events."""
-    terms = {r.spend_key: r.wallet for r in charged}
-    wallet_states, spends = await wallet_sql.lock(conn, {r.event.customer_id for r in charged}, sorted(terms))
-    for key, wallet in terms.items():
-        if key not in spends and wallet is not None:
-            state = await wallet_sql.recorded_state(conn, key, wallet.meter, wallet.billing_period.end)
-            spends[key] = wallets.start(wallet.price, wallet.included, wallet.currency, state)
-    return wallet_states, spends
+    """The wallets of the batch's wallet-charged customers, locked, with their
+    grants and priced quantities (metering.ledger.wallets.charging)."""
+    terms = {r.spend_key: r.wallet for r in charged if r.wallet is not None}
+    found = await wallet_sql.charging(conn, terms)
+    return found.wallets, found.spends
 
 
 def _answer(batch: list[_Group], results: Sequence[Written | BaseException]) -> None:

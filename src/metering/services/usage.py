@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from metering.domain import closing
+from metering.domain import closing, usage
 from metering.domain.catalog import Catalog, Meter
 from metering.domain.decimals import ZERO
 from metering.domain.errors import LimitExceeded, NotFound
@@ -239,7 +239,9 @@ class MeteringEngine:
         period = chain.period_at(event.event_time)
         # Refused in the ledger's transaction, under the customer's lock, once
         # the event's billing period is finalized; during its grace a void counts.
-        voided, duplicate, reading = await self.ledger.void_event(event, chain.terms, period, reason)
+        price = self.catalog.price(event.price_slug)
+        wallet = usage.wallet_terms(customer, chain.terms, price, event.event_time)
+        voided, duplicate, reading = await self.ledger.void_event(event, chain.terms, period, reason, wallet)
         return VoidResult(voided, duplicate, chain.terms.balance(period, reading))
 
     async def upsert_customer(

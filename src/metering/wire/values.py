@@ -37,5 +37,10 @@ def money(amount: Decimal, currency: str) -> billing_pb2.Money:
 
 
 def exact_money(amount: Decimal, currency: str) -> billing_pb2.Money:
-    """Wallet credit and burns: exact, never rounded (metering.domain.wallets)."""
-    return billing_pb2.Money(currency_code=currency, amount=format_decimal(amount))
+    """Wallet credit and burns: exact, never rounded (metering.domain.wallets), with
+    at least the currency's minor-unit digits ("0.5" is "0.50" in USD)."""
+    text = format_decimal(amount)
+    shown = round_money(amount, currency)
+    if shown == amount:  # no more digits than the minor unit: shown with all of them
+        text = format(shown, "f")
+    return billing_pb2.Money(currency_code=currency, amount=text)
