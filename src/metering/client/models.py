@@ -26,6 +26,7 @@ from metering.v1 import (
     notifications_pb2,
     reservations_pb2,
     usage_pb2,
+    wallets_pb2,
 )
 
 
@@ -94,6 +95,16 @@ class NotificationType(IntEnum):
     USAGE_THRESHOLD_CROSSED = 1
     USAGE_LIMIT_REJECTED = 2
     INVOICE_FINALIZED = 3
+    CREDITS_LOW = 10
+    CREDITS_EXHAUSTED = 11
+
+
+class CreditCategory(IntEnum):
+    """What the customer gave for a wallet grant's credit."""
+
+    UNSPECIFIED = 0  # as a request value: PAID
+    PAID = 1
+    PROMOTIONAL = 2
 
 
 def _time(stamp: Timestamp) -> datetime:
@@ -269,6 +280,8 @@ class BalanceReport:
     balances: tuple[Balance, ...]
     requested_allowed: bool | None  # None unless a requested quantity was given
     as_of: datetime
+    # The customer's wallet (prepaid credit in money); None without one on a plan that needs none.
+    wallet: Wallet | None = None
 
     @classmethod
     def from_proto(cls, m: usage_pb2.CheckBalanceResponse) -> BalanceReport:
@@ -278,6 +291,7 @@ class BalanceReport:
             balances=tuple(Balance.from_proto(b) for b in m.balances),
             requested_allowed=m.requested_allowed if m.HasField("requested_allowed") else None,
             as_of=_time(m.as_of_time),
+            wallet=Wallet.from_proto(m.wallet) if m.HasField("wallet") else None,
         )
 
 
@@ -388,6 +402,7 @@ class Bill:
     invoice_id: str  # empty until finalized
     invoice_number: int  # 0 until finalized
     finalize_time: datetime | None
+    credits_applied: tuple[CreditApplied, ...] = ()  # wallet credit per grant; `credits` is minus their sum
 
     @classmethod
     def from_proto(cls, m: billing_pb2.EstimateBillResponse) -> Bill:
@@ -404,6 +419,7 @@ class Bill:
             invoice_id=m.invoice_id,
             invoice_number=m.invoice_number,
             finalize_time=_optional_time(m, "finalize_time"),
+            credits_applied=tuple(CreditApplied.from_proto(c) for c in m.credits_applied),
         )
 
 
@@ -421,6 +437,7 @@ class Invoice:
     credits: Money
     total: Money
     finalize_time: datetime | None
+    credits_applied: tuple[CreditApplied, ...] = ()  # wallet credit per grant; `credits` is minus their sum
 
     @classmethod
     def from_proto(cls, m: invoices_pb2.Invoice) -> Invoice:
@@ -437,6 +454,7 @@ class Invoice:
             credits=Money.from_proto(m.credits),
             total=Money.from_proto(m.total),
             finalize_time=_optional_time(m, "finalize_time"),
+            credits_applied=tuple(CreditApplied.from_proto(c) for c in m.credits_applied),
         )
 
 
@@ -631,11 +649,11 @@ class Notification:
     time: datetime
     customer_id: str
     cursor: str  # resume a watch right after this notification
-    payload: ThresholdCrossed | LimitRejected | InvoiceFinalized | None
+    payload: ThresholdCrossed | LimitRejected | InvoiceFinalized | CreditsLow | CreditsExhaustedNotice | None
 
     @classmethod
     def from_proto(cls, m: notifications_pb2.Notification) -> Notification:
-        payload: ThresholdCrossed | LimitRejected | InvoiceFinalized | None = None
+        payload: ThresholdCrossed | LimitRejected | InvoiceFinalized | CreditsLow | CreditsExhaustedNotice | None = None
         kind = m.WhichOneof("payload")
         if kind == "threshold_crossed":
             t = m.threshold_crossed
@@ -674,6 +692,22 @@ class Notification:
                 period_end=_time(f.period_end_time),
                 total=Money.from_proto(f.total),
             )
+        elif kind == "credits_low":
+            low = m.credits_low
+            payload = CreditsLow(
+                available=Money.from_proto(low.available),
+                threshold=Money.from_proto(low.threshold),
+                transaction_id=low.transaction_id,
+            )
+        elif kind == "credits_exhausted":
+            out = m.credits_exhausted
+            payload = CreditsExhaustedNotice(
+                available=Money.from_proto(out.available),
+                requested=Money.from_proto(out.requested),
+                transaction_id=out.transaction_id,
+                meter_slug=out.meter_slug,
+                refused=out.refused,
+            )
         return cls(
             id=m.id,
             type=NotificationType(m.type),
@@ -682,3 +716,103 @@ class Notification:
             cursor=m.cursor,
             payload=payload,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CreditApplied:
+    """The wallet credit one grant paid toward a bill (exact, never rounded)."""
+
+    grant_id: str
+    category: CreditCategory
+    amount: Money
+
+    @classmethod
+    def from_proto(cls, m: billing_pb2.CreditApplied) -> CreditApplied:
+        return cls(grant_id=m.grant_id, category=CreditCategory(m.category), amount=Money.from_proto(m.amount))
+
+
+@dataclass(frozen=True, slots=True)
+class WalletGrant:
+    """One credit grant of a wallet and what is left of it."""
+
+    grant_id: str
+    customer_id: str
+    amount: Money
+    remaining: Money
+    category: CreditCategory
+    priority: int  # lower burns first
+    effective_time: datetime
+    expire_time: datetime | None  # None: never expires
+    meter_slugs: tuple[str, ...]  # empty: every meter
+    active: bool
+    reason: str
+    create_time: datetime
+
+    @classmethod
+    def from_proto(cls, m: wallets_pb2.WalletGrant) -> WalletGrant:
+        return cls(
+            grant_id=m.grant_id,
+            customer_id=m.customer_id,
+            amount=Money.from_proto(m.amount),
+            remaining=Money.from_proto(m.remaining),
+            category=CreditCategory(m.category),
+            priority=m.priority,
+            effective_time=_time(m.effective_time),
+            expire_time=_optional_time(m, "expire_time"),
+            meter_slugs=tuple(m.meter_slugs),
+            active=m.active,
+            reason=m.reason,
+            create_time=_time(m.create_time),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Wallet:
+    """A customer's wallet: the credit available now, grant by grant (in burn order)."""
+
+    available: Money
+    grants: tuple[WalletGrant, ...]
+    prepaid: bool  # whether the plan requires prepaid credit for priced usage
+    low_threshold: Money | None  # credits.low below it; None: no threshold
+
+    @classmethod
+    def from_proto(cls, m: wallets_pb2.WalletSummary) -> Wallet:
+        return cls(
+            available=Money.from_proto(m.available),
+            grants=tuple(WalletGrant.from_proto(g) for g in m.grants),
+            prepaid=m.prepaid,
+            low_threshold=Money.from_proto(m.low_threshold) if m.HasField("low_threshold") else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WalletGrantResult:
+    """GrantWalletCredit's answer: the grant as stored, whether it was a replay, and the wallet after."""
+
+    grant: WalletGrant
+    duplicate: bool
+    wallet: Wallet
+
+    @classmethod
+    def from_proto(cls, m: wallets_pb2.GrantWalletCreditResponse) -> WalletGrantResult:
+        return cls(grant=WalletGrant.from_proto(m.grant), duplicate=m.duplicate, wallet=Wallet.from_proto(m.wallet))
+
+
+@dataclass(frozen=True, slots=True)
+class CreditsLow:
+    """A wallet's available credit fell below the plan's threshold (the hook for an auto top-up)."""
+
+    available: Money
+    threshold: Money
+    transaction_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreditsExhaustedNotice:
+    """A wallet's available credit reached zero, or a prepaid plan's event was refused for credit."""
+
+    available: Money
+    requested: Money
+    transaction_id: str
+    meter_slug: str
+    refused: bool
