@@ -478,3 +478,30 @@ def _model_pay(
             by_id[g.grant_id].remaining += back
             key.paid.append((g.grant_id, -back))
             excess -= back
+
+
+def test_wallet_notifications_on_the_wire_and_in_storage() -> None:
+    import json
+
+    from metering.domain.notifications import Position, StoredNotification, payload_from_json, payload_json
+    from metering.wire.notifications import notification_json
+
+    low = CreditsLow("USD", D("0.4"), D("0.5"), 3, "t1")
+    out = ExhaustedPayload("USD", D(0), 3, "t2", "tokens", D("0.125"), True)
+    for payload in (low, out):
+        assert payload_from_json(NewNotification("acme", payload).type, payload_json(payload)) == payload
+    body = json.loads(notification_json(StoredNotification(uuid.uuid4(), "acme", T0, Position(1, 1), low)))
+    assert body["type"] == "NOTIFICATION_TYPE_CREDITS_LOW"
+    assert body["creditsLow"] == {
+        "available": {"currencyCode": "USD", "amount": "0.40"},
+        "threshold": {"currencyCode": "USD", "amount": "0.50"},
+        "transactionId": "t1",
+    }
+    body = json.loads(notification_json(StoredNotification(uuid.uuid4(), "acme", T0, Position(1, 2), out)))
+    assert body["creditsExhausted"] == {
+        "available": {"currencyCode": "USD", "amount": "0.00"},
+        "requested": {"currencyCode": "USD", "amount": "0.125"},
+        "transactionId": "t2",
+        "meterSlug": "tokens",
+        "refused": True,
+    }
