@@ -1,6 +1,7 @@
 """Wallets end to end: prepaid credit in money, burned in the transaction that records usage.
 
-The test catalog's `prepaid` plan prices tokens with graduated tiers (0.01 up to
+These tests run their own service (and a second replica) on their own database with
+tests/wallets_catalog.toml, whose `prepaid` plan prices tokens with graduated tiers (0.01 up to
 100, then 0.005 plus a 0.25 flat up to 1000, then 0.001) and images with volume
 tiers (0.10 each up to 3 images, 0.05 each from the 4th); `wallet` prices the
 same but does not require credit (10 tokens included).
@@ -8,7 +9,8 @@ same but does not require credit (10 tokens included).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -16,10 +18,67 @@ from typing import Any
 import grpc
 import pytest
 
-from metering.v1 import billing_pb2, ingest_pb2, metering_service_pb2_grpc, usage_pb2, wallets_pb2
-from tests.support import audit, error_details, error_info, record, run_sql, stamp, violated_fields
+from metering.v1 import billing_pb2, customer_pb2, ingest_pb2, metering_service_pb2_grpc, usage_pb2, wallets_pb2
+from tests.support import (
+    ROOT,
+    ServiceProcess,
+    calls_across,
+    error_details,
+    error_info,
+    record,
+    run_sql,
+    stamp,
+    violated_fields,
+)
+from tests.support import audit as audit_with
+
+# Slow tier: a service (and a second replica) of their own, on a catalog of their own.
+pytestmark = pytest.mark.slow
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
+WALLETS_CATALOG = ROOT / "tests" / "wallets_catalog.toml"
+
+
+@pytest.fixture(scope="module")
+def database_url(make_database: Callable[[], str]) -> str:
+    return make_database()
+
+
+@pytest.fixture(scope="module")
+def service(database_url: str) -> Iterator[ServiceProcess]:
+    process = ServiceProcess(database_url, catalog=WALLETS_CATALOG).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def second_service(database_url: str, service: ServiceProcess) -> Iterator[ServiceProcess]:
+    """Another replica on the same database."""
+    replica = ServiceProcess(database_url, catalog=WALLETS_CATALOG).start()
+    yield replica
+    replica.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(service: ServiceProcess) -> Iterator[Stub]:
+    with grpc.insecure_channel(service.target) as channel:
+        yield metering_service_pb2_grpc.MeteringServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def new_customer(stub: Stub) -> Callable[..., str]:
+    def create(plan: str = "plain") -> str:
+        customer_id = f"cust-{uuid.uuid4().hex[:16]}"
+        request = customer_pb2.UpsertCustomerRequest(customer_id=customer_id, plan_slug=plan)
+        request.billing_anchor_time.FromDatetime(datetime.now(UTC) - timedelta(days=3))
+        stub.UpsertCustomer(request, timeout=10)
+        return customer_id
+
+    return create
+
+
+def audit(database_url: str, customers: list[str]) -> Any:
+    return audit_with(database_url, customers, catalog=WALLETS_CATALOG)
 
 
 def top_up(
@@ -229,4 +288,54 @@ def test_without_prepaid_the_grants_pay_what_they_can_and_the_bill_shows_them(
     ]
     assert bill.credits.amount == "-0.50"
     assert bill.total.amount == "0.10"
+    assert audit(database_url, [customer]).ok
+
+
+def test_a_wallet_is_burned_to_exactly_zero_across_two_processes_then_refuses(
+    service: ServiceProcess, second_service: ServiceProcess, database_url: str, new_customer: Callable[..., str]
+) -> None:
+    customer = new_customer(plan="prepaid")  # tokens at 0.01 each up to 100
+    with grpc.insecure_channel(service.target) as channel:
+        wallets_stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+        # Two grants, so that the race crosses from one to the other as well.
+        for grant_id, amount in (("first", "0.37"), ("second", "0.63")):
+            wallets_stub.GrantWalletCredit(
+                wallets_pb2.GrantWalletCreditRequest(
+                    customer_id=customer,
+                    grant_id=grant_id,
+                    amount=billing_pb2.Money(currency_code="USD", amount=amount),
+                    priority=0 if grant_id == "first" else 1,
+                ),
+                timeout=10,
+            )
+    # $1.00 of credit, 200 one-token calls at $0.01 in flight at once, alternating
+    # between the two replicas (each coalesces its calls into batches).
+    requests = [
+        usage_pb2.RecordUsageRequest(
+            customer_id=customer, meter_slug="tokens", quantity="1", transaction_id=f"burn-{i}"
+        )
+        for i in range(200)
+    ]
+    codes = calls_across([service, second_service], "RecordUsage", requests)
+    assert codes.count(grpc.StatusCode.OK) == 100
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 100
+    grants = run_sql(
+        database_url, "SELECT grant_id, remaining FROM credit_grants WHERE customer_id = $1 ORDER BY grant_id", customer
+    )
+    assert [(r["grant_id"], r["remaining"]) for r in grants] == [("first", 0), ("second", 0)]
+    burned = run_sql(database_url, "SELECT count(*), sum(amount) FROM credit_burns WHERE customer_id = $1", customer)
+    assert burned[0][1] == 1  # exactly the credit, never more
+    # And after it, on either replica: refused for credit.
+    for target in (service, second_service):
+        with grpc.insecure_channel(target.target) as channel:
+            stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.RecordUsage(
+                    usage_pb2.RecordUsageRequest(
+                        customer_id=customer, meter_slug="tokens", quantity="1", transaction_id=f"after-{target.port}"
+                    ),
+                    timeout=10,
+                )
+            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error_info(caught.value).reason == "CREDITS_EXHAUSTED"
     assert audit(database_url, [customer]).ok
