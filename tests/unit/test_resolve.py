@@ -189,3 +189,8 @@ def test_a_customer_with_a_wallet_is_charged_in_its_billing_period_at_the_events
     # The billing period (monthly from the anchor), not the meter's daily one.
     assert wallet.billing_period.start == datetime(2026, 2, 15, 9, 30, tzinfo=UTC)
     assert resolution.spend_key == ("c1", "tokens", wallet.billing_period.start, "tokens_usd")
+    # Without a TermsBook's memory of periods (a void, a commit): the same billing period.
+    from metering.domain.usage import wallet_terms
+
+    alone = wallet_terms(with_wallet, book.of("pro", CATALOG.meter("tokens")), CATALOG.price("tokens_usd"), NOW)
+    assert alone is not None and alone.billing_period == wallet.billing_period

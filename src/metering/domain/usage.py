@@ -35,7 +35,7 @@ from metering.domain.errors import (
     TransactionConflict,
 )
 from metering.domain.notifications import MeterTerms, NewNotification
-from metering.domain.periods import BillingPeriod, Period
+from metering.domain.periods import BillingPeriod, Period, Periods
 from metering.domain.records import (
     CounterReading,
     CustomerRecord,
@@ -83,7 +83,7 @@ class UsageCommand:
     too_old: InvalidArgument | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
 class WalletTerms:
     """What charging an event to its customer's wallet needs (metering.domain.wallets):
     set on a resolution only for a customer with a wallet or on a prepaid plan."""
@@ -185,19 +185,31 @@ def resolve(command: UsageCommand, customer: CustomerRecord | None, book: terms.
         plan_terms=plan_terms,
         billing_anchor=anchor,
         refusal=refusal,
-        wallet=wallet_terms(customer, known, named or known.price, event_time),
+        wallet=wallet_terms(customer, known, named or known.price, event_time, book.periods),
     )
 
 
 def wallet_terms(
-    customer: CustomerRecord, known: terms.PlanTerms, price: Price, event_time: datetime
+    customer: CustomerRecord,
+    known: terms.PlanTerms,
+    price: Price,
+    event_time: datetime,
+    periods: Periods | None = None,
 ) -> WalletTerms | None:
     """What charging an event at `price` to the customer's wallet needs; None
-    (nothing to charge) for a customer without a wallet on a plan that needs none."""
+    (nothing to charge) for a customer without a wallet on a plan that needs none.
+    `periods` remembers recent billing periods (the batching writer's TermsBook)."""
     plan = known.plan
     if not (customer.has_wallet or plan.prepaid):
         return None
     assert plan.currency is not None  # every plan has one (catalog check)
+    anchor = customer.billing_anchor
+    if periods is None:
+        billing = closing.billing_period(event_time, anchor)
+    else:
+        found = periods.containing(event_time, anchor, closing.BILLING_PERIOD)
+        assert found.end is not None  # a billing period always ends
+        billing = BillingPeriod(found.start, found.end)
     return WalletTerms(
         price=price,
         included=known.terms.included if price.slug == known.terms.price else decimals.ZERO,
@@ -205,7 +217,7 @@ def wallet_terms(
         prepaid=plan.prepaid,
         low_threshold=plan.credits_low_threshold,
         meter=known.meter,
-        billing_period=closing.billing_period(event_time, customer.billing_anchor),
+        billing_period=billing,
     )
 
 

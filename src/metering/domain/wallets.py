@@ -53,7 +53,7 @@ from uuid import UUID
 from metering.domain import decimals, limits
 from metering.domain.catalog import Aggregation, Enforcement, Price
 from metering.domain.decimals import ZERO
-from metering.domain.pricing import price_line, round_money
+from metering.domain.pricing import exact_amount, round_money
 
 
 class CreditCategory(StrEnum):
@@ -207,13 +207,12 @@ def advance(
 def start(price: Price, included: Decimal, currency: str, state: limits.CounterState) -> Spend:
     """A Spend that starts from usage recorded before its customer had a
     wallet: charged its exact cost, none of it covered (it is billed)."""
-    return Spend(state, price_line(price, state.used, included, currency).exact_amount, {})
+    return Spend(state, exact_amount(price, state.used, included), {})
 
 
 def marginal_cost(price: Price, included: Decimal, currency: str, spend: Spend, used_after: Decimal) -> Decimal:
     """cost(priced quantity after) - what it was charged before: exact, may be negative."""
-    exact_after = price_line(price, used_after, included, currency).exact_amount
-    return decimals.sub(exact_after, spend.charged)
+    return decimals.sub(exact_amount(price, used_after, included), spend.charged)
 
 
 def allocate(wallet: Wallet, amount: Decimal, meter_slug: str, at: datetime, currency: str) -> list[Burn]:
@@ -351,6 +350,6 @@ def requested_cost(
     """What `requested` more units would cost now, for a balance check: the
     marginal cost at the meter's current usage (accumulating meters), or of
     reporting `requested` as the gauge's value."""
-    before = price_line(price, used, included, currency).exact_amount
+    before = exact_amount(price, used, included)
     after_used = decimals.add(used, requested) if aggregation.accumulates else max(used, requested)
-    return decimals.sub(price_line(price, after_used, included, currency).exact_amount, before)
+    return decimals.sub(exact_amount(price, after_used, included), before)

@@ -65,11 +65,10 @@ class AuditReport:
     mismatches: list[CounterMismatch] = field(default_factory=list)
     rollup_mismatches: list[RollupMismatch] = field(default_factory=list)
     rollups: int = 0  # rollup bucket rows checked
-    # Wallets: grants whose amount less their net burns is not their remaining
-    # credit (or is below zero or above the amount)...
+    # Wallets: grants whose amount less their net burns (kept per priced quantity)
+    # is not their remaining credit, or whose remaining is below zero or above the amount...
     wallet_grant_mismatches: int = 0
-    # ...and priced quantities whose covered credit is not the sum of their burns
-    # or falls outside 0 <= covered <= charged.
+    # ...and priced quantities whose covered credit falls outside 0 <= covered <= charged.
     wallet_spend_mismatches: int = 0
 
     @property
@@ -127,20 +126,15 @@ async def audit_ledger(conn: Connection, catalog: Catalog, customer_ids: Sequenc
                    (SELECT count(*) FROM credit_grants g
                      WHERE {scope.on("g")}
                        AND (g.remaining < 0 OR g.remaining > g.amount
-                            OR g.amount - g.remaining <> coalesce((SELECT sum(b.amount) FROM credit_burns b
-                                                                    WHERE b.customer_id = g.customer_id
-                                                                      AND b.grant_id = g.grant_id), 0)))
+                            OR g.amount - g.remaining
+                               <> coalesce((SELECT sum(b.value::numeric)
+                                              FROM wallet_spend s CROSS JOIN LATERAL jsonb_each_text(s.burned) b
+                                             WHERE s.customer_id = g.customer_id AND b.key = g.grant_id), 0)))
                        AS wallet_grant_mismatches,
                    (SELECT count(*) FROM wallet_spend s
                       CROSS JOIN LATERAL (SELECT coalesce(sum(value::numeric), 0) AS covered
                                             FROM jsonb_each_text(s.burned)) j
-                     WHERE {scope.on("s")}
-                       AND (j.covered < 0 OR j.covered > s.charged
-                            OR j.covered <> coalesce((SELECT sum(b.amount) FROM credit_burns b
-                                                       WHERE b.customer_id = s.customer_id
-                                                         AND b.meter_slug = s.meter_slug
-                                                         AND b.period_start = s.period_start
-                                                         AND b.price_slug = s.price_slug), 0)))
+                     WHERE {scope.on("s")} AND (j.covered < 0 OR j.covered > s.charged))
                        AS wallet_spend_mismatches
             """,
             *sql.args,

@@ -180,10 +180,11 @@ async def recorded_state(conn: Connection, key: SpendKey, meter: Meter, period_e
 
 
 async def write(conn: Connection, writes: WalletWrites) -> None:
-    """One statement: each Spend upserted, the burns appended, each grant's remaining set."""
+    """One statement: each Spend upserted (with what each grant paid of it) and
+    each grant's remaining credit set."""
     if not writes:
         return
-    spends, burns, remaining = writes.spends, writes.burns, writes.remaining
+    spends, remaining = writes.spends, writes.remaining
     await conn.execute(
         """
         WITH spends AS (
@@ -195,13 +196,9 @@ async def write(conn: Connection, writes: WalletWrites) -> None:
                SET used = excluded.used, event_count = excluded.event_count,
                    latest_event_time = excluded.latest_event_time, latest_event_id = excluded.latest_event_id,
                    charged = excluded.charged, burned = excluded.burned
-        ), burns AS (
-            INSERT INTO credit_burns (customer_id, grant_id, event_id, meter_slug, period_start, price_slug, amount)
-            SELECT * FROM unnest($11::text[], $12::text[], $13::uuid[], $14::text[], $15::timestamptz[], $16::text[],
-                                 $17::numeric[])
         )
         UPDATE credit_grants g SET remaining = r.remaining
-          FROM unnest($18::text[], $19::text[], $20::numeric[]) AS r (customer_id, grant_id, remaining)
+          FROM unnest($11::text[], $12::text[], $13::numeric[]) AS r (customer_id, grant_id, remaining)
          WHERE g.customer_id = r.customer_id AND g.grant_id = r.grant_id
         """,
         [k.customer_id for k, _ in spends],
@@ -214,13 +211,6 @@ async def write(conn: Connection, writes: WalletWrites) -> None:
         [s.state.latest_event_id for _, s in spends],
         [s.charged for _, s in spends],
         [_burned_json(s) for _, s in spends],
-        [b.key.customer_id for b in burns],
-        [b.burn.grant_id for b in burns],
-        [b.event_id for b in burns],
-        [b.key.meter_slug for b in burns],
-        [b.key.period_start for b in burns],
-        [b.key.price_slug for b in burns],
-        [b.burn.amount for b in burns],
         [r[0] for r in remaining],
         [r[1] for r in remaining],
         [r[2] for r in remaining],
@@ -346,12 +336,13 @@ async def credits_applied(conn: Connection, customer_id: str, period_start: date
     order (grants whose burns net to zero left out)."""
     rows = await conn.fetch(
         """
-        SELECT b.grant_id, g.category, sum(b.amount) AS amount
-          FROM credit_burns b JOIN credit_grants g USING (customer_id, grant_id)
-         WHERE b.customer_id = $1 AND b.period_start = $2
-         GROUP BY b.grant_id, g.category
-        HAVING sum(b.amount) <> 0
-         ORDER BY b.grant_id
+        SELECT b.key AS grant_id, g.category, sum(b.value::numeric) AS amount
+          FROM wallet_spend s CROSS JOIN LATERAL jsonb_each_text(s.burned) AS b
+          JOIN credit_grants g ON g.customer_id = s.customer_id AND g.grant_id = b.key
+         WHERE s.customer_id = $1 AND s.period_start = $2
+         GROUP BY b.key, g.category
+        HAVING sum(b.value::numeric) <> 0
+         ORDER BY b.key
         """,
         customer_id,
         period_start,

@@ -14,7 +14,8 @@ CREATE TABLE wallets (
 );
 
 -- Credit grants: amount is what was given, remaining what is left (the amount
--- less the net burns; the audit checks both against credit_burns).
+-- less the net burns, which wallet_spend keeps per priced quantity; the audit
+-- checks that they agree).
 CREATE TABLE credit_grants (
     customer_id  text        NOT NULL REFERENCES wallets (customer_id),
     grant_id     text        NOT NULL,
@@ -33,7 +34,9 @@ CREATE TABLE credit_grants (
 
 -- The priced quantity of a customer's meter in a billing period at one price
 -- (kept only for customers with a wallet or a prepaid plan): its aggregate, the
--- exact cost charged so far, and what each grant paid of it (grant id -> amount).
+-- exact cost charged so far, and what each grant paid of it, net of credit given
+-- back (grant id -> exact amount): the burns. An invoice's credit applied per
+-- grant is the sum of these over the billing period's rows.
 CREATE TABLE wallet_spend (
     customer_id       text        NOT NULL REFERENCES customers (customer_id),
     meter_slug        text        NOT NULL,
@@ -47,24 +50,6 @@ CREATE TABLE wallet_spend (
     burned            jsonb       NOT NULL DEFAULT '{}',
     PRIMARY KEY (customer_id, meter_slug, period_start, price_slug)
 );
-
--- Every burn, append-only: positive takes credit from a grant, negative gives it
--- back. The invoice's credits applied are these sums per grant and period.
-CREATE TABLE credit_burns (
-    customer_id  text        NOT NULL,
-    burn_id      bigint      GENERATED ALWAYS AS IDENTITY,
-    grant_id     text        NOT NULL,
-    event_id     uuid        NOT NULL,
-    meter_slug   text        NOT NULL,
-    period_start timestamptz NOT NULL,
-    price_slug   text        NOT NULL,
-    amount       numeric     NOT NULL CHECK (amount <> 0),
-    created_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (customer_id, burn_id),
-    FOREIGN KEY (customer_id, grant_id) REFERENCES credit_grants (customer_id, grant_id)
-);
-
-CREATE INDEX credit_burns_period_idx ON credit_burns (customer_id, period_start, grant_id);
 
 -- The credit applied per grant, as the invoice was finalized (immutable like the rest).
 ALTER TABLE invoices ADD COLUMN credits_applied jsonb NOT NULL DEFAULT '[]';
