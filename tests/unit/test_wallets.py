@@ -197,7 +197,7 @@ def test_without_prepaid_the_grants_pay_what_they_can() -> None:
     assert isinstance(outcome, Charge)
     assert outcome.burns == (Burn("g", D("0.50")),)
     assert (outcome.spend_after.charged, outcome.spend_after.covered) == (D("0.60"), D("0.50"))
-    assert (outcome.available_before, outcome.available_after) == (D("0.50"), D(0))
+    assert outcome.taken == D("0.50") and wallet.available("tokens", T0, "USD") == D("0.50")
 
 
 def test_a_cheaper_usage_first_drops_the_uncovered_part_then_gives_back_in_reverse_order() -> None:

@@ -561,7 +561,6 @@ class WalletCharging:
             new_unique_value=new_value,
         )
         at = event.event_time
-        total_before = wallet.total_available(at, terms.currency) if wallet.grants else decimals.ZERO
         outcome = wallets.charge(
             wallet,
             spend,
@@ -602,7 +601,10 @@ class WalletCharging:
         if outcome.burns:
             wallets.apply(wallet, outcome.burns)
             self.burns.extend(BurnRow(key, event_id, burn) for burn in outcome.burns)
+            # A positive burn takes only from grants active at `at` in this currency; credit
+            # given back only raises the total, which crosses nothing (wallets.crossings).
             total_after = wallet.total_available(at, terms.currency)
+            total_before = decimals.add(total_after, outcome.taken)
             low, exhausted = wallets.crossings(total_before, total_after, terms.low_threshold)
             new: list[NewNotification] = []
             if low:

@@ -167,8 +167,11 @@ class Charge:
     cost: Decimal  # exact; negative when the usage got cheaper
     burns: tuple[Burn, ...]
     spend_after: Spend
-    available_before: Decimal  # the credit that could pay for the event
-    available_after: Decimal
+
+    @property
+    def taken(self) -> Decimal:
+        """The credit the event took (negative: gave back)."""
+        return decimals.add(*(b.amount for b in self.burns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,11 +269,12 @@ def charge(
     burn order (or credit given back when it is negative). A prepaid plan's
     event that the credit cannot cover is a Shortfall, and nothing changes."""
     cost = marginal_cost(price, included, currency, spend, state_after.used)
-    available = wallet.available(meter_slug, at, currency)
     burns: list[Burn] = []
     if cost > 0:
-        if prepaid and cost > available:
-            return Shortfall(cost, available)
+        if prepaid:
+            available = wallet.available(meter_slug, at, currency)
+            if cost > available:
+                return Shortfall(cost, available)
         burns = allocate(wallet, cost, meter_slug, at, currency)
     elif cost < 0:
         charged_after = decimals.add(spend.charged, cost)
@@ -280,9 +284,7 @@ def charge(
     burned = dict(spend.burned)
     for burn in burns:
         burned[burn.grant_id] = decimals.add(burned.get(burn.grant_id, ZERO), burn.amount)
-    after = Spend(state_after, decimals.add(spend.charged, cost), burned)
-    taken = decimals.add(*(b.amount for b in burns))
-    return Charge(cost, tuple(burns), after, available, decimals.sub(available, taken))
+    return Charge(cost, tuple(burns), Spend(state_after, decimals.add(spend.charged, cost), burned))
 
 
 def apply(wallet: Wallet, burns: Sequence[Burn]) -> None:
