@@ -344,3 +344,44 @@ def test_a_wallet_is_burned_to_exactly_zero_across_two_processes_then_refuses(
             assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert error_info(caught.value).reason == "CREDITS_EXHAUSTED"
     assert audit(database_url, [customer]).ok
+
+
+def test_a_finalized_invoice_keeps_the_credit_applied_per_grant(make_database: Callable[[], str]) -> None:
+    from metering.v1 import invoices_pb2
+    from tests.integration.test_invoices import FAST_CLOSING, period_ending_soon
+    from tests.support import wait_for
+
+    url = make_database()
+    closing = ServiceProcess(url, catalog=WALLETS_CATALOG, extra_env=FAST_CLOSING).start()
+    try:
+        with grpc.insecure_channel(closing.target) as channel:
+            stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+            anchor, start, _, _ = period_ending_soon(4)
+            customer = f"cust-{uuid.uuid4().hex[:16]}"
+            request = customer_pb2.UpsertCustomerRequest(
+                customer_id=customer, plan_slug="wallet", billing_anchor_time=stamp(anchor)
+            )
+            stub.UpsertCustomer(request, timeout=10)
+            # Grants effective from the period's start: the event is dated in it.
+            since = stamp(start)
+            top_up(
+                stub, customer, "promo", "0.30", category=billing_pb2.CREDIT_CATEGORY_PROMOTIONAL, effective_time=since
+            )
+            top_up(stub, customer, "paid", "0.20", priority=1, effective_time=since)
+            record(stub, customer, "t1", "70", event_time=stamp(start + timedelta(seconds=1)))
+
+            def finalized() -> list[Any]:
+                listing = stub.ListInvoices(invoices_pb2.ListInvoicesRequest(customer_id=customer), timeout=10)
+                return [i for i in listing.invoices if i.status == billing_pb2.INVOICE_STATUS_FINALIZED]
+
+            assert wait_for(lambda: finalized(), timeout=60)
+            [invoice] = finalized()
+            assert invoice.subtotal.amount == "0.60"
+            assert [(c.grant_id, c.amount.amount) for c in invoice.credits_applied] == [
+                ("paid", "0.20"),
+                ("promo", "0.30"),
+            ]
+            assert (invoice.credits.amount, invoice.total.amount) == ("-0.50", "0.10")
+            assert audit_with(url, [customer], catalog=WALLETS_CATALOG).ok
+    finally:
+        closing.stop()

@@ -151,7 +151,8 @@ async def open_close(conn: Connection, customer_id: str) -> PeriodClose | None:
     it does not exist)."""
     row = await conn.fetchrow(
         """
-        SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through, closing_period_end,
+        SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through, has_wallet,
+               closing_period_end,
                clock_timestamp() AS db_now
           FROM customers
          WHERE customer_id = $1 AND pg_try_advisory_xact_lock($2, hashtext($1))
