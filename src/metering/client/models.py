@@ -95,8 +95,8 @@ class NotificationType(IntEnum):
     USAGE_THRESHOLD_CROSSED = 1
     USAGE_LIMIT_REJECTED = 2
     INVOICE_FINALIZED = 3
-    CREDITS_LOW = 10
-    CREDITS_EXHAUSTED = 11
+    CREDITS_LOW = 11
+    CREDITS_EXHAUSTED = 12
 
 
 class CreditCategory(IntEnum):
