@@ -282,3 +282,40 @@ def test_an_unlimited_meter_accepts_everything_and_announces_nothing() -> None:
     assert all(isinstance(a, Written) and a.outcome.event is not None for a in answers)
     assert plan.notifications == []
     assert plan.counters[0][1].used == Decimal(3_000_000)
+
+
+def test_wallet_charged_events_burn_in_order_and_a_prepaid_shortfall_is_refused() -> None:
+    from metering.domain.catalog import Meter, Price, PricingModel
+    from metering.domain.errors import CreditsExhausted
+    from metering.domain.periods import BillingPeriod
+    from metering.domain.usage import WalletTerms
+    from metering.domain.wallets import CreditCategory, CreditGrant, Wallet
+
+    price = Price("ai_tokens_free", "ai_tokens", PricingModel.PER_UNIT, "USD", unit_amount=Decimal("0.10"))
+    terms = WalletTerms(
+        price,
+        Decimal(0),
+        "USD",
+        True,
+        None,
+        Meter("ai_tokens", Aggregation.SUM, "token"),
+        BillingPeriod(START, PERIOD.end or START),
+    )
+    batch: list[Resolution | MeteringError] = []
+    for txn, quantity in (("a", "3"), ("b", "3"), ("c", "2")):
+        r = resolution(txn, quantity, limit=None)
+        r.wallet = terms
+        batch.append(r)
+    credit = CreditGrant("c1", "g", "USD", Decimal("0.5"), CreditCategory.PAID, 0, START, None, (), "", START)
+    wallet = Wallet("c1", 1, [credit], {"g": Decimal("0.5")})
+    base = reads(batch)
+    with_wallet = BatchReads(base.counters, base.existing, base.holdings, base.seen_values, {"c1": wallet}, {})
+    answers, plan = decide(batch, with_wallet)
+    assert isinstance(answers[0], Written) and isinstance(answers[2], Written)
+    assert isinstance(answers[1], CreditsExhausted)  # 0.30 with 0.20 left
+    assert [row.burn.amount for row in plan.wallet_writes.burns] == [Decimal("0.30"), Decimal("0.20")]
+    assert plan.wallet_writes.remaining == [("c1", "g", Decimal(0))]
+    # Without wallet reads (a customer whose first charge is in this batch) the writer starts empty.
+    answers, plan = decide(batch, base)
+    assert all(isinstance(a, CreditsExhausted) for a in answers)
+    assert not plan.wallet_writes

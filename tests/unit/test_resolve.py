@@ -176,3 +176,21 @@ def test_the_period_is_the_one_containing_the_event_time_and_keys_its_counter(
     assert resolution.counter_key is resolution.counter_key  # built once
     # The same answer from a book that has seen other instants (the periods' memory).
     assert resolve(command(event_time=at), CUSTOMER, book).period == resolution.period
+
+
+def test_a_customer_with_a_wallet_is_charged_in_its_billing_period_at_the_events_price() -> None:
+    book = TermsBook(CATALOG)
+    assert resolve(command(), CUSTOMER, book).wallet is None  # no wallet, no prepaid plan: nothing to charge
+    with_wallet = CustomerRecord("c1", "pro", ANCHOR, ANCHOR, ANCHOR, has_wallet=True)
+    resolution = resolve(command(), with_wallet, book)
+    wallet = resolution.wallet
+    assert wallet is not None and not wallet.prepaid and wallet.currency == "USD"
+    assert wallet.price.slug == "tokens_usd" and wallet.included == Decimal(0)
+    # The billing period (monthly from the anchor), not the meter's daily one.
+    assert wallet.billing_period.start == datetime(2026, 2, 15, 9, 30, tzinfo=UTC)
+    assert resolution.spend_key == ("c1", "tokens", wallet.billing_period.start, "tokens_usd")
+    # Without a TermsBook's memory of periods (a void, a commit): the same billing period.
+    from metering.domain.usage import wallet_terms
+
+    alone = wallet_terms(with_wallet, book.of("pro", CATALOG.meter("tokens")), CATALOG.price("tokens_usd"), NOW)
+    assert alone is not None and alone.billing_period == wallet.billing_period

@@ -96,6 +96,25 @@ class LimitExceeded(MeteringError):
         )
 
 
+class CreditsExhausted(MeteringError):
+    """A prepaid plan's event costs more than the wallet credit that can pay
+    for it (metering.domain.wallets); nothing was written."""
+
+    def __init__(
+        self, *, customer_id: str, meter: str, plan: str, currency: str, cost: Decimal, available: Decimal
+    ) -> None:
+        self.customer_id = customer_id
+        self.meter = meter
+        self.plan = plan
+        self.currency = currency
+        self.cost = cost
+        self.available = available
+        super().__init__(
+            f"the event on meter {meter!r} costs {cost} {currency}; customer {customer_id!r} has "
+            f"{available} {currency} of credit for it under prepaid plan {plan!r}"
+        )
+
+
 class BillingAnchorImmutable(MeteringError):
     def __init__(self, customer_id: str, stored: datetime) -> None:
         self.customer_id = customer_id

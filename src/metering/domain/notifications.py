@@ -36,6 +36,8 @@ class NotificationType(StrEnum):
     LIMIT_REJECTED = "usage.limit_rejected"
     INVOICE_FINALIZED = "invoice.finalized"
     CREDIT_NOTE_ISSUED = "invoice.credit_note_issued"
+    CREDITS_LOW = "credits.low"
+    CREDITS_EXHAUSTED = "credits.exhausted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +97,39 @@ class CreditNoteIssued:
     whole_invoice: bool
 
 
-Payload = ThresholdCrossed | LimitRejected | InvoiceFinalized | CreditNoteIssued
+@dataclass(frozen=True, slots=True)
+class CreditsLow:
+    """The wallet's available credit fell below the plan's threshold: the hook for an auto top-up."""
+
+    currency: str
+    available: Decimal
+    threshold: Decimal
+    generation: int  # the wallet's generation (grants given): a top-up re-arms it
+    transaction_id: str  # the event that crossed it
+
+
+@dataclass(frozen=True, slots=True)
+class CreditsExhausted:
+    """The wallet's available credit reached zero, or an event was refused for credit."""
+
+    currency: str
+    available: Decimal
+    generation: int
+    transaction_id: str
+    meter_slug: str
+    requested: Decimal  # the cost of the event that exhausted it (or was refused)
+    refused: bool  # whether that event was refused (prepaid plans)
+
+
+Payload = ThresholdCrossed | LimitRejected | InvoiceFinalized | CreditNoteIssued | CreditsLow | CreditsExhausted
 
 _TYPES: dict[type[Any], NotificationType] = {
     ThresholdCrossed: NotificationType.THRESHOLD_CROSSED,
     LimitRejected: NotificationType.LIMIT_REJECTED,
     InvoiceFinalized: NotificationType.INVOICE_FINALIZED,
     CreditNoteIssued: NotificationType.CREDIT_NOTE_ISSUED,
+    CreditsLow: NotificationType.CREDITS_LOW,
+    CreditsExhausted: NotificationType.CREDITS_EXHAUSTED,
 }
 
 
@@ -116,6 +144,11 @@ def limit_rejected_key(meter_slug: str, period: Period) -> str:
     return f"{NotificationType.LIMIT_REJECTED}/{meter_slug}/{period.start.isoformat()}"
 
 
+def credits_key(kind: NotificationType, currency: str, generation: int) -> str:
+    """A wallet notification is once per wallet generation: a top-up re-arms it."""
+    return f"{kind}/{currency}/{generation}"
+
+
 def dedupe_key(payload: Payload) -> str:
     """What makes a notification once-only among its customer's."""
     if isinstance(payload, ThresholdCrossed):
@@ -127,6 +160,8 @@ def dedupe_key(payload: Payload) -> str:
         return limit_rejected_key(payload.meter_slug, payload.period)
     if isinstance(payload, CreditNoteIssued):
         return f"{type_of(payload)}/{payload.credit_note_id}"
+    if isinstance(payload, CreditsLow | CreditsExhausted):
+        return credits_key(type_of(payload), payload.currency, payload.generation)
     return f"{type_of(payload)}/{payload.invoice_id}"
 
 
@@ -267,6 +302,35 @@ def credit_note_issued_notification(invoice: Invoice, note: CreditNote) -> NewNo
             currency=note.currency,
             whole_invoice=note.whole_invoice,
         ),
+    )
+
+
+def credits_low_notification(
+    customer_id: str,
+    currency: str,
+    generation: int,
+    *,
+    available: Decimal,
+    threshold: Decimal,
+    transaction_id: str,
+) -> NewNotification:
+    return NewNotification(customer_id, CreditsLow(currency, available, threshold, generation, transaction_id))
+
+
+def credits_exhausted_notification(
+    customer_id: str,
+    currency: str,
+    generation: int,
+    *,
+    available: Decimal,
+    requested: Decimal,
+    transaction_id: str,
+    meter_slug: str,
+    refused: bool,
+) -> NewNotification:
+    return NewNotification(
+        customer_id,
+        CreditsExhausted(currency, available, generation, transaction_id, meter_slug, requested, refused),
     )
 
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from metering.domain import decimals, limits
-from metering.domain.catalog import Catalog, Meter, Plan, PlanMeter
+from metering.domain.catalog import Catalog, Meter, Plan, PlanMeter, Price
 from metering.domain.decimals import ZERO
 from metering.domain.errors import LimitExceeded
 from metering.domain.notifications import MeterTerms
@@ -65,6 +65,7 @@ class PlanTerms:
     terms: PlanMeter
     plan_allowance: limits.Allowance  # without grants and holds (shared: never changed)
     notified: MeterTerms  # what notifications about this meter say of the plan
+    price: Price  # the plan's price for the meter
 
     @classmethod
     def of(cls, catalog: Catalog, plan: Plan, meter: Meter) -> PlanTerms:
@@ -75,6 +76,7 @@ class PlanTerms:
             terms,
             limits.Allowance(meter.aggregation, terms.enforcement, terms.limit),
             MeterTerms(plan.slug, meter.unit, terms.approaching_threshold),
+            catalog.price(terms.price),
         )
 
     def allowance(self, granted: Decimal = ZERO, reserved: Decimal = ZERO) -> limits.Allowance:

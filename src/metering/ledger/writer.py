@@ -58,7 +58,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -79,7 +79,9 @@ from metering.domain.usage import (
     originals_unlocked,
     resolve,
 )
+from metering.domain.wallets import Spend, SpendKey, Wallet
 from metering.ledger import usage as batch_sql
+from metering.ledger import wallets as wallet_sql
 from metering.ledger.pool import Connection, Pool, PoolUser, answer_within, translate_errors
 
 __all__ = ["BatchWriter", "GroupResults", "Resolution", "Written", "WrittenKeys"]
@@ -293,13 +295,28 @@ class BatchWriter(PoolUser):
                 conn, [(r.counter_key, r.unique_value) for r in valid if r.unique_value is not None]
             ),
         )
+        charged = [r for r in valid if r.wallet is not None and r.refusal is None]
+        if charged:  # only customers with a wallet or a prepaid plan: no SQL for the others
+            wallet_states, spends = await _wallet_reads(conn, charged)
+            reads = replace(reads, wallet_states=wallet_states, spends=spends)
         plan = decide_batch(resolutions, reads, iter(event_ids), self._written)
         attempted.extend((n.customer_id, n.dedupe_key) for n in plan.notifications)
         recorded_at, written = await batch_sql.write_batch(conn, plan)
         announced.extend(written)
         if len(recorded_at) != len(plan.inserts):
             raise _RetryBatch
+        await wallet_sql.write(conn, plan.wallet_writes)
         return plan, recorded_at
+
+
+async def _wallet_reads(
+    conn: Connection, charged: Sequence[Resolution]
+) -> tuple[dict[str, Wallet], dict[SpendKey, Spend]]:
+    """The wallets of the batch's wallet-charged customers, locked, with their
+    grants and priced quantities (metering.ledger.wallets.charging)."""
+    terms = {r.spend_key: r.wallet for r in charged if r.wallet is not None}
+    found = await wallet_sql.charging(conn, terms)
+    return found.wallets, found.spends
 
 
 def _answer(batch: list[_Group], results: Sequence[Written | BaseException]) -> None:

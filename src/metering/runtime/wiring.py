@@ -46,6 +46,7 @@ from metering.ledger.pool import Pool
 from metering.ledger.replica import ReadCustomerStore, ReadInvoiceStore, ReadRouter, ReplicaState, lag_for_gauge
 from metering.ledger.reporting import UsageReports
 from metering.ledger.stripe import StripeExportStore
+from metering.ledger.wallets import WalletStore
 from metering.ledger.writer import BatchWriter
 from metering.runtime.http import HttpServer
 from metering.runtime.reload import ConfigReloader
@@ -54,6 +55,7 @@ from metering.services.entitlements import Entitlements
 from metering.services.invoicing import Closer, Invoicing
 from metering.services.reporting import Reporting
 from metering.services.usage import MeteringEngine
+from metering.services.wallets import Wallets
 from metering.telemetry.metrics import Metrics
 from metering.telemetry.tracing import Tracing
 from metering.v1 import metering_service_pb2, metering_service_pb2_grpc
@@ -100,6 +102,7 @@ class Stores:
     holds: EntitlementStore
     invoices: InvoiceStore
     writer: BatchWriter  # its workers run from construction; BatchWriter.close stops them
+    wallets: WalletStore
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ def build(
     settings = config.settings
     metrics = _metrics(pools.primary, worker)
     stores = _stores(settings, pools.primary, metrics, tracing)
-    reporting = Reporting(config.catalog, stores.ledger, stores.reports)
+    reporting = Reporting(config.catalog, stores.ledger, stores.reports, wallets=stores.wallets)
     primary_reads = Reads(reporting, Invoicing(stores.ledger, stores.invoices, reporting), None)
     reads = _reads(config, pools, metrics, stores, primary_reads)
     delivery = _delivery(config, pools, metrics)
@@ -169,6 +172,7 @@ def build(
         page_tokens,
         credit_notes=CreditNotes(stores.ledger, stores.invoices, on_notifications=metrics.count_notifications),
         backfill_window=settings.backfill_window,
+        wallets=Wallets(config.catalog, stores.ledger, stores.wallets),
     )
     return Service(
         config=config,
@@ -218,6 +222,7 @@ def _stores(settings: Settings, pool: Pool, metrics: Metrics, tracing: Tracing |
             on_notifications=metrics.count_notifications,
             tracing=tracing,
         ),
+        wallets=WalletStore(pool, acquire_timeout=acquire_timeout),
     )
 
 
@@ -280,7 +285,10 @@ def _reads(config: Config, pools: Pools, metrics: Metrics, stores: Stores, prima
     router = _read_router(settings, pools.primary, pools.replica, metrics)
     acquire_timeout = settings.db_timeout.total_seconds()
     ledger = ReadCustomerStore(router, stores.ledger, acquire_timeout=acquire_timeout)
-    reporting = Reporting(config.catalog, ledger, UsageReports(router, acquire_timeout=acquire_timeout))
+    # Wallet credit is read on the primary: a bill's credit must match its burns.
+    reporting = Reporting(
+        config.catalog, ledger, UsageReports(router, acquire_timeout=acquire_timeout), wallets=stores.wallets
+    )
     invoices = ReadInvoiceStore(router, stores.invoices, acquire_timeout=acquire_timeout)
     return Reads(reporting, Invoicing(ledger, invoices, reporting), router)
 

@@ -20,9 +20,11 @@ from metering.domain.errors import FieldViolation, InvalidArgument
 from metering.domain.periods import BillingPeriod
 from metering.domain.records import CustomerRecord, EventPosition, StoredEvent
 from metering.domain.terms import TermsBook
+from metering.domain.wallets import CreditApplied, credits_total
 from metering.domain.windows import TooManyWindowsError, Window, WindowSize, windows
 from metering.ledger.customers import CustomerStore
 from metering.ledger.reporting import AggregateQuery, PropertyFilter, UsageCursor, UsageReports
+from metering.ledger.wallets import WalletStore
 from metering.services.usage import require_customer, utc_now
 
 
@@ -104,6 +106,7 @@ class Bill:
     subtotal: Decimal
     credits: Decimal
     total: Decimal
+    credits_applied: tuple[CreditApplied, ...] = ()  # per grant, exact (metering.domain.wallets)
 
 
 class Reporting:
@@ -112,8 +115,15 @@ class Reporting:
     grouping can be asked for; it never writes."""
 
     def __init__(
-        self, catalog: Catalog, ledger: CustomerStore, reports: UsageReports, *, clock: Callable[[], datetime] = utc_now
+        self,
+        catalog: Catalog,
+        ledger: CustomerStore,
+        reports: UsageReports,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        wallets: WalletStore | None = None,
     ) -> None:
+        self._wallets = wallets  # None: bills apply no wallet credit (a reader without the primary's wallets)
         self._catalog = catalog
         self._book = TermsBook(catalog)
         self._ledger = ledger
@@ -199,8 +209,14 @@ class Reporting:
             )
             by_price = {row.groups[0]: row.value for row in rows if row.event_count}
             lines.extend(bills.plan_lines(self._catalog, plan, meter, by_price))
-        subtotal, credits, total = bills.totals(lines)
-        return Bill(customer_id, plan, period, bills.plan_currency(plan), lines, subtotal, credits, total)
+        currency = bills.plan_currency(plan)
+        # Wallet credit: what each grant's burns paid for this period's usage
+        # (none, and no SQL, for a customer never given wallet credit).
+        applied: tuple[CreditApplied, ...] = ()
+        if self._wallets is not None and customer.has_wallet:
+            applied = tuple(await self._wallets.credits_applied(customer_id, period.start))
+        subtotal, credits, total = bills.totals(lines, credits_total(applied, currency))
+        return Bill(customer_id, plan, period, currency, lines, subtotal, credits, total, applied)
 
     async def what_if(self, customer: CustomerRecord, period: BillingPeriod, plan: Plan) -> WhatIfBill:
         """What the period's usage (so far, for the current period) would cost

@@ -11,6 +11,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from metering.domain.decimals import format_decimal
 from metering.domain.notifications import (
     CreditNoteIssued,
+    CreditsExhausted,
+    CreditsLow,
     LimitRejected,
     NotificationType,
     StoredNotification,
@@ -19,13 +21,15 @@ from metering.domain.notifications import (
 from metering.domain.periods import Period
 from metering.v1 import notifications_pb2
 from metering.wire.credit_notes import REASONS
-from metering.wire.values import money, set_timestamp, timestamp
+from metering.wire.values import exact_money, money, set_timestamp, timestamp
 
 NOTIFICATION_TYPES = {
     NotificationType.THRESHOLD_CROSSED: notifications_pb2.NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED,
     NotificationType.LIMIT_REJECTED: notifications_pb2.NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED,
     NotificationType.INVOICE_FINALIZED: notifications_pb2.NOTIFICATION_TYPE_INVOICE_FINALIZED,
     NotificationType.CREDIT_NOTE_ISSUED: notifications_pb2.NOTIFICATION_TYPE_INVOICE_CREDIT_NOTE_ISSUED,
+    NotificationType.CREDITS_LOW: notifications_pb2.NOTIFICATION_TYPE_CREDITS_LOW,
+    NotificationType.CREDITS_EXHAUSTED: notifications_pb2.NOTIFICATION_TYPE_CREDITS_EXHAUSTED,
 }
 
 
@@ -71,6 +75,17 @@ def notification(stored: StoredNotification) -> notifications_pb2.Notification:
         issued.amount.CopyFrom(money(payload.amount, payload.currency))
         issued.invoice_net_total.CopyFrom(money(payload.invoice_net_total, payload.currency))
         issued.whole_invoice = payload.whole_invoice
+    elif isinstance(payload, CreditsLow):
+        low = message.credits_low
+        low.available.CopyFrom(exact_money(payload.available, payload.currency))
+        low.threshold.CopyFrom(exact_money(payload.threshold, payload.currency))
+        low.transaction_id = payload.transaction_id
+    elif isinstance(payload, CreditsExhausted):
+        exhausted = message.credits_exhausted
+        exhausted.available.CopyFrom(exact_money(payload.available, payload.currency))
+        exhausted.requested.CopyFrom(exact_money(payload.requested, payload.currency))
+        exhausted.transaction_id, exhausted.meter_slug = payload.transaction_id, payload.meter_slug
+        exhausted.refused = payload.refused
     else:
         invoice = message.invoice_finalized
         invoice.invoice_id, invoice.invoice_number = payload.invoice_id, payload.invoice_number

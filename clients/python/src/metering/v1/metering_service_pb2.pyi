@@ -7,6 +7,7 @@ from metering.v1 import invoices_pb2 as _invoices_pb2
 from metering.v1 import notifications_pb2 as _notifications_pb2
 from metering.v1 import reservations_pb2 as _reservations_pb2
 from metering.v1 import usage_pb2 as _usage_pb2
+from metering.v1 import wallets_pb2 as _wallets_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from typing import ClassVar as _ClassVar
@@ -45,6 +46,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_CREDENTIALS_EXPIRED: _ClassVar[ErrorReason]
     ERROR_REASON_INVOICE_NOT_FINALIZED: _ClassVar[ErrorReason]
     ERROR_REASON_CREDIT_NOTE_EXCEEDS_INVOICED: _ClassVar[ErrorReason]
+    ERROR_REASON_CREDITS_EXHAUSTED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_ARGUMENT: ErrorReason
 ERROR_REASON_CUSTOMER_NOT_FOUND: ErrorReason
@@ -75,3 +77,4 @@ ERROR_REASON_RATE_LIMITED: ErrorReason
 ERROR_REASON_CREDENTIALS_EXPIRED: ErrorReason
 ERROR_REASON_INVOICE_NOT_FINALIZED: ErrorReason
 ERROR_REASON_CREDIT_NOTE_EXCEEDS_INVOICED: ErrorReason
+ERROR_REASON_CREDITS_EXHAUSTED: ErrorReason

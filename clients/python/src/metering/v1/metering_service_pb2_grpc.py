@@ -12,6 +12,7 @@ from metering.v1 import invoices_pb2 as metering_dot_v1_dot_invoices__pb2
 from metering.v1 import notifications_pb2 as metering_dot_v1_dot_notifications__pb2
 from metering.v1 import reservations_pb2 as metering_dot_v1_dot_reservations__pb2
 from metering.v1 import usage_pb2 as metering_dot_v1_dot_usage__pb2
+from metering.v1 import wallets_pb2 as metering_dot_v1_dot_wallets__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -161,6 +162,16 @@ class MeteringServiceStub:
                 '/metering.v1.MeteringService/ListGrants',
                 request_serializer=metering_dot_v1_dot_grants__pb2.ListGrantsRequest.SerializeToString,
                 response_deserializer=metering_dot_v1_dot_grants__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
+        self.GrantWalletCredit = channel.unary_unary(
+                '/metering.v1.MeteringService/GrantWalletCredit',
+                request_serializer=metering_dot_v1_dot_wallets__pb2.GrantWalletCreditRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_wallets__pb2.GrantWalletCreditResponse.FromString,
+                _registered_method=True)
+        self.GetWallet = channel.unary_unary(
+                '/metering.v1.MeteringService/GetWallet',
+                request_serializer=metering_dot_v1_dot_wallets__pb2.GetWalletRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_wallets__pb2.GetWalletResponse.FromString,
                 _registered_method=True)
         self.ReserveUsage = channel.unary_unary(
                 '/metering.v1.MeteringService/ReserveUsage',
@@ -382,6 +393,22 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GrantWalletCredit(self, request, context):
+        """GrantWalletCredit adds prepaid credit in money to a customer's wallet (a
+        top-up): a grant with a category, priority, optional expiry and meters.
+        Priced usage burns it in the transaction that records each event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWallet(self, request, context):
+        """GetWallet answers the customer's remaining credit, grant by grant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReserveUsage(self, request, context):
         """ReserveUsage holds units of a SUM meter so that concurrent callers cannot
         spend them: available = limit + granted - used - reserved. A hold that
@@ -564,6 +591,16 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.ListGrants,
                     request_deserializer=metering_dot_v1_dot_grants__pb2.ListGrantsRequest.FromString,
                     response_serializer=metering_dot_v1_dot_grants__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'GrantWalletCredit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantWalletCredit,
+                    request_deserializer=metering_dot_v1_dot_wallets__pb2.GrantWalletCreditRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_wallets__pb2.GrantWalletCreditResponse.SerializeToString,
+            ),
+            'GetWallet': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWallet,
+                    request_deserializer=metering_dot_v1_dot_wallets__pb2.GetWalletRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_wallets__pb2.GetWalletResponse.SerializeToString,
             ),
             'ReserveUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.ReserveUsage,
@@ -883,6 +920,60 @@ class MeteringService:
             '/metering.v1.MeteringService/ListGrants',
             metering_dot_v1_dot_grants__pb2.ListGrantsRequest.SerializeToString,
             metering_dot_v1_dot_grants__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantWalletCredit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/GrantWalletCredit',
+            metering_dot_v1_dot_wallets__pb2.GrantWalletCreditRequest.SerializeToString,
+            metering_dot_v1_dot_wallets__pb2.GrantWalletCreditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWallet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/GetWallet',
+            metering_dot_v1_dot_wallets__pb2.GetWalletRequest.SerializeToString,
+            metering_dot_v1_dot_wallets__pb2.GetWalletResponse.FromString,
             options,
             channel_credentials,
             insecure,

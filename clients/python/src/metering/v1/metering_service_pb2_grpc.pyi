@@ -14,6 +14,7 @@ from metering.v1 import invoices_pb2 as _invoices_pb2
 from metering.v1 import notifications_pb2 as _notifications_pb2
 from metering.v1 import reservations_pb2 as _reservations_pb2
 from metering.v1 import usage_pb2 as _usage_pb2
+from metering.v1 import wallets_pb2 as _wallets_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -164,6 +165,13 @@ class MeteringServiceStub:
     """GrantCredits adds units to a customer's allowance on a meter."""
     ListGrants: _grpc.UnaryUnaryMultiCallable[_grants_pb2.ListGrantsRequest, _grants_pb2.ListGrantsResponse]
     """ListGrants lists a customer's grants with what is left of each."""
+    GrantWalletCredit: _grpc.UnaryUnaryMultiCallable[_wallets_pb2.GrantWalletCreditRequest, _wallets_pb2.GrantWalletCreditResponse]
+    """GrantWalletCredit adds prepaid credit in money to a customer's wallet (a
+    top-up): a grant with a category, priority, optional expiry and meters.
+    Priced usage burns it in the transaction that records each event.
+    """
+    GetWallet: _grpc.UnaryUnaryMultiCallable[_wallets_pb2.GetWalletRequest, _wallets_pb2.GetWalletResponse]
+    """GetWallet answers the customer's remaining credit, grant by grant."""
     ReserveUsage: _grpc.UnaryUnaryMultiCallable[_reservations_pb2.ReserveUsageRequest, _reservations_pb2.ReserveUsageResponse]
     """ReserveUsage holds units of a SUM meter so that concurrent callers cannot
     spend them: available = limit + granted - used - reserved. A hold that
@@ -389,6 +397,13 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """GrantCredits adds units to a customer's allowance on a meter."""
     ListGrants: _aio.UnaryUnaryMultiCallable[_grants_pb2.ListGrantsRequest, _grants_pb2.ListGrantsResponse]  # type: ignore[assignment]
     """ListGrants lists a customer's grants with what is left of each."""
+    GrantWalletCredit: _aio.UnaryUnaryMultiCallable[_wallets_pb2.GrantWalletCreditRequest, _wallets_pb2.GrantWalletCreditResponse]  # type: ignore[assignment]
+    """GrantWalletCredit adds prepaid credit in money to a customer's wallet (a
+    top-up): a grant with a category, priority, optional expiry and meters.
+    Priced usage burns it in the transaction that records each event.
+    """
+    GetWallet: _aio.UnaryUnaryMultiCallable[_wallets_pb2.GetWalletRequest, _wallets_pb2.GetWalletResponse]  # type: ignore[assignment]
+    """GetWallet answers the customer's remaining credit, grant by grant."""
     ReserveUsage: _aio.UnaryUnaryMultiCallable[_reservations_pb2.ReserveUsageRequest, _reservations_pb2.ReserveUsageResponse]  # type: ignore[assignment]
     """ReserveUsage holds units of a SUM meter so that concurrent callers cannot
     spend them: available = limit + granted - used - reserved. A hold that
@@ -647,6 +662,25 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_grants_pb2.ListGrantsResponse, _abc.Awaitable[_grants_pb2.ListGrantsResponse]]:
         """ListGrants lists a customer's grants with what is left of each."""
+
+    @_abc_1.abstractmethod
+    def GrantWalletCredit(
+        self,
+        request: _wallets_pb2.GrantWalletCreditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallets_pb2.GrantWalletCreditResponse, _abc.Awaitable[_wallets_pb2.GrantWalletCreditResponse]]:
+        """GrantWalletCredit adds prepaid credit in money to a customer's wallet (a
+        top-up): a grant with a category, priority, optional expiry and meters.
+        Priced usage burns it in the transaction that records each event.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWallet(
+        self,
+        request: _wallets_pb2.GetWalletRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallets_pb2.GetWalletResponse, _abc.Awaitable[_wallets_pb2.GetWalletResponse]]:
+        """GetWallet answers the customer's remaining credit, grant by grant."""
 
     @_abc_1.abstractmethod
     def ReserveUsage(

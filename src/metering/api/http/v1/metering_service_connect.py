@@ -28,6 +28,7 @@ from metering.v1.invoices_pb2 import GetInvoiceRequest, GetInvoiceResponse, Issu
 from metering.v1.notifications_pb2 import WatchNotificationsRequest, WatchNotificationsResponse
 from metering.v1.reservations_pb2 import CommitReservationRequest, CommitReservationResponse, ReleaseReservationRequest, ReleaseReservationResponse, ReserveUsageRequest, ReserveUsageResponse
 from metering.v1.usage_pb2 import CheckBalanceRequest, CheckBalanceResponse, GetUsageRequest, GetUsageResponse, RecordUsageRequest, RecordUsageResponse
+from metering.v1.wallets_pb2 import GetWalletRequest, GetWalletResponse, GrantWalletCreditRequest, GrantWalletCreditResponse
 from pyqwest import Client
 
 if TYPE_CHECKING:
@@ -188,6 +189,20 @@ class MeteringService(Protocol):
     async def list_grants(self, request: ListGrantsRequest, ctx: RequestContext[ListGrantsRequest, ListGrantsResponse], /) -> ListGrantsResponse:
         """
         ListGrants lists a customer's grants with what is left of each.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def grant_wallet_credit(self, request: GrantWalletCreditRequest, ctx: RequestContext[GrantWalletCreditRequest, GrantWalletCreditResponse], /) -> GrantWalletCreditResponse:
+        """
+        GrantWalletCredit adds prepaid credit in money to a customer's wallet (a
+        top-up): a grant with a category, priority, optional expiry and meters.
+        Priced usage burns it in the transaction that records each event.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_wallet(self, request: GetWalletRequest, ctx: RequestContext[GetWalletRequest, GetWalletResponse], /) -> GetWalletResponse:
+        """
+        GetWallet answers the customer's remaining credit, grant by grant.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -407,6 +422,28 @@ class MeteringServiceASGIApplication(ConnectASGIApplication[MeteringService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.list_grants,
+                ),
+                "/metering.v1.MeteringService/GrantWalletCredit": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GrantWalletCredit",
+                        service_name="metering.v1.MeteringService",
+                        input=GrantWalletCreditRequest,
+                        output=GrantWalletCreditResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.grant_wallet_credit,
+                ),
+                "/metering.v1.MeteringService/GetWallet": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetWallet",
+                        service_name="metering.v1.MeteringService",
+                        input=GetWalletRequest,
+                        output=GetWalletResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_wallet,
                 ),
                 "/metering.v1.MeteringService/ReserveUsage": Endpoint.unary(
                     method=MethodInfo(
@@ -831,6 +868,54 @@ class MeteringServiceClient(ConnectClient):
                 service_name="metering.v1.MeteringService",
                 input=ListGrantsRequest,
                 output=ListGrantsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def grant_wallet_credit(
+        self,
+        request: GrantWalletCreditRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GrantWalletCreditResponse:
+        """
+        GrantWalletCredit adds prepaid credit in money to a customer's wallet (a
+        top-up): a grant with a category, priority, optional expiry and meters.
+        Priced usage burns it in the transaction that records each event.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GrantWalletCredit",
+                service_name="metering.v1.MeteringService",
+                input=GrantWalletCreditRequest,
+                output=GrantWalletCreditResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def get_wallet(
+        self,
+        request: GetWalletRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetWalletResponse:
+        """
+        GetWallet answers the customer's remaining credit, grant by grant.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetWallet",
+                service_name="metering.v1.MeteringService",
+                input=GetWalletRequest,
+                output=GetWalletResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),
