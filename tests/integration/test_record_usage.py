@@ -99,6 +99,46 @@ def test_replay_with_a_different_payload_is_already_exists(
     assert used == 7
 
 
+@pytest.mark.parametrize(
+    ("shift", "new_id_refusal"),
+    [
+        # Before the customer's first period (its anchor is a day back).
+        (timedelta(days=2), (grpc.StatusCode.FAILED_PRECONDITION, "BEFORE_FIRST_PERIOD")),
+        # Older than the test service's backfill window (3650 days) too.
+        (timedelta(days=3700), (grpc.StatusCode.INVALID_ARGUMENT, None)),
+    ],
+    ids=["before_first_period", "older_than_the_backfill_window"],
+)
+def test_a_reused_id_is_judged_before_the_time_policy(
+    stub: Stub,
+    new_customer: Callable[..., str],
+    database_url: str,
+    shift: timedelta,
+    new_id_refusal: tuple[grpc.StatusCode, str | None],
+) -> None:
+    now = datetime.now(UTC)
+    customer = new_customer(anchor=(now - timedelta(days=1)).isoformat().replace("+00:00", "Z"))
+    moment = now - timedelta(minutes=1)
+    original = record(stub, customer, "txn-r", "7", event_time=stamp(moment))
+    earlier = stamp(moment - shift)
+    # A replay reusing the id with an earlier event_time: a conflict, not the refusal of its time.
+    with pytest.raises(grpc.RpcError) as caught:
+        record(stub, customer, "txn-r", "7", event_time=earlier)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["conflicting_fields"]) == ("TRANSACTION_ID_CONFLICT", "event_time")
+    assert info.metadata["original_event_id"] == original.event.event_id
+    # The exact replay is still a duplicate; a new id at that time gets the time's refusal.
+    assert record(stub, customer, "txn-r", "7", event_time=stamp(moment)).duplicate
+    with pytest.raises(grpc.RpcError) as refused:
+        record(stub, customer, "txn-new", "7", event_time=earlier)
+    code, reason = new_id_refusal
+    assert refused.value.code() == code
+    if reason is not None:
+        assert error_info(refused.value).reason == reason
+    assert ledger_rows(database_url, customer) == 1
+
+
 def test_transaction_ids_are_scoped_to_the_customer(stub: Stub, new_customer: Callable[..., str]) -> None:
     first, second = new_customer(), new_customer()
     a = record(stub, first, "shared-txn", "1")

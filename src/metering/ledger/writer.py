@@ -17,9 +17,9 @@ them (steps 5-6's what) is metering.domain.usage's, a pure function.
 3. finds the transaction ids that already exist;
 4. reads the grants active at each event's time and the unexpired holds;
 5. decides every event in arrival order (metering.domain.limits): duplicates, payload
-   conflicts (also between two events of the same batch), late events (the
-   refusal a resolution carries applies to any event that is not an exact
-   replay of a recorded one), limits;
+   conflicts (also between two events of the same batch), whatever their
+   time, then late events (the refusal a resolution carries applies only to a
+   transaction id not recorded yet), limits;
 6. in one statement, inserts the accepted events (one multi-row insert; the
    unique constraint still guards: a concurrent twin makes the batch run
    again), writes each counter once, records new distinct values and writes

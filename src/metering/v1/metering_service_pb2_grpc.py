@@ -113,10 +113,12 @@ class MeteringServiceStub:
     billing_anchor_time, transaction_id).
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
     INVALID_ARGUMENT (field event_time).
-    * An exact replay of an event already recorded (same transaction id and
-    payload) answers OK with duplicate = true whatever its time: a retry
-    always converges. A reused transaction id with another payload and one of
-    the times above gets the refusal of its time.
+    * A reused transaction id is judged before any of the times above: an
+    exact replay of an event already recorded (same transaction id and
+    payload) answers OK with duplicate = true whatever its time (its period
+    may have closed since): a retry always converges. A reused transaction
+    id with another payload (an earlier event_time, say) is ALREADY_EXISTS,
+    reason TRANSACTION_ID_CONFLICT, whatever its time.
     * Between the end of the grace period and the finalization (normally
     seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
     invoice includes every event that was ever accepted for its period. grpc.health.v1 and
@@ -304,10 +306,12 @@ class MeteringServiceServicer:
     billing_anchor_time, transaction_id).
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
     INVALID_ARGUMENT (field event_time).
-    * An exact replay of an event already recorded (same transaction id and
-    payload) answers OK with duplicate = true whatever its time: a retry
-    always converges. A reused transaction id with another payload and one of
-    the times above gets the refusal of its time.
+    * A reused transaction id is judged before any of the times above: an
+    exact replay of an event already recorded (same transaction id and
+    payload) answers OK with duplicate = true whatever its time (its period
+    may have closed since): a retry always converges. A reused transaction
+    id with another payload (an earlier event_time, say) is ALREADY_EXISTS,
+    reason TRANSACTION_ID_CONFLICT, whatever its time.
     * Between the end of the grace period and the finalization (normally
     seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
     invoice includes every event that was ever accepted for its period. grpc.health.v1 and
@@ -681,10 +685,12 @@ class MeteringService:
     billing_anchor_time, transaction_id).
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
     INVALID_ARGUMENT (field event_time).
-    * An exact replay of an event already recorded (same transaction id and
-    payload) answers OK with duplicate = true whatever its time: a retry
-    always converges. A reused transaction id with another payload and one of
-    the times above gets the refusal of its time.
+    * A reused transaction id is judged before any of the times above: an
+    exact replay of an event already recorded (same transaction id and
+    payload) answers OK with duplicate = true whatever its time (its period
+    may have closed since): a retry always converges. A reused transaction
+    id with another payload (an earlier event_time, say) is ALREADY_EXISTS,
+    reason TRANSACTION_ID_CONFLICT, whatever its time.
     * Between the end of the grace period and the finalization (normally
     seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
     invoice includes every event that was ever accepted for its period. grpc.health.v1 and
