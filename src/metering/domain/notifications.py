@@ -131,8 +131,11 @@ class NewNotification:
 
 @dataclass(frozen=True, slots=True, order=True)
 class Position:
-    """A place in the outbox: the writing transaction's id, then the row's
-    sequence number (see the 0004 migration for why both)."""
+    """A place in the outbox: a transaction id (the writer's own, or its
+    customer's previous notification's if later), then a sequence number, both
+    assigned under the customer's outbox lock until the commit, so that one
+    customer's positions follow the order its transactions committed
+    (metering.ledger.outbox, migration 0009)."""
 
     txid: int
     seq: int

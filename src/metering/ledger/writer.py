@@ -22,10 +22,13 @@ them (steps 5-6's what) is metering.domain.usage's, a pure function.
    transaction id not recorded yet), limits;
 6. in one statement, inserts the accepted events (one multi-row insert; the
    unique constraint still guards: a concurrent twin makes the batch run
-   again), writes each counter once, records new distinct values and writes
-   the notifications the decisions call for (thresholds crossed, the first
-   hard-limit refusal of a period) into the outbox;
-7. commits, and answers every caller.
+   again), writes each counter once and records new distinct values;
+7. when the decisions call for notifications (thresholds crossed, the first
+   hard-limit refusal of a period), writes them into the outbox in a
+   statement of their own, the transaction's last (it locks each customer's
+   outbox head until the commit: one customer's notifications are in commit
+   order, metering.ledger.outbox);
+8. commits, and answers every caller.
 
 One bad event refuses only that event. A database failure answers every
 caller of the batch with the same error, and nothing is half-written; the
