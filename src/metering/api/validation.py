@@ -20,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from metering.domain.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catalog, Meter, Price
 from metering.domain.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.domain.errors import EventTooOld, FieldViolation, InvalidArgument, NotFound
-from metering.domain.notifications import NotificationType, WatchQuery, parse_cursor
+from metering.domain.notifications import NotificationType, WatchQuery
 from metering.domain.periods import MAX_TIME, MIN_TIME
 from metering.domain.records import DRAFT, FINALIZED, EventPosition
 from metering.domain.usage import UsageCommand
@@ -296,7 +296,7 @@ _WATCH_TYPES = {
 }
 
 
-def watch_notifications(request: notifications_pb2.WatchNotificationsRequest) -> WatchQuery:
+def watch_notifications(request: notifications_pb2.WatchNotificationsRequest, tokens: PageTokens) -> WatchQuery:
     violations = _Violations()
     types = set()
     for index, value in enumerate(request.types):
@@ -308,7 +308,7 @@ def watch_notifications(request: notifications_pb2.WatchNotificationsRequest) ->
     if request.customer_id:
         _identifier(violations, "customer_id", request.customer_id)
     violations.raise_if_any()
-    after = parse_cursor(request.cursor) if request.cursor else None
+    after = tokens.position(request.cursor) if request.cursor else None
     return WatchQuery(after, frozenset(types), request.customer_id or None)
 
 

@@ -144,7 +144,7 @@ def build(
     reporting = Reporting(config.catalog, stores.ledger, stores.reports)
     primary_reads = Reads(reporting, Invoicing(stores.ledger, stores.invoices, reporting), None)
     reads = _reads(config, pools, metrics, stores, primary_reads)
-    delivery = _delivery(config, pools, metrics)
+    delivery = _delivery(config, pools, metrics, page_tokens)
     health = DatabaseHealth(stores.ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
     authenticator = Authenticator(
         config.policy,
@@ -211,7 +211,7 @@ def _stores(settings: Settings, pool: Pool, metrics: Metrics, tracing: Tracing |
     )
 
 
-def _delivery(config: Config, pools: Pools, metrics: Metrics) -> Delivery:
+def _delivery(config: Config, pools: Pools, metrics: Metrics, page_tokens: PageTokens) -> Delivery:
     settings = config.settings
     acquire_timeout = settings.db_timeout.total_seconds()
     outbox = OutboxStore(pools.primary, acquire_timeout=acquire_timeout)
@@ -221,6 +221,7 @@ def _delivery(config: Config, pools: Pools, metrics: Metrics) -> Delivery:
         config.endpoints,
         wakeup,
         metrics,
+        page_tokens.cursor,  # webhook bodies carry the same signed cursors as the watch stream
         timeout=settings.webhook_timeout,
         schedule=settings.webhook_retry_schedule,
         lease=settings.webhook_lease,
