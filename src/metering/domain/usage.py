@@ -147,12 +147,17 @@ def resolve(command: UsageCommand, customer: CustomerRecord | None, book: terms.
     )
     anchor = customer.billing_anchor
     refusal = command.too_old or closing.late_refusal(
-        customer.customer_id, command.transaction_id, event_time, anchor, customer.closed_through
+        customer.customer_id,
+        command.transaction_id,
+        event_time,
+        anchor,
+        customer.closed_through,
+        book.anchor_skew_tolerance,
     )
     return Resolution(
         event,
         known.plan_allowance,
-        known.period_at(event_time, anchor, book.periods),
+        known.event_period(event_time, anchor, book.periods),
         command.unique_value,
         command.allow_overage,
         dimensions=command.meter.dimension_values(command.properties),

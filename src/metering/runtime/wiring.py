@@ -152,7 +152,9 @@ def build(
         max_hold=settings.rate_limit_hold.total_seconds(),
     )
     servicer = MeteringServicer(
-        MeteringEngine(config.catalog, stores.ledger, stores.writer),
+        MeteringEngine(
+            config.catalog, stores.ledger, stores.writer, anchor_skew_tolerance=settings.anchor_skew_tolerance
+        ),
         reads.reporting,
         Entitlements(config.catalog, stores.ledger, stores.holds),
         reads.invoicing,

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from metering.domain import decimals
+from metering.domain import closing, decimals
 from metering.domain.catalog import Catalog, Meter, Plan, Price
 from metering.domain.decimals import ZERO
 from metering.domain.errors import FieldViolation, InvalidArgument, PriceCurrencyMismatch
@@ -202,24 +202,27 @@ class Reporting:
         plan = self._catalog.plan(plan_slug)
         assert plan.currency is not None  # every plan has one (catalog check)
         others = [slug for slug in self._catalog.meters if slug not in plan.meters]
-        used = await self._reports.meters_with_usage(customer_id, period.start, period.end, others)
+        # The first period's bill includes the events accepted just before the anchor.
+        usage = closing.usage_range(period, customer.billing_anchor)
+        used = await self._reports.meters_with_usage(customer_id, *usage, others)
         meters = [*plan.meters, *used]
         lines: list[BillLine] = []
         for slug in meters:
-            lines.extend(await self._meter_lines(customer_id, plan, self._catalog.meters[slug], period))
+            lines.extend(await self._meter_lines(customer_id, plan, self._catalog.meters[slug], usage))
         subtotal = decimals.add(*(line.charge.amount for line in lines))
         credits = ZERO  # no monetary credits exist yet; grants are units, not money
         total = max(ZERO, decimals.add(subtotal, credits))
         return Bill(customer_id, plan, period, plan.currency, lines, subtotal, credits, total)
 
-    async def _meter_lines(self, customer_id: str, plan: Plan, meter: Meter, period: BillingPeriod) -> list[BillLine]:
-        """One line per price the meter's events were recorded with; the plan's
-        own price always has a line and is the one its included units go to."""
+    async def _meter_lines(
+        self, customer_id: str, plan: Plan, meter: Meter, usage: tuple[datetime, datetime]
+    ) -> list[BillLine]:
+        """One line per price the meter's events in the `usage` range were
+        recorded with; the plan's own price always has a line and is the one
+        its included units go to."""
         assert plan.currency is not None  # every plan has one (catalog check)
         terms = self._catalog.plan_meter(plan, meter)
-        rows = await self._reports.aggregate(
-            AggregateQuery(customer_id, meter, [(period.start, period.end)], group_by_price=True)
-        )
+        rows = await self._reports.aggregate(AggregateQuery(customer_id, meter, [usage], group_by_price=True))
         quantities = {row.groups[0]: row.value for row in rows if row.event_count}
         price_slugs = [terms.price, *sorted(slug for slug in quantities if slug != terms.price)]
         lines = []

@@ -109,9 +109,12 @@ class MeteringServiceStub:
       FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
       period_start and period_end (RFC 3339) and transaction_id; nothing is
       written. VoidUsage of an event of a finalized period is refused the same way.
-    * A new event before the customer's first period (its billing anchor) is
-      FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
-      billing_anchor_time, transaction_id).
+    * A new event before the customer's first period (its billing anchor) by
+      more than METERING_ANCHOR_SKEW_TOLERANCE (5 minutes by default: clock
+      skew) is FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata
+      event_time, billing_anchor_time, transaction_id). One within it is
+      recorded with its own event_time and counts in the first period (its
+      limits, its bill and invoice); GetUsage shows it at its own time.
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
       INVALID_ARGUMENT (field event_time).
     * A reused transaction id is judged before any of the times above: an
@@ -316,9 +319,12 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
       FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
       period_start and period_end (RFC 3339) and transaction_id; nothing is
       written. VoidUsage of an event of a finalized period is refused the same way.
-    * A new event before the customer's first period (its billing anchor) is
-      FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
-      billing_anchor_time, transaction_id).
+    * A new event before the customer's first period (its billing anchor) by
+      more than METERING_ANCHOR_SKEW_TOLERANCE (5 minutes by default: clock
+      skew) is FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata
+      event_time, billing_anchor_time, transaction_id). One within it is
+      recorded with its own event_time and counts in the first period (its
+      limits, its bill and invoice); GetUsage shows it at its own time.
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
       INVALID_ARGUMENT (field event_time).
     * A reused transaction id is judged before any of the times above: an
@@ -519,9 +525,12 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
       FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
       period_start and period_end (RFC 3339) and transaction_id; nothing is
       written. VoidUsage of an event of a finalized period is refused the same way.
-    * A new event before the customer's first period (its billing anchor) is
-      FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
-      billing_anchor_time, transaction_id).
+    * A new event before the customer's first period (its billing anchor) by
+      more than METERING_ANCHOR_SKEW_TOLERANCE (5 minutes by default: clock
+      skew) is FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata
+      event_time, billing_anchor_time, transaction_id). One within it is
+      recorded with its own event_time and counts in the first period (its
+      limits, its bill and invoice); GetUsage shows it at its own time.
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
       INVALID_ARGUMENT (field event_time).
     * A reused transaction id is judged before any of the times above: an
