@@ -10,13 +10,23 @@ BUF    := .tools/node_modules/.bin/buf
 NODE_EXAMPLE := examples/node
 # npm ci rewrites this file, so the example's packages are reinstalled only when its lock file changes.
 NODE_MODULES := $(NODE_EXAMPLE)/node_modules/.package-lock.json
+# The ServiceMonitor schema (prometheus-operator's, from npm), pinned by its lock file.
+SERVICEMONITOR := scripts/servicemonitor
+SERVICEMONITOR_MODULES := $(SERVICEMONITOR)/node_modules/.package-lock.json
+# The Kubernetes versions the manifests must be valid for: the oldest supported (the preStop
+# `sleep` action is on by default from 1.30) and the newest kubernetes-validate knows.
+K8S_VERSIONS := 1.30.0 1.37.0
 
-.PHONY: run test test-fast test-slow coverage-domain docs lint typecheck docker-lint proto proto-check buf-lint buf-breaking stubs node-example ci clean
+.PHONY: run test test-fast test-slow coverage-domain client-check docs lint typecheck docker-lint k8s-validate compose-validate proto proto-check buf-lint buf-breaking stubs node-example ci clean
 
-$(STAMP): pyproject.toml
+CLIENT := clients/python
+
+# Both distributions, editable: the server and the client it depends on (metering-client,
+# which owns metering.client and the generated metering.v1 of the `metering` namespace).
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./$(CLIENT) -e '.[dev]'
 	touch $(STAMP)
 
 ## run: install and start the service (embedded PostgreSQL unless METERING_DATABASE_URL is set)
@@ -51,6 +61,11 @@ coverage-domain: $(STAMP)
 	$(BIN)/pytest tests/unit -q -n 2 --cov=metering.domain --cov-branch \
 		--cov-report=term-missing:skip-covered --cov-fail-under=100
 
+## client-check: build the metering-client wheel, install it alone in a clean virtual environment,
+## and check there that nothing of the server came along, that it is typed, and that it calls a real service
+client-check: $(STAMP)
+	$(BIN)/pytest tests/integration/test_client_wheel.py -q
+
 ## docs: build the documentation site into site/ with --strict (a broken link or anchor fails).
 ## docs/api/reference.md is generated from the .proto comments by a MkDocs hook
 ## (scripts/mkdocs_hooks.py -> scripts/gen_api_docs.py) at every build: never committed, so it cannot drift.
@@ -69,15 +84,29 @@ typecheck: $(STAMP)
 docker-lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile
 
-## proto: regenerate src/metering/v1 from proto/
+$(SERVICEMONITOR_MODULES): $(SERVICEMONITOR)/package.json $(SERVICEMONITOR)/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix $(SERVICEMONITOR)
+
+## k8s-validate: deploy/kubernetes against the Kubernetes schemas (strict, K8S_VERSIONS), the
+## ServiceMonitor against prometheus-operator's schema (Node.js), and the kustomization's file list
+k8s-validate: $(STAMP) $(SERVICEMONITOR_MODULES)
+	$(BIN)/python scripts/k8s_validate.py $(addprefix -k ,$(K8S_VERSIONS)) deploy/kubernetes
+
+## compose-validate: compose.yaml against the Compose specification's JSON schema (vendored by check-jsonschema)
+compose-validate: $(STAMP)
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+
+## proto: regenerate clients/python/src/metering/v1 (and the HTTP edge's Connect code, src/metering/api/http/v1) from proto/
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
+GENERATED := $(CLIENT)/src/metering/v1 src/metering/api/http/v1 third_party/proto
+
 ## proto-check: fail if the committed generated code differs from a fresh generation
 proto-check: proto
-	git diff --exit-code --stat -- src/metering/v1 third_party/proto
-	@test -z "$$(git status --porcelain -- src/metering/v1 third_party/proto)" || \
-		(git status --porcelain -- src/metering/v1 third_party/proto; exit 1)
+	git diff --exit-code --stat -- $(GENERATED)
+	@test -z "$$(git status --porcelain -- $(GENERATED))" || \
+		(git status --porcelain -- $(GENERATED); exit 1)
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
@@ -105,4 +134,4 @@ ci:
 	bash .ci/run
 
 clean:
-	rm -rf site docs/api/reference.md $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .coverage gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen $(NODE_EXAMPLE)/dist
+	rm -rf site docs/api/reference.md $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .coverage gen $(NODE_EXAMPLE)/node_modules $(NODE_EXAMPLE)/gen $(NODE_EXAMPLE)/gen-es $(NODE_EXAMPLE)/dist $(SERVICEMONITOR)/node_modules

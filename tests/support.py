@@ -39,7 +39,11 @@ from tests.processes import children_of
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_CATALOG = ROOT / "tests" / "catalog.toml"
-_READY_RE = re.compile(r"serving \S+ on (?P<host>[^ ;]+):(?P<port>\d+); metrics on http://[^:]+:(?P<metrics>\d+)/")
+SERVING_LINE = re.compile(
+    r"serving \S+ on (?P<host>[^ ;]+):(?P<port>\d+); "
+    r"(?:HTTP off|HTTP \(Connect, gRPC-Web\) on http://[^ ;]+:(?P<http>\d+)); "
+    r"metrics on http://[^:]+:(?P<metrics>\d+)/"
+)
 
 
 @dataclass
@@ -51,6 +55,7 @@ class ServiceProcess:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     process: subprocess.Popen[str] | None = None
     port: int = 0
+    http_port: int = 0  # 0 too with METERING_HTTP_PORT=off
     metrics_port: int = 0
     output: list[str] = field(default_factory=list)
     stderr_path: Path | None = None  # stderr to this file; None: merged into `output`
@@ -59,12 +64,19 @@ class ServiceProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def http_url(self) -> str:
+        """The HTTP edge's base URL (Connect, gRPC-Web, /healthz)."""
+        return f"http://127.0.0.1:{self.http_port}"
+
     def start(self, timeout: float = 60.0) -> ServiceProcess:
         env = {
             **os.environ,
             "METERING_DATABASE_URL": self.database_url,
             "METERING_GRPC_HOST": "127.0.0.1",
             "METERING_GRPC_PORT": "0",
+            "METERING_HTTP_HOST": "127.0.0.1",
+            "METERING_HTTP_PORT": "0",
             "METERING_METRICS_HOST": "127.0.0.1",
             "METERING_METRICS_PORT": "0",
             "METERING_LOG_LEVEL": "WARNING",
@@ -103,9 +115,10 @@ class ServiceProcess:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             self.output.append(line)
-            match = _READY_RE.search(line)
+            match = SERVING_LINE.search(line)
             if match:
                 self.port = int(match["port"])
+                self.http_port = int(match["http"] or 0)
                 self.metrics_port = int(match["metrics"])
                 ready.set()
         self.process.stdout.close()  # the process ended (EOF): no pipe left for the garbage collector

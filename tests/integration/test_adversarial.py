@@ -2,7 +2,7 @@
 
 Hypothesis drives every write RPC (RecordUsage, RecordUsageBatch,
 RecordUsageStream, ReserveUsage, CommitReservation, ReleaseReservation,
-VoidUsage, GrantCredits, UpsertCustomer) and every read RPC (CheckBalance,
+VoidUsage, GrantCredits, UpsertCustomer, IssueCreditNote) and every read RPC (CheckBalance,
 GetUsage, ListUsageEvents, EstimateBill, GetCustomer, ListGrants,
 ListInvoices, GetInvoice, and the WatchNotifications stream) of the
 session's service, a real subprocess on a real socket. Each field is usually
@@ -134,6 +134,7 @@ INVOICE_STATUS_FILTERS = frozenset(
 NOTIFICATION_TYPES = frozenset(notifications_pb2.NotificationType.values()) - {
     notifications_pb2.NOTIFICATION_TYPE_UNSPECIFIED
 }
+CREDIT_NOTE_REASONS = frozenset(invoices_pb2.CreditNoteReason.values()) - {invoices_pb2.CREDIT_NOTE_REASON_UNSPECIFIED}
 
 
 def is_uuid(value: str) -> bool:
@@ -279,6 +280,20 @@ def malformed_fields(request: Message, now: datetime) -> set[str]:
     elif isinstance(request, billing_pb2.EstimateBillRequest):
         check("customer_id", is_identifier(request.customer_id))
         check("period_time", not request.HasField("period_time") or is_timestamp(request.period_time))
+        check("what_if_plan_slug", not request.what_if_plan_slug or is_slug(request.what_if_plan_slug))
+    elif isinstance(request, invoices_pb2.IssueCreditNoteRequest):
+        check("customer_id", is_identifier(request.customer_id))
+        check("invoice_id", is_uuid(request.invoice_id))
+        check("credit_note_id", is_identifier(request.credit_note_id))
+        check("reason", request.reason in CREDIT_NOTE_REASONS)
+        check("memo", is_free_text(request.memo))
+        lines = [(line.meter_slug, line.price_slug) for line in request.lines]
+        check("lines", request.whole_invoice != bool(lines) and len(lines) <= 100)
+        check("lines", len(set(lines)) == len(lines))
+        for index, line in enumerate(request.lines):
+            check(f"lines[{index}].meter_slug", is_slug(line.meter_slug))
+            check(f"lines[{index}].price_slug", is_slug(line.price_slug))
+            check(f"lines[{index}].amount", is_positive_quantity(line.amount))
     elif isinstance(request, invoices_pb2.ListInvoicesRequest):
         check("customer_id", is_identifier(request.customer_id))
         # GATHERING is refused: a running period has no invoice yet.
@@ -456,6 +471,7 @@ def slugs(real: tuple[str, ...]) -> st.SearchStrategy[str]:
 
 meter_slugs = slugs(METERS)
 optional_meter_slugs = either(st.just(""), meter_slugs)
+optional_plan_slugs = either(st.just(""), slugs(PLANS))
 
 # Well formed; "150", "1000" and the largest one pass the hard limits of the
 # test catalog's plans, so they are refused (RESOURCE_EXHAUSTED) unless the
@@ -940,7 +956,9 @@ def list_usage_events_calls(draw: st.DrawFn, pool: Pool) -> Call:
 
 @st.composite
 def estimate_bill_calls(draw: st.DrawFn, pool: Pool) -> Call:
-    request = billing_pb2.EstimateBillRequest(customer_id=draw(customer_ids(tuple(pool.customers))))
+    request = billing_pb2.EstimateBillRequest(
+        customer_id=draw(customer_ids(tuple(pool.customers))), what_if_plan_slug=draw(optional_plan_slugs)
+    )
     _set_time(request.period_time, draw(optional_instants))
     return Call("EstimateBill", request)
 
@@ -984,6 +1002,35 @@ def get_invoice_calls(draw: st.DrawFn, pool: Pool) -> Call:
     return Call("GetInvoice", invoices_pb2.GetInvoiceRequest(invoice_id=invoice_id))
 
 
+credit_note_reasons = enum_values(tuple(invoices_pb2.CreditNoteReason.values()))
+credit_note_lines = st.builds(
+    invoices_pb2.CreditNoteLineRequest,
+    meter_slug=meter_slugs,
+    price_slug=slugs(PRICES),
+    amount=usually(st.sampled_from(["0.01", "1", "2.50"]), hostile_quantities),
+)
+# Whole or by line, as the contract asks; now and then both, or neither.
+credit_note_shapes = usually(st.sampled_from(["whole", "lines"]), st.sampled_from(["both", "neither"]))
+
+
+@st.composite
+def issue_credit_note_calls(draw: st.DrawFn, pool: Pool) -> Call:
+    # As for GetInvoice: the session's service finalizes nothing, so a
+    # well-formed invoice id names no finalized invoice (NOT_FOUND), and nothing
+    # is written; tests/integration/test_credit_notes.py issues real ones.
+    shape = draw(credit_note_shapes)
+    request = invoices_pb2.IssueCreditNoteRequest(
+        customer_id=draw(customer_ids(tuple(pool.customers))),
+        invoice_id=draw(usually(st.uuids().map(str), either(near_misses(st.uuids().map(str)), hostile_text(64)))),
+        credit_note_id=draw(identifiers(tuple(pool.transaction_ids))),
+        reason=cast(invoices_pb2.CreditNoteReason, draw(credit_note_reasons)),
+        memo=draw(either(st.just(""), reasons)),
+        whole_invoice=shape in ("whole", "both"),
+        lines=draw(st.lists(credit_note_lines, min_size=1, max_size=3)) if shape in ("lines", "both") else [],
+    )
+    return Call("IssueCreditNote", request)
+
+
 @st.composite
 def watch_notifications_calls(draw: st.DrawFn, pool: Pool) -> Call:
     request = notifications_pb2.WatchNotificationsRequest(
@@ -1014,10 +1061,11 @@ CALLS: dict[str, Callable[[Pool], st.SearchStrategy[Call]]] = {
     "ListGrants": list_grants_calls,
     "ListInvoices": list_invoices_calls,
     "GetInvoice": get_invoice_calls,
+    "IssueCreditNote": issue_credit_note_calls,
     "WatchNotifications": watch_notifications_calls,
 }
 # RPCs that cannot succeed against the session's service: nothing is finalized there.
-NEVER_OK = frozenset({"GetInvoice"})
+NEVER_OK = frozenset({"GetInvoice", "IssueCreditNote"})
 
 
 @st.composite
@@ -1091,6 +1139,7 @@ ROTATION = (
     "GetCustomer",
     "ListInvoices",
     "GetInvoice",
+    "IssueCreditNote",
     "WatchNotifications",
 )
 assert sorted(ROTATION) == sorted(CALLS)

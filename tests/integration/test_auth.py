@@ -249,7 +249,9 @@ def test_requests_are_counted_by_caller_and_no_credential_leaks(secured: Secured
     method = "/metering.v1.MeteringService/CheckBalance"
 
     def count(text: str, code: str, caller: str) -> float:
-        return metric_value(text, "metering_grpc_requests_total", method=method, code=code, caller=caller)
+        return metric_value(
+            text, "metering_grpc_requests_total", method=method, code=code, caller=caller, protocol="grpc"
+        )
 
     before = scrape()
     customer = customer_for(secured)
@@ -274,7 +276,7 @@ def test_requests_are_counted_by_caller_and_no_credential_leaks(secured: Secured
 
 
 def _start_failure(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {"PATH": "/usr/bin:/bin", "METERING_GRPC_PORT": "0", "METERING_METRICS_PORT": "0"}
+    base = {"PATH": "/usr/bin:/bin", "METERING_GRPC_PORT": "0", "METERING_HTTP_PORT": "0", "METERING_METRICS_PORT": "0"}
     return subprocess.run(
         [sys.executable, "-m", "metering", "serve"],
         env={**base, "METERING_CATALOG": str(TEST_CATALOG), **env},

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.support import ServiceProcess, audit, run_sql
+from metering.domain.notifications import Position
+from tests.support import ServiceProcess, audit, page_tokens_of, run_sql
 
 
 @pytest.fixture
@@ -150,3 +153,182 @@ def test_an_import_that_cannot_reach_the_service_stops_resumably(
     assert result.returncode == 3
     assert "UNAVAILABLE" in result.stderr
     assert "run the same command again to resume" in result.stderr
+
+
+# -- the conventions (issue 22): options anywhere, exit statuses, --json, paging, --price, CSV -----
+
+
+def test_options_after_positionals_and_the_exit_status_of_each_kind_of_answer(
+    metering: Callable[..., subprocess.CompletedProcess[str]], new_customer: Callable[..., str]
+) -> None:
+    customer = new_customer()
+    fits = metering("balance", customer, "--json", "tokens", "--requested", "100")
+    assert fits.returncode == 0, fits.stderr
+    answer = json.loads(fits.stdout)
+    assert answer["requested_allowed"] is True
+    assert answer["balances"][0]["used"] == "0" and answer["balances"][0]["reserved"] == "0"
+
+    too_much = metering("balance", customer, "tokens", "--requested", "101")
+    assert too_much.returncode == 1
+    assert "the requested quantity does NOT fit" in too_much.stdout
+    assert too_much.stderr.strip() == (
+        "the requested quantity does not fit: tokens has 100 token available (limit 100, 0 used, 0 reserved)"
+    )
+
+    assert metering("record", customer, "tokens", "101").returncode == 1  # a limit: refused
+    assert metering("balance", "no-such-customer").returncode == 1  # not found: refused
+    malformed = metering("record", customer, "tokens", "-5")  # the service's INVALID_ARGUMENT
+    assert malformed.returncode == 2 and "field quantity" in malformed.stderr
+    assert metering("events", customer, "--page-size", "many").returncode == 2  # argparse
+    assert metering("usage", customer, "tokens", "--time-zone", "Mars/Olympus").returncode == 2
+    unreachable = metering("balance", customer, "--target", "127.0.0.1:9")
+    assert unreachable.returncode == 3 and unreachable.stderr.startswith("UNAVAILABLE")
+
+
+def test_json_keeps_empty_lists(
+    metering: Callable[..., subprocess.CompletedProcess[str]], new_customer: Callable[..., str]
+) -> None:
+    customer = new_customer(anchor=datetime.now(UTC).isoformat())  # no period has ended: no invoice
+    assert json.loads(metering("events", customer, "--json").stdout) == {"events": [], "next_page_token": ""}
+    assert json.loads(metering("grants", "--json", customer).stdout) == {"grants": []}
+    invoices = json.loads(metering("invoices", customer, "--json").stdout)
+    assert invoices == {"invoices": [], "next_page_token": ""}
+
+
+def test_events_page_by_token_or_all_within_a_time_range(
+    metering: Callable[..., subprocess.CompletedProcess[str]], new_customer: Callable[..., str]
+) -> None:
+    customer = new_customer("open")
+    for hour in range(5):
+        stamp = f"2026-03-02T{10 + hour:02d}:00:00Z"
+        done = metering("record", customer, "tokens", "1", "--transaction-id", f"h{hour}", "--event-time", stamp)
+        assert done.returncode == 0, done.stderr
+
+    first = metering("events", customer, "--page-size", "2")
+    assert [line.split()[2] for line in first.stdout.splitlines()[2:4]] == ["h4", "h3"]  # newest first
+    token = first.stdout.splitlines()[-1].removeprefix("(more: add --page-token ").removesuffix(", or --all)")
+    second = json.loads(metering("events", customer, "--page-size", "2", "--page-token", token, "--json").stdout)
+    assert [e["transaction_id"] for e in second["events"]] == ["h2", "h1"] and second["next_page_token"]
+
+    every = json.loads(metering("events", customer, "--all", "--page-size", "2", "--json").stdout)
+    assert [e["transaction_id"] for e in every["events"]] == ["h4", "h3", "h2", "h1", "h0"]
+    assert every["next_page_token"] == ""
+    window = metering(
+        "events", customer, "--start", "2026-03-02T11:00:00Z", "--end", "2026-03-02T13:00:00Z", "--all", "--json"
+    )
+    assert [e["transaction_id"] for e in json.loads(window.stdout)["events"]] == ["h2", "h1"]
+    assert "(more" not in metering("events", customer, "--all").stdout
+
+
+def test_record_by_price(
+    metering: Callable[..., subprocess.CompletedProcess[str]], new_customer: Callable[..., str]
+) -> None:
+    customer = new_customer()
+    done = metering("record", customer, "--price", "tokens_per_unit", "4", "--transaction-id", "p1", "--json")
+    assert done.returncode == 0, done.stderr
+    event = json.loads(done.stdout)["event"]
+    assert (event["meter_slug"], event["price_slug"], event["quantity"]) == ("tokens", "tokens_per_unit", "4")
+    both = metering("record", customer, "tokens", "4", "--price", "tokens_per_unit")
+    assert both.returncode == 2 and "not two values" in both.stderr
+
+
+def test_import_reads_csv_with_a_header_and_refuses_csv_without_one(
+    metering: Callable[..., subprocess.CompletedProcess[str]],
+    new_customer: Callable[..., str],
+    tmp_path: Path,
+    database_url: str,
+) -> None:
+    customer = new_customer("open")
+    usage = tmp_path / "usage.csv"
+    usage.write_text(
+        "customer_id,meter_slug,quantity,transaction_id,event_time,properties.region\n"
+        f"{customer},tokens,2,c1,2026-03-02T10:00:00Z,eu\n"
+        f"{customer},tokens,3,c2,2026-03-02T11:00:00Z,\n"
+        f"{customer},tokens,3\n"
+        f"{customer},tokens,3,c1,2026-03-02T10:00:00Z,eu\n"  # c1 again, another payload: a conflict
+    )
+    result = metering("import", str(usage), "--json")
+    assert result.returncode == 1, result.stderr  # done, with rejected lines
+    summary = json.loads(result.stdout)
+    assert (summary["line"], summary["recorded"], summary["rejected"]) == (5, 2, 2)
+    rejects = [json.loads(line) for line in (tmp_path / "usage.csv.rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["code"], r["reason"]) for r in rejects] == [
+        (4, "INVALID_ARGUMENT", ""),
+        (5, "ALREADY_EXISTS", "TRANSACTION_ID_CONFLICT"),
+    ]
+    rows = run_sql(
+        database_url,
+        "SELECT transaction_id, quantity::text, properties FROM usage_events WHERE customer_id = $1 "
+        "ORDER BY transaction_id",
+        customer,
+    )
+    assert [(r["transaction_id"], r["quantity"], json.loads(r["properties"])) for r in rows] == [
+        ("c1", "2", {"region": "eu"}),
+        ("c2", "3", {}),
+    ]
+
+    headless = tmp_path / "headless.csv"
+    other = new_customer("open")
+    headless.write_text(f"{other},tokens,2,d1\n{other},tokens,3,d2\n")
+    refused = metering("import", str(headless))
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"metering import: {headless} looks like CSV, but its first line is not a header")
+    assert "customer_id,meter_slug,quantity,transaction_id" in refused.stderr
+    assert not (tmp_path / "headless.csv.rejects.jsonl").exists()
+    assert run_sql(database_url, "SELECT count(*) FROM usage_events WHERE customer_id = $1", other)[0][0] == 0
+    missing = metering("import", str(tmp_path / "nowhere.jsonl"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def _watch(service: ServiceProcess, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "METERING_TARGET": service.target}
+    return subprocess.Popen(
+        [sys.executable, "-m", "metering", "watch", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_watch_tails_the_notifications_and_ends_cleanly_on_ctrl_c(
+    metering: Callable[..., subprocess.CompletedProcess[str]],
+    new_customer: Callable[..., str],
+    service: ServiceProcess,
+    database_url: str,
+) -> None:
+    customer = new_customer()
+    assert metering("record", customer, "tokens", "90").returncode == 0  # crosses 80%
+    assert metering("record", customer, "tokens", "20", "--transaction-id", "over").returncode == 1  # refused
+    stored = run_sql(
+        database_url, "SELECT txid::text AS txid, seq FROM notifications WHERE customer_id = $1 ORDER BY txid", customer
+    )
+    # Resume right after it (a cursor signed as the service signs them).
+    after_threshold = page_tokens_of(database_url).cursor(Position(int(stored[0]["txid"]), stored[0]["seq"]))
+
+    as_json = _watch(service, "--from", after_threshold, "--customer", customer, "--json")
+    assert as_json.stdout is not None
+    notification = json.loads(as_json.stdout.readline())
+    as_json.send_signal(signal.SIGINT)
+    out, err = as_json.communicate(timeout=30)
+    assert as_json.returncode == 0, err
+    assert notification["type"] == "NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED"
+    assert notification["limit_rejected"]["transaction_id"] == "over"
+    assert notification["limit_rejected"]["available"] == "10"
+    assert err == f"stopped; resume with: metering watch --from {notification['cursor']}\n"
+    assert out == ""
+
+    as_text = _watch(service, "--customer", customer, "--from", after_threshold, "--type", "usage.limit_rejected")
+    assert as_text.stdout is not None
+    line = as_text.stdout.readline()
+    as_text.terminate()  # SIGTERM ends it as cleanly
+    as_text.communicate(timeout=30)
+    assert as_text.returncode == 0
+    assert f"  usage.limit_rejected  {customer}  tokens refused 20 token: 10 available of 100" in line
+    assert line.rstrip().endswith(f"cursor {notification['cursor']}")
+
+
+def test_watch_refuses_a_malformed_cursor(metering: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    refused = metering("watch", "--from", "garbage")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("INVALID_ARGUMENT")

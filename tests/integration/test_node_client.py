@@ -2,8 +2,10 @@
 TypeScript stubs buf generates from proto/ work with @grpc/grpc-js, and a
 non-Python caller can read the google.rpc details of a refusal, and with the
 repository's service config (deploy/grpc/service_config.json) its calls ride
-out a restart of the service. Also: the Python stubs buf.gen.yaml makes are
-the committed ones.
+out a restart of the service. Its Connect client (@connectrpc/connect-node,
+src/connect.ts) does the same over the HTTP port, reading the 402 and 429
+answers as resource_exhausted ConnectErrors with their details. Also: the
+Python stubs buf.gen.yaml makes are the committed ones.
 
 `make node-example` installs the npm packages (npm ci, only when the lock file
 changed), generates the stubs with buf.gen.yaml and compiles the client with tsc,
@@ -46,7 +48,8 @@ from tests.support import (
 pytestmark = pytest.mark.slow
 
 CLIENT = ROOT / "examples" / "node" / "dist" / "src" / "client.js"
-COMMITTED_PYTHON = ROOT / "src" / "metering" / "v1"
+CONNECT_CLIENT = ROOT / "examples" / "node" / "dist" / "src" / "connect.js"
+COMMITTED_PYTHON = ROOT / "clients" / "python" / "src" / "metering" / "v1"
 BUF_PYTHON = ROOT / "gen" / "python" / "metering" / "v1"
 ROLES = ("admin", "recorder", "reader")
 
@@ -152,6 +155,62 @@ def test_node_client_walks_through_the_api(node_client: NodeClient) -> None:
     assert "UNAUTHENTICATED (reason CREDENTIALS_MISSING)" in _line(output, "7. CheckBalance without a token")
 
 
+@pytest.fixture(scope="module")
+def connect_service(node: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClient]:
+    """A service with the roles' callers and a reader limited to one call every two seconds."""
+    tokens = {role: new_token() for role in (*ROLES, "throttled")}
+    auth_file = tmp_path_factory.mktemp("connect-auth") / "callers.toml"
+    auth_file.write_text(
+        "".join(caller_entry(f"node-{role}", [role], token_digests=[token_digest(tokens[role])]) for role in ROLES)
+        + caller_entry("node-throttled", ["reader"], token_digests=[token_digest(tokens["throttled"])])
+        + "requests_per_second = 0.5\nburst = 1\n"
+    )
+    env = {"METERING_AUTH_FILE": str(auth_file), "METERING_RATE_LIMIT_HOLD": "0s"}
+    service = ServiceProcess(database_url, extra_env=env).start()
+    try:
+        yield NodeClient(node, service, tokens)
+    finally:
+        service.stop()
+
+
+@pytest.mark.parametrize(("http_version", "encoding"), [("1.1", "json"), ("2", "binary")])
+def test_the_connect_client_records_hits_the_limit_and_is_rate_limited(
+    connect_service: NodeClient, http_version: str, encoding: str
+) -> None:
+    tokens = connect_service.tokens
+    env = {
+        **os.environ,
+        "METERING_HTTP_URL": connect_service.service.http_url,
+        "METERING_HTTP_VERSION": http_version,
+        "METERING_FORMAT": encoding,
+        "METERING_ADMIN_TOKEN": tokens["admin"],
+        "METERING_RECORDER_TOKEN": tokens["recorder"],
+        "METERING_READER_TOKEN": tokens["reader"],
+        "METERING_THROTTLED_TOKEN": tokens["throttled"],
+        "METERING_PLAN": "limited",
+        "METERING_METER": "tokens",
+        "METERING_QUANTITY": "40",
+    }
+    env.pop("METERING_TOKEN", None)
+    result = subprocess.run(
+        [connect_service.node, str(CONNECT_CLIENT)], env=env, capture_output=True, text=True, timeout=120
+    )
+    output = result.stdout
+    print(output)  # shown with -rP: what a Connect caller in Node.js sees
+    assert result.returncode == 0, f"exit {result.returncode}\n{output}\n{result.stderr}"
+    assert "connect client: all checks passed" in output
+    assert "duplicate=true" in _line(output, "3. replay")
+    # The 402 answer, read by connect-node as a resource_exhausted ConnectError with its details.
+    assert "-> ResourceExhausted: " in _line(output, "4. RecordUsage of 61 (60 available)")
+    assert _line(output, "ErrorInfo reason=") == "   ErrorInfo reason=LIMIT_EXCEEDED available=60 requested=61"
+    assert "QuotaFailure subject=meter:tokens" in output
+    rate_limited = _line(output, "6. CheckBalance until refused")
+    assert "-> ResourceExhausted: reason=RATE_LIMITED" in rate_limited
+    assert re.search(r"Retry-After [12]$", rate_limited), rate_limited
+    if http_version == "2":
+        assert "recorded 3, failed 0" in _line(output, "5. RecordUsageStream of 3 events")
+
+
 def test_node_client_fails_when_an_expectation_does_not_hold(node_client: NodeClient) -> None:
     # A reader's token where an admin's is needed: the service refuses, and the
     # client must say so and exit non-zero rather than report success.
@@ -185,7 +244,7 @@ def _embedded_descriptor(module: Path) -> descriptor_pb2.FileDescriptorProto:
 
 def test_buf_generates_the_committed_python_stubs(node: str) -> None:
     # `make stubs` (run by the node fixture) wrote gen/python with buf.gen.yaml;
-    # src/metering/v1 comes from scripts/gen_proto.py. Same code, so either is fine.
+    # clients/python/src/metering/v1 comes from scripts/gen_proto.py. Same code, so either is fine.
     committed = sorted(p.name for p in COMMITTED_PYTHON.iterdir() if p.name.endswith((".py", ".pyi")))
     generated = sorted(p.name for p in BUF_PYTHON.iterdir())
     assert generated == [name for name in committed if name != "__init__.py"]

@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from metering.api.health import LIVENESS_SERVICE
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ServiceProcess, free_port, health_status, run_sql, wait_for
 
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.slow
 def test_health_reports_serving(service: ServiceProcess) -> None:
     assert health_status(service.target) == health_pb2.HealthCheckResponse.SERVING
     assert health_status(service.target, "metering.v1.MeteringService") == health_pb2.HealthCheckResponse.SERVING
+    assert health_status(service.target, LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_reflection_lists_the_services(service: ServiceProcess) -> None:
@@ -86,7 +88,7 @@ def test_readme_run_command_from_a_fresh_clone_answers_health(repo_root: Path, t
     env = {
         key: value for key, value in os.environ.items() if not key.startswith(("METERING_", "VIRTUAL_ENV", "PYTEST"))
     }
-    env.update({"METERING_GRPC_PORT": str(port), "METERING_METRICS_PORT": "0"})
+    env.update({"METERING_GRPC_PORT": str(port), "METERING_HTTP_PORT": "0", "METERING_METRICS_PORT": "0"})
     process = subprocess.Popen(
         ["make", "run"],
         cwd=clone,

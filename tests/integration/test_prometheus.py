@@ -26,8 +26,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ import grpc
 import pytest
 
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import ROOT, ServiceProcess, free_port, wait_for
+from tests.receiver import Receiver, webhook_receiver
+from tests.stripe_standin import StripeStandIn
+from tests.support import ROOT, ServiceProcess, free_port, metric_value, wait_for
 
 # Slow tier: installs and runs Prometheus and promtool.
 pytestmark = pytest.mark.slow
@@ -46,8 +49,11 @@ DEPLOY = ROOT / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
 EXAMPLE_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+COMPOSE_CONFIG = DEPLOY / "prometheus" / "compose.yml"  # compose.yaml's Prometheus
 DASHBOARD = DEPLOY / "grafana" / "metering-dashboard.json"
 JOB = "metering"  # the job name alerts.yml's MeteringTargetDown expects
+STRIPE_API_KEY = "sk_test_standin_" + "p" * 24
+STRIPE_CUSTOMER = "cus_prometheus"
 # Prometheus may move a scrape's timestamp by up to 2 ms to align it with the
 # interval (scrape.adjust-timestamps); a scrape counts as "after" a moment only
 # past this margin, so it surely began after that moment.
@@ -222,18 +228,96 @@ def start_prometheus(binary: str, metrics_port: int, workdir: Path) -> Prometheu
     raise RuntimeError(f"Prometheus did not start:\n{last_log}")
 
 
+@dataclass(frozen=True)
+class BillingCustomer:
+    """A customer whose first billing period has ended, with usage in it and in a closed hour of
+    the current one: the scraped service finalizes its invoice (a webhook to the receiver) and
+    exports its usage to the Stripe stand-in (the hour older than 35 days is skipped)."""
+
+    customer_id: str
+    old_usage_at: datetime  # in the first period, 40 days ago: past Stripe's 35 days
+    recent_usage_at: datetime  # two hours ago, in the current period
+
+
 @pytest.fixture(scope="module")
-def scraped_service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """A service process of this module's own: only this module's calls reach it.
-    It has a webhook endpoint, so that the per-endpoint series exist (for a
-    type this traffic never makes: nothing is sent to it)."""
-    webhooks = tmp_path_factory.mktemp("webhooks") / "webhooks.toml"
+def scraped_database(make_database: Callable[[], str]) -> str:
+    """A database of this module's own: its service closes periods and exports to Stripe."""
+    return make_database()
+
+
+@pytest.fixture(scope="module")
+def billing_customer(scraped_database: str) -> BillingCustomer:
+    """Recorded through a service that closes nothing and exports nothing, before the scraped
+    service starts: no period of it closes, and no hour is exported, while its events arrive."""
+    now = datetime.now(UTC)
+    customer = BillingCustomer(
+        f"prom-billing-{os.urandom(6).hex()}", now - timedelta(days=40), now - timedelta(hours=2)
+    )
+    recorder = ServiceProcess(scraped_database).start()
+    try:
+        with grpc.insecure_channel(recorder.target) as channel:
+            stub = Stub(channel)
+            request = customer_pb2.UpsertCustomerRequest(customer_id=customer.customer_id, plan_slug="open")
+            request.billing_anchor_time.FromDatetime(now - timedelta(days=45))
+            stub.UpsertCustomer(request, timeout=10)
+            for txn, at in (("old", customer.old_usage_at), ("recent", customer.recent_usage_at)):
+                usage = usage_pb2.RecordUsageRequest(
+                    customer_id=customer.customer_id, meter_slug="tokens", quantity="5", transaction_id=txn
+                )
+                usage.event_time.FromDatetime(at)
+                stub.RecordUsage(usage, timeout=10)
+    finally:
+        recorder.stop()
+    return customer
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with webhook_receiver() as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[StripeStandIn]:
+    server = StripeStandIn(STRIPE_API_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def scraped_service(
+    scraped_database: str,
+    billing_customer: BillingCustomer,
+    receiver: Receiver,
+    standin: StripeStandIn,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServiceProcess]:
+    """A service process of this module's own: only this module's calls reach it. It closes
+    periods every 200 ms, delivers invoice.finalized webhooks to a live receiver and exports
+    usage to the Stripe stand-in, so that the invoice, outbox, webhook and Stripe series have
+    samples (the dashboard's panels for them)."""
+    files = tmp_path_factory.mktemp("files")
+    webhooks = files / "webhooks.toml"
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     webhooks.write_text(
-        f'[endpoints.finance]\nurl = "http://127.0.0.1:9/hooks"\nsecrets = ["{secret}"]\n'
-        'types = ["invoice.finalized"]\n'
+        f'[endpoints.finance]\nurl = "{receiver.url}"\nsecrets = ["{secret}"]\ntypes = ["invoice.finalized"]\n'
     )
-    process = ServiceProcess(database_url, extra_env={"METERING_WEBHOOKS_FILE": str(webhooks)}).start()
+    mapping = files / "stripe.toml"
+    mapping.write_text(
+        '[meters.tokens]\nevent_name = "api_tokens"\n[customers]\nunlisted = "skip"\n[customers.ids]\n'
+        f'"{billing_customer.customer_id}" = "{STRIPE_CUSTOMER}"\n'
+    )
+    env = {
+        "METERING_WEBHOOKS_FILE": str(webhooks),
+        "METERING_INVOICE_GRACE": "5s",
+        "METERING_CLOSE_INTERVAL": "200ms",
+        "METERING_STRIPE_FILE": str(mapping),
+        "METERING_STRIPE_API_KEY": STRIPE_API_KEY,
+        "METERING_STRIPE_API_BASE": standin.url,
+        "METERING_STRIPE_SETTLE_DELAY": "0s",
+        "METERING_STRIPE_INTERVAL": "200ms",
+    }
+    process = ServiceProcess(scraped_database, extra_env=env).start()
     try:
         yield process
     finally:
@@ -273,6 +357,10 @@ def _record(stub: Stub, customer: str, meter: str, txn: str, quantity: str) -> g
     request = usage_pb2.RecordUsageRequest(
         customer_id=customer, meter_slug=meter, quantity=quantity, transaction_id=txn
     )
+    return _record_request(stub, request)
+
+
+def _record_request(stub: Stub, request: usage_pb2.RecordUsageRequest) -> grpc.StatusCode:
     try:
         stub.RecordUsage(request, timeout=10)
     except grpc.RpcError as error:
@@ -391,6 +479,7 @@ def test_alert_rules_pass_promtool_checks_and_unit_tests(prometheus_tools: Prome
         ("check", "rules", str(RULES)),
         ("test", "rules", str(RULE_TESTS)),
         ("check", "config", str(EXAMPLE_CONFIG)),  # also checks the rule files it names
+        ("check", "config", str(COMPOSE_CONFIG)),
     ):
         done = promtool(prometheus_tools, *args)
         assert done.returncode == 0, f"promtool {' '.join(args)}:\n{done.stdout}{done.stderr}"
@@ -523,8 +612,33 @@ def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+@pytest.fixture(scope="module")
+def billing_activity(
+    scraped_service: ServiceProcess, billing_customer: BillingCustomer, receiver: Receiver, standin: StripeStandIn
+) -> None:
+    """What the invoice, outbox, webhook and Stripe panels show, made to happen: the billing
+    customer's first period finalized and its invoice.finalized webhook delivered, its recent
+    hour sent to Stripe and its hour older than 35 days skipped, and a late event refused."""
+    customer = billing_customer.customer_id
+
+    def delivered() -> bool:
+        return any(r.notification.get("customerId") == customer for r in receiver.delivered())
+
+    assert wait_for(delivered, timeout=60, interval=0.2), "no invoice.finalized webhook delivered"
+    assert wait_for(lambda: any(e.customer == STRIPE_CUSTOMER for e in standin.counted()), timeout=60, interval=0.2)
+
+    def skipped() -> bool:
+        return metric_value(scraped_service.scrape(), "metering_stripe_meter_events_skipped_total", meter="tokens") >= 1
+
+    assert wait_for(skipped, timeout=60, interval=0.2), "the hour older than 35 days was not skipped"
+    late = usage_pb2.RecordUsageRequest(customer_id=customer, meter_slug="tokens", quantity="1", transaction_id="late")
+    late.event_time.FromDatetime(billing_customer.old_usage_at + timedelta(hours=1))
+    with grpc.insecure_channel(scraped_service.target) as channel:
+        assert _record_request(Stub(channel), late) == grpc.StatusCode.FAILED_PRECONDITION
+
+
 def test_dashboard_queries_use_exposed_metrics_and_evaluate(
-    prometheus: PrometheusServer, scraped_service: ServiceProcess, service_stub: Stub
+    prometheus: PrometheusServer, scraped_service: ServiceProcess, service_stub: Stub, billing_activity: None
 ) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert 36 <= dashboard["schemaVersion"] <= 41
@@ -562,11 +676,30 @@ def test_dashboard_queries_use_exposed_metrics_and_evaluate(
         "metering_db_pool_size",
         "metering_db_pool_max",
         "metering_database_up",
+        # Invoices, the outbox, webhooks and the Stripe export.
+        "metering_invoices_finalized_total",
+        "metering_invoice_oldest_unclosed_period_age_seconds",
+        "metering_invoice_pricing_failures_total",
+        "metering_notifications_written_total",
+        "metering_webhook_attempts_total",
+        "metering_webhook_delivery_lag_seconds",
+        "metering_webhook_delivery_seconds_bucket",
+        "metering_webhook_dead_letters_total",
+        "metering_stripe_meter_events_total",
+        "metering_stripe_export_lag_seconds",
+        "metering_stripe_meter_events_skipped_total",
     }
     all_exprs = "\n".join(exprs.values())
     for needle in ("histogram_quantile(0.5,", "histogram_quantile(0.95,", "histogram_quantile(0.99,"):
         assert needle in all_exprs
-    for grouping in ("by (meter, outcome)", "by (meter, plan)", "by (method, code)", "by (caller)"):
+    for grouping in (
+        "by (meter, outcome)",
+        "by (meter, plan)",
+        "by (method, code)",
+        "by (caller)",
+        "by (type)",
+        "by (endpoint, outcome)",
+    ):
         assert grouping in all_exprs
 
     # rate() needs two samples of a series: wait for two scrapes after the

@@ -117,7 +117,10 @@ async def _many_events_across_a_restart(replica: Replica, database_url: str) -> 
     customers = [f"rec-{tag}-{i}" for i in range(TASKS)]
     retries: list[RetryNotice] = []
     policy = RetryPolicy(max_attempts=30, initial_backoff=0.1, max_backoff=2.0, total_timeout=120.0)
-    client = AsyncMeteringClient(Connection(target=replica.target), retry=policy, timeout=30.0, on_retry=retries.append)
+    # Waits for the service while it restarts (the default fails fast when nothing listens).
+    client = AsyncMeteringClient(
+        Connection(target=replica.target), retry=policy, timeout=30.0, wait_for_ready=True, on_retry=retries.append
+    )
     async with client:
         anchor = datetime.now(UTC) - timedelta(days=1)
         for customer in customers:

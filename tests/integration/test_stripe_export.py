@@ -216,9 +216,8 @@ def test_fractions_are_carried_and_hours_too_old_for_stripe_are_skipped(
         ]
         # The hour 36 days ago cannot be reported: skipped and counted; the recent one is sent.
         assert [(t, v) for c, t, v in by_customer if c == stripe_id(aged)] == [(int(hours[2].timestamp()), 2)]
-        assert wait_for(
-            lambda: metric_value(service.scrape(), "metering_stripe_hours_skipped_total", meter="tokens") == 1, 10
-        )
+        skipped = "metering_stripe_meter_events_skipped_total"
+        assert wait_for(lambda: metric_value(service.scrape(), skipped, meter="tokens") == 1, 10)
         progress = run_sql(
             database_url,
             "SELECT customer_id, accounted_total, skipped_total, sent_units FROM stripe_export_progress ORDER BY 1",
@@ -274,7 +273,7 @@ def test_the_log_line_of_hours_too_old_for_stripe_survives_a_restart(
         assert wait_for(lambda: line in "".join(second.output), timeout=30), "".join(second.output)
         assert wait_for(lambda: run_sql(database_url, due, aged)[0]["n"] == 0, timeout=10)
         assert wait_for(lambda: pending_events(database_url) == 0, timeout=30)
-        assert metric_value(second.scrape(), "metering_stripe_hours_skipped_total", meter="tokens") == 3
+        assert metric_value(second.scrape(), "metering_stripe_meter_events_skipped_total", meter="tokens") == 3
         assert "".join(second.output).count("older than Stripe's 35 days") == 1  # once
         assert [(e.timestamp, e.value) for e in standin.counted()] == [(int(recent.timestamp()), 2)]
     finally:

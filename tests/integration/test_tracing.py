@@ -11,11 +11,13 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import grpc
+import httpx
 import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from metering.telemetry.tracing import SHUTDOWN_EXPORT_SECONDS
 from metering.v1 import metering_service_pb2_grpc, usage_pb2
+from tests.http_edge import call
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support import ServiceProcess, health_status, wait_for
 
@@ -114,6 +116,42 @@ def test_a_call_continues_the_callers_trace_down_to_its_sql(
     assert all(s.parent_span_id == batch.span_id for s in statements)
     assert all(s.attributes.get("db.system") == "postgresql" for s in statements)
     assert any("INSERT INTO usage_events" in str(s.attributes.get("db.statement")) for s in statements)
+
+
+def test_a_connect_call_is_traced_as_a_grpc_one_is(
+    traced_service: ServiceProcess, receiver: OtlpReceiver, new_customer: Callable[..., str]
+) -> None:
+    customer = new_customer(plan="limited")
+    trace_id, caller_span_id, traceparent = new_traceparent()
+    refused_trace, _, refused_parent = new_traceparent()
+    with httpx.Client(base_url=traced_service.http_url, timeout=10) as http:
+        body = {"customerId": customer, "meterSlug": "tokens", "quantity": "1", "transactionId": secrets.token_hex(8)}
+        assert call(http, "", "RecordUsage", body, {"traceparent": traceparent}).status_code == 200
+        over = {**body, "quantity": "1000", "transactionId": secrets.token_hex(8)}
+        assert call(http, "", "RecordUsage", over, {"traceparent": refused_parent}).status_code == 402
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        mine = [s for s in spans if s.trace_id == trace_id]
+        return (
+            any(s.kind == SERVER for s in mine)
+            and any(s.name == WRITE_BATCH for s in mine)
+            and server_span(spans, refused_trace) is not None
+        )
+
+    spans = receiver.wait_for(complete)
+    server = server_span(spans, trace_id)
+    assert server is not None, spans
+    assert server.name == RECORD
+    assert server.parent_span_id == caller_span_id  # the caller's trace, continued from its header
+    assert server.attributes["rpc.system"] == "connect_rpc"
+    assert (server.attributes["rpc.service"], server.attributes["rpc.method"]) == (SERVICE, "RecordUsage")
+    assert server.status_code != trace_pb2.Status.STATUS_CODE_ERROR
+    [batch] = [s for s in spans if s.trace_id == trace_id and s.name == WRITE_BATCH]
+    assert batch.parent_span_id == server.span_id and (trace_id, server.span_id) in batch.links
+    refused = server_span(spans, refused_trace)
+    assert refused is not None
+    assert refused.attributes["rpc.connect_rpc.error_code"] == "resource_exhausted"
+    assert refused.status_code == trace_pb2.Status.STATUS_CODE_ERROR
 
 
 def test_the_writers_transaction_links_every_call_it_carries(

@@ -12,10 +12,12 @@ import uuid
 from collections.abc import Iterator
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2
 
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
+from tests.http_edge import call
 from tests.support import ServiceProcess, child_pids, health_status, metric_value, run_sql, wait_for
 
 # Slow tier: a supervisor and its worker processes.
@@ -114,8 +116,9 @@ def test_both_workers_serve_and_metrics_sum_them(workers_service: ServiceProcess
         return metric_value(after, name, **labels) - metric_value(before, name, **labels)
 
     # Counters and histograms of both workers, added up: exactly the calls made.
-    assert delta("metering_grpc_requests_total", method=RECORD, code="OK", caller="anonymous") == CONNECTIONS
-    assert delta("metering_grpc_request_duration_seconds_count", method=RECORD) == CONNECTIONS
+    grpc_ok = {"method": RECORD, "code": "OK", "caller": "anonymous", "protocol": "grpc"}
+    assert delta("metering_grpc_requests_total", **grpc_ok) == CONNECTIONS
+    assert delta("metering_grpc_request_duration_seconds_count", method=RECORD, protocol="grpc") == CONNECTIONS
     assert delta("metering_events_total", meter="tokens", outcome="recorded") == CONNECTIONS
     # Gauges by their mode: pools summed over the workers, one figure each.
     assert metric_value(after, "metering_db_pool_max") == 2 * 10  # the default METERING_DB_POOL_MAX per worker
@@ -125,6 +128,31 @@ def test_both_workers_serve_and_metrics_sum_them(workers_service: ServiceProcess
     assert "pid=" not in after  # no per-process series leaks out
     assert scrape_path(service, "/health") == (200, "SERVING: 2 of 2 workers serving\n")
     assert health_status(service.target) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_both_workers_serve_the_http_port(workers_service: ServiceProcess) -> None:
+    service = workers_service
+    customer = new_customer_on(service.target)
+    before = service.scrape()
+    clients = [httpx.Client(base_url=service.http_url, timeout=30) for _ in range(CONNECTIONS)]
+    try:
+        for index, client in enumerate(clients):  # one keep-alive connection each
+            body = {"customerId": customer, "meterSlug": "tokens", "quantity": "1", "transactionId": f"http-{index}"}
+            assert call(client, "", "RecordUsage", body).status_code == 200
+        held = {pid: connections_held(pid, service.http_port) for pid in workers_of(service)}
+        assert sum(held.values()) >= CONNECTIONS, held
+        assert all(count > 0 for count in held.values()), f"one worker served no HTTP connection: {held}"
+        assert clients[0].get("/healthz").text == "SERVING\n"
+    finally:
+        for client in clients:
+            client.close()
+    connect_ok = {"method": RECORD, "code": "OK", "caller": "anonymous", "protocol": "connect"}
+    after = service.scrape()
+    assert (
+        metric_value(after, "metering_grpc_requests_total", **connect_ok)
+        - metric_value(before, "metering_grpc_requests_total", **connect_ok)
+        == CONNECTIONS
+    )
 
 
 def test_a_killed_worker_is_started_again_and_serves(workers_service: ServiceProcess) -> None:
@@ -151,11 +179,9 @@ def test_a_killed_worker_is_started_again_and_serves(workers_service: ServicePro
         == metric_value(before, "metering_worker_restarts_total") + 1
     )
     # The dead worker's counts stay in the sums: totals never go backwards.
-    ok = metric_value(before, "metering_grpc_requests_total", method=RECORD, code="OK", caller="anonymous")
-    assert (
-        metric_value(after, "metering_grpc_requests_total", method=RECORD, code="OK", caller="anonymous")
-        == ok + CONNECTIONS
-    )
+    grpc_ok = {"method": RECORD, "code": "OK", "caller": "anonymous", "protocol": "grpc"}
+    ok = metric_value(before, "metering_grpc_requests_total", **grpc_ok)
+    assert metric_value(after, "metering_grpc_requests_total", **grpc_ok) == ok + CONNECTIONS
     assert "died: killed by SIGKILL; starting it again" in "".join(service.output)
 
 

@@ -1,5 +1,6 @@
 """metering.client without a server: backoff bounds, retry decisions, the
-decoding of every refusal the server builds, transaction ids, request values."""
+decoding of every refusal the server builds, what counts as unreachable, which
+failures fail open, transaction ids, request values."""
 
 from __future__ import annotations
 
@@ -36,11 +37,13 @@ from metering.client import (
     TransactionConflict,
     Unauthenticated,
     Unavailable,
+    Unreachable,
     UsageRecord,
     error_from_status,
     transaction_id_for,
 )
-from metering.client.errors import ErrorDetails, decode, exhausted
+from metering.client.errors import ErrorDetails, decode, exhausted, unreachable_cause
+from metering.client.failopen import fail_open_report, fails_open
 from metering.client.requests import quantity_text
 from metering.client.retry import attempt_timeout, backoff_delay, next_attempt, should_retry
 from metering.domain import errors as domain
@@ -113,6 +116,73 @@ def test_a_rate_limit_past_the_last_retry_is_raised_as_itself() -> None:
     nothing = ErrorDetails(reason="", metadata={}, field_violations=(), retry_delay=None, messages={})
     lost = exhausted(decode(grpc.StatusCode.UNAVAILABLE, "down", nothing), 5)
     assert isinstance(lost, Unavailable) and lost.attempts == 5
+
+
+def test_a_call_that_never_reached_the_service_is_not_retried() -> None:
+    for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        assert not should_retry(code, closed_locally=False, reached=False)
+    assert should_retry(grpc.StatusCode.UNAVAILABLE, closed_locally=False, reached=True)
+
+
+# What gRPC core (grpcio 1.85) says when a fail-fast call finds no connection; the
+# integration test test_client_reach.py checks the first one against a real socket.
+REFUSED = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:50051: "
+    "Failed to connect to remote host: Connection refused"
+)
+UNRESOLVED = (
+    "errors resolving nosuchhost.invalid:50051: [field:hostname lookup error:address lookup failed for "
+    "nosuchhost.invalid:50051: Domain name not found]"
+)
+
+
+def test_only_a_call_that_found_no_connection_is_unreachable() -> None:
+    unavailable = grpc.StatusCode.UNAVAILABLE
+    assert unreachable_cause(unavailable, REFUSED) == "connection refused"
+    assert unreachable_cause(unavailable, UNRESOLVED) == "the name does not resolve"
+    assert unreachable_cause(unavailable, "failed to connect to all addresses; last error: UNKNOWN: odd") == "odd"
+    # The service's own UNAVAILABLE (its database is down), a connection lost mid-call, or
+    # another code: the call reached the service, and is retried as before.
+    assert unreachable_cause(unavailable, "the database is unavailable; retry later") is None
+    assert unreachable_cause(unavailable, "Socket closed") is None
+    assert unreachable_cause(grpc.StatusCode.DEADLINE_EXCEEDED, REFUSED) is None
+    error = Unreachable("127.0.0.1:50051", "connection refused")
+    assert str(error) == "cannot reach metering at 127.0.0.1:50051: connection refused" == error.message
+    assert isinstance(error, Unavailable) and error.code == grpc.StatusCode.UNAVAILABLE and error.attempts == 1
+
+
+def test_only_an_outage_fails_open_never_a_refusal() -> None:
+    nothing = ErrorDetails(reason="", metadata={}, field_violations=(), retry_delay=None, messages={})
+    outages = [
+        _decoded(domain.DatabaseUnavailable()),
+        Unreachable("127.0.0.1:50051", "connection refused"),
+        exhausted(decode(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", nothing), 5),
+        exhausted(decode(grpc.StatusCode.CANCELLED, "cancelled by the server", nothing), 5),
+    ]
+    assert all(fails_open(error) for error in outages)
+    refusals = [
+        _decoded(domain.NotFound("customer", "nobody")),
+        _decoded(domain.InvalidArgument([domain.FieldViolation("requested_quantity", "not a decimal")])),
+        _decoded(domain.Unauthenticated(missing=True)),
+        _decoded(domain.RoleRequired("bob", "/metering.v1.MeteringService/CheckBalance", "reader")),
+        _decoded(domain.MeterNotAllowed("bob", "tokens")),
+        _decoded(domain.RateLimited("bob", "rate", 0.5, requests_per_second=1.0, burst=1.0, max_in_flight=None)),
+        _decoded(
+            domain.LimitExceeded(
+                meter="tokens",
+                plan="limited",
+                unit="token",
+                limit=Decimal(1),
+                available=Decimal(0),
+                requested=Decimal(1),
+                period_end=None,
+            )
+        ),
+        _decoded(RuntimeError("a bug in the service")),
+    ]
+    assert not any(fails_open(error) for error in refusals), [e for e in refusals if fails_open(e)]
+    report = fail_open_report("acme", datetime(2026, 1, 1, tzinfo=UTC))
+    assert report.fail_open and report.requested_allowed is True and report.balances == ()
 
 
 def test_a_policy_rejects_nonsense() -> None:
@@ -327,8 +397,23 @@ def test_quantities_go_out_as_exact_decimal_strings() -> None:
         quantity_text(True)
     with pytest.raises(ValueError, match="transaction_id"):
         UsageRecord("c", "tokens", 1, transaction_id="").to_proto()
+    with pytest.raises(ValueError, match="transaction_id"):
+        UsageRecord("c", "tokens", 1)
     with pytest.raises(ValueError, match="timezone-aware"):
         UsageRecord("c", "tokens", 1, "t", event_time=datetime(2026, 1, 1)).to_proto()  # noqa: DTZ001
+
+
+def test_a_usage_event_names_a_meter_or_a_price_exactly() -> None:
+    by_meter = UsageRecord("c", "tokens", 5, "t1").to_proto()
+    assert (by_meter.meter_slug, by_meter.price_slug) == ("tokens", "")
+    by_price = UsageRecord("c", price_slug="tokens_premium", quantity=5, transaction_id="t2").to_proto()
+    assert (by_price.meter_slug, by_price.price_slug, by_price.quantity) == ("", "tokens_premium", "5")
+    # The old spelling, an empty meter beside the price, still works.
+    assert UsageRecord("c", "", 5, "t3", price_slug="tokens_premium").to_proto().price_slug == "tokens_premium"
+    with pytest.raises(TypeError, match="exactly one of meter_slug and price_slug, not both"):
+        UsageRecord("c", "tokens", 5, "t4", price_slug="tokens_premium")
+    with pytest.raises(TypeError, match="exactly one of meter_slug and price_slug, not neither"):
+        UsageRecord("c", quantity=5, transaction_id="t5")
 
 
 def test_the_client_imports_without_the_servers_dependencies() -> None:

@@ -56,11 +56,12 @@ def test_the_service_runs_as_a_non_root_user() -> None:
     assert users[-1] not in ("root", "0") and not users[-1].startswith("0:")
 
 
-def test_the_grpc_and_metrics_ports_are_exposed() -> None:
+def test_the_grpc_http_and_metrics_ports_are_exposed() -> None:
     stage = runtime_stage()
     env = env_of(stage)
     exposed = {int(p.split("/")[0]) for keyword, rest in stage if keyword == "EXPOSE" for p in rest.split()}
     assert int(env["METERING_GRPC_PORT"]) in exposed
+    assert int(env["METERING_HTTP_PORT"]) in exposed
     assert int(env["METERING_METRICS_PORT"]) in exposed
 
 

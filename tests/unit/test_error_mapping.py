@@ -220,6 +220,72 @@ CASES: dict[str, Case] = {
             "billing_anchor_time": "2026-01-01T00:00:00Z",
         },
     ),
+    "IdempotencyKeyConflict[credit_note]": Case(
+        errors.IdempotencyKeyConflict("credit_note", "cn-1", ["memo", "lines"]),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "IDEMPOTENCY_KEY_CONFLICT",
+        {"credit_note_id": "cn-1", "conflicting_fields": "memo,lines"},
+    ),
+    "InvoiceNotFinalized": Case(
+        errors.InvoiceNotFinalized(
+            "inv-1", BillingPeriod(datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)), "draft"
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVOICE_NOT_FINALIZED",
+        {
+            "invoice_id": "inv-1",
+            "period_start": "2026-10-01T00:00:00Z",
+            "period_end": "2026-11-01T00:00:00Z",
+            "status": "draft",
+        },
+        precondition("INVOICE_NOT_FINALIZED", "invoice:inv-1"),
+    ),
+    "CreditExceedsInvoiced[line]": Case(
+        errors.CreditExceedsInvoiced(
+            "inv-1",
+            meter_slug="tokens",
+            price_slug="tokens_premium",
+            invoiced=Decimal("10.00"),
+            credited=Decimal("4.00"),
+            requested=Decimal("6.50"),
+            currency="USD",
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "CREDIT_NOTE_EXCEEDS_INVOICED",
+        {
+            "invoice_id": "inv-1",
+            "meter": "tokens",
+            "price": "tokens_premium",
+            "invoiced": "10",
+            "credited": "4",
+            "requested": "6.5",
+            "currency": "USD",
+        },
+        precondition("CREDIT_NOTE_EXCEEDS_INVOICED", "invoice:inv-1"),
+    ),
+    "CreditExceedsInvoiced[invoice, in full]": Case(
+        errors.CreditExceedsInvoiced(
+            "inv-1",
+            meter_slug="",
+            price_slug="",
+            invoiced=Decimal("10.00"),
+            credited=Decimal("10.00"),
+            requested=Decimal("0"),
+            currency="USD",
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "CREDIT_NOTE_EXCEEDS_INVOICED",
+        {
+            "invoice_id": "inv-1",
+            "meter": "",
+            "price": "",
+            "invoiced": "10",
+            "credited": "10",
+            "requested": "0",
+            "currency": "USD",
+        },
+        precondition("CREDIT_NOTE_EXCEEDS_INVOICED", "invoice:inv-1"),
+    ),
     "Unauthenticated[missing]": Case(
         errors.Unauthenticated(missing=True), grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_MISSING", {}
     ),

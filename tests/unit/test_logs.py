@@ -44,15 +44,16 @@ def test_server_faults_are_loud_and_refusals_stay_below_info() -> None:
 def test_a_failed_call_is_one_record_with_its_fields(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("metering.test.calls")
     with caplog.at_level(logging.INFO, logger="metering.test.calls"):
-        logs.failed_call(logger, "/s/Refused", grpc.StatusCode.NOT_FOUND, "acme", 0.5)  # DEBUG: not at INFO
-        logs.failed_call(logger, "/s/Broken", grpc.StatusCode.INTERNAL, "acme", 0.0123456)
+        logs.failed_call(logger, "/s/Refused", grpc.StatusCode.NOT_FOUND, "acme", 0.5, "grpc")  # DEBUG: not at INFO
+        logs.failed_call(logger, "/s/Broken", grpc.StatusCode.INTERNAL, "acme", 0.0123456, "connect")
     [line] = caplog.records
     assert (line.levelno, line.getMessage()) == (logging.ERROR, "/s/Broken failed: INTERNAL")
-    assert (line.method, line.code, line.caller, line.duration_ms) == (  # type: ignore[attr-defined]
+    assert (line.method, line.code, line.caller, line.duration_ms, line.protocol) == (  # type: ignore[attr-defined]
         "/s/Broken",
         "INTERNAL",
         "acme",
         12.346,
+        "connect",
     )
 
 

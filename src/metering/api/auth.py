@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -51,6 +51,7 @@ METHOD_ROLES: Mapping[str, Role] = {
     "WatchNotifications": Role.READER,
     "UpsertCustomer": Role.ADMIN,
     "GrantCredits": Role.ADMIN,
+    "IssueCreditNote": Role.ADMIN,
 }
 
 # A held refusal is answered this long before the call's deadline, so that
@@ -161,19 +162,33 @@ class Authenticator:
         _current_caller.set(caller)
 
     def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
-        """The caller of this call from its credentials; UNAUTHENTICATED without known ones."""
+        """The caller of a gRPC call from its credentials; UNAUTHENTICATED without known ones."""
         if self._policy is None:
             return ANONYMOUS
-        authorization = [value for key, value in context.invocation_metadata() or () if key == "authorization"]
+        authorization = [str(value) for key, value in context.invocation_metadata() or () if key == "authorization"]
         if authorization:
-            scheme, _, token = str(authorization[0]).partition(" ")
-            caller = self._policy.caller_for_token(token.strip()) if scheme.lower() == "bearer" else None
-            if caller is None or len(authorization) > 1:
-                raise Unauthenticated(missing=False)
-            return caller
+            return self._bearer(self._policy, authorization)
         # grpcio puts the verified peer certificate's CN in the auth context.
         for common_name in context.auth_context().get("x509_common_name", []):
             caller = self._policy.caller_for_certificate(common_name.decode("utf-8", "replace"))
             if caller is not None:
                 return caller
         raise Unauthenticated(missing=True)
+
+    def identify_http(self, authorization: Sequence[str]) -> Caller:
+        """The caller of an HTTP call from its `authorization` headers (the HTTP
+        edge has no client certificates: mTLS is gRPC's); UNAUTHENTICATED without known ones."""
+        if self._policy is None:
+            return ANONYMOUS
+        if not authorization:
+            raise Unauthenticated(missing=True)
+        return self._bearer(self._policy, authorization)
+
+    @staticmethod
+    def _bearer(policy: AccessPolicy, authorization: Sequence[str]) -> Caller:
+        """The caller of one `Bearer <token>` value (one only, of a known token)."""
+        scheme, _, token = authorization[0].partition(" ")
+        caller = policy.caller_for_token(token.strip()) if scheme.lower() == "bearer" else None
+        if caller is None or len(authorization) > 1:
+            raise Unauthenticated(missing=False)
+        return caller

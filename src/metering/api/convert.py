@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from metering.domain.bills import WhatIfBill
 from metering.domain.catalog import Aggregation, Enforcement, Meter, PlanMeter, PricingModel
 from metering.domain.decimals import format_decimal
 from metering.domain.periods import Period, ResetPeriod
@@ -19,6 +20,7 @@ from metering.domain.records import (
     StoredEvent,
 )
 from metering.services.entitlements import GrantView, ReservationResult
+from metering.services.invoicing import Estimate
 from metering.services.reporting import UsageRow
 from metering.services.usage import BalanceReport, MeterBalance, RecordResult
 from metering.v1 import (
@@ -29,6 +31,7 @@ from metering.v1 import (
     reservations_pb2,
     usage_pb2,
 )
+from metering.wire.credit_notes import credit_note
 from metering.wire.values import money, set_timestamp, timestamp
 
 _AGGREGATIONS = {
@@ -195,7 +198,8 @@ _INVOICE_STATUSES = {
 }
 
 
-def bill(value: Invoice) -> billing_pb2.EstimateBillResponse:
+def bill(estimate: Estimate) -> billing_pb2.EstimateBillResponse:
+    value = estimate.invoice
     response = billing_pb2.EstimateBillResponse(
         customer_id=value.customer_id,
         plan_slug=value.plan_slug,
@@ -211,7 +215,20 @@ def bill(value: Invoice) -> billing_pb2.EstimateBillResponse:
     )
     if value.finalized_at is not None:
         set_timestamp(response.finalize_time, value.finalized_at)
+    if estimate.what_if is not None:
+        response.what_if.CopyFrom(what_if_bill(estimate.what_if))
     return response
+
+
+def what_if_bill(value: WhatIfBill) -> billing_pb2.WhatIfBill:
+    return billing_pb2.WhatIfBill(
+        plan_slug=value.plan.slug,
+        lines=[bill_line(line, value.currency) for line in value.lines],
+        subtotal=money(value.subtotal, value.currency),
+        credits=money(value.credits, value.currency),
+        total=money(value.total, value.currency),
+        unlisted_meter_slugs=value.unlisted_meters,
+    )
 
 
 def invoice(value: Invoice) -> invoices_pb2.Invoice:
@@ -227,6 +244,9 @@ def invoice(value: Invoice) -> invoices_pb2.Invoice:
         subtotal=money(value.subtotal, value.currency),
         credits=money(value.credits, value.currency),
         total=money(value.total, value.currency),
+        credit_notes=[credit_note(note) for note in value.credit_notes],
+        credited=money(value.credited, value.currency),
+        net_total=money(value.net_total, value.currency),
     )
     if value.finalized_at is not None:
         set_timestamp(message.finalize_time, value.finalized_at)

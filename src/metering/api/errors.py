@@ -22,10 +22,12 @@ from metering.domain.decimals import format_decimal
 from metering.domain.errors import (
     BeforeFirstPeriod,
     BillingAnchorImmutable,
+    CreditExceedsInvoiced,
     DatabaseUnavailable,
     IdempotencyKeyConflict,
     InvalidArgument,
     InvalidPageToken,
+    InvoiceNotFinalized,
     LimitExceeded,
     MeterNotAllowed,
     NotFound,
@@ -143,6 +145,39 @@ def to_status(exc: BaseException) -> grpc.Status:
     return status
 
 
+# Plain-HTTP conventions (the HTTP edge, metering.api.http): the HTTP status of a
+# Connect refusal whose ErrorInfo reason calls for another one than the Connect
+# protocol's own mapping of its code. An out-of-credits or over-limit refusal
+# (402) can then be told from rate limiting (429) without reading the body.
+HTTP_STATUS_BY_REASON: dict[str, int] = {
+    reason_name(metering_service_pb2.ERROR_REASON_LIMIT_EXCEEDED): 402,  # Payment Required
+    reason_name(metering_service_pb2.ERROR_REASON_RATE_LIMITED): 429,  # Too Many Requests
+}
+
+
+def http_status(status: status_pb2.Status) -> int | None:
+    """The HTTP status a Connect unary refusal answers with, where it is not the
+    protocol's own for its code (None: the protocol's)."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return HTTP_STATUS_BY_REASON.get(str(info.reason))
+    return None
+
+
+def retry_after(status: status_pb2.Status) -> int | None:
+    """Whole seconds for an HTTP `Retry-After` header: the refusal's RetryInfo
+    delay, rounded up (never earlier than the limit allows); None without one."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            delay = info.retry_delay
+            return max(1, int(delay.seconds) + (1 if delay.nanos > 0 else 0))
+    return None
+
+
 def write_ok_status(message: status_pb2.Status) -> None:
     """Makes an empty Status field the OK status, in place: OK is code 0, the
     default, so only the field's presence is set (the bytes of
@@ -253,6 +288,47 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
                 violations=[
                     error_details_pb2.PreconditionFailure.Violation(
                         type="PERIOD_CLOSED", subject=f"invoice:{exc.invoice_id}", description=str(exc)
+                    )
+                ]
+            ),
+        )
+    if isinstance(exc, InvoiceNotFinalized):
+        return _status(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            str(exc),
+            _info(
+                metering_service_pb2.ERROR_REASON_INVOICE_NOT_FINALIZED,
+                invoice_id=exc.invoice_id,
+                period_start=rfc3339(exc.start),
+                period_end=rfc3339(exc.end),
+                status=exc.status,
+            ),
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type="INVOICE_NOT_FINALIZED", subject=f"invoice:{exc.invoice_id}", description=str(exc)
+                    )
+                ]
+            ),
+        )
+    if isinstance(exc, CreditExceedsInvoiced):
+        return _status(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            str(exc),
+            _info(
+                metering_service_pb2.ERROR_REASON_CREDIT_NOTE_EXCEEDS_INVOICED,
+                invoice_id=exc.invoice_id,
+                meter=exc.meter_slug,
+                price=exc.price_slug,
+                invoiced=format_decimal(exc.invoiced),
+                credited=format_decimal(exc.credited),
+                requested=format_decimal(exc.requested),
+                currency=exc.currency,
+            ),
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type="CREDIT_NOTE_EXCEEDS_INVOICED", subject=f"invoice:{exc.invoice_id}", description=str(exc)
                     )
                 ]
             ),

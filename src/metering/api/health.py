@@ -1,7 +1,10 @@
 """Standard gRPC health (grpc.health.v1), driven by a database probe.
 
 NOT_SERVING while the ledger database does not answer, SERVING again as soon
-as it does: the service itself never needs a restart.
+as it does: the service itself never needs a restart. Hence a third name,
+LIVENESS_SERVICE, for orchestrators' liveness probes: SERVING from the first
+probe until shutdown, whatever the database, since restarting a process
+cannot bring a database back (and a restart loop would delay the recovery).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from metering.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 
 METERING_SERVICE = "metering.v1.MeteringService"
+# Readiness ("" and METERING_SERVICE): the database answers. Liveness: the process serves gRPC.
+LIVENESS_SERVICE = "liveness"
 
 
 class _EndingHealthServicer(health.aio.HealthServicer):  # type: ignore[name-defined,misc]  # no stub for aio
@@ -56,6 +61,14 @@ class DatabaseHealth:
         self._interval = interval.total_seconds()
         self._timeout = timeout.total_seconds()
         self._serving: bool | None = None
+        self._shutting_down = False
+
+    @property
+    def serving(self) -> bool:
+        """What the gRPC health says of the service (both its names answer alike):
+        SERVING once the last probe reached the database, until shutdown begins.
+        The HTTP edge's GET /healthz answers the same."""
+        return self._serving is True and not self._shutting_down
 
     async def probe(self) -> bool:
         """Ping the database once and publish the result."""
@@ -77,6 +90,8 @@ class DatabaseHealth:
             log.warning("database unreachable, health NOT_SERVING: %s", error)
         if up and self._serving is False:
             log.info("database reachable again, health SERVING")
+        if self._serving is None:  # the first probe, before the server starts: alive from here on
+            await self.servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._serving = up
         self._metrics.db_up.set(1 if up else 0)
         status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -91,6 +106,7 @@ class DatabaseHealth:
 
     async def shutting_down(self) -> None:
         """NOT_SERVING for good: the probe no longer changes it."""
+        self._shutting_down = True
         await self.servicer.enter_graceful_shutdown()
 
     def end_watches(self) -> None:

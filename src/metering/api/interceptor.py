@@ -20,7 +20,7 @@ from metering.api.errors import to_status
 from metering.domain.access import ANONYMOUS
 from metering.domain.errors import RateLimited
 from metering.telemetry.logs import failed_call
-from metering.telemetry.metrics import Metrics
+from metering.telemetry.metrics import GRPC, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -98,22 +98,22 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             except Exception as exc:
                 status = to_status(exc)
                 # Counted before the status leaves, as for unary calls.
-                metrics.requests.labels(method, status.code.name, caller).inc()
-                failed_call(log, method, status.code, caller, time.perf_counter() - started)
+                metrics.requests.labels(method, status.code.name, caller, GRPC).inc()
+                failed_call(log, method, status.code, caller, time.perf_counter() - started, GRPC)
                 code = None
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 if code is not None:
-                    metrics.requests.labels(method, code.name, caller).inc()
+                    metrics.requests.labels(method, code.name, caller, GRPC).inc()
                     if code is not grpc.StatusCode.OK:
-                        failed_call(log, method, code, caller, time.perf_counter() - started)
+                        failed_call(log, method, code, caller, time.perf_counter() - started, GRPC)
 
         return observed
 
     def _observe(self, method: str, behavior: Behavior) -> Behavior:
         metrics = self._metrics
         authenticator = None if is_open(method) else self._authenticator
-        latency = metrics.child(metrics.latency, method)
+        latency = metrics.child(metrics.latency, method, GRPC)
 
         # `request` is the request message, or the request iterator of a
         # client-streaming call.
@@ -126,10 +126,10 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
 
             def count() -> None:
                 elapsed = time.perf_counter() - started
-                metrics.child(metrics.requests, method, code.name, caller).inc()
+                metrics.child(metrics.requests, method, code.name, caller, GRPC).inc()
                 latency.observe(elapsed)
                 if code is not grpc.StatusCode.OK:
-                    failed_call(log, method, code, caller, elapsed)
+                    failed_call(log, method, code, caller, elapsed, GRPC)
 
             try:
                 if authenticator is not None:

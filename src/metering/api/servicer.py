@@ -2,6 +2,12 @@
 
 Kept thin on purpose: rules live in validation, the engine, limits and the
 ledger; failures are mapped to statuses by the interceptor (api.errors).
+
+The RPC bodies are protocol-neutral: each takes the request message (or
+iterator) and raises domain errors; none reads its call's context. The gRPC
+server calls them through the interceptor (api.interceptor), the HTTP edge
+through its handlers (api.http.edge), each edge authenticating the caller
+first; nothing else differs.
 """
 
 from __future__ import annotations
@@ -10,9 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any, TypeAlias
-
-import grpc
+from typing import TypeAlias
 
 from metering.api import convert, validation
 from metering.api.auth import require_meter
@@ -29,6 +33,7 @@ from metering.domain.errors import (
     PeriodClosed,
     TransactionConflict,
 )
+from metering.services.credit_notes import CreditNotes
 from metering.services.entitlements import Entitlements
 from metering.services.invoicing import Invoicing
 from metering.services.reporting import Reporting
@@ -46,9 +51,12 @@ from metering.v1 import (
     reservations_pb2,
     usage_pb2,
 )
+from metering.wire.credit_notes import credit_note
 from metering.wire.notifications import notification
 
-Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+# The call's context, which no RPC body reads: a grpc.aio.ServicerContext from
+# the gRPC server, a connectrpc RequestContext from the HTTP edge.
+Context: TypeAlias = object
 
 
 class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
@@ -66,8 +74,10 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         stream: OutboxStream,
         page_tokens: PageTokens,
         *,
+        credit_notes: CreditNotes,
         backfill_window: timedelta,
     ) -> None:
+        self._credit_notes = credit_notes
         self._stream = stream
         self._page_tokens = page_tokens
         self._engine = engine
@@ -229,9 +239,9 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def EstimateBill(  # noqa: N802
         self, request: billing_pb2.EstimateBillRequest, context: Context
     ) -> billing_pb2.EstimateBillResponse:
-        customer_id, period_time = validation.estimate_bill(request)
+        query = validation.estimate_bill(request, self._catalog)
         require_meter("")  # a bill spans every meter
-        return convert.bill(await self._invoicing.estimate(customer_id, period_time))
+        return convert.bill(await self._invoicing.estimate(query))
 
     async def ListInvoices(  # noqa: N802
         self, request: invoices_pb2.ListInvoicesRequest, context: Context
@@ -250,6 +260,16 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         invoice_id = validation.invoice_id(request)
         require_meter("")
         return invoices_pb2.GetInvoiceResponse(invoice=convert.invoice(await self._invoicing.get(invoice_id)))
+
+    async def IssueCreditNote(  # noqa: N802
+        self, request: invoices_pb2.IssueCreditNoteRequest, context: Context
+    ) -> invoices_pb2.IssueCreditNoteResponse:
+        command = validation.issue_credit_note(request)
+        require_meter("")  # an invoice spans every meter
+        issued = await self._credit_notes.issue(command)
+        return invoices_pb2.IssueCreditNoteResponse(
+            credit_note=credit_note(issued.note), duplicate=issued.duplicate, invoice=convert.invoice(issued.invoice)
+        )
 
     async def UpsertCustomer(  # noqa: N802
         self, request: customer_pb2.UpsertCustomerRequest, context: Context

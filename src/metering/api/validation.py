@@ -18,16 +18,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from metering.domain.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catalog, Meter, Price
+from metering.domain.credit_notes import CreditNoteCommand
 from metering.domain.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.domain.errors import EventTooOld, FieldViolation, InvalidArgument, NotFound
 from metering.domain.notifications import NotificationType, WatchQuery
 from metering.domain.periods import MAX_TIME, MIN_TIME
-from metering.domain.records import DRAFT, FINALIZED, EventPosition
+from metering.domain.records import DRAFT, FINALIZED, CreditNoteLine, EventPosition, InvoiceLineKey
 from metering.domain.usage import UsageCommand
 from metering.domain.windows import MAX_WINDOWS, WindowSize
 from metering.ledger.reporting import PropertyFilter
 from metering.services.entitlements import CommitCommand, GrantCommand, ReserveCommand
-from metering.services.invoicing import InvoicesQuery
+from metering.services.invoicing import BillQuery, InvoicesQuery
 from metering.services.reporting import EventsQuery, UsageQuery
 from metering.services.usage import BalanceQuery
 from metering.v1 import (
@@ -40,6 +41,8 @@ from metering.v1 import (
     reservations_pb2,
     usage_pb2,
 )
+from metering.wire.credit_notes import FROM_WIRE as CREDIT_NOTE_REASONS
+from metering.wire.notifications import NOTIFICATION_TYPES
 
 if TYPE_CHECKING:
     from metering.api.page_tokens import PageTokens
@@ -57,6 +60,7 @@ EVENTS_PAGE_SIZE = (100, 1000)
 INVOICES_PAGE_SIZE = (12, 100)
 MAX_BATCH_EVENTS = 1000
 MAX_REASON_LENGTH = 256
+MAX_CREDIT_NOTE_LINES = 100
 DEFAULT_RESERVATION_TTL = timedelta(minutes=5)
 RESERVATION_TTL_RANGE = (timedelta(seconds=1), timedelta(hours=24))
 _ENFORCEMENT_MODES = frozenset(usage_pb2.EnforcementMode.values())  # built once, checked per event
@@ -289,11 +293,8 @@ def upsert_customer(request: customer_pb2.UpsertCustomerRequest) -> CustomerComm
     return CustomerCommand(request.customer_id, request.plan_slug, anchor)
 
 
-_WATCH_TYPES = {
-    notifications_pb2.NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED: NotificationType.THRESHOLD_CROSSED,
-    notifications_pb2.NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED: NotificationType.LIMIT_REJECTED,
-    notifications_pb2.NOTIFICATION_TYPE_INVOICE_FINALIZED: NotificationType.INVOICE_FINALIZED,
-}
+# The wire's one table of notification types, read the other way.
+_WATCH_TYPES: dict[int, NotificationType] = {number: kind for kind, number in NOTIFICATION_TYPES.items()}
 
 
 def watch_notifications(request: notifications_pb2.WatchNotificationsRequest, tokens: PageTokens) -> WatchQuery:
@@ -429,14 +430,17 @@ def list_usage_events(request: events_pb2.ListUsageEventsRequest, catalog: Catal
     )
 
 
-def estimate_bill(request: billing_pb2.EstimateBillRequest) -> tuple[str, datetime | None]:
+def estimate_bill(request: billing_pb2.EstimateBillRequest, catalog: Catalog) -> BillQuery:
     violations = _Violations()
     _identifier(violations, "customer_id", request.customer_id)
     period_time = None
     if request.HasField("period_time"):
         period_time = _timestamp(violations, "period_time", request.period_time)
+    if request.what_if_plan_slug:
+        _slug(violations, "what_if_plan_slug", request.what_if_plan_slug)
     violations.raise_if_any()
-    return request.customer_id, period_time
+    what_if = catalog.plan(request.what_if_plan_slug) if request.what_if_plan_slug else None
+    return BillQuery(request.customer_id, period_time, what_if)
 
 
 _INVOICE_STATUS_FILTERS = {
@@ -467,6 +471,55 @@ def invoice_id(request: invoices_pb2.GetInvoiceRequest) -> uuid.UUID:
     except ValueError:
         detail = "required" if not request.invoice_id else "not an invoice id (a UUID)"
         raise InvalidArgument([FieldViolation("invoice_id", detail)]) from None
+
+
+def issue_credit_note(request: invoices_pb2.IssueCreditNoteRequest) -> CreditNoteCommand:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    invoice = _uuid(violations, "invoice_id", request.invoice_id, "an invoice id")
+    _identifier(violations, "credit_note_id", request.credit_note_id)
+    reason = CREDIT_NOTE_REASONS.get(request.reason)
+    if reason is None:
+        violations.add("reason", "required: one of the CreditNoteReason values other than UNSPECIFIED")
+    _reason(violations, "memo", request.memo, required=False)
+    if request.whole_invoice and request.lines:
+        violations.add("lines", "must be empty with whole_invoice: a credit note is whole or by line, not both")
+    elif not request.whole_invoice and not request.lines:
+        violations.add("lines", "required: the lines to credit (or whole_invoice)")
+    elif len(request.lines) > MAX_CREDIT_NOTE_LINES:
+        violations.add("lines", f"at most {MAX_CREDIT_NOTE_LINES} lines per credit note (got {len(request.lines)})")
+    lines: list[CreditNoteLine] = []
+    seen: set[InvoiceLineKey] = set()
+    for index, line in enumerate(request.lines[:MAX_CREDIT_NOTE_LINES]):
+        name = f"lines[{index}]"
+        _slug(violations, f"{name}.meter_slug", line.meter_slug)
+        _slug(violations, f"{name}.price_slug", line.price_slug)
+        amount = _positive(violations, f"{name}.amount", line.amount)
+        key = InvoiceLineKey(line.meter_slug, line.price_slug)
+        if key in seen:
+            violations.add(name, "names the same invoice line as an earlier entry: one entry per line")
+        seen.add(key)
+        if amount is not None:
+            lines.append(CreditNoteLine(key, amount))
+    violations.raise_if_any()
+    assert invoice is not None and reason is not None
+    return CreditNoteCommand(
+        customer_id=request.customer_id,
+        invoice_id=invoice,
+        credit_note_id=request.credit_note_id,
+        reason=reason,
+        memo=request.memo,
+        whole_invoice=request.whole_invoice,
+        lines=tuple(lines),
+    )
+
+
+def _uuid(violations: _Violations, name: str, value: str, what: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        violations.add(name, "required" if not value else f"not {what} (a UUID)")
+        return None
 
 
 def batch_size(count: int, field: str = "events") -> None:

@@ -1,42 +1,90 @@
 """Client commands for people: one per RPC they need, a table by default and
-`--json` (the proto3 JSON mapping) for scripts."""
+`--json` (the proto3 JSON mapping, every field without presence printed) for scripts.
+
+Adding a command is one small function and one `client_command` declaration:
+
+    def _customers(args: argparse.Namespace) -> int:
+        request = customer_pb2.ListCustomersRequest(plan_slug=args.plan, page_size=args.page_size or 100)
+        return paged(args, "ListCustomers", request, "customers", render.customers)
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from metering.cli import render
 from metering.cli.connection import connection, connection_arguments, print_error
+from metering.cli.exits import Exit, UsageError, for_error
+from metering.cli.parsing import Runner, Subparsers, add_command
 from metering.client import NO_RETRIES, MeteringClient, MeteringError
 from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, invoices_pb2, reservations_pb2, usage_pb2
 
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Renderer: TypeAlias = Callable[[Any], str]
+# What a definite answer means for the exit status: a reason to exit 1 (printed), or None for 0.
+Verdict: TypeAlias = Callable[[Any], "str | None"]
 
 _INVOICE_STATUSES = {"draft": billing_pb2.INVOICE_STATUS_DRAFT, "finalized": billing_pb2.INVOICE_STATUS_FINALIZED}
 _WINDOWS = {"hour": usage_pb2.WINDOW_SIZE_HOUR, "day": usage_pb2.WINDOW_SIZE_DAY, "month": usage_pb2.WINDOW_SIZE_MONTH}
+_ALL_PAGE_SIZE = 1000  # the largest page every List RPC takes: --all makes as few calls as it can
+
+
+def client_command(
+    commands: Subparsers, name: str, help_text: str, run: Runner, examples: Sequence[str], usage: str | None = None
+) -> argparse.ArgumentParser:
+    """A command that calls the service: the connection options and --json come with it."""
+    parser = add_command(commands, name, help_text, run, examples=examples, usage=usage)
+    connection_arguments(parser)
+    parser.add_argument(
+        "--json", action="store_true", help="print the answer as JSON (proto3 JSON mapping, empty fields included)"
+    )
+    return parser
+
+
+def paging_arguments(parser: argparse.ArgumentParser, default_size: int) -> None:
+    parser.add_argument(
+        "--page-size", type=int, help=f"results per page (default {default_size}; {_ALL_PAGE_SIZE} with --all)"
+    )
+    parser.add_argument("--page-token", default="", help="continue from a previous answer's next_page_token")
+    parser.add_argument("--all", action="store_true", help="follow next_page_token to the last page; print them all")
+
+
+def page_size(args: argparse.Namespace, default: int) -> int:
+    size: int | None = args.page_size
+    if size is None:
+        return _ALL_PAGE_SIZE if args.all else default
+    return size
 
 
 def add_commands(commands: Subparsers) -> None:
-    def command(name: str, help_text: str, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, help=help_text)
-        connection_arguments(parser)
-        parser.add_argument("--json", action="store_true", help="print the answer as JSON (proto3 JSON mapping)")
-        parser.set_defaults(run=run)
-        return parser
-
-    record = command("record", "record one usage event", _record)
-    record.add_argument("customer_id")
-    record.add_argument("meter_slug")
-    record.add_argument("quantity", nargs="?", default="", help="decimal string; empty for counting meters")
+    record = client_command(
+        commands,
+        "record",
+        "record one usage event",
+        _record,
+        [
+            "metering record acme ai_tokens 1500 --transaction-id req-42 --property model=small",
+            "metering record acme api_calls --json",
+            "metering record acme --price ai_tokens_graduated 250 --transaction-id req-43",
+        ],
+        usage="metering record CUSTOMER METER [QUANTITY] [options]\n"
+        "       metering record CUSTOMER --price PRICE [QUANTITY] [options]",
+    )
+    record.add_argument("customer_id", metavar="CUSTOMER")
+    record.add_argument("meter_slug", metavar="METER", nargs="?", default="", help="the meter (not with --price)")
+    record.add_argument(
+        "quantity", metavar="QUANTITY", nargs="?", default="", help="decimal string; empty for counting meters"
+    )
+    record.add_argument(
+        "--price", default="", metavar="PRICE", help="bill the event with this price (its meter is the price's)"
+    )
     record.add_argument("--transaction-id", help="idempotency key (default: a new UUID; set it to retry safely)")
     record.add_argument("--property", action="append", default=[], metavar="KEY=VALUE")
     record.add_argument("--allow-overage", action="store_true", help="record past a hard limit")
@@ -44,104 +92,255 @@ def add_commands(commands: Subparsers) -> None:
         "--event-time", default="", help="RFC 3339 time of the usage (default: now, the server's clock)"
     )
 
-    balance = command("balance", "what a customer has used and may still use", _balance)
-    balance.add_argument("customer_id")
-    balance.add_argument("meter_slug", nargs="?", default="")
-    balance.add_argument("--requested", default="", help="quantity about to be used: does it fit?")
+    balance = client_command(
+        commands,
+        "balance",
+        "what a customer has used and may still use (exit 1 if --requested does not fit)",
+        _balance,
+        [
+            "metering balance acme",
+            "metering balance acme ai_tokens --json",
+            "metering balance acme ai_tokens --requested 5000 && run-the-expensive-job",
+        ],
+    )
+    balance.add_argument("customer_id", metavar="CUSTOMER")
+    balance.add_argument("meter_slug", metavar="METER", nargs="?", default="")
+    balance.add_argument(
+        "--requested", default="", metavar="QUANTITY", help="quantity about to be used: exit 0 if it fits, 1 if not"
+    )
 
-    usage = command("usage", "aggregated usage of one or more meters, in windows", _usage)
-    usage.add_argument("customer_id")
-    usage.add_argument("meter_slugs", nargs="+")
+    usage = client_command(
+        commands,
+        "usage",
+        "aggregated usage of one or more meters, in windows",
+        _usage,
+        [
+            "metering usage acme ai_tokens",
+            "metering usage acme ai_tokens --window day --time-zone Europe/Berlin --group-by model",
+            "metering usage acme ai_tokens api_calls --start 2026-11-01T00:00:00Z --end 2026-12-01T00:00:00Z --json",
+        ],
+    )
+    usage.add_argument("customer_id", metavar="CUSTOMER")
+    usage.add_argument("meter_slugs", metavar="METER", nargs="+")
     usage.add_argument("--window", choices=sorted(_WINDOWS), help="window size (default: the whole range)")
     usage.add_argument("--time-zone", default="", help="IANA time zone of day and month windows (and of the table)")
     usage.add_argument("--group-by", action="append", default=[], metavar="PROPERTY")
     usage.add_argument("--start", help="RFC 3339 start (default: the current period)")
     usage.add_argument("--end", help="RFC 3339 end (default: now)")
-    usage.add_argument("--page-token", default="")
+    paging_arguments(usage, 0)
 
-    events = command("events", "a customer's raw events, newest first", _events)
-    events.add_argument("customer_id")
-    events.add_argument("meter_slug", nargs="?", default="")
-    events.add_argument("--page-size", type=int, default=20)
+    events = client_command(
+        commands,
+        "events",
+        "a customer's raw events, newest first",
+        _events,
+        [
+            "metering events acme",
+            "metering events acme ai_tokens --start 2026-11-01T00:00:00Z --end 2026-11-02T00:00:00Z",
+            "metering events acme --all --json > events.json",
+        ],
+    )
+    events.add_argument("customer_id", metavar="CUSTOMER")
+    events.add_argument("meter_slug", metavar="METER", nargs="?", default="")
+    events.add_argument("--start", help="RFC 3339: only events at or after this event time")
+    events.add_argument("--end", help="RFC 3339: only events before this event time")
+    paging_arguments(events, 20)
 
-    bill = command("bill", "estimate the bill of the current (or a past) period: line items", _bill)
-    bill.add_argument("customer_id")
+    bill = client_command(
+        commands,
+        "bill",
+        "estimate the bill of the current (or a past) period: line items",
+        _bill,
+        ["metering bill acme", "metering bill acme --period-time 2026-10-15T00:00:00Z --json"],
+    )
+    bill.add_argument("customer_id", metavar="CUSTOMER")
     bill.add_argument("--period-time", help="RFC 3339 instant inside the period (default: now)")
 
-    invoices = command("invoices", "a customer's invoices, newest period first (drafts, then finalized)", _invoices)
-    invoices.add_argument("customer_id")
+    invoices = client_command(
+        commands,
+        "invoices",
+        "a customer's invoices, newest period first (drafts, then finalized)",
+        _invoices,
+        ["metering invoices acme", "metering invoices acme --status finalized --all --json"],
+    )
+    invoices.add_argument("customer_id", metavar="CUSTOMER")
     invoices.add_argument("--status", choices=sorted(_INVOICE_STATUSES), help="only drafts or only finalized")
-    invoices.add_argument("--page-size", type=int, default=12)
-    invoices.add_argument("--page-token", default="")
+    paging_arguments(invoices, 12)
 
-    invoice = command("invoice", "one finalized invoice with its lines", _invoice)
-    invoice.add_argument("invoice_id")
+    invoice = client_command(
+        commands,
+        "invoice",
+        "one finalized invoice with its lines",
+        _invoice,
+        ["metering invoice 0190f3c2-5d7e-7cc1-9a43-3f1c2b9d8e11"],
+    )
+    invoice.add_argument("invoice_id", metavar="INVOICE")
 
-    customer = command("customer", "show a customer, or with a plan create it or change its plan", _customer)
-    customer.add_argument("customer_id")
-    customer.add_argument("plan_slug", nargs="?", help="create the customer on this plan, or move it to this plan")
+    customer = client_command(
+        commands,
+        "customer",
+        "show a customer, or with a plan create it or change its plan",
+        _customer,
+        [
+            "metering customer acme",
+            "metering customer acme pro",
+            "metering customer acme pro --billing-anchor 2026-11-01T00:00:00Z",
+        ],
+    )
+    customer.add_argument("customer_id", metavar="CUSTOMER")
+    customer.add_argument(
+        "plan_slug", metavar="PLAN", nargs="?", help="create the customer on this plan, or move it to this plan"
+    )
     customer.add_argument("--billing-anchor", help="RFC 3339 anchor of a new customer (default: now)")
 
-    grant = command("grant", "grant units of a meter (credits)", _grant)
-    grant.add_argument("customer_id")
-    grant.add_argument("meter_slug")
-    grant.add_argument("quantity")
+    grant = client_command(
+        commands,
+        "grant",
+        "grant units of a meter (credits)",
+        _grant,
+        [
+            "metering grant acme ai_tokens 50000 --grant-id promo-2026-11 --reason 'launch promo'",
+            "metering grant acme api_calls 1000 --until-period-end",
+        ],
+    )
+    grant.add_argument("customer_id", metavar="CUSTOMER")
+    grant.add_argument("meter_slug", metavar="METER")
+    grant.add_argument("quantity", metavar="QUANTITY")
     grant.add_argument("--grant-id", help="idempotency key (default: a new UUID)")
     grant.add_argument("--until-period-end", action="store_true", help="expire at the end of the current period")
     grant.add_argument("--reason", default="")
 
-    grants = command("grants", "a customer's grants and what is left of each", _grants)
-    grants.add_argument("customer_id")
-    grants.add_argument("meter_slug", nargs="?", default="")
+    grants = client_command(
+        commands,
+        "grants",
+        "a customer's grants and what is left of each",
+        _grants,
+        ["metering grants acme", "metering grants acme ai_tokens --all --json"],
+    )
+    grants.add_argument("customer_id", metavar="CUSTOMER")
+    grants.add_argument("meter_slug", metavar="METER", nargs="?", default="")
     grants.add_argument("--all", action="store_true", help="include expired grants")
 
-    reserve = command("reserve", "hold units of a sum meter before expensive work", _reserve)
-    reserve.add_argument("customer_id")
-    reserve.add_argument("meter_slug")
-    reserve.add_argument("quantity")
-    reserve.add_argument("reservation_id")
+    reserve = client_command(
+        commands,
+        "reserve",
+        "hold units of a sum meter before expensive work",
+        _reserve,
+        ["metering reserve acme ai_tokens 4000 job-7", "metering reserve acme ai_tokens 4000 job-7 --ttl 60"],
+    )
+    reserve.add_argument("customer_id", metavar="CUSTOMER")
+    reserve.add_argument("meter_slug", metavar="METER")
+    reserve.add_argument("quantity", metavar="QUANTITY")
+    reserve.add_argument("reservation_id", metavar="RESERVATION")
     reserve.add_argument("--ttl", type=float, default=300.0, help="seconds to hold (default 300)")
 
-    commit = command("commit", "record the actual usage of a reservation", _commit)
-    commit.add_argument("customer_id")
-    commit.add_argument("reservation_id")
-    commit.add_argument("quantity", nargs="?", default="", help="at most the reserved quantity (default: all)")
+    commit = client_command(
+        commands,
+        "commit",
+        "record the actual usage of a reservation",
+        _commit,
+        ["metering commit acme job-7 3120", "metering commit acme job-7"],
+    )
+    commit.add_argument("customer_id", metavar="CUSTOMER")
+    commit.add_argument("reservation_id", metavar="RESERVATION")
+    commit.add_argument(
+        "quantity", metavar="QUANTITY", nargs="?", default="", help="at most the reserved quantity (default: all)"
+    )
 
-    release = command("release", "free a reservation without recording usage", _release)
-    release.add_argument("customer_id")
-    release.add_argument("reservation_id")
+    release = client_command(
+        commands,
+        "release",
+        "free a reservation without recording usage",
+        _release,
+        ["metering release acme job-7"],
+    )
+    release.add_argument("customer_id", metavar="CUSTOMER")
+    release.add_argument("reservation_id", metavar="RESERVATION")
 
-    void = command("void", "void a recorded event (a compensating ledger entry)", _void)
-    void.add_argument("customer_id")
-    void.add_argument("transaction_id")
-    void.add_argument("reason")
+    void = client_command(
+        commands,
+        "void",
+        "void a recorded event (a compensating ledger entry)",
+        _void,
+        ["metering void acme req-42 'recorded twice by the old importer'"],
+    )
+    void.add_argument("customer_id", metavar="CUSTOMER")
+    void.add_argument("transaction_id", metavar="TRANSACTION")
+    void.add_argument("reason", metavar="REASON")
 
 
-def call(args: argparse.Namespace, method: str, request: Message, show: Renderer) -> int:
-    """Send one request; print the answer (table or JSON) or the refusal. Exit 0 or 1.
+def _client(args: argparse.Namespace) -> MeteringClient:
+    # One attempt, failing fast when the service is down: a person sees the
+    # refusal at once and repeats the command (with the same --transaction-id).
+    return MeteringClient(connection(args), timeout=10, retry=NO_RETRIES, wait_for_ready=False)
 
-    One attempt, failing fast when the service is down: a person sees the
-    refusal at once and repeats the command (with the same --transaction-id).
-    """
-    with MeteringClient(connection(args), timeout=10, retry=NO_RETRIES, wait_for_ready=False) as client:
+
+def call(
+    args: argparse.Namespace, method: str, request: Message, show: Renderer, verdict: Verdict | None = None
+) -> int:
+    """Send one request; print the answer (table or JSON) or the refusal. The exit status
+    comes from exits.for_error, or from `verdict` for an answer that says no."""
+    with _client(args) as client:
         try:
             response = client.call(method, request)
         except MeteringError as error:
             print_error(error, as_json=args.json)
-            return 1
-    print(json_format.MessageToJson(response, preserving_proto_field_name=True) if args.json else show(response))
-    return 0
+            return for_error(error)
+    return _answer(args, response, show, verdict)
+
+
+def paged(args: argparse.Namespace, method: str, request: Any, items: str, show: Renderer) -> int:
+    """A List call: one page, or with --all every page from the request's page_token on,
+    printed as one answer (the `items` of every page, no next_page_token)."""
+    with _client(args) as client:
+        try:
+            response = client.call(method, request)
+            while args.all and response.next_page_token:
+                request.page_token = response.next_page_token
+                page = client.call(method, request)
+                getattr(response, items).extend(getattr(page, items))
+                response.next_page_token = page.next_page_token
+        except MeteringError as error:
+            print_error(error, as_json=args.json)
+            return for_error(error)
+    return _answer(args, response, show, None)
+
+
+def _answer(args: argparse.Namespace, response: Message, show: Renderer, verdict: Verdict | None) -> int:
+    print(render.as_json(response) if args.json else show(response))
+    refusal = verdict(response) if verdict is not None else None
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return Exit.REFUSED
+    return Exit.OK
+
+
+def record_target(meter: str, quantity: str, price: str) -> tuple[str, str, str]:
+    """(meter_slug, price_slug, quantity) from `record`'s positionals: with --price the
+    second positional, if any, is the quantity (the meter is the price's)."""
+    if not price:
+        if not meter:
+            raise UsageError("metering record: give the meter (CUSTOMER METER [QUANTITY]) or --price PRICE")
+        return meter, "", quantity
+    if quantity:
+        raise UsageError(
+            f"metering record: with --price give CUSTOMER [QUANTITY] (the meter is the price's), not two values: "
+            f"{meter!r} {quantity!r}"
+        )
+    return "", price, meter
 
 
 def _record(args: argparse.Namespace) -> int:
     try:
         properties = dict(item.split("=", 1) for item in args.property)
     except ValueError:
-        raise SystemExit("metering record: --property takes KEY=VALUE") from None
+        raise UsageError("metering record: --property takes KEY=VALUE") from None
+    meter_slug, price_slug, quantity = record_target(args.meter_slug, args.quantity, args.price)
     request = usage_pb2.RecordUsageRequest(
         customer_id=args.customer_id,
-        meter_slug=args.meter_slug,
-        quantity=args.quantity,
+        meter_slug=meter_slug,
+        price_slug=price_slug,
+        quantity=quantity,
         transaction_id=args.transaction_id or str(uuid.uuid4()),
         properties=properties,
         enforcement_mode=(
@@ -156,32 +355,38 @@ def _balance(args: argparse.Namespace) -> int:
     request = usage_pb2.CheckBalanceRequest(
         customer_id=args.customer_id, meter_slug=args.meter_slug, requested_quantity=args.requested
     )
-    return call(args, "CheckBalance", request, render.balances)
+    return call(args, "CheckBalance", request, render.balances, render.requested_refusal)
 
 
 def _usage(args: argparse.Namespace) -> int:
     try:
         zone = ZoneInfo(args.time_zone or "UTC")
     except (ZoneInfoNotFoundError, ValueError):
-        raise SystemExit(f"metering usage: unknown time zone {args.time_zone!r}") from None
+        raise UsageError(f"metering usage: unknown time zone {args.time_zone!r}") from None
     request = usage_pb2.GetUsageRequest(
         customer_id=args.customer_id,
         meter_slugs=args.meter_slugs,
         window_size=_WINDOWS[args.window] if args.window else usage_pb2.WINDOW_SIZE_UNSPECIFIED,
         time_zone=args.time_zone,
         group_by=args.group_by,
+        page_size=page_size(args, 0),
         page_token=args.page_token,
     )
     _set_time(request.start_time, args.start, "--start")
     _set_time(request.end_time, args.end, "--end")
-    return call(args, "GetUsage", request, lambda response: render.usage(response, zone))
+    return paged(args, "GetUsage", request, "rows", lambda response: render.usage(response, zone))
 
 
 def _events(args: argparse.Namespace) -> int:
     request = events_pb2.ListUsageEventsRequest(
-        customer_id=args.customer_id, meter_slug=args.meter_slug, page_size=args.page_size
+        customer_id=args.customer_id,
+        meter_slug=args.meter_slug,
+        page_size=page_size(args, 20),
+        page_token=args.page_token,
     )
-    return call(args, "ListUsageEvents", request, render.events)
+    _set_time(request.start_time, args.start, "--start")
+    _set_time(request.end_time, args.end, "--end")
+    return paged(args, "ListUsageEvents", request, "events", render.events)
 
 
 def _bill(args: argparse.Namespace) -> int:
@@ -194,10 +399,10 @@ def _invoices(args: argparse.Namespace) -> int:
     request = invoices_pb2.ListInvoicesRequest(
         customer_id=args.customer_id,
         status=_INVOICE_STATUSES[args.status] if args.status else billing_pb2.INVOICE_STATUS_UNSPECIFIED,
-        page_size=args.page_size,
+        page_size=page_size(args, 12),
         page_token=args.page_token,
     )
-    return call(args, "ListInvoices", request, render.invoices)
+    return paged(args, "ListInvoices", request, "invoices", render.invoices)
 
 
 def _invoice(args: argparse.Namespace) -> int:
@@ -285,4 +490,4 @@ def _set_time(field: Any, text: str | None, option: str) -> None:
     try:
         field.FromJsonString(text)
     except ValueError:
-        raise SystemExit(f"metering: {option} {text!r} is not an RFC 3339 time (2026-11-01T00:00:00Z)") from None
+        raise UsageError(f"metering: {option} {text!r} is not an RFC 3339 time (2026-11-01T00:00:00Z)") from None

@@ -1,13 +1,14 @@
-"""`metering import events.jsonl`: a long import that is safe to repeat.
+"""`metering import events.jsonl` (or `events.csv`): a long import that is safe to repeat.
 
-Each line is one RecordUsageRequest in the proto3 JSON mapping, with its own
-transaction id. Lines go out in RecordUsageBatch calls; a batch the service
-could not answer (UNAVAILABLE, deadline) is sent again as it is, which the
-transaction ids make harmless. After every answered batch the byte offset is
-saved to a checkpoint file, so an interrupted import resumes where it stopped;
-even a stale checkpoint only replays events the ledger answers as duplicates.
-Refused events (limits, bad fields) are written to a rejects file with their
-line number and status, and the import goes on.
+Each line is one RecordUsageRequest with its own transaction id: in the proto3 JSON
+mapping, or a CSV row under a header naming the fields (metering.cli.sources, which
+also refuses a file that is neither, before anything is sent). Lines go out in
+RecordUsageBatch calls; a batch the service could not answer (UNAVAILABLE, deadline)
+is sent again as it is, which the transaction ids make harmless. After every answered
+batch the byte offset is saved to a checkpoint file, so an interrupted import resumes
+where it stopped; even a stale checkpoint only replays events the ledger answers as
+duplicates. Refused events (limits, bad fields) are written to a rejects file with
+their line number and status, and the import goes on.
 """
 
 from __future__ import annotations
@@ -19,26 +20,46 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, TypeAlias
+from typing import IO
 
-from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 
+from metering.cli import parsing, sources
 from metering.cli.connection import connection, connection_arguments, print_error
+from metering.cli.exits import Exit, UsageError, for_error
+from metering.cli.parsing import Subparsers
 from metering.client import MeteringClient, MeteringError, RetryNotice, RetryPolicy, error_from_status
 from metering.v1 import ingest_pb2, usage_pb2
 
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
 _BATCH_TIMEOUT = 60.0  # seconds per attempt of one batch
-EXIT_DONE, EXIT_REJECTS, EXIT_ABORTED = 0, 1, 3
 
 
 def add_command(commands: Subparsers) -> None:
-    parser = commands.add_parser(
-        "import", help="record the events of a JSON-lines file in batches (idempotent, resumable)"
+    parser = parsing.add_command(
+        commands,
+        "import",
+        "record the events of a JSON-lines or CSV file in batches (idempotent, resumable)",
+        run_import,
+        examples=[
+            "metering import events.jsonl",
+            "metering import usage.csv --batch-size 1000   # header: customer_id,meter_slug,quantity,transaction_id",
+            "metering import events.jsonl --restart --json",
+        ],
+        statuses=(
+            "  0  every line recorded (or already recorded: duplicates)\n"
+            "  1  done, with refused events (in the rejects file)\n"
+            "  2  usage error: bad arguments, a file that is neither JSON lines nor CSV with a header\n"
+            "  3  stopped: the service did not answer; run the same command again to resume"
+        ),
     )
-    parser.add_argument("file", type=Path, help="one RecordUsageRequest per line (proto3 JSON)")
+    parser.add_argument(
+        "file",
+        type=Path,
+        help="one RecordUsageRequest per line: proto3 JSON, or CSV under a header naming the fields",
+    )
+    parser.add_argument(
+        "--format", choices=sources.FORMATS, default="auto", help="auto (default): JSON if the first line starts with {"
+    )
     parser.add_argument("--batch-size", type=int, default=500, help="events per RecordUsageBatch call (1-1000)")
     parser.add_argument("--checkpoint", type=Path, help="progress file (default: FILE.checkpoint)")
     parser.add_argument("--rejects", type=Path, help="refused events, as JSON lines (default: FILE.rejects.jsonl)")
@@ -46,7 +67,6 @@ def add_command(commands: Subparsers) -> None:
     parser.add_argument("--max-retries", type=int, default=8, help="resends of one batch before giving up")
     parser.add_argument("--json", action="store_true", help="print the final summary as JSON")
     connection_arguments(parser)
-    parser.set_defaults(run=run_import)
 
 
 @dataclass
@@ -64,7 +84,15 @@ class Progress:
 
 def run_import(args: argparse.Namespace) -> int:
     if not 1 <= args.batch_size <= 1000:
-        raise SystemExit("metering import: --batch-size must be 1 to 1000")
+        raise UsageError("metering import: --batch-size must be 1 to 1000")
+    try:
+        with args.file.open("rb") as head_of_file:
+            head = sources.read_head(head_of_file)
+    except OSError as exc:
+        raise UsageError(f"metering import: cannot read {args.file}: {exc.strerror}") from None
+    line_format = sources.detect(head.line, file_name=str(args.file), forced=args.format)
+    # A CSV file's events start after its header.
+    first_event = (head.end_offset, head.line_number) if isinstance(line_format, sources.CsvRows) else (0, 0)
     checkpoint_path = args.checkpoint or args.file.with_name(args.file.name + ".checkpoint")
     rejects_path = args.rejects or args.file.with_name(args.file.name + ".rejects.jsonl")
     progress = _load_checkpoint(checkpoint_path, args.file, restart=args.restart)
@@ -91,28 +119,30 @@ def run_import(args: argparse.Namespace) -> int:
         args.file.open("rb") as source,
         rejects_path.open("a" if progress.line else "w", encoding="utf-8") as rejects,
     ):
-        source.seek(progress.offset)
+        offset, line_number = max((progress.offset, progress.line), first_event)
+        source.seek(offset)
         batch: list[tuple[int, usage_pb2.RecordUsageRequest]] = []
-        offset, line_number = progress.offset, progress.line
         for raw in source:
             offset += len(raw)
             line_number += 1
             if not raw.strip():
                 continue
             try:
-                request = json_format.Parse(raw, usage_pb2.RecordUsageRequest())
-            except (json_format.ParseError, UnicodeDecodeError) as exc:
-                _reject(rejects, progress, line_number, "", "INVALID_ARGUMENT", f"not a RecordUsageRequest: {exc}")
+                request = line_format.request(raw)
+            except sources.LineRefused as exc:
+                _reject(rejects, progress, line_number, "", "INVALID_ARGUMENT", str(exc))
                 continue
             batch.append((line_number, request))
             if len(batch) == args.batch_size:
-                if not _send(client, batch, rejects, progress):
-                    return _stop(checkpoint_path, progress, meter)
+                failure = _send(client, batch, rejects, progress)
+                if failure is not None:
+                    return _stop(checkpoint_path, progress, meter, failure)
                 _save_checkpoint(checkpoint_path, progress, offset, line_number)
                 meter.show(progress)
                 batch = []
-        if batch and not _send(client, batch, rejects, progress):
-            return _stop(checkpoint_path, progress, meter)
+        failure = _send(client, batch, rejects, progress) if batch else None
+        if failure is not None:
+            return _stop(checkpoint_path, progress, meter, failure)
         _save_checkpoint(checkpoint_path, progress, offset, line_number)
     meter.show(progress, final=True)
     summary = {**asdict(progress), "rejects_file": str(rejects_path), "seconds": round(meter.elapsed(), 3)}
@@ -125,7 +155,7 @@ def run_import(args: argparse.Namespace) -> int:
             + (f" (see {rejects_path})" if progress.rejected else "")
             + f", {progress.retries} batch retries, {meter.rate():.0f} events/s"
         )
-    return EXIT_REJECTS if progress.rejected else EXIT_DONE
+    return Exit.REFUSED if progress.rejected else Exit.OK
 
 
 def _send(
@@ -133,14 +163,14 @@ def _send(
     batch: list[tuple[int, usage_pb2.RecordUsageRequest]],
     rejects: IO[str],
     progress: Progress,
-) -> bool:
-    """One batch until it is answered (the client resends it); False when the import must stop."""
+) -> MeteringError | None:
+    """One batch until it is answered (the client resends it); the error when the import must stop."""
     request = ingest_pb2.RecordUsageBatchRequest(events=[r for _, r in batch])
     try:
         response = client.call("RecordUsageBatch", request)
     except MeteringError as error:
         print_error(error)
-        return False
+        return error
     for result in response.results:
         line_number, event = batch[result.index]
         if result.status.code == code_pb2.OK:
@@ -158,7 +188,7 @@ def _send(
                 result.status.message,
                 _reason(result.status),
             )
-    return True
+    return None
 
 
 def _reason(status: status_pb2.Status) -> str:
@@ -173,14 +203,14 @@ def _reject(
     rejects.write(json.dumps(record) + "\n")
 
 
-def _stop(checkpoint_path: Path, progress: Progress, meter: _ProgressMeter) -> int:
+def _stop(checkpoint_path: Path, progress: Progress, meter: _ProgressMeter, error: MeteringError) -> int:
     meter.show(progress, final=True)
     print(
         f"import stopped after line {progress.line}; run the same command again to resume (checkpoint "
         f"{checkpoint_path})",
         file=sys.stderr,
     )
-    return EXIT_ABORTED
+    return for_error(error)
 
 
 def _load_checkpoint(path: Path, source: Path, *, restart: bool) -> Progress:
@@ -188,9 +218,9 @@ def _load_checkpoint(path: Path, source: Path, *, restart: bool) -> Progress:
         return Progress(file=str(source.resolve()))
     saved = Progress(**json.loads(path.read_text(encoding="utf-8")))
     if saved.file != str(source.resolve()):
-        raise SystemExit(f"metering import: {path} belongs to {saved.file}; use --checkpoint or --restart")
+        raise UsageError(f"metering import: {path} belongs to {saved.file}; use --checkpoint or --restart")
     if saved.offset > source.stat().st_size:
-        raise SystemExit(f"metering import: {source} is shorter than its checkpoint; use --restart")
+        raise UsageError(f"metering import: {source} is shorter than its checkpoint; use --restart")
     return saved
 
 

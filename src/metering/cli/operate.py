@@ -9,72 +9,116 @@ import os
 import signal
 import sys
 from datetime import datetime
-from typing import TypeAlias
 
 import grpc
 
 from metering.cli.connection import connection, connection_arguments
+from metering.cli.parsing import Subparsers, add_command, subcommands
 from metering.config.catalog import load_catalog
 from metering.config.settings import ConfigError, Settings
 
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
 
 def add_commands(commands: Subparsers) -> None:
-    serve = commands.add_parser("serve", help="run the gRPC service (settings from METERING_* variables)")
+    serve = add_command(
+        commands,
+        "serve",
+        "run the gRPC service (settings from METERING_* variables)",
+        _serve,
+        examples=[
+            "metering serve",
+            "METERING_WORKERS=auto METERING_DATABASE_URL=postgresql://db/metering metering serve",
+        ],
+        statuses="  0  stopped (SIGTERM)\n  1  a worker or a background task failed\n  2  a bad setting or file",
+    )
     # Set by the supervisor of METERING_WORKERS > 1 for each process it starts (metering.runtime.supervisor).
     serve.add_argument("--worker", type=int, metavar="INDEX", help=argparse.SUPPRESS)
-    serve.set_defaults(run=_serve)
 
-    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
-    migrate.set_defaults(run=_migrate)
+    add_command(
+        commands,
+        "migrate",
+        "apply database migrations and exit",
+        _migrate,
+        examples=["METERING_DATABASE_URL=postgresql://db/metering metering migrate"],
+        statuses="  0  the database is up to date\n  2  a bad setting",
+    )
 
-    audit = commands.add_parser(
-        "audit", help="recompute every counter from the ledger's events and report differences (exit 1 if any)"
+    audit = add_command(
+        commands,
+        "audit",
+        "recompute every counter from the ledger's events and report differences (exit 1 if any)",
+        _audit,
+        examples=["metering audit", "metering audit --customer acme --customer globex"],
+        statuses="  0  the ledger is consistent\n  1  differences found (listed)\n  2  a bad setting",
     )
     audit.add_argument("--customer", action="append", default=None, metavar="ID", help="only these customers")
-    audit.set_defaults(run=_audit)
 
-    check = commands.add_parser("check-catalog", help="validate a catalog file and print what it defines")
+    check = add_command(
+        commands,
+        "check-catalog",
+        "validate a catalog file and print what it defines",
+        _check_catalog,
+        examples=["metering check-catalog catalog.toml", "METERING_CATALOG=catalog.toml metering check-catalog"],
+        statuses="  0  the catalog is valid\n  2  it is not (every problem is listed)",
+    )
     check.add_argument("path", nargs="?", help="catalog TOML (default: METERING_CATALOG, else the sample)")
-    check.set_defaults(run=_check_catalog)
 
-    healthcheck = commands.add_parser(
-        "healthcheck", help="exit 0 if the local service answers SERVING to a gRPC health check (for HEALTHCHECK)"
+    healthcheck = add_command(
+        commands,
+        "healthcheck",
+        "exit 0 if the local service answers SERVING to a gRPC health check (for HEALTHCHECK)",
+        _healthcheck,
+        examples=["metering healthcheck", "metering healthcheck --target 10.0.0.7:50051"],
+        statuses="  0  SERVING\n  1  anything else, or no answer",
     )
     healthcheck.add_argument("--target", help="host:port (default: 127.0.0.1 and METERING_GRPC_PORT)")
     connection_arguments(healthcheck, target=False)
-    healthcheck.set_defaults(run=_healthcheck)
 
-    reload = commands.add_parser(
+    reload = add_command(
+        commands,
         "reload",
-        help="make the running service re-read METERING_AUTH_FILE and METERING_WEBHOOKS_FILE (sends it SIGHUP)",
+        "make the running service re-read METERING_AUTH_FILE and METERING_WEBHOOKS_FILE (sends it SIGHUP)",
+        _reload,
+        examples=["metering reload", "metering reload --pid 4242"],
+        statuses="  0  SIGHUP sent (the service's log says what it applied)\n  2  no such process or pid file",
     )
     reload.add_argument("--pid", type=int, help="the service's process id (default: read from METERING_PID_FILE)")
-    reload.set_defaults(run=_reload)
 
-    webhooks = commands.add_parser("webhooks", help="operate webhook delivery (METERING_WEBHOOKS_FILE)")
-    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
-    replay = webhook_commands.add_parser(
-        "replay", help="send an endpoint's dead letters again (a fresh schedule of attempts)"
+    webhooks = add_command(commands, "webhooks", "operate webhook delivery (METERING_WEBHOOKS_FILE)", None)
+    webhook_commands = subcommands(webhooks, "webhooks_command")
+    replay = add_command(
+        webhook_commands,
+        "replay",
+        "send an endpoint's dead letters again (a fresh schedule of attempts)",
+        _webhooks_replay,
+        examples=["metering webhooks replay --endpoint billing-app --since 2026-11-20T00:00:00Z"],
+        statuses="  0  queued again\n  2  a bad setting or an unknown endpoint",
     )
     replay.add_argument("--endpoint", required=True, metavar="NAME", help="the endpoint's name in the file")
     replay.add_argument(
         "--since", metavar="TIME", help="only notifications written at or after this RFC 3339 time (default: all)"
     )
-    replay.set_defaults(run=_webhooks_replay)
 
-    token = commands.add_parser("token", help="make caller tokens for METERING_AUTH_FILE")
-    token_commands = token.add_subparsers(dest="token_command", required=True)
-    new_token = token_commands.add_parser(
-        "new", help="print a new random token (give it to the caller) and its METERING_AUTH_FILE entry"
+    token = add_command(commands, "token", "make caller tokens for METERING_AUTH_FILE", None)
+    token_commands = subcommands(token, "token_command")
+    new_token = add_command(
+        token_commands,
+        "new",
+        "print a new random token (give it to the caller) and its METERING_AUTH_FILE entry",
+        _token_new,
+        examples=["metering token new billing-app --role recorder --role reader >> auth.toml"],
+        statuses="  0  done\n  2  bad arguments",
     )
     new_token.add_argument("name", help="the caller's name (in metrics and errors)")
     new_token.add_argument("--role", action="append", required=True, choices=["recorder", "reader", "admin"])
     new_token.add_argument("--meter", action="append", default=[], help="restrict the token to these meters")
-    new_token.set_defaults(run=_token_new)
-    digest = token_commands.add_parser("digest", help="print the SHA-256 digest of the token read from stdin")
-    digest.set_defaults(run=_token_digest)
+    add_command(
+        token_commands,
+        "digest",
+        "print the SHA-256 digest of the token read from stdin",
+        _token_digest,
+        examples=['echo "$METERING_TOKEN" | metering token digest'],
+        statuses="  0  done",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -129,7 +173,9 @@ def _audit(args: argparse.Namespace) -> int:
         f"duplicate transaction ids {report.duplicate_transaction_ids}, counter mismatches {len(report.mismatches)}, "
         f"unique-value mismatches {report.unique_value_mismatches}, events of unknown meters "
         f"{report.unknown_meter_events}, committed reservations without event {report.dangling_commits}; "
-        f"rollup buckets {report.rollups}, rollup mismatches {len(report.rollup_mismatches)}"
+        f"rollup buckets {report.rollups}, rollup mismatches {len(report.rollup_mismatches)}; "
+        f"credit notes {report.credit_notes}, credited above invoiced {len(report.credit_overruns)}, "
+        f"credit note amounts unlike their lines {report.credit_note_amount_mismatches}"
     )
     for m in report.mismatches:
         print(
@@ -141,6 +187,12 @@ def _audit(args: argparse.Namespace) -> int:
         print(
             f"  ROLLUP MISMATCH {r.customer_id} {r.meter_slug} hour {r.hour.isoformat()} price {r.price_slug} "
             f"dimensions {r.dimensions}{value}: the bucket differs from its events"
+        )
+    for c in report.credit_overruns:
+        line = f"line {c.meter_slug} at {c.price_slug}" if c.meter_slug else "total"
+        print(
+            f"  CREDIT OVERRUN {c.customer_id} invoice {c.invoice_id} {line}: credited {c.credited}, "
+            f"invoiced {c.invoiced if c.invoiced is not None else 'nothing'}"
         )
     print("ledger consistent" if report.ok else "LEDGER INCONSISTENT")
     return 0 if report.ok else 1

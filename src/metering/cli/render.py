@@ -6,15 +6,34 @@ right-aligned, never reformatted, so what a person reads is what the ledger hold
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, tzinfo
 
+from google.protobuf import json_format
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, invoices_pb2, reservations_pb2, usage_pb2
 
 _NUMBER_RE = re.compile(r"^-?[0-9][0-9,]*(\.[0-9]+)?%?$")
+
+
+def as_json(message: Message, *, compact: bool = False) -> str:
+    """A message in the proto3 JSON mapping, for scripts: field names as in the .proto, and every
+    field without presence printed, empty lists and zero values included (`"events": []`,
+    `"quantity": "0"`), so a script never meets a missing key. Fields with presence (`limit`
+    of an unlimited meter) are left out when unset, as the mapping says."""
+    fields = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return json.dumps(fields, separators=(",", ":")) if compact else json.dumps(fields, indent=2)
+
+
+def more(next_page_token: str) -> str:
+    """The line under a page that is not the last one."""
+    return f"\n(more: add --page-token {next_page_token}, or --all)" if next_page_token else ""
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -68,6 +87,18 @@ def balances(response: usage_pb2.CheckBalanceResponse) -> str:
     return head + "\n" + table(headers, rows)
 
 
+def requested_refusal(response: usage_pb2.CheckBalanceResponse) -> str | None:
+    """Why `balance --requested` does not fit (exit 1), or None when it fits or nothing was asked."""
+    if not response.HasField("requested_allowed") or response.requested_allowed:
+        return None
+    reasons = [
+        f"{b.meter_slug} has {b.available if b.HasField('available') else 'unlimited'} {b.unit} available"
+        + (f" (limit {b.limit}, {b.used} used, {b.reserved} reserved)" if b.HasField("limit") else "")
+        for b in response.balances
+    ]
+    return "the requested quantity does not fit: " + "; ".join(reasons)
+
+
 def record(response: usage_pb2.RecordUsageResponse) -> str:
     e = response.event
     verb = "already recorded (duplicate)" if response.duplicate else "recorded"
@@ -99,10 +130,7 @@ def usage(response: usage_pb2.GetUsageResponse, zone: tzinfo) -> str:
         ]
         for r in response.rows
     ]
-    text = table(["meter", "from", "to", *group_keys, "value"], rows)
-    return text + (
-        "\n(more rows: use --page-token " + response.next_page_token + ")" if response.next_page_token else ""
-    )
+    return table(["meter", "from", "to", *group_keys, "value"], rows) + more(response.next_page_token)
 
 
 def events(response: events_pb2.ListUsageEventsResponse) -> str:
@@ -118,7 +146,9 @@ def events(response: events_pb2.ListUsageEventsResponse) -> str:
         ]
         for e in response.events
     ]
-    return table(["time", "transaction", "meter", "quantity", "price", "properties", ""], rows)
+    return table(["time", "transaction", "meter", "quantity", "price", "properties", ""], rows) + more(
+        response.next_page_token
+    )
 
 
 def _status(value: int) -> str:
@@ -154,8 +184,8 @@ def invoices(response: invoices_pb2.ListInvoicesResponse) -> str:
         ]
         for i in response.invoices
     ]
-    text = table(["number", "status", "from", "to", "plan", "total", "currency", "invoice"], rows)
-    return text + ("\n(more: use --page-token " + response.next_page_token + ")" if response.next_page_token else "")
+    headers = ["number", "status", "from", "to", "plan", "total", "currency", "invoice"]
+    return table(headers, rows) + more(response.next_page_token)
 
 
 def _bill_text(response: billing_pb2.EstimateBillResponse | invoices_pb2.Invoice) -> str:

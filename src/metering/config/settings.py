@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 _DURATION_RE = re.compile(r"^(?P<value>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h|d)\Z")  # \Z: no trailing newline
 MAX_WORKERS = 256
+_ORIGIN_RE = re.compile(r"^https?://[^/\s:]+(:[0-9]{1,5})?\Z")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -81,6 +82,10 @@ class Settings:
     # A streaming replica for usage, bill and invoice reads (metering.ledger.replica); None: the primary.
     read_database_url: str | None = None
     read_max_lag: timedelta = timedelta(seconds=5)  # reads go to the primary past this replica lag
+    # The HTTP edge (metering.api.http): Connect, gRPC-Web and GET /healthz on their own port.
+    http_host: str = "0.0.0.0"  # noqa: S104 - METERING_HTTP_HOST, else the gRPC host
+    http_port: int | None = 8080  # 0: any free port (printed at start-up); None (`off`): no HTTP edge
+    http_cors_origins: tuple[str, ...] = ()  # origins browsers may call from ("*": any); none by default
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -142,6 +147,10 @@ class Settings:
             read_max_lag=reader.duration("METERING_READ_MAX_LAG", "5s"),
             workers=reader.workers("METERING_WORKERS"),
             shutdown_delay=reader.duration("METERING_SHUTDOWN_DELAY", "0s"),
+            # The gRPC host unless said otherwise: one variable keeps both edges on loopback.
+            http_host=reader.text("METERING_HTTP_HOST") or reader.text("METERING_GRPC_HOST", "0.0.0.0"),  # noqa: S104
+            http_port=reader.optional_port("METERING_HTTP_PORT", 8080),
+            http_cors_origins=reader.origins("METERING_HTTP_CORS_ORIGINS"),
         )
         if not timedelta(0) <= settings.anchor_skew_tolerance <= timedelta(days=1):
             raise ConfigError("METERING_ANCHOR_SKEW_TOLERANCE must be between 0s and 1d (a clock skew, not a backfill)")
@@ -216,6 +225,20 @@ class _Reader:
 
     def port(self, name: str, default: int) -> int:
         return self.integer(name, default, minimum=0, maximum=65535)
+
+    def optional_port(self, name: str, default: int) -> int | None:
+        """A port, or `off`: None."""
+        if self.text(name).lower() == "off":
+            return None
+        return self.port(name, default)
+
+    def origins(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list of web origins (scheme://host[:port]), or `*`."""
+        origins = tuple(part.strip().rstrip("/") for part in self.text(name).split(",") if part.strip())
+        for origin in origins:
+            if origin != "*" and not _ORIGIN_RE.match(origin):
+                raise ConfigError(f"{name}: {origin!r} is not an origin such as https://app.example.com or *")
+        return origins
 
     def duration(self, name: str, default: str) -> timedelta:
         raw = self.text(name) or default

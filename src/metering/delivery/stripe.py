@@ -176,7 +176,7 @@ class StripeExporter:
             if not reportable(pending.step.hour, now):
                 after = abandoned(progress, pending.step)
                 await session.abandon_event(pair, progress, pending, after)
-                self._metrics.stripe_hours_skipped.labels(meter=pair.meter_slug).inc()
+                self._metrics.stripe_events_skipped.labels(meter=pair.meter_slug).inc()
                 log.warning(
                     "customer %s meter %s: the event of %s became older than Stripe's 35 days before it was "
                     "acknowledged: not reported",
@@ -235,7 +235,7 @@ class StripeExporter:
             pair.meter_slug,
             hours,
         )
-        self._metrics.stripe_hours_skipped.labels(meter=pair.meter_slug).inc(hours)
+        self._metrics.stripe_events_skipped.labels(meter=pair.meter_slug).inc(hours)
         await session.skips_logged(pair, hours)
 
     async def _send(self, pair: Pair, event: PendingEvent) -> bool:

@@ -49,6 +49,22 @@ def invoice_id_for(customer_id: str, period_start: datetime) -> uuid.UUID:
     return uuid.uuid5(_INVOICE_NAMESPACE, f"{customer_id}\n{rfc3339(period_start)}")
 
 
+def unfinalized_period(
+    customer_id: str, anchor: datetime, closed_through: datetime | None, invoice_id: uuid.UUID, now: datetime
+) -> BillingPeriod | None:
+    """The customer's period not finalized yet (one that ended and waits to
+    close, or the current one at `now`) whose invoice will have `invoice_id`;
+    None when no such period has that id."""
+    start = closed_through or anchor
+    while True:
+        period = billing_period(start, anchor)
+        if invoice_id_for(customer_id, period.start) == invoice_id:
+            return period
+        if period.end > now:
+            return None
+        start = period.end
+
+
 def is_due(period_end: datetime, grace: timedelta, now: datetime) -> bool:
     """Whether a period that ended at `period_end` may be finalized at `now`."""
     return period_end + grace <= now

@@ -118,11 +118,11 @@ class PriceCurrencyMismatch(MeteringError):
 
 
 class IdempotencyKeyConflict(MeteringError):
-    """A grant or reservation id was used before with another payload (or, for a
-    reservation, by a usage event)."""
+    """A grant, reservation or credit note id was used before with another
+    payload (or, for a reservation, by a usage event)."""
 
     def __init__(self, kind: str, key: str, fields: list[str], *, used_by_event: bool = False) -> None:
-        self.kind = kind  # "grant" or "reservation"
+        self.kind = kind  # "grant", "reservation" or "credit_note"
         self.key = key
         self.fields = fields
         self.used_by_event = used_by_event
@@ -264,3 +264,51 @@ class RateLimited(MeteringError):
             burst=self.burst,
             max_in_flight=self.max_in_flight,
         )
+
+
+class InvoiceNotFinalized(MeteringError):
+    """The invoice of a period that is still gathering or in its grace: only a
+    finalized invoice takes credit notes."""
+
+    def __init__(self, invoice_id: str, period: BillingPeriod, status: str) -> None:
+        self.invoice_id = invoice_id
+        self.start = period.start
+        self.end = period.end
+        self.status = status  # "gathering" or "draft" (metering.domain.records)
+        super().__init__(
+            f"invoice {invoice_id} of the billing period {rfc3339(period.start)} to {rfc3339(period.end)} "
+            f"is not finalized (the period is {status}): only a finalized invoice takes credit notes"
+        )
+
+
+class CreditExceedsInvoiced(MeteringError):
+    """A credit note would credit more than was invoiced, on a line or on the
+    whole invoice; nothing was written."""
+
+    def __init__(
+        self,
+        invoice_id: str,
+        *,
+        meter_slug: str,  # "" with price_slug "": the invoice's total
+        price_slug: str,
+        invoiced: Decimal,
+        credited: Decimal,  # by the credit notes issued before
+        requested: Decimal,
+        currency: str,
+    ) -> None:
+        self.invoice_id = invoice_id
+        self.meter_slug = meter_slug
+        self.price_slug = price_slug
+        self.invoiced = invoiced
+        self.credited = credited
+        self.requested = requested
+        self.currency = currency
+        what = f"the line of meter {meter_slug!r} at price {price_slug!r}" if meter_slug else "the total"
+        if credited >= invoiced:
+            message = f"{what} of invoice {invoice_id} ({invoiced} {currency}) is credited in full: nothing is left"
+        else:
+            message = (
+                f"{what} of invoice {invoice_id} is {invoiced} {currency}, of which {credited} {currency} is "
+                f"credited already: a credit note of {requested} {currency} would credit more than was invoiced"
+            )
+        super().__init__(message)

@@ -4,7 +4,7 @@ A notification is written by the ledger transaction that makes the change it
 announces (metering.ledger.outbox), so it exists if and only if the change
 happened. Its dedupe key makes it once-only per customer: a threshold once per
 meter, period and threshold; a limit refusal once per meter and period; an
-invoice once. Delivery (metering.delivery) reads them in outbox order.
+invoice once; a credit note once. Delivery (metering.delivery) reads them in outbox order.
 
 Everything here is pure: building notifications from a decision, their
 payloads as stored (JSON, decimals as strings), and their place in the
@@ -23,6 +23,7 @@ from uuid import UUID, uuid4
 from metering.domain import limits
 from metering.domain.decimals import ZERO, format_decimal
 from metering.domain.periods import Period
+from metering.domain.records import CreditNote, CreditNoteReason, Invoice
 
 
 class NotificationType(StrEnum):
@@ -31,6 +32,7 @@ class NotificationType(StrEnum):
     THRESHOLD_CROSSED = "usage.threshold_crossed"
     LIMIT_REJECTED = "usage.limit_rejected"
     INVOICE_FINALIZED = "invoice.finalized"
+    CREDIT_NOTE_ISSUED = "invoice.credit_note_issued"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +79,26 @@ class InvoiceFinalized:
     currency: str
 
 
-Payload = ThresholdCrossed | LimitRejected | InvoiceFinalized
+@dataclass(frozen=True, slots=True)
+class CreditNoteIssued:
+    invoice_id: str
+    invoice_number: int
+    credit_note_id: str
+    credit_note_number: int
+    reason: CreditNoteReason
+    amount: Decimal
+    invoice_net_total: Decimal  # the invoice's total less every credit note so far, this one included
+    currency: str
+    whole_invoice: bool
+
+
+Payload = ThresholdCrossed | LimitRejected | InvoiceFinalized | CreditNoteIssued
 
 _TYPES: dict[type[Any], NotificationType] = {
     ThresholdCrossed: NotificationType.THRESHOLD_CROSSED,
     LimitRejected: NotificationType.LIMIT_REJECTED,
     InvoiceFinalized: NotificationType.INVOICE_FINALIZED,
+    CreditNoteIssued: NotificationType.CREDIT_NOTE_ISSUED,
 }
 
 
@@ -106,6 +122,8 @@ def dedupe_key(payload: Payload) -> str:
         )
     if isinstance(payload, LimitRejected):
         return limit_rejected_key(payload.meter_slug, payload.period)
+    if isinstance(payload, CreditNoteIssued):
+        return f"{type_of(payload)}/{payload.credit_note_id}"
     return f"{type_of(payload)}/{payload.invoice_id}"
 
 
@@ -132,7 +150,7 @@ class Position:
     customer's previous notification's if later), then a sequence number, both
     assigned under the customer's outbox lock until the commit, so that one
     customer's positions follow the order its transactions committed
-    (metering.ledger.outbox, migration 0009)."""
+    (metering.ledger.outbox, migration 0010)."""
 
     txid: int
     seq: int
@@ -211,6 +229,25 @@ def invoice_finalized_notification(
     return NewNotification(customer_id, InvoiceFinalized(invoice_id, number, period, total, currency))
 
 
+def credit_note_issued_notification(invoice: Invoice, note: CreditNote) -> NewNotification:
+    """The announcement of `note`, issued against `invoice` (whose credit notes include it)."""
+    assert invoice.invoice_id is not None and invoice.number is not None  # finalized
+    return NewNotification(
+        invoice.customer_id,
+        CreditNoteIssued(
+            invoice_id=str(invoice.invoice_id),
+            invoice_number=invoice.number,
+            credit_note_id=note.credit_note_id,
+            credit_note_number=note.number,
+            reason=note.reason,
+            amount=note.amount,
+            invoice_net_total=invoice.net_total,
+            currency=note.currency,
+            whole_invoice=note.whole_invoice,
+        ),
+    )
+
+
 def limit_rejected_notification(
     customer_id: str,
     meter_slug: str,
@@ -272,6 +309,8 @@ def payload_from_json(kind: NotificationType, data: dict[str, Any]) -> Payload:
             fields[name] = Decimal(value)
         elif spec.type == "Period":
             fields[name] = _period_from(value)
+        elif spec.type == "CreditNoteReason":
+            fields[name] = CreditNoteReason(value)
         else:
             fields[name] = value
     result: Payload = cls(**fields)

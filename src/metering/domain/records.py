@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import time
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from decimal import Decimal
 from typing import NamedTuple
 from uuid import UUID
 
-from metering.domain import limits
+from metering.domain import decimals, limits
 from metering.domain.catalog import PricingModel
 from metering.domain.pricing import LineCharge
 
@@ -183,6 +184,50 @@ class InvoiceLine:
     charge: LineCharge
 
 
+class CreditNoteReason(enum.StrEnum):
+    """Why a credit note was issued; the first four are Stripe's credit note reasons."""
+
+    DUPLICATE = "duplicate"
+    FRAUDULENT = "fraudulent"
+    ORDER_CHANGE = "order_change"
+    PRODUCT_UNSATISFACTORY = "product_unsatisfactory"
+    BILLING_ERROR = "billing_error"
+    GOODWILL = "goodwill"
+
+
+class InvoiceLineKey(NamedTuple):
+    """Names one line of an invoice: a meter at one price (an invoice has one line per pair)."""
+
+    meter_slug: str
+    price_slug: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreditNoteLine:
+    """The part of a credit note that credits one invoice line."""
+
+    line: InvoiceLineKey
+    amount: Decimal  # in the invoice's currency, at most its minor-unit digits
+
+
+@dataclass(frozen=True, slots=True)
+class CreditNote:
+    """A correction of a finalized invoice, stored once and never changed
+    (metering.domain.credit_notes decides it)."""
+
+    credit_note_id: str  # the caller's idempotency key, unique per customer
+    customer_id: str
+    invoice_id: UUID
+    number: int  # 1, 2, 3... per invoice
+    reason: CreditNoteReason
+    memo: str
+    whole_invoice: bool  # True: what remained of the invoice's total; `lines` is empty
+    lines: tuple[CreditNoteLine, ...]
+    amount: Decimal  # the sum of the lines, or the invoice's remainder
+    currency: str
+    issued_at: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class Invoice:
     """A period's bill: computed while it is gathering or a draft, stored once finalized."""
@@ -200,3 +245,14 @@ class Invoice:
     invoice_id: UUID | None = None  # set once finalized
     number: int | None = None  # 1, 2, 3... per customer, once finalized
     finalized_at: datetime | None = None
+    credit_notes: tuple[CreditNote, ...] = ()  # issued against it once finalized, in number order
+
+    @property
+    def credited(self) -> Decimal:
+        """What the credit notes credit together."""
+        return decimals.add(*(note.amount for note in self.credit_notes))
+
+    @property
+    def net_total(self) -> Decimal:
+        """What is owed after the credit notes (never below zero: they never exceed the total)."""
+        return decimals.sub(self.total, self.credited)

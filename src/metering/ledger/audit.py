@@ -6,8 +6,11 @@ between event and counter" is: each counter equals its events aggregated with
 the meter's own definition (sql.VALUE_SQL, the same one bills and voids use).
 The hourly rollups are another cache of the events (usage queries and bills
 read them): each bucket must equal its events aggregated by the one
-definition in metering.ledger.rollups. Run by `metering audit`, by the fault
-tests and by the chaos script.
+definition in metering.ledger.rollups. Credit notes never credit more than
+was invoiced: per invoice line, the line credit notes add up to at most the
+line's amount, and per invoice every credit note to at most its total (each
+note's amount being the sum of its lines). Run by `metering audit`, by the
+fault tests and by the chaos script.
 """
 
 from __future__ import annotations
@@ -50,6 +53,20 @@ class RollupMismatch:
 
 
 @dataclass(frozen=True, slots=True)
+class CreditOverrun:
+    """Credit notes that credit more than was invoiced: on an invoice line, or
+    (meter and price empty) on the invoice's total; `invoiced` is None for a
+    line the invoice does not have."""
+
+    customer_id: str
+    invoice_id: str
+    meter_slug: str
+    price_slug: str
+    invoiced: Decimal | None
+    credited: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class AuditReport:
     """What `metering audit` found: the ledger's totals and every disagreement between counters,
     rollups and events. Zero mismatches is the invariant the audit checks."""
@@ -65,12 +82,17 @@ class AuditReport:
     mismatches: list[CounterMismatch] = field(default_factory=list)
     rollup_mismatches: list[RollupMismatch] = field(default_factory=list)
     rollups: int = 0  # rollup bucket rows checked
+    credit_notes: int = 0  # credit notes checked
+    credit_overruns: list[CreditOverrun] = field(default_factory=list)
+    credit_note_amount_mismatches: int = 0  # line notes whose amount is not the sum of their lines
 
     @property
     def ok(self) -> bool:
         return not (
             self.mismatches
             or self.rollup_mismatches
+            or self.credit_overruns
+            or self.credit_note_amount_mismatches
             or self.duplicate_transaction_ids
             or self.unknown_meter_events
             or self.unique_value_mismatches
@@ -132,6 +154,8 @@ async def audit_ledger(conn: Connection, catalog: Catalog, customer_ids: Sequenc
         rollups = await conn.fetchval(
             f"SELECT count(*) FROM usage_rollups r WHERE {_Scope(sql, customer_ids).on('r')}", *sql.args
         )
+        credit_notes, amount_mismatches = await _credit_note_totals(conn, customer_ids)
+        credit_overruns = await _credit_overruns(conn, customer_ids)
     return AuditReport(
         customers=totals["customers"],
         events=totals["events"],
@@ -144,7 +168,76 @@ async def audit_ledger(conn: Connection, catalog: Catalog, customer_ids: Sequenc
         mismatches=mismatches,
         rollup_mismatches=rollup_mismatches,
         rollups=rollups,
+        credit_notes=credit_notes,
+        credit_overruns=credit_overruns,
+        credit_note_amount_mismatches=amount_mismatches,
     )
+
+
+# The lines of an invoice or a credit note (jsonb documents with "meter",
+# "price" and "amount", amounts as exact decimal strings), one row each.
+_LINE_AMOUNTS = "CROSS JOIN LATERAL jsonb_array_elements({alias}.lines) AS l (line)"
+
+
+async def _credit_note_totals(conn: Connection, customer_ids: Sequence[str] | None) -> tuple[int, int]:
+    """The credit notes checked, and those by line whose amount is not the sum of their lines."""
+    sql = Sql()
+    scope = _Scope(sql, customer_ids)
+    row = await one_row(
+        conn,
+        f"""
+        SELECT count(*) AS notes,
+               count(*) FILTER (
+                   WHERE NOT n.whole_invoice
+                     AND n.amount IS DISTINCT FROM (SELECT sum((l.line ->> 'amount')::numeric)
+                                                      FROM jsonb_array_elements(n.lines) AS l (line))
+               ) AS mismatches
+          FROM credit_notes n
+         WHERE {scope.on("n")}
+        """,
+        *sql.args,
+    )
+    return row["notes"], row["mismatches"]
+
+
+async def _credit_overruns(conn: Connection, customer_ids: Sequence[str] | None) -> list[CreditOverrun]:
+    sql = Sql()
+    scope = _Scope(sql, customer_ids)
+    rows = await conn.fetch(
+        f"""
+        WITH invoiced AS (
+            SELECT i.customer_id, i.invoice_id, l.line ->> 'meter' AS meter_slug, l.line ->> 'price' AS price_slug,
+                   sum((l.line ->> 'amount')::numeric) AS amount
+              FROM invoices i {_LINE_AMOUNTS.format(alias="i")}
+             WHERE {scope.on("i")}
+             GROUP BY 1, 2, 3, 4
+        ), credited AS (
+            SELECT n.customer_id, n.invoice_id, l.line ->> 'meter' AS meter_slug, l.line ->> 'price' AS price_slug,
+                   sum((l.line ->> 'amount')::numeric) AS amount
+              FROM credit_notes n {_LINE_AMOUNTS.format(alias="n")}
+             WHERE {scope.on("n")}
+             GROUP BY 1, 2, 3, 4
+        ), credited_totals AS (
+            SELECT n.customer_id, n.invoice_id, sum(n.amount) AS amount
+              FROM credit_notes n
+             WHERE {scope.on("n")}
+             GROUP BY 1, 2
+        )
+        SELECT c.customer_id, c.invoice_id::text AS invoice_id, c.meter_slug, c.price_slug,
+               x.amount AS invoiced, c.amount AS credited
+          FROM credited c
+          LEFT JOIN invoiced x USING (customer_id, invoice_id, meter_slug, price_slug)
+         WHERE x.amount IS NULL OR c.amount > x.amount
+        UNION ALL
+        SELECT t.customer_id, t.invoice_id::text, '', '', i.total, t.amount
+          FROM credited_totals t
+          LEFT JOIN invoices i USING (customer_id, invoice_id)
+         WHERE i.total IS NULL OR t.amount > i.total
+         ORDER BY 1, 2, 3, 4
+        """,
+        *sql.args,
+    )
+    return [CreditOverrun(**dict(row)) for row in rows]
 
 
 async def _counter_mismatches(

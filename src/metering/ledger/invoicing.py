@@ -19,13 +19,21 @@ driven by the closer (metering.services.invoicing.Closer) as a unit of work:
 
 A replica killed at any instant leaves either all of that or nothing. Nothing
 here calls back up into billing: the bill comes down as a finished Invoice.
+
+A credit note against a finalized invoice is written the same way, as a unit
+of work the service drives (`InvoiceStore.crediting`): the invoice's row
+locked FOR UPDATE (it is never updated: the lock only serializes the credit
+notes of one invoice), its credit notes read, the note the service decided
+(metering.domain.credit_notes) written with its `invoice.credit_note_issued`
+notification (metering.ledger.credit_notes), commit. Invoices are read with
+their credit notes.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -35,11 +43,16 @@ import asyncpg
 
 from metering.domain import closing
 from metering.domain.catalog import PricingModel
-from metering.domain.notifications import NotificationType, invoice_finalized_notification
+from metering.domain.credit_notes import NewCreditNote
+from metering.domain.notifications import (
+    NotificationType,
+    credit_note_issued_notification,
+    invoice_finalized_notification,
+)
 from metering.domain.periods import BillingPeriod
 from metering.domain.pricing import LineCharge, TierCharge
-from metering.domain.records import FINALIZED, CustomerRecord, Invoice, InvoiceLine
-from metering.ledger import outbox
+from metering.domain.records import FINALIZED, CreditNote, CustomerRecord, Invoice, InvoiceLine
+from metering.ledger import credit_notes, outbox
 from metering.ledger.pool import Connection, PoolUser, one_row, translate_errors
 
 # Namespace of the closer's advisory locks (two-int form: namespace, hashtext of
@@ -167,6 +180,43 @@ async def open_close(conn: Connection, customer_id: str) -> PeriodClose | None:
     return PeriodClose(conn, customer, period, now)
 
 
+@dataclass(frozen=True, slots=True)
+class Credited:
+    """What writing a credit note did: the note (the one already stored under its id, when
+    `created` is False) and the invoice with its credit notes after."""
+
+    note: CreditNote
+    created: bool
+    invoice: Invoice
+    announced: list[NotificationType]  # notifications written (invoice.credit_note_issued when created)
+
+
+class InvoiceCredit:
+    """A finalized invoice locked for a credit note, in the transaction that writes it: the
+    invoice with the credit notes issued so far, which cannot change until it commits."""
+
+    def __init__(self, conn: Connection, invoice: Invoice) -> None:
+        self._conn = conn
+        self.invoice = invoice
+
+    async def find(self, credit_note_id: str) -> CreditNote | None:
+        """The customer's credit note with this id (against any of its invoices), if any."""
+        return await credit_notes.find(self._conn, self.invoice.customer_id, credit_note_id)
+
+    async def issue(self, note: NewCreditNote) -> Credited:
+        """Store `note` and announce it, in this transaction; when its id was
+        taken meanwhile (by a note for another invoice), the stored one is
+        returned with `created` False and nothing is written."""
+        inserted = await credit_notes.insert(self._conn, note)
+        if inserted.note is None:
+            existing = await self.find(note.credit_note_id)
+            assert existing is not None  # ids are never deleted
+            return Credited(existing, False, self.invoice, [])
+        invoice = replace(self.invoice, credit_notes=(*self.invoice.credit_notes, inserted.note))
+        announced = await outbox.enqueue(self._conn, [credit_note_issued_notification(invoice, inserted.note)])
+        return Credited(inserted.note, True, invoice, announced)
+
+
 class DueCustomers(NamedTuple):
     """One step of the walk of due customers, with what the closer's backlog gauge needs."""
 
@@ -222,10 +272,31 @@ class InvoiceStore(PoolUser):
         async with translate_errors(), self._connection(bounded=False) as conn, conn.transaction():
             yield await open_close(conn, customer_id)
 
+    @asynccontextmanager
+    async def crediting(self, customer_id: str, invoice_id: UUID) -> AsyncIterator[InvoiceCredit | None]:
+        """The transaction of a credit note against the customer's finalized
+        invoice (see the module's docstring): yields the invoice locked, with
+        its credit notes, or None when the customer has no such invoice;
+        commits when the block ends, rolls back if it raises."""
+        async with translate_errors(), self._connection() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE customer_id = $1 AND invoice_id = $2 FOR UPDATE",
+                customer_id,
+                invoice_id,
+            )
+            if row is None:
+                yield None
+            else:
+                [invoice] = await _with_credit_notes(conn, [invoice_record(row)])
+                yield InvoiceCredit(conn, invoice)
+
     async def get(self, invoice_id: UUID) -> Invoice | None:
         async with translate_errors(), self._connection() as conn:
             row = await conn.fetchrow(f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE invoice_id = $1", invoice_id)
-        return None if row is None else invoice_record(row)
+            if row is None:
+                return None
+            [invoice] = await _with_credit_notes(conn, [invoice_record(row)])
+        return invoice
 
     async def for_period(self, customer_id: str, period_start: datetime) -> Invoice | None:
         async with translate_errors(), self._connection() as conn:
@@ -234,7 +305,10 @@ class InvoiceStore(PoolUser):
                 customer_id,
                 period_start,
             )
-        return None if row is None else invoice_record(row)
+            if row is None:
+                return None
+            [invoice] = await _with_credit_notes(conn, [invoice_record(row)])
+        return invoice
 
     async def list(self, customer_id: str, before: datetime | None, limit: int) -> list[Invoice]:
         """The customer's finalized invoices, newest period first, before `before` (keyset)."""
@@ -249,7 +323,23 @@ class InvoiceStore(PoolUser):
                 before,
                 limit,
             )
-        return [invoice_record(row) for row in rows]
+            return await _with_credit_notes(conn, [invoice_record(row) for row in rows])
+
+
+async def _with_credit_notes(conn: Connection, invoices: Sequence[Invoice]) -> list[Invoice]:
+    """The invoices (of one customer) with their credit notes, read on `conn`
+    (in its transaction or snapshot, when it has one)."""
+    if not invoices:
+        return []
+    customer_id = invoices[0].customer_id
+    assert all(invoice.customer_id == customer_id for invoice in invoices)
+    ids = [invoice.invoice_id for invoice in invoices if invoice.invoice_id is not None]
+    notes = await credit_notes.notes_of(conn, customer_id, ids)
+    found = []
+    for invoice in invoices:
+        issued = notes.get(invoice.invoice_id) if invoice.invoice_id is not None else None
+        found.append(replace(invoice, credit_notes=tuple(issued)) if issued else invoice)
+    return found
 
 
 # -- the stored document of the lines -------------------------------------------

@@ -3,7 +3,7 @@ order, and the webhook delivery state (cursors, leases, pending deliveries,
 dead letters).
 
 Order: a notification's position is (txid, seq), assigned by the
-`notifications_position` trigger (migrations 0007 and 0009) under a lock on
+`notifications_position` trigger (migrations 0007 and 0010) under a lock on
 its customer's head row, held by the writing transaction until it commits:
 txid is the larger of the writer's own transaction id and the customer's
 last txid, seq a sequence value drawn after the lock. So one customer's

@@ -16,8 +16,9 @@ task's failure (below), or on a failure of start-up itself. Hence, in order:
    on for METERING_SHUTDOWN_DELAY;
 3. the Stripe exporter (an event in flight is sent again by whichever replica
    exports next) and the closer (a close in flight rolls back, and is redone);
-4. the drain: the health and notification streams end, the server stops
-   accepting calls and in-flight calls have METERING_SHUTDOWN_GRACE to finish;
+4. the drain: the health and notification streams end, the gRPC server and
+   the HTTP edge stop accepting calls and in-flight calls have
+   METERING_SHUTDOWN_GRACE to finish;
 5. retention, the replica probe, the pool sampler, the health probe, webhook
    delivery (an attempt in flight is abandoned: it is sent again, with the
    same webhook-id) and the outbox LISTEN;
@@ -155,9 +156,9 @@ async def serve(settings: Settings, worker: int | None = None) -> None:
         stack.push_async_callback(service.stores.writer.close)  # its workers run from construction
         background = Background(stack, signals.stop)
         await _start_beside_the_server(stack, service, background, worker)
-        grpc_port, metrics_port = await _start_serving(stack, service, credentials, worker)
+        grpc_port, http_port, metrics_port = await _start_serving(stack, service, credentials, worker)
         _start_after_serving(stack, service, background, signals)
-        _announce(service, database, grpc_port, metrics_port, worker, tracing=tracing is not None)
+        _announce(service, database, grpc_port, http_port, metrics_port, worker, tracing=tracing is not None)
         await signals.stop.wait()
     log.info("stopped")
     if background.failed:
@@ -224,9 +225,11 @@ async def _start_serving(
     service: Service,
     credentials: grpc.ServerCredentials | None,
     worker: int | None,
-) -> tuple[int, int | None]:
-    """Listen and serve; returns the gRPC port and the metrics port (None: a
-    worker's metrics are served by its supervisor, summed with the others')."""
+) -> tuple[int, int | None, int | None]:
+    """Listen and serve; returns the gRPC port, the HTTP port (None: off) and the
+    metrics port (None: a worker's metrics are served by its supervisor, summed
+    with the others'). The HTTP edge starts once the gRPC server serves, and
+    both stop in the drain."""
     settings = service.config.settings
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     if credentials is None:
@@ -243,7 +246,8 @@ async def _start_serving(
     gc.set_threshold(GC_THRESHOLD)
     await service.server.start()
     stack.push_async_callback(_drain, service)
-    return grpc_port, metrics_port
+    http_port = None if service.http is None else await service.http.start()
+    return grpc_port, http_port, metrics_port
 
 
 def _start_after_serving(
@@ -275,7 +279,11 @@ async def _drain(service: Service) -> None:
     log.info("stopping: draining in-flight calls for up to %ss", grace)
     service.delivery.stream.close()
     service.health.end_watches()
-    await service.server.stop(grace)
+    if service.http is None:
+        await service.server.stop(grace)
+        return
+    # Both edges drain at once, each giving its calls in flight the same grace.
+    await asyncio.gather(service.server.stop(grace), service.http.stop(grace))
 
 
 async def _sample_pool(metrics: Metrics, settings: Settings) -> None:
@@ -289,6 +297,7 @@ def _announce(
     service: Service,
     database: Database,
     grpc_port: int,
+    http_port: int | None,
     metrics_port: int | None,
     worker: int | None,
     *,
@@ -297,16 +306,18 @@ def _announce(
     settings = service.config.settings
     if worker is not None:
         # The supervisor waits for this line (metering.runtime.supervisor.WORKER_READY).
-        print(f"{WORKER_READY} {worker} pid {os.getpid()} on {settings.grpc_host}:{grpc_port}", flush=True)
+        http = "" if http_port is None else f" and http://{settings.http_host}:{http_port}"
+        print(f"{WORKER_READY} {worker} pid {os.getpid()} on {settings.grpc_host}:{grpc_port}{http}", flush=True)
         return
     # Announce on stdout: people read it, and so do the tests (port 0 picks a free port).
-    print(announcement(service.config, database, grpc_port, metrics_port, tracing=tracing), flush=True)
+    print(announcement(service.config, database, grpc_port, http_port, metrics_port, tracing=tracing), flush=True)
 
 
 def announcement(
     config: Config,
     database: Database,
     grpc_port: int,
+    http_port: int | None,
     metrics_port: int | None,
     workers: int = 1,
     *,
@@ -314,8 +325,9 @@ def announcement(
 ) -> str:
     """The line that says the service serves (tests read the ports from it)."""
     settings, stripe_mapping = config.settings, config.stripe_mapping
+    http = "HTTP off" if http_port is None else f"HTTP (Connect, gRPC-Web) on http://{settings.http_host}:{http_port}"
     return (
-        f"metering: serving {METERING_SERVICE} on {settings.grpc_host}:{grpc_port}; "
+        f"metering: serving {METERING_SERVICE} on {settings.grpc_host}:{grpc_port}; {http}; "
         f"metrics on http://{settings.metrics_host}:{metrics_port}/metrics; "
         f"{'' if workers == 1 else f'{workers} worker processes; '}"
         f"catalog {config.catalog.source}; database {'embedded' if database.embedded else 'external'}; "

@@ -14,6 +14,7 @@ directory that the supervisor's /metrics endpoint sums.
 SIGTERM or SIGINT to the supervisor: every worker gets SIGTERM and does the
 single process's shutdown (NOT_SERVING, METERING_SHUTDOWN_DELAY, the drain);
 the supervisor exits once they all have. SIGHUP is forwarded to every worker.
+The HTTP edge's port (METERING_HTTP_PORT) is reserved and shared the same way.
 A worker that dies is started again after a back-off that grows while it keeps
 dying young (restart_delay).
 """
@@ -205,6 +206,16 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
         reservation.close()
 
 
+@contextlib.contextmanager
+def _reserve_http_port(settings: Settings) -> Iterator[int | None]:
+    """The HTTP edge's port, held as the gRPC port is (None: the edge is off)."""
+    if settings.http_port is None:
+        yield None
+        return
+    with reserve_port(settings.http_host, settings.http_port) as port:
+        yield port
+
+
 def die_with_parent() -> None:
     """A worker gets SIGTERM (and drains) if its supervisor dies, rather than serving on orphaned."""
     parent = os.getppid()
@@ -215,11 +226,18 @@ def die_with_parent() -> None:
 
 
 def worker_environment(
-    settings: Settings, database_url: str, port: int, metrics_dir: str, open_access: bool
+    settings: Settings,
+    database_url: str,
+    port: int,
+    metrics_dir: str,
+    open_access: bool,
+    *,
+    http_port: int | None = None,
 ) -> dict[str, str]:
     env = dict(os.environ)
     env["METERING_DATABASE_URL"] = database_url  # the embedded database too: the supervisor runs it
     env["METERING_GRPC_PORT"] = str(port)
+    env["METERING_HTTP_PORT"] = "off" if http_port is None else str(http_port)
     env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if open_access:
         # The supervisor has decided (and warned) that this service runs open;
@@ -259,9 +277,12 @@ async def _run_workers(config: Config, database: Database, stop: asyncio.Event) 
     settings = config.settings
     with (
         reserve_port(settings.grpc_host, settings.grpc_port) as port,
+        _reserve_http_port(settings) as http_port,
         tempfile.TemporaryDirectory(prefix="metering-metrics-") as metrics_dir,
     ):
-        env = worker_environment(settings, database.url, port, metrics_dir, open_access=config.policy is None)
+        env = worker_environment(
+            settings, database.url, port, metrics_dir, open_access=config.policy is None, http_port=http_port
+        )
         command = [sys.executable, "-m", "metering", "serve", "--worker"]
         supervisor = Supervisor(settings.workers, command, env, metrics_dir)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, supervisor.forward, signal.SIGHUP)
@@ -270,7 +291,9 @@ async def _run_workers(config: Config, database: Database, stop: asyncio.Event) 
         try:
             if await _started_before_stop(supervisor, stop):
                 print(
-                    announcement(config, database, port, metrics_port, settings.workers, tracing=settings.tracing),
+                    announcement(
+                        config, database, port, http_port, metrics_port, settings.workers, tracing=settings.tracing
+                    ),
                     flush=True,
                 )
                 await stop.wait()

@@ -16,12 +16,17 @@ import logging
 from dataclasses import dataclass
 
 import grpc
+from connectrpc.compat import google_protobuf_binary_codec
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from metering.api.auth import Authenticator
 from metering.api.bench import noop_handler
 from metering.api.health import DatabaseHealth
+from metering.api.http.app import HttpApplication
+from metering.api.http.codec import CompactJsonCodec
+from metering.api.http.edge import ConnectEdge
+from metering.api.http.v1.metering_service_connect import MeteringServiceASGIApplication
 from metering.api.interceptor import ObservedServiceInterceptor
 from metering.api.page_tokens import PageTokens
 from metering.api.servicer import MeteringServicer
@@ -42,7 +47,9 @@ from metering.ledger.replica import ReadCustomerStore, ReadInvoiceStore, ReadRou
 from metering.ledger.reporting import UsageReports
 from metering.ledger.stripe import StripeExportStore
 from metering.ledger.writer import BatchWriter
+from metering.runtime.http import HttpServer
 from metering.runtime.reload import ConfigReloader
+from metering.services.credit_notes import CreditNotes
 from metering.services.entitlements import Entitlements
 from metering.services.invoicing import Closer, Invoicing
 from metering.services.reporting import Reporting
@@ -131,6 +138,7 @@ class Service:
     authenticator: Authenticator
     reloader: ConfigReloader
     server: grpc.aio.Server
+    http: HttpServer | None  # the HTTP edge (Connect, gRPC-Web); None with METERING_HTTP_PORT=off
 
 
 def build(
@@ -161,6 +169,7 @@ def build(
         metrics,
         delivery.stream,
         page_tokens,
+        credit_notes=CreditNotes(stores.ledger, stores.invoices, on_notifications=metrics.count_notifications),
         backfill_window=settings.backfill_window,
     )
     return Service(
@@ -175,6 +184,7 @@ def build(
         authenticator=authenticator,
         reloader=ConfigReloader(config, authenticator, delivery.webhooks, delivery.retention, metrics),
         server=_server(settings, servicer, health, ObservedServiceInterceptor(metrics, authenticator), tracing, worker),
+        http=_http(settings, ConnectEdge(servicer, metrics, authenticator, tracing), health, worker),
     )
 
 
@@ -294,6 +304,20 @@ def _read_router(settings: Settings, primary: Pool, replica: Pool, metrics: Metr
         on_route=lambda route: metrics.read_routes.labels(route.pool, route.value).inc(),
         on_probe=probed,
     )
+
+
+def _http(settings: Settings, edge: ConnectEdge, health: DatabaseHealth, worker: int | None) -> HttpServer | None:
+    """The HTTP edge on its own port: the same RPC bodies as the gRPC server's, over Connect and gRPC-Web."""
+    if settings.http_port is None:
+        return None
+    connect = MeteringServiceASGIApplication(
+        edge.service(),
+        read_max_bytes=settings.max_message_bytes,
+        codecs=[google_protobuf_binary_codec(), CompactJsonCodec()],
+    )
+    app = HttpApplication(connect, health, settings.http_cors_origins)
+    # The workers of one supervisor share the port it reserved, as they share the gRPC one.
+    return HttpServer(app, settings.http_host, settings.http_port, reuse_port=worker is not None)
 
 
 def _server(

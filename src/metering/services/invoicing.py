@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from metering.domain import closing
-from metering.domain.catalog import PricingModel
+from metering.domain import bills, closing
+from metering.domain.bills import WhatIfBill
+from metering.domain.catalog import Plan
 from metering.domain.errors import DatabaseUnavailable, FieldViolation, InvalidArgument, NotFound, PriceCurrencyMismatch
 from metering.domain.periods import BillingPeriod
-from metering.domain.records import DRAFT, FINALIZED, GATHERING, CustomerRecord, Invoice, InvoiceLine
+from metering.domain.records import DRAFT, FINALIZED, GATHERING, CustomerRecord, Invoice
 from metering.ledger.customers import CustomerStore
 from metering.ledger.invoicing import DueCustomer, Finalized, InvoiceStore
 from metering.services.reporting import Bill, Reporting
@@ -44,19 +45,7 @@ CLOSE_BATCH = 100
 
 def invoice_of(bill: Bill, status: str) -> Invoice:
     """A computed bill as an invoice (not finalized: no id or number yet)."""
-    lines = tuple(
-        InvoiceLine(
-            meter_slug=line.meter.slug,
-            price_slug=line.price.slug,
-            model=line.price.model,
-            unit_amount=line.price.unit_amount
-            if line.price.model in (PricingModel.PER_UNIT, PricingModel.PACKAGE)
-            else None,
-            package_size=line.price.package_size,
-            charge=line.charge,
-        )
-        for line in bill.lines
-    )
+    lines = tuple(bills.invoice_line(line) for line in bill.lines)
     return Invoice(
         customer_id=bill.customer_id,
         plan_slug=bill.plan.slug,
@@ -69,6 +58,23 @@ def invoice_of(bill: Bill, status: str) -> Invoice:
         total=bill.total,
         status=status,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BillQuery:
+    """An EstimateBill request, checked."""
+
+    customer_id: str
+    period_time: datetime | None  # None: now (the current period)
+    what_if: Plan | None  # a plan to price the same period on as well
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What EstimateBill answers: the period's bill (or its finalized invoice), and the what-if bill if asked."""
+
+    invoice: Invoice
+    what_if: WhatIfBill | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,19 +112,24 @@ class Invoicing:
         self._reporting = reporting
         self._clock = clock
 
-    async def estimate(self, customer_id: str, period_time: datetime | None) -> Invoice:
+    async def estimate(self, query: BillQuery) -> Estimate:
         """EstimateBill: the period's finalized invoice, or its bill computed
-        now (a draft once the period has ended, gathering while it runs)."""
-        customer = await require_customer(self._ledger, customer_id)
+        now (a draft once the period has ended, gathering while it runs); and,
+        when asked, the same period's usage priced on another plan."""
+        customer = await require_customer(self._ledger, query.customer_id)
         now = self._clock()
-        if period_time is not None and period_time > now:
+        if query.period_time is not None and query.period_time > now:
             raise InvalidArgument([FieldViolation("period_time", "must not be in the future")])
-        period = closing.billing_period(period_time or now, customer.billing_anchor)
+        period = closing.billing_period(query.period_time or now, customer.billing_anchor)
+        invoice = None
         if customer.closed_through is not None and period.end <= customer.closed_through:
-            stored = await self._invoices.for_period(customer_id, period.start)
-            if stored is not None:
-                return stored
-        return await self._compute(customer, period, now)
+            invoice = await self._invoices.for_period(customer.customer_id, period.start)
+        if invoice is None:
+            invoice = await self._compute(customer, period, now)
+        what_if = None
+        if query.what_if is not None:
+            what_if = await self._reporting.what_if(customer, period, query.what_if)
+        return Estimate(invoice, what_if)
 
     async def _compute(self, customer: CustomerRecord, period: BillingPeriod, now: datetime) -> Invoice:
         bill = await self._reporting.bill(customer, period)

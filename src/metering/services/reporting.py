@@ -1,7 +1,8 @@
 """The service of reading usage back: GetUsage, ListUsageEvents, EstimateBill.
 
 Usage is aggregated from the event history (not the counters), so any range,
-window and grouping can be asked for; bills are priced by metering.domain.pricing.
+window and grouping can be asked for; bills (and what-if bills on another
+plan) are read here and priced by metering.domain.bills and metering.domain.pricing.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from metering.domain import closing, decimals
-from metering.domain.catalog import Catalog, Meter, Plan, Price
-from metering.domain.decimals import ZERO
-from metering.domain.errors import FieldViolation, InvalidArgument, PriceCurrencyMismatch
+from metering.domain import bills, closing
+from metering.domain.bills import BillLine, WhatIfBill
+from metering.domain.catalog import Catalog, Meter, Plan
+from metering.domain.errors import FieldViolation, InvalidArgument
 from metering.domain.periods import BillingPeriod
-from metering.domain.pricing import LineCharge, price_line
 from metering.domain.records import CustomerRecord, EventPosition, StoredEvent
 from metering.domain.terms import TermsBook
 from metering.domain.windows import TooManyWindowsError, Window, WindowSize, windows
@@ -90,15 +90,6 @@ class EventsPage:
 
     events: list[StoredEvent]
     next_before: EventPosition | None
-
-
-@dataclass(frozen=True, slots=True)
-class BillLine:
-    """One priced line of a bill: a meter at one price."""
-
-    meter: Meter
-    price: Price
-    charge: LineCharge
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,39 +191,31 @@ class Reporting:
         plan_time = min(period.end - timedelta(microseconds=1), self._clock())
         plan_slug = await self._reports.plan_at(customer_id, plan_time) or customer.plan_slug
         plan = self._catalog.plan(plan_slug)
-        assert plan.currency is not None  # every plan has one (catalog check)
-        others = [slug for slug in self._catalog.meters if slug not in plan.meters]
         # The first period's bill includes the events accepted just before the anchor.
         usage = closing.usage_range(period, customer.billing_anchor)
-        used = await self._reports.meters_with_usage(customer_id, *usage, others)
-        meters = [*plan.meters, *used]
         lines: list[BillLine] = []
-        for slug in meters:
-            lines.extend(await self._meter_lines(customer_id, plan, self._catalog.meters[slug], usage))
-        subtotal = decimals.add(*(line.charge.amount for line in lines))
-        credits = ZERO  # no monetary credits exist yet; grants are units, not money
-        total = max(ZERO, decimals.add(subtotal, credits))
-        return Bill(customer_id, plan, period, plan.currency, lines, subtotal, credits, total)
+        for slug in bills.bill_meters(plan, await self._used_elsewhere(customer_id, plan, usage)):
+            meter = self._catalog.meters[slug]
+            rows = await self._reports.aggregate(AggregateQuery(customer_id, meter, [usage], group_by_price=True))
+            by_price = {row.groups[0]: row.value for row in rows if row.event_count}
+            lines.extend(bills.plan_lines(self._catalog, plan, meter, by_price))
+        subtotal, credits, total = bills.totals(lines)
+        return Bill(customer_id, plan, period, bills.plan_currency(plan), lines, subtotal, credits, total)
 
-    async def _meter_lines(
-        self, customer_id: str, plan: Plan, meter: Meter, usage: tuple[datetime, datetime]
-    ) -> list[BillLine]:
-        """One line per price the meter's events in the `usage` range were
-        recorded with; the plan's own price always has a line and is the one
-        its included units go to."""
-        assert plan.currency is not None  # every plan has one (catalog check)
-        terms = self._catalog.plan_meter(plan, meter)
-        rows = await self._reports.aggregate(AggregateQuery(customer_id, meter, [usage], group_by_price=True))
-        quantities = {row.groups[0]: row.value for row in rows if row.event_count}
-        price_slugs = [terms.price, *sorted(slug for slug in quantities if slug != terms.price)]
-        lines = []
-        for slug in price_slugs:
-            # Events priced with a price the catalog no longer has: refused
-            # (NotFound) rather than billed at nothing.
-            price = self._catalog.price(slug)
-            if price.currency is not None and price.currency != plan.currency:
-                raise PriceCurrencyMismatch(price.slug, price.currency, plan.currency)
-            included = terms.included if slug == terms.price else ZERO
-            charge = price_line(price, quantities.get(slug, ZERO), included, plan.currency)
-            lines.append(BillLine(meter, price, charge))
-        return lines
+    async def what_if(self, customer: CustomerRecord, period: BillingPeriod, plan: Plan) -> WhatIfBill:
+        """What the period's usage (so far, for the current period) would cost
+        on `plan`: each meter's aggregate over the whole period, every price
+        together, priced by the same rules as the bill (metering.domain.bills)."""
+        customer_id = customer.customer_id
+        times = closing.usage_range(period, customer.billing_anchor)  # as the bill's
+        unlisted = await self._used_elsewhere(customer_id, plan, times)
+        usage = {}
+        for slug in bills.bill_meters(plan, unlisted):
+            [row] = await self._reports.aggregate(AggregateQuery(customer_id, self._catalog.meters[slug], [times]))
+            usage[slug] = row.value
+        return bills.what_if_bill(self._catalog, plan, usage, unlisted)
+
+    async def _used_elsewhere(self, customer_id: str, plan: Plan, times: tuple[datetime, datetime]) -> list[str]:
+        """The meters with usage at those event times (a bill's) that `plan` does not list."""
+        others = [slug for slug in self._catalog.meters if slug not in plan.meters]
+        return await self._reports.meters_with_usage(customer_id, *times, others)

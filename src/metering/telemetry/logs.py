@@ -8,8 +8,10 @@ Two formats (METERING_LOG_FORMAT), one line per record either way:
   `logger`, `message`, the same fields when the record has them, and
   `exception` (the traceback as one string) when one was logged.
 
-A failed call is one record (the interceptor logs it through `failed_call`)
-whose fields are `method`, `code`, `caller` and `duration_ms`. `trace_id` and
+A failed call is one record (each edge logs it through `failed_call`: the gRPC
+interceptor, the HTTP edge) whose fields are `method`, `code` (the gRPC status
+code's name, whatever the protocol), `caller`, `duration_ms` and `protocol`
+(grpc, connect or grpc-web). `trace_id` and
 `span_id` are added to every record logged inside a traced span (TraceIds,
 installed when tracing is on), so an error line leads to its trace.
 """
@@ -25,7 +27,7 @@ from typing import Any
 import grpc
 
 # The record attributes a line shows beyond the message, in this order.
-CALL_FIELDS = ("method", "code", "caller", "duration_ms")
+CALL_FIELDS = ("method", "code", "caller", "duration_ms", "protocol")
 TRACE_FIELDS = ("trace_id", "span_id")
 _FIELDS = CALL_FIELDS + TRACE_FIELDS
 
@@ -48,7 +50,12 @@ def failed_call_level(code: grpc.StatusCode) -> int:
 
 
 def failed_call(
-    logger: logging.Logger, method: str, code: grpc.StatusCode, caller: str, duration_seconds: float
+    logger: logging.Logger,
+    method: str,
+    code: grpc.StatusCode,
+    caller: str,
+    duration_seconds: float,
+    protocol: str,
 ) -> None:
     """The line of one failed call."""
     level = failed_call_level(code)
@@ -60,7 +67,7 @@ def failed_call(
         "%s failed: %s",
         method,
         code.name,
-        extra={"method": method, "code": code.name, "caller": caller, "duration_ms": duration_ms},
+        extra={"method": method, "code": code.name, "caller": caller, "duration_ms": duration_ms, "protocol": protocol},
     )
 
 

@@ -42,6 +42,13 @@ DUPLICATE = "duplicate"
 PAYLOAD_CONFLICT = "payload_conflict"
 REJECTED = "rejected"
 
+# How a call came (the `protocol` label of the request metrics): gRPC on the gRPC
+# port; the Connect protocol (JSON or binary) or gRPC-Web on the HTTP port.
+GRPC = "grpc"
+CONNECT = "connect"
+GRPC_WEB = "grpc-web"
+PROTOCOLS = (GRPC, CONNECT, GRPC_WEB)
+
 # Why a late event was refused (metering_late_events_refused_total's `reason`).
 LATE_PERIOD_CLOSED = "period_closed"
 LATE_BEFORE_FIRST_PERIOD = "before_first_period"
@@ -80,17 +87,21 @@ class Metrics:
             ["meter", "plan"],
             registry=r,
         )
+        # Both edges count here (the name is the gRPC one it always had): `protocol` says
+        # which edge and encoding carried the call (PROTOCOLS), `code` is the gRPC status
+        # code name whatever the protocol (a Connect refusal's HTTP status follows from it).
         self.requests = Counter(
             "metering_grpc_requests",
-            "gRPC requests by method, status code and caller (a configured caller name, 'anonymous' when the "
-            "service runs open or the method needs no credentials, 'unauthenticated' when none was recognised).",
-            ["method", "code", "caller"],
+            "RPCs by method, status code, caller (a configured caller name, 'anonymous' when the service runs "
+            "open or the method needs no credentials, 'unauthenticated' when none was recognised) and protocol "
+            "(grpc on the gRPC port; connect, grpc-web on the HTTP port).",
+            ["method", "code", "caller", "protocol"],
             registry=r,
         )
         self.latency = Histogram(
             "metering_grpc_request_duration_seconds",
-            "gRPC request latency by method.",
-            ["method"],
+            "RPC latency by method and protocol.",
+            ["method", "protocol"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -151,9 +162,11 @@ class Metrics:
             ["meter", "outcome"],
             registry=r,
         )
-        self.stripe_hours_skipped = Counter(
-            "metering_stripe_hours_skipped",
-            "Hours with usage not reported to Stripe because they were older than its 35-day limit, by meter.",
+        # Not "..._hours_...": a unit word in a name reads as the sample's unit (promtool check metrics).
+        self.stripe_events_skipped = Counter(
+            "metering_stripe_meter_events_skipped",
+            "Meter events not sent to Stripe (one per customer, meter and hour with usage) because their hour was "
+            "older than Stripe's 35-day limit, by meter.",
             ["meter"],
             registry=r,
         )

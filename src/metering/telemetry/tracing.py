@@ -11,6 +11,9 @@ On (`start`):
   caller's W3C `traceparent` from the call's metadata (OTEL_PROPAGATORS,
   default tracecontext and baggage); health checks are not traced, since
   probes would drown the calls;
+- so is every RPC on the HTTP edge (Tracing.http_call: the same name and
+  attributes, rpc.system `connect_rpc`, the refusal's code in
+  rpc.connect_rpc.error_code), continuing the caller's `traceparent` header;
 - every database statement is a client span (the OpenTelemetry asyncpg
   instrumentation: db.system, db.statement, the peer);
 - the batching writer's transaction, shared by many calls, is one span linked
@@ -28,7 +31,7 @@ On (`start`):
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -73,6 +76,30 @@ class Tracing:
             tracer_provider=self._provider, filter_=filters.negate(filters.health_check())
         )
         return interceptor
+
+    @contextmanager
+    def http_call(self, method: str, headers: Mapping[str, str]) -> Iterator[Callable[[str], None]]:
+        """The server span of one call on the HTTP edge, current inside the block;
+        `method` is "/package.Service/Method". The block gets a function that
+        marks the call failed with a code name (the gRPC one, lower case being
+        Connect's spelling)."""
+        from opentelemetry import propagate, trace
+
+        service, _, name = method.lstrip("/").partition("/")
+        with self._tracer.start_as_current_span(
+            method,
+            context=propagate.extract(headers),
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "connect_rpc", "rpc.service": service, "rpc.method": name},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+
+            def failed(code: str) -> None:
+                span.set_attribute("rpc.connect_rpc.error_code", code.lower())
+                span.set_status(trace.Status(trace.StatusCode.ERROR, code))
+
+            yield failed
 
     def current_call(self) -> SpanContext | None:
         """The span the caller is in (its RPC's), or None outside one."""

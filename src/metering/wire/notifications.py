@@ -9,15 +9,23 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from metering.domain.decimals import format_decimal
-from metering.domain.notifications import LimitRejected, NotificationType, StoredNotification, ThresholdCrossed
+from metering.domain.notifications import (
+    CreditNoteIssued,
+    LimitRejected,
+    NotificationType,
+    StoredNotification,
+    ThresholdCrossed,
+)
 from metering.domain.periods import Period
 from metering.v1 import notifications_pb2
+from metering.wire.credit_notes import REASONS
 from metering.wire.values import money, set_timestamp, timestamp
 
 NOTIFICATION_TYPES = {
     NotificationType.THRESHOLD_CROSSED: notifications_pb2.NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED,
     NotificationType.LIMIT_REJECTED: notifications_pb2.NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED,
     NotificationType.INVOICE_FINALIZED: notifications_pb2.NOTIFICATION_TYPE_INVOICE_FINALIZED,
+    NotificationType.CREDIT_NOTE_ISSUED: notifications_pb2.NOTIFICATION_TYPE_INVOICE_CREDIT_NOTE_ISSUED,
 }
 
 
@@ -56,6 +64,14 @@ def notification(stored: StoredNotification, cursor: str) -> notifications_pb2.N
         rejected.available = format_decimal(payload.available)
         rejected.requested = format_decimal(payload.requested)
         rejected.transaction_id = payload.transaction_id
+    elif isinstance(payload, CreditNoteIssued):
+        issued = message.credit_note_issued
+        issued.invoice_id, issued.invoice_number = payload.invoice_id, payload.invoice_number
+        issued.credit_note_id, issued.credit_note_number = payload.credit_note_id, payload.credit_note_number
+        issued.reason = REASONS[payload.reason]
+        issued.amount.CopyFrom(money(payload.amount, payload.currency))
+        issued.invoice_net_total.CopyFrom(money(payload.invoice_net_total, payload.currency))
+        issued.whole_invoice = payload.whole_invoice
     else:
         invoice = message.invoice_finalized
         invoice.invoice_id, invoice.invoice_number = payload.invoice_id, payload.invoice_number

@@ -1,0 +1,1 @@
+"""Connect code generated from proto/metering/v1 by scripts/gen_proto.py; do not edit."""
