@@ -146,6 +146,21 @@ def test_late_events_carry_their_refusal_and_the_backfill_one_comes_first() -> N
     assert resolve(command(event_time=ANCHOR - timedelta(days=1), too_old=too_old), closed, book).refusal is too_old
 
 
+def test_an_event_within_the_skew_tolerance_before_the_anchor_counts_in_the_first_period() -> None:
+    book = TermsBook(CATALOG, anchor_skew_tolerance=timedelta(minutes=5))
+    early = ANCHOR - timedelta(seconds=60)
+    resolution = resolve(command(event_time=early), CUSTOMER, book)
+    assert resolution.refusal is None
+    assert resolution.event.event_time == early  # stored with its own time
+    first = period_containing(ANCHOR, ANCHOR, CATALOG.plan("pro").meters["tokens"].reset)
+    assert first.start == ANCHOR and resolution.period == first
+    assert resolution.counter_key == CounterKey("c1", "tokens", ANCHOR)
+    # Beyond the tolerance, or with none: before the first period.
+    beyond = resolve(command(event_time=ANCHOR - timedelta(minutes=5, microseconds=1)), CUSTOMER, book)
+    assert isinstance(beyond.refusal, BeforeFirstPeriod)
+    assert isinstance(resolve(command(event_time=early), CUSTOMER, TermsBook(CATALOG)).refusal, BeforeFirstPeriod)
+
+
 def test_the_dimensions_of_the_meter_are_kept() -> None:
     resolution = resolve(command(properties={"model": "m1", "other": "x"}), CUSTOMER, TermsBook(CATALOG))
     assert resolution.dimensions == {"model": "m1"}

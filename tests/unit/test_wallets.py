@@ -490,14 +490,14 @@ def test_wallet_notifications_on_the_wire_and_in_storage() -> None:
     out = ExhaustedPayload("USD", D(0), 3, "t2", "tokens", D("0.125"), True)
     for payload in (low, out):
         assert payload_from_json(NewNotification("acme", payload).type, payload_json(payload)) == payload
-    body = json.loads(notification_json(StoredNotification(uuid.uuid4(), "acme", T0, Position(1, 1), low)))
+    body = json.loads(notification_json(StoredNotification(uuid.uuid4(), "acme", T0, Position(1, 1), low), "cursor-1"))
     assert body["type"] == "NOTIFICATION_TYPE_CREDITS_LOW"
     assert body["creditsLow"] == {
         "available": {"currencyCode": "USD", "amount": "0.40"},
         "threshold": {"currencyCode": "USD", "amount": "0.50"},
         "transactionId": "t1",
     }
-    body = json.loads(notification_json(StoredNotification(uuid.uuid4(), "acme", T0, Position(1, 2), out)))
+    body = json.loads(notification_json(StoredNotification(uuid.uuid4(), "acme", T0, Position(1, 2), out), "cursor-2"))
     assert body["creditsExhausted"] == {
         "available": {"currencyCode": "USD", "amount": "0.00"},
         "requested": {"currencyCode": "USD", "amount": "0.125"},

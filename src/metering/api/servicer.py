@@ -318,13 +318,14 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def WatchNotifications(  # noqa: N802
         self, request: notifications_pb2.WatchNotificationsRequest, context: Context
     ) -> AsyncIterator[notifications_pb2.WatchNotificationsResponse]:
-        query = validation.watch_notifications(request)
+        query = validation.watch_notifications(request, self._page_tokens)
         require_meter("")  # notifications span every meter
         after = query.after if query.after is not None else await self._stream.now()
         self._metrics.watch_streams.inc()
         try:
             async for stored in self._stream.watch(after, query.wants):
-                yield notifications_pb2.WatchNotificationsResponse(notification=notification(stored))
+                cursor = self._page_tokens.cursor(stored.position)
+                yield notifications_pb2.WatchNotificationsResponse(notification=notification(stored, cursor))
         finally:
             self._metrics.watch_streams.dec()
 

@@ -21,7 +21,7 @@ from metering.domain.catalog import CURRENCY_RE, PROPERTY_KEY_RE, SLUG_RE, Aggre
 from metering.domain.credit_notes import CreditNoteCommand
 from metering.domain.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.domain.errors import EventTooOld, FieldViolation, InvalidArgument, NotFound
-from metering.domain.notifications import NotificationType, WatchQuery, parse_cursor
+from metering.domain.notifications import NotificationType, WatchQuery
 from metering.domain.periods import MAX_TIME, MIN_TIME
 from metering.domain.records import DRAFT, FINALIZED, CreditNoteLine, EventPosition, InvoiceLineKey
 from metering.domain.usage import UsageCommand
@@ -300,7 +300,7 @@ def upsert_customer(request: customer_pb2.UpsertCustomerRequest) -> CustomerComm
 _WATCH_TYPES: dict[int, NotificationType] = {number: kind for kind, number in NOTIFICATION_TYPES.items()}
 
 
-def watch_notifications(request: notifications_pb2.WatchNotificationsRequest) -> WatchQuery:
+def watch_notifications(request: notifications_pb2.WatchNotificationsRequest, tokens: PageTokens) -> WatchQuery:
     violations = _Violations()
     types = set()
     for index, value in enumerate(request.types):
@@ -312,7 +312,7 @@ def watch_notifications(request: notifications_pb2.WatchNotificationsRequest) ->
     if request.customer_id:
         _identifier(violations, "customer_id", request.customer_id)
     violations.raise_if_any()
-    after = parse_cursor(request.cursor) if request.cursor else None
+    after = tokens.position(request.cursor) if request.cursor else None
     return WatchQuery(after, frozenset(types), request.customer_id or None)
 
 

@@ -40,8 +40,8 @@ class InvalidPageToken(InvalidArgument):
 
 
 class EventTooOld(InvalidArgument):
-    """A new event older than the backfill window (an exact replay of a recorded
-    one is answered as a duplicate instead)."""
+    """A new event older than the backfill window (a reused transaction id is
+    judged first: a duplicate or a conflict, whatever its time)."""
 
     def __init__(self, description: str) -> None:
         super().__init__([FieldViolation("event_time", description)])

@@ -7,14 +7,12 @@ meter, period and threshold; a limit refusal once per meter and period; an
 invoice once; a credit note once. Delivery (metering.delivery) reads them in outbox order.
 
 Everything here is pure: building notifications from a decision, their
-payloads as stored (JSON, decimals as strings), and the opaque cursor.
+payloads as stored (JSON, decimals as strings), and their place in the
+outbox (a Position; its signed wire form, the cursor, is in metering.api.page_tokens).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -24,7 +22,6 @@ from uuid import UUID, uuid4
 
 from metering.domain import limits
 from metering.domain.decimals import ZERO, format_decimal
-from metering.domain.errors import FieldViolation, InvalidArgument
 from metering.domain.periods import Period
 from metering.domain.records import CreditNote, CreditNoteReason, Invoice
 
@@ -184,33 +181,14 @@ class NewNotification:
 
 @dataclass(frozen=True, slots=True, order=True)
 class Position:
-    """A place in the outbox: the writing transaction's id, then the row's
-    sequence number (see the 0004 migration for why both)."""
+    """A place in the outbox: a transaction id (the writer's own, or its
+    customer's previous notification's if later), then a sequence number, both
+    assigned under the customer's outbox lock until the commit, so that one
+    customer's positions follow the order its transactions committed
+    (metering.ledger.outbox, migration 0011)."""
 
     txid: int
     seq: int
-
-    def cursor(self) -> str:
-        """The opaque cursor of this position (WatchNotifications, webhook bodies)."""
-        return "n1_" + base64.urlsafe_b64encode(f"{self.txid}.{self.seq}".encode()).decode().rstrip("=")
-
-
-_CURSOR_RE = re.compile(r"^(?P<txid>[0-9]{1,20})\.(?P<seq>[0-9]{1,19})\Z")
-
-
-def parse_cursor(cursor: str) -> Position:
-    """The position of a cursor made by Position.cursor; INVALID_ARGUMENT otherwise."""
-    try:
-        if not cursor.startswith("n1_"):
-            raise ValueError("no prefix")
-        body = cursor.removeprefix("n1_")
-        text = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("ascii")
-    except (ValueError, UnicodeError, binascii.Error):
-        text = ""
-    match = _CURSOR_RE.match(text)
-    if match is None:
-        raise InvalidArgument([FieldViolation("cursor", "not a notification cursor issued by this service")])
-    return Position(int(match["txid"]), int(match["seq"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,9 @@ without a database (tests/unit/test_batch_decision.py, test_resolve.py).
 
 Events are decided in arrival order: duplicates of recorded events, payload
 conflicts (also between two events of the same batch), late events (the
-refusal a resolution carries applies to any event that is not an exact replay
-of a recorded one), limits, thresholds crossed and the first hard-limit
-refusal of a period.
+refusal a resolution carries applies only to a transaction id not recorded
+yet: a reused id is a duplicate or a conflict whatever its time), limits,
+thresholds crossed and the first hard-limit refusal of a period.
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ class UsageCommand:
     # The server's clock, read once at the edge for the whole call: the
     # validation's too-old and too-new checks and the default event time.
     received_at: datetime
-    # An event time older than the backfill window: refused unless the event is
-    # an exact replay of a recorded one (validation decides, the writer applies).
+    # An event time older than the backfill window: refused if its transaction
+    # id is new (validation decides, the writer applies: a reused id is a
+    # duplicate or a conflict whatever its time).
     too_old: InvalidArgument | None = None
 
 
@@ -114,9 +115,9 @@ class Resolution:
     billing_anchor: datetime  # the customer's: a duplicate's balance is of its original's period
     # The event's values of its meter's declared dimensions: its rollup bucket.
     dimensions: dict[str, str] = field(default_factory=dict)
-    # Refuses the event unless it is an exact replay of a recorded one (which
-    # is answered as a duplicate): a time outside the backfill window, before
-    # the customer's first period, or in a finalized period.
+    # Refuses the event if its transaction id is new (a reused id is a
+    # duplicate or a conflict, whatever its time): a time outside the backfill
+    # window, before the customer's first period, or in a finalized period.
     refusal: MeteringError | None = None
     # Set when the event is charged to a wallet (its customer has one, or its plan is prepaid).
     wallet: WalletTerms | None = None
@@ -172,12 +173,17 @@ def resolve(command: UsageCommand, customer: CustomerRecord | None, book: terms.
     )
     anchor = customer.billing_anchor
     refusal = command.too_old or closing.late_refusal(
-        customer.customer_id, command.transaction_id, event_time, anchor, customer.closed_through
+        customer.customer_id,
+        command.transaction_id,
+        event_time,
+        anchor,
+        customer.closed_through,
+        book.anchor_skew_tolerance,
     )
     return Resolution(
         event,
         known.plan_allowance,
-        known.period_at(event_time, anchor, book.periods),
+        known.event_period(event_time, anchor, book.periods),
         command.unique_value,
         command.allow_overage,
         dimensions=command.meter.dimension_values(command.properties),
@@ -400,10 +406,12 @@ def decide_batch(
         allowance, quiet_below = found
         txn = (event.customer_id, event.transaction_id)
         try:
+            # A reused transaction id is judged before any time policy: an exact
+            # replay is a duplicate whatever its time now (its period may have
+            # closed since), any other payload a conflict whatever its time. The
+            # time policy (resolution.refusal) only ever judges a new id.
             earlier = reads.existing.get(txn)
             if earlier is not None:
-                if resolution.refusal is not None and payload_differences(earlier, event):
-                    raise resolution.refusal  # not a replay: its time is what is wrong with it
                 _same_payload(earlier, str(earlier.event_id), event)
                 original = states[CounterKey(earlier.customer_id, earlier.meter_slug, earlier.period_start)]
                 reading = CounterReading(original, allowance.granted, allowance.reserved, allowance)
@@ -411,8 +419,6 @@ def decide_batch(
                 continue
             if txn in in_batch:
                 first_index, first, first_id = in_batch[txn]
-                if resolution.refusal is not None and payload_differences(first, event):
-                    raise resolution.refusal
                 _same_payload(first, str(first_id), event)
                 answers.append(_DuplicateOf(first_index, resolution))
                 continue

@@ -17,15 +17,18 @@ them (steps 5-6's what) is metering.domain.usage's, a pure function.
 3. finds the transaction ids that already exist;
 4. reads the grants active at each event's time and the unexpired holds;
 5. decides every event in arrival order (metering.domain.limits): duplicates, payload
-   conflicts (also between two events of the same batch), late events (the
-   refusal a resolution carries applies to any event that is not an exact
-   replay of a recorded one), limits;
+   conflicts (also between two events of the same batch), whatever their
+   time, then late events (the refusal a resolution carries applies only to a
+   transaction id not recorded yet), limits;
 6. in one statement, inserts the accepted events (one multi-row insert; the
    unique constraint still guards: a concurrent twin makes the batch run
-   again), writes each counter once, records new distinct values and writes
-   the notifications the decisions call for (thresholds crossed, the first
-   hard-limit refusal of a period) into the outbox;
-7. commits, and answers every caller.
+   again), writes each counter once and records new distinct values;
+7. when the decisions call for notifications (thresholds crossed, the first
+   hard-limit refusal of a period), writes them into the outbox in a
+   statement of their own, the transaction's last (it locks each customer's
+   outbox head until the commit: one customer's notifications are in commit
+   order, metering.ledger.outbox);
+8. commits, and answers every caller.
 
 One bad event refuses only that event. A database failure answers every
 caller of the batch with the same error, and nothing is half-written; the

@@ -155,7 +155,7 @@ def build(
     reporting = Reporting(config.catalog, stores.ledger, stores.reports, wallets=stores.wallets)
     primary_reads = Reads(reporting, Invoicing(stores.ledger, stores.invoices, reporting), None)
     reads = _reads(config, pools, metrics, stores, primary_reads)
-    delivery = _delivery(config, pools, metrics)
+    delivery = _delivery(config, pools, metrics, page_tokens)
     health = DatabaseHealth(stores.ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
     authenticator = Authenticator(
         config.policy,
@@ -163,7 +163,9 @@ def build(
         max_hold=settings.rate_limit_hold.total_seconds(),
     )
     servicer = MeteringServicer(
-        MeteringEngine(config.catalog, stores.ledger, stores.writer),
+        MeteringEngine(
+            config.catalog, stores.ledger, stores.writer, anchor_skew_tolerance=settings.anchor_skew_tolerance
+        ),
         reads.reporting,
         Entitlements(config.catalog, stores.ledger, stores.holds),
         reads.invoicing,
@@ -226,7 +228,7 @@ def _stores(settings: Settings, pool: Pool, metrics: Metrics, tracing: Tracing |
     )
 
 
-def _delivery(config: Config, pools: Pools, metrics: Metrics) -> Delivery:
+def _delivery(config: Config, pools: Pools, metrics: Metrics, page_tokens: PageTokens) -> Delivery:
     settings = config.settings
     acquire_timeout = settings.db_timeout.total_seconds()
     outbox = OutboxStore(pools.primary, acquire_timeout=acquire_timeout)
@@ -236,6 +238,7 @@ def _delivery(config: Config, pools: Pools, metrics: Metrics) -> Delivery:
         config.endpoints,
         wakeup,
         metrics,
+        page_tokens.cursor,  # webhook bodies carry the same signed cursors as the watch stream
         timeout=settings.webhook_timeout,
         schedule=settings.webhook_retry_schedule,
         lease=settings.webhook_lease,

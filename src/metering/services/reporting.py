@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from metering.domain import bills
+from metering.domain import bills, closing
 from metering.domain.bills import BillLine, WhatIfBill
 from metering.domain.catalog import Catalog, Meter, Plan
 from metering.domain.errors import FieldViolation, InvalidArgument
@@ -201,12 +201,12 @@ class Reporting:
         plan_time = min(period.end - timedelta(microseconds=1), self._clock())
         plan_slug = await self._reports.plan_at(customer_id, plan_time) or customer.plan_slug
         plan = self._catalog.plan(plan_slug)
+        # The first period's bill includes the events accepted just before the anchor.
+        usage = closing.usage_range(period, customer.billing_anchor)
         lines: list[BillLine] = []
-        for slug in bills.bill_meters(plan, await self._used_elsewhere(customer_id, plan, period)):
+        for slug in bills.bill_meters(plan, await self._used_elsewhere(customer_id, plan, usage)):
             meter = self._catalog.meters[slug]
-            rows = await self._reports.aggregate(
-                AggregateQuery(customer_id, meter, [(period.start, period.end)], group_by_price=True)
-            )
+            rows = await self._reports.aggregate(AggregateQuery(customer_id, meter, [usage], group_by_price=True))
             by_price = {row.groups[0]: row.value for row in rows if row.event_count}
             lines.extend(bills.plan_lines(self._catalog, plan, meter, by_price))
         currency = bills.plan_currency(plan)
@@ -223,16 +223,15 @@ class Reporting:
         on `plan`: each meter's aggregate over the whole period, every price
         together, priced by the same rules as the bill (metering.domain.bills)."""
         customer_id = customer.customer_id
-        unlisted = await self._used_elsewhere(customer_id, plan, period)
+        times = closing.usage_range(period, customer.billing_anchor)  # as the bill's
+        unlisted = await self._used_elsewhere(customer_id, plan, times)
         usage = {}
         for slug in bills.bill_meters(plan, unlisted):
-            [row] = await self._reports.aggregate(
-                AggregateQuery(customer_id, self._catalog.meters[slug], [(period.start, period.end)])
-            )
+            [row] = await self._reports.aggregate(AggregateQuery(customer_id, self._catalog.meters[slug], [times]))
             usage[slug] = row.value
         return bills.what_if_bill(self._catalog, plan, usage, unlisted)
 
-    async def _used_elsewhere(self, customer_id: str, plan: Plan, period: BillingPeriod) -> list[str]:
-        """The meters with usage in the period that `plan` does not list."""
+    async def _used_elsewhere(self, customer_id: str, plan: Plan, times: tuple[datetime, datetime]) -> list[str]:
+        """The meters with usage at those event times (a bill's) that `plan` does not list."""
         others = [slug for slug in self._catalog.meters if slug not in plan.meters]
-        return await self._reports.meters_with_usage(customer_id, period.start, period.end, others)
+        return await self._reports.meters_with_usage(customer_id, *times, others)

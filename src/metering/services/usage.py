@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from metering.domain import closing, usage
@@ -137,7 +137,13 @@ class MeteringEngine:
     changes or is checked where it is used; every write is decided in the ledger's transaction."""
 
     def __init__(
-        self, catalog: Catalog, ledger: CustomerStore, writer: BatchWriter, *, clock: Callable[[], datetime] = utc_now
+        self,
+        catalog: Catalog,
+        ledger: CustomerStore,
+        writer: BatchWriter,
+        *,
+        anchor_skew_tolerance: timedelta,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.catalog = catalog
         self.ledger = ledger
@@ -147,7 +153,7 @@ class MeteringEngine:
         # The catalog never changes while serving: what a plan says of a meter
         # is built once per plan and meter, not once per event; the periods of
         # recent events and balances are remembered by customer anchor and reset.
-        self._book = TermsBook(catalog)
+        self._book = TermsBook(catalog, anchor_skew_tolerance=anchor_skew_tolerance)
 
     def now(self) -> datetime:
         return self._clock()
@@ -187,7 +193,7 @@ class MeteringEngine:
         known = self._book.of(plan_slug, command.meter)
         if outcome.duplicate:
             # The original event counted in the period of its own event time.
-            period = known.period_at(outcome.event.event_time, resolution.billing_anchor, self._book.periods)
+            period = known.event_period(outcome.event.event_time, resolution.billing_anchor, self._book.periods)
         return RecordResult(
             plan_slug, outcome.event, outcome.duplicate, known.balance(period, outcome.reading), overage
         )
@@ -236,7 +242,7 @@ class MeteringEngine:
             raise NotFound("event", transaction_id)
         allow_meter(event.meter_slug)
         chain = self._book.for_customer(customer, self.catalog.meter(event.meter_slug))
-        period = chain.period_at(event.event_time)
+        period = chain.event_period(event.event_time)
         # Refused in the ledger's transaction, under the customer's lock, once
         # the event's billing period is finalized; during its grace a void counts.
         price = self.catalog.price(event.price_slug)

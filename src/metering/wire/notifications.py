@@ -39,14 +39,15 @@ def _set_period(start: Timestamp, end: Timestamp, period: Period) -> None:
         set_timestamp(end, period.end)
 
 
-def notification(stored: StoredNotification) -> notifications_pb2.Notification:
-    """The Notification message: the watch stream's, and the webhook body (its proto3 JSON)."""
+def notification(stored: StoredNotification, cursor: str) -> notifications_pb2.Notification:
+    """The Notification message: the watch stream's, and the webhook body (its
+    proto3 JSON). `cursor` is its position's signed form (metering.api.page_tokens)."""
     message = notifications_pb2.Notification(
         id=str(stored.notification_id),
         type=NOTIFICATION_TYPES[stored.type],
         time=timestamp(stored.created_at),
         customer_id=stored.customer_id,
-        cursor=stored.position.cursor(),
+        cursor=cursor,
     )
     payload = stored.payload
     if isinstance(payload, ThresholdCrossed):
@@ -94,6 +95,6 @@ def notification(stored: StoredNotification) -> notifications_pb2.Notification:
     return message
 
 
-def notification_json(stored: StoredNotification) -> str:
+def notification_json(stored: StoredNotification, cursor: str) -> str:
     """The webhook body: the Notification's proto3 JSON, compact."""
-    return json.dumps(json_format.MessageToDict(notification(stored)), separators=(",", ":"))
+    return json.dumps(json_format.MessageToDict(notification(stored, cursor)), separators=(",", ":"))

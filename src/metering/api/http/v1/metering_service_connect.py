@@ -121,15 +121,20 @@ class MeteringService(Protocol):
       FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
       period_start and period_end (RFC 3339) and transaction_id; nothing is
       written. VoidUsage of an event of a finalized period is refused the same way.
-    * A new event before the customer's first period (its billing anchor) is
-      FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
-      billing_anchor_time, transaction_id).
+    * A new event before the customer's first period (its billing anchor) by
+      more than METERING_ANCHOR_SKEW_TOLERANCE (5 minutes by default: clock
+      skew) is FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata
+      event_time, billing_anchor_time, transaction_id). One within it is
+      recorded with its own event_time and counts in the first period (its
+      limits, its bill and invoice); GetUsage shows it at its own time.
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
       INVALID_ARGUMENT (field event_time).
-    * An exact replay of an event already recorded (same transaction id and
-      payload) answers OK with duplicate = true whatever its time: a retry
-      always converges. A reused transaction id with another payload and one of
-      the times above gets the refusal of its time.
+    * A reused transaction id is judged before any of the times above: an
+      exact replay of an event already recorded (same transaction id and
+      payload) answers OK with duplicate = true whatever its time (its period
+      may have closed since): a retry always converges. A reused transaction
+      id with another payload (an earlier event_time, say) is ALREADY_EXISTS,
+      reason TRANSACTION_ID_CONFLICT, whatever its time.
     * Between the end of the grace period and the finalization (normally
       seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
       invoice includes every event that was ever accepted for its period. grpc.health.v1 and
@@ -677,15 +682,20 @@ class MeteringServiceClient(ConnectClient):
       FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
       period_start and period_end (RFC 3339) and transaction_id; nothing is
       written. VoidUsage of an event of a finalized period is refused the same way.
-    * A new event before the customer's first period (its billing anchor) is
-      FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
-      billing_anchor_time, transaction_id).
+    * A new event before the customer's first period (its billing anchor) by
+      more than METERING_ANCHOR_SKEW_TOLERANCE (5 minutes by default: clock
+      skew) is FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata
+      event_time, billing_anchor_time, transaction_id). One within it is
+      recorded with its own event_time and counts in the first period (its
+      limits, its bill and invoice); GetUsage shows it at its own time.
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
       INVALID_ARGUMENT (field event_time).
-    * An exact replay of an event already recorded (same transaction id and
-      payload) answers OK with duplicate = true whatever its time: a retry
-      always converges. A reused transaction id with another payload and one of
-      the times above gets the refusal of its time.
+    * A reused transaction id is judged before any of the times above: an
+      exact replay of an event already recorded (same transaction id and
+      payload) answers OK with duplicate = true whatever its time (its period
+      may have closed since): a retry always converges. A reused transaction
+      id with another payload (an earlier event_time, say) is ALREADY_EXISTS,
+      reason TRANSACTION_ID_CONFLICT, whatever its time.
     * Between the end of the grace period and the finalization (normally
       seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
       invoice includes every event that was ever accepted for its period. grpc.health.v1 and
