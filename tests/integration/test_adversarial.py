@@ -2,9 +2,9 @@
 
 Hypothesis drives every write RPC (RecordUsage, RecordUsageBatch,
 RecordUsageStream, ReserveUsage, CommitReservation, ReleaseReservation,
-VoidUsage, GrantCredits, UpsertCustomer, IssueCreditNote) and every read RPC
-(CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice, and the
+VoidUsage, GrantCredits, GrantWalletCredit, UpsertCustomer, IssueCreditNote) and
+every read RPC (CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
+ListCustomers, GetCatalog, ListGrants, GetWallet, ListInvoices, GetInvoice, and the
 WatchNotifications stream) of the
 session's service, a real subprocess on a real socket. Each field is usually
 well formed (real customers on the test catalog's plans, real meters and
@@ -69,6 +69,7 @@ from metering.v1 import (
     notifications_pb2,
     reservations_pb2,
     usage_pb2,
+    wallets_pb2,
 )
 from tests.support import TEST_CATALOG, audit, error_details, page_tokens_of, run_sql
 
@@ -240,6 +241,16 @@ def malformed_fields(request: Message, now: datetime) -> set[str]:
         check("effective_time", not request.HasField("effective_time") or is_timestamp(request.effective_time))
         check("expire_time", not request.HasField("expire_time") or is_timestamp(request.expire_time))
         check("expire_time", not (request.HasField("expire_time") and request.expire_at_period_end))
+        check("reason", is_free_text(request.reason))
+    elif isinstance(request, wallets_pb2.GrantWalletCreditRequest):
+        check("customer_id", is_identifier(request.customer_id))
+        check("grant_id", is_identifier(request.grant_id))
+        check("amount", is_positive_quantity(request.amount.amount))
+        check("category", request.category in billing_pb2.CreditCategory.values())
+        check("priority", -1_000_000 <= request.priority <= 1_000_000)
+        check("meter_slugs", all(map(is_slug, request.meter_slugs)))
+        check("effective_time", not request.HasField("effective_time") or is_timestamp(request.effective_time))
+        check("expire_time", not request.HasField("expire_time") or is_timestamp(request.expire_time))
         check("reason", is_free_text(request.reason))
     elif isinstance(request, customer_pb2.UpsertCustomerRequest):
         check("customer_id", is_identifier(request.customer_id))
@@ -908,6 +919,34 @@ def grant_calls(draw: st.DrawFn, pool: Pool) -> Call:
     return Call("GrantCredits", request)
 
 
+wallet_amounts = usually(st.sampled_from(["1", "0.25", "20.00", "99999999999999999999"]), hostile_quantities)
+currency_codes = usually(st.just("USD"), st.sampled_from(["EUR", "usd", "", "US$", "JPY"]))
+
+
+@st.composite
+def grant_wallet_credit_calls(draw: st.DrawFn, pool: Pool) -> Call:
+    request = wallets_pb2.GrantWalletCreditRequest(
+        customer_id=draw(customer_ids(tuple(pool.customers))),
+        grant_id=draw(identifiers(tuple(pool.grant_ids))),
+        amount=billing_pb2.Money(currency_code=draw(currency_codes), amount=draw(wallet_amounts)),
+        category=cast(billing_pb2.CreditCategory, draw(enum_values(tuple(billing_pb2.CreditCategory.values())))),
+        priority=draw(usually(st.integers(-3, 3), st.sampled_from([2**31 - 1, -(2**31), 1_000_001]))),
+        meter_slugs=draw(st.lists(meter_slugs, max_size=2)),
+        reason=draw(either(st.just(""), reasons)),
+    )
+    _set_time(request.effective_time, draw(optional_instants))
+    _set_time(request.expire_time, draw(either(st.none(), optional_instants)))
+    return Call("GrantWalletCredit", request)
+
+
+@st.composite
+def get_wallet_calls(draw: st.DrawFn, pool: Pool) -> Call:
+    request = wallets_pb2.GetWalletRequest(
+        customer_id=draw(customer_ids(tuple(pool.customers))), include_inactive=draw(st.booleans())
+    )
+    return Call("GetWallet", request)
+
+
 @st.composite
 def upsert_customer_calls(draw: st.DrawFn, pool: Pool) -> Call:
     request = customer_pb2.UpsertCustomerRequest(
@@ -1089,6 +1128,8 @@ CALLS: dict[str, Callable[[Pool], st.SearchStrategy[Call]]] = {
     "GetInvoice": get_invoice_calls,
     "IssueCreditNote": issue_credit_note_calls,
     "WatchNotifications": watch_notifications_calls,
+    "GrantWalletCredit": grant_wallet_credit_calls,
+    "GetWallet": get_wallet_calls,
 }
 # RPCs that cannot succeed against the session's service: nothing is finalized there.
 NEVER_OK = frozenset({"GetInvoice", "IssueCreditNote"})
@@ -1169,6 +1210,8 @@ ROTATION = (
     "GetInvoice",
     "IssueCreditNote",
     "WatchNotifications",
+    "GrantWalletCredit",
+    "GetWallet",
 )
 assert sorted(ROTATION) == sorted(CALLS)
 # Every RPC of the service: one added later must be added here too.
@@ -1307,6 +1350,9 @@ def acknowledge(pool: Pool, call: Call) -> None:
     elif call.rpc == "GrantCredits":
         pool.acknowledged.add(("grant", customer, request.grant_id))
         remember(pool.grant_ids, request.grant_id)
+    elif call.rpc == "GrantWalletCredit":
+        pool.acknowledged.add(("wallet_grant", customer, request.grant_id))
+        remember(pool.grant_ids, request.grant_id)
     elif call.rpc == "UpsertCustomer":
         pool.acknowledged.add(("customer", customer, ""))
         remember(pool.customers, customer)
@@ -1399,6 +1445,9 @@ def check_answer(call: Call, response: Any) -> None:
         assert response.event.transaction_id == request.transaction_id and response.event.HasField("void_time")
     elif call.rpc == "GrantCredits":
         assert (response.grant.customer_id, response.grant.grant_id) == (customer, request.grant_id)
+    elif call.rpc == "GrantWalletCredit":
+        assert (response.grant.customer_id, response.grant.grant_id) == (customer, request.grant_id)
+        assert Decimal(response.grant.amount.amount) == Decimal(request.amount.amount)
     elif call.rpc in ("UpsertCustomer", "GetCustomer"):
         assert response.customer.customer_id == customer
         assert call.rpc == "GetCustomer" or response.customer.plan_slug == request.plan_slug
@@ -1432,6 +1481,7 @@ UNION ALL SELECT 'event', customer_id, transaction_id FROM usage_events WHERE cu
 UNION ALL SELECT 'void', customer_id, transaction_id FROM usage_voids WHERE customer_id = ANY($1::text[])
 UNION ALL SELECT 'reservation', customer_id, reservation_id FROM reservations WHERE customer_id = ANY($1::text[])
 UNION ALL SELECT 'grant', customer_id, grant_id FROM grants WHERE customer_id = ANY($1::text[])
+UNION ALL SELECT 'wallet_grant', customer_id, grant_id FROM credit_grants WHERE customer_id = ANY($1::text[])
 """
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from metering.domain.notifications import Position
-from tests.support import ServiceProcess, audit, run_sql
+from tests.support import ServiceProcess, audit, page_tokens_of, run_sql
 
 
 @pytest.fixture
@@ -303,7 +303,8 @@ def test_watch_tails_the_notifications_and_ends_cleanly_on_ctrl_c(
     stored = run_sql(
         database_url, "SELECT txid::text AS txid, seq FROM notifications WHERE customer_id = $1 ORDER BY txid", customer
     )
-    after_threshold = Position(int(stored[0]["txid"]), stored[0]["seq"]).cursor()  # resume right after it
+    # Resume right after it (a cursor signed as the service signs them).
+    after_threshold = page_tokens_of(database_url).cursor(Position(int(stored[0]["txid"]), stored[0]["seq"]))
 
     as_json = _watch(service, "--from", after_threshold, "--customer", customer, "--json")
     assert as_json.stdout is not None

@@ -120,6 +120,7 @@ def test_the_catalog_is_answered_as_loaded(stub: Stub) -> None:
     assert prices["peak_no_charge"].unit_amount == "0"
     limited = next(p for p in answer.plans if p.slug == "limited")
     assert (limited.name, limited.currency_code) == ("limited", "USD")
+    assert (limited.prepaid, limited.credits_low_threshold) == (False, "")
     terms = {t.meter_slug: t for t in limited.meters}
     assert list(terms) == ["tokens", "calls", "peak", "storage", "users"]
     tokens = terms["tokens"]

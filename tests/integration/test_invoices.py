@@ -188,8 +188,8 @@ def test_a_period_closes_after_its_grace_and_then_refuses_late_events(
         start.isoformat().replace("+00:00", "Z"),
         end.isoformat().replace("+00:00", "Z"),
     )
-    # ... in a batch too, without failing the batch's other events; and a
-    # reused transaction id with another time gets the refusal of its time.
+    # ... in a batch too, without failing the batch's other events; a reused
+    # transaction id with another time is a conflict, judged before its time.
     batch = stub.RecordUsageBatch(
         ingest_pb2.RecordUsageBatchRequest(
             events=[
@@ -203,14 +203,18 @@ def test_a_period_closes_after_its_grace_and_then_refuses_late_events(
     assert [r.status.code for r in batch.results] == [
         grpc.StatusCode.FAILED_PRECONDITION.value[0],
         grpc.StatusCode.OK.value[0],
-        grpc.StatusCode.FAILED_PRECONDITION.value[0],
+        grpc.StatusCode.ALREADY_EXISTS.value[0],
     ]
+    assert error_info(batch.results[2].status).reason == "TRANSACTION_ID_CONFLICT"
     stored = run_sql(
         invoice_database, "SELECT transaction_id FROM usage_events WHERE customer_id = $1 ORDER BY 1", customer
     )
     assert [row[0] for row in stored] == ["e1", "e2", "e3", "e6"]
-    # A replay of a recorded event is a duplicate; a void of it is refused.
+    # A replay of a recorded event is a duplicate though its period closed
+    # since; a reused id with an earlier time is a conflict; a void is refused.
     assert record(stub, customer, "e1", "25", inside).duplicate
+    code, info = refusal(lambda: record(stub, customer, "e1", "25", inside - timedelta(minutes=1)))
+    assert (code, info.reason) == (grpc.StatusCode.ALREADY_EXISTS, "TRANSACTION_ID_CONFLICT")
     code, info = refusal(
         lambda: stub.VoidUsage(events_pb2.VoidUsageRequest(customer_id=customer, transaction_id="e1", reason="t"))
     )
@@ -227,7 +231,7 @@ def test_a_period_closes_after_its_grace_and_then_refuses_late_events(
     with pytest.raises(Exception, match="never updated or deleted"):
         run_sql(invoice_database, "DELETE FROM invoices WHERE customer_id = $1", customer)
     metrics = closing_service.scrape()
-    assert metric_value(metrics, "metering_late_events_refused_total", reason="period_closed") >= 3
+    assert metric_value(metrics, "metering_late_events_refused_total", reason="period_closed") >= 2  # e4, e5
     assert metric_value(metrics, "metering_invoices_finalized_total") >= earlier + 1
     assert metric_value(metrics, "metering_invoice_grace_seconds") == GRACE.total_seconds()
 
@@ -318,6 +322,9 @@ def test_before_the_first_period_and_replays_older_than_the_backfill_window(
             strict_stub = Stub(channel)
             replay = record(strict_stub, customer, "old", "2", old)
             assert replay.duplicate and replay.event.event_id == first.event.event_id
+            # Reused with an earlier time (before the anchor and the window): a conflict.
+            code, info = refusal(lambda: record(strict_stub, customer, "old", "2", now - timedelta(days=11)))
+            assert (code, info.reason) == (grpc.StatusCode.ALREADY_EXISTS, "TRANSACTION_ID_CONFLICT")
             with pytest.raises(grpc.RpcError) as caught:
                 record(strict_stub, customer, "new-old", "2", old)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -298,18 +298,17 @@ class Ledger:
     ) -> Expected:
         existing = self.events.get(transaction_id)
         if existing is not None:
-            # "A replay with the same payload (meter or price, quantity, properties, and
-            # event_time when the replay carries one) returns OK ... duplicate = true".
+            # "A reused transaction id is judged before any of the times above: an exact
+            # replay ... answers OK with duplicate = true whatever its time ... A reused
+            # transaction id with another payload ... is ALREADY_EXISTS, reason
+            # TRANSACTION_ID_CONFLICT, whatever its time."
             same_time = event_time is None or event_time == existing.event_time
             if existing.quantity == quantity and same_time:
                 return Expected(grpc.StatusCode.OK, duplicate=True)
+            return refused(grpc.StatusCode.ALREADY_EXISTS, "TRANSACTION_ID_CONFLICT")
         when = event_time or now
         if when < self.anchor:
-            # "A reused transaction id with another payload and one of the times above gets
-            # the refusal of its time."
             return refused(grpc.StatusCode.FAILED_PRECONDITION, "BEFORE_FIRST_PERIOD")
-        if existing is not None:
-            return refused(grpc.StatusCode.ALREADY_EXISTS, "TRANSACTION_ID_CONFLICT")
         start, _ = self.period(when)
         available = self.available(start, now, when)
         terms = self.terms

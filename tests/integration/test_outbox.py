@@ -24,7 +24,7 @@ from standardwebhooks.webhooks import Webhook
 from metering.domain.notifications import Position
 from metering.v1 import customer_pb2, events_pb2, metering_service_pb2_grpc, notifications_pb2, reservations_pb2
 from tests.receiver import Received, webhook_receiver
-from tests.support import ServiceProcess, calls_across, run_sql, usage_request, wait_for
+from tests.support import ServiceProcess, calls_across, page_tokens_of, run_sql, usage_request, wait_for
 
 # Slow tier: services of their own delivering to webhook receivers.
 pytestmark = pytest.mark.slow
@@ -395,7 +395,7 @@ def test_a_watch_resumed_from_its_cursor_sees_everything_once_across_a_restart(
     setup = customer(first.target)
     assert record(first.target, setup, "t1", "90") == grpc.StatusCode.OK
     stored = run_sql(database, "SELECT txid::text AS txid, seq FROM notifications WHERE customer_id = $1", setup)
-    start_cursor = Position(int(stored[0]["txid"]), stored[0]["seq"]).cursor()
+    start_cursor = page_tokens_of(database).cursor(Position(int(stored[0]["txid"]), stored[0]["seq"]))
 
     customers = [customer(first.target) for _ in range(6)]
     for index, customer_id in enumerate(customers):

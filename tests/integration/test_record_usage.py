@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
-from metering.v1 import metering_service_pb2_grpc, usage_pb2
+from metering.v1 import billing_pb2, events_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import error_details, error_info, record, run_sql, stamp
 
 Stub = metering_service_pb2_grpc.MeteringServiceStub
@@ -97,6 +97,91 @@ def test_replay_with_a_different_payload_is_already_exists(
     assert ledger_rows(database_url, customer) == 1
     used = run_sql(database_url, "SELECT sum(used) FROM meter_counters WHERE customer_id = $1", customer)[0][0]
     assert used == 7
+
+
+@pytest.mark.parametrize(
+    ("shift", "new_id_refusal"),
+    [
+        # Before the customer's first period (its anchor is a day back).
+        (timedelta(days=2), (grpc.StatusCode.FAILED_PRECONDITION, "BEFORE_FIRST_PERIOD")),
+        # Older than the test service's backfill window (3650 days) too.
+        (timedelta(days=3700), (grpc.StatusCode.INVALID_ARGUMENT, None)),
+    ],
+    ids=["before_first_period", "older_than_the_backfill_window"],
+)
+def test_a_reused_id_is_judged_before_the_time_policy(
+    stub: Stub,
+    new_customer: Callable[..., str],
+    database_url: str,
+    shift: timedelta,
+    new_id_refusal: tuple[grpc.StatusCode, str | None],
+) -> None:
+    now = datetime.now(UTC)
+    customer = new_customer(anchor=(now - timedelta(days=1)).isoformat().replace("+00:00", "Z"))
+    moment = now - timedelta(minutes=1)
+    original = record(stub, customer, "txn-r", "7", event_time=stamp(moment))
+    earlier = stamp(moment - shift)
+    # A replay reusing the id with an earlier event_time: a conflict, not the refusal of its time.
+    with pytest.raises(grpc.RpcError) as caught:
+        record(stub, customer, "txn-r", "7", event_time=earlier)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["conflicting_fields"]) == ("TRANSACTION_ID_CONFLICT", "event_time")
+    assert info.metadata["original_event_id"] == original.event.event_id
+    # The exact replay is still a duplicate; a new id at that time gets the time's refusal.
+    assert record(stub, customer, "txn-r", "7", event_time=stamp(moment)).duplicate
+    with pytest.raises(grpc.RpcError) as refused:
+        record(stub, customer, "txn-new", "7", event_time=earlier)
+    code, reason = new_id_refusal
+    assert refused.value.code() == code
+    if reason is not None:
+        assert error_info(refused.value).reason == reason
+    assert ledger_rows(database_url, customer) == 1
+
+
+def test_an_event_a_little_before_a_new_customers_anchor_counts_in_its_first_period(
+    stub: Stub, new_customer: Callable[..., str], database_url: str
+) -> None:
+    # A customer created 30 s ago (its anchor then), an event stamped 60 s
+    # before that: within METERING_ANCHOR_SKEW_TOLERANCE (5 minutes).
+    now = datetime.now(UTC).replace(microsecond=0)
+    anchor = now - timedelta(seconds=30)
+    customer = new_customer(anchor=anchor.isoformat().replace("+00:00", "Z"))
+    early = anchor - timedelta(seconds=60)
+    recorded = record(stub, customer, "early", "7", event_time=stamp(early))
+    assert not recorded.duplicate
+    assert recorded.event.event_time == stamp(early)  # stored with its own time
+    assert recorded.balance.used == "7"
+    assert recorded.balance.period_start_time == stamp(anchor)  # counted in the first period
+    balance = stub.CheckBalance(usage_pb2.CheckBalanceRequest(customer_id=customer, meter_slug="tokens"), timeout=10)
+    assert balance.balances[0].used == "7"
+    # The first period's bill includes it; GetUsage shows it at its own time.
+    bill = stub.EstimateBill(billing_pb2.EstimateBillRequest(customer_id=customer), timeout=10)
+    assert bill.period_start_time == stamp(anchor)
+    assert [line.quantity for line in bill.lines if line.meter_slug == "tokens"] == ["7"]
+    usage = stub.GetUsage(
+        usage_pb2.GetUsageRequest(
+            customer_id=customer,
+            meter_slugs=["tokens"],
+            start_time=stamp(anchor - timedelta(hours=1)),
+            end_time=stamp(anchor),
+        ),
+        timeout=10,
+    )
+    assert [(row.value, row.event_count) for row in usage.rows] == [("7", 1)]
+    # Beyond the tolerance: before the first period; nothing written.
+    with pytest.raises(grpc.RpcError) as refused:
+        record(stub, customer, "too-early", "1", event_time=stamp(anchor - timedelta(minutes=5, seconds=1)))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(refused.value).reason == "BEFORE_FIRST_PERIOD"
+    assert ledger_rows(database_url, customer) == 1
+    counters = run_sql(database_url, "SELECT period_start, used FROM meter_counters WHERE customer_id = $1", customer)
+    assert [(row["period_start"], row["used"]) for row in counters] == [(anchor, 7)]
+    # Its replay and its void answer the first period too.
+    replay = record(stub, customer, "early", "7", event_time=stamp(early))
+    assert replay.duplicate and replay.balance.period_start_time == stamp(anchor)
+    voided = stub.VoidUsage(events_pb2.VoidUsageRequest(customer_id=customer, transaction_id="early", reason="t"))
+    assert voided.balance.used == "0" and voided.balance.period_start_time == stamp(anchor)
 
 
 def test_transaction_ids_are_scoped_to_the_customer(stub: Stub, new_customer: Callable[..., str]) -> None:

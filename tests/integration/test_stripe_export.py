@@ -232,6 +232,54 @@ def test_fractions_are_carried_and_hours_too_old_for_stripe_are_skipped(
         service.stop()
 
 
+def test_the_log_line_of_hours_too_old_for_stripe_survives_a_restart(
+    make_database: Callable[[], str], standin: StripeStandIn, tmp_path: Path
+) -> None:
+    database_url = make_database()
+    now = datetime.now(UTC)
+    old = [floor_hour(now - timedelta(days=36)) + k * HOUR for k in range(3)]
+    recent = floor_hour(now) - 2 * HOUR
+    customers: list[str] = []
+
+    def build(stub: Stub) -> None:
+        aged = new_customer(stub)
+        customers.append(aged)
+        for hour in old:
+            record(stub, aged, "tokens", "5", hour + timedelta(minutes=10))
+        record(stub, aged, "tokens", "2", recent + timedelta(minutes=10))
+
+    with_usage(database_url, build)
+    [aged] = customers
+    env = exporter_env(write_mapping(tmp_path / "stripe.toml", customers), standin)
+    first = ServiceProcess(database_url, extra_env=env)
+
+    def crash(event: MeterEvent) -> None:
+        # The progress has passed the three old hours (saved with the event
+        # about to be sent); the exporter dies before it could log them.
+        if first.process is not None:
+            first.process.kill()
+
+    standin.on_counted = crash
+    first.start()
+    assert wait_for(lambda: first.process is not None and first.process.poll() is not None, timeout=30)
+    line = f"customer {aged} meter tokens: 3 hours with usage are older than Stripe's 35 days: not reported"
+    assert line not in "".join(first.output)
+    due = "SELECT unlogged_skipped_hours AS n FROM stripe_export_progress WHERE customer_id = $1"
+    assert run_sql(database_url, due, aged)[0]["n"] == 3
+    standin.on_counted = None
+
+    second = ServiceProcess(database_url, extra_env=env).start()
+    try:
+        assert wait_for(lambda: line in "".join(second.output), timeout=30), "".join(second.output)
+        assert wait_for(lambda: run_sql(database_url, due, aged)[0]["n"] == 0, timeout=10)
+        assert wait_for(lambda: pending_events(database_url) == 0, timeout=30)
+        assert metric_value(second.scrape(), "metering_stripe_meter_events_skipped_total", meter="tokens") == 3
+        assert "".join(second.output).count("older than Stripe's 35 days") == 1  # once
+        assert [(e.timestamp, e.value) for e in standin.counted()] == [(int(recent.timestamp()), 2)]
+    finally:
+        second.stop()
+
+
 def test_a_wrong_api_key_fails_counted_and_exports_nothing(
     make_database: Callable[[], str], standin: StripeStandIn, tmp_path: Path
 ) -> None:

@@ -6,14 +6,23 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from metering.domain import limits
 from metering.domain.catalog import Aggregation, Enforcement, PlanMeter
-from metering.domain.errors import FieldViolation, InvalidArgument, MeteringError, TransactionConflict
+from metering.domain.errors import (
+    BeforeFirstPeriod,
+    EventTooOld,
+    FieldViolation,
+    InvalidArgument,
+    MeteringError,
+    PeriodClosed,
+    TransactionConflict,
+)
 from metering.domain.notifications import LimitRejected, MeterTerms, ThresholdCrossed
-from metering.domain.periods import Period, ResetPeriod
+from metering.domain.periods import BillingPeriod, Period, ResetPeriod
 from metering.domain.records import NewEvent, StoredEvent, new_event_ids
 from metering.domain.usage import (
     BatchPlan,
@@ -22,6 +31,7 @@ from metering.domain.usage import (
     Insert,
     Resolution,
     Written,
+    allowance_key_for,
     counters_to_lock,
     decide_batch,
     originals_unlocked,
@@ -79,7 +89,7 @@ def reads(
     return BatchReads(
         counters=counters,
         existing=existing,
-        holdings={r.allowance_key: (Decimal(granted), Decimal(reserved)) for r in valid},
+        holdings={allowance_key_for(r, existing): (Decimal(granted), Decimal(reserved)) for r in valid},
         seen_values=seen or set(),
     )
 
@@ -257,10 +267,20 @@ def test_announces_every_threshold_that_deciding_one_event_at_a_time_crosses(
     assert announced == list(dict.fromkeys(expected))  # once each per batch, in the order crossed
 
 
-def test_a_refused_time_with_a_different_payload_is_refused_not_a_conflict() -> None:
-    # A replay that differs from its original (recorded, or earlier in the batch)
-    # is not a replay: what is wrong with it is its time, so that is the answer.
-    late = InvalidArgument([FieldViolation("event_time", "too old")])
+# Every time policy a resolution can carry: older than the backfill window,
+# before the customer's first period, in a finalized period.
+TIME_REFUSALS: list[MeteringError] = [
+    EventTooOld("older than the backfill window of 35 days"),
+    BeforeFirstPeriod("t1", AT - timedelta(days=40), START),
+    PeriodClosed("t1", period=BillingPeriod(START, PERIOD.end or START), invoice_id="inv"),
+]
+
+
+@pytest.mark.parametrize("late", TIME_REFUSALS, ids=lambda e: type(e).__name__)
+def test_a_reused_id_with_another_payload_is_a_conflict_whatever_its_time(late: MeteringError) -> None:
+    # The reused id is judged first: a replay with another payload (here the
+    # quantity; an earlier event_time alike) is TRANSACTION_ID_CONFLICT, not the
+    # refusal of its time, whether its original is recorded or earlier in the batch.
     _, recorded = decide([resolution("t1")], reads([resolution("t1")]))
     [original] = stored_of(recorded.inserts)
     batch: list[Resolution | MeteringError] = [
@@ -269,9 +289,34 @@ def test_a_refused_time_with_a_different_payload_is_refused_not_a_conflict() -> 
         resolution("t2", "2", refusal=late),  # t2 is earlier in this batch with 1
     ]
     answers, plan = decide(batch, reads(batch, existing={("c1", "t1"): original}))
-    assert answers[0] is late and answers[2] is late
+    assert isinstance(answers[0], TransactionConflict) and answers[0].fields == ["quantity"]
+    assert answers[0].original_event_id == str(original.event_id)
+    assert isinstance(answers[2], TransactionConflict) and answers[2].fields == ["quantity"]
     assert isinstance(answers[1], Written) and answers[1].outcome.event is not None
     assert [i.event.transaction_id for i in plan.inserts] == ["t2"]
+
+
+def test_a_reused_id_with_an_earlier_event_time_is_a_conflict_not_before_first_period() -> None:
+    _, recorded = decide([resolution("t1")], reads([resolution("t1")]))
+    [original] = stored_of(recorded.inserts)
+    earlier = START - timedelta(days=1)
+    replay = resolution("t1", refusal=BeforeFirstPeriod("t1", earlier, START))
+    replay.event = NewEvent("c1", "t1", "ai_tokens", "ai_tokens_free", None, Decimal(1), earlier, True, {})
+    [answer], plan = decide([replay], reads([replay], existing={("c1", "t1"): original}))
+    assert isinstance(answer, TransactionConflict) and answer.fields == ["event_time"]
+    assert plan.inserts == []
+
+
+@pytest.mark.parametrize("late", TIME_REFUSALS, ids=lambda e: type(e).__name__)
+def test_an_exact_replay_is_a_duplicate_whatever_its_time_now(late: MeteringError) -> None:
+    _, recorded = decide([resolution("t1")], reads([resolution("t1")]))
+    [original] = stored_of(recorded.inserts)
+    batch: list[Resolution | MeteringError] = [resolution("t1", refusal=late), resolution("t2", refusal=late)]
+    answers, plan = decide(batch, reads(batch, existing={("c1", "t1"): original}))
+    replay, new = answers
+    assert isinstance(replay, Written) and replay.outcome.duplicate and replay.outcome.event == original
+    assert new is late  # a new id is what the time policy judges
+    assert plan.inserts == [] and plan.counters == []
 
 
 def test_an_unlimited_meter_accepts_everything_and_announces_nothing() -> None:
@@ -282,3 +327,40 @@ def test_an_unlimited_meter_accepts_everything_and_announces_nothing() -> None:
     assert all(isinstance(a, Written) and a.outcome.event is not None for a in answers)
     assert plan.notifications == []
     assert plan.counters[0][1].used == Decimal(3_000_000)
+
+
+def test_wallet_charged_events_burn_in_order_and_a_prepaid_shortfall_is_refused() -> None:
+    from metering.domain.catalog import Meter, Price, PricingModel
+    from metering.domain.errors import CreditsExhausted
+    from metering.domain.periods import BillingPeriod
+    from metering.domain.usage import WalletTerms
+    from metering.domain.wallets import CreditCategory, CreditGrant, Wallet
+
+    price = Price("ai_tokens_free", "ai_tokens", PricingModel.PER_UNIT, "USD", unit_amount=Decimal("0.10"))
+    terms = WalletTerms(
+        price,
+        Decimal(0),
+        "USD",
+        True,
+        None,
+        Meter("ai_tokens", Aggregation.SUM, "token"),
+        BillingPeriod(START, PERIOD.end or START),
+    )
+    batch: list[Resolution | MeteringError] = []
+    for txn, quantity in (("a", "3"), ("b", "3"), ("c", "2")):
+        r = resolution(txn, quantity, limit=None)
+        r.wallet = terms
+        batch.append(r)
+    credit = CreditGrant("c1", "g", "USD", Decimal("0.5"), CreditCategory.PAID, 0, START, None, (), "", START)
+    wallet = Wallet("c1", 1, [credit], {"g": Decimal("0.5")})
+    base = reads(batch)
+    with_wallet = BatchReads(base.counters, base.existing, base.holdings, base.seen_values, {"c1": wallet}, {})
+    answers, plan = decide(batch, with_wallet)
+    assert isinstance(answers[0], Written) and isinstance(answers[2], Written)
+    assert isinstance(answers[1], CreditsExhausted)  # 0.30 with 0.20 left
+    assert [row.burn.amount for row in plan.wallet_writes.burns] == [Decimal("0.30"), Decimal("0.20")]
+    assert plan.wallet_writes.remaining == [("c1", "g", Decimal(0))]
+    # Without wallet reads (a customer whose first charge is in this batch) the writer starts empty.
+    answers, plan = decide(batch, base)
+    assert all(isinstance(a, CreditsExhausted) for a in answers)
+    assert not plan.wallet_writes

@@ -37,6 +37,14 @@ def test_closing_settings() -> None:
         Settings.from_env({"METERING_CLOSE_INTERVAL": "0s"})
 
 
+def test_the_anchor_skew_tolerance_is_a_clock_skew() -> None:
+    assert Settings.from_env({}).anchor_skew_tolerance == timedelta(minutes=5)
+    assert Settings.from_env({"METERING_ANCHOR_SKEW_TOLERANCE": "0s"}).anchor_skew_tolerance == timedelta(0)
+    assert Settings.from_env({"METERING_ANCHOR_SKEW_TOLERANCE": "1d"}).anchor_skew_tolerance == timedelta(days=1)
+    with pytest.raises(ConfigError, match="METERING_ANCHOR_SKEW_TOLERANCE"):
+        Settings.from_env({"METERING_ANCHOR_SKEW_TOLERANCE": "2d"})
+
+
 def test_values() -> None:
     settings = Settings.from_env(
         {

@@ -153,6 +153,20 @@ CASES: dict[str, Case] = {
         },
         quota("meter:tokens"),
     ),
+    "CreditsExhausted": Case(
+        errors.CreditsExhausted(
+            customer_id="acme",
+            meter="tokens",
+            plan="prepaid",
+            currency="USD",
+            cost=Decimal("0.0150"),
+            available=Decimal("0.01"),
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "CREDITS_EXHAUSTED",
+        {"meter": "tokens", "plan": "prepaid", "currency": "USD", "cost": "0.015", "available": "0.01"},
+        quota("wallet:acme"),
+    ),
     "BillingAnchorImmutable": Case(
         errors.BillingAnchorImmutable("acme", datetime(2026, 1, 1, tzinfo=UTC)),
         grpc.StatusCode.FAILED_PRECONDITION,

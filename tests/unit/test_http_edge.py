@@ -35,13 +35,19 @@ def rate_limited(seconds: float) -> errors.RateLimited:
     return errors.RateLimited("svc", "rate", seconds, requests_per_second=1.0, burst=1.0, max_in_flight=None)
 
 
+CREDITS = errors.CreditsExhausted(
+    customer_id="c", meter="tokens", plan="prepaid", currency="USD", cost=Decimal("0.02"), available=Decimal("0.01")
+)
+
+
 def test_a_limit_is_402_and_rate_limiting_429_by_reason() -> None:
     assert http_status(to_rpc_status(LIMIT)) == 402
+    assert http_status(to_rpc_status(CREDITS)) == 402
     assert http_status(to_rpc_status(rate_limited(0.5))) == 429
     # Every other refusal keeps the Connect protocol's status for its code.
     assert http_status(to_rpc_status(errors.NotFound("customer", "c"))) is None
     assert http_status(to_rpc_status(errors.Unauthenticated(missing=True))) is None
-    assert set(HTTP_STATUS_BY_REASON) == {"LIMIT_EXCEEDED", "RATE_LIMITED"}
+    assert set(HTTP_STATUS_BY_REASON) == {"LIMIT_EXCEEDED", "CREDITS_EXHAUSTED", "RATE_LIMITED"}
 
 
 @pytest.mark.parametrize(("delay", "header"), [(0.0004, 1), (0.5, 1), (1.0, 1), (1.001, 2), (2.5, 3)])

@@ -54,9 +54,10 @@ def test_the_table_maps_every_type_both_ways() -> None:
 @pytest.mark.parametrize("dotted", sorted(PAYLOADS))
 def test_a_webhook_body_names_its_type_as_the_webhooks_file_does(dotted: str) -> None:
     item = stored(PAYLOADS[dotted])
-    body = json.loads(notification_json(item))
+    body = json.loads(notification_json(item, "n2_cursor"))
     assert body["type"] == dotted
     assert NotificationType(body["type"]) is item.type  # what an endpoint subscribes with
     # The rest is the Notification's proto3 JSON; the watch stream keeps the enum.
     assert body["id"] == str(item.notification_id) and body["customerId"] == "acme"
-    assert notification(item).type == NOTIFICATION_TYPES[item.type]
+    assert body["cursor"] == "n2_cursor"
+    assert notification(item, "n2_cursor").type == NOTIFICATION_TYPES[item.type]

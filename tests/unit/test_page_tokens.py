@@ -1,17 +1,19 @@
-"""Page tokens: the round trip of each listing, and every kind of forgery refused."""
+"""Page tokens and watch cursors: the round trip of each, and every kind of forgery refused."""
 
 from __future__ import annotations
 
 import base64
+import string
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metering.api.page_tokens import CustomersCursor, EventsCursor, InvoicesCursor, PageTokens
-from metering.domain.errors import InvalidPageToken
+from metering.api.page_tokens import NOT_OUR_CURSOR, CustomersCursor, EventsCursor, InvoicesCursor, PageTokens
+from metering.domain.errors import InvalidArgument, InvalidPageToken
+from metering.domain.notifications import Position
 from metering.services.reporting import PageCursor
 from metering.v1 import customer_pb2, events_pb2, invoices_pb2, usage_pb2
 
@@ -167,3 +169,71 @@ def test_a_customers_token_round_trips_and_belongs_to_its_plan_filter() -> None:
 def test_a_signed_customers_cursor_that_is_no_customer_id_is_refused(after: object) -> None:
     request = customer_pb2.ListCustomersRequest()
     refused(lambda: TOKENS.customers_cursor(request, TOKENS.seal(request, {"after": after})))
+
+
+# -- watch cursors ----------------------------------------------------------------------
+
+POSITIONS = st.builds(Position, st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1))
+# Every character a cursor could be mistyped into: base64url's, standard
+# base64's, padding, and a few others.
+ALPHABET = string.ascii_letters + string.digits + "-_+/=. ~é"
+
+
+def cursor_refused(cursor: str, tokens: PageTokens = TOKENS) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        tokens.position(cursor)
+    assert not isinstance(caught.value, InvalidPageToken)  # reason INVALID_ARGUMENT, not a page token's
+    assert [(v.field, v.description) for v in caught.value.violations] == [("cursor", NOT_OUR_CURSOR)]
+
+
+@given(POSITIONS)
+def test_a_cursor_round_trips(position: Position) -> None:
+    cursor = TOKENS.cursor(position)
+    assert cursor.startswith("n2_")
+    assert TOKENS.position(cursor) == position
+
+
+@settings(max_examples=25, deadline=None)  # each example tries every change: about 6,000 cursors
+@given(POSITIONS)
+def test_every_single_character_change_of_a_cursor_is_refused(position: Position) -> None:
+    cursor = TOKENS.cursor(position)
+    for index, original in enumerate(cursor):
+        for replacement in ALPHABET:
+            if replacement != original:
+                cursor_refused(cursor[:index] + replacement + cursor[index + 1 :])
+        cursor_refused(cursor[:index] + cursor[index + 1 :])  # and every character dropped
+
+
+def test_a_cursor_of_another_key_or_a_page_token_is_refused() -> None:
+    position = Position(123456789, 42)
+    cursor_refused(PageTokens(bytes(range(1, 33))).cursor(position))
+    cursor_refused(TOKENS.cursor(position) + "A")
+    cursor_refused(TOKENS.events(events_pb2.ListUsageEventsRequest(customer_id="acme"), EventsCursor(NOW, "x")))
+    # The same bytes spelled otherwise (padded, in standard base64) are not the cursor issued.
+    for txid in range(200):  # positions whose spelling has padding to add, and - or _ to change
+        body = TOKENS.cursor(Position(txid, 7)).removeprefix("n2_")
+        padded = body + "=" * (-len(body) % 4)
+        standard = body.replace("-", "+").replace("_", "/")
+        for other in {padded, standard} - {body}:
+            cursor_refused("n2_" + other)
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["", "garbage", "n2_", "n2_!!!", "n1_", "n1_!!!", "n1_MTIz", "p1_MS4y", "n1_LTEuMg", "é", "n2_" + "A" * 300],
+)
+def test_garbage_cursors_are_refused(cursor: str) -> None:
+    cursor_refused(cursor)
+
+
+def test_a_signed_body_out_of_range_or_not_canonical_is_refused() -> None:
+    # Only a key holder can sign one; its values are checked all the same.
+    for body in [b"9223372036854775808.1", b"1.9223372036854775808", b"01.2", b"1.02", b"1.2.3", b"-1.2", b"1"]:
+        tag = TOKENS._cursor_tag(body)
+        cursor_refused("n2_" + b64(tag + body))
+
+
+def test_an_unsigned_cursor_of_the_previous_version_is_accepted_for_one_release() -> None:
+    # Before signing: "n1_" + base64url of "<txid>.<seq>".
+    assert TOKENS.position("n1_" + b64(b"123456789.42")) == Position(123456789, 42)
+    cursor_refused("n1_" + b64(b"123456789.42") + "=")  # not as the earlier version wrote it

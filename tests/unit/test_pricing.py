@@ -207,3 +207,23 @@ def test_amounts_are_exact_decimals_and_never_negative(
         assert value >= 0
     assert line.amount.as_tuple().exponent == -2
     assert abs(line.amount - line.exact_amount) <= D("0.005")
+
+
+@given(
+    st.decimals(D(0), D(5000), places=3),
+    st.decimals(D(0), D(200), places=1),
+    st.sampled_from(
+        [
+            tiered(PricingModel.GRADUATED),
+            tiered(PricingModel.VOLUME),
+            per_unit("0.013"),
+            package("10", "1.5"),
+            package("10", "1.5", PackageRounding.DOWN),
+            Price("m_no_charge", "m", PricingModel.PER_UNIT, None),
+        ]
+    ),
+)
+def test_the_exact_amount_alone_is_the_lines(quantity: Decimal, included: Decimal, price: Price) -> None:
+    from metering.domain.pricing import exact_amount
+
+    assert exact_amount(price, quantity, included) == price_line(price, quantity, included, "USD").exact_amount

@@ -152,6 +152,21 @@ def test_late_events_carry_their_refusal_and_the_backfill_one_comes_first() -> N
     assert resolve(command(event_time=ANCHOR - timedelta(days=1), too_old=too_old), closed, book).refusal is too_old
 
 
+def test_an_event_within_the_skew_tolerance_before_the_anchor_counts_in_the_first_period() -> None:
+    book = TermsBook(CATALOG, anchor_skew_tolerance=timedelta(minutes=5))
+    early = ANCHOR - timedelta(seconds=60)
+    resolution = resolve(command(event_time=early), CUSTOMER, book)
+    assert resolution.refusal is None
+    assert resolution.event.event_time == early  # stored with its own time
+    first = period_containing(ANCHOR, ANCHOR, CATALOG.plan("pro").meters["tokens"].reset)
+    assert first.start == ANCHOR and resolution.period == first
+    assert resolution.counter_key == CounterKey("c1", "tokens", ANCHOR)
+    # Beyond the tolerance, or with none: before the first period.
+    beyond = resolve(command(event_time=ANCHOR - timedelta(minutes=5, microseconds=1)), CUSTOMER, book)
+    assert isinstance(beyond.refusal, BeforeFirstPeriod)
+    assert isinstance(resolve(command(event_time=early), CUSTOMER, TermsBook(CATALOG)).refusal, BeforeFirstPeriod)
+
+
 def test_the_dimensions_of_the_meter_are_kept() -> None:
     resolution = resolve(command(properties={"model": "m1", "other": "x"}), CUSTOMER, TermsBook(CATALOG))
     assert resolution.dimensions == {"model": "m1"}
@@ -218,3 +233,21 @@ def test_an_event_whose_price_a_reload_changed_or_removed_is_refused() -> None:
     for new in (changed, removed):
         with pytest.raises(CatalogReloaded, match="price 'tokens_usd'"):
             resolve(command(price="tokens_usd"), CUSTOMER, TermsBook(new))
+
+
+def test_a_customer_with_a_wallet_is_charged_in_its_billing_period_at_the_events_price() -> None:
+    book = TermsBook(CATALOG)
+    assert resolve(command(), CUSTOMER, book).wallet is None  # no wallet, no prepaid plan: nothing to charge
+    with_wallet = CustomerRecord("c1", "pro", ANCHOR, ANCHOR, ANCHOR, has_wallet=True)
+    resolution = resolve(command(), with_wallet, book)
+    wallet = resolution.wallet
+    assert wallet is not None and not wallet.prepaid and wallet.currency == "USD"
+    assert wallet.price.slug == "tokens_usd" and wallet.included == Decimal(0)
+    # The billing period (monthly from the anchor), not the meter's daily one.
+    assert wallet.billing_period.start == datetime(2026, 2, 15, 9, 30, tzinfo=UTC)
+    assert resolution.spend_key == ("c1", "tokens", wallet.billing_period.start, "tokens_usd")
+    # Without a TermsBook's memory of periods (a void, a commit): the same billing period.
+    from metering.domain.usage import wallet_terms
+
+    alone = wallet_terms(with_wallet, book.of("pro", CATALOG.meter("tokens")), CATALOG.price("tokens_usd"), NOW)
+    assert alone is not None and alone.billing_period == wallet.billing_period

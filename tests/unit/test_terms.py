@@ -53,6 +53,12 @@ def test_a_customer_meter_resets_on_the_customers_anchor() -> None:
     period = chain.period_at(at)
     assert period == period_containing(at, ANCHOR, chain.terms.terms.reset)
     assert chain.period_at(at, book.periods) == period
+    # An event counts in its own time's period, or the first for one before the anchor.
+    assert chain.event_period(at) == period
+    first = chain.period_at(ANCHOR)
+    assert first.start == ANCHOR
+    assert chain.event_period(ANCHOR - timedelta(seconds=60)) == first
+    assert chain.period_at(ANCHOR - timedelta(seconds=60)) != first
 
 
 def test_the_balance_uses_the_decisions_allowance_when_the_writer_kept_it() -> None:

@@ -54,6 +54,8 @@ METHOD_ROLES: Mapping[str, Role] = {
     "UpsertCustomer": Role.ADMIN,
     "GrantCredits": Role.ADMIN,
     "IssueCreditNote": Role.ADMIN,
+    "GrantWalletCredit": Role.ADMIN,
+    "GetWallet": Role.READER,
 }
 
 # A held refusal is answered this long before the call's deadline, so that

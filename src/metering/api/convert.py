@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from metering.domain.bills import WhatIfBill
 from metering.domain.catalog import (
     Aggregation,
@@ -28,11 +30,13 @@ from metering.domain.records import (
     InvoiceLine,
     StoredEvent,
 )
+from metering.domain.wallets import CreditApplied, CreditCategory, GrantBalance
 from metering.services.catalog import LoadedCatalog
 from metering.services.entitlements import GrantView, ReservationResult
 from metering.services.invoicing import Estimate
 from metering.services.reporting import UsageRow
 from metering.services.usage import BalanceReport, CustomersPage, MeterBalance, RecordResult
+from metering.services.wallets import BalanceWallet, WalletView
 from metering.v1 import (
     billing_pb2,
     catalog_pb2,
@@ -41,9 +45,10 @@ from metering.v1 import (
     invoices_pb2,
     reservations_pb2,
     usage_pb2,
+    wallets_pb2,
 )
 from metering.wire.credit_notes import credit_note
-from metering.wire.values import money, set_timestamp, timestamp
+from metering.wire.values import exact_money, money, set_timestamp, timestamp
 
 _AGGREGATIONS = {
     Aggregation.SUM: usage_pb2.AGGREGATION_SUM,
@@ -176,14 +181,63 @@ def write_record_usage_response(message: usage_pb2.RecordUsageResponse, result: 
     message.overage_quantity = format_decimal(result.overage)
 
 
-def check_balance_response(report: BalanceReport) -> usage_pb2.CheckBalanceResponse:
+def check_balance_response(report: BalanceReport, wallet: BalanceWallet) -> usage_pb2.CheckBalanceResponse:
     message = usage_pb2.CheckBalanceResponse(customer_id=report.customer_id, plan_slug=report.plan_slug)
     for view in report.balances:
         _BALANCES.write(message.balances.add(), view)
     set_timestamp(message.as_of_time, report.as_of)
-    if report.requested_allowed is not None:
-        message.requested_allowed = report.requested_allowed
+    if wallet.requested_allowed is not None:
+        message.requested_allowed = wallet.requested_allowed
+    if wallet.view is not None:
+        message.wallet.CopyFrom(wallet_summary(wallet.view))
     return message
+
+
+_CREDIT_CATEGORIES = {
+    CreditCategory.PAID: billing_pb2.CREDIT_CATEGORY_PAID,
+    CreditCategory.PROMOTIONAL: billing_pb2.CREDIT_CATEGORY_PROMOTIONAL,
+}
+
+
+def wallet_grant(balance: GrantBalance, currency: str) -> wallets_pb2.WalletGrant:
+    grant = balance.grant
+    message = wallets_pb2.WalletGrant(
+        grant_id=grant.grant_id,
+        customer_id=grant.customer_id,
+        amount=exact_money(grant.amount, grant.currency),
+        remaining=exact_money(balance.remaining, grant.currency),
+        category=_CREDIT_CATEGORIES[grant.category],
+        priority=grant.priority,
+        effective_time=timestamp(grant.effective_at),
+        meter_slugs=list(grant.meters),
+        active=balance.active,
+        reason=grant.reason,
+        create_time=timestamp(grant.created_at),
+    )
+    if grant.expires_at is not None:
+        set_timestamp(message.expire_time, grant.expires_at)
+    return message
+
+
+def wallet_summary(view: WalletView) -> wallets_pb2.WalletSummary:
+    summary = view.summary
+    message = wallets_pb2.WalletSummary(
+        available=exact_money(summary.available, summary.currency),
+        grants=[wallet_grant(g, summary.currency) for g in summary.grants],
+        prepaid=view.prepaid,
+    )
+    if view.low_threshold is not None:
+        message.low_threshold.CopyFrom(exact_money(view.low_threshold, summary.currency))
+    return message
+
+
+def credits_applied(applied: Sequence[CreditApplied], currency: str) -> list[billing_pb2.CreditApplied]:
+    return [
+        billing_pb2.CreditApplied(
+            grant_id=c.grant_id, category=_CREDIT_CATEGORIES[c.category], amount=exact_money(c.amount, currency)
+        )
+        for c in applied
+    ]
 
 
 def customer(record: CustomerRecord) -> customer_pb2.Customer:
@@ -255,6 +309,8 @@ def _catalog_plan(plan: Plan) -> catalog_pb2.CatalogPlan:
         name=plan.name,
         currency_code=plan.currency or "",
         meters=[_catalog_plan_meter(terms) for terms in plan.meters.values()],
+        prepaid=plan.prepaid,
+        credits_low_threshold="" if plan.credits_low_threshold is None else format_decimal(plan.credits_low_threshold),
     )
 
 
@@ -299,6 +355,7 @@ def bill(estimate: Estimate) -> billing_pb2.EstimateBillResponse:
         subtotal=money(value.subtotal, value.currency),
         credits=money(value.credits, value.currency),
         total=money(value.total, value.currency),
+        credits_applied=credits_applied(value.credits_applied, value.currency),
         invoice_status=_INVOICE_STATUSES[value.status],
         invoice_id=str(value.invoice_id) if value.invoice_id is not None else "",
         invoice_number=value.number or 0,
@@ -337,6 +394,7 @@ def invoice(value: Invoice) -> invoices_pb2.Invoice:
         credit_notes=[credit_note(note) for note in value.credit_notes],
         credited=money(value.credited, value.currency),
         net_total=money(value.net_total, value.currency),
+        credits_applied=credits_applied(value.credits_applied, value.currency),
     )
     if value.finalized_at is not None:
         set_timestamp(message.finalize_time, value.finalized_at)

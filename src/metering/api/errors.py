@@ -24,6 +24,7 @@ from metering.domain.errors import (
     BillingAnchorImmutable,
     CatalogReloaded,
     CreditExceedsInvoiced,
+    CreditsExhausted,
     DatabaseUnavailable,
     IdempotencyKeyConflict,
     InvalidArgument,
@@ -152,6 +153,7 @@ def to_status(exc: BaseException) -> grpc.Status:
 # (402) can then be told from rate limiting (429) without reading the body.
 HTTP_STATUS_BY_REASON: dict[str, int] = {
     reason_name(metering_service_pb2.ERROR_REASON_LIMIT_EXCEEDED): 402,  # Payment Required
+    reason_name(metering_service_pb2.ERROR_REASON_CREDITS_EXHAUSTED): 402,  # out of prepaid credit
     reason_name(metering_service_pb2.ERROR_REASON_RATE_LIMITED): 429,  # Too Many Requests
 }
 
@@ -243,6 +245,24 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
             error_details_pb2.QuotaFailure(
                 violations=[
                     error_details_pb2.QuotaFailure.Violation(subject=f"meter:{exc.meter}", description=str(exc))
+                ]
+            ),
+        )
+    if isinstance(exc, CreditsExhausted):
+        return _status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            str(exc),
+            _info(
+                metering_service_pb2.ERROR_REASON_CREDITS_EXHAUSTED,
+                meter=exc.meter,
+                plan=exc.plan,
+                currency=exc.currency,
+                cost=format_decimal(exc.cost),
+                available=format_decimal(exc.available),
+            ),
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(subject=f"wallet:{exc.customer_id}", description=str(exc))
                 ]
             ),
         )

@@ -1,4 +1,4 @@
-"""Page tokens (AIP-158): the whole wire format, in one place.
+"""Page tokens (AIP-158) and watch cursors: their whole wire formats, in one place.
 
 A token is base64url (unpadded) of
 
@@ -17,6 +17,20 @@ Any of these is INVALID_ARGUMENT with reason INVALID_PAGE_TOKEN. The tag is
 checked before the body is parsed, so no hostile JSON is ever decoded; the
 cursor's values are still checked for type and range (defence in depth, and a
 token issued by a service with other limits).
+
+A watch cursor (Notification.cursor, WatchNotificationsRequest.cursor) is an
+outbox position signed with the same key:
+
+    "n2_" + base64url (unpadded) of  tag (32 bytes) | body ("<txid>.<seq>", ASCII)
+
+where tag = HMAC-SHA256(key, "metering watch cursor" NUL body). It belongs to
+no query: one from a webhook body or a filtered watch resumes any watch. A
+cursor that is not exactly one this service issued (a character changed,
+truncated, forged, another encoding of the same bytes) is INVALID_ARGUMENT
+with a BadRequest violation of field `cursor`, never a position elsewhere.
+Unsigned cursors of earlier versions ("n1_" + base64url of the body) are
+still accepted for one release (see CHANGELOG), so a consumer resumes across
+a rolling upgrade; they carry no tag, and are refused from the next release.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +48,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from metering.domain.errors import InvalidPageToken
+from metering.domain.errors import FieldViolation, InvalidArgument, InvalidPageToken
+from metering.domain.notifications import Position
 from metering.domain.periods import MAX_TIME, MIN_TIME
 from metering.services.reporting import PageCursor
 
@@ -47,6 +63,15 @@ _MAX_CUSTOMER_ID = 128
 
 NOT_OURS = "not a page token issued by this service (altered, truncated or forged)"
 OTHER_QUERY = "the token belongs to a different query: resend the original fields with it"
+
+CURSOR_PREFIX = "n2_"
+LEGACY_CURSOR_PREFIX = "n1_"  # unsigned, accepted for one release
+_CURSOR_DOMAIN = b"metering watch cursor\x00"
+_CURSOR_BODY = re.compile(rb"(0|[1-9][0-9]{0,19})\.(0|[1-9][0-9]{0,18})\Z")
+_LEGACY_CURSOR_BODY = re.compile(rb"([0-9]{1,20})\.([0-9]{1,19})\Z")
+_MAX_CURSOR_CHARS = 200  # ours: under 90
+_POSITION_MAX = 2**63 - 1  # txid (xid8) and seq (bigint) as PostgreSQL stores them
+NOT_OUR_CURSOR = "not a notification cursor issued by this service (altered, truncated or forged)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +207,59 @@ class PageTokens:
     def _tag(self, request: Message, body: bytes) -> bytes:
         listing = request.DESCRIPTOR.full_name.encode()
         return hmac.new(self._key, _DOMAIN + listing + b"\x00" + body, hashlib.sha256).digest()
+
+    # -- watch cursors ------------------------------------------------------------
+
+    def cursor(self, position: Position) -> str:
+        """The signed cursor of an outbox position (a Notification's `cursor`)."""
+        body = f"{position.txid}.{position.seq}".encode()
+        return CURSOR_PREFIX + _b64(self._cursor_tag(body) + body)
+
+    def position(self, cursor: str) -> Position:
+        """The position a cursor from `cursor` (or, for one release, an unsigned
+        one of an earlier version) names; INVALID_ARGUMENT (field `cursor`) for
+        anything else."""
+        if len(cursor) <= _MAX_CURSOR_CHARS and cursor.startswith(CURSOR_PREFIX):
+            raw = _canonical_b64(cursor.removeprefix(CURSOR_PREFIX))
+            if raw is not None and len(raw) > _TAG_BYTES:
+                tag, body = raw[:_TAG_BYTES], raw[_TAG_BYTES:]
+                match = _CURSOR_BODY.match(body)
+                if hmac.compare_digest(tag, self._cursor_tag(body)) and match is not None:
+                    return _position(int(match[1]), int(match[2]))
+        elif len(cursor) <= _MAX_CURSOR_CHARS and cursor.startswith(LEGACY_CURSOR_PREFIX):
+            raw = _canonical_b64(cursor.removeprefix(LEGACY_CURSOR_PREFIX))
+            match = None if raw is None else _LEGACY_CURSOR_BODY.match(raw)
+            if match is not None:
+                return _position(int(match[1]), int(match[2]))
+        raise _not_our_cursor()
+
+    def _cursor_tag(self, body: bytes) -> bytes:
+        return hmac.new(self._key, _CURSOR_DOMAIN + body, hashlib.sha256).digest()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _canonical_b64(text: str) -> bytes | None:
+    """The bytes of unpadded base64url `text`, or None unless `text` is
+    exactly how they are written (another alphabet, padding, stray bits in the
+    last character: every other spelling of the same bytes is refused)."""
+    try:
+        raw = base64.urlsafe_b64decode((text + "=" * (-len(text) % 4)).encode("ascii"))
+    except (ValueError, UnicodeError, binascii.Error):
+        return None
+    return raw if _b64(raw) == text else None
+
+
+def _position(txid: int, seq: int) -> Position:
+    if txid > _POSITION_MAX or seq > _POSITION_MAX:
+        raise _not_our_cursor()
+    return Position(txid, seq)
+
+
+def _not_our_cursor() -> InvalidArgument:
+    return InvalidArgument([FieldViolation("cursor", NOT_OUR_CURSOR)])
 
 
 # Cursor values, checked for type and range before they reach period math or a

@@ -40,6 +40,7 @@ from metering.services.entitlements import Entitlements
 from metering.services.invoicing import Invoicing
 from metering.services.reporting import Reporting
 from metering.services.usage import MeteringEngine, RecordResult, UsageCommand
+from metering.services.wallets import Wallets
 from metering.telemetry import metrics as m
 from metering.v1 import (
     billing_pb2,
@@ -53,9 +54,11 @@ from metering.v1 import (
     notifications_pb2,
     reservations_pb2,
     usage_pb2,
+    wallets_pb2,
 )
 from metering.wire.credit_notes import credit_note
 from metering.wire.notifications import notification
+from metering.wire.values import timestamp
 
 # The call's context, which no RPC body reads: a grpc.aio.ServicerContext from
 # the gRPC server, a connectrpc RequestContext from the HTTP edge.
@@ -80,8 +83,10 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         catalogs: Catalogs,
         credit_notes: CreditNotes,
         backfill_window: timedelta,
+        wallets: Wallets,
     ) -> None:
         self._credit_notes = credit_notes
+        self._wallets = wallets
         self._stream = stream
         self._page_tokens = page_tokens
         self._engine = engine
@@ -170,6 +175,29 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         views = await self._entitlements.list_grants(customer_id, meter, include_expired=include_expired)
         return grants_pb2.ListGrantsResponse(grants=[convert.grant(view) for view in views])
 
+    async def GrantWalletCredit(  # noqa: N802
+        self, request: wallets_pb2.GrantWalletCreditRequest, context: Context
+    ) -> wallets_pb2.GrantWalletCreditResponse:
+        command = validation.grant_wallet_credit(request, self._catalog)
+        for meter in command.meters:
+            require_meter(meter.slug)
+        answer = await self._wallets.grant(command)
+        return wallets_pb2.GrantWalletCreditResponse(
+            grant=convert.wallet_grant(answer.grant, answer.wallet.summary.currency),
+            duplicate=answer.duplicate,
+            wallet=convert.wallet_summary(answer.wallet),
+        )
+
+    async def GetWallet(  # noqa: N802
+        self, request: wallets_pb2.GetWalletRequest, context: Context
+    ) -> wallets_pb2.GetWalletResponse:
+        customer_id = validation.customer_id(request.customer_id)
+        require_meter("")  # a wallet spans every meter
+        view = await self._wallets.get(customer_id, include_inactive=request.include_inactive)
+        return wallets_pb2.GetWalletResponse(
+            customer_id=customer_id, wallet=convert.wallet_summary(view), as_of_time=timestamp(view.read_at)
+        )
+
     async def ReserveUsage(  # noqa: N802
         self, request: reservations_pb2.ReserveUsageRequest, context: Context
     ) -> reservations_pb2.ReserveUsageResponse:
@@ -220,7 +248,8 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     ) -> usage_pb2.CheckBalanceResponse:
         query = validation.check_balance(request, self._catalog)
         require_meter(query.meter.slug if query.meter is not None else "")
-        return convert.check_balance_response(await self._engine.check_balance(query))
+        report = await self._engine.check_balance(query)
+        return convert.check_balance_response(report, await self._wallets.for_balance(report, query))
 
     async def GetUsage(  # noqa: N802
         self, request: usage_pb2.GetUsageRequest, context: Context
@@ -313,13 +342,14 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
     async def WatchNotifications(  # noqa: N802
         self, request: notifications_pb2.WatchNotificationsRequest, context: Context
     ) -> AsyncIterator[notifications_pb2.WatchNotificationsResponse]:
-        query = validation.watch_notifications(request)
+        query = validation.watch_notifications(request, self._page_tokens)
         require_meter("")  # notifications span every meter
         after = query.after if query.after is not None else await self._stream.now()
         self._metrics.watch_streams.inc()
         try:
             async for stored in self._stream.watch(after, query.wants):
-                yield notifications_pb2.WatchNotificationsResponse(notification=notification(stored))
+                cursor = self._page_tokens.cursor(stored.position)
+                yield notifications_pb2.WatchNotificationsResponse(notification=notification(stored, cursor))
         finally:
             self._metrics.watch_streams.dec()
 

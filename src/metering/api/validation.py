@@ -17,20 +17,22 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from metering.domain.catalog import PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catalog, Meter, Price
+from metering.domain.catalog import CURRENCY_RE, PROPERTY_KEY_RE, SLUG_RE, Aggregation, Catalog, Meter, Price
 from metering.domain.credit_notes import CreditNoteCommand
 from metering.domain.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.domain.errors import EventTooOld, FieldViolation, InvalidArgument, NotFound
-from metering.domain.notifications import WatchQuery, parse_cursor
+from metering.domain.notifications import WatchQuery
 from metering.domain.periods import MAX_TIME, MIN_TIME
 from metering.domain.records import DRAFT, FINALIZED, CreditNoteLine, EventPosition, InvoiceLineKey
 from metering.domain.usage import UsageCommand
+from metering.domain.wallets import CreditCategory
 from metering.domain.windows import MAX_WINDOWS, WindowSize
 from metering.ledger.reporting import PropertyFilter
 from metering.services.entitlements import CommitCommand, GrantCommand, ReserveCommand
 from metering.services.invoicing import BillQuery, InvoicesQuery
 from metering.services.reporting import EventsQuery, UsageQuery
 from metering.services.usage import BalanceQuery, CustomersQuery
+from metering.services.wallets import WalletGrantCommand
 from metering.v1 import (
     billing_pb2,
     customer_pb2,
@@ -40,6 +42,7 @@ from metering.v1 import (
     notifications_pb2,
     reservations_pb2,
     usage_pb2,
+    wallets_pb2,
 )
 from metering.wire.credit_notes import FROM_WIRE as CREDIT_NOTE_REASONS
 from metering.wire.notifications import NOTIFICATION_TYPE_NAMES
@@ -294,7 +297,7 @@ def upsert_customer(request: customer_pb2.UpsertCustomerRequest) -> CustomerComm
     return CustomerCommand(request.customer_id, request.plan_slug, anchor)
 
 
-def watch_notifications(request: notifications_pb2.WatchNotificationsRequest) -> WatchQuery:
+def watch_notifications(request: notifications_pb2.WatchNotificationsRequest, tokens: PageTokens) -> WatchQuery:
     violations = _Violations()
     types = set()
     for index, value in enumerate(request.types):
@@ -306,7 +309,7 @@ def watch_notifications(request: notifications_pb2.WatchNotificationsRequest) ->
     if request.customer_id:
         _identifier(violations, "customer_id", request.customer_id)
     violations.raise_if_any()
-    after = parse_cursor(request.cursor) if request.cursor else None
+    after = tokens.position(request.cursor) if request.cursor else None
     return WatchQuery(after, frozenset(types), request.customer_id or None)
 
 
@@ -580,6 +583,59 @@ def grant_credits(request: grants_pb2.GrantCreditsRequest, catalog: Catalog) -> 
         effective_time=effective,
         expire_time=expires,
         expire_at_period_end=request.expire_at_period_end,
+        reason=request.reason,
+    )
+
+
+_CATEGORIES = {
+    billing_pb2.CREDIT_CATEGORY_UNSPECIFIED: CreditCategory.PAID,
+    billing_pb2.CREDIT_CATEGORY_PAID: CreditCategory.PAID,
+    billing_pb2.CREDIT_CATEGORY_PROMOTIONAL: CreditCategory.PROMOTIONAL,
+}
+MAX_PRIORITY = 1_000_000
+MAX_GRANT_METERS = 64
+
+
+def grant_wallet_credit(request: wallets_pb2.GrantWalletCreditRequest, catalog: Catalog) -> WalletGrantCommand:
+    violations = _Violations()
+    _identifier(violations, "customer_id", request.customer_id)
+    _identifier(violations, "grant_id", request.grant_id)
+    amount = None
+    if not request.HasField("amount"):
+        violations.add("amount", "required")
+    else:
+        amount = _positive(violations, "amount.amount", request.amount.amount)
+        if not CURRENCY_RE.match(request.amount.currency_code):
+            violations.add("amount.currency_code", "an ISO 4217 code such as 'USD'")
+    category = _CATEGORIES.get(request.category)
+    if category is None:
+        violations.add("category", f"unknown value {request.category}")
+    if not -MAX_PRIORITY <= request.priority <= MAX_PRIORITY:
+        violations.add("priority", f"between -{MAX_PRIORITY} and {MAX_PRIORITY}")
+    effective = expires = None
+    if request.HasField("effective_time"):
+        effective = _timestamp(violations, "effective_time", request.effective_time)
+    if request.HasField("expire_time"):
+        expires = _timestamp(violations, "expire_time", request.expire_time)
+        if effective is not None and expires is not None and expires <= effective:
+            violations.add("expire_time", "must be after effective_time")
+    if len(request.meter_slugs) > MAX_GRANT_METERS:
+        violations.add("meter_slugs", f"at most {MAX_GRANT_METERS} meters")
+    for index, slug in enumerate(request.meter_slugs):
+        _slug(violations, f"meter_slugs[{index}]", slug)
+    _reason(violations, "reason", request.reason, required=False)
+    violations.raise_if_any()
+    assert amount is not None and category is not None
+    return WalletGrantCommand(
+        customer_id=request.customer_id,
+        grant_id=request.grant_id,
+        amount=amount,
+        currency=request.amount.currency_code,
+        category=category,
+        priority=request.priority,
+        effective_time=effective,
+        expire_time=expires,
+        meters=tuple(catalog.meter(slug) for slug in request.meter_slugs),
         reason=request.reason,
     )
 

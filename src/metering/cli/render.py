@@ -275,7 +275,8 @@ def catalog(response: catalog_pb2.GetCatalogResponse) -> str:
             ]
             for t in plan.meters
         ]
-        heading = f"plan {plan.slug} ({plan.name}, {plan.currency_code}); meters it does not list: unlimited"
+        prepaid = ", prepaid" if plan.prepaid else ""
+        heading = f"plan {plan.slug} ({plan.name}, {plan.currency_code}{prepaid}); meters it does not list: unlimited"
         parts.append(
             heading + "\n" + table(["meter", "price", "limit", "included", "reset", "enforcement", "warn at"], terms)
         )

@@ -10,7 +10,8 @@ File shape (see config/sample_catalog.toml):
     [meters.<slug>]    aggregation, unit, property (unique_count), default_price, description,
                        dimensions (property keys kept by the hourly rollups)
     [prices.<slug>]    meter, model, currency, unit_amount | package_* | tiers
-    [plans.<slug>]     name, and per meter [plans.<slug>.meters.<meter>]:
+    [plans.<slug>]     name, currency, prepaid (usage paid from wallet credit),
+                       credits_low_threshold (money: credits.low below it), and per meter [plans.<slug>.meters.<meter>]:
                        limit (absent = unlimited), included, price, reset, enforcement,
                        approaching_threshold
 """
@@ -234,7 +235,15 @@ class _CatalogParser:
     def _plan(
         self, key: str, slug: str, table: dict[str, Any], meters: Mapping[str, Meter], prices: Mapping[str, Price]
     ) -> Plan | None:
-        self._keys(key, table, required=("meters",), optional=("name", "currency"))
+        self._keys(key, table, required=("meters",), optional=("name", "currency", "prepaid", "credits_low_threshold"))
+        prepaid = table.get("prepaid", False)
+        if not isinstance(prepaid, bool):
+            self.problems.append(f"{key}.prepaid: must be true or false")
+            prepaid = False
+        low = self._decimal(key, table, "credits_low_threshold", required=False)
+        if low is not None and low <= 0:
+            self.problems.append(f"{key}.credits_low_threshold: an amount of money above 0")
+            low = None
         raw_meters = table.get("meters", {})
         if not isinstance(raw_meters, dict):
             self.problems.append(f"{key}.meters: must be a table of [{key}.meters.<meter>] tables")
@@ -263,7 +272,14 @@ class _CatalogParser:
         elif declared is None and not currencies:
             self.problems.append(f"{key}.currency: required, since no priced meter gives the plan a currency")
         currency = declared or (next(iter(currencies)) if len(currencies) == 1 else None)
-        return Plan(slug=slug, name=str(table.get("name", slug)), meters=terms, currency=currency)
+        return Plan(
+            slug=slug,
+            name=str(table.get("name", slug)),
+            meters=terms,
+            currency=currency,
+            prepaid=prepaid,
+            credits_low_threshold=low,
+        )
 
     def _plan_meter(
         self, key: str, meter_slug: str, raw: Any, meters: Mapping[str, Meter], prices: Mapping[str, Price]

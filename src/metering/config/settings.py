@@ -37,6 +37,10 @@ class Settings:
     db_timeout: timedelta  # connect, acquire and statement timeout
     health_interval: timedelta
     backfill_window: timedelta
+    # How long before a customer's billing anchor a new event may be stamped and
+    # still count in its first period (clock skew between services, work begun
+    # just before sign-up); earlier is BEFORE_FIRST_PERIOD.
+    anchor_skew_tolerance: timedelta
     shutdown_grace: timedelta
     embedded_data_dir: str
     log_level: str
@@ -102,6 +106,9 @@ class Settings:
             db_timeout=reader.duration("METERING_DB_TIMEOUT", "2s"),
             health_interval=reader.duration("METERING_HEALTH_INTERVAL", "1s"),
             backfill_window=reader.duration("METERING_BACKFILL_WINDOW", "35d"),
+            # As far as an event may be ahead of the server's clock (5 minutes, the
+            # validation's future tolerance): the same clock skew, the other way.
+            anchor_skew_tolerance=reader.duration("METERING_ANCHOR_SKEW_TOLERANCE", "5m"),
             shutdown_grace=reader.duration("METERING_SHUTDOWN_GRACE", "10s"),
             embedded_data_dir=reader.text("METERING_EMBEDDED_DATA_DIR", ".metering/pgdata"),
             log_level=reader.text("METERING_LOG_LEVEL", "INFO").upper(),
@@ -148,6 +155,8 @@ class Settings:
             http_port=reader.optional_port("METERING_HTTP_PORT", 8080),
             http_cors_origins=reader.origins("METERING_HTTP_CORS_ORIGINS"),
         )
+        if not timedelta(0) <= settings.anchor_skew_tolerance <= timedelta(days=1):
+            raise ConfigError("METERING_ANCHOR_SKEW_TOLERANCE must be between 0s and 1d (a clock skew, not a backfill)")
         if settings.close_interval <= timedelta(0):
             raise ConfigError("METERING_CLOSE_INTERVAL must be more than 0")
         if settings.db_pool_min > settings.db_pool_max:

@@ -168,6 +168,8 @@ class StripeExporter:
         stopped at after a failure, None when it is up to date."""
         stripe_meter = self._mapping.meters[pair.meter_slug]
         state = await session.load_state(pair)
+        if state.unlogged_skipped_hours:  # saved by a process stopped before it logged them
+            await self._report_skips(session, pair, state.unlogged_skipped_hours)
         progress = state.progress
         pending = state.pending
         if pending is not None:
@@ -194,38 +196,47 @@ class StripeExporter:
         exported, usage = await session.hourly_usage(self._scope, pair, progress.exported_through, closed)
         steps = plan_steps(progress, exported_range_total=exported, usage=usage, closed_before=closed, now=now)
         saved = current = progress
-        skipped = 0
-        try:
-            for step in steps:
-                if step.units == 0:
-                    current = step.progress
-                    if step.skipped:
-                        skipped += 1
-                        self._metrics.stripe_events_skipped.labels(meter=pair.meter_slug).inc()
-                    continue
-                event = PendingEvent(
-                    step,
-                    identifier(self._mapping.identifier_prefix, pair.customer_id, pair.meter_slug, step.hour),
-                    stripe_meter.event_name,
-                    stripe_customer,
-                )
-                await session.decide_event(pair, saved, current, event)
-                saved = current
-                if not await self._send(pair, event):
-                    return step.hour
-                await session.acknowledge_event(pair, current, event)
-                saved = current = step.progress
-            await session.save_progress(pair, saved, current)
-        finally:
-            if skipped:
-                # Logged once: the progress has moved past these hours.
-                log.warning(
-                    "customer %s meter %s: %d hours with usage are older than Stripe's 35 days: not reported",
-                    pair.customer_id,
-                    pair.meter_slug,
-                    skipped,
-                )
+        skipped = 0  # hours too old for Stripe passed over since `saved`
+        unlogged = 0  # hours too old for Stripe saved in the progress (and counted there), not logged yet
+        for step in steps:
+            if step.units == 0:
+                current = step.progress
+                if step.skipped:
+                    skipped += 1
+                continue
+            event = PendingEvent(
+                step,
+                identifier(self._mapping.identifier_prefix, pair.customer_id, pair.meter_slug, step.hour),
+                stripe_meter.event_name,
+                stripe_customer,
+            )
+            await session.decide_event(pair, saved, current, event, skipped)
+            saved, skipped, unlogged = current, 0, unlogged + skipped
+            if not await self._send(pair, event):
+                await self._report_skips(session, pair, unlogged)
+                return step.hour
+            await session.acknowledge_event(pair, current, event)
+            saved = current = step.progress
+        await session.save_progress(pair, saved, current, skipped)
+        await self._report_skips(session, pair, unlogged + skipped)
         return None
+
+    async def _report_skips(self, session: StripeExportSession, pair: Pair, hours: int) -> None:
+        """Log and count hours too old for Stripe that the saved progress has
+        passed over. Their number is saved with the progress (the ledger's
+        `unlogged_skipped_hours`) and cleared only once logged, so a process
+        stopped in between (killed mid-send) leaves the line to the next
+        exporter: written at least once, never lost."""
+        if not hours:
+            return
+        log.warning(
+            "customer %s meter %s: %d hours with usage are older than Stripe's 35 days: not reported",
+            pair.customer_id,
+            pair.meter_slug,
+            hours,
+        )
+        self._metrics.stripe_events_skipped.labels(meter=pair.meter_slug).inc(hours)
+        await session.skips_logged(pair, hours)
 
     async def _send(self, pair: Pair, event: PendingEvent) -> bool:
         stripe_meter = self._mapping.meters[pair.meter_slug]

@@ -30,7 +30,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -39,7 +39,7 @@ from standardwebhooks.webhooks import Webhook
 
 from metering.config.endpoints import Endpoint
 from metering.delivery.wakeup import OutboxWakeup, Waiter
-from metering.domain.notifications import StoredNotification
+from metering.domain.notifications import Position, StoredNotification
 from metering.ledger.outbox import LeaseLost, OutboxStore, PendingDelivery
 from metering.telemetry.metrics import Metrics
 from metering.wire.notifications import notification_json
@@ -88,15 +88,20 @@ class Attempt:
     error: str  # why it failed; "" when delivered
 
 
+# The signed cursor of a position (metering.api.page_tokens, passed in by the wiring).
+CursorOf = Callable[[Position], str]
+
+
 class WebhookSender:
     """HTTP for one endpoint: signs and posts a notification."""
 
-    def __init__(self, endpoint: Endpoint, client: httpx.AsyncClient) -> None:
+    def __init__(self, endpoint: Endpoint, client: httpx.AsyncClient, cursor_of: CursorOf) -> None:
         self.endpoint = endpoint
         self._client = client
+        self._cursor_of = cursor_of
 
     async def send(self, notification: StoredNotification) -> Attempt:
-        body = notification_json(notification)
+        body = notification_json(notification, self._cursor_of(notification.position))
         msg_id = str(notification.notification_id)
         at = datetime.now(UTC).replace(microsecond=0)
         headers = {
@@ -126,6 +131,7 @@ class WebhookDelivery:
         endpoints: Sequence[Endpoint],
         wakeup: OutboxWakeup,
         metrics: Metrics,
+        cursor_of: CursorOf,
         *,
         timeout: timedelta,
         schedule: Sequence[timedelta],
@@ -136,6 +142,7 @@ class WebhookDelivery:
         self._endpoints = tuple(endpoints)
         self._wakeup = wakeup
         self._metrics = metrics
+        self._cursor_of = cursor_of
         self._schedule = tuple(schedule)
         self._lease = lease
         self._poll = poll.total_seconds()
@@ -186,7 +193,7 @@ class WebhookDelivery:
         await self._client.aclose()
 
     async def _run(self, endpoint: Endpoint) -> None:
-        sender = WebhookSender(endpoint, self._client)
+        sender = WebhookSender(endpoint, self._client, self._cursor_of)
         waiter = self._wakeup.waiter()
         lease = self._lease.total_seconds()
         while True:

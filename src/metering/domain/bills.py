@@ -109,11 +109,11 @@ def what_if_line(catalog: Catalog, plan: Plan, meter: Meter, quantity: Decimal) 
     return _line(catalog, plan, meter, terms.price, quantity, terms.included)
 
 
-def totals(lines: Sequence[BillLine]) -> Totals:
-    """Subtotal, credits and total of a bill's lines. No monetary credits are
-    applied to bills yet (grants add units, not money): credits are zero."""
+def totals(lines: Sequence[BillLine], credits: Decimal = ZERO) -> Totals:
+    """Subtotal, credits and total of a bill's lines. `credits` (zero or
+    negative) is the wallet credit applied (domain.wallets.credits_total); the
+    total never goes below zero."""
     subtotal = decimals.add(*(line.charge.amount for line in lines))
-    credits = ZERO
     return Totals(subtotal, credits, max(ZERO, decimals.add(subtotal, credits)))
 
 

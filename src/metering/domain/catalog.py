@@ -132,6 +132,11 @@ class Plan:
     name: str
     meters: Mapping[str, PlanMeter]  # in file order
     currency: str | None  # None only while a catalog with problems is parsed
+    # Usage must be paid from the customer's wallet (metering.domain.wallets):
+    # an event whose cost the credit grants cannot cover is refused.
+    prepaid: bool = False
+    # Remaining wallet credit below which `credits.low` is announced (None: never).
+    credits_low_threshold: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)

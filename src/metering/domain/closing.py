@@ -5,7 +5,11 @@ close in order, oldest first. A period [start, end) is gathering while it runs,
 a draft from its end until end + grace (late events still count), and then
 due: the closer (metering.services.invoicing) finalizes its invoice, which never
 changes again. From then on a new event in that period is refused, and so is
-an event before the customer's first period, which never existed for it.
+an event before the customer's first period, which never existed for it,
+unless it is within the clock-skew tolerance before the billing anchor
+(METERING_ANCHOR_SKEW_TOLERANCE): such an event is stored with its own time
+and counts in the first period (`counting_time`), whose bill includes it
+(`usage_range`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from metering.domain.errors import BeforeFirstPeriod, MeteringError, PeriodClosed
-from metering.domain.periods import BillingPeriod, ResetPeriod, billing_period_containing
+from metering.domain.periods import MIN_TIME, BillingPeriod, ResetPeriod, billing_period_containing
 from metering.domain.periods import rfc3339 as rfc3339  # invoice ids hash it; callers format with it
 
 # Bills, and with them invoices and the closing of periods, are monthly from
@@ -78,31 +82,63 @@ class EventTime(enum.Enum):
     """Where a new event's time falls for its customer."""
 
     OPEN = "open"  # a period that is gathering or a draft: the event counts
-    BEFORE_FIRST_PERIOD = "before_first_period"  # before the billing anchor
+    BEFORE_FIRST_PERIOD = "before_first_period"  # before the billing anchor, beyond the skew tolerance
     CLOSED = "closed"  # in a period whose invoice is finalized
 
 
-def classify(event_time: datetime, anchor: datetime, closed_through: datetime | None) -> EventTime:
-    if event_time < anchor:
+def counting_time(event_time: datetime, anchor: datetime) -> datetime:
+    """The instant an event counts at: its own time, or the billing anchor for
+    one before it (accepted within the clock-skew tolerance). Nothing counts
+    before the first period: an event stamped a little before its customer's
+    anchor (the caller's clock runs behind ours, or the work started just
+    before sign-up) counts in the first period of every meter, and in the
+    first bill, while it is stored, listed and aggregated at its own time."""
+    return event_time if event_time >= anchor else anchor
+
+
+def usage_range(period: BillingPeriod, anchor: datetime) -> tuple[datetime, datetime]:
+    """The event times whose usage a billing period's bill adds up: the
+    period's own, and for the first period also every earlier time (events
+    accepted within the skew tolerance before the anchor: no other event
+    before the anchor is ever recorded)."""
+    start = MIN_TIME if period.start <= anchor else period.start
+    return start, period.end
+
+
+def is_closed(instant: datetime, anchor: datetime, closed_through: datetime | None) -> bool:
+    """Whether usage at `instant` would change a finalized period."""
+    return closed_through is not None and counting_time(instant, anchor) < closed_through
+
+
+def classify(
+    event_time: datetime, anchor: datetime, closed_through: datetime | None, skew_tolerance: timedelta
+) -> EventTime:
+    if event_time < anchor - skew_tolerance:
         return EventTime.BEFORE_FIRST_PERIOD
-    if closed_through is not None and event_time < closed_through:
+    if is_closed(event_time, anchor, closed_through):
         return EventTime.CLOSED
     return EventTime.OPEN
 
 
 def period_closed(customer_id: str, transaction_id: str, instant: datetime, anchor: datetime) -> PeriodClosed:
-    """The refusal of a change to the finalized period containing `instant`."""
-    period = billing_period(instant, anchor)
+    """The refusal of a change to the finalized period that usage at `instant` counts in."""
+    period = billing_period(counting_time(instant, anchor), anchor)
     return PeriodClosed(transaction_id, period=period, invoice_id=str(invoice_id_for(customer_id, period.start)))
 
 
 def late_refusal(
-    customer_id: str, transaction_id: str, event_time: datetime, anchor: datetime, closed_through: datetime | None
+    customer_id: str,
+    transaction_id: str,
+    event_time: datetime,
+    anchor: datetime,
+    closed_through: datetime | None,
+    skew_tolerance: timedelta,
 ) -> MeteringError | None:
-    """Why a NEW event at `event_time` cannot be recorded, if it cannot. A
-    replay of an event already recorded is answered as a duplicate whatever
-    its time: the writer applies this only after its duplicate check."""
-    kind = classify(event_time, anchor, closed_through)
+    """Why a NEW event at `event_time` cannot be recorded, if it cannot: more
+    than `skew_tolerance` before the anchor, or counting in a finalized period.
+    A reused transaction id is judged before (a duplicate or a conflict,
+    whatever its time): the writer applies this only to new ids."""
+    kind = classify(event_time, anchor, closed_through, skew_tolerance)
     if kind is EventTime.BEFORE_FIRST_PERIOD:
         return BeforeFirstPeriod(transaction_id, event_time, anchor)
     if kind is EventTime.CLOSED:

@@ -40,8 +40,8 @@ class InvalidPageToken(InvalidArgument):
 
 
 class EventTooOld(InvalidArgument):
-    """A new event older than the backfill window (an exact replay of a recorded
-    one is answered as a duplicate instead)."""
+    """A new event older than the backfill window (a reused transaction id is
+    judged first: a duplicate or a conflict, whatever its time)."""
 
     def __init__(self, description: str) -> None:
         super().__init__([FieldViolation("event_time", description)])
@@ -93,6 +93,25 @@ class LimitExceeded(MeteringError):
         super().__init__(
             f"meter {meter!r} has {available} {unit} available under plan {plan!r} (limit {limit}); "
             f"the event needs {requested}"
+        )
+
+
+class CreditsExhausted(MeteringError):
+    """A prepaid plan's event costs more than the wallet credit that can pay
+    for it (metering.domain.wallets); nothing was written."""
+
+    def __init__(
+        self, *, customer_id: str, meter: str, plan: str, currency: str, cost: Decimal, available: Decimal
+    ) -> None:
+        self.customer_id = customer_id
+        self.meter = meter
+        self.plan = plan
+        self.currency = currency
+        self.cost = cost
+        self.available = available
+        super().__init__(
+            f"the event on meter {meter!r} costs {cost} {currency}; customer {customer_id!r} has "
+            f"{available} {currency} of credit for it under prepaid plan {plan!r}"
         )
 
 

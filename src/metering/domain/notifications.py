@@ -7,14 +7,12 @@ meter, period and threshold; a limit refusal once per meter and period; an
 invoice once; a credit note once. Delivery (metering.delivery) reads them in outbox order.
 
 Everything here is pure: building notifications from a decision, their
-payloads as stored (JSON, decimals as strings), and the opaque cursor.
+payloads as stored (JSON, decimals as strings), and their place in the
+outbox (a Position; its signed wire form, the cursor, is in metering.api.page_tokens).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -24,7 +22,6 @@ from uuid import UUID, uuid4
 
 from metering.domain import limits
 from metering.domain.decimals import ZERO, format_decimal
-from metering.domain.errors import FieldViolation, InvalidArgument
 from metering.domain.periods import Period
 from metering.domain.records import CreditNote, CreditNoteReason, Invoice
 
@@ -36,6 +33,8 @@ class NotificationType(StrEnum):
     LIMIT_REJECTED = "usage.limit_rejected"
     INVOICE_FINALIZED = "invoice.finalized"
     CREDIT_NOTE_ISSUED = "invoice.credit_note_issued"
+    CREDITS_LOW = "credits.low"
+    CREDITS_EXHAUSTED = "credits.exhausted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +94,39 @@ class CreditNoteIssued:
     whole_invoice: bool
 
 
-Payload = ThresholdCrossed | LimitRejected | InvoiceFinalized | CreditNoteIssued
+@dataclass(frozen=True, slots=True)
+class CreditsLow:
+    """The wallet's available credit fell below the plan's threshold: the hook for an auto top-up."""
+
+    currency: str
+    available: Decimal
+    threshold: Decimal
+    generation: int  # the wallet's generation (grants given): a top-up re-arms it
+    transaction_id: str  # the event that crossed it
+
+
+@dataclass(frozen=True, slots=True)
+class CreditsExhausted:
+    """The wallet's available credit reached zero, or an event was refused for credit."""
+
+    currency: str
+    available: Decimal
+    generation: int
+    transaction_id: str
+    meter_slug: str
+    requested: Decimal  # the cost of the event that exhausted it (or was refused)
+    refused: bool  # whether that event was refused (prepaid plans)
+
+
+Payload = ThresholdCrossed | LimitRejected | InvoiceFinalized | CreditNoteIssued | CreditsLow | CreditsExhausted
 
 _TYPES: dict[type[Any], NotificationType] = {
     ThresholdCrossed: NotificationType.THRESHOLD_CROSSED,
     LimitRejected: NotificationType.LIMIT_REJECTED,
     InvoiceFinalized: NotificationType.INVOICE_FINALIZED,
     CreditNoteIssued: NotificationType.CREDIT_NOTE_ISSUED,
+    CreditsLow: NotificationType.CREDITS_LOW,
+    CreditsExhausted: NotificationType.CREDITS_EXHAUSTED,
 }
 
 
@@ -116,6 +141,11 @@ def limit_rejected_key(meter_slug: str, period: Period) -> str:
     return f"{NotificationType.LIMIT_REJECTED}/{meter_slug}/{period.start.isoformat()}"
 
 
+def credits_key(kind: NotificationType, currency: str, generation: int) -> str:
+    """A wallet notification is once per wallet generation: a top-up re-arms it."""
+    return f"{kind}/{currency}/{generation}"
+
+
 def dedupe_key(payload: Payload) -> str:
     """What makes a notification once-only among its customer's."""
     if isinstance(payload, ThresholdCrossed):
@@ -127,6 +157,8 @@ def dedupe_key(payload: Payload) -> str:
         return limit_rejected_key(payload.meter_slug, payload.period)
     if isinstance(payload, CreditNoteIssued):
         return f"{type_of(payload)}/{payload.credit_note_id}"
+    if isinstance(payload, CreditsLow | CreditsExhausted):
+        return credits_key(type_of(payload), payload.currency, payload.generation)
     return f"{type_of(payload)}/{payload.invoice_id}"
 
 
@@ -149,33 +181,14 @@ class NewNotification:
 
 @dataclass(frozen=True, slots=True, order=True)
 class Position:
-    """A place in the outbox: the writing transaction's id, then the row's
-    sequence number (see the 0004 migration for why both)."""
+    """A place in the outbox: a transaction id (the writer's own, or its
+    customer's previous notification's if later), then a sequence number, both
+    assigned under the customer's outbox lock until the commit, so that one
+    customer's positions follow the order its transactions committed
+    (metering.ledger.outbox, migration 0011)."""
 
     txid: int
     seq: int
-
-    def cursor(self) -> str:
-        """The opaque cursor of this position (WatchNotifications, webhook bodies)."""
-        return "n1_" + base64.urlsafe_b64encode(f"{self.txid}.{self.seq}".encode()).decode().rstrip("=")
-
-
-_CURSOR_RE = re.compile(r"^(?P<txid>[0-9]{1,20})\.(?P<seq>[0-9]{1,19})\Z")
-
-
-def parse_cursor(cursor: str) -> Position:
-    """The position of a cursor made by Position.cursor; INVALID_ARGUMENT otherwise."""
-    try:
-        if not cursor.startswith("n1_"):
-            raise ValueError("no prefix")
-        body = cursor.removeprefix("n1_")
-        text = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("ascii")
-    except (ValueError, UnicodeError, binascii.Error):
-        text = ""
-    match = _CURSOR_RE.match(text)
-    if match is None:
-        raise InvalidArgument([FieldViolation("cursor", "not a notification cursor issued by this service")])
-    return Position(int(match["txid"]), int(match["seq"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +280,35 @@ def credit_note_issued_notification(invoice: Invoice, note: CreditNote) -> NewNo
             currency=note.currency,
             whole_invoice=note.whole_invoice,
         ),
+    )
+
+
+def credits_low_notification(
+    customer_id: str,
+    currency: str,
+    generation: int,
+    *,
+    available: Decimal,
+    threshold: Decimal,
+    transaction_id: str,
+) -> NewNotification:
+    return NewNotification(customer_id, CreditsLow(currency, available, threshold, generation, transaction_id))
+
+
+def credits_exhausted_notification(
+    customer_id: str,
+    currency: str,
+    generation: int,
+    *,
+    available: Decimal,
+    requested: Decimal,
+    transaction_id: str,
+    meter_slug: str,
+    refused: bool,
+) -> NewNotification:
+    return NewNotification(
+        customer_id,
+        CreditsExhausted(currency, available, generation, transaction_id, meter_slug, requested, refused),
     )
 
 

@@ -77,6 +77,36 @@ def price_line(price: Price, quantity: Decimal, included: Decimal, currency: str
     return LineCharge(quantity, included, billable, tiers, exact, round_money(exact, currency))
 
 
+def exact_amount(price: Price, quantity: Decimal, included: Decimal) -> Decimal:
+    """price_line's exact amount (before rounding), without building its tiers:
+    the wallet's marginal costs compute it for every event. The same rules, in
+    the same exact arithmetic (a unit test keeps the two equal)."""
+    billable = quantity - included if quantity > included else ZERO
+    if price.is_no_charge or billable == 0:
+        return ZERO
+    model = price.model
+    if model is PricingModel.PER_UNIT:
+        return EXACT.multiply(billable, price.unit_amount)
+    if model is PricingModel.PACKAGE:
+        assert price.package_size is not None
+        return EXACT.multiply(_packages(billable, price.package_size, price.package_rounding), price.unit_amount)
+    tiers = price.tiers
+    if model is PricingModel.VOLUME:
+        # As in _volume: the last tier is open-ended (the catalog check).
+        reached = next((t for t in tiers[:-1] if t.up_to is not None and billable <= t.up_to), tiers[-1])
+        return EXACT.add(EXACT.multiply(billable, reached.unit_amount), reached.flat_amount)
+    total = ZERO
+    lower = ZERO
+    for tier in tiers:
+        upper = billable if tier.up_to is None or billable <= tier.up_to else tier.up_to
+        units = EXACT.subtract(upper, lower)
+        total = EXACT.add(total, EXACT.add(EXACT.multiply(units, tier.unit_amount), tier.flat_amount))
+        if upper == billable:
+            return total
+        lower = upper
+    raise AssertionError("the catalog check makes the last tier open-ended")  # pragma: no cover
+
+
 def _packages(billable: Decimal, size: Decimal, rounding: PackageRounding) -> Decimal:
     # 100 significant digits: the ratio of two valid quantities is never rounded
     # across a whole number before it is rounded to whole packages here.

@@ -14,6 +14,7 @@ from uuid import UUID
 from metering.domain import decimals, limits
 from metering.domain.catalog import PricingModel
 from metering.domain.pricing import LineCharge
+from metering.domain.wallets import CreditApplied
 
 
 class EventPosition(NamedTuple):
@@ -34,6 +35,8 @@ class CustomerRecord:
     # The end of the customer's last finalized billing period (None: none yet):
     # an event before it would change a final invoice.
     closed_through: datetime | None = None
+    # Whether the customer was ever given wallet credit (metering.domain.wallets).
+    has_wallet: bool = False
 
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
@@ -256,3 +259,6 @@ class Invoice:
     def net_total(self) -> Decimal:
         """What is owed after the credit notes (never below zero: they never exceed the total)."""
         return decimals.sub(self.total, self.credited)
+
+    # The wallet credit each grant applied (exact); `credits` is minus their sum, rounded once.
+    credits_applied: tuple[CreditApplied, ...] = ()

@@ -12,11 +12,11 @@ go through it. Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
-from metering.domain import decimals, limits
-from metering.domain.catalog import Catalog, Meter, Plan, PlanMeter
+from metering.domain import closing, decimals, limits
+from metering.domain.catalog import Catalog, Meter, Plan, PlanMeter, Price
 from metering.domain.decimals import ZERO
 from metering.domain.errors import LimitExceeded
 from metering.domain.notifications import MeterTerms
@@ -65,6 +65,7 @@ class PlanTerms:
     terms: PlanMeter
     plan_allowance: limits.Allowance  # without grants and holds (shared: never changed)
     notified: MeterTerms  # what notifications about this meter say of the plan
+    price: Price  # the plan's price for the meter
 
     @classmethod
     def of(cls, catalog: Catalog, plan: Plan, meter: Meter) -> PlanTerms:
@@ -75,6 +76,7 @@ class PlanTerms:
             terms,
             limits.Allowance(meter.aggregation, terms.enforcement, terms.limit),
             MeterTerms(plan.slug, meter.unit, terms.approaching_threshold),
+            catalog.price(terms.price),
         )
 
     def allowance(self, granted: Decimal = ZERO, reserved: Decimal = ZERO) -> limits.Allowance:
@@ -95,6 +97,11 @@ class PlanTerms:
         if periods is not None:
             return periods.containing(instant, anchor, self.terms.reset)
         return period_containing(instant, anchor, self.terms.reset)
+
+    def event_period(self, event_time: datetime, anchor: datetime, periods: Periods | None = None) -> Period:
+        """The period an event at `event_time` counts in: its time's, or the
+        first period for one before the anchor (closing.counting_time)."""
+        return self.period_at(closing.counting_time(event_time, anchor), anchor, periods)
 
     def balance(self, period: Period, reading: CounterReading) -> MeterBalance:
         """The balance of the meter in `period` from its counter, grants and holds."""
@@ -132,14 +139,23 @@ class CustomerMeter:
     def period_at(self, instant: datetime, periods: Periods | None = None) -> Period:
         return self.terms.period_at(instant, self.customer.billing_anchor, periods)
 
+    def event_period(self, event_time: datetime) -> Period:
+        return self.terms.event_period(event_time, self.customer.billing_anchor)
+
 
 class TermsBook:
     """A catalog's PlanTerms, each built on first use and then remembered, and
     the periods of recent instants (per anchor and reset). Looking terms up
-    costs a dict lookup, not a catalog walk, so it is done per event."""
+    costs a dict lookup, not a catalog walk, so it is done per event.
 
-    def __init__(self, catalog: Catalog) -> None:
+    `anchor_skew_tolerance` (METERING_ANCHOR_SKEW_TOLERANCE) is how long
+    before a customer's billing anchor a new event may be stamped and still
+    count in its first period (metering.domain.usage.resolve); zero for a
+    book that resolves no new event."""
+
+    def __init__(self, catalog: Catalog, *, anchor_skew_tolerance: timedelta = timedelta(0)) -> None:
         self.catalog = catalog
+        self.anchor_skew_tolerance = anchor_skew_tolerance
         self.periods = Periods()
         self._known: dict[tuple[str, str], PlanTerms] = {}
 

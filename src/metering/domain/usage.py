@@ -10,9 +10,9 @@ without a database (tests/unit/test_batch_decision.py, test_resolve.py).
 
 Events are decided in arrival order: duplicates of recorded events, payload
 conflicts (also between two events of the same batch), late events (the
-refusal a resolution carries applies to any event that is not an exact replay
-of a recorded one), limits, thresholds crossed and the first hard-limit
-refusal of a period.
+refusal a resolution carries applies only to a transaction id not recorded
+yet: a reused id is a duplicate or a conflict whatever its time), limits,
+thresholds crossed and the first hard-limit refusal of a period.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from decimal import Decimal
 from typing import NamedTuple
 from uuid import UUID
 
-from metering.domain import closing, limits, notifications, terms
+from metering.domain import closing, decimals, limits, notifications, terms, wallets
 from metering.domain.catalog import Meter, PlanMeter, Price
 from metering.domain.errors import (
     CatalogReloaded,
+    CreditsExhausted,
     InvalidArgument,
     MeteringError,
     NotFound,
@@ -35,7 +36,7 @@ from metering.domain.errors import (
     TransactionConflict,
 )
 from metering.domain.notifications import MeterTerms, NewNotification
-from metering.domain.periods import Period
+from metering.domain.periods import BillingPeriod, Period, Periods
 from metering.domain.records import (
     CounterReading,
     CustomerRecord,
@@ -78,9 +79,27 @@ class UsageCommand:
     # The server's clock, read once at the edge for the whole call: the
     # validation's too-old and too-new checks and the default event time.
     received_at: datetime
-    # An event time older than the backfill window: refused unless the event is
-    # an exact replay of a recorded one (validation decides, the writer applies).
+    # An event time older than the backfill window: refused if its transaction
+    # id is new (validation decides, the writer applies: a reused id is a
+    # duplicate or a conflict whatever its time).
     too_old: InvalidArgument | None = None
+
+
+@dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
+class WalletTerms:
+    """What charging an event to its customer's wallet needs (metering.domain.wallets):
+    set on a resolution only for a customer with a wallet or on a prepaid plan."""
+
+    price: Price  # the event's price
+    included: Decimal  # the plan's included units when the price is the plan's, else 0
+    currency: str  # the plan's
+    prepaid: bool
+    low_threshold: Decimal | None
+    meter: Meter
+    billing_period: BillingPeriod  # the billing period the event is billed in
+
+    def spend_key(self, event: NewEvent | StoredEvent) -> wallets.SpendKey:
+        return wallets.SpendKey(event.customer_id, event.meter_slug, self.billing_period.start, event.price_slug)
 
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
@@ -97,10 +116,12 @@ class Resolution:
     billing_anchor: datetime  # the customer's: a duplicate's balance is of its original's period
     # The event's values of its meter's declared dimensions: its rollup bucket.
     dimensions: dict[str, str] = field(default_factory=dict)
-    # Refuses the event unless it is an exact replay of a recorded one (which
-    # is answered as a duplicate): a time outside the backfill window, before
-    # the customer's first period, or in a finalized period.
+    # Refuses the event if its transaction id is new (a reused id is a
+    # duplicate or a conflict, whatever its time): a time outside the backfill
+    # window, before the customer's first period, or in a finalized period.
     refusal: MeteringError | None = None
+    # Set when the event is charged to a wallet (its customer has one, or its plan is prepaid).
+    wallet: WalletTerms | None = None
     # counter_key, built on first use: the batch looks it up more than once.
     _counter_key: CounterKey | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -111,6 +132,12 @@ class Resolution:
             event = self.event
             key = self._counter_key = _new_key(CounterKey, (event.customer_id, event.meter_slug, self.period.start))
         return key
+
+    @property
+    def spend_key(self) -> wallets.SpendKey:
+        """The priced quantity a wallet-charged event moves (metering.domain.wallets)."""
+        assert self.wallet is not None
+        return self.wallet.spend_key(self.event)
 
     @property
     def allowance_key(self) -> AllowanceKey:
@@ -151,12 +178,17 @@ def resolve(command: UsageCommand, customer: CustomerRecord | None, book: terms.
     )
     anchor = customer.billing_anchor
     refusal = command.too_old or closing.late_refusal(
-        customer.customer_id, command.transaction_id, event_time, anchor, customer.closed_through
+        customer.customer_id,
+        command.transaction_id,
+        event_time,
+        anchor,
+        customer.closed_through,
+        book.anchor_skew_tolerance,
     )
     return Resolution(
         event,
         known.plan_allowance,
-        known.period_at(event_time, anchor, book.periods),
+        known.event_period(event_time, anchor, book.periods),
         command.unique_value,
         command.allow_overage,
         dimensions=command.meter.dimension_values(command.properties),
@@ -164,6 +196,39 @@ def resolve(command: UsageCommand, customer: CustomerRecord | None, book: terms.
         plan_terms=plan_terms,
         billing_anchor=anchor,
         refusal=refusal,
+        wallet=wallet_terms(customer, known, named or known.price, event_time, book.periods),
+    )
+
+
+def wallet_terms(
+    customer: CustomerRecord,
+    known: terms.PlanTerms,
+    price: Price,
+    event_time: datetime,
+    periods: Periods | None = None,
+) -> WalletTerms | None:
+    """What charging an event at `price` to the customer's wallet needs; None
+    (nothing to charge) for a customer without a wallet on a plan that needs none.
+    `periods` remembers recent billing periods (the batching writer's TermsBook)."""
+    plan = known.plan
+    if not (customer.has_wallet or plan.prepaid):
+        return None
+    assert plan.currency is not None  # every plan has one (catalog check)
+    anchor = customer.billing_anchor
+    if periods is None:
+        billing = closing.billing_period(event_time, anchor)
+    else:
+        found = periods.containing(event_time, anchor, closing.BILLING_PERIOD)
+        assert found.end is not None  # a billing period always ends
+        billing = BillingPeriod(found.start, found.end)
+    return WalletTerms(
+        price=price,
+        included=known.terms.included if price.slug == known.terms.price else decimals.ZERO,
+        currency=plan.currency,
+        prepaid=plan.prepaid,
+        low_threshold=plan.credits_low_threshold,
+        meter=known.meter,
+        billing_period=billing,
     )
 
 
@@ -187,6 +252,9 @@ class BatchReads:
     existing: dict[tuple[str, str], StoredEvent]  # recorded events, by (customer, transaction id)
     holdings: dict[AllowanceKey, tuple[Decimal, Decimal]]  # (granted, reserved) for each allowance key
     seen_values: set[tuple[CounterKey, str]]  # distinct values already counted
+    # Wallets (locked) of the batch's wallet-charged customers, and their priced quantities.
+    wallet_states: dict[str, wallets.Wallet] = field(default_factory=dict)
+    spends: dict[wallets.SpendKey, wallets.Spend] = field(default_factory=dict)
 
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
@@ -198,6 +266,30 @@ class Insert:
     key: CounterKey
     dimensions: dict[str, str]
     unique_value: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BurnRow:
+    """A burn to append (metering.domain.wallets.Burn with the event that made it)."""
+
+    key: wallets.SpendKey
+    event_id: UUID
+    burn: wallets.Burn
+
+
+@dataclass(frozen=True, slots=True)
+class WalletWrites:
+    """What a batch changes in wallets: each Spend once, the burns, and each grant's remaining."""
+
+    spends: list[tuple[wallets.SpendKey, wallets.Spend]]
+    burns: list[BurnRow]
+    remaining: list[tuple[str, str, Decimal]]  # (customer, grant id, remaining)
+
+    def __bool__(self) -> bool:
+        return bool(self.spends or self.burns)
+
+
+NO_WALLET_WRITES = WalletWrites([], [], [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +328,7 @@ class BatchPlan:
     unique_values: list[UniqueValue]
     notifications: list[NewNotification]  # once each by (customer, dedupe key)
     _answers: list[EventResult | _Accepted | _DuplicateOf]
+    wallet_writes: WalletWrites = NO_WALLET_WRITES
 
     def answers(self, stored: Sequence[StoredEvent]) -> list[EventResult]:
         """Every event's result, given the stored form of each insert (same order)."""
@@ -291,6 +384,7 @@ def decide_batch(
     the outbox already (not built again)."""
     states = dict(reads.counters)
     seen_values = set(reads.seen_values)
+    charging = WalletCharging(reads.wallet_states, reads.spends) if reads.wallet_states or reads.spends else None
     answers: list[EventResult | _Accepted | _DuplicateOf] = []
     in_batch: dict[tuple[str, str], tuple[int, NewEvent, UUID]] = {}  # accepted earlier in this batch
     inserts: list[Insert] = []
@@ -317,10 +411,12 @@ def decide_batch(
         allowance, quiet_below = found
         txn = (event.customer_id, event.transaction_id)
         try:
+            # A reused transaction id is judged before any time policy: an exact
+            # replay is a duplicate whatever its time now (its period may have
+            # closed since), any other payload a conflict whatever its time. The
+            # time policy (resolution.refusal) only ever judges a new id.
             earlier = reads.existing.get(txn)
             if earlier is not None:
-                if resolution.refusal is not None and payload_differences(earlier, event):
-                    raise resolution.refusal  # not a replay: its time is what is wrong with it
                 _same_payload(earlier, str(earlier.event_id), event)
                 original = states[CounterKey(earlier.customer_id, earlier.meter_slug, earlier.period_start)]
                 reading = CounterReading(original, allowance.granted, allowance.reserved, allowance)
@@ -328,8 +424,6 @@ def decide_batch(
                 continue
             if txn in in_batch:
                 first_index, first, first_id = in_batch[txn]
-                if resolution.refusal is not None and payload_differences(first, event):
-                    raise resolution.refusal
                 _same_payload(first, str(first_id), event)
                 answers.append(_DuplicateOf(first_index, resolution))
                 continue
@@ -376,6 +470,16 @@ def decide_batch(
                     ],
                 )
             continue
+        wallet_terms = resolution.wallet
+        if wallet_terms is not None:
+            if charging is None:
+                charging = WalletCharging({}, {})
+            refused = charging.charge(
+                event, resolution.terms.plan_slug, wallet_terms, event_id, new_value=new_value, announce=announce
+            )
+            if refused is not None:
+                answers.append(refused)
+                continue
         after = decision.state_after
         if quiet_below is not None and after.used >= quiet_below:
             _announce(
@@ -399,7 +503,157 @@ def decide_batch(
             seen_values.add((key, unique))
             new_values.append(UniqueValue(key, unique, event_id))
     counters = [(key, states[key]) for key in sorted(touched)]
-    return BatchPlan(inserts, counters, new_values, list(announce.values()), answers)
+    writes = NO_WALLET_WRITES if charging is None else charging.writes()
+    return BatchPlan(inserts, counters, new_values, list(announce.values()), answers, writes)
+
+
+class WalletCharging:
+    """Wallets (locked by the caller's transaction) as events are charged to them, in
+    order: the batching writer's, a reservation's commit, and a void's settlement."""
+
+    def __init__(self, wallet_states: dict[str, wallets.Wallet], spends: dict[wallets.SpendKey, wallets.Spend]) -> None:
+        self.wallets = dict(wallet_states)
+        self.spends = dict(spends)
+        self.burns: list[BurnRow] = []
+        self.touched: set[wallets.SpendKey] = set()
+
+    def _wallet(self, customer_id: str) -> wallets.Wallet:
+        wallet = self.wallets.get(customer_id)
+        if wallet is None:
+            wallet = self.wallets[customer_id] = wallets.Wallet(customer_id, 0, [], {})
+        return wallet
+
+    def settle(self, event: StoredEvent, terms: WalletTerms, state_after: limits.CounterState) -> None:
+        """Move the priced quantity of a recorded event's key to `state_after`
+        (recomputed from the events after a void): usage that got cheaper gives
+        credit back; one that costs more (a voided LATEST gauge reading) is
+        paid by the grants as far as they go, never refused."""
+        key = terms.spend_key(event)
+        spend = self.spends.get(key) or wallets.Spend()
+        outcome = wallets.charge(
+            self._wallet(event.customer_id),
+            spend,
+            price=terms.price,
+            included=terms.included,
+            currency=terms.currency,
+            state_after=state_after,
+            meter_slug=event.meter_slug,
+            at=event.event_time,
+            prepaid=False,
+        )
+        assert isinstance(outcome, wallets.Charge)  # never refused without prepaid
+        self.spends[key] = outcome.spend_after
+        self.touched.add(key)
+        wallets.apply(self._wallet(event.customer_id), outcome.burns)
+        self.burns.extend(BurnRow(key, event.event_id, burn) for burn in outcome.burns)
+
+    def charge(
+        self,
+        event: NewEvent,
+        plan_slug: str,
+        terms: WalletTerms,
+        event_id: UUID,
+        *,
+        new_value: bool,
+        announce: dict[tuple[str, str], NewNotification],
+    ) -> CreditsExhausted | None:
+        """Charge an event the limits accepted; the refusal of a prepaid plan's
+        event the credit cannot cover (nothing changes then)."""
+        customer_id = event.customer_id
+        wallet = self._wallet(customer_id)
+        key = terms.spend_key(event)
+        spend = self.spends.get(key) or wallets.Spend()
+        state_after = wallets.advance(
+            terms.meter.aggregation,
+            spend.state,
+            event.quantity,
+            event_time=event.event_time,
+            event_id=event_id,
+            new_unique_value=new_value,
+        )
+        at = event.event_time
+        outcome = wallets.charge(
+            wallet,
+            spend,
+            price=terms.price,
+            included=terms.included,
+            currency=terms.currency,
+            state_after=state_after,
+            meter_slug=event.meter_slug,
+            at=at,
+            prepaid=terms.prepaid,
+        )
+        if isinstance(outcome, wallets.Shortfall):
+            _announce(
+                announce,
+                [
+                    notifications.credits_exhausted_notification(
+                        customer_id,
+                        terms.currency,
+                        wallet.generation,
+                        available=outcome.available,
+                        requested=outcome.cost,
+                        transaction_id=event.transaction_id,
+                        meter_slug=event.meter_slug,
+                        refused=True,
+                    )
+                ],
+            )
+            return CreditsExhausted(
+                customer_id=customer_id,
+                meter=event.meter_slug,
+                plan=plan_slug,
+                currency=terms.currency,
+                cost=outcome.cost,
+                available=outcome.available,
+            )
+        self.spends[key] = outcome.spend_after
+        self.touched.add(key)
+        if outcome.burns:
+            wallets.apply(wallet, outcome.burns)
+            self.burns.extend(BurnRow(key, event_id, burn) for burn in outcome.burns)
+            # A positive burn takes only from grants active at `at` in this currency; credit
+            # given back only raises the total, which crosses nothing (wallets.crossings).
+            total_after = wallet.total_available(at, terms.currency)
+            total_before = decimals.add(total_after, outcome.taken)
+            low, exhausted = wallets.crossings(total_before, total_after, terms.low_threshold)
+            new: list[NewNotification] = []
+            if low:
+                assert terms.low_threshold is not None
+                new.append(
+                    notifications.credits_low_notification(
+                        customer_id,
+                        terms.currency,
+                        wallet.generation,
+                        available=total_after,
+                        threshold=terms.low_threshold,
+                        transaction_id=event.transaction_id,
+                    )
+                )
+            if exhausted:
+                new.append(
+                    notifications.credits_exhausted_notification(
+                        customer_id,
+                        terms.currency,
+                        wallet.generation,
+                        available=total_after,
+                        requested=outcome.cost,
+                        transaction_id=event.transaction_id,
+                        meter_slug=event.meter_slug,
+                        refused=False,
+                    )
+                )
+            _announce(announce, new)
+        return None
+
+    def writes(self) -> WalletWrites:
+        spends = [(key, self.spends[key]) for key in sorted(self.touched)]
+        changed = {(row.key.customer_id, row.burn.grant_id) for row in self.burns}
+        remaining = [
+            (customer_id, grant_id, self.wallets[customer_id].remaining[grant_id])
+            for customer_id, grant_id in sorted(changed)
+        ]
+        return WalletWrites(spends, self.burns, remaining)
 
 
 def _announce(announce: dict[tuple[str, str], NewNotification], new: list[NewNotification]) -> None:

@@ -85,6 +85,11 @@ class AuditReport:
     credit_notes: int = 0  # credit notes checked
     credit_overruns: list[CreditOverrun] = field(default_factory=list)
     credit_note_amount_mismatches: int = 0  # line notes whose amount is not the sum of their lines
+    # Wallets: grants whose amount less their net burns (kept per priced quantity)
+    # is not their remaining credit, or whose remaining is below zero or above the amount...
+    wallet_grant_mismatches: int = 0
+    # ...and priced quantities whose covered credit falls outside 0 <= covered <= charged.
+    wallet_spend_mismatches: int = 0
 
     @property
     def ok(self) -> bool:
@@ -97,6 +102,8 @@ class AuditReport:
             or self.unknown_meter_events
             or self.unique_value_mismatches
             or self.dangling_commits
+            or self.wallet_grant_mismatches
+            or self.wallet_spend_mismatches
         )
 
 
@@ -137,7 +144,20 @@ async def audit_ledger(conn: Connection, catalog: Catalog, customer_ids: Sequenc
                      WHERE {scope.on("r")} AND r.status = 'committed'
                        AND NOT EXISTS (SELECT 1 FROM usage_events e
                                         WHERE e.customer_id = r.customer_id AND e.event_id = r.event_id))
-                       AS dangling_commits
+                       AS dangling_commits,
+                   (SELECT count(*) FROM credit_grants g
+                     WHERE {scope.on("g")}
+                       AND (g.remaining < 0 OR g.remaining > g.amount
+                            OR g.amount - g.remaining
+                               <> coalesce((SELECT sum(b.value::numeric)
+                                              FROM wallet_spend s CROSS JOIN LATERAL jsonb_each_text(s.burned) b
+                                             WHERE s.customer_id = g.customer_id AND b.key = g.grant_id), 0)))
+                       AS wallet_grant_mismatches,
+                   (SELECT count(*) FROM wallet_spend s
+                      CROSS JOIN LATERAL (SELECT coalesce(sum(value::numeric), 0) AS covered
+                                            FROM jsonb_each_text(s.burned)) j
+                     WHERE {scope.on("s")} AND (j.covered < 0 OR j.covered > s.charged))
+                       AS wallet_spend_mismatches
             """,
             *sql.args,
         )
@@ -166,6 +186,8 @@ async def audit_ledger(conn: Connection, catalog: Catalog, customer_ids: Sequenc
         unique_value_mismatches=unique_value_mismatches,
         dangling_commits=totals["dangling_commits"],
         mismatches=mismatches,
+        wallet_grant_mismatches=totals["wallet_grant_mismatches"],
+        wallet_spend_mismatches=totals["wallet_spend_mismatches"],
         rollup_mismatches=rollup_mismatches,
         rollups=rollups,
         credit_notes=credit_notes,

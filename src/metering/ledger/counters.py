@@ -30,12 +30,13 @@ from metering.domain.usage import CounterKey
 from metering.ledger.pool import ConnectionSource, PoolUser, answer_within, translate_errors
 from metering.ledger.sql import active_grants_sum, counter_state, live_holds_sum
 
-Readings = tuple[str | None, dict[CounterKey, CounterReading]]  # the customer's plan (None: unknown), counters
+# The customer's plan (None: unknown), its counters, and whether it has a wallet.
+Readings = tuple[str | None, dict[CounterKey, CounterReading], bool]
 
 # One row per (read, counter); a read of no counters still gets one row, with
 # NULL meter, so that it learns the customer's plan.
 _READ_COUNTERS = f"""
-SELECT k.n, cu.plan_slug, k.meter_slug, k.period_start,
+SELECT k.n, cu.plan_slug, cu.has_wallet, k.meter_slug, k.period_start,
        coalesce(c.used, 0) AS used, coalesce(c.event_count, 0) AS event_count,
        c.latest_event_time, c.latest_event_id,
        {active_grants_sum("k.customer_id", "k.meter_slug", "k.at")} AS granted,
@@ -150,12 +151,12 @@ class CounterReader(PoolUser):
 
 def _answers(reads: list[_Read], rows: list[asyncpg.Record]) -> list[Readings]:
     """The rows of a statement, back to the reads they answer (by index)."""
-    answers: list[Readings] = [(None, {}) for _ in reads]
+    answers: list[Readings] = [(None, {}, False) for _ in reads]
     for row in rows:
         n = row["n"]
-        plan, readings = answers[n]
+        plan, readings, _ = answers[n]
         if plan is None and row["plan_slug"] is not None:
-            answers[n] = plan, readings = row["plan_slug"], readings
+            answers[n] = plan, readings, _ = row["plan_slug"], readings, row["has_wallet"]
         if row["meter_slug"] is not None and row["plan_slug"] is not None:
             key = CounterKey(reads[n].customer_id, row["meter_slug"], row["period_start"])
             readings[key] = CounterReading(counter_state(row), row["granted"], row["reserved"])

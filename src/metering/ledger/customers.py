@@ -20,8 +20,8 @@ from metering.domain.records import (
     StoredEvent,
 )
 from metering.domain.terms import PlanTerms
-from metering.domain.usage import CounterKey
-from metering.ledger import rollups, steps
+from metering.domain.usage import CounterKey, WalletTerms
+from metering.ledger import rollups, steps, wallets
 from metering.ledger.counters import CounterReader, Readings
 from metering.ledger.pool import ConnectionSource, PoolUser, translate_errors
 from metering.ledger.sql import CUSTOMER_COLUMNS, Sql
@@ -190,7 +190,9 @@ class CustomerStore(PoolUser):
         async with translate_errors(), self._connection() as conn:
             return await steps.find_event(conn, customer_id, transaction_id)
 
-    async def void_event(self, event: StoredEvent, terms: PlanTerms, period: Period, reason: str) -> VoidOutcome:
+    async def void_event(
+        self, event: StoredEvent, terms: PlanTerms, period: Period, reason: str, wallet: WalletTerms | None = None
+    ) -> VoidOutcome:
         """Cancel an event with a compensating entry and rebuild its counter.
         Returns the event with its void, whether it was voided already, and the
         counter after. Refused (PeriodClosed) once the event's billing period is
@@ -212,6 +214,12 @@ class CustomerStore(PoolUser):
             if inserted:
                 state = await steps.recompute_counter(conn, event.customer_id, meter, event.period_start)
                 await rollups.rebuild_bucket(conn, meter, rollups.rollup_input(meter, event, None))
+                if wallet is not None:  # the priced quantity without the event: credit comes back
+                    key = wallet.spend_key(event)
+                    charging = await wallets.charging(conn, {key: wallet})
+                    priced = await wallets.recorded_state(conn, key, meter, wallet.billing_period.end)
+                    charging.settle(event, wallet, priced)
+                    await wallets.write(conn, charging.writes())
             else:
                 state = await steps.read_counter(conn, event.customer_id, event.meter_slug, event.period_start)
             # The balance of the event's period as its own answer gave it: the grants

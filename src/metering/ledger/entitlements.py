@@ -26,6 +26,7 @@ from metering.domain.records import (
     HELD,
     RELEASED,
     CounterReading,
+    CustomerRecord,
     GrantRecord,
     NewEvent,
     ReservationRecord,
@@ -33,7 +34,8 @@ from metering.domain.records import (
     new_event_id,
 )
 from metering.domain.terms import PlanTerms
-from metering.ledger import outbox, rollups, steps
+from metering.domain.usage import wallet_terms as wallet_terms_for
+from metering.ledger import outbox, rollups, steps, wallets
 from metering.ledger.pool import Connection, Pool, PoolUser, one_row, translate_errors
 from metering.ledger.sql import GRANT_COLUMNS, RESERVATION_COLUMNS, grant_record, reservation_record
 
@@ -245,6 +247,7 @@ class EntitlementStore(PoolUser):
         properties: dict[str, str],
         terms: PlanTerms,
         period: Period,
+        customer: CustomerRecord | None = None,
     ) -> CommitOutcome:
         """Record the reservation's usage (all of it when `quantity` is None) as
         an event at the database's clock, priced with the price of `terms`, and announce
@@ -252,7 +255,7 @@ class EntitlementStore(PoolUser):
         a finalized period can refuse it (a hold never outlives its own period,
         which cannot close before it ends)."""
         announced: list[NotificationType] = []
-        outcome = await self._commit(reservation, quantity, properties, terms, period, announced)
+        outcome = await self._commit(reservation, quantity, properties, terms, period, announced, customer)
         self._on_notifications(announced)
         return outcome
 
@@ -264,6 +267,7 @@ class EntitlementStore(PoolUser):
         terms: PlanTerms,
         period: Period,
         announced: list[NotificationType],
+        customer: CustomerRecord | None,
     ) -> CommitOutcome:
         meter = terms.meter
         async with translate_errors(), self._connection() as conn, conn.transaction():
@@ -313,6 +317,18 @@ class EntitlementStore(PoolUser):
                 event_time_given=False,
                 properties=properties,
             )
+            # The customer's wallet pays for the commit (a prepaid plan's commit
+            # the credit cannot cover is refused: holds reserve units, not money).
+            wallet_terms = None if customer is None else wallet_terms_for(customer, terms, terms.price, now)
+            charging = None
+            charged: dict[tuple[str, str], notifications.NewNotification] = {}
+            if wallet_terms is not None:
+                charging = await wallets.charging(conn, {wallet_terms.spend_key(to_record): wallet_terms})
+                refused = charging.charge(
+                    to_record, terms.plan.slug, wallet_terms, event_id, new_value=False, announce=charged
+                )
+                if refused is not None:
+                    raise refused
             stored = await steps.insert_event(conn, to_record, event_id, current.period_start)
             if stored is None:
                 raise IdempotencyKeyConflict(
@@ -332,6 +348,9 @@ class EntitlementStore(PoolUser):
                 state.used,
                 decision.state_after.used,
             )
+            if charging is not None:
+                await wallets.write(conn, charging.writes())
+                crossed.extend(charged.values())
             announced.extend(await outbox.enqueue(conn, crossed))
             row = await one_row(
                 conn,

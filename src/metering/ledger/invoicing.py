@@ -54,6 +54,7 @@ from metering.domain.pricing import LineCharge, TierCharge
 from metering.domain.records import FINALIZED, CreditNote, CustomerRecord, Invoice, InvoiceLine
 from metering.ledger import credit_notes, outbox
 from metering.ledger.pool import Connection, PoolUser, one_row, translate_errors
+from metering.ledger.wallets import applied_document, applied_from
 
 # Namespace of the closer's advisory locks (two-int form: namespace, hashtext of
 # the customer id): "clos". A hash collision only makes two customers close one
@@ -62,7 +63,7 @@ CLOSER_LOCK_NAMESPACE = 0x636C6F73
 
 INVOICE_COLUMNS = (
     "invoice_id, customer_id, number, plan_slug, period_start, period_end, currency, subtotal, credits, total, "
-    "lines, finalized_at"
+    "lines, finalized_at, credits_applied"
 )
 
 
@@ -108,7 +109,7 @@ class PeriodClose:
             f"""
             INSERT INTO invoices ({INVOICE_COLUMNS})
             SELECT $1::uuid, $2::text, coalesce(max(i.number), 0) + 1, $3::text, $4::timestamptz, $5::timestamptz,
-                   $6::text, $7::numeric, $8::numeric, $9::numeric, $10::jsonb, now()
+                   $6::text, $7::numeric, $8::numeric, $9::numeric, $10::jsonb, now(), $11::jsonb
               FROM invoices i WHERE i.customer_id = $2::text
             ON CONFLICT (customer_id, period_start) DO NOTHING
             RETURNING {INVOICE_COLUMNS}
@@ -123,6 +124,7 @@ class PeriodClose:
             bill.credits,
             bill.total,
             [_line_document(line) for line in bill.lines],
+            applied_document(bill.credits_applied),
         )
         created = inserted is not None
         if inserted is None:  # finalized before: the stored one stands
@@ -162,7 +164,8 @@ async def open_close(conn: Connection, customer_id: str) -> PeriodClose | None:
     it does not exist)."""
     row = await conn.fetchrow(
         """
-        SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through, closing_period_end,
+        SELECT customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through, has_wallet,
+               closing_period_end,
                clock_timestamp() AS db_now
           FROM customers
          WHERE customer_id = $1 AND pg_try_advisory_xact_lock($2, hashtext($1))
@@ -426,4 +429,5 @@ def invoice_record(row: asyncpg.Record) -> Invoice:
         invoice_id=row["invoice_id"],
         number=row["number"],
         finalized_at=row["finalized_at"],
+        credits_applied=tuple(applied_from(row["credits_applied"])),
     )

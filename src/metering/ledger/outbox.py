@@ -2,10 +2,24 @@
 order, and the webhook delivery state (cursors, leases, pending deliveries,
 dead letters).
 
-Order and cursors: see the 0004 migration. Every reader reads only up to the
-horizon, the oldest transaction still running (`_HORIZON`): below it nothing
-can appear any more, so a reader that has read up to a position never misses
-a row at or before it.
+Order: a notification's position is (txid, seq), assigned by the
+`notifications_position` trigger (migrations 0007 and 0011) under a lock on
+its customer's head row, held by the writing transaction until it commits:
+txid is the larger of the writer's own transaction id and the customer's
+last txid, seq a sequence value drawn after the lock. So one customer's
+notifications are in the order their transactions committed, whichever
+replica or worker wrote them, and customers share no lock.
+
+Every reader reads only up to the horizon, the oldest transaction still
+running (`_HORIZON`): a row's txid is at least its writer's id, so below the
+horizon nothing can appear any more, and a reader that has read up to a
+position never misses a row at or before it (nor reads one twice).
+
+Writing: `enqueue` is the one statement that writes notifications. It must
+be the last write of its transaction that may wait on a lock (what comes
+after it may touch only rows the transaction already holds): the head locks
+are then the last locks taken, in customer order, so no deadlock cycle can
+go through them.
 """
 
 from __future__ import annotations
@@ -53,26 +67,34 @@ _NOTIFICATION_SELECT = (
 def insert_arrays(notifications: Sequence[NewNotification]) -> list[list[Any]]:
     """The columns of `notifications` as arrays, for
     `unnest($customer_id::text[], $notification_id::uuid[], $type::text[], $dedupe_key::text[], $payload::jsonb[])`:
-    the one mapping of a notification to its row, shared by `enqueue` and the
-    batching writer's statement."""
+    the one mapping of a notification to its row. Sorted by customer (stably:
+    one customer's keep their order), the order their head rows are locked in."""
+    ordered = sorted(notifications, key=lambda n: n.customer_id)
     return [
-        [n.customer_id for n in notifications],
-        [n.notification_id for n in notifications],
-        [str(n.type) for n in notifications],
-        [n.dedupe_key for n in notifications],
-        [payload_json(n.payload) for n in notifications],
+        [n.customer_id for n in ordered],
+        [n.notification_id for n in ordered],
+        [str(n.type) for n in ordered],
+        [n.dedupe_key for n in ordered],
+        [payload_json(n.payload) for n in ordered],
     ]
 
 
 async def enqueue(conn: Connection, notifications: Sequence[NewNotification]) -> list[NotificationType]:
     """Write notifications in the caller's transaction; one already written
-    (same customer and dedupe key) is skipped. Returns the types written."""
+    (same customer and dedupe key) is skipped. Returns the types written.
+
+    The last write of the transaction that may wait (see the module doc): the
+    position trigger locks each customer's head row until the commit, in the
+    order of the rows, which is customer order."""
     if not notifications:
         return []
     rows = await conn.fetch(
         """
         INSERT INTO notifications (customer_id, notification_id, type, dedupe_key, payload)
-        SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[])
+        SELECT n.customer_id, n.notification_id, n.type, n.dedupe_key, n.payload
+          FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[])
+               WITH ORDINALITY AS n (customer_id, notification_id, type, dedupe_key, payload, i)
+         ORDER BY n.i
         ON CONFLICT (customer_id, dedupe_key) DO NOTHING
         RETURNING type
         """,

@@ -64,7 +64,7 @@ EVENT_FROM = "usage_events e LEFT JOIN usage_voids v ON v.customer_id = e.custom
 NOT_VOIDED = "NOT EXISTS (SELECT 1 FROM usage_voids v WHERE v.customer_id = e.customer_id AND v.event_id = e.event_id)"
 COUNTER_COLUMNS = "used, event_count, latest_event_time, latest_event_id"
 # customers columns, in CustomerRecord order.
-CUSTOMER_COLUMNS = "customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through"
+CUSTOMER_COLUMNS = "customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through, has_wallet"
 
 
 def active_grants_sum(customer: str, meter: str, at: str) -> str:

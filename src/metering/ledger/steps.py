@@ -53,7 +53,7 @@ async def lock_customer(
     if row is None:
         return None
     at = instant or row["db_now"]
-    if closing.classify(at, row["billing_anchor"], row["closed_through"]) is closing.EventTime.CLOSED:
+    if closing.is_closed(at, row["billing_anchor"], row["closed_through"]):
         return closing.period_closed(customer_id, transaction_id, at, row["billing_anchor"])
     return None
 

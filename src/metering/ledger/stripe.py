@@ -70,6 +70,9 @@ class PairState:
 
     progress: Progress
     pending: PendingEvent | None
+    # Hours skipped as too old for Stripe, saved in the progress, whose log
+    # line is not written yet (a process stopped between the two).
+    unlogged_skipped_hours: int = 0
 
 
 async def try_lock(conn: Connection) -> bool:
@@ -83,8 +86,8 @@ async def unlock(conn: Connection) -> None:
 async def pairs_to_export(
     conn: Connection, scope: ExportScope, closed_before: datetime, *, check_exported: bool
 ) -> list[Pair]:
-    """The customers' meters with work: an event in flight, usage in closed
-    hours not yet exported, and (with `check_exported`, once per closed hour:
+    """The customers' meters with work: an event in flight, skipped hours not
+    logged yet, usage in closed hours not yet exported, and (with `check_exported`, once per closed hour:
     it reads every exported hour's rollups) a change to hours already
     exported since they were accounted."""
     customers = None if scope.customers is None else list(scope.customers)
@@ -101,6 +104,10 @@ async def pairs_to_export(
         f"""
         SELECT e.customer_id, e.meter_slug FROM stripe_meter_events e
          WHERE e.acknowledged_at IS NULL AND e.abandoned_at IS NULL
+        UNION
+        SELECT p.customer_id, p.meter_slug FROM stripe_export_progress p
+         WHERE p.unlogged_skipped_hours > 0
+           AND p.meter_slug = ANY($2::text[]) AND ($3::text[] IS NULL OR p.customer_id = ANY($3::text[]))
         UNION
         SELECT DISTINCT r.customer_id, r.meter_slug
           FROM usage_rollups r
@@ -120,8 +127,8 @@ async def pairs_to_export(
 
 async def load_state(conn: Connection, pair: Pair) -> PairState:
     row = await conn.fetchrow(
-        "SELECT exported_through, accounted_total, skipped_total, sent_units FROM stripe_export_progress "
-        "WHERE customer_id = $1 AND meter_slug = $2",
+        "SELECT exported_through, accounted_total, skipped_total, sent_units, unlogged_skipped_hours "
+        "FROM stripe_export_progress WHERE customer_id = $1 AND meter_slug = $2",
         pair.customer_id,
         pair.meter_slug,
     )
@@ -142,7 +149,7 @@ async def load_state(conn: Connection, pair: Pair) -> PairState:
         pending = PendingEvent(
             step, pending_row["identifier"], pending_row["event_name"], pending_row["stripe_customer_id"]
         )
-    return PairState(progress, pending)
+    return PairState(progress, pending, 0 if row is None else row["unlogged_skipped_hours"])
 
 
 def _progress(row: asyncpg.Record) -> Progress:
@@ -187,20 +194,26 @@ async def hourly_usage(
     return HourlyUsage(exported, usage)
 
 
-async def save_progress(conn: Connection, pair: Pair, before: Progress, after: Progress) -> None:
+async def save_progress(
+    conn: Connection, pair: Pair, before: Progress, after: Progress, skipped_hours: int = 0
+) -> None:
     """Advance the pair's progress from `before` (what this exporter read) to
-    `after`; a progress moved meanwhile by anyone else is an error, never
-    overwritten."""
+    `after`, which passes over `skipped_hours` hours too old for Stripe (added
+    to the count whose log line is due, `skips_logged`); a progress moved
+    meanwhile by anyone else is an error, never overwritten."""
     if before == after:
         return
     moved = await conn.fetchval(
         """
         INSERT INTO stripe_export_progress AS p
-               (customer_id, meter_slug, exported_through, accounted_total, skipped_total, sent_units)
-        VALUES ($1, $2, $3, $4, $5, $6)
+               (customer_id, meter_slug, exported_through, accounted_total, skipped_total, sent_units,
+                unlogged_skipped_hours)
+        VALUES ($1, $2, $3, $4, $5, $6, $8)
         ON CONFLICT (customer_id, meter_slug) DO UPDATE
            SET exported_through = EXCLUDED.exported_through, accounted_total = EXCLUDED.accounted_total,
-               skipped_total = EXCLUDED.skipped_total, sent_units = EXCLUDED.sent_units, updated_at = now()
+               skipped_total = EXCLUDED.skipped_total, sent_units = EXCLUDED.sent_units,
+               unlogged_skipped_hours = p.unlogged_skipped_hours + EXCLUDED.unlogged_skipped_hours,
+               updated_at = now()
          WHERE p.exported_through = $7
         RETURNING 1
         """,
@@ -211,9 +224,21 @@ async def save_progress(conn: Connection, pair: Pair, before: Progress, after: P
         after.skipped_total,
         after.sent_units,
         before.exported_through,
+        skipped_hours,
     )
     if moved is None:
         raise ProgressMoved(pair)
+
+
+async def skips_logged(conn: Connection, pair: Pair, hours: int) -> None:
+    """The log line of `hours` skipped hours is written: no longer due."""
+    await conn.execute(
+        "UPDATE stripe_export_progress SET unlogged_skipped_hours = unlogged_skipped_hours - $3 "
+        "WHERE customer_id = $1 AND meter_slug = $2",
+        pair.customer_id,
+        pair.meter_slug,
+        hours,
+    )
 
 
 class ProgressMoved(RuntimeError):
@@ -223,12 +248,15 @@ class ProgressMoved(RuntimeError):
         super().__init__(f"the Stripe export progress of {pair.customer_id}/{pair.meter_slug} moved meanwhile")
 
 
-async def decide_event(conn: Connection, pair: Pair, saved: Progress, current: Progress, event: PendingEvent) -> None:
+async def decide_event(
+    conn: Connection, pair: Pair, saved: Progress, current: Progress, event: PendingEvent, skipped_hours: int = 0
+) -> None:
     """Store the progress so far (`current`: hours without an event since
-    `saved`) and the event about to be sent, in one transaction."""
+    `saved`, `skipped_hours` of them too old for Stripe) and the event about
+    to be sent, in one transaction."""
     step = event.step
     async with conn.transaction():
-        await save_progress(conn, pair, saved, current)
+        await save_progress(conn, pair, saved, current, skipped_hours)
         await conn.execute(
             """
             INSERT INTO stripe_meter_events
@@ -295,11 +323,16 @@ class StripeExportSession:
     ) -> HourlyUsage:
         return await hourly_usage(self._conn, scope, pair, since, closed_before)
 
-    async def save_progress(self, pair: Pair, before: Progress, after: Progress) -> None:
-        await save_progress(self._conn, pair, before, after)
+    async def save_progress(self, pair: Pair, before: Progress, after: Progress, skipped_hours: int = 0) -> None:
+        await save_progress(self._conn, pair, before, after, skipped_hours)
 
-    async def decide_event(self, pair: Pair, saved: Progress, current: Progress, event: PendingEvent) -> None:
-        await decide_event(self._conn, pair, saved, current, event)
+    async def skips_logged(self, pair: Pair, hours: int) -> None:
+        await skips_logged(self._conn, pair, hours)
+
+    async def decide_event(
+        self, pair: Pair, saved: Progress, current: Progress, event: PendingEvent, skipped_hours: int = 0
+    ) -> None:
+        await decide_event(self._conn, pair, saved, current, event, skipped_hours)
 
     async def acknowledge_event(self, pair: Pair, before: Progress, event: PendingEvent) -> None:
         await acknowledge_event(self._conn, pair, before, event)

@@ -152,15 +152,29 @@ async def seen_unique_values(conn: Connection, wanted: Sequence[tuple[CounterKey
 async def write_batch(conn: Connection, plan: BatchPlan) -> tuple[dict[UUID, datetime], list[NotificationType]]:
     """One statement writes the batch: the accepted events (one multi-row
     insert), their hourly rollup buckets (metering.ledger.rollups), each
-    counter once, the distinct values seen for the first time and the
-    notifications not written before. Returns when each inserted event was
-    recorded, by event id (fewer than the plan's inserts when a concurrent
-    insert took a transaction id: the caller rolls back and runs again), and
-    the types of the notifications written. Only what the database decides
-    comes back (which rows it inserted, and when): see stored_events."""
+    counter once and the distinct values seen for the first time; then, when
+    the batch announces anything, a second writes the notifications not
+    written before (outbox.enqueue: last, as the outbox's order requires).
+    Returns when each inserted event was recorded, by event id (fewer than the
+    plan's inserts when a concurrent insert took a transaction id: the caller
+    rolls back and runs again, and nothing is announced), and the types of
+    the notifications written. Only what the database decides comes back
+    (which rows it inserted, and when): see stored_events."""
     rows, counters, unique_values = plan.inserts, plan.counters, plan.unique_values
-    if not (rows or counters or unique_values or plan.notifications):
-        return {}, []
+    recorded_at: dict[UUID, datetime] = {}
+    if rows or counters or unique_values:
+        recorded_at = await _write_usage(conn, plan)
+        if len(recorded_at) != len(rows):
+            return recorded_at, []  # the caller rolls back and runs the batch again
+    # After every other write, in a statement of their own: the outbox's head
+    # locks are the last locks the transaction takes (metering.ledger.outbox).
+    # A round trip more, only for the few batches that announce something.
+    return recorded_at, await outbox.enqueue(conn, plan.notifications)
+
+
+async def _write_usage(conn: Connection, plan: BatchPlan) -> dict[UUID, datetime]:
+    """The batch's one statement of usage (write_batch): when each event it inserted was recorded."""
+    rows, counters, unique_values = plan.inserts, plan.counters, plan.unique_values
     events = [row.event for row in rows]
     # Data-modifying WITH clauses always run to completion, read or not. The
     # rollups add every event of the batch: if the insert skipped one (a
@@ -199,14 +213,8 @@ async def write_batch(conn: Connection, plan: BatchPlan) -> tuple[dict[UUID, dat
         ), unique_values AS (
             INSERT INTO meter_unique_values (customer_id, meter_slug, period_start, value, first_event_id)
             SELECT * FROM unnest($18::text[], $19::text[], $20::timestamptz[], $21::text[], $22::uuid[])
-        ), notified AS (
-            INSERT INTO notifications (customer_id, notification_id, type, dedupe_key, payload)
-            SELECT * FROM unnest($25::text[], $26::uuid[], $27::text[], $28::text[], $29::jsonb[])
-            ON CONFLICT (customer_id, dedupe_key) DO NOTHING
-            RETURNING type
         )
-        SELECT event_id, recorded_at, NULL AS notified FROM inserted
-         UNION ALL SELECT NULL, NULL, type FROM notified
+        SELECT event_id, recorded_at FROM inserted
         """,
         [row.event_id for row in rows],
         [e.customer_id for e in events],
@@ -232,11 +240,8 @@ async def write_batch(conn: Connection, plan: BatchPlan) -> tuple[dict[UUID, dat
         [u.first_event_id for u in unique_values],
         [_json_text(row.dimensions) for row in rows],
         [row.unique_value for row in rows],
-        *outbox.insert_arrays(plan.notifications),
     )
-    recorded_at: dict[UUID, datetime] = {row[0]: row[1] for row in inserted if row[0] is not None}
-    written = [NotificationType(row[2]) for row in inserted if row[2] is not None]
-    return recorded_at, written
+    return {row[0]: row[1] for row in inserted}
 
 
 def stored_events(plan: BatchPlan, recorded_at: dict[UUID, datetime]) -> list[StoredEvent]:

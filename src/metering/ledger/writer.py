@@ -17,15 +17,18 @@ them (steps 5-6's what) is metering.domain.usage's, a pure function.
 3. finds the transaction ids that already exist;
 4. reads the grants active at each event's time and the unexpired holds;
 5. decides every event in arrival order (metering.domain.limits): duplicates, payload
-   conflicts (also between two events of the same batch), late events (the
-   refusal a resolution carries applies to any event that is not an exact
-   replay of a recorded one), limits;
+   conflicts (also between two events of the same batch), whatever their
+   time, then late events (the refusal a resolution carries applies only to a
+   transaction id not recorded yet), limits;
 6. in one statement, inserts the accepted events (one multi-row insert; the
    unique constraint still guards: a concurrent twin makes the batch run
-   again), writes each counter once, records new distinct values and writes
-   the notifications the decisions call for (thresholds crossed, the first
-   hard-limit refusal of a period) into the outbox;
-7. commits, and answers every caller.
+   again), writes each counter once and records new distinct values;
+7. when the decisions call for notifications (thresholds crossed, the first
+   hard-limit refusal of a period), writes them into the outbox in a
+   statement of their own, the transaction's last (it locks each customer's
+   outbox head until the commit: one customer's notifications are in commit
+   order, metering.ledger.outbox);
+8. commits, and answers every caller.
 
 One bad event refuses only that event. A database failure answers every
 caller of the batch with the same error, and nothing is half-written; the
@@ -58,7 +61,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -79,7 +82,9 @@ from metering.domain.usage import (
     originals_unlocked,
     resolve,
 )
+from metering.domain.wallets import Spend, SpendKey, Wallet
 from metering.ledger import usage as batch_sql
+from metering.ledger import wallets as wallet_sql
 from metering.ledger.pool import Connection, Pool, PoolUser, answer_within, translate_errors
 
 __all__ = ["BatchWriter", "GroupResults", "Resolution", "Written", "WrittenKeys"]
@@ -293,13 +298,28 @@ class BatchWriter(PoolUser):
                 conn, [(r.counter_key, r.unique_value) for r in valid if r.unique_value is not None]
             ),
         )
+        charged = [r for r in valid if r.wallet is not None and r.refusal is None]
+        if charged:  # only customers with a wallet or a prepaid plan: no SQL for the others
+            wallet_states, spends = await _wallet_reads(conn, charged)
+            reads = replace(reads, wallet_states=wallet_states, spends=spends)
         plan = decide_batch(resolutions, reads, iter(event_ids), self._written)
         attempted.extend((n.customer_id, n.dedupe_key) for n in plan.notifications)
         recorded_at, written = await batch_sql.write_batch(conn, plan)
         announced.extend(written)
         if len(recorded_at) != len(plan.inserts):
             raise _RetryBatch
+        await wallet_sql.write(conn, plan.wallet_writes)
         return plan, recorded_at
+
+
+async def _wallet_reads(
+    conn: Connection, charged: Sequence[Resolution]
+) -> tuple[dict[str, Wallet], dict[SpendKey, Spend]]:
+    """The wallets of the batch's wallet-charged customers, locked, with their
+    grants and priced quantities (metering.ledger.wallets.charging)."""
+    terms = {r.spend_key: r.wallet for r in charged if r.wallet is not None}
+    found = await wallet_sql.charging(conn, terms)
+    return found.wallets, found.spends
 
 
 def _answer(batch: list[_Group], results: Sequence[Written | BaseException]) -> None:

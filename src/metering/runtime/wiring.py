@@ -46,6 +46,7 @@ from metering.ledger.pool import Pool
 from metering.ledger.replica import ReadCustomerStore, ReadInvoiceStore, ReadRouter, ReplicaState, lag_for_gauge
 from metering.ledger.reporting import UsageReports
 from metering.ledger.stripe import StripeExportStore
+from metering.ledger.wallets import WalletStore
 from metering.ledger.writer import BatchWriter
 from metering.runtime.http import HttpServer
 from metering.runtime.reload import ConfigReloader
@@ -55,6 +56,7 @@ from metering.services.entitlements import Entitlements
 from metering.services.invoicing import Closer, Invoicing
 from metering.services.reporting import Reporting
 from metering.services.usage import MeteringEngine
+from metering.services.wallets import Wallets
 from metering.telemetry.metrics import Metrics
 from metering.telemetry.tracing import Tracing
 from metering.v1 import metering_service_pb2, metering_service_pb2_grpc
@@ -101,6 +103,7 @@ class Stores:
     holds: EntitlementStore
     invoices: InvoiceStore
     writer: BatchWriter  # its workers run from construction; BatchWriter.close stops them
+    wallets: WalletStore
 
 
 @dataclass(frozen=True)
@@ -150,11 +153,12 @@ def build(
     settings = config.settings
     metrics = _metrics(pools.primary, worker)
     stores = _stores(settings, pools.primary, metrics, tracing)
-    catalogs = Catalogs(config.catalog, stores.ledger)  # the one catalog in force, swapped by a reload
-    reporting = Reporting(catalogs, stores.ledger, stores.reports)
+    # The one catalog in force, swapped by a reload.
+    catalogs = Catalogs(config.catalog, stores.ledger, anchor_skew_tolerance=settings.anchor_skew_tolerance)
+    reporting = Reporting(catalogs, stores.ledger, stores.reports, wallets=stores.wallets)
     primary_reads = Reads(reporting, Invoicing(stores.ledger, stores.invoices, reporting), None)
     reads = _reads(config, pools, metrics, stores, catalogs, primary_reads)
-    delivery = _delivery(config, pools, metrics)
+    delivery = _delivery(config, pools, metrics, page_tokens)
     health = DatabaseHealth(stores.ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
     authenticator = Authenticator(
         config.policy,
@@ -172,6 +176,7 @@ def build(
         catalogs=catalogs,
         credit_notes=CreditNotes(stores.ledger, stores.invoices, on_notifications=metrics.count_notifications),
         backfill_window=settings.backfill_window,
+        wallets=Wallets(catalogs, stores.ledger, stores.wallets),
     )
     return Service(
         config=config,
@@ -221,10 +226,11 @@ def _stores(settings: Settings, pool: Pool, metrics: Metrics, tracing: Tracing |
             on_notifications=metrics.count_notifications,
             tracing=tracing,
         ),
+        wallets=WalletStore(pool, acquire_timeout=acquire_timeout),
     )
 
 
-def _delivery(config: Config, pools: Pools, metrics: Metrics) -> Delivery:
+def _delivery(config: Config, pools: Pools, metrics: Metrics, page_tokens: PageTokens) -> Delivery:
     settings = config.settings
     acquire_timeout = settings.db_timeout.total_seconds()
     outbox = OutboxStore(pools.primary, acquire_timeout=acquire_timeout)
@@ -234,6 +240,7 @@ def _delivery(config: Config, pools: Pools, metrics: Metrics) -> Delivery:
         config.endpoints,
         wakeup,
         metrics,
+        page_tokens.cursor,  # webhook bodies carry the same signed cursors as the watch stream
         timeout=settings.webhook_timeout,
         schedule=settings.webhook_retry_schedule,
         lease=settings.webhook_lease,
@@ -283,7 +290,10 @@ def _reads(config: Config, pools: Pools, metrics: Metrics, stores: Stores, catal
     router = _read_router(settings, pools.primary, pools.replica, metrics)
     acquire_timeout = settings.db_timeout.total_seconds()
     ledger = ReadCustomerStore(router, stores.ledger, acquire_timeout=acquire_timeout)
-    reporting = Reporting(catalogs, ledger, UsageReports(router, acquire_timeout=acquire_timeout))
+    # Wallet credit is read on the primary: a bill's credit must match its burns.
+    reporting = Reporting(
+        catalogs, ledger, UsageReports(router, acquire_timeout=acquire_timeout), wallets=stores.wallets
+    )
     invoices = ReadInvoiceStore(router, stores.invoices, acquire_timeout=acquire_timeout)
     return Reads(reporting, Invoicing(ledger, invoices, reporting), router)
 

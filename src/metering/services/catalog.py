@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from metering.domain.catalog import Catalog
 from metering.domain.catalog_change import question, stranded
@@ -50,10 +50,19 @@ class Catalogs:
     """The catalog in force, swapped whole by `replace` once the ledger shows
     that the change strands no recorded usage."""
 
-    def __init__(self, catalog: Catalog, ledger: CustomerStore, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        ledger: CustomerStore,
+        *,
+        anchor_skew_tolerance: timedelta = timedelta(0),
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
         self._ledger = ledger
         self._clock = clock
-        self._current = LoadedCatalog(catalog, TermsBook(catalog), clock())
+        # METERING_ANCHOR_SKEW_TOLERANCE: the writer's resolution of new events reads it from the book.
+        self._tolerance = anchor_skew_tolerance
+        self._current = LoadedCatalog(catalog, self._book(catalog), clock())
 
     @property
     def current(self) -> LoadedCatalog:
@@ -71,5 +80,8 @@ class Catalogs:
         problems = stranded(old, catalog, await self._ledger.catalog_use(question(old, catalog)))
         if problems:
             raise CatalogRefused(problems)
-        self._current = LoadedCatalog(catalog, TermsBook(catalog), self._clock())
+        self._current = LoadedCatalog(catalog, self._book(catalog), self._clock())
         return True
+
+    def _book(self, catalog: Catalog) -> TermsBook:
+        return TermsBook(catalog, anchor_skew_tolerance=self._tolerance)

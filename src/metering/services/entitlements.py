@@ -147,7 +147,7 @@ class Entitlements:
             by_meter.setdefault(grant.meter_slug, []).append(grant)
         chains = {slug: loaded.book.for_customer(customer, loaded.catalog.meter(slug)) for slug in by_meter}
         keys = [CounterKey(customer_id, slug, chain.period_at(now).start) for slug, chain in chains.items()]
-        _, readings = await self._ledger.read_counters(customer_id, keys, now)
+        _, readings, _ = await self._ledger.read_counters(customer_id, keys, now)
         views = []
         for key in keys:
             slug = key.meter_slug
@@ -184,9 +184,10 @@ class Entitlements:
         return ReservationResult(outcome.reservation, status, outcome.duplicate, balance)
 
     async def commit(self, command: CommitCommand, *, allow_meter: MeterGuard = allow_any_meter) -> ReservationResult:
+        customer = await require_customer(self._ledger, command.customer_id)
         reservation, terms, period = await self._reservation(command.customer_id, command.reservation_id)
         allow_meter(terms.meter.slug)
-        outcome = await self._holds.commit(reservation, command.quantity, command.properties, terms, period)
+        outcome = await self._holds.commit(reservation, command.quantity, command.properties, terms, period, customer)
         balance = terms.balance(period, outcome.reading)
         status = outcome.reservation.status_at(outcome.decided_at)
         return ReservationResult(outcome.reservation, status, outcome.duplicate, balance, outcome.event)

@@ -56,6 +56,7 @@ def invoice_of(bill: Bill, status: str) -> Invoice:
         subtotal=bill.subtotal,
         credits=bill.credits,
         total=bill.total,
+        credits_applied=bill.credits_applied,
         status=status,
     )
 

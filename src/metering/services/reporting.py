@@ -13,15 +13,17 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from metering.domain import bills
+from metering.domain import bills, closing
 from metering.domain.bills import BillLine, WhatIfBill
 from metering.domain.catalog import Catalog, Meter, Plan
 from metering.domain.errors import FieldViolation, InvalidArgument
 from metering.domain.periods import BillingPeriod
 from metering.domain.records import CustomerRecord, EventPosition, StoredEvent
+from metering.domain.wallets import CreditApplied, credits_total
 from metering.domain.windows import TooManyWindowsError, Window, WindowSize, windows
 from metering.ledger.customers import CustomerStore
 from metering.ledger.reporting import AggregateQuery, PropertyFilter, UsageCursor, UsageReports
+from metering.ledger.wallets import WalletStore
 from metering.services.catalog import Catalogs
 from metering.services.usage import require_customer, utc_now
 
@@ -104,6 +106,7 @@ class Bill:
     subtotal: Decimal
     credits: Decimal
     total: Decimal
+    credits_applied: tuple[CreditApplied, ...] = ()  # per grant, exact (metering.domain.wallets)
 
 
 class Reporting:
@@ -118,7 +121,9 @@ class Reporting:
         reports: UsageReports,
         *,
         clock: Callable[[], datetime] = utc_now,
+        wallets: WalletStore | None = None,
     ) -> None:
+        self._wallets = wallets  # None: bills apply no wallet credit (a reader without the primary's wallets)
         self._catalogs = catalogs
         self._ledger = ledger
         self._reports = reports
@@ -197,16 +202,22 @@ class Reporting:
         plan_time = min(period.end - timedelta(microseconds=1), self._clock())
         plan_slug = await self._reports.plan_at(customer_id, plan_time) or customer.plan_slug
         plan = catalog.plan(plan_slug)
+        # The first period's bill includes the events accepted just before the anchor.
+        usage = closing.usage_range(period, customer.billing_anchor)
         lines: list[BillLine] = []
-        for slug in bills.bill_meters(plan, await self._used_elsewhere(catalog, customer_id, plan, period)):
+        for slug in bills.bill_meters(plan, await self._used_elsewhere(catalog, customer_id, plan, usage)):
             meter = catalog.meters[slug]
-            rows = await self._reports.aggregate(
-                AggregateQuery(customer_id, meter, [(period.start, period.end)], group_by_price=True)
-            )
+            rows = await self._reports.aggregate(AggregateQuery(customer_id, meter, [usage], group_by_price=True))
             by_price = {row.groups[0]: row.value for row in rows if row.event_count}
             lines.extend(bills.plan_lines(catalog, plan, meter, by_price))
-        subtotal, credits, total = bills.totals(lines)
-        return Bill(customer_id, plan, period, bills.plan_currency(plan), lines, subtotal, credits, total)
+        currency = bills.plan_currency(plan)
+        # Wallet credit: what each grant's burns paid for this period's usage
+        # (none, and no SQL, for a customer never given wallet credit).
+        applied: tuple[CreditApplied, ...] = ()
+        if self._wallets is not None and customer.has_wallet:
+            applied = tuple(await self._wallets.credits_applied(customer_id, period.start))
+        subtotal, credits, total = bills.totals(lines, credits_total(applied, currency))
+        return Bill(customer_id, plan, period, currency, lines, subtotal, credits, total, applied)
 
     async def what_if(self, customer: CustomerRecord, period: BillingPeriod, plan: Plan) -> WhatIfBill:
         """What the period's usage (so far, for the current period) would cost
@@ -214,16 +225,17 @@ class Reporting:
         together, priced by the same rules as the bill (metering.domain.bills)."""
         catalog = self._catalogs.current.catalog  # the whole bill's catalog
         customer_id = customer.customer_id
-        unlisted = await self._used_elsewhere(catalog, customer_id, plan, period)
+        times = closing.usage_range(period, customer.billing_anchor)  # as the bill's
+        unlisted = await self._used_elsewhere(catalog, customer_id, plan, times)
         usage = {}
         for slug in bills.bill_meters(plan, unlisted):
-            [row] = await self._reports.aggregate(
-                AggregateQuery(customer_id, catalog.meters[slug], [(period.start, period.end)])
-            )
+            [row] = await self._reports.aggregate(AggregateQuery(customer_id, catalog.meters[slug], [times]))
             usage[slug] = row.value
         return bills.what_if_bill(catalog, plan, usage, unlisted)
 
-    async def _used_elsewhere(self, catalog: Catalog, customer_id: str, plan: Plan, period: BillingPeriod) -> list[str]:
-        """The meters with usage in the period that `plan` does not list."""
+    async def _used_elsewhere(
+        self, catalog: Catalog, customer_id: str, plan: Plan, times: tuple[datetime, datetime]
+    ) -> list[str]:
+        """The meters with usage at those event times (a bill's) that `plan` does not list."""
         others = [slug for slug in catalog.meters if slug not in plan.meters]
-        return await self._reports.meters_with_usage(customer_id, period.start, period.end, others)
+        return await self._reports.meters_with_usage(customer_id, *times, others)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from metering.domain import closing
+from metering.domain import closing, usage
 from metering.domain.catalog import Catalog, Meter
 from metering.domain.decimals import ZERO
 from metering.domain.errors import LimitExceeded, NotFound
@@ -113,6 +113,7 @@ class BalanceReport:
     balances: list[MeterBalance]
     requested_allowed: bool | None
     as_of: datetime
+    has_wallet: bool = False  # whether the customer was ever given wallet credit
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +215,7 @@ class MeteringEngine:
         known = book.of(plan_slug, command.meter)
         if outcome.duplicate:
             # The original event counted in the period of its own event time.
-            period = known.period_at(outcome.event.event_time, resolution.billing_anchor, book.periods)
+            period = known.event_period(outcome.event.event_time, resolution.billing_anchor, book.periods)
         return RecordResult(
             plan_slug, outcome.event, outcome.duplicate, known.balance(period, outcome.reading), overage
         )
@@ -235,7 +236,7 @@ class MeteringEngine:
                 known = book.of(plan.slug, meter)
                 period = known.period_at(now, customer.billing_anchor, book.periods)
                 wanted.append((known, period, CounterKey(customer.customer_id, meter.slug, period.start)))
-            current_plan, readings = await self.ledger.read_counters(
+            current_plan, readings, has_wallet = await self.ledger.read_counters(
                 customer.customer_id, [key for _, _, key in wanted], now
             )
             if current_plan == customer.plan_slug:
@@ -249,7 +250,7 @@ class MeteringEngine:
         if query.requested is not None and query.meter is not None:
             known, _, key = wanted[0]
             requested_allowed = known.requested_fits(readings[key], query.requested)
-        return BalanceReport(customer.customer_id, plan.slug, balances, requested_allowed, now)
+        return BalanceReport(customer.customer_id, plan.slug, balances, requested_allowed, now, has_wallet)
 
     async def _load_customer(self, customer_id: str) -> CustomerRecord:
         customer = await require_customer(self.ledger, customer_id)
@@ -266,10 +267,12 @@ class MeteringEngine:
         allow_meter(event.meter_slug)
         loaded = self._catalogs.current
         chain = loaded.book.for_customer(customer, loaded.catalog.meter(event.meter_slug))
-        period = chain.period_at(event.event_time)
+        period = chain.event_period(event.event_time)
         # Refused in the ledger's transaction, under the customer's lock, once
         # the event's billing period is finalized; during its grace a void counts.
-        voided, duplicate, reading = await self.ledger.void_event(event, chain.terms, period, reason)
+        price = self.catalog.price(event.price_slug)
+        wallet = usage.wallet_terms(customer, chain.terms, price, event.event_time)
+        voided, duplicate, reading = await self.ledger.void_event(event, chain.terms, period, reason, wallet)
         return VoidResult(voided, duplicate, chain.terms.balance(period, reading))
 
     async def upsert_customer(

@@ -15,6 +15,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from metering.domain.decimals import format_decimal
 from metering.domain.notifications import (
     CreditNoteIssued,
+    CreditsExhausted,
+    CreditsLow,
     LimitRejected,
     NotificationType,
     StoredNotification,
@@ -23,13 +25,15 @@ from metering.domain.notifications import (
 from metering.domain.periods import Period
 from metering.v1 import notifications_pb2
 from metering.wire.credit_notes import REASONS
-from metering.wire.values import money, set_timestamp, timestamp
+from metering.wire.values import exact_money, money, set_timestamp, timestamp
 
 NOTIFICATION_TYPES = {
     NotificationType.THRESHOLD_CROSSED: notifications_pb2.NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED,
     NotificationType.LIMIT_REJECTED: notifications_pb2.NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED,
     NotificationType.INVOICE_FINALIZED: notifications_pb2.NOTIFICATION_TYPE_INVOICE_FINALIZED,
     NotificationType.CREDIT_NOTE_ISSUED: notifications_pb2.NOTIFICATION_TYPE_INVOICE_CREDIT_NOTE_ISSUED,
+    NotificationType.CREDITS_LOW: notifications_pb2.NOTIFICATION_TYPE_CREDITS_LOW,
+    NotificationType.CREDITS_EXHAUSTED: notifications_pb2.NOTIFICATION_TYPE_CREDITS_EXHAUSTED,
 }
 # The same table read the other way: the gRPC enum to the dotted name.
 NOTIFICATION_TYPE_NAMES = {wire: dotted for dotted, wire in NOTIFICATION_TYPES.items()}
@@ -41,14 +45,15 @@ def _set_period(start: Timestamp, end: Timestamp, period: Period) -> None:
         set_timestamp(end, period.end)
 
 
-def notification(stored: StoredNotification) -> notifications_pb2.Notification:
-    """The Notification message: the watch stream's, and the webhook body (its proto3 JSON)."""
+def notification(stored: StoredNotification, cursor: str) -> notifications_pb2.Notification:
+    """The Notification message: the watch stream's, and the webhook body (its
+    proto3 JSON). `cursor` is its position's signed form (metering.api.page_tokens)."""
     message = notifications_pb2.Notification(
         id=str(stored.notification_id),
         type=NOTIFICATION_TYPES[stored.type],
         time=timestamp(stored.created_at),
         customer_id=stored.customer_id,
-        cursor=stored.position.cursor(),
+        cursor=cursor,
     )
     payload = stored.payload
     if isinstance(payload, ThresholdCrossed):
@@ -77,6 +82,17 @@ def notification(stored: StoredNotification) -> notifications_pb2.Notification:
         issued.amount.CopyFrom(money(payload.amount, payload.currency))
         issued.invoice_net_total.CopyFrom(money(payload.invoice_net_total, payload.currency))
         issued.whole_invoice = payload.whole_invoice
+    elif isinstance(payload, CreditsLow):
+        low = message.credits_low
+        low.available.CopyFrom(exact_money(payload.available, payload.currency))
+        low.threshold.CopyFrom(exact_money(payload.threshold, payload.currency))
+        low.transaction_id = payload.transaction_id
+    elif isinstance(payload, CreditsExhausted):
+        exhausted = message.credits_exhausted
+        exhausted.available.CopyFrom(exact_money(payload.available, payload.currency))
+        exhausted.requested.CopyFrom(exact_money(payload.requested, payload.currency))
+        exhausted.transaction_id, exhausted.meter_slug = payload.transaction_id, payload.meter_slug
+        exhausted.refused = payload.refused
     else:
         invoice = message.invoice_finalized
         invoice.invoice_id, invoice.invoice_number = payload.invoice_id, payload.invoice_number
@@ -85,9 +101,9 @@ def notification(stored: StoredNotification) -> notifications_pb2.Notification:
     return message
 
 
-def notification_json(stored: StoredNotification) -> str:
+def notification_json(stored: StoredNotification, cursor: str) -> str:
     """The webhook body: the Notification's proto3 JSON, compact, with its type by the
     dotted name (the Standard Webhooks convention), as the webhooks file subscribes to it."""
-    body = json_format.MessageToDict(notification(stored))
+    body = json_format.MessageToDict(notification(stored, cursor))
     body["type"] = stored.type.value
     return json.dumps(body, separators=(",", ":"))

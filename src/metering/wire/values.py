@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from metering.domain.decimals import format_decimal
 from metering.domain.pricing import round_money
 from metering.v1 import billing_pb2
 
@@ -33,3 +34,13 @@ def money(amount: Decimal, currency: str) -> billing_pb2.Money:
     shown = round_money(amount, currency)
     assert shown == amount, "money reaches the wire rounded once, at the line total"
     return billing_pb2.Money(currency_code=currency, amount=format(shown, "f"))
+
+
+def exact_money(amount: Decimal, currency: str) -> billing_pb2.Money:
+    """Wallet credit and burns: exact, never rounded (metering.domain.wallets), with
+    at least the currency's minor-unit digits ("0.5" is "0.50" in USD)."""
+    text = format_decimal(amount)
+    shown = round_money(amount, currency)
+    if shown == amount:  # no more digits than the minor unit: shown with all of them
+        text = format(shown, "f")
+    return billing_pb2.Money(currency_code=currency, amount=text)

@@ -145,6 +145,31 @@ class LimitExceeded(MeteringError):
         self.period_end = period_end  # None when the meter never resets
 
 
+class CreditsExhausted(MeteringError):
+    """RESOURCE_EXHAUSTED (CREDITS_EXHAUSTED): the customer's plan requires prepaid
+    credit and the event costs more than the wallet credit that can pay for it;
+    nothing was written. Top the wallet up (grant_wallet_credit) and retry."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        details: ErrorDetails,
+        *,
+        meter: str,
+        plan: str,
+        currency: str,
+        cost: Decimal,
+        available: Decimal,
+    ) -> None:
+        super().__init__(code, message, details)
+        self.meter = meter
+        self.plan = plan
+        self.currency = currency
+        self.cost = cost  # the event's exact marginal cost
+        self.available = available  # the credit that could pay for it
+
+
 class FailedPrecondition(MeteringError):
     """FAILED_PRECONDITION: the request conflicts with the stored state (see the subclasses)."""
 
@@ -524,6 +549,16 @@ _BY_REASON: dict[str, _Decoder] = {
         available=_decimal(d.metadata.get("available", "0")),
         requested=_decimal(d.metadata.get("requested", "0")),
         period_end=_time(d.metadata.get("period_end", "")),
+    ),
+    "CREDITS_EXHAUSTED": lambda code, message, d: CreditsExhausted(
+        code,
+        message,
+        d,
+        meter=d.metadata.get("meter", ""),
+        plan=d.metadata.get("plan", ""),
+        currency=d.metadata.get("currency", ""),
+        cost=_decimal(d.metadata.get("cost", "0")),
+        available=_decimal(d.metadata.get("available", "0")),
     ),
     "BILLING_ANCHOR_IMMUTABLE": lambda code, message, d: BillingAnchorImmutable(
         code, message, d, billing_anchor_time=_time(d.metadata.get("billing_anchor_time", ""))

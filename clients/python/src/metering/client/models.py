@@ -27,6 +27,7 @@ from metering.v1 import (
     notifications_pb2,
     reservations_pb2,
     usage_pb2,
+    wallets_pb2,
 )
 
 
@@ -134,6 +135,16 @@ class CreditNoteReason(IntEnum):
     PRODUCT_UNSATISFACTORY = 4
     BILLING_ERROR = 5
     GOODWILL = 6
+    CREDITS_LOW = 11
+    CREDITS_EXHAUSTED = 12
+
+
+class CreditCategory(IntEnum):
+    """What the customer gave for a wallet grant's credit."""
+
+    UNSPECIFIED = 0  # as a request value: PAID
+    PAID = 1
+    PROMOTIONAL = 2
 
 
 def _time(stamp: Timestamp) -> datetime:
@@ -328,6 +339,8 @@ class BalanceReport:
     requested_allowed: bool | None  # None unless a requested quantity was given
     as_of: datetime
     fail_open: bool = False  # True: the service could not answer; this "allowed" is the client's
+    # The customer's wallet (prepaid credit in money); None without one on a plan that needs none.
+    wallet: Wallet | None = None
 
     @classmethod
     def from_proto(cls, m: usage_pb2.CheckBalanceResponse) -> BalanceReport:
@@ -338,6 +351,7 @@ class BalanceReport:
             balances=tuple(Balance.from_proto(b) for b in m.balances),
             requested_allowed=m.requested_allowed if m.HasField("requested_allowed") else None,
             as_of=_time(m.as_of_time),
+            wallet=Wallet.from_proto(m.wallet) if m.HasField("wallet") else None,
         )
 
 
@@ -491,6 +505,7 @@ class Bill:
     invoice_number: int  # 0 until finalized
     finalize_time: datetime | None
     what_if: WhatIfBill | None = None  # when a what-if plan was asked for
+    credits_applied: tuple[CreditApplied, ...] = ()  # wallet credit per grant; `credits` is minus their sum
 
     @classmethod
     def from_proto(cls, m: billing_pb2.EstimateBillResponse) -> Bill:
@@ -508,6 +523,7 @@ class Bill:
             invoice_id=m.invoice_id,
             invoice_number=m.invoice_number,
             finalize_time=_optional_time(m, "finalize_time"),
+            credits_applied=tuple(CreditApplied.from_proto(c) for c in m.credits_applied),
             what_if=WhatIfBill.from_proto(m.what_if) if m.HasField("what_if") else None,
         )
 
@@ -577,6 +593,7 @@ class Invoice:
     credit_notes: tuple[CreditNote, ...] = ()  # issued against it, in number order
     credited: Money | None = None  # the credit notes' sum
     net_total: Money | None = None  # total - credited: what is owed after the credit notes
+    credits_applied: tuple[CreditApplied, ...] = ()  # wallet credit per grant; `credits` is minus their sum
 
     @classmethod
     def from_proto(cls, m: invoices_pb2.Invoice) -> Invoice:
@@ -594,6 +611,7 @@ class Invoice:
             credits=Money.from_proto(m.credits),
             total=Money.from_proto(m.total),
             finalize_time=_optional_time(m, "finalize_time"),
+            credits_applied=tuple(CreditApplied.from_proto(c) for c in m.credits_applied),
             credit_notes=tuple(CreditNote.from_proto(note) for note in m.credit_notes),
             credited=Money.from_proto(m.credited) if m.HasField("credited") else None,
             net_total=Money.from_proto(m.net_total) if m.HasField("net_total") else None,
@@ -778,6 +796,8 @@ class CatalogPlan:
     name: str
     currency: str
     meters: tuple[CatalogPlanMeter, ...]  # in the catalog file's order
+    prepaid: bool  # usage is paid from wallet credit; an event it cannot cover is refused
+    credits_low_threshold: Decimal | None  # wallet credit below which credits.low is announced; None: never
 
     @classmethod
     def from_proto(cls, m: catalog_pb2.CatalogPlan) -> CatalogPlan:
@@ -787,6 +807,8 @@ class CatalogPlan:
             name=m.name,
             currency=m.currency_code,
             meters=tuple(CatalogPlanMeter.from_proto(t) for t in m.meters),
+            prepaid=m.prepaid,
+            credits_low_threshold=_optional_decimal(m.credits_low_threshold),
         )
 
 
@@ -1020,7 +1042,29 @@ class CreditNoteIssued:
     whole_invoice: bool
 
 
-NotificationPayload = ThresholdCrossed | LimitRejected | InvoiceFinalized | CreditNoteIssued
+@dataclass(frozen=True, slots=True)
+class CreditsLow:
+    """A wallet's available credit fell below the plan's threshold (the hook for an auto top-up)."""
+
+    available: Money
+    threshold: Money
+    transaction_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreditsExhaustedNotice:
+    """A wallet's available credit reached zero, or a prepaid plan's event was refused for credit."""
+
+    available: Money
+    requested: Money
+    transaction_id: str
+    meter_slug: str
+    refused: bool
+
+
+NotificationPayload = (
+    ThresholdCrossed | LimitRejected | InvoiceFinalized | CreditNoteIssued | CreditsLow | CreditsExhaustedNotice
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1088,6 +1132,22 @@ class Notification:
                 invoice_net_total=Money.from_proto(c.invoice_net_total),
                 whole_invoice=c.whole_invoice,
             )
+        elif kind == "credits_low":
+            low = m.credits_low
+            payload = CreditsLow(
+                available=Money.from_proto(low.available),
+                threshold=Money.from_proto(low.threshold),
+                transaction_id=low.transaction_id,
+            )
+        elif kind == "credits_exhausted":
+            out = m.credits_exhausted
+            payload = CreditsExhaustedNotice(
+                available=Money.from_proto(out.available),
+                requested=Money.from_proto(out.requested),
+                transaction_id=out.transaction_id,
+                meter_slug=out.meter_slug,
+                refused=out.refused,
+            )
         return cls(
             id=m.id,
             type=NotificationType(m.type),
@@ -1096,3 +1156,87 @@ class Notification:
             cursor=m.cursor,
             payload=payload,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CreditApplied:
+    """The wallet credit one grant paid toward a bill (exact, never rounded)."""
+
+    grant_id: str
+    category: CreditCategory
+    amount: Money
+
+    @classmethod
+    def from_proto(cls, m: billing_pb2.CreditApplied) -> CreditApplied:
+        """Read a CreditApplied message."""
+        return cls(grant_id=m.grant_id, category=CreditCategory(m.category), amount=Money.from_proto(m.amount))
+
+
+@dataclass(frozen=True, slots=True)
+class WalletGrant:
+    """One credit grant of a wallet and what is left of it."""
+
+    grant_id: str
+    customer_id: str
+    amount: Money
+    remaining: Money
+    category: CreditCategory
+    priority: int  # lower burns first
+    effective_time: datetime
+    expire_time: datetime | None  # None: never expires
+    meter_slugs: tuple[str, ...]  # empty: every meter
+    active: bool
+    reason: str
+    create_time: datetime
+
+    @classmethod
+    def from_proto(cls, m: wallets_pb2.WalletGrant) -> WalletGrant:
+        """Read a WalletGrant message."""
+        return cls(
+            grant_id=m.grant_id,
+            customer_id=m.customer_id,
+            amount=Money.from_proto(m.amount),
+            remaining=Money.from_proto(m.remaining),
+            category=CreditCategory(m.category),
+            priority=m.priority,
+            effective_time=_time(m.effective_time),
+            expire_time=_optional_time(m, "expire_time"),
+            meter_slugs=tuple(m.meter_slugs),
+            active=m.active,
+            reason=m.reason,
+            create_time=_time(m.create_time),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Wallet:
+    """A customer's wallet: the credit available now, grant by grant (in burn order)."""
+
+    available: Money
+    grants: tuple[WalletGrant, ...]
+    prepaid: bool  # whether the plan requires prepaid credit for priced usage
+    low_threshold: Money | None  # credits.low below it; None: no threshold
+
+    @classmethod
+    def from_proto(cls, m: wallets_pb2.WalletSummary) -> Wallet:
+        """Read a WalletSummary message."""
+        return cls(
+            available=Money.from_proto(m.available),
+            grants=tuple(WalletGrant.from_proto(g) for g in m.grants),
+            prepaid=m.prepaid,
+            low_threshold=Money.from_proto(m.low_threshold) if m.HasField("low_threshold") else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WalletGrantResult:
+    """GrantWalletCredit's answer: the grant as stored, whether it was a replay, and the wallet after."""
+
+    grant: WalletGrant
+    duplicate: bool
+    wallet: Wallet
+
+    @classmethod
+    def from_proto(cls, m: wallets_pb2.GrantWalletCreditResponse) -> WalletGrantResult:
+        """Read a GrantWalletCreditResponse message."""
+        return cls(grant=WalletGrant.from_proto(m.grant), duplicate=m.duplicate, wallet=Wallet.from_proto(m.wallet))

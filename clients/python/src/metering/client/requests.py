@@ -15,7 +15,14 @@ from decimal import Decimal
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from metering.client.models import CreditNoteReason, EnforcementMode, InvoiceStatus, NotificationType, WindowSize
+from metering.client.models import (
+    CreditCategory,
+    CreditNoteReason,
+    EnforcementMode,
+    InvoiceStatus,
+    NotificationType,
+    WindowSize,
+)
 from metering.v1 import (
     billing_pb2,
     catalog_pb2,
@@ -26,6 +33,7 @@ from metering.v1 import (
     notifications_pb2,
     reservations_pb2,
     usage_pb2,
+    wallets_pb2,
 )
 
 Quantity = Decimal | int | str
@@ -123,6 +131,34 @@ def grant_credits(
         quantity=quantity_text(quantity),
         grant_id=grant_id,
         expire_at_period_end=expire_at_period_end,
+        reason=reason,
+    )
+    set_time(request.effective_time, effective_time)
+    set_time(request.expire_time, expire_time)
+    return request
+
+
+def grant_wallet_credit(
+    customer_id: str,
+    amount: Quantity,
+    currency: str,
+    *,
+    grant_id: str,
+    category: CreditCategory = CreditCategory.PAID,
+    priority: int = 0,
+    effective_time: datetime | None = None,
+    expire_time: datetime | None = None,
+    meter_slugs: Sequence[str] = (),
+    reason: str = "",
+) -> wallets_pb2.GrantWalletCreditRequest:
+    """A GrantWalletCreditRequest: `amount` of `currency` credit for the customer's wallet."""
+    request = wallets_pb2.GrantWalletCreditRequest(
+        customer_id=customer_id,
+        grant_id=grant_id,
+        amount=billing_pb2.Money(currency_code=currency, amount=quantity_text(amount)),
+        category=int(category),  # type: ignore[arg-type]
+        priority=priority,
+        meter_slugs=list(meter_slugs),
         reason=reason,
     )
     set_time(request.effective_time, effective_time)

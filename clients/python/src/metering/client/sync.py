@@ -37,7 +37,7 @@ from metering.client.retry import (
     next_attempt,
     should_retry,
 )
-from metering.v1 import ingest_pb2, metering_service_pb2_grpc
+from metering.v1 import ingest_pb2, metering_service_pb2_grpc, wallets_pb2
 
 R = TypeVar("R")
 
@@ -301,6 +301,48 @@ class MeteringClient:
             reason=reason,
         )
         return models.GrantResult.from_proto(self.call("GrantCredits", request, timeout=timeout))
+
+    def grant_wallet_credit(
+        self,
+        customer_id: str,
+        amount: Quantity,
+        currency: str,
+        *,
+        grant_id: str,
+        category: models.CreditCategory = models.CreditCategory.PAID,
+        priority: int = 0,
+        effective_time: datetime | None = None,
+        expire_time: datetime | None = None,
+        meter_slugs: Sequence[str] = (),
+        reason: str = "",
+        timeout: float | None = None,
+    ) -> models.WalletGrantResult:
+        """Add prepaid credit in money to the customer's wallet (a top-up), in the
+        currency of its plan. `grant_id` is the idempotency key: a retry with the
+        same payload returns the original (`duplicate`), another payload raises
+        IdempotencyKeyConflict. Lower `priority` burns first; then the soonest
+        `expire_time`; `meter_slugs` limits what it pays for (empty: every meter)."""
+        request = requests.grant_wallet_credit(
+            customer_id,
+            amount,
+            currency,
+            grant_id=grant_id,
+            category=category,
+            priority=priority,
+            effective_time=effective_time,
+            expire_time=expire_time,
+            meter_slugs=meter_slugs,
+            reason=reason,
+        )
+        return models.WalletGrantResult.from_proto(self.call("GrantWalletCredit", request, timeout=timeout))
+
+    def get_wallet(
+        self, customer_id: str, *, include_inactive: bool = False, timeout: float | None = None
+    ) -> models.Wallet:
+        """The customer's wallet: the credit available now, grant by grant in burn
+        order (with `include_inactive`, also expired and used-up grants)."""
+        request = wallets_pb2.GetWalletRequest(customer_id=customer_id, include_inactive=include_inactive)
+        return models.Wallet.from_proto((self.call("GetWallet", request, timeout=timeout)).wallet)
 
     def list_grants(
         self, customer_id: str, meter_slug: str = "", *, include_expired: bool = False, timeout: float | None = None

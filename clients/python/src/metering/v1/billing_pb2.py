@@ -25,27 +25,31 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19metering/v1/billing.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x05Money\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\"v\n\x13\x45stimateBillRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12/\n\x0bperiod_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11what_if_plan_slug\x18\x03 \x01(\t\"\xfb\x03\n\x14\x45stimateBillResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x11\n\tplan_slug\x18\x02 \x01(\t\x12\x35\n\x11period_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05lines\x18\x05 \x03(\x0b\x32\x15.metering.v1.BillLine\x12$\n\x08subtotal\x18\x06 \x01(\x0b\x32\x12.metering.v1.Money\x12#\n\x07\x63redits\x18\x07 \x01(\x0b\x32\x12.metering.v1.Money\x12!\n\x05total\x18\x08 \x01(\x0b\x32\x12.metering.v1.Money\x12\x32\n\x0einvoice_status\x18\t \x01(\x0e\x32\x1a.metering.v1.InvoiceStatus\x12\x12\n\ninvoice_id\x18\n \x01(\t\x12\x16\n\x0einvoice_number\x18\x0b \x01(\x03\x12\x31\n\rfinalize_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07what_if\x18\x14 \x01(\x0b\x32\x17.metering.v1.WhatIfBill\"\xd1\x01\n\nWhatIfBill\x12\x11\n\tplan_slug\x18\x01 \x01(\t\x12$\n\x05lines\x18\x02 \x03(\x0b\x32\x15.metering.v1.BillLine\x12$\n\x08subtotal\x18\x03 \x01(\x0b\x32\x12.metering.v1.Money\x12#\n\x07\x63redits\x18\x04 \x01(\x0b\x32\x12.metering.v1.Money\x12!\n\x05total\x18\x05 \x01(\x0b\x32\x12.metering.v1.Money\x12\x1c\n\x14unlisted_meter_slugs\x18\x06 \x03(\t\"\xa1\x02\n\x08\x42illLine\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x12\n\nprice_slug\x18\x02 \x01(\t\x12\x30\n\rpricing_model\x18\x03 \x01(\x0e\x32\x19.metering.v1.PricingModel\x12\x10\n\x08quantity\x18\x04 \x01(\t\x12\x19\n\x11included_quantity\x18\x05 \x01(\t\x12\x19\n\x11\x62illable_quantity\x18\x06 \x01(\t\x12\x13\n\x0bunit_amount\x18\x07 \x01(\t\x12\x14\n\x0cpackage_size\x18\x08 \x01(\t\x12$\n\x05tiers\x18\t \x03(\x0b\x32\x15.metering.v1.BillTier\x12\"\n\x06\x61mount\x18\n \x01(\x0b\x32\x12.metering.v1.Money\"\x85\x01\n\x08\x42illTier\x12\x15\n\rfrom_quantity\x18\x01 \x01(\t\x12\x16\n\x0eup_to_quantity\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\t\x12\x13\n\x0bunit_amount\x18\x04 \x01(\t\x12\x13\n\x0b\x66lat_amount\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t*\x9b\x01\n\x0cPricingModel\x12\x1d\n\x19PRICING_MODEL_UNSPECIFIED\x10\x00\x12\x1a\n\x16PRICING_MODEL_PER_UNIT\x10\x01\x12\x19\n\x15PRICING_MODEL_PACKAGE\x10\x02\x12\x1b\n\x17PRICING_MODEL_GRADUATED\x10\x03\x12\x18\n\x14PRICING_MODEL_VOLUME\x10\x04*\x85\x01\n\rInvoiceStatus\x12\x1e\n\x1aINVOICE_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18INVOICE_STATUS_GATHERING\x10\x01\x12\x18\n\x14INVOICE_STATUS_DRAFT\x10\x02\x12\x1c\n\x18INVOICE_STATUS_FINALIZED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19metering/v1/billing.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x05Money\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\"v\n\x13\x45stimateBillRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12/\n\x0bperiod_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11what_if_plan_slug\x18\x03 \x01(\t\"\xb0\x04\n\x14\x45stimateBillResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x11\n\tplan_slug\x18\x02 \x01(\t\x12\x35\n\x11period_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05lines\x18\x05 \x03(\x0b\x32\x15.metering.v1.BillLine\x12$\n\x08subtotal\x18\x06 \x01(\x0b\x32\x12.metering.v1.Money\x12#\n\x07\x63redits\x18\x07 \x01(\x0b\x32\x12.metering.v1.Money\x12!\n\x05total\x18\x08 \x01(\x0b\x32\x12.metering.v1.Money\x12\x32\n\x0einvoice_status\x18\t \x01(\x0e\x32\x1a.metering.v1.InvoiceStatus\x12\x12\n\ninvoice_id\x18\n \x01(\t\x12\x16\n\x0einvoice_number\x18\x0b \x01(\x03\x12\x31\n\rfinalize_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07what_if\x18\x14 \x01(\x0b\x32\x17.metering.v1.WhatIfBill\x12\x33\n\x0f\x63redits_applied\x18\x15 \x03(\x0b\x32\x1a.metering.v1.CreditApplied\"\xd1\x01\n\nWhatIfBill\x12\x11\n\tplan_slug\x18\x01 \x01(\t\x12$\n\x05lines\x18\x02 \x03(\x0b\x32\x15.metering.v1.BillLine\x12$\n\x08subtotal\x18\x03 \x01(\x0b\x32\x12.metering.v1.Money\x12#\n\x07\x63redits\x18\x04 \x01(\x0b\x32\x12.metering.v1.Money\x12!\n\x05total\x18\x05 \x01(\x0b\x32\x12.metering.v1.Money\x12\x1c\n\x14unlisted_meter_slugs\x18\x06 \x03(\t\"\xa1\x02\n\x08\x42illLine\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x12\n\nprice_slug\x18\x02 \x01(\t\x12\x30\n\rpricing_model\x18\x03 \x01(\x0e\x32\x19.metering.v1.PricingModel\x12\x10\n\x08quantity\x18\x04 \x01(\t\x12\x19\n\x11included_quantity\x18\x05 \x01(\t\x12\x19\n\x11\x62illable_quantity\x18\x06 \x01(\t\x12\x13\n\x0bunit_amount\x18\x07 \x01(\t\x12\x14\n\x0cpackage_size\x18\x08 \x01(\t\x12$\n\x05tiers\x18\t \x03(\x0b\x32\x15.metering.v1.BillTier\x12\"\n\x06\x61mount\x18\n \x01(\x0b\x32\x12.metering.v1.Money\"\x85\x01\n\x08\x42illTier\x12\x15\n\rfrom_quantity\x18\x01 \x01(\t\x12\x16\n\x0eup_to_quantity\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\t\x12\x13\n\x0bunit_amount\x18\x04 \x01(\t\x12\x13\n\x0b\x66lat_amount\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\"t\n\rCreditApplied\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12-\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32\x1b.metering.v1.CreditCategory\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.metering.v1.Money*\x9b\x01\n\x0cPricingModel\x12\x1d\n\x19PRICING_MODEL_UNSPECIFIED\x10\x00\x12\x1a\n\x16PRICING_MODEL_PER_UNIT\x10\x01\x12\x19\n\x15PRICING_MODEL_PACKAGE\x10\x02\x12\x1b\n\x17PRICING_MODEL_GRADUATED\x10\x03\x12\x18\n\x14PRICING_MODEL_VOLUME\x10\x04*\x85\x01\n\rInvoiceStatus\x12\x1e\n\x1aINVOICE_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18INVOICE_STATUS_GATHERING\x10\x01\x12\x18\n\x14INVOICE_STATUS_DRAFT\x10\x02\x12\x1c\n\x18INVOICE_STATUS_FINALIZED\x10\x03*l\n\x0e\x43reditCategory\x12\x1f\n\x1b\x43REDIT_CATEGORY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43REDIT_CATEGORY_PAID\x10\x01\x12\x1f\n\x1b\x43REDIT_CATEGORY_PROMOTIONAL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'metering.v1.billing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRICINGMODEL']._serialized_start=1394
-  _globals['_PRICINGMODEL']._serialized_end=1549
-  _globals['_INVOICESTATUS']._serialized_start=1552
-  _globals['_INVOICESTATUS']._serialized_end=1685
+  _globals['_PRICINGMODEL']._serialized_start=1565
+  _globals['_PRICINGMODEL']._serialized_end=1720
+  _globals['_INVOICESTATUS']._serialized_start=1723
+  _globals['_INVOICESTATUS']._serialized_end=1856
+  _globals['_CREDITCATEGORY']._serialized_start=1858
+  _globals['_CREDITCATEGORY']._serialized_end=1966
   _globals['_MONEY']._serialized_start=75
   _globals['_MONEY']._serialized_end=121
   _globals['_ESTIMATEBILLREQUEST']._serialized_start=123
   _globals['_ESTIMATEBILLREQUEST']._serialized_end=241
   _globals['_ESTIMATEBILLRESPONSE']._serialized_start=244
-  _globals['_ESTIMATEBILLRESPONSE']._serialized_end=751
-  _globals['_WHATIFBILL']._serialized_start=754
-  _globals['_WHATIFBILL']._serialized_end=963
-  _globals['_BILLLINE']._serialized_start=966
-  _globals['_BILLLINE']._serialized_end=1255
-  _globals['_BILLTIER']._serialized_start=1258
-  _globals['_BILLTIER']._serialized_end=1391
+  _globals['_ESTIMATEBILLRESPONSE']._serialized_end=804
+  _globals['_WHATIFBILL']._serialized_start=807
+  _globals['_WHATIFBILL']._serialized_end=1016
+  _globals['_BILLLINE']._serialized_start=1019
+  _globals['_BILLLINE']._serialized_end=1308
+  _globals['_BILLTIER']._serialized_start=1311
+  _globals['_BILLTIER']._serialized_end=1444
+  _globals['_CREDITAPPLIED']._serialized_start=1446
+  _globals['_CREDITAPPLIED']._serialized_end=1562
 # @@protoc_insertion_point(module_scope)

@@ -24,6 +24,12 @@ class InvoiceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVOICE_STATUS_GATHERING: _ClassVar[InvoiceStatus]
     INVOICE_STATUS_DRAFT: _ClassVar[InvoiceStatus]
     INVOICE_STATUS_FINALIZED: _ClassVar[InvoiceStatus]
+
+class CreditCategory(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CREDIT_CATEGORY_UNSPECIFIED: _ClassVar[CreditCategory]
+    CREDIT_CATEGORY_PAID: _ClassVar[CreditCategory]
+    CREDIT_CATEGORY_PROMOTIONAL: _ClassVar[CreditCategory]
 PRICING_MODEL_UNSPECIFIED: PricingModel
 PRICING_MODEL_PER_UNIT: PricingModel
 PRICING_MODEL_PACKAGE: PricingModel
@@ -33,6 +39,9 @@ INVOICE_STATUS_UNSPECIFIED: InvoiceStatus
 INVOICE_STATUS_GATHERING: InvoiceStatus
 INVOICE_STATUS_DRAFT: InvoiceStatus
 INVOICE_STATUS_FINALIZED: InvoiceStatus
+CREDIT_CATEGORY_UNSPECIFIED: CreditCategory
+CREDIT_CATEGORY_PAID: CreditCategory
+CREDIT_CATEGORY_PROMOTIONAL: CreditCategory
 
 class Money(_message.Message):
     __slots__ = ("currency_code", "amount")
@@ -53,7 +62,7 @@ class EstimateBillRequest(_message.Message):
     def __init__(self, customer_id: _Optional[str] = ..., period_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., what_if_plan_slug: _Optional[str] = ...) -> None: ...
 
 class EstimateBillResponse(_message.Message):
-    __slots__ = ("customer_id", "plan_slug", "period_start_time", "period_end_time", "lines", "subtotal", "credits", "total", "invoice_status", "invoice_id", "invoice_number", "finalize_time", "what_if")
+    __slots__ = ("customer_id", "plan_slug", "period_start_time", "period_end_time", "lines", "subtotal", "credits", "total", "invoice_status", "invoice_id", "invoice_number", "finalize_time", "what_if", "credits_applied")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_SLUG_FIELD_NUMBER: _ClassVar[int]
     PERIOD_START_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +76,7 @@ class EstimateBillResponse(_message.Message):
     INVOICE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     FINALIZE_TIME_FIELD_NUMBER: _ClassVar[int]
     WHAT_IF_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_APPLIED_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     plan_slug: str
     period_start_time: _timestamp_pb2.Timestamp
@@ -80,7 +90,8 @@ class EstimateBillResponse(_message.Message):
     invoice_number: int
     finalize_time: _timestamp_pb2.Timestamp
     what_if: WhatIfBill
-    def __init__(self, customer_id: _Optional[str] = ..., plan_slug: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[BillLine, _Mapping]]] = ..., subtotal: _Optional[_Union[Money, _Mapping]] = ..., credits: _Optional[_Union[Money, _Mapping]] = ..., total: _Optional[_Union[Money, _Mapping]] = ..., invoice_status: _Optional[_Union[InvoiceStatus, str]] = ..., invoice_id: _Optional[str] = ..., invoice_number: _Optional[int] = ..., finalize_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., what_if: _Optional[_Union[WhatIfBill, _Mapping]] = ...) -> None: ...
+    credits_applied: _containers.RepeatedCompositeFieldContainer[CreditApplied]
+    def __init__(self, customer_id: _Optional[str] = ..., plan_slug: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[BillLine, _Mapping]]] = ..., subtotal: _Optional[_Union[Money, _Mapping]] = ..., credits: _Optional[_Union[Money, _Mapping]] = ..., total: _Optional[_Union[Money, _Mapping]] = ..., invoice_status: _Optional[_Union[InvoiceStatus, str]] = ..., invoice_id: _Optional[str] = ..., invoice_number: _Optional[int] = ..., finalize_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., what_if: _Optional[_Union[WhatIfBill, _Mapping]] = ..., credits_applied: _Optional[_Iterable[_Union[CreditApplied, _Mapping]]] = ...) -> None: ...
 
 class WhatIfBill(_message.Message):
     __slots__ = ("plan_slug", "lines", "subtotal", "credits", "total", "unlisted_meter_slugs")
@@ -137,3 +148,13 @@ class BillTier(_message.Message):
     flat_amount: str
     amount: str
     def __init__(self, from_quantity: _Optional[str] = ..., up_to_quantity: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_amount: _Optional[str] = ..., flat_amount: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
+
+class CreditApplied(_message.Message):
+    __slots__ = ("grant_id", "category", "amount")
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    grant_id: str
+    category: CreditCategory
+    amount: Money
+    def __init__(self, grant_id: _Optional[str] = ..., category: _Optional[_Union[CreditCategory, str]] = ..., amount: _Optional[_Union[Money, _Mapping]] = ...) -> None: ...

@@ -27,15 +27,15 @@ from metering.v1 import billing_pb2 as metering_dot_v1_dot_billing__pb2
 from metering.v1 import usage_pb2 as metering_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19metering/v1/catalog.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19metering/v1/billing.proto\x1a\x17metering/v1/usage.proto\"\xd5\x01\n\x0c\x43\x61talogMeter\x12\x0c\n\x04slug\x18\x01 \x01(\t\x12-\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\x18.metering.v1.Aggregation\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x17\n\x0funique_property\x18\x05 \x01(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_price_slug\x18\x06 \x01(\t\x12\x1c\n\x14no_charge_price_slug\x18\x07 \x01(\t\x12\x12\n\ndimensions\x18\x08 \x03(\t\"T\n\x10\x43\x61talogPriceTier\x12\x16\n\x0eup_to_quantity\x18\x01 \x01(\t\x12\x13\n\x0bunit_amount\x18\x02 \x01(\t\x12\x13\n\x0b\x66lat_amount\x18\x03 \x01(\t\"\x9d\x02\n\x0c\x43\x61talogPrice\x12\x0c\n\x04slug\x18\x01 \x01(\t\x12\x12\n\nmeter_slug\x18\x02 \x01(\t\x12\x30\n\rpricing_model\x18\x03 \x01(\x0e\x32\x19.metering.v1.PricingModel\x12\x15\n\rcurrency_code\x18\x04 \x01(\t\x12\x13\n\x0bunit_amount\x18\x05 \x01(\t\x12\x14\n\x0cpackage_size\x18\x06 \x01(\t\x12\x36\n\x10package_rounding\x18\x07 \x01(\x0e\x32\x1c.metering.v1.PackageRounding\x12,\n\x05tiers\x18\x08 \x03(\x0b\x32\x1d.metering.v1.CatalogPriceTier\x12\x11\n\tno_charge\x18\t \x01(\x08\"\xf5\x01\n\x10\x43\x61talogPlanMeter\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x12\n\nprice_slug\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\t\x12\x19\n\x11included_quantity\x18\x04 \x01(\t\x12.\n\x0creset_period\x18\x05 \x01(\x0e\x32\x18.metering.v1.ResetPeriod\x12\x38\n\x11limit_enforcement\x18\x06 \x01(\x0e\x32\x1d.metering.v1.LimitEnforcement\x12%\n\x1d\x61pproaching_threshold_percent\x18\x07 \x01(\t\"o\n\x0b\x43\x61talogPlan\x12\x0c\n\x04slug\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rcurrency_code\x18\x03 \x01(\t\x12-\n\x06meters\x18\x04 \x03(\x0b\x32\x1d.metering.v1.CatalogPlanMeter\"\x13\n\x11GetCatalogRequest\"\xd4\x01\n\x12GetCatalogResponse\x12)\n\x06meters\x18\x01 \x03(\x0b\x32\x19.metering.v1.CatalogMeter\x12)\n\x06prices\x18\x02 \x03(\x0b\x32\x19.metering.v1.CatalogPrice\x12\'\n\x05plans\x18\x03 \x03(\x0b\x32\x18.metering.v1.CatalogPlan\x12\x10\n\x08revision\x18\x04 \x01(\t\x12-\n\tload_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*g\n\x0fPackageRounding\x12 \n\x1cPACKAGE_ROUNDING_UNSPECIFIED\x10\x00\x12\x17\n\x13PACKAGE_ROUNDING_UP\x10\x01\x12\x19\n\x15PACKAGE_ROUNDING_DOWN\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19metering/v1/catalog.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19metering/v1/billing.proto\x1a\x17metering/v1/usage.proto\"\xd5\x01\n\x0c\x43\x61talogMeter\x12\x0c\n\x04slug\x18\x01 \x01(\t\x12-\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\x18.metering.v1.Aggregation\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x17\n\x0funique_property\x18\x05 \x01(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_price_slug\x18\x06 \x01(\t\x12\x1c\n\x14no_charge_price_slug\x18\x07 \x01(\t\x12\x12\n\ndimensions\x18\x08 \x03(\t\"T\n\x10\x43\x61talogPriceTier\x12\x16\n\x0eup_to_quantity\x18\x01 \x01(\t\x12\x13\n\x0bunit_amount\x18\x02 \x01(\t\x12\x13\n\x0b\x66lat_amount\x18\x03 \x01(\t\"\x9d\x02\n\x0c\x43\x61talogPrice\x12\x0c\n\x04slug\x18\x01 \x01(\t\x12\x12\n\nmeter_slug\x18\x02 \x01(\t\x12\x30\n\rpricing_model\x18\x03 \x01(\x0e\x32\x19.metering.v1.PricingModel\x12\x15\n\rcurrency_code\x18\x04 \x01(\t\x12\x13\n\x0bunit_amount\x18\x05 \x01(\t\x12\x14\n\x0cpackage_size\x18\x06 \x01(\t\x12\x36\n\x10package_rounding\x18\x07 \x01(\x0e\x32\x1c.metering.v1.PackageRounding\x12,\n\x05tiers\x18\x08 \x03(\x0b\x32\x1d.metering.v1.CatalogPriceTier\x12\x11\n\tno_charge\x18\t \x01(\x08\"\xf5\x01\n\x10\x43\x61talogPlanMeter\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x12\n\nprice_slug\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\t\x12\x19\n\x11included_quantity\x18\x04 \x01(\t\x12.\n\x0creset_period\x18\x05 \x01(\x0e\x32\x18.metering.v1.ResetPeriod\x12\x38\n\x11limit_enforcement\x18\x06 \x01(\x0e\x32\x1d.metering.v1.LimitEnforcement\x12%\n\x1d\x61pproaching_threshold_percent\x18\x07 \x01(\t\"\x9f\x01\n\x0b\x43\x61talogPlan\x12\x0c\n\x04slug\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rcurrency_code\x18\x03 \x01(\t\x12-\n\x06meters\x18\x04 \x03(\x0b\x32\x1d.metering.v1.CatalogPlanMeter\x12\x0f\n\x07prepaid\x18\x05 \x01(\x08\x12\x1d\n\x15\x63redits_low_threshold\x18\x06 \x01(\t\"\x13\n\x11GetCatalogRequest\"\xd4\x01\n\x12GetCatalogResponse\x12)\n\x06meters\x18\x01 \x03(\x0b\x32\x19.metering.v1.CatalogMeter\x12)\n\x06prices\x18\x02 \x03(\x0b\x32\x19.metering.v1.CatalogPrice\x12\'\n\x05plans\x18\x03 \x03(\x0b\x32\x18.metering.v1.CatalogPlan\x12\x10\n\x08revision\x18\x04 \x01(\t\x12-\n\tload_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*g\n\x0fPackageRounding\x12 \n\x1cPACKAGE_ROUNDING_UNSPECIFIED\x10\x00\x12\x17\n\x13PACKAGE_ROUNDING_UP\x10\x01\x12\x19\n\x15PACKAGE_ROUNDING_DOWN\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'metering.v1.catalog_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PACKAGEROUNDING']._serialized_start=1314
-  _globals['_PACKAGEROUNDING']._serialized_end=1417
+  _globals['_PACKAGEROUNDING']._serialized_start=1363
+  _globals['_PACKAGEROUNDING']._serialized_end=1466
   _globals['_CATALOGMETER']._serialized_start=128
   _globals['_CATALOGMETER']._serialized_end=341
   _globals['_CATALOGPRICETIER']._serialized_start=343
@@ -44,10 +44,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CATALOGPRICE']._serialized_end=715
   _globals['_CATALOGPLANMETER']._serialized_start=718
   _globals['_CATALOGPLANMETER']._serialized_end=963
-  _globals['_CATALOGPLAN']._serialized_start=965
-  _globals['_CATALOGPLAN']._serialized_end=1076
-  _globals['_GETCATALOGREQUEST']._serialized_start=1078
-  _globals['_GETCATALOGREQUEST']._serialized_end=1097
-  _globals['_GETCATALOGRESPONSE']._serialized_start=1100
-  _globals['_GETCATALOGRESPONSE']._serialized_end=1312
+  _globals['_CATALOGPLAN']._serialized_start=966
+  _globals['_CATALOGPLAN']._serialized_end=1125
+  _globals['_GETCATALOGREQUEST']._serialized_start=1127
+  _globals['_GETCATALOGREQUEST']._serialized_end=1146
+  _globals['_GETCATALOGRESPONSE']._serialized_start=1149
+  _globals['_GETCATALOGRESPONSE']._serialized_end=1361
 # @@protoc_insertion_point(module_scope)

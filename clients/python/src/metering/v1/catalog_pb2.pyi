@@ -92,16 +92,20 @@ class CatalogPlanMeter(_message.Message):
     def __init__(self, meter_slug: _Optional[str] = ..., price_slug: _Optional[str] = ..., limit: _Optional[str] = ..., included_quantity: _Optional[str] = ..., reset_period: _Optional[_Union[_usage_pb2.ResetPeriod, str]] = ..., limit_enforcement: _Optional[_Union[_usage_pb2.LimitEnforcement, str]] = ..., approaching_threshold_percent: _Optional[str] = ...) -> None: ...
 
 class CatalogPlan(_message.Message):
-    __slots__ = ("slug", "name", "currency_code", "meters")
+    __slots__ = ("slug", "name", "currency_code", "meters", "prepaid", "credits_low_threshold")
     SLUG_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_CODE_FIELD_NUMBER: _ClassVar[int]
     METERS_FIELD_NUMBER: _ClassVar[int]
+    PREPAID_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_LOW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     slug: str
     name: str
     currency_code: str
     meters: _containers.RepeatedCompositeFieldContainer[CatalogPlanMeter]
-    def __init__(self, slug: _Optional[str] = ..., name: _Optional[str] = ..., currency_code: _Optional[str] = ..., meters: _Optional[_Iterable[_Union[CatalogPlanMeter, _Mapping]]] = ...) -> None: ...
+    prepaid: bool
+    credits_low_threshold: str
+    def __init__(self, slug: _Optional[str] = ..., name: _Optional[str] = ..., currency_code: _Optional[str] = ..., meters: _Optional[_Iterable[_Union[CatalogPlanMeter, _Mapping]]] = ..., prepaid: _Optional[bool] = ..., credits_low_threshold: _Optional[str] = ...) -> None: ...
 
 class GetCatalogRequest(_message.Message):
     __slots__ = ()

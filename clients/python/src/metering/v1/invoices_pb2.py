@@ -26,33 +26,33 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from metering.v1 import billing_pb2 as metering_dot_v1_dot_billing__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ametering/v1/invoices.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19metering/v1/billing.proto\"\xb0\x04\n\x07Invoice\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\x03\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.metering.v1.InvoiceStatus\x12\x11\n\tplan_slug\x18\x05 \x01(\t\x12\x35\n\x11period_start_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05lines\x18\x08 \x03(\x0b\x32\x15.metering.v1.BillLine\x12$\n\x08subtotal\x18\t \x01(\x0b\x32\x12.metering.v1.Money\x12#\n\x07\x63redits\x18\n \x01(\x0b\x32\x12.metering.v1.Money\x12!\n\x05total\x18\x0b \x01(\x0b\x32\x12.metering.v1.Money\x12\x31\n\rfinalize_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x0c\x63redit_notes\x18\x14 \x03(\x0b\x32\x17.metering.v1.CreditNote\x12$\n\x08\x63redited\x18\x15 \x01(\x0b\x32\x12.metering.v1.Money\x12%\n\tnet_total\x18\x16 \x01(\x0b\x32\x12.metering.v1.Money\"\\\n\x0e\x43reditNoteLine\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x12\n\nprice_slug\x18\x02 \x01(\t\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.metering.v1.Money\"\xb1\x02\n\nCreditNote\x12\x16\n\x0e\x63redit_note_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x12\n\ninvoice_id\x18\x03 \x01(\t\x12\x0e\n\x06number\x18\x04 \x01(\x03\x12-\n\x06reason\x18\x05 \x01(\x0e\x32\x1d.metering.v1.CreditNoteReason\x12\x0c\n\x04memo\x18\x06 \x01(\t\x12\x15\n\rwhole_invoice\x18\x07 \x01(\x08\x12*\n\x05lines\x18\x08 \x03(\x0b\x32\x1b.metering.v1.CreditNoteLine\x12\"\n\x06\x61mount\x18\t \x01(\x0b\x32\x12.metering.v1.Money\x12.\n\nissue_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x15\x43reditNoteLineRequest\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x12\n\nprice_slug\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\"\xe0\x01\n\x16IssueCreditNoteRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x12\n\ninvoice_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63redit_note_id\x18\x03 \x01(\t\x12-\n\x06reason\x18\x04 \x01(\x0e\x32\x1d.metering.v1.CreditNoteReason\x12\x0c\n\x04memo\x18\x05 \x01(\t\x12\x15\n\rwhole_invoice\x18\x06 \x01(\x08\x12\x31\n\x05lines\x18\x07 \x03(\x0b\x32\".metering.v1.CreditNoteLineRequest\"\x81\x01\n\x17IssueCreditNoteResponse\x12,\n\x0b\x63redit_note\x18\x01 \x01(\x0b\x32\x17.metering.v1.CreditNote\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12%\n\x07invoice\x18\x03 \x01(\x0b\x32\x14.metering.v1.Invoice\"}\n\x13ListInvoicesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.metering.v1.InvoiceStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"W\n\x14ListInvoicesResponse\x12&\n\x08invoices\x18\x01 \x03(\x0b\x32\x14.metering.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\";\n\x12GetInvoiceResponse\x12%\n\x07invoice\x18\x01 \x01(\x0b\x32\x14.metering.v1.Invoice*\x96\x02\n\x10\x43reditNoteReason\x12\"\n\x1e\x43REDIT_NOTE_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x43REDIT_NOTE_REASON_DUPLICATE\x10\x01\x12!\n\x1d\x43REDIT_NOTE_REASON_FRAUDULENT\x10\x02\x12#\n\x1f\x43REDIT_NOTE_REASON_ORDER_CHANGE\x10\x03\x12-\n)CREDIT_NOTE_REASON_PRODUCT_UNSATISFACTORY\x10\x04\x12$\n CREDIT_NOTE_REASON_BILLING_ERROR\x10\x05\x12\x1f\n\x1b\x43REDIT_NOTE_REASON_GOODWILL\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ametering/v1/invoices.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19metering/v1/billing.proto\"\xe5\x04\n\x07Invoice\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\x03\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.metering.v1.InvoiceStatus\x12\x11\n\tplan_slug\x18\x05 \x01(\t\x12\x35\n\x11period_start_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05lines\x18\x08 \x03(\x0b\x32\x15.metering.v1.BillLine\x12$\n\x08subtotal\x18\t \x01(\x0b\x32\x12.metering.v1.Money\x12#\n\x07\x63redits\x18\n \x01(\x0b\x32\x12.metering.v1.Money\x12!\n\x05total\x18\x0b \x01(\x0b\x32\x12.metering.v1.Money\x12\x31\n\rfinalize_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x0c\x63redit_notes\x18\x14 \x03(\x0b\x32\x17.metering.v1.CreditNote\x12$\n\x08\x63redited\x18\x15 \x01(\x0b\x32\x12.metering.v1.Money\x12%\n\tnet_total\x18\x16 \x01(\x0b\x32\x12.metering.v1.Money\x12\x33\n\x0f\x63redits_applied\x18\x17 \x03(\x0b\x32\x1a.metering.v1.CreditApplied\"\\\n\x0e\x43reditNoteLine\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x12\n\nprice_slug\x18\x02 \x01(\t\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.metering.v1.Money\"\xb1\x02\n\nCreditNote\x12\x16\n\x0e\x63redit_note_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x12\n\ninvoice_id\x18\x03 \x01(\t\x12\x0e\n\x06number\x18\x04 \x01(\x03\x12-\n\x06reason\x18\x05 \x01(\x0e\x32\x1d.metering.v1.CreditNoteReason\x12\x0c\n\x04memo\x18\x06 \x01(\t\x12\x15\n\rwhole_invoice\x18\x07 \x01(\x08\x12*\n\x05lines\x18\x08 \x03(\x0b\x32\x1b.metering.v1.CreditNoteLine\x12\"\n\x06\x61mount\x18\t \x01(\x0b\x32\x12.metering.v1.Money\x12.\n\nissue_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x15\x43reditNoteLineRequest\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x12\n\nprice_slug\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\"\xe0\x01\n\x16IssueCreditNoteRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x12\n\ninvoice_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63redit_note_id\x18\x03 \x01(\t\x12-\n\x06reason\x18\x04 \x01(\x0e\x32\x1d.metering.v1.CreditNoteReason\x12\x0c\n\x04memo\x18\x05 \x01(\t\x12\x15\n\rwhole_invoice\x18\x06 \x01(\x08\x12\x31\n\x05lines\x18\x07 \x03(\x0b\x32\".metering.v1.CreditNoteLineRequest\"\x81\x01\n\x17IssueCreditNoteResponse\x12,\n\x0b\x63redit_note\x18\x01 \x01(\x0b\x32\x17.metering.v1.CreditNote\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12%\n\x07invoice\x18\x03 \x01(\x0b\x32\x14.metering.v1.Invoice\"}\n\x13ListInvoicesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.metering.v1.InvoiceStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"W\n\x14ListInvoicesResponse\x12&\n\x08invoices\x18\x01 \x03(\x0b\x32\x14.metering.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\";\n\x12GetInvoiceResponse\x12%\n\x07invoice\x18\x01 \x01(\x0b\x32\x14.metering.v1.Invoice*\x96\x02\n\x10\x43reditNoteReason\x12\"\n\x1e\x43REDIT_NOTE_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x43REDIT_NOTE_REASON_DUPLICATE\x10\x01\x12!\n\x1d\x43REDIT_NOTE_REASON_FRAUDULENT\x10\x02\x12#\n\x1f\x43REDIT_NOTE_REASON_ORDER_CHANGE\x10\x03\x12-\n)CREDIT_NOTE_REASON_PRODUCT_UNSATISFACTORY\x10\x04\x12$\n CREDIT_NOTE_REASON_BILLING_ERROR\x10\x05\x12\x1f\n\x1b\x43REDIT_NOTE_REASON_GOODWILL\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'metering.v1.invoices_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREDITNOTEREASON']._serialized_start=1827
-  _globals['_CREDITNOTEREASON']._serialized_end=2105
+  _globals['_CREDITNOTEREASON']._serialized_start=1880
+  _globals['_CREDITNOTEREASON']._serialized_end=2158
   _globals['_INVOICE']._serialized_start=104
-  _globals['_INVOICE']._serialized_end=664
-  _globals['_CREDITNOTELINE']._serialized_start=666
-  _globals['_CREDITNOTELINE']._serialized_end=758
-  _globals['_CREDITNOTE']._serialized_start=761
-  _globals['_CREDITNOTE']._serialized_end=1066
-  _globals['_CREDITNOTELINEREQUEST']._serialized_start=1068
-  _globals['_CREDITNOTELINEREQUEST']._serialized_end=1147
-  _globals['_ISSUECREDITNOTEREQUEST']._serialized_start=1150
-  _globals['_ISSUECREDITNOTEREQUEST']._serialized_end=1374
-  _globals['_ISSUECREDITNOTERESPONSE']._serialized_start=1377
-  _globals['_ISSUECREDITNOTERESPONSE']._serialized_end=1506
-  _globals['_LISTINVOICESREQUEST']._serialized_start=1508
-  _globals['_LISTINVOICESREQUEST']._serialized_end=1633
-  _globals['_LISTINVOICESRESPONSE']._serialized_start=1635
-  _globals['_LISTINVOICESRESPONSE']._serialized_end=1722
-  _globals['_GETINVOICEREQUEST']._serialized_start=1724
-  _globals['_GETINVOICEREQUEST']._serialized_end=1763
-  _globals['_GETINVOICERESPONSE']._serialized_start=1765
-  _globals['_GETINVOICERESPONSE']._serialized_end=1824
+  _globals['_INVOICE']._serialized_end=717
+  _globals['_CREDITNOTELINE']._serialized_start=719
+  _globals['_CREDITNOTELINE']._serialized_end=811
+  _globals['_CREDITNOTE']._serialized_start=814
+  _globals['_CREDITNOTE']._serialized_end=1119
+  _globals['_CREDITNOTELINEREQUEST']._serialized_start=1121
+  _globals['_CREDITNOTELINEREQUEST']._serialized_end=1200
+  _globals['_ISSUECREDITNOTEREQUEST']._serialized_start=1203
+  _globals['_ISSUECREDITNOTEREQUEST']._serialized_end=1427
+  _globals['_ISSUECREDITNOTERESPONSE']._serialized_start=1430
+  _globals['_ISSUECREDITNOTERESPONSE']._serialized_end=1559
+  _globals['_LISTINVOICESREQUEST']._serialized_start=1561
+  _globals['_LISTINVOICESREQUEST']._serialized_end=1686
+  _globals['_LISTINVOICESRESPONSE']._serialized_start=1688
+  _globals['_LISTINVOICESRESPONSE']._serialized_end=1775
+  _globals['_GETINVOICEREQUEST']._serialized_start=1777
+  _globals['_GETINVOICEREQUEST']._serialized_end=1816
+  _globals['_GETINVOICERESPONSE']._serialized_start=1818
+  _globals['_GETINVOICERESPONSE']._serialized_end=1877
 # @@protoc_insertion_point(module_scope)

@@ -29,7 +29,7 @@ CREDIT_NOTE_REASON_BILLING_ERROR: CreditNoteReason
 CREDIT_NOTE_REASON_GOODWILL: CreditNoteReason
 
 class Invoice(_message.Message):
-    __slots__ = ("invoice_id", "customer_id", "number", "status", "plan_slug", "period_start_time", "period_end_time", "lines", "subtotal", "credits", "total", "finalize_time", "credit_notes", "credited", "net_total")
+    __slots__ = ("invoice_id", "customer_id", "number", "status", "plan_slug", "period_start_time", "period_end_time", "lines", "subtotal", "credits", "total", "finalize_time", "credit_notes", "credited", "net_total", "credits_applied")
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class Invoice(_message.Message):
     CREDIT_NOTES_FIELD_NUMBER: _ClassVar[int]
     CREDITED_FIELD_NUMBER: _ClassVar[int]
     NET_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_APPLIED_FIELD_NUMBER: _ClassVar[int]
     invoice_id: str
     customer_id: str
     number: int
@@ -60,7 +61,8 @@ class Invoice(_message.Message):
     credit_notes: _containers.RepeatedCompositeFieldContainer[CreditNote]
     credited: _billing_pb2.Money
     net_total: _billing_pb2.Money
-    def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., number: _Optional[int] = ..., status: _Optional[_Union[_billing_pb2.InvoiceStatus, str]] = ..., plan_slug: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[_billing_pb2.BillLine, _Mapping]]] = ..., subtotal: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., credits: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., total: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., finalize_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credit_notes: _Optional[_Iterable[_Union[CreditNote, _Mapping]]] = ..., credited: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., net_total: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ...) -> None: ...
+    credits_applied: _containers.RepeatedCompositeFieldContainer[_billing_pb2.CreditApplied]
+    def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., number: _Optional[int] = ..., status: _Optional[_Union[_billing_pb2.InvoiceStatus, str]] = ..., plan_slug: _Optional[str] = ..., period_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[_billing_pb2.BillLine, _Mapping]]] = ..., subtotal: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., credits: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., total: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., finalize_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credit_notes: _Optional[_Iterable[_Union[CreditNote, _Mapping]]] = ..., credited: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., net_total: _Optional[_Union[_billing_pb2.Money, _Mapping]] = ..., credits_applied: _Optional[_Iterable[_Union[_billing_pb2.CreditApplied, _Mapping]]] = ...) -> None: ...
 
 class CreditNoteLine(_message.Message):
     __slots__ = ("meter_slug", "price_slug", "amount")

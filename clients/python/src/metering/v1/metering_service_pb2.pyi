@@ -8,6 +8,7 @@ from metering.v1 import invoices_pb2 as _invoices_pb2
 from metering.v1 import notifications_pb2 as _notifications_pb2
 from metering.v1 import reservations_pb2 as _reservations_pb2
 from metering.v1 import usage_pb2 as _usage_pb2
+from metering.v1 import wallets_pb2 as _wallets_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from typing import ClassVar as _ClassVar
@@ -47,6 +48,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_CATALOG_RELOADED: _ClassVar[ErrorReason]
     ERROR_REASON_INVOICE_NOT_FINALIZED: _ClassVar[ErrorReason]
     ERROR_REASON_CREDIT_NOTE_EXCEEDS_INVOICED: _ClassVar[ErrorReason]
+    ERROR_REASON_CREDITS_EXHAUSTED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_ARGUMENT: ErrorReason
 ERROR_REASON_CUSTOMER_NOT_FOUND: ErrorReason
@@ -78,3 +80,4 @@ ERROR_REASON_CREDENTIALS_EXPIRED: ErrorReason
 ERROR_REASON_CATALOG_RELOADED: ErrorReason
 ERROR_REASON_INVOICE_NOT_FINALIZED: ErrorReason
 ERROR_REASON_CREDIT_NOTE_EXCEEDS_INVOICED: ErrorReason
+ERROR_REASON_CREDITS_EXHAUSTED: ErrorReason

@@ -13,6 +13,7 @@ from metering.v1 import invoices_pb2 as metering_dot_v1_dot_invoices__pb2
 from metering.v1 import notifications_pb2 as metering_dot_v1_dot_notifications__pb2
 from metering.v1 import reservations_pb2 as metering_dot_v1_dot_reservations__pb2
 from metering.v1 import usage_pb2 as metering_dot_v1_dot_usage__pb2
+from metering.v1 import wallets_pb2 as metering_dot_v1_dot_wallets__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -110,15 +111,20 @@ class MeteringServiceStub:
     FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
     period_start and period_end (RFC 3339) and transaction_id; nothing is
     written. VoidUsage of an event of a finalized period is refused the same way.
-    * A new event before the customer's first period (its billing anchor) is
-    FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
-    billing_anchor_time, transaction_id).
+    * A new event before the customer's first period (its billing anchor) by
+    more than METERING_ANCHOR_SKEW_TOLERANCE (5 minutes by default: clock
+    skew) is FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata
+    event_time, billing_anchor_time, transaction_id). One within it is
+    recorded with its own event_time and counts in the first period (its
+    limits, its bill and invoice); GetUsage shows it at its own time.
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
     INVALID_ARGUMENT (field event_time).
-    * An exact replay of an event already recorded (same transaction id and
-    payload) answers OK with duplicate = true whatever its time: a retry
-    always converges. A reused transaction id with another payload and one of
-    the times above gets the refusal of its time.
+    * A reused transaction id is judged before any of the times above: an
+    exact replay of an event already recorded (same transaction id and
+    payload) answers OK with duplicate = true whatever its time (its period
+    may have closed since): a retry always converges. A reused transaction
+    id with another payload (an earlier event_time, say) is ALREADY_EXISTS,
+    reason TRANSACTION_ID_CONFLICT, whatever its time.
     * Between the end of the grace period and the finalization (normally
     seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
     invoice includes every event that was ever accepted for its period. grpc.health.v1 and
@@ -163,6 +169,16 @@ class MeteringServiceStub:
                 '/metering.v1.MeteringService/ListGrants',
                 request_serializer=metering_dot_v1_dot_grants__pb2.ListGrantsRequest.SerializeToString,
                 response_deserializer=metering_dot_v1_dot_grants__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
+        self.GrantWalletCredit = channel.unary_unary(
+                '/metering.v1.MeteringService/GrantWalletCredit',
+                request_serializer=metering_dot_v1_dot_wallets__pb2.GrantWalletCreditRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_wallets__pb2.GrantWalletCreditResponse.FromString,
+                _registered_method=True)
+        self.GetWallet = channel.unary_unary(
+                '/metering.v1.MeteringService/GetWallet',
+                request_serializer=metering_dot_v1_dot_wallets__pb2.GetWalletRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_wallets__pb2.GetWalletResponse.FromString,
                 _registered_method=True)
         self.ReserveUsage = channel.unary_unary(
                 '/metering.v1.MeteringService/ReserveUsage',
@@ -317,15 +333,20 @@ class MeteringServiceServicer:
     FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
     period_start and period_end (RFC 3339) and transaction_id; nothing is
     written. VoidUsage of an event of a finalized period is refused the same way.
-    * A new event before the customer's first period (its billing anchor) is
-    FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
-    billing_anchor_time, transaction_id).
+    * A new event before the customer's first period (its billing anchor) by
+    more than METERING_ANCHOR_SKEW_TOLERANCE (5 minutes by default: clock
+    skew) is FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata
+    event_time, billing_anchor_time, transaction_id). One within it is
+    recorded with its own event_time and counts in the first period (its
+    limits, its bill and invoice); GetUsage shows it at its own time.
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
     INVALID_ARGUMENT (field event_time).
-    * An exact replay of an event already recorded (same transaction id and
-    payload) answers OK with duplicate = true whatever its time: a retry
-    always converges. A reused transaction id with another payload and one of
-    the times above gets the refusal of its time.
+    * A reused transaction id is judged before any of the times above: an
+    exact replay of an event already recorded (same transaction id and
+    payload) answers OK with duplicate = true whatever its time (its period
+    may have closed since): a retry always converges. A reused transaction
+    id with another payload (an earlier event_time, say) is ALREADY_EXISTS,
+    reason TRANSACTION_ID_CONFLICT, whatever its time.
     * Between the end of the grace period and the finalization (normally
     seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
     invoice includes every event that was ever accepted for its period. grpc.health.v1 and
@@ -390,6 +411,22 @@ class MeteringServiceServicer:
 
     def ListGrants(self, request, context):
         """ListGrants lists a customer's grants with what is left of each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantWalletCredit(self, request, context):
+        """GrantWalletCredit adds prepaid credit in money to a customer's wallet (a
+        top-up): a grant with a category, priority, optional expiry and meters.
+        Priced usage burns it in the transaction that records each event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWallet(self, request, context):
+        """GetWallet answers the customer's remaining credit, grant by grant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -600,6 +637,16 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     request_deserializer=metering_dot_v1_dot_grants__pb2.ListGrantsRequest.FromString,
                     response_serializer=metering_dot_v1_dot_grants__pb2.ListGrantsResponse.SerializeToString,
             ),
+            'GrantWalletCredit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantWalletCredit,
+                    request_deserializer=metering_dot_v1_dot_wallets__pb2.GrantWalletCreditRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_wallets__pb2.GrantWalletCreditResponse.SerializeToString,
+            ),
+            'GetWallet': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWallet,
+                    request_deserializer=metering_dot_v1_dot_wallets__pb2.GetWalletRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_wallets__pb2.GetWalletResponse.SerializeToString,
+            ),
             'ReserveUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.ReserveUsage,
                     request_deserializer=metering_dot_v1_dot_reservations__pb2.ReserveUsageRequest.FromString,
@@ -759,15 +806,20 @@ class MeteringService:
     FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
     period_start and period_end (RFC 3339) and transaction_id; nothing is
     written. VoidUsage of an event of a finalized period is refused the same way.
-    * A new event before the customer's first period (its billing anchor) is
-    FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
-    billing_anchor_time, transaction_id).
+    * A new event before the customer's first period (its billing anchor) by
+    more than METERING_ANCHOR_SKEW_TOLERANCE (5 minutes by default: clock
+    skew) is FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata
+    event_time, billing_anchor_time, transaction_id). One within it is
+    recorded with its own event_time and counts in the first period (its
+    limits, its bill and invoice); GetUsage shows it at its own time.
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
     INVALID_ARGUMENT (field event_time).
-    * An exact replay of an event already recorded (same transaction id and
-    payload) answers OK with duplicate = true whatever its time: a retry
-    always converges. A reused transaction id with another payload and one of
-    the times above gets the refusal of its time.
+    * A reused transaction id is judged before any of the times above: an
+    exact replay of an event already recorded (same transaction id and
+    payload) answers OK with duplicate = true whatever its time (its period
+    may have closed since): a retry always converges. A reused transaction
+    id with another payload (an earlier event_time, say) is ALREADY_EXISTS,
+    reason TRANSACTION_ID_CONFLICT, whatever its time.
     * Between the end of the grace period and the finalization (normally
     seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
     invoice includes every event that was ever accepted for its period. grpc.health.v1 and
@@ -929,6 +981,60 @@ class MeteringService:
             '/metering.v1.MeteringService/ListGrants',
             metering_dot_v1_dot_grants__pb2.ListGrantsRequest.SerializeToString,
             metering_dot_v1_dot_grants__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantWalletCredit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/GrantWalletCredit',
+            metering_dot_v1_dot_wallets__pb2.GrantWalletCreditRequest.SerializeToString,
+            metering_dot_v1_dot_wallets__pb2.GrantWalletCreditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWallet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/GetWallet',
+            metering_dot_v1_dot_wallets__pb2.GetWalletRequest.SerializeToString,
+            metering_dot_v1_dot_wallets__pb2.GetWalletResponse.FromString,
             options,
             channel_credentials,
             insecure,

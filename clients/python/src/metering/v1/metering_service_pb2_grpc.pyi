@@ -15,6 +15,7 @@ from metering.v1 import invoices_pb2 as _invoices_pb2
 from metering.v1 import notifications_pb2 as _notifications_pb2
 from metering.v1 import reservations_pb2 as _reservations_pb2
 from metering.v1 import usage_pb2 as _usage_pb2
+from metering.v1 import wallets_pb2 as _wallets_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -111,15 +112,20 @@ class MeteringServiceStub:
       FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
       period_start and period_end (RFC 3339) and transaction_id; nothing is
       written. VoidUsage of an event of a finalized period is refused the same way.
-    * A new event before the customer's first period (its billing anchor) is
-      FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
-      billing_anchor_time, transaction_id).
+    * A new event before the customer's first period (its billing anchor) by
+      more than METERING_ANCHOR_SKEW_TOLERANCE (5 minutes by default: clock
+      skew) is FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata
+      event_time, billing_anchor_time, transaction_id). One within it is
+      recorded with its own event_time and counts in the first period (its
+      limits, its bill and invoice); GetUsage shows it at its own time.
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
       INVALID_ARGUMENT (field event_time).
-    * An exact replay of an event already recorded (same transaction id and
-      payload) answers OK with duplicate = true whatever its time: a retry
-      always converges. A reused transaction id with another payload and one of
-      the times above gets the refusal of its time.
+    * A reused transaction id is judged before any of the times above: an
+      exact replay of an event already recorded (same transaction id and
+      payload) answers OK with duplicate = true whatever its time (its period
+      may have closed since): a retry always converges. A reused transaction
+      id with another payload (an earlier event_time, say) is ALREADY_EXISTS,
+      reason TRANSACTION_ID_CONFLICT, whatever its time.
     * Between the end of the grace period and the finalization (normally
       seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
       invoice includes every event that was ever accepted for its period. grpc.health.v1 and
@@ -166,6 +172,13 @@ class MeteringServiceStub:
     """GrantCredits adds units to a customer's allowance on a meter."""
     ListGrants: _grpc.UnaryUnaryMultiCallable[_grants_pb2.ListGrantsRequest, _grants_pb2.ListGrantsResponse]
     """ListGrants lists a customer's grants with what is left of each."""
+    GrantWalletCredit: _grpc.UnaryUnaryMultiCallable[_wallets_pb2.GrantWalletCreditRequest, _wallets_pb2.GrantWalletCreditResponse]
+    """GrantWalletCredit adds prepaid credit in money to a customer's wallet (a
+    top-up): a grant with a category, priority, optional expiry and meters.
+    Priced usage burns it in the transaction that records each event.
+    """
+    GetWallet: _grpc.UnaryUnaryMultiCallable[_wallets_pb2.GetWalletRequest, _wallets_pb2.GetWalletResponse]
+    """GetWallet answers the customer's remaining credit, grant by grant."""
     ReserveUsage: _grpc.UnaryUnaryMultiCallable[_reservations_pb2.ReserveUsageRequest, _reservations_pb2.ReserveUsageResponse]
     """ReserveUsage holds units of a SUM meter so that concurrent callers cannot
     spend them: available = limit + granted - used - reserved. A hold that
@@ -354,15 +367,20 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
       FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
       period_start and period_end (RFC 3339) and transaction_id; nothing is
       written. VoidUsage of an event of a finalized period is refused the same way.
-    * A new event before the customer's first period (its billing anchor) is
-      FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
-      billing_anchor_time, transaction_id).
+    * A new event before the customer's first period (its billing anchor) by
+      more than METERING_ANCHOR_SKEW_TOLERANCE (5 minutes by default: clock
+      skew) is FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata
+      event_time, billing_anchor_time, transaction_id). One within it is
+      recorded with its own event_time and counts in the first period (its
+      limits, its bill and invoice); GetUsage shows it at its own time.
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
       INVALID_ARGUMENT (field event_time).
-    * An exact replay of an event already recorded (same transaction id and
-      payload) answers OK with duplicate = true whatever its time: a retry
-      always converges. A reused transaction id with another payload and one of
-      the times above gets the refusal of its time.
+    * A reused transaction id is judged before any of the times above: an
+      exact replay of an event already recorded (same transaction id and
+      payload) answers OK with duplicate = true whatever its time (its period
+      may have closed since): a retry always converges. A reused transaction
+      id with another payload (an earlier event_time, say) is ALREADY_EXISTS,
+      reason TRANSACTION_ID_CONFLICT, whatever its time.
     * Between the end of the grace period and the finalization (normally
       seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
       invoice includes every event that was ever accepted for its period. grpc.health.v1 and
@@ -406,6 +424,13 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """GrantCredits adds units to a customer's allowance on a meter."""
     ListGrants: _aio.UnaryUnaryMultiCallable[_grants_pb2.ListGrantsRequest, _grants_pb2.ListGrantsResponse]  # type: ignore[assignment]
     """ListGrants lists a customer's grants with what is left of each."""
+    GrantWalletCredit: _aio.UnaryUnaryMultiCallable[_wallets_pb2.GrantWalletCreditRequest, _wallets_pb2.GrantWalletCreditResponse]  # type: ignore[assignment]
+    """GrantWalletCredit adds prepaid credit in money to a customer's wallet (a
+    top-up): a grant with a category, priority, optional expiry and meters.
+    Priced usage burns it in the transaction that records each event.
+    """
+    GetWallet: _aio.UnaryUnaryMultiCallable[_wallets_pb2.GetWalletRequest, _wallets_pb2.GetWalletResponse]  # type: ignore[assignment]
+    """GetWallet answers the customer's remaining credit, grant by grant."""
     ReserveUsage: _aio.UnaryUnaryMultiCallable[_reservations_pb2.ReserveUsageRequest, _reservations_pb2.ReserveUsageResponse]  # type: ignore[assignment]
     """ReserveUsage holds units of a SUM meter so that concurrent callers cannot
     spend them: available = limit + granted - used - reserved. A hold that
@@ -593,15 +618,20 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
       FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
       period_start and period_end (RFC 3339) and transaction_id; nothing is
       written. VoidUsage of an event of a finalized period is refused the same way.
-    * A new event before the customer's first period (its billing anchor) is
-      FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
-      billing_anchor_time, transaction_id).
+    * A new event before the customer's first period (its billing anchor) by
+      more than METERING_ANCHOR_SKEW_TOLERANCE (5 minutes by default: clock
+      skew) is FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata
+      event_time, billing_anchor_time, transaction_id). One within it is
+      recorded with its own event_time and counts in the first period (its
+      limits, its bill and invoice); GetUsage shows it at its own time.
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
       INVALID_ARGUMENT (field event_time).
-    * An exact replay of an event already recorded (same transaction id and
-      payload) answers OK with duplicate = true whatever its time: a retry
-      always converges. A reused transaction id with another payload and one of
-      the times above gets the refusal of its time.
+    * A reused transaction id is judged before any of the times above: an
+      exact replay of an event already recorded (same transaction id and
+      payload) answers OK with duplicate = true whatever its time (its period
+      may have closed since): a retry always converges. A reused transaction
+      id with another payload (an earlier event_time, say) is ALREADY_EXISTS,
+      reason TRANSACTION_ID_CONFLICT, whatever its time.
     * Between the end of the grace period and the finalization (normally
       seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
       invoice includes every event that was ever accepted for its period. grpc.health.v1 and
@@ -679,6 +709,25 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_grants_pb2.ListGrantsResponse, _abc.Awaitable[_grants_pb2.ListGrantsResponse]]:
         """ListGrants lists a customer's grants with what is left of each."""
+
+    @_abc_1.abstractmethod
+    def GrantWalletCredit(
+        self,
+        request: _wallets_pb2.GrantWalletCreditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallets_pb2.GrantWalletCreditResponse, _abc.Awaitable[_wallets_pb2.GrantWalletCreditResponse]]:
+        """GrantWalletCredit adds prepaid credit in money to a customer's wallet (a
+        top-up): a grant with a category, priority, optional expiry and meters.
+        Priced usage burns it in the transaction that records each event.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWallet(
+        self,
+        request: _wallets_pb2.GetWalletRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallets_pb2.GetWalletResponse, _abc.Awaitable[_wallets_pb2.GetWalletResponse]]:
+        """GetWallet answers the customer's remaining credit, grant by grant."""
 
     @_abc_1.abstractmethod
     def ReserveUsage(

@@ -25,29 +25,30 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from metering.v1 import billing_pb2 as metering_dot_v1_dot_billing__pb2
 from metering.v1 import invoices_pb2 as metering_dot_v1_dot_invoices__pb2
+from metering.v1 import wallets_pb2 as metering_dot_v1_dot_wallets__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmetering/v1/notifications.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19metering/v1/billing.proto\x1a\x1ametering/v1/invoices.proto\"\x8c\x03\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x04type\x18\x02 \x01(\x0e\x32\x1d.metering.v1.NotificationType\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x05 \x01(\t\x12:\n\x11threshold_crossed\x18\n \x01(\x0b\x32\x1d.metering.v1.ThresholdCrossedH\x00\x12\x34\n\x0elimit_rejected\x18\x0b \x01(\x0b\x32\x1a.metering.v1.LimitRejectedH\x00\x12:\n\x11invoice_finalized\x18\x0c \x01(\x0b\x32\x1d.metering.v1.InvoiceFinalizedH\x00\x12;\n\x12\x63redit_note_issued\x18\x14 \x01(\x0b\x32\x1d.metering.v1.CreditNoteIssuedH\x00\x42\t\n\x07payload\"\xa5\x02\n\x10ThresholdCrossed\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x11\n\tplan_slug\x18\x02 \x01(\t\x12\x35\n\x11period_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11threshold_percent\x18\x05 \x01(\t\x12\x0c\n\x04used\x18\x06 \x01(\t\x12\r\n\x05limit\x18\x07 \x01(\t\x12\x0f\n\x07granted\x18\x08 \x01(\t\x12\x11\n\tallowance\x18\t \x01(\t\x12\x14\n\x0cpercent_used\x18\n \x01(\t\x12\x0c\n\x04unit\x18\x0b \x01(\t\"\xfd\x01\n\rLimitRejected\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x11\n\tplan_slug\x18\x02 \x01(\t\x12\x35\n\x11period_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x05 \x01(\t\x12\x11\n\tavailable\x18\x06 \x01(\t\x12\x11\n\trequested\x18\x07 \x01(\t\x12\x16\n\x0etransaction_id\x18\x08 \x01(\t\x12\x0c\n\x04unit\x18\t \x01(\t\"\xcd\x01\n\x10InvoiceFinalized\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x16\n\x0einvoice_number\x18\x02 \x01(\x03\x12\x35\n\x11period_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05total\x18\x05 \x01(\x0b\x32\x12.metering.v1.Money\"\x8b\x02\n\x10\x43reditNoteIssued\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x16\n\x0einvoice_number\x18\x02 \x01(\x03\x12\x16\n\x0e\x63redit_note_id\x18\x03 \x01(\t\x12\x1a\n\x12\x63redit_note_number\x18\x04 \x01(\x03\x12-\n\x06reason\x18\x05 \x01(\x0e\x32\x1d.metering.v1.CreditNoteReason\x12\"\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x12.metering.v1.Money\x12-\n\x11invoice_net_total\x18\x07 \x01(\x0b\x32\x12.metering.v1.Money\x12\x15\n\rwhole_invoice\x18\x08 \x01(\x08\"n\n\x19WatchNotificationsRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12,\n\x05types\x18\x02 \x03(\x0e\x32\x1d.metering.v1.NotificationType\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"M\n\x1aWatchNotificationsResponse\x12/\n\x0cnotification\x18\x01 \x01(\x0b\x32\x19.metering.v1.Notification*\xeb\x01\n\x10NotificationType\x12!\n\x1dNOTIFICATION_TYPE_UNSPECIFIED\x10\x00\x12-\n)NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED\x10\x01\x12*\n&NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED\x10\x02\x12\'\n#NOTIFICATION_TYPE_INVOICE_FINALIZED\x10\x03\x12\x30\n,NOTIFICATION_TYPE_INVOICE_CREDIT_NOTE_ISSUED\x10\nb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmetering/v1/notifications.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19metering/v1/billing.proto\x1a\x1ametering/v1/invoices.proto\x1a\x19metering/v1/wallets.proto\"\xf8\x03\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x04type\x18\x02 \x01(\x0e\x32\x1d.metering.v1.NotificationType\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x05 \x01(\t\x12:\n\x11threshold_crossed\x18\n \x01(\x0b\x32\x1d.metering.v1.ThresholdCrossedH\x00\x12\x34\n\x0elimit_rejected\x18\x0b \x01(\x0b\x32\x1a.metering.v1.LimitRejectedH\x00\x12:\n\x11invoice_finalized\x18\x0c \x01(\x0b\x32\x1d.metering.v1.InvoiceFinalizedH\x00\x12;\n\x12\x63redit_note_issued\x18\x14 \x01(\x0b\x32\x1d.metering.v1.CreditNoteIssuedH\x00\x12.\n\x0b\x63redits_low\x18\x15 \x01(\x0b\x32\x17.metering.v1.CreditsLowH\x00\x12:\n\x11\x63redits_exhausted\x18\x16 \x01(\x0b\x32\x1d.metering.v1.CreditsExhaustedH\x00\x42\t\n\x07payload\"\xa5\x02\n\x10ThresholdCrossed\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x11\n\tplan_slug\x18\x02 \x01(\t\x12\x35\n\x11period_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11threshold_percent\x18\x05 \x01(\t\x12\x0c\n\x04used\x18\x06 \x01(\t\x12\r\n\x05limit\x18\x07 \x01(\t\x12\x0f\n\x07granted\x18\x08 \x01(\t\x12\x11\n\tallowance\x18\t \x01(\t\x12\x14\n\x0cpercent_used\x18\n \x01(\t\x12\x0c\n\x04unit\x18\x0b \x01(\t\"\xfd\x01\n\rLimitRejected\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x11\n\tplan_slug\x18\x02 \x01(\t\x12\x35\n\x11period_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x05 \x01(\t\x12\x11\n\tavailable\x18\x06 \x01(\t\x12\x11\n\trequested\x18\x07 \x01(\t\x12\x16\n\x0etransaction_id\x18\x08 \x01(\t\x12\x0c\n\x04unit\x18\t \x01(\t\"\xcd\x01\n\x10InvoiceFinalized\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x16\n\x0einvoice_number\x18\x02 \x01(\x03\x12\x35\n\x11period_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05total\x18\x05 \x01(\x0b\x32\x12.metering.v1.Money\"\x8b\x02\n\x10\x43reditNoteIssued\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x16\n\x0einvoice_number\x18\x02 \x01(\x03\x12\x16\n\x0e\x63redit_note_id\x18\x03 \x01(\t\x12\x1a\n\x12\x63redit_note_number\x18\x04 \x01(\x03\x12-\n\x06reason\x18\x05 \x01(\x0e\x32\x1d.metering.v1.CreditNoteReason\x12\"\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x12.metering.v1.Money\x12-\n\x11invoice_net_total\x18\x07 \x01(\x0b\x32\x12.metering.v1.Money\x12\x15\n\rwhole_invoice\x18\x08 \x01(\x08\"n\n\x19WatchNotificationsRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12,\n\x05types\x18\x02 \x03(\x0e\x32\x1d.metering.v1.NotificationType\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"M\n\x1aWatchNotificationsResponse\x12/\n\x0cnotification\x18\x01 \x01(\x0b\x32\x19.metering.v1.Notification*\xb7\x02\n\x10NotificationType\x12!\n\x1dNOTIFICATION_TYPE_UNSPECIFIED\x10\x00\x12-\n)NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED\x10\x01\x12*\n&NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED\x10\x02\x12\'\n#NOTIFICATION_TYPE_INVOICE_FINALIZED\x10\x03\x12\x30\n,NOTIFICATION_TYPE_INVOICE_CREDIT_NOTE_ISSUED\x10\n\x12!\n\x1dNOTIFICATION_TYPE_CREDITS_LOW\x10\x0b\x12\'\n#NOTIFICATION_TYPE_CREDITS_EXHAUSTED\x10\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'metering.v1.notifications_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NOTIFICATIONTYPE']._serialized_start=1757
-  _globals['_NOTIFICATIONTYPE']._serialized_end=1992
-  _globals['_NOTIFICATION']._serialized_start=137
-  _globals['_NOTIFICATION']._serialized_end=533
-  _globals['_THRESHOLDCROSSED']._serialized_start=536
-  _globals['_THRESHOLDCROSSED']._serialized_end=829
-  _globals['_LIMITREJECTED']._serialized_start=832
-  _globals['_LIMITREJECTED']._serialized_end=1085
-  _globals['_INVOICEFINALIZED']._serialized_start=1088
-  _globals['_INVOICEFINALIZED']._serialized_end=1293
-  _globals['_CREDITNOTEISSUED']._serialized_start=1296
-  _globals['_CREDITNOTEISSUED']._serialized_end=1563
-  _globals['_WATCHNOTIFICATIONSREQUEST']._serialized_start=1565
-  _globals['_WATCHNOTIFICATIONSREQUEST']._serialized_end=1675
-  _globals['_WATCHNOTIFICATIONSRESPONSE']._serialized_start=1677
-  _globals['_WATCHNOTIFICATIONSRESPONSE']._serialized_end=1754
+  _globals['_NOTIFICATIONTYPE']._serialized_start=1892
+  _globals['_NOTIFICATIONTYPE']._serialized_end=2203
+  _globals['_NOTIFICATION']._serialized_start=164
+  _globals['_NOTIFICATION']._serialized_end=668
+  _globals['_THRESHOLDCROSSED']._serialized_start=671
+  _globals['_THRESHOLDCROSSED']._serialized_end=964
+  _globals['_LIMITREJECTED']._serialized_start=967
+  _globals['_LIMITREJECTED']._serialized_end=1220
+  _globals['_INVOICEFINALIZED']._serialized_start=1223
+  _globals['_INVOICEFINALIZED']._serialized_end=1428
+  _globals['_CREDITNOTEISSUED']._serialized_start=1431
+  _globals['_CREDITNOTEISSUED']._serialized_end=1698
+  _globals['_WATCHNOTIFICATIONSREQUEST']._serialized_start=1700
+  _globals['_WATCHNOTIFICATIONSREQUEST']._serialized_end=1810
+  _globals['_WATCHNOTIFICATIONSRESPONSE']._serialized_start=1812
+  _globals['_WATCHNOTIFICATIONSRESPONSE']._serialized_end=1889
 # @@protoc_insertion_point(module_scope)

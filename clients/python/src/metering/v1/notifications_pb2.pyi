@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from metering.v1 import billing_pb2 as _billing_pb2
 from metering.v1 import invoices_pb2 as _invoices_pb2
+from metering.v1 import wallets_pb2 as _wallets_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -19,14 +20,18 @@ class NotificationType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED: _ClassVar[NotificationType]
     NOTIFICATION_TYPE_INVOICE_FINALIZED: _ClassVar[NotificationType]
     NOTIFICATION_TYPE_INVOICE_CREDIT_NOTE_ISSUED: _ClassVar[NotificationType]
+    NOTIFICATION_TYPE_CREDITS_LOW: _ClassVar[NotificationType]
+    NOTIFICATION_TYPE_CREDITS_EXHAUSTED: _ClassVar[NotificationType]
 NOTIFICATION_TYPE_UNSPECIFIED: NotificationType
 NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED: NotificationType
 NOTIFICATION_TYPE_USAGE_LIMIT_REJECTED: NotificationType
 NOTIFICATION_TYPE_INVOICE_FINALIZED: NotificationType
 NOTIFICATION_TYPE_INVOICE_CREDIT_NOTE_ISSUED: NotificationType
+NOTIFICATION_TYPE_CREDITS_LOW: NotificationType
+NOTIFICATION_TYPE_CREDITS_EXHAUSTED: NotificationType
 
 class Notification(_message.Message):
-    __slots__ = ("id", "type", "time", "customer_id", "cursor", "threshold_crossed", "limit_rejected", "invoice_finalized", "credit_note_issued")
+    __slots__ = ("id", "type", "time", "customer_id", "cursor", "threshold_crossed", "limit_rejected", "invoice_finalized", "credit_note_issued", "credits_low", "credits_exhausted")
     ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +41,8 @@ class Notification(_message.Message):
     LIMIT_REJECTED_FIELD_NUMBER: _ClassVar[int]
     INVOICE_FINALIZED_FIELD_NUMBER: _ClassVar[int]
     CREDIT_NOTE_ISSUED_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_LOW_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_EXHAUSTED_FIELD_NUMBER: _ClassVar[int]
     id: str
     type: NotificationType
     time: _timestamp_pb2.Timestamp
@@ -45,7 +52,9 @@ class Notification(_message.Message):
     limit_rejected: LimitRejected
     invoice_finalized: InvoiceFinalized
     credit_note_issued: CreditNoteIssued
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[_Union[NotificationType, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customer_id: _Optional[str] = ..., cursor: _Optional[str] = ..., threshold_crossed: _Optional[_Union[ThresholdCrossed, _Mapping]] = ..., limit_rejected: _Optional[_Union[LimitRejected, _Mapping]] = ..., invoice_finalized: _Optional[_Union[InvoiceFinalized, _Mapping]] = ..., credit_note_issued: _Optional[_Union[CreditNoteIssued, _Mapping]] = ...) -> None: ...
+    credits_low: _wallets_pb2.CreditsLow
+    credits_exhausted: _wallets_pb2.CreditsExhausted
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[_Union[NotificationType, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customer_id: _Optional[str] = ..., cursor: _Optional[str] = ..., threshold_crossed: _Optional[_Union[ThresholdCrossed, _Mapping]] = ..., limit_rejected: _Optional[_Union[LimitRejected, _Mapping]] = ..., invoice_finalized: _Optional[_Union[InvoiceFinalized, _Mapping]] = ..., credit_note_issued: _Optional[_Union[CreditNoteIssued, _Mapping]] = ..., credits_low: _Optional[_Union[_wallets_pb2.CreditsLow, _Mapping]] = ..., credits_exhausted: _Optional[_Union[_wallets_pb2.CreditsExhausted, _Mapping]] = ...) -> None: ...
 
 class ThresholdCrossed(_message.Message):
     __slots__ = ("meter_slug", "plan_slug", "period_start_time", "period_end_time", "threshold_percent", "used", "limit", "granted", "allowance", "percent_used", "unit")

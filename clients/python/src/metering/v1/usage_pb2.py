@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from metering.v1 import wallets_pb2 as metering_dot_v1_dot_wallets__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17metering/v1/usage.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x02\n\x12RecordUsageRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x12\n\nmeter_slug\x18\x02 \x01(\t\x12\x12\n\nprice_slug\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\t\x12\x16\n\x0etransaction_id\x18\x05 \x01(\t\x12.\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x43\n\nproperties\x18\x07 \x03(\x0b\x32/.metering.v1.RecordUsageRequest.PropertiesEntry\x12\x36\n\x10\x65nforcement_mode\x18\x08 \x01(\x0e\x32\x1c.metering.v1.EnforcementMode\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\x13RecordUsageResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.metering.v1.UsageEvent\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12%\n\x07\x62\x61lance\x18\x03 \x01(\x0b\x32\x14.metering.v1.Balance\x12\x18\n\x10overage_quantity\x18\x04 \x01(\t\"\x9c\x03\n\nUsageEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\x12\x12\n\nmeter_slug\x18\x04 \x01(\t\x12\x12\n\nprice_slug\x18\x05 \x01(\t\x12\x10\n\x08quantity\x18\x06 \x01(\t\x12.\n\nevent_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rrecorded_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\nproperties\x18\t \x03(\x0b\x32\'.metering.v1.UsageEvent.PropertiesEntry\x12-\n\tvoid_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bvoid_reason\x18\x0b \x01(\t\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x13\x43heckBalanceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x12\n\nmeter_slug\x18\x02 \x01(\t\x12\x1a\n\x12requested_quantity\x18\x03 \x01(\t\"\xcc\x01\n\x14\x43heckBalanceResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x11\n\tplan_slug\x18\x02 \x01(\t\x12&\n\x08\x62\x61lances\x18\x03 \x03(\x0b\x32\x14.metering.v1.Balance\x12\x1e\n\x11requested_allowed\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12.\n\nas_of_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x14\n\x12_requested_allowed\"\xd9\x04\n\x07\x42\x61lance\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12-\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\x18.metering.v1.Aggregation\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x0c\n\x04used\x18\x04 \x01(\t\x12\x12\n\x05limit\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x07granted\x18\x06 \x01(\t\x12\x10\n\x08reserved\x18\x07 \x01(\t\x12\x16\n\tavailable\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0cpercent_used\x18\t \x01(\tH\x02\x88\x01\x01\x12%\n\x1d\x61pproaching_threshold_percent\x18\n \x01(\t\x12\x19\n\x11\x61pproaching_limit\x18\x0b \x01(\x08\x12\x15\n\rlimit_reached\x18\x0c \x01(\x08\x12\x19\n\x11included_quantity\x18\r \x01(\t\x12\x35\n\x11period_start_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0creset_period\x18\x10 \x01(\x0e\x32\x18.metering.v1.ResetPeriod\x12\x38\n\x11limit_enforcement\x18\x11 \x01(\x0e\x32\x1d.metering.v1.LimitEnforcement\x12\x12\n\nprice_slug\x18\x12 \x01(\tB\x08\n\x06_limitB\x0c\n\n_availableB\x0f\n\r_percent_used\"-\n\x0ePropertyFilter\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"\xc1\x02\n\x0fGetUsageRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x13\n\x0bmeter_slugs\x18\x02 \x03(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0bwindow_size\x18\x05 \x01(\x0e\x32\x17.metering.v1.WindowSize\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12\x10\n\x08group_by\x18\x07 \x03(\t\x12,\n\x07\x66ilters\x18\x08 \x03(\x0b\x32\x1b.metering.v1.PropertyFilter\x12\x11\n\tpage_size\x18\t \x01(\x05\x12\x12\n\npage_token\x18\n \x01(\t\"P\n\x10GetUsageResponse\x12#\n\x04rows\x18\x01 \x03(\x0b\x32\x15.metering.v1.UsageRow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa0\x02\n\x08UsageRow\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x35\n\x11window_start_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fwindow_end_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x04 \x01(\t\x12\x13\n\x0b\x65vent_count\x18\x05 \x01(\x03\x12<\n\x0cgroup_values\x18\x06 \x03(\x0b\x32&.metering.v1.UsageRow.GroupValuesEntry\x1a\x32\n\x10GroupValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xa1\x01\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41GGREGATION_SUM\x10\x01\x12\x15\n\x11\x41GGREGATION_COUNT\x10\x02\x12\x13\n\x0f\x41GGREGATION_MAX\x10\x03\x12\x1c\n\x18\x41GGREGATION_UNIQUE_COUNT\x10\x04\x12\x16\n\x12\x41GGREGATION_LATEST\x10\x05*\x87\x01\n\x0bResetPeriod\x12\x1c\n\x18RESET_PERIOD_UNSPECIFIED\x10\x00\x12\x14\n\x10RESET_PERIOD_DAY\x10\x01\x12\x15\n\x11RESET_PERIOD_WEEK\x10\x02\x12\x16\n\x12RESET_PERIOD_MONTH\x10\x03\x12\x15\n\x11RESET_PERIOD_NONE\x10\x04*\x8e\x01\n\x10LimitEnforcement\x12!\n\x1dLIMIT_ENFORCEMENT_UNSPECIFIED\x10\x00\x12\x1a\n\x16LIMIT_ENFORCEMENT_HARD\x10\x01\x12\x1a\n\x16LIMIT_ENFORCEMENT_SOFT\x10\x02\x12\x1f\n\x1bLIMIT_ENFORCEMENT_UNLIMITED\x10\x03*{\n\x0f\x45nforcementMode\x12 \n\x1c\x45NFORCEMENT_MODE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45NFORCEMENT_MODE_ENFORCE_LIMIT\x10\x01\x12\"\n\x1e\x45NFORCEMENT_MODE_ALLOW_OVERAGE\x10\x02*k\n\nWindowSize\x12\x1b\n\x17WINDOW_SIZE_UNSPECIFIED\x10\x00\x12\x14\n\x10WINDOW_SIZE_HOUR\x10\x01\x12\x13\n\x0fWINDOW_SIZE_DAY\x10\x02\x12\x15\n\x11WINDOW_SIZE_MONTH\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17metering/v1/usage.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19metering/v1/wallets.proto\"\xdb\x02\n\x12RecordUsageRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x12\n\nmeter_slug\x18\x02 \x01(\t\x12\x12\n\nprice_slug\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\t\x12\x16\n\x0etransaction_id\x18\x05 \x01(\t\x12.\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x43\n\nproperties\x18\x07 \x03(\x0b\x32/.metering.v1.RecordUsageRequest.PropertiesEntry\x12\x36\n\x10\x65nforcement_mode\x18\x08 \x01(\x0e\x32\x1c.metering.v1.EnforcementMode\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\x13RecordUsageResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.metering.v1.UsageEvent\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12%\n\x07\x62\x61lance\x18\x03 \x01(\x0b\x32\x14.metering.v1.Balance\x12\x18\n\x10overage_quantity\x18\x04 \x01(\t\"\x9c\x03\n\nUsageEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\x12\x12\n\nmeter_slug\x18\x04 \x01(\t\x12\x12\n\nprice_slug\x18\x05 \x01(\t\x12\x10\n\x08quantity\x18\x06 \x01(\t\x12.\n\nevent_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rrecorded_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\nproperties\x18\t \x03(\x0b\x32\'.metering.v1.UsageEvent.PropertiesEntry\x12-\n\tvoid_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bvoid_reason\x18\x0b \x01(\t\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x13\x43heckBalanceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x12\n\nmeter_slug\x18\x02 \x01(\t\x12\x1a\n\x12requested_quantity\x18\x03 \x01(\t\"\xf8\x01\n\x14\x43heckBalanceResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x11\n\tplan_slug\x18\x02 \x01(\t\x12&\n\x08\x62\x61lances\x18\x03 \x03(\x0b\x32\x14.metering.v1.Balance\x12\x1e\n\x11requested_allowed\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12.\n\nas_of_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06wallet\x18\x14 \x01(\x0b\x32\x1a.metering.v1.WalletSummaryB\x14\n\x12_requested_allowed\"\xd9\x04\n\x07\x42\x61lance\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12-\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\x18.metering.v1.Aggregation\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x0c\n\x04used\x18\x04 \x01(\t\x12\x12\n\x05limit\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x07granted\x18\x06 \x01(\t\x12\x10\n\x08reserved\x18\x07 \x01(\t\x12\x16\n\tavailable\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0cpercent_used\x18\t \x01(\tH\x02\x88\x01\x01\x12%\n\x1d\x61pproaching_threshold_percent\x18\n \x01(\t\x12\x19\n\x11\x61pproaching_limit\x18\x0b \x01(\x08\x12\x15\n\rlimit_reached\x18\x0c \x01(\x08\x12\x19\n\x11included_quantity\x18\r \x01(\t\x12\x35\n\x11period_start_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0creset_period\x18\x10 \x01(\x0e\x32\x18.metering.v1.ResetPeriod\x12\x38\n\x11limit_enforcement\x18\x11 \x01(\x0e\x32\x1d.metering.v1.LimitEnforcement\x12\x12\n\nprice_slug\x18\x12 \x01(\tB\x08\n\x06_limitB\x0c\n\n_availableB\x0f\n\r_percent_used\"-\n\x0ePropertyFilter\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"\xc1\x02\n\x0fGetUsageRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x13\n\x0bmeter_slugs\x18\x02 \x03(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0bwindow_size\x18\x05 \x01(\x0e\x32\x17.metering.v1.WindowSize\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12\x10\n\x08group_by\x18\x07 \x03(\t\x12,\n\x07\x66ilters\x18\x08 \x03(\x0b\x32\x1b.metering.v1.PropertyFilter\x12\x11\n\tpage_size\x18\t \x01(\x05\x12\x12\n\npage_token\x18\n \x01(\t\"P\n\x10GetUsageResponse\x12#\n\x04rows\x18\x01 \x03(\x0b\x32\x15.metering.v1.UsageRow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa0\x02\n\x08UsageRow\x12\x12\n\nmeter_slug\x18\x01 \x01(\t\x12\x35\n\x11window_start_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fwindow_end_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x04 \x01(\t\x12\x13\n\x0b\x65vent_count\x18\x05 \x01(\x03\x12<\n\x0cgroup_values\x18\x06 \x03(\x0b\x32&.metering.v1.UsageRow.GroupValuesEntry\x1a\x32\n\x10GroupValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xa1\x01\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41GGREGATION_SUM\x10\x01\x12\x15\n\x11\x41GGREGATION_COUNT\x10\x02\x12\x13\n\x0f\x41GGREGATION_MAX\x10\x03\x12\x1c\n\x18\x41GGREGATION_UNIQUE_COUNT\x10\x04\x12\x16\n\x12\x41GGREGATION_LATEST\x10\x05*\x87\x01\n\x0bResetPeriod\x12\x1c\n\x18RESET_PERIOD_UNSPECIFIED\x10\x00\x12\x14\n\x10RESET_PERIOD_DAY\x10\x01\x12\x15\n\x11RESET_PERIOD_WEEK\x10\x02\x12\x16\n\x12RESET_PERIOD_MONTH\x10\x03\x12\x15\n\x11RESET_PERIOD_NONE\x10\x04*\x8e\x01\n\x10LimitEnforcement\x12!\n\x1dLIMIT_ENFORCEMENT_UNSPECIFIED\x10\x00\x12\x1a\n\x16LIMIT_ENFORCEMENT_HARD\x10\x01\x12\x1a\n\x16LIMIT_ENFORCEMENT_SOFT\x10\x02\x12\x1f\n\x1bLIMIT_ENFORCEMENT_UNLIMITED\x10\x03*{\n\x0f\x45nforcementMode\x12 \n\x1c\x45NFORCEMENT_MODE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45NFORCEMENT_MODE_ENFORCE_LIMIT\x10\x01\x12\"\n\x1e\x45NFORCEMENT_MODE_ALLOW_OVERAGE\x10\x02*k\n\nWindowSize\x12\x1b\n\x17WINDOW_SIZE_UNSPECIFIED\x10\x00\x12\x14\n\x10WINDOW_SIZE_HOUR\x10\x01\x12\x13\n\x0fWINDOW_SIZE_DAY\x10\x02\x12\x15\n\x11WINDOW_SIZE_MONTH\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,40 +39,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGEEVENT_PROPERTIESENTRY']._serialized_options = b'8\001'
   _globals['_USAGEROW_GROUPVALUESENTRY']._loaded_options = None
   _globals['_USAGEROW_GROUPVALUESENTRY']._serialized_options = b'8\001'
-  _globals['_AGGREGATION']._serialized_start=2634
-  _globals['_AGGREGATION']._serialized_end=2795
-  _globals['_RESETPERIOD']._serialized_start=2798
-  _globals['_RESETPERIOD']._serialized_end=2933
-  _globals['_LIMITENFORCEMENT']._serialized_start=2936
-  _globals['_LIMITENFORCEMENT']._serialized_end=3078
-  _globals['_ENFORCEMENTMODE']._serialized_start=3080
-  _globals['_ENFORCEMENTMODE']._serialized_end=3203
-  _globals['_WINDOWSIZE']._serialized_start=3205
-  _globals['_WINDOWSIZE']._serialized_end=3312
-  _globals['_RECORDUSAGEREQUEST']._serialized_start=74
-  _globals['_RECORDUSAGEREQUEST']._serialized_end=421
-  _globals['_RECORDUSAGEREQUEST_PROPERTIESENTRY']._serialized_start=372
-  _globals['_RECORDUSAGEREQUEST_PROPERTIESENTRY']._serialized_end=421
-  _globals['_RECORDUSAGERESPONSE']._serialized_start=424
-  _globals['_RECORDUSAGERESPONSE']._serialized_end=569
-  _globals['_USAGEEVENT']._serialized_start=572
-  _globals['_USAGEEVENT']._serialized_end=984
-  _globals['_USAGEEVENT_PROPERTIESENTRY']._serialized_start=372
-  _globals['_USAGEEVENT_PROPERTIESENTRY']._serialized_end=421
-  _globals['_CHECKBALANCEREQUEST']._serialized_start=986
-  _globals['_CHECKBALANCEREQUEST']._serialized_end=1076
-  _globals['_CHECKBALANCERESPONSE']._serialized_start=1079
-  _globals['_CHECKBALANCERESPONSE']._serialized_end=1283
-  _globals['_BALANCE']._serialized_start=1286
-  _globals['_BALANCE']._serialized_end=1887
-  _globals['_PROPERTYFILTER']._serialized_start=1889
-  _globals['_PROPERTYFILTER']._serialized_end=1934
-  _globals['_GETUSAGEREQUEST']._serialized_start=1937
-  _globals['_GETUSAGEREQUEST']._serialized_end=2258
-  _globals['_GETUSAGERESPONSE']._serialized_start=2260
-  _globals['_GETUSAGERESPONSE']._serialized_end=2340
-  _globals['_USAGEROW']._serialized_start=2343
-  _globals['_USAGEROW']._serialized_end=2631
-  _globals['_USAGEROW_GROUPVALUESENTRY']._serialized_start=2581
-  _globals['_USAGEROW_GROUPVALUESENTRY']._serialized_end=2631
+  _globals['_AGGREGATION']._serialized_start=2705
+  _globals['_AGGREGATION']._serialized_end=2866
+  _globals['_RESETPERIOD']._serialized_start=2869
+  _globals['_RESETPERIOD']._serialized_end=3004
+  _globals['_LIMITENFORCEMENT']._serialized_start=3007
+  _globals['_LIMITENFORCEMENT']._serialized_end=3149
+  _globals['_ENFORCEMENTMODE']._serialized_start=3151
+  _globals['_ENFORCEMENTMODE']._serialized_end=3274
+  _globals['_WINDOWSIZE']._serialized_start=3276
+  _globals['_WINDOWSIZE']._serialized_end=3383
+  _globals['_RECORDUSAGEREQUEST']._serialized_start=101
+  _globals['_RECORDUSAGEREQUEST']._serialized_end=448
+  _globals['_RECORDUSAGEREQUEST_PROPERTIESENTRY']._serialized_start=399
+  _globals['_RECORDUSAGEREQUEST_PROPERTIESENTRY']._serialized_end=448
+  _globals['_RECORDUSAGERESPONSE']._serialized_start=451
+  _globals['_RECORDUSAGERESPONSE']._serialized_end=596
+  _globals['_USAGEEVENT']._serialized_start=599
+  _globals['_USAGEEVENT']._serialized_end=1011
+  _globals['_USAGEEVENT_PROPERTIESENTRY']._serialized_start=399
+  _globals['_USAGEEVENT_PROPERTIESENTRY']._serialized_end=448
+  _globals['_CHECKBALANCEREQUEST']._serialized_start=1013
+  _globals['_CHECKBALANCEREQUEST']._serialized_end=1103
+  _globals['_CHECKBALANCERESPONSE']._serialized_start=1106
+  _globals['_CHECKBALANCERESPONSE']._serialized_end=1354
+  _globals['_BALANCE']._serialized_start=1357
+  _globals['_BALANCE']._serialized_end=1958
+  _globals['_PROPERTYFILTER']._serialized_start=1960
+  _globals['_PROPERTYFILTER']._serialized_end=2005
+  _globals['_GETUSAGEREQUEST']._serialized_start=2008
+  _globals['_GETUSAGEREQUEST']._serialized_end=2329
+  _globals['_GETUSAGERESPONSE']._serialized_start=2331
+  _globals['_GETUSAGERESPONSE']._serialized_end=2411
+  _globals['_USAGEROW']._serialized_start=2414
+  _globals['_USAGEROW']._serialized_end=2702
+  _globals['_USAGEROW_GROUPVALUESENTRY']._serialized_start=2652
+  _globals['_USAGEROW_GROUPVALUESENTRY']._serialized_end=2702
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from metering.v1 import wallets_pb2 as _wallets_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -152,18 +153,20 @@ class CheckBalanceRequest(_message.Message):
     def __init__(self, customer_id: _Optional[str] = ..., meter_slug: _Optional[str] = ..., requested_quantity: _Optional[str] = ...) -> None: ...
 
 class CheckBalanceResponse(_message.Message):
-    __slots__ = ("customer_id", "plan_slug", "balances", "requested_allowed", "as_of_time")
+    __slots__ = ("customer_id", "plan_slug", "balances", "requested_allowed", "as_of_time", "wallet")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_SLUG_FIELD_NUMBER: _ClassVar[int]
     BALANCES_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_ALLOWED_FIELD_NUMBER: _ClassVar[int]
     AS_OF_TIME_FIELD_NUMBER: _ClassVar[int]
+    WALLET_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     plan_slug: str
     balances: _containers.RepeatedCompositeFieldContainer[Balance]
     requested_allowed: bool
     as_of_time: _timestamp_pb2.Timestamp
-    def __init__(self, customer_id: _Optional[str] = ..., plan_slug: _Optional[str] = ..., balances: _Optional[_Iterable[_Union[Balance, _Mapping]]] = ..., requested_allowed: _Optional[bool] = ..., as_of_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    wallet: _wallets_pb2.WalletSummary
+    def __init__(self, customer_id: _Optional[str] = ..., plan_slug: _Optional[str] = ..., balances: _Optional[_Iterable[_Union[Balance, _Mapping]]] = ..., requested_allowed: _Optional[bool] = ..., as_of_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wallet: _Optional[_Union[_wallets_pb2.WalletSummary, _Mapping]] = ...) -> None: ...
 
 class Balance(_message.Message):
     __slots__ = ("meter_slug", "aggregation", "unit", "used", "limit", "granted", "reserved", "available", "percent_used", "approaching_threshold_percent", "approaching_limit", "limit_reached", "included_quantity", "period_start_time", "period_end_time", "reset_period", "limit_enforcement", "price_slug")

@@ -29,6 +29,7 @@ from metering.v1.invoices_pb2 import GetInvoiceRequest, GetInvoiceResponse, Issu
 from metering.v1.notifications_pb2 import WatchNotificationsRequest, WatchNotificationsResponse
 from metering.v1.reservations_pb2 import CommitReservationRequest, CommitReservationResponse, ReleaseReservationRequest, ReleaseReservationResponse, ReserveUsageRequest, ReserveUsageResponse
 from metering.v1.usage_pb2 import CheckBalanceRequest, CheckBalanceResponse, GetUsageRequest, GetUsageResponse, RecordUsageRequest, RecordUsageResponse
+from metering.v1.wallets_pb2 import GetWalletRequest, GetWalletResponse, GrantWalletCreditRequest, GrantWalletCreditResponse
 from pyqwest import Client
 
 if TYPE_CHECKING:
@@ -122,15 +123,20 @@ class MeteringService(Protocol):
       FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
       period_start and period_end (RFC 3339) and transaction_id; nothing is
       written. VoidUsage of an event of a finalized period is refused the same way.
-    * A new event before the customer's first period (its billing anchor) is
-      FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
-      billing_anchor_time, transaction_id).
+    * A new event before the customer's first period (its billing anchor) by
+      more than METERING_ANCHOR_SKEW_TOLERANCE (5 minutes by default: clock
+      skew) is FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata
+      event_time, billing_anchor_time, transaction_id). One within it is
+      recorded with its own event_time and counts in the first period (its
+      limits, its bill and invoice); GetUsage shows it at its own time.
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
       INVALID_ARGUMENT (field event_time).
-    * An exact replay of an event already recorded (same transaction id and
-      payload) answers OK with duplicate = true whatever its time: a retry
-      always converges. A reused transaction id with another payload and one of
-      the times above gets the refusal of its time.
+    * A reused transaction id is judged before any of the times above: an
+      exact replay of an event already recorded (same transaction id and
+      payload) answers OK with duplicate = true whatever its time (its period
+      may have closed since): a retry always converges. A reused transaction
+      id with another payload (an earlier event_time, say) is ALREADY_EXISTS,
+      reason TRANSACTION_ID_CONFLICT, whatever its time.
     * Between the end of the grace period and the finalization (normally
       seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
       invoice includes every event that was ever accepted for its period. grpc.health.v1 and
@@ -190,6 +196,20 @@ class MeteringService(Protocol):
     async def list_grants(self, request: ListGrantsRequest, ctx: RequestContext[ListGrantsRequest, ListGrantsResponse], /) -> ListGrantsResponse:
         """
         ListGrants lists a customer's grants with what is left of each.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def grant_wallet_credit(self, request: GrantWalletCreditRequest, ctx: RequestContext[GrantWalletCreditRequest, GrantWalletCreditResponse], /) -> GrantWalletCreditResponse:
+        """
+        GrantWalletCredit adds prepaid credit in money to a customer's wallet (a
+        top-up): a grant with a category, priority, optional expiry and meters.
+        Priced usage burns it in the transaction that records each event.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_wallet(self, request: GetWalletRequest, ctx: RequestContext[GetWalletRequest, GetWalletResponse], /) -> GetWalletResponse:
+        """
+        GetWallet answers the customer's remaining credit, grant by grant.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -429,6 +449,28 @@ class MeteringServiceASGIApplication(ConnectASGIApplication[MeteringService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.list_grants,
+                ),
+                "/metering.v1.MeteringService/GrantWalletCredit": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GrantWalletCredit",
+                        service_name="metering.v1.MeteringService",
+                        input=GrantWalletCreditRequest,
+                        output=GrantWalletCreditResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.grant_wallet_credit,
+                ),
+                "/metering.v1.MeteringService/GetWallet": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetWallet",
+                        service_name="metering.v1.MeteringService",
+                        input=GetWalletRequest,
+                        output=GetWalletResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_wallet,
                 ),
                 "/metering.v1.MeteringService/ReserveUsage": Endpoint.unary(
                     method=MethodInfo(
@@ -685,15 +727,20 @@ class MeteringServiceClient(ConnectClient):
       FAILED_PRECONDITION, reason PERIOD_CLOSED, ErrorInfo metadata invoice_id,
       period_start and period_end (RFC 3339) and transaction_id; nothing is
       written. VoidUsage of an event of a finalized period is refused the same way.
-    * A new event before the customer's first period (its billing anchor) is
-      FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata event_time,
-      billing_anchor_time, transaction_id).
+    * A new event before the customer's first period (its billing anchor) by
+      more than METERING_ANCHOR_SKEW_TOLERANCE (5 minutes by default: clock
+      skew) is FAILED_PRECONDITION, reason BEFORE_FIRST_PERIOD (metadata
+      event_time, billing_anchor_time, transaction_id). One within it is
+      recorded with its own event_time and counts in the first period (its
+      limits, its bill and invoice); GetUsage shows it at its own time.
     * A new event older than the backfill window (METERING_BACKFILL_WINDOW) is
       INVALID_ARGUMENT (field event_time).
-    * An exact replay of an event already recorded (same transaction id and
-      payload) answers OK with duplicate = true whatever its time: a retry
-      always converges. A reused transaction id with another payload and one of
-      the times above gets the refusal of its time.
+    * A reused transaction id is judged before any of the times above: an
+      exact replay of an event already recorded (same transaction id and
+      payload) answers OK with duplicate = true whatever its time (its period
+      may have closed since): a retry always converges. A reused transaction
+      id with another payload (an earlier event_time, say) is ALREADY_EXISTS,
+      reason TRANSACTION_ID_CONFLICT, whatever its time.
     * Between the end of the grace period and the finalization (normally
       seconds: METERING_CLOSE_INTERVAL), events still count in the draft: the
       invoice includes every event that was ever accepted for its period. grpc.health.v1 and
@@ -876,6 +923,54 @@ class MeteringServiceClient(ConnectClient):
                 service_name="metering.v1.MeteringService",
                 input=ListGrantsRequest,
                 output=ListGrantsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def grant_wallet_credit(
+        self,
+        request: GrantWalletCreditRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GrantWalletCreditResponse:
+        """
+        GrantWalletCredit adds prepaid credit in money to a customer's wallet (a
+        top-up): a grant with a category, priority, optional expiry and meters.
+        Priced usage burns it in the transaction that records each event.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GrantWalletCredit",
+                service_name="metering.v1.MeteringService",
+                input=GrantWalletCreditRequest,
+                output=GrantWalletCreditResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def get_wallet(
+        self,
+        request: GetWalletRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetWalletResponse:
+        """
+        GetWallet answers the customer's remaining credit, grant by grant.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetWallet",
+                service_name="metering.v1.MeteringService",
+                input=GetWalletRequest,
+                output=GetWalletResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),
