@@ -24,6 +24,7 @@ from metering.v1 import (
     invoices_pb2,
     reservations_pb2,
     usage_pb2,
+    wallets_pb2,
 )
 
 _NUMBER_RE = re.compile(r"^-?[0-9][0-9,]*(\.[0-9]+)?%?$")
@@ -165,18 +166,87 @@ def _status(value: int) -> str:
 
 
 def bill(response: billing_pb2.EstimateBillResponse) -> str:
-    head = _bill_text(response)
+    parts = [_bill_text(response)]
+    parts.extend(_credits_applied(response.credits_applied))
     state = _status(response.invoice_status)
     if response.invoice_id:
         state += f": invoice {response.invoice_id} (number {response.invoice_number}, {when(response.finalize_time)})"
-    return f"{head}\n{state}"
+    parts.append(state)
+    if response.HasField("what_if"):
+        parts.append(_what_if(response.what_if, response.total))
+    return "\n".join(parts)
+
+
+def _what_if(what_if: billing_pb2.WhatIfBill, current: billing_pb2.Money) -> str:
+    """The same usage priced on another plan, beside the current plan's total."""
+    rows = [
+        [
+            line.meter_slug,
+            line.price_slug,
+            line.quantity,
+            line.included_quantity,
+            line.billable_quantity,
+            line.amount.amount,
+        ]
+        for line in what_if.lines
+    ]
+    unlisted = (
+        [f"not on plan {what_if.plan_slug} (priced at their default price): {', '.join(what_if.unlisted_meter_slugs)}"]
+        if what_if.unlisted_meter_slugs
+        else []
+    )
+    return "\n".join(
+        [
+            f"what if on plan {what_if.plan_slug}:",
+            table(["meter", "price", "quantity", "included", "billable", "amount"], rows),
+            *unlisted,
+            f"total on {what_if.plan_slug}: {what_if.total.amount} {what_if.total.currency_code} "
+            f"(now {current.amount} {current.currency_code})",
+        ]
+    )
+
+
+def _credited_lines(note: invoices_pb2.CreditNote) -> str:
+    if note.whole_invoice:
+        return "whole invoice"
+    return ", ".join(f"{line.meter_slug}/{line.price_slug}" for line in note.lines)
+
+
+def _credits_applied(applied: Sequence[billing_pb2.CreditApplied]) -> list[str]:
+    if not applied:
+        return []
+    rows = [[c.grant_id, _category(c.category), c.amount.amount, c.amount.currency_code] for c in applied]
+    return ["wallet credit applied:", table(["grant", "category", "amount", "currency"], rows)]
+
+
+def _category(value: int) -> str:
+    return _enum_suffix(billing_pb2.CreditCategory.Name(value), "CREDIT_CATEGORY_")
 
 
 def invoice(message: invoices_pb2.Invoice) -> str:
     number = f" number {message.number}" if message.number else ""
     name = f"invoice {message.invoice_id}{number}" if message.invoice_id else "draft invoice"
     finalized = f", finalized {when(message.finalize_time)}" if message.HasField("finalize_time") else ""
-    return f"{name} ({_status(message.status)}{finalized})\n{_bill_text(message)}"
+    parts = [f"{name} ({_status(message.status)}{finalized})", _bill_text(message)]
+    parts.extend(_credits_applied(message.credits_applied))
+    if message.credit_notes:
+        rows = [
+            [
+                str(note.number),
+                note.credit_note_id,
+                _enum_suffix(invoices_pb2.CreditNoteReason.Name(note.reason), "CREDIT_NOTE_REASON_"),
+                _credited_lines(note),
+                note.amount.amount,
+                when(note.issue_time),
+            ]
+            for note in message.credit_notes
+        ]
+        parts.append("credit notes:")
+        parts.append(table(["number", "credit note", "reason", "credits", "amount", "issued"], rows))
+        parts.append(
+            f"credited {message.credited.amount}, net total {message.net_total.amount} {message.total.currency_code}"
+        )
+    return "\n".join(parts)
 
 
 def invoices(response: invoices_pb2.ListInvoicesResponse) -> str:
@@ -338,4 +408,53 @@ def void(response: events_pb2.VoidUsageResponse) -> str:
     verb = "already voided" if response.duplicate else "voided"
     return f"{verb}: transaction {e.transaction_id} ({e.quantity} {e.meter_slug}): {e.void_reason}\n" + _balance_line(
         response.balance
+    )
+
+
+def wallet(response: wallets_pb2.GetWalletResponse) -> str:
+    w = response.wallet
+    currency = w.available.currency_code
+    prepaid = (
+        "prepaid plan: usage the credit cannot pay is refused" if w.prepaid else "usage beyond the credit is billed"
+    )
+    low = f", credits.low below {w.low_threshold.amount}" if w.HasField("low_threshold") else ""
+    rows = [
+        [
+            g.grant_id,
+            _category(g.category),
+            str(g.priority),
+            g.amount.amount,
+            g.remaining.amount,
+            when(g.effective_time),
+            when(g.expire_time),
+            ",".join(g.meter_slugs) or "all",
+            "active" if g.active else "inactive",
+        ]
+        for g in w.grants
+    ]
+    return "\n".join(
+        [
+            f"customer {response.customer_id}: {w.available.amount} {currency} available ({prepaid}{low})",
+            table(["grant", "category", "priority", "amount", "remaining", "from", "until", "meters", "state"], rows),
+        ]
+    )
+
+
+def topup(response: wallets_pb2.GrantWalletCreditResponse) -> str:
+    g = response.grant
+    verb = "already granted (duplicate)" if response.duplicate else "granted"
+    return (
+        f"{verb}: {g.amount.amount} {g.amount.currency_code} of {_category(g.category).lower()} credit as "
+        f"{g.grant_id}; {response.wallet.available.amount} {response.wallet.available.currency_code} available"
+    )
+
+
+def credit_note(response: invoices_pb2.IssueCreditNoteResponse) -> str:
+    note = response.credit_note
+    verb = "already issued (duplicate)" if response.duplicate else "issued"
+    invoice = response.invoice
+    return (
+        f"{verb}: credit note {note.credit_note_id} (number {note.number}) of {note.amount.amount} "
+        f"{note.amount.currency_code} against invoice {note.invoice_id}; invoice total {invoice.total.amount}, "
+        f"credited {invoice.credited.amount}, net {invoice.net_total.amount} {invoice.total.currency_code}"
     )
