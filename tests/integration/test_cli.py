@@ -335,6 +335,33 @@ def test_watch_refuses_a_malformed_cursor(metering: Callable[..., subprocess.Com
     assert refused.stderr.startswith("INVALID_ARGUMENT")
 
 
+def test_customers_page_and_filter_by_plan_and_the_catalog_prints_every_term(
+    metering: Callable[..., subprocess.CompletedProcess[str]], new_customer: Callable[..., str]
+) -> None:
+    mine = {new_customer("soft") for _ in range(3)}
+    listed = json.loads(metering("customers", "--plan", "soft", "--all", "--page-size", "2", "--json").stdout)
+    ids = [c["customer_id"] for c in listed["customers"]]
+    assert mine <= set(ids) and ids == sorted(ids, key=str.encode) and listed["next_page_token"] == ""
+    assert {c["plan_slug"] for c in listed["customers"]} == {"soft"}
+    first = metering("customers", "--plan", "soft", "--page-size", "1")
+    assert first.returncode == 0 and first.stdout.splitlines()[0].split()[:2] == ["customer", "plan"]
+    assert "(more: add --page-token" in first.stdout
+    bad = metering("customers", "--plan", "Not A Plan")
+    assert bad.returncode == 2 and "plan_slug" in bad.stderr
+
+    text = metering("catalog")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("catalog revision ")
+    assert "plan limited (limited, USD)" in text.stdout
+    tokens_on_limited = next(
+        line for line in text.stdout.splitlines() if line.startswith("tokens ") and "premium" in line
+    )
+    assert tokens_on_limited.split()[:5] == ["tokens", "tokens_premium", "100", "10", "month"]
+    catalog = json.loads(metering("catalog", "--json").stdout)
+    assert [m["slug"] for m in catalog["meters"]][:2] == ["calls", "tokens"]
+    assert {"tokens_no_charge", "tokens_eur"} <= {p["slug"] for p in catalog["prices"]}
+
+
 def test_topup_wallet_what_if_bill_and_credit_note_refusals(
     metering: Callable[..., subprocess.CompletedProcess[str]], new_customer: Callable[..., str]
 ) -> None:

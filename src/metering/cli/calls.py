@@ -4,7 +4,7 @@
 Adding a command is one small function and one `client_command` declaration:
 
     def _customers(args: argparse.Namespace) -> int:
-        request = customer_pb2.ListCustomersRequest(plan_slug=args.plan, page_size=args.page_size or 100)
+        request = customer_pb2.ListCustomersRequest(plan_slug=args.plan, page_size=page_size(args, 100))
         return paged(args, "ListCustomers", request, "customers", render.customers)
 """
 
@@ -27,6 +27,7 @@ from metering.cli.parsing import Runner, Subparsers, add_command
 from metering.client import NO_RETRIES, MeteringClient, MeteringError
 from metering.v1 import (
     billing_pb2,
+    catalog_pb2,
     customer_pb2,
     events_pb2,
     grants_pb2,
@@ -211,6 +212,24 @@ def add_commands(commands: Subparsers) -> None:
         "plan_slug", metavar="PLAN", nargs="?", help="create the customer on this plan, or move it to this plan"
     )
     customer.add_argument("--billing-anchor", help="RFC 3339 anchor of a new customer (default: now)")
+
+    customers = client_command(
+        commands,
+        "customers",
+        "list customers by id (byte order), of every plan or of one",
+        _customers,
+        ["metering customers", "metering customers --plan pro --all --json"],
+    )
+    customers.add_argument("--plan", default="", metavar="PLAN", help="only the customers on this plan")
+    paging_arguments(customers, 100)
+
+    client_command(
+        commands,
+        "catalog",
+        "the catalog the service serves with: meters, prices and plans with their terms",
+        _catalog,
+        ["metering catalog", "metering catalog --json | jq -r '.plans[].slug'"],
+    )
 
     grant = client_command(
         commands,
@@ -501,6 +520,17 @@ def _customer(args: argparse.Namespace) -> int:
     return call(
         args, "UpsertCustomer", upsert, lambda response: render.customer(response.customer, created=response.created)
     )
+
+
+def _customers(args: argparse.Namespace) -> int:
+    request = customer_pb2.ListCustomersRequest(
+        plan_slug=args.plan, page_size=page_size(args, 100), page_token=args.page_token
+    )
+    return paged(args, "ListCustomers", request, "customers", render.customers)
+
+
+def _catalog(args: argparse.Namespace) -> int:
+    return call(args, "GetCatalog", catalog_pb2.GetCatalogRequest(), render.catalog)
 
 
 def _grant(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from metering.v1 import (
     billing_pb2,
+    catalog_pb2,
     customer_pb2,
     events_pb2,
     grants_pb2,
@@ -296,6 +297,76 @@ def _bill_text(response: billing_pb2.EstimateBillResponse | invoices_pb2.Invoice
 def customer(c: customer_pb2.Customer, *, created: bool | None = None) -> str:
     state = "" if created is None else (" (created)" if created else " (updated)")
     return f"customer {c.customer_id}{state}: plan {c.plan_slug}, billing anchor {when(c.billing_anchor_time)}"
+
+
+def customers(response: customer_pb2.ListCustomersResponse) -> str:
+    rows = [[c.customer_id, c.plan_slug, when(c.billing_anchor_time), when(c.create_time)] for c in response.customers]
+    return table(["customer", "plan", "billing anchor", "created"], rows) + more(response.next_page_token)
+
+
+def catalog(response: catalog_pb2.GetCatalogResponse) -> str:
+    """Meters, prices and plans, one table each (a plan's meters in its own table)."""
+    meters = [
+        [
+            m.slug,
+            _enum_suffix(usage_pb2.Aggregation.Name(m.aggregation), "AGGREGATION_"),
+            m.unit,
+            m.unique_property or "-",
+            ",".join(m.dimensions) or "-",
+            m.default_price_slug or m.no_charge_price_slug,
+        ]
+        for m in response.meters
+    ]
+    prices = [
+        [
+            p.slug,
+            p.meter_slug,
+            _enum_suffix(billing_pb2.PricingModel.Name(p.pricing_model), "PRICING_MODEL_"),
+            p.currency_code or "-",
+            _price_terms(p),
+        ]
+        for p in response.prices
+    ]
+    parts = [
+        f"catalog revision {response.revision[:12]}, loaded {when(response.load_time)}",
+        table(["meter", "aggregation", "unit", "counts", "dimensions", "default price"], meters),
+        table(["price", "meter", "model", "currency", "amounts"], prices),
+    ]
+    for plan in response.plans:
+        terms = [
+            [
+                t.meter_slug,
+                t.price_slug,
+                t.limit or "unlimited",
+                t.included_quantity,
+                _enum_suffix(usage_pb2.ResetPeriod.Name(t.reset_period), "RESET_PERIOD_"),
+                _enum_suffix(usage_pb2.LimitEnforcement.Name(t.limit_enforcement), "LIMIT_ENFORCEMENT_"),
+                f"{t.approaching_threshold_percent}%",
+            ]
+            for t in plan.meters
+        ]
+        prepaid = ", prepaid" if plan.prepaid else ""
+        heading = f"plan {plan.slug} ({plan.name}, {plan.currency_code}{prepaid}); meters it does not list: unlimited"
+        parts.append(
+            heading + "\n" + table(["meter", "price", "limit", "included", "reset", "enforcement", "warn at"], terms)
+        )
+    return "\n\n".join(parts)
+
+
+def _price_terms(p: catalog_pb2.CatalogPrice) -> str:
+    if p.no_charge:
+        return "0 (no charge)"
+    if p.tiers:
+        return "; ".join(_tier(t) for t in p.tiers)
+    if p.package_size:
+        rounding = _enum_suffix(catalog_pb2.PackageRounding.Name(p.package_rounding), "PACKAGE_ROUNDING_")
+        return f"{p.unit_amount} per {p.package_size} (rounded {rounding})"
+    return f"{p.unit_amount} per unit"
+
+
+def _tier(t: catalog_pb2.CatalogPriceTier) -> str:
+    flat = f" + {t.flat_amount} flat" if t.flat_amount not in ("", "0") else ""
+    return f"{'to ' + t.up_to_quantity if t.up_to_quantity else 'above'}: {t.unit_amount}/unit{flat}"
 
 
 def grants(response: grants_pb2.ListGrantsResponse) -> str:
