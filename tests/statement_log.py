@@ -21,6 +21,7 @@ import struct
 import threading
 from collections.abc import Iterator, Mapping, Set
 from typing import Any
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 _SSL_REQUEST = 80877103
 _GSS_REQUEST = 80877104
@@ -48,7 +49,8 @@ def statement_of(kind: bytes, body: bytes) -> str | None:
 
 
 class StatementLog:
-    """A proxy on a free port of 127.0.0.1 to PostgreSQL at `host:port`, in a thread of its own."""
+    """A proxy on a free port of 127.0.0.1 to PostgreSQL, in a thread of its own: at `host:port`,
+    or on a unix socket when `host` is a directory (as libpq reads a host starting with '/')."""
 
     def __init__(self, host: str, port: int) -> None:
         self.upstream = (host, port)
@@ -96,8 +98,12 @@ class StatementLog:
             self._loop.close()
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        host, port = self.upstream
         try:
-            server_reader, server_writer = await asyncio.open_connection(*self.upstream)
+            if host.startswith("/"):
+                server_reader, server_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+            else:
+                server_reader, server_writer = await asyncio.open_connection(host, port)
         except OSError:
             client_writer.close()
             return
@@ -144,6 +150,22 @@ class StatementLog:
                             self._statements.append(text)
             writer.write(kind + size + body)
             await writer.drain()
+
+
+def upstream_of(database_url: str) -> tuple[str, int]:
+    """Where a database URL's server listens: (host, port), or (socket directory, port)."""
+    parts = urlsplit(database_url)
+    socket_dir = parse_qs(parts.query).get("host", [""])[0]
+    return (socket_dir or parts.hostname or "127.0.0.1", parts.port or 5432)
+
+
+def through(database_url: str, port: int) -> str:
+    """The same database, reached through the proxy on `port` of 127.0.0.1, without TLS."""
+    parts = urlsplit(database_url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("host", "port", "sslmode")]
+    query.append(("sslmode", "disable"))
+    user = parts.username or "postgres"
+    return urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}", query=urlencode(query)))
 
 
 def tables_named(statement: str, tables: Set[str]) -> set[str]:

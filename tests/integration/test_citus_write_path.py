@@ -26,7 +26,6 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
@@ -44,7 +43,7 @@ from metering.v1 import (
     wallets_pb2,
 )
 from tests.integration.test_citus_schema import NOT_DISTRIBUTED
-from tests.statement_log import StatementLog, tables_named, unkeyed_scans
+from tests.statement_log import StatementLog, tables_named, through, unkeyed_scans, upstream_of
 from tests.support import ServiceProcess
 
 # Slow tier: a service of its own, behind the proxy.
@@ -98,13 +97,9 @@ BACKGROUND = {
     # The closer's scan for due customers (ledger/invoicing.py due_customers).
     "closing_period_end <=": "the closer's scan: one per pass, every customer",
     "min(closing_period_end)": "the closer's backlog gauge",
+    # Retention of the outbox (delivery/retention.py, ledger/outbox.py purge): every few seconds.
+    "m.created_at < clock_timestamp()": "the outbox's retention: old notifications of every customer",
 }
-
-
-def _through(database_url: str, port: int) -> str:
-    parts = urlsplit(database_url)
-    query = "&".join(filter(None, [parts.query, "sslmode=disable"]))
-    return urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{port}", query=query))
 
 
 def _write_path(target: str) -> None:
@@ -238,10 +233,9 @@ def test_every_statement_of_the_write_path_is_keyed_by_customer(
     database_url = make_database()
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(CATALOG)
-    upstream = urlsplit(database_url)
-    with StatementLog(upstream.hostname or "127.0.0.1", upstream.port or 5432) as log:
+    with StatementLog(*upstream_of(database_url)) as log:
         service = ServiceProcess(
-            _through(database_url, log.port), catalog=catalog, extra_env={"METERING_WRITER_LINGER": "0s"}
+            through(database_url, log.port), catalog=catalog, extra_env={"METERING_WRITER_LINGER": "0s"}
         ).start()
         try:
             with log.recorded() as statements:

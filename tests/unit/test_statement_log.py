@@ -7,7 +7,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from tests.statement_log import statement_of, tables_named, unkeyed_scans
+from tests.statement_log import statement_of, tables_named, through, unkeyed_scans, upstream_of
 
 DISTRIBUTED = frozenset({"usage_events", "usage_voids", "customers", "grants"})
 
@@ -90,3 +90,14 @@ def test_tables_that_are_not_distributed_and_the_modify_node_are_not_scans_to_ke
         "Plans": [_scan("rollup_layouts", "rollup_layouts")],
     }
     assert unkeyed_scans(plan, DISTRIBUTED) == []
+
+
+def test_the_proxy_reaches_a_tcp_or_a_unix_socket_server_and_the_service_reaches_the_proxy() -> None:
+    assert upstream_of("postgresql://postgres@127.0.0.1:5433/db") == ("127.0.0.1", 5433)
+    assert upstream_of("postgresql://postgres:@/db?host=/run/pg-x") == ("/run/pg-x", 5432)
+    assert through("postgresql://postgres:@/db?host=/run/pg-x", 4000) == (
+        "postgresql://postgres@127.0.0.1:4000/db?sslmode=disable"
+    )
+    assert through("postgresql://app@db1:5432/metering?sslmode=require&application_name=x", 4000) == (
+        "postgresql://app@127.0.0.1:4000/metering?application_name=x&sslmode=disable"
+    )
