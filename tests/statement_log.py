@@ -10,18 +10,23 @@ service connects through it with `sslmode=disable`.
 every scan of a distributed table that no condition keys by that table's
 customer_id: neither its own (index condition, filter, recheck) nor the
 condition of a join above it. Pure: tests/unit/test_statement_log.py.
+`examine` applies it to the generic plan of each statement on a real database
+(tests/integration/test_citus_schema.py checks it on known statements).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import struct
 import threading
 from collections.abc import Iterator, Mapping, Set
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
 
 _SSL_REQUEST = 80877103
 _GSS_REQUEST = 80877104
@@ -210,3 +215,39 @@ def unkeyed_scans(plan: Mapping[str, Any], distributed: Set[str]) -> list[str]:
 
     walk(plan, [])
     return found
+
+
+def _is_query(statement: str) -> bool:
+    return re.match(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", statement, re.IGNORECASE) is not None
+
+
+async def examine(database_url: str, statements: list[str], distributed: set[str]) -> dict[str, list[str]]:
+    """Each statement naming a distributed table, with its unkeyed scans
+    (empty: keyed), from its generic plan on the database at `database_url`:
+    prepared, then `EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE` with NULLs under
+    `plan_cache_mode = force_generic_plan`, so parameters stay parameters."""
+    results: dict[str, list[str]] = {}
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        for statement in dict.fromkeys(statements):
+            if not tables_named(statement, distributed):
+                continue
+            if not _is_query(statement) or ";" in statement.strip().rstrip(";"):
+                results[statement] = ["not a single query: cannot be examined"]
+                continue
+            await conn.execute(f"PREPARE citus_check AS {statement}")
+            try:
+                types = await conn.fetchval(
+                    "SELECT parameter_types FROM pg_prepared_statements WHERE name = 'citus_check'"
+                )
+                arguments = f"({', '.join(['NULL'] * len(types))})" if types else ""
+                [entry] = json.loads(
+                    await conn.fetchval(f"EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE citus_check{arguments}")
+                )
+                results[statement] = unkeyed_scans(entry["Plan"], distributed)
+            finally:
+                await conn.execute("DEALLOCATE citus_check")
+    finally:
+        await conn.close()
+    return results

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from metering.ledger.migrate import migrate
+from tests.statement_log import examine
 
 # Tables that are not distributed by customer_id, and why. On Citus each is a
 # reference table (copied to every node; small, the same for every customer)
@@ -47,10 +48,17 @@ REVIEWED_TRIGGERS: dict[tuple[str, str], str] = {
 }
 
 
-async def _catalog(url: str) -> dict[str, list[asyncpg.Record]]:
+async def _migrate(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def _catalog(url: str) -> dict[str, list[asyncpg.Record]]:
+    conn = await asyncpg.connect(url)
+    try:
         tables = await conn.fetch(
             """
             SELECT c.relname AS table_name,
@@ -106,8 +114,16 @@ async def _catalog(url: str) -> dict[str, list[asyncpg.Record]]:
 
 
 @pytest.fixture(scope="module")
-def catalog(make_database: Callable[[], str]) -> dict[str, list[asyncpg.Record]]:
-    return asyncio.run(_catalog(make_database()))
+def migrated(make_database: Callable[[], str]) -> str:
+    """A fresh database with every migration applied."""
+    url = make_database()
+    asyncio.run(_migrate(url))
+    return url
+
+
+@pytest.fixture(scope="module")
+def catalog(migrated: str) -> dict[str, list[asyncpg.Record]]:
+    return asyncio.run(_catalog(migrated))
 
 
 def _distributed(catalog: dict[str, list[asyncpg.Record]]) -> set[str]:
@@ -189,3 +205,33 @@ def test_every_trigger_is_reviewed_for_citus(catalog: dict[str, list[asyncpg.Rec
         f"triggers not reviewed for Citus: {sorted(found - set(REVIEWED_TRIGGERS))}; "
         f"reviewed but gone: {sorted(set(REVIEWED_TRIGGERS) - found)}"
     )
+
+
+def test_the_write_path_check_tells_keyed_statements_from_ones_that_cross_customers(
+    migrated: str, catalog: dict[str, list[asyncpg.Record]]
+) -> None:
+    """tests/integration/test_citus_write_path.py's check, on this database's
+    planner: statements keyed by customer pass, cross-customer ones are named."""
+    keyed = [
+        "SELECT e.event_id FROM usage_events e LEFT JOIN usage_voids v"
+        " ON v.customer_id = e.customer_id AND v.event_id = e.event_id"
+        " WHERE e.customer_id = $1 AND e.transaction_id = $2",
+        "UPDATE meter_counters c SET used = u.used FROM unnest($1::text[], $2::text[], $3::timestamptz[],"
+        " $4::numeric[]) AS u (customer_id, meter_slug, period_start, used)"
+        " WHERE c.customer_id = u.customer_id AND c.meter_slug = u.meter_slug AND c.period_start = u.period_start",
+        "SELECT customer_id FROM customers WHERE customer_id = ANY($1::text[]) FOR SHARE",
+    ]
+    crossing = {
+        # The closer's kind of scan, GetInvoice by id, retention, a join on another column.
+        "SELECT customer_id FROM customers WHERE closing_period_end <= $1": ["customers (customers)"],
+        "SELECT invoice_id FROM invoices WHERE invoice_id = $1": ["invoices (invoices)"],
+        "DELETE FROM notifications WHERE created_at < $1": ["notifications (notifications)"],
+        "SELECT 1 FROM usage_events e JOIN usage_voids v ON v.event_id = e.event_id WHERE e.customer_id = $1": [
+            "usage_voids (v)"
+        ],
+    }
+    results = asyncio.run(examine(migrated, [*keyed, *crossing], _distributed(catalog)))
+    assert {statement: results[statement] for statement in keyed} == {statement: [] for statement in keyed}
+    for statement, scans in crossing.items():
+        # "table (alias): node type": the node type is the planner's choice.
+        assert [scan.split(":")[0] for scan in results[statement]] == scans, statement

@@ -43,7 +43,7 @@ from metering.v1 import (
     wallets_pb2,
 )
 from tests.integration.test_citus_schema import NOT_DISTRIBUTED
-from tests.statement_log import StatementLog, tables_named, through, unkeyed_scans, upstream_of
+from tests.statement_log import StatementLog, examine, tables_named, through, upstream_of
 from tests.support import ServiceProcess
 
 # Slow tier: a service of its own, behind the proxy.
@@ -183,39 +183,6 @@ def _write_path(target: str) -> None:
         )
 
 
-def _is_query(statement: str) -> bool:
-    return re.match(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", statement, re.IGNORECASE) is not None
-
-
-async def _check(database_url: str, statements: list[str], distributed: set[str]) -> dict[str, list[str]]:
-    """Each statement naming a distributed table: its unkeyed scans (empty: keyed)."""
-    results: dict[str, list[str]] = {}
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
-        for statement in dict.fromkeys(statements):
-            if not tables_named(statement, distributed):
-                continue
-            if not _is_query(statement) or ";" in statement.strip().rstrip(";"):
-                results[statement] = ["not a single query: cannot be examined"]
-                continue
-            await conn.execute(f"PREPARE citus_check AS {statement}")
-            try:
-                types = await conn.fetchval(
-                    "SELECT parameter_types FROM pg_prepared_statements WHERE name = 'citus_check'"
-                )
-                arguments = f"({', '.join(['NULL'] * len(types))})" if types else ""
-                [entry] = json.loads(
-                    await conn.fetchval(f"EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE citus_check{arguments}")
-                )
-                results[statement] = unkeyed_scans(entry["Plan"], distributed)
-            finally:
-                await conn.execute("DEALLOCATE citus_check")
-    finally:
-        await conn.close()
-    return results
-
-
 async def _tables(database_url: str) -> set[str]:
     conn = await asyncpg.connect(database_url)
     try:
@@ -266,7 +233,7 @@ def test_every_statement_of_the_write_path_is_keyed_by_customer(
         "wallet_spend",
     } <= reached, sorted(reached)
 
-    results = asyncio.run(_check(database_url, write_path, distributed))
+    results = asyncio.run(examine(database_url, write_path, distributed))
     unkeyed = {re.sub(r"\s+", " ", s)[:300]: scans for s, scans in results.items() if scans}
     assert unkeyed == {}, json.dumps(unkeyed, indent=2)
     assert len(results) >= 20, f"only {len(results)} statements examined"
