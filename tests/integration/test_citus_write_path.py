@@ -1,7 +1,8 @@
 """Every statement of the write path is keyed by customer_id (docs/citus.md).
 
 A service runs behind a proxy that logs the SQL it sends (tests/statement_log.py).
-While the test drives every write RPC, it records each statement; then each
+While the test drives every write RPC, and the closer finalizes one
+customer's period (then credited), it records each statement; then each
 one that names a distributed table is prepared on the database and its generic
 plan (`plan_cache_mode = force_generic_plan`, `EXPLAIN (VERBOSE, FORMAT JSON)
 EXECUTE`, so parameters stay parameters) is read: every scan of a distributed
@@ -9,7 +10,7 @@ table must be restricted by an equality on that table's customer_id, by its
 own condition or by a join's. That is what Citus needs to route a statement to
 the shards of its customers and to join co-located shards.
 
-What it does not see (docs/citus.md, "The schema test"): statements run by
+What it does not see (docs/citus.md, "The rule that makes it possible"): statements run by
 triggers (notifications_position's notification_heads upsert, keyed by
 NEW.customer_id) and by foreign-key checks (every foreign key includes
 customer_id: tests/integration/test_citus_schema.py); and whether a statement
@@ -31,12 +32,14 @@ import asyncpg
 import grpc
 import pytest
 
+from metering.domain.periods import add_months
 from metering.v1 import (
     billing_pb2,
     customer_pb2,
     events_pb2,
     grants_pb2,
     ingest_pb2,
+    invoices_pb2,
     metering_service_pb2_grpc,
     reservations_pb2,
     usage_pb2,
@@ -44,7 +47,7 @@ from metering.v1 import (
 )
 from tests.integration.test_citus_schema import NOT_DISTRIBUTED
 from tests.statement_log import StatementLog, examine, tables_named, through, upstream_of
-from tests.support import ServiceProcess
+from tests.support import ServiceProcess, wait_for
 
 # Slow tier: a service of its own, behind the proxy.
 pytestmark = pytest.mark.slow
@@ -79,6 +82,7 @@ currency = "USD"
 [plans.limited.meters.tokens]
 limit = "100"
 enforcement = "hard"
+price = "tokens_per_unit"
 [plans.limited.meters.users]
 limit = "3"
 [plans.limited.meters.storage]
@@ -100,6 +104,48 @@ BACKGROUND = {
     # Retention of the outbox (delivery/retention.py, ledger/outbox.py purge): every few seconds.
     "m.created_at < clock_timestamp()": "the outbox's retention: old notifications of every customer",
 }
+
+
+# Closing a period, quickly: a pass every 200 ms, 1 s after the period's end.
+FAST_CLOSING = {"METERING_INVOICE_GRACE": "1s", "METERING_CLOSE_INTERVAL": "200ms"}
+
+
+def _closing_customer(target: str) -> str:
+    """A customer whose first period ended a day ago, with usage in it: the
+    next closing pass finalizes its invoice."""
+    customer = f"citus-close-{uuid.uuid4().hex[:8]}"
+    anchor = add_months(datetime.now(UTC), -1) - timedelta(days=1)
+    with grpc.insecure_channel(target) as channel:
+        stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+        request = customer_pb2.UpsertCustomerRequest(customer_id=customer, plan_slug="limited")
+        request.billing_anchor_time.FromDatetime(anchor)
+        stub.UpsertCustomer(request, timeout=10)
+        event = usage_pb2.RecordUsageRequest(
+            customer_id=customer, meter_slug="tokens", quantity="40", transaction_id="c1"
+        )
+        event.event_time.FromDatetime(anchor + timedelta(days=1))
+        stub.RecordUsage(event, timeout=10)
+    return customer
+
+
+def _close_and_credit(target: str, customer: str) -> None:
+    """The closer finalizes the customer's invoice (the service's background
+    work, keyed by customer once it found the customer), then a credit note."""
+    with grpc.insecure_channel(target) as channel:
+        stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+        listing = invoices_pb2.ListInvoicesRequest(customer_id=customer, status=billing_pb2.INVOICE_STATUS_FINALIZED)
+        assert wait_for(lambda: len(stub.ListInvoices(listing, timeout=10).invoices) == 1, timeout=30, interval=0.2)
+        [invoice] = stub.ListInvoices(listing, timeout=10).invoices
+        stub.IssueCreditNote(
+            invoices_pb2.IssueCreditNoteRequest(
+                customer_id=customer,
+                invoice_id=invoice.invoice_id,
+                credit_note_id="n1",
+                reason=invoices_pb2.CREDIT_NOTE_REASON_BILLING_ERROR,
+                whole_invoice=True,
+            ),
+            timeout=10,
+        )
 
 
 def _write_path(target: str) -> None:
@@ -200,13 +246,18 @@ def test_every_statement_of_the_write_path_is_keyed_by_customer(
     database_url = make_database()
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(CATALOG)
+    # The closing customer's usage lands before a service that closes periods quickly starts.
+    setup = ServiceProcess(database_url, catalog=catalog).start()
+    try:
+        closing = _closing_customer(setup.target)
+    finally:
+        assert setup.stop() == 0
     with StatementLog(*upstream_of(database_url)) as log:
-        service = ServiceProcess(
-            through(database_url, log.port), catalog=catalog, extra_env={"METERING_WRITER_LINGER": "0s"}
-        ).start()
+        service = ServiceProcess(through(database_url, log.port), catalog=catalog, extra_env=FAST_CLOSING).start()
         try:
             with log.recorded() as statements:
                 _write_path(service.target)
+                _close_and_credit(service.target, closing)
         finally:
             assert service.stop() == 0
     distributed = asyncio.run(_tables(database_url)) - set(NOT_DISTRIBUTED)
@@ -231,6 +282,8 @@ def test_every_statement_of_the_write_path_is_keyed_by_customer(
         "wallets",
         "credit_grants",
         "wallet_spend",
+        "invoices",
+        "credit_notes",
     } <= reached, sorted(reached)
 
     results = asyncio.run(examine(database_url, write_path, distributed))
