@@ -92,3 +92,10 @@ def test_workers_and_shutdown_delay() -> None:
     for bad in ("0", "-1", "two", "257"):
         with pytest.raises(ConfigError, match="METERING_WORKERS"):
             Settings.from_env({"METERING_WORKERS": bad})
+
+
+def test_event_loop() -> None:
+    assert Settings.from_env({}).event_loop == "asyncio"
+    assert Settings.from_env({"METERING_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
+    with pytest.raises(ConfigError, match="METERING_EVENT_LOOP"):
+        Settings.from_env({"METERING_EVENT_LOOP": "trio"})
