@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="a `src` folder whose code runs as the second service")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for this code's service")
     parser.add_argument("--baseline-env", action="append", default=[], help="NAME=VALUE for the baseline's")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="the rows to measure")
     args = parser.parse_args()
     print(f"machine before the run: {machine_state()}")
     folder = tempfile.mkdtemp(prefix="metering-unary-")
@@ -92,12 +93,12 @@ def main() -> None:
             for name in order:
                 service = services[name]
                 assert service.process is not None
-                for row in ROWS:
+                for row in args.rows:
                     figure = measure_at(
                         service.target, service.process.pid, rows[row], c, one_run, f"{tag}{name[0]}{index}{row[0]}"
                     )
                     figures.setdefault((name, row), []).append(figure)
-        report(figures, list(services), c)
+        report(figures, list(services), c, args.rows)
     finally:
         codes = {name: service.stop() for name, service in services.items()}
         bare.terminate()
@@ -116,7 +117,7 @@ def _median(figures: list[Figure], field: str) -> float:
     return statistics.median(values)
 
 
-def report(figures: dict[tuple[str, str], list[Figure]], services: list[str], c: int) -> None:
+def report(figures: dict[tuple[str, str], list[Figure]], services: list[str], c: int, rows: list[str]) -> None:
     bare = figures["bare", "no-op"]
     bare_rate, bare_p99, bare_cpu = (
         _median(bare, "per_second"),
@@ -132,8 +133,8 @@ def report(figures: dict[tuple[str, str], list[Figure]], services: list[str], c:
         f"{'p99/bare':>9} {'us/call':>8}"
     )
     for name in services:
-        noop_rate = _median(figures[name, "no-op"], "per_second")
-        for row in ROWS:
+        noop_rate = _median(figures[name, "no-op"], "per_second") if "no-op" in rows else float("nan")
+        for row in rows:
             got = figures[name, row]
             rate, p99, cpu = _median(got, "per_second"), _median(got, "p99_ms"), _median(got, "cpu_us_per_call")
             print(
@@ -142,7 +143,7 @@ def report(figures: dict[tuple[str, str], list[Figure]], services: list[str], c:
             )
     if len(services) == 2:
         print("\n-- this / baseline (medians) --")
-        for row in ROWS:
+        for row in rows:
             this, base = figures["this", row], figures["baseline", row]
             print(
                 f"{row:<13} calls/s {_median(this, 'per_second') / _median(base, 'per_second'):5.2f}x   "
