@@ -3,6 +3,7 @@
     .venv/bin/python bench/flood.py                      # embedded PostgreSQL (~2 min)
     .venv/bin/python bench/flood.py --database-url URL
     .venv/bin/python bench/flood.py --smoke              # seconds: checks that it runs
+    .venv/bin/python bench/flood.py --short-deadlines    # 96 tasks, 0.3 s deadlines, limited to 20/s
 
 One server, authentication on, two callers. `steady` sends RecordUsage with
 --steady-concurrency calls in flight and has no limits; `flooder` sends
@@ -18,6 +19,12 @@ own, under its limits (--flood-rate per second, burst --flood-burst,
                       sends again, as a gRPC retry policy does
   flood, no limits    the ignoring flood after a SIGHUP reload without the
                       flooder's limits (what the limits protect against)
+
+--short-deadlines reproduces the flood of issue 23: 96 tasks whose calls
+each have a 0.3 s deadline, against a flooder limited to 20/s (burst 20, no
+in-flight cap), resending at once; its refusals are held (METERING_RATE_LIMIT_HOLD)
+within their deadline, so it sends about 390 calls/s. Its phases: unloaded,
+the flood, and the flood alone, for the server's CPU it costs (in cores).
 
 Reported: steady's p50/p99 in each phase and the ratio of its p99 under the
 flood to its unloaded p99 (goal: within 2x), and what the flooder got
@@ -47,7 +54,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.support` and `bench.loadgen`
 
-from bench.loadgen import RECORD, LoadResult, Scenario, customer_id, run
+from bench.loadgen import RECORD, LoadResult, Scenario, cpu_seconds, customer_id, run
 from bench.run import machine_state
 from metering.api.errors import PUSHBACK_KEY
 from metering.domain.access import caller_entry, new_token, token_digest
@@ -65,10 +72,9 @@ def auth_file_text(tokens: dict[str, str], args: argparse.Namespace, *, limits: 
     text = caller_entry("steady", ["recorder", "reader", "admin"], token_digests=[token_digest(tokens["steady"])])
     text += caller_entry("flooder", ["recorder"], token_digests=[token_digest(tokens["flooder"])])
     if limits:
-        text += (
-            f"requests_per_second = {args.flood_rate}\nburst = {args.flood_burst}\n"
-            f"max_in_flight = {args.flood_in_flight}\n"
-        )
+        text += f"requests_per_second = {args.flood_rate}\nburst = {args.flood_burst}\n"
+        if args.flood_in_flight:
+            text += f"max_in_flight = {args.flood_in_flight}\n"
     return text
 
 
@@ -105,7 +111,14 @@ class FloodResult:
 
 
 async def _flood(
-    target: str, token: str, tag: str, concurrency: int, seconds: float, back_off: bool, ready: Any
+    target: str,
+    token: str,
+    tag: str,
+    concurrency: int,
+    seconds: float,
+    back_off: bool,
+    call_timeout: float,
+    ready: Any,
 ) -> FloodResult:
     metadata = (("authorization", f"Bearer {token}"),)
     identity: Callable[[bytes], bytes] = lambda raw: raw  # noqa: E731 - responses stay undecoded
@@ -130,7 +143,7 @@ async def _flood(
                 )
                 seq += 1
                 try:
-                    await call(request.SerializeToString(), timeout=30, metadata=metadata)
+                    await call(request.SerializeToString(), timeout=call_timeout, metadata=metadata)
                     admitted += 1
                 except grpc.aio.AioRpcError as error:
                     if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -147,7 +160,7 @@ async def _flood(
     return FloodResult(seconds, admitted, refused, other)
 
 
-def _flood_process(job: tuple[str, str, str, int, float, bool], ready: Any, results: Any) -> None:
+def _flood_process(job: tuple[str, str, str, int, float, bool, float], ready: Any, results: Any) -> None:
     results.put(asyncio.run(_flood(*job, ready)))
 
 
@@ -157,7 +170,15 @@ def under_flood(
     """Steady's run inside the flood's: the flood starts first and ends last."""
     context = multiprocessing.get_context("spawn")
     ready, results = context.Event(), context.Queue()
-    job = (target, tokens["flooder"], tag, args.flood_concurrency, args.seconds + 2 * args.lead, back_off)
+    job = (
+        target,
+        tokens["flooder"],
+        tag,
+        args.flood_concurrency,
+        args.seconds + 2 * args.lead,
+        back_off,
+        args.flood_deadline,
+    )
     flooder = context.Process(target=_flood_process, args=(job, ready, results))
     flooder.start()
     try:
@@ -171,6 +192,80 @@ def under_flood(
         if flooder.is_alive():
             flooder.kill()
     return steady, flood
+
+
+def flood_alone(
+    target: str, tokens: dict[str, str], args: argparse.Namespace, tag: str, pid: int
+) -> tuple[FloodResult, float]:
+    """The flood with nothing else running: what it got, and the server's CPU over it (cores)."""
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Event(), context.Queue()
+    seconds = args.seconds + 2 * args.lead
+    job = (target, tokens["flooder"], tag, args.flood_concurrency, seconds, False, args.flood_deadline)
+    flooder = context.Process(target=_flood_process, args=(job, ready, results))
+    flooder.start()
+    try:
+        if not ready.wait(120):
+            raise RuntimeError("the flooder did not connect")
+        before, started = cpu_seconds(pid), time.monotonic()
+        flood: FloodResult = results.get(timeout=seconds + 120)
+        cores = (cpu_seconds(pid) - before) / (time.monotonic() - started)
+    finally:
+        flooder.join(timeout=10)
+        if flooder.is_alive():
+            flooder.kill()
+    return flood, cores
+
+
+def execute_short(url: str, args: argparse.Namespace) -> None:
+    """--short-deadlines: steady alone, under the flood, and the flood alone."""
+    tokens = {"steady": new_token(), "flooder": new_token()}
+    folder = tempfile.mkdtemp(prefix="metering-flood-")
+    auth_file = Path(folder) / "callers.toml"
+    auth_file.write_text(auth_file_text(tokens, args, limits=True))
+    service = ServiceProcess(url, catalog=None, extra_env={"METERING_AUTH_FILE": str(auth_file)}).start()
+    assert service.process is not None
+    pid = service.process.pid
+    tag = uuid.uuid4().hex[:8]
+    alone: list[LoadResult] = []
+    flooded: list[tuple[LoadResult, FloodResult]] = []
+    floods: list[tuple[FloodResult, float]] = []
+    cpu_alone: list[float] = []
+    try:
+        create_customers(service.target, tokens["steady"], tag)
+        steady_alone(service.target, tokens["steady"], args, tag)  # warm-up, not reported
+        for _ in range(args.runs):
+            before = cpu_seconds(pid)
+            alone.append(steady_alone(service.target, tokens["steady"], args, tag))
+            cpu_alone.append((cpu_seconds(pid) - before) / args.seconds)
+            flooded.append(under_flood(service.target, tokens, args, tag, back_off=False))
+            floods.append(flood_alone(service.target, tokens, args, tag, pid))
+    finally:
+        code = service.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"\n{'phase':<18} {'steady p50 ms':>24} {'steady p99 ms':>24} {'steady calls/s':>24}  steady errors")
+    for name, results in (("unloaded", alone), ("flood", [s for s, _ in flooded])):
+        errors = sum(sum(r.errors.values()) for r in results)
+        print(
+            f"{name:<18} {spread([r.p50_ms for r in results]):>24} {spread([r.p99_ms for r in results]):>24} "
+            f"{spread([r.calls_per_second for r in results]):>24}  {errors}"
+        )
+    print(f"\n{'flooder':<18} {'admitted/s':>24} {'refused/s':>24} {'other/s':>24}  other")
+    for name, got in (("under steady", [f for _, f in flooded]), ("alone", [f for f, _ in floods])):
+        other: dict[str, int] = {}
+        for f in got:
+            for key, count in f.other_errors.items():
+                other[key] = other.get(key, 0) + count
+        print(
+            f"{name:<18} {spread([f.admitted / f.seconds for f in got]):>24} "
+            f"{spread([f.refused / f.seconds for f in got]):>24} "
+            f"{spread([sum(f.other_errors.values()) / f.seconds for f in got]):>24}  {other}"
+        )
+    print(f"\nserver CPU, steady alone:  {spread(cpu_alone)} cores")
+    print(f"server CPU, the flood alone: {spread([c for _, c in floods])} cores")
+    ratio = statistics.median(s.p99_ms for s, _ in flooded) / statistics.median(r.p99_ms for r in alone)
+    print(f"steady p99 under the flood / unloaded: {ratio:.2f}  (goal <= 2.00: {'met' if ratio <= 2 else 'missed'})")
+    print(f"\nserver stopped (exit {code})")
 
 
 def spread(values: list[float]) -> str:
@@ -199,9 +294,18 @@ def main() -> None:
     parser.add_argument("--flood-concurrency", type=int, default=64)
     parser.add_argument("--flood-rate", type=float, default=100.0, help="the flooder's requests_per_second")
     parser.add_argument("--flood-burst", type=int, default=50)
-    parser.add_argument("--flood-in-flight", type=int, default=4)
+    parser.add_argument("--flood-in-flight", type=int, default=4, help="0: no cap")
+    parser.add_argument("--flood-deadline", type=float, default=30.0, help="seconds: each flooder call's deadline")
+    parser.add_argument(
+        "--short-deadlines",
+        action="store_true",
+        help="issue 23's flood: 96 tasks, 0.3 s deadlines, 20/s burst 20, no in-flight cap; flood CPU",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
     args = parser.parse_args()
+    if args.short_deadlines:
+        args.flood_concurrency, args.flood_deadline = 96, 0.3
+        args.flood_rate, args.flood_burst, args.flood_in_flight = 20.0, 20, 0
     if args.smoke:
         args.seconds, args.lead, args.runs, args.flood_concurrency = 0.5, 0.5, 1, 8
     print(f"machine before the run: {machine_state()}")
@@ -211,13 +315,14 @@ def main() -> None:
         f"{args.flood_rate:g}/s burst {args.flood_burst} in flight {args.flood_in_flight}; "
         f"python {sys.version.split()[0]}, {os.cpu_count()} cores"
     )
+    run_all = execute_short if args.short_deadlines else execute
     if args.database_url:
-        execute(args.database_url, args)
+        run_all(args.database_url, args)
         return
     with tempfile.TemporaryDirectory() as folder:
         embedded = start_embedded(f"{folder}/pg", delete_on_stop=True)
         try:
-            execute(embedded.uri(), args)
+            run_all(embedded.uri(), args)
         finally:
             embedded.stop()
 

@@ -30,7 +30,15 @@ from metering.v1 import (
     metering_service_pb2_grpc,
     usage_pb2,
 )
-from tests.support import TEST_CATALOG, ServiceProcess, error_info, health_status, metric_value, run_sql
+from tests.support import (
+    TEST_CATALOG,
+    ServiceProcess,
+    error_info,
+    health_status,
+    metric_value,
+    run_sql,
+    violations,
+)
 
 # Slow tier: a service of its own with an auth file, and services that must fail to start.
 pytestmark = pytest.mark.slow
@@ -141,6 +149,24 @@ def test_missing_or_wrong_credentials_say_which(secured: Secured, header: str | 
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert reason(caught.value) == expected_reason
     assert "mtr_" not in (caught.value.details() or "")  # never echo a credential
+
+
+# Not a protobuf message: field 1 as a length-delimited value longer than the body.
+UNDECODABLE = b"\x0a\xff\x01abc"
+
+
+@pytest.mark.parametrize("method", ["RecordUsage", "CheckBalance"])
+def test_credentials_are_checked_before_the_request_is_decoded(secured: Secured, method: str) -> None:
+    raw = secured.channel.unary_unary(f"/metering.v1.MeteringService/{method}", None, None)
+    with pytest.raises(grpc.RpcError) as refused:
+        raw(UNDECODABLE, timeout=10, metadata=(("authorization", "Bearer mtr_not-a-token-we-issued"),))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reason(refused.value) == "CREDENTIALS_INVALID"
+    caller = "recorder-svc" if method == "RecordUsage" else "reader-svc"
+    with pytest.raises(grpc.RpcError) as invalid:
+        raw(UNDECODABLE, timeout=10, metadata=secured.as_caller(caller))
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in violations(invalid.value)] == ["request"]
 
 
 def test_a_token_of_another_caller_with_a_changed_character_is_refused(secured: Secured) -> None:

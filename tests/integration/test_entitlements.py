@@ -377,6 +377,37 @@ def test_a_stream_summarises_and_lists_its_failures(
     assert tokens(stub, customer).used == "4.5"
 
 
+def test_a_stream_sent_ahead_is_decided_in_stream_order(stub: Stub, new_customer: Callable[..., str]) -> None:
+    # 40 messages sent at once: the service writes those that arrive while one
+    # is written as one group, and every event is still decided in stream order.
+    customer = new_customer()  # tokens: hard limit 100
+    messages = [
+        ingest_pb2.RecordUsageStreamRequest(events=[event(customer, f"m{i}", "3"), event(customer, f"m{i - 1}", "3")])
+        for i in range(1, 41)
+    ]
+    summary = stub.RecordUsageStream(iter(messages), timeout=30)
+    # Message i holds events 2(i-1) and 2(i-1)+1. m0..m32 fit (99 of 100); each
+    # later replay of a recorded id is a duplicate; m33 is refused (index 64),
+    # and from message 34 on both events are refused: the new one for the
+    # limit, and the replay of one that was refused (nothing was recorded).
+    assert [f.index for f in summary.failures] == [64, *range(66, 80)]
+    assert all(f.status.code == code_pb2.RESOURCE_EXHAUSTED for f in summary.failures)
+    assert (summary.recorded_count, summary.duplicate_count, summary.failed_count) == (33, 32, 15)
+    assert tokens(stub, customer).used == "99"
+
+
+def test_a_stream_message_too_big_is_refused_after_what_came_before(
+    stub: Stub, new_customer: Callable[..., str]
+) -> None:
+    customer = new_customer(plan="open")
+    messages = [ingest_pb2.RecordUsageStreamRequest(events=[event(customer, f"b{i}")]) for i in range(20)]
+    messages.append(ingest_pb2.RecordUsageStreamRequest(events=[event(customer, f"x{i}") for i in range(1001)]))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.RecordUsageStream(iter(messages), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert tokens(stub, customer).used == "20"
+
+
 # -- voids ----------------------------------------------------------------------
 
 

@@ -226,3 +226,34 @@ def test_sigterm_drains_every_worker_and_loses_no_acknowledged_event(database_ur
         for row in run_sql(database_url, "SELECT transaction_id FROM usage_events WHERE customer_id = $1", customer)
     }
     assert acknowledged <= stored  # nothing acknowledged is lost
+
+
+def test_workers_serve_on_uvloop(database_url: str) -> None:
+    # METERING_EVENT_LOOP=uvloop: each worker runs libuv's loop (its grpc.aio
+    # server, asyncpg pool and HTTP edge); a record and a balance on each worker.
+    service = ServiceProcess(database_url, extra_env={**WORKERS_ENV, "METERING_EVENT_LOOP": "uvloop"}).start()
+    try:
+        assert service.process is not None
+        for pid in workers_of(service):
+            with open(f"/proc/{pid}/maps") as maps:
+                assert "uvloop" in maps.read(), f"worker {pid} has not loaded uvloop"
+        customer = f"uv-{uuid.uuid4().hex[:8]}"
+        for index in range(CONNECTIONS):  # connections spread over both workers
+            with grpc.insecure_channel(service.target) as channel:
+                stub = metering_service_pb2_grpc.MeteringServiceStub(channel)
+                if index == 0:
+                    stub.UpsertCustomer(
+                        customer_pb2.UpsertCustomerRequest(customer_id=customer, plan_slug="open"), timeout=10
+                    )
+                stub.RecordUsage(
+                    usage_pb2.RecordUsageRequest(
+                        customer_id=customer, meter_slug="tokens", quantity="1", transaction_id=f"t{index}"
+                    ),
+                    timeout=10,
+                )
+                balance = stub.CheckBalance(
+                    usage_pb2.CheckBalanceRequest(customer_id=customer, meter_slug="tokens"), timeout=10
+                )
+                assert balance.balances[0].used == str(index + 1)
+    finally:
+        assert service.stop() == 0

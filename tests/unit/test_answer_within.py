@@ -52,3 +52,18 @@ def test_a_failure_is_raised_as_it_came() -> None:
             await answer_within(answer, loop.time() + 10)
 
     asyncio.run(go())
+
+
+def test_a_caller_cancelled_while_waiting_is_cancelled_not_unavailable() -> None:
+    async def go() -> asyncio.Future[str]:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[str] = loop.create_future()
+        waiting = asyncio.ensure_future(answer_within(answer, loop.time() + 10))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return answer
+
+    # The client went away: its answer is cancelled too, so the queue skips it.
+    assert asyncio.run(go()).cancelled()

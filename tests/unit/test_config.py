@@ -143,3 +143,10 @@ def test_an_open_service_refuses_a_network_address_unless_asked_to_run_open(capl
     # Against an external database an open service must be asked for, whatever the address.
     with pytest.raises(ConfigError, match="no callers configured"):
         access_policy(Settings.from_env({"METERING_DATABASE_URL": "postgresql://db/x"}), catalog)
+
+
+def test_event_loop() -> None:
+    assert Settings.from_env({}).event_loop == "asyncio"
+    assert Settings.from_env({"METERING_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
+    with pytest.raises(ConfigError, match="METERING_EVENT_LOOP"):
+        Settings.from_env({"METERING_EVENT_LOOP": "trio"})

@@ -11,22 +11,31 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from metering.api.auth import Authenticator, is_open
 from metering.api.errors import to_status
 from metering.domain.access import ANONYMOUS
-from metering.domain.errors import RateLimited
+from metering.domain.errors import FieldViolation, InvalidArgument, RateLimited
 from metering.telemetry.logs import failed_call
 from metering.telemetry.metrics import GRPC, Metrics
 
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
 log = logging.getLogger(__name__)
+
+_OK = grpc.StatusCode.OK
+_ANONYMOUS = ANONYMOUS.name
+_UNAUTHENTICATED = "unauthenticated"  # the caller label of a call refused before it was identified
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Behavior: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
+Deserializer: TypeAlias = Callable[[bytes], Any]
 StreamBehavior: TypeAlias = Callable[[Any, Context], AsyncIterator[Any]]
 
 
@@ -37,6 +46,8 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
     def __init__(self, metrics: Metrics, authenticator: Authenticator) -> None:
         self._metrics = metrics
         self._authenticator = authenticator
+        # method -> (the handler found for it, its observed wrapper)
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -45,17 +56,36 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
     ) -> Handler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method  # "/package.Service/Method": bounded by the API
+        # A method's handler is wrapped once and reused: the generic handlers
+        # return the same handler object for a method on every call, so a call
+        # builds no closure and no handler here (a handler that differs, e.g.
+        # from an interceptor ahead of this one that wraps per call, is wrapped anew).
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        if handler is not None:  # unknown methods are not kept: their names are the caller's
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Handler | None) -> Handler:
         # Every call of ours is observed; the open services' server-streaming
         # ones (reflection, health Watch) pass through untouched.
         if handler is not None and handler.unary_unary is not None:
+            # The request is decoded by the observed behaviour, after the
+            # caller is authenticated and admitted: a call refused for its
+            # credentials or its limits costs no decoding (grpc.aio hands the
+            # raw bytes through when a handler has no deserializer).
             return grpc.unary_unary_rpc_method_handler(
-                self._observe(method, cast(Behavior, handler.unary_unary)),  # async under grpc.aio
-                request_deserializer=handler.request_deserializer,
+                self._observe(method, cast(Behavior, handler.unary_unary), handler.request_deserializer),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         if handler is not None and handler.stream_unary is not None:
+            # A client stream's messages are decoded as the servicer reads
+            # them, so after the checks already.
             return grpc.stream_unary_rpc_method_handler(
-                self._observe(method, cast(Behavior, handler.stream_unary)),
+                self._observe(method, cast(Behavior, handler.stream_unary), None),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -69,7 +99,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             # A bidirectional method of ours would skip authentication above:
             # refuse it (UNIMPLEMENTED) rather than serve it unchecked.
             return None  # type: ignore[return-value]
-        return handler
+        return handler  # type: ignore[return-value]
 
     def _observe_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
         """A server-streaming call: authenticated before its first message and
@@ -110,33 +140,48 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
 
         return observed
 
-    def _observe(self, method: str, behavior: Behavior) -> Behavior:
+    def _observe(self, method: str, behavior: Behavior, deserialize: Deserializer | None) -> Behavior:
         metrics = self._metrics
         authenticator = None if is_open(method) else self._authenticator
         latency = metrics.child(metrics.latency, method, GRPC)
+        requests = metrics.requests
+        # The OK counter of each caller of this method, bound once: an answered
+        # call costs a dict lookup and two metric updates, nothing built.
+        answered: dict[str, Counter] = {}
+        perf_counter = time.perf_counter
 
-        # `request` is the request message, or the request iterator of a
-        # client-streaming call.
+        def count(code: grpc.StatusCode, caller: str, started: float) -> None:
+            elapsed = perf_counter() - started
+            if code is _OK:
+                child = answered.get(caller)
+                if child is None:
+                    child = answered[caller] = metrics.child(requests, method, _OK.name, caller, GRPC)
+                child.inc()
+            else:
+                metrics.child(requests, method, code.name, caller, GRPC).inc()
+                failed_call(log, method, code, caller, elapsed, GRPC)
+            latency.observe(elapsed)
+
+        # `request` is the request message (its bytes, when `deserialize` is
+        # given), or the request iterator of a client-streaming call.
         async def observed(request: Any, context: Context) -> Any:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            caller = ANONYMOUS.name if authenticator is None else "unauthenticated"
-            counted = False
+            started = perf_counter()
+            code: grpc.StatusCode | None = _OK  # None once counted
+            caller = _ANONYMOUS if authenticator is None else _UNAUTHENTICATED
             gate = None  # the caller's limits, left when the call ends
-
-            def count() -> None:
-                elapsed = time.perf_counter() - started
-                metrics.child(metrics.requests, method, code.name, caller, GRPC).inc()
-                latency.observe(elapsed)
-                if code is not grpc.StatusCode.OK:
-                    failed_call(log, method, code, caller, elapsed, GRPC)
-
             try:
                 if authenticator is not None:
                     identified = authenticator.identify(context)
                     caller = identified.name
                     authenticator.authorize(identified, method)
                     gate = authenticator.admit(identified)
+                if deserialize is not None:
+                    try:
+                        request = deserialize(request)
+                    except DecodeError:
+                        raise InvalidArgument(
+                            [FieldViolation("request", "not a valid message of the method")]
+                        ) from None
                 return await behavior(request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -148,16 +193,15 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                 if isinstance(exc, RateLimited) and authenticator is not None:
                     exc = await authenticator.hold(exc, context.time_remaining())
                 status = to_status(exc)
-                code = status.code
                 # Counted before the status leaves: abort sends it at once, and a
                 # scrape right after the client's answer must already see this call.
-                count()
-                counted = True
+                count(status.code, caller, started)
+                code = None
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 if gate is not None:
                     gate.leave()
-                if not counted:
-                    count()
+                if code is not None:
+                    count(code, caller, started)
 
         return observed

@@ -12,6 +12,7 @@ first; nothing else differs.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -133,19 +134,54 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self, request_iterator: AsyncIterator[ingest_pb2.RecordUsageStreamRequest], context: Context
     ) -> ingest_pb2.RecordUsageStreamResponse:
         response = ingest_pb2.RecordUsageStreamResponse()
-        index = 0
-        async for message in request_iterator:
-            validation.batch_size(len(message.events))
-            # The summary needs no response for an event that succeeded.
-            for outcome in await self._record_group(list(message.events), balances=False):
-                if isinstance(outcome, BaseException):
-                    response.failed_count += 1
-                    response.failures.add(index=index, status=to_rpc_status(outcome))
-                elif outcome.duplicate:
-                    response.duplicate_count += 1
-                else:
-                    response.recorded_count += 1
-                index += 1
+        # One group of the stream in the writer at a time, in stream order; the
+        # messages that arrive meanwhile wait and go next as ONE group (at most
+        # a batch's worth of events), decided in stream order in one
+        # transaction. A stream whose client sends ahead then writes batches of
+        # up to MAX_BATCH_EVENTS rather than one transaction per message: with
+        # several worker processes, each holding a few streams, per-message
+        # transactions were small and queued on the same counter rows.
+        in_flight: asyncio.Task[list[RecordResult | BaseException]] | None = None
+        waiting: list[usage_pb2.RecordUsageRequest] = []
+
+        def start() -> None:
+            nonlocal in_flight, waiting
+            in_flight = asyncio.ensure_future(self._record_group(waiting, balances=False))
+            waiting = []
+
+        async def finish() -> None:
+            nonlocal in_flight
+            if in_flight is not None:
+                outcomes, in_flight = await in_flight, None
+                _summarise(response, outcomes)
+
+        try:
+            async for message in request_iterator:
+                try:
+                    validation.batch_size(len(message.events))
+                except MeteringError:
+                    # Refused as before: what came before it is written first.
+                    await finish()
+                    if waiting:
+                        start()
+                        await finish()
+                    raise
+                if in_flight is not None and in_flight.done():
+                    await finish()
+                if in_flight is not None and len(waiting) + len(message.events) > validation.MAX_BATCH_EVENTS:
+                    await finish()
+                if in_flight is None and waiting and len(waiting) + len(message.events) > validation.MAX_BATCH_EVENTS:
+                    start()
+                waiting.extend(message.events)
+                if in_flight is None:
+                    start()
+            await finish()
+            if waiting:
+                start()
+                await finish()
+        finally:
+            if in_flight is not None:
+                in_flight.cancel()  # the client went away: its queued events are not written
         return response
 
     async def VoidUsage(  # noqa: N802
@@ -429,3 +465,18 @@ class _Tally:
             metrics.child(metrics.overage, meter, plan).inc(float(overage))
         for reason, refused in self.late.items():
             metrics.child(metrics.late_events_refused, reason).inc(refused)
+
+
+def _summarise(response: ingest_pb2.RecordUsageStreamResponse, outcomes: list[RecordResult | BaseException]) -> None:
+    """Counts a group's outcomes into a stream's summary; its refusals by stream index."""
+    # The summary needs no response for an event that succeeded.
+    index = response.recorded_count + response.duplicate_count + response.failed_count
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            response.failed_count += 1
+            response.failures.add(index=index, status=to_rpc_status(outcome))
+        elif outcome.duplicate:
+            response.duplicate_count += 1
+        else:
+            response.recorded_count += 1
+        index += 1

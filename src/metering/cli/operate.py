@@ -123,19 +123,23 @@ def add_commands(commands: Subparsers) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from metering.runtime.serve import BackgroundFailed, configure_logging, serve
+    from metering.runtime.serve import BackgroundFailed, configure_logging, event_loop_factory, serve
     from metering.runtime.supervisor import WorkerFailed, die_with_parent, supervise
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
+    # Every serving process runs on METERING_EVENT_LOOP's loop; a supervisor only waits.
+    loop_factory = event_loop_factory(settings.event_loop)
     try:
         if args.worker is not None:
             die_with_parent()
-            asyncio.run(serve(settings, worker=args.worker))
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(serve(settings, worker=args.worker))
         elif settings.workers > 1:
             asyncio.run(supervise(settings))
         else:  # one process serves by itself: no supervisor in between
-            asyncio.run(serve(settings))
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(serve(settings))
     except (WorkerFailed, BackgroundFailed) as exc:
         print(f"metering: {exc}", file=sys.stderr)
         return 1

@@ -16,6 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 
 _DURATION_RE = re.compile(r"^(?P<value>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h|d)\Z")  # \Z: no trailing newline
 MAX_WORKERS = 256
+# METERING_EVENT_LOOP: the event loop of every serving process (uvloop: the `metering[uvloop]` extra).
+EVENT_LOOPS = ("asyncio", "uvloop")
 _ORIGIN_RE = re.compile(r"^https?://[^/\s:]+(:[0-9]{1,5})?\Z")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -80,6 +82,7 @@ class Settings:
     rate_limit_hold: timedelta  # how long a RATE_LIMITED refusal may be held until its retry slot; 0: at once
     workers: int  # serving processes sharing the gRPC port (metering.runtime.supervisor); 1: this process serves
     shutdown_delay: timedelta  # on SIGTERM: NOT_SERVING, still serving, this long before the drain
+    event_loop: str  # "asyncio" or "uvloop": the event loop of every serving process
     # A streaming replica for usage, bill and invoice reads (metering.ledger.replica); None: the primary.
     read_database_url: str | None = None
     read_max_lag: timedelta = timedelta(seconds=5)  # reads go to the primary past this replica lag
@@ -150,6 +153,7 @@ class Settings:
             read_max_lag=reader.duration("METERING_READ_MAX_LAG", "5s"),
             workers=reader.workers("METERING_WORKERS"),
             shutdown_delay=reader.duration("METERING_SHUTDOWN_DELAY", "0s"),
+            event_loop=reader.choice("METERING_EVENT_LOOP", "asyncio", EVENT_LOOPS),
             # The gRPC host unless said otherwise: one variable keeps both edges on loopback.
             http_host=reader.text("METERING_HTTP_HOST") or grpc_host,
             http_port=reader.optional_port("METERING_HTTP_PORT", 8080),

@@ -192,7 +192,16 @@ async def answer_within(answer: asyncio.Future[_T], deadline: float) -> _T:
     drops its result if its statement is in flight (what that statement did is
     then unknown to the caller, as after any UNAVAILABLE: a retry with the same
     transaction id answers what was recorded)."""
+    # A timer on the answer itself rather than asyncio.wait_for: wait_for (3.11)
+    # waits on a future of its own, which the answer completes through one more
+    # turn of the event loop, on every call of the hot paths.
+    expiry = asyncio.get_running_loop().call_at(deadline, answer.cancel)
     try:
-        return await asyncio.wait_for(answer, deadline - asyncio.get_running_loop().time())
-    except TimeoutError:
-        raise DatabaseUnavailable("no answer from the ledger database within METERING_DB_TIMEOUT") from None
+        return await answer
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling() == 0:  # the timer cancelled the answer, not our caller
+            raise DatabaseUnavailable("no answer from the ledger database within METERING_DB_TIMEOUT") from None
+        raise
+    finally:
+        expiry.cancel()

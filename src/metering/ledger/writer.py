@@ -195,11 +195,17 @@ class BatchWriter(PoolUser):
             while not self._pending or (bulk and self._pending_events < self._bulk_from):
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self._concurrent_calls and self._linger and self._pending_events < self._max_batch:
+            if (
+                self._concurrent_calls
+                and self._linger
+                and len(self._pending) > 1
+                and self._pending_events < self._max_batch
+            ):
                 # Calls are arriving concurrently: let more join, so the commit
                 # and the statements of this transaction are paid by more
-                # events. A lone caller (the last batch held one call) is
-                # written at once: the wait would only add to its latency.
+                # events. A lone call (nothing else queued, or the last batch
+                # held one call) is taken at once: the wait would only add to
+                # its latency.
                 await asyncio.sleep(self._linger)
             batch: list[_Group] = []
             events = 0

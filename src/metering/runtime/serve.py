@@ -51,7 +51,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +143,19 @@ class Background:
         if fatal:
             self.failed.append(task.get_name())
             self._stop.set()
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory of METERING_EVENT_LOOP (None: asyncio's own loop)."""
+    if name != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        raise ConfigError(
+            "METERING_EVENT_LOOP=uvloop: uvloop is not installed (install the metering[uvloop] extra)"
+        ) from None
+    return uvloop.new_event_loop
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
