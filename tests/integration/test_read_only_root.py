@@ -16,6 +16,7 @@ import sys
 import threading
 import urllib.request
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -31,11 +32,29 @@ pytestmark = pytest.mark.slow
 NOT_READ_ONLY = 97  # the exit status when the namespace's root is writable after all
 
 
+def _keep_through_tmpfs(*paths: Path) -> str:
+    """Shell that mounts an empty tmpfs on /tmp, as the container has, while keeping
+    the checkout and the interpreter's environment where they are (read-only) when they
+    live under /tmp themselves: a clone in /tmp (a CI's checkout) would vanish otherwise.
+    They are held on a scratch tmpfs at /mnt across the new /tmp, then bound back."""
+    keep = sorted({str(p.resolve()) for p in paths if p.resolve().is_relative_to("/tmp")})  # noqa: S108
+    keep = [p for p in keep if not any(p != q and p.startswith(q + "/") for q in keep)]  # outermost only
+    hold = "".join(f"mkdir /mnt/keep{i} && mount --bind {shlex.quote(p)} /mnt/keep{i} && " for i, p in enumerate(keep))
+    back = "".join(
+        f"mkdir -p {shlex.quote(p)} && mount --bind /mnt/keep{i} {shlex.quote(p)} && "
+        f"mount -o remount,bind,ro {shlex.quote(p)} && "
+        for i, p in enumerate(keep)
+    )
+    scratch = "mount -t tmpfs -o size=1m tmpfs /mnt && " if keep else ""
+    return f"{scratch}{hold}mount -t tmpfs -o size=64m tmpfs /tmp && {back}"
+
+
 def test_serves_and_stops_cleanly_with_only_tmp_writable(database_url: str) -> None:
     probe = ROOT / f".read-only-probe-{uuid.uuid4().hex[:8]}"
     service = shlex.join([sys.executable, "-m", "metering", "serve"])
     script = (
-        "set -e; mount --bind / / && mount -o remount,bind,ro / && mount -t tmpfs -o size=64m tmpfs /tmp; "
+        "set -e; mount --bind / / && mount -o remount,bind,ro / && "
+        f"{_keep_through_tmpfs(ROOT, Path(sys.prefix))}"
         f"if touch {shlex.quote(str(probe))} 2>/dev/null; then exit {NOT_READ_ONLY}; fi; "
         f"exec {service}"
     )
