@@ -1,17 +1,24 @@
-"""The connection edges of a multi-host METERING_DATABASE_URL (metering.ledger.connector):
-a host that accepts TCP and then says nothing costs one METERING_DB_CONNECT_TIMEOUT,
-once, and the next host serves."""
+"""The database's edges: a host of a multi-host METERING_DATABASE_URL that
+accepts TCP and then says nothing costs one METERING_DB_CONNECT_TIMEOUT, once,
+and the next host serves (metering.ledger.connector); a transaction the server
+rolled back for a conflict answers UNAVAILABLE, not INTERNAL."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from urllib.parse import quote
 
+import asyncpg
+from google.rpc import code_pb2, error_details_pb2
+
+from metering.api.errors import status_details, to_rpc_status
+from metering.domain.errors import DatabaseUnavailable
 from metering.ledger.hosts import Host, hosts_of, without_hosts
-from metering.ledger.pool import create_pool, is_unavailable
+from metering.ledger.pool import create_pool, is_unavailable, translate_errors
 
 DB_TIMEOUT = timedelta(seconds=2)
 CONNECT_TIMEOUT = timedelta(milliseconds=300)
@@ -102,3 +109,46 @@ def test_a_multi_host_url_whose_every_host_is_silent_is_unavailable(database_url
 
     error = asyncio.run(run())
     assert error is not None and is_unavailable(error), error
+
+
+def test_a_real_serialization_failure_answers_unavailable_with_retry_info(database_url: str) -> None:
+    """A real SQLSTATE 40001 from PostgreSQL (two SERIALIZABLE transactions
+    that each read what the other writes: write skew), through the ledger's
+    translate_errors and the API's one mapping: UNAVAILABLE with RetryInfo,
+    as a hot standby's "canceling statement due to conflict with recovery"
+    (the same SQLSTATE) answers. It was INTERNAL before."""
+
+    async def provoke() -> BaseException:
+        setup = await asyncpg.connect(database_url)
+        table = f"skew_{uuid.uuid4().hex[:8]}"
+        try:
+            await setup.execute(f"CREATE TABLE {table} (k int PRIMARY KEY, v int)")
+            await setup.execute(f"INSERT INTO {table} VALUES (1, 0), (2, 0)")
+            first, second = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+            try:
+                for conn in (first, second):
+                    await conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                    await conn.fetchval(f"SELECT sum(v) FROM {table}")
+                await first.execute(f"UPDATE {table} SET v = 1 WHERE k = 1")
+                await second.execute(f"UPDATE {table} SET v = 1 WHERE k = 2")
+                await first.execute("COMMIT")
+                try:
+                    async with translate_errors():
+                        await second.execute("COMMIT")
+                except DatabaseUnavailable as exc:
+                    return exc
+                raise AssertionError("the second SERIALIZABLE commit succeeded: no write skew was refused")
+            finally:
+                await first.close()
+                await second.close()
+        finally:
+            await setup.execute(f"DROP TABLE IF EXISTS {table}")
+            await setup.close()
+
+    error = asyncio.run(provoke())
+    assert isinstance(error.__cause__, asyncpg.SerializationError)
+    assert error.__cause__.sqlstate == "40001"
+    status = to_rpc_status(error)
+    assert status.code == code_pb2.UNAVAILABLE
+    retry = status_details(status)["RetryInfo"]
+    assert isinstance(retry, error_details_pb2.RetryInfo) and retry.retry_delay.seconds >= 1
