@@ -71,10 +71,10 @@ def quota(subject: str) -> dict[str, Callable[[Message], bool]]:
     return {"QuotaFailure": check}
 
 
-def retry_after(seconds: int) -> dict[str, Callable[[Message], bool]]:
+def retry_after(seconds: float) -> dict[str, Callable[[Message], bool]]:
     def check(detail: Message) -> bool:
         assert isinstance(detail, error_details_pb2.RetryInfo)
-        return bool(detail.retry_delay.seconds == seconds)
+        return bool(detail.retry_delay.ToTimedelta().total_seconds() == seconds)
 
     return {"RetryInfo": check}
 
@@ -178,6 +178,13 @@ CASES: dict[str, Case] = {
         "DATABASE_UNAVAILABLE",
         {},
         retry_after(1),
+    ),
+    "ShuttingDown": Case(
+        errors.ShuttingDown("this server is shutting down"),
+        grpc.StatusCode.UNAVAILABLE,
+        "SHUTTING_DOWN",
+        {},
+        retry_after(0.1),
     ),
     "PriceCurrencyMismatch": Case(
         errors.PriceCurrencyMismatch("tokens_eur", "EUR", "USD"),
@@ -352,6 +359,10 @@ MESSAGES = {
     grpc.StatusCode.INVALID_ARGUMENT: "invalid request: {error}",
     grpc.StatusCode.UNAVAILABLE: "the ledger database is unavailable; retry with the same transaction id",
 }
+# Where the message is the error type's own rather than its code's.
+MESSAGES_BY_TYPE: dict[type, str] = {
+    errors.ShuttingDown: "this server is shutting down; retry (another replica will answer)",
+}
 
 
 def subclasses(cls: type) -> set[type]:
@@ -371,7 +382,8 @@ def test_the_status_of_each_domain_error(name: str) -> None:
     case = CASES[name]
     status = to_rpc_status(case.error)
     assert status.code == getattr(code_pb2, case.code.name)
-    assert status.message == MESSAGES.get(case.code, str(case.error)).format(error=case.error)
+    message = MESSAGES_BY_TYPE.get(type(case.error)) or MESSAGES.get(case.code, str(case.error))
+    assert status.message == message.format(error=case.error)
     info = error_info(status)
     assert (info.reason, info.domain, dict(info.metadata)) == (case.reason, DOMAIN, case.metadata)
     details = status_details(status)

@@ -16,6 +16,7 @@ from typing import Any, TypeAlias, cast
 import grpc
 
 from metering.api.auth import Authenticator, is_open
+from metering.api.drain import Drain
 from metering.api.errors import to_status
 from metering.domain.access import ANONYMOUS
 from metering.domain.errors import RateLimited
@@ -34,9 +35,10 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
     """Wraps every RPC handler: authenticates, maps domain errors to gRPC statuses with details
     (never UNKNOWN with a traceback), counts and times calls by caller, and logs each failed call once."""
 
-    def __init__(self, metrics: Metrics, authenticator: Authenticator) -> None:
+    def __init__(self, metrics: Metrics, authenticator: Authenticator, drain: Drain | None = None) -> None:
         self._metrics = metrics
         self._authenticator = authenticator
+        self._drain = Drain() if drain is None else drain  # refuses new calls once shutdown drains
 
     async def intercept_service(
         self,
@@ -77,12 +79,16 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
         watch, which the client decides, not a latency."""
         metrics = self._metrics
         authenticator = self._authenticator
+        drain = self._drain
 
         async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             code: grpc.StatusCode | None = grpc.StatusCode.OK
             caller = "unauthenticated"
             try:
+                # Held, then refused, once the drain begins; not counted in flight: the drain ends the streams.
+                await drain.enter()
+                drain.leave()
                 identified = authenticator.identify(context)
                 caller = identified.name
                 authenticator.authorize(identified, method)
@@ -114,6 +120,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
         metrics = self._metrics
         authenticator = None if is_open(method) else self._authenticator
         latency = metrics.child(metrics.latency, method, GRPC)
+        drain = None if is_open(method) else self._drain  # health checks answer NOT_SERVING themselves
 
         # `request` is the request message, or the request iterator of a
         # client-streaming call.
@@ -123,6 +130,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             caller = ANONYMOUS.name if authenticator is None else "unauthenticated"
             counted = False
             gate = None  # the caller's limits, left when the call ends
+            entered = False  # counted in flight by the drain
 
             def count() -> None:
                 elapsed = time.perf_counter() - started
@@ -132,6 +140,9 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                     failed_call(log, method, code, caller, elapsed, GRPC)
 
             try:
+                if drain is not None:
+                    await drain.enter()
+                    entered = True
                 if authenticator is not None:
                     identified = authenticator.identify(context)
                     caller = identified.name
@@ -157,6 +168,8 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             finally:
                 if gate is not None:
                     gate.leave()
+                if entered and drain is not None:
+                    drain.leave()
                 if not counted:
                     count()
 

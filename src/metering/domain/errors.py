@@ -126,6 +126,10 @@ class DatabaseUnavailable(MeteringError):
     """The ledger database cannot be reached or did not answer in time."""
 
 
+class ShuttingDown(MeteringError):
+    """This server's drain has begun: it takes no new call (another replica will)."""
+
+
 class PriceCurrencyMismatch(MeteringError):
     """A price bills in another currency than the customer's plan."""
 

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from metering.api.auth import Authenticator
 from metering.api.bench import noop_handler
+from metering.api.drain import Drain
 from metering.api.health import DatabaseHealth
 from metering.api.http.app import HttpApplication
 from metering.api.http.codec import CompactJsonCodec
@@ -142,6 +143,7 @@ class Service:
     reloader: ConfigReloader
     server: grpc.aio.Server
     http: HttpServer | None  # the HTTP edge (Connect, gRPC-Web); None with METERING_HTTP_PORT=off
+    drain: Drain  # both edges' gate: closed when shutdown drains, new calls are then refused UNAVAILABLE
 
 
 def build(
@@ -176,6 +178,7 @@ def build(
         backfill_window=settings.backfill_window,
         wallets=Wallets(config.catalog, stores.ledger, stores.wallets),
     )
+    drain = Drain()
     return Service(
         config=config,
         metrics=metrics,
@@ -187,8 +190,11 @@ def build(
         health=health,
         authenticator=authenticator,
         reloader=ConfigReloader(config, authenticator, delivery.webhooks, delivery.retention, metrics),
-        server=_server(settings, servicer, health, ObservedServiceInterceptor(metrics, authenticator), tracing, worker),
-        http=_http(settings, ConnectEdge(servicer, metrics, authenticator, tracing), health, worker),
+        server=_server(
+            settings, servicer, health, ObservedServiceInterceptor(metrics, authenticator, drain), tracing, worker
+        ),
+        http=_http(settings, ConnectEdge(servicer, metrics, authenticator, tracing, drain), health, worker),
+        drain=drain,
     )
 
 
@@ -323,7 +329,7 @@ def _http(settings: Settings, edge: ConnectEdge, health: DatabaseHealth, worker:
         read_max_bytes=settings.max_message_bytes,
         codecs=[google_protobuf_binary_codec(), CompactJsonCodec()],
     )
-    app = HttpApplication(connect, health, settings.http_cors_origins)
+    app = HttpApplication(connect, health, settings.http_cors_origins, edge.drain)
     # The workers of one supervisor share the port it reserved, as they share the gRPC one.
     return HttpServer(app, settings.http_host, settings.http_port, reuse_port=worker is not None)
 

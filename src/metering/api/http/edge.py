@@ -42,6 +42,7 @@ from protobuf import Message as DetailMessage
 from protobuf.wkt import Any as AnyDetail
 
 from metering.api.auth import Authenticator
+from metering.api.drain import Drain
 from metering.api.errors import http_status, retry_after, to_rpc_status
 from metering.api.http.exchange import current_exchange
 from metering.api.http.idempotency import HEADER as IDEMPOTENCY_KEY
@@ -126,12 +127,23 @@ class ConnectEdge:
     and counts, logs and traces every call as the gRPC interceptor does, labelled with its protocol."""
 
     def __init__(
-        self, rpcs: MeteringServicer, metrics: Metrics, authenticator: Authenticator, tracing: Tracing | None
+        self,
+        rpcs: MeteringServicer,
+        metrics: Metrics,
+        authenticator: Authenticator,
+        tracing: Tracing | None,
+        drain: Drain | None = None,
     ) -> None:
         self._rpcs = rpcs
         self._metrics = metrics
         self._authenticator = authenticator
         self._tracing = tracing
+        self._drain = Drain() if drain is None else drain  # shared with the gRPC edge: refuses once shutdown drains
+
+    @property
+    def drain(self) -> Drain:
+        """The gate this edge's calls pass (shared with the gRPC edge)."""
+        return self._drain
 
     def service(self) -> MeteringService:
         """The object the generated Connect application calls: one handler per RPC of the contract."""
@@ -165,6 +177,7 @@ class ConnectEdge:
     def _observe(self, method: str, rpc: str, body: Body) -> Unary:
         metrics = self._metrics
         authenticator = self._authenticator
+        drain = self._drain
 
         # `request` is the request message, or the request iterator of a client-streaming call.
         async def observed(request: Any, ctx: Context) -> Message:
@@ -174,8 +187,11 @@ class ConnectEdge:
             code = grpc.StatusCode.OK
             caller = "unauthenticated"
             gate = None
+            entered = False
             with self._span(method, ctx) as failed:
                 try:
+                    await drain.enter()
+                    entered = True
                     identified = authenticator.identify_http(headers.getall("authorization"))
                     caller = identified.name
                     authenticator.authorize(identified, method)
@@ -195,6 +211,8 @@ class ConnectEdge:
                 finally:
                     if gate is not None:
                         gate.leave()
+                    if entered:
+                        drain.leave()
                     elapsed = time.perf_counter() - started
                     metrics.child(metrics.requests, method, code.name, caller, protocol).inc()
                     metrics.child(metrics.latency, method, protocol).observe(elapsed)
@@ -208,6 +226,7 @@ class ConnectEdge:
         counted when it ends, not timed (its length is the client's), as on gRPC."""
         metrics = self._metrics
         authenticator = self._authenticator
+        drain = self._drain
 
         async def observed(request: Any, ctx: Context) -> AsyncIterator[Message]:
             started = time.perf_counter()
@@ -216,6 +235,9 @@ class ConnectEdge:
             code = grpc.StatusCode.OK
             caller = "unauthenticated"
             try:
+                # Held, then refused, once the drain begins; not counted in flight: the drain ends the streams.
+                await drain.enter()
+                drain.leave()
                 identified = authenticator.identify_http(headers.getall("authorization"))
                 caller = identified.name
                 authenticator.authorize(identified, method)

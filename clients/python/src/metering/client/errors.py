@@ -358,7 +358,7 @@ class RateLimited(MeteringError):
 
 
 class Unavailable(MeteringError):
-    """The service did not answer: UNAVAILABLE (reason DATABASE_UNAVAILABLE, or no connection),
+    """The service did not answer: UNAVAILABLE (reason DATABASE_UNAVAILABLE or SHUTTING_DOWN, or no connection),
     DEADLINE_EXCEEDED or CANCELLED, after the last retry (`attempts` calls were made). The
     request may or may not have been carried out: send it again with the same ids."""
 
@@ -621,6 +621,7 @@ _BY_REASON: dict[str, _Decoder] = {
     ),
     "METER_NOT_ALLOWED": lambda code, message, d: MeterNotAllowed(code, message, d, meter=d.metadata.get("meter", "")),
     "DATABASE_UNAVAILABLE": Unavailable,
+    "SHUTTING_DOWN": Unavailable,  # the server's drain began: nothing was done, retry (another replica)
     "INTERNAL": InternalError,
 }
 
