@@ -45,14 +45,19 @@ class Drain:
     def in_flight(self) -> int:
         return self._in_flight
 
-    async def enter(self) -> None:
-        """A call begins: counted in flight; once the gate is closed, held
-        until release() and refused with ShuttingDown then."""
+    async def enter(self, *, counted: bool = True) -> bool:
+        """A call begins: counted in flight (leave() when it ends) and True;
+        once the gate is closed, held until release() and refused with
+        ShuttingDown then. A streaming call is not `counted`: it may last
+        longer than the grace (the servers' stop ends it), and the held calls
+        would wait for it."""
         if self._closed:
             await self._released.wait()
             raise ShuttingDown("this server is shutting down")
-        self._in_flight += 1
-        self._idle.clear()
+        if counted:
+            self._in_flight += 1
+            self._idle.clear()
+        return counted
 
     def leave(self) -> None:
         """A call that entered has ended (answered, refused or cancelled)."""

@@ -57,7 +57,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             )
         if handler is not None and handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._observe(method, cast(Behavior, handler.stream_unary)),
+                self._observe(method, cast(Behavior, handler.stream_unary), streaming=True),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -87,8 +87,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             caller = "unauthenticated"
             try:
                 # Held, then refused, once the drain begins; not counted in flight: the drain ends the streams.
-                await drain.enter()
-                drain.leave()
+                await drain.enter(counted=False)
                 identified = authenticator.identify(context)
                 caller = identified.name
                 authenticator.authorize(identified, method)
@@ -116,7 +115,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
 
         return observed
 
-    def _observe(self, method: str, behavior: Behavior) -> Behavior:
+    def _observe(self, method: str, behavior: Behavior, *, streaming: bool = False) -> Behavior:
         metrics = self._metrics
         authenticator = None if is_open(method) else self._authenticator
         latency = metrics.child(metrics.latency, method, GRPC)
@@ -141,8 +140,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
 
             try:
                 if drain is not None:
-                    await drain.enter()
-                    entered = True
+                    entered = await drain.enter(counted=not streaming)
                 if authenticator is not None:
                     identified = authenticator.identify(context)
                     caller = identified.name

@@ -154,7 +154,9 @@ class ConnectEdge:
             if method.server_streaming:
                 handlers[local_name(method.name)] = self._observe_stream(path, body)
             else:
-                handlers[local_name(method.name)] = self._observe(path, method.name, body)
+                handlers[local_name(method.name)] = self._observe(
+                    path, method.name, body, streaming=method.client_streaming
+                )
         return cast(MeteringService, types.SimpleNamespace(**handlers))
 
     def _refusal(self, exc: Exception, ctx: Context) -> tuple[grpc.StatusCode, ConnectError]:
@@ -174,7 +176,7 @@ class ConnectEdge:
             return contextlib.nullcontext()
         return self._tracing.http_call(method, ctx.request_headers)
 
-    def _observe(self, method: str, rpc: str, body: Body) -> Unary:
+    def _observe(self, method: str, rpc: str, body: Body, *, streaming: bool = False) -> Unary:
         metrics = self._metrics
         authenticator = self._authenticator
         drain = self._drain
@@ -190,8 +192,7 @@ class ConnectEdge:
             entered = False
             with self._span(method, ctx) as failed:
                 try:
-                    await drain.enter()
-                    entered = True
+                    entered = await drain.enter(counted=not streaming)
                     identified = authenticator.identify_http(headers.getall("authorization"))
                     caller = identified.name
                     authenticator.authorize(identified, method)
@@ -236,8 +237,7 @@ class ConnectEdge:
             caller = "unauthenticated"
             try:
                 # Held, then refused, once the drain begins; not counted in flight: the drain ends the streams.
-                await drain.enter()
-                drain.leave()
+                await drain.enter(counted=False)
                 identified = authenticator.identify_http(headers.getall("authorization"))
                 caller = identified.name
                 authenticator.authorize(identified, method)
