@@ -238,7 +238,7 @@ def _delivery(config: Config, pools: Pools, metrics: Metrics, page_tokens: PageT
     settings = config.settings
     acquire_timeout = settings.db_timeout.total_seconds()
     outbox = OutboxStore(pools.primary, acquire_timeout=acquire_timeout)
-    wakeup = OutboxWakeup(OutboxListener(pools.url))
+    wakeup = OutboxWakeup(OutboxListener(pools.url, connect_timeout=settings.db_connect_timeout.total_seconds()))
     webhooks = WebhookDelivery(
         outbox,
         config.endpoints,
