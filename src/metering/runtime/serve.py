@@ -16,9 +16,11 @@ task's failure (below), or on a failure of start-up itself. Hence, in order:
    on for METERING_SHUTDOWN_DELAY;
 3. the Stripe exporter (an event in flight is sent again by whichever replica
    exports next) and the closer (a close in flight rolls back, and is redone);
-4. the drain: the health and notification streams end, the gRPC server and
-   the HTTP edge stop accepting calls and in-flight calls have
-   METERING_SHUTDOWN_GRACE to finish;
+4. the drain: new calls are held by the edges' gate (metering.api.drain),
+   the health and notification streams end, in-flight calls have
+   METERING_SHUTDOWN_GRACE to finish, the gRPC server and the HTTP edge stop
+   accepting calls, and the held calls are answered UNAVAILABLE
+   (SHUTTING_DOWN), never CANCELLED;
 5. retention, the replica probe, the pool sampler, the health probe, webhook
    delivery (an attempt in flight is abandoned: it is sent again, with the
    same webhook-id) and the outbox LISTEN;
