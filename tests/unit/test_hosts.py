@@ -23,6 +23,7 @@ def test_the_hosts_of_a_url_in_its_authority_or_its_parameters() -> None:
     assert hosts_of("postgresql:///m?host=a,b&port=5433,5434") == [Host("a", 5433), Host("b", 5434)]
     assert hosts_of("postgresql:///m?host=%2Frun%2Fpg") == [Host("/run/pg", None)]
     assert hosts_of("postgresql:///m") == []
+    assert hosts_of("postgresql://a,b:6000/m?port=5433") == [Host("a", 5433), Host("b", 6000)]
 
 
 def test_a_url_without_its_hosts_keeps_the_rest() -> None:

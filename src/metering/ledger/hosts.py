@@ -82,19 +82,23 @@ class HostOrder:
 
 def hosts_of(url: str) -> list[Host]:
     """The hosts a postgres:// URL names, in order: in its authority
-    (`h1:p1,h2:p2`, `[::1]:5432`) or, without one, in its `host` (and `port`)
-    query parameters, as libpq reads them. Empty when it names none (a unix
-    socket or libpq's default)."""
+    (`h1:p1,h2:p2`, `[::1]:5432`) or, without one, in its `host` query
+    parameter; a host without a port takes the `port` parameter's (one for
+    all, or one per host), as libpq reads them. Empty when it names none (a
+    unix socket or libpq's default)."""
     parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    ports = [int(port) if port else None for port in query["port"].split(",")] if "port" in query else []
     hostspec = parts.netloc.rpartition("@")[2]
     if hostspec:
-        return [_one(entry) for entry in hostspec.split(",") if entry]
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    names = [name for name in query.get("host", "").split(",") if name]
-    ports = [int(port) if port else None for port in query.get("port", "").split(",")] if "port" in query else []
+        hosts = [_one(entry) for entry in hostspec.split(",") if entry]
+    else:
+        hosts = [Host(name, None) for name in query.get("host", "").split(",") if name]
     if len(ports) == 1:
-        ports = ports * len(names)  # one port for every host
-    return [Host(name, ports[i] if i < len(ports) else None) for i, name in enumerate(names)]
+        ports = ports * len(hosts)  # one port for every host
+    return [
+        host if host.port is not None or i >= len(ports) else Host(host.host, ports[i]) for i, host in enumerate(hosts)
+    ]
 
 
 def without_hosts(url: str) -> str:
