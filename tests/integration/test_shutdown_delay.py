@@ -7,6 +7,8 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+import urllib.error
+import urllib.request
 import uuid
 
 import grpc
@@ -14,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import ServiceProcess, run_sql
+from tests.support import ServiceProcess, run_sql, wait_for
 
 # Slow tier: a service of its own, stopped by signal.
 pytestmark = pytest.mark.slow
@@ -33,6 +35,14 @@ def watch_health(channel: grpc.Channel, seen: queue.Queue[int]) -> None:
     except grpc.RpcError:
         pass  # the server went away: the stream's end
     seen.put(-1)
+
+
+def http_health(service: ServiceProcess) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/health", timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
 
 
 def record(channel: grpc.Channel, customer: str, transaction_id: str) -> None:
@@ -58,8 +68,12 @@ def test_health_watch_sees_not_serving_while_calls_still_succeed(database_url: s
         watcher = threading.Thread(target=watch_health, args=(channel, seen), daemon=True)
         watcher.start()
         assert seen.get(timeout=10) == SERVING
+        # GET /health on the metrics port says the same with one process or many.
+        assert http_health(service) == (200, f"SERVING: {workers} of {workers} workers serving\n")
         service.process.send_signal(signal.SIGTERM)
         assert seen.get(timeout=10) == NOT_SERVING
+        stopping = f"NOT_SERVING: {workers} of {workers} workers serving; stopping\n"
+        assert wait_for(lambda: http_health(service) == (503, stopping), timeout=5), http_health(service)
         # NOT_SERVING, and still serving: on the open connection and on a new one.
         acknowledged = set()
         for i in range(5):

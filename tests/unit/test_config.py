@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 
 import pytest
 
-from metering.config.settings import ConfigError, Settings
+from metering.config.catalog import load_catalog
+from metering.config.files import access_policy
+from metering.config.settings import ConfigError, Settings, is_loopback
 
 
 def test_defaults() -> None:
@@ -92,3 +95,51 @@ def test_workers_and_shutdown_delay() -> None:
     for bad in ("0", "-1", "two", "257"):
         with pytest.raises(ConfigError, match="METERING_WORKERS"):
             Settings.from_env({"METERING_WORKERS": bad})
+
+
+def test_the_service_listens_on_this_machine_only_until_callers_authenticate() -> None:
+    open_service = Settings.from_env({})
+    assert (open_service.grpc_host, open_service.metrics_host) == ("127.0.0.1", "127.0.0.1")
+    secured = Settings.from_env({"METERING_AUTH_FILE": "callers.toml"})
+    assert (secured.grpc_host, secured.metrics_host) == ("0.0.0.0", "0.0.0.0")
+    chosen = Settings.from_env({"METERING_GRPC_HOST": "10.0.0.5", "METERING_METRICS_HOST": "::1"})
+    assert (chosen.grpc_host, chosen.metrics_host) == ("10.0.0.5", "::1")
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("metering.internal", False),
+    ],
+)
+def test_loopback_addresses(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_an_open_service_refuses_a_network_address_unless_asked_to_run_open(caplog: pytest.LogCaptureFixture) -> None:
+    catalog = load_catalog(None)
+    with pytest.raises(ConfigError, match=re.escape("METERING_GRPC_HOST='0.0.0.0' would let anyone on the network")):
+        access_policy(Settings.from_env({"METERING_GRPC_HOST": "0.0.0.0"}), catalog)
+    # The embedded database on loopback runs open, with the warning.
+    assert access_policy(Settings.from_env({}), catalog) is None
+    assert "AUTHENTICATION IS OFF: any client that reaches 127.0.0.1:50051" in caplog.text
+    assert "NOT ONLY THIS MACHINE" not in caplog.text
+    asked = Settings.from_env({"METERING_GRPC_HOST": "0.0.0.0", "METERING_ALLOW_UNAUTHENTICATED": "1"})
+    assert access_policy(asked, catalog) is None
+    assert "0.0.0.0:50051 may record, void and read usage (NOT ONLY THIS MACHINE" in caplog.text
+    # The HTTP edge serves the API too: the same rule for its address (unless it is off).
+    with pytest.raises(ConfigError, match=re.escape("METERING_HTTP_HOST='0.0.0.0' would let anyone")):
+        access_policy(Settings.from_env({"METERING_HTTP_HOST": "0.0.0.0"}), catalog)
+    http_off = Settings.from_env({"METERING_HTTP_HOST": "0.0.0.0", "METERING_HTTP_PORT": "off"})
+    assert access_policy(http_off, catalog) is None
+    # Against an external database an open service must be asked for, whatever the address.
+    with pytest.raises(ConfigError, match="no callers configured"):
+        access_policy(Settings.from_env({"METERING_DATABASE_URL": "postgresql://db/x"}), catalog)

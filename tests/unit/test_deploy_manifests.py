@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from metering.api.health import LIVENESS_SERVICE, METERING_SERVICE
-from metering.config.catalog import parse_catalog
-from metering.config.settings import Settings
+from metering.config.catalog import load_catalog, parse_catalog
+from metering.config.files import access_policy
+from metering.config.settings import Settings, is_loopback
 from metering.config.stripe import parse_mapping
 from metering.runtime.supervisor import STOP_MARGIN_SECONDS
 
@@ -320,6 +321,11 @@ def test_compose_service_settings_are_read_by_the_service(compose: Resource) -> 
     assert set(env) <= variables_the_service_reads()
     settings = Settings.from_env(env)
     assert settings.allow_unauthenticated
+    # Open, the service binds loopback by default: in a container it must be told to listen on
+    # every interface, or neither the published ports nor Prometheus could reach it.
+    for host in (settings.grpc_host, settings.http_host, settings.metrics_host):
+        assert not is_loopback(host), host
+    assert access_policy(settings, load_catalog(None)) is None  # accepted (with its warning)
     database = env["METERING_DATABASE_URL"]
     postgres = compose["services"]["postgres"]["environment"]
     assert database == (

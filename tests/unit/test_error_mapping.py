@@ -33,6 +33,8 @@ class Case:
     metadata: dict[str, str]
     # Checks of the detail (besides ErrorInfo) the code calls for, by type name.
     details: dict[str, Callable[[Message], bool]] = field(default_factory=dict)
+    # The status message, when it is neither the error's text nor the code's fixed one (MESSAGES).
+    message: str | None = None
 
 
 def bad_request(*fields: str) -> dict[str, Callable[[Message], bool]]:
@@ -185,6 +187,16 @@ CASES: dict[str, Case] = {
         "SHUTTING_DOWN",
         {},
         retry_after(0.1),
+        message="this server is shutting down; retry (another replica will answer)",
+    ),
+    "CatalogReloaded": Case(
+        errors.CatalogReloaded("tokens", "tokens_premium"),
+        grpc.StatusCode.UNAVAILABLE,
+        "CATALOG_RELOADED",
+        {"meter": "tokens", "price": "tokens_premium"},
+        retry_after(0),
+        message="the catalog was reloaded during the call and changed price 'tokens_premium'; "
+        "retry with the same transaction id",
     ),
     "PriceCurrencyMismatch": Case(
         errors.PriceCurrencyMismatch("tokens_eur", "EUR", "USD"),
@@ -359,10 +371,6 @@ MESSAGES = {
     grpc.StatusCode.INVALID_ARGUMENT: "invalid request: {error}",
     grpc.StatusCode.UNAVAILABLE: "the ledger database is unavailable; retry with the same transaction id",
 }
-# Where the message is the error type's own rather than its code's.
-MESSAGES_BY_TYPE: dict[type, str] = {
-    errors.ShuttingDown: "this server is shutting down; retry (another replica will answer)",
-}
 
 
 def subclasses(cls: type) -> set[type]:
@@ -382,8 +390,8 @@ def test_the_status_of_each_domain_error(name: str) -> None:
     case = CASES[name]
     status = to_rpc_status(case.error)
     assert status.code == getattr(code_pb2, case.code.name)
-    message = MESSAGES_BY_TYPE.get(type(case.error)) or MESSAGES.get(case.code, str(case.error))
-    assert status.message == message.format(error=case.error)
+    expected = case.message or MESSAGES.get(case.code, str(case.error)).format(error=case.error)
+    assert status.message == expected
     info = error_info(status)
     assert (info.reason, info.domain, dict(info.metadata)) == (case.reason, DOMAIN, case.metadata)
     details = status_details(status)

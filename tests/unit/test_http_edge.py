@@ -135,9 +135,11 @@ def test_every_rpc_has_the_handler_name_the_generated_code_calls() -> None:
 
 def test_http_settings() -> None:
     defaults = Settings.from_env({})
-    assert (defaults.http_host, defaults.http_port, defaults.http_cors_origins) == ("0.0.0.0", 8080, ())
-    follows = Settings.from_env({"METERING_GRPC_HOST": "127.0.0.1"})
-    assert follows.http_host == "127.0.0.1"  # the gRPC host unless said otherwise
+    # The gRPC host's default too: this machine only while authentication is off.
+    assert (defaults.http_host, defaults.http_port, defaults.http_cors_origins) == ("127.0.0.1", 8080, ())
+    assert Settings.from_env({"METERING_AUTH_FILE": "callers.toml"}).http_host == "0.0.0.0"
+    follows = Settings.from_env({"METERING_GRPC_HOST": "10.0.0.5"})
+    assert follows.http_host == "10.0.0.5"  # the gRPC host unless said otherwise
     configured = Settings.from_env(
         {
             "METERING_HTTP_HOST": "::1",

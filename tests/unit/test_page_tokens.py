@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metering.api.page_tokens import NOT_OUR_CURSOR, EventsCursor, InvoicesCursor, PageTokens
+from metering.api.page_tokens import NOT_OUR_CURSOR, CustomersCursor, EventsCursor, InvoicesCursor, PageTokens
 from metering.domain.errors import InvalidArgument, InvalidPageToken
 from metering.domain.notifications import Position
 from metering.services.reporting import PageCursor
-from metering.v1 import events_pb2, invoices_pb2, usage_pb2
+from metering.v1 import customer_pb2, events_pb2, invoices_pb2, usage_pb2
 
 KEY = bytes(range(32))
 TOKENS = PageTokens(KEY)
@@ -150,6 +150,25 @@ def test_a_signed_cursor_with_values_out_of_range_is_refused(cursor: dict[str, o
 def test_a_key_is_at_least_32_bytes() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         PageTokens(bytes(31))
+
+
+def test_a_customers_token_round_trips_and_belongs_to_its_plan_filter() -> None:
+    request = customer_pb2.ListCustomersRequest(plan_slug="pro")
+    cursor = CustomersCursor("cust-0042")
+    token = TOKENS.customers(request, cursor)
+    request.page_size, request.page_token = 5, token
+    assert TOKENS.customers_cursor(request, token) == cursor
+    with pytest.raises(InvalidPageToken, match="different query"):
+        TOKENS.customers_cursor(customer_pb2.ListCustomersRequest(plan_slug="free"), token)
+    # Another listing's token, signed with the same key, is refused too.
+    invoices = invoices_pb2.ListInvoicesRequest(customer_id="cust-0042")
+    refused(lambda: TOKENS.customers_cursor(request, TOKENS.invoices(invoices, InvoicesCursor(NOW))))
+
+
+@pytest.mark.parametrize("after", ["", "with space", "x" * 129, "caf\u00e9", 7, None])
+def test_a_signed_customers_cursor_that_is_no_customer_id_is_refused(after: object) -> None:
+    request = customer_pb2.ListCustomersRequest()
+    refused(lambda: TOKENS.customers_cursor(request, TOKENS.seal(request, {"after": after})))
 
 
 # -- watch cursors ----------------------------------------------------------------------

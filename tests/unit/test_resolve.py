@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -13,6 +14,7 @@ from metering.config.catalog import parse_catalog
 from metering.domain.catalog import Catalog
 from metering.domain.errors import (
     BeforeFirstPeriod,
+    CatalogReloaded,
     EventTooOld,
     NotFound,
     PeriodClosed,
@@ -23,8 +25,7 @@ from metering.domain.records import CustomerRecord
 from metering.domain.terms import TermsBook
 from metering.domain.usage import CounterKey, Resolution, UsageCommand, resolve
 
-CATALOG: Catalog = parse_catalog(
-    """
+CATALOG_TEXT = """
     [meters.tokens]
     aggregation = "sum"
     unit = "token"
@@ -52,11 +53,16 @@ CATALOG: Catalog = parse_catalog(
     limit = "100"
     price = "tokens_usd"
     reset = "day"
+
+    [plans.euro]
+    [plans.euro.meters.tokens]
+    price = "tokens_eur"
     """
-)
+CATALOG: Catalog = parse_catalog(CATALOG_TEXT)
 ANCHOR = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 CUSTOMER = CustomerRecord("c1", "pro", ANCHOR, ANCHOR, ANCHOR)
+EURO_CUSTOMER = CustomerRecord("c1", "euro", ANCHOR, ANCHOR, ANCHOR)
 
 
 def command(
@@ -191,6 +197,42 @@ def test_the_period_is_the_one_containing_the_event_time_and_keys_its_counter(
     assert resolution.counter_key is resolution.counter_key  # built once
     # The same answer from a book that has seen other instants (the periods' memory).
     assert resolve(command(event_time=at), CUSTOMER, book).period == resolution.period
+
+
+# A reload swaps the catalog between an event's validation (the API edge) and
+# its resolution (the writer's transaction): the event names the old objects.
+
+
+def test_an_event_validated_before_a_reload_is_decided_under_the_new_terms() -> None:
+    pro = CATALOG.plans["pro"]
+    higher = replace(pro.meters["tokens"], limit=Decimal(500))
+    new = replace(CATALOG, plans={"pro": replace(pro, meters={"tokens": higher})})
+    resolution = resolve(command(price="tokens_usd"), CUSTOMER, TermsBook(new))
+    assert resolution.event.price_slug == "tokens_usd"
+    assert resolution.plan.limit == Decimal(500)
+
+
+def test_an_unchanged_file_read_again_names_equal_objects() -> None:
+    again = parse_catalog(CATALOG_TEXT)
+    assert again.meters["tokens"] is not CATALOG.meters["tokens"]
+    assert resolve(command(price="tokens_eur"), EURO_CUSTOMER, TermsBook(again)).event.price_slug == "tokens_eur"
+
+
+def test_an_event_whose_meter_a_reload_changed_is_refused() -> None:
+    tokens = replace(CATALOG.meters["tokens"], unit="ktoken")
+    new = replace(CATALOG, meters={**CATALOG.meters, "tokens": tokens})
+    with pytest.raises(CatalogReloaded, match="meter 'tokens'") as caught:
+        resolve(command(), CUSTOMER, TermsBook(new))
+    assert (caught.value.meter, caught.value.price) == ("tokens", "")
+
+
+def test_an_event_whose_price_a_reload_changed_or_removed_is_refused() -> None:
+    dearer = replace(CATALOG.prices["tokens_usd"], unit_amount=Decimal("0.02"))
+    changed = replace(CATALOG, prices={**CATALOG.prices, "tokens_usd": dearer})
+    removed = replace(CATALOG, prices={k: v for k, v in CATALOG.prices.items() if k != "tokens_usd"})
+    for new in (changed, removed):
+        with pytest.raises(CatalogReloaded, match="price 'tokens_usd'"):
+            resolve(command(price="tokens_usd"), CUSTOMER, TermsBook(new))
 
 
 def test_a_customer_with_a_wallet_is_charged_in_its_billing_period_at_the_events_price() -> None:

@@ -491,7 +491,7 @@ def test_wallet_notifications_on_the_wire_and_in_storage() -> None:
     for payload in (low, out):
         assert payload_from_json(NewNotification("acme", payload).type, payload_json(payload)) == payload
     body = json.loads(notification_json(StoredNotification(uuid.uuid4(), "acme", T0, Position(1, 1), low), "cursor-1"))
-    assert body["type"] == "NOTIFICATION_TYPE_CREDITS_LOW"
+    assert body["type"] == "credits.low"  # a webhook body names its type as the webhooks file does
     assert body["creditsLow"] == {
         "available": {"currencyCode": "USD", "amount": "0.40"},
         "threshold": {"currencyCode": "USD", "amount": "0.50"},

@@ -45,6 +45,8 @@ METHOD_ROLES: Mapping[str, Role] = {
     "ListUsageEvents": Role.READER,
     "EstimateBill": Role.READER,
     "GetCustomer": Role.READER,
+    "ListCustomers": Role.READER,
+    "GetCatalog": Role.READER,
     "ListGrants": Role.READER,
     "ListInvoices": Role.READER,
     "GetInvoice": Role.READER,

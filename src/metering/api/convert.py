@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from metering.domain.bills import WhatIfBill
-from metering.domain.catalog import Aggregation, Enforcement, Meter, PlanMeter, PricingModel
+from metering.domain.catalog import (
+    Aggregation,
+    Enforcement,
+    Meter,
+    PackageRounding,
+    Plan,
+    PlanMeter,
+    Price,
+    PricingModel,
+)
 from metering.domain.decimals import format_decimal
 from metering.domain.periods import Period, ResetPeriod
 from metering.domain.records import (
@@ -22,13 +31,15 @@ from metering.domain.records import (
     StoredEvent,
 )
 from metering.domain.wallets import CreditApplied, CreditCategory, GrantBalance
+from metering.services.catalog import LoadedCatalog
 from metering.services.entitlements import GrantView, ReservationResult
 from metering.services.invoicing import Estimate
 from metering.services.reporting import UsageRow
-from metering.services.usage import BalanceReport, MeterBalance, RecordResult
+from metering.services.usage import BalanceReport, CustomersPage, MeterBalance, RecordResult
 from metering.services.wallets import BalanceWallet, WalletView
 from metering.v1 import (
     billing_pb2,
+    catalog_pb2,
     customer_pb2,
     grants_pb2,
     invoices_pb2,
@@ -62,6 +73,10 @@ _ENFORCEMENTS = {
     Enforcement.HARD: usage_pb2.LIMIT_ENFORCEMENT_HARD,
     Enforcement.SOFT: usage_pb2.LIMIT_ENFORCEMENT_SOFT,
     Enforcement.UNLIMITED: usage_pb2.LIMIT_ENFORCEMENT_UNLIMITED,
+}
+_PACKAGE_ROUNDINGS = {
+    PackageRounding.UP: catalog_pb2.PACKAGE_ROUNDING_UP,
+    PackageRounding.DOWN: catalog_pb2.PACKAGE_ROUNDING_DOWN,
 }
 
 
@@ -139,8 +154,9 @@ def _fixed_balance(meter: Meter, terms: PlanMeter, period: Period) -> usage_pb2.
     return message
 
 
-# Every balance this process answers with: the catalog never changes while it
-# runs, so what a meter, its terms and a period fix is encoded once for all calls.
+# Every balance this process answers with: what a meter, its terms and a period
+# fix is encoded once for all calls. Keyed by their values, so a reloaded
+# catalog's changed meter or terms are encoded afresh.
 _BALANCES = Balances()
 
 
@@ -231,6 +247,82 @@ def customer(record: CustomerRecord) -> customer_pb2.Customer:
         billing_anchor_time=timestamp(record.billing_anchor),
         create_time=timestamp(record.created_at),
         update_time=timestamp(record.updated_at),
+    )
+
+
+def customers_page(page: CustomersPage) -> customer_pb2.ListCustomersResponse:
+    """A page of customers without its token (the servicer signs it)."""
+    return customer_pb2.ListCustomersResponse(customers=[customer(record) for record in page.customers])
+
+
+def catalog(loaded: LoadedCatalog) -> catalog_pb2.GetCatalogResponse:
+    """The catalog in force, every field a caller needs to act on it."""
+    value = loaded.catalog
+    return catalog_pb2.GetCatalogResponse(
+        meters=[_catalog_meter(meter) for meter in value.meters.values()],
+        prices=[_catalog_price(price) for price in value.prices.values()],
+        plans=[_catalog_plan(plan) for plan in value.plans.values()],
+        revision=value.revision,
+        load_time=timestamp(loaded.load_time),
+    )
+
+
+def _catalog_meter(meter: Meter) -> catalog_pb2.CatalogMeter:
+    return catalog_pb2.CatalogMeter(
+        slug=meter.slug,
+        aggregation=_AGGREGATIONS[meter.aggregation],
+        unit=meter.unit,
+        description=meter.description,
+        unique_property=meter.unique_property or "",
+        default_price_slug=meter.default_price or "",
+        no_charge_price_slug=meter.no_charge_price,
+        dimensions=meter.dimensions,
+    )
+
+
+def _catalog_price(price: Price) -> catalog_pb2.CatalogPrice:
+    message = catalog_pb2.CatalogPrice(
+        slug=price.slug,
+        meter_slug=price.meter,
+        pricing_model=_PRICING_MODELS[price.model],
+        currency_code=price.currency or "",
+        no_charge=price.is_no_charge,
+    )
+    if price.model in (PricingModel.PER_UNIT, PricingModel.PACKAGE):
+        message.unit_amount = format_decimal(price.unit_amount)
+    if price.model is PricingModel.PACKAGE:
+        assert price.package_size is not None  # the catalog check
+        message.package_size = format_decimal(price.package_size)
+        message.package_rounding = _PACKAGE_ROUNDINGS[price.package_rounding]
+    for tier in price.tiers:
+        message.tiers.add(
+            up_to_quantity="" if tier.up_to is None else format_decimal(tier.up_to),
+            unit_amount=format_decimal(tier.unit_amount),
+            flat_amount=format_decimal(tier.flat_amount),
+        )
+    return message
+
+
+def _catalog_plan(plan: Plan) -> catalog_pb2.CatalogPlan:
+    return catalog_pb2.CatalogPlan(
+        slug=plan.slug,
+        name=plan.name,
+        currency_code=plan.currency or "",
+        meters=[_catalog_plan_meter(terms) for terms in plan.meters.values()],
+        prepaid=plan.prepaid,
+        credits_low_threshold="" if plan.credits_low_threshold is None else format_decimal(plan.credits_low_threshold),
+    )
+
+
+def _catalog_plan_meter(terms: PlanMeter) -> catalog_pb2.CatalogPlanMeter:
+    return catalog_pb2.CatalogPlanMeter(
+        meter_slug=terms.meter,
+        price_slug=terms.price,
+        limit="" if terms.limit is None else format_decimal(terms.limit),
+        included_quantity=format_decimal(terms.included),
+        reset_period=_RESETS[terms.reset],
+        limit_enforcement=_ENFORCEMENTS[terms.enforcement],
+        approaching_threshold_percent=format_decimal(terms.approaching_threshold),
     )
 
 

@@ -22,6 +22,7 @@ from metering.domain.decimals import format_decimal
 from metering.domain.errors import (
     BeforeFirstPeriod,
     BillingAnchorImmutable,
+    CatalogReloaded,
     CreditExceedsInvoiced,
     CreditsExhausted,
     DatabaseUnavailable,
@@ -427,6 +428,13 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
             grpc.StatusCode.PERMISSION_DENIED,
             str(exc),
             _info(metering_service_pb2.ERROR_REASON_METER_NOT_ALLOWED, caller=exc.caller, meter=exc.meter),
+        )
+    if isinstance(exc, CatalogReloaded):
+        return _status(
+            grpc.StatusCode.UNAVAILABLE,
+            str(exc),
+            _info(metering_service_pb2.ERROR_REASON_CATALOG_RELOADED, meter=exc.meter, price=exc.price),
+            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=0)),
         )
     if isinstance(exc, DatabaseUnavailable):
         return _status(

@@ -6,7 +6,7 @@ A token is base64url (unpadded) of
 
 where tag = HMAC-SHA256(key, "metering page token" NUL listing NUL body), the
 listing is the request message's full name (GetUsageRequest,
-ListUsageEventsRequest, ListInvoicesRequest), and the fingerprint is a hash of
+ListUsageEventsRequest, ListInvoicesRequest, ListCustomersRequest), and the fingerprint is a hash of
 the request without page_token and page_size (customer, meters, range,
 filters...). The key is one random row of the database (ledger.page_token_key),
 the same for every replica.
@@ -59,6 +59,7 @@ _TAG_BYTES = 32
 _DOMAIN = b"metering page token\x00"
 # A token longer than this is not one of ours (ours: well under 1 KiB), refused before decoding.
 MAX_TOKEN_CHARS = 4096
+_MAX_CUSTOMER_ID = 128
 
 NOT_OURS = "not a page token issued by this service (altered, truncated or forged)"
 OTHER_QUERY = "the token belongs to a different query: resend the original fields with it"
@@ -86,6 +87,13 @@ class InvoicesCursor:
     """Where a ListInvoices page ended: the last period's start (newest first)."""
 
     before: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CustomersCursor:
+    """Where a ListCustomers page ended: the last customer id (ascending, byte order)."""
+
+    after: str
 
 
 def fingerprint(request: Message) -> str:
@@ -117,6 +125,9 @@ class PageTokens:
 
     def invoices(self, request: Message, cursor: InvoicesCursor) -> str:
         return self.seal(request, {"before": cursor.before.isoformat()})
+
+    def customers(self, request: Message, cursor: CustomersCursor) -> str:
+        return self.seal(request, {"after": cursor.after})
 
     def seal(self, request: Message, cursor: dict[str, Any]) -> str:
         """A token for any cursor fields (the typed methods above; tests sign hostile cursors with it)."""
@@ -154,6 +165,17 @@ class PageTokens:
             return InvoicesCursor(_time(raw["before"]))
         except (KeyError, TypeError, ValueError):
             raise InvalidPageToken(NOT_OURS) from None
+
+    def customers_cursor(self, request: Message, token: str) -> CustomersCursor:
+        raw = self.open(request, token)
+        try:
+            after = _text(raw["after"])
+        except (KeyError, TypeError):
+            raise InvalidPageToken(NOT_OURS) from None
+        # A customer id as the service accepts them (api.validation): 1 to 128 printable ASCII.
+        if not 0 < len(after) <= _MAX_CUSTOMER_ID or not (after.isascii() and after.isprintable()) or " " in after:
+            raise InvalidPageToken(NOT_OURS)
+        return CustomersCursor(after)
 
     def open(self, request: Message, token: str) -> dict[str, Any]:
         """The cursor fields of a token this service issued for this listing and query."""

@@ -21,9 +21,10 @@ from typing import TypeAlias
 from metering.api import convert, validation
 from metering.api.auth import require_meter
 from metering.api.errors import to_rpc_status, write_ok_status
-from metering.api.page_tokens import EventsCursor, InvoicesCursor, PageTokens
+from metering.api.page_tokens import CustomersCursor, EventsCursor, InvoicesCursor, PageTokens
 from metering.delivery.stream import OutboxStream
 from metering.domain import decimals
+from metering.domain.catalog import Catalog
 from metering.domain.decimals import ZERO
 from metering.domain.errors import (
     BeforeFirstPeriod,
@@ -33,6 +34,7 @@ from metering.domain.errors import (
     PeriodClosed,
     TransactionConflict,
 )
+from metering.services.catalog import Catalogs
 from metering.services.credit_notes import CreditNotes
 from metering.services.entitlements import Entitlements
 from metering.services.invoicing import Invoicing
@@ -42,6 +44,7 @@ from metering.services.wallets import Wallets
 from metering.telemetry import metrics as m
 from metering.v1 import (
     billing_pb2,
+    catalog_pb2,
     customer_pb2,
     events_pb2,
     grants_pb2,
@@ -77,6 +80,7 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         stream: OutboxStream,
         page_tokens: PageTokens,
         *,
+        catalogs: Catalogs,
         credit_notes: CreditNotes,
         backfill_window: timedelta,
         wallets: Wallets,
@@ -86,12 +90,17 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         self._stream = stream
         self._page_tokens = page_tokens
         self._engine = engine
-        self._catalog = engine.catalog
+        self._catalogs = catalogs
         self._reporting = reporting
         self._invoicing = invoicing
         self._entitlements = entitlements
         self._metrics = metrics
         self._backfill_window = backfill_window
+
+    @property
+    def _catalog(self) -> Catalog:
+        """The catalog in force (a reload swaps it): each method reads it once."""
+        return self._catalogs.current.catalog
 
     async def RecordUsage(  # noqa: N802 - gRPC method name
         self, request: usage_pb2.RecordUsageRequest, context: Context
@@ -315,6 +324,21 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         record = await self._engine.get_customer(validation.customer_id(request.customer_id))
         return customer_pb2.GetCustomerResponse(customer=convert.customer(record))
 
+    async def ListCustomers(  # noqa: N802
+        self, request: customer_pb2.ListCustomersRequest, context: Context
+    ) -> customer_pb2.ListCustomersResponse:
+        page = await self._engine.list_customers(validation.list_customers(request, self._page_tokens))
+        response = convert.customers_page(page)
+        if page.next_after is not None:
+            response.next_page_token = self._page_tokens.customers(request, CustomersCursor(page.next_after))
+        return response
+
+    async def GetCatalog(  # noqa: N802
+        self, request: catalog_pb2.GetCatalogRequest, context: Context
+    ) -> catalog_pb2.GetCatalogResponse:
+        require_meter("")  # the catalog spans every meter
+        return convert.catalog(self._catalogs.current)
+
     async def WatchNotifications(  # noqa: N802
         self, request: notifications_pb2.WatchNotificationsRequest, context: Context
     ) -> AsyncIterator[notifications_pb2.WatchNotificationsResponse]:
@@ -335,12 +359,12 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         """Events validated one by one, then recorded together in order; each
         answer is what RecordUsage would answer (before encoding; without its
         balance unless `balances`), or its refusal."""
-        now = self._engine.now()
+        now, catalog = self._engine.now(), self._catalog  # read once for the whole group
         commands: list[UsageCommand | BaseException] = []
         for request in requests:
             try:
                 valid_command = validation.record_usage(
-                    request, self._catalog, now=now, backfill_window=self._backfill_window
+                    request, catalog, now=now, backfill_window=self._backfill_window
                 )
                 require_meter(valid_command.meter.slug)
                 commands.append(valid_command)

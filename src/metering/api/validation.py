@@ -21,7 +21,7 @@ from metering.domain.catalog import CURRENCY_RE, PROPERTY_KEY_RE, SLUG_RE, Aggre
 from metering.domain.credit_notes import CreditNoteCommand
 from metering.domain.decimals import ONE, DecimalFormatError, parse_decimal
 from metering.domain.errors import EventTooOld, FieldViolation, InvalidArgument, NotFound
-from metering.domain.notifications import NotificationType, WatchQuery
+from metering.domain.notifications import WatchQuery
 from metering.domain.periods import MAX_TIME, MIN_TIME
 from metering.domain.records import DRAFT, FINALIZED, CreditNoteLine, EventPosition, InvoiceLineKey
 from metering.domain.usage import UsageCommand
@@ -31,7 +31,7 @@ from metering.ledger.reporting import PropertyFilter
 from metering.services.entitlements import CommitCommand, GrantCommand, ReserveCommand
 from metering.services.invoicing import BillQuery, InvoicesQuery
 from metering.services.reporting import EventsQuery, UsageQuery
-from metering.services.usage import BalanceQuery
+from metering.services.usage import BalanceQuery, CustomersQuery
 from metering.services.wallets import WalletGrantCommand
 from metering.v1 import (
     billing_pb2,
@@ -45,7 +45,7 @@ from metering.v1 import (
     wallets_pb2,
 )
 from metering.wire.credit_notes import FROM_WIRE as CREDIT_NOTE_REASONS
-from metering.wire.notifications import NOTIFICATION_TYPES
+from metering.wire.notifications import NOTIFICATION_TYPE_NAMES
 
 if TYPE_CHECKING:
     from metering.api.page_tokens import PageTokens
@@ -61,6 +61,7 @@ MAX_FILTER_VALUES = 100
 USAGE_PAGE_SIZE = (1000, 10_000)  # default, maximum
 EVENTS_PAGE_SIZE = (100, 1000)
 INVOICES_PAGE_SIZE = (12, 100)
+CUSTOMERS_PAGE_SIZE = (100, 1000)
 MAX_BATCH_EVENTS = 1000
 MAX_REASON_LENGTH = 256
 MAX_CREDIT_NOTE_LINES = 100
@@ -296,15 +297,11 @@ def upsert_customer(request: customer_pb2.UpsertCustomerRequest) -> CustomerComm
     return CustomerCommand(request.customer_id, request.plan_slug, anchor)
 
 
-# The wire's one table of notification types, read the other way.
-_WATCH_TYPES: dict[int, NotificationType] = {number: kind for kind, number in NOTIFICATION_TYPES.items()}
-
-
 def watch_notifications(request: notifications_pb2.WatchNotificationsRequest, tokens: PageTokens) -> WatchQuery:
     violations = _Violations()
     types = set()
     for index, value in enumerate(request.types):
-        kind = _WATCH_TYPES.get(value)
+        kind = NOTIFICATION_TYPE_NAMES.get(value)
         if kind is None:
             violations.add(f"types[{index}]", "a NotificationType other than NOTIFICATION_TYPE_UNSPECIFIED")
         else:
@@ -367,8 +364,9 @@ def get_usage(request: usage_pb2.GetUsageRequest, catalog: Catalog, tokens: Page
         violations.add("window_size", f"unknown value {request.window_size}")
     zone = None
     try:
+        # OSError: a name the file system refuses (too long, say) before the zone database is read.
         zone = ZoneInfo(request.time_zone or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         violations.add("time_zone", f"not an IANA time zone: {request.time_zone[:64]!r}")
     group_by = list(request.group_by)
     if len(group_by) > MAX_GROUP_BY:
@@ -466,6 +464,17 @@ def list_invoices(request: invoices_pb2.ListInvoicesRequest, tokens: PageTokens)
         before = tokens.invoices_cursor(request, request.page_token).before
     assert statuses is not None
     return InvoicesQuery(request.customer_id, statuses, page_size, before)
+
+
+def list_customers(request: customer_pb2.ListCustomersRequest, tokens: PageTokens) -> CustomersQuery:
+    """A plan filter need not be in the catalog: customers left on a removed plan can be found."""
+    violations = _Violations()
+    if request.plan_slug:
+        _slug(violations, "plan_slug", request.plan_slug)
+    page_size = _page_size(violations, request.page_size, CUSTOMERS_PAGE_SIZE)
+    violations.raise_if_any()
+    after = tokens.customers_cursor(request, request.page_token).after if request.page_token else None
+    return CustomersQuery(request.plan_slug or None, page_size, after)
 
 
 def invoice_id(request: invoices_pb2.GetInvoiceRequest) -> uuid.UUID:

@@ -4,7 +4,7 @@
 Adding a command is one small function and one `client_command` declaration:
 
     def _customers(args: argparse.Namespace) -> int:
-        request = customer_pb2.ListCustomersRequest(plan_slug=args.plan, page_size=args.page_size or 100)
+        request = customer_pb2.ListCustomersRequest(plan_slug=args.plan, page_size=page_size(args, 100))
         return paged(args, "ListCustomers", request, "customers", render.customers)
 """
 
@@ -14,7 +14,7 @@ import argparse
 import sys
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from google.protobuf.duration_pb2 import Duration
@@ -25,7 +25,17 @@ from metering.cli.connection import connection, connection_arguments, print_erro
 from metering.cli.exits import Exit, UsageError, for_error
 from metering.cli.parsing import Runner, Subparsers, add_command
 from metering.client import NO_RETRIES, MeteringClient, MeteringError
-from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, invoices_pb2, reservations_pb2, usage_pb2
+from metering.v1 import (
+    billing_pb2,
+    catalog_pb2,
+    customer_pb2,
+    events_pb2,
+    grants_pb2,
+    invoices_pb2,
+    reservations_pb2,
+    usage_pb2,
+    wallets_pb2,
+)
 
 Renderer: TypeAlias = Callable[[Any], str]
 # What a definite answer means for the exit status: a reason to exit 1 (printed), or None for 0.
@@ -33,6 +43,11 @@ Verdict: TypeAlias = Callable[[Any], "str | None"]
 
 _INVOICE_STATUSES = {"draft": billing_pb2.INVOICE_STATUS_DRAFT, "finalized": billing_pb2.INVOICE_STATUS_FINALIZED}
 _WINDOWS = {"hour": usage_pb2.WINDOW_SIZE_HOUR, "day": usage_pb2.WINDOW_SIZE_DAY, "month": usage_pb2.WINDOW_SIZE_MONTH}
+_CREDIT_NOTE_REASONS: dict[str, invoices_pb2.CreditNoteReason] = {
+    name.removeprefix("CREDIT_NOTE_REASON_").lower().replace("_", "-"): cast(invoices_pb2.CreditNoteReason, number)
+    for name, number in invoices_pb2.CreditNoteReason.items()
+    if number != invoices_pb2.CREDIT_NOTE_REASON_UNSPECIFIED
+}
 _ALL_PAGE_SIZE = 1000  # the largest page every List RPC takes: --all makes as few calls as it can
 
 
@@ -151,10 +166,15 @@ def add_commands(commands: Subparsers) -> None:
         "bill",
         "estimate the bill of the current (or a past) period: line items",
         _bill,
-        ["metering bill acme", "metering bill acme --period-time 2026-10-15T00:00:00Z --json"],
+        [
+            "metering bill acme",
+            "metering bill acme --period-time 2026-10-15T00:00:00Z --json",
+            "metering bill acme --what-if pro",
+        ],
     )
     bill.add_argument("customer_id", metavar="CUSTOMER")
     bill.add_argument("--period-time", help="RFC 3339 instant inside the period (default: now)")
+    bill.add_argument("--what-if", metavar="PLAN", default="", help="also price the same usage on this plan")
 
     invoices = client_command(
         commands,
@@ -193,6 +213,24 @@ def add_commands(commands: Subparsers) -> None:
     )
     customer.add_argument("--billing-anchor", help="RFC 3339 anchor of a new customer (default: now)")
 
+    customers = client_command(
+        commands,
+        "customers",
+        "list customers by id (byte order), of every plan or of one",
+        _customers,
+        ["metering customers", "metering customers --plan pro --all --json"],
+    )
+    customers.add_argument("--plan", default="", metavar="PLAN", help="only the customers on this plan")
+    paging_arguments(customers, 100)
+
+    client_command(
+        commands,
+        "catalog",
+        "the catalog the service serves with: meters, prices and plans with their terms",
+        _catalog,
+        ["metering catalog", "metering catalog --json | jq -r '.plans[].slug'"],
+    )
+
     grant = client_command(
         commands,
         "grant",
@@ -220,6 +258,69 @@ def add_commands(commands: Subparsers) -> None:
     grants.add_argument("customer_id", metavar="CUSTOMER")
     grants.add_argument("meter_slug", metavar="METER", nargs="?", default="")
     grants.add_argument("--all", action="store_true", help="include expired grants")
+
+    wallet = client_command(
+        commands,
+        "wallet",
+        "a customer's prepaid credit: what is available, grant by grant in burn order",
+        _wallet,
+        ["metering wallet acme", "metering wallet acme --all --json"],
+    )
+    wallet.add_argument("customer_id", metavar="CUSTOMER")
+    wallet.add_argument("--all", action="store_true", help="include used-up and expired grants")
+
+    topup = client_command(
+        commands,
+        "topup",
+        "give a customer prepaid credit in money (a wallet grant)",
+        _topup,
+        [
+            "metering topup acme 20.00 USD --grant-id order-1042",
+            "metering topup acme 5 USD --promotional --priority 0 --expires 2027-01-01T00:00:00Z --meter ai_tokens",
+        ],
+    )
+    topup.add_argument("customer_id", metavar="CUSTOMER")
+    topup.add_argument("amount", metavar="AMOUNT", help="a positive decimal in the currency's minor units at most")
+    topup.add_argument("currency", metavar="CURRENCY", help="ISO 4217 code, the customer's plan's (e.g. USD)")
+    topup.add_argument("--grant-id", help="idempotency key (default: a new UUID)")
+    topup.add_argument("--promotional", action="store_true", help="promotional credit (default: paid)")
+    topup.add_argument("--priority", type=int, default=0, help="lower burns first (default 0)")
+    topup.add_argument("--effective", help="RFC 3339 time it starts counting (default: now)")
+    topup.add_argument("--expires", help="RFC 3339 time it stops counting (default: never)")
+    topup.add_argument(
+        "--meter", action="append", default=[], dest="meters", help="only for this meter (repeatable; default: all)"
+    )
+    topup.add_argument("--reason", default="")
+
+    credit_note = client_command(
+        commands,
+        "credit-note",
+        "credit a finalized invoice, whole or line by line (the invoice itself never changes)",
+        _credit_note,
+        [
+            "metering credit-note acme INVOICE --whole --reason goodwill --id cn-1",
+            "metering credit-note acme INVOICE --line ai_tokens tokens_std 1.50 --reason billing-error --id cn-2",
+        ],
+    )
+    credit_note.add_argument("customer_id", metavar="CUSTOMER")
+    credit_note.add_argument("invoice_id", metavar="INVOICE")
+    credit_note.add_argument(
+        "--reason",
+        required=True,
+        choices=sorted(_CREDIT_NOTE_REASONS),
+        help="why it is issued (duplicate, fraudulent, order-change and product-unsatisfactory are Stripe's reasons)",
+    )
+    credit_note.add_argument("--id", dest="credit_note_id", help="idempotency key (default: a new UUID)")
+    credit_note.add_argument("--memo", default="", help="free text about the reason")
+    target = credit_note.add_mutually_exclusive_group(required=True)
+    target.add_argument("--whole", action="store_true", help="credit what remains of the invoice's total")
+    target.add_argument(
+        "--line",
+        nargs=3,
+        action="append",
+        metavar=("METER", "PRICE", "AMOUNT"),
+        help="credit AMOUNT on the invoice line of METER at PRICE (repeatable)",
+    )
 
     reserve = client_command(
         commands,
@@ -390,7 +491,7 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def _bill(args: argparse.Namespace) -> int:
-    request = billing_pb2.EstimateBillRequest(customer_id=args.customer_id)
+    request = billing_pb2.EstimateBillRequest(customer_id=args.customer_id, what_if_plan_slug=args.what_if)
     _set_time(request.period_time, args.period_time, "--period-time")
     return call(args, "EstimateBill", request, render.bill)
 
@@ -421,6 +522,17 @@ def _customer(args: argparse.Namespace) -> int:
     )
 
 
+def _customers(args: argparse.Namespace) -> int:
+    request = customer_pb2.ListCustomersRequest(
+        plan_slug=args.plan, page_size=page_size(args, 100), page_token=args.page_token
+    )
+    return paged(args, "ListCustomers", request, "customers", render.customers)
+
+
+def _catalog(args: argparse.Namespace) -> int:
+    return call(args, "GetCatalog", catalog_pb2.GetCatalogRequest(), render.catalog)
+
+
 def _grant(args: argparse.Namespace) -> int:
     request = grants_pb2.GrantCreditsRequest(
         customer_id=args.customer_id,
@@ -438,6 +550,42 @@ def _grants(args: argparse.Namespace) -> int:
         customer_id=args.customer_id, meter_slug=args.meter_slug, include_expired=args.all
     )
     return call(args, "ListGrants", request, render.grants)
+
+
+def _wallet(args: argparse.Namespace) -> int:
+    request = wallets_pb2.GetWalletRequest(customer_id=args.customer_id, include_inactive=args.all)
+    return call(args, "GetWallet", request, render.wallet)
+
+
+def _topup(args: argparse.Namespace) -> int:
+    request = wallets_pb2.GrantWalletCreditRequest(
+        customer_id=args.customer_id,
+        grant_id=args.grant_id or str(uuid.uuid4()),
+        amount=billing_pb2.Money(currency_code=args.currency, amount=args.amount),
+        category=billing_pb2.CREDIT_CATEGORY_PROMOTIONAL if args.promotional else billing_pb2.CREDIT_CATEGORY_PAID,
+        priority=args.priority,
+        meter_slugs=args.meters,
+        reason=args.reason,
+    )
+    _set_time(request.effective_time, args.effective, "--effective")
+    _set_time(request.expire_time, args.expires, "--expires")
+    return call(args, "GrantWalletCredit", request, render.topup)
+
+
+def _credit_note(args: argparse.Namespace) -> int:
+    request = invoices_pb2.IssueCreditNoteRequest(
+        customer_id=args.customer_id,
+        invoice_id=args.invoice_id,
+        credit_note_id=args.credit_note_id or str(uuid.uuid4()),
+        reason=_CREDIT_NOTE_REASONS[args.reason],
+        memo=args.memo,
+        whole_invoice=args.whole,
+        lines=[
+            invoices_pb2.CreditNoteLineRequest(meter_slug=meter, price_slug=price, amount=amount)
+            for meter, price, amount in args.line or ()
+        ],
+    )
+    return call(args, "IssueCreditNote", request, render.credit_note)
 
 
 def _reserve(args: argparse.Namespace) -> int:

@@ -76,7 +76,8 @@ def add_commands(commands: Subparsers) -> None:
     reload = add_command(
         commands,
         "reload",
-        "make the running service re-read METERING_AUTH_FILE and METERING_WEBHOOKS_FILE (sends it SIGHUP)",
+        "make the running service re-read METERING_CATALOG, METERING_AUTH_FILE and METERING_WEBHOOKS_FILE "
+        "(sends it SIGHUP)",
         _reload,
         examples=["metering reload", "metering reload --pid 4242"],
         statuses="  0  SIGHUP sent (the service's log says what it applied)\n  2  no such process or pid file",
@@ -234,7 +235,7 @@ def _reload(args: argparse.Namespace) -> int:
     except PermissionError:
         raise ConfigError(f"process {pid} belongs to another user: run this as the service's user") from None
     print(
-        f"sent SIGHUP to process {pid}: it re-reads its auth and webhooks files; its log (and "
+        f"sent SIGHUP to process {pid}: it re-reads its catalog, auth and webhooks files; its log (and "
         "metering_config_reloads_total) says whether each was applied or refused"
     )
     return 0

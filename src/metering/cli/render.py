@@ -15,7 +15,17 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from metering.v1 import billing_pb2, customer_pb2, events_pb2, grants_pb2, invoices_pb2, reservations_pb2, usage_pb2
+from metering.v1 import (
+    billing_pb2,
+    catalog_pb2,
+    customer_pb2,
+    events_pb2,
+    grants_pb2,
+    invoices_pb2,
+    reservations_pb2,
+    usage_pb2,
+    wallets_pb2,
+)
 
 _NUMBER_RE = re.compile(r"^-?[0-9][0-9,]*(\.[0-9]+)?%?$")
 
@@ -156,18 +166,87 @@ def _status(value: int) -> str:
 
 
 def bill(response: billing_pb2.EstimateBillResponse) -> str:
-    head = _bill_text(response)
+    parts = [_bill_text(response)]
+    parts.extend(_credits_applied(response.credits_applied))
     state = _status(response.invoice_status)
     if response.invoice_id:
         state += f": invoice {response.invoice_id} (number {response.invoice_number}, {when(response.finalize_time)})"
-    return f"{head}\n{state}"
+    parts.append(state)
+    if response.HasField("what_if"):
+        parts.append(_what_if(response.what_if, response.total))
+    return "\n".join(parts)
+
+
+def _what_if(what_if: billing_pb2.WhatIfBill, current: billing_pb2.Money) -> str:
+    """The same usage priced on another plan, beside the current plan's total."""
+    rows = [
+        [
+            line.meter_slug,
+            line.price_slug,
+            line.quantity,
+            line.included_quantity,
+            line.billable_quantity,
+            line.amount.amount,
+        ]
+        for line in what_if.lines
+    ]
+    unlisted = (
+        [f"not on plan {what_if.plan_slug} (priced at their default price): {', '.join(what_if.unlisted_meter_slugs)}"]
+        if what_if.unlisted_meter_slugs
+        else []
+    )
+    return "\n".join(
+        [
+            f"what if on plan {what_if.plan_slug}:",
+            table(["meter", "price", "quantity", "included", "billable", "amount"], rows),
+            *unlisted,
+            f"total on {what_if.plan_slug}: {what_if.total.amount} {what_if.total.currency_code} "
+            f"(now {current.amount} {current.currency_code})",
+        ]
+    )
+
+
+def _credited_lines(note: invoices_pb2.CreditNote) -> str:
+    if note.whole_invoice:
+        return "whole invoice"
+    return ", ".join(f"{line.meter_slug}/{line.price_slug}" for line in note.lines)
+
+
+def _credits_applied(applied: Sequence[billing_pb2.CreditApplied]) -> list[str]:
+    if not applied:
+        return []
+    rows = [[c.grant_id, _category(c.category), c.amount.amount, c.amount.currency_code] for c in applied]
+    return ["wallet credit applied:", table(["grant", "category", "amount", "currency"], rows)]
+
+
+def _category(value: int) -> str:
+    return _enum_suffix(billing_pb2.CreditCategory.Name(value), "CREDIT_CATEGORY_")
 
 
 def invoice(message: invoices_pb2.Invoice) -> str:
     number = f" number {message.number}" if message.number else ""
     name = f"invoice {message.invoice_id}{number}" if message.invoice_id else "draft invoice"
     finalized = f", finalized {when(message.finalize_time)}" if message.HasField("finalize_time") else ""
-    return f"{name} ({_status(message.status)}{finalized})\n{_bill_text(message)}"
+    parts = [f"{name} ({_status(message.status)}{finalized})", _bill_text(message)]
+    parts.extend(_credits_applied(message.credits_applied))
+    if message.credit_notes:
+        rows = [
+            [
+                str(note.number),
+                note.credit_note_id,
+                _enum_suffix(invoices_pb2.CreditNoteReason.Name(note.reason), "CREDIT_NOTE_REASON_"),
+                _credited_lines(note),
+                note.amount.amount,
+                when(note.issue_time),
+            ]
+            for note in message.credit_notes
+        ]
+        parts.append("credit notes:")
+        parts.append(table(["number", "credit note", "reason", "credits", "amount", "issued"], rows))
+        parts.append(
+            f"credited {message.credited.amount}, net total {message.net_total.amount} {message.total.currency_code}"
+        )
+    return "\n".join(parts)
 
 
 def invoices(response: invoices_pb2.ListInvoicesResponse) -> str:
@@ -220,6 +299,76 @@ def customer(c: customer_pb2.Customer, *, created: bool | None = None) -> str:
     return f"customer {c.customer_id}{state}: plan {c.plan_slug}, billing anchor {when(c.billing_anchor_time)}"
 
 
+def customers(response: customer_pb2.ListCustomersResponse) -> str:
+    rows = [[c.customer_id, c.plan_slug, when(c.billing_anchor_time), when(c.create_time)] for c in response.customers]
+    return table(["customer", "plan", "billing anchor", "created"], rows) + more(response.next_page_token)
+
+
+def catalog(response: catalog_pb2.GetCatalogResponse) -> str:
+    """Meters, prices and plans, one table each (a plan's meters in its own table)."""
+    meters = [
+        [
+            m.slug,
+            _enum_suffix(usage_pb2.Aggregation.Name(m.aggregation), "AGGREGATION_"),
+            m.unit,
+            m.unique_property or "-",
+            ",".join(m.dimensions) or "-",
+            m.default_price_slug or m.no_charge_price_slug,
+        ]
+        for m in response.meters
+    ]
+    prices = [
+        [
+            p.slug,
+            p.meter_slug,
+            _enum_suffix(billing_pb2.PricingModel.Name(p.pricing_model), "PRICING_MODEL_"),
+            p.currency_code or "-",
+            _price_terms(p),
+        ]
+        for p in response.prices
+    ]
+    parts = [
+        f"catalog revision {response.revision[:12]}, loaded {when(response.load_time)}",
+        table(["meter", "aggregation", "unit", "counts", "dimensions", "default price"], meters),
+        table(["price", "meter", "model", "currency", "amounts"], prices),
+    ]
+    for plan in response.plans:
+        terms = [
+            [
+                t.meter_slug,
+                t.price_slug,
+                t.limit or "unlimited",
+                t.included_quantity,
+                _enum_suffix(usage_pb2.ResetPeriod.Name(t.reset_period), "RESET_PERIOD_"),
+                _enum_suffix(usage_pb2.LimitEnforcement.Name(t.limit_enforcement), "LIMIT_ENFORCEMENT_"),
+                f"{t.approaching_threshold_percent}%",
+            ]
+            for t in plan.meters
+        ]
+        prepaid = ", prepaid" if plan.prepaid else ""
+        heading = f"plan {plan.slug} ({plan.name}, {plan.currency_code}{prepaid}); meters it does not list: unlimited"
+        parts.append(
+            heading + "\n" + table(["meter", "price", "limit", "included", "reset", "enforcement", "warn at"], terms)
+        )
+    return "\n\n".join(parts)
+
+
+def _price_terms(p: catalog_pb2.CatalogPrice) -> str:
+    if p.no_charge:
+        return "0 (no charge)"
+    if p.tiers:
+        return "; ".join(_tier(t) for t in p.tiers)
+    if p.package_size:
+        rounding = _enum_suffix(catalog_pb2.PackageRounding.Name(p.package_rounding), "PACKAGE_ROUNDING_")
+        return f"{p.unit_amount} per {p.package_size} (rounded {rounding})"
+    return f"{p.unit_amount} per unit"
+
+
+def _tier(t: catalog_pb2.CatalogPriceTier) -> str:
+    flat = f" + {t.flat_amount} flat" if t.flat_amount not in ("", "0") else ""
+    return f"{'to ' + t.up_to_quantity if t.up_to_quantity else 'above'}: {t.unit_amount}/unit{flat}"
+
+
 def grants(response: grants_pb2.ListGrantsResponse) -> str:
     rows = [
         [
@@ -259,4 +408,53 @@ def void(response: events_pb2.VoidUsageResponse) -> str:
     verb = "already voided" if response.duplicate else "voided"
     return f"{verb}: transaction {e.transaction_id} ({e.quantity} {e.meter_slug}): {e.void_reason}\n" + _balance_line(
         response.balance
+    )
+
+
+def wallet(response: wallets_pb2.GetWalletResponse) -> str:
+    w = response.wallet
+    currency = w.available.currency_code
+    prepaid = (
+        "prepaid plan: usage the credit cannot pay is refused" if w.prepaid else "usage beyond the credit is billed"
+    )
+    low = f", credits.low below {w.low_threshold.amount}" if w.HasField("low_threshold") else ""
+    rows = [
+        [
+            g.grant_id,
+            _category(g.category),
+            str(g.priority),
+            g.amount.amount,
+            g.remaining.amount,
+            when(g.effective_time),
+            when(g.expire_time),
+            ",".join(g.meter_slugs) or "all",
+            "active" if g.active else "inactive",
+        ]
+        for g in w.grants
+    ]
+    return "\n".join(
+        [
+            f"customer {response.customer_id}: {w.available.amount} {currency} available ({prepaid}{low})",
+            table(["grant", "category", "priority", "amount", "remaining", "from", "until", "meters", "state"], rows),
+        ]
+    )
+
+
+def topup(response: wallets_pb2.GrantWalletCreditResponse) -> str:
+    g = response.grant
+    verb = "already granted (duplicate)" if response.duplicate else "granted"
+    return (
+        f"{verb}: {g.amount.amount} {g.amount.currency_code} of {_category(g.category).lower()} credit as "
+        f"{g.grant_id}; {response.wallet.available.amount} {response.wallet.available.currency_code} available"
+    )
+
+
+def credit_note(response: invoices_pb2.IssueCreditNoteResponse) -> str:
+    note = response.credit_note
+    verb = "already issued (duplicate)" if response.duplicate else "issued"
+    invoice = response.invoice
+    return (
+        f"{verb}: credit note {note.credit_note_id} (number {note.number}) of {note.amount.amount} "
+        f"{note.amount.currency_code} against invoice {note.invoice_id}; invoice total {invoice.total.amount}, "
+        f"credited {invoice.credited.amount}, net {invoice.net_total.amount} {invoice.total.currency_code}"
     )

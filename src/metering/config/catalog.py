@@ -19,8 +19,9 @@ File shape (see config/sample_catalog.toml):
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
@@ -78,7 +79,8 @@ def parse_catalog(text: str, *, source: str = "<memory>") -> Catalog:
         document = parse_document(text)
     except UnreadableFile as exc:
         raise CatalogError(source, [exc.reason]) from exc
-    return _CatalogParser(source).parse(document)
+    catalog = _CatalogParser(source).parse(document)
+    return replace(catalog, revision=hashlib.sha256(text.encode()).hexdigest())
 
 
 @dataclass

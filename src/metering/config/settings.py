@@ -6,6 +6,7 @@ refuses a malformed value with a message naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None  # None: start an embedded PostgreSQL; may name several hosts (failover)
-    grpc_host: str
+    grpc_host: str  # unset: every interface with an auth file, else loopback only (default_host)
     grpc_port: int  # 0: any free port (printed at start-up)
     metrics_host: str
     metrics_port: int  # 0: any free port (printed at start-up)
@@ -83,7 +84,7 @@ class Settings:
     read_database_url: str | None = None
     read_max_lag: timedelta = timedelta(seconds=5)  # reads go to the primary past this replica lag
     # The HTTP edge (metering.api.http): Connect, gRPC-Web and GET /healthz on their own port.
-    http_host: str = "0.0.0.0"  # noqa: S104 - METERING_HTTP_HOST, else the gRPC host
+    http_host: str = "127.0.0.1"  # METERING_HTTP_HOST, else the gRPC host (and its default)
     http_port: int | None = 8080  # 0: any free port (printed at start-up); None (`off`): no HTTP edge
     http_cors_origins: tuple[str, ...] = ()  # origins browsers may call from ("*": any); none by default
     # How long one host of METERING_DATABASE_URL may take to connect before the
@@ -94,11 +95,13 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         reader = _Reader(env)
+        auth_file = reader.text("METERING_AUTH_FILE") or None
+        grpc_host = reader.text("METERING_GRPC_HOST") or default_host(auth_file)
         settings = cls(
             database_url=reader.text("METERING_DATABASE_URL") or None,
-            grpc_host=reader.text("METERING_GRPC_HOST", "0.0.0.0"),  # noqa: S104 - a network service
+            grpc_host=grpc_host,
             grpc_port=reader.port("METERING_GRPC_PORT", 50051),
-            metrics_host=reader.text("METERING_METRICS_HOST", "0.0.0.0"),  # noqa: S104
+            metrics_host=reader.text("METERING_METRICS_HOST") or default_host(auth_file),
             metrics_port=reader.port("METERING_METRICS_PORT", 9464),
             catalog_path=reader.text("METERING_CATALOG") or None,
             db_pool_min=reader.integer("METERING_DB_POOL_MIN", 2, minimum=0),
@@ -119,7 +122,7 @@ class Settings:
             writer_bulk_workers=reader.integer("METERING_WRITER_BULK_WORKERS", 1, minimum=0, maximum=8),
             writer_linger=reader.duration("METERING_WRITER_LINGER", "2ms"),
             read_linger=reader.duration("METERING_READ_LINGER", "1ms"),
-            auth_file=reader.text("METERING_AUTH_FILE") or None,
+            auth_file=auth_file,
             allow_unauthenticated=reader.flag("METERING_ALLOW_UNAUTHENTICATED"),
             tls_cert=reader.text("METERING_TLS_CERT") or None,
             tls_key=reader.text("METERING_TLS_KEY") or None,
@@ -151,7 +154,7 @@ class Settings:
             workers=reader.workers("METERING_WORKERS"),
             shutdown_delay=reader.duration("METERING_SHUTDOWN_DELAY", "0s"),
             # The gRPC host unless said otherwise: one variable keeps both edges on loopback.
-            http_host=reader.text("METERING_HTTP_HOST") or reader.text("METERING_GRPC_HOST", "0.0.0.0"),  # noqa: S104
+            http_host=reader.text("METERING_HTTP_HOST") or grpc_host,
             http_port=reader.optional_port("METERING_HTTP_PORT", 8080),
             http_cors_origins=reader.origins("METERING_HTTP_CORS_ORIGINS"),
             db_connect_timeout=_connect_timeout(reader),
@@ -190,6 +193,24 @@ class Settings:
         if settings.read_max_lag <= timedelta(0):
             raise ConfigError("METERING_READ_MAX_LAG must be more than 0")
         return settings
+
+
+def default_host(auth_file: str | None) -> str:
+    """Where the service listens when METERING_GRPC_HOST (or METERING_METRICS_HOST) is unset:
+    on every interface only when callers must authenticate (an auth file); while anyone may
+    call, on this machine only."""
+    return "0.0.0.0" if auth_file else "127.0.0.1"  # noqa: S104 - a network service, once callers authenticate
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the port on this machine (127.0.0.0/8, ::1, localhost).
+    Any other name is taken as reachable from elsewhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,6 +145,9 @@ class Catalog:
     prices: Mapping[str, Price]  # includes every meter's built-in no-charge price
     plans: Mapping[str, Plan]
     source: str = "<memory>"
+    # The hexadecimal SHA-256 of the file the catalog was read from (GetCatalog's
+    # revision): equal revisions, equal catalogs.
+    revision: str = ""
 
     # The one get-or-NotFound of each kind: a well-formed reference to
     # something the catalog does not have (or no longer has: a plan customers
@@ -167,6 +170,18 @@ class Catalog:
         if found is None:
             raise NotFound("price", slug)
         return found
+
+    def defines(self, meter: Meter, price: Price | None = None) -> bool:
+        """Whether this catalog has this very meter (and price): False for the
+        references of a request validated under a catalog a reload replaced
+        that changed them. Identity first: once per event."""
+        found = self.meters.get(meter.slug)
+        if found is not meter and found != meter:
+            return False
+        if price is None:
+            return True
+        known = self.prices.get(price.slug)
+        return known is price or known == price
 
     def plan_meter(self, plan: Plan, meter: Meter) -> PlanMeter:
         """The plan's terms for a meter; a meter the plan does not list is unlimited,

@@ -126,6 +126,20 @@ class DatabaseUnavailable(MeteringError):
     """The ledger database cannot be reached or did not answer in time."""
 
 
+class CatalogReloaded(MeteringError):
+    """The catalog was reloaded between an event's validation and its
+    recording, and the meter or price the event names changed: nothing was
+    written, and a retry is checked against the catalog now in force."""
+
+    def __init__(self, meter: str, price: str) -> None:
+        self.meter = meter
+        self.price = price  # "" when the event named its meter
+        super().__init__(
+            "the catalog was reloaded during the call and changed "
+            f"{f'price {price!r}' if price else f'meter {meter!r}'}; retry with the same transaction id"
+        )
+
+
 class ShuttingDown(MeteringError):
     """This server's drain has begun: it takes no new call (another replica will)."""
 

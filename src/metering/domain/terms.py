@@ -57,8 +57,8 @@ class MeterBalance:
 @dataclass(frozen=True, slots=True)
 class PlanTerms:
     """What a plan says of a meter, in every form a decision or a balance
-    needs. Built once per plan and meter (TermsBook): the catalog never
-    changes while serving."""
+    needs. Built once per plan and meter (TermsBook): a catalog never
+    changes (a reload brings another one, with a TermsBook of its own)."""
 
     plan: Plan
     meter: Meter

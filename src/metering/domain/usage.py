@@ -27,6 +27,7 @@ from uuid import UUID
 from metering.domain import closing, decimals, limits, notifications, terms, wallets
 from metering.domain.catalog import Meter, PlanMeter, Price
 from metering.domain.errors import (
+    CatalogReloaded,
     CreditsExhausted,
     InvalidArgument,
     MeteringError,
@@ -154,9 +155,13 @@ def resolve(command: UsageCommand, customer: CustomerRecord | None, book: terms.
         # No event was ever recorded for an unknown customer: a bad time
         # is refused as it was sent, before the reference.
         raise command.too_old or NotFound("customer", command.customer_id)
+    named = command.price
+    if not book.catalog.defines(command.meter, named):
+        # Validated under the catalog a reload has since replaced, which
+        # changed what the event names: decided under neither.
+        raise CatalogReloaded(command.meter.slug, named.slug if named else "")
     known = book.of(customer.plan_slug, command.meter)
     plan_terms = known.terms
-    named = command.price
     if named is not None and named.currency is not None and named.currency != known.plan.currency:
         raise PriceCurrencyMismatch(named.slug, named.currency, known.plan.currency or "")
     event_time = command.event_time or command.received_at

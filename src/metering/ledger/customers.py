@@ -1,4 +1,5 @@
-"""The customers store: customers, voids, event lookups and counter reads.
+"""The customers store: customers and their listing, voids, event lookups,
+counter reads, and what a catalog change would strand.
 
 Events are written by the batching writer (metering.ledger.writer); grants
 and reservations by metering.ledger.entitlements.
@@ -10,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
+from metering.domain.catalog_change import CatalogUse, UsageQuestion
 from metering.domain.errors import BillingAnchorImmutable
 from metering.domain.periods import Period
 from metering.domain.records import (
@@ -22,7 +24,52 @@ from metering.domain.usage import CounterKey, WalletTerms
 from metering.ledger import rollups, steps, wallets
 from metering.ledger.counters import CounterReader, Readings
 from metering.ledger.pool import ConnectionSource, PoolUser, translate_errors
-from metering.ledger.sql import CUSTOMER_COLUMNS
+from metering.ledger.sql import CUSTOMER_COLUMNS, Sql
+
+# How long the reload's questions about recorded usage may take: each walks
+# every customer (one index probe per customer and meter, price or plan asked
+# about), far past an ordinary call's METERING_DB_TIMEOUT on a large ledger.
+CATALOG_CHECK_TIMEOUT_SECONDS = 300.0
+
+# An event of a billing period not finalized yet: at or after the customer's
+# closed_through (events before its billing anchor are never accepted).
+_OPEN = "(c.closed_through IS NULL OR e.event_time >= c.closed_through)"
+
+# Meters of $1 with events (of an open period: {open}) of any customer.
+_METERS_WITH_EVENTS = """
+SELECT m.slug FROM unnest($1::text[]) AS m (slug)
+ WHERE EXISTS (SELECT 1 FROM customers c
+                WHERE EXISTS (SELECT 1 FROM usage_events e
+                               WHERE e.customer_id = c.customer_id AND e.meter_slug = m.slug AND {open}))
+"""
+
+# Prices of $1 (of the meters $2) that events of an open period were priced with.
+_PRICES_IN_USE = f"""
+SELECT p.slug FROM unnest($1::text[], $2::text[]) AS p (slug, meter_slug)
+ WHERE EXISTS (SELECT 1 FROM customers c
+                WHERE EXISTS (SELECT 1 FROM usage_events e
+                               WHERE e.customer_id = c.customer_id AND e.meter_slug = p.meter_slug
+                                 AND e.price_slug = p.slug AND {_OPEN}))
+"""
+
+# Plans of $1 a customer is on, or that a period not finalized yet may be
+# billed with: the plan in effect at its end (metering.ledger.reporting
+# plan_at) is one of the plan changes since closed_through, or the last one
+# before it.
+_PLANS_IN_USE = """
+SELECT DISTINCT p.plan_slug FROM customers c
+ CROSS JOIN LATERAL (
+        SELECT c.plan_slug
+        UNION ALL
+        SELECT h.plan_slug FROM customer_plan_history h
+         WHERE h.customer_id = c.customer_id AND (c.closed_through IS NULL OR h.effective_at >= c.closed_through)
+        UNION ALL
+        (SELECT h.plan_slug FROM customer_plan_history h
+          WHERE h.customer_id = c.customer_id AND h.effective_at < c.closed_through
+          ORDER BY h.effective_at DESC LIMIT 1)
+       ) AS p (plan_slug)
+ WHERE p.plan_slug = ANY($1::text[])
+"""
 
 
 class CustomerUpsert(NamedTuple):
@@ -69,6 +116,23 @@ class CustomerStore(PoolUser):
                 customer_id,
             )
         return None if row is None else CustomerRecord(**dict(row))
+
+    async def list_customers(self, plan_slug: str | None, after: str | None, limit: int) -> list[CustomerRecord]:
+        """Up to `limit` customers (of `plan_slug`, or of every plan) by
+        customer id in byte order, strictly after `after`."""
+        sql = Sql()
+        conditions = ["TRUE"]
+        if plan_slug is not None:
+            conditions.append(f"plan_slug = {sql.param(plan_slug)}")
+        if after is not None:
+            conditions.append(f'customer_id COLLATE "C" > {sql.param(after)}')
+        statement = (
+            f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE {' AND '.join(conditions)} "
+            f'ORDER BY customer_id COLLATE "C" LIMIT {sql.param(limit)}'
+        )
+        async with translate_errors(), self._connection() as conn:
+            rows = await conn.fetch(statement, *sql.args)
+        return [CustomerRecord(**dict(row)) for row in rows]
 
     async def upsert_customer(
         self,
@@ -174,3 +238,30 @@ class CustomerStore(PoolUser):
         counters in `keys` with its grants and holds; concurrent reads
         share statements (metering.ledger.counters)."""
         return await self._reader.read(customer_id, keys, at)
+
+    # -- catalog changes --------------------------------------------------------
+
+    async def catalog_use(self, question: UsageQuestion) -> CatalogUse:
+        """Which of the meters, prices and plans a catalog change touches have
+        usage it would strand (metering.domain.catalog_change); no query for
+        a kind not asked about. One read-only transaction, so every answer is
+        of the same snapshot."""
+        if question.empty:
+            return CatalogUse()
+        timeout = CATALOG_CHECK_TIMEOUT_SECONDS
+        # Unbounded: each statement is bounded by the timeout, the whole by their number.
+        async with translate_errors(), self._connection(bounded=False) as conn, conn.transaction(readonly=True):
+            await conn.execute(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
+
+            async def slugs(statement: str, *args: object) -> frozenset[str]:
+                if not args[0]:
+                    return frozenset()
+                return frozenset(row[0] for row in await conn.fetch(statement, *args, timeout=timeout))
+
+            prices = list(question.prices.items())
+            return CatalogUse(
+                open_meters=await slugs(_METERS_WITH_EVENTS.format(open=_OPEN), list(question.meters)),
+                recorded_meters=await slugs(_METERS_WITH_EVENTS.format(open="TRUE"), list(question.layouts)),
+                prices=await slugs(_PRICES_IN_USE, [p for p, _ in prices], [m for _, m in prices]),
+                plans=await slugs(_PLANS_IN_USE, list(question.plans)),
+            )

@@ -69,7 +69,7 @@ from metering.ledger.pool import Pool, is_unavailable
 from metering.runtime.database import Database, connect, open_database, open_replica_pool, prepare_database
 from metering.runtime.wiring import Pools, Service, build, server_credentials
 from metering.telemetry import logs
-from metering.telemetry.metrics import Metrics
+from metering.telemetry.metrics import Metrics, WorkersState
 from metering.telemetry.tracing import Tracing
 from metering.telemetry.tracing import start as start_tracing
 
@@ -80,6 +80,19 @@ log = logging.getLogger(__name__)
 GC_THRESHOLD = 20_000
 # A worker's first line on stdout once it serves; its supervisor waits for it.
 WORKER_READY = "metering worker"
+
+
+@dataclass
+class Serving:
+    """Whether this process serves gRPC and whether it is stopping, for GET /health on its
+    metrics port (a single process's; a supervisor answers for its workers, the same way).
+    Read from the metrics thread: plain attribute reads."""
+
+    started: bool = False
+    stopping: bool = False  # from SIGTERM on: NOT_SERVING, though calls are served until the drain
+
+    def state(self) -> WorkersState:
+        return WorkersState(configured=1, serving=1 if self.started else 0, restarts=0, stopping=self.stopping)
 
 
 class BackgroundFailed(RuntimeError):
@@ -158,8 +171,9 @@ async def serve(settings: Settings, worker: int | None = None) -> None:
         stack.push_async_callback(service.stores.writer.close)  # its workers run from construction
         background = Background(stack, signals.stop)
         await _start_beside_the_server(stack, service, background, worker)
-        grpc_port, http_port, metrics_port = await _start_serving(stack, service, credentials, worker)
-        _start_after_serving(stack, service, background, signals)
+        serving = Serving()
+        grpc_port, http_port, metrics_port = await _start_serving(stack, service, credentials, worker, serving)
+        _start_after_serving(stack, service, background, signals, serving)
         _announce(service, database, grpc_port, http_port, metrics_port, worker, tracing=tracing is not None)
         await signals.stop.wait()
     log.info("stopped")
@@ -227,6 +241,7 @@ async def _start_serving(
     service: Service,
     credentials: grpc.ServerCredentials | None,
     worker: int | None,
+    serving: Serving,
 ) -> tuple[int, int | None, int | None]:
     """Listen and serve; returns the gRPC port, the HTTP port (None: off) and the
     metrics port (None: a worker's metrics are served by its supervisor, summed
@@ -238,7 +253,9 @@ async def _start_serving(
         grpc_port = service.server.add_insecure_port(address)
     else:
         grpc_port = service.server.add_secure_port(address, credentials)
-    metrics_port = service.metrics.serve(settings.metrics_host, settings.metrics_port) if worker is None else None
+    metrics_port = None
+    if worker is None:
+        metrics_port = service.metrics.serve(settings.metrics_host, settings.metrics_port, serving.state)
     # A batch of 1000 events holds tens of thousands of small objects until
     # it is answered. At the default threshold (700) they set off young
     # collections that promote them, and full collections that walk the
@@ -249,11 +266,12 @@ async def _start_serving(
     await service.server.start()
     stack.push_async_callback(_drain, service)
     http_port = None if service.http is None else await service.http.start()
+    serving.started = True  # GET /health: 200 once both edges serve
     return grpc_port, http_port, metrics_port
 
 
 def _start_after_serving(
-    stack: contextlib.AsyncExitStack, service: Service, background: Background, signals: Signals
+    stack: contextlib.AsyncExitStack, service: Service, background: Background, signals: Signals, serving: Serving
 ) -> None:
     """The closer and the exporter stop before the drain, once the balancers
     have had METERING_SHUTDOWN_DELAY to see NOT_SERVING; the reload handler
@@ -263,11 +281,12 @@ def _start_after_serving(
     background.start("closer", service.closer.run())
     if service.delivery.exporter is not None:
         background.start("Stripe exporter", service.delivery.exporter.run())
-    stack.push_async_callback(_leave_the_balancers, service)
+    stack.push_async_callback(_leave_the_balancers, service, serving)
     background.start("reload handler", service.reloader.run(signals.reload))
 
 
-async def _leave_the_balancers(service: Service) -> None:
+async def _leave_the_balancers(service: Service, serving: Serving) -> None:
+    serving.stopping = True  # GET /health: 503 from now on
     await service.health.shutting_down()  # NOT_SERVING first: load balancers stop sending new calls
     delay = service.config.settings.shutdown_delay.total_seconds()
     if delay:

@@ -51,6 +51,7 @@ from metering.ledger.wallets import WalletStore
 from metering.ledger.writer import BatchWriter
 from metering.runtime.http import HttpServer
 from metering.runtime.reload import ConfigReloader
+from metering.services.catalog import Catalogs
 from metering.services.credit_notes import CreditNotes
 from metering.services.entitlements import Entitlements
 from metering.services.invoicing import Closer, Invoicing
@@ -154,9 +155,11 @@ def build(
     settings = config.settings
     metrics = _metrics(pools.primary, worker)
     stores = _stores(settings, pools.primary, metrics, tracing)
-    reporting = Reporting(config.catalog, stores.ledger, stores.reports, wallets=stores.wallets)
+    # The one catalog in force, swapped by a reload.
+    catalogs = Catalogs(config.catalog, stores.ledger, anchor_skew_tolerance=settings.anchor_skew_tolerance)
+    reporting = Reporting(catalogs, stores.ledger, stores.reports, wallets=stores.wallets)
     primary_reads = Reads(reporting, Invoicing(stores.ledger, stores.invoices, reporting), None)
-    reads = _reads(config, pools, metrics, stores, primary_reads)
+    reads = _reads(config, pools, metrics, stores, catalogs, primary_reads)
     delivery = _delivery(config, pools, metrics, page_tokens)
     health = DatabaseHealth(stores.ledger, metrics, interval=settings.health_interval, timeout=settings.db_timeout)
     authenticator = Authenticator(
@@ -165,18 +168,17 @@ def build(
         max_hold=settings.rate_limit_hold.total_seconds(),
     )
     servicer = MeteringServicer(
-        MeteringEngine(
-            config.catalog, stores.ledger, stores.writer, anchor_skew_tolerance=settings.anchor_skew_tolerance
-        ),
+        MeteringEngine(catalogs, stores.ledger, stores.writer),
         reads.reporting,
-        Entitlements(config.catalog, stores.ledger, stores.holds),
+        Entitlements(catalogs, stores.ledger, stores.holds),
         reads.invoicing,
         metrics,
         delivery.stream,
         page_tokens,
+        catalogs=catalogs,
         credit_notes=CreditNotes(stores.ledger, stores.invoices, on_notifications=metrics.count_notifications),
         backfill_window=settings.backfill_window,
-        wallets=Wallets(config.catalog, stores.ledger, stores.wallets),
+        wallets=Wallets(catalogs, stores.ledger, stores.wallets),
     )
     drain = Drain()
     return Service(
@@ -189,7 +191,7 @@ def build(
         closer=_closer(settings, stores, reporting, metrics),
         health=health,
         authenticator=authenticator,
-        reloader=ConfigReloader(config, authenticator, delivery.webhooks, delivery.retention, metrics),
+        reloader=ConfigReloader(config, catalogs, authenticator, delivery.webhooks, delivery.retention, metrics),
         server=_server(
             settings, servicer, health, ObservedServiceInterceptor(metrics, authenticator, drain), tracing, worker
         ),
@@ -285,7 +287,7 @@ def _closer(settings: Settings, stores: Stores, reporting: Reporting, metrics: M
     )
 
 
-def _reads(config: Config, pools: Pools, metrics: Metrics, stores: Stores, primary: Reads) -> Reads:
+def _reads(config: Config, pools: Pools, metrics: Metrics, stores: Stores, catalogs: Catalogs, primary: Reads) -> Reads:
     """The servicer's usage, bill and invoice reads through the replica router,
     or the primary's (`primary`) without a replica."""
     settings = config.settings
@@ -296,7 +298,7 @@ def _reads(config: Config, pools: Pools, metrics: Metrics, stores: Stores, prima
     ledger = ReadCustomerStore(router, stores.ledger, acquire_timeout=acquire_timeout)
     # Wallet credit is read on the primary: a bill's credit must match its burns.
     reporting = Reporting(
-        config.catalog, ledger, UsageReports(router, acquire_timeout=acquire_timeout), wallets=stores.wallets
+        catalogs, ledger, UsageReports(router, acquire_timeout=acquire_timeout), wallets=stores.wallets
     )
     invoices = ReadInvoiceStore(router, stores.invoices, acquire_timeout=acquire_timeout)
     return Reads(reporting, Invoicing(ledger, invoices, reporting), router)

@@ -14,15 +14,16 @@ from decimal import Decimal
 from typing import NamedTuple
 
 from metering.domain import limits
-from metering.domain.catalog import Catalog, Meter
+from metering.domain.catalog import Meter
 from metering.domain.decimals import ZERO
 from metering.domain.errors import FieldViolation, InvalidArgument, NotFound
 from metering.domain.periods import Period
 from metering.domain.records import GrantRecord, ReservationRecord, StoredEvent
-from metering.domain.terms import MeterBalance, PlanTerms, TermsBook
+from metering.domain.terms import MeterBalance, PlanTerms
 from metering.domain.usage import CounterKey
 from metering.ledger.customers import CustomerStore
 from metering.ledger.entitlements import EntitlementStore
+from metering.services.catalog import Catalogs
 from metering.services.usage import MeterGuard, allow_any_meter, require_customer, utc_now
 
 
@@ -95,14 +96,13 @@ class Entitlements:
 
     def __init__(
         self,
-        catalog: Catalog,
+        catalogs: Catalogs,
         ledger: CustomerStore,
         holds: EntitlementStore,
         *,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        self._catalog = catalog
-        self._book = TermsBook(catalog)
+        self._catalogs = catalogs
         self._ledger = ledger
         self._holds = holds
         self._clock = clock
@@ -115,7 +115,7 @@ class Entitlements:
         effective = command.effective_time or now
         expires = command.expire_time
         if command.expire_at_period_end:
-            expires = self._book.for_customer(customer, command.meter).period_at(effective).end
+            expires = self._catalogs.current.book.for_customer(customer, command.meter).period_at(effective).end
             if expires is None:
                 raise InvalidArgument(
                     [FieldViolation("expire_at_period_end", f"meter {command.meter.slug!r} never resets")]
@@ -137,14 +137,15 @@ class Entitlements:
         return GrantAnswer(next(v for v in views if v.grant.grant_id == stored.grant_id), duplicate)
 
     async def list_grants(self, customer_id: str, meter: Meter | None, *, include_expired: bool) -> list[GrantView]:
+        loaded = self._catalogs.current  # the whole call's catalog
         customer = await require_customer(self._ledger, customer_id)
-        self._catalog.plan(customer.plan_slug)  # NotFound even when the customer has no grants
+        loaded.catalog.plan(customer.plan_slug)  # NotFound even when the customer has no grants
         now = self._clock()
         grants = await self._holds.list_grants(customer_id, meter.slug if meter else None)
         by_meter: dict[str, list[GrantRecord]] = {}
         for grant in grants:
             by_meter.setdefault(grant.meter_slug, []).append(grant)
-        chains = {slug: self._book.for_customer(customer, self._catalog.meters[slug]) for slug in by_meter}
+        chains = {slug: loaded.book.for_customer(customer, loaded.catalog.meter(slug)) for slug in by_meter}
         keys = [CounterKey(customer_id, slug, chain.period_at(now).start) for slug, chain in chains.items()]
         _, readings, _ = await self._ledger.read_counters(customer_id, keys, now)
         views = []
@@ -171,7 +172,7 @@ class Entitlements:
 
     async def reserve(self, command: ReserveCommand) -> ReservationResult:
         customer = await require_customer(self._ledger, command.customer_id)
-        chain = self._book.for_customer(customer, command.meter)
+        chain = self._catalogs.current.book.for_customer(customer, command.meter)
         terms, period = chain.terms, chain.period_at(self._clock())
         outcome = await self._holds.reserve(
             command.customer_id, command.reservation_id, terms, command.quantity, period, command.ttl
@@ -205,6 +206,7 @@ class Entitlements:
         reservation = await self._holds.get_reservation(customer_id, reservation_id)
         if reservation is None:
             raise NotFound("reservation", reservation_id)
-        chain = self._book.for_customer(customer, self._catalog.meter(reservation.meter_slug))
+        loaded = self._catalogs.current
+        chain = loaded.book.for_customer(customer, loaded.catalog.meter(reservation.meter_slug))
         # The hold's own period, whatever the time now: its commit counts there.
         return reservation, chain.terms, chain.period_at(reservation.period_start)

@@ -19,12 +19,12 @@ from metering.domain.catalog import Catalog, Meter, Plan
 from metering.domain.errors import FieldViolation, InvalidArgument
 from metering.domain.periods import BillingPeriod
 from metering.domain.records import CustomerRecord, EventPosition, StoredEvent
-from metering.domain.terms import TermsBook
 from metering.domain.wallets import CreditApplied, credits_total
 from metering.domain.windows import TooManyWindowsError, Window, WindowSize, windows
 from metering.ledger.customers import CustomerStore
 from metering.ledger.reporting import AggregateQuery, PropertyFilter, UsageCursor, UsageReports
 from metering.ledger.wallets import WalletStore
+from metering.services.catalog import Catalogs
 from metering.services.usage import require_customer, utc_now
 
 
@@ -116,7 +116,7 @@ class Reporting:
 
     def __init__(
         self,
-        catalog: Catalog,
+        catalogs: Catalogs,
         ledger: CustomerStore,
         reports: UsageReports,
         *,
@@ -124,20 +124,20 @@ class Reporting:
         wallets: WalletStore | None = None,
     ) -> None:
         self._wallets = wallets  # None: bills apply no wallet credit (a reader without the primary's wallets)
-        self._catalog = catalog
-        self._book = TermsBook(catalog)
+        self._catalogs = catalogs
         self._ledger = ledger
         self._reports = reports
         self._clock = clock
 
     async def get_usage(self, query: UsageQuery) -> UsagePage:
+        loaded = self._catalogs.current  # the whole call's catalog
         customer = await require_customer(self._ledger, query.customer_id)
-        self._catalog.plan(customer.plan_slug)  # NotFound whatever the query's range
+        loaded.catalog.plan(customer.plan_slug)  # NotFound whatever the query's range
         now = query.cursor.now if query.cursor else self._clock()
         # All windows first, so a request too large is refused before any query runs.
         meter_windows = []
         for meter in query.meters:
-            start = query.start or self._book.for_customer(customer, meter).period_at(now).start
+            start = query.start or loaded.book.for_customer(customer, meter).period_at(now).start
             end = query.end or now
             if end <= start:
                 raise InvalidArgument([FieldViolation("end", "must be after start_time")])
@@ -197,18 +197,19 @@ class Reporting:
         """The bill of one of the customer's billing periods, priced from its
         usage now (EstimateBill, drafts, and the invoice the closer stores)."""
         customer_id = customer.customer_id
+        catalog = self._catalogs.current.catalog  # the whole bill's catalog
         # The plan in effect at the end of the period, or now for the current one.
         plan_time = min(period.end - timedelta(microseconds=1), self._clock())
         plan_slug = await self._reports.plan_at(customer_id, plan_time) or customer.plan_slug
-        plan = self._catalog.plan(plan_slug)
+        plan = catalog.plan(plan_slug)
         # The first period's bill includes the events accepted just before the anchor.
         usage = closing.usage_range(period, customer.billing_anchor)
         lines: list[BillLine] = []
-        for slug in bills.bill_meters(plan, await self._used_elsewhere(customer_id, plan, usage)):
-            meter = self._catalog.meters[slug]
+        for slug in bills.bill_meters(plan, await self._used_elsewhere(catalog, customer_id, plan, usage)):
+            meter = catalog.meters[slug]
             rows = await self._reports.aggregate(AggregateQuery(customer_id, meter, [usage], group_by_price=True))
             by_price = {row.groups[0]: row.value for row in rows if row.event_count}
-            lines.extend(bills.plan_lines(self._catalog, plan, meter, by_price))
+            lines.extend(bills.plan_lines(catalog, plan, meter, by_price))
         currency = bills.plan_currency(plan)
         # Wallet credit: what each grant's burns paid for this period's usage
         # (none, and no SQL, for a customer never given wallet credit).
@@ -222,16 +223,19 @@ class Reporting:
         """What the period's usage (so far, for the current period) would cost
         on `plan`: each meter's aggregate over the whole period, every price
         together, priced by the same rules as the bill (metering.domain.bills)."""
+        catalog = self._catalogs.current.catalog  # the whole bill's catalog
         customer_id = customer.customer_id
         times = closing.usage_range(period, customer.billing_anchor)  # as the bill's
-        unlisted = await self._used_elsewhere(customer_id, plan, times)
+        unlisted = await self._used_elsewhere(catalog, customer_id, plan, times)
         usage = {}
         for slug in bills.bill_meters(plan, unlisted):
-            [row] = await self._reports.aggregate(AggregateQuery(customer_id, self._catalog.meters[slug], [times]))
+            [row] = await self._reports.aggregate(AggregateQuery(customer_id, catalog.meters[slug], [times]))
             usage[slug] = row.value
-        return bills.what_if_bill(self._catalog, plan, usage, unlisted)
+        return bills.what_if_bill(catalog, plan, usage, unlisted)
 
-    async def _used_elsewhere(self, customer_id: str, plan: Plan, times: tuple[datetime, datetime]) -> list[str]:
+    async def _used_elsewhere(
+        self, catalog: Catalog, customer_id: str, plan: Plan, times: tuple[datetime, datetime]
+    ) -> list[str]:
         """The meters with usage at those event times (a bill's) that `plan` does not list."""
-        others = [slug for slug in self._catalog.meters if slug not in plan.meters]
+        others = [slug for slug in catalog.meters if slug not in plan.meters]
         return await self._reports.meters_with_usage(customer_id, *times, others)

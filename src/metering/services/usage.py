@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from metering.domain import closing, usage
@@ -28,11 +28,14 @@ from metering.domain.terms import MeterBalance, PlanTerms, TermsBook
 from metering.domain.usage import CounterKey, UsageCommand, Written
 from metering.ledger.customers import CustomerStore, CustomerUpsert
 from metering.ledger.writer import BatchWriter
+from metering.services.catalog import Catalogs
 
 __all__ = [
     "BalanceQuery",
     "BalanceReport",
     "CustomerCache",
+    "CustomersPage",
+    "CustomersQuery",
     "MeterBalance",
     "MeterGuard",
     "MeteringEngine",
@@ -71,6 +74,23 @@ class BalanceQuery:
     customer_id: str
     meter: Meter | None  # None: every meter of the plan
     requested: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomersQuery:
+    """A ListCustomers request, checked."""
+
+    plan_slug: str | None  # None: every plan
+    page_size: int
+    after: str | None  # the last customer id of the previous page
+
+
+@dataclass(frozen=True, slots=True)
+class CustomersPage:
+    """One page of customers by id, and where the next starts."""
+
+    customers: list[CustomerRecord]
+    next_after: str | None  # None: the last page
 
 
 @dataclass(slots=True)  # built per event: not frozen (see metering.domain.limits)
@@ -137,23 +157,22 @@ class MeteringEngine:
     changes or is checked where it is used; every write is decided in the ledger's transaction."""
 
     def __init__(
-        self,
-        catalog: Catalog,
-        ledger: CustomerStore,
-        writer: BatchWriter,
-        *,
-        anchor_skew_tolerance: timedelta,
-        clock: Callable[[], datetime] = utc_now,
+        self, catalogs: Catalogs, ledger: CustomerStore, writer: BatchWriter, *, clock: Callable[[], datetime] = utc_now
     ) -> None:
-        self.catalog = catalog
+        # Each call reads the catalog in force once (a reload swaps it whole):
+        # its TermsBook builds what a plan says of a meter once per plan and
+        # meter, not once per event, and remembers the periods of recent events
+        # and balances by customer anchor and reset.
+        self._catalogs = catalogs
         self.ledger = ledger
         self.writer = writer
         self._clock = clock
         self._customers = CustomerCache()
-        # The catalog never changes while serving: what a plan says of a meter
-        # is built once per plan and meter, not once per event; the periods of
-        # recent events and balances are remembered by customer anchor and reset.
-        self._book = TermsBook(catalog, anchor_skew_tolerance=anchor_skew_tolerance)
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog in force: read it once per call."""
+        return self._catalogs.current.catalog
 
     def now(self) -> datetime:
         return self._clock()
@@ -165,35 +184,38 @@ class MeteringEngine:
         message); each result is the event's outcome or the error refusing it.
         Without `balances` (a stream's summary shows none) results carry no
         balance, and none is computed."""
-        written = await self.writer.submit_group(commands, self._book)
+        book = self._catalogs.current.book  # the terms the writer decides under
+        written = await self.writer.submit_group(commands, book)
         results: list[RecordResult | BaseException] = []
         for command, item in zip(commands, written, strict=True):
             if isinstance(item, BaseException):
                 results.append(item)
                 continue
             try:
-                results.append(self._recorded(command, item, balances))
+                results.append(self._recorded(book, command, item, balances))
             except LimitExceeded as exc:
                 results.append(exc)
         return results
 
-    def _recorded(self, command: UsageCommand, written: Written, with_balance: bool = True) -> RecordResult:
+    def _recorded(
+        self, book: TermsBook, command: UsageCommand, written: Written, with_balance: bool = True
+    ) -> RecordResult:
         resolution = written.resolution
         plan_slug = resolution.terms.plan_slug
         outcome, period = written.outcome, resolution.period
         decision = outcome.decision
         if outcome.event is None:
             assert decision is not None
-            raise self._book.of(plan_slug, command.meter).limit_exceeded(
+            raise book.of(plan_slug, command.meter).limit_exceeded(
                 period, available=decision.available_before or ZERO, requested=decision.cost
             )
         overage = decision.overage if decision is not None else ZERO
         if not with_balance:
             return RecordResult(plan_slug, outcome.event, outcome.duplicate, None, overage)
-        known = self._book.of(plan_slug, command.meter)
+        known = book.of(plan_slug, command.meter)
         if outcome.duplicate:
             # The original event counted in the period of its own event time.
-            period = known.event_period(outcome.event.event_time, resolution.billing_anchor, self._book.periods)
+            period = known.event_period(outcome.event.event_time, resolution.billing_anchor, book.periods)
         return RecordResult(
             plan_slug, outcome.event, outcome.duplicate, known.balance(period, outcome.reading), overage
         )
@@ -202,15 +224,17 @@ class MeteringEngine:
         """One round trip in the common case: the billing anchor never changes,
         so it may come from a cache; the plan may, so the statement that reads
         the counters reads it too, and a changed plan is re-read at once."""
+        loaded = self._catalogs.current  # the whole call's catalog
+        catalog, book = loaded.catalog, loaded.book
         customer = self._customers.get(query.customer_id) or await self._load_customer(query.customer_id)
         now = self._clock()
         for _ in range(2):
-            plan = self.catalog.plan(customer.plan_slug)
-            meters = [query.meter] if query.meter else [self.catalog.meters[slug] for slug in plan.meters]
+            plan = catalog.plan(customer.plan_slug)
+            meters = [query.meter] if query.meter else [catalog.meters[slug] for slug in plan.meters]
             wanted: list[tuple[PlanTerms, Period, CounterKey]] = []
             for meter in meters:
-                known = self._book.of(plan.slug, meter)
-                period = known.period_at(now, customer.billing_anchor, self._book.periods)
+                known = book.of(plan.slug, meter)
+                period = known.period_at(now, customer.billing_anchor, book.periods)
                 wanted.append((known, period, CounterKey(customer.customer_id, meter.slug, period.start)))
             current_plan, readings, has_wallet = await self.ledger.read_counters(
                 customer.customer_id, [key for _, _, key in wanted], now
@@ -241,7 +265,8 @@ class MeteringEngine:
         if event is None:
             raise NotFound("event", transaction_id)
         allow_meter(event.meter_slug)
-        chain = self._book.for_customer(customer, self.catalog.meter(event.meter_slug))
+        loaded = self._catalogs.current
+        chain = loaded.book.for_customer(customer, loaded.catalog.meter(event.meter_slug))
         period = chain.event_period(event.event_time)
         # Refused in the ledger's transaction, under the customer's lock, once
         # the event's billing period is finalized; during its grace a void counts.
@@ -264,3 +289,10 @@ class MeteringEngine:
 
     async def get_customer(self, customer_id: str) -> CustomerRecord:
         return await require_customer(self.ledger, customer_id)
+
+    async def list_customers(self, query: CustomersQuery) -> CustomersPage:
+        """A page of customers by id (of one plan, or of every plan)."""
+        found = await self.ledger.list_customers(query.plan_slug, query.after, query.page_size + 1)
+        page = found[: query.page_size]
+        next_after = page[-1].customer_id if len(found) > query.page_size else None
+        return CustomersPage(page, next_after)

@@ -12,13 +12,14 @@ from datetime import datetime
 from decimal import Decimal
 
 from metering.domain import wallets
-from metering.domain.catalog import Catalog, Meter, Plan
+from metering.domain.catalog import Meter, Plan
 from metering.domain.decimals import ZERO
 from metering.domain.errors import FieldViolation, InvalidArgument
 from metering.domain.records import CustomerRecord
 from metering.domain.wallets import CreditCategory, CreditGrant, WalletSummary
 from metering.ledger.customers import CustomerStore
 from metering.ledger.wallets import WalletStore
+from metering.services.catalog import Catalogs
 from metering.services.usage import BalanceQuery, BalanceReport, require_customer, utc_now
 
 
@@ -69,16 +70,16 @@ class Wallets:
     """Wallet grants and reads for callers."""
 
     def __init__(
-        self, catalog: Catalog, ledger: CustomerStore, store: WalletStore, *, clock: Callable[[], datetime] = utc_now
+        self, catalogs: Catalogs, ledger: CustomerStore, store: WalletStore, *, clock: Callable[[], datetime] = utc_now
     ) -> None:
-        self._catalog = catalog
+        self._catalogs = catalogs  # read once per call: a reload swaps the catalog whole
         self._ledger = ledger
         self._store = store
         self._clock = clock
 
     async def grant(self, command: WalletGrantCommand) -> WalletGrantAnswer:
         customer = await require_customer(self._ledger, command.customer_id)
-        plan = self._catalog.plan(customer.plan_slug)
+        plan = self._catalogs.current.catalog.plan(customer.plan_slug)
         if command.currency != plan.currency:
             raise InvalidArgument(
                 [FieldViolation("amount.currency_code", f"must be {plan.currency}, the currency of plan {plan.slug!r}")]
@@ -111,14 +112,16 @@ class Wallets:
 
     async def get(self, customer_id: str, *, include_inactive: bool) -> WalletView:
         customer = await require_customer(self._ledger, customer_id)
-        return await self._view(customer, self._catalog.plan(customer.plan_slug), include_inactive=include_inactive)
+        plan = self._catalogs.current.catalog.plan(customer.plan_slug)
+        return await self._view(customer, plan, include_inactive=include_inactive)
 
     async def for_balance(self, report: BalanceReport, query: BalanceQuery) -> BalanceWallet:
         """The wallet CheckBalance shows (None, and no SQL, for a customer without
         one on a plan that needs none), and on a prepaid plan whether the
         requested quantity's cost at the plan's price fits in the credit that
         can pay for it (with the unit limit's answer)."""
-        plan = self._catalog.plan(report.plan_slug)
+        catalog = self._catalogs.current.catalog  # the whole call's catalog
+        plan = catalog.plan(report.plan_slug)
         if not report.has_wallet and not plan.prepaid:
             return BalanceWallet(None, report.requested_allowed)
         assert plan.currency is not None  # every plan has one (catalog check)
@@ -135,7 +138,7 @@ class Wallets:
         allowed = report.requested_allowed
         if plan.prepaid and allowed and query.requested is not None and query.meter is not None:
             balance = report.balances[0]
-            price = self._catalog.price(balance.terms.price)
+            price = catalog.price(balance.terms.price)
             cost = wallets.requested_cost(
                 price,
                 balance.terms.included,

@@ -20,7 +20,6 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     make_wsgi_app,
-    start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
@@ -223,8 +222,9 @@ class Metrics:
         )
         self.config_reloads = Counter(
             "metering_config_reloads",
-            "Re-reads of a configuration file on SIGHUP, by file (auth, webhooks) and outcome (applied, refused: "
-            "the file has problems, logged, and the previous one stays in force).",
+            "Re-reads of a configuration file on SIGHUP, by file (catalog, auth, webhooks) and outcome (applied; "
+            "refused: the file has problems or, for the catalog, would strand recorded usage, logged, and the "
+            "previous one stays in force).",
             ["file", "outcome"],
             registry=r,
         )
@@ -314,15 +314,16 @@ class Metrics:
             self.pool_size.set(size())
             self.pool_max.set(maximum())
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_address[1])
+    def serve(self, host: str, port: int, state: Callable[[], WorkersState]) -> int:
+        """Start the HTTP endpoint of a single process: /metrics, and /health from `state`
+        (as a supervisor's: health_answer). Returns the bound port."""
+        return _serve_http(host, port, make_wsgi_app(self.registry), state)
 
 
 @dataclass(frozen=True, slots=True)
 class WorkersState:
-    """What a supervisor (metering.runtime.supervisor) knows of its workers."""
+    """The serving processes of a service: a supervisor's workers (metering.runtime.supervisor),
+    or the one process of METERING_WORKERS=1 (configured 1)."""
 
     configured: int
     serving: int
@@ -352,23 +353,36 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes are not worth a log line each."""
 
 
+def health_answer(state: WorkersState) -> tuple[str, str]:
+    """GET /health, the same with one process or many: 200 while every serving process
+    serves gRPC, 503 while one is starting or missing, or the service is stopping. It says
+    whether the processes serve, not whether the database answers (grpc.health.v1 and
+    metering_database_up do): a probe that restarted the service during a database outage
+    would not help. Returns the HTTP status line and the body."""
+    word = "SERVING" if state.healthy else "NOT_SERVING"
+    text = f"{word}: {state.serving} of {state.configured} workers serving{'; stopping' if state.stopping else ''}\n"
+    return ("200 OK" if state.healthy else "503 Service Unavailable"), text
+
+
 def serve_workers(host: str, port: int, directory: str, state: Callable[[], WorkersState]) -> int:
     """A supervisor's HTTP endpoint: /metrics sums what every worker wrote to
     `directory` (counters and histograms added up, gauges by their
-    multiprocess_mode), with the supervisor's own worker figures; /health is
-    200 while every worker serves, else 503. Returns the bound port."""
+    multiprocess_mode), with the supervisor's own worker figures; /health as
+    health_answer says. Returns the bound port."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     registry.register(_WorkersCollector(state))
-    metrics_app = make_wsgi_app(registry)
+    return _serve_http(host, port, make_wsgi_app(registry), state)
+
+
+def _serve_http(host: str, port: int, metrics_app: Any, state: Callable[[], WorkersState]) -> int:
+    """The metrics port: /health (health_answer), everything else the metrics page."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes] | list[bytes]:
         if environ.get("PATH_INFO") != "/health":
             return metrics_app(environ, start_response)  # type: ignore[no-any-return]
-        now = state()
-        text = f"{'SERVING' if now.healthy else 'NOT_SERVING'}: {now.serving} of {now.configured} workers serving"
-        text += "; stopping\n" if now.stopping else "\n"
-        start_response("200 OK" if now.healthy else "503 Service Unavailable", [("Content-Type", "text/plain")])
+        status, text = health_answer(state())
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
         return [text.encode()]
 
     class Server(ThreadingWSGIServer):

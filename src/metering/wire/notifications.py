@@ -1,5 +1,9 @@
 """A notification on the wire: the watch stream's Notification message, and the
-webhook body (the same message's proto3 JSON)."""
+webhook body (the same message's proto3 JSON, its type by the dotted name).
+
+NOTIFICATION_TYPES is the one table between the dotted names (the domain's
+NotificationType: the webhooks file, webhook bodies, metrics, docs) and the
+gRPC enum (the watch stream and its filter)."""
 
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ NOTIFICATION_TYPES = {
     NotificationType.CREDITS_LOW: notifications_pb2.NOTIFICATION_TYPE_CREDITS_LOW,
     NotificationType.CREDITS_EXHAUSTED: notifications_pb2.NOTIFICATION_TYPE_CREDITS_EXHAUSTED,
 }
+# The same table read the other way: the gRPC enum to the dotted name.
+NOTIFICATION_TYPE_NAMES = {wire: dotted for dotted, wire in NOTIFICATION_TYPES.items()}
 
 
 def _set_period(start: Timestamp, end: Timestamp, period: Period) -> None:
@@ -96,5 +102,8 @@ def notification(stored: StoredNotification, cursor: str) -> notifications_pb2.N
 
 
 def notification_json(stored: StoredNotification, cursor: str) -> str:
-    """The webhook body: the Notification's proto3 JSON, compact."""
-    return json.dumps(json_format.MessageToDict(notification(stored, cursor)), separators=(",", ":"))
+    """The webhook body: the Notification's proto3 JSON, compact, with its type by the
+    dotted name (the Standard Webhooks convention), as the webhooks file subscribes to it."""
+    body = json_format.MessageToDict(notification(stored, cursor))
+    body["type"] = stored.type.value
+    return json.dumps(body, separators=(",", ":"))

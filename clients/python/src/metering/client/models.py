@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from metering.client.errors import MeteringError, error_from_status
 from metering.v1 import (
     billing_pb2,
+    catalog_pb2,
     customer_pb2,
     events_pb2,
     grants_pb2,
@@ -85,6 +86,14 @@ class PricingModel(IntEnum):
     PACKAGE = 2
     GRADUATED = 3
     VOLUME = 4
+
+
+class PackageRounding(IntEnum):
+    """How a PACKAGE price counts a partial package (metering.v1.PackageRounding)."""
+
+    UNSPECIFIED = 0  # not a PACKAGE price
+    UP = 1
+    DOWN = 2
 
 
 class InvoiceStatus(IntEnum):
@@ -661,6 +670,180 @@ class Customer:
             create_time=_time(m.create_time),
             update_time=_time(m.update_time),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerPage:
+    """ListCustomers' answer: customers by id (byte order), and the token of the next page."""
+
+    customers: tuple[Customer, ...]
+    next_page_token: str  # empty on the last page
+
+    @classmethod
+    def from_proto(cls, m: customer_pb2.ListCustomersResponse) -> CustomerPage:
+        """Read a ListCustomersResponse message."""
+        return cls(customers=tuple(Customer.from_proto(c) for c in m.customers), next_page_token=m.next_page_token)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogMeter:
+    """A meter of the catalog."""
+
+    slug: str
+    aggregation: Aggregation
+    unit: str
+    description: str
+    unique_property: str | None  # UNIQUE_COUNT meters only
+    default_price_slug: str | None  # None: the no-charge price applies
+    no_charge_price_slug: str
+    dimensions: tuple[str, ...]
+
+    @classmethod
+    def from_proto(cls, m: catalog_pb2.CatalogMeter) -> CatalogMeter:
+        """Read a CatalogMeter message."""
+        return cls(
+            slug=m.slug,
+            aggregation=Aggregation(m.aggregation),
+            unit=m.unit,
+            description=m.description,
+            unique_property=m.unique_property or None,
+            default_price_slug=m.default_price_slug or None,
+            no_charge_price_slug=m.no_charge_price_slug,
+            dimensions=tuple(m.dimensions),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogPriceTier:
+    """One tier of a GRADUATED or VOLUME price."""
+
+    up_to_quantity: Decimal | None  # None: the open-ended last tier
+    unit_amount: Decimal
+    flat_amount: Decimal
+
+    @classmethod
+    def from_proto(cls, m: catalog_pb2.CatalogPriceTier) -> CatalogPriceTier:
+        """Read a CatalogPriceTier message."""
+        return cls(
+            up_to_quantity=_optional_decimal(m.up_to_quantity),
+            unit_amount=_decimal(m.unit_amount),
+            flat_amount=_decimal(m.flat_amount),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogPrice:
+    """A price of the catalog (the built-in no-charge ones included)."""
+
+    slug: str
+    meter_slug: str
+    pricing_model: PricingModel
+    currency: str | None  # None: a no-charge price, billed in the plan's currency
+    unit_amount: Decimal | None  # PER_UNIT: per unit; PACKAGE: per package; None for tiered prices
+    package_size: Decimal | None  # PACKAGE only
+    package_rounding: PackageRounding
+    tiers: tuple[CatalogPriceTier, ...]  # GRADUATED and VOLUME only
+    no_charge: bool
+
+    @classmethod
+    def from_proto(cls, m: catalog_pb2.CatalogPrice) -> CatalogPrice:
+        """Read a CatalogPrice message."""
+        return cls(
+            slug=m.slug,
+            meter_slug=m.meter_slug,
+            pricing_model=PricingModel(m.pricing_model),
+            currency=m.currency_code or None,
+            unit_amount=_optional_decimal(m.unit_amount),
+            package_size=_optional_decimal(m.package_size),
+            package_rounding=PackageRounding(m.package_rounding),
+            tiers=tuple(CatalogPriceTier.from_proto(t) for t in m.tiers),
+            no_charge=m.no_charge,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogPlanMeter:
+    """What a plan says of one meter."""
+
+    meter_slug: str
+    price_slug: str
+    limit: Decimal | None  # None: unlimited
+    included_quantity: Decimal
+    reset_period: ResetPeriod
+    limit_enforcement: LimitEnforcement
+    approaching_threshold_percent: Decimal
+
+    @classmethod
+    def from_proto(cls, m: catalog_pb2.CatalogPlanMeter) -> CatalogPlanMeter:
+        """Read a CatalogPlanMeter message."""
+        return cls(
+            meter_slug=m.meter_slug,
+            price_slug=m.price_slug,
+            limit=_optional_decimal(m.limit),
+            included_quantity=_decimal(m.included_quantity),
+            reset_period=ResetPeriod(m.reset_period),
+            limit_enforcement=LimitEnforcement(m.limit_enforcement),
+            approaching_threshold_percent=_decimal(m.approaching_threshold_percent),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogPlan:
+    """A plan of the catalog. A meter it does not list is unlimited on it, resets monthly and
+    is billed at the meter's default price (else its no-charge price)."""
+
+    slug: str
+    name: str
+    currency: str
+    meters: tuple[CatalogPlanMeter, ...]  # in the catalog file's order
+    prepaid: bool  # usage is paid from wallet credit; an event it cannot cover is refused
+    credits_low_threshold: Decimal | None  # wallet credit below which credits.low is announced; None: never
+
+    @classmethod
+    def from_proto(cls, m: catalog_pb2.CatalogPlan) -> CatalogPlan:
+        """Read a CatalogPlan message."""
+        return cls(
+            slug=m.slug,
+            name=m.name,
+            currency=m.currency_code,
+            meters=tuple(CatalogPlanMeter.from_proto(t) for t in m.meters),
+            prepaid=m.prepaid,
+            credits_low_threshold=_optional_decimal(m.credits_low_threshold),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """GetCatalog's answer: the catalog the answering process serves with."""
+
+    meters: tuple[CatalogMeter, ...]
+    prices: tuple[CatalogPrice, ...]
+    plans: tuple[CatalogPlan, ...]
+    revision: str  # hexadecimal SHA-256 of the catalog file's text
+    load_time: datetime
+
+    @classmethod
+    def from_proto(cls, m: catalog_pb2.GetCatalogResponse) -> Catalog:
+        """Read a GetCatalogResponse message."""
+        return cls(
+            meters=tuple(CatalogMeter.from_proto(x) for x in m.meters),
+            prices=tuple(CatalogPrice.from_proto(x) for x in m.prices),
+            plans=tuple(CatalogPlan.from_proto(x) for x in m.plans),
+            revision=m.revision,
+            load_time=_time(m.load_time),
+        )
+
+    def meter(self, slug: str) -> CatalogMeter | None:
+        """The meter named `slug`, or None."""
+        return next((meter for meter in self.meters if meter.slug == slug), None)
+
+    def price(self, slug: str) -> CatalogPrice | None:
+        """The price named `slug`, or None."""
+        return next((price for price in self.prices if price.slug == slug), None)
+
+    def plan(self, slug: str) -> CatalogPlan | None:
+        """The plan named `slug`, or None."""
+        return next((plan for plan in self.plans if plan.slug == slug), None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from metering.client.models import (
 )
 from metering.v1 import (
     billing_pb2,
+    catalog_pb2,
     customer_pb2,
     events_pb2,
     grants_pb2,
@@ -281,6 +282,18 @@ def upsert_customer(
 def get_customer(customer_id: str) -> customer_pb2.GetCustomerRequest:
     """The GetCustomerRequest for the clients' `get_customer` (the one place it is built)."""
     return customer_pb2.GetCustomerRequest(customer_id=customer_id)
+
+
+def list_customers(
+    *, plan_slug: str = "", page_size: int = 0, page_token: str = ""
+) -> customer_pb2.ListCustomersRequest:
+    """The ListCustomersRequest for the clients' `list_customers` (the one place it is built)."""
+    return customer_pb2.ListCustomersRequest(plan_slug=plan_slug, page_size=page_size, page_token=page_token)
+
+
+def get_catalog() -> catalog_pb2.GetCatalogRequest:
+    """The GetCatalogRequest for the clients' `get_catalog` (the one place it is built)."""
+    return catalog_pb2.GetCatalogRequest()
 
 
 def list_invoices(

@@ -409,6 +409,23 @@ class MeteringClient:
         response = self.call("GetCustomer", requests.get_customer(customer_id), timeout=timeout)
         return models.Customer.from_proto(response.customer)
 
+    def list_customers(
+        self, *, plan_slug: str = "", page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> models.CustomerPage:
+        """One page of customers by customer id (byte order), of `plan_slug` or of every plan.
+
+        `page_size` is 1 to 1000 (0: 100). Pass the page's `next_page_token` as `page_token`,
+        with the same `plan_slug`, for the next page; it is empty on the last page. Needs the
+        reader role."""
+        request = requests.list_customers(plan_slug=plan_slug, page_size=page_size, page_token=page_token)
+        return models.CustomerPage.from_proto(self.call("ListCustomers", request, timeout=timeout))
+
+    def get_catalog(self, *, timeout: float | None = None) -> models.Catalog:
+        """The catalog the answering server serves with: meters, prices (the built-in no-charge
+        ones included) and plans with every term, its revision and when it was loaded. Needs
+        the reader role, without a meter restriction."""
+        return models.Catalog.from_proto(self.call("GetCatalog", requests.get_catalog(), timeout=timeout))
+
     def estimate_bill(
         self,
         customer_id: str,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ametering/v1/customer.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x01\n\x08\x43ustomer\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x11\n\tplan_slug\x18\x02 \x01(\t\x12\x37\n\x13\x62illing_anchor_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\x15UpsertCustomerRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x11\n\tplan_slug\x18\x02 \x01(\t\x12\x37\n\x13\x62illing_anchor_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x16UpsertCustomerResponse\x12\'\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x15.metering.v1.Customer\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\")\n\x12GetCustomerRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\">\n\x13GetCustomerResponse\x12\'\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x15.metering.v1.Customerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ametering/v1/customer.proto\x12\x0bmetering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x01\n\x08\x43ustomer\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x11\n\tplan_slug\x18\x02 \x01(\t\x12\x37\n\x13\x62illing_anchor_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\x15UpsertCustomerRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x11\n\tplan_slug\x18\x02 \x01(\t\x12\x37\n\x13\x62illing_anchor_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x16UpsertCustomerResponse\x12\'\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x15.metering.v1.Customer\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\")\n\x12GetCustomerRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\">\n\x13GetCustomerResponse\x12\'\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x15.metering.v1.Customer\"P\n\x14ListCustomersRequest\x12\x11\n\tplan_slug\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x15ListCustomersResponse\x12(\n\tcustomers\x18\x01 \x03(\x0b\x32\x15.metering.v1.Customer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,4 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCUSTOMERREQUEST']._serialized_end=531
   _globals['_GETCUSTOMERRESPONSE']._serialized_start=533
   _globals['_GETCUSTOMERRESPONSE']._serialized_end=595
+  _globals['_LISTCUSTOMERSREQUEST']._serialized_start=597
+  _globals['_LISTCUSTOMERSREQUEST']._serialized_end=677
+  _globals['_LISTCUSTOMERSRESPONSE']._serialized_start=679
+  _globals['_LISTCUSTOMERSRESPONSE']._serialized_end=769
 # @@protoc_insertion_point(module_scope)

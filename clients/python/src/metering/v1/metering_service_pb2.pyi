@@ -1,4 +1,5 @@
 from metering.v1 import billing_pb2 as _billing_pb2
+from metering.v1 import catalog_pb2 as _catalog_pb2
 from metering.v1 import customer_pb2 as _customer_pb2
 from metering.v1 import events_pb2 as _events_pb2
 from metering.v1 import grants_pb2 as _grants_pb2
@@ -44,6 +45,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_BEFORE_FIRST_PERIOD: _ClassVar[ErrorReason]
     ERROR_REASON_RATE_LIMITED: _ClassVar[ErrorReason]
     ERROR_REASON_CREDENTIALS_EXPIRED: _ClassVar[ErrorReason]
+    ERROR_REASON_CATALOG_RELOADED: _ClassVar[ErrorReason]
     ERROR_REASON_INVOICE_NOT_FINALIZED: _ClassVar[ErrorReason]
     ERROR_REASON_CREDIT_NOTE_EXCEEDS_INVOICED: _ClassVar[ErrorReason]
     ERROR_REASON_CREDITS_EXHAUSTED: _ClassVar[ErrorReason]
@@ -76,6 +78,7 @@ ERROR_REASON_INVOICE_NOT_FOUND: ErrorReason
 ERROR_REASON_BEFORE_FIRST_PERIOD: ErrorReason
 ERROR_REASON_RATE_LIMITED: ErrorReason
 ERROR_REASON_CREDENTIALS_EXPIRED: ErrorReason
+ERROR_REASON_CATALOG_RELOADED: ErrorReason
 ERROR_REASON_INVOICE_NOT_FINALIZED: ErrorReason
 ERROR_REASON_CREDIT_NOTE_EXCEEDS_INVOICED: ErrorReason
 ERROR_REASON_CREDITS_EXHAUSTED: ErrorReason

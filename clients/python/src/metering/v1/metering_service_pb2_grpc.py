@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from metering.v1 import billing_pb2 as metering_dot_v1_dot_billing__pb2
+from metering.v1 import catalog_pb2 as metering_dot_v1_dot_catalog__pb2
 from metering.v1 import customer_pb2 as metering_dot_v1_dot_customer__pb2
 from metering.v1 import events_pb2 as metering_dot_v1_dot_events__pb2
 from metering.v1 import grants_pb2 as metering_dot_v1_dot_grants__pb2
@@ -93,8 +94,9 @@ class MeteringServiceStub:
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer,
-    GrantCredits and IssueCreditNote.
+    ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -223,6 +225,16 @@ class MeteringServiceStub:
                 request_serializer=metering_dot_v1_dot_customer__pb2.GetCustomerRequest.SerializeToString,
                 response_deserializer=metering_dot_v1_dot_customer__pb2.GetCustomerResponse.FromString,
                 _registered_method=True)
+        self.ListCustomers = channel.unary_unary(
+                '/metering.v1.MeteringService/ListCustomers',
+                request_serializer=metering_dot_v1_dot_customer__pb2.ListCustomersRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_customer__pb2.ListCustomersResponse.FromString,
+                _registered_method=True)
+        self.GetCatalog = channel.unary_unary(
+                '/metering.v1.MeteringService/GetCatalog',
+                request_serializer=metering_dot_v1_dot_catalog__pb2.GetCatalogRequest.SerializeToString,
+                response_deserializer=metering_dot_v1_dot_catalog__pb2.GetCatalogResponse.FromString,
+                _registered_method=True)
         self.ListInvoices = channel.unary_unary(
                 '/metering.v1.MeteringService/ListInvoices',
                 request_serializer=metering_dot_v1_dot_invoices__pb2.ListInvoicesRequest.SerializeToString,
@@ -304,8 +316,9 @@ class MeteringServiceServicer:
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer,
-    GrantCredits and IssueCreditNote.
+    ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -511,6 +524,28 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCustomers(self, request, context):
+        """ListCustomers lists customers by customer id, optionally only those on one
+        plan. Paginated (AIP-158): follow next_page_token until it is empty. A
+        customer created or moved to the plan while a caller pages is listed if
+        its id sorts after the page the caller is on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCatalog(self, request, context):
+        """GetCatalog returns the catalog the answering process serves with: every
+        meter, price (the built-in no-charge ones included) and plan, with the
+        catalog's revision. A caller restricted to some meters (the auth file's
+        `meters`) is PERMISSION_DENIED: the catalog spans every meter. After a
+        reload (SIGHUP), each process answers with the new catalog from its next
+        call on; during a rollout replicas may answer with different revisions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListInvoices(self, request, context):
         """ListInvoices lists a customer's invoices, newest period first: the drafts
         of periods that ended and are not finalized yet, then the finalized
@@ -657,6 +692,16 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     request_deserializer=metering_dot_v1_dot_customer__pb2.GetCustomerRequest.FromString,
                     response_serializer=metering_dot_v1_dot_customer__pb2.GetCustomerResponse.SerializeToString,
             ),
+            'ListCustomers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCustomers,
+                    request_deserializer=metering_dot_v1_dot_customer__pb2.ListCustomersRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_customer__pb2.ListCustomersResponse.SerializeToString,
+            ),
+            'GetCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCatalog,
+                    request_deserializer=metering_dot_v1_dot_catalog__pb2.GetCatalogRequest.FromString,
+                    response_serializer=metering_dot_v1_dot_catalog__pb2.GetCatalogResponse.SerializeToString,
+            ),
             'ListInvoices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListInvoices,
                     request_deserializer=metering_dot_v1_dot_invoices__pb2.ListInvoicesRequest.FromString,
@@ -744,8 +789,9 @@ class MeteringService:
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer,
-    GrantCredits and IssueCreditNote.
+    ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -1232,6 +1278,60 @@ class MeteringService:
             '/metering.v1.MeteringService/GetCustomer',
             metering_dot_v1_dot_customer__pb2.GetCustomerRequest.SerializeToString,
             metering_dot_v1_dot_customer__pb2.GetCustomerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCustomers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/ListCustomers',
+            metering_dot_v1_dot_customer__pb2.ListCustomersRequest.SerializeToString,
+            metering_dot_v1_dot_customer__pb2.ListCustomersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metering.v1.MeteringService/GetCatalog',
+            metering_dot_v1_dot_catalog__pb2.GetCatalogRequest.SerializeToString,
+            metering_dot_v1_dot_catalog__pb2.GetCatalogResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from metering.v1 import billing_pb2 as _billing_pb2
+from metering.v1 import catalog_pb2 as _catalog_pb2
 from metering.v1 import customer_pb2 as _customer_pb2
 from metering.v1 import events_pb2 as _events_pb2
 from metering.v1 import grants_pb2 as _grants_pb2
@@ -94,8 +95,9 @@ class MeteringServiceStub:
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer,
-    GrantCredits and IssueCreditNote.
+    ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -231,6 +233,20 @@ class MeteringServiceStub:
     """
     GetCustomer: _grpc.UnaryUnaryMultiCallable[_customer_pb2.GetCustomerRequest, _customer_pb2.GetCustomerResponse]
     """GetCustomer returns a customer with its plan and billing anchor."""
+    ListCustomers: _grpc.UnaryUnaryMultiCallable[_customer_pb2.ListCustomersRequest, _customer_pb2.ListCustomersResponse]
+    """ListCustomers lists customers by customer id, optionally only those on one
+    plan. Paginated (AIP-158): follow next_page_token until it is empty. A
+    customer created or moved to the plan while a caller pages is listed if
+    its id sorts after the page the caller is on.
+    """
+    GetCatalog: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.GetCatalogRequest, _catalog_pb2.GetCatalogResponse]
+    """GetCatalog returns the catalog the answering process serves with: every
+    meter, price (the built-in no-charge ones included) and plan, with the
+    catalog's revision. A caller restricted to some meters (the auth file's
+    `meters`) is PERMISSION_DENIED: the catalog spans every meter. After a
+    reload (SIGHUP), each process answers with the new catalog from its next
+    call on; during a rollout replicas may answer with different revisions.
+    """
     ListInvoices: _grpc.UnaryUnaryMultiCallable[_invoices_pb2.ListInvoicesRequest, _invoices_pb2.ListInvoicesResponse]
     """ListInvoices lists a customer's invoices, newest period first: the drafts
     of periods that ended and are not finalized yet, then the finalized
@@ -334,8 +350,9 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer,
-    GrantCredits and IssueCreditNote.
+    ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -468,6 +485,20 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """
     GetCustomer: _aio.UnaryUnaryMultiCallable[_customer_pb2.GetCustomerRequest, _customer_pb2.GetCustomerResponse]  # type: ignore[assignment]
     """GetCustomer returns a customer with its plan and billing anchor."""
+    ListCustomers: _aio.UnaryUnaryMultiCallable[_customer_pb2.ListCustomersRequest, _customer_pb2.ListCustomersResponse]  # type: ignore[assignment]
+    """ListCustomers lists customers by customer id, optionally only those on one
+    plan. Paginated (AIP-158): follow next_page_token until it is empty. A
+    customer created or moved to the plan while a caller pages is listed if
+    its id sorts after the page the caller is on.
+    """
+    GetCatalog: _aio.UnaryUnaryMultiCallable[_catalog_pb2.GetCatalogRequest, _catalog_pb2.GetCatalogResponse]  # type: ignore[assignment]
+    """GetCatalog returns the catalog the answering process serves with: every
+    meter, price (the built-in no-charge ones included) and plan, with the
+    catalog's revision. A caller restricted to some meters (the auth file's
+    `meters`) is PERMISSION_DENIED: the catalog spans every meter. After a
+    reload (SIGHUP), each process answers with the new catalog from its next
+    call on; during a rollout replicas may answer with different revisions.
+    """
     ListInvoices: _aio.UnaryUnaryMultiCallable[_invoices_pb2.ListInvoicesRequest, _invoices_pb2.ListInvoicesResponse]  # type: ignore[assignment]
     """ListInvoices lists a customer's invoices, newest period first: the drafts
     of periods that ended and are not finalized yet, then the finalized
@@ -570,8 +601,9 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer,
-    GrantCredits and IssueCreditNote.
+    ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -804,6 +836,32 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_customer_pb2.GetCustomerResponse, _abc.Awaitable[_customer_pb2.GetCustomerResponse]]:
         """GetCustomer returns a customer with its plan and billing anchor."""
+
+    @_abc_1.abstractmethod
+    def ListCustomers(
+        self,
+        request: _customer_pb2.ListCustomersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_pb2.ListCustomersResponse, _abc.Awaitable[_customer_pb2.ListCustomersResponse]]:
+        """ListCustomers lists customers by customer id, optionally only those on one
+        plan. Paginated (AIP-158): follow next_page_token until it is empty. A
+        customer created or moved to the plan while a caller pages is listed if
+        its id sorts after the page the caller is on.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCatalog(
+        self,
+        request: _catalog_pb2.GetCatalogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.GetCatalogResponse, _abc.Awaitable[_catalog_pb2.GetCatalogResponse]]:
+        """GetCatalog returns the catalog the answering process serves with: every
+        meter, price (the built-in no-charge ones included) and plan, with the
+        catalog's revision. A caller restricted to some meters (the auth file's
+        `meters`) is PERMISSION_DENIED: the catalog spans every meter. After a
+        reload (SIGHUP), each process answers with the new catalog from its next
+        call on; during a rollout replicas may answer with different revisions.
+        """
 
     @_abc_1.abstractmethod
     def ListInvoices(

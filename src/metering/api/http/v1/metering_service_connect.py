@@ -20,7 +20,8 @@ from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
 from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint
 from metering.v1.billing_pb2 import EstimateBillRequest, EstimateBillResponse
-from metering.v1.customer_pb2 import GetCustomerRequest, GetCustomerResponse, UpsertCustomerRequest, UpsertCustomerResponse
+from metering.v1.catalog_pb2 import GetCatalogRequest, GetCatalogResponse
+from metering.v1.customer_pb2 import GetCustomerRequest, GetCustomerResponse, ListCustomersRequest, ListCustomersResponse, UpsertCustomerRequest, UpsertCustomerResponse
 from metering.v1.events_pb2 import ListUsageEventsRequest, ListUsageEventsResponse, VoidUsageRequest, VoidUsageResponse
 from metering.v1.grants_pb2 import GrantCreditsRequest, GrantCreditsResponse, ListGrantsRequest, ListGrantsResponse
 from metering.v1.ingest_pb2 import RecordUsageBatchRequest, RecordUsageBatchResponse, RecordUsageStreamRequest, RecordUsageStreamResponse
@@ -105,8 +106,9 @@ class MeteringService(Protocol):
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer,
-    GrantCredits and IssueCreditNote.
+    ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -291,6 +293,26 @@ class MeteringService(Protocol):
     async def get_customer(self, request: GetCustomerRequest, ctx: RequestContext[GetCustomerRequest, GetCustomerResponse], /) -> GetCustomerResponse:
         """
         GetCustomer returns a customer with its plan and billing anchor.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def list_customers(self, request: ListCustomersRequest, ctx: RequestContext[ListCustomersRequest, ListCustomersResponse], /) -> ListCustomersResponse:
+        """
+        ListCustomers lists customers by customer id, optionally only those on one
+        plan. Paginated (AIP-158): follow next_page_token until it is empty. A
+        customer created or moved to the plan while a caller pages is listed if
+        its id sorts after the page the caller is on.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_catalog(self, request: GetCatalogRequest, ctx: RequestContext[GetCatalogRequest, GetCatalogResponse], /) -> GetCatalogResponse:
+        """
+        GetCatalog returns the catalog the answering process serves with: every
+        meter, price (the built-in no-charge ones included) and plan, with the
+        catalog's revision. A caller restricted to some meters (the auth file's
+        `meters`) is PERMISSION_DENIED: the catalog spans every meter. After a
+        reload (SIGHUP), each process answers with the new catalog from its next
+        call on; during a rollout replicas may answer with different revisions.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -549,6 +571,28 @@ class MeteringServiceASGIApplication(ConnectASGIApplication[MeteringService]):
                     ),
                     function=svc.get_customer,
                 ),
+                "/metering.v1.MeteringService/ListCustomers": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ListCustomers",
+                        service_name="metering.v1.MeteringService",
+                        input=ListCustomersRequest,
+                        output=ListCustomersResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.list_customers,
+                ),
+                "/metering.v1.MeteringService/GetCatalog": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetCatalog",
+                        service_name="metering.v1.MeteringService",
+                        input=GetCatalogRequest,
+                        output=GetCatalogResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_catalog,
+                ),
                 "/metering.v1.MeteringService/ListInvoices": Endpoint.unary(
                     method=MethodInfo(
                         name="ListInvoices",
@@ -666,8 +710,9 @@ class MeteringServiceClient(ConnectClient):
     Roles: `recorder` may call RecordUsage, RecordUsageBatch, RecordUsageStream,
     ReserveUsage, CommitReservation, ReleaseReservation and VoidUsage; `reader`
     CheckBalance, GetUsage, ListUsageEvents, EstimateBill, GetCustomer,
-    ListGrants, ListInvoices, GetInvoice and WatchNotifications; `admin` UpsertCustomer,
-    GrantCredits and IssueCreditNote.
+    ListCustomers, GetCatalog, ListGrants, ListInvoices, GetInvoice and
+    WatchNotifications; `admin` UpsertCustomer, GrantCredits and
+    IssueCreditNote.
 
     Billing periods close. A customer's billing periods are monthly from its
     billing anchor. A period is GATHERING while it runs; from its end it is a
@@ -1162,6 +1207,60 @@ class MeteringServiceClient(ConnectClient):
                 service_name="metering.v1.MeteringService",
                 input=GetCustomerRequest,
                 output=GetCustomerResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def list_customers(
+        self,
+        request: ListCustomersRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ListCustomersResponse:
+        """
+        ListCustomers lists customers by customer id, optionally only those on one
+        plan. Paginated (AIP-158): follow next_page_token until it is empty. A
+        customer created or moved to the plan while a caller pages is listed if
+        its id sorts after the page the caller is on.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListCustomers",
+                service_name="metering.v1.MeteringService",
+                input=ListCustomersRequest,
+                output=ListCustomersResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def get_catalog(
+        self,
+        request: GetCatalogRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetCatalogResponse:
+        """
+        GetCatalog returns the catalog the answering process serves with: every
+        meter, price (the built-in no-charge ones included) and plan, with the
+        catalog's revision. A caller restricted to some meters (the auth file's
+        `meters`) is PERMISSION_DENIED: the catalog spans every meter. After a
+        reload (SIGHUP), each process answers with the new catalog from its next
+        call on; during a rollout replicas may answer with different revisions.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetCatalog",
+                service_name="metering.v1.MeteringService",
+                input=GetCatalogRequest,
+                output=GetCatalogResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),
