@@ -73,10 +73,10 @@ def quota(subject: str) -> dict[str, Callable[[Message], bool]]:
     return {"QuotaFailure": check}
 
 
-def retry_after(seconds: int) -> dict[str, Callable[[Message], bool]]:
+def retry_after(seconds: float) -> dict[str, Callable[[Message], bool]]:
     def check(detail: Message) -> bool:
         assert isinstance(detail, error_details_pb2.RetryInfo)
-        return bool(detail.retry_delay.seconds == seconds)
+        return bool(detail.retry_delay.ToTimedelta().total_seconds() == seconds)
 
     return {"RetryInfo": check}
 
@@ -180,6 +180,14 @@ CASES: dict[str, Case] = {
         "DATABASE_UNAVAILABLE",
         {},
         retry_after(1),
+    ),
+    "ShuttingDown": Case(
+        errors.ShuttingDown("this server is shutting down"),
+        grpc.StatusCode.UNAVAILABLE,
+        "SHUTTING_DOWN",
+        {},
+        retry_after(0.1),
+        message="this server is shutting down; retry (another replica will answer)",
     ),
     "CatalogReloaded": Case(
         errors.CatalogReloaded("tokens", "tokens_premium"),

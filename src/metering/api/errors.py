@@ -38,6 +38,7 @@ from metering.domain.errors import (
     RateLimited,
     ReservationStateError,
     RoleRequired,
+    ShuttingDown,
     TokenExpired,
     TransactionConflict,
     Unauthenticated,
@@ -136,6 +137,9 @@ def retry_delay(seconds: float) -> duration_pb2.Duration:
 # RESOURCE_EXHAUSTED waits this many milliseconds, whatever its language,
 # without reading RetryInfo.
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# A call refused by a server that is shutting down may be sent again at once:
+# the retry reaches another replica, or this one's successor.
+SHUTTING_DOWN_RETRY_SECONDS = 0.1
 
 
 def to_status(exc: BaseException) -> grpc.Status:
@@ -438,6 +442,13 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
             "the ledger database is unavailable; retry with the same transaction id",
             _info(metering_service_pb2.ERROR_REASON_DATABASE_UNAVAILABLE),
             error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)),
+        )
+    if isinstance(exc, ShuttingDown):
+        return _status(
+            grpc.StatusCode.UNAVAILABLE,
+            "this server is shutting down; retry (another replica will answer)",
+            _info(metering_service_pb2.ERROR_REASON_SHUTTING_DOWN),
+            error_details_pb2.RetryInfo(retry_delay=retry_delay(SHUTTING_DOWN_RETRY_SECONDS)),
         )
     log.error("unexpected error", exc_info=exc)
     return _status(grpc.StatusCode.INTERNAL, "internal error", _info(metering_service_pb2.ERROR_REASON_INTERNAL))

@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from metering.api.auth import Authenticator, is_open
+from metering.api.drain import Drain
 from metering.api.errors import to_status
 from metering.domain.access import ANONYMOUS
 from metering.domain.errors import FieldViolation, InvalidArgument, RateLimited
@@ -43,9 +44,10 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
     """Wraps every RPC handler: authenticates, maps domain errors to gRPC statuses with details
     (never UNKNOWN with a traceback), counts and times calls by caller, and logs each failed call once."""
 
-    def __init__(self, metrics: Metrics, authenticator: Authenticator) -> None:
+    def __init__(self, metrics: Metrics, authenticator: Authenticator, drain: Drain | None = None) -> None:
         self._metrics = metrics
         self._authenticator = authenticator
+        self._drain = Drain() if drain is None else drain  # refuses new calls once shutdown drains
         # method -> (the handler found for it, its observed wrapper)
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
@@ -85,7 +87,7 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             # A client stream's messages are decoded as the servicer reads
             # them, so after the checks already.
             return grpc.stream_unary_rpc_method_handler(
-                self._observe(method, cast(Behavior, handler.stream_unary), None),
+                self._observe(method, cast(Behavior, handler.stream_unary), None, streaming=True),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -107,12 +109,15 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
         watch, which the client decides, not a latency."""
         metrics = self._metrics
         authenticator = self._authenticator
+        drain = self._drain
 
         async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             code: grpc.StatusCode | None = grpc.StatusCode.OK
             caller = "unauthenticated"
             try:
+                # Held, then refused, once the drain begins; not counted in flight: the drain ends the streams.
+                await drain.enter(counted=False)
                 identified = authenticator.identify(context)
                 caller = identified.name
                 authenticator.authorize(identified, method)
@@ -140,10 +145,13 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
 
         return observed
 
-    def _observe(self, method: str, behavior: Behavior, deserialize: Deserializer | None) -> Behavior:
+    def _observe(
+        self, method: str, behavior: Behavior, deserialize: Deserializer | None, *, streaming: bool = False
+    ) -> Behavior:
         metrics = self._metrics
         authenticator = None if is_open(method) else self._authenticator
         latency = metrics.child(metrics.latency, method, GRPC)
+        drain = None if is_open(method) else self._drain  # health checks answer NOT_SERVING themselves
         requests = metrics.requests
         # The OK counter of each caller of this method, bound once: an answered
         # call costs a dict lookup and two metric updates, nothing built.
@@ -169,7 +177,10 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             code: grpc.StatusCode | None = _OK  # None once counted
             caller = _ANONYMOUS if authenticator is None else _UNAUTHENTICATED
             gate = None  # the caller's limits, left when the call ends
+            entered = False  # counted in flight by the drain
             try:
+                if drain is not None:
+                    entered = await drain.enter(counted=not streaming)
                 if authenticator is not None:
                     identified = authenticator.identify(context)
                     caller = identified.name
@@ -201,6 +212,8 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             finally:
                 if gate is not None:
                     gate.leave()
+                if entered and drain is not None:
+                    drain.leave()
                 if code is not None:
                     count(code, caller, started)
 

@@ -90,6 +90,9 @@ class Settings:
     http_host: str = "127.0.0.1"  # METERING_HTTP_HOST, else the gRPC host (and its default)
     http_port: int | None = 8080  # 0: any free port (printed at start-up); None (`off`): no HTTP edge
     http_cors_origins: tuple[str, ...] = ()  # origins browsers may call from ("*": any); none by default
+    # How long one host of METERING_DATABASE_URL may take to connect before the
+    # next is tried (a silent host costs this, not the whole METERING_DB_TIMEOUT).
+    db_connect_timeout: timedelta = timedelta(seconds=1)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -158,6 +161,7 @@ class Settings:
             http_host=reader.text("METERING_HTTP_HOST") or grpc_host,
             http_port=reader.optional_port("METERING_HTTP_PORT", 8080),
             http_cors_origins=reader.origins("METERING_HTTP_CORS_ORIGINS"),
+            db_connect_timeout=_connect_timeout(reader),
         )
         if not timedelta(0) <= settings.anchor_skew_tolerance <= timedelta(days=1):
             raise ConfigError("METERING_ANCHOR_SKEW_TOLERANCE must be between 0s and 1d (a clock skew, not a backfill)")
@@ -185,6 +189,11 @@ class Settings:
             _check_hosts(settings.database_url)
         if settings.read_database_url is not None and settings.database_url is None:
             raise ConfigError("METERING_READ_DATABASE_URL is a replica of METERING_DATABASE_URL: set both")
+        if not timedelta(0) < settings.db_connect_timeout < settings.db_timeout:
+            raise ConfigError(
+                "METERING_DB_CONNECT_TIMEOUT must be more than 0 and less than METERING_DB_TIMEOUT "
+                "(each host of the URL gets it, within the call's METERING_DB_TIMEOUT)"
+            )
         if settings.read_max_lag <= timedelta(0):
             raise ConfigError("METERING_READ_MAX_LAG must be more than 0")
         return settings
@@ -288,6 +297,17 @@ def _tracing(reader: _Reader) -> bool:
                 raise ConfigError(f"{name}={protocol!r}: this service exports traces over OTLP/gRPC only (grpc)")
             break
     return True
+
+
+# METERING_DB_CONNECT_TIMEOUT's default: 1 s, or half of METERING_DB_TIMEOUT if that is less,
+# so that a silent first host leaves the second the other half.
+DEFAULT_CONNECT_TIMEOUT = timedelta(seconds=1)
+
+
+def _connect_timeout(reader: _Reader) -> timedelta:
+    if reader.text("METERING_DB_CONNECT_TIMEOUT"):
+        return reader.duration("METERING_DB_CONNECT_TIMEOUT", "1s")
+    return min(DEFAULT_CONNECT_TIMEOUT, reader.duration("METERING_DB_TIMEOUT", "2s") / 2)
 
 
 def _check_hosts(url: str) -> None:

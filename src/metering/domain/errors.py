@@ -140,6 +140,10 @@ class CatalogReloaded(MeteringError):
         )
 
 
+class ShuttingDown(MeteringError):
+    """This server's drain has begun: it takes no new call (another replica will)."""
+
+
 class PriceCurrencyMismatch(MeteringError):
     """A price bills in another currency than the customer's plan."""
 

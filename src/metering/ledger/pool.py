@@ -19,6 +19,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from metering.domain.errors import DatabaseUnavailable
+from metering.ledger.connector import HostByHost
 
 # SQLSTATE classes that mean "the database is not usable right now":
 # 08 connection exception, 53 insufficient resources, 57 operator
@@ -30,6 +31,16 @@ _UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
 # refused UNAVAILABLE and the connection dropped, so that the next one looks
 # for the primary again (target_session_attrs=read-write).
 _READ_ONLY_SERVER = "25006"
+# The transaction was rolled back by the server and may be run again as it
+# was: serialization_failure (40001: a SERIALIZABLE conflict, or on a hot
+# standby "canceling statement due to conflict with recovery") and
+# deadlock_detected (40P01: a deadlock, or a standby's buffer-pin deadlock
+# with recovery). Nothing of it was written: a retry with the same ids is
+# safe, so the call is refused UNAVAILABLE with RetryInfo, not INTERNAL. A
+# recovery conflict that drops the database (57P04) is in class 57 already.
+# Not the rest of class 40: 40002 (a constraint checked at commit) and 40003
+# (completion unknown) are not "retry and it will do".
+_ROLLED_BACK_RETRYABLE = ("40001", "40P01")
 
 _T = TypeVar("_T")
 
@@ -68,19 +79,32 @@ async def _release(conn: Connection) -> None:
 
 
 async def create_pool(
-    url: str, *, min_size: int, max_size: int, db_timeout: timedelta, application_name: str = "metering"
+    url: str,
+    *,
+    min_size: int,
+    max_size: int,
+    db_timeout: timedelta,
+    connect_timeout: timedelta | None = None,
+    application_name: str = "metering",
 ) -> Pool:
     """A pool on `url`, which may name several hosts (libpq's multi-host
     syntax, `postgresql://h1:p1,h2:p2/db?target_session_attrs=read-write`):
-    every new connection tries them in order and keeps the first that
+    every new connection tries them one by one, each for at most
+    `connect_timeout` (METERING_DB_CONNECT_TIMEOUT), hosts that failed
+    recently last (metering.ledger.connector), and keeps the first that
     qualifies, so that after a failover the pool finds the new primary by
-    itself. Connections that fail are dropped (PoolUser), never reused."""
+    itself, even when the old one went silent. Connections that fail are
+    dropped (PoolUser), never reused. Without `connect_timeout`, each host
+    may take all of `db_timeout`."""
     seconds = db_timeout.total_seconds()
-    return await asyncpg.create_pool(
+    per_host = seconds if connect_timeout is None else connect_timeout.total_seconds()
+    # The stubs want `connect` to take every argument asyncpg.connect takes;
+    # the pool passes only those given below, which HostByHost takes.
+    pool: Pool = await asyncpg.create_pool(  # type: ignore[call-overload]
         url,
         min_size=min_size,
         max_size=max_size,
-        timeout=seconds,  # connect timeout
+        connect=HostByHost(url, connect_timeout=per_host, is_unavailable=is_unavailable),
         command_timeout=seconds,  # client-side bound on every statement
         init=_init_connection,
         reset=_release,
@@ -95,6 +119,7 @@ async def create_pool(
             "jit": "off",
         },
     )
+    return pool
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -111,7 +136,9 @@ def is_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = getattr(exc, "sqlstate", None) or ""
-        return sqlstate[:2] in _UNAVAILABLE_CLASSES or sqlstate == _READ_ONLY_SERVER
+        return (
+            sqlstate[:2] in _UNAVAILABLE_CLASSES or sqlstate == _READ_ONLY_SERVER or sqlstate in _ROLLED_BACK_RETRYABLE
+        )
     return False
 
 

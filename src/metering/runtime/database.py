@@ -51,7 +51,11 @@ async def connect(settings: Settings, url: str) -> Pool:
     while True:
         try:
             return await create_pool(
-                url, min_size=settings.db_pool_min, max_size=settings.db_pool_max, db_timeout=settings.db_timeout
+                url,
+                min_size=settings.db_pool_min,
+                max_size=settings.db_pool_max,
+                db_timeout=settings.db_timeout,
+                connect_timeout=settings.db_connect_timeout,
             )
         except Exception as exc:
             if not is_unavailable(exc) or time.monotonic() > deadline:
@@ -71,6 +75,7 @@ async def open_replica_pool(settings: Settings) -> Pool | None:
         min_size=0,
         max_size=settings.db_pool_max,
         db_timeout=settings.db_timeout,
+        connect_timeout=settings.db_connect_timeout,
         application_name="metering-read",
     )
 

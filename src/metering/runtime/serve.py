@@ -16,9 +16,11 @@ task's failure (below), or on a failure of start-up itself. Hence, in order:
    on for METERING_SHUTDOWN_DELAY;
 3. the Stripe exporter (an event in flight is sent again by whichever replica
    exports next) and the closer (a close in flight rolls back, and is redone);
-4. the drain: the health and notification streams end, the gRPC server and
-   the HTTP edge stop accepting calls and in-flight calls have
-   METERING_SHUTDOWN_GRACE to finish;
+4. the drain: new calls are held by the edges' gate (metering.api.drain),
+   the health and notification streams end, in-flight calls have
+   METERING_SHUTDOWN_GRACE to finish, the gRPC server and the HTTP edge stop
+   accepting calls, and the held calls are answered UNAVAILABLE
+   (SHUTTING_DOWN), never CANCELLED;
 5. retention, the replica probe, the pool sampler, the health probe, webhook
    delivery (an attempt in flight is abandoned: it is sent again, with the
    same webhook-id) and the outbox LISTEN;
@@ -306,16 +308,35 @@ async def _leave_the_balancers(service: Service, serving: Serving) -> None:
         await asyncio.sleep(delay)
 
 
+# How long the drain lets clients whose answer just left send their next call
+# (held by the gate) before the servers stop, and how long after the stop began
+# the held calls are answered: see metering.api.drain.
+DRAIN_SETTLE_SECONDS = 0.1
+
+
 async def _drain(service: Service) -> None:
+    """New calls held by the gate (metering.api.drain), the calls in flight
+    given up to METERING_SHUTDOWN_GRACE, then the servers stopped and the
+    held calls answered UNAVAILABLE (SHUTTING_DOWN): none arrives as the
+    servers stop, when grpc.aio would cancel it (CANCELLED)."""
     grace = service.config.settings.shutdown_grace.total_seconds()
     log.info("stopping: draining in-flight calls for up to %ss", grace)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    service.drain.close()
     service.delivery.stream.close()
     service.health.end_watches()
-    if service.http is None:
-        await service.server.stop(grace)
-        return
-    # Both edges drain at once, each giving its calls in flight the same grace.
-    await asyncio.gather(service.server.stop(grace), service.http.stop(grace))
+    await service.drain.wait_idle(grace)
+    await asyncio.sleep(min(DRAIN_SETTLE_SECONDS, max(0.0, deadline - loop.time())))
+    left = max(0.0, deadline - loop.time())
+    # Both edges stop at once, each giving what may still be in flight the rest of the grace.
+    stops = (
+        [service.server.stop(left)] if service.http is None else [service.server.stop(left), service.http.stop(left)]
+    )
+    stopping = asyncio.gather(*stops)
+    await asyncio.sleep(DRAIN_SETTLE_SECONDS)  # the servers listen no more and have told their connections so
+    service.drain.release()
+    await stopping
 
 
 async def _sample_pool(metrics: Metrics, settings: Settings) -> None:

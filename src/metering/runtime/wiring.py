@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from metering.api.auth import Authenticator
 from metering.api.bench import noop_handler
+from metering.api.drain import Drain
 from metering.api.health import DatabaseHealth
 from metering.api.http.app import HttpApplication
 from metering.api.http.codec import CompactJsonCodec
@@ -143,6 +144,7 @@ class Service:
     reloader: ConfigReloader
     server: grpc.aio.Server
     http: HttpServer | None  # the HTTP edge (Connect, gRPC-Web); None with METERING_HTTP_PORT=off
+    drain: Drain  # both edges' gate: closed when shutdown drains, new calls are then refused UNAVAILABLE
 
 
 def build(
@@ -178,6 +180,7 @@ def build(
         backfill_window=settings.backfill_window,
         wallets=Wallets(catalogs, stores.ledger, stores.wallets),
     )
+    drain = Drain()
     return Service(
         config=config,
         metrics=metrics,
@@ -189,8 +192,11 @@ def build(
         health=health,
         authenticator=authenticator,
         reloader=ConfigReloader(config, catalogs, authenticator, delivery.webhooks, delivery.retention, metrics),
-        server=_server(settings, servicer, health, ObservedServiceInterceptor(metrics, authenticator), tracing, worker),
-        http=_http(settings, ConnectEdge(servicer, metrics, authenticator, tracing), health, worker),
+        server=_server(
+            settings, servicer, health, ObservedServiceInterceptor(metrics, authenticator, drain), tracing, worker
+        ),
+        http=_http(settings, ConnectEdge(servicer, metrics, authenticator, tracing, drain), health, worker),
+        drain=drain,
     )
 
 
@@ -234,7 +240,7 @@ def _delivery(config: Config, pools: Pools, metrics: Metrics, page_tokens: PageT
     settings = config.settings
     acquire_timeout = settings.db_timeout.total_seconds()
     outbox = OutboxStore(pools.primary, acquire_timeout=acquire_timeout)
-    wakeup = OutboxWakeup(OutboxListener(pools.url))
+    wakeup = OutboxWakeup(OutboxListener(pools.url, connect_timeout=settings.db_connect_timeout.total_seconds()))
     webhooks = WebhookDelivery(
         outbox,
         config.endpoints,
@@ -325,7 +331,7 @@ def _http(settings: Settings, edge: ConnectEdge, health: DatabaseHealth, worker:
         read_max_bytes=settings.max_message_bytes,
         codecs=[google_protobuf_binary_codec(), CompactJsonCodec()],
     )
-    app = HttpApplication(connect, health, settings.http_cors_origins)
+    app = HttpApplication(connect, health, settings.http_cors_origins, edge.drain)
     # The workers of one supervisor share the port it reserved, as they share the gRPC one.
     return HttpServer(app, settings.http_host, settings.http_port, reuse_port=worker is not None)
 

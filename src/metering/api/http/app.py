@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, TypeAlias
 
+from metering.api.drain import Drain
 from metering.api.health import DatabaseHealth
 from metering.api.http.exchange import begin_exchange, end_exchange
 
@@ -46,9 +47,12 @@ class HttpApplication:
     """The ASGI application of the HTTP port: routes health, answers CORS for the configured origins,
     and hands every other request to the Connect application, giving a plain-HTTP refusal its status."""
 
-    def __init__(self, connect: ASGIApp, health: DatabaseHealth, cors_origins: Iterable[str]) -> None:
+    def __init__(
+        self, connect: ASGIApp, health: DatabaseHealth, cors_origins: Iterable[str], drain: Drain | None = None
+    ) -> None:
         self._connect = connect
         self._health = health
+        self._drain = Drain() if drain is None else drain
         origins = frozenset(cors_origins)
         self._any_origin = "*" in origins
         self._origins = origins - {"*"}
@@ -77,6 +81,10 @@ class HttpApplication:
                     event["status"] = exchange.status
                 if cors:
                     event["headers"] = [*event.get("headers", ()), *cors]
+                if self._drain.closed and scope.get("http_version") in ("1.0", "1.1"):
+                    # Shutting down: the client must not send its next call on this
+                    # connection, which closes (an HTTP/2 client has the GOAWAY).
+                    event["headers"] = [*event.get("headers", ()), (b"connection", b"close")]
                 if not event.get("trailers", False):
                     held = event
                     return

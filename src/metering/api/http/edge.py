@@ -42,6 +42,7 @@ from protobuf import Message as DetailMessage
 from protobuf.wkt import Any as AnyDetail
 
 from metering.api.auth import Authenticator
+from metering.api.drain import Drain
 from metering.api.errors import http_status, retry_after, to_rpc_status
 from metering.api.http.exchange import current_exchange
 from metering.api.http.idempotency import HEADER as IDEMPOTENCY_KEY
@@ -126,12 +127,23 @@ class ConnectEdge:
     and counts, logs and traces every call as the gRPC interceptor does, labelled with its protocol."""
 
     def __init__(
-        self, rpcs: MeteringServicer, metrics: Metrics, authenticator: Authenticator, tracing: Tracing | None
+        self,
+        rpcs: MeteringServicer,
+        metrics: Metrics,
+        authenticator: Authenticator,
+        tracing: Tracing | None,
+        drain: Drain | None = None,
     ) -> None:
         self._rpcs = rpcs
         self._metrics = metrics
         self._authenticator = authenticator
         self._tracing = tracing
+        self._drain = Drain() if drain is None else drain  # shared with the gRPC edge: refuses once shutdown drains
+
+    @property
+    def drain(self) -> Drain:
+        """The gate this edge's calls pass (shared with the gRPC edge)."""
+        return self._drain
 
     def service(self) -> MeteringService:
         """The object the generated Connect application calls: one handler per RPC of the contract."""
@@ -142,7 +154,9 @@ class ConnectEdge:
             if method.server_streaming:
                 handlers[local_name(method.name)] = self._observe_stream(path, body)
             else:
-                handlers[local_name(method.name)] = self._observe(path, method.name, body)
+                handlers[local_name(method.name)] = self._observe(
+                    path, method.name, body, streaming=method.client_streaming
+                )
         return cast(MeteringService, types.SimpleNamespace(**handlers))
 
     def _refusal(self, exc: Exception, ctx: Context) -> tuple[grpc.StatusCode, ConnectError]:
@@ -162,9 +176,10 @@ class ConnectEdge:
             return contextlib.nullcontext()
         return self._tracing.http_call(method, ctx.request_headers)
 
-    def _observe(self, method: str, rpc: str, body: Body) -> Unary:
+    def _observe(self, method: str, rpc: str, body: Body, *, streaming: bool = False) -> Unary:
         metrics = self._metrics
         authenticator = self._authenticator
+        drain = self._drain
 
         # `request` is the request message, or the request iterator of a client-streaming call.
         async def observed(request: Any, ctx: Context) -> Message:
@@ -174,8 +189,10 @@ class ConnectEdge:
             code = grpc.StatusCode.OK
             caller = "unauthenticated"
             gate = None
+            entered = False
             with self._span(method, ctx) as failed:
                 try:
+                    entered = await drain.enter(counted=not streaming)
                     identified = authenticator.identify_http(headers.getall("authorization"))
                     caller = identified.name
                     authenticator.authorize(identified, method)
@@ -195,6 +212,8 @@ class ConnectEdge:
                 finally:
                     if gate is not None:
                         gate.leave()
+                    if entered:
+                        drain.leave()
                     elapsed = time.perf_counter() - started
                     metrics.child(metrics.requests, method, code.name, caller, protocol).inc()
                     metrics.child(metrics.latency, method, protocol).observe(elapsed)
@@ -208,6 +227,7 @@ class ConnectEdge:
         counted when it ends, not timed (its length is the client's), as on gRPC."""
         metrics = self._metrics
         authenticator = self._authenticator
+        drain = self._drain
 
         async def observed(request: Any, ctx: Context) -> AsyncIterator[Message]:
             started = time.perf_counter()
@@ -216,6 +236,8 @@ class ConnectEdge:
             code = grpc.StatusCode.OK
             caller = "unauthenticated"
             try:
+                # Held, then refused, once the drain begins; not counted in flight: the drain ends the streams.
+                await drain.enter(counted=False)
                 identified = authenticator.identify_http(headers.getall("authorization"))
                 caller = identified.name
                 authenticator.authorize(identified, method)

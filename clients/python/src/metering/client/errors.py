@@ -358,9 +358,10 @@ class RateLimited(MeteringError):
 
 
 class Unavailable(MeteringError):
-    """The service did not answer: UNAVAILABLE (reason DATABASE_UNAVAILABLE or CATALOG_RELOADED, or no connection),
-    DEADLINE_EXCEEDED or CANCELLED, after the last retry (`attempts` calls were made). The
-    request may or may not have been carried out: send it again with the same ids."""
+    """The service did not answer: UNAVAILABLE (reason DATABASE_UNAVAILABLE, CATALOG_RELOADED or
+    SHUTTING_DOWN, or no connection), DEADLINE_EXCEEDED or CANCELLED, after the last retry
+    (`attempts` calls were made). The request may or may not have been carried out: send it again
+    with the same ids."""
 
     def __init__(
         self, code: grpc.StatusCode, message: str, details: ErrorDetails | None = None, *, attempts: int = 1
@@ -622,6 +623,7 @@ _BY_REASON: dict[str, _Decoder] = {
     "METER_NOT_ALLOWED": lambda code, message, d: MeterNotAllowed(code, message, d, meter=d.metadata.get("meter", "")),
     "DATABASE_UNAVAILABLE": Unavailable,
     "CATALOG_RELOADED": Unavailable,
+    "SHUTTING_DOWN": Unavailable,  # the server's drain began: nothing was done, retry (another replica)
     "INTERNAL": InternalError,
 }
 
