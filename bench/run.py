@@ -456,7 +456,7 @@ def preload_statistics(embedded: EmbeddedPostgres, explain_sample: float) -> Non
     auto_explain logs EXPLAIN ANALYZE (triggers, nested statements) of that share
     of the statements into the server's log when explain_sample > 0."""
     settings = [
-        "shared_preload_libraries = 'pg_stat_statements, auto_explain'",
+        "shared_preload_libraries = pg_stat_statements, auto_explain",
         "pg_stat_statements.track = 'all'",
     ]
     if explain_sample > 0:
@@ -667,6 +667,9 @@ def main() -> None:
             POSTMASTER.append(postmaster_pid(embedded))
             execute(embedded.uri(), args)
         finally:
+            if args.pg_stats:  # restarted: the embedded handle knows the first postmaster only
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=embedded.data_dir, user=embedded.server.system_user)
             embedded.stop()
 
 
