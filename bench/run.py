@@ -171,6 +171,7 @@ def cpu_ticks() -> tuple[int, int]:
 # are the database's. Without it, every process named postgres on the machine
 # counts (a server shared with other work overstates the database's share).
 POSTMASTER: list[int] = []
+PLANS_LOG: list[Path] = []  # auto_explain's log, with --explain-sample
 
 
 def database_cpu_seconds() -> float:
@@ -420,6 +421,19 @@ def print_statement_stats(url: str, events: int) -> None:
         )
 
 
+async def hot_updates(url: str) -> list[asyncpg.Record]:
+    """Updates of the rows every batch updates in place, and how many were HOT."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        return await conn.fetch(
+            "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+            "WHERE relname IN ('meter_counters', 'usage_rollups') ORDER BY relname"
+        )
+    finally:
+        await conn.close()
+
+
 def focused(url: str, env: dict[str, str], args: argparse.Namespace) -> None:
     """The scenarios of --only on 1 worker, then on --workers, then raw COPY: ratios to COPY."""
     figures: dict[tuple[int, str], Figure] = {}
@@ -438,8 +452,13 @@ def focused(url: str, env: dict[str, str], args: argparse.Namespace) -> None:
                 if args.pg_stats:
                     events = round(sum(figure.per_second) * args.seconds)
                     print_statement_stats(url, events)
+                if PLANS_LOG:
+                    print_last_plan(PLANS_LOG[0])
         finally:
             service.stop()
+    for row in asyncio.run(hot_updates(url)):
+        share = row["n_tup_hot_upd"] / max(1, row["n_tup_upd"])
+        print(f"{row['relname']}: {row['n_tup_upd']:,} updates, {share:.0%} HOT")
     copy = copy_ceiling(url, args, "only")
     print("\n-- ratios: against raw COPY (same run) --")
     for (workers, _key), figure in figures.items():
@@ -467,7 +486,11 @@ def preload_statistics(embedded: EmbeddedPostgres, explain_sample: float) -> Non
             "auto_explain.log_triggers = on",
             "auto_explain.log_nested_statements = on",
             f"auto_explain.sample_rate = {explain_sample}",
+            "logging_collector = on",
+            f"log_directory = '{embedded.data_dir / 'plans'}'",
+            "log_filename = 'plans.log'",
         ]
+        PLANS_LOG.append(embedded.data_dir / "plans" / "plans.log")
     for setting in settings:
         embedded.server.psql(f"ALTER SYSTEM SET {setting};")
     pg_ctl(["-w", "restart"], pgdata=embedded.data_dir, user=embedded.server.system_user)
@@ -481,7 +504,26 @@ def preload_statistics(embedded: EmbeddedPostgres, explain_sample: float) -> Non
 
     asyncio.run(create())
     if explain_sample > 0:
-        print(f"auto_explain logs {explain_sample:g} of the statements to {embedded.server.log}", flush=True)
+        print(f"auto_explain logs {explain_sample:g} of the statements to {PLANS_LOG[0]}", flush=True)
+
+
+def print_last_plan(log: Path, marker: str = "INSERT INTO usage_events") -> None:
+    """The last plan auto_explain logged of a statement containing `marker`: the batch's one statement."""
+    blocks: list[list[str]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        if " LOG:  duration: " in line:
+            blocks.append([line])
+        elif blocks and (line.startswith("\t") or line.startswith(" ")):
+            blocks[-1].append(line)
+    chosen = [b for b in blocks if any(marker in line for line in b) and any("WITH inserted AS" in x for x in b)]
+    print(f"   auto_explain: {len(blocks)} plans logged, {len(chosen)} of the batch statement", flush=True)
+    if not chosen and blocks:
+        print("\n".join(blocks[-1][:20]))
+    if chosen:
+        print("   auto_explain, the batch statement's last sampled plan:")
+        for line in chosen[-1]:
+            if "Query Text" in line or not line.startswith("\t  ") or "->" in line or "Trigger" in line:
+                print(f"   {line.rstrip()[:160]}")
 
 
 def postmaster_pid(embedded: EmbeddedPostgres) -> int:
