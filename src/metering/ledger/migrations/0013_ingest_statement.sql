@@ -14,7 +14,10 @@
 -- 2. Room for HOT updates on the rows every batch updates in place: a counter
 --    row per customer and meter, a rollup bucket per customer, meter and hour.
 --    Neither update changes an indexed column, so with free space on the page
---    the new version stays on it and no index entry is written.
+--    the new version stays on it and no index entry is written. A fillfactor
+--    applies to the pages written after it is set (a table rewrite, e.g.
+--    VACUUM FULL in a quiet hour, applies it to the old ones); counters and
+--    buckets are per period and per hour, so new ones arrive on new pages.
 --
 -- Every index on usage_events, and the queries that need it (none is dropped):
 --   usage_events_pkey (customer_id, event_id): the target of usage_voids'
