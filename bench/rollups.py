@@ -57,7 +57,7 @@ MONTH = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
 ANCHOR = datetime(2026, 10, 1, tzinfo=UTC)
 MODELS = ("small", "medium", "large")
 # The writer's statement without its rollup CTEs: the "without rollups" service.
-ROLLUP_CTES = "), {ROLLUP_UPSERTS.strip()}, counters AS ("
+ROLLUP_CTES = "), {rollup_ctes}, counters AS ("
 WITHOUT_ROLLUPS = "), counters AS ("
 
 
@@ -197,7 +197,7 @@ def baseline_tree(commit: str) -> Path:
     """A worktree of `commit` whose batching writer writes no rollups."""
     folder = Path(tempfile.mkdtemp(prefix="metering-baseline-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), commit], check=True)
-    writer = folder / "src" / "metering" / "ledger" / "writer.py"
+    writer = folder / "src" / "metering" / "ledger" / "usage.py"
     text = writer.read_text()
     if text.count(ROLLUP_CTES) != 1:
         raise SystemExit(f"{writer}: the rollup CTEs are not where this benchmark expects them; update ROLLUP_CTES")

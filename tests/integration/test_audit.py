@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from metering.v1 import customer_pb2, events_pb2, metering_service_pb2_grpc
+from metering.v1 import customer_pb2, events_pb2, ingest_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import TEST_CATALOG, ServiceProcess, audit, commit, record, reserve, run_sql
 
 # Slow tier: services of its own and the `metering audit` command.
@@ -61,6 +61,61 @@ def test_audit_reports_a_tampered_counter_and_a_lost_counter(
     [mismatch] = report.mismatches
     assert (mismatch.meter_slug, mismatch.stored_used, mismatch.expected_used) == ("tokens", Decimal(27), Decimal(26))
     assert report.unique_value_mismatches == 1
+
+
+def test_audit_reports_events_and_counters_without_their_customer(database_url: str) -> None:
+    """No foreign key checks an event's customer per row (migration 0014): the
+    writers' lock on the customer row proves it, and the audit counts what a
+    writer that skipped the lock would leave."""
+    ghost = f"ghost-{os.urandom(4).hex()}"
+    run_sql(
+        database_url,
+        "INSERT INTO usage_events (customer_id, event_id, transaction_id, meter_slug, price_slug, quantity, "
+        "event_time, period_start) VALUES ($1, gen_random_uuid(), 't', 'tokens', 'tokens', 1, now(), now())",
+        ghost,
+    )
+    run_sql(
+        database_url,
+        "INSERT INTO meter_counters (customer_id, meter_slug, period_start, used, event_count) "
+        "VALUES ($1, 'tokens', now(), 1, 1)",
+        ghost,
+    )
+    report = audit(database_url, [ghost])
+    assert not report.ok
+    assert report.orphan_rows == 2
+    run_sql(database_url, "DELETE FROM usage_events WHERE customer_id = $1", ghost)
+    run_sql(database_url, "DELETE FROM meter_counters WHERE customer_id = $1", ghost)
+
+
+def test_recording_for_an_unknown_customer_writes_nothing(
+    stub: Stub, new_customer: Callable[..., str], database_url: str
+) -> None:
+    """The invariant the dropped foreign key checked, kept by the writers: a
+    batch naming a customer that does not exist writes no event and no
+    counter of it, and the batch's other events are recorded."""
+    known, ghost = new_customer("open"), f"ghost-{os.urandom(4).hex()}"
+    with pytest.raises(grpc.RpcError) as refused:
+        record(stub, ghost, "lone", "3")
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    reply = stub.RecordUsageBatch(
+        ingest_pb2.RecordUsageBatchRequest(
+            events=[
+                usage_pb2.RecordUsageRequest(customer_id=c, meter_slug="tokens", quantity="2", transaction_id=t)
+                for c, t in ((known, "a"), (ghost, "b"), (known, "c"))
+            ]
+        ),
+        timeout=10,
+    )
+    ok, not_found = grpc.StatusCode.OK.value[0], grpc.StatusCode.NOT_FOUND.value[0]
+    assert [r.status.code for r in reply.results] == [ok, not_found, ok]
+    [row] = run_sql(
+        database_url,
+        "SELECT (SELECT count(*) FROM usage_events WHERE customer_id = $1) AS events, "
+        "(SELECT count(*) FROM meter_counters WHERE customer_id = $1) AS counters",
+        ghost,
+    )
+    assert (row["events"], row["counters"]) == (0, 0)
+    assert audit(database_url, [known, ghost]).ok
 
 
 def test_audit_command_exit_status(stub: Stub, new_customer: Callable[..., str], database_url: str) -> None:

@@ -79,6 +79,10 @@ class AuditReport:
     unknown_meter_events: int  # events of a meter the catalog no longer defines
     unique_value_mismatches: int  # UNIQUE_COUNT bookkeeping rows without a counting event, or missing
     dangling_commits: int  # committed reservations whose event does not exist
+    # Events and counters of a customer that does not exist. No foreign key checks
+    # it per row (migration 0014): every writer holds the customer's row FOR SHARE
+    # and no path deletes a customer; this count proves it.
+    orphan_rows: int = 0
     mismatches: list[CounterMismatch] = field(default_factory=list)
     rollup_mismatches: list[RollupMismatch] = field(default_factory=list)
     rollups: int = 0  # rollup bucket rows checked
@@ -102,6 +106,7 @@ class AuditReport:
             or self.unknown_meter_events
             or self.unique_value_mismatches
             or self.dangling_commits
+            or self.orphan_rows
             or self.wallet_grant_mismatches
             or self.wallet_spend_mismatches
         )
@@ -145,6 +150,13 @@ async def audit_ledger(conn: Connection, catalog: Catalog, customer_ids: Sequenc
                        AND NOT EXISTS (SELECT 1 FROM usage_events e
                                         WHERE e.customer_id = r.customer_id AND e.event_id = r.event_id))
                        AS dangling_commits,
+                   (SELECT count(*) FROM usage_events e
+                     WHERE {scope.on("e")}
+                       AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = e.customer_id))
+                   + (SELECT count(*) FROM meter_counters m
+                       WHERE {scope.on("m")}
+                         AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = m.customer_id))
+                       AS orphan_rows,
                    (SELECT count(*) FROM credit_grants g
                      WHERE {scope.on("g")}
                        AND (g.remaining < 0 OR g.remaining > g.amount
@@ -185,6 +197,7 @@ async def audit_ledger(conn: Connection, catalog: Catalog, customer_ids: Sequenc
         unknown_meter_events=totals["unknown_meter_events"],
         unique_value_mismatches=unique_value_mismatches,
         dangling_commits=totals["dangling_commits"],
+        orphan_rows=totals["orphan_rows"],
         mismatches=mismatches,
         wallet_grant_mismatches=totals["wallet_grant_mismatches"],
         wallet_spend_mismatches=totals["wallet_spend_mismatches"],

@@ -20,7 +20,7 @@ from metering.domain.records import CustomerRecord, StoredEvent
 from metering.domain.usage import AllowanceKey, BatchPlan, CounterKey
 from metering.ledger import outbox
 from metering.ledger.pool import Connection
-from metering.ledger.rollups import ROLLUP_UPSERTS
+from metering.ledger.rollups import rollup_upserts
 from metering.ledger.sql import (
     COUNTER_COLUMNS,
     COUNTER_LOCK,
@@ -176,6 +176,8 @@ async def _write_usage(conn: Connection, plan: BatchPlan) -> dict[UUID, datetime
     """The batch's one statement of usage (write_batch): when each event it inserted was recorded."""
     rows, counters, unique_values = plan.inserts, plan.counters, plan.unique_values
     events = [row.event for row in rows]
+    unique_values_of_rows = [row.unique_value for row in rows]
+    rollup_ctes = rollup_upserts(any(value is not None for value in unique_values_of_rows))
     # Data-modifying WITH clauses always run to completion, read or not. The
     # rollups add every event of the batch: if the insert skipped one (a
     # concurrent twin took its transaction id), the caller rolls the whole
@@ -202,7 +204,7 @@ async def _write_usage(conn: Connection, plan: BatchPlan) -> dict[UUID, datetime
                           $23::text[], $24::text[])
                    AS s (customer_id, meter_slug, price_slug, event_time, event_id, quantity, dimensions,
                          unique_value)
-        ), {ROLLUP_UPSERTS.strip()}, counters AS (
+        ), {rollup_ctes}, counters AS (
             UPDATE meter_counters c
                SET used = u.used, event_count = u.event_count, latest_event_time = u.latest_event_time,
                    latest_event_id = u.latest_event_id, updated_at = now()
@@ -239,7 +241,7 @@ async def _write_usage(conn: Connection, plan: BatchPlan) -> dict[UUID, datetime
         [u.value for u in unique_values],
         [u.first_event_id for u in unique_values],
         [_json_text(row.dimensions) for row in rows],
-        [row.unique_value for row in rows],
+        unique_values_of_rows,
     )
     return {row[0]: row[1] for row in inserted}
 
