@@ -37,7 +37,8 @@ def row(index: int, t: Trial) -> str:
     failed = ", ".join(f"{code} {n}" for code, n in t.failed.most_common()) or "none"
     holds = t.reservations
     return (
-        f"{t.kind.value:<17} {index:>2} {_s(t.first_ack_after_kill):>9} {_s(t.first_ack_after_promotion):>10} "
+        f"{t.kind.value:<17} {index:>2} {_s(t.promoted_after):>8} {_s(t.first_ack_after_kill):>9} "
+        f"{_s(t.first_ack_after_promotion):>10} "
         f"{t.acked:>6} {t.lost:>4} {t.overspend:>5} {t.duplicates:>4} "
         f"{t.invoices_due - t.invoices_missing:>2}/{t.invoices_due:<2} {t.invoices_duplicated:>3} "
         f"{t.notifications - t.webhooks_undelivered:>3}/{t.notifications:<3} {t.webhook_mismatches:>4} "
@@ -47,7 +48,7 @@ def row(index: int, t: Trial) -> str:
 
 
 HEADER = (
-    f"{'kind':<17} {'#':>2} {'kill→ack':>9} {'promo→ack':>10} {'acked':>6} {'lost':>4} {'over':>5} {'dup':>4} "
+    f"{'kind':<17} {'#':>2} {'promoted':>8} {'kill→ack':>9} {'promo→ack':>10} {'acked':>6} {'lost':>4} {'over':>5} {'dup':>4} "
     f"{'inv':>5} {'2x':>3} {'hooks':>7} {'mism':>4} {'holds':>5} {'old leader':>12} {'rejoin':>7} {'':>4}  failed calls"
 )
 
@@ -65,9 +66,12 @@ async def main() -> int:
         print(why, file=sys.stderr)
         return 2
     load = os.getloadavg()
-    print(f"Patroni ttl {TTL}, loop_wait {LOOP_WAIT}, retry_timeout {RETRY_TIMEOUT}, synchronous_mode; "
-          f"load average at start {load[0]:.2f} on {os.cpu_count()} cores")
-    print("seconds: kill→ack = from the kill (or the silence) to the first acknowledged write begun after it;")
+    print(
+        f"Patroni ttl {TTL}, loop_wait {LOOP_WAIT}, retry_timeout {RETRY_TIMEOUT}, synchronous_mode; "
+        f"load average at start {load[0]:.2f} on {os.cpu_count()} cores"
+    )
+    print("seconds: promoted = from the kill (or the silence) to the other member seen leading (GET /cluster);")
+    print("kill→ack = from the kill (or the silence) to the first acknowledged write begun after it;")
     print("promo→ack = from the other member seen leading to that write; rejoin = from the old leader's return")
     print("(restart after node loss, thaw after silence, the kill for a postmaster crash) to sync standby")
     print()
@@ -82,6 +86,8 @@ async def main() -> int:
                 done = await trial(directory, KINDS[name], seconds=args.seconds, tasks=args.tasks, kill_at=args.kill_at)
                 results.append(done)
                 print(row(index, done), flush=True)
+                if done.how_silenced:
+                    print(f"    silenced by {done.how_silenced}", flush=True)
                 for problem in done.problems:
                     print(f"    {problem}", flush=True)
                 shutil.rmtree(directory, ignore_errors=True)

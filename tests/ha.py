@@ -32,14 +32,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -135,6 +136,11 @@ class Trial:
     audit_output: str = ""
 
     @property
+    def promoted_after(self) -> float | None:
+        """Seconds from the kill (or the silence) to the other member seen leading."""
+        return None if self.promoted is None else self.promoted - self.killed
+
+    @property
     def lost(self) -> int:
         return (0 if self.check is None else len(self.check.acked_missing)) + self.reservations_lost
 
@@ -208,7 +214,9 @@ def iptables_works() -> bool:
     """Whether rules can be added here (root, CAP_NET_ADMIN, the tool installed)."""
     if shutil.which("iptables") is None or os.geteuid() != 0:
         return False
-    return subprocess.run(["iptables", "-L", "INPUT", "-n"], capture_output=True, timeout=10, check=False).returncode == 0
+    return (
+        subprocess.run(["iptables", "-L", "INPUT", "-n"], capture_output=True, timeout=10, check=False).returncode == 0
+    )
 
 
 @contextlib.contextmanager
@@ -242,35 +250,22 @@ async def reserve_loop(stub: MeteringServiceAsyncStub, book: Reservations, until
         n += 1
         rid = f"{book.customer_id}-r{n}"
         quantity = 1 + n % 5
-        held = await _retry(
-            book,
-            lambda: stub.ReserveUsage(
-                reservations_pb2.ReserveUsageRequest(
-                    customer_id=book.customer_id, meter_slug="tokens", quantity=str(quantity), reservation_id=rid
-                ),
-                timeout=CALL_DEADLINE,
-            ),
-            until + 60,
+        hold = reservations_pb2.ReserveUsageRequest(
+            customer_id=book.customer_id, meter_slug="tokens", quantity=str(quantity), reservation_id=rid
         )
-        if held is None:
+        commit = reservations_pb2.CommitReservationRequest(customer_id=book.customer_id, reservation_id=rid)
+        if not await _retry(book, functools.partial(stub.ReserveUsage, hold, timeout=CALL_DEADLINE), until + 60):
             continue
-        done = await _retry(
-            book,
-            lambda: stub.CommitReservation(
-                reservations_pb2.CommitReservationRequest(customer_id=book.customer_id, reservation_id=rid),
-                timeout=CALL_DEADLINE,
-            ),
-            until + 60,
-        )
-        if done is not None:
+        if await _retry(book, functools.partial(stub.CommitReservation, commit, timeout=CALL_DEADLINE), until + 60):
             book.committed[rid] = quantity
 
 
-async def _retry(book: Reservations, call: object, give_up: float) -> object | None:
-    """The call's answer; None when refused by the limit (or another definite refusal, counted)."""
+async def _retry(book: Reservations, call: Callable[[], Awaitable[object]], give_up: float) -> bool:
+    """Whether the call was answered OK; False when refused (by the limit, or otherwise: counted)."""
     while True:
         try:
-            return await call()  # type: ignore[operator]
+            await call()
+            return True
         except grpc.aio.AioRpcError as error:
             code = error.code()
             if code in UNCERTAIN and time.monotonic() < give_up:
@@ -281,7 +276,7 @@ async def _retry(book: Reservations, call: object, give_up: float) -> object | N
                 book.refused += 1
             else:
                 book.other[code.name] += 1
-            return None
+            return False
 
 
 async def _add_closing(stub: MeteringServiceAsyncStub, tag: str, ends: list[float]) -> list[str]:
@@ -375,7 +370,7 @@ async def _load(
     until = started + seconds
     policy = RetryPolicy(call_timeout=CALL_DEADLINE, give_up_at=until + 90)
     async with grpc.aio.insecure_channel(service.target) as channel:
-        stub: MeteringServiceAsyncStub = metering_service_pb2_grpc.MeteringServiceStub(channel)  # type: ignore[assignment]
+        stub: MeteringServiceAsyncStub = metering_service_pb2_grpc.MeteringServiceStub(channel)
         # Periods ending around the kill: the closer finalizes them during the switch.
         closing = await _add_closing(stub, tag, [kill_at - 2, kill_at, kill_at + 2, kill_at + 5])
 
@@ -407,9 +402,7 @@ async def _load(
                 result.rejoined_after = time.monotonic() - back
 
         async with Client([service.target], book, policy) as client:
-            await asyncio.gather(
-                drive(client, mix, until=until, tasks=tasks), reserve_loop(stub, holds, until), fail()
-            )
+            await asyncio.gather(drive(client, mix, until=until, tasks=tasks), reserve_loop(stub, holds, until), fail())
             await client.resolve(book.pending())
     result.reservations = holds
     result.acked = book.count(Outcome.ACKED)
@@ -417,6 +410,10 @@ async def _load(
     if result.promoted is not None:
         result.first_ack_after_promotion = _first_ok_after(book, result.promoted)
     result.failed = Counter(a.code for a in book.attempts if a.code != "OK")
+    # Batches answered OK whose events (some or all) each said UNAVAILABLE: retried like failed calls.
+    partial = sum(1 for a in book.attempts if a.code == "OK" and a.uncertain > 0)
+    if partial:
+        result.failed["batch OK, events UNAVAILABLE"] = partial
     states = {s.name: s.role for s in await asyncio.to_thread(cluster.cluster)}
     result.old_leader_role = states.get(old.name, "")
     leader = cluster.leader()
@@ -425,12 +422,19 @@ async def _load(
     await asyncio.to_thread(service.stop)  # a quiet ledger for the checks
     result.check = await check_ledger(leader.url(), book, Path(service.catalog))
     await _check_extra(leader.url(), result, holds, closing, receiver, book)
-    result.audit_exit, result.audit_output = await asyncio.to_thread(metering_audit, leader.url(), Path(service.catalog))
+    result.audit_exit, result.audit_output = await asyncio.to_thread(
+        metering_audit, leader.url(), Path(service.catalog)
+    )
 
 
 def _first_ok_after(book: Book, since: float) -> float | None:
     """Seconds from `since` to the end of the first write call begun after it that was answered OK."""
-    ends = [a.ended for a in book.attempts if a.started >= since and a.code == "OK" and a.method in WRITES]
+    # A batch answers OK with a status per event: it counts when at least one of its events was recorded or refused.
+    ends = [
+        a.ended
+        for a in book.attempts
+        if a.started >= since and a.code == "OK" and a.method in WRITES and a.uncertain < a.events
+    ]
     return None if not ends else min(ends) - since
 
 

