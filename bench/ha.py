@@ -48,7 +48,8 @@ def row(index: int, t: Trial) -> str:
 
 
 HEADER = (
-    f"{'kind':<17} {'#':>2} {'promoted':>8} {'kill→ack':>9} {'promo→ack':>10} {'acked':>6} {'lost':>4} {'over':>5} {'dup':>4} "
+    f"{'kind':<17} {'#':>2} {'promoted':>8} {'kill→ack':>9} {'promo→ack':>10} "
+    f"{'acked':>6} {'lost':>4} {'over':>5} {'dup':>4} "
     f"{'inv':>5} {'2x':>3} {'hooks':>7} {'mism':>4} {'holds':>5} {'old leader':>12} {'rejoin':>7} {'':>4}  failed calls"
 )
 
