@@ -534,3 +534,65 @@ def patroni_cluster(directory: Path, members: int = 2) -> Iterator[PatroniCluste
 def require_tools() -> str | None:
     """None when etcd and the PostgreSQL binaries are there (installing etcd-server when missing), else why not."""
     return missing_tools({"etcd": "etcd-server", "setpriv": "util-linux"})
+
+
+HAPROXY_CONFIG = """\
+global
+    maxconn 200
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30m
+    timeout server 30m
+    timeout check 1s
+
+listen primary
+    bind 127.0.0.1:{port}
+    # Patroni's REST API answers 200 on /primary on the leader only.
+    option httpchk GET /primary
+    http-check expect status 200
+    # Checked every second; down after 2 failures, up after 1 success; a
+    # server marked down has its sessions cut, so no client keeps writing
+    # to a demoted primary.
+    default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions
+{servers}
+"""
+
+
+@dataclass
+class HAProxy:
+    """HAProxy in front of the cluster: one port that leads to the member whose
+    Patroni answers 200 on /primary (the second topology of docs/high-availability.md)."""
+
+    directory: Path
+    cluster: PatroniCluster
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str = DATABASE) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def config(self) -> str:
+        servers = "\n".join(
+            f"    server {m.name} {m.address} maxconn 100 check port {m.rest_port}" for m in self.cluster.members
+        )
+        return HAPROXY_CONFIG.format(port=self.port, servers=servers)
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / "haproxy.cfg"
+        path.write_text(self.config())
+        with (self.directory / "haproxy.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                ["haproxy", "-db", "-f", str(path)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
