@@ -88,7 +88,10 @@ async def main() -> int:
                 results.append(done)
                 print(row(index, done), flush=True)
                 if done.how_silenced:
-                    print(f"    silenced by {done.how_silenced}", flush=True)
+                    during = "yes" if done.acked_while_silent else "no: writes resumed only once it came back"
+                    print(
+                        f"    silenced by {done.how_silenced}; a write acknowledged while silent: {during}", flush=True
+                    )
                 for problem in done.problems:
                     print(f"    {problem}", flush=True)
                 shutil.rmtree(directory, ignore_errors=True)
@@ -107,6 +110,13 @@ async def main() -> int:
             f"INTERNAL {sum(t.failed.get('INTERNAL', 0) for t in mine)}, failing trials "
             f"{sum(bool(t.problems) for t in mine)}"
         )
+    targets = {Kind.SILENT: ("promotion→ack", 5.0), Kind.NODE: ("kill→ack", 10.0)}
+    for kind, (what, bound) in targets.items():
+        mine = [t for t in results if t.kind is kind]
+        if mine:
+            worst = [t.first_ack_after_promotion if kind is Kind.SILENT else t.first_ack_after_kill for t in mine]
+            met = all(w is not None and w <= bound for w in worst)
+            print(f"target {kind.value}: {what} <= {bound:g} s: {'met' if met else 'MISSED'} in {len(mine)} trials")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     return 1 if any(t.problems for t in results) else 0
 

@@ -115,6 +115,7 @@ class Trial:
     seconds: float
     how_silenced: str = ""  # SILENT: iptables or SIGSTOP
     killed: float = 0.0  # time.monotonic() of the kill (or of the silence)
+    silence_ended: float | None = None  # SILENT: when the rules were removed and the processes resumed
     promoted: float | None = None  # when the other member was seen leading
     first_ack_after_kill: float | None = None  # seconds from the kill to the end of the first OK write begun after it
     first_ack_after_promotion: float | None = None
@@ -139,6 +140,13 @@ class Trial:
     def promoted_after(self) -> float | None:
         """Seconds from the kill (or the silence) to the other member seen leading."""
         return None if self.promoted is None else self.promoted - self.killed
+
+    @property
+    def acked_while_silent(self) -> bool | None:
+        """SILENT: whether a write was acknowledged before the silence ended (None for the other kinds)."""
+        if self.silence_ended is None or self.first_ack_after_kill is None:
+            return None if self.silence_ended is None else False
+        return self.killed + self.first_ack_after_kill < self.silence_ended
 
     @property
     def lost(self) -> int:
@@ -388,7 +396,7 @@ async def _load(
                         if resumed is not None and time.monotonic() > promoted + resumed + 2:
                             break
                         await asyncio.sleep(0.1)
-                back = time.monotonic()
+                back = result.silence_ended = time.monotonic()
             elif kind is Kind.NODE:
                 await asyncio.to_thread(old.kill_node)
                 _, result.promoted = await _wait_leader(cluster, old)
