@@ -384,9 +384,11 @@ async def _load(
 
         async def fail() -> None:
             await asyncio.sleep(kill_at - (time.monotonic() - started))
-            result.killed = time.monotonic()
+            # `killed` is stamped once the loss is complete (the processes gone, the rules in place):
+            # a call begun before that may still commit on the old leader.
             if kind is Kind.SILENT:
                 with silenced(old) as how:
+                    result.killed = time.monotonic()
                     result.how_silenced = how
                     _, result.promoted = await _wait_leader(cluster, old)
                     promoted = result.promoted
@@ -399,11 +401,13 @@ async def _load(
                 back = result.silence_ended = time.monotonic()
             elif kind is Kind.NODE:
                 await asyncio.to_thread(old.kill_node)
+                result.killed = time.monotonic()
                 _, result.promoted = await _wait_leader(cluster, old)
                 await asyncio.to_thread(old.start)  # the machine comes back
                 back = time.monotonic()
             else:
                 await asyncio.to_thread(old.kill_postmaster)
+                result.killed = time.monotonic()
                 _, result.promoted = await _wait_leader(cluster, old)
                 back = result.killed
             if await _wait_sync(cluster, old) is not None:
