@@ -71,6 +71,7 @@ from tests.faults import (
 from tests.patroni import Member, PatroniCluster, patroni_cluster
 from tests.processes import signal_all
 from tests.receiver import Receiver, webhook_receiver
+from tests.stripe_standin import StripeStandIn
 
 if TYPE_CHECKING:
     from metering.v1.metering_service_pb2_grpc import MeteringServiceAsyncStub
@@ -88,6 +89,7 @@ SERVICE_SETTINGS = {
     "METERING_NOTIFICATION_POLL": "200ms",
 }
 TYPES = '["usage.threshold_crossed", "usage.limit_rejected", "invoice.finalized"]'  # what the trial causes
+STRIPE_KEY = "sk_test_ha"
 WRITES = frozenset({"RecordUsage", "RecordUsageBatch"})
 
 
@@ -133,6 +135,7 @@ class Trial:
     notifications: int = 0
     webhooks_undelivered: int = 0
     webhook_mismatches: int = 0  # ids delivered with two different bodies
+    stripe_mismatches: int = 0  # customers whose units counted by the Stripe stand-in differ from their ledger
     audit_exit: int | None = None
     audit_output: str = ""
 
@@ -189,6 +192,8 @@ class Trial:
             found.append(f"reservation answers: {dict(self.reservations.other)}")
         if self.invoices_missing or self.invoices_duplicated:
             found.append(f"invoices: {self.invoices_missing} missing, {self.invoices_duplicated} twice")
+        if self.stripe_mismatches:
+            found.append(f"Stripe export: {self.stripe_mismatches} customers counted differently from the ledger")
         if self.webhooks_undelivered or self.webhook_mismatches:
             found.append(f"webhooks: {self.webhooks_undelivered} undelivered, {self.webhook_mismatches} mismatched")
         if self.old_leader_role != "sync_standby":
@@ -302,6 +307,12 @@ async def _add_closing(stub: MeteringServiceAsyncStub, tag: str, ends: list[floa
             usage_pb2.RecordUsageRequest(customer_id=customer, meter_slug="tokens", quantity="3", transaction_id="t1"),
             timeout=10,
         )
+        # An event in a finished hour: the Stripe exporter sends it during the trial.
+        earlier = usage_pb2.RecordUsageRequest(
+            customer_id=customer, meter_slug="tokens", quantity="5", transaction_id="t0"
+        )
+        earlier.event_time.CopyFrom(_stamp(datetime.now(UTC) - timedelta(hours=2)))
+        await stub.RecordUsage(earlier, timeout=10)
         customers.append(customer)
     return customers
 
@@ -329,12 +340,23 @@ async def _wait_sync(cluster: PatroniCluster, member: Member, limit: float = REJ
 
 async def trial(directory: Path, kind: Kind, *, seconds: float = 16.0, tasks: int = 6, kill_at: float = 5.0) -> Trial:
     """One trial on a fresh cluster in `directory` (removed afterwards)."""
-    with patroni_cluster(directory / "cluster") as cluster, webhook_receiver() as receiver:
-        return await _trial(cluster, receiver, directory, kind, seconds, tasks, kill_at)
+    stripe = StripeStandIn(STRIPE_KEY).start()
+    try:
+        with patroni_cluster(directory / "cluster") as cluster, webhook_receiver() as receiver:
+            return await _trial(cluster, receiver, stripe, directory, kind, seconds, tasks, kill_at)
+    finally:
+        stripe.stop()
 
 
 async def _trial(
-    cluster: PatroniCluster, receiver: Receiver, directory: Path, kind: Kind, seconds: float, tasks: int, kill_at: float
+    cluster: PatroniCluster,
+    receiver: Receiver,
+    stripe: StripeStandIn,
+    directory: Path,
+    kind: Kind,
+    seconds: float,
+    tasks: int,
+    kill_at: float,
 ) -> Trial:
     catalog = write_catalog(directory)
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
@@ -344,11 +366,27 @@ async def _trial(
     assert old is not None
     # The leader first in the URL: the silent case is the leader being the first host tried.
     cluster.members.sort(key=lambda m: m is not old)
-    service = Replica("A", cluster.multi_host_url(), catalog, METERING_WEBHOOKS_FILE=str(hooks), **SERVICE_SETTINGS)
+    tag = uuid.uuid4().hex[:6]
+    mapping = directory / "stripe.toml"
+    ids = "\n".join(f'"ha-{tag}-closing-{i}" = "cus_{tag}{i}"' for i in range(4))
+    mapping.write_text(
+        f'[meters.tokens]\nevent_name = "api_tokens"\n[customers]\nunlisted = "skip"\n[customers.ids]\n{ids}\n'
+    )
+    exporter = {
+        "METERING_STRIPE_FILE": str(mapping),
+        "METERING_STRIPE_API_KEY": STRIPE_KEY,
+        "METERING_STRIPE_API_BASE": stripe.url,
+        "METERING_STRIPE_SETTLE_DELAY": "0s",
+        "METERING_STRIPE_INTERVAL": "200ms",
+        "METERING_STRIPE_TIMEOUT": "5s",
+    }
+    service = Replica(
+        "A", cluster.multi_host_url(), catalog, METERING_WEBHOOKS_FILE=str(hooks), **exporter, **SERVICE_SETTINGS
+    )
     await asyncio.to_thread(service.start)
     result = Trial(kind, seconds)
     try:
-        await _load(cluster, old, service, result, kind, seconds, tasks, kill_at, receiver)
+        await _load(cluster, old, service, result, kind, seconds, tasks, kill_at, receiver, stripe, tag)
     finally:
         await asyncio.to_thread(service.stop)
     return result
@@ -364,8 +402,9 @@ async def _load(
     tasks: int,
     kill_at: float,
     receiver: Receiver,
+    stripe: StripeStandIn,
+    tag: str,
 ) -> None:
-    tag = uuid.uuid4().hex[:6]
     plans = {f"ha-{tag}-hot-{i}": "open" for i in range(3)}
     plans |= {f"ha-{tag}-capped-{i}": "tight" for i in range(2)}  # limit 200: reached early in the run
     plans |= {f"ha-{tag}-medium": "medium"}
@@ -431,9 +470,11 @@ async def _load(
     leader = cluster.leader()
     assert leader is not None
     await _wait_webhooks(leader.url(), receiver, book, holds, closing)
+    await _wait_stripe(leader.url(), stripe, closing, tag)
     await asyncio.to_thread(service.stop)  # a quiet ledger for the checks
     result.check = await check_ledger(leader.url(), book, Path(service.catalog))
     await _check_extra(leader.url(), result, holds, closing, receiver, book)
+    result.stripe_mismatches = len(await _stripe_differences(leader.url(), stripe, closing, tag))
     result.audit_exit, result.audit_output = await asyncio.to_thread(
         metering_audit, leader.url(), Path(service.catalog)
     )
@@ -468,6 +509,33 @@ async def _wait_webhooks(url: str, receiver: Receiver, book: Book, holds: Reserv
     while time.monotonic() < deadline:
         wanted = await _notification_ids(url, customers)
         if wanted <= {r.webhook_id for r in receiver.delivered()}:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def _stripe_differences(url: str, stripe: StripeStandIn, closing: list[str], tag: str) -> list[str]:
+    """The closing customers whose whole units in finished hours differ between the ledger and Stripe's count."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT customer_id, sum(quantity) AS units FROM usage_events WHERE customer_id = ANY($1::text[]) "
+            "AND event_time < date_trunc('hour', now()) GROUP BY 1",
+            closing,
+        )
+    finally:
+        await conn.close()
+    ledger = {r["customer_id"]: int(r["units"]) for r in rows}
+    counted: Counter[str] = Counter()
+    for event in stripe.counted():
+        counted[event.customer] += event.value
+    return [c for i, c in enumerate(closing) if ledger.get(c, 0) != counted.get(f"cus_{tag}{i}", 0)]
+
+
+async def _wait_stripe(url: str, stripe: StripeStandIn, closing: list[str], tag: str) -> None:
+    """Until the Stripe stand-in counted what the ledger holds (at most 30 s)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not await _stripe_differences(url, stripe, closing, tag):
             return
         await asyncio.sleep(0.2)
 
