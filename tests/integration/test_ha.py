@@ -61,7 +61,7 @@ def haproxy_tools(patroni_tools: None) -> None:
 
 @pytest.mark.parametrize("kind", [Kind.NODE, Kind.POSTMASTER], ids=["node-loss", "postmaster-crash"])
 def test_failover_under_load_keeps_every_promise(patroni_tools: None, tmp_path: Path, kind: Kind) -> None:
-    done = asyncio.run(trial(tmp_path, kind, seconds=14.0, tasks=4, kill_at=4.0))
+    done = asyncio.run(trial(tmp_path, kind, seconds=10.0, tasks=4, kill_at=3.0))
     assert not done.problems, done.problems
     check = done.check
     assert check is not None
