@@ -1,8 +1,8 @@
 """Failover under load on a Patroni cluster: node loss, a crashed postmaster
 and a silent leader, over N trials each (tests/ha.py has the scenario).
 
-    python -m bench.ha --trials 5            # every kind, 5 trials each
-    python -m bench.ha --kinds silent --trials 1
+    .venv/bin/python bench/ha.py --trials 5              # every kind, 5 trials each (~25 min)
+    .venv/bin/python bench/ha.py --kinds silent --trials 1
 
 Needs root (PostgreSQL runs as the wheel's user; the silent leader's packets
 are dropped with iptables) and etcd (Debian's etcd-server, installed when
@@ -22,6 +22,10 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.ha` and `tests.patroni`
+# Services and Patroni members are started from threads while the client's gRPC is busy: see bench/chaos.py.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from tests.ha import Kind, Trial, trial
 from tests.patroni import LOOP_WAIT, RETRY_TIMEOUT, TTL, require_tools
