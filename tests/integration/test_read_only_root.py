@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -30,6 +31,17 @@ from tests.support import ROOT, SERVING_LINE, TEST_CATALOG, health_status, metri
 pytestmark = pytest.mark.slow
 
 NOT_READ_ONLY = 97  # the exit status when the namespace's root is writable after all
+
+
+def _socket_directories(database_url: str) -> list[Path]:
+    """The unix-socket directories a database URL names (the embedded PostgreSQL's lives
+    in the test's temporary directory, which may be under /tmp)."""
+    parts = urllib.parse.urlsplit(database_url)
+    hosts = [urllib.parse.unquote(parts.hostname or "")]
+    for key, value in urllib.parse.parse_qsl(parts.query):
+        if key == "host":
+            hosts.extend(value.split(","))
+    return [Path(host) for host in hosts if host.startswith("/")]
 
 
 def _keep_through_tmpfs(*paths: Path) -> str:
@@ -54,7 +66,7 @@ def test_serves_and_stops_cleanly_with_only_tmp_writable(database_url: str) -> N
     service = shlex.join([sys.executable, "-m", "metering", "serve"])
     script = (
         "set -e; mount --bind / / && mount -o remount,bind,ro / && "
-        f"{_keep_through_tmpfs(ROOT, Path(sys.prefix))}"
+        f"{_keep_through_tmpfs(ROOT, Path(sys.prefix), *_socket_directories(database_url))}"
         f"if touch {shlex.quote(str(probe))} 2>/dev/null; then exit {NOT_READ_ONLY}; fi; "
         f"exec {service}"
     )
