@@ -34,13 +34,26 @@ def test_a_streaming_call_passes_the_open_gate_uncounted() -> None:
     asyncio.run(run())
 
 
-def test_once_closed_a_new_call_is_held_until_released_then_refused() -> None:
+def test_once_closed_a_new_call_is_refused_at_once_while_calls_run() -> None:
+    async def run() -> None:
+        drain = Drain()
+        await drain.enter()  # a call in flight, as slow as it likes
+        drain.close()
+        with pytest.raises(ShuttingDown):  # its client goes elsewhere now, not after the slowest call
+            await asyncio.wait_for(drain.enter(), 0.5)
+        assert drain.in_flight == 1
+
+    asyncio.run(run())
+
+
+def test_once_parked_a_new_call_is_held_until_released_then_refused() -> None:
     async def run() -> None:
         drain = Drain()
         drain.close()
+        drain.park()
         held = asyncio.create_task(drain.enter())
         await asyncio.sleep(0.01)
-        assert not held.done()  # held, not answered: its client sends nothing more meanwhile
+        assert not held.done()  # held, not answered: its client sends nothing more as the servers stop
         assert drain.in_flight == 0
         drain.release()
         with pytest.raises(ShuttingDown):

@@ -7,17 +7,23 @@ shuts the core server down at once, and a call that reached the server in
 that instant (received, not yet handed to a handler) is dropped by the core:
 its client hears CANCELLED (grpc/grpc#41785), which the contract never
 answers (2 to 5 in 5 of 19 shutdowns measured under a steady load). A client sends
-its next call as soon as it has an answer, so answering the new calls at
-once would keep calls arriving right up to the stop. Instead the gate holds
-them (parks) until the servers have begun to stop, so that nothing arrives in
-that instant, and answers them UNAVAILABLE then: the servers have stopped
-listening and told every connection to go away, and the clients' next calls
-go elsewhere (another replica, or this one's successor).
+its next call as soon as it has an answer (or after the RetryInfo delay), so
+answering new calls at once right up to the stop would keep calls arriving in
+that instant. So the gate has two phases:
 
-The sequence (metering.runtime.serve._drain): close() the gate; wait_idle()
-for the calls in flight (up to METERING_SHUTDOWN_GRACE); a short settle for
-the clients whose answer just left to send their next call (parked); begin
-the servers' stop; release() the parked calls.
+- while calls are in flight (up to the grace), a new call is refused at once:
+  UNAVAILABLE, so that its client goes elsewhere (another replica) without
+  waiting for this server's slowest call;
+- once none is (or the grace is spent), the gate parks new calls until the
+  servers have begun to stop, so that nothing arrives in that instant, and
+  answers them UNAVAILABLE then: the servers have stopped listening and told
+  every connection to go away.
+
+The sequence (metering.runtime.serve._drain): close() the gate (refusing);
+wait_idle() for the calls in flight (up to METERING_SHUTDOWN_GRACE); park();
+a settle longer than the refusals' RetryInfo delay, for the clients whose
+answer just left to send their next call (parked); begin the servers' stop;
+release() the parked calls.
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ from metering.domain.errors import ShuttingDown
 
 
 class Drain:
-    """Counts the calls in flight on both edges and, once closed, parks new ones until released."""
+    """Counts the calls in flight on both edges; once closed refuses new ones, once parking holds them until
+    released."""
 
     def __init__(self) -> None:
         self._closed = False
+        self._parking = False
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -47,12 +55,13 @@ class Drain:
 
     async def enter(self, *, counted: bool = True) -> bool:
         """A call begins: counted in flight (leave() when it ends) and True;
-        once the gate is closed, held until release() and refused with
-        ShuttingDown then. A streaming call is not `counted`: it may last
+        once the gate is closed, refused with ShuttingDown (while parking,
+        held until release() first). A streaming call is not `counted`: it may last
         longer than the grace (the servers' stop ends it), and the held calls
         would wait for it."""
         if self._closed:
-            await self._released.wait()
+            if self._parking:
+                await self._released.wait()
             raise ShuttingDown("this server is shutting down")
         if counted:
             self._in_flight += 1
@@ -66,8 +75,13 @@ class Drain:
             self._idle.set()
 
     def close(self) -> None:
-        """From now on, new calls are held, then refused."""
+        """From now on, new calls are refused at once (the calls in flight finish)."""
         self._closed = True
+
+    def park(self) -> None:
+        """From now on, new calls are held until release(), then refused: the servers' stop is near."""
+        self._closed = True
+        self._parking = True
 
     def release(self) -> None:
         """Answer the held calls (and any later one) UNAVAILABLE, SHUTTING_DOWN, at once."""

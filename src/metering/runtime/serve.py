@@ -309,16 +309,19 @@ async def _leave_the_balancers(service: Service, serving: Serving) -> None:
 
 
 # How long the drain lets clients whose answer just left send their next call
-# (held by the gate) before the servers stop, and how long after the stop began
-# the held calls are answered: see metering.api.drain.
+# (held by the gate) before the servers stop: longer than the RetryInfo delay of
+# a refusal (SHUTTING_DOWN_RETRY_SECONDS), so a client refused a moment before
+# comes back into the parked phase, not into the stop. See metering.api.drain.
+DRAIN_PARK_SECONDS = 0.3
+# How long after the stop began the held calls are answered.
 DRAIN_SETTLE_SECONDS = 0.1
 
 
 async def _drain(service: Service) -> None:
-    """New calls held by the gate (metering.api.drain), the calls in flight
-    given up to METERING_SHUTDOWN_GRACE, then the servers stopped and the
-    held calls answered UNAVAILABLE (SHUTTING_DOWN): none arrives as the
-    servers stop, when grpc.aio would cancel it (CANCELLED)."""
+    """New calls refused by the gate (metering.api.drain) while the calls in
+    flight are given up to METERING_SHUTDOWN_GRACE, then held, the servers
+    stopped and the held calls answered UNAVAILABLE (SHUTTING_DOWN): none
+    arrives as the servers stop, when grpc.aio would cancel it (CANCELLED)."""
     grace = service.config.settings.shutdown_grace.total_seconds()
     log.info("stopping: draining in-flight calls for up to %ss", grace)
     loop = asyncio.get_running_loop()
@@ -327,7 +330,8 @@ async def _drain(service: Service) -> None:
     service.delivery.stream.close()
     service.health.end_watches()
     await service.drain.wait_idle(grace)
-    await asyncio.sleep(min(DRAIN_SETTLE_SECONDS, max(0.0, deadline - loop.time())))
+    service.drain.park()
+    await asyncio.sleep(min(DRAIN_PARK_SECONDS, max(0.0, deadline - loop.time())))
     left = max(0.0, deadline - loop.time())
     # Both edges stop at once, each giving what may still be in flight the rest of the grace.
     stops = (
