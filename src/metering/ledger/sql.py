@@ -63,6 +63,19 @@ EVENT_FROM = "usage_events e LEFT JOIN usage_voids v ON v.customer_id = e.custom
 # A condition on `e` that keeps events that still count.
 NOT_VOIDED = "NOT EXISTS (SELECT 1 FROM usage_voids v WHERE v.customer_id = e.customer_id AND v.event_id = e.event_id)"
 COUNTER_COLUMNS = "used, event_count, latest_event_time, latest_event_id"
+
+
+def recomputed_counter_columns(value: str) -> str:
+    """A counter's columns (COUNTER_COLUMNS) recomputed from the events `e` a query selects,
+    `value` being the meter's aggregation (VALUE_SQL): the one place a counter is rebuilt
+    from its events (after a void, or a wallet's priced quantity)."""
+    return (
+        f"coalesce({value}, 0) AS used, count(e.event_id) AS event_count, "
+        "(array_agg(e.event_time ORDER BY e.event_time DESC, e.event_id DESC))[1] AS latest_event_time, "
+        "(array_agg(e.event_id ORDER BY e.event_time DESC, e.event_id DESC))[1] AS latest_event_id"
+    )
+
+
 # customers columns, in CustomerRecord order.
 CUSTOMER_COLUMNS = "customer_id, plan_slug, billing_anchor, created_at, updated_at, closed_through, has_wallet"
 

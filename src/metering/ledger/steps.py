@@ -33,6 +33,7 @@ from metering.ledger.sql import (
     active_grants_sum,
     counter_state,
     live_holds_sum,
+    recomputed_counter_columns,
     stored_event,
 )
 
@@ -183,9 +184,7 @@ async def recompute_counter(
     row = await one_row(
         conn,
         f"""
-        SELECT coalesce({value}, 0) AS used, count(e.event_id) AS event_count,
-               (array_agg(e.event_time ORDER BY e.event_time DESC, e.event_id DESC))[1] AS latest_event_time,
-               (array_agg(e.event_id ORDER BY e.event_time DESC, e.event_id DESC))[1] AS latest_event_id
+        SELECT {recomputed_counter_columns(value)}
           FROM usage_events e
          WHERE e.customer_id = $1 AND e.meter_slug = $2 AND e.period_start = $3 AND e.event_time >= $3
            AND {NOT_VOIDED}

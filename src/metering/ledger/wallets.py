@@ -36,7 +36,7 @@ from metering.domain.wallets import (
     start,
 )
 from metering.ledger.pool import Connection, Pool, PoolUser, one_row, translate_errors
-from metering.ledger.sql import NOT_VOIDED, VALUE_SQL
+from metering.ledger.sql import NOT_VOIDED, VALUE_SQL, recomputed_counter_columns
 
 GRANT_COLUMNS = (
     "customer_id, grant_id, currency, amount, category, priority, effective_at, expires_at, meters, reason, created_at"
@@ -167,9 +167,7 @@ async def recorded_state(conn: Connection, key: SpendKey, meter: Meter, period_e
     row = await one_row(
         conn,
         f"""
-        SELECT coalesce({value}, 0) AS used, count(e.event_id) AS event_count,
-               (array_agg(e.event_time ORDER BY e.event_time DESC, e.event_id DESC))[1] AS latest_event_time,
-               (array_agg(e.event_id ORDER BY e.event_time DESC, e.event_id DESC))[1] AS latest_event_id
+        SELECT {recomputed_counter_columns(value)}
           FROM usage_events e
          WHERE e.customer_id = $1 AND e.meter_slug = $2 AND e.event_time >= $3 AND e.event_time < $4
            AND e.price_slug = $5 AND {NOT_VOIDED}
