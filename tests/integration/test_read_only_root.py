@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from metering.api.health import LIVENESS_SERVICE, METERING_SERVICE
+from metering.ledger.hosts import hosts_of
 from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
 from tests.support import ROOT, SERVING_LINE, TEST_CATALOG, health_status, metric_value
 
@@ -36,12 +36,7 @@ NOT_READ_ONLY = 97  # the exit status when the namespace's root is writable afte
 def _socket_directories(database_url: str) -> list[Path]:
     """The unix-socket directories a database URL names (the embedded PostgreSQL's lives
     in the test's temporary directory, which may be under /tmp)."""
-    parts = urllib.parse.urlsplit(database_url)
-    hosts = [urllib.parse.unquote(parts.hostname or "")]
-    for key, value in urllib.parse.parse_qsl(parts.query):
-        if key == "host":
-            hosts.extend(value.split(","))
-    return [Path(host) for host in hosts if host.startswith("/")]
+    return [Path(host.host) for host in hosts_of(database_url) if host.host.startswith("/")]
 
 
 def _keep_through_tmpfs(*paths: Path) -> str:
