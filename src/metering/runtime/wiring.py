@@ -20,6 +20,7 @@ from connectrpc.compat import google_protobuf_binary_codec
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from metering.api.admission import Admission
 from metering.api.auth import Authenticator
 from metering.api.bench import noop_handler
 from metering.api.drain import Drain
@@ -181,6 +182,7 @@ def build(
         wallets=Wallets(catalogs, stores.ledger, stores.wallets),
     )
     drain = Drain()
+    admission = Admission(metrics, authenticator, drain)  # one for both edges
     return Service(
         config=config,
         metrics=metrics,
@@ -192,10 +194,8 @@ def build(
         health=health,
         authenticator=authenticator,
         reloader=ConfigReloader(config, catalogs, authenticator, delivery.webhooks, delivery.retention, metrics),
-        server=_server(
-            settings, servicer, health, ObservedServiceInterceptor(metrics, authenticator, drain), tracing, worker
-        ),
-        http=_http(settings, ConnectEdge(servicer, metrics, authenticator, tracing, drain), health, worker),
+        server=_server(settings, servicer, health, ObservedServiceInterceptor(admission), tracing, worker),
+        http=_http(settings, ConnectEdge(servicer, admission, tracing), health, worker),
         drain=drain,
     )
 
