@@ -11,7 +11,8 @@ timer), and that on SIGUSR1 installs a `sys.setprofile` hook counting
 events of the main thread; SIGUSR2 writes the counts to a file. The driver
 sends --calls calls one at a time (c=1) between the two signals, for the
 service's no-op, RecordUsage (a new transaction id each, 100 customers) and
-CheckBalance, and prints the counts divided by the calls. At c=1 the writer
+CheckBalance, and prints the counts divided by the calls; the bare grpc.aio
+no-op (bench/bare_noop.py) is counted the same way first, as the floor. At c=1 the writer
 takes each RecordUsage alone. Counts, not times: the machine's load does not
 change them (background tasks add a few callbacks per second).
 """
@@ -23,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +34,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bare_noop import READY
 from bench.loadgen import BALANCE, NOOP, RECORD, customer_id
 from bench.run import SPREAD, TOKEN, create_customers
 from metering.domain.access import caller_entry, token_digest
@@ -83,19 +86,26 @@ if os.environ.get("BENCH_COUNT_FILE"):
 """
 
 
-def counted(service: ServiceProcess, count_file: Path, method: str, requests: list[bytes]) -> dict[str, float]:
-    assert service.process is not None
-    metadata = (("authorization", f"Bearer {TOKEN}"),)
-    with grpc.insecure_channel(service.target) as channel:
+def counted(
+    process: subprocess.Popen[str] | subprocess.Popen[bytes],
+    target: str,
+    count_file: Path,
+    method: str,
+    requests: list[bytes],
+    *,
+    token: str = TOKEN,
+) -> dict[str, float]:
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    with grpc.insecure_channel(target) as channel:
         call = channel.unary_unary(method, None, None)
         for request in requests[:50]:  # warm-up: caches, pool connections, code paths
             call(request, timeout=10, metadata=metadata)
         count_file.unlink(missing_ok=True)
-        service.process.send_signal(signal.SIGUSR1)
+        process.send_signal(signal.SIGUSR1)
         time.sleep(0.2)
         for request in requests[50:]:
             call(request, timeout=10, metadata=metadata)
-        service.process.send_signal(signal.SIGUSR2)
+        process.send_signal(signal.SIGUSR2)
         deadline = time.monotonic() + 10
         while not count_file.exists() or not count_file.read_text():
             if time.monotonic() > deadline:
@@ -110,6 +120,33 @@ def counted(service: ServiceProcess, count_file: Path, method: str, requests: li
         for function, times in detail[: int(os.environ.get("BENCH_COUNT_TOP", "40"))]:
             print(f"  {times / calls:7.2f}  {function}")
     return {key: value / calls for key, value in counts.items()}
+
+
+def _bare(folder: Path, requests: list[bytes], *, detail: bool) -> dict[str, float]:
+    """The bare grpc.aio no-op (bench/bare_noop.py: no interceptor, no credentials), counted the same way."""
+    count_file = folder / "counts-bare.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(folder / "site"),
+        "BENCH_COUNT_FILE": str(count_file),
+        **({"BENCH_COUNT_DETAIL": "1"} if detail else {}),
+    }
+    bare = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent / "bare_noop.py")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert bare.stdout is not None
+        line = bare.stdout.readline()
+        if not line.startswith(READY):
+            raise RuntimeError(f"the bare no-op server did not start: {line!r}")
+        return counted(bare, line.split()[-1], count_file, NOOP, requests, token="")
+    finally:
+        bare.terminate()
+        bare.wait(timeout=30)
+        print("(above: bare)")
 
 
 def records(tag: str, variant: str, n: int) -> list[bytes]:
@@ -156,11 +193,14 @@ def main() -> None:
         variants["baseline"] = f"{folder / 'site'}{os.pathsep}{args.baseline.resolve()}"
     results: dict[str, dict[str, dict[str, float]]] = {}
     try:
+        results["bare"] = {"no-op": _bare(folder, methods["no-op"][1], detail=args.detail)}
         for name, path in variants.items():
             count_file = folder / f"counts-{name}.json"
             env = {
                 "METERING_BENCH_NOOP": "1",
                 "METERING_AUTH_FILE": str(auth_file),
+                # The counters hook asyncio's Handle._run: uvloop runs its callbacks in C.
+                "METERING_EVENT_LOOP": "asyncio",
                 "PYTHONPATH": path,
                 "BENCH_COUNT_FILE": str(count_file),
                 **({"BENCH_COUNT_DETAIL": "1"} if args.detail else {}),
@@ -169,8 +209,10 @@ def main() -> None:
             try:
                 if name == "this":
                     create_customers(service.target, tag)
+                assert service.process is not None
                 results[name] = {
-                    row: counted(service, count_file, method, requests) for row, (method, requests) in methods.items()
+                    row: counted(service.process, service.target, count_file, method, requests)
+                    for row, (method, requests) in methods.items()
                 }
                 if name == "this":  # the baseline records the same transaction ids: replays, not new events
                     methods["RecordUsage"] = (RECORD, records(tag, "b", n))

@@ -1,4 +1,5 @@
-"""One interceptor for every RPC: authentication, status mapping, request
+"""One interceptor for every RPC: admission (the drain, credentials, roles and
+limits: api.admission, shared with the HTTP edge), status mapping, request
 counts by caller, latency, and a log line for each failed call (metering.telemetry.logs).
 
 A servicer raises domain errors; here they become gRPC statuses with rich
@@ -11,27 +12,22 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import Any, TypeAlias, cast
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from metering.api.auth import Authenticator, is_open
-from metering.api.drain import Drain
+from metering.api.admission import UNAUTHENTICATED, Admission, Call
+from metering.api.auth import is_open
 from metering.api.errors import to_status
 from metering.domain.access import ANONYMOUS
-from metering.domain.errors import FieldViolation, InvalidArgument, RateLimited
-from metering.telemetry.logs import failed_call
-from metering.telemetry.metrics import GRPC, Metrics
-
-if TYPE_CHECKING:
-    from prometheus_client import Counter
+from metering.domain.errors import FieldViolation, InvalidArgument
+from metering.telemetry.metrics import GRPC
 
 log = logging.getLogger(__name__)
 
 _OK = grpc.StatusCode.OK
 _ANONYMOUS = ANONYMOUS.name
-_UNAUTHENTICATED = "unauthenticated"  # the caller label of a call refused before it was identified
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -44,10 +40,9 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
     """Wraps every RPC handler: authenticates, maps domain errors to gRPC statuses with details
     (never UNKNOWN with a traceback), counts and times calls by caller, and logs each failed call once."""
 
-    def __init__(self, metrics: Metrics, authenticator: Authenticator, drain: Drain | None = None) -> None:
-        self._metrics = metrics
-        self._authenticator = authenticator
-        self._drain = Drain() if drain is None else drain  # refuses new calls once shutdown drains
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission  # the drain, credentials, roles and limits; the calls' metrics
+        self._authenticator = admission.authenticator
         # method -> (the handler found for it, its observed wrapper)
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
@@ -104,24 +99,19 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
         return handler  # type: ignore[return-value]
 
     def _observe_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
-        """A server-streaming call: authenticated before its first message and
-        counted when it ends. Not timed: its duration is the life of a
-        watch, which the client decides, not a latency."""
-        metrics = self._metrics
-        authenticator = self._authenticator
-        drain = self._drain
+        """A server-streaming call: admitted before its first message and
+        counted when it ends (not timed: see api.admission.Accounting)."""
+        admission = self._admission
+        account = admission.accounting(method, GRPC, log, timed=False)
+        identify = self._authenticator.identify
 
         async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            code: grpc.StatusCode | None = grpc.StatusCode.OK
-            caller = "unauthenticated"
+            call = Call(time.perf_counter())
+            code: grpc.StatusCode | None = _OK  # None once counted
             try:
-                # Held, then refused, once the drain begins; not counted in flight: the drain ends the streams.
-                await drain.enter(counted=False)
-                identified = authenticator.identify(context)
-                caller = identified.name
-                authenticator.authorize(identified, method)
-                authenticator.admit(identified, hold=False)
+                # Not counted in flight (the drain ends the streams), and
+                # spends a token of the caller's rate but no in-flight slot.
+                await admission.enter(call, method, identify, context, counted=False, hold=False)
                 async for message in behavior(request, context):
                     yield message
             except asyncio.CancelledError:
@@ -133,59 +123,36 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             except Exception as exc:
                 status = to_status(exc)
                 # Counted before the status leaves, as for unary calls.
-                metrics.requests.labels(method, status.code.name, caller, GRPC).inc()
-                failed_call(log, method, status.code, caller, time.perf_counter() - started, GRPC)
+                account(status.code, call.caller, call.started)
                 code = None
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                admission.leave(call)
                 if code is not None:
-                    metrics.requests.labels(method, code.name, caller, GRPC).inc()
-                    if code is not grpc.StatusCode.OK:
-                        failed_call(log, method, code, caller, time.perf_counter() - started, GRPC)
+                    account(code, call.caller, call.started)
 
         return observed
 
     def _observe(
         self, method: str, behavior: Behavior, deserialize: Deserializer | None, *, streaming: bool = False
     ) -> Behavior:
-        metrics = self._metrics
-        authenticator = None if is_open(method) else self._authenticator
-        latency = metrics.child(metrics.latency, method, GRPC)
-        drain = None if is_open(method) else self._drain  # health checks answer NOT_SERVING themselves
-        requests = metrics.requests
-        # The OK counter of each caller of this method, bound once: an answered
-        # call costs a dict lookup and two metric updates, nothing built.
-        answered: dict[str, Counter] = {}
+        # Health checks answer NOT_SERVING themselves and reflection is open:
+        # no admission, the anonymous caller.
+        admission = None if is_open(method) else self._admission
+        account = self._admission.accounting(method, GRPC, log)
+        identify = self._authenticator.identify
+        counted = not streaming  # a client stream may last longer than the drain's grace
+        first_caller = _ANONYMOUS if admission is None else UNAUTHENTICATED
         perf_counter = time.perf_counter
-
-        def count(code: grpc.StatusCode, caller: str, started: float) -> None:
-            elapsed = perf_counter() - started
-            if code is _OK:
-                child = answered.get(caller)
-                if child is None:
-                    child = answered[caller] = metrics.child(requests, method, _OK.name, caller, GRPC)
-                child.inc()
-            else:
-                metrics.child(requests, method, code.name, caller, GRPC).inc()
-                failed_call(log, method, code, caller, elapsed, GRPC)
-            latency.observe(elapsed)
 
         # `request` is the request message (its bytes, when `deserialize` is
         # given), or the request iterator of a client-streaming call.
         async def observed(request: Any, context: Context) -> Any:
-            started = perf_counter()
+            call = Call(perf_counter(), first_caller)
             code: grpc.StatusCode | None = _OK  # None once counted
-            caller = _ANONYMOUS if authenticator is None else _UNAUTHENTICATED
-            gate = None  # the caller's limits, left when the call ends
-            entered = False  # counted in flight by the drain
             try:
-                if drain is not None:
-                    entered = await drain.enter(counted=not streaming)
-                if authenticator is not None:
-                    identified = authenticator.identify(context)
-                    caller = identified.name
-                    authenticator.authorize(identified, method)
-                    gate = authenticator.admit(identified)
+                if admission is not None:
+                    await admission.enter(call, method, identify, context, counted=counted)
                 if deserialize is not None:
                     try:
                         request = deserialize(request)
@@ -201,20 +168,18 @@ class ObservedServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
                 code = context.code() or grpc.StatusCode.UNKNOWN  # the servicer aborted on its own
                 raise
             except Exception as exc:
-                if isinstance(exc, RateLimited) and authenticator is not None:
-                    exc = await authenticator.hold(exc, context.time_remaining())
+                if admission is not None:
+                    exc = await admission.refusal(exc, context.time_remaining)
                 status = to_status(exc)
                 # Counted before the status leaves: abort sends it at once, and a
                 # scrape right after the client's answer must already see this call.
-                count(status.code, caller, started)
+                account(status.code, call.caller, call.started)
                 code = None
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
-                if gate is not None:
-                    gate.leave()
-                if entered and drain is not None:
-                    drain.leave()
+                if admission is not None:
+                    admission.leave(call)
                 if code is not None:
-                    count(code, caller, started)
+                    account(code, call.caller, call.started)
 
         return observed

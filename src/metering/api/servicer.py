@@ -13,7 +13,6 @@ first; nothing else differs.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -423,36 +422,44 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
 
 class _Tally:
     """The metrics of a group of RecordUsage events, added up first and then
-    published with one increment per series (not one per event)."""
+    published with one increment per series (not one per event). Plain dicts:
+    a RecordUsage call builds one for its single event, and a Counter costs
+    Python calls to build and to add to."""
+
+    __slots__ = ("events", "late", "overage", "quantity", "rejections")
 
     def __init__(self) -> None:
-        self.events: Counter[tuple[str, str]] = Counter()  # meter, outcome
+        self.events: dict[tuple[str, str], int] = {}  # meter, outcome
         self.quantity: dict[str, Decimal] = {}  # meter: sum of recorded quantities
-        self.rejections: Counter[tuple[str, str]] = Counter()  # meter, plan
+        self.rejections: dict[tuple[str, str], int] = {}  # meter, plan
         self.overage: dict[tuple[str, str], Decimal] = {}  # meter, plan
-        self.late: Counter[str] = Counter()  # reason
+        self.late: dict[str, int] = {}  # reason
 
     def count(self, meter: str, outcome: RecordResult | BaseException) -> None:
-        if isinstance(outcome, TransactionConflict):
-            self.events[(meter, m.PAYLOAD_CONFLICT)] += 1
-        elif isinstance(outcome, LimitExceeded):
-            self.events[(meter, m.REJECTED)] += 1
-            self.rejections[(outcome.meter, outcome.plan)] += 1
-        elif isinstance(outcome, PeriodClosed):
-            self.late[m.LATE_PERIOD_CLOSED] += 1
-        elif isinstance(outcome, BeforeFirstPeriod):
-            self.late[m.LATE_BEFORE_FIRST_PERIOD] += 1
-        elif isinstance(outcome, EventTooOld):
-            self.late[m.LATE_TOO_OLD] += 1
-        elif isinstance(outcome, RecordResult):
+        events = self.events
+        if isinstance(outcome, RecordResult):  # first: nearly every outcome
             if outcome.duplicate:
-                self.events[(meter, m.DUPLICATE)] += 1
+                key = (meter, m.DUPLICATE)
+                events[key] = events.get(key, 0) + 1
             else:
-                self.events[(meter, m.RECORDED)] += 1
+                key = (meter, m.RECORDED)
+                events[key] = events.get(key, 0) + 1
                 self.quantity[meter] = decimals.add(self.quantity.get(meter, ZERO), outcome.event.quantity)
                 if outcome.overage > ZERO:
                     key = (meter, outcome.plan_slug)
                     self.overage[key] = decimals.add(self.overage.get(key, ZERO), outcome.overage)
+        elif isinstance(outcome, TransactionConflict):
+            key = (meter, m.PAYLOAD_CONFLICT)
+            events[key] = events.get(key, 0) + 1
+        elif isinstance(outcome, LimitExceeded):
+            key = (meter, m.REJECTED)
+            events[key] = events.get(key, 0) + 1
+            key = (outcome.meter, outcome.plan)
+            self.rejections[key] = self.rejections.get(key, 0) + 1
+        else:
+            reason = _late_reason(outcome)
+            if reason is not None:
+                self.late[reason] = self.late.get(reason, 0) + 1
 
     def publish(self, metrics: m.Metrics) -> None:
         for (meter, outcome), events in self.events.items():
@@ -465,6 +472,17 @@ class _Tally:
             metrics.child(metrics.overage, meter, plan).inc(float(overage))
         for reason, refused in self.late.items():
             metrics.child(metrics.late_events_refused, reason).inc(refused)
+
+
+def _late_reason(refusal: BaseException) -> str | None:
+    """The `reason` label of a late event's refusal (None: not one)."""
+    if isinstance(refusal, PeriodClosed):
+        return m.LATE_PERIOD_CLOSED
+    if isinstance(refusal, BeforeFirstPeriod):
+        return m.LATE_BEFORE_FIRST_PERIOD
+    if isinstance(refusal, EventTooOld):
+        return m.LATE_TOO_OLD
+    return None
 
 
 def _summarise(response: ingest_pb2.RecordUsageStreamResponse, outcomes: list[RecordResult | BaseException]) -> None:

@@ -3,13 +3,13 @@
 The RPC bodies are the gRPC servicer's own (api.servicer): protocol-neutral,
 they read the request message and raise domain errors, and never look at the
 call's context. This edge is the HTTP twin of the gRPC interceptor
-(api.interceptor): for every call it authenticates the `authorization` header
-and checks the method's role (api.auth, the same table), admits the caller
-through its rate limits, applies the `Idempotency-Key` header
+(api.interceptor): every call passes the same admission (api.admission: the
+drain, the caller from its `authorization` header, the method's role, the
+caller's limits), then this edge applies the `Idempotency-Key` header
 (api.http.idempotency), calls the body, and maps a refusal with the one error
 mapping (api.errors) into a Connect error carrying the same google.rpc details.
-It counts the call in the same metrics with its `protocol` label, logs a failed
-call with the same line, and traces it as a server span when tracing is on.
+The call is counted by the same accounting with its `protocol` label (a failed
+one logged with the same line), and traced as a server span when tracing is on.
 
 Plain-HTTP conventions on top of Connect's: a unary refusal whose reason calls
 for it answers another HTTP status than the protocol's mapping of its code
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -35,13 +36,13 @@ from typing import Any, TypeAlias, cast
 import grpc
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError, ErrorDetail
-from connectrpc.request import RequestContext
+from connectrpc.request import Headers, RequestContext
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 from protobuf import Message as DetailMessage
 from protobuf.wkt import Any as AnyDetail
 
-from metering.api.auth import Authenticator
+from metering.api.admission import Admission, Call
 from metering.api.drain import Drain
 from metering.api.errors import http_status, retry_after, to_rpc_status
 from metering.api.http.exchange import current_exchange
@@ -50,9 +51,8 @@ from metering.api.http.idempotency import apply_idempotency_key
 from metering.api.http.v1 import error_details_pb
 from metering.api.http.v1.metering_service_connect import MeteringService
 from metering.api.servicer import MeteringServicer
-from metering.domain.errors import RateLimited
-from metering.telemetry.logs import failed_call
-from metering.telemetry.metrics import CONNECT, GRPC, GRPC_WEB, Metrics
+from metering.domain.access import Caller
+from metering.telemetry.metrics import CONNECT, GRPC, GRPC_WEB, PROTOCOLS
 from metering.telemetry.tracing import Tracing
 from metering.v1 import metering_service_pb2
 
@@ -126,24 +126,15 @@ class ConnectEdge:
     the Idempotency-Key header, maps refusals with the one error mapping (plus the plain-HTTP statuses),
     and counts, logs and traces every call as the gRPC interceptor does, labelled with its protocol."""
 
-    def __init__(
-        self,
-        rpcs: MeteringServicer,
-        metrics: Metrics,
-        authenticator: Authenticator,
-        tracing: Tracing | None,
-        drain: Drain | None = None,
-    ) -> None:
+    def __init__(self, rpcs: MeteringServicer, admission: Admission, tracing: Tracing | None) -> None:
         self._rpcs = rpcs
-        self._metrics = metrics
-        self._authenticator = authenticator
+        self._admission = admission  # shared with the gRPC edge: the same drain, credentials, roles and limits
         self._tracing = tracing
-        self._drain = Drain() if drain is None else drain  # shared with the gRPC edge: refuses once shutdown drains
 
     @property
     def drain(self) -> Drain:
         """The gate this edge's calls pass (shared with the gRPC edge)."""
-        return self._drain
+        return self._admission.drain
 
     def service(self) -> MeteringService:
         """The object the generated Connect application calls: one handler per RPC of the contract."""
@@ -171,77 +162,63 @@ class ConnectEdge:
             exchange.status = http_status(status)
         return _GRPC_CODES.get(status.code, grpc.StatusCode.UNKNOWN), connect_error(status)
 
+    def _identify(self, headers: Headers) -> Caller:
+        """The caller of an HTTP call, from its `authorization` headers (no client certificates: mTLS is gRPC's)."""
+        return self._admission.authenticator.identify_http(headers.getall("authorization"))
+
     def _span(self, method: str, ctx: Context) -> contextlib.AbstractContextManager[Callable[[str], None] | None]:
         if self._tracing is None:
             return contextlib.nullcontext()
         return self._tracing.http_call(method, ctx.request_headers)
 
     def _observe(self, method: str, rpc: str, body: Body, *, streaming: bool = False) -> Unary:
-        metrics = self._metrics
-        authenticator = self._authenticator
-        drain = self._drain
+        admission = self._admission
+        accounts = {protocol: admission.accounting(method, protocol, log) for protocol in PROTOCOLS}
+        counted = not streaming  # a client stream may last longer than the drain's grace
+        identify = self._identify  # bound once, not per call
 
         # `request` is the request message, or the request iterator of a client-streaming call.
         async def observed(request: Any, ctx: Context) -> Message:
-            started = time.perf_counter()
+            call = Call(time.perf_counter())
             headers = ctx.request_headers
-            protocol = protocol_of(headers.get("content-type", ""))
+            account = accounts[protocol_of(headers.get("content-type", ""))]
             code = grpc.StatusCode.OK
-            caller = "unauthenticated"
-            gate = None
-            entered = False
             with self._span(method, ctx) as failed:
                 try:
-                    entered = await drain.enter(counted=not streaming)
-                    identified = authenticator.identify_http(headers.getall("authorization"))
-                    caller = identified.name
-                    authenticator.authorize(identified, method)
-                    gate = authenticator.admit(identified)
+                    await admission.enter(call, method, identify, headers, counted=counted)
                     apply_idempotency_key(rpc, request, headers.getall(IDEMPOTENCY_KEY))
                     return await body(request, ctx)
                 except asyncio.CancelledError:
                     code = grpc.StatusCode.CANCELLED
                     raise
                 except Exception as exc:
-                    if isinstance(exc, RateLimited):
-                        exc = await authenticator.hold(exc, _seconds_left(ctx))
+                    exc = await admission.refusal(exc, functools.partial(_seconds_left, ctx))
                     code, error = self._refusal(exc, ctx)
                     if failed is not None:
                         failed(code.name)
                     raise error from None
                 finally:
-                    if gate is not None:
-                        gate.leave()
-                    if entered:
-                        drain.leave()
-                    elapsed = time.perf_counter() - started
-                    metrics.child(metrics.requests, method, code.name, caller, protocol).inc()
-                    metrics.child(metrics.latency, method, protocol).observe(elapsed)
-                    if code is not grpc.StatusCode.OK:
-                        failed_call(log, method, code, caller, elapsed, protocol)
+                    admission.leave(call)
+                    account(code, call.caller, call.started)
 
         return observed
 
     def _observe_stream(self, method: str, body: StreamBody) -> Streaming:
-        """A server-streaming call: authenticated before its first message,
-        counted when it ends, not timed (its length is the client's), as on gRPC."""
-        metrics = self._metrics
-        authenticator = self._authenticator
-        drain = self._drain
+        """A server-streaming call: admitted before its first message, counted
+        when it ends, not timed (its length is the client's), as on gRPC."""
+        admission = self._admission
+        accounts = {protocol: admission.accounting(method, protocol, log, timed=False) for protocol in PROTOCOLS}
+        identify = self._identify
 
         async def observed(request: Any, ctx: Context) -> AsyncIterator[Message]:
-            started = time.perf_counter()
+            call = Call(time.perf_counter())
             headers = ctx.request_headers
-            protocol = protocol_of(headers.get("content-type", ""))
+            account = accounts[protocol_of(headers.get("content-type", ""))]
             code = grpc.StatusCode.OK
-            caller = "unauthenticated"
             try:
-                # Held, then refused, once the drain begins; not counted in flight: the drain ends the streams.
-                await drain.enter(counted=False)
-                identified = authenticator.identify_http(headers.getall("authorization"))
-                caller = identified.name
-                authenticator.authorize(identified, method)
-                authenticator.admit(identified, hold=False)
+                # Not counted in flight (the drain ends the streams), and
+                # spends a token of the caller's rate but no in-flight slot.
+                await admission.enter(call, method, identify, headers, counted=False, hold=False)
                 async for message in body(request, ctx):
                     yield message
             except (asyncio.CancelledError, GeneratorExit):
@@ -251,9 +228,8 @@ class ConnectEdge:
                 code, error = self._refusal(exc, ctx)
                 raise error from None
             finally:
-                metrics.child(metrics.requests, method, code.name, caller, protocol).inc()
-                if code is not grpc.StatusCode.OK:
-                    failed_call(log, method, code, caller, time.perf_counter() - started, protocol)
+                admission.leave(call)
+                account(code, call.caller, call.started)
 
         return observed
 
