@@ -21,7 +21,7 @@ from metering.domain.terms import TermsBook
 from metering.domain.usage import UsageCommand, Written, resolve
 from metering.ledger import steps
 from metering.ledger import usage as batch_sql
-from metering.ledger.pool import create_pool
+from metering.ledger.pool import Connection, create_pool
 from metering.ledger.rollups import add_events, rollup_input
 from metering.ledger.writer import BatchWriter
 from tests.support import TEST_CATALOG, audit, eventually, hold_counter
@@ -45,7 +45,7 @@ def _command(catalog: Catalog, customer: str, transaction_id: str) -> UsageComma
     )
 
 
-async def _record_directly(conn: asyncpg.Connection, book: TermsBook, command: UsageCommand) -> uuid.UUID:
+async def _record_directly(conn: Connection, book: TermsBook, command: UsageCommand) -> uuid.UUID:
     """What another writer (a replica) does for the same transaction id, inside
     `conn`'s transaction, which holds the counter row: the event, its bucket,
     its counter."""
@@ -59,7 +59,7 @@ async def _record_directly(conn: asyncpg.Connection, book: TermsBook, command: U
     return event_id
 
 
-async def _waits_on_lock(conn: asyncpg.Connection) -> bool:
+async def _waits_on_lock(conn: Connection) -> bool:
     waiting = await conn.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", APP
     )
@@ -73,11 +73,14 @@ async def _twin_committed_while_waiting(database_url: str, customer: str) -> uui
         database_url, min_size=1, max_size=3, db_timeout=timedelta(seconds=30), application_name=APP
     )
     writer = BatchWriter(pool, acquire_timeout=30)
-    other = await pool.acquire()  # the pool's codecs (jsonb), for the ledger's own steps
+    proxy = await pool.acquire()
+    other: Connection = proxy  # the pool's codecs (jsonb), for the ledger's own steps
     try:
         first = await writer.submit_group([_command(catalog, customer, "first")], book)
         assert isinstance(first[0], Written)  # the counter row exists now
-        held = await hold_counter(other, customer)
+        held = other.transaction()  # as tests.support.hold_counter, on a pooled connection
+        await held.start()
+        await other.execute("SELECT 1 FROM meter_counters WHERE customer_id = $1 FOR UPDATE", customer)
         twin = _command(catalog, customer, "twin")
         # The batch reads no recorded "twin", then waits for the counter row.
         waiting = asyncio.ensure_future(writer.submit_group([twin], book))
@@ -92,7 +95,7 @@ async def _twin_committed_while_waiting(database_url: str, customer: str) -> uui
         assert result.outcome.reading.state.used == Decimal("6")
         return twin_id
     finally:
-        await pool.release(other)
+        await pool.release(proxy)
         await writer.close()
         await pool.close()
 
