@@ -515,7 +515,7 @@ def print_last_plan(log: Path, marker: str = "INSERT INTO usage_events") -> None
             blocks.append([line])
         elif blocks and (line.startswith("\t") or line.startswith(" ")):
             blocks[-1].append(line)
-    chosen = [b for b in blocks if any(marker in line for line in b) and any("WITH inserted AS" in x for x in b)]
+    chosen = [b for b in blocks if any(marker in line for line in b) and any("inserted AS (" in x for x in b)]
     print(f"   auto_explain: {len(blocks)} plans logged, {len(chosen)} of the batch statement", flush=True)
     if not chosen and blocks:
         print("\n".join(blocks[-1][:20]))

@@ -110,46 +110,95 @@ async def existing(conn: Connection, txns: Sequence[tuple[str, str]]) -> dict[tu
     return {(row["customer_id"], row["transaction_id"]): stored_event(row) for row in rows}
 
 
-async def holdings(conn: Connection, wanted: Sequence[AllowanceKey]) -> dict[AllowanceKey, tuple[Decimal, Decimal]]:
-    """(granted, reserved) of each key: the grants active at its event time and
-    the unexpired holds of its period, by the database's clock."""
-    if not wanted:
-        return {}
+async def holdings_and_values(
+    conn: Connection, wanted: Sequence[AllowanceKey], values: Sequence[tuple[CounterKey, str]]
+) -> tuple[dict[AllowanceKey, tuple[Decimal, Decimal]], set[tuple[CounterKey, str]]]:
+    """In one round trip: (granted, reserved) of each allowance key (the
+    grants active at its event time and the unexpired holds of its period, by
+    the database's clock), and which of `values` (a counter's distinct value)
+    are already counted.
+
+    Holds and distinct values change only under the counter row's lock. Read
+    after lock_counters returned, in a statement of their own (never inside
+    the locking statement: a statement reads the snapshot taken when it
+    starts, before it waited for the row, so it would miss a hold that
+    ReserveUsage, or a value that another writer, committed meanwhile), they
+    are exact. Read before the locks, the holdings are only a guess that the
+    write statement checks (write_batch's `guessed`)."""
+    if not wanted and not values:
+        return {}, set()
     rows = await conn.fetch(
         f"""
-        SELECT k.n,
+        SELECT k.n, FALSE AS is_value,
                {active_grants_sum("k.customer_id", "k.meter_slug", "k.at")} AS granted,
                {live_holds_sum("k.customer_id", "k.meter_slug", "k.period_start")} AS reserved
           FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
                WITH ORDINALITY AS k (customer_id, meter_slug, period_start, at, n)
-         ORDER BY k.n
+        UNION ALL
+        SELECT w.n, TRUE, NULL, NULL
+          FROM unnest($5::text[], $6::text[], $7::timestamptz[], $8::text[])
+               WITH ORDINALITY AS w (customer_id, meter_slug, period_start, value, n)
+         WHERE EXISTS (SELECT 1 FROM meter_unique_values u
+                        WHERE u.customer_id = w.customer_id AND u.meter_slug = w.meter_slug
+                          AND u.period_start = w.period_start AND u.value = w.value)
         """,
         [k[0] for k in wanted],
         [k[1] for k in wanted],
         [k[2] for k in wanted],
         [k[3] for k in wanted],
+        [k.customer_id for k, _ in values],
+        [k.meter_slug for k, _ in values],
+        [k.period_start for k, _ in values],
+        [v for _, v in values],
     )
-    return {k: (row["granted"], row["reserved"]) for k, row in zip(wanted, rows, strict=True)}
+    holdings: dict[AllowanceKey, tuple[Decimal, Decimal]] = {}
+    seen: set[tuple[CounterKey, str]] = set()
+    for row in rows:
+        n = row["n"] - 1  # WITH ORDINALITY counts from 1
+        if row["is_value"]:
+            seen.add(values[n])
+        else:
+            holdings[wanted[n]] = (row["granted"], row["reserved"])
+    return holdings, seen
 
 
-async def seen_unique_values(conn: Connection, wanted: Sequence[tuple[CounterKey, str]]) -> set[tuple[CounterKey, str]]:
-    if not wanted:
-        return set()
-    rows = await conn.fetch(
-        """
-        SELECT u.customer_id, u.meter_slug, u.period_start, u.value FROM meter_unique_values u
-         WHERE (u.customer_id, u.meter_slug, u.period_start, u.value)
-               IN (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]))
-        """,
-        [k.customer_id for k, _ in wanted],
-        [k.meter_slug for k, _ in wanted],
-        [k.period_start for k, _ in wanted],
-        [v for _, v in wanted],
-    )
-    return {(CounterKey(row["customer_id"], row["meter_slug"], row["period_start"]), row["value"]) for row in rows}
+class HoldingsChanged(Exception):
+    """The holdings a batch was decided under, read before its counter locks,
+    were not those of the write's snapshot: nothing was written, the caller
+    rolls back and runs the batch again (reading them under the locks)."""
 
 
-async def write_batch(conn: Connection, plan: BatchPlan) -> tuple[dict[UUID, datetime], list[NotificationType]]:
+def _holdings_unchanged(first: int) -> str:
+    """A SELECT of one boolean, `ok`: whether the (granted, reserved) of each
+    allowance key sent as six arrays from parameter `first` on (customer,
+    meter, period start, event time, granted, reserved) are those the
+    statement reads now (holdings_and_values' sums). True for no keys."""
+    c, m, p, a, g, r = (f"${first + i}" for i in range(6))
+    return f"""
+        SELECT coalesce(bool_and(k.granted = {active_grants_sum("k.customer_id", "k.meter_slug", "k.at")}
+                                 AND k.reserved = {live_holds_sum("k.customer_id", "k.meter_slug", "k.period_start")}),
+                        TRUE) AS ok
+          FROM unnest({c}::text[], {m}::text[], {p}::timestamptz[], {a}::timestamptz[], {g}::numeric[], {r}::numeric[])
+               AS k (customer_id, meter_slug, period_start, at, granted, reserved)
+    """
+
+
+def _holdings_args(guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None) -> list[list[object]]:
+    keys = list(guessed or {})
+    values = [guessed[k] for k in keys] if guessed else []
+    return [
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [k[3] for k in keys],
+        [v[0] for v in values],
+        [v[1] for v in values],
+    ]
+
+
+async def write_batch(
+    conn: Connection, plan: BatchPlan, guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None = None
+) -> tuple[dict[UUID, datetime], list[NotificationType]]:
     """One statement writes the batch: the accepted events (one multi-row
     insert), their hourly rollup buckets (metering.ledger.rollups), each
     counter once and the distinct values seen for the first time; then, when
@@ -159,21 +208,35 @@ async def write_batch(conn: Connection, plan: BatchPlan) -> tuple[dict[UUID, dat
     plan's inserts when a concurrent insert took a transaction id: the caller
     rolls back and runs again, and nothing is announced), and the types of
     the notifications written. Only what the database decides comes back
-    (which rows it inserted, and when): see stored_events."""
+    (which rows it inserted, and when): see stored_events.
+
+    `guessed`: the holdings the plan was decided under when they were read
+    before the counter locks (metering.ledger.writer). The statement then
+    writes only if they are still those its snapshot reads, which, taken
+    after the locks, has every hold committed under them (holds change only
+    under the counter's lock); else it writes nothing and HoldingsChanged is
+    raised. Equal holdings, locked counters: the decision is the one the
+    reads under the locks would have given."""
     rows, counters, unique_values = plan.inserts, plan.counters, plan.unique_values
     recorded_at: dict[UUID, datetime] = {}
     if rows or counters or unique_values:
-        recorded_at = await _write_usage(conn, plan)
+        recorded_at = await _write_usage(conn, plan, guessed)
         if len(recorded_at) != len(rows):
             return recorded_at, []  # the caller rolls back and runs the batch again
+    elif guessed and not await conn.fetchval(_holdings_unchanged(1), *_holdings_args(guessed)):
+        raise HoldingsChanged  # nothing to write, but the answers' balances were read before the locks
     # After every other write, in a statement of their own: the outbox's head
     # locks are the last locks the transaction takes (metering.ledger.outbox).
     # A round trip more, only for the few batches that announce something.
     return recorded_at, await outbox.enqueue(conn, plan.notifications)
 
 
-async def _write_usage(conn: Connection, plan: BatchPlan) -> dict[UUID, datetime]:
-    """The batch's one statement of usage (write_batch): when each event it inserted was recorded."""
+async def _write_usage(
+    conn: Connection, plan: BatchPlan, guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None
+) -> dict[UUID, datetime]:
+    """The batch's one statement of usage (write_batch): when each event it
+    inserted was recorded. Every part writes only if the `guessed` holdings
+    are unchanged (`fresh`); else nothing is, and HoldingsChanged is raised."""
     rows, counters, unique_values = plan.inserts, plan.counters, plan.unique_values
     events = [row.event for row in rows]
     unique_values_of_rows = [row.unique_value for row in rows]
@@ -185,7 +248,7 @@ async def _write_usage(conn: Connection, plan: BatchPlan) -> dict[UUID, datetime
     # that was not inserted (nor announce what it would have crossed).
     inserted = await conn.fetch(
         f"""
-        WITH inserted AS (
+        WITH fresh AS ({_holdings_unchanged(25)}), inserted AS (
             {EVENT_INSERT}
             SELECT k.event_id, k.customer_id, k.transaction_id, k.meter_slug, k.price_slug, k.requested_price_slug,
                    k.quantity::numeric, {timestamp_from_micros("k.event_time")},
@@ -194,6 +257,7 @@ async def _write_usage(conn: Connection, plan: BatchPlan) -> dict[UUID, datetime
                           $8::bigint[], $9::bigint[], $10::text[])
                    WITH ORDINALITY AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
                                          requested_price_slug, quantity, event_time, period_start, properties, n)
+             WHERE (SELECT ok FROM fresh)
              ORDER BY k.n
             {EVENT_INSERT_GUARD}
             RETURNING event_id, recorded_at
@@ -204,6 +268,7 @@ async def _write_usage(conn: Connection, plan: BatchPlan) -> dict[UUID, datetime
                           $23::text[], $24::text[])
                    AS s (customer_id, meter_slug, price_slug, event_time, event_id, quantity, dimensions,
                          unique_value)
+             WHERE (SELECT ok FROM fresh)
         ), {rollup_ctes}, counters AS (
             UPDATE meter_counters c
                SET used = u.used, event_count = u.event_count, latest_event_time = u.latest_event_time,
@@ -212,11 +277,15 @@ async def _write_usage(conn: Connection, plan: BatchPlan) -> dict[UUID, datetime
                           $16::timestamptz[], $17::uuid[])
                    AS u (customer_id, meter_slug, period_start, used, event_count, latest_event_time, latest_event_id)
              WHERE c.customer_id = u.customer_id AND c.meter_slug = u.meter_slug AND c.period_start = u.period_start
+               AND (SELECT ok FROM fresh)
         ), unique_values AS (
             INSERT INTO meter_unique_values (customer_id, meter_slug, period_start, value, first_event_id)
             SELECT * FROM unnest($18::text[], $19::text[], $20::timestamptz[], $21::text[], $22::uuid[])
+             WHERE (SELECT ok FROM fresh)
         )
         SELECT event_id, recorded_at FROM inserted
+        UNION ALL
+        SELECT NULL, NULL WHERE NOT (SELECT ok FROM fresh)
         """,
         [row.event_id for row in rows],
         [e.customer_id for e in events],
@@ -242,7 +311,10 @@ async def _write_usage(conn: Connection, plan: BatchPlan) -> dict[UUID, datetime
         [u.first_event_id for u in unique_values],
         [_json_text(row.dimensions) for row in rows],
         unique_values_of_rows,
+        *_holdings_args(guessed),
     )
+    if any(row[0] is None for row in inserted):
+        raise HoldingsChanged
     return {row[0]: row[1] for row in inserted}
 
 
