@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
@@ -26,13 +26,19 @@ from metering.domain.notifications import (
     NotificationType,
     Position,
     ThresholdCrossed,
+    dedupe_key,
 )
 from metering.domain.periods import Period
 from metering.ledger.migrate import migrate
 from metering.ledger.outbox import (
+    LeaseLost,
+    acquire_lease,
     enqueue,
     horizon,
+    mark_delivered,
+    pending_heads,
     read_after,
+    scan,
 )
 from tests.support import eventually
 
@@ -235,5 +241,45 @@ def test_a_row_inserted_without_a_position_is_still_positioned_by_the_trigger(da
         assert [row["dedupe_key"] for row in rows] == [crossed("c-a", "80").dedupe_key, "legacy"]
         assert [row["txid"] for row in rows] == [own, own]
         assert rows[0]["seq"] < rows[1]["seq"]
+
+    asyncio.run(go())
+
+
+def test_pending_heads_say_what_waits_behind_them_and_a_rounds_deliveries_go_at_once(database: str) -> None:
+    """The webhook delivery's bookkeeping: per customer the oldest pending
+    delivery, saying whether more wait behind it (then the loop looks again at
+    once); the round's 2xx answers forgotten in one statement, fenced by the
+    lease; nothing pending is one row of the clock."""
+
+    async def go() -> None:
+        conn = await asyncpg.connect(database)
+        await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        try:
+            assert await acquire_lease(conn, "e", "me", timedelta(minutes=1))
+            async with conn.transaction():
+                await enqueue(conn, [crossed("c-a", "80"), crossed("c-a", "100"), crossed("c-b", "80")])
+            types = frozenset(NotificationType)
+            assert await scan(conn, "e", "me", types, 500) == 3
+            now, heads = await pending_heads(conn, "e", 200)
+            assert {(h.notification.customer_id, h.more) for h in heads} == {("c-a", True), ("c-b", False)}
+            assert {dedupe_key(h.notification.payload) for h in heads} == {
+                crossed("c-a", "80").dedupe_key,
+                crossed("c-b", "80").dedupe_key,
+            }
+            with pytest.raises(LeaseLost):
+                await mark_delivered(conn, "e", "someone else", [h.notification for h in heads])
+            await mark_delivered(conn, "e", "me", [h.notification for h in heads])
+            _, [last] = await pending_heads(conn, "e", 200)
+            assert (last.notification.customer_id, dedupe_key(last.notification.payload), last.more) == (
+                "c-a",
+                crossed("c-a", "100").dedupe_key,
+                False,
+            )
+            await mark_delivered(conn, "e", "me", [last.notification])
+            later, none = await pending_heads(conn, "e", 200)
+            assert none == [] and later >= now
+            await mark_delivered(conn, "e", "me", [])  # nothing to forget: no statement
+        finally:
+            await conn.close()
 
     asyncio.run(go())

@@ -174,6 +174,7 @@ class PendingDelivery:
     notification: StoredNotification
     attempts: int  # made so far
     next_attempt_at: datetime
+    more: bool = False  # another pending delivery of the customer waits behind this one
 
 
 class LeaseLost(Exception):
@@ -269,41 +270,57 @@ class PendingHeads(NamedTuple):
 async def pending_heads(conn: Connection, endpoint: str, limit: int) -> PendingHeads:
     """The database's clock and, per customer, the oldest pending delivery of
     the endpoint (the only one that may be attempted: order per customer),
-    soonest due first."""
+    soonest due first, each saying whether more of the customer's wait behind
+    it. One round trip, also when nothing is pending (the clock's row alone)."""
     rows = await conn.fetch(
         f"""
-        SELECT clock_timestamp() AS db_now, h.attempts, h.next_attempt_at, {_NOTIFICATION_SELECT}
-          FROM (SELECT DISTINCT ON (d.customer_id) d.customer_id, d.seq, d.attempts, d.next_attempt_at
-                  FROM webhook_deliveries d
-                 WHERE d.endpoint = $1 AND d.status = 'pending'
-                 ORDER BY d.customer_id, d.txid, d.seq) h
-          JOIN notifications n ON n.customer_id = h.customer_id AND n.seq = h.seq
-         ORDER BY h.next_attempt_at, n.txid, n.seq
-         LIMIT $2
+        SELECT c.db_now, p.*
+          FROM (SELECT clock_timestamp() AS db_now) c
+          LEFT JOIN LATERAL (
+                SELECT h.attempts, h.next_attempt_at, h.pending > 1 AS more, {_NOTIFICATION_SELECT}
+                  FROM (SELECT DISTINCT ON (d.customer_id) d.customer_id, d.seq, d.attempts, d.next_attempt_at,
+                               count(*) OVER (PARTITION BY d.customer_id) AS pending
+                          FROM webhook_deliveries d
+                         WHERE d.endpoint = $1 AND d.status = 'pending'
+                         ORDER BY d.customer_id, d.txid, d.seq) h
+                  JOIN notifications n ON n.customer_id = h.customer_id AND n.seq = h.seq
+                 ORDER BY h.next_attempt_at, n.txid, n.seq
+                 LIMIT $2) p ON true
         """,
         endpoint,
         limit,
     )
-    if not rows:
-        now = await conn.fetchval("SELECT clock_timestamp()")
-        return PendingHeads(now, [])
-    heads = [PendingDelivery(stored_notification(row), row["attempts"], row["next_attempt_at"]) for row in rows]
+    heads = [
+        PendingDelivery(stored_notification(row), row["attempts"], row["next_attempt_at"], row["more"])
+        for row in rows
+        if row["notification_id"] is not None
+    ]
     return PendingHeads(rows[0]["db_now"], heads)
 
 
-async def mark_delivered(conn: Connection, endpoint: str, owner: str, notification: StoredNotification) -> None:
+async def mark_delivered(
+    conn: Connection, endpoint: str, owner: str, notifications: Sequence[StoredNotification]
+) -> None:
+    """Forget the pending deliveries of `notifications` (answered 2xx), in one
+    statement; LeaseLost when `owner` no longer holds the endpoint's lease."""
+    if not notifications:
+        return
     done = await conn.fetchval(
         f"""
-        DELETE FROM webhook_deliveries
-         WHERE customer_id = $3 AND endpoint = $1 AND seq = $4 AND {_FENCE}
-        RETURNING true
+        WITH gone AS (
+            DELETE FROM webhook_deliveries d
+             USING unnest($3::text[], $4::bigint[]) AS k (customer_id, seq)
+             WHERE d.customer_id = k.customer_id AND d.endpoint = $1 AND d.seq = k.seq AND {_FENCE}
+            RETURNING 1
+        )
+        SELECT count(*) FROM gone
         """,
         endpoint,
         owner,
-        notification.customer_id,
-        notification.position.seq,
+        [n.customer_id for n in notifications],
+        [n.position.seq for n in notifications],
     )
-    if not done:
+    if done != len(notifications):
         raise LeaseLost(endpoint)
 
 
@@ -448,9 +465,9 @@ class OutboxStore(PoolUser):
         async with self._connection() as conn:
             return await pending_heads(conn, endpoint, limit)
 
-    async def mark_delivered(self, endpoint: str, owner: str, notification: StoredNotification) -> None:
+    async def mark_delivered(self, endpoint: str, owner: str, notifications: Sequence[StoredNotification]) -> None:
         async with self._connection() as conn:
-            await mark_delivered(conn, endpoint, owner, notification)
+            await mark_delivered(conn, endpoint, owner, notifications)
 
     async def mark_failed(
         self,
