@@ -289,6 +289,7 @@ def execute(url: str, args: argparse.Namespace) -> None:
         finally:
             for service in services:
                 service.process.stop()
+            shutil.rmtree(folder, ignore_errors=True)  # the catalog, webhook files and "no outbox" copies
 
 
 def lag_recorder(lags: list[float], lock: threading.Lock) -> Callable[[dict[str, str], bytes, int], int]:
