@@ -41,7 +41,8 @@ NOT_DISTRIBUTED: dict[str, str] = {
 REVIEWED_TRIGGERS: dict[tuple[str, str], str] = {
     ("invoices", "invoices_immutable"): "row trigger raising on UPDATE/DELETE: runs on the shard, touches nothing",
     ("credit_notes", "credit_notes_immutable"): "row trigger raising on UPDATE/DELETE: runs on the shard",
-    ("notifications", "notifications_position"): "writes notification_heads for NEW.customer_id: a co-located "
+    ("notifications", "notifications_position"): "only for a row inserted without a position (an older "
+    "release's; enqueue positions its own since 0015): writes notification_heads for NEW.customer_id, a co-located "
     "shard, but nextval('notifications_seq') is per node (TODO for Citus: the outbox's order)",
     ("notifications", "notifications_wake"): "pg_notify: reaches listeners of the node the shard is on, not the "
     "coordinator's (TODO for Citus: LISTEN/NOTIFY)",

@@ -12,7 +12,9 @@ the shards of its customers and to join co-located shards.
 
 What it does not see (docs/citus.md, "The rule that makes it possible"): statements run by
 triggers (notifications_position's notification_heads upsert, keyed by
-NEW.customer_id) and by foreign-key checks (every foreign key includes
+NEW.customer_id, for a row inserted without a position: enqueue's own
+statement upserts the heads since migration 0015, and is checked here) and
+by foreign-key checks (every foreign key includes
 customer_id: tests/integration/test_citus_schema.py); and whether a statement
 keyed by an array of customers touches one shard or several (a batch of many
 customers does: see the plan's "Batches across customers").

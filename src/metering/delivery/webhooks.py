@@ -253,27 +253,39 @@ class WebhookDelivery:
             due = [head for head in heads if head.next_attempt_at <= now]
             if due:
 
-                async def attempt(head: PendingDelivery) -> None:
+                async def attempt(head: PendingDelivery) -> bool:
                     async with limit:
-                        await self._attempt(endpoint, sender, head)
+                        return await self._attempt(endpoint, sender, head)
 
-                await asyncio.gather(*(attempt(head) for head in due))
-                continue  # the next notification of each customer is due at once
+                answered = await asyncio.gather(*(attempt(head) for head in due))
+                delivered = [head.notification for head, ok in zip(due, answered, strict=True) if ok]
+                # One statement for the round's 2xx answers (a failed attempt
+                # is recorded on its own). Not reached (a lease lost, the
+                # service stopping), they are sent again with the same id, as
+                # after any crash between a 2xx and its bookkeeping: delivery
+                # is at least once.
+                await self._store.mark_delivered(endpoint.name, self._owner, delivered)
+                if len(delivered) < len(due) or len(heads) >= _HEADS or any(head.more for head in due):
+                    continue  # the next notification of each customer is due at once
+                # Nothing of these customers waits behind what was delivered:
+                # what comes next is new notifications, whose commit wakes this
+                # loop (or the poll finds them), not another look right away.
+            waiting = [h for h in heads if h.next_attempt_at > now]
             wait = self._poll
-            if heads:
-                wait = min(wait, min((h.next_attempt_at - now).total_seconds() for h in heads))
+            if waiting:
+                wait = min(wait, min((h.next_attempt_at - now).total_seconds() for h in waiting))
             await waiter.pause(found, wait)
 
-    async def _attempt(self, endpoint: Endpoint, sender: WebhookSender, head: PendingDelivery) -> None:
+    async def _attempt(self, endpoint: Endpoint, sender: WebhookSender, head: PendingDelivery) -> bool:
+        """One attempt; True when answered 2xx (its caller marks it delivered), else recorded as failed."""
         notification = head.notification
         result = await sender.send(notification)
         attempts = head.attempts + 1
         self._metrics.webhook_attempts.labels(endpoint.name, result.outcome).inc()
         if result.outcome == DELIVERED:
-            await self._store.mark_delivered(endpoint.name, self._owner, notification)
             age = (datetime.now(UTC) - notification.created_at).total_seconds()
             self._metrics.webhook_delivery_seconds.labels(endpoint.name).observe(max(age, 0.0))
-            return
+            return True
         retry_in = retry_delay(self._schedule, attempts, random.random())
         await self._store.mark_failed(
             endpoint.name, self._owner, notification, attempts=attempts, retry_in=retry_in, error=result.error
@@ -287,6 +299,7 @@ class WebhookDelivery:
                 attempts,
                 result.error,
             )
+        return False
 
     async def _report_lag(self, endpoint: Endpoint) -> None:
         now, oldest = await self._store.oldest_undelivered(endpoint.name, endpoint.types)

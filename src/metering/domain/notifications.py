@@ -185,7 +185,7 @@ class Position:
     customer's previous notification's if later), then a sequence number, both
     assigned under the customer's outbox lock until the commit, so that one
     customer's positions follow the order its transactions committed
-    (metering.ledger.outbox, migration 0011)."""
+    (metering.ledger.outbox, migrations 0011 and 0015)."""
 
     txid: int
     seq: int

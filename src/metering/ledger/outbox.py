@@ -2,13 +2,17 @@
 order, and the webhook delivery state (cursors, leases, pending deliveries,
 dead letters).
 
-Order: a notification's position is (txid, seq), assigned by the
-`notifications_position` trigger (migrations 0007 and 0011) under a lock on
-its customer's head row, held by the writing transaction until it commits:
-txid is the larger of the writer's own transaction id and the customer's
-last txid, seq a sequence value drawn after the lock. So one customer's
-notifications are in the order their transactions committed, whichever
-replica or worker wrote them, and customers share no lock.
+Order: a notification's position is (txid, seq), assigned under a lock on
+its customer's head row (`notification_heads`), held by the writing
+transaction until it commits: txid is the larger of the writer's own
+transaction id and the customer's last txid, seq a sequence value drawn
+after the lock. So one customer's notifications are in the order their
+transactions committed, whichever replica or worker wrote them, and
+customers share no lock. `enqueue` assigns them for its whole set in its one
+statement (migration 0015): one head upsert per customer, then the seq
+values in the rows' order; the `notifications_position` trigger (migrations
+0007 and 0011) still positions a row inserted without a position (an older
+release's), under the same lock.
 
 Every reader reads only up to the horizon, the oldest transaction still
 running (`_HORIZON`): a row's txid is at least its writer's id, so below the
@@ -24,6 +28,7 @@ go through them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -64,18 +69,22 @@ _NOTIFICATION_SELECT = (
 )
 
 
-def insert_arrays(notifications: Sequence[NewNotification]) -> list[list[Any]]:
-    """The columns of `notifications` as arrays, for
-    `unnest($customer_id::text[], $notification_id::uuid[], $type::text[], $dedupe_key::text[], $payload::jsonb[])`:
-    the one mapping of a notification to its row. Sorted by customer (stably:
-    one customer's keep their order), the order their head rows are locked in."""
+def insert_arrays(notifications: Sequence[NewNotification]) -> list[Any]:
+    """The arguments of `enqueue`'s statement: the notifications' columns as
+    arrays (`$1` customer, `$2` id, `$3` type, `$4` dedupe key), their payloads
+    as ONE JSON array (`$5`, one `json.dumps` for the set: the pool's jsonb
+    codec would run one per row), and the set's customers, each once, in the
+    order their head rows are locked (`$6`): the one mapping of notifications
+    to rows. Rows are sorted by customer (stably: one customer's keep their
+    order), the order their seq values are drawn in."""
     ordered = sorted(notifications, key=lambda n: n.customer_id)
     return [
         [n.customer_id for n in ordered],
         [n.notification_id for n in ordered],
         [str(n.type) for n in ordered],
         [n.dedupe_key for n in ordered],
-        [payload_json(n.payload) for n in ordered],
+        json.dumps([payload_json(n.payload) for n in ordered]),
+        sorted({n.customer_id for n in ordered}),
     ]
 
 
@@ -83,18 +92,36 @@ async def enqueue(conn: Connection, notifications: Sequence[NewNotification]) ->
     """Write notifications in the caller's transaction; one already written
     (same customer and dedupe key) is skipped. Returns the types written.
 
-    The last write of the transaction that may wait (see the module doc): the
-    position trigger locks each customer's head row until the commit, in the
-    order of the rows, which is customer order."""
+    One statement for the set, the last write of the transaction that may
+    wait (see the module doc). `heads` locks (creating) each customer's head
+    row until the commit, in customer order, and gives its txid; the sort
+    over the join with it produces no row before it has read every head, so
+    every seq value is drawn after every lock of the set, in the rows' order
+    (the outer query draws them as the sorted rows come: a subquery with an
+    ORDER BY is never flattened). A skipped duplicate has drawn a head lock
+    and a seq value too, as with the trigger: harmless, seq only orders."""
     if not notifications:
         return []
     rows = await conn.fetch(
         """
-        INSERT INTO notifications (customer_id, notification_id, type, dedupe_key, payload)
-        SELECT n.customer_id, n.notification_id, n.type, n.dedupe_key, n.payload
-          FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[])
-               WITH ORDINALITY AS n (customer_id, notification_id, type, dedupe_key, payload, i)
-         ORDER BY n.i
+        WITH heads AS (
+            INSERT INTO notification_heads AS h (customer_id, txid)
+            SELECT c.customer_id, pg_current_xact_id()
+              FROM unnest($6::text[]) WITH ORDINALITY AS c (customer_id, k)
+             ORDER BY c.k
+            ON CONFLICT (customer_id) DO UPDATE SET txid = greatest(h.txid, EXCLUDED.txid)
+            RETURNING h.customer_id, h.txid
+        )
+        INSERT INTO notifications (customer_id, txid, seq, notification_id, type, dedupe_key, payload)
+        SELECT s.customer_id, s.txid, nextval('notifications_seq'), s.notification_id, s.type, s.dedupe_key,
+               s.payload
+          FROM (SELECT n.customer_id, h.txid, n.notification_id, n.type, n.dedupe_key, n.payload
+                  FROM ROWS FROM (unnest($1::text[]), unnest($2::uuid[]), unnest($3::text[]), unnest($4::text[]),
+                                  jsonb_array_elements($5::text::jsonb))
+                       WITH ORDINALITY AS n (customer_id, notification_id, type, dedupe_key, payload, i)
+                  JOIN heads h ON h.customer_id = n.customer_id
+                 ORDER BY n.i
+                OFFSET 0) s
         ON CONFLICT (customer_id, dedupe_key) DO NOTHING
         RETURNING type
         """,
@@ -147,6 +174,7 @@ class PendingDelivery:
     notification: StoredNotification
     attempts: int  # made so far
     next_attempt_at: datetime
+    more: bool = False  # another pending delivery of the customer waits behind this one
 
 
 class LeaseLost(Exception):
@@ -242,41 +270,57 @@ class PendingHeads(NamedTuple):
 async def pending_heads(conn: Connection, endpoint: str, limit: int) -> PendingHeads:
     """The database's clock and, per customer, the oldest pending delivery of
     the endpoint (the only one that may be attempted: order per customer),
-    soonest due first."""
+    soonest due first, each saying whether more of the customer's wait behind
+    it. One round trip, also when nothing is pending (the clock's row alone)."""
     rows = await conn.fetch(
         f"""
-        SELECT clock_timestamp() AS db_now, h.attempts, h.next_attempt_at, {_NOTIFICATION_SELECT}
-          FROM (SELECT DISTINCT ON (d.customer_id) d.customer_id, d.seq, d.attempts, d.next_attempt_at
-                  FROM webhook_deliveries d
-                 WHERE d.endpoint = $1 AND d.status = 'pending'
-                 ORDER BY d.customer_id, d.txid, d.seq) h
-          JOIN notifications n ON n.customer_id = h.customer_id AND n.seq = h.seq
-         ORDER BY h.next_attempt_at, n.txid, n.seq
-         LIMIT $2
+        SELECT c.db_now, p.*
+          FROM (SELECT clock_timestamp() AS db_now) c
+          LEFT JOIN LATERAL (
+                SELECT h.attempts, h.next_attempt_at, h.pending > 1 AS more, {_NOTIFICATION_SELECT}
+                  FROM (SELECT DISTINCT ON (d.customer_id) d.customer_id, d.seq, d.attempts, d.next_attempt_at,
+                               count(*) OVER (PARTITION BY d.customer_id) AS pending
+                          FROM webhook_deliveries d
+                         WHERE d.endpoint = $1 AND d.status = 'pending'
+                         ORDER BY d.customer_id, d.txid, d.seq) h
+                  JOIN notifications n ON n.customer_id = h.customer_id AND n.seq = h.seq
+                 ORDER BY h.next_attempt_at, n.txid, n.seq
+                 LIMIT $2) p ON true
         """,
         endpoint,
         limit,
     )
-    if not rows:
-        now = await conn.fetchval("SELECT clock_timestamp()")
-        return PendingHeads(now, [])
-    heads = [PendingDelivery(stored_notification(row), row["attempts"], row["next_attempt_at"]) for row in rows]
+    heads = [
+        PendingDelivery(stored_notification(row), row["attempts"], row["next_attempt_at"], row["more"])
+        for row in rows
+        if row["notification_id"] is not None
+    ]
     return PendingHeads(rows[0]["db_now"], heads)
 
 
-async def mark_delivered(conn: Connection, endpoint: str, owner: str, notification: StoredNotification) -> None:
+async def mark_delivered(
+    conn: Connection, endpoint: str, owner: str, notifications: Sequence[StoredNotification]
+) -> None:
+    """Forget the pending deliveries of `notifications` (answered 2xx), in one
+    statement; LeaseLost when `owner` no longer holds the endpoint's lease."""
+    if not notifications:
+        return
     done = await conn.fetchval(
         f"""
-        DELETE FROM webhook_deliveries
-         WHERE customer_id = $3 AND endpoint = $1 AND seq = $4 AND {_FENCE}
-        RETURNING true
+        WITH gone AS (
+            DELETE FROM webhook_deliveries d
+             USING unnest($3::text[], $4::bigint[]) AS k (customer_id, seq)
+             WHERE d.customer_id = k.customer_id AND d.endpoint = $1 AND d.seq = k.seq AND {_FENCE}
+            RETURNING 1
+        )
+        SELECT count(*) FROM gone
         """,
         endpoint,
         owner,
-        notification.customer_id,
-        notification.position.seq,
+        [n.customer_id for n in notifications],
+        [n.position.seq for n in notifications],
     )
-    if not done:
+    if done != len(notifications):
         raise LeaseLost(endpoint)
 
 
@@ -421,9 +465,9 @@ class OutboxStore(PoolUser):
         async with self._connection() as conn:
             return await pending_heads(conn, endpoint, limit)
 
-    async def mark_delivered(self, endpoint: str, owner: str, notification: StoredNotification) -> None:
+    async def mark_delivered(self, endpoint: str, owner: str, notifications: Sequence[StoredNotification]) -> None:
         async with self._connection() as conn:
-            await mark_delivered(conn, endpoint, owner, notification)
+            await mark_delivered(conn, endpoint, owner, notifications)
 
     async def mark_failed(
         self,
