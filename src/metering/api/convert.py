@@ -116,9 +116,16 @@ class Balances:
     def __init__(self, capacity: int = 10_000) -> None:
         self._capacity = capacity
         self._fixed: dict[tuple[Meter, PlanMeter, Period], usage_pb2.Balance] = {}
+        # The same, by the objects' identities (a TermsBook and its periods hand
+        # out the same objects): no hash of three dataclasses per look-up. Each
+        # entry keeps its objects, so an id is never another object's.
+        self._same: dict[tuple[int, int, int], tuple[Meter, PlanMeter, Period, usage_pb2.Balance]] = {}
 
     def fixed(self, meter: Meter, terms: PlanMeter, period: Period) -> usage_pb2.Balance:
         """What the meter, the plan's terms and the period fix of a balance (copy it, never change it)."""
+        same = self._same.get((id(meter), id(terms), id(period)))
+        if same is not None and same[0] is meter and same[1] is terms and same[2] is period:
+            return same[3]
         key = (meter, terms, period)
         fixed = self._fixed.get(key)
         if fixed is None:
@@ -126,6 +133,9 @@ class Balances:
             if len(self._fixed) >= self._capacity:
                 self._fixed.clear()
             self._fixed[key] = fixed
+        if len(self._same) >= self._capacity:
+            self._same.clear()
+        self._same[(id(meter), id(terms), id(period))] = (meter, terms, period, fixed)
         return fixed
 
     def write(self, message: usage_pb2.Balance, view: MeterBalance) -> None:
@@ -133,7 +143,7 @@ class Balances:
         message.CopyFrom(self.fixed(view.meter, view.terms, view.period))
         figures = view.figures
         _write_allowance(message, figures.limit, figures.granted, figures.reserved)
-        _write_usage(
+        _write_used(
             message,
             figures.used,
             figures.available,
@@ -155,7 +165,7 @@ def _write_allowance(message: usage_pb2.Balance, limit: Decimal | None, granted:
         message.limit = format_decimal(limit)
 
 
-def _write_usage(
+def _write_used(
     message: usage_pb2.Balance,
     used: Decimal,
     available: Decimal | None,
@@ -260,7 +270,7 @@ class RecordedResponses:
             _write_allowance(fixed, allowance.limit, allowance.granted, allowance.reserved)
             self._fixed[allowance_index] = fixed
         message.balance.CopyFrom(fixed)
-        _write_usage(
+        _write_used(
             message.balance,
             events.used[index],
             balances.available[index],

@@ -427,13 +427,16 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         found = await self._engine.record_columnar(valid, balances=balances)
         if not isinstance(found, RecordedEvents):
             return self._answers(commands, found)
-        tally = _Tally()
         refusals: dict[int, BaseException] = {}
+        quantities: Counter[tuple[str, Decimal]] = Counter()  # most events of a meter send the same few
         for index, command in enumerate(commands):
             if isinstance(command, BaseException):
                 refusals[index] = command
             else:
-                tally.recorded(command.meter.slug, command.quantity)
+                quantities[(command.meter.slug, command.quantity)] += 1
+        tally = _Tally()
+        for (meter, quantity), events in quantities.items():
+            tally.recorded(meter, quantity, events)
         tally.publish(self._metrics)
         return _Columnar(refusals, found)
 
@@ -502,10 +505,11 @@ class _Tally:
                     key = (meter, outcome.plan_slug)
                     self.overage[key] = decimals.add(self.overage.get(key, ZERO), outcome.overage)
 
-    def recorded(self, meter: str, quantity: Decimal) -> None:
-        """A new event recorded (with no overage, or its overage counted apart)."""
-        self.events[(meter, m.RECORDED)] += 1
-        self.quantity[meter] = decimals.add(self.quantity.get(meter, ZERO), quantity)
+    def recorded(self, meter: str, quantity: Decimal, events: int = 1) -> None:
+        """New events of `quantity` each recorded (with no overage, or their overage counted apart)."""
+        self.events[(meter, m.RECORDED)] += events
+        total = quantity if events == 1 else decimals.EXACT.multiply(quantity, events)
+        self.quantity[meter] = decimals.add(self.quantity.get(meter, ZERO), total)
 
     def publish(self, metrics: m.Metrics) -> None:
         for (meter, outcome), events in self.events.items():
