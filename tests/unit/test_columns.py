@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from metering.domain import limits
 from metering.domain.catalog import Aggregation, Enforcement, Meter, PlanMeter, Price, PricingModel
-from metering.domain.columns import BalanceColumns, CommonPlan, balance_columns, decide_common, recorded
+from metering.domain.columns import BalanceColumns, CommonPlan, Recorded, balance_columns, decide_common, recorded
 from metering.domain.errors import EventTooOld, MeteringError, NotFound
 from metering.domain.notifications import MeterTerms
 from metering.domain.periods import BillingPeriod, Period, ResetPeriod
@@ -355,3 +355,37 @@ def test_what_is_not_the_common_case_is_left_to_decide_batch() -> None:
     # Just below the threshold is still the common case (79.99% rounds below 80).
     below: list[Resolution | MeteringError] = [resolution(near, "t1", Decimal("78.98"))]
     assert assert_same_as_decide_batch(below, plain_reads(below)) is not None
+
+
+def test_two_catalogs_terms_for_one_allowance_and_a_negative_quantity_are_left_to_decide_batch() -> None:
+    reloaded = setup("tokens", Aggregation.SUM, "1000000", Enforcement.HARD, 80)  # equal terms, other objects
+    mixed: list[Resolution | MeteringError] = [
+        resolution(LIMITED, "t1", Decimal(1)),
+        resolution(reloaded, "t2", Decimal(1)),
+    ]
+    assert decide_common(mixed, plain_reads(mixed), new_event_ids(2)) is None
+    negative: list[Resolution | MeteringError] = [resolution(LIMITED, "t1", Decimal(-1))]
+    assert decide_common(negative, plain_reads(negative), new_event_ids(1)) is None
+
+
+@given(st.lists(st.integers(0, 300_000), min_size=1, max_size=12), st.sampled_from(["0", "100000", "250000"]))
+def test_balance_columns_are_balance_figures_in_any_order(used: list[int], limit: str) -> None:
+    """Each event's figures are limits.balance_figures of its usage, whatever
+    the order of the usages (the percentage is computed once only when the
+    lowest and highest round alike)."""
+    allowance = limits.Allowance(Aggregation.SUM, Enforcement.HARD, Decimal(limit), Decimal(3), Decimal(2))
+    unlimited = limits.Allowance(Aggregation.SUM, Enforcement.HARD, None)
+    one = resolution(LIMITED, "t1", Decimal(1))
+    events = Recorded(
+        resolutions=[one] * len(used),
+        event_ids=new_event_ids(len(used)),
+        recorded_at=[RECORDED_AT] * len(used),
+        used=[Decimal(u) for u in used],
+        allowance_of=[i % 2 for i in range(len(used))],
+        allowances=[allowance, unlimited],
+        thresholds=[Decimal(80), Decimal(80)],
+    )
+    columns = balance_columns(events)
+    for index, value in enumerate(events.used):
+        chosen = events.allowances[events.allowance_of[index]]
+        assert figures(columns, value, chosen, index) == limits.balance_figures(chosen, value, Decimal(80))
