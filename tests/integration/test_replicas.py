@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from metering.ledger.migrate import load_migrations
-from metering.v1 import customer_pb2, metering_service_pb2_grpc, usage_pb2
-from tests.support import ROOT, ServiceProcess, calls_across, metric_value, run_sql
+from metering.v1 import customer_pb2, ingest_pb2, metering_service_pb2_grpc, usage_pb2
+from tests.support import ROOT, ServiceProcess, audit, calls_across, metric_value, run_sql
 
 # Slow tier: a second service and concurrent CLI processes.
 pytestmark = pytest.mark.slow
@@ -93,6 +93,41 @@ def test_concurrent_retries_of_one_transaction_id_record_once(
     assert rows[0][0] == 1
     counter = run_sql(database_url, "SELECT used FROM meter_counters WHERE customer_id = $1", customer)
     assert counter[0]["used"] == 5
+
+
+def test_concurrent_batches_of_the_same_transaction_ids_record_once(
+    service: ServiceProcess, second_service: ServiceProcess, database_url: str, new_customer: Callable[..., str]
+) -> None:
+    """Batches of the common case (decided as columns) racing on two replicas:
+    each transaction id is recorded once, every answer names the same event."""
+    customers = [new_customer(plan="open") for _ in range(2)]
+    events = [
+        usage_pb2.RecordUsageRequest(
+            customer_id=customers[i % 2], meter_slug="tokens", quantity=str(i % 7 + 1), transaction_id=f"b{i}"
+        )
+        for i in range(60)
+    ]
+    request = ingest_pb2.RecordUsageBatchRequest(events=events)
+    channels = [grpc.insecure_channel(s.target) for s in (service, second_service)]
+    stubs = [metering_service_pb2_grpc.MeteringServiceStub(c) for c in channels]
+    try:
+        futures = [stubs[i % 2].RecordUsageBatch.future(request, timeout=60) for i in range(12)]
+        responses = [f.result() for f in futures]
+    finally:
+        for channel in channels:
+            channel.close()
+    for index in range(len(events)):
+        answers = [r.results[index].response for r in responses]
+        assert all(r.results[index].status.code == 0 for r in responses)
+        assert len({a.event.event_id for a in answers}) == 1
+        assert sum(not a.duplicate for a in answers) == 1
+    rows = run_sql(database_url, "SELECT count(*) FROM usage_events WHERE customer_id = ANY($1::text[])", customers)
+    assert rows[0][0] == len(events)
+    used = run_sql(
+        database_url, "SELECT sum(used) AS used FROM meter_counters WHERE customer_id = ANY($1::text[])", customers
+    )
+    assert used[0]["used"] == sum(i % 7 + 1 for i in range(len(events)))
+    assert audit(database_url, customers).ok
 
 
 def test_read_your_writes_across_processes(

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from metering.domain.bills import WhatIfBill
 from metering.domain.catalog import (
@@ -15,7 +19,7 @@ from metering.domain.catalog import (
     Price,
     PricingModel,
 )
-from metering.domain.decimals import format_decimal
+from metering.domain.decimals import ZERO, format_decimal
 from metering.domain.periods import Period, ResetPeriod
 from metering.domain.records import (
     COMMITTED,
@@ -35,7 +39,7 @@ from metering.services.catalog import LoadedCatalog
 from metering.services.entitlements import GrantView, ReservationResult
 from metering.services.invoicing import Estimate
 from metering.services.reporting import UsageRow
-from metering.services.usage import BalanceReport, CustomersPage, MeterBalance, RecordResult
+from metering.services.usage import BalanceReport, CustomersPage, MeterBalance, RecordedEvents, RecordResult
 from metering.services.wallets import BalanceWallet, WalletView
 from metering.v1 import (
     billing_pb2,
@@ -48,7 +52,7 @@ from metering.v1 import (
     wallets_pb2,
 )
 from metering.wire.credit_notes import credit_note
-from metering.wire.values import exact_money, money, set_timestamp, timestamp
+from metering.wire.values import exact_money, money, set_timestamp, timestamp, timestamp_parts
 
 _AGGREGATIONS = {
     Aggregation.SUM: usage_pb2.AGGREGATION_SUM,
@@ -112,29 +116,71 @@ class Balances:
     def __init__(self, capacity: int = 10_000) -> None:
         self._capacity = capacity
         self._fixed: dict[tuple[Meter, PlanMeter, Period], usage_pb2.Balance] = {}
+        # The same, by the objects' identities (a TermsBook and its periods hand
+        # out the same objects): no hash of three dataclasses per look-up. Each
+        # entry keeps its objects, so an id is never another object's.
+        self._same: dict[tuple[int, int, int], tuple[Meter, PlanMeter, Period, usage_pb2.Balance]] = {}
 
-    def write(self, message: usage_pb2.Balance, view: MeterBalance) -> None:
-        """Fills an empty Balance in place."""
-        key = (view.meter, view.terms, view.period)
+    def fixed(self, meter: Meter, terms: PlanMeter, period: Period) -> usage_pb2.Balance:
+        """What the meter, the plan's terms and the period fix of a balance (copy it, never change it)."""
+        same = self._same.get((id(meter), id(terms), id(period)))
+        if same is not None and same[0] is meter and same[1] is terms and same[2] is period:
+            return same[3]
+        key = (meter, terms, period)
         fixed = self._fixed.get(key)
         if fixed is None:
-            fixed = _fixed_balance(view.meter, view.terms, view.period)
+            fixed = _fixed_balance(meter, terms, period)
             if len(self._fixed) >= self._capacity:
                 self._fixed.clear()
             self._fixed[key] = fixed
-        message.CopyFrom(fixed)
+        if len(self._same) >= self._capacity:
+            self._same.clear()
+        self._same[(id(meter), id(terms), id(period))] = (meter, terms, period, fixed)
+        return fixed
+
+    def write(self, message: usage_pb2.Balance, view: MeterBalance) -> None:
+        """Fills an empty Balance in place."""
+        message.CopyFrom(self.fixed(view.meter, view.terms, view.period))
         figures = view.figures
-        message.used = format_decimal(figures.used)
-        message.granted = format_decimal(figures.granted)
-        message.reserved = format_decimal(figures.reserved)
-        message.approaching_limit = figures.approaching_limit
-        message.limit_reached = figures.limit_reached
-        if figures.limit is not None:
-            message.limit = format_decimal(figures.limit)
-        if figures.available is not None:
-            message.available = format_decimal(figures.available)
-        if figures.percent_used is not None:
-            message.percent_used = f"{figures.percent_used:f}"  # always two decimals, e.g. "80.00"
+        _write_allowance(message, figures.limit, figures.granted, figures.reserved)
+        _write_used(
+            message,
+            figures.used,
+            figures.available,
+            figures.percent_used,
+            approaching_limit=figures.approaching_limit,
+            limit_reached=figures.limit_reached,
+        )
+
+
+# A balance's figures (metering.domain.limits.BalanceFigures) are written in two
+# parts, whether from one MeterBalance or from the columns of a call recorded
+# as columns (RecordedResponses): what the allowance fixes, and what usage moves.
+
+
+def _write_allowance(message: usage_pb2.Balance, limit: Decimal | None, granted: Decimal, reserved: Decimal) -> None:
+    message.granted = format_decimal(granted)
+    message.reserved = format_decimal(reserved)
+    if limit is not None:
+        message.limit = format_decimal(limit)
+
+
+def _write_used(
+    message: usage_pb2.Balance,
+    used: Decimal,
+    available: Decimal | None,
+    percent_used: Decimal | None,
+    *,
+    approaching_limit: bool,
+    limit_reached: bool,
+) -> None:
+    message.used = format_decimal(used)
+    message.approaching_limit = approaching_limit
+    message.limit_reached = limit_reached
+    if available is not None:
+        message.available = format_decimal(available)
+    if percent_used is not None:
+        message.percent_used = f"{percent_used:f}"  # always two decimals, e.g. "80.00"
 
 
 def _fixed_balance(meter: Meter, terms: PlanMeter, period: Period) -> usage_pb2.Balance:
@@ -179,6 +225,78 @@ def write_record_usage_response(message: usage_pb2.RecordUsageResponse, result: 
     assert result.balance is not None, "RecordUsage answers carry their balance"
     _BALANCES.write(message.balance, result.balance)
     message.overage_quantity = format_decimal(result.overage)
+
+
+class RecordedResponses:
+    """Writes the RecordUsageResponse of each event of a call recorded as
+    columns (RecordedEvents): what write_record_usage_response writes for the
+    same event recorded one object at a time, with what an allowance fixes
+    looked up once per call."""
+
+    def __init__(self, recorded: RecordedEvents) -> None:
+        assert recorded.balances is not None, "RecordUsage answers carry their balance"
+        self._recorded = recorded
+        self._balances = recorded.balances
+        # By allowance: the balance with what the meter, terms, period and allowance fix.
+        self._fixed: dict[int, usage_pb2.Balance] = {}
+        self._event_time = _Stamp()
+        self._recorded_time = _Stamp()
+
+    def write(self, message: usage_pb2.RecordUsageResponse, index: int) -> None:
+        """Fills an empty RecordUsageResponse with the answer of event `index` of the call's recorded events."""
+        recorded, balances = self._recorded, self._balances
+        events = recorded.events
+        resolution = events.resolutions[index]
+        event = resolution.event
+        written = message.event
+        written.event_id = str(events.event_ids[index])
+        written.customer_id = event.customer_id
+        written.transaction_id = event.transaction_id
+        written.meter_slug = event.meter_slug
+        written.price_slug = event.price_slug
+        written.quantity = format_decimal(event.quantity)
+        self._event_time.set(written.event_time, event.event_time)
+        self._recorded_time.set(written.recorded_time, events.recorded_at[index])
+        if event.properties:
+            written.properties.update(event.properties)
+        # duplicate: False, proto3's default
+        allowance_index = events.allowance_of[index]
+        fixed = self._fixed.get(allowance_index)
+        if fixed is None:
+            known = recorded.terms[allowance_index]
+            fixed = usage_pb2.Balance()
+            fixed.CopyFrom(_BALANCES.fixed(known.meter, known.terms, resolution.period))
+            allowance = events.allowances[allowance_index]
+            _write_allowance(fixed, allowance.limit, allowance.granted, allowance.reserved)
+            self._fixed[allowance_index] = fixed
+        message.balance.CopyFrom(fixed)
+        _write_used(
+            message.balance,
+            events.used[index],
+            balances.available[index],
+            balances.percent_used[index],
+            approaching_limit=balances.approaching_limit[index],
+            limit_reached=balances.limit_reached[index],
+        )
+        message.overage_quantity = _NO_OVERAGE
+
+
+_NO_OVERAGE = format_decimal(ZERO)  # the common case's overage: it decides only events that fit
+
+
+class _Stamp:
+    """set_timestamp that remembers its last instant: the events of a call
+    mostly share their time (the call's, when they give none) and the time the
+    database recorded them."""
+
+    def __init__(self) -> None:
+        self._last: datetime | None = None
+        self._parts = (0, 0)
+
+    def set(self, message: Timestamp, value: datetime) -> None:
+        if value is not self._last and value != self._last:
+            self._last, self._parts = value, timestamp_parts(value)
+        message.seconds, message.nanos = self._parts
 
 
 def check_balance_response(report: BalanceReport, wallet: BalanceWallet) -> usage_pb2.CheckBalanceResponse:

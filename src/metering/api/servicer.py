@@ -13,7 +13,9 @@ first; nothing else differs.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import TypeAlias
@@ -39,7 +41,7 @@ from metering.services.credit_notes import CreditNotes
 from metering.services.entitlements import Entitlements
 from metering.services.invoicing import Invoicing
 from metering.services.reporting import Reporting
-from metering.services.usage import MeteringEngine, RecordResult, UsageCommand
+from metering.services.usage import MeteringEngine, RecordedEvents, RecordResult, UsageCommand
 from metering.services.wallets import Wallets
 from metering.telemetry import metrics as m
 from metering.v1 import (
@@ -116,10 +118,23 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         validation.batch_size(len(request.events))
         # One group, decided in order in one transaction: a repeated
         # transaction id in a batch behaves exactly as two RecordUsage calls.
-        outcomes = await self._record_group(list(request.events))
+        outcomes = await self._record_columns(list(request.events))
         response = ingest_pb2.RecordUsageBatchResponse()
         # Each event's refusal becomes its own status, never the call's, so one
         # bad event does not fail the others.
+        if isinstance(outcomes, _Columnar):
+            responses = convert.RecordedResponses(outcomes.recorded)
+            recorded = 0
+            for index in range(len(request.events)):
+                result = response.results.add(index=index)
+                refused = outcomes.refusals.get(index)
+                if refused is not None:
+                    result.status.CopyFrom(to_rpc_status(refused))
+                else:
+                    write_ok_status(result.status)
+                    responses.write(result.response, recorded)
+                    recorded += 1
+            return response
         for index, outcome in enumerate(outcomes):
             result = response.results.add(index=index)  # filled in place: no copy of each response
             if isinstance(outcome, BaseException):
@@ -140,12 +155,12 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         # up to MAX_BATCH_EVENTS rather than one transaction per message: with
         # several worker processes, each holding a few streams, per-message
         # transactions were small and queued on the same counter rows.
-        in_flight: asyncio.Task[list[RecordResult | BaseException]] | None = None
+        in_flight: asyncio.Task[list[RecordResult | BaseException] | _Columnar] | None = None
         waiting: list[usage_pb2.RecordUsageRequest] = []
 
         def start() -> None:
             nonlocal in_flight, waiting
-            in_flight = asyncio.ensure_future(self._record_group(waiting, balances=False))
+            in_flight = asyncio.ensure_future(self._record_columns(waiting, balances=False))
             waiting = []
 
         async def finish() -> None:
@@ -394,6 +409,39 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
         """Events validated one by one, then recorded together in order; each
         answer is what RecordUsage would answer (before encoding; without its
         balance unless `balances`), or its refusal."""
+        commands = self._commands(requests)
+        valid = [c for c in commands if isinstance(c, UsageCommand)]
+        outcomes = await self._engine.record_many(valid, balances=balances) if valid else []
+        return self._answers(commands, outcomes)
+
+    async def _record_columns(
+        self, requests: list[usage_pb2.RecordUsageRequest], *, balances: bool = True
+    ) -> list[RecordResult | BaseException] | _Columnar:
+        """_record_group, answered as columns (_Columnar) when the writer
+        recorded every valid event by the common-case decision
+        (metering.domain.columns)."""
+        commands = self._commands(requests)
+        valid = [c for c in commands if isinstance(c, UsageCommand)]
+        if not valid:
+            return self._answers(commands, [])
+        found = await self._engine.record_columnar(valid, balances=balances)
+        if not isinstance(found, RecordedEvents):
+            return self._answers(commands, found)
+        refusals: dict[int, BaseException] = {}
+        quantities: Counter[tuple[str, Decimal]] = Counter()  # most events of a meter send the same few
+        for index, command in enumerate(commands):
+            if isinstance(command, BaseException):
+                refusals[index] = command
+            else:
+                quantities[(command.meter.slug, command.quantity)] += 1
+        tally = _Tally()
+        for (meter, quantity), events in quantities.items():
+            tally.recorded(meter, quantity, events)
+        tally.publish(self._metrics)
+        return _Columnar(refusals, found)
+
+    def _commands(self, requests: list[usage_pb2.RecordUsageRequest]) -> list[UsageCommand | BaseException]:
+        """Each request validated (metering.api.validation), or its refusal."""
         now, catalog = self._engine.now(), self._catalog  # read once for the whole group
         commands: list[UsageCommand | BaseException] = []
         for request in requests:
@@ -405,15 +453,20 @@ class MeteringServicer(metering_service_pb2_grpc.MeteringServiceServicer):
                 commands.append(valid_command)
             except MeteringError as exc:
                 commands.append(exc)
-        valid = [c for c in commands if isinstance(c, UsageCommand)]
-        outcomes = iter(await self._engine.record_many(valid, balances=balances) if valid else [])
+        return commands
+
+    def _answers(
+        self, commands: list[UsageCommand | BaseException], outcomes: list[RecordResult | BaseException]
+    ) -> list[RecordResult | BaseException]:
+        """The valid commands' outcomes (in order) merged with the others' refusals, and counted."""
+        recorded = iter(outcomes)
         answers: list[RecordResult | BaseException] = []
         tally = _Tally()
         for command in commands:
             if isinstance(command, BaseException):
                 answers.append(command)
                 continue
-            outcome = next(outcomes)
+            outcome = next(recorded)
             tally.count(command.meter.slug, outcome)
             answers.append(outcome)
         tally.publish(self._metrics)
@@ -442,9 +495,7 @@ class _Tally:
                 key = (meter, m.DUPLICATE)
                 events[key] = events.get(key, 0) + 1
             else:
-                key = (meter, m.RECORDED)
-                events[key] = events.get(key, 0) + 1
-                self.quantity[meter] = decimals.add(self.quantity.get(meter, ZERO), outcome.event.quantity)
+                self.recorded(meter, outcome.event.quantity)
                 if outcome.overage > ZERO:
                     key = (meter, outcome.plan_slug)
                     self.overage[key] = decimals.add(self.overage.get(key, ZERO), outcome.overage)
@@ -460,6 +511,13 @@ class _Tally:
             reason = _late_reason(outcome)
             if reason is not None:
                 self.late[reason] = self.late.get(reason, 0) + 1
+
+    def recorded(self, meter: str, quantity: Decimal, events: int = 1) -> None:
+        """New events of `quantity` each recorded (with no overage, or their overage counted apart)."""
+        key = (meter, m.RECORDED)
+        self.events[key] = self.events.get(key, 0) + events
+        total = quantity if events == 1 else decimals.EXACT.multiply(quantity, events)
+        self.quantity[meter] = decimals.add(self.quantity.get(meter, ZERO), total)
 
     def publish(self, metrics: m.Metrics) -> None:
         for (meter, outcome), events in self.events.items():
@@ -485,10 +543,28 @@ def _late_reason(refusal: BaseException) -> str | None:
     return None
 
 
-def _summarise(response: ingest_pb2.RecordUsageStreamResponse, outcomes: list[RecordResult | BaseException]) -> None:
+@dataclass(frozen=True, slots=True)
+class _Columnar:
+    """A group's answers when its valid events were recorded as columns: the
+    refusals of validation by index in the group, and the recorded events (the
+    others, in order)."""
+
+    refusals: dict[int, BaseException]
+    recorded: RecordedEvents
+
+
+def _summarise(
+    response: ingest_pb2.RecordUsageStreamResponse, outcomes: list[RecordResult | BaseException] | _Columnar
+) -> None:
     """Counts a group's outcomes into a stream's summary; its refusals by stream index."""
     # The summary needs no response for an event that succeeded.
     index = response.recorded_count + response.duplicate_count + response.failed_count
+    if isinstance(outcomes, _Columnar):
+        for offset, refused in outcomes.refusals.items():
+            response.failures.add(index=index + offset, status=to_rpc_status(refused))
+        response.failed_count += len(outcomes.refusals)
+        response.recorded_count += len(outcomes.recorded)
+        return
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             response.failed_count += 1

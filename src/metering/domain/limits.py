@@ -210,9 +210,19 @@ def balance_figures(allowance: Allowance, used: Decimal, approaching_threshold: 
         reserved=allowance.reserved,
         available=available,
         percent_used=percent_used_,
-        approaching_limit=percent_used_ is not None and percent_used_ >= approaching_threshold,
-        limit_reached=available is not None and available == 0,
+        approaching_limit=approaching_limit(percent_used_, approaching_threshold),
+        limit_reached=limit_reached(available),
     )
+
+
+def approaching_limit(percent_used_: Decimal | None, approaching_threshold: Decimal) -> bool:
+    """Whether a balance says its meter is near its limit (balance_figures)."""
+    return percent_used_ is not None and percent_used_ >= approaching_threshold
+
+
+def limit_reached(available: Decimal | None) -> bool:
+    """Whether a balance says nothing is left (balance_figures)."""
+    return available is not None and available == 0
 
 
 def _excess(value: Decimal, total: Decimal | None) -> Decimal:
@@ -222,9 +232,14 @@ def _excess(value: Decimal, total: Decimal | None) -> Decimal:
 
 
 def _is_newer(event_time: datetime, event_id: UUID, state: CounterState) -> bool:
-    """Whether the event comes after the counter's latest one. Ids are
-    time-ordered, so among equal event times the later-recorded event wins."""
-    latest_time, latest_id = state.latest_event_time, state.latest_event_id
+    """Whether the event comes after the counter's latest one (is_newer)."""
+    return is_newer(event_time, event_id, state.latest_event_time, state.latest_event_id)
+
+
+def is_newer(event_time: datetime, event_id: UUID, latest_time: datetime | None, latest_id: UUID | None) -> bool:
+    """Whether the event comes after a counter's latest one (`latest_time`,
+    `latest_id`; None: no event yet). Ids are time-ordered, so among equal
+    event times the later-recorded event wins."""
     if latest_time is None or latest_id is None:
         return True
     if event_time != latest_time:

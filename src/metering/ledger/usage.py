@@ -13,11 +13,12 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
+from metering.domain.columns import CommonPlan
 from metering.domain.limits import CounterState
 from metering.domain.notifications import NotificationType
 from metering.domain.periods import Period
 from metering.domain.records import CustomerRecord, StoredEvent
-from metering.domain.usage import AllowanceKey, BatchPlan, CounterKey
+from metering.domain.usage import AllowanceKey, BatchPlan, CounterKey, Resolution
 from metering.ledger import outbox
 from metering.ledger.pool import Connection
 from metering.ledger.rollups import rollup_upserts
@@ -240,7 +241,94 @@ async def _write_usage(
     rows, counters, unique_values = plan.inserts, plan.counters, plan.unique_values
     events = [row.event for row in rows]
     unique_values_of_rows = [row.unique_value for row in rows]
-    rollup_ctes = rollup_upserts(any(value is not None for value in unique_values_of_rows))
+    return await _usage_statement(
+        conn,
+        any(value is not None for value in unique_values_of_rows),
+        guessed,
+        [row.event_id for row in rows],
+        [e.customer_id for e in events],
+        [e.transaction_id for e in events],
+        [e.meter_slug for e in events],
+        [e.price_slug for e in events],
+        [e.requested_price_slug for e in events],
+        [str(e.quantity) for e in events],  # as text: asyncpg's numeric encoding costs 2x str()
+        epoch_micros([e.event_time for e in events]),
+        epoch_micros([row.key.period_start for row in rows]),
+        [_json_text(e.properties) for e in events],
+        [k.customer_id for k, _ in counters],
+        [k.meter_slug for k, _ in counters],
+        [k.period_start for k, _ in counters],
+        [state.used for _, state in counters],
+        [state.event_count for _, state in counters],
+        [state.latest_event_time for _, state in counters],
+        [state.latest_event_id for _, state in counters],
+        [u.key.customer_id for u in unique_values],
+        [u.key.meter_slug for u in unique_values],
+        [u.key.period_start for u in unique_values],
+        [u.value for u in unique_values],
+        [u.first_event_id for u in unique_values],
+        [_json_text(row.dimensions) for row in rows],
+        unique_values_of_rows,
+    )
+
+
+async def write_common(
+    conn: Connection,
+    plan: CommonPlan,
+    resolutions: Sequence[Resolution],
+    guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None,
+) -> dict[UUID, datetime]:
+    """write_batch for a batch of the common case (metering.domain.columns):
+    the same one statement, its arrays straight from the plan's columns and
+    the resolutions (every one an insert); nothing to announce, no distinct
+    value. When each event it inserted was recorded (fewer than the events
+    when a concurrent insert took a transaction id: the caller runs again).
+    `guessed`: as for write_batch (HoldingsChanged when they changed)."""
+    events = [r.event for r in resolutions]
+    counters = plan.counters
+    empty: list[object] = []
+    return await _usage_statement(
+        conn,
+        False,
+        guessed,
+        plan.event_ids,
+        [e.customer_id for e in events],
+        [e.transaction_id for e in events],
+        [e.meter_slug for e in events],
+        [e.price_slug for e in events],
+        [e.requested_price_slug for e in events],
+        [str(e.quantity) for e in events],
+        epoch_micros([e.event_time for e in events]),
+        epoch_micros([r.period.start for r in resolutions]),
+        [_json_text(e.properties) for e in events],
+        [k.customer_id for k, _ in counters],
+        [k.meter_slug for k, _ in counters],
+        [k.period_start for k, _ in counters],
+        [state.used for _, state in counters],
+        [state.event_count for _, state in counters],
+        [state.latest_event_time for _, state in counters],
+        [state.latest_event_id for _, state in counters],
+        empty,
+        empty,
+        empty,
+        empty,
+        empty,
+        [_json_text(r.dimensions) for r in resolutions],
+        [None] * len(resolutions),
+    )
+
+
+async def _usage_statement(
+    conn: Connection,
+    with_unique_values: bool,
+    guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None,
+    *arrays: Sequence[object],
+) -> dict[UUID, datetime]:
+    """The one statement of usage, given its arrays ($1 to $24, in order) and
+    the holdings guessed before the counter locks ($25 to $30, checked by
+    `fresh`: none, nothing to check). Raises HoldingsChanged, having written
+    nothing, when they are not those of the statement's snapshot."""
+    rollup_ctes = rollup_upserts(with_unique_values)
     # Data-modifying WITH clauses always run to completion, read or not. The
     # rollups add every event of the batch: if the insert skipped one (a
     # concurrent twin took its transaction id), the caller rolls the whole
@@ -287,30 +375,7 @@ async def _write_usage(
         UNION ALL
         SELECT NULL, NULL WHERE NOT (SELECT ok FROM fresh)
         """,
-        [row.event_id for row in rows],
-        [e.customer_id for e in events],
-        [e.transaction_id for e in events],
-        [e.meter_slug for e in events],
-        [e.price_slug for e in events],
-        [e.requested_price_slug for e in events],
-        [str(e.quantity) for e in events],  # as text: asyncpg's numeric encoding costs 2x str()
-        epoch_micros([e.event_time for e in events]),
-        epoch_micros([row.key.period_start for row in rows]),
-        [_json_text(e.properties) for e in events],
-        [k.customer_id for k, _ in counters],
-        [k.meter_slug for k, _ in counters],
-        [k.period_start for k, _ in counters],
-        [state.used for _, state in counters],
-        [state.event_count for _, state in counters],
-        [state.latest_event_time for _, state in counters],
-        [state.latest_event_id for _, state in counters],
-        [u.key.customer_id for u in unique_values],
-        [u.key.meter_slug for u in unique_values],
-        [u.key.period_start for u in unique_values],
-        [u.value for u in unique_values],
-        [u.first_event_id for u in unique_values],
-        [_json_text(row.dimensions) for row in rows],
-        unique_values_of_rows,
+        *arrays,
         *_holdings_args(guessed),
     )
     if any(row[0] is None for row in inserted):

@@ -24,7 +24,11 @@ them (steps 5-6's what) is metering.domain.usage's, a pure function.
 5. decides every event in arrival order (metering.domain.limits): duplicates, payload
    conflicts (also between two events of the same batch), whatever their
    time, then late events (the refusal a resolution carries applies only to a
-   transaction id not recorded yet), limits;
+   transaction id not recorded yet), limits. A batch whose calls all take
+   columns (RecordUsageBatch, the stream) first tries the common case
+   (metering.domain.columns: all new events, nothing near a limit or a
+   threshold), decided and answered as columns with no object per event;
+   any other batch is decided by decide_batch, in the same transaction;
 6. in one statement, inserts the accepted events (one multi-row insert; the
    unique constraint still guards: a concurrent twin makes the batch run
    again), writes each counter once and records new distinct values; when
@@ -108,6 +112,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from metering.domain.columns import CommonPlan, Recorded, decide_common, recorded
 from metering.domain.errors import DatabaseUnavailable, MeteringError
 from metering.domain.notifications import NotificationType
 from metering.domain.records import StoredEvent, new_event_ids
@@ -131,7 +136,7 @@ from metering.ledger import usage as batch_sql
 from metering.ledger import wallets as wallet_sql
 from metering.ledger.pool import Connection, Pool, PoolUser, answer_within, translate_errors
 
-__all__ = ["BatchWriter", "GroupResults", "Resolution", "Written", "WrittenKeys"]
+__all__ = ["BatchWriter", "GroupAnswer", "GroupResults", "Recorded", "Resolution", "Written", "WrittenKeys"]
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
@@ -144,6 +149,9 @@ log = logging.getLogger(__name__)
 _BATCH_ATTEMPTS = 3
 
 GroupResults = list[Written | BaseException]
+# A group that takes columns (submit_columnar) is answered with them when its
+# whole batch was of the common case (metering.domain.columns).
+GroupAnswer = GroupResults | Recorded
 
 
 @dataclass(eq=False, slots=True)
@@ -155,8 +163,17 @@ class _Group:
     # Answered once, with a result per event. Cancelled when the caller stops
     # waiting (its deadline in the queue, or the client gone): a group not yet
     # taken is then skipped.
-    future: asyncio.Future[GroupResults]
+    future: asyncio.Future[GroupAnswer]
     call: SpanContext | None = None  # the traced call that submitted it (tracing on)
+    columnar: bool = False  # takes its answer as columns (Recorded) when its batch allows
+
+
+@dataclass(frozen=True, slots=True)
+class _Common:
+    """A batch decided by the common-case decision, and the resolutions its answers need."""
+
+    plan: CommonPlan
+    resolutions: list[Resolution]
 
 
 class _RetryBatch(Exception):
@@ -200,6 +217,18 @@ class BatchWriter(PoolUser):
         self._workers += [asyncio.create_task(self._work(bulk=True)) for _ in range(bulk_workers)]
 
     async def submit_group(self, events: Sequence[UsageCommand], book: TermsBook) -> GroupResults:
+        """submit_columnar's answer, always as one result per event."""
+        answer = await self._submit(events, book, columnar=False)
+        assert isinstance(answer, list)  # a group that asked for no columns gets none
+        return answer
+
+    async def submit_columnar(self, events: Sequence[UsageCommand], book: TermsBook) -> GroupAnswer:
+        """submit_group, answered as columns (Recorded: every event recorded)
+        when the whole batch it was written in was of the common case
+        (metering.domain.columns), else as one result per event."""
+        return await self._submit(events, book, columnar=True)
+
+    async def _submit(self, events: Sequence[UsageCommand], book: TermsBook, *, columnar: bool) -> GroupAnswer:
         """Several events decided in this order, in the same transaction, under
         the catalog's terms in `book`; each result is the outcome or the
         exception that refused that event.
@@ -214,9 +243,9 @@ class BatchWriter(PoolUser):
             return []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._acquire_timeout
-        future: asyncio.Future[GroupResults] = loop.create_future()
+        future: asyncio.Future[GroupAnswer] = loop.create_future()
         call = None if self._tracing is None else self._tracing.current_call()
-        self._pending.append(_Group(events, book, future, call))
+        self._pending.append(_Group(events, book, future, call, columnar))
         self._pending_events += len(events)
         self._wakeup.set()
         try:
@@ -308,7 +337,10 @@ class BatchWriter(PoolUser):
                 # by this batch or found by its dedupe key). The answers are
                 # built only now, with the row locks released.
                 self._written.add(attempted)
-                _answer(batch, plan.answers(batch_sql.stored_events(plan, recorded_at)))
+                if isinstance(plan, _Common):
+                    _answer_common(batch, plan, recorded_at)
+                else:
+                    _answer(batch, plan.answers(batch_sql.stored_events(plan, recorded_at)))
                 self._on_notifications(announced)
                 return
 
@@ -319,7 +351,7 @@ class BatchWriter(PoolUser):
         announced: list[NotificationType],
         attempted: list[tuple[str, str]],
         attempt: int,
-    ) -> tuple[BatchPlan, dict[UUID, datetime]]:
+    ) -> tuple[BatchPlan | _Common, dict[UUID, datetime]]:
         """The batch's reads (metering.ledger.usage), its decision
         (metering.domain.usage, pure) and the one statement that writes it.
         Returns the plan and when each of its events was recorded. Whatever
@@ -359,6 +391,15 @@ class BatchWriter(PoolUser):
         if charged:  # only customers with a wallet or a prepaid plan: no SQL for the others
             wallet_states, spends = await _wallet_reads(conn, charged)
             reads = replace(reads, wallet_states=wallet_states, spends=spends)
+        if all(group.columnar for group in batch):
+            # The common case as columns (metering.domain.columns); anything else
+            # (it answers None) goes through decide_batch below, unchanged.
+            common = decide_common(resolutions, reads, event_ids)
+            if common is not None:
+                recorded_at = await batch_sql.write_common(conn, common, valid, guessed)
+                if len(recorded_at) != len(valid):
+                    raise _RetryBatch
+                return _Common(common, valid), recorded_at
         plan = decide_batch(resolutions, reads, iter(event_ids), self._written)
         attempted.extend((n.customer_id, n.dedupe_key) for n in plan.notifications)
         recorded_at, written = await batch_sql.write_batch(conn, plan, guessed)
@@ -393,6 +434,22 @@ def _answer(batch: list[_Group], results: Sequence[Written | BaseException]) -> 
         end = start + len(group.events)
         if not group.future.done():  # a caller that went away meanwhile gets no answer
             group.future.set_result(list(results[start:end]))
+        start = end
+
+
+def _answer_common(batch: list[_Group], common: _Common, recorded_at: dict[UUID, datetime]) -> None:
+    """Answer each group of a batch of the common case with its events' columns
+    (the batch's events are its groups' events, group after group); a group
+    that asked for none gets none (_decide_and_write took this way only
+    when every group asked)."""
+    plan, resolutions = common.plan, common.resolutions
+    assert len(resolutions) == sum(len(group.events) for group in batch)
+    times = [recorded_at[event_id] for event_id in plan.event_ids]
+    start = 0
+    for group in batch:
+        end = start + len(group.events)
+        if not group.future.done():
+            group.future.set_result(recorded(plan, resolutions, times, start, end))
         start = end
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from metering.domain import closing, usage
+from metering.domain import closing, columns, usage
 from metering.domain.catalog import Catalog, Meter
 from metering.domain.decimals import ZERO
 from metering.domain.errors import LimitExceeded, NotFound
@@ -40,6 +40,7 @@ __all__ = [
     "MeterGuard",
     "MeteringEngine",
     "RecordResult",
+    "RecordedEvents",
     "UsageCommand",
     "VoidResult",
     "allow_any_meter",
@@ -102,6 +103,22 @@ class RecordResult:
     duplicate: bool
     balance: MeterBalance | None  # None when not asked for (MeteringEngine.record_many)
     overage: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvents:
+    """What RecordUsage answers for each event of a call that was all recorded
+    by the common-case decision (metering.domain.columns), as columns: every
+    event new (not a duplicate) with no overage; its balance from the plan's
+    terms for the meter (`terms`, one per allowance) and the balance columns."""
+
+    commands: Sequence[UsageCommand]
+    events: columns.Recorded
+    terms: dict[int, PlanTerms]  # by allowance (events.allowance_of); empty without balances
+    balances: columns.BalanceColumns | None  # None when not asked for
+
+    def __len__(self) -> int:
+        return len(self.events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +203,34 @@ class MeteringEngine:
         balance, and none is computed."""
         book = self._catalogs.current.book  # the terms the writer decides under
         written = await self.writer.submit_group(commands, book)
+        return self._results(book, commands, written, balances)
+
+    async def record_columnar(
+        self, commands: Sequence[UsageCommand], *, balances: bool = True
+    ) -> list[RecordResult | BaseException] | RecordedEvents:
+        """record_many, answered as columns (RecordedEvents) when the writer
+        recorded every event by the common-case decision; else as record_many."""
+        book = self._catalogs.current.book  # the terms the writer decides under
+        written = await self.writer.submit_columnar(commands, book)
+        if isinstance(written, list):
+            return self._results(book, commands, written, balances)
+        if not balances:
+            return RecordedEvents(commands, written, {}, None)
+        # One PlanTerms per allowance: the events of an allowance share their
+        # customer, meter and plan terms (metering.domain.columns.decide_common).
+        terms: dict[int, PlanTerms] = {}
+        for command, resolution, index in zip(commands, written.resolutions, written.allowance_of, strict=True):
+            if index not in terms:
+                terms[index] = book.of(resolution.terms.plan_slug, command.meter)
+        return RecordedEvents(commands, written, terms, columns.balance_columns(written))
+
+    def _results(
+        self,
+        book: TermsBook,
+        commands: Sequence[UsageCommand],
+        written: Sequence[Written | BaseException],
+        balances: bool,
+    ) -> list[RecordResult | BaseException]:
         results: list[RecordResult | BaseException] = []
         for command, item in zip(commands, written, strict=True):
             if isinstance(item, BaseException):

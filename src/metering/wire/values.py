@@ -17,9 +17,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def set_timestamp(message: Timestamp, value: datetime) -> None:
     """What Timestamp.FromDatetime sets (a naive value is UTC), by integer
     arithmetic; setting a field of a sub-message also marks it present."""
+    message.seconds, message.nanos = timestamp_parts(value)
+
+
+def timestamp_parts(value: datetime) -> tuple[int, int]:
+    """The seconds and nanos of a Timestamp of `value` (set_timestamp)."""
     delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
-    message.seconds = delta.days * 86400 + delta.seconds
-    message.nanos = delta.microseconds * 1000
+    return delta.days * 86400 + delta.seconds, delta.microseconds * 1000
 
 
 def timestamp(value: datetime) -> Timestamp:
