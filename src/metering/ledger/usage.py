@@ -245,6 +245,7 @@ async def _write_usage(
         conn,
         any(value is not None for value in unique_values_of_rows),
         guessed,
+        False,
         [row.event_id for row in rows],
         [e.customer_id for e in events],
         [e.transaction_id for e in events],
@@ -272,26 +273,34 @@ async def _write_usage(
     )
 
 
-async def write_common(
-    conn: Connection,
-    plan: CommonPlan,
-    resolutions: Sequence[Resolution],
-    guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None,
+async def preinsert(
+    conn: Connection, resolutions: Sequence[Resolution], event_ids: Sequence[UUID]
 ) -> dict[UUID, datetime]:
-    """write_batch for a batch of the common case (metering.domain.columns):
-    the same one statement, its arrays straight from the plan's columns and
-    the resolutions (every one an insert); nothing to announce, no distinct
-    value. When each event it inserted was recorded (fewer than the events
-    when a concurrent insert took a transaction id: the caller runs again).
-    `guessed`: as for write_batch (HoldingsChanged when they changed)."""
+    """Insert a batch's events before its counters are locked (the writer's
+    "Events inserted before the counter locks"): in (customer, transaction id)
+    order, so two batches that share transaction ids take their rows in the
+    same order and wait on each other, never in a cycle; a twin committed or
+    in flight makes the insert skip or wait, exactly as the write statement's
+    insert would. When each inserted event was recorded (the transaction's
+    now(), as in the write statement), by event id: fewer than the events
+    when a twin took a transaction id (the caller runs the batch again in the
+    old order)."""
     events = [r.event for r in resolutions]
-    counters = plan.counters
-    empty: list[object] = []
-    return await _usage_statement(
-        conn,
-        False,
-        guessed,
-        plan.event_ids,
+    rows = await conn.fetch(
+        f"""
+        {EVENT_INSERT}
+        SELECT k.event_id, k.customer_id, k.transaction_id, k.meter_slug, k.price_slug, k.requested_price_slug,
+               k.quantity::numeric, {timestamp_from_micros("k.event_time")},
+               {timestamp_from_micros("k.period_start")}, now(), k.properties::jsonb
+          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                      $8::bigint[], $9::bigint[], $10::text[])
+               AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
+                     requested_price_slug, quantity, event_time, period_start, properties)
+         ORDER BY k.customer_id, k.transaction_id
+        {EVENT_INSERT_GUARD}
+        RETURNING event_id, recorded_at
+        """,
+        list(event_ids),
         [e.customer_id for e in events],
         [e.transaction_id for e in events],
         [e.meter_slug for e in events],
@@ -301,6 +310,61 @@ async def write_common(
         epoch_micros([e.event_time for e in events]),
         epoch_micros([r.period.start for r in resolutions]),
         [_json_text(e.properties) for e in events],
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+async def delete_preinserted(conn: Connection, resolutions: Sequence[Resolution], event_ids: Sequence[UUID]) -> None:
+    """Delete the events `preinsert` inserted in this transaction (the batch
+    was not of the common case once its counters were read): the usual
+    decision and write then run as if they had never been inserted, and
+    nothing of them is ever committed."""
+    await conn.execute(
+        """
+        DELETE FROM usage_events e
+         USING unnest($1::text[], $2::uuid[]) AS k (customer_id, event_id)
+         WHERE e.customer_id = k.customer_id AND e.event_id = k.event_id
+        """,
+        [r.event.customer_id for r in resolutions],
+        list(event_ids),
+    )
+
+
+async def write_common(
+    conn: Connection,
+    plan: CommonPlan,
+    resolutions: Sequence[Resolution],
+    guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None,
+    *,
+    preinserted: bool = False,
+) -> dict[UUID, datetime]:
+    """write_batch for a batch of the common case (metering.domain.columns):
+    the same one statement, its arrays straight from the plan's columns and
+    the resolutions (every one an insert); nothing to announce, no distinct
+    value. When each event it inserted was recorded (fewer than the events
+    when a concurrent insert took a transaction id: the caller runs again).
+    `guessed`: as for write_batch (HoldingsChanged when they changed).
+    `preinserted`: the events are already inserted (`preinsert`, this
+    transaction): the statement writes their rollups and counters only, and
+    returns nothing (the caller has preinsert's times)."""
+    events = [r.event for r in resolutions]
+    counters = plan.counters
+    empty: list[object] = []
+    return await _usage_statement(
+        conn,
+        False,
+        guessed,
+        preinserted,
+        plan.event_ids,
+        [e.customer_id for e in events],
+        empty if preinserted else [e.transaction_id for e in events],  # the insert's only ($3, $6, $9, $10)
+        [e.meter_slug for e in events],
+        [e.price_slug for e in events],
+        empty if preinserted else [e.requested_price_slug for e in events],
+        [str(e.quantity) for e in events],
+        epoch_micros([e.event_time for e in events]),
+        empty if preinserted else epoch_micros([r.period.start for r in resolutions]),
+        empty if preinserted else [_json_text(e.properties) for e in events],
         [k.customer_id for k, _ in counters],
         [k.meter_slug for k, _ in counters],
         [k.period_start for k, _ in counters],
@@ -322,13 +386,18 @@ async def _usage_statement(
     conn: Connection,
     with_unique_values: bool,
     guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None,
+    preinserted: bool,
     *arrays: Sequence[object],
 ) -> dict[UUID, datetime]:
     """The one statement of usage, given its arrays ($1 to $24, in order) and
     the holdings guessed before the counter locks ($25 to $30, checked by
     `fresh`: none, nothing to check). Raises HoldingsChanged, having written
-    nothing, when they are not those of the statement's snapshot."""
+    nothing, when they are not those of the statement's snapshot.
+    `preinserted`: the events are in usage_events already (the insert part
+    is left out; still $1 to $10, unread)."""
     rollup_ctes = rollup_upserts(with_unique_values)
+    # Left out, the insert still names its arrays' types for the statement.
+    insert_where = "FALSE" if preinserted else "(SELECT ok FROM fresh)"
     # Data-modifying WITH clauses always run to completion, read or not. The
     # rollups add every event of the batch: if the insert skipped one (a
     # concurrent twin took its transaction id), the caller rolls the whole
@@ -345,7 +414,7 @@ async def _usage_statement(
                           $8::bigint[], $9::bigint[], $10::text[])
                    WITH ORDINALITY AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
                                          requested_price_slug, quantity, event_time, period_start, properties, n)
-             WHERE (SELECT ok FROM fresh)
+             WHERE {insert_where}
              ORDER BY k.n
             {EVENT_INSERT_GUARD}
             RETURNING event_id, recorded_at

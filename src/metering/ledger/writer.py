@@ -112,7 +112,9 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from metering.domain.columns import CommonPlan, Recorded, decide_common, recorded
+import asyncpg
+
+from metering.domain.columns import CommonPlan, Recorded, decide_common, preinsertable, recorded
 from metering.domain.errors import DatabaseUnavailable, MeteringError
 from metering.domain.notifications import NotificationType
 from metering.domain.records import StoredEvent, new_event_ids
@@ -333,6 +335,17 @@ class BatchWriter(PoolUser):
                     if attempt == _BATCH_ATTEMPTS - 1:
                         raise RuntimeError("a batch kept colliding with concurrent inserts") from None
                     continue
+                except asyncpg.DeadlockDetectedError:
+                    # Its events inserted before the counter locks, the batch
+                    # closed a cycle with a transaction that inserts the same
+                    # transaction id under a counter lock (CommitReservation,
+                    # or a batch in the old order), and PostgreSQL rolled it
+                    # back: run it again, in the old order (only the first
+                    # attempt inserts early). The last attempt's deadlock is
+                    # the database's retryable refusal (UNAVAILABLE).
+                    if attempt == _BATCH_ATTEMPTS - 1:
+                        raise
+                    continue
                 # Committed: every notification attempted exists now (written
                 # by this batch or found by its dedupe key). The answers are
                 # built only now, with the row locks released.
@@ -376,6 +389,14 @@ class BatchWriter(PoolUser):
         guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None = None
         if existing == {} and not values:  # no replay, no distinct value: the common case
             guessed, _ = await batch_sql.holdings_and_values(conn, _allowance_keys(valid, existing), [])
+        columnar = all(group.columnar for group in batch)
+        preinserted: dict[UUID, datetime] | None = None  # when each event inserted early was recorded
+        if guessed is not None and columnar and preinsertable(resolutions):
+            # Events inserted before the counter locks (see the docstring):
+            # the bulk of the write leaves the window every writer queues in.
+            preinserted = await batch_sql.preinsert(conn, valid, event_ids)
+            if len(preinserted) != len(valid):
+                raise _RetryBatch  # a twin took a transaction id: run again, in the old order
         counters = await batch_sql.lock_counters(conn, counters_to_lock(resolutions))
         if existing is None or existing:
             existing = await batch_sql.existing(conn, txns)
@@ -391,15 +412,20 @@ class BatchWriter(PoolUser):
         if charged:  # only customers with a wallet or a prepaid plan: no SQL for the others
             wallet_states, spends = await _wallet_reads(conn, charged)
             reads = replace(reads, wallet_states=wallet_states, spends=spends)
-        if all(group.columnar for group in batch):
+        if columnar:
             # The common case as columns (metering.domain.columns); anything else
             # (it answers None) goes through decide_batch below, unchanged.
             common = decide_common(resolutions, reads, event_ids)
             if common is not None:
+                if preinserted is not None:  # its inserts are the events inserted, with the same ids
+                    await batch_sql.write_common(conn, common, valid, guessed, preinserted=True)
+                    return _Common(common, valid), preinserted
                 recorded_at = await batch_sql.write_common(conn, common, valid, guessed)
                 if len(recorded_at) != len(valid):
                     raise _RetryBatch
                 return _Common(common, valid), recorded_at
+        if preinserted is not None:  # not the common case after all: as if they had never been inserted
+            await batch_sql.delete_preinserted(conn, valid, event_ids)
         plan = decide_batch(resolutions, reads, iter(event_ids), self._written)
         attempted.extend((n.customer_id, n.dedupe_key) for n in plan.notifications)
         recorded_at, written = await batch_sql.write_batch(conn, plan, guessed)
