@@ -16,6 +16,9 @@ them (steps 5-6's what) is metering.domain.usage's, a pure function.
    and no event counts a distinct value (the common case), reads the grants
    active at each event's time and the unexpired holds: both before any
    counter lock (see below);
+   then, for a batch of columnar groups whose events can only be of the
+   common case (metering.domain.columns.preinsertable), inserts its events
+   (see "Events inserted before the counter locks");
 3. locks every counter row involved, in a stable order (no deadlocks between
    workers or replicas), creating missing ones;
 4. otherwise (a replay, a distinct value, or the batch runs again) reads
@@ -31,7 +34,7 @@ them (steps 5-6's what) is metering.domain.usage's, a pure function.
    any other batch is decided by decide_batch, in the same transaction;
 6. in one statement, inserts the accepted events (one multi-row insert; the
    unique constraint still guards: a concurrent twin makes the batch run
-   again), writes each counter once and records new distinct values; when
+   again; none when they were inserted in step 2), writes each counter once and records new distinct values; when
    the holdings were read in step 2, only if they are unchanged (else the
    batch runs again);
 7. when the decisions call for notifications (thresholds crossed, the first
@@ -80,6 +83,30 @@ outbox and wallets, when a batch has them).
   slower order.
 - The wallets (locked FOR UPDATE, after the counters, metering.ledger.wallets)
   only for customers with one.
+
+Events inserted before the counter locks. The insert into usage_events (its
+four indexes) is most of the write statement, so a batch that can only be of
+the common case inserts its events right after the replay lookup, before
+lock_counters (metering.ledger.usage.preinsert), with the event ids the
+common-case plan would give them; the write statement then writes only the
+rollups and the counters, under the same `fresh` check. Why it stays exact:
+- A twin committed since the lookup makes the early insert skip a row, and
+  one in flight makes it wait and then skip, as the write's insert would:
+  the batch runs again, in the old order (only a first attempt inserts early).
+- Once the counters are read, decide_common may decline (a limit or a
+  threshold near): the early rows are deleted in the same transaction, and
+  decide_batch decides and writes as it always did. When it answers, its
+  inserts are exactly the early rows. Either way nothing refused is ever
+  committed, and the rollups (from the same arrays) equal the events.
+- Early inserts take rows in (customer, transaction id) order: two batches
+  that share transaction ids wait on each other in that order, never in a
+  cycle. A transaction that inserts under a counter lock (CommitReservation,
+  a batch in the old order) may close one with a batch that inserted the
+  same transaction id early and now waits for that counter: PostgreSQL fails
+  one of the two (40P01) after deadlock_timeout. This batch then runs again,
+  in the old order; CommitReservation answers UNAVAILABLE, and its retry is
+  answered from what was recorded (tests/integration/test_writer_locks.py).
+  Both need two calls carrying the same transaction id at the same time.
 
 Batch size is what makes this cheap: each transaction costs about six round
 trips and a commit whatever its size (three of them under the counter locks). One worker (the default) lets calls
