@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
@@ -273,9 +274,40 @@ async def _write_usage(
     )
 
 
-async def preinsert(
-    conn: Connection, resolutions: Sequence[Resolution], event_ids: Sequence[UUID]
-) -> dict[UUID, datetime]:
+@dataclass(frozen=True, slots=True)
+class EventColumns:
+    """A batch's events as the arrays the event insert sends, built once for
+    `preinsert` and reused by write_common's rollups (`preinserted`)."""
+
+    event_ids: list[UUID]
+    customer_ids: list[str]
+    transaction_ids: list[str]
+    meter_slugs: list[str]
+    price_slugs: list[str | None]
+    requested_price_slugs: list[str | None]
+    quantities: list[str]  # as text: asyncpg's numeric encoding costs 2x str()
+    event_times: list[int]  # epoch microseconds
+    period_starts: list[int]
+    properties: list[str]
+
+
+def event_columns(resolutions: Sequence[Resolution], event_ids: Sequence[UUID]) -> EventColumns:
+    events = [r.event for r in resolutions]
+    return EventColumns(
+        list(event_ids),
+        [e.customer_id for e in events],
+        [e.transaction_id for e in events],
+        [e.meter_slug for e in events],
+        [e.price_slug for e in events],
+        [e.requested_price_slug for e in events],
+        [str(e.quantity) for e in events],
+        epoch_micros([e.event_time for e in events]),
+        epoch_micros([r.period.start for r in resolutions]),
+        [_json_text(e.properties) for e in events],
+    )
+
+
+async def preinsert(conn: Connection, columns: EventColumns) -> dict[UUID, datetime]:
     """Insert a batch's events before its counters are locked (the writer's
     "Events inserted before the counter locks"): in (customer, transaction id)
     order, so two batches that share transaction ids take their rows in the
@@ -285,7 +317,7 @@ async def preinsert(
     now(), as in the write statement), by event id: fewer than the events
     when a twin took a transaction id (the caller runs the batch again in the
     old order)."""
-    events = [r.event for r in resolutions]
+    c = columns
     rows = await conn.fetch(
         f"""
         {EVENT_INSERT}
@@ -300,21 +332,21 @@ async def preinsert(
         {EVENT_INSERT_GUARD}
         RETURNING event_id, recorded_at
         """,
-        list(event_ids),
-        [e.customer_id for e in events],
-        [e.transaction_id for e in events],
-        [e.meter_slug for e in events],
-        [e.price_slug for e in events],
-        [e.requested_price_slug for e in events],
-        [str(e.quantity) for e in events],
-        epoch_micros([e.event_time for e in events]),
-        epoch_micros([r.period.start for r in resolutions]),
-        [_json_text(e.properties) for e in events],
+        c.event_ids,
+        c.customer_ids,
+        c.transaction_ids,
+        c.meter_slugs,
+        c.price_slugs,
+        c.requested_price_slugs,
+        c.quantities,
+        c.event_times,
+        c.period_starts,
+        c.properties,
     )
     return {row[0]: row[1] for row in rows}
 
 
-async def delete_preinserted(conn: Connection, resolutions: Sequence[Resolution], event_ids: Sequence[UUID]) -> None:
+async def delete_preinserted(conn: Connection, columns: EventColumns) -> None:
     """Delete the events `preinsert` inserted in this transaction (the batch
     was not of the common case once its counters were read): the usual
     decision and write then run as if they had never been inserted, and
@@ -325,8 +357,8 @@ async def delete_preinserted(conn: Connection, resolutions: Sequence[Resolution]
          USING unnest($1::text[], $2::uuid[]) AS k (customer_id, event_id)
          WHERE e.customer_id = k.customer_id AND e.event_id = k.event_id
         """,
-        [r.event.customer_id for r in resolutions],
-        list(event_ids),
+        columns.customer_ids,
+        columns.event_ids,
     )
 
 
@@ -336,7 +368,7 @@ async def write_common(
     resolutions: Sequence[Resolution],
     guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None,
     *,
-    preinserted: bool = False,
+    preinserted: EventColumns | None = None,
 ) -> dict[UUID, datetime]:
     """write_batch for a batch of the common case (metering.domain.columns):
     the same one statement, its arrays straight from the plan's columns and
@@ -345,26 +377,27 @@ async def write_common(
     when a concurrent insert took a transaction id: the caller runs again).
     `guessed`: as for write_batch (HoldingsChanged when they changed).
     `preinserted`: the events are already inserted (`preinsert`, this
-    transaction): the statement writes their rollups and counters only, and
-    returns nothing (the caller has preinsert's times)."""
-    events = [r.event for r in resolutions]
+    transaction, these its arrays): the statement writes their rollups and
+    counters only, and returns nothing (the caller has preinsert's times)."""
     counters = plan.counters
     empty: list[object] = []
+    c = preinserted if preinserted is not None else event_columns(resolutions, plan.event_ids)
+    left_out = preinserted is not None  # the insert's own arrays ($3, $6, $9, $10) are then not sent
     return await _usage_statement(
         conn,
         False,
         guessed,
-        preinserted,
-        plan.event_ids,
-        [e.customer_id for e in events],
-        empty if preinserted else [e.transaction_id for e in events],  # the insert's only ($3, $6, $9, $10)
-        [e.meter_slug for e in events],
-        [e.price_slug for e in events],
-        empty if preinserted else [e.requested_price_slug for e in events],
-        [str(e.quantity) for e in events],
-        epoch_micros([e.event_time for e in events]),
-        empty if preinserted else epoch_micros([r.period.start for r in resolutions]),
-        empty if preinserted else [_json_text(e.properties) for e in events],
+        left_out,
+        c.event_ids,
+        c.customer_ids,
+        empty if left_out else c.transaction_ids,
+        c.meter_slugs,
+        c.price_slugs,
+        empty if left_out else c.requested_price_slugs,
+        c.quantities,
+        c.event_times,
+        empty if left_out else c.period_starts,
+        empty if left_out else c.properties,
         [k.customer_id for k, _ in counters],
         [k.meter_slug for k, _ in counters],
         [k.period_start for k, _ in counters],

@@ -417,12 +417,14 @@ class BatchWriter(PoolUser):
         if existing == {} and not values:  # no replay, no distinct value: the common case
             guessed, _ = await batch_sql.holdings_and_values(conn, _allowance_keys(valid, existing), [])
         columnar = all(group.columnar for group in batch)
-        preinserted: dict[UUID, datetime] | None = None  # when each event inserted early was recorded
+        early: batch_sql.EventColumns | None = None  # the events inserted before the counter locks
+        early_at: dict[UUID, datetime] = {}  # and when each was recorded
         if guessed is not None and columnar and preinsertable(resolutions):
             # Events inserted before the counter locks (see the docstring):
             # the bulk of the write leaves the window every writer queues in.
-            preinserted = await batch_sql.preinsert(conn, valid, event_ids)
-            if len(preinserted) != len(valid):
+            early = batch_sql.event_columns(valid, event_ids)
+            early_at = await batch_sql.preinsert(conn, early)
+            if len(early_at) != len(valid):
                 raise _RetryBatch  # a twin took a transaction id: run again, in the old order
         counters = await batch_sql.lock_counters(conn, counters_to_lock(resolutions))
         if existing is None or existing:
@@ -444,15 +446,15 @@ class BatchWriter(PoolUser):
             # (it answers None) goes through decide_batch below, unchanged.
             common = decide_common(resolutions, reads, event_ids)
             if common is not None:
-                if preinserted is not None:  # its inserts are the events inserted, with the same ids
-                    await batch_sql.write_common(conn, common, valid, guessed, preinserted=True)
-                    return _Common(common, valid), preinserted
+                if early is not None:  # its inserts are the events inserted, with the same ids
+                    await batch_sql.write_common(conn, common, valid, guessed, preinserted=early)
+                    return _Common(common, valid), early_at
                 recorded_at = await batch_sql.write_common(conn, common, valid, guessed)
                 if len(recorded_at) != len(valid):
                     raise _RetryBatch
                 return _Common(common, valid), recorded_at
-        if preinserted is not None:  # not the common case after all: as if they had never been inserted
-            await batch_sql.delete_preinserted(conn, valid, event_ids)
+        if early is not None:  # not the common case after all: as if they had never been inserted
+            await batch_sql.delete_preinserted(conn, early)
         plan = decide_batch(resolutions, reads, iter(event_ids), self._written)
         attempted.extend((n.customer_id, n.dedupe_key) for n in plan.notifications)
         recorded_at, written = await batch_sql.write_batch(conn, plan, guessed)
