@@ -281,6 +281,11 @@ async def _near_the_limit(database_url: str, customer: str) -> tuple[list[object
         assert isinstance(first, Written)
         answer = await writer.submit_columnar([_command(catalog, customer, f"n{i}") for i in range(40)], book)
         assert isinstance(answer, list), answer  # not the common case
+        # The next batch on that counter inserts nothing early (the writer
+        # remembers the decline): 99 of 100 used, every event is refused.
+        again = await writer.submit_columnar([_command(catalog, customer, f"m{i}") for i in range(5)], book)
+        assert isinstance(again, list), again
+        assert all(isinstance(a, Written) and a.outcome.event is None for a in again), again
         async with pool.acquire() as conn:
             events: int = await conn.fetchval("SELECT count(*) FROM usage_events WHERE customer_id = $1", customer)
         return list(answer), events

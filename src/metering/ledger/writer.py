@@ -131,7 +131,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -234,6 +234,12 @@ class BatchWriter(PoolUser):
         self._on_batch = on_batch  # observes the size of every batch written
         self._on_notifications = on_notifications  # observes the notifications of every batch committed
         self._written = WrittenKeys()
+        # Counters whose last batch of columns was not of the common case once
+        # they were read (near a limit or a threshold, or past a hard limit and
+        # refusing): a batch that has one inserts no events early, which would
+        # only be deleted again. A guess, kept by this writer only: it changes
+        # where the insert runs, never what is decided.
+        self._declined = _DeclinedCounters()
         self._max_batch = max_batch
         self._linger = linger
         self._concurrent_calls = False  # whether the last batch held more than one call
@@ -419,14 +425,16 @@ class BatchWriter(PoolUser):
         columnar = all(group.columnar for group in batch)
         early: batch_sql.EventColumns | None = None  # the events inserted before the counter locks
         early_at: dict[UUID, datetime] = {}  # and when each was recorded
-        if guessed is not None and columnar and preinsertable(resolutions):
+        to_lock = counters_to_lock(resolutions)
+        may_be_common = columnar and preinsertable(resolutions)
+        if guessed is not None and may_be_common and not self._declined.any_of(to_lock):
             # Events inserted before the counter locks (see the docstring):
             # the bulk of the write leaves the window every writer queues in.
             early = batch_sql.event_columns(valid, event_ids)
             early_at = await batch_sql.preinsert(conn, early)
             if len(early_at) != len(valid):
                 raise _RetryBatch  # a twin took a transaction id: run again, in the old order
-        counters = await batch_sql.lock_counters(conn, counters_to_lock(resolutions))
+        counters = await batch_sql.lock_counters(conn, to_lock)
         if existing is None or existing:
             existing = await batch_sql.existing(conn, txns)
         unlocked = originals_unlocked(existing, counters)
@@ -445,6 +453,8 @@ class BatchWriter(PoolUser):
             # The common case as columns (metering.domain.columns); anything else
             # (it answers None) goes through decide_batch below, unchanged.
             common = decide_common(resolutions, reads, event_ids)
+            if may_be_common:  # what its counters said, for the next batch's guess
+                self._declined.update(to_lock, declined=common is None)
             if common is not None:
                 if early is not None:  # its inserts are the events inserted, with the same ids
                     await batch_sql.write_common(conn, common, valid, guessed, preinserted=early)
@@ -513,6 +523,27 @@ def _fail(batch: list[_Group], exc: BaseException) -> None:
     for group in batch:
         if not group.future.done():
             group.future.set_result([exc] * len(group.events))
+
+
+class _DeclinedCounters:
+    """Counters whose last preinsertable batch the common case declined once
+    they were read (BatchWriter._declined). Bounded: past `capacity` it starts
+    over (a batch then inserts early once more, and is deleted again)."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._keys: set[CounterKey] = set()
+
+    def any_of(self, keys: Collection[CounterKey]) -> bool:
+        return bool(self._keys) and not self._keys.isdisjoint(keys)
+
+    def update(self, keys: Collection[CounterKey], *, declined: bool) -> None:
+        if declined:
+            if len(self._keys) + len(keys) > self._capacity:
+                self._keys.clear()
+            self._keys.update(keys)
+        elif self._keys:
+            self._keys.difference_update(keys)
 
 
 class WrittenKeys:
