@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 
 from metering.domain import limits
 from metering.domain.catalog import Aggregation, Enforcement, Meter, PlanMeter, Price, PricingModel
-from metering.domain.columns import BalanceColumns, CommonPlan, Recorded, balance_columns, decide_common, recorded
+from metering.domain.columns import (
+    BalanceColumns,
+    CommonPlan,
+    Recorded,
+    balance_columns,
+    decide_common,
+    preinsertable,
+    recorded,
+)
 from metering.domain.errors import EventTooOld, MeteringError, NotFound
 from metering.domain.notifications import MeterTerms
 from metering.domain.periods import BillingPeriod, Period, ResetPeriod
@@ -286,6 +294,10 @@ def test_whenever_the_common_case_answers_decide_batch_answers_the_same(
     resolutions, reads = batch
     common = assert_same_as_decide_batch(resolutions, reads)
     event("decided as columns" if common is not None else "left to decide_batch")
+    # The writer inserts a batch's events before its counter locks only when
+    # preinsertable says so: it never misses a batch the common case decides.
+    if common is not None and resolutions:  # a writer's batch is never empty
+        assert preinsertable(resolutions)
 
 
 LIMITED = setup("tokens", Aggregation.SUM, "1000000", Enforcement.HARD, 80)
@@ -349,6 +361,11 @@ def test_what_is_not_the_common_case_is_left_to_decide_batch() -> None:
     for name, batch, reserved in declined:
         reads = plain_reads(batch, reserved=reserved)
         assert decide_common(batch, reads, new_event_ids(len(batch))) is None, name
+        # What no read can change is known before the counter locks: such a
+        # batch's events are never inserted early (only a near limit or
+        # threshold is found after them, and their early rows deleted).
+        assert preinsertable(batch) == name.startswith(("a threshold", "holds")), name
+    assert not preinsertable([])
     replay = plain_reads([one])
     replay = replace(replay, existing={("c1", "t1"): stored(one)})
     assert decide_common([one], replay, new_event_ids(1)) is None

@@ -211,3 +211,31 @@ def balance_columns(events: Recorded) -> BalanceColumns:
         approaching.append(limits.approaching_limit(share, thresholds[index]))
         reached.append(limits.limit_reached(left))
     return BalanceColumns(available, percent, approaching, reached)
+
+
+def preinsertable(resolutions: Sequence[Resolution | MeteringError]) -> bool:
+    """Whether decide_common could answer for this batch whatever its
+    counters and holdings turn out to be: the checks of decide_common that need
+    no read (every event resolved, none refused by its resolution, no wallet,
+    no distinct value, only adding-up meters, each transaction id once).
+
+    Such a batch's events may be inserted before its counters are locked
+    (metering.ledger.writer, "Events inserted before the counter locks"): when
+    decide_common then answers, they are exactly its inserts, with the same
+    event ids; when it does not (a limit or a threshold is near), the writer
+    deletes them in the same transaction before deciding the usual way."""
+    seen: set[tuple[str, str]] = set()
+    for resolution in resolutions:
+        if (
+            not isinstance(resolution, Resolution)
+            or resolution.refusal is not None
+            or resolution.wallet is not None
+            or resolution.unique_value is not None
+            or not resolution.plan.accumulates
+        ):
+            return False
+        txn = (resolution.event.customer_id, resolution.event.transaction_id)
+        if txn in seen:
+            return False
+        seen.add(txn)
+    return bool(resolutions)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
@@ -245,6 +246,7 @@ async def _write_usage(
         conn,
         any(value is not None for value in unique_values_of_rows),
         guessed,
+        False,
         [row.event_id for row in rows],
         [e.customer_id for e in events],
         [e.transaction_id for e in events],
@@ -272,26 +274,27 @@ async def _write_usage(
     )
 
 
-async def write_common(
-    conn: Connection,
-    plan: CommonPlan,
-    resolutions: Sequence[Resolution],
-    guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None,
-) -> dict[UUID, datetime]:
-    """write_batch for a batch of the common case (metering.domain.columns):
-    the same one statement, its arrays straight from the plan's columns and
-    the resolutions (every one an insert); nothing to announce, no distinct
-    value. When each event it inserted was recorded (fewer than the events
-    when a concurrent insert took a transaction id: the caller runs again).
-    `guessed`: as for write_batch (HoldingsChanged when they changed)."""
+@dataclass(frozen=True, slots=True)
+class EventColumns:
+    """A batch's events as the arrays the event insert sends, built once for
+    `preinsert` and reused by write_common's rollups (`preinserted`)."""
+
+    event_ids: list[UUID]
+    customer_ids: list[str]
+    transaction_ids: list[str]
+    meter_slugs: list[str]
+    price_slugs: list[str | None]
+    requested_price_slugs: list[str | None]
+    quantities: list[str]  # as text: asyncpg's numeric encoding costs 2x str()
+    event_times: list[int]  # epoch microseconds
+    period_starts: list[int]
+    properties: list[str]
+
+
+def event_columns(resolutions: Sequence[Resolution], event_ids: Sequence[UUID]) -> EventColumns:
     events = [r.event for r in resolutions]
-    counters = plan.counters
-    empty: list[object] = []
-    return await _usage_statement(
-        conn,
-        False,
-        guessed,
-        plan.event_ids,
+    return EventColumns(
+        list(event_ids),
         [e.customer_id for e in events],
         [e.transaction_id for e in events],
         [e.meter_slug for e in events],
@@ -301,6 +304,100 @@ async def write_common(
         epoch_micros([e.event_time for e in events]),
         epoch_micros([r.period.start for r in resolutions]),
         [_json_text(e.properties) for e in events],
+    )
+
+
+async def preinsert(conn: Connection, columns: EventColumns) -> dict[UUID, datetime]:
+    """Insert a batch's events before its counters are locked (the writer's
+    "Events inserted before the counter locks"): in (customer, transaction id)
+    order, so two batches that share transaction ids take their rows in the
+    same order and wait on each other, never in a cycle; a twin committed or
+    in flight makes the insert skip or wait, exactly as the write statement's
+    insert would. When each inserted event was recorded (the transaction's
+    now(), as in the write statement), by event id: fewer than the events
+    when a twin took a transaction id (the caller runs the batch again in the
+    old order)."""
+    c = columns
+    rows = await conn.fetch(
+        f"""
+        {EVENT_INSERT}
+        SELECT k.event_id, k.customer_id, k.transaction_id, k.meter_slug, k.price_slug, k.requested_price_slug,
+               k.quantity::numeric, {timestamp_from_micros("k.event_time")},
+               {timestamp_from_micros("k.period_start")}, now(), k.properties::jsonb
+          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                      $8::bigint[], $9::bigint[], $10::text[])
+               AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
+                     requested_price_slug, quantity, event_time, period_start, properties)
+         ORDER BY k.customer_id, k.transaction_id
+        {EVENT_INSERT_GUARD}
+        RETURNING event_id, recorded_at
+        """,
+        c.event_ids,
+        c.customer_ids,
+        c.transaction_ids,
+        c.meter_slugs,
+        c.price_slugs,
+        c.requested_price_slugs,
+        c.quantities,
+        c.event_times,
+        c.period_starts,
+        c.properties,
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+async def delete_preinserted(conn: Connection, columns: EventColumns) -> None:
+    """Delete the events `preinsert` inserted in this transaction (the batch
+    was not of the common case once its counters were read): the usual
+    decision and write then run as if they had never been inserted, and
+    nothing of them is ever committed."""
+    await conn.execute(
+        """
+        DELETE FROM usage_events e
+         USING unnest($1::text[], $2::uuid[]) AS k (customer_id, event_id)
+         WHERE e.customer_id = k.customer_id AND e.event_id = k.event_id
+        """,
+        columns.customer_ids,
+        columns.event_ids,
+    )
+
+
+async def write_common(
+    conn: Connection,
+    plan: CommonPlan,
+    resolutions: Sequence[Resolution],
+    guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None,
+    *,
+    preinserted: EventColumns | None = None,
+) -> dict[UUID, datetime]:
+    """write_batch for a batch of the common case (metering.domain.columns):
+    the same one statement, its arrays straight from the plan's columns and
+    the resolutions (every one an insert); nothing to announce, no distinct
+    value. When each event it inserted was recorded (fewer than the events
+    when a concurrent insert took a transaction id: the caller runs again).
+    `guessed`: as for write_batch (HoldingsChanged when they changed).
+    `preinserted`: the events are already inserted (`preinsert`, this
+    transaction, these its arrays): the statement writes their rollups and
+    counters only, and returns nothing (the caller has preinsert's times)."""
+    counters = plan.counters
+    empty: list[object] = []
+    c = preinserted if preinserted is not None else event_columns(resolutions, plan.event_ids)
+    left_out = preinserted is not None  # the insert's own arrays ($3, $6, $9, $10) are then not sent
+    return await _usage_statement(
+        conn,
+        False,
+        guessed,
+        left_out,
+        c.event_ids,
+        c.customer_ids,
+        empty if left_out else c.transaction_ids,
+        c.meter_slugs,
+        c.price_slugs,
+        empty if left_out else c.requested_price_slugs,
+        c.quantities,
+        c.event_times,
+        empty if left_out else c.period_starts,
+        empty if left_out else c.properties,
         [k.customer_id for k, _ in counters],
         [k.meter_slug for k, _ in counters],
         [k.period_start for k, _ in counters],
@@ -322,13 +419,18 @@ async def _usage_statement(
     conn: Connection,
     with_unique_values: bool,
     guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None,
+    preinserted: bool,
     *arrays: Sequence[object],
 ) -> dict[UUID, datetime]:
     """The one statement of usage, given its arrays ($1 to $24, in order) and
     the holdings guessed before the counter locks ($25 to $30, checked by
     `fresh`: none, nothing to check). Raises HoldingsChanged, having written
-    nothing, when they are not those of the statement's snapshot."""
+    nothing, when they are not those of the statement's snapshot.
+    `preinserted`: the events are in usage_events already (the insert part
+    is left out; still $1 to $10, unread)."""
     rollup_ctes = rollup_upserts(with_unique_values)
+    # Left out, the insert still names its arrays' types for the statement.
+    insert_where = "FALSE" if preinserted else "(SELECT ok FROM fresh)"
     # Data-modifying WITH clauses always run to completion, read or not. The
     # rollups add every event of the batch: if the insert skipped one (a
     # concurrent twin took its transaction id), the caller rolls the whole
@@ -345,7 +447,7 @@ async def _usage_statement(
                           $8::bigint[], $9::bigint[], $10::text[])
                    WITH ORDINALITY AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
                                          requested_price_slug, quantity, event_time, period_start, properties, n)
-             WHERE (SELECT ok FROM fresh)
+             WHERE {insert_where}
              ORDER BY k.n
             {EVENT_INSERT_GUARD}
             RETURNING event_id, recorded_at

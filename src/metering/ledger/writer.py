@@ -16,6 +16,9 @@ them (steps 5-6's what) is metering.domain.usage's, a pure function.
    and no event counts a distinct value (the common case), reads the grants
    active at each event's time and the unexpired holds: both before any
    counter lock (see below);
+   then, for a batch of columnar groups whose events can only be of the
+   common case (metering.domain.columns.preinsertable), inserts its events
+   (see "Events inserted before the counter locks");
 3. locks every counter row involved, in a stable order (no deadlocks between
    workers or replicas), creating missing ones;
 4. otherwise (a replay, a distinct value, or the batch runs again) reads
@@ -31,7 +34,7 @@ them (steps 5-6's what) is metering.domain.usage's, a pure function.
    any other batch is decided by decide_batch, in the same transaction;
 6. in one statement, inserts the accepted events (one multi-row insert; the
    unique constraint still guards: a concurrent twin makes the batch run
-   again), writes each counter once and records new distinct values; when
+   again; none when they were inserted in step 2), writes each counter once and records new distinct values; when
    the holdings were read in step 2, only if they are unchanged (else the
    batch runs again);
 7. when the decisions call for notifications (thresholds crossed, the first
@@ -81,6 +84,30 @@ outbox and wallets, when a batch has them).
 - The wallets (locked FOR UPDATE, after the counters, metering.ledger.wallets)
   only for customers with one.
 
+Events inserted before the counter locks. The insert into usage_events (its
+four indexes) is most of the write statement, so a batch that can only be of
+the common case inserts its events right after the replay lookup, before
+lock_counters (metering.ledger.usage.preinsert), with the event ids the
+common-case plan would give them; the write statement then writes only the
+rollups and the counters, under the same `fresh` check. Why it stays exact:
+- A twin committed since the lookup makes the early insert skip a row, and
+  one in flight makes it wait and then skip, as the write's insert would:
+  the batch runs again, in the old order (only a first attempt inserts early).
+- Once the counters are read, decide_common may decline (a limit or a
+  threshold near): the early rows are deleted in the same transaction, and
+  decide_batch decides and writes as it always did. When it answers, its
+  inserts are exactly the early rows. Either way nothing refused is ever
+  committed, and the rollups (from the same arrays) equal the events.
+- Early inserts take rows in (customer, transaction id) order: two batches
+  that share transaction ids wait on each other in that order, never in a
+  cycle. A transaction that inserts under a counter lock (CommitReservation,
+  a batch in the old order) may close one with a batch that inserted the
+  same transaction id early and now waits for that counter: PostgreSQL fails
+  one of the two (40P01) after deadlock_timeout. This batch then runs again,
+  in the old order; CommitReservation answers UNAVAILABLE, and its retry is
+  answered from what was recorded (tests/integration/test_writer_locks.py).
+  Both need two calls carrying the same transaction id at the same time.
+
 Batch size is what makes this cheap: each transaction costs about six round
 trips and a commit whatever its size (three of them under the counter locks). One worker (the default) lets calls
 queue while a transaction is in flight, and under concurrent load it lingers a
@@ -104,7 +131,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -112,7 +139,9 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from metering.domain.columns import CommonPlan, Recorded, decide_common, recorded
+import asyncpg
+
+from metering.domain.columns import CommonPlan, Recorded, decide_common, preinsertable, recorded
 from metering.domain.errors import DatabaseUnavailable, MeteringError
 from metering.domain.notifications import NotificationType
 from metering.domain.records import StoredEvent, new_event_ids
@@ -205,6 +234,12 @@ class BatchWriter(PoolUser):
         self._on_batch = on_batch  # observes the size of every batch written
         self._on_notifications = on_notifications  # observes the notifications of every batch committed
         self._written = WrittenKeys()
+        # Counters whose last batch of columns was not of the common case once
+        # they were read (near a limit or a threshold, or past a hard limit and
+        # refusing): a batch that has one inserts no events early, which would
+        # only be deleted again. A guess, kept by this writer only: it changes
+        # where the insert runs, never what is decided.
+        self._declined = _DeclinedCounters()
         self._max_batch = max_batch
         self._linger = linger
         self._concurrent_calls = False  # whether the last batch held more than one call
@@ -333,6 +368,17 @@ class BatchWriter(PoolUser):
                     if attempt == _BATCH_ATTEMPTS - 1:
                         raise RuntimeError("a batch kept colliding with concurrent inserts") from None
                     continue
+                except asyncpg.DeadlockDetectedError:
+                    # Its events inserted before the counter locks, the batch
+                    # closed a cycle with a transaction that inserts the same
+                    # transaction id under a counter lock (CommitReservation,
+                    # or a batch in the old order), and PostgreSQL rolled it
+                    # back: run it again, in the old order (only the first
+                    # attempt inserts early). The last attempt's deadlock is
+                    # the database's retryable refusal (UNAVAILABLE).
+                    if attempt == _BATCH_ATTEMPTS - 1:
+                        raise
+                    continue
                 # Committed: every notification attempted exists now (written
                 # by this batch or found by its dedupe key). The answers are
                 # built only now, with the row locks released.
@@ -376,7 +422,19 @@ class BatchWriter(PoolUser):
         guessed: dict[AllowanceKey, tuple[Decimal, Decimal]] | None = None
         if existing == {} and not values:  # no replay, no distinct value: the common case
             guessed, _ = await batch_sql.holdings_and_values(conn, _allowance_keys(valid, existing), [])
-        counters = await batch_sql.lock_counters(conn, counters_to_lock(resolutions))
+        columnar = all(group.columnar for group in batch)
+        early: batch_sql.EventColumns | None = None  # the events inserted before the counter locks
+        early_at: dict[UUID, datetime] = {}  # and when each was recorded
+        to_lock = counters_to_lock(resolutions)
+        may_be_common = columnar and preinsertable(resolutions)
+        if guessed is not None and may_be_common and not self._declined.any_of(to_lock):
+            # Events inserted before the counter locks (see the docstring):
+            # the bulk of the write leaves the window every writer queues in.
+            early = batch_sql.event_columns(valid, event_ids)
+            early_at = await batch_sql.preinsert(conn, early)
+            if len(early_at) != len(valid):
+                raise _RetryBatch  # a twin took a transaction id: run again, in the old order
+        counters = await batch_sql.lock_counters(conn, to_lock)
         if existing is None or existing:
             existing = await batch_sql.existing(conn, txns)
         unlocked = originals_unlocked(existing, counters)
@@ -391,15 +449,22 @@ class BatchWriter(PoolUser):
         if charged:  # only customers with a wallet or a prepaid plan: no SQL for the others
             wallet_states, spends = await _wallet_reads(conn, charged)
             reads = replace(reads, wallet_states=wallet_states, spends=spends)
-        if all(group.columnar for group in batch):
+        if columnar:
             # The common case as columns (metering.domain.columns); anything else
             # (it answers None) goes through decide_batch below, unchanged.
             common = decide_common(resolutions, reads, event_ids)
+            if may_be_common:  # what its counters said, for the next batch's guess
+                self._declined.update(to_lock, declined=common is None)
             if common is not None:
+                if early is not None:  # its inserts are the events inserted, with the same ids
+                    await batch_sql.write_common(conn, common, valid, guessed, preinserted=early)
+                    return _Common(common, valid), early_at
                 recorded_at = await batch_sql.write_common(conn, common, valid, guessed)
                 if len(recorded_at) != len(valid):
                     raise _RetryBatch
                 return _Common(common, valid), recorded_at
+        if early is not None:  # not the common case after all: as if they had never been inserted
+            await batch_sql.delete_preinserted(conn, early)
         plan = decide_batch(resolutions, reads, iter(event_ids), self._written)
         attempted.extend((n.customer_id, n.dedupe_key) for n in plan.notifications)
         recorded_at, written = await batch_sql.write_batch(conn, plan, guessed)
@@ -458,6 +523,27 @@ def _fail(batch: list[_Group], exc: BaseException) -> None:
     for group in batch:
         if not group.future.done():
             group.future.set_result([exc] * len(group.events))
+
+
+class _DeclinedCounters:
+    """Counters whose last preinsertable batch the common case declined once
+    they were read (BatchWriter._declined). Bounded: past `capacity` it starts
+    over (a batch then inserts early once more, and is deleted again)."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._keys: set[CounterKey] = set()
+
+    def any_of(self, keys: Collection[CounterKey]) -> bool:
+        return bool(self._keys) and not self._keys.isdisjoint(keys)
+
+    def update(self, keys: Collection[CounterKey], *, declined: bool) -> None:
+        if declined:
+            if len(self._keys) + len(keys) > self._capacity:
+                self._keys.clear()
+            self._keys.update(keys)
+        elif self._keys:
+            self._keys.difference_update(keys)
 
 
 class WrittenKeys:
