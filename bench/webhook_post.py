@@ -1,12 +1,13 @@
 """The CPU of one webhook POST on the sending side, by HTTP client.
 
     .venv/bin/python bench/webhook_post.py [--posts 5000] [--concurrency 16] [--rounds 3]
-                                           [--clients httpx,aiohttp,sender]
+                                           [--clients httpx,aiohttp,aiohttp-trust-env,sender]
 
 A keep-alive HTTP/1.1 receiver runs in a child process (its CPU is not counted);
 this process POSTs a Standard Webhooks-sized body N times, `--concurrency` at a
 time, and reports this process's CPU (user + system) per POST. Clients alternate
-within each round. `sender` is metering.delivery.webhooks.WebhookSender as it
+within each round. `aiohttp-trust-env` is aiohttp looking up proxies and
+~/.netrc in the environment on each request. `sender` is metering.delivery.webhooks.WebhookSender as it
 is on the PYTHONPATH (the payload, signing and the POST of one notification),
 so that `PYTHONPATH=<tree>/src` compares two trees' whole send.
 """
@@ -19,7 +20,6 @@ import multiprocessing
 import resource
 import statistics
 import sys
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,7 +28,6 @@ from decimal import Decimal
 from multiprocessing.connection import Connection
 from typing import Any
 
-TRUST_ENV = bool(int(os.environ.get("TRUST_ENV", "0")))
 BODY = (
     b'{"id":"6a4f1f63-44f6-4f0d-9b0a-3f3c4d6f1e2a","type":"usage.threshold_crossed",'
     b'"time":"2026-12-06T16:30:00Z","customerId":"cus_000123","cursor":"' + b"x" * 120 + b'",'
@@ -104,12 +103,13 @@ async def _httpx(url: str, posts: int, concurrency: int) -> tuple[float, float]:
         return await _run(post, posts, concurrency)
 
 
-async def _aiohttp(url: str, posts: int, concurrency: int) -> tuple[float, float]:
+async def _aiohttp(url: str, posts: int, concurrency: int, *, trust_env: bool = False) -> tuple[float, float]:
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=5.0)
     async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=5.0), skip_auto_headers=("User-Agent",), trust_env=TRUST_ENV
+        connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",), trust_env=trust_env
     ) as session:
         from yarl import URL
 
@@ -176,7 +176,11 @@ async def _sender(url: str, posts: int, concurrency: int) -> tuple[float, float]
         await close()
 
 
-CLIENTS = {"httpx": _httpx, "aiohttp": _aiohttp, "sender": _sender}
+async def _aiohttp_trust_env(url: str, posts: int, concurrency: int) -> tuple[float, float]:
+    return await _aiohttp(url, posts, concurrency, trust_env=True)
+
+
+CLIENTS = {"httpx": _httpx, "aiohttp": _aiohttp, "aiohttp-trust-env": _aiohttp_trust_env, "sender": _sender}
 
 
 def main() -> None:
