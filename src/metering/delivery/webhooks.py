@@ -21,7 +21,7 @@ bookkeeping sends that notification again, with the same id.
 
 The POSTs go through one aiohttp session (HTTP/1.1 keep-alive), its TLS trust
 as httpx's was (SSL_CERT_FILE, SSL_CERT_DIR, else certifi's bundle) and proxies
-from the environment, looked up once per endpoint: about 60 us of CPU per POST against httpx's 500-900
+from the environment, looked up once per endpoint: about 60 us of CPU per POST against httpx's 500-1,000
 (bench/webhook_post.py, docs/benchmarks.md), on the ingest process's CPU.
 """
 
