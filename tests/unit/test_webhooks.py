@@ -6,13 +6,14 @@ import base64
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import yarl
 from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from metering.config.endpoints import parse_endpoints
 from metering.config.settings import ConfigError
-from metering.delivery.webhooks import retry_delay, signature_header
+from metering.delivery.webhooks import proxy_for, retry_delay, signature_header
 from metering.domain.notifications import NotificationType
 
 SECRET_A = "whsec_" + base64.b64encode(b"a" * 32).decode()
@@ -88,3 +89,18 @@ def test_every_problem_of_an_endpoints_file_is_reported_with_its_key() -> None:
     assert SECRET_A not in message  # secrets are never echoed
     with pytest.raises(ConfigError, match="define at least one"):
         parse_endpoints("")
+
+
+def test_an_endpoints_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    url = yarl.URL("https://billing.internal/hooks")
+    assert proxy_for(url) is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert proxy_for(url) == "http://proxy.internal:3128"
+    assert proxy_for(yarl.URL("http://billing.internal/hooks")) is None  # no HTTP_PROXY
+    monkeypatch.setenv("ALL_PROXY", "http://all.internal:3128")
+    assert proxy_for(yarl.URL("http://billing.internal/hooks")) == "http://all.internal:3128"
+    monkeypatch.setenv("NO_PROXY", "billing.internal")
+    assert proxy_for(url) is None

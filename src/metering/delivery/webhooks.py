@@ -18,6 +18,11 @@ Every write of the holder is fenced by its lease, so a replica that lost it
 (paused, partitioned) cannot overwrite the new holder's progress. Delivery is
 at least once: a replica killed between the receiver's 2xx and its own
 bookkeeping sends that notification again, with the same id.
+
+The POSTs go through one aiohttp session (HTTP/1.1 keep-alive), its TLS trust
+as httpx's was (SSL_CERT_FILE, SSL_CERT_DIR, else certifi's bundle) and proxies
+from the environment, looked up once per endpoint: about 60 us of CPU per POST against httpx's 500-1,000
+(bench/webhook_post.py, docs/benchmarks.md), on the ingest process's CPU.
 """
 
 from __future__ import annotations
@@ -28,13 +33,17 @@ import logging
 import os
 import random
 import socket
+import ssl
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import httpx
+import aiohttp
+import certifi
+import yarl
 from standardwebhooks.webhooks import Webhook
 
 from metering.config.endpoints import Endpoint
@@ -77,7 +86,43 @@ def retry_delay(schedule: Sequence[timedelta], attempts_made: int, jitter: float
 def signature_header(secrets: Sequence[str], msg_id: str, at: datetime, body: str) -> str:
     """`webhook-signature`: `v1,<base64 HMAC-SHA256 of id.timestamp.body>` per
     secret, space-separated (several while a secret rotates)."""
-    return " ".join(Webhook(secret).sign(msg_id, at, body) for secret in secrets)
+    return _signature(tuple(Webhook(secret) for secret in secrets), msg_id, at, body)
+
+
+def _signature(signers: Sequence[Webhook], msg_id: str, at: datetime, body: str) -> str:
+    return " ".join(signer.sign(msg_id, at, body) for signer in signers)
+
+
+def tls_context() -> ssl.SSLContext:
+    """The CAs an https endpoint is checked against, as httpx chose them:
+    SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle."""
+    if cafile := os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=cafile)
+    if capath := os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=capath)
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def proxy_for(url: yarl.URL) -> str | None:
+    """The proxy of an endpoint's URL from the environment (HTTP_PROXY,
+    HTTPS_PROXY, ALL_PROXY, NO_PROXY), as httpx honoured them. Looked up once
+    per endpoint: aiohttp's trust_env looks on every request (about 170 us of
+    CPU per POST, most of it reading ~/.netrc)."""
+    if url.host is None or urllib.request.proxy_bypass(url.host):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(url.scheme) or proxies.get("all")
+
+
+def make_session(timeout: timedelta) -> aiohttp.ClientSession:
+    """The HTTP client of every endpoint: keep-alive connections (up to 100, as
+    httpx's default), no redirect followed (a 3xx is not a 2xx), the whole
+    attempt (connect, send, answer) within `timeout`. Made on the running loop."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=100, ssl=tls_context()),
+        timeout=aiohttp.ClientTimeout(total=timeout.total_seconds()),
+        skip_auto_headers=("User-Agent",),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +140,13 @@ CursorOf = Callable[[Position], str]
 class WebhookSender:
     """HTTP for one endpoint: signs and posts a notification."""
 
-    def __init__(self, endpoint: Endpoint, client: httpx.AsyncClient, cursor_of: CursorOf) -> None:
+    def __init__(self, endpoint: Endpoint, session: aiohttp.ClientSession, cursor_of: CursorOf) -> None:
         self.endpoint = endpoint
-        self._client = client
+        self._session = session
         self._cursor_of = cursor_of
+        self._url = yarl.URL(endpoint.url)  # parsed once, not per POST
+        self._proxy = proxy_for(self._url)
+        self._signers = tuple(Webhook(secret) for secret in endpoint.secrets)  # each decodes its secret once
 
     async def send(self, notification: StoredNotification) -> Attempt:
         body = notification_json(notification, self._cursor_of(notification.position))
@@ -109,17 +157,22 @@ class WebhookSender:
             "user-agent": "metering-webhooks/1",
             "webhook-id": msg_id,
             "webhook-timestamp": str(int(at.timestamp())),
-            "webhook-signature": signature_header(self.endpoint.secrets, msg_id, at, body),
+            "webhook-signature": _signature(self._signers, msg_id, at, body),
         }
         try:
-            response = await self._client.post(self.endpoint.url, content=body.encode(), headers=headers)
-        except httpx.TimeoutException:
+            async with self._session.post(
+                self._url, data=body.encode(), headers=headers, allow_redirects=False, proxy=self._proxy
+            ) as response:
+                # Read to the end, so that the connection is kept for the next POST.
+                await response.read()
+                status = response.status
+        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors
             return Attempt(TIMEOUT, "no answer within the timeout")
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
             return Attempt(UNREACHABLE, f"{type(exc).__name__}: {exc}")
-        if 200 <= response.status_code < 300:
+        if 200 <= status < 300:
             return Attempt(DELIVERED, "")
-        return Attempt(REFUSED, f"HTTP {response.status_code}")
+        return Attempt(REFUSED, f"HTTP {status}")
 
 
 class WebhookDelivery:
@@ -148,12 +201,14 @@ class WebhookDelivery:
         self._poll = poll.total_seconds()
         # Unique per process: who holds a lease, in webhook_cursors.owner.
         self._owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-        self._client = httpx.AsyncClient(timeout=timeout.total_seconds(), follow_redirects=False)
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None  # made by start(), on the running loop
         self._tasks: dict[str, asyncio.Task[None]] = {}  # by endpoint name
         for endpoint in self._endpoints:
             metrics.init_endpoint(endpoint.name, OUTCOMES)
 
     def start(self) -> None:
+        self._session = make_session(self._timeout)
         self._tasks = {e.name: asyncio.create_task(self._run(e)) for e in self._endpoints}
 
     async def reload(self, endpoints: Sequence[Endpoint]) -> None:
@@ -190,10 +245,12 @@ class WebhookDelivery:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         await self._release_leases(self._endpoints)
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def _run(self, endpoint: Endpoint) -> None:
-        sender = WebhookSender(endpoint, self._client, self._cursor_of)
+        assert self._session is not None  # start() made it
+        sender = WebhookSender(endpoint, self._session, self._cursor_of)
         waiter = self._wakeup.waiter()
         lease = self._lease.total_seconds()
         while True:

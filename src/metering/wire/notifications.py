@@ -25,7 +25,7 @@ from metering.domain.notifications import (
 from metering.domain.periods import Period
 from metering.v1 import notifications_pb2
 from metering.wire.credit_notes import REASONS
-from metering.wire.values import exact_money, money, set_timestamp, timestamp
+from metering.wire.values import exact_money, money, set_timestamp, timestamp, timestamp_json
 
 NOTIFICATION_TYPES = {
     NotificationType.THRESHOLD_CROSSED: notifications_pb2.NOTIFICATION_TYPE_USAGE_THRESHOLD_CROSSED,
@@ -103,7 +103,62 @@ def notification(stored: StoredNotification, cursor: str) -> notifications_pb2.N
 
 def notification_json(stored: StoredNotification, cursor: str) -> str:
     """The webhook body: the Notification's proto3 JSON, compact, with its type by the
-    dotted name (the Standard Webhooks convention), as the webhooks file subscribes to it."""
-    body = json_format.MessageToDict(notification(stored, cursor))
-    body["type"] = stored.type.value
+    dotted name (the Standard Webhooks convention), as the webhooks file subscribes to it.
+
+    The two types an ingest writes by the thousand (a threshold crossed, a limit's
+    refusal) are built as the same dict directly, a fifth of the CPU of going through
+    the message and json_format; tests/unit/test_notification_wire.py holds them equal."""
+    payload = stored.payload
+    if isinstance(payload, ThresholdCrossed | LimitRejected):
+        body = _usage_json(stored, payload, cursor)
+    else:
+        body = json_format.MessageToDict(notification(stored, cursor))
+        body["type"] = stored.type.value
     return json.dumps(body, separators=(",", ":"))
+
+
+def _usage_json(
+    stored: StoredNotification, payload: ThresholdCrossed | LimitRejected, cursor: str
+) -> dict[str, object]:
+    """MessageToDict of notification(stored, cursor) for these two payloads, with the
+    dotted type: keys in field-number order, proto3's empty strings left out."""
+    body: dict[str, object] = {
+        "id": str(stored.notification_id),
+        "type": stored.type.value,
+        "time": timestamp_json(stored.created_at),
+    }
+    _put(body, "customerId", stored.customer_id)
+    _put(body, "cursor", cursor)
+    fields: dict[str, object] = {}
+    _put(fields, "meterSlug", payload.meter_slug)
+    _put(fields, "planSlug", payload.plan_slug)
+    if isinstance(payload, LimitRejected):
+        _put_period(fields, payload.period)
+        fields["limit"] = format_decimal(payload.limit)
+        fields["available"] = format_decimal(payload.available)
+        fields["requested"] = format_decimal(payload.requested)
+        _put(fields, "transactionId", payload.transaction_id)
+        _put(fields, "unit", payload.unit)
+        body["limitRejected"] = fields
+    else:
+        _put_period(fields, payload.period)
+        fields["thresholdPercent"] = format_decimal(payload.threshold_percent)
+        fields["used"] = format_decimal(payload.used)
+        fields["limit"] = format_decimal(payload.limit)
+        fields["granted"] = format_decimal(payload.granted)
+        fields["allowance"] = format_decimal(payload.allowance)
+        _put(fields, "percentUsed", format(payload.percent_used, "f"))
+        _put(fields, "unit", payload.unit)
+        body["thresholdCrossed"] = fields
+    return body
+
+
+def _put(fields: dict[str, object], key: str, value: str) -> None:
+    if value:  # proto3 JSON leaves a field at its default (the empty string) out
+        fields[key] = value
+
+
+def _put_period(fields: dict[str, object], period: Period) -> None:
+    fields["periodStartTime"] = timestamp_json(period.start)
+    if period.end is not None:
+        fields["periodEndTime"] = timestamp_json(period.end)

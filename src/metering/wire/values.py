@@ -26,6 +26,20 @@ def timestamp_parts(value: datetime) -> tuple[int, int]:
     return delta.days * 86400 + delta.seconds, delta.microseconds * 1000
 
 
+def timestamp_json(value: datetime) -> str:
+    """A Timestamp of `value` in proto3 JSON, as json_format writes it (RFC 3339
+    in UTC, "Z", the fraction in 0, 3, 6 or 9 digits), without the message. A
+    naive value is UTC, as in set_timestamp."""
+    utc = value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+    text = utc.isoformat(timespec="seconds")
+    micros = utc.microsecond  # a datetime's nanos are whole microseconds: never 9 digits
+    if micros == 0:
+        return text + "Z"
+    if micros % 1_000 == 0:
+        return f"{text}.{micros // 1_000:03d}Z"
+    return f"{text}.{micros:06d}Z"
+
+
 def timestamp(value: datetime) -> Timestamp:
     stamp = Timestamp()
     set_timestamp(stamp, value)
