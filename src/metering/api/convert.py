@@ -33,6 +33,7 @@ from metering.domain.records import (
     Invoice,
     InvoiceLine,
     StoredEvent,
+    event_id_text,
 )
 from metering.domain.wallets import CreditApplied, CreditCategory, GrantBalance
 from metering.services.catalog import LoadedCatalog
@@ -92,7 +93,7 @@ def usage_event(event: StoredEvent) -> usage_pb2.UsageEvent:
 
 def write_usage_event(message: usage_pb2.UsageEvent, event: StoredEvent) -> None:
     """Fills an empty UsageEvent in place (no copy when it is a field of a response)."""
-    message.event_id = str(event.event_id)
+    message.event_id = event_id_text(event.event_id)
     message.customer_id = event.customer_id
     message.transaction_id = event.transaction_id
     message.meter_slug = event.meter_slug
@@ -249,7 +250,7 @@ class RecordedResponses:
         resolution = events.resolutions[index]
         event = resolution.event
         written = message.event
-        written.event_id = str(events.event_ids[index])
+        written.event_id = event_id_text(events.event_ids[index])
         written.customer_id = event.customer_id
         written.transaction_id = event.transaction_id
         written.meter_slug = event.meter_slug
