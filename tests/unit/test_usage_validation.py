@@ -83,7 +83,8 @@ def requests(draw: st.DrawFn) -> usage_pb2.RecordUsageRequest:
         request.event_time.seconds = when
         request.event_time.nanos = draw(st.sampled_from([0, 1500, 999_999_999, 1_000_000_000, -1]))
     if draw(st.booleans()) and draw(st.booleans()):
-        request.properties.update(draw(st.dictionaries(st.sampled_from(["user", "model", "bad key"]), st.text(max_size=3))))
+        keys = st.sampled_from(["user", "model", "bad key"])
+        request.properties.update(draw(st.dictionaries(keys, st.text(max_size=3))))
     return request
 
 
