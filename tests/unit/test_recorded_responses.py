@@ -58,7 +58,7 @@ def test_each_response_is_the_one_written_for_the_event_alone(
     drawn: list[tuple[int, str, int | None, bool, dict[str, str]]], used: str
 ) -> None:
     commands = [command(*fields, n) for n, fields in enumerate(drawn)]
-    customers = {c.customer_id: CustomerRecord(c.customer_id, "pro", ANCHOR, ANCHOR, None) for c in commands}
+    customers = {c.customer_id: CustomerRecord(c.customer_id, "pro", ANCHOR, ANCHOR, ANCHOR) for c in commands}
     resolutions: list[Resolution] = [resolve(c, customers[c.customer_id], BOOK) for c in commands]
     reads = plain_reads(list(resolutions), used=used)
     plan = columns.decide_common(list(resolutions), reads, new_event_ids(len(resolutions)))
