@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metering.config.catalog import parse_catalog
@@ -16,6 +16,7 @@ from metering.domain.errors import (
     BeforeFirstPeriod,
     CatalogReloaded,
     EventTooOld,
+    MeteringError,
     NotFound,
     PeriodClosed,
     PriceCurrencyMismatch,
@@ -23,7 +24,7 @@ from metering.domain.errors import (
 from metering.domain.periods import period_containing
 from metering.domain.records import CustomerRecord
 from metering.domain.terms import TermsBook
-from metering.domain.usage import CounterKey, Resolution, UsageCommand, resolve
+from metering.domain.usage import CounterKey, Resolution, UsageCommand, resolve, resolve_all
 
 CATALOG_TEXT = """
     [meters.tokens]
@@ -251,3 +252,86 @@ def test_a_customer_with_a_wallet_is_charged_in_its_billing_period_at_the_events
 
     alone = wallet_terms(with_wallet, book.of("pro", CATALOG.meter("tokens")), CATALOG.price("tokens_usd"), NOW)
     assert alone is not None and alone.billing_period == wallet.billing_period
+
+
+# resolve_all: resolve for each command, with what the events of one customer,
+# meter, named price and event time share decided once.
+CUSTOMERS = {
+    "c1": CUSTOMER,
+    "c2": CustomerRecord("c2", "pro", ANCHOR, ANCHOR, ANCHOR, datetime(2026, 2, 15, 9, 30, tzinfo=UTC)),
+    "c3": EURO_CUSTOMER,
+    "c4": CustomerRecord("c4", "pro", ANCHOR, ANCHOR, ANCHOR, has_wallet=True),
+    "c5": CustomerRecord("c5", "gone", ANCHOR, ANCHOR, ANCHOR),
+}
+
+
+@st.composite
+def commands(draw: st.DrawFn) -> UsageCommand:
+    meter = draw(st.sampled_from(["tokens", "tokens", "seats"]))
+    properties = draw(st.sampled_from([{}, {}, {"model": "m1", "user": "u1"}, {"other": "x"}]))
+    return replace(
+        command(
+            event_time=draw(
+                st.sampled_from(
+                    [
+                        None,
+                        None,
+                        NOW,
+                        NOW - timedelta(hours=1),
+                        ANCHOR - timedelta(days=1),
+                        datetime(2026, 2, 1, tzinfo=UTC),
+                    ]
+                )
+            ),
+            price=draw(st.sampled_from([None, None, "tokens_usd", "tokens_eur"])) if meter == "tokens" else None,
+            meter=meter,
+            too_old=draw(st.sampled_from([None, None, None, EventTooOld("older than the backfill window")])),
+            properties=properties,
+            received_at=draw(st.sampled_from([NOW, NOW + timedelta(seconds=1)])),
+        ),
+        customer_id=draw(st.sampled_from([*CUSTOMERS, "c9"])),
+        transaction_id=draw(st.sampled_from(["t1", "t2", "t3"])),
+        quantity=draw(st.sampled_from([Decimal(1), Decimal("0.5"), Decimal(3)])),
+        unique_value=properties.get("user") if meter == "seats" else None,
+        allow_overage=draw(st.booleans()),
+    )
+
+
+def comparable(item: Resolution | BaseException) -> object:
+    """A resolution with its refusal as text, or an error as text (errors compare by identity)."""
+    if isinstance(item, BaseException):
+        return type(item), str(item)
+    refusal = item.refusal
+    return replace(item, refusal=None), type(refusal), str(refusal)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(commands(), max_size=30))
+def test_resolve_all_is_resolve_for_each_event(batch: list[UsageCommand]) -> None:
+    book = TermsBook(CATALOG)
+    expected = []
+    for each in batch:
+        try:
+            expected.append(comparable(resolve(each, CUSTOMERS.get(each.customer_id), book)))
+        except MeteringError as exc:
+            expected.append(comparable(exc))
+    assert [comparable(item) for item in resolve_all(batch, CUSTOMERS, book)] == expected
+
+
+def test_resolve_all_shares_what_events_of_one_key_share() -> None:
+    book = TermsBook(CATALOG)
+    batch = [replace(command(), transaction_id=f"t{n}", quantity=Decimal(n)) for n in range(3)]
+    first, *others = resolve_all(batch, CUSTOMERS, book)
+    assert isinstance(first, Resolution)
+    for n, other in enumerate(others, start=1):
+        assert isinstance(other, Resolution)
+        assert other.period is first.period and other.plan is first.plan
+        assert (other.event.transaction_id, other.event.quantity) == (f"t{n}", Decimal(n))
+
+
+def test_resolve_all_keeps_whether_each_event_gave_its_time() -> None:
+    book = TermsBook(CATALOG)
+    batch = [command(), replace(command(event_time=NOW), transaction_id="t2"), replace(command(), transaction_id="t3")]
+    resolved = resolve_all(batch, CUSTOMERS, book)
+    assert [r.event.event_time_given for r in resolved if isinstance(r, Resolution)] == [False, True, False]
+    assert resolved == [resolve(each, CUSTOMER, book) for each in batch]

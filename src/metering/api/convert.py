@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from metering.domain.bills import WhatIfBill
 from metering.domain.catalog import (
     Aggregation,
@@ -33,6 +31,7 @@ from metering.domain.records import (
     Invoice,
     InvoiceLine,
     StoredEvent,
+    event_id_text,
 )
 from metering.domain.wallets import CreditApplied, CreditCategory, GrantBalance
 from metering.services.catalog import LoadedCatalog
@@ -52,7 +51,7 @@ from metering.v1 import (
     wallets_pb2,
 )
 from metering.wire.credit_notes import credit_note
-from metering.wire.values import exact_money, money, set_timestamp, timestamp, timestamp_parts
+from metering.wire.values import exact_money, money, set_timestamp, timestamp
 
 _AGGREGATIONS = {
     Aggregation.SUM: usage_pb2.AGGREGATION_SUM,
@@ -92,7 +91,7 @@ def usage_event(event: StoredEvent) -> usage_pb2.UsageEvent:
 
 def write_usage_event(message: usage_pb2.UsageEvent, event: StoredEvent) -> None:
     """Fills an empty UsageEvent in place (no copy when it is a field of a response)."""
-    message.event_id = str(event.event_id)
+    message.event_id = event_id_text(event.event_id)
     message.customer_id = event.customer_id
     message.transaction_id = event.transaction_id
     message.meter_slug = event.meter_slug
@@ -231,16 +230,21 @@ class RecordedResponses:
     """Writes the RecordUsageResponse of each event of a call recorded as
     columns (RecordedEvents): what write_record_usage_response writes for the
     same event recorded one object at a time, with what an allowance fixes
-    looked up once per call."""
+    written once per call.
+
+    What the events of one allowance share (its customer, meter and event
+    time, their price, the time the batch was recorded, the balance's fixed
+    part and the overage: zero) is written once into a template response,
+    and each event's response starts as a copy of it (one CopyFrom, not a
+    dozen field writes); only what varies from event to event is written
+    then. The template is keyed by all of those values, so an event that
+    differs in any of them gets its own."""
 
     def __init__(self, recorded: RecordedEvents) -> None:
         assert recorded.balances is not None, "RecordUsage answers carry their balance"
         self._recorded = recorded
         self._balances = recorded.balances
-        # By allowance: the balance with what the meter, terms, period and allowance fix.
-        self._fixed: dict[int, usage_pb2.Balance] = {}
-        self._event_time = _Stamp()
-        self._recorded_time = _Stamp()
+        self._templates: dict[tuple[int, str, str, str, datetime, datetime], usage_pb2.RecordUsageResponse] = {}
 
     def write(self, message: usage_pb2.RecordUsageResponse, index: int) -> None:
         """Fills an empty RecordUsageResponse with the answer of event `index` of the call's recorded events."""
@@ -248,28 +252,20 @@ class RecordedResponses:
         events = recorded.events
         resolution = events.resolutions[index]
         event = resolution.event
+        allowance_index = events.allowance_of[index]
+        recorded_at = events.recorded_at[index]
+        key = (allowance_index, event.customer_id, event.meter_slug, event.price_slug, event.event_time, recorded_at)
+        template = self._templates.get(key)
+        if template is None:
+            template = self._templates[key] = self._template(index, recorded_at)
+        message.CopyFrom(template)
         written = message.event
-        written.event_id = str(events.event_ids[index])
-        written.customer_id = event.customer_id
+        written.event_id = event_id_text(events.event_ids[index])
         written.transaction_id = event.transaction_id
-        written.meter_slug = event.meter_slug
-        written.price_slug = event.price_slug
         written.quantity = format_decimal(event.quantity)
-        self._event_time.set(written.event_time, event.event_time)
-        self._recorded_time.set(written.recorded_time, events.recorded_at[index])
         if event.properties:
             written.properties.update(event.properties)
         # duplicate: False, proto3's default
-        allowance_index = events.allowance_of[index]
-        fixed = self._fixed.get(allowance_index)
-        if fixed is None:
-            known = recorded.terms[allowance_index]
-            fixed = usage_pb2.Balance()
-            fixed.CopyFrom(_BALANCES.fixed(known.meter, known.terms, resolution.period))
-            allowance = events.allowances[allowance_index]
-            _write_allowance(fixed, allowance.limit, allowance.granted, allowance.reserved)
-            self._fixed[allowance_index] = fixed
-        message.balance.CopyFrom(fixed)
         _write_used(
             message.balance,
             events.used[index],
@@ -278,25 +274,29 @@ class RecordedResponses:
             approaching_limit=balances.approaching_limit[index],
             limit_reached=balances.limit_reached[index],
         )
-        message.overage_quantity = _NO_OVERAGE
+
+    def _template(self, index: int, recorded_at: datetime) -> usage_pb2.RecordUsageResponse:
+        """What event `index` shares with the other events of its allowance, price and recording time."""
+        recorded = self._recorded
+        events = recorded.events
+        resolution = events.resolutions[index]
+        event = resolution.event
+        allowance_index = events.allowance_of[index]
+        template = usage_pb2.RecordUsageResponse(overage_quantity=_NO_OVERAGE)
+        written = template.event
+        written.customer_id = event.customer_id
+        written.meter_slug = event.meter_slug
+        written.price_slug = event.price_slug
+        set_timestamp(written.event_time, event.event_time)
+        set_timestamp(written.recorded_time, recorded_at)
+        known = recorded.terms[allowance_index]
+        template.balance.CopyFrom(_BALANCES.fixed(known.meter, known.terms, resolution.period))
+        allowance = events.allowances[allowance_index]
+        _write_allowance(template.balance, allowance.limit, allowance.granted, allowance.reserved)
+        return template
 
 
 _NO_OVERAGE = format_decimal(ZERO)  # the common case's overage: it decides only events that fit
-
-
-class _Stamp:
-    """set_timestamp that remembers its last instant: the events of a call
-    mostly share their time (the call's, when they give none) and the time the
-    database recorded them."""
-
-    def __init__(self) -> None:
-        self._last: datetime | None = None
-        self._parts = (0, 0)
-
-    def set(self, message: Timestamp, value: datetime) -> None:
-        if value is not self._last and value != self._last:
-            self._last, self._parts = value, timestamp_parts(value)
-        message.seconds, message.nanos = self._parts
 
 
 def check_balance_response(report: BalanceReport, wallet: BalanceWallet) -> usage_pb2.CheckBalanceResponse:

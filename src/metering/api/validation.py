@@ -98,13 +98,21 @@ def _printable_ascii(value: str) -> bool:
     return value.isascii() and value.isprintable() and " " not in value
 
 
-def _identifier(violations: _Violations, name: str, value: str) -> None:
+def _identifier_problem(value: str) -> str | None:
+    """What is wrong with an identifier (customer, transaction, grant...), if anything."""
     if not value:
-        violations.add(name, "required")
-    elif len(value) > MAX_ID_LENGTH:
-        violations.add(name, f"at most {MAX_ID_LENGTH} characters (got {len(value)})")
-    elif not _printable_ascii(value):
-        violations.add(name, "printable ASCII characters only, without spaces (0x21 to 0x7E)")
+        return "required"
+    if len(value) > MAX_ID_LENGTH:
+        return f"at most {MAX_ID_LENGTH} characters (got {len(value)})"
+    if not _printable_ascii(value):
+        return "printable ASCII characters only, without spaces (0x21 to 0x7E)"
+    return None
+
+
+def _identifier(violations: _Violations, name: str, value: str) -> None:
+    problem = _identifier_problem(value)
+    if problem is not None:
+        violations.add(name, problem)
 
 
 def _slug(violations: _Violations, name: str, value: str) -> None:
@@ -112,12 +120,19 @@ def _slug(violations: _Violations, name: str, value: str) -> None:
         violations.add(name, "1 to 64 characters of [a-z0-9_]")
 
 
-def _timestamp(violations: _Violations, name: str, value: Timestamp) -> datetime | None:
+def _timestamp_value(value: Timestamp) -> datetime | None:
+    """The instant of a valid timestamp; None for an invalid one."""
     if not _MIN_SECONDS <= value.seconds <= _MAX_SECONDS or not 0 <= value.nanos < 1_000_000_000:
-        violations.add(name, "not a valid timestamp (years 2 to 9998, nanos 0 to 999999999)")
         return None
     # Microsecond precision, as the ledger stores it: sub-microsecond nanos are dropped.
     return value.ToDatetime(tzinfo=UTC)
+
+
+def _timestamp(violations: _Violations, name: str, value: Timestamp) -> datetime | None:
+    instant = _timestamp_value(value)
+    if instant is None:
+        violations.add(name, "not a valid timestamp (years 2 to 9998, nanos 0 to 999999999)")
+    return instant
 
 
 # Quantities already parsed: most events of a meter send the same few ("1").
@@ -183,6 +198,64 @@ def record_usage(
     """`now` is the call's clock, read once at the edge: the too-old and
     too-new checks here and the default event time (it travels in the
     command as `received_at`) are the same instant."""
+    command = _plain_usage(request, catalog, now, backfill_window)
+    return command if command is not None else _usage(request, catalog, now, backfill_window)
+
+
+def _plain_usage(
+    request: usage_pb2.RecordUsageRequest, catalog: Catalog, now: datetime, backfill_window: timedelta
+) -> UsageCommand | None:
+    """record_usage for the common event: a meter named (no price), no
+    properties, a quantity parsed before, an event time (if any) within the
+    window, every field valid. It reads each field of the request once and
+    applies the same rule functions as _usage, but builds no violations;
+    None for any other event (_usage then decides it, whatever it is). An
+    event without properties cannot be of a UNIQUE_COUNT meter (it lacks the
+    counted value), and a meter the catalog has has a valid slug."""
+    if request.properties or request.price_slug:
+        return None
+    mode = request.enforcement_mode
+    if mode not in _ENFORCEMENT_MODES:
+        return None
+    customer_id, transaction_id = request.customer_id, request.transaction_id
+    if _identifier_problem(customer_id) is not None or _identifier_problem(transaction_id) is not None:
+        return None
+    meter = catalog.meters.get(request.meter_slug)
+    if meter is None or meter.aggregation is Aggregation.UNIQUE_COUNT:
+        return None
+    text = request.quantity
+    parsed = None
+    if text:
+        parsed = _QUANTITIES.get(text)
+        if parsed is None:
+            return None
+    quantity, problem = _quantity_rule(meter, parsed)
+    if problem is not None:
+        return None
+    assert quantity is not None  # no problem: a quantity
+    event_time = None
+    if request.HasField("event_time"):
+        event_time = _timestamp_value(request.event_time)
+        if event_time is None or event_time > now + FUTURE_TOLERANCE or event_time < now - backfill_window:
+            return None
+    return UsageCommand(
+        customer_id=customer_id,
+        transaction_id=transaction_id,
+        meter=meter,
+        price=None,
+        quantity=quantity,
+        event_time=event_time,
+        properties={},
+        unique_value=None,
+        allow_overage=mode == usage_pb2.ENFORCEMENT_MODE_ALLOW_OVERAGE,
+        received_at=now,
+    )
+
+
+def _usage(
+    request: usage_pb2.RecordUsageRequest, catalog: Catalog, now: datetime, backfill_window: timedelta
+) -> UsageCommand:
+    """record_usage for any event: every fault found and named."""
     violations = _Violations()
     _identifier(violations, "customer_id", request.customer_id)
     _identifier(violations, "transaction_id", request.transaction_id)
@@ -246,15 +319,26 @@ def record_usage(
     )
 
 
-def _quantity_for(violations: _Violations, meter: Meter, quantity: Decimal | None) -> Decimal | None:
-    """Counting meters take no quantity (or "1"); the others require one."""
-    if meter.aggregation in (Aggregation.COUNT, Aggregation.UNIQUE_COUNT):
+def _quantity_rule(meter: Meter, quantity: Decimal | None) -> tuple[Decimal | None, str | None]:
+    """Counting meters take no quantity (or "1"); the others require one.
+    The event's quantity, and what is wrong with the one sent, if anything."""
+    if meter.aggregation in _COUNTING:
         if quantity is not None and quantity != ONE:
-            violations.add("quantity", f"meter {meter.slug!r} counts events: leave quantity empty or set it to 1")
-        return ONE
+            return ONE, f"meter {meter.slug!r} counts events: leave quantity empty or set it to 1"
+        return ONE, None
     if quantity is None:
-        violations.add("quantity", f"required for {meter.aggregation.value} meter {meter.slug!r}")
-    return quantity
+        return None, f"required for {meter.aggregation.value} meter {meter.slug!r}"
+    return quantity, None
+
+
+_COUNTING = (Aggregation.COUNT, Aggregation.UNIQUE_COUNT)
+
+
+def _quantity_for(violations: _Violations, meter: Meter, quantity: Decimal | None) -> Decimal | None:
+    value, problem = _quantity_rule(meter, quantity)
+    if problem is not None:
+        violations.add("quantity", problem)
+    return value
 
 
 def check_balance(request: usage_pb2.CheckBalanceRequest, catalog: Catalog) -> BalanceQuery:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 from metering.domain import decimals, limits
 from metering.domain.catalog import PricingModel
@@ -138,19 +138,39 @@ def new_event_id() -> UUID:
 
 def new_event_ids(count: int) -> list[UUID]:
     """`count` UUIDv7s (see new_event_id), from one read of the system's
-    random source rather than one per id."""
-    timestamp = ((time.time_ns() // 1_000_000) & (2**48 - 1)) << 80
+    random source rather than one per id.
+
+    Each UUID is built without UUID.__init__ (its argument parsing and range
+    checks are most of `UUID(int=)`'s cost, and the value here is in range by
+    construction: 48 bits of time, the version, 12 + 62 random bits, the
+    variant): 0.59 vs 1.38 us an id, measured. The object is the one
+    UUID(int=value) builds (the same two slots), so it compares, hashes and
+    prints the same (tests/unit/test_event_ids.py)."""
+    fixed = (((time.time_ns() // 1_000_000) & _MASK_48) << 80) | _VERSION_7 | _VARIANT_RFC4122
     random = os.urandom(10 * count)
+    from_bytes, new, set_slot, unknown = int.from_bytes, object.__new__, object.__setattr__, SafeUUID.unknown
     ids = []
     for offset in range(0, 10 * count, 10):
-        random_bits = int.from_bytes(random[offset : offset + 10], "big")
-        value = timestamp
-        value |= 0x7 << 76  # version 7
-        value |= (random_bits >> 68) << 64  # 12 bits of rand_a
-        value |= 0b10 << 62  # RFC 4122 variant
-        value |= random_bits & (2**62 - 1)  # 62 bits of rand_b
-        ids.append(UUID(int=value))
+        random_bits = from_bytes(random[offset : offset + 10], "big")
+        # 12 bits of rand_a above the variant, 62 bits of rand_b below it.
+        event_id = new(UUID)
+        set_slot(event_id, "int", fixed | ((random_bits >> 68) << 64) | (random_bits & _MASK_62))
+        set_slot(event_id, "is_safe", unknown)
+        ids.append(event_id)
     return ids
+
+
+_MASK_48 = 2**48 - 1
+_MASK_62 = 2**62 - 1
+_VERSION_7 = 0x7 << 76
+_VARIANT_RFC4122 = 0b10 << 62
+
+
+def event_id_text(event_id: UUID) -> str:
+    """str(event_id), in about half its time (0.42 vs 0.88 us): an answer
+    writes one per event."""
+    digits = f"{event_id.int:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def payload_differences(stored: StoredEvent | NewEvent, new: NewEvent) -> list[str]:

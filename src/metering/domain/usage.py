@@ -17,7 +17,7 @@ thresholds crossed and the first hard-limit refusal of a period.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -198,6 +198,73 @@ def resolve(command: UsageCommand, customer: CustomerRecord | None, book: terms.
         refusal=refusal,
         wallet=wallet_terms(customer, known, named or known.price, event_time, book.periods),
     )
+
+
+def resolve_all(
+    commands: Sequence[UsageCommand], customers: Mapping[str, CustomerRecord], book: terms.TermsBook
+) -> list[Resolution | MeteringError]:
+    """[resolve(command, customers.get(command.customer_id), book)] for each
+    command (or the error refusing it), with what the events of one customer,
+    meter, named price and event time share decided once: the catalog check,
+    the plan's terms, the price, the period, and that the event is neither
+    late nor charged to a wallet. An event with properties or already too old,
+    and every event of a key whose first event was late, charged to a wallet
+    or refused, is resolved by resolve itself.
+
+    Sharing is sound because resolve decides those parts from the customer
+    row, the meter, the named price and the event time alone (a lateness
+    refusal names the transaction id, but whether there is one does not
+    depend on it); each event's own fields (transaction id, quantity, whether
+    a time was given, overage mode) are its command's. The shared objects are
+    the ones resolve hands out for every event anyway (the book's terms and
+    periods). tests/unit/test_resolve.py checks the equality on generated
+    commands."""
+    resolutions: list[Resolution | MeteringError] = []
+    shared: dict[tuple[str, int, int, datetime], tuple[UsageCommand, Resolution]] = {}
+    for command in commands:
+        customer_id, meter, named = command.customer_id, command.meter, command.price
+        event_time = command.event_time or command.received_at
+        plain = command.too_old is None and not command.properties
+        key = (customer_id, id(meter), id(named), event_time)
+        found = shared.get(key) if plain else None
+        # The first command keeps its meter and price alive, so their ids are
+        # theirs; checked anyway.
+        if found is None or found[0].meter is not meter or found[0].price is not named:
+            try:
+                resolution = resolve(command, customers.get(customer_id), book)
+            except MeteringError as exc:
+                resolutions.append(exc)
+                continue
+            resolutions.append(resolution)
+            if plain and resolution.refusal is None and resolution.wallet is None:
+                shared[key] = (command, resolution)
+            continue
+        first = found[1]
+        event = first.event
+        resolutions.append(
+            Resolution(
+                NewEvent(
+                    customer_id,
+                    command.transaction_id,
+                    event.meter_slug,
+                    event.price_slug,
+                    event.requested_price_slug,
+                    command.quantity,
+                    event.event_time,
+                    command.event_time is not None,
+                    command.properties,
+                ),
+                first.plan,
+                first.period,
+                command.unique_value,
+                command.allow_overage,
+                first.terms,
+                first.plan_terms,
+                first.billing_anchor,
+                {},  # the meter's dimensions among no properties
+            )
+        )
+    return resolutions
 
 
 def wallet_terms(

@@ -158,7 +158,7 @@ from metering.domain.usage import (
     counters_to_lock,
     decide_batch,
     originals_unlocked,
-    resolve,
+    resolve_all,
 )
 from metering.domain.wallets import Spend, SpendKey, Wallet
 from metering.ledger import usage as batch_sql
@@ -406,12 +406,7 @@ class BatchWriter(PoolUser):
         customers = await batch_sql.customers(conn, {command.customer_id for g in batch for command in g.events})
         resolutions: list[Resolution | MeteringError] = []
         for group in batch:
-            book = group.book
-            for command in group.events:
-                try:
-                    resolutions.append(resolve(command, customers.get(command.customer_id), book))
-                except MeteringError as exc:
-                    resolutions.append(exc)
+            resolutions.extend(resolve_all(group.events, customers, group.book))
         valid = [r for r in resolutions if isinstance(r, Resolution)]
         event_ids = new_event_ids(len(valid))
         txns = [(r.event.customer_id, r.event.transaction_id) for r in valid]
