@@ -61,6 +61,17 @@ async def _record_directly(conn: Connection, book: TermsBook, command: UsageComm
     return event_id
 
 
+async def _events_and_used(database_url: str, customer: str) -> tuple[int, Decimal]:
+    """How many events the customer has, and what its counters say they used."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        events = await conn.fetchval("SELECT count(*) FROM usage_events WHERE customer_id = $1", customer)
+        used = await conn.fetchval("SELECT sum(used) FROM meter_counters WHERE customer_id = $1", customer)
+        return events, used
+    finally:
+        await conn.close()
+
+
 async def _waits_on_lock(conn: Connection) -> bool:
     waiting = await conn.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", APP
@@ -170,16 +181,7 @@ def test_a_twin_committed_while_the_batch_waited_for_its_counter_is_a_duplicate(
     customer = new_customer("limited")
     asyncio.run(_twin_committed_while_waiting(database_url, customer))
 
-    async def counts() -> tuple[int, Decimal]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            events = await conn.fetchval("SELECT count(*) FROM usage_events WHERE customer_id = $1", customer)
-            used = await conn.fetchval("SELECT sum(used) FROM meter_counters WHERE customer_id = $1", customer)
-            return events, used
-        finally:
-            await conn.close()
-
-    assert asyncio.run(counts()) == (2, Decimal("6"))
+    assert asyncio.run(_events_and_used(database_url, customer)) == (2, Decimal("6"))
     assert audit(database_url, [customer]).ok
 
 
@@ -252,16 +254,7 @@ def test_a_batch_that_inserted_early_and_a_twin_under_a_counter_lock_both_end_co
         assert isinstance(result, Written), result
         assert result.outcome.duplicate
 
-    async def counts() -> tuple[int, Decimal]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            events = await conn.fetchval("SELECT count(*) FROM usage_events WHERE customer_id = $1", customer)
-            used = await conn.fetchval("SELECT sum(used) FROM meter_counters WHERE customer_id = $1", customer)
-            return events, used
-        finally:
-            await conn.close()
-
-    assert asyncio.run(counts()) == (2, Decimal("6"))
+    assert asyncio.run(_events_and_used(database_url, customer)) == (2, Decimal("6"))
     assert audit(database_url, [customer]).ok
 
 

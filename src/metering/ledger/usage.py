@@ -18,7 +18,7 @@ from metering.domain.columns import CommonPlan
 from metering.domain.limits import CounterState
 from metering.domain.notifications import NotificationType
 from metering.domain.periods import Period
-from metering.domain.records import CustomerRecord, StoredEvent
+from metering.domain.records import CustomerRecord, NewEvent, StoredEvent
 from metering.domain.usage import AllowanceKey, BatchPlan, CounterKey, Resolution
 from metering.ledger import outbox
 from metering.ledger.pool import Connection
@@ -240,30 +240,17 @@ async def _write_usage(
     inserted was recorded. Every part writes only if the `guessed` holdings
     are unchanged (`fresh`); else nothing is, and HoldingsChanged is raised."""
     rows, counters, unique_values = plan.inserts, plan.counters, plan.unique_values
-    events = [row.event for row in rows]
     unique_values_of_rows = [row.unique_value for row in rows]
+    c = _event_columns(
+        [row.event_id for row in rows], [row.event for row in rows], [row.key.period_start for row in rows]
+    )
     return await _usage_statement(
         conn,
         any(value is not None for value in unique_values_of_rows),
         guessed,
         False,
-        [row.event_id for row in rows],
-        [e.customer_id for e in events],
-        [e.transaction_id for e in events],
-        [e.meter_slug for e in events],
-        [e.price_slug for e in events],
-        [e.requested_price_slug for e in events],
-        [str(e.quantity) for e in events],  # as text: asyncpg's numeric encoding costs 2x str()
-        epoch_micros([e.event_time for e in events]),
-        epoch_micros([row.key.period_start for row in rows]),
-        [_json_text(e.properties) for e in events],
-        [k.customer_id for k, _ in counters],
-        [k.meter_slug for k, _ in counters],
-        [k.period_start for k, _ in counters],
-        [state.used for _, state in counters],
-        [state.event_count for _, state in counters],
-        [state.latest_event_time for _, state in counters],
-        [state.latest_event_id for _, state in counters],
+        *c.arrays(),
+        *_counter_arrays(counters),
         [u.key.customer_id for u in unique_values],
         [u.key.meter_slug for u in unique_values],
         [u.key.period_start for u in unique_values],
@@ -272,6 +259,19 @@ async def _write_usage(
         [_json_text(row.dimensions) for row in rows],
         unique_values_of_rows,
     )
+
+
+def _counter_arrays(counters: Sequence[tuple[CounterKey, CounterState]]) -> list[Sequence[object]]:
+    """Each counter's new state, as the statement's arrays $11 to $17."""
+    return [
+        [k.customer_id for k, _ in counters],
+        [k.meter_slug for k, _ in counters],
+        [k.period_start for k, _ in counters],
+        [state.used for _, state in counters],
+        [state.event_count for _, state in counters],
+        [state.latest_event_time for _, state in counters],
+        [state.latest_event_id for _, state in counters],
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,19 +290,41 @@ class EventColumns:
     period_starts: list[int]
     properties: list[str]
 
+    def arrays(self) -> list[Sequence[object]]:
+        """The columns in the statements' order ($1 to $10)."""
+        return [
+            self.event_ids,
+            self.customer_ids,
+            self.transaction_ids,
+            self.meter_slugs,
+            self.price_slugs,
+            self.requested_price_slugs,
+            self.quantities,
+            self.event_times,
+            self.period_starts,
+            self.properties,
+        ]
+
 
 def event_columns(resolutions: Sequence[Resolution], event_ids: Sequence[UUID]) -> EventColumns:
-    events = [r.event for r in resolutions]
+    """The columns of resolved events, every one an insert, with these ids."""
+    return _event_columns(list(event_ids), [r.event for r in resolutions], [r.period.start for r in resolutions])
+
+
+def _event_columns(
+    event_ids: list[UUID], events: Sequence[NewEvent], period_starts: Sequence[datetime]
+) -> EventColumns:
+    """The one mapping of events to the event insert's arrays."""
     return EventColumns(
-        list(event_ids),
+        event_ids,
         [e.customer_id for e in events],
         [e.transaction_id for e in events],
         [e.meter_slug for e in events],
         [e.price_slug for e in events],
         [e.requested_price_slug for e in events],
-        [str(e.quantity) for e in events],
+        [str(e.quantity) for e in events],  # as text: asyncpg's numeric encoding costs 2x str()
         epoch_micros([e.event_time for e in events]),
-        epoch_micros([r.period.start for r in resolutions]),
+        epoch_micros(period_starts),
         [_json_text(e.properties) for e in events],
     )
 
@@ -332,16 +354,7 @@ async def preinsert(conn: Connection, columns: EventColumns) -> dict[UUID, datet
         {EVENT_INSERT_GUARD}
         RETURNING event_id, recorded_at
         """,
-        c.event_ids,
-        c.customer_ids,
-        c.transaction_ids,
-        c.meter_slugs,
-        c.price_slugs,
-        c.requested_price_slugs,
-        c.quantities,
-        c.event_times,
-        c.period_starts,
-        c.properties,
+        *c.arrays(),
     )
     return {row[0]: row[1] for row in rows}
 
@@ -398,13 +411,7 @@ async def write_common(
         c.event_times,
         empty if left_out else c.period_starts,
         empty if left_out else c.properties,
-        [k.customer_id for k, _ in counters],
-        [k.meter_slug for k, _ in counters],
-        [k.period_start for k, _ in counters],
-        [state.used for _, state in counters],
-        [state.event_count for _, state in counters],
-        [state.latest_event_time for _, state in counters],
-        [state.latest_event_id for _, state in counters],
+        *_counter_arrays(counters),
         empty,
         empty,
         empty,
