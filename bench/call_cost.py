@@ -199,8 +199,6 @@ def main() -> None:
             env = {
                 "METERING_BENCH_NOOP": "1",
                 "METERING_AUTH_FILE": str(auth_file),
-                # The counters hook asyncio's Handle._run: uvloop runs its callbacks in C.
-                "METERING_EVENT_LOOP": "asyncio",
                 "PYTHONPATH": path,
                 "BENCH_COUNT_FILE": str(count_file),
                 **({"BENCH_COUNT_DETAIL": "1"} if args.detail else {}),

@@ -146,7 +146,7 @@ def test_an_open_service_refuses_a_network_address_unless_asked_to_run_open(capl
 
 
 def test_event_loop() -> None:
-    assert Settings.from_env({}).event_loop == "uvloop"
-    assert Settings.from_env({"METERING_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+    assert Settings.from_env({}).event_loop == "asyncio"
+    assert Settings.from_env({"METERING_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
     with pytest.raises(ConfigError, match="METERING_EVENT_LOOP"):
         Settings.from_env({"METERING_EVENT_LOOP": "trio"})

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 _DURATION_RE = re.compile(r"^(?P<value>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h|d)\Z")  # \Z: no trailing newline
 MAX_WORKERS = 256
-# METERING_EVENT_LOOP: the event loop of every serving process; uvloop (a dependency) by default.
+# METERING_EVENT_LOOP: the event loop of every serving process (uvloop: the `metering[uvloop]` extra).
 EVENT_LOOPS = ("asyncio", "uvloop")
 _ORIGIN_RE = re.compile(r"^https?://[^/\s:]+(:[0-9]{1,5})?\Z")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -156,7 +156,7 @@ class Settings:
             read_max_lag=reader.duration("METERING_READ_MAX_LAG", "5s"),
             workers=reader.workers("METERING_WORKERS"),
             shutdown_delay=reader.duration("METERING_SHUTDOWN_DELAY", "0s"),
-            event_loop=reader.choice("METERING_EVENT_LOOP", "uvloop", EVENT_LOOPS),
+            event_loop=reader.choice("METERING_EVENT_LOOP", "asyncio", EVENT_LOOPS),
             # The gRPC host unless said otherwise: one variable keeps both edges on loopback.
             http_host=reader.text("METERING_HTTP_HOST") or grpc_host,
             http_port=reader.optional_port("METERING_HTTP_PORT", 8080),

@@ -155,8 +155,7 @@ def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | N
         import uvloop
     except ImportError:
         raise ConfigError(
-            "METERING_EVENT_LOOP=uvloop: uvloop is not installed (it is a dependency of metering: reinstall it, "
-            "or set METERING_EVENT_LOOP=asyncio)"
+            "METERING_EVENT_LOOP=uvloop: uvloop is not installed (install the metering[uvloop] extra)"
         ) from None
     return uvloop.new_event_loop
 
