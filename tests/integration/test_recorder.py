@@ -136,17 +136,21 @@ async def _many_events_across_a_restart(replica: Replica, database_url: str) -> 
         async def restart_midway() -> float:
             # The kill must find a batch in flight: a call started while the
             # service is down waits for it (waitForReady) and retries nothing.
-            # So once a third of the events went out, the first customer's
-            # counter row is locked, and the kill comes while the writer waits
-            # on that lock with a batch the recorder has not had answered.
+            # So once a third of the events went out, the last customer's row
+            # is locked, and the kill comes while the writer waits on that
+            # lock (its share lock of the customers of a batch) with a batch
+            # the recorder has not had answered. The last customer, not the
+            # first: the tasks queue their events in order (the recorder takes
+            # up to max_pending without yielding), so the first customer's
+            # may all be written by then, and a fast writer never comes back
+            # to it; the last one's are still to be sent.
             async def a_third_sent() -> bool:
-                if recorder.stats.events < EVENTS // 3:
-                    return False
-                counters = "SELECT count(*) FROM meter_counters WHERE customer_id = $1"
-                return bool(await watcher.fetchval(counters, customers[0]))
+                return recorder.stats.events >= EVENTS // 3
 
             assert await eventually(a_third_sent, 120, interval=0.01)
-            lock = await hold_counter(watcher, customers[0])
+            lock = watcher.transaction()
+            await lock.start()
+            await watcher.execute("SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE", customers[-1])
             assert await eventually(lambda: service_waits_on_lock(watcher), 60)
             await asyncio.to_thread(replica.kill)
             killed = time.monotonic()
