@@ -329,6 +329,19 @@ def _event_columns(
     )
 
 
+# The rows of usage_events from EventColumns.arrays() ($1 to $10), numbered
+# `n` in their order: the one SELECT of both statements that insert events.
+_EVENT_ROWS = f"""
+    SELECT k.event_id, k.customer_id, k.transaction_id, k.meter_slug, k.price_slug, k.requested_price_slug,
+           k.quantity::numeric, {timestamp_from_micros("k.event_time")},
+           {timestamp_from_micros("k.period_start")}, now(), k.properties::jsonb
+      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                  $8::bigint[], $9::bigint[], $10::text[])
+           WITH ORDINALITY AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
+                                 requested_price_slug, quantity, event_time, period_start, properties, n)
+"""
+
+
 async def preinsert(conn: Connection, columns: EventColumns) -> dict[UUID, datetime]:
     """Insert a batch's events before its counters are locked (the writer's
     "Events inserted before the counter locks"): in (customer, transaction id)
@@ -343,13 +356,7 @@ async def preinsert(conn: Connection, columns: EventColumns) -> dict[UUID, datet
     rows = await conn.fetch(
         f"""
         {EVENT_INSERT}
-        SELECT k.event_id, k.customer_id, k.transaction_id, k.meter_slug, k.price_slug, k.requested_price_slug,
-               k.quantity::numeric, {timestamp_from_micros("k.event_time")},
-               {timestamp_from_micros("k.period_start")}, now(), k.properties::jsonb
-          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                      $8::bigint[], $9::bigint[], $10::text[])
-               AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
-                     requested_price_slug, quantity, event_time, period_start, properties)
+        {_EVENT_ROWS}
          ORDER BY k.customer_id, k.transaction_id
         {EVENT_INSERT_GUARD}
         RETURNING event_id, recorded_at
@@ -447,13 +454,7 @@ async def _usage_statement(
         f"""
         WITH fresh AS ({_holdings_unchanged(25)}), inserted AS (
             {EVENT_INSERT}
-            SELECT k.event_id, k.customer_id, k.transaction_id, k.meter_slug, k.price_slug, k.requested_price_slug,
-                   k.quantity::numeric, {timestamp_from_micros("k.event_time")},
-                   {timestamp_from_micros("k.period_start")}, now(), k.properties::jsonb
-              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                          $8::bigint[], $9::bigint[], $10::text[])
-                   WITH ORDINALITY AS k (event_id, customer_id, transaction_id, meter_slug, price_slug,
-                                         requested_price_slug, quantity, event_time, period_start, properties, n)
+            {_EVENT_ROWS}
              WHERE {insert_where}
              ORDER BY k.n
             {EVENT_INSERT_GUARD}
